@@ -1,0 +1,111 @@
+"""The forget gate and the update gate of HCGNet, usable as plug-ins in any CNN.
+
+Both gates follow the same three stages: spatial attention, pooling (:class:`AttentionPool`) and
+channel attention through a small fully connected bottleneck ``FC -> BN -> tanh``.
+
+Example: a forget gate that decays the shortcut of a torchvision ResNet basic block::
+
+    from torchvision.models.resnet import BasicBlock
+    from hcgnet.layers import ForgetGate
+
+    class GatedBasicBlock(BasicBlock):
+        def __init__(self, inplanes, planes, stride=1, downsample=None, **kw):
+            super().__init__(inplanes, planes, stride, downsample, **kw)
+            self.forget_gate = ForgetGate(planes)
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(out + self.forget_gate(identity))
+
+An update gate fuses any two same-shaped branches (say a 3x3 and a 5x5 conv of an Inception-style
+block) into one global context vector that is added at every position::
+
+    out = branch_a_input + UpdateGate(channels)(branch_a, branch_b)
+"""
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from hcgnet.errors import HCGNetError
+from hcgnet.layers.attention_pool import AttentionPool
+
+ActFactory = Callable[[], nn.Module]
+
+
+class BatchOfOneError(HCGNetError):
+    """Raised when a gate is trained on a batch of one sample (its BatchNorm1d cannot normalise it)."""
+
+
+class GateBottleneck(nn.Module):
+    """``FC -> BN -> activation`` on a (B, C) descriptor: the shared hidden layer of both gates.
+
+    The paper chooses tanh over ReLU here (pass ``act_layer`` to compare). BatchNorm1d over a batch of
+    one has no variance, so training with one sample is refused with a message instead of a
+    BatchNorm traceback.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, act_layer: ActFactory = nn.Tanh) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, hidden_features)
+        self.norm = nn.BatchNorm1d(hidden_features)
+        self.act = act_layer()
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self.training and z.shape[0] == 1:
+            raise BatchOfOneError(
+                "HCGNet gates cannot train on a batch of one image (their BatchNorm1d needs at least 2 "
+                "samples); use a batch size of 2 or more, or call model.eval() for inference"
+            )
+        return self.act(self.norm(self.fc(z)))
+
+
+class ForgetGate(nn.Module):
+    """Decays a feature map channel by channel: returns ``x * f`` with ``f = sigmoid(...)`` in (0, 1).
+
+    ``f = sigmoid(W2 tanh(BN(W1 z + b1)) + b2)`` where ``z`` is the attention-pooled ``x`` (eq. 11).
+    ``channel_weights`` is an identity carrying ``f`` as (B, C), a place for forward hooks.
+    """
+
+    def __init__(self, channels: int, reduction: int = 2, act_layer: ActFactory = nn.Tanh) -> None:
+        super().__init__()
+        self.context = AttentionPool(channels)
+        self.bottleneck = GateBottleneck(channels, channels // reduction, act_layer)
+        self.expand = nn.Linear(channels // reduction, channels)
+        self.channel_weights = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = torch.sigmoid(self.expand(self.bottleneck(self.context(x))))
+        f = self.channel_weights(f)
+        return x * f[:, :, None, None].to(x.dtype)
+
+
+class UpdateGate(nn.Module):
+    """Fuses two branches into one global context: returns ``v`` of shape (B, C, 1, 1).
+
+    Each branch is attention-pooled to ``z_a``, ``z_b``; ``h = tanh(BN(W [z_a || z_b] + b))`` with
+    ``2C // reduction`` hidden units (eq. 7); two heads give per-channel scores that a softmax across the
+    two branches turns into proportions ``u_a + u_b = 1`` (eqs. 8-9); ``v = u_a z_a + u_b z_b`` (eq. 10).
+    ``branch_weights`` is an identity carrying (u_a, u_b) stacked as (B, 2, C), for forward hooks.
+    The result broadcasts over every position when added to a (B, C, H, W) map.
+    """
+
+    def __init__(self, channels: int, reduction: int = 2, act_layer: ActFactory = nn.Tanh) -> None:
+        super().__init__()
+        hidden = 2 * channels // reduction
+        self.context_a = AttentionPool(channels)
+        self.context_b = AttentionPool(channels)
+        self.bottleneck = GateBottleneck(2 * channels, hidden, act_layer)
+        self.expand_a = nn.Linear(hidden, channels)
+        self.expand_b = nn.Linear(hidden, channels)
+        self.branch_weights = nn.Identity()
+
+    def forward(self, x_a: Tensor, x_b: Tensor) -> Tensor:
+        z = torch.stack((self.context_a(x_a), self.context_b(x_b)), dim=1)  # (B, 2, C)
+        h = self.bottleneck(z.flatten(1))
+        scores = torch.stack((self.expand_a(h), self.expand_b(h)), dim=1)
+        u = self.branch_weights(torch.softmax(scores, dim=1))
+        v = (u * z).sum(dim=1)
+        return v[:, :, None, None]
+

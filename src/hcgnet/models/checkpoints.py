@@ -1,0 +1,205 @@
+"""Reading and writing weights: the published checkpoint format, hcgnet's own, and safetensors.
+
+Nothing here unpickles code: ``.pth``/``.tar`` files go through ``torch.load(weights_only=True)`` and
+``.safetensors`` through safetensors. Every failure is a :class:`CheckpointError` with a one-line
+message that names the file, or the key, at fault.
+"""
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from hcgnet.errors import CheckpointError
+
+PathLike = Union[str, os.PathLike]
+SAFETENSORS_FORMAT = "hcgnet-1"
+
+# Module names of the published implementation inside one SMG module -> ours. Its "conv_5x5" is the
+# dilated 3x3 depthwise conv; its fully connected layers are 1x1 convs (reshaped on load).
+_PUBLISHED_SMG_NAMES = {
+    "conv1_1x1": "squeeze.conv1x1",
+    "conv2_3x3": "squeeze.conv3x3",
+    "conv_3x3": "excite.conv3x3",
+    "conv_5x5": "excite.conv3x3_dilated",
+    "global_context3x3": "update_gate.context_a.score",
+    "global_context5x5": "update_gate.context_b.score",
+    "fcall": "update_gate.bottleneck.fc",
+    "bn_attention": "update_gate.bottleneck.norm",
+    "fc3x3": "update_gate.expand_a",
+    "fc5x5": "update_gate.expand_b",
+    "global_forget_context": "forget_gate.context.score",
+    "fc1": "forget_gate.bottleneck.fc",
+    "bn_forget": "forget_gate.bottleneck.norm",
+    "fc2": "forget_gate.expand",
+}
+_BLOCK_KEY = re.compile(r"^features\.(?:HybridBlock|hybridblock)(\d+)\.SMG(\d+)\.([A-Za-z0-9_]+)\.(.+)$")
+_TRANSITION_KEY = re.compile(r"^features\.(?:Transition|transition)(\d+)\.([A-Za-z0-9_]+)\.(.+)$")
+_STEM_KEY = re.compile(r"^features\.((?:conv|norm)[0-2])\.(.+)$")
+
+
+def published_to_hcgnet_key(key: str) -> Optional[str]:
+    """Our name for a key of the published implementation (``module.`` already removed), or None."""
+    m = _BLOCK_KEY.match(key)
+    if m and m.group(3) in _PUBLISHED_SMG_NAMES:
+        block, smg, name, rest = m.groups()
+        return f"stages.{int(block) - 1}.block.layers.{int(smg) - 1}.{_PUBLISHED_SMG_NAMES[name]}.{rest}"
+    m = _TRANSITION_KEY.match(key)
+    if m and m.group(2) in _PUBLISHED_SMG_NAMES:
+        index, name, rest = m.groups()
+        return f"stages.{int(index)}.transition.{_PUBLISHED_SMG_NAMES[name]}.{rest}"
+    m = _STEM_KEY.match(key)
+    if m:
+        return f"stem.{m.group(1)}.{m.group(2)}"
+    if key.startswith("features.norm5."):
+        return "norm." + key[len("features.norm5."):]
+    if key.startswith("classifier."):
+        return key
+    return None
+
+
+def is_published_format(state_dict: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith("features.") for k in state_dict)
+
+
+def _strip_prefix(state_dict: Mapping[str, Tensor], prefix: str = "module.") -> Dict[str, Tensor]:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(
+                f"refused to load {path}: it holds pickled objects other than tensors, which could run code; "
+                "hcgnet only loads plain weights (re-save just the state_dict from a trusted environment)"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt pickle)") from None
+    except (EOFError, RuntimeError, ValueError, OSError) as e:
+        if zipfile.is_zipfile(path) or "zip" in str(e).lower() or isinstance(e, EOFError):
+            raise CheckpointError(f"{path} is truncated or corrupt: it is not a complete PyTorch checkpoint") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__})") from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors files start with an 8-byte little-endian header length followed by '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
+    """Read a checkpoint file into ``(state_dict, metadata)`` with hcgnet's key names.
+
+    Accepts the published format (``{'net': state_dict}`` saved from DataParallel), hcgnet's own
+    checkpoints (``{'model': state_dict, ...}``), a bare state dict, and ``.safetensors``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    metadata: Dict[str, str] = {}
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+            state_dict = load_file(str(path))
+        except (SafetensorError, OSError, ValueError):
+            raise CheckpointError(f"{path} is truncated or corrupt: it is not a valid safetensors file") from None
+    else:
+        obj = _torch_load(path)
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path} is not a model checkpoint (it holds a {type(obj).__name__}, not a dict)")
+        state_dict = None
+        for field in ("model", "state_dict", "net"):
+            if isinstance(obj.get(field), dict):
+                state_dict = obj[field]
+                metadata = {k: str(v) for k, v in obj.items() if k in ("model_name", "num_classes")}
+                break
+        if state_dict is None:
+            state_dict = obj
+        if not state_dict or not all(isinstance(v, Tensor) for v in state_dict.values()):
+            raise CheckpointError(f"{path} is not a model checkpoint (no state dict of tensors found)")
+    state_dict = _strip_prefix(state_dict)
+    if is_published_format(state_dict):
+        state_dict = _convert_published(state_dict, path)
+        metadata.setdefault("source", "published")
+    return state_dict, metadata
+
+
+def _convert_published(state_dict: Mapping[str, Tensor], path: Path) -> Dict[str, Tensor]:
+    converted = {}
+    for key, value in state_dict.items():
+        new_key = published_to_hcgnet_key(key)
+        if new_key is None:
+            raise CheckpointError(f"{path}: key {key!r} is not part of any published HCGNet")
+        converted[new_key] = value
+    return converted
+
+
+def num_classes_in(state_dict: Mapping[str, Tensor]) -> Optional[int]:
+    """Classifier outputs stored in a state dict with hcgnet's names (None if it has no classifier)."""
+    w = state_dict.get("classifier.weight")
+    return None if w is None else int(w.shape[0])
+
+
+def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> Dict[str, str]:
+    """Load weights from ``path`` into ``model`` and return the file's metadata.
+
+    Any missing, unexpected or mis-shaped key is a :class:`CheckpointError` naming it; a different
+    class count gets its own message. With ``strict=False`` only the keys that fit are loaded.
+    """
+    state_dict, metadata = read_state_dict(path)
+    expected = model.state_dict()
+    n_file, n_model = num_classes_in(state_dict), num_classes_in(expected)
+    if strict and n_file is not None and n_model is not None and n_file != n_model:
+        raise CheckpointError(
+            f"{path} was trained for {n_file} classes but the model has {n_model}; "
+            f"create the model with num_classes={n_file}"
+        )
+    fitted = {}
+    for key, value in state_dict.items():
+        target = expected.get(key)
+        if target is None:
+            if strict:
+                raise CheckpointError(f"{path}: unexpected key {key!r}: the checkpoint is for another model")
+            continue
+        if value.dim() == 4 and target.dim() == 2 and value.shape[2:] == (1, 1):
+            value = value.flatten(1)  # published gates store their FC layers as 1x1 convs
+        if value.shape != target.shape:
+            if strict:
+                raise CheckpointError(
+                    f"{path}: {key!r} has shape {tuple(value.shape)} but the model expects "
+                    f"{tuple(target.shape)}: the checkpoint is for another model"
+                )
+            continue
+        fitted[key] = value
+    missing = [k for k in expected if k not in fitted]
+    if strict and missing:
+        raise CheckpointError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing): the checkpoint is for another model")
+    model.load_state_dict(fitted, strict=False)
+    return metadata
+
+
+def save_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write the model's state dict to ``path`` atomically (a temporary file, then ``os.replace``)."""
+    path = Path(path)
+    meta = {"format": SAFETENSORS_FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,260 @@
+"""HCGNet: Gated Convolutional Networks with Hybrid Connectivity (Yang et al., AAAI 2020).
+
+Image to logits, in the order this file reads:
+
+    stem          CIFAR: 3x3 conv, stride 1, 2 * k_1 channels
+                  ImageNet: three 3x3 conv-BN-ReLU (32, 32, 64 channels, the first stride 2), 3x3 max-pool /2
+    stages[i]     transition (stage i > 0): one SMG module, stride 2, halves the channels
+                  hybrid block: n_i SMG modules, each fed the concatenation of everything before it in
+                  the block (global dense connectivity) and adding k_i channels; inside each module the
+                  squeezed map reaches the output through the forget gate (local residual connectivity)
+    head          BN-ReLU, global average pool, dropout, linear classifier
+
+The SMG module itself lives in :mod:`hcgnet.layers.smg`.
+"""
+from collections import OrderedDict
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from timm.layers import SelectAdaptivePool2d
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+
+from hcgnet.errors import ModelSpecError
+from hcgnet.layers import SMGModule
+from hcgnet.layers.gates import ActFactory
+
+STEMS = ("cifar", "imagenet")
+
+
+class HybridBlock(nn.Module):
+    """``depth`` SMG modules with dense connectivity: module i sees the block input and the outputs of
+    modules 0..i-1 concatenated, and the block returns all of them concatenated
+    (``in_channels + depth * growth_rate`` channels)."""
+
+    def __init__(self, in_channels: int, depth: int, growth_rate: int, **smg_kwargs) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            SMGModule(in_channels + i * growth_rate, growth_rate, **smg_kwargs) for i in range(depth)
+        )
+        self.out_channels = in_channels + depth * growth_rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(torch.cat(features, 1)))
+        return torch.cat(features, 1)
+
+
+class Transition(SMGModule):
+    """Down-sampling and connectivity truncation: one SMG module with stride 2, standard (g = 1) convs,
+    r_u = r_f = 4, and ``floor(compression * in_channels)`` outputs.
+
+    The squeeze width is ``in - (in - out) // 2``: the paper's floor(1.5 C) for every even C, and the
+    published networks' arithmetic for odd C too, so checkpoints of any spec keep their shapes.
+    """
+
+    def __init__(
+        self, in_channels: int, compression: float = 0.5, reduction: int = 4, gate_act: ActFactory = nn.Tanh
+    ) -> None:
+        out_channels = int(compression * in_channels)
+        super().__init__(
+            in_channels,
+            out_channels,
+            squeeze_channels=in_channels - (in_channels - out_channels) // 2,
+            groups=1,
+            stride=2,
+            update_reduction=reduction,
+            forget_reduction=reduction,
+            gate_act=gate_act,
+        )
+        self.out_channels = out_channels
+
+
+class HCGStage(nn.Module):
+    """A transition (identity in the first stage) followed by a hybrid block."""
+
+    def __init__(self, transition: nn.Module, block: HybridBlock) -> None:
+        super().__init__()
+        self.transition = transition
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(self.transition(x))
+
+
+def _stem(kind: str, in_chans: int, out_channels: int) -> Tuple[nn.Sequential, int]:
+    """The stem and its stride. The CIFAR stem has no norm: the first SMG pre-activates its input."""
+    if kind == "cifar":
+        return nn.Sequential(OrderedDict(conv0=nn.Conv2d(in_chans, out_channels, 3, padding=1, bias=False))), 1
+    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+    for i, (cin, cout) in enumerate(zip((in_chans, 32, 32), (32, 32, 64))):
+        layers[f"conv{i}"] = nn.Conv2d(cin, cout, 3, stride=2 if i == 0 else 1, padding=1, bias=False)
+        layers[f"norm{i}"] = nn.BatchNorm2d(cout)
+        layers[f"act{i}"] = nn.ReLU(inplace=True)
+    layers["pool"] = nn.MaxPool2d(3, stride=2, padding=1)
+    return nn.Sequential(layers), 4
+
+
+def validate_architecture(block_depths: Sequence[int], growth_rates: Sequence[int], stem: str, groups: int) -> None:
+    """Raise :class:`ModelSpecError` (one line, says what to change) for a network that cannot be built."""
+    if len(block_depths) == 0 or len(block_depths) != len(growth_rates):
+        raise ModelSpecError(
+            f"need one growth rate per hybrid block, got {len(block_depths)} block depths and "
+            f"{len(growth_rates)} growth rates"
+        )
+    if any(int(n) < 1 for n in block_depths):
+        raise ModelSpecError(f"every hybrid block needs at least one SMG module, got depths {tuple(block_depths)}")
+    for k in growth_rates:
+        if int(k) < 1 or int(k) % groups:
+            raise ModelSpecError(
+                f"growth rate {k} is not a positive multiple of the squeeze cell's group count {groups}; "
+                f"use e.g. {max(groups, (int(k) // groups) * groups)}"
+            )
+    if stem not in STEMS:
+        raise ModelSpecError(f"unknown stem {stem!r}; use one of {', '.join(STEMS)}")
+
+
+class HCGNet(nn.Module):
+    """An HCGNet of any depth and width, in the paper's notation HCGNet-(n_1..n_m)-(k=k_1..k_m).
+
+    Args:
+        block_depths: SMG modules per hybrid block (n_i).
+        growth_rates: growth rate of each hybrid block (k_i).
+        stem: ``"cifar"`` or ``"imagenet"``.
+        num_classes: classifier outputs; 0 for a network without classifier.
+        in_chans: input image channels.
+        drop_rate: dropout before the classifier (the paper uses 0.1 on ImageNet).
+        global_pool: timm pooling type for the head (``"avg"``; ``""`` keeps the map).
+        alpha, groups, reduction: squeeze width multiplier, group count and gate reduction ratio of the
+            SMG modules in hybrid blocks (paper: 4, 4, 2).
+        compression, transition_reduction: transition compression factor and gate reduction (0.5, 4).
+        gate_act: the gates' hidden activation (paper: tanh).
+    """
+
+    def __init__(
+        self,
+        block_depths: Sequence[int],
+        growth_rates: Sequence[int],
+        stem: str = "imagenet",
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+        alpha: float = 4.0,
+        groups: int = 4,
+        reduction: int = 2,
+        compression: float = 0.5,
+        transition_reduction: int = 4,
+        gate_act: ActFactory = nn.Tanh,
+    ) -> None:
+        super().__init__()
+        validate_architecture(block_depths, growth_rates, stem, groups)
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+
+        self.stem, stride = _stem(stem, in_chans, 2 * growth_rates[0] if stem == "cifar" else 64)
+        channels = self.stem[0].out_channels if stem == "cifar" else 64
+        stages: List[nn.Module] = []
+        self.feature_info: List[dict] = []
+        for i, (depth, growth) in enumerate(zip(block_depths, growth_rates)):
+            transition: nn.Module = nn.Identity()
+            if i > 0:
+                transition = Transition(channels, compression, transition_reduction, gate_act)
+                channels = transition.out_channels
+                stride *= 2
+            block = HybridBlock(
+                channels, depth, growth, alpha=alpha, groups=groups,
+                update_reduction=reduction, forget_reduction=reduction, gate_act=gate_act,
+            )
+            channels = block.out_channels
+            stages.append(HCGStage(transition, block))
+            self.feature_info.append(dict(num_chs=channels, reduction=stride, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+
+        self.num_features = self.head_hidden_size = channels
+        self.norm = nn.BatchNorm2d(channels)
+        self.act = nn.ReLU(inplace=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    # timm conventions -------------------------------------------------------------------------
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """Stage outputs (hybrid block outputs, before the next transition), timm's signature.
+
+        ``indices``: the last n stages if an int, all if None, these ones if a list. ``norm`` applies the
+        final BN-ReLU to the last stage's output when it is taken.
+        """
+        assert output_fmt == "NCHW", "Output shape must be NCHW."
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates: List[Tensor] = []
+        x = self.stem(x)
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages):
+            x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(self.act(self.norm(x)) if norm and feat_idx == last_idx else x)
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.act(self.norm(x))
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drop the stages (and head) that the given intermediates do not need."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm or prune_end:
+            self.norm, self.act = nn.Identity(), nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    # forward -----------------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x))
+        return self.act(self.norm(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(self.global_pool(x))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
