@@ -159,11 +159,20 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> Di
     class count gets its own message. With ``strict=False`` only the keys that fit are loaded.
     """
     state_dict, metadata = read_state_dict(path)
+    load_state_dict_into(model, state_dict, path, strict)
+    return metadata
+
+
+def load_state_dict_into(
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: PathLike, strict: bool = True
+) -> None:
+    """Load a state dict with hcgnet's names (from :func:`read_state_dict`) into ``model``; ``source``
+    names the file in error messages."""
     expected = model.state_dict()
     n_file, n_model = num_classes_in(state_dict), num_classes_in(expected)
     if strict and n_file is not None and n_model is not None and n_file != n_model:
         raise CheckpointError(
-            f"{path} was trained for {n_file} classes but the model has {n_model}; "
+            f"{source} was trained for {n_file} classes but the model has {n_model}; "
             f"create the model with num_classes={n_file}"
         )
     fitted = {}
@@ -171,23 +180,24 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> Di
         target = expected.get(key)
         if target is None:
             if strict:
-                raise CheckpointError(f"{path}: unexpected key {key!r}: the checkpoint is for another model")
+                raise CheckpointError(f"{source}: unexpected key {key!r}: the checkpoint is for another model")
             continue
         if value.dim() == 4 and target.dim() == 2 and value.shape[2:] == (1, 1):
             value = value.flatten(1)  # published gates store their FC layers as 1x1 convs
         if value.shape != target.shape:
             if strict:
                 raise CheckpointError(
-                    f"{path}: {key!r} has shape {tuple(value.shape)} but the model expects "
+                    f"{source}: {key!r} has shape {tuple(value.shape)} but the model expects "
                     f"{tuple(target.shape)}: the checkpoint is for another model"
                 )
             continue
         fitted[key] = value
     missing = [k for k in expected if k not in fitted]
     if strict and missing:
-        raise CheckpointError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing): the checkpoint is for another model")
+        raise CheckpointError(
+            f"{source}: missing key {missing[0]!r} ({len(missing)} missing): the checkpoint is for another model"
+        )
     model.load_state_dict(fitted, strict=False)
-    return metadata
 
 
 def save_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from hcgnet.cli import main
+
+sys.exit(main())
