@@ -9,8 +9,8 @@ Example: a forget gate that decays the shortcut of a torchvision ResNet basic bl
     from hcgnet.layers import ForgetGate
 
     class GatedBasicBlock(BasicBlock):
-        def __init__(self, inplanes, planes, stride=1, downsample=None, **kw):
-            super().__init__(inplanes, planes, stride, downsample, **kw)
+        def __init__(self, inplanes, planes, *args, **kwargs):
+            super().__init__(inplanes, planes, *args, **kwargs)
             self.forget_gate = ForgetGate(planes)
 
         def forward(self, x):
@@ -22,6 +22,9 @@ An update gate fuses any two same-shaped branches (say a 3x3 and a 5x5 conv of a
 block) into one global context vector that is added at every position::
 
     out = branch_a_input + UpdateGate(channels)(branch_a, branch_b)
+
+The scoring convolutions of the attention pooling keep their bias only to match the published weights:
+a softmax over positions ignores a constant shift, so that bias never receives a gradient.
 """
 from typing import Callable
 

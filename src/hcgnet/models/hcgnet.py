@@ -156,7 +156,7 @@ class HCGNet(nn.Module):
         self.stem, stride = _stem(stem, in_chans, 2 * growth_rates[0] if stem == "cifar" else 64)
         channels = self.stem[0].out_channels if stem == "cifar" else 64
         stages: List[nn.Module] = []
-        self.feature_info: List[dict] = []
+        self.feature_info = []
         for i, (depth, growth) in enumerate(zip(block_depths, growth_rates)):
             transition: nn.Module = nn.Identity()
             if i > 0:
@@ -175,7 +175,7 @@ class HCGNet(nn.Module):
         self.num_features = self.head_hidden_size = channels
         self.norm = nn.BatchNorm2d(channels)
         self.act = nn.ReLU(inplace=True)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
@@ -198,7 +198,7 @@ class HCGNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(

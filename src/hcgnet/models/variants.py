@@ -62,7 +62,7 @@ def format_spec(block_depths, growth_rates) -> str:
 
 
 def looks_like_spec(name: str) -> bool:
-    return "(" in name or name.strip().lower().startswith("hcgnet-")
+    return "(" in name
 
 
 def _ints(text: str, what: str, spec: str) -> Tuple[int, ...]:

@@ -1,0 +1,169 @@
+"""The building blocks against the paper's equations, and the gates as plug-ins in another network."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from hcgnet.layers import (
+    AttentionPool,
+    BatchOfOneError,
+    ForgetGate,
+    MultiScaleExcitationCell,
+    PreActConv,
+    SMGModule,
+    SqueezeCell,
+    UpdateGate,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _reference_pool(pool: AttentionPool, x: torch.Tensor) -> torch.Tensor:
+    """Eqs. 5-6 written out: softmax of the 1x1 scores over all positions, weighted sum per channel."""
+    s = pool.score(x)  # (B, 1, H, W)
+    weights = torch.softmax(s.flatten(1), dim=1).view_as(s)
+    return (x * weights).sum(dim=(2, 3))
+
+
+def test_preact_conv_is_bn_relu_conv_with_same_padding():
+    conv = PreActConv(8, 16, 3, stride=2, groups=4, dilation=1).eval()
+    x = torch.randn(2, 8, 9, 12)
+    expected = conv.conv(torch.relu(conv.norm(x)))
+    assert torch.equal(conv(x), expected)
+    assert conv(x).shape == (2, 16, 5, 6)
+    depthwise = PreActConv(8, 8, 3, groups=8, dilation=2)
+    assert depthwise.conv.weight.shape == (8, 1, 3, 3)
+    assert depthwise(x).shape == x.shape  # padding 2 keeps the size with dilation 2
+    assert conv.conv.bias is None
+
+
+@pytest.mark.parametrize("size", [(5, 7), (1, 1), (16, 3)])
+def test_attention_pool_matches_equations(size):
+    pool = AttentionPool(6)
+    x = torch.randn(3, 6, *size)
+    torch.testing.assert_close(pool(x), _reference_pool(pool, x))
+
+
+def test_attention_pool_hook_sees_a_normalised_map():
+    pool = AttentionPool(4)
+    seen = []
+    pool.attention.register_forward_hook(lambda m, i, o: seen.append(o))
+    pool(torch.randn(2, 4, 5, 6))
+    assert seen[0].shape == (2, 1, 5, 6)
+    torch.testing.assert_close(seen[0].sum(dim=(1, 2, 3)), torch.ones(2))
+
+
+def test_attention_pool_with_constant_scores_is_global_average():
+    pool = AttentionPool(4)
+    nn.init.zeros_(pool.score.weight)
+    x = torch.randn(2, 4, 5, 6)
+    torch.testing.assert_close(pool(x), x.mean(dim=(2, 3)))
+
+
+def test_forget_gate_matches_eq_11_and_decays():
+    gate = ForgetGate(8, reduction=2).eval()
+    x = torch.randn(3, 8, 5, 4)
+    z = _reference_pool(gate.context, x)
+    b = gate.bottleneck
+    f = torch.sigmoid(gate.expand(torch.tanh(b.norm(b.fc(z)))))
+    torch.testing.assert_close(gate(x), x * f[:, :, None, None])
+    assert 0 < f.min() and f.max() < 1
+    assert gate.bottleneck.fc.out_features == 4
+
+
+def test_update_gate_matches_eqs_7_to_10():
+    gate = UpdateGate(6, reduction=2).eval()
+    a, b = torch.randn(2, 3, 6, 5, 7).unbind(0)
+    za, zb = _reference_pool(gate.context_a, a), _reference_pool(gate.context_b, b)
+    bn = gate.bottleneck
+    h = torch.tanh(bn.norm(bn.fc(torch.cat([za, zb], dim=1))))
+    ua, ub = gate.expand_a(h).exp(), gate.expand_b(h).exp()
+    ua, ub = ua / (ua + ub), ub / (ua + ub)
+    v = gate(a, b)
+    assert v.shape == (3, 6, 1, 1)
+    torch.testing.assert_close(v.flatten(1), ua * za + ub * zb)
+    assert gate.bottleneck.fc.out_features == 2 * 6 // 2
+
+
+def test_update_gate_branch_weights_sum_to_one():
+    gate = UpdateGate(5, reduction=4)
+    seen = []
+    gate.branch_weights.register_forward_hook(lambda m, i, o: seen.append(o))
+    gate(torch.randn(4, 5, 3, 3), torch.randn(4, 5, 3, 3))
+    assert seen[0].shape == (4, 2, 5)
+    torch.testing.assert_close(seen[0].sum(dim=1), torch.ones(4, 5))
+
+
+def test_gate_activation_is_a_switch():
+    gate = ForgetGate(8, act_layer=nn.ReLU)
+    assert isinstance(gate.bottleneck.act, nn.ReLU)
+    assert isinstance(ForgetGate(8).bottleneck.act, nn.Tanh)
+
+
+def test_training_on_a_batch_of_one_is_refused_clearly():
+    smg = SMGModule(8, 4)
+    with pytest.raises(BatchOfOneError, match="batch of one"):
+        smg(torch.randn(1, 8, 6, 6))
+    smg.eval()
+    assert smg(torch.randn(1, 8, 6, 6)).shape == (1, 4, 6, 6)
+
+
+def test_squeeze_and_excitation_cells_shapes():
+    cell = SqueezeCell(20, 8, 32, groups=4, stride=2)
+    assert cell.conv1x1.conv.weight.shape == (32, 20, 1, 1)
+    assert cell.conv3x3.conv.weight.shape == (8, 8, 3, 3)
+    y = cell(torch.randn(2, 20, 7, 10))
+    assert y.shape == (2, 8, 4, 5)
+    excite = MultiScaleExcitationCell(8)
+    a, b = excite(y)
+    assert a.shape == b.shape == y.shape
+    assert excite.conv3x3_dilated.conv.dilation == (2, 2)
+
+
+def test_smg_output_is_forget_plus_update():
+    smg = SMGModule(16, 8, alpha=4, groups=4).eval()
+    assert smg.squeeze.conv1x1.conv.out_channels == math.floor(4 * 8)
+    x = torch.randn(2, 16, 6, 9)
+    squeezed = smg.squeeze(x)
+    expected = smg.forget_gate(squeezed) + smg.update_gate(*smg.excite(squeezed))
+    torch.testing.assert_close(smg(x), expected)
+    with pytest.raises(ValueError, match="divisible"):
+        SMGModule(16, 6, groups=4)
+
+
+class GatedBasicBlock(BasicBlock):
+    """torchvision's ResNet basic block with HCGNet's gates plugged in (as in the gates' docstring):
+    the forget gate decays the shortcut, the update gate adds global context from two branches."""
+
+    def __init__(self, inplanes, planes, *args, **kwargs):
+        super().__init__(inplanes, planes, *args, **kwargs)
+        self.forget_gate = ForgetGate(planes)
+        self.update_gate = UpdateGate(planes)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        mid = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(mid))
+        return self.relu(out + self.forget_gate(identity) + self.update_gate(mid, out))
+
+
+def test_gates_plug_into_a_torchvision_resnet_and_train():
+    model = ResNet(GatedBasicBlock, [1, 1, 1, 1], num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(4, 3, 32, 48), torch.tensor([0, 1, 2, 3])
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    named = dict(model.named_parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in named.values())
+    gate_params = [n for n in named if "_gate." in n and not n.endswith("score.bias")]
+    assert len(gate_params) == 4 * (7 + 10)  # per block: forget 7 + update 10 tensors (score biases aside)
+    assert all(named[n].grad.abs().sum() > 0 for n in gate_params)
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert torch.isfinite(nn.functional.cross_entropy(model(x), y))

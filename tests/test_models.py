@@ -1,0 +1,239 @@
+"""The networks: exact published sizes, gradients, any input size, timm conventions, export."""
+import pytest
+import timm
+import torch
+from torch import nn
+
+import hcgnet
+from hcgnet import ModelSpecError
+from hcgnet.complexity import count_macs, count_params
+from hcgnet.layers import BatchOfOneError
+from hcgnet.models import VARIANTS, HCGNet, Transition
+
+# The published implementation's exact parameter counts and forward GMACs (shared/reference/README.md).
+PUBLISHED = [
+    ("hcgnet_a1", 10, 1_065_301, 0.154),
+    ("hcgnet_a1", 100, 1_102_651, None),
+    ("hcgnet_a2", 10, 3_069_149, 0.489),
+    ("hcgnet_a2", 100, 3_133_679, None),
+    ("hcgnet_a3", 10, 11_239_897, 1.956),
+    ("hcgnet_a3", 100, 11_363_647, None),
+    ("hcgnet_b", 1000, 12_845_501, 2.003),
+    ("hcgnet_c", 1000, 42_153_208, 6.972),
+]
+# A non-square input each variant can take, small enough for 2 CPU cores.
+SMALL_INPUT = {"cifar": (32, 24), "imagenet": (64, 96)}
+
+
+def _meta_model(name, **kwargs):
+    with torch.device("meta"):
+        return hcgnet.create_model(name, **kwargs)
+
+
+@pytest.mark.parametrize("name,classes,params,gmacs", PUBLISHED)
+def test_sizes_equal_the_published_implementation(name, classes, params, gmacs):
+    model = _meta_model(name, num_classes=classes)
+    assert count_params(model) == params
+    if gmacs is not None:
+        macs = count_macs(model, VARIANTS[name].input_size)
+        assert abs(macs / 1e9 - gmacs) / gmacs < 0.01
+
+
+def test_stage_widths_match_the_detection_taps_of_hcgnet_b():
+    model = _meta_model("hcgnet_b")
+    assert [f["num_chs"] for f in model.feature_info] == [160, 368, 952, 1244]
+    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+
+
+def test_transition_widths_follow_published_arithmetic():
+    even = Transition(252)  # HCGNet-A1's second transition
+    assert even.squeeze.conv1x1.conv.out_channels == 189 and even.out_channels == 126
+    assert even.update_gate.bottleneck.fc.out_features == 63 and even.forget_gate.bottleneck.fc.out_features == 31
+    odd = Transition(254)  # C = 127: in - (in - C) // 2 = 191, one more than floor(1.5 * 127)
+    assert odd.out_channels == 127 and odd.squeeze.conv1x1.conv.out_channels == 191
+    assert odd.squeeze.conv3x3.conv.groups == 1 and odd.squeeze.conv3x3.conv.stride == (2, 2)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_parameter_gets_a_gradient_on_a_non_square_input(name):
+    torch.manual_seed(0)
+    model = hcgnet.create_model(name, num_classes=7).train()
+    x = torch.randn(2, 3, *SMALL_INPUT[VARIANTS[name].stem])
+    out = model(x)
+    assert out.shape == (2, 7)
+    nn.functional.cross_entropy(out, torch.tensor([1, 5])).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        if pname.endswith("score.bias"):
+            # softmax over positions is shift-invariant: the scoring bias gets no gradient beyond
+            # rounding (relative to its weight's gradient)
+            weight_grad = model.get_parameter(pname[: -len("bias")] + "weight").grad
+            assert p.grad.abs().max() <= 1e-4 * weight_grad.abs().max(), pname
+        else:
+            assert p.grad.abs().max() > 0, pname
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_batch_of_one_in_eval_and_a_clear_error_in_training(name):
+    model = hcgnet.create_model(name).eval()
+    h, w = SMALL_INPUT[VARIANTS[name].stem]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, w, h)).shape == (1, VARIANTS[name].num_classes)
+    model.train()
+    with pytest.raises(BatchOfOneError, match="batch size of 2 or more"):
+        model(torch.randn(1, 3, h, w))
+
+
+def test_batch_element_does_not_depend_on_the_rest_of_the_batch_in_eval():
+    model = hcgnet.create_model("hcgnet_a1").eval()
+    x = torch.randn(3, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[1:2], model(x[1:2]), atol=1e-5, rtol=1e-5)
+
+
+def test_imagenet_variants_apply_dropout_before_the_classifier():
+    model = hcgnet.create_model("hcgnet_b")
+    assert model.head_drop.p == 0.1 and VARIANTS["hcgnet_a1"].drop_rate == 0.0
+    feats = torch.ones(64, model.num_features, 7, 7)
+    model.train()
+    dropped = model.forward_head(feats, pre_logits=True)
+    assert 0.05 < (dropped == 0).float().mean() < 0.15
+    model.eval()
+    assert torch.equal(model.forward_head(feats, pre_logits=True), torch.ones(64, model.num_features))
+
+
+def test_spec_builds_the_same_network_as_the_variant():
+    spec = hcgnet.create_model("HCGNet-(8,8,8)-(k=12,24,36)")
+    a1 = hcgnet.create_model("hcgnet_a1")
+    assert {k: v.shape for k, v in spec.state_dict().items()} == {k: v.shape for k, v in a1.state_dict().items()}
+    b = _meta_model("HCGNet-(3,6,12,8)-(k=32,48,64,96)")
+    assert count_params(b) == 12_845_501
+
+
+def test_spec_stem_follows_block_count_unless_given():
+    three = _meta_model("HCGNet-(2,2,2)-(k=8,8,8)")
+    four = _meta_model("HCGNet-(1,1,1,1)-(k=8,8,8,8)")
+    assert len(three.stem) == 1 and three.feature_info[-1]["reduction"] == 4 and three.num_classes == 10
+    assert isinstance(four.stem.pool, nn.MaxPool2d) and four.feature_info[-1]["reduction"] == 32
+    assert four.num_classes == 1000
+    imagenet_three = _meta_model("HCGNet-(2,2,2)-(k=8,8,8)", stem="imagenet")
+    assert imagenet_three.feature_info[-1]["reduction"] == 16
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("hcgnet_d", "unknown model"),
+        ("resnet50", "unknown model"),
+        ("HCGNet-(8,8,8)", "malformed spec"),
+        ("HCGNet-(8,x,8)-(k=12,24,36)", "malformed spec"),
+        ("HCGNet-(8,8)-(k=12,24,36)", "one growth rate per hybrid block"),
+        ("HCGNet-(8,0,8)-(k=12,24,36)", "at least one SMG"),
+        ("HCGNet-(8,8,8)-(k=12,22,36)", "multiple of the squeeze cell's group count 4"),
+    ],
+)
+def test_bad_names_and_specs_are_one_line_errors(bad, message):
+    with pytest.raises(ModelSpecError, match=message) as info:
+        hcgnet.create_model(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(ModelSpecError, match="did you mean hcgnet_a1"):
+        hcgnet.create_model("hcgnet-a1")
+
+
+def test_timm_creates_the_same_models():
+    assert sorted(timm.list_models("hcgnet*")) == sorted(hcgnet.list_models())
+    with torch.device("meta"):
+        for name in hcgnet.list_models():
+            ours, theirs = hcgnet.create_model(name), timm.create_model(name)
+            assert count_params(ours) == count_params(theirs)
+            assert type(theirs) is HCGNet
+    model = timm.create_model("hcgnet_a1", num_classes=100)
+    assert model.classifier.out_features == 100
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32)
+    cfg = timm.data.resolve_data_config({}, model=timm.create_model("hcgnet_b"))
+    assert cfg["input_size"] == (3, 224, 224)
+
+
+@pytest.mark.parametrize("factory", ["hcgnet", "timm"])
+@pytest.mark.parametrize("name,size", [("hcgnet_a1", (24, 40)), ("hcgnet_b", (96, 64))])
+def test_features_only_channels_and_strides_match_feature_info(factory, name, size):
+    create = hcgnet.create_model if factory == "hcgnet" else timm.create_model
+    model = create(name, features_only=True).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        features = model(x)
+    assert len(features) == len(model.feature_info.channels())
+    for f, chs, red in zip(features, model.feature_info.channels(), model.feature_info.reduction()):
+        assert f.shape == (2, chs, -(-size[0] // red), -(-size[1] // red))
+
+
+def test_features_only_out_indices():
+    model = hcgnet.create_model("hcgnet_b", features_only=True, out_indices=(1, 3)).eval()
+    assert model.feature_info.channels() == [368, 1244]
+    with torch.no_grad():
+        assert [f.shape[1] for f in model(torch.randn(2, 3, 64, 64))] == [368, 1244]
+
+
+def test_forward_intermediates_agree_with_forward():
+    torch.manual_seed(0)
+    model = hcgnet.create_model("hcgnet_a1").eval()
+    x = torch.randn(2, 3, 32, 24)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        assert [t.shape[1] for t in inter] == [120, 252, 414]
+        torch.testing.assert_close(final, model.forward_features(x))
+        torch.testing.assert_close(model.forward_head(final), model(x))
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        torch.testing.assert_close(last_two, inter[1:])
+        early = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
+        torch.testing.assert_close(early[0], inter[0])
+        kept = model.prune_intermediate_layers([1])
+        assert kept == [1] and len(model.stages) == 2 and model.num_features == 252
+        assert model(x).shape == (2, 252, 16, 12)  # no head left: the last kept stage's map
+
+
+def test_head_conventions():
+    model = hcgnet.create_model("hcgnet_a1").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 414)
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5) and model.get_classifier().out_features == 5
+        model.reset_classifier(0)
+        assert model(x).shape == (2, 414)
+    headless = hcgnet.create_model("hcgnet_a1", num_classes=0, global_pool="")
+    assert headless.eval()(x).shape == (2, 414, 8, 8)
+
+
+def test_in_chans_and_gate_activation_options():
+    model = hcgnet.create_model("hcgnet_a1", in_chans=1, gate_act=nn.ReLU).eval()
+    assert model.stem.conv0.in_channels == 1
+    assert isinstance(model.stages[0].block.layers[0].forget_gate.bottleneck.act, nn.ReLU)
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_torchscript_gives_the_same_output():
+    torch.manual_seed(0)
+    model = hcgnet.create_model("HCGNet-(2,2,2)-(k=8,8,8)").eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_torch_export_with_dynamic_batch_and_size_gives_the_same_output():
+    from torch.export import Dim, export
+
+    torch.manual_seed(0)
+    model = hcgnet.create_model("HCGNet-(2,2,2,2)-(k=8,8,8,8)").eval()
+    # from 64 pixels up: a last stage of 1x1 positions is a special case export would have to guard
+    dims = {"x": {0: Dim("batch", min=1, max=64), 2: Dim("h", min=64, max=1024), 3: Dim("w", min=64, max=1024)}}
+    program = export(model, (torch.randn(2, 3, 64, 64),), dynamic_shapes=dims)
+    for shape in [(2, 3, 64, 64), (1, 3, 96, 160), (3, 3, 80, 72)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
