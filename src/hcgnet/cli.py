@@ -19,7 +19,7 @@ def _info_rows(names: Sequence[str], num_classes: Optional[int]) -> List[dict]:
     rows = []
     for requested in names:
         name, variant = resolve(requested)
-        classes = num_classes or variant.num_classes
+        classes = variant.num_classes if num_classes is None else num_classes
         with torch.device("meta"):  # shapes only: counting C costs no arithmetic
             model = create_model(requested, num_classes=classes)
         rows.append(dict(

@@ -6,6 +6,7 @@ message that names the file, or the key, at fault.
 """
 import os
 import pickle
+import pickletools
 import re
 import tempfile
 import zipfile
@@ -73,20 +74,46 @@ def _strip_prefix(state_dict: Mapping[str, Tensor], prefix: str = "module.") -> 
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
+def _pickled_global(path: Path) -> Optional[str]:
+    """The first importable name a pickle would call (``os.system``...), or None if it calls none or is
+    not a pickle. Reads a torch zip archive's ``data.pkl``; never unpickles anything."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(name)
+        else:
+            data = path.read_bytes()
+        strings: list = []
+        for opcode, arg, _ in pickletools.genops(data):
+            name = None
+            if opcode.name in ("GLOBAL", "INST"):
+                name = str(arg).replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            if name and not name.startswith(("torch.", "collections.OrderedDict")):  # what torch.save writes
+                return name
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # not a (complete) pickle
+        return None
+    return None
+
+
 def _torch_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
-            raise CheckpointError(
-                f"refused to load {path}: it holds pickled objects other than tensors, which could run code; "
-                "hcgnet only loads plain weights (re-save just the state_dict from a trusted environment)"
-            ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt pickle)") from None
-    except (EOFError, RuntimeError, ValueError, OSError) as e:
-        if zipfile.is_zipfile(path) or "zip" in str(e).lower() or isinstance(e, EOFError):
+    except Exception as e:  # the weights-only unpickler fails on arbitrary bytes in many ways
+        if isinstance(e, pickle.UnpicklingError):
+            called = _pickled_global(path)
+            if called is not None:
+                raise CheckpointError(
+                    f"refused to load {path}: it holds pickled objects ({called}) other than tensors, which could "
+                    "run code; hcgnet only loads plain weights (re-save just the state_dict where you trust the file)"
+                ) from None
+        if zipfile.is_zipfile(path) or isinstance(e, EOFError) or "zip" in str(e).lower():
             raise CheckpointError(f"{path} is truncated or corrupt: it is not a complete PyTorch checkpoint") from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__})") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (truncated, corrupt or another format)") from None
 
 
 def _is_safetensors(path: Path) -> bool:

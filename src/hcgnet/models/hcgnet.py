@@ -96,8 +96,12 @@ def _stem(kind: str, in_chans: int, out_channels: int) -> Tuple[nn.Sequential, i
     return nn.Sequential(layers), 4
 
 
-def validate_architecture(block_depths: Sequence[int], growth_rates: Sequence[int], stem: str, groups: int) -> None:
+def validate_architecture(
+    block_depths: Sequence[int], growth_rates: Sequence[int], stem: str, groups: int, num_classes: int = 0
+) -> None:
     """Raise :class:`ModelSpecError` (one line, says what to change) for a network that cannot be built."""
+    if num_classes < 0:
+        raise ModelSpecError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
     if len(block_depths) == 0 or len(block_depths) != len(growth_rates):
         raise ModelSpecError(
             f"need one growth rate per hybrid block, got {len(block_depths)} block depths and "
@@ -149,7 +153,7 @@ class HCGNet(nn.Module):
         gate_act: ActFactory = nn.Tanh,
     ) -> None:
         super().__init__()
-        validate_architecture(block_depths, growth_rates, stem, groups)
+        validate_architecture(block_depths, growth_rates, stem, groups, num_classes)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
 

@@ -1,0 +1,604 @@
+"""Checkpoints: the published format (CIFAR and ImageNet naming), hcgnet's own, safetensors, and the
+errors for every file that cannot be used.
+
+The reference material lives in ``shared/`` beside the repository (``../shared`` from the repo root).
+"""
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import hcgnet
+from hcgnet import CheckpointError
+from hcgnet.models import checkpoints as ckpt_module
+from hcgnet.models.checkpoints import published_to_hcgnet_key, read_state_dict, save_safetensors
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE = SHARED / "reference"
+FIXTURE = REFERENCE / "fixtures" / "cifar_A1.official.pth.tar"
+FIXTURE_IO = REFERENCE / "fixtures" / "cifar_A1.io.pt"
+OFFICIAL_KEYS = REFERENCE / "official-keys"
+
+# official-keys file -> (hcgnet variant, class count of that file)
+PUBLISHED = {
+    "HCGNet_A1": ("hcgnet_a1", 10),
+    "HCGNet_A2": ("hcgnet_a2", 10),
+    "HCGNet_A3": ("hcgnet_a3", 100),
+    "HCGNet_B": ("hcgnet_b", 1000),
+    "HCGNet_C": ("hcgnet_c", 1000),
+}
+
+pytestmark = [
+    pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference material not found at {REFERENCE}"),
+    # torch warns when the weights-only unpickler meets a protocol other than 2 (plain pickle, random bytes)
+    pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning"),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The forward passes here are tiny; one intra-op thread avoids the stalls two threads suffer when the
+    two cores are shared with another process (an A1 forward took ~9 s instead of ~0.1 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# helpers --------------------------------------------------------------------------------------
+
+
+def read_official_keys(stem: str) -> Dict[str, tuple]:
+    """``key -> (shape, dtype)`` from ``official-keys/<stem>.keys.txt`` (keys without ``module.``)."""
+    out = {}
+    for line in (OFFICIAL_KEYS / f"{stem}.keys.txt").read_text().splitlines():
+        if not line.strip():
+            continue
+        key, shape, dtype = line.split("\t")
+        shape = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+        out[key] = (shape, getattr(torch, dtype.split(".")[-1]))
+    return out
+
+
+def synthesize_published(stem: str, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """A published-format state dict (``module.`` prefixed keys) with random values of the listed shapes."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, (shape, dtype) in read_official_keys(stem).items():
+        if dtype.is_floating_point:
+            value = torch.randn(shape, generator=g, dtype=dtype)
+        else:
+            value = torch.randint(0, 1000, shape, generator=g, dtype=dtype)
+        sd["module." + key] = value
+    return sd
+
+
+def save_published(sd: Dict[str, torch.Tensor], path: Path) -> Path:
+    torch.save({"net": sd, "acc": 12.5, "epoch": 3}, path)
+    return path
+
+
+def create(variant: str, num_classes: int):
+    return hcgnet.create_model(variant, num_classes=num_classes)
+
+
+def assert_state_dicts_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert a[k].shape == b[k].shape, k
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def io():
+    return torch.load(FIXTURE_IO, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def a1_loaded():
+    """HCGNet-A1 (10 classes) holding the fixture's weights, in eval mode."""
+    model = hcgnet.create_model("hcgnet_a1", num_classes=10)
+    hcgnet.load_checkpoint(model, FIXTURE)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def published_b(tmp_path_factory):
+    """A synthesized published HCGNet-B checkpoint file and its state dict."""
+    sd = synthesize_published("HCGNet_B", seed=7)
+    path = save_published(sd, tmp_path_factory.mktemp("published_b") / "HCGNet_B_best.pth.tar")
+    return path, sd
+
+
+def logits(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+# 1. the published fixture gives the published logits ------------------------------------------
+
+
+def test_fixture_checkpoint_gives_published_logits(io, a1_loaded):
+    y = logits(a1_loaded, io["x"])
+    assert y.shape == io["y"].shape == (4, 10)
+    assert (y - io["y"]).abs().max().item() < 1e-4
+
+
+def test_load_checkpoint_returns_metadata_saying_published():
+    model = hcgnet.create_model("hcgnet_a1", num_classes=10)
+    metadata = hcgnet.load_checkpoint(model, FIXTURE)
+    assert metadata.get("source") == "published"
+
+
+def test_fixture_loaded_weights_differ_from_fresh_init(a1_loaded):
+    # guards the logits test against a loader that silently leaves the initialisation in place
+    fresh = hcgnet.create_model("hcgnet_a1", num_classes=10).state_dict()
+    loaded = a1_loaded.state_dict()
+    differing = [k for k in fresh if fresh[k].is_floating_point() and not torch.equal(fresh[k], loaded[k])]
+    assert len(differing) > 0.9 * sum(v.is_floating_point() for v in fresh.values())
+
+
+def test_create_model_with_checkpoint_path_infers_classes(io):
+    model = hcgnet.create_model("hcgnet_a1", checkpoint_path=str(FIXTURE))
+    assert model.num_classes == 10
+    assert model.classifier.out_features == 10
+    y = logits(model, io["x"])
+    assert (y - io["y"]).abs().max().item() < 1e-4
+
+
+def test_create_model_with_checkpoint_path_accepts_the_spec(io):
+    model = hcgnet.create_model("HCGNet-(8,8,8)-(k=12,24,36)", checkpoint_path=str(FIXTURE))
+    assert (logits(model, io["x"]) - io["y"]).abs().max().item() < 1e-4
+
+
+# 2. every published variant's naming maps onto ours ------------------------------------------
+
+
+@pytest.mark.parametrize("stem", list(PUBLISHED))
+def test_published_key_mapping_is_a_bijection_onto_model_keys(stem):
+    variant, classes = PUBLISHED[stem]
+    official = read_official_keys(stem)
+    mapped = {key: published_to_hcgnet_key(key) for key in official}
+    unmapped = [k for k, v in mapped.items() if v is None]
+    assert unmapped == []
+    assert len(set(mapped.values())) == len(mapped), "two published keys map to the same hcgnet key"
+    with torch.device("meta"):
+        model = hcgnet.create_model(variant, num_classes=classes)
+    expected = model.state_dict()
+    assert set(mapped.values()) == set(expected)
+    for key, (shape, dtype) in official.items():
+        target = expected[mapped[key]]
+        assert target.dtype == dtype, key
+        if len(shape) == 4 and target.dim() == 2:  # the gates' FC layers, stored as 1x1 convs
+            assert shape == (*target.shape, 1, 1), key
+        else:
+            assert shape == tuple(target.shape), key
+
+
+@pytest.mark.parametrize("stem", list(PUBLISHED))
+def test_synthesized_published_checkpoint_loads_every_tensor(stem, tmp_path):
+    variant, classes = PUBLISHED[stem]
+    sd = synthesize_published(stem, seed=list(PUBLISHED).index(stem))
+    path = save_published(sd, tmp_path / f"{stem}_best.pth.tar")
+    model = create(variant, classes)
+    hcgnet.load_checkpoint(model, path)
+    loaded = model.state_dict()
+    seen = set()
+    for key, value in sd.items():
+        ours = published_to_hcgnet_key(key[len("module."):])
+        seen.add(ours)
+        target = loaded[ours]
+        expected = value.flatten(1) if value.dim() == 4 and target.dim() == 2 else value
+        assert target.dtype == expected.dtype, ours
+        assert torch.equal(target, expected), ours
+    assert seen == set(loaded)
+
+
+def test_published_checkpoint_without_module_prefix_loads(tmp_path):
+    sd = {k[len("module."):]: v for k, v in synthesize_published("HCGNet_A1", seed=3).items()}
+    path = tmp_path / "no_prefix.pth"
+    torch.save({"net": sd}, path)
+    model = create("hcgnet_a1", 10)
+    hcgnet.load_checkpoint(model, path)
+    assert torch.equal(model.state_dict()["stem.conv0.weight"], sd["features.conv0.weight"])
+
+
+def test_published_key_mapping_examples():
+    assert published_to_hcgnet_key("features.conv0.weight") == "stem.conv0.weight"
+    assert published_to_hcgnet_key("features.norm5.running_var") == "norm.running_var"
+    assert published_to_hcgnet_key("classifier.bias") == "classifier.bias"
+    assert (published_to_hcgnet_key("features.HybridBlock2.SMG3.conv_5x5.conv.weight")
+            == "stages.1.block.layers.2.excite.conv3x3_dilated.conv.weight")
+    assert (published_to_hcgnet_key("features.hybridblock4.SMG8.fc2.weight")
+            == "stages.3.block.layers.7.forget_gate.expand.weight")
+    assert (published_to_hcgnet_key("features.Transition1.fcall.bias")
+            == "stages.1.transition.update_gate.bottleneck.fc.bias")
+    assert published_to_hcgnet_key("features.HybridBlock1.SMG1.nonsense.weight") is None
+    assert published_to_hcgnet_key("head.weight") is None
+
+
+# 3. a mismatch is an error naming the key ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def a1_published_sd():
+    return synthesize_published("HCGNet_A1", seed=11)
+
+
+@pytest.mark.parametrize("dropped", [
+    "features.HybridBlock2.SMG4.fc3x3.weight",
+    "features.Transition2.bn_forget.running_mean",
+    "features.norm5.num_batches_tracked",
+])
+def test_missing_key_is_named(a1_published_sd, tmp_path, dropped):
+    sd = dict(a1_published_sd)
+    del sd["module." + dropped]
+    path = save_published(sd, tmp_path / "missing.pth.tar")
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.load_checkpoint(create("hcgnet_a1", 10), path)
+    assert published_to_hcgnet_key(dropped) in str(e.value)
+    assert "missing" in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_unknown_published_key_is_named(a1_published_sd, tmp_path):
+    sd = dict(a1_published_sd)
+    sd["module.features.bogus_layer.weight"] = torch.zeros(3)
+    path = save_published(sd, tmp_path / "extra.pth.tar")
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.load_checkpoint(create("hcgnet_a1", 10), path)
+    assert "features.bogus_layer.weight" in str(e.value)
+
+
+def test_extra_key_of_a_deeper_network_is_named(a1_published_sd, tmp_path):
+    # a well-formed published key for a ninth SMG module that HCGNet-A1 does not have
+    extra = "features.HybridBlock1.SMG9.conv1_1x1.norm.weight"
+    sd = dict(a1_published_sd)
+    sd["module." + extra] = torch.ones(24)
+    path = save_published(sd, tmp_path / "extra.pth.tar")
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.load_checkpoint(create("hcgnet_a1", 10), path)
+    assert published_to_hcgnet_key(extra) in str(e.value)
+    assert "unexpected" in str(e.value)
+
+
+def test_wrong_shape_is_named_with_both_shapes(a1_published_sd, tmp_path):
+    key = "features.HybridBlock3.SMG2.conv2_3x3.conv.weight"
+    sd = dict(a1_published_sd)
+    good_shape = tuple(sd["module." + key].shape)
+    bad_shape = (good_shape[0] + 1, *good_shape[1:])
+    sd["module." + key] = torch.zeros(bad_shape)
+    path = save_published(sd, tmp_path / "shape.pth.tar")
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.load_checkpoint(create("hcgnet_a1", 10), path)
+    message = str(e.value)
+    assert published_to_hcgnet_key(key) in message
+    assert str(bad_shape) in message
+    assert str(good_shape) in message
+
+
+def test_failed_strict_load_leaves_the_model_unchanged(a1_published_sd, tmp_path):
+    sd = dict(a1_published_sd)
+    del sd["module.classifier.bias"]
+    path = save_published(sd, tmp_path / "missing.pth.tar")
+    model = create("hcgnet_a1", 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError):
+        hcgnet.load_checkpoint(model, path)
+    assert_state_dicts_equal(before, model.state_dict())
+
+
+def test_a1_checkpoint_into_a2_is_another_model():
+    with pytest.raises(CheckpointError, match="another model"):
+        hcgnet.load_checkpoint(create("hcgnet_a2", 10), FIXTURE)
+
+
+def test_a1_checkpoint_into_create_model_a2_is_another_model():
+    with pytest.raises(CheckpointError, match="another model"):
+        hcgnet.create_model("hcgnet_a2", checkpoint_path=str(FIXTURE))
+
+
+def test_class_count_mismatch_names_num_classes():
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.load_checkpoint(create("hcgnet_a1", 100), FIXTURE)
+    assert "num_classes=10" in str(e.value)
+
+
+def test_non_strict_load_skips_the_classifier_only(io, a1_loaded):
+    model = create("hcgnet_a1", 100)
+    classifier_before = model.classifier.weight.detach().clone()
+    hcgnet.load_checkpoint(model, FIXTURE, strict=False)
+    assert torch.equal(model.classifier.weight, classifier_before)
+    ref = a1_loaded.state_dict()
+    for key, value in model.state_dict().items():
+        if not key.startswith("classifier."):
+            assert torch.equal(value, ref[key]), key
+
+
+# 4. hcgnet's own formats round-trip ----------------------------------------------------------
+
+
+def test_own_torch_format_round_trips(tmp_path, io, a1_loaded):
+    path = tmp_path / "own.pt"
+    torch.save({"model": a1_loaded.state_dict(), "epoch": 5, "model_name": "hcgnet_a1", "num_classes": 10}, path)
+    model = create("hcgnet_a1", 10)
+    metadata = hcgnet.load_checkpoint(model, path)
+    assert metadata == {"model_name": "hcgnet_a1", "num_classes": "10"}
+    assert_state_dicts_equal(a1_loaded.state_dict(), model.state_dict())
+    assert torch.equal(logits(model, io["x"]), logits(a1_loaded, io["x"]))
+
+
+def test_safetensors_round_trips_with_metadata(tmp_path, io, a1_loaded):
+    path = tmp_path / "a1.safetensors"
+    save_safetensors(a1_loaded, path, {"model": "hcgnet_a1", "num_classes": 10, "note": "fixture"})
+    model = create("hcgnet_a1", 10)
+    metadata = hcgnet.load_checkpoint(model, path)
+    assert metadata["model"] == "hcgnet_a1"
+    assert metadata["num_classes"] == "10"
+    assert metadata["note"] == "fixture"
+    assert metadata["format"] == ckpt_module.SAFETENSORS_FORMAT
+    assert_state_dicts_equal(a1_loaded.state_dict(), model.state_dict())
+    assert torch.equal(logits(model, io["x"]), logits(a1_loaded, io["x"]))
+    state_dict, metadata2 = read_state_dict(path)
+    assert metadata2 == metadata
+    assert set(state_dict) == set(a1_loaded.state_dict())
+
+
+def test_safetensors_is_recognised_without_its_suffix(tmp_path, a1_loaded):
+    path = tmp_path / "weights.bin"
+    save_safetensors(a1_loaded, path)
+    with safe_open(str(path), framework="pt") as f:  # it really is safetensors
+        assert f.metadata()["format"] == ckpt_module.SAFETENSORS_FORMAT
+    model = create("hcgnet_a1", 10)
+    hcgnet.load_checkpoint(model, path)
+    assert_state_dicts_equal(a1_loaded.state_dict(), model.state_dict())
+
+
+def test_bare_state_dict_round_trips(tmp_path, io, a1_loaded):
+    path = tmp_path / "bare.pth"
+    torch.save(a1_loaded.state_dict(), path)
+    model = create("hcgnet_a1", 10)
+    assert hcgnet.load_checkpoint(model, path) == {}
+    assert_state_dicts_equal(a1_loaded.state_dict(), model.state_dict())
+    assert torch.equal(logits(model, io["x"]), logits(a1_loaded, io["x"]))
+
+
+def test_data_parallel_prefixed_own_state_dict_loads(tmp_path, a1_loaded):
+    path = tmp_path / "dp.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in a1_loaded.state_dict().items()}}, path)
+    model = create("hcgnet_a1", 10)
+    hcgnet.load_checkpoint(model, path)
+    assert_state_dicts_equal(a1_loaded.state_dict(), model.state_dict())
+
+
+def test_save_safetensors_leaves_no_temporary_files(tmp_path, a1_loaded):
+    path = tmp_path / "a1.safetensors"
+    save_safetensors(a1_loaded, path)
+    save_safetensors(a1_loaded, path)  # replacing an existing file too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a1.safetensors"]
+
+
+def test_save_safetensors_failure_keeps_the_old_file_and_no_temp(tmp_path, a1_loaded, monkeypatch):
+    path = tmp_path / "a1.safetensors"
+    save_safetensors(a1_loaded, path)
+    before = path.read_bytes()
+
+    def failing_save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_module, "save_file", failing_save_file)
+    with pytest.raises(OSError):
+        save_safetensors(create("hcgnet_a1", 10), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a1.safetensors"]
+
+
+# 5. files that are not (safe) checkpoints ------------------------------------------------------
+
+
+class MarkerPayload:
+    """Unpickling this calls ``open(marker, "w")``: harmless, but it creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_payload_is_live_when_unpickled_unsafely(tmp_path):
+    # proves that the payload in the next tests would run if a loader unpickled it
+    marker = tmp_path / "pwned"
+    data = pickle.dumps({"net": {"w": torch.zeros(1)}, "x": MarkerPayload(marker)})
+    assert not marker.exists()
+    pickle.loads(data)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_pickle_with_code_payload_is_refused(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth.tar"
+    obj = {"net": {"module.features.conv0.weight": torch.zeros(24, 3, 3, 3)}, "payload": MarkerPayload(marker)}
+    if writer == "torch.save":
+        torch.save(obj, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(obj, f)
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.load_checkpoint(create("hcgnet_a1", 10), path)
+    assert "refused" in str(e.value)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError):
+        hcgnet.create_model("hcgnet_a1", checkpoint_path=str(path))
+    assert not marker.exists()
+
+
+def test_os_system_payload_is_refused(tmp_path):
+    marker = tmp_path / "pwned_os"
+
+    class OsSystem:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "x": OsSystem()}, path)
+    with pytest.raises(CheckpointError):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_truncated_torch_file_says_truncated(tmp_path):
+    whole = FIXTURE.read_bytes()
+    path = tmp_path / "half.pth.tar"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.load_checkpoint(create("hcgnet_a1", 10), path)
+    assert "truncated" in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_truncated_safetensors_file_says_truncated(tmp_path, a1_loaded):
+    good = tmp_path / "a1.safetensors"
+    save_safetensors(a1_loaded, good)
+    whole = good.read_bytes()
+    for name in ("half.safetensors", "half.bin"):  # with and without the suffix
+        path = tmp_path / name
+        path.write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(CheckpointError) as e:
+            hcgnet.load_checkpoint(create("hcgnet_a1", 10), path)
+        assert "truncated" in str(e.value), name
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    g = torch.Generator().manual_seed(1234)
+    for i in range(40):
+        path = tmp_path / f"random{i}.pth"
+        size = (9, 100, 4096, 65536)[i % 4]
+        path.write_bytes(bytes(torch.randint(0, 256, (size,), generator=g, dtype=torch.uint8).tolist()))
+        with pytest.raises(CheckpointError):
+            read_state_dict(path)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("notes.txt", b"these are not weights\n"),
+    ("weights.pth", b"hello\n"),
+    ("zero.pth", b"0"),
+    ("weights.safetensors", b"these are not weights\n"),
+    ("config.json", b'{"model": "hcgnet_a1"}\n'),
+    ("empty.pth", b""),
+])
+def test_text_and_empty_files_are_not_checkpoints(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.load_checkpoint(create("hcgnet_a1", 10), path)
+    assert name in str(e.value)
+
+
+@pytest.mark.parametrize("obj", [[torch.zeros(2)], torch.zeros(3), {}, {"net": {"a": 1}}, {"epoch": 3}])
+def test_torch_files_without_a_state_dict_are_refused(tmp_path, obj):
+    path = tmp_path / "odd.pt"
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError):
+        read_state_dict(path)
+
+
+def test_missing_path_is_a_checkpoint_error(tmp_path):
+    missing = tmp_path / "nowhere" / "HCGNet_B_best.pth.tar"
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.load_checkpoint(create("hcgnet_a1", 10), missing)
+    assert str(missing) in str(e.value)
+    with pytest.raises(CheckpointError):
+        hcgnet.create_model("hcgnet_a1", checkpoint_path=str(missing))
+    with pytest.raises(CheckpointError):  # a folder is not a file either
+        read_state_dict(tmp_path)
+
+
+def test_checkpoint_error_is_a_value_error():
+    assert issubclass(CheckpointError, hcgnet.HCGNetError)
+    assert issubclass(CheckpointError, ValueError)
+
+
+# 6. pretrained=True looks in HCGNET_HOME and never downloads ------------------------------------
+
+
+def test_pretrained_missing_names_folder_and_file(tmp_path, monkeypatch):
+    home = tmp_path / "weights"
+    home.mkdir()
+    monkeypatch.setenv("HCGNET_HOME", str(home))
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.create_model("hcgnet_b", pretrained=True)
+    assert str(home) in str(e.value)
+    assert "HCGNet_B_best.pth.tar" in str(e.value)
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.create_model("hcgnet_c", pretrained=True)
+    assert "HCGNet_C_best.pth.tar" in str(e.value)
+    assert list(home.iterdir()) == []  # nothing was downloaded or written
+
+
+def test_pretrained_default_folder_is_under_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("HCGNET_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.create_model("hcgnet_b", pretrained=True)
+    assert str(tmp_path / ".cache" / "hcgnet") in str(e.value)
+
+
+def test_pretrained_loads_the_published_file_from_hcgnet_home(tmp_path, monkeypatch, published_b):
+    source, sd = published_b
+    home = tmp_path / "weights"
+    home.mkdir()
+    shutil.copy(source, home / "HCGNet_B_best.pth.tar")
+    monkeypatch.setenv("HCGNET_HOME", str(home))
+    model = hcgnet.create_model("hcgnet_b", pretrained=True)
+    assert model.num_classes == 1000
+    loaded = model.state_dict()
+    for key, value in sd.items():
+        ours = published_to_hcgnet_key(key[len("module."):])
+        target = loaded[ours]
+        assert torch.equal(target, value.flatten(1) if value.dim() == 4 and target.dim() == 2 else value), ours
+
+
+def test_pretrained_prefers_converted_safetensors(tmp_path, monkeypatch, published_b):
+    source, sd = published_b
+    home = tmp_path / "weights"
+    home.mkdir()
+    shutil.copy(source, home / "HCGNet_B_best.pth.tar")
+    model = hcgnet.create_model("hcgnet_b", checkpoint_path=str(source))
+    with torch.no_grad():
+        model.stem.conv0.weight.add_(1.0)  # different from the .pth.tar
+    save_safetensors(model, home / "hcgnet_b.safetensors")
+    monkeypatch.setenv("HCGNET_HOME", str(home))
+    again = hcgnet.create_model("hcgnet_b", pretrained=True)
+    assert torch.equal(again.stem.conv0.weight, model.stem.conv0.weight)
+
+
+@pytest.mark.parametrize("name", ["hcgnet_a1", "hcgnet_a2", "hcgnet_a3", "HCGNet-(4,4)-(k=12,24)"])
+def test_pretrained_for_unpublished_models_says_none_were_published(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("HCGNET_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="no pretrained weights were published"):
+        hcgnet.create_model(name, pretrained=True)
+
+
+# 7. timm reads the converted safetensors -----------------------------------------------------
+
+
+def test_timm_loads_converted_safetensors(tmp_path, io, a1_loaded):
+    import timm
+
+    path = tmp_path / "hcgnet_a1.safetensors"
+    save_safetensors(a1_loaded, path, {"model": "hcgnet_a1", "num_classes": 10})
+    model = timm.create_model("hcgnet_a1", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert isinstance(model, hcgnet.HCGNet)
+    y = logits(model, io["x"])
+    assert (y - io["y"]).abs().max().item() < 1e-4
+    assert_state_dicts_equal(a1_loaded.state_dict(), model.state_dict())

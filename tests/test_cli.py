@@ -1,0 +1,323 @@
+"""The ``hcgnet`` command line: ``info`` figures, ``convert``, and one-line errors with exit code 2."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hcgnet
+from hcgnet.cli import main
+from hcgnet.models.checkpoints import read_state_dict
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = SHARED / "reference" / "fixtures"
+FIXTURE = FIXTURES / "cifar_A1.official.pth.tar"
+FIXTURE_IO = FIXTURES / "cifar_A1.io.pt"
+
+needs_fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"reference fixture not found at {FIXTURE}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The forward passes here are tiny; one intra-op thread avoids the stalls two threads suffer when the
+    two cores are shared with another process (an A1 forward took ~9 s instead of ~0.1 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+PUBLISHED_PARAMS = {
+    "hcgnet_a1": "1,065,301",
+    "hcgnet_a2": "3,069,149",
+    "hcgnet_a3": "11,239,897",
+    "hcgnet_b": "12,845,501",
+    "hcgnet_c": "42,153,208",
+}
+
+
+def run(capsys, *argv):
+    """``main(argv)`` in-process -> (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, out, err):
+    assert code == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hcgnet: error: ")
+    assert "Traceback" not in err
+
+
+# info -----------------------------------------------------------------------------------------
+
+
+def test_info_table_lists_every_variant_with_published_params(capsys):
+    code, out, err = run(capsys, "info")
+    assert code == 0
+    assert err == ""
+    rows = {}
+    for line in out.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells[0] in PUBLISHED_PARAMS:
+            assert cells[0] not in rows, f"{cells[0]} listed twice"
+            rows[cells[0]] = cells
+    assert set(rows) == set(PUBLISHED_PARAMS)
+    header = re.split(r"\s{2,}", out.splitlines()[0].strip())
+    params_col = header.index("params")
+    published_col = header.index("published params")
+    for name, cells in rows.items():
+        assert cells[params_col] == PUBLISHED_PARAMS[name], name
+        assert cells[published_col] == PUBLISHED_PARAMS[name], name
+    assert "multiply-adds" in out
+    # one row per variant in the table order of hcgnet.list_models()
+    order = [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in PUBLISHED_PARAMS]
+    assert order == hcgnet.list_models()
+
+
+def test_info_json_a1_with_100_classes(capsys):
+    code, out, err = run(capsys, "info", "--json", "hcgnet_a1", "--num-classes", "100")
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["model"] == "hcgnet_a1"
+    assert row["classes"] == 100
+    assert row["params"] == 1102651
+    assert row["published_params"] == 1102651
+    assert abs(row["gmacs"] - 0.154) / 0.154 < 0.01
+    assert row["input"] == "32x32"
+
+
+def test_info_json_all_variants_params_and_macs(capsys):
+    code, out, _ = run(capsys, "info", "--json")
+    assert code == 0
+    rows = {r["model"]: r for r in json.loads(out)}
+    assert {k: f"{r['params']:,}" for k, r in rows.items()} == PUBLISHED_PARAMS
+    measured_gmacs = {"hcgnet_a1": 0.154, "hcgnet_a2": 0.489, "hcgnet_a3": 1.956, "hcgnet_b": 2.003, "hcgnet_c": 6.972}
+    for name, gmacs in measured_gmacs.items():
+        assert abs(rows[name]["gmacs"] - gmacs) / gmacs < 0.01, name
+    assert rows["hcgnet_b"]["input"] == "224x224"
+    assert rows["hcgnet_c"]["classes"] == 1000
+
+
+@pytest.mark.parametrize("spec", ["HCGNet-(8,8,8)-(k=12,24,36)", "hcgnet - (8, 8, 8) - (k = 12, 24, 36)"])
+def test_info_spec_of_a_published_network_is_that_network(capsys, spec):
+    code, out, _ = run(capsys, "info", "--json", spec)
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["model"] == "hcgnet_a1"
+    assert row["spec"] == "HCGNet-(8,8,8)-(k=12,24,36)"
+    assert row["params"] == 1065301
+
+
+def test_info_spec_of_a_new_network_counts_its_params(capsys):
+    spec = "HCGNet-(4,4)-(k=12,24)"
+    code, out, _ = run(capsys, "info", "--json", spec)
+    assert code == 0
+    (row,) = json.loads(out)
+    assert row["model"] == "-"
+    assert row["spec"] == spec
+    assert row["classes"] == 10
+    model = hcgnet.create_model(spec)
+    assert row["params"] == sum(p.numel() for p in model.parameters())
+    assert row["published_params"] is None
+
+
+def test_info_table_accepts_a_spec_beside_a_name(capsys):
+    code, out, _ = run(capsys, "info", "HCGNet-(4,4)-(k=12,24)", "hcgnet_b")
+    assert code == 0
+    lines = out.splitlines()
+    assert any(line.startswith("-") and "HCGNet-(4,4)-(k=12,24)" in line for line in lines)
+    assert any(line.startswith("hcgnet_b") and "12,845,501" in line for line in lines)
+    assert not any(line.startswith("hcgnet_a1") for line in lines)
+
+
+def test_info_negative_num_classes_is_an_error(capsys):
+    assert_one_line_error(*run(capsys, "info", "--num-classes", "-5", "hcgnet_a1"))
+
+
+def test_info_zero_num_classes_is_not_silently_the_default(capsys):
+    code, out, err = run(capsys, "info", "--json", "--num-classes", "0", "hcgnet_a1")
+    if code == 2:  # refusing it is acceptable too
+        assert_one_line_error(code, out, err)
+        return
+    (row,) = json.loads(out)
+    assert row["classes"] == 0
+    assert row["params"] == sum(p.numel() for p in hcgnet.create_model("hcgnet_a1", num_classes=0).parameters())
+
+
+# one-line errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["info", "hcgnet_z9"], "unknown model"),
+    (["info", "resnet50"], "unknown model"),
+    (["info", "hcgnet_a1", "nosuchnet"], "nosuchnet"),
+    (["info", "HCGNet-(8,8,8)"], "malformed spec"),
+    (["info", "HCGNet-(8,x,8)-(k=12,24,36)"], "malformed spec"),
+    (["info", "HCGNet-(8,8,8)-(k=12,22,36)"], "22"),
+    (["info", "HCGNet-(8,8,8)-(k=12,24)"], "growth rate"),
+    (["info", "HCGNet-(0,8,8)-(k=12,24,36)"], "SMG"),
+])
+def test_info_errors_are_one_line_exit_2(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, out, err)
+    assert needle in err
+
+
+def test_unknown_model_suggests_the_close_name(capsys):
+    code, out, err = run(capsys, "info", "hcgnet_a4")
+    assert_one_line_error(code, out, err)
+    assert "did you mean hcgnet_a" in err
+
+
+def test_growth_rate_not_divisible_by_4_says_why(capsys):
+    code, out, err = run(capsys, "info", "HCGNet-(8,8,8)-(k=12,22,36)")
+    assert_one_line_error(code, out, err)
+    assert "growth rate 22" in err and "4" in err
+
+
+def test_subprocess_error_exit_code_and_single_stderr_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hcgnet", "info", "HCGNet-(8,8,8)-(k=12,22,36)"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hcgnet: error: ")
+    assert "growth rate 22" in lines[0]
+
+
+def test_argparse_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "only-one-argument"])
+    assert e.value.code == 2
+    assert "--model" in capsys.readouterr().err
+
+
+# convert --------------------------------------------------------------------------------------
+
+
+@needs_fixture
+def test_convert_fixture_gives_published_logits(tmp_path, capsys):
+    out_path = tmp_path / "a1.safetensors"
+    code, out, err = run(capsys, "convert", str(FIXTURE), str(out_path), "--model", "hcgnet_a1")
+    assert code == 0
+    assert err == ""
+    assert "hcgnet_a1" in out
+    assert "10 classes" in out
+    assert "1,065,301" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a1.safetensors"]  # no temp files left
+
+    model = hcgnet.create_model("hcgnet_a1", num_classes=10)
+    metadata = hcgnet.load_checkpoint(model, out_path)
+    assert metadata["model"] == "hcgnet_a1"
+    assert metadata["num_classes"] == "10"
+    io = torch.load(FIXTURE_IO, map_location="cpu", weights_only=True)
+    model.eval()
+    with torch.no_grad():
+        y = model(io["x"])
+    assert (y - io["y"]).abs().max().item() < 1e-4
+
+
+@needs_fixture
+def test_convert_with_a_spec_and_force(tmp_path, capsys):
+    out_path = tmp_path / "a1.safetensors"
+    out_path.write_bytes(b"old contents")
+    code, out, _ = run(capsys, "convert", str(FIXTURE), str(out_path), "--model", "HCGNet-(8,8,8)-(k=12,24,36)",
+                       "--force")
+    assert code == 0
+    assert "hcgnet_a1" in out
+    state_dict, metadata = read_state_dict(out_path)
+    assert metadata["model"] == "hcgnet_a1"
+    reference, _ = read_state_dict(FIXTURE)
+    assert set(state_dict) == set(reference)
+    for key, value in reference.items():
+        assert torch.equal(state_dict[key], value.reshape(state_dict[key].shape)), key
+
+
+@needs_fixture
+def test_convert_a1_as_a2_is_another_model(tmp_path, capsys):
+    out_path = tmp_path / "a2.safetensors"
+    code, out, err = run(capsys, "convert", str(FIXTURE), str(out_path), "--model", "hcgnet_a2")
+    assert_one_line_error(code, out, err)
+    assert "another model" in err
+    assert not out_path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_fixture
+def test_convert_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out_path = tmp_path / "existing.safetensors"
+    out_path.write_bytes(b"precious")
+    code, out, err = run(capsys, "convert", str(FIXTURE), str(out_path), "--model", "hcgnet_a1")
+    assert_one_line_error(code, out, err)
+    assert "--force" in err
+    assert out_path.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.safetensors"]
+
+
+@needs_fixture
+@pytest.mark.parametrize("name", ["a1.pth", "a1.safetensors.bak", "a1"])
+def test_convert_output_must_end_in_safetensors(tmp_path, capsys, name):
+    out_path = tmp_path / name
+    code, out, err = run(capsys, "convert", str(FIXTURE), str(out_path), "--model", "hcgnet_a1")
+    assert_one_line_error(code, out, err)
+    assert ".safetensors" in err
+    assert not out_path.exists()
+
+
+@needs_fixture
+def test_convert_into_missing_folder_is_an_error(tmp_path, capsys):
+    out_path = tmp_path / "no" / "such" / "a1.safetensors"
+    code, out, err = run(capsys, "convert", str(FIXTURE), str(out_path), "--model", "hcgnet_a1")
+    assert_one_line_error(code, out, err)
+    assert not (tmp_path / "no").exists()
+
+
+def _truncated_fixture(path: Path) -> None:
+    data = FIXTURE.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@needs_fixture
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: p.write_text('{"model": "hcgnet_a1"}\n'), None),
+    (lambda p: p.write_bytes(b""), None),
+    (_truncated_fixture, "truncated"),
+    (lambda p: torch.save([torch.zeros(3)], p), "not a model checkpoint"),
+    (lambda p: p.write_text("these are not weights\n"), None),
+], ids=["json-text", "empty", "truncated", "list-of-tensors", "plain-text"])
+def test_convert_a_file_that_is_not_a_checkpoint(tmp_path, capsys, make, needle):
+    src = tmp_path / "input.pth"
+    make(src)
+    out_path = tmp_path / "out.safetensors"
+    code, out, err = run(capsys, "convert", str(src), str(out_path), "--model", "hcgnet_a1")
+    assert_one_line_error(code, out, err)
+    assert str(src) in err
+    if needle:
+        assert needle in err
+    assert not out_path.exists()
+
+
+def test_convert_missing_checkpoint_is_an_error(tmp_path, capsys):
+    missing = tmp_path / "HCGNet_B_best.pth.tar"
+    code, out, err = run(capsys, "convert", str(missing), str(tmp_path / "b.safetensors"), "--model", "hcgnet_b")
+    assert_one_line_error(code, out, err)
+    assert "not found" in err and str(missing) in err
+
+
+@needs_fixture
+def test_convert_unknown_model_is_an_error(tmp_path, capsys):
+    code, out, err = run(capsys, "convert", str(FIXTURE), str(tmp_path / "x.safetensors"), "--model", "hcgnet_x")
+    assert_one_line_error(code, out, err)
+    assert "unknown model" in err
