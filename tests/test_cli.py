@@ -220,7 +220,7 @@ def test_convert_fixture_gives_published_logits(tmp_path, capsys):
 
     model = hcgnet.create_model("hcgnet_a1", num_classes=10)
     metadata = hcgnet.load_checkpoint(model, out_path)
-    assert metadata["model"] == "hcgnet_a1"
+    assert metadata["model_name"] == "hcgnet_a1"
     assert metadata["num_classes"] == "10"
     io = torch.load(FIXTURE_IO, map_location="cpu", weights_only=True)
     model.eval()
@@ -238,7 +238,7 @@ def test_convert_with_a_spec_and_force(tmp_path, capsys):
     assert code == 0
     assert "hcgnet_a1" in out
     state_dict, metadata = read_state_dict(out_path)
-    assert metadata["model"] == "hcgnet_a1"
+    assert metadata["model_name"] == "hcgnet_a1"
     reference, _ = read_state_dict(FIXTURE)
     assert set(state_dict) == set(reference)
     for key, value in reference.items():

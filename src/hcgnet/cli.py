@@ -9,6 +9,7 @@ import torch
 
 from hcgnet import __version__
 from hcgnet.complexity import count_macs, count_params
+from hcgnet.data import error_message
 from hcgnet.errors import HCGNetError
 from hcgnet.models import VARIANTS, create_model, read_state_dict, save_safetensors
 from hcgnet.models.checkpoints import load_state_dict_into, num_classes_in
@@ -69,8 +70,85 @@ def cmd_convert(args: argparse.Namespace) -> int:
     classes = num_classes_in(state_dict)
     model = create_model(name, num_classes=classes)
     load_state_dict_into(model, state_dict, args.checkpoint)
-    save_safetensors(model, out, {"model": name, "num_classes": model.num_classes})
+    save_safetensors(model, out, {"model_name": name, "num_classes": model.num_classes})
     print(f"wrote {out}: {name}, {model.num_classes} classes, {count_params(model):,} parameters")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hcgnet.training import TrainConfig, fit, make_config
+
+    overrides = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if hasattr(args, name)}
+    config = make_config(args.recipe, args.config, overrides)
+    fit(config)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from hcgnet.inference import evaluate_checkpoint
+
+    m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
+                            args.model)
+    if args.json:
+        print(json.dumps(m, indent=2))
+    else:
+        print(f"{args.checkpoint} on {args.data} ({args.split}, {m['count']} images): top-1 {100 * m['top1']:.2f}%, "
+              f"top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hcgnet.inference import predict
+
+    results = predict(args.checkpoint, args.images, args.topk, args.model)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["image"])
+        for t in r["top"]:
+            print(f"  {100 * t['probability']:6.2f}%  {t['class']}")
+    return 0
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from hcgnet.training.config import FIELDS
+
+    p.add_argument("--config", help="YAML file of options (flags given here override it)")
+    bools = {"nesterov", "channels_last", "compile", "ema", "skip_bad_images"}
+    helps = {
+        "model": "variant name or spec, e.g. hcgnet_a1 or 'HCGNet-(8,8,8)-(k=12,24,36)'",
+        "data": "cifar10, cifar100, fashion-mnist or imagefolder:PATH",
+        "recipe": "a packaged recipe (see `hcgnet recipes`)",
+        "output": "folder for checkpoints, metrics, curves (default runs/train)",
+        "batch_size": "images per process and step",
+        "amp": "none, bf16 (CPU/GPU) or fp16 (GPU)",
+        "val_size": "images (or fraction if < 1) held out from the training set for validation",
+        "checkpoint_every": "also save last.pt every N steps (0: epoch ends only)",
+        "resume": "continue the run in --output exactly where it stopped",
+        "overwrite": "replace the run in --output",
+    }
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        if name in ("resume", "overwrite"):
+            p.add_argument(flag, action="store_true", default=None, help=helps.get(name))
+        elif name in bools:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helps.get(name))
+        else:
+            kind = type(f.default) if f.default is not None and not isinstance(f.default, bool) else str
+            if name in ("cycle_epochs", "drop_rate", "val_size"):
+                kind = float
+            elif name in ("restart_every", "image_size", "lr_base_batch", "max_steps_per_epoch"):
+                kind = int
+            p.add_argument(flag, type=kind, default=None, help=helps.get(name))
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from hcgnet.training.config import list_recipes, load_recipe
+
+    for name in list_recipes():
+        r = load_recipe(name)
+        print(f"{name:18s} {r.get('model', '-'):10s} {r.get('data', '-'):14s} {r.get('epochs', '-')} epochs")
     return 0
 
 
@@ -92,6 +170,32 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--model", required=True, help="variant name or spec the checkpoint belongs to")
     convert.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     convert.set_defaults(func=cmd_convert)
+
+    train = sub.add_parser("train", help="train a model (also under torchrun for several processes)")
+    _add_train_options(train)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="top-1, top-5 and loss of a checkpoint on a dataset")
+    ev.add_argument("--checkpoint", required=True, help=".safetensors or .pt written by hcgnet train (or convert)")
+    ev.add_argument("--data", required=True, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
+    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--split", choices=("test", "val"), default="test")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="top-5 classes of image files")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    rec = sub.add_parser("recipes", help="list the packaged training recipes")
+    rec.set_defaults(func=cmd_recipes)
     return parser
 
 
@@ -100,8 +204,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except HCGNetError as e:
-        print(f"hcgnet: error: {e}", file=sys.stderr)
+        print(f"hcgnet: error: {error_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("hcgnet: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from hcgnet.errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
 SAFETENSORS_FORMAT = "hcgnet-1"
+# What hcgnet's checkpoints say about themselves (safetensors metadata, or top-level keys of a .pt).
+METADATA_KEYS = ("model_name", "num_classes", "in_chans", "class_names", "data_config", "val_size", "seed")
 
 # Module names of the published implementation inside one SMG module -> ours. Its "conv_5x5" is the
 # dilated 3x3 depthwise conv; its fully connected layers are 1x1 convs (reshaped on load).
@@ -100,7 +102,7 @@ def _pickled_global(path: Path) -> Optional[str]:
     return None
 
 
-def _torch_load(path: Path) -> object:
+def torch_load_weights_only(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the weights-only unpickler fails on arbitrary bytes in many ways
@@ -143,14 +145,14 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
         except (SafetensorError, OSError, ValueError):
             raise CheckpointError(f"{path} is truncated or corrupt: it is not a valid safetensors file") from None
     else:
-        obj = _torch_load(path)
+        obj = torch_load_weights_only(path)
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path} is not a model checkpoint (it holds a {type(obj).__name__}, not a dict)")
         state_dict = None
         for field in ("model", "state_dict", "net"):
             if isinstance(obj.get(field), dict):
                 state_dict = obj[field]
-                metadata = {k: str(v) for k, v in obj.items() if k in ("model_name", "num_classes")}
+                metadata = {k: str(v) for k, v in obj.items() if k in METADATA_KEYS}
                 break
         if state_dict is None:
             state_dict = obj

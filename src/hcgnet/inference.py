@@ -1,0 +1,93 @@
+"""Using a trained model: load it from any checkpoint, score it on a dataset, classify image files.
+
+The library side of ``hcgnet eval`` and ``hcgnet predict``.
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hcgnet.data import DataConfig, DataError, build_data, build_eval_transform, load_image
+from hcgnet.errors import CheckpointError
+from hcgnet.models import create_model, read_state_dict
+from hcgnet.models.checkpoints import load_state_dict_into, num_classes_in
+from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
+from hcgnet.training.distributed import Dist
+from hcgnet.training.engine import evaluate
+
+
+def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, Dict[str, str]]:
+    """A model built and loaded from a checkpoint that says what it is (hcgnet's ``.safetensors`` and
+    training checkpoints do); for published checkpoints pass ``model_name``. Returns ``(model, metadata)``."""
+    state_dict, meta = read_state_dict(path)
+    name = model_name or meta.get("model_name")
+    if not name:
+        raise CheckpointError(f"{path} does not say which model it holds; pass --model NAME")
+    stem = state_dict.get("stem.conv0.weight")
+    in_chans = int(stem.shape[1]) if stem is not None else 3
+    model = create_model(name, num_classes=num_classes_in(state_dict) or 0, in_chans=in_chans)
+    load_state_dict_into(model, state_dict, path)
+    return model.eval(), meta
+
+
+def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
+    """The eval preprocessing a checkpoint was trained with, or the variant's standard one."""
+    if meta.get("data_config"):
+        return DataConfig.from_dict(json.loads(meta["data_config"]))
+    cfg = model.pretrained_cfg
+    classes = json.loads(meta["class_names"]) if meta.get("class_names") else [str(i) for i in range(model.num_classes)]
+    cifar = cfg["input_size"][-1] == 32
+    return DataConfig(
+        name="cifar10" if cifar else "imagefolder", input_size=tuple(cfg["input_size"]),
+        mean=tuple(CIFAR_MEAN if cifar else cfg["mean"]), std=tuple(CIFAR_STD if cifar else cfg["std"]),
+        resize=None if cifar else int(cfg["input_size"][-1] / cfg["crop_pct"]), class_names=classes,
+    )
+
+
+def evaluate_checkpoint(
+    path: str, data: str, data_dir: Optional[str] = None, split: str = "test", batch_size: int = 256,
+    workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Top-1, top-5 and loss of a checkpoint on a dataset's ``split`` ("test" or "val")."""
+    model, meta = load_model(path, model_name)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    val_size = float(meta.get("val_size", 5000)) if split == "val" else 0
+    bundle = build_data(data, data_dir=data_dir, val_size=val_size, seed=int(meta.get("seed", 0)), download=False)
+    if bundle.num_classes != model.num_classes:
+        raise CheckpointError(
+            f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
+            "evaluate it on the dataset it was trained for"
+        )
+    in_chans = model.stem.conv0.in_channels
+    if bundle.config.input_size[0] != in_chans:
+        raise CheckpointError(f"{path} takes {in_chans}-channel images but {data} gives {bundle.config.input_size[0]}")
+    dataset = bundle.test if split == "test" else bundle.val
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    metrics = evaluate(model.to(dev), loader, Dist(device=dev))
+    return {"checkpoint": str(path), "data": data, "split": split, **metrics}
+
+
+@torch.no_grad()
+def predict(
+    path: str, images: Sequence[str], topk: int = 5, model_name: Optional[str] = None
+) -> List[Dict[str, Any]]:
+    """The ``topk`` classes and probabilities for each image file."""
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"no such image: {missing[0]}")
+    model, meta = load_model(path, model_name)
+    config = data_config_of(model, meta)
+    transform = build_eval_transform(config)
+    batch = torch.stack([transform(load_image(p)) for p in images])
+    probs = torch.softmax(model(batch), dim=1)
+    k = min(topk, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    names = list(config.class_names)
+    return [
+        {"image": str(Path(p)), "top": [{"class": names[i] if i < len(names) else str(i), "index": int(i),
+                                         "probability": float(v)} for v, i in zip(values, indices)]}
+        for p, values, indices in zip(images, top.values.tolist(), top.indices.tolist())
+    ]

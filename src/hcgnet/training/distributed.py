@@ -1,0 +1,68 @@
+"""Process-group set-up for torchrun (DDP): gloo on CPU, NCCL on GPU. One process works without it."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str = "auto") -> Dist:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK...).
+
+    The device is the local GPU when there is one (``device="auto"``), else the CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(rank, world_size, local_rank, dev)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        values = values.to(d.device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values.cpu()
+
+
+def broadcast_flag(flag: bool, d: Dist) -> bool:
+    """Rank 0's decision, for every rank (e.g. 'stop: the loss is NaN')."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_objects(obj, d: Dist):
+    """Every rank's ``obj`` as a list on every rank (just ``obj`` without DDP)."""
+    if not d.enabled:
+        return obj
+    gathered = [None] * d.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered

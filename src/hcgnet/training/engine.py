@@ -1,0 +1,143 @@
+"""One training epoch and one evaluation pass; everything else (set-up, checkpoints, logs) is the trainer's."""
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from hcgnet.errors import HCGNetError
+from hcgnet.training.distributed import Dist, all_reduce_sum, broadcast_flag
+
+
+class NonFiniteLossError(HCGNetError):
+    """The loss became NaN or infinite; training stopped before the weights were touched."""
+
+
+@dataclass
+class StepContext:
+    """What a training step needs besides model and data."""
+
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    dist: Dist
+    amp_dtype: Optional[torch.dtype] = None
+    scaler: Optional[torch.amp.GradScaler] = None
+    mixup: Optional[Callable] = None
+    ema: Optional[nn.Module] = None
+    accum_steps: int = 1
+    channels_last: bool = False
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, ctx_device: torch.device, channels_last: bool):
+    x = x.to(ctx_device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(ctx_device, non_blocking=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    ctx: StepContext,
+    set_lr: Callable[[int], float],
+    first_step: int = 0,
+    on_step: Optional[Callable[[int, float], None]] = None,
+    progress=None,
+) -> Dict[str, float]:
+    """Train over ``loader`` (which already skips the first ``first_step`` batches of a resumed epoch).
+
+    ``set_lr(i)`` sets the learning rate for batch ``i`` of the epoch; ``on_step(i + 1, loss)`` runs after
+    each optimiser step (checkpointing, logging). A batch is split into ``accum_steps`` interleaved
+    micro-batches ``x[k::n]`` whose gradients add up, the same split DDP makes across processes.
+    """
+    model.train()
+    device = ctx.dist.device
+    total_loss, total_correct, total_seen = 0.0, 0, 0
+    for i, (x, y) in enumerate(loader, start=first_step):
+        x, y = _to_device(x, y, device, ctx.channels_last)
+        set_lr(i)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=device)
+        n = ctx.accum_steps
+        for k in range(n):
+            xk, yk = (x[k::n], y[k::n]) if n > 1 else (x, y)
+            targets = yk
+            if ctx.mixup is not None:
+                xk, targets = ctx.mixup(xk, yk)
+            sync = contextlib.nullcontext()
+            if isinstance(model, DistributedDataParallel) and k < n - 1:
+                sync = model.no_sync()
+            with sync:
+                with autocast(device, ctx.amp_dtype):
+                    out = model(xk)
+                    loss = ctx.loss_fn(out.float(), targets) / n
+                (ctx.scaler.scale(loss) if ctx.scaler else loss).backward()
+            step_loss += loss.detach()
+            if ctx.mixup is None:
+                total_correct += int((out.argmax(1) == yk).sum())
+        loss_value = float(step_loss)
+        if broadcast_flag(not math.isfinite(loss_value), ctx.dist):
+            raise NonFiniteLossError(f"the loss became {loss_value} at step {i + 1} of the epoch")
+        if ctx.scaler is not None:
+            ctx.scaler.step(ctx.optimizer)
+            ctx.scaler.update()
+        else:
+            ctx.optimizer.step()
+        if ctx.ema is not None:
+            ctx.ema.update(unwrap(model))
+        total_loss += loss_value * len(y)
+        total_seen += len(y)
+        if on_step is not None:
+            on_step(i + 1, loss_value)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{ctx.optimizer.param_groups[0]['lr']:.4f}")
+    sums = all_reduce_sum(torch.tensor([total_loss, total_correct, total_seen], dtype=torch.float64), ctx.dist)
+    seen = max(sums[2].item(), 1)
+    return {"loss": sums[0].item() / seen, "acc": None if ctx.mixup else sums[1].item() / seen, "images": seen}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader, dist: Dist, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+    progress=None,
+) -> Dict[str, float]:
+    """Top-1, top-5 and mean cross-entropy over the loader; with DDP every rank scores its own shard
+    (no padding) and the sums are added, so each sample counts exactly once."""
+    model.eval()
+    loss_sum, top1, top5, count = 0.0, 0.0, 0.0, 0.0
+    for x, y in loader:
+        x, y = _to_device(x, y, dist.device, channels_last)
+        with autocast(dist.device, amp_dtype):
+            out = model(x).float()
+        loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+        k = min(5, out.shape[1])
+        hits = out.topk(k, dim=1).indices == y[:, None]
+        top1 += float(hits[:, 0].sum())
+        top5 += float(hits.any(dim=1).sum())
+        count += len(y)
+        if progress is not None:
+            progress.update(1)
+    sums = all_reduce_sum(torch.tensor([loss_sum, top1, top5, count], dtype=torch.float64), dist)
+    n = max(sums[3].item(), 1)
+    return {"loss": sums[0].item() / n, "top1": sums[1].item() / n, "top5": sums[2].item() / n, "count": int(sums[3])}

@@ -1,0 +1,404 @@
+"""hcgnet.data: datasets in their real on-disk formats (tiny CIFAR files, generated ImageFolder trees, the real
+Fashion-MNIST from the Debian package), splits, transforms and one-line errors."""
+import dataclasses
+import gzip
+import json
+import os
+import pickle
+import struct
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+from hcgnet.data import (
+    DATASETS, DataBundle, DataConfig, DataError, build_data, build_eval_transform, build_train_transform,
+    error_message, load_image, split_indices,
+)
+from hcgnet.data import datasets as D
+from hcgnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes ``str`` as Python 2 byte strings (BINSTRING), as in the official CIFAR pickles (made with
+    Python 2), which is why torchvision reads them with ``encoding='latin1'``."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_py2_str(self, obj):
+        data = obj.encode("latin1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = _save_py2_str
+
+
+def _py2_pickle(obj, path):
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(obj)
+
+
+def _images(n, seed, const_first=None):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    if const_first is not None:
+        data[0] = const_first
+    return data
+
+
+def make_cifar10(root, per_batch=4, n_test=6):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = iter(range(10**6))
+    for i in range(1, 6):
+        _py2_pickle({"batch_label": f"training batch {i} of 5", "data": _images(per_batch, i),
+                     "labels": [next(labels) % 10 for _ in range(per_batch)],
+                     "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)]}, folder / f"data_batch_{i}")
+    _py2_pickle({"batch_label": "testing batch 1 of 1", "data": _images(n_test, 99, const_first=128),
+                 "labels": [j % 10 for j in range(n_test)], "filenames": [f"t{j}.png" for j in range(n_test)]},
+                folder / "test_batch")
+    _py2_pickle({"label_names": CIFAR10_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072},
+                folder / "batches.meta")
+    return folder
+
+
+def make_cifar100(root, n_train=10, n_test=5):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    fine = [f"fine{i:02d}" for i in range(100)]
+    for name, n in (("train", n_train), ("test", n_test)):
+        _py2_pickle({"filenames": [f"{name}{j}.png" for j in range(n)], "batch_label": name,
+                     "fine_labels": [(7 * j) % 100 for j in range(n)], "coarse_labels": [j % 20 for j in range(n)],
+                     "data": _images(n, len(name))}, folder / name)
+    _py2_pickle({"fine_label_names": fine, "coarse_label_names": [f"coarse{i}" for i in range(20)]}, folder / "meta")
+    return fine
+
+
+def _png(path, seed, size=(40, 36)):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def make_folder(root, classes=("cat", "dog", "fox"), per_class=6, seed=0):
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for j in range(per_class):
+            _png(root / name / f"{j}.png", seed + 100 * c + j)
+    return root
+
+
+def _indices_cover(parts, n):
+    flat = [i for p in parts for i in p]
+    assert len(flat) == len(set(flat)) == n, "parts overlap or miss indices"
+    assert set(flat) == set(range(n))
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+def test_split_is_deterministic_disjoint_and_covers():
+    train, val = split_indices(100, 0.1, seed=3)
+    assert (len(train), len(val)) == (90, 10)
+    _indices_cover([train, val], 100)
+    assert split_indices(100, 0.1, seed=3) == [train, val]
+    assert split_indices(100, 0.1, seed=4)[1] != val
+    train, val, test = split_indices(50, 7, seed=0, parts=2)
+    assert (len(train), len(val), len(test)) == (36, 7, 7)
+    _indices_cover([train, val, test], 50)
+    assert split_indices(10, 0) == [list(range(10)), []]
+    assert len(split_indices(10, 0.01)[1]) == 1  # a non-zero fraction holds out at least one image
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, 10, "0.1", True])
+def test_split_rejects_bad_val_size(bad):
+    with pytest.raises(DataError, match="val_size"):
+        split_indices(10, bad)
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR
+
+
+def test_cifar10_real_format(tmp_path):
+    make_cifar10(tmp_path)
+    data = build_data("cifar10", data_dir=str(tmp_path), val_size=4, seed=1, download=False)
+    assert isinstance(data, DataBundle)
+    assert (len(data.train), len(data.val), len(data.test)) == (16, 4, 6)
+    _indices_cover([data.train.indices, data.val.indices], 20)
+    assert data.num_classes == 10 and data.config.class_names == CIFAR10_NAMES
+    assert data.config.input_size == (3, 32, 32) and data.config.resize is None
+    for ds in (data.train, data.val, data.test):
+        x, y = ds[0]
+        assert x.dtype == torch.float32 and x.shape == (3, 32, 32)
+        assert isinstance(y, int) and 0 <= y < 10
+    # labels come from the files: the training set labels are 0..19 % 10 in file order
+    assert [data.val[i][1] for i in range(4)] == [i % 10 for i in data.val.indices]
+    # the eval transform normalises a constant 128 image to (128/255 - mean) / std per channel
+    x, y = data.test[0]
+    expected = (128 / 255 - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)
+    assert y == 0
+    assert torch.allclose(x, expected[:, None, None].expand(3, 32, 32), atol=1e-5)
+    # val is deterministic (eval transform); train and val are views of the same images, train augmented
+    assert torch.equal(data.val[0][0], data.val[0][0])
+    assert any(isinstance(t, T.RandomCrop) and t.padding == 4 for t in data.train.dataset.transform.transforms)
+    assert not any(isinstance(t, T.RandomCrop) for t in data.val.dataset.transform.transforms)
+    assert data.train.dataset.data is data.val.dataset.data
+    raw = data.val.dataset.data[data.val.indices[0]]
+    assert torch.allclose(data.val[0][0], T.Normalize(CIFAR10_MEAN, CIFAR10_STD)(T.ToTensor()(raw)))
+    # same seed, same split; other seed, other split
+    again = build_data("cifar10", data_dir=str(tmp_path), val_size=4, seed=1, download=False)
+    other = build_data("cifar10", data_dir=str(tmp_path), val_size=4, seed=2, download=False)
+    assert again.val.indices == data.val.indices and other.val.indices != data.val.indices
+    empty_val = build_data("cifar10", data_dir=str(tmp_path), val_size=0, download=False)
+    assert (len(empty_val.train), len(empty_val.val)) == (20, 0)
+
+
+def test_cifar100_real_format(tmp_path):
+    fine = make_cifar100(tmp_path)
+    data = build_data("cifar100", data_dir=str(tmp_path), val_size=0.2, download=False)
+    assert (len(data.train), len(data.val), len(data.test)) == (8, 2, 5)
+    assert data.num_classes == 100 and data.config.class_names == fine
+    assert data.test[3][1] == 21 and data.test[3][0].shape == (3, 32, 32)
+
+
+def test_cifar_tarball_is_extracted(tmp_path):
+    src = tmp_path / "src"
+    make_cifar10(src)
+    root = tmp_path / "data"
+    root.mkdir()
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    data = build_data("cifar10", data_dir=str(root), download=False)
+    assert len(data.test) == 6 and (root / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_missing_cifar_says_where_to_put_it(tmp_path):
+    where = tmp_path / "nothing here"
+    with pytest.raises(DataError) as e:
+        build_data("cifar10", data_dir=str(where), download=False)
+    msg = str(e.value)
+    assert "put cifar-10-python.tar.gz" in msg and str(where) in msg and "\n" not in msg
+
+
+def test_missing_cifar_download_fails_fast(tmp_path, monkeypatch):
+    # A real download attempt through torchvision, to a host that cannot resolve (RFC 2606), so the test is
+    # offline-safe and never fetches 170 MB where there is a network.
+    monkeypatch.setattr(D.CIFAR100Files, "url", "http://cifar.invalid/cifar-100-python.tar.gz")
+    start = time.monotonic()
+    with pytest.raises(DataError) as e:
+        build_data("cifar100", data_dir=str(tmp_path), download=True)
+    assert time.monotonic() - start < 20
+    msg = str(e.value)
+    assert "could not be downloaded" in msg and "put cifar-100-python.tar.gz" in msg and str(tmp_path) in msg
+    assert "\n" not in msg
+
+
+def test_corrupt_cifar_is_a_data_error(tmp_path):
+    folder = make_cifar10(tmp_path)
+    (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
+    with pytest.raises(DataError, match="cannot read CIFAR-10"):
+        build_data("cifar10", data_dir=str(tmp_path), download=False)
+
+
+# ------------------------------------------------------------------------------------------------ specs
+
+
+@pytest.mark.parametrize("spec", ["mnist", "cifar-10", "imagefolder:", ""])
+def test_unknown_spec(spec):
+    with pytest.raises(DataError) as e:
+        build_data(spec, download=False)
+    assert "\n" not in str(e.value)
+    if spec != "imagefolder:":
+        assert all(name in str(e.value) for name in DATASETS) and "imagefolder:PATH" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ ImageFolder
+
+
+def test_imagefolder_without_train_holds_out_val_and_test(tmp_path):
+    make_folder(tmp_path / "flat")
+    data = build_data(f"imagefolder:{tmp_path / 'flat'}", val_size=3, seed=0, image_size=32)
+    assert (len(data.train), len(data.val), len(data.test)) == (12, 3, 3)
+    assert data.train.dataset.samples == data.test.dataset.samples  # all three are views of one folder
+    _indices_cover([data.train.indices, data.val.indices, data.test.indices], 18)
+    assert data.config.class_names == ["cat", "dog", "fox"] and data.num_classes == 3
+    assert data.config.input_size == (3, 32, 32) and data.config.resize == int(32 / 0.875)
+    for ds in (data.train, data.val, data.test):
+        x, y = ds[1]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y in (0, 1, 2)
+    again = build_data(f"imagefolder:{tmp_path / 'flat'}", val_size=3, seed=0, image_size=32)
+    assert (again.val.indices, again.test.indices) == (data.val.indices, data.test.indices)
+    assert build_data(f"imagefolder:{tmp_path / 'flat'}").config.input_size == (3, 224, 224)  # default size
+
+
+def test_imagefolder_train_val_layout(tmp_path):
+    make_folder(tmp_path / "tree" / "train")
+    make_folder(tmp_path / "tree" / "val", classes=("cat", "fox"), per_class=2, seed=50)  # a class may lack
+    data = build_data(f"imagefolder:{tmp_path / 'tree'}", val_size=0.25, seed=0, image_size=32)
+    assert (len(data.train), len(data.val), len(data.test)) == (13, 5, 4)
+    assert [y for _, y in data.test.samples] == [0, 0, 2, 2]  # labelled with the training folder's classes
+    assert all(str(tmp_path / "tree" / "val") in p for p, _ in data.test.samples)
+    x, _ = data.test[0]
+    assert x.shape == (3, 32, 32)
+
+
+def test_imagefolder_test_with_unknown_class(tmp_path):
+    make_folder(tmp_path / "tree" / "train", classes=("a", "b"), per_class=2)
+    make_folder(tmp_path / "tree" / "val", classes=("a", "zebra"), per_class=1)
+    with pytest.raises(DataError, match="zebra"):
+        build_data(f"imagefolder:{tmp_path / 'tree'}", val_size=0)
+
+
+def test_imagefolder_missing_and_empty(tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        build_data(f"imagefolder:{tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty dataset"):
+        build_data(f"imagefolder:{tmp_path / 'empty'}")
+    (tmp_path / "noimages" / "cat").mkdir(parents=True)
+    (tmp_path / "noimages" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match="empty dataset"):
+        build_data(f"imagefolder:{tmp_path / 'noimages'}")
+
+
+def _add_corrupt(folder):
+    bad = folder / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    return bad
+
+
+def test_unreadable_image_named_or_skipped(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    bad = _add_corrupt(root)
+    data = build_data(f"imagefolder:{root}", val_size=0, image_size=32)
+    assert data.skipped == 0 and len(data.train) + len(data.test) == 19
+    with pytest.raises(DataError) as e:
+        for i in range(len(data.train)):
+            data.train[i]
+        for i in range(len(data.test)):
+            data.test[i]
+    msg = str(e.value)
+    assert msg.startswith(f"cannot read image {bad}: ") and "--skip-bad-images" in msg and "\n" not in msg
+    skipping = build_data(f"imagefolder:{root}", val_size=2, image_size=32, skip_bad_images=True)
+    assert skipping.skipped == 1 and len(skipping.train) + len(skipping.val) + len(skipping.test) == 18
+    assert all(p != str(bad) for p, _ in skipping.train.dataset.samples)
+
+
+def test_error_message_from_dataloader_worker(tmp_path):
+    make_folder(tmp_path / "tree" / "train", per_class=2)
+    make_folder(tmp_path / "tree" / "val", per_class=1, seed=9)
+    bad = _add_corrupt(tmp_path / "tree" / "val")
+    data = build_data(f"imagefolder:{tmp_path / 'tree'}", val_size=0, image_size=32)
+    with pytest.raises(DataError) as direct:
+        load_image(bad)
+    with pytest.raises(DataError) as e:
+        for _ in DataLoader(data.test, batch_size=2, num_workers=1):
+            pass
+    assert "\n" in str(e.value) and "DataLoader worker" in str(e.value)  # PyTorch's multi-line re-raise
+    assert error_message(e.value) == str(direct.value)
+    assert error_message(direct.value) == str(direct.value)
+    assert error_message(ValueError("plain")) == "plain"
+
+
+def test_load_image_keeps_mode(tmp_path):
+    Image.new("L", (5, 4), 7).save(tmp_path / "g.png")
+    img = load_image(tmp_path / "g.png")
+    assert img.mode == "L" and img.size == (5, 4)
+    with pytest.raises(DataError, match="cannot read image .*nope.png"):
+        load_image(tmp_path / "nope.png")
+
+
+# ------------------------------------------------------------------------------------------------ transforms
+
+
+def test_eval_transform_from_json_config():
+    config = DataConfig("fashion-mnist", (1, 28, 28), FASHION_MNIST_MEAN, FASHION_MNIST_STD, None,
+                        ["T-shirt/top", "Trouser"])
+    back = json.loads(json.dumps(dataclasses.asdict(config)))
+    assert back["input_size"] == [1, 28, 28]
+    for rebuilt in (DataConfig(**back), DataConfig.from_dict(back)):
+        assert rebuilt == config
+    raw = DataConfig.__new__(DataConfig)  # even the lists as they come from JSON, no __post_init__
+    raw.__dict__.update(back)
+    for cfg in (DataConfig(**back), raw):
+        tf = build_eval_transform(cfg)
+        x = tf(Image.new("RGB", (28, 28), (200, 200, 200)))  # RGB into a one-channel network
+        assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+        assert torch.allclose(x, torch.full((1, 28, 28), (200 / 255 - 0.2860) / 0.3530), atol=1e-5)
+        assert tf(Image.new("RGBA", (60, 45))).shape == (1, 28, 28)  # other sizes are resized and cropped
+
+
+def test_eval_transform_any_mode_imagefolder_config():
+    config = DataConfig("imagefolder", (3, 32, 32), IMAGENET_MEAN, (0.229, 0.224, 0.225), 36, ["a"])
+    tf = build_eval_transform(config)
+    for img in (Image.new("L", (50, 40), 9), Image.new("P", (40, 50)), Image.new("RGBA", (32, 32)),
+                Image.new("I;16", (33, 70))):
+        assert tf(img).shape == (3, 32, 32)
+    x = tf(Image.new("L", (50, 40), 255))
+    assert torch.allclose(x[1], torch.full((32, 32), (1 - 0.456) / 0.224), atol=1e-5)
+
+
+def test_train_transforms():
+    cifar = DataConfig("cifar10", (3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, None, CIFAR10_NAMES)
+    fashion = DataConfig("fashion-mnist", (1, 28, 28), FASHION_MNIST_MEAN, FASHION_MNIST_STD, None, ["a"])
+    folder = DataConfig("imagefolder", (3, 32, 32), IMAGENET_MEAN, (0.229, 0.224, 0.225), 36, ["a"])
+    crops = {c.name: [t for t in build_train_transform(c).transforms if "Crop" in type(t).__name__]
+             for c in (cifar, fashion, folder)}
+    assert crops["cifar10"][0].padding == 4 and crops["fashion-mnist"][0].padding == 2
+    assert isinstance(crops["imagefolder"][0], T.RandomResizedCrop)
+    torch.manual_seed(0)
+    outs = [build_train_transform(cifar)(Image.fromarray(_images(1, 5).reshape(3, 32, 32).transpose(1, 2, 0)))
+            for _ in range(4)]
+    assert all(o.shape == (3, 32, 32) for o in outs) and not all(torch.equal(outs[0], o) for o in outs[1:])
+    with pytest.raises(DataError, match="mean/std"):
+        build_eval_transform(DataConfig("x", (3, 32, 32), (0.5,), (0.5,), None, []))
+
+
+# ------------------------------------------------------------------------------------------------ Fashion-MNIST
+
+FASHION_DEB = os.path.join(D.FASHION_MNIST_SYSTEM_DIR, "train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not os.path.isfile(FASHION_DEB), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
+    data = build_data("fashion-mnist", data_dir=str(tmp_path), seed=0)
+    assert (len(data.train) + len(data.val), len(data.val), len(data.test)) == (60000, 6000, 10000)
+    assert data.num_classes == 10 and data.config.class_names[0] == "T-shirt/top"
+    assert data.config.input_size == (1, 28, 28)
+    x, y = data.train[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and isinstance(y, int)
+    # the first test image is an ankle boot (label 9), as in every copy of Fashion-MNIST
+    assert data.test[0][1] == 9 and data.test[0][0].shape == (1, 28, 28)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(D.FASHION_MNIST_FILES)  # no temp files left
+    with gzip.open(FASHION_DEB, "rb") as f:
+        assert f.read(16) == (raw / "train-images-idx3-ubyte").read_bytes()[:16]
+    # a second build reuses the decompressed files
+    monkeypatch.setattr(D, "_gunzip", lambda *a: pytest.fail("decompressed again"))
+    again = build_data("fashion-mnist", data_dir=str(tmp_path), seed=0)
+    assert again.val.indices == data.val.indices
+
+
+def test_fashion_mnist_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian-files"))
+    with pytest.raises(DataError) as e:
+        build_data("fashion-mnist", data_dir=str(tmp_path / "d"), download=False)
+    msg = str(e.value)
+    assert "apt-get install dataset-fashion-mnist" in msg and str(tmp_path / "d") in msg and "\n" not in msg
+
+
+def test_fashion_mnist_image_size_is_native(tmp_path):
+    with pytest.raises(DataError, match="28x28"):
+        build_data("fashion-mnist", data_dir=str(tmp_path), image_size=32)
