@@ -54,8 +54,12 @@ def evaluate_checkpoint(
     """Top-1, top-5 and loss of a checkpoint on a dataset's ``split`` ("test" or "val")."""
     model, meta = load_model(path, model_name)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    val_size = float(meta.get("val_size", 5000)) if split == "val" else 0
-    bundle = build_data(data, data_dir=data_dir, val_size=val_size, seed=int(meta.get("seed", 0)), download=False)
+    # The split the checkpoint was trained with: an ImageFolder without train/ holds its test set out the
+    # same way as the validation set, and an ImageFolder model sees the image size it was trained at.
+    config = data_config_of(model, meta)
+    image_size = config.input_size[-1] if data.startswith("imagefolder") else None
+    bundle = build_data(data, data_dir=data_dir, val_size=float(meta.get("val_size", 5000)),
+                        seed=int(meta.get("seed", 0)), download=False, image_size=image_size)
     if bundle.num_classes != model.num_classes:
         raise CheckpointError(
             f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
@@ -65,6 +69,8 @@ def evaluate_checkpoint(
     if bundle.config.input_size[0] != in_chans:
         raise CheckpointError(f"{path} takes {in_chans}-channel images but {data} gives {bundle.config.input_size[0]}")
     dataset = bundle.test if split == "test" else bundle.val
+    if len(dataset) == 0:
+        raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     metrics = evaluate(model.to(dev), loader, Dist(device=dev))
     return {"checkpoint": str(path), "data": data, "split": split, **metrics}
@@ -81,7 +87,7 @@ def predict(
     model, meta = load_model(path, model_name)
     config = data_config_of(model, meta)
     transform = build_eval_transform(config)
-    batch = torch.stack([transform(load_image(p)) for p in images])
+    batch = torch.stack([transform(load_image(p, hint="")) for p in images])
     probs = torch.softmax(model(batch), dim=1)
     k = min(topk, probs.shape[1])
     top = probs.topk(k, dim=1)

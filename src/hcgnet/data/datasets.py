@@ -153,7 +153,7 @@ def default_data_dir() -> str:
     return os.path.expanduser(os.environ.get("HCGNET_DATA") or os.path.join("~", ".cache", "hcgnet", "data"))
 
 
-def load_image(path) -> Image.Image:
+def load_image(path, hint: str = "remove it or pass --skip-bad-images") -> Image.Image:
     """Open and fully decode an image (its own mode; the transforms convert it).
 
     Raises :class:`DataError` in one line, naming the file, if it cannot be read. This is the ImageFolder
@@ -164,7 +164,7 @@ def load_image(path) -> Image.Image:
             img = Image.open(f)
             img.load()
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error... for broken files
-        raise DataError(f"cannot read image {path}: {_reason(e)}; remove it or pass --skip-bad-images") from None
+        raise DataError(f"cannot read image {path}: {_reason(e)}" + (f"; {hint}" if hint else "")) from None
     return img
 
 

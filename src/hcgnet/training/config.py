@@ -49,7 +49,7 @@ class TrainConfig:
     ema_decay: float = 0.9998
     workers: int = 2
     # data
-    val_size: float = 5000         # held out from the training set; a fraction if < 1
+    val_size: float = 5000.0       # held out from the training set; a fraction if < 1
     image_size: Optional[int] = None
     skip_bad_images: bool = False
     # bookkeeping
@@ -80,10 +80,11 @@ def _read_yaml(text: str, where: str) -> Dict[str, Any]:
         raise ConfigError(f"{where} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a mapping of option: value")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown option {unknown[0]!r}; options are {', '.join(FIELDS)}")
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    return values
 
 
 def load_recipe(name: str) -> Dict[str, Any]:
@@ -102,13 +103,22 @@ def load_config_file(path: str) -> Dict[str, Any]:
 
 
 def _coerce(name: str, value: Any) -> Any:
+    """Check a value against the option's type: whole numbers for ints, real booleans for flags."""
     default = FIELDS[name].default
-    if value is None or default is None or isinstance(default, bool) or isinstance(value, type(default)):
+    if value is None or default is None:
+        return value
+    kind = type(default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"option {name} must be true or false, got {value!r}")
         return value
     try:
-        return type(default)(value)
+        converted = kind(value)
+        if kind is int and (isinstance(value, bool) or float(value) != converted):
+            raise ValueError
     except (TypeError, ValueError):
-        raise ConfigError(f"option {name} must be a {type(default).__name__}, got {value!r}") from None
+        raise ConfigError(f"option {name} must be a {kind.__name__}, got {value!r}") from None
+    return converted
 
 
 def make_config(

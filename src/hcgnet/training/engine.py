@@ -55,6 +55,10 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, ctx_device: torch.device, chann
     return x, y.to(ctx_device, non_blocking=True)
 
 
+def new_totals() -> Dict[str, float]:
+    return {"loss": 0.0, "correct": 0, "seen": 0}
+
+
 def train_one_epoch(
     model: nn.Module,
     loader,
@@ -63,16 +67,21 @@ def train_one_epoch(
     first_step: int = 0,
     on_step: Optional[Callable[[int, float], None]] = None,
     progress=None,
+    totals: Optional[Dict[str, float]] = None,
 ) -> Dict[str, float]:
     """Train over ``loader`` (which already skips the first ``first_step`` batches of a resumed epoch).
 
     ``set_lr(i)`` sets the learning rate for batch ``i`` of the epoch; ``on_step(i + 1, loss)`` runs after
     each optimiser step (checkpointing, logging). A batch is split into ``accum_steps`` interleaved
     micro-batches ``x[k::n]`` whose gradients add up, the same split DDP makes across processes.
+
+    ``totals`` (this process's loss sum, correct count and images so far in the epoch; updated in place,
+    so a checkpoint taken in ``on_step`` holds them) starts at zero unless a resumed epoch passes its own.
+    Returns the epoch's loss and accuracy over all processes.
     """
     model.train()
     device = ctx.dist.device
-    total_loss, total_correct, total_seen = 0.0, 0, 0
+    totals = totals if totals is not None else new_totals()
     for i, (x, y) in enumerate(loader, start=first_step):
         x, y = _to_device(x, y, device, ctx.channels_last)
         set_lr(i)
@@ -94,7 +103,7 @@ def train_one_epoch(
                 (ctx.scaler.scale(loss) if ctx.scaler else loss).backward()
             step_loss += loss.detach()
             if ctx.mixup is None:
-                total_correct += int((out.argmax(1) == yk).sum())
+                totals["correct"] += int((out.argmax(1) == yk).sum())
         loss_value = float(step_loss)
         if broadcast_flag(not math.isfinite(loss_value), ctx.dist):
             raise NonFiniteLossError(f"the loss became {loss_value} at step {i + 1} of the epoch")
@@ -105,14 +114,15 @@ def train_one_epoch(
             ctx.optimizer.step()
         if ctx.ema is not None:
             ctx.ema.update(unwrap(model))
-        total_loss += loss_value * len(y)
-        total_seen += len(y)
+        totals["loss"] += loss_value * len(y)
+        totals["seen"] += len(y)
         if on_step is not None:
             on_step(i + 1, loss_value)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{ctx.optimizer.param_groups[0]['lr']:.4f}")
-    sums = all_reduce_sum(torch.tensor([total_loss, total_correct, total_seen], dtype=torch.float64), ctx.dist)
+    sums = all_reduce_sum(torch.tensor([totals["loss"], totals["correct"], totals["seen"]], dtype=torch.float64),
+                          ctx.dist)
     seen = max(sums[2].item(), 1)
     return {"loss": sums[0].item() / seen, "acc": None if ctx.mixup else sums[1].item() / seen, "images": seen}
 

@@ -4,12 +4,17 @@ SGDR (Loshchilov & Hutter) with T0 = ``cycle_epochs``, Tmul = ``cycle_mul`` over
 ``CosineLRScheduler(t_initial=T0, cycle_mul=Tmul, cycle_limit=n)``; ``restart_every`` starts the whole
 schedule again (the paper's A2/A3: two runs of 630 epochs back to back).
 """
+import logging
 from typing import Any, Dict
 
 from timm.scheduler import CosineLRScheduler
 from torch.optim import Optimizer
 
 from hcgnet.training.config import TrainConfig
+
+
+# timm warns that a single cycle of one epoch "has no effect"; stepped with fractional epochs it does.
+logging.getLogger("timm.scheduler.cosine_lr").setLevel(logging.ERROR)
 
 
 class EpochSchedule:

@@ -29,7 +29,7 @@ from hcgnet.errors import HCGNetError
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.training import distributed
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
-from hcgnet.training.engine import NonFiniteLossError, StepContext, evaluate, train_one_epoch, unwrap
+from hcgnet.training.engine import NonFiniteLossError, StepContext, evaluate, new_totals, train_one_epoch
 from hcgnet.training.logs import MetricsLog
 from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
 from hcgnet.training.schedule import EpochSchedule
@@ -151,6 +151,7 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     start_epoch, first_step, best = 0, 0, {"top1": -1.0, "epoch": None}
+    resumed_totals = new_totals()
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -161,7 +162,9 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
             ema.load_state_dict(resume_state["ema"])
         start_epoch, first_step = resume_state["epoch"], resume_state["step_in_epoch"]
         best = resume_state["best"]
-        set_rng_state(resume_state["rng"][d.rank] if isinstance(resume_state["rng"], list) else resume_state["rng"])
+        mine = resume_state["ranks"][d.rank] if isinstance(resume_state["ranks"], list) else resume_state["ranks"]
+        set_rng_state(mine["rng"])
+        resumed_totals = mine["totals"]
         log(f"resumed {out} at epoch {start_epoch + 1}, step {first_step}")
 
     train_model: nn.Module = model
@@ -178,8 +181,11 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
     pin = d.device.type == "cuda"
 
     def loader_for(dataset, batch_size, sampler_, drop_last=False):
+        # Its own generator: creating a loader must not draw from the global RNG that dropout and mixup
+        # use, or a run resumed mid-epoch would draw at another point of that stream.
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler_, num_workers=config.workers,
-                          pin_memory=pin, drop_last=drop_last, persistent_workers=False)
+                          pin_memory=pin, drop_last=drop_last, persistent_workers=False,
+                          generator=torch.Generator().manual_seed(config.seed))
 
     def eval_loader(dataset):
         return loader_for(dataset, config.batch_size, ShardSampler(len(dataset), d.world_size, d.rank))
@@ -195,17 +201,18 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
     ctx = StepContext(optimizer, loss_fn, d, amp_dtype, scaler, mixup, ema, config.accum_steps, config.channels_last)
     eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
 
-    def save_last(epoch: int, step_in_epoch: int) -> None:
-        """Every rank contributes its RNG state (dropout, mixup draws); rank 0 writes."""
-        rngs = distributed.gather_objects(rng_state(), d)
+    def save_last(epoch: int, step_in_epoch: int, totals: Dict[str, float]) -> None:
+        """Every rank contributes its RNG state (dropout, mixup draws) and its running epoch totals; rank 0
+        writes."""
+        ranks = distributed.gather_objects({"rng": rng_state(), "totals": dict(totals)}, d)
         if d.is_main:
-            save_atomic(state(epoch, step_in_epoch, rngs), out / "last.pt")
+            save_atomic(state(epoch, step_in_epoch, ranks), out / "last.pt")
 
-    def state(epoch: int, step_in_epoch: int, rngs) -> Dict[str, Any]:
+    def state(epoch: int, step_in_epoch: int, ranks) -> Dict[str, Any]:
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
             "scaler": scaler.state_dict() if scaler else None, "ema": ema.state_dict() if ema else None,
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "rng": rngs,
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "ranks": ranks,
             "config": config.to_dict(), **_metadata(config, data, model),
         }
 
@@ -214,28 +221,31 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
         for epoch in range(start_epoch, config.epochs):
             train_set.epoch = epoch
             skip = first_step if epoch == start_epoch else 0
+            totals = resumed_totals if epoch == start_epoch else new_totals()
             sampler.set_epoch(epoch, skip)
             batches = _take(loader_for(train_set, config.batch_size, sampler, drop_last=True), steps_per_epoch - skip)
+            # The bar goes to a terminal only (disable=None): logs and pipes get the summary lines.
             bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not d.is_main, leave=False, dynamic_ncols=True, mininterval=1.0)
+                       disable=True if not d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
 
             def on_step(done: int, loss: float, epoch=epoch) -> None:
                 step = epoch * steps_per_epoch + done
                 if metrics is not None and done % config.log_every == 0:
                     metrics.add_step(step, loss, optimizer.param_groups[0]["lr"])
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and done < steps_per_epoch:
-                    save_last(epoch, done)
+                    save_last(epoch, done, totals)
 
             start = time.time()
-            train = train_one_epoch(train_model, batches, ctx, lambda i, e=epoch: schedule.step(e + i / steps_per_epoch),
-                                    first_step=skip, on_step=on_step, progress=bar)
+            with bar:
+                train = train_one_epoch(
+                    train_model, batches, ctx, lambda i, e=epoch: schedule.step(e + i / steps_per_epoch),
+                    first_step=skip, on_step=on_step, progress=bar, totals=totals)
             seconds = time.time() - start
-            bar.close()
             val = evaluate(eval_model(), eval_loader(data.val), d, amp_dtype, config.channels_last) if len(data.val) else None
             improved = val is not None and val["top1"] > best["top1"]
             if improved:
                 best = {"top1": val["top1"], "epoch": epoch + 1}
-            save_last(epoch + 1, 0)
+            save_last(epoch + 1, 0, new_totals())
             if d.is_main:
                 if improved or val is None:
                     shutil.copyfile(out / "last.pt", out / ".best.pt.tmp")
@@ -264,8 +274,10 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
         best_state = load_training_state(out / "best.pt")
         eval_model().load_state_dict(best_state["ema"] if ema is not None else best_state["model"])
     test = evaluate(eval_model(), eval_loader(data.test), d, amp_dtype, config.channels_last)
+    replicas_identical = _replicas_identical(model, d)
     result = {"model": config.model, "data": config.data, "test_top1": test["top1"], "test_top5": test["top5"],
               "test_loss": test["loss"], "test_images": test["count"], "weights": chosen,
+              "world_size": d.world_size, "replicas_identical": replicas_identical,
               "best_val_top1": best["top1"] if best["epoch"] else None, "best_epoch": best["epoch"],
               "epochs": config.epochs}
     if d.is_main:
@@ -277,10 +289,27 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
         (out / "results.json").write_text(json.dumps(result, indent=2))
         plot = metrics.plot(out / "curves.png", f"{config.model} on {config.data}")
         result["curves"] = str(plot)
-        log(f"test ({test['count']} images, {chosen} weights): top-1 {100 * test['top1']:.2f}%, "
-            f"top-5 {100 * test['top5']:.2f}%, loss {test['loss']:.4f}")
+        if not test["count"]:
+            log("no test images: the test set was not scored")
+        else:
+            log(f"test ({test['count']} images, {chosen} weights): top-1 {100 * test['top1']:.2f}%, "
+                f"top-5 {100 * test['top5']:.2f}%, loss {test['loss']:.4f}")
         log(f"curves: {plot}   weights: {out / 'best.safetensors'}   metrics: {out / 'metrics.csv'}")
     return result
+
+
+def _replicas_identical(model: nn.Module, d: distributed.Dist) -> bool:
+    """Whether every process ends with rank 0's parameters, bit for bit (trivially true for one process)."""
+    if not d.enabled:
+        return True
+    import torch.distributed as dist
+
+    same = True
+    for p in model.parameters():
+        reference = p.detach().clone()
+        dist.broadcast(reference, src=0)
+        same &= torch.equal(reference, p.detach())
+    return not distributed.broadcast_flag(not same, d)
 
 
 def _take(loader, n: int):

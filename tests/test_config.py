@@ -1,0 +1,389 @@
+"""Training configuration: the paper's recipes (settings and the SGDR learning rate of every epoch), the
+precedence defaults < recipe < YAML file < explicit overrides, one-line ConfigErrors, and ``hcgnet train``
+refusing bad input with exit code 2 and one stderr line."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hcgnet
+from hcgnet.cli import main
+from hcgnet.training import ConfigError, TrainConfig, list_recipes, make_config
+from hcgnet.training.schedule import EpochSchedule
+
+PAPER_RECIPES = ["cifar10-a1", "cifar10-a2", "cifar10-a3", "cifar100-a1", "cifar100-a2", "cifar100-a3",
+                 "imagenet-b", "imagenet-c", "fashion-mnist-a1"]
+CIFAR_RECIPES = [r for r in PAPER_RECIPES if r.startswith("cifar")]
+IMAGENET_RECIPES = ["imagenet-b", "imagenet-c"]
+
+# The paper's schedules (shared/reference/README.md, "Training recipes in the paper"): SGDR, lr 0.1, T0 = 10,
+# Tmul = 2. recipe -> (total epochs, length of one run of the schedule, number of cycles in a run).
+T0, TMUL, LR0 = 10, 2, 0.1
+SCHEDULES = {
+    "cifar10-a1": (1270, 1270, 7),     # 10+20+40+80+160+320+640
+    "cifar100-a1": (1270, 1270, 7),
+    "cifar10-a2": (1260, 630, 6),      # two runs of 630 = 10+...+320, restarting at epoch 630
+    "cifar10-a3": (1260, 630, 6),
+    "cifar100-a2": (1260, 630, 6),
+    "cifar100-a3": (1260, 630, 6),
+    "imagenet-b": (630, 630, 6),
+    "imagenet-c": (630, 630, 6),
+    "fashion-mnist-a1": (70, 70, 3),   # the CIFAR recipe shortened to 3 cycles
+}
+
+
+def recipe_config(name, **overrides):
+    if name.startswith("imagenet"):  # the ImageNet recipes name no dataset; make_config requires one
+        overrides.setdefault("data", "imagefolder:x")
+    return make_config(recipe=name, overrides=overrides)
+
+
+def sgdr_lr(epoch, run_length, cycles, lr0=LR0, t0=T0, tmul=TMUL):
+    """Closed form of SGDR (lr_min 0), independent of timm: within run r = epoch mod run_length, cycle i
+    starts at S_i = T0 (Tmul^i - 1) / (Tmul - 1) and lasts T_i = T0 Tmul^i."""
+    r = math.fmod(epoch, run_length)
+    i = 0
+    while not (t0 * (tmul ** i - 1) / (tmul - 1) <= r < t0 * (tmul ** (i + 1) - 1) / (tmul - 1)):
+        i += 1
+    assert i < cycles, f"epoch {epoch} is past the schedule's {cycles} cycles"
+    s_i = t0 * (tmul ** i - 1) / (tmul - 1)
+    t_i = t0 * tmul ** i
+    return 0.5 * lr0 * (1 + math.cos(math.pi * (r - s_i) / t_i))
+
+
+def schedule_for(config):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    return EpochSchedule(opt, config)
+
+
+# ------------------------------------------------------------------------------------------ schedules
+
+
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_recipe_runs_cover_whole_sgdr_cycles(name):
+    epochs, run_length, cycles = SCHEDULES[name]
+    c = recipe_config(name)
+    assert c.epochs == epochs
+    assert (c.restart_every or c.epochs) == run_length
+    # the cycles 10, 20, 40, ... of one run add up to exactly the run: it ends at the bottom of a cycle
+    assert T0 * (TMUL ** cycles - 1) // (TMUL - 1) == run_length
+
+
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_lr_of_every_epoch_is_the_sgdr_closed_form(name):
+    epochs, run_length, cycles = SCHEDULES[name]
+    config = recipe_config(name)
+    schedule = schedule_for(config)
+    got = np.array([schedule.step(e) for e in range(epochs)])
+    want = np.array([sgdr_lr(e, run_length, cycles) for e in range(epochs)])
+    bad = np.flatnonzero(np.abs(got - want) > 1e-9)
+    assert bad.size == 0, f"epoch {bad[0]}: lr {got[bad[0]]} != {want[bad[0]]}"
+    # every restart (start of a cycle, and of each run) is back at the full learning rate
+    starts = [k * run_length + T0 * (TMUL ** i - 1) for k in range(epochs // run_length) for i in range(cycles)]
+    assert np.allclose(got[starts], LR0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,fractional", [
+    ("cifar10-a1", [0.5, 5.25, 9.999, 10.5, 29.75, 629.5, 630.5, 1000.3, 1269.9]),
+    ("cifar10-a2", [0.5, 9.75, 10.1, 319.2, 629.5, 630.25, 640.5, 1000.3, 1259.9]),
+    ("cifar100-a3", [3.3, 69.9, 70.01, 631.7, 1259.99]),
+    ("imagenet-b", [0.125, 150.5, 310.001, 629.9]),
+])
+def test_mid_epoch_steps_follow_the_closed_form(name, fractional):
+    _, run_length, cycles = SCHEDULES[name]
+    schedule = schedule_for(recipe_config(name))
+    for e in fractional:
+        assert schedule.step(e) == pytest.approx(sgdr_lr(e, run_length, cycles), abs=1e-9), e
+
+
+def test_a2_restarts_at_epoch_630():
+    schedule = schedule_for(recipe_config("cifar10-a2"))
+    assert schedule.step(629.99) < 1e-6
+    assert schedule.step(629.99) > 0
+    assert schedule.step(630) == pytest.approx(0.1, abs=1e-12)
+    assert schedule.step(635) == pytest.approx(schedule_for(recipe_config("cifar10-a2")).step(5), abs=1e-12)
+
+
+def test_a1_and_a2_part_ways_after_epoch_630():
+    schedule = schedule_for(recipe_config("cifar10-a1"))
+    # epoch 630 starts A1's 7th cycle (640 epochs), so one epoch later A1 is 1/640 of the way down; A2 starts
+    # its second run, whose first cycle is 10 epochs long
+    assert schedule.step(631) == pytest.approx(0.05 * (1 + math.cos(math.pi / 640)), abs=1e-12)
+    a2 = schedule_for(recipe_config("cifar10-a2"))
+    assert a2.step(631) == pytest.approx(0.05 * (1 + math.cos(math.pi / 10)), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ recipes
+
+
+def test_list_recipes_has_every_paper_recipe():
+    names = list_recipes()
+    assert set(PAPER_RECIPES) <= set(names)
+    assert names == sorted(names)
+    extra = set(names) - set(PAPER_RECIPES)
+    assert extra <= {"demo"}, f"unexpected recipes {extra}"
+
+
+@pytest.mark.parametrize("name", PAPER_RECIPES)
+def test_every_recipe_uses_sgd_nesterov_momentum_and_sgdr(name):
+    c = recipe_config(name)
+    assert c.momentum == 0.9
+    assert c.nesterov is True
+    assert c.sched == "cosine"
+    assert (c.cycle_epochs, c.cycle_mul) == (T0, TMUL)
+    assert c.cycle_limit == SCHEDULES[name][2]
+    assert c.lr == 0.1
+    assert c.warmup_epochs == 0 and c.min_lr == 0
+    assert c.recipe == name
+
+
+@pytest.mark.parametrize("name", CIFAR_RECIPES)
+def test_cifar_recipes_have_the_papers_settings(name):
+    c = recipe_config(name)
+    dataset, arch = name.split("-")
+    assert c.data == dataset
+    assert c.model == "hcgnet_" + arch
+    assert c.batch_size == 128
+    assert c.weight_decay == 1e-4
+    assert c.mixup == 1.0
+    assert c.label_smoothing == 0
+    assert c.lr_base_batch is None  # lr 0.1 at batch 128, not rescaled
+
+
+@pytest.mark.parametrize("name", IMAGENET_RECIPES)
+def test_imagenet_recipes_have_the_papers_settings(name):
+    c = recipe_config(name)
+    assert c.model == "hcgnet_" + name[-1]
+    assert c.batch_size == 256
+    assert c.lr_base_batch == 256
+    assert c.weight_decay == 4e-5
+    assert c.mixup == 0.4
+    assert c.label_smoothing == 0.1
+    assert c.drop_rate == 0.1
+    assert c.image_size == 224
+    assert c.epochs == 630
+
+
+def test_imagenet_recipe_needs_a_dataset():
+    with pytest.raises(ConfigError, match="--data"):
+        make_config(recipe="imagenet-b")
+
+
+# ------------------------------------------------------------------------------------------ precedence
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_apply_without_recipe_or_file():
+    c = make_config(overrides={"data": "cifar10"})
+    default = TrainConfig()
+    assert (c.epochs, c.batch_size, c.lr, c.mixup) == (default.epochs, default.batch_size, default.lr, default.mixup)
+    assert c.recipe is None
+
+
+def test_recipe_overrides_defaults():
+    c = make_config(recipe="cifar10-a1")
+    assert c.epochs == 1270 and TrainConfig().epochs != 1270
+    assert c.mixup == 1.0 and TrainConfig().mixup != 1.0
+
+
+def test_file_overrides_recipe_and_flags_override_file(tmp_path):
+    cfg = write(tmp_path / "c.yaml", "epochs: 3\nbatch_size: 64\nmixup: 0.5\n")
+    c = make_config(recipe="cifar10-a1", config_file=cfg)
+    assert (c.epochs, c.batch_size, c.mixup) == (3, 64, 0.5)  # file beats recipe
+    assert c.weight_decay == 1e-4 and c.cycle_limit == 7      # the rest of the recipe stays
+    c = make_config(recipe="cifar10-a1", config_file=cfg, overrides={"epochs": 5, "batch_size": None, "lr": 0.05})
+    assert c.epochs == 5             # explicit beats file
+    assert c.batch_size == 64        # None is ignored: the file's value stays
+    assert c.lr == 0.05
+
+
+def test_none_overrides_are_ignored():
+    c = make_config(recipe="cifar100-a2", overrides={k: None for k in TrainConfig.__dataclass_fields__})
+    assert c == make_config(recipe="cifar100-a2")
+
+
+def test_config_file_can_name_a_recipe(tmp_path):
+    cfg = write(tmp_path / "c.yaml", "recipe: cifar100-a2\nepochs: 7\n")
+    c = make_config(config_file=cfg)
+    assert c.recipe == "cifar100-a2"
+    assert c.data == "cifar100" and c.model == "hcgnet_a2" and c.restart_every == 630  # from the recipe
+    assert c.epochs == 7                                                                # the file wins
+    c = make_config(config_file=cfg, overrides={"epochs": 9})
+    assert c.epochs == 9
+
+
+def test_yaml_values_are_coerced_to_the_option_type(tmp_path):
+    c = make_config(config_file=write(tmp_path / "c.yaml", "data: cifar10\nepochs: '12'\nlr: 1\n"))
+    assert c.epochs == 12 and isinstance(c.epochs, int)
+    assert c.lr == 1.0 and isinstance(c.lr, float)
+
+
+def test_fractional_val_size_is_kept():
+    # regression: with an int default (5000), _coerce() turned val_size 0.25 into int(0.25) == 0
+    assert make_config(overrides={"data": "cifar10", "val_size": 0.25}).val_size == 0.25
+    assert make_config(overrides={"data": "cifar10", "val_size": 5000}).val_size == 5000
+
+
+def test_non_integral_epochs_is_an_error():
+    with pytest.raises(ConfigError, match="epochs"):
+        make_config(overrides={"data": "cifar10", "epochs": 2.5})
+
+
+def test_string_for_a_bool_option_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="nesterov"):
+        make_config(config_file=write(tmp_path / "c.yaml", "data: cifar10\nnesterov: 'no'\n"))
+
+
+def test_yaml_accepts_hyphenated_option_names(tmp_path):
+    c = make_config(config_file=write(tmp_path / "c.yaml", "data: cifar10\nbatch-size: 64\n"))
+    assert c.batch_size == 64
+
+
+# ------------------------------------------------------------------------------------------ ConfigError
+
+
+def test_config_error_is_an_hcgnet_error():
+    assert issubclass(ConfigError, hcgnet.HCGNetError)
+
+
+ERROR_CASES = {
+    "unknown recipe": (dict(recipe="cifar10-a9"), None, "cifar10-a9"),
+    "missing config file": (dict(config_file="{tmp}/nope.yaml"), None, "nope.yaml"),
+    "invalid YAML": (dict(config_file="{tmp}/c.yaml"), "epochs: [1, 2\nlr: 0.1\n", "not valid YAML"),
+    "non-mapping YAML": (dict(config_file="{tmp}/c.yaml"), "- epochs\n- 3\n", "mapping"),
+    "unknown option": (dict(config_file="{tmp}/c.yaml"), "data: cifar10\nlearning_rate: 0.1\n", "learning_rate"),
+    "wrong type": (dict(config_file="{tmp}/c.yaml"), "data: cifar10\nepochs: many\n", "epochs"),
+    "batch size 1": (dict(overrides={"data": "cifar10", "batch_size": 1}), None, "batch size 1"),
+    "odd batch with mixup": (dict(overrides={"data": "cifar10", "batch_size": 7, "mixup": 1.0}), None, "even"),
+    "amp fp8": (dict(overrides={"data": "cifar10", "amp": "fp8"}), None, "fp8"),
+    "resume and overwrite": (dict(overrides={"data": "cifar10", "resume": True, "overwrite": True}), None,
+                             "--resume"),
+    "missing data": (dict(overrides={"epochs": 3}), None, "--data"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_config_errors_are_one_line(tmp_path, case):
+    kwargs, yaml_text, needle = ERROR_CASES[case]
+    kwargs = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in kwargs.items()}
+    if yaml_text is not None:
+        (tmp_path / "c.yaml").write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        make_config(**kwargs)
+    message = str(e.value)
+    assert needle in message
+    assert "\n" not in message and message.strip() == message and message
+
+
+def test_odd_batch_without_mixup_is_fine():
+    assert make_config(overrides={"data": "cifar10", "batch_size": 7, "mixup": 0}).batch_size == 7
+
+
+# ------------------------------------------------------------------------------------------ hcgnet train errors
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["red", "green", "blue"]):
+        (root / name).mkdir()
+        for i in range(4):
+            pixels = rng.integers(0, 60, size=(20, 20, 3))
+            pixels[..., c] += 180
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def train_error(capsys, *argv):
+    code = main(["train", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hcgnet: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def tiny_train_args(folder, out, *extra):
+    return ["--data", f"imagefolder:{folder}", "--image-size", "16", "--epochs", "1", "--batch-size", "4",
+            "--val-size", "3", "--workers", "0", "--output", str(out), *extra]
+
+
+def test_train_unknown_model(capsys, small_folder, tmp_path):
+    line = train_error(capsys, *tiny_train_args(small_folder, tmp_path / "out", "--model", "hcgnet_z9"))
+    assert "hcgnet_z9" in line
+
+
+def test_train_malformed_spec(capsys, small_folder, tmp_path):
+    line = train_error(capsys, *tiny_train_args(small_folder, tmp_path / "out", "--model", "HCGNet-(1,1"))
+    assert "HCGNet-(1,1" in line
+
+
+def test_train_batch_size_1(capsys, small_folder, tmp_path):
+    args = tiny_train_args(small_folder, tmp_path / "out")
+    args[args.index("--batch-size") + 1] = "1"
+    line = train_error(capsys, *args)
+    assert "batch size 1" in line and "--batch-size" in line
+
+
+def test_train_unknown_recipe(capsys, tmp_path):
+    line = train_error(capsys, "--recipe", "cifar10-a9", "--output", str(tmp_path / "out"))
+    assert "cifar10-a9" in line and "cifar10-a1" in line  # names the bad one and lists the good ones
+
+
+def test_train_missing_config_file(capsys, small_folder, tmp_path):
+    missing = tmp_path / "missing.yaml"
+    line = train_error(capsys, *tiny_train_args(small_folder, tmp_path / "out", "--config", str(missing)))
+    assert str(missing) in line
+
+
+def test_train_missing_image_folder(capsys, tmp_path):
+    line = train_error(capsys, "--data", "imagefolder:/nonexistent", "--output", str(tmp_path / "out"),
+                       "--workers", "0")
+    assert "/nonexistent" in line
+
+
+def test_train_missing_cifar_says_where_to_put_it(capsys, tmp_path, monkeypatch):
+    from hcgnet.data import datasets
+
+    def offline(self):  # never download 170 MB in a test, even where there is a network
+        raise OSError("offline")
+
+    monkeypatch.setattr(datasets.CIFAR10Files, "download", offline)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = train_error(capsys, "--data", "cifar10", "--data-dir", str(empty), "--output", str(tmp_path / "out"),
+                       "--workers", "0")
+    assert str(empty) in line
+    assert "cifar-10-python.tar.gz" in line and "cifar-10-batches-py" in line
+    assert list(empty.iterdir()) == []
+
+
+def test_train_refuses_a_folder_holding_another_run(capsys, small_folder, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("epoch,step\n1,10\n")
+    (out / "last.pt").write_bytes(b"\x80\x02previous run")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    line = train_error(capsys, *tiny_train_args(small_folder, out, "--model", "HCGNet-(1,1,1)-(k=8,8,8)"))
+    assert str(out) in line
+    assert "--resume" in line and "--overwrite" in line
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before  # nothing changed, nothing added
+
+
+def test_recipes_command_lists_every_recipe(capsys):
+    assert main(["recipes"]) == 0
+    out, _ = capsys.readouterr()
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert set(rows) == set(list_recipes())
+    assert "1270" in rows["cifar10-a1"] and "hcgnet_a1" in rows["cifar10-a1"] and "cifar10" in rows["cifar10-a1"]
+    assert "630" in rows["imagenet-b"] and "hcgnet_b" in rows["imagenet-b"]

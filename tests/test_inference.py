@@ -1,0 +1,302 @@
+"""A whole (tiny) training run and what it leaves behind, then ``hcgnet eval`` and ``hcgnet predict`` on it.
+
+One HCGNet-(1,1,1)-(k=8,8,8) is trained once per module, 2 epochs on 3 classes x 12 noisy red / green / blue
+20x20 PNGs at 16x16, holding out 25% (9 images) for validation and 25% (9) for the test set (the folder has no
+train/, so both are split off it).
+"""
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hcgnet.cli import main
+from hcgnet.data import DataConfig, build_eval_transform
+from hcgnet.inference import load_model
+from hcgnet.training.logs import COLUMNS
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+PUBLISHED = SHARED / "reference" / "fixtures" / "cifar_A1.official.pth.tar"
+needs_published = pytest.mark.skipif(not PUBLISHED.is_file(), reason=f"reference fixture not found at {PUBLISHED}")
+
+SPEC = "HCGNet-(1,1,1)-(k=8,8,8)"
+CLASSES = ["red", "green", "blue"]   # channel c of class c is bright
+PER_CLASS = 12
+EPOCHS = 2
+BATCH = 8
+VAL_FRACTION = 0.25
+HELD_OUT = round(VAL_FRACTION * len(CLASSES) * PER_CLASS)   # 9 validation and 9 test images
+STEPS_PER_EPOCH = (len(CLASSES) * PER_CLASS - 2 * HELD_OUT) // BATCH
+RUN_FILES = ["last.pt", "best.pt", "best.safetensors", "final.safetensors", "metrics.csv", "config.yaml",
+             "results.json", "curves.png"]
+
+
+def colour_image(path, channel, size=(20, 20), seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 60, size=(*size, 3))
+    pixels[..., channel] += 190
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return path
+
+
+def make_folder(root, classes, per_class):
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            colour_image(root / name / f"{i:02d}.png", c % 3, seed=100 * c + i)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny forward passes: one intra-op thread avoids stalls on the two shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, _one_thread):
+    base = tmp_path_factory.mktemp("inference")
+    folder = make_folder(base / "images", CLASSES, PER_CLASS)
+    out = base / "run"
+    code = main(["train", "--model", SPEC, "--data", f"imagefolder:{folder}", "--image-size", "16",
+                 "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--val-size", str(VAL_FRACTION),
+                 "--workers", "0", "--output", str(out)])
+    assert code == 0
+    return {"folder": folder, "out": out, "base": base}
+
+
+@pytest.fixture(scope="module")
+def results(run):
+    return json.loads((run["out"] / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def rows(run):
+    with open(run["out"] / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def cli_json(capsys, *argv):
+    code, out, err = cli(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def one_line_error(code, out, err):
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hcgnet: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------ the run folder
+
+
+def test_run_folder_holds_every_output(run):
+    out = run["out"]
+    for name in RUN_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_config_yaml_records_the_run_without_run_flags(run):
+    import yaml
+
+    saved = yaml.safe_load((run["out"] / "config.yaml").read_text())
+    assert saved["model"] == SPEC
+    assert saved["data"] == f"imagefolder:{run['folder']}"
+    assert (saved["epochs"], saved["batch_size"], saved["image_size"]) == (EPOCHS, BATCH, 16)
+    assert saved["val_size"] == VAL_FRACTION
+    assert not {"output", "resume", "overwrite"} & set(saved)
+
+
+def test_results_json(results, rows):
+    _, epochs = rows
+    assert 0 <= results["test_top1"] <= 1
+    assert results["test_top1"] <= results["test_top5"] == 1.0   # 3 classes: the top 5 holds every class
+    assert results["test_images"] == HELD_OUT
+    assert results["test_top1"] * HELD_OUT == pytest.approx(round(results["test_top1"] * HELD_OUT))
+    assert results["epochs"] == EPOCHS
+    assert results["weights"] == "best"
+    val = [float(r["val_top1"]) for r in epochs]
+    assert results["best_val_top1"] == pytest.approx(max(val))
+    assert results["best_epoch"] == val.index(max(val)) + 1  # the first epoch that reached it
+
+
+def test_metrics_csv_has_one_row_per_epoch(rows):
+    header, epochs = rows
+    assert header == COLUMNS
+    assert [int(r["epoch"]) for r in epochs] == list(range(1, EPOCHS + 1))
+    for e, r in enumerate(epochs):
+        assert int(r["step"]) == (e + 1) * STEPS_PER_EPOCH
+        # the learning rate of the epoch's last step: one cosine cycle over all epochs, stepped every batch
+        t = e + (STEPS_PER_EPOCH - 1) / STEPS_PER_EPOCH
+        assert float(r["lr"]) == pytest.approx(0.05 * (1 + math.cos(math.pi * t / EPOCHS)), abs=1e-9)
+        assert math.isfinite(float(r["train_loss"])) and float(r["val_loss"]) >= 0
+        assert 0 <= float(r["val_top1"]) <= 1 and float(r["val_top5"]) == 1.0
+        assert float(r["val_top1"]) * HELD_OUT == pytest.approx(round(float(r["val_top1"]) * HELD_OUT))
+        assert float(r["images_per_s"]) > 0
+
+
+def test_curves_png_is_a_valid_png(run):
+    with Image.open(run["out"] / "curves.png") as img:
+        assert img.format == "PNG"
+        img.load()
+        assert img.width > 100 and img.height > 100
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+
+@pytest.mark.parametrize("checkpoint", ["best.safetensors", "final.safetensors", "last.pt", "best.pt"])
+def test_eval_json_on_the_validation_split(capsys, run, checkpoint):
+    m = cli_json(capsys, "eval", "--checkpoint", str(run["out"] / checkpoint), "--data",
+                 f"imagefolder:{run['folder']}", "--split", "val", "--workers", "0")
+    assert {"top1", "top5", "loss", "count"} <= set(m)
+    assert m["count"] == HELD_OUT       # the checkpoint's val_size and seed rebuild the validation split
+    assert 0 <= m["top1"] <= m["top5"] == 1.0
+    assert m["loss"] >= 0 and math.isfinite(m["loss"])
+
+
+def test_eval_text_output(capsys, run):
+    code, out, err = cli(capsys, "eval", "--checkpoint", str(run["out"] / "last.pt"), "--data",
+                         f"imagefolder:{run['folder']}", "--split", "val", "--workers", "0")
+    assert code == 0, err
+    assert f"{HELD_OUT} images" in out and "top-1" in out and "top-5 100.00%" in out
+
+
+def test_eval_reproduces_the_trainers_validation_scores(capsys, run, rows, results):
+    _, epochs = rows
+    data = f"imagefolder:{run['folder']}"
+    last = cli_json(capsys, "eval", "--checkpoint", str(run["out"] / "last.pt"), "--data", data, "--split", "val",
+                    "--workers", "0")
+    assert last["top1"] == pytest.approx(float(epochs[-1]["val_top1"]))
+    assert last["loss"] == pytest.approx(float(epochs[-1]["val_loss"]), rel=1e-4)
+    best = cli_json(capsys, "eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data", data,
+                    "--split", "val", "--workers", "0")
+    best_row = epochs[results["best_epoch"] - 1]
+    assert best["top1"] == pytest.approx(results["best_val_top1"])
+    assert best["loss"] == pytest.approx(float(best_row["val_loss"]), rel=1e-4)
+
+
+def test_eval_test_split_is_the_trainers_test_set(capsys, run, results):
+    m = cli_json(capsys, "eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data",
+                 f"imagefolder:{run['folder']}", "--workers", "0")
+    assert m["split"] == "test"
+    assert m["count"] == results["test_images"] == HELD_OUT
+
+
+def test_eval_test_top1_equals_results_json(capsys, run, results):
+    m = cli_json(capsys, "eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data",
+                 f"imagefolder:{run['folder']}", "--workers", "0")
+    assert m["count"] == results["test_images"]
+    assert m["top1"] == pytest.approx(results["test_top1"])
+    assert m["loss"] == pytest.approx(results["test_loss"], rel=1e-4)
+
+
+def test_eval_on_a_dataset_with_another_class_count(capsys, run):
+    other = make_folder(run["base"] / "four", CLASSES + ["grey"], 3)
+    line = one_line_error(*cli(capsys, "eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data",
+                               f"imagefolder:{other}", "--workers", "0"))
+    assert "classes" in line and "3" in line and "4" in line
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+
+@pytest.fixture(scope="module")
+def new_images(run):
+    folder = run["base"] / "new"
+    folder.mkdir()
+    return [colour_image(folder / f"{name}.png", c, size=(24, 30), seed=999 + c) for c, name in enumerate(CLASSES)]
+
+
+def test_predict_json_topk(capsys, run, new_images):
+    got = cli_json(capsys, "predict", "--checkpoint", str(run["out"] / "best.safetensors"),
+                   *map(str, new_images))
+    assert [r["image"] for r in got] == [str(p) for p in new_images]
+    names = sorted(CLASSES)   # the training folder's class names, in ImageFolder (sorted) order
+    for r in got:
+        top = r["top"]
+        assert len(top) == min(5, len(CLASSES))
+        assert sorted(t["class"] for t in top) == names
+        assert all(t["class"] == names[t["index"]] for t in top)
+        p = [t["probability"] for t in top]
+        assert p == sorted(p, reverse=True)
+        assert all(0 <= v <= 1 for v in p)
+        assert sum(p) == pytest.approx(1.0, abs=1e-5)   # k equals the class count: all the mass
+
+
+def test_predict_fewer_than_all_classes(capsys, run, new_images):
+    got = cli_json(capsys, "predict", "--checkpoint", str(run["out"] / "best.safetensors"), "--topk", "2",
+                   str(new_images[0]))
+    p = [t["probability"] for t in got[0]["top"]]
+    assert len(p) == 2 and p[0] >= p[1]
+    assert sum(p) <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("checkpoint", ["best.safetensors", "last.pt"])
+def test_predict_is_softmax_of_the_model_on_the_eval_transform(capsys, run, new_images, checkpoint):
+    path = str(run["out"] / checkpoint)
+    got = cli_json(capsys, "predict", "--checkpoint", path, *map(str, new_images))
+    model, meta = load_model(path)
+    config = DataConfig.from_dict(json.loads(meta["data_config"]))
+    assert config.input_size == (3, 16, 16)   # the trained size, not the ImageNet default
+    transform = build_eval_transform(config)
+    with torch.no_grad():
+        x = torch.stack([transform(Image.open(p).convert("RGB")) for p in new_images])
+        probs = torch.softmax(model.eval()(x), dim=1)
+    for r, row in zip(got, probs):
+        want = {config.class_names[i]: float(row[i]) for i in range(len(row))}
+        assert {t["class"]: t["probability"] for t in r["top"]} == pytest.approx(want, abs=1e-5)
+
+
+def test_predict_missing_image(capsys, run, new_images, tmp_path):
+    missing = tmp_path / "nope.png"
+    line = one_line_error(*cli(capsys, "predict", "--checkpoint", str(run["out"] / "best.safetensors"),
+                               str(new_images[0]), str(missing)))
+    assert str(missing) in line
+
+
+def test_predict_corrupt_image(capsys, run, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    line = one_line_error(*cli(capsys, "predict", "--checkpoint", str(run["out"] / "best.safetensors"), str(bad)))
+    assert str(bad) in line
+
+
+@needs_published
+def test_predict_published_checkpoint_needs_model(capsys, tmp_path):
+    img = colour_image(tmp_path / "x.png", 0, size=(32, 32))
+    line = one_line_error(*cli(capsys, "predict", "--checkpoint", str(PUBLISHED), str(img)))
+    assert "--model" in line
+
+
+@needs_published
+def test_predict_published_checkpoint_with_model(capsys, tmp_path):
+    img = colour_image(tmp_path / "x.png", 2, size=(32, 32))
+    got = cli_json(capsys, "predict", "--checkpoint", str(PUBLISHED), "--model", "hcgnet_a1", str(img))
+    top = got[0]["top"]
+    assert len(top) == 5
+    assert all(t["class"] == str(t["index"]) for t in top)     # no class names known: the indices
+    assert {t["class"] for t in top} <= {str(i) for i in range(10)} and len({t["class"] for t in top}) == 5
+    p = [t["probability"] for t in top]
+    assert p == sorted(p, reverse=True) and all(math.isfinite(v) and v >= 0 for v in p)
+    assert sum(p) <= 1 + 1e-6

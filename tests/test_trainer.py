@@ -1,0 +1,157 @@
+"""The trainer as a person runs it: exact resume after SIGKILL, DDP on 2 CPU processes, NaN, refusals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_image_folder
+
+TINY = "HCGNet-(1,1,1)-(k=8,8,8)"
+
+
+def train_args(folder, out, *extra):
+    return ["train", "--model", TINY, "--data", f"imagefolder:{folder}", "--image-size", "16", "--val-size", "0.2",
+            "--workers", "0", "--output", str(out), *extra]
+
+
+def run_cli(args, env=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "hcgnet", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc
+
+
+def checkpoint_position(path):
+    state = torch.load(path, weights_only=True)
+    return state["epoch"], state["step_in_epoch"]
+
+
+def kill_after(args, out, global_step, steps_per_epoch):
+    """Start a training run, SIGSTOP it as soon as last.pt has reached `global_step`, then SIGKILL it."""
+    proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    last = out / "last.pt"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"run ended before step {global_step}: {proc.stderr.read()[-1500:]}")
+            if last.exists():
+                try:
+                    epoch, step = checkpoint_position(last)
+                except Exception:  # being replaced right now
+                    continue
+                if epoch * steps_per_epoch + step >= global_step:
+                    proc.send_signal(signal.SIGSTOP)
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    return checkpoint_position(last)
+            time.sleep(0.01)
+        raise AssertionError("timed out waiting for the checkpoint")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_sigkill_twice_then_resume_is_bit_identical(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=20)
+    # 60 images: 12 validation, 12 test, 36 training = 9 steps of 4 per epoch.
+    common = ["--epochs", "3", "--batch-size", "4", "--checkpoint-every", "1", "--mixup", "0.4", "--drop-rate", "0.2"]
+    steps_per_epoch = 9
+    reference = tmp_path / "reference"
+    run_cli(train_args(folder, reference, *common))
+
+    interrupted = tmp_path / "interrupted"
+    first = kill_after(train_args(folder, interrupted, *common), interrupted, 4, steps_per_epoch)
+    second = kill_after(train_args(folder, interrupted, *common, "--resume"), interrupted, 14, steps_per_epoch)
+    assert first[1] > 0 and second[1] > 0, (first, second)  # both kills left a mid-epoch checkpoint
+    assert second[0] * steps_per_epoch + second[1] > first[0] * steps_per_epoch + first[1]
+    resumed = run_cli(train_args(folder, interrupted, *common, "--resume"))
+    assert "resumed" in resumed.stdout
+
+    for name in ("final.safetensors", "best.safetensors"):
+        a, b = load_file(reference / name), load_file(interrupted / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs after resuming"
+    ref_rows = (reference / "metrics.csv").read_text().splitlines()
+    res_rows = (interrupted / "metrics.csv").read_text().splitlines()
+    assert len(ref_rows) == len(res_rows) == 4  # header + one row per epoch, no duplicates after resuming
+    assert [r.split(",")[:6] for r in ref_rows] == [r.split(",")[:6] for r in res_rows]
+    assert json.loads((reference / "results.json").read_text())["test_top1"] == \
+        json.loads((interrupted / "results.json").read_text())["test_top1"]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=21)  # 63 images: 13 test, odd
+    common = ["--epochs", "2", "--val-size", "0.2", "--lr", "0.05"]
+    # One thread per process in both runs: kernels with another thread count add floats in another order,
+    # and 8 steps of this tiny network (BatchNorm over 4 images) amplify that to ~1e-3.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    # One process, the global batch of 8 split into the same two micro-batches of 4 that the ranks get
+    # (x[0::2] and x[1::2]): the BatchNorm statistics of each half are then the same in both runs.
+    run_cli(train_args(folder, one, *common, "--batch-size", "8", "--accum-steps", "2"), env=env)
+    two = tmp_path / "two"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "hcgnet",
+                           *train_args(folder, two, *common, "--batch-size", "4")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    result_one = json.loads((one / "results.json").read_text())
+    result_two = json.loads((two / "results.json").read_text())
+    assert result_two["world_size"] == 2 and result_two["replicas_identical"] is True
+    assert result_one["test_images"] == result_two["test_images"] == 13  # every test image counted once
+
+    a, b = load_file(one / "final.safetensors"), load_file(two / "final.safetensors")
+    params = [k for k in a if "running_" not in k and "num_batches" not in k]
+    # Same micro-batches, same statistics, gradients averaged either way ((g0 + g1) / 2 by all-reduce,
+    # g0 / 2 + g1 / 2 by accumulation: equal in binary floating point), so the tolerance is zero.
+    # BN running statistics are not compared: DDP keeps rank 0's, accumulation sees both halves.
+    for key in params:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_says_where(tmp_path, image_folder):
+    out = tmp_path / "run"
+    proc = run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "4", "--lr", "1e12",
+                              "--checkpoint-every", "1"), check=False)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hcgnet: error: the loss became"), proc.stderr[-2000:]
+    assert "at step" in err[0] and "last.pt" in err[0]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_refuses_an_output_folder_holding_another_run(tmp_path, image_folder):
+    out = tmp_path / "run"
+    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    weights = load_file(out / "final.safetensors")
+    proc = run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"), check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # --resume of a finished run changes no weights; --overwrite starts again
+    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4", "--resume"))
+    assert all(torch.equal(v, load_file(out / "final.safetensors")[k]) for k, v in weights.items())
+    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4", "--overwrite", "--seed", "1"))
+    assert not torch.equal(weights["classifier.weight"], load_file(out / "final.safetensors")["classifier.weight"])
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, image_folder):
+    out = tmp_path / "run"
+    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
+    proc = run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "6", "--resume"), check=False)
+    assert proc.returncode == 2 and "batch_size" in proc.stderr
