@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup data clean
 
-setup: $(STAMP)
+setup: $(STAMP) data
 
 # pip (not uv/poetry): torch and torchvision come from this machine's local wheels.
 $(STAMP): pyproject.toml
@@ -15,10 +17,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/hcgnet info
+# Fashion-MNIST, the offline dataset: Debian's package (elsewhere hcgnet falls back to torchvision's download).
+data: $(FASHION_MNIST)
+$(FASHION_MNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
-test: $(STAMP)
+demo: setup
+	$(VENV)/bin/hcgnet train --recipe demo --overwrite
+
+test: setup
 	$(PY) -m pytest -q
 
 clean:

@@ -402,3 +402,15 @@ def test_fashion_mnist_missing(tmp_path, monkeypatch):
 def test_fashion_mnist_image_size_is_native(tmp_path):
     with pytest.raises(DataError, match="28x28"):
         build_data("fashion-mnist", data_dir=str(tmp_path), image_size=32)
+
+
+def test_augment_off_gives_the_training_set_the_eval_transform(tmp_path):
+    make_folder(tmp_path / "flat")
+    spec = f"imagefolder:{tmp_path / 'flat'}"
+    plain = build_data(spec, val_size=3, seed=0, image_size=32, augment=False)
+    i = plain.train.indices[0]
+    torch.testing.assert_close(plain.train[0][0], plain.test.dataset[i][0])  # same image, eval transform
+    torch.testing.assert_close(plain.train[0][0], plain.train[0][0])  # deterministic
+    augmented = build_data(spec, val_size=3, seed=0, image_size=32)
+    draws = [augmented.train[0][0] for _ in range(4)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])  # random crops differ

@@ -155,3 +155,28 @@ def test_resume_with_other_settings_is_refused(tmp_path, image_folder):
     run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
     proc = run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "6", "--resume"), check=False)
     assert proc.returncode == 2 and "batch_size" in proc.stderr
+
+
+def test_unreadable_image_is_named_and_skip_bad_images_counts_it(tmp_path, image_folder):
+    bad = image_folder / "class_1" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    proc = run_cli(train_args(image_folder, tmp_path / "a", "--epochs", "1", "--batch-size", "4"), check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "broken.png" in err[0] and "--skip-bad-images" in err[0]
+    ok = run_cli(train_args(image_folder, tmp_path / "b", "--epochs", "1", "--batch-size", "4", "--skip-bad-images"))
+    assert "skipped 1 unreadable image" in ok.stdout
+
+
+def test_bf16_channels_last_ema_run_stays_finite_and_exports_the_average(tmp_path, image_folder):
+    out = tmp_path / "run"
+    run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "4", "--amp", "bf16",
+                       "--channels-last", "--ema", "--ema-decay", "0.5", "--mixup", "1.0"))
+    result = json.loads((out / "results.json").read_text())
+    assert 0.0 <= result["test_top1"] <= 1.0 and result["test_loss"] == result["test_loss"]  # not NaN
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert all(float(r.split(",")[3]) < 1e3 for r in rows)  # finite training loss every epoch
+    state = torch.load(out / "last.pt", weights_only=True)
+    exported = load_file(out / "final.safetensors")
+    ema = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state["ema"].items()}
+    assert torch.equal(exported["classifier.weight"], ema["classifier.weight"])
+    assert not torch.equal(exported["classifier.weight"], state["model"]["classifier.weight"])

@@ -115,7 +115,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     from hcgnet.training.config import FIELDS
 
     p.add_argument("--config", help="YAML file of options (flags given here override it)")
-    bools = {"nesterov", "channels_last", "compile", "ema", "skip_bad_images"}
+    bools = {"nesterov", "channels_last", "compile", "ema", "skip_bad_images", "augment"}
     helps = {
         "model": "variant name or spec, e.g. hcgnet_a1 or 'HCGNet-(8,8,8)-(k=12,24,36)'",
         "data": "cifar10, cifar100, fashion-mnist or imagefolder:PATH",

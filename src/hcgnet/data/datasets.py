@@ -244,8 +244,14 @@ def _native_size(name: str, image_size, size: int) -> None:
         raise DataError(f"{name} images are {size}x{size}; --image-size applies to imagefolder datasets only")
 
 
-def _bundle(base_train, test_ds, config: DataConfig, val_size, seed, skipped: int = 0) -> DataBundle:
-    train_tf, eval_tf = build_train_transform(config), build_eval_transform(config)
+def _train_and_eval_transforms(config: DataConfig, augment: bool):
+    eval_tf = build_eval_transform(config)
+    return (build_train_transform(config) if augment else eval_tf), eval_tf
+
+
+def _bundle(base_train, test_ds, config: DataConfig, val_size, seed, skipped: int = 0,
+            augment: bool = True) -> DataBundle:
+    train_tf, eval_tf = _train_and_eval_transforms(config, augment)
     train_idx, val_idx = split_indices(len(base_train), val_size, seed)
     return DataBundle(
         train=Subset(_with_transform(base_train, train_tf), train_idx),
@@ -291,7 +297,7 @@ _CIFAR = {
 }
 
 
-def _load_cifar(name: str, root: str, download: bool, val_size, seed, image_size) -> DataBundle:
+def _load_cifar(name: str, root: str, download: bool, val_size, seed, image_size, augment: bool) -> DataBundle:
     title, cls, mean, std = _CIFAR[name]
     _native_size(name, image_size, 32)
     folder = os.path.join(root, cls.base_folder)
@@ -323,7 +329,7 @@ def _load_cifar(name: str, root: str, download: bool, val_size, seed, image_size
     for ds, split in ((train, "training"), (test, "test")):
         _check_labels(ds, len(classes), f"{title} {split} set in {folder}")
     config = DataConfig(name=name, input_size=(3, 32, 32), mean=mean, std=std, resize=None, class_names=classes)
-    return _bundle(train, test, config, val_size, seed)
+    return _bundle(train, test, config, val_size, seed, augment=augment)
 
 
 # ---------------------------------------------------------------------------------------------------- Fashion-MNIST
@@ -371,7 +377,7 @@ def _prepare_fashion_mnist(root: str, download: bool) -> None:
                         f"(files in {FASHION_MNIST_SYSTEM_DIR}), or put {gz} in {raw}, or pass --data-dir")
 
 
-def _load_fashion_mnist(root: str, download: bool, val_size, seed, image_size) -> DataBundle:
+def _load_fashion_mnist(root: str, download: bool, val_size, seed, image_size, augment: bool) -> DataBundle:
     _native_size("fashion-mnist", image_size, 28)
     _prepare_fashion_mnist(root, download)
     try:
@@ -383,7 +389,7 @@ def _load_fashion_mnist(root: str, download: bool, val_size, seed, image_size) -
     classes = list(tvd.FashionMNIST.classes)
     config = DataConfig(name="fashion-mnist", input_size=(1, 28, 28), mean=FASHION_MNIST_MEAN,
                         std=FASHION_MNIST_STD, resize=None, class_names=classes)
-    return _bundle(train, test, config, val_size, seed)
+    return _bundle(train, test, config, val_size, seed, augment=augment)
 
 
 # ---------------------------------------------------------------------------------------------------- ImageFolder
@@ -432,7 +438,7 @@ def _drop_bad_images(ds: _ImageFolder, root: str) -> int:
     return dropped
 
 
-def _load_image_folder(path: str, val_size, seed, skip_bad_images: bool, image_size) -> DataBundle:
+def _load_image_folder(path: str, val_size, seed, skip_bad_images: bool, image_size, augment: bool) -> DataBundle:
     path = os.path.expanduser(path)
     if not os.path.isdir(path):
         what = "not a folder" if os.path.exists(path) else "no such folder"
@@ -461,8 +467,8 @@ def _load_image_folder(path: str, val_size, seed, skip_bad_images: bool, image_s
     config = DataConfig(name="imagefolder", input_size=(3, size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                         resize=int(size / CROP_PCT), class_names=classes)
     if test is not None:
-        return _bundle(train, test, config, val_size, seed, skipped)
-    train_tf, eval_tf = build_train_transform(config), build_eval_transform(config)
+        return _bundle(train, test, config, val_size, seed, skipped, augment)
+    train_tf, eval_tf = _train_and_eval_transforms(config, augment)
     train_idx, val_idx, test_idx = split_indices(len(train), val_size, seed, parts=2)
     evaluated = _with_transform(train, eval_tf)
     return DataBundle(
@@ -490,21 +496,24 @@ def _parse_spec(spec) -> tuple[str, str | None]:
 
 
 def build_data(spec: str, data_dir: str | None = None, val_size: float | int = 0.1, seed: int = 0,
-               skip_bad_images: bool = False, download: bool = True, image_size: int | None = None) -> DataBundle:
+               skip_bad_images: bool = False, download: bool = True, image_size: int | None = None,
+               augment: bool = True) -> DataBundle:
     """Train / val / test datasets for ``spec`` ('cifar10', 'cifar100', 'fashion-mnist' or 'imagefolder:PATH').
 
     ``data_dir`` (CIFAR, Fashion-MNIST): where the files are or go; default :func:`default_data_dir`.
     ``val_size``: images held out of the training set for validation, a fraction (< 1) or a count; 0 gives an
     empty validation set. ``seed`` fixes the split. ``skip_bad_images`` (imagefolder): drop unreadable files
     instead of failing on them. ``download``: allow torchvision to download missing CIFAR/Fashion-MNIST files.
-    ``image_size`` (imagefolder, default 224): the square crop the network sees.
+    ``image_size`` (imagefolder, default 224): the square crop the network sees. ``augment=False`` gives the
+    training set the evaluation transform (for runs shorter than an epoch, where augmentation only slows
+    learning).
     Raises :class:`DataError` (one line) for anything that cannot work.
     """
     name, folder = _parse_spec(spec)
     if name == "imagefolder":
-        return _load_image_folder(folder, val_size, seed, skip_bad_images, image_size)
+        return _load_image_folder(folder, val_size, seed, skip_bad_images, image_size, augment)
     root = os.path.expanduser(str(data_dir)) if data_dir is not None else default_data_dir()
     root = str(Path(root))
     if name in _CIFAR:
-        return _load_cifar(name, root, download, val_size, seed, image_size)
-    return _load_fashion_mnist(root, download, val_size, seed, image_size)
+        return _load_cifar(name, root, download, val_size, seed, image_size, augment)
+    return _load_fashion_mnist(root, download, val_size, seed, image_size, augment)

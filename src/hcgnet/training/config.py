@@ -51,6 +51,7 @@ class TrainConfig:
     # data
     val_size: float = 5000.0       # held out from the training set; a fraction if < 1
     image_size: Optional[int] = None
+    augment: bool = True           # the dataset's training augmentation (off: eval transform for training too)
     skip_bad_images: bool = False
     # bookkeeping
     seed: int = 0

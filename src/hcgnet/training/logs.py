@@ -5,29 +5,38 @@ from typing import Dict, List, Optional
 
 COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
            "seconds", "images_per_s"]
+STEP_COLUMNS = ["step", "epoch", "lr", "train_loss"]
+
+
+def _read_rows(path: Path, keep) -> List[Dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if keep(r)]
+
+
+def _write_rows(path: Path, columns: List[str], rows: List[Dict[str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
 
 
 class MetricsLog:
-    """Epoch rows in CSV (rewritten up to the resumed epoch on resume) and TensorBoard scalars."""
+    """Epoch rows in ``metrics.csv``, logged steps in ``steps.csv``, and TensorBoard scalars. On resume the
+    files are cut back to the checkpoint, so rows written after it are not repeated."""
 
-    def __init__(self, folder: Path, resume_epoch: int = 0, tensorboard: bool = True) -> None:
-        self.csv_path = folder / "metrics.csv"
-        self.rows: List[Dict[str, str]] = []
-        if resume_epoch and self.csv_path.exists():
-            with open(self.csv_path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
-        self._write_all()
+    def __init__(self, folder: Path, resume_epoch: int = 0, resume_step: int = 0, tensorboard: bool = True) -> None:
+        self.csv_path, self.steps_path = folder / "metrics.csv", folder / "steps.csv"
+        self.rows = _read_rows(self.csv_path, lambda r: int(r["epoch"]) <= resume_epoch) if resume_epoch else []
+        self.steps = _read_rows(self.steps_path, lambda r: int(r["step"]) <= resume_step) if resume_step else []
+        _write_rows(self.csv_path, COLUMNS, self.rows)
+        _write_rows(self.steps_path, STEP_COLUMNS, self.steps)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(folder / "tensorboard"), purge_step=None)
-
-    def _write_all(self) -> None:
-        with open(self.csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(self.rows)
 
     def add_epoch(self, row: Dict[str, Optional[float]]) -> None:
         clean = {k: ("" if row.get(k) is None else row[k]) for k in COLUMNS}
@@ -40,7 +49,11 @@ class MetricsLog:
                     self.writer.add_scalar(f"epoch/{k}", row[k], int(row["epoch"]))
             self.writer.flush()
 
-    def add_step(self, step: int, loss: float, lr: float) -> None:
+    def add_step(self, step: int, epoch: float, loss: float, lr: float) -> None:
+        row = {"step": step, "epoch": epoch, "lr": lr, "train_loss": loss}
+        self.steps.append(row)
+        with open(self.steps_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=STEP_COLUMNS).writerow(row)
         if self.writer is not None:
             self.writer.add_scalar("step/train_loss", loss, step)
             self.writer.add_scalar("step/lr", lr, step)
@@ -50,31 +63,40 @@ class MetricsLog:
             self.writer.close()
 
     def plot(self, path: Path, title: str = "") -> Path:
-        """Loss and accuracy curves per epoch as a PNG."""
+        """Loss (logged steps and epochs), accuracy per epoch and the learning rate, as a PNG."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        def series(key):
-            pts = [(int(r["epoch"]), float(r[key])) for r in self.rows if r.get(key) not in ("", None)]
+        def series(rows, key, x="epoch"):
+            pts = [(float(r[x]), float(r[key])) for r in rows if r.get(key) not in ("", None)]
             return [p[0] for p in pts], [p[1] for p in pts]
 
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-        for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-            xs, ys = series(key)
+        fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+        xs, ys = series(self.steps, "train_loss")
+        if xs:
+            ax_loss.plot(xs, ys, lw=1, alpha=0.7, label="train (logged steps)")
+        for key, label in (("train_loss", "train (epoch mean)"), ("val_loss", "validation")):
+            xs, ys = series(self.rows, key)
             if xs:
                 ax_loss.plot(xs, ys, marker="o", label=label)
         for key, label in (("train_acc", "train top-1"), ("val_top1", "validation top-1"),
                            ("val_top5", "validation top-5")):
-            xs, ys = series(key)
+            xs, ys = series(self.rows, key)
             if xs:
                 ax_acc.plot(xs, [100 * y for y in ys], marker="o", label=label)
+        xs, ys = series(self.steps, "lr")
+        if xs:
+            ax_lr.plot(xs, ys)
         ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
         ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-        for ax in (ax_loss, ax_acc):
+        ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+        for ax in (ax_loss, ax_acc, ax_lr):
             ax.grid(alpha=0.3)
-            ax.legend()
+        for ax in (ax_loss, ax_acc):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
         if title:
             fig.suptitle(title)
         fig.tight_layout()

@@ -35,7 +35,7 @@ from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampl
 from hcgnet.training.schedule import EpochSchedule
 from hcgnet.training.state import load_training_state, rng_state, save_atomic, set_rng_state
 
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.yaml", "results.json", "best.safetensors",
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "steps.csv", "config.yaml", "results.json", "best.safetensors",
              "final.safetensors", "curves.png")
 RESUME_MUST_MATCH = ("model", "data", "batch_size", "accum_steps", "seed", "val_size", "image_size")
 
@@ -120,7 +120,7 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
 
     _seed_everything(config.seed)
     data = build_data(config.data, data_dir=config.data_dir, val_size=config.val_size, seed=config.seed,
-                      skip_bad_images=config.skip_bad_images, image_size=config.image_size)
+                      skip_bad_images=config.skip_bad_images, image_size=config.image_size, augment=config.augment)
     if data.skipped:
         log(f"skipped {data.skipped} unreadable images")
     if len(data.train) < config.batch_size * d.world_size:
@@ -193,7 +193,7 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
     if d.is_main:
         (out / "config.yaml").write_text(yaml.safe_dump(
             {k: v for k, v in config.to_dict().items() if k not in RUN_FLAGS}, sort_keys=False))
-    metrics = MetricsLog(out, resume_epoch=start_epoch) if d.is_main else None
+    metrics = MetricsLog(out, start_epoch, start_epoch * steps_per_epoch + first_step) if d.is_main else None
     log(f"training {config.model} on {config.data}: {len(data.train)} train / {len(data.val)} validation / "
         f"{len(data.test)} test images, {data.num_classes} classes, {d.world_size} process(es) on {d.device}, "
         f"global batch {global_batch}, {steps_per_epoch} steps per epoch")
@@ -231,7 +231,7 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
             def on_step(done: int, loss: float, epoch=epoch) -> None:
                 step = epoch * steps_per_epoch + done
                 if metrics is not None and done % config.log_every == 0:
-                    metrics.add_step(step, loss, optimizer.param_groups[0]["lr"])
+                    metrics.add_step(step, step / steps_per_epoch, loss, optimizer.param_groups[0]["lr"])
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and done < steps_per_epoch:
                     save_last(epoch, done, totals)
 
@@ -272,7 +272,10 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
     final_weights = {k: v.clone() for k, v in eval_model().state_dict().items()}
     if chosen == "best":
         best_state = load_training_state(out / "best.pt")
-        eval_model().load_state_dict(best_state["ema"] if ema is not None else best_state["model"])
+        if ema is not None:
+            ema.load_state_dict(best_state["ema"])
+        else:
+            model.load_state_dict(best_state["model"])
     test = evaluate(eval_model(), eval_loader(data.test), d, amp_dtype, config.channels_last)
     replicas_identical = _replicas_identical(model, d)
     result = {"model": config.model, "data": config.data, "test_top1": test["top1"], "test_top5": test["top5"],
