@@ -237,3 +237,28 @@ def test_torch_export_with_dynamic_batch_and_size_gives_the_same_output():
         x = torch.randn(shape)
         with torch.no_grad():
             torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["hcgnet_a1", "HCGNet-(2,3,2,2)-(k=8,8,12,8)"])
+def test_memory_efficient_mode_gives_the_same_outputs_gradients_and_statistics(name):
+    torch.manual_seed(0)
+    plain = hcgnet.create_model(name, drop_rate=0.0).train()  # no dropout: the two forwards draw no masks
+    lean = hcgnet.create_model(name, drop_rate=0.0, memory_efficient=True).train()
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 3, 32, 40) if name == "hcgnet_a1" else torch.randn(4, 3, 64, 72)
+    y = torch.tensor([0, 1, 2, 3])
+    outputs = []
+    for model in (plain, lean):
+        out = model(x)
+        nn.functional.cross_entropy(out, y).backward()
+        outputs.append(out.detach())
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+    for (name_a, a), (_, b) in zip(plain.named_parameters(), lean.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name_a)
+    # running statistics updated once per forward, not again when backward recomputes
+    for (name_a, a), (_, b) in zip(plain.named_buffers(), lean.named_buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name_a)
+    # eval and scripting take the plain path
+    plain.eval(), lean.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(lean(x), plain(x))

@@ -90,6 +90,9 @@ class SMGModule(nn.Module):
         self.update_gate = UpdateGate(out_channels, update_reduction, gate_act)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.squeeze(x)
-        x_3x3, x_dilated = self.excite(x)
-        return self.forget_gate(x) + self.update_gate(x_3x3, x_dilated)
+        return self.excite_and_gate(self.squeeze(x))
+
+    def excite_and_gate(self, squeezed: Tensor) -> Tensor:
+        """Everything after the squeeze cell, from the squeezed map X'."""
+        x_3x3, x_dilated = self.excite(squeezed)
+        return self.forget_gate(squeezed) + self.update_gate(x_3x3, x_dilated)

@@ -32,18 +32,31 @@ class HybridBlock(nn.Module):
     modules 0..i-1 concatenated, and the block returns all of them concatenated
     (``in_channels + depth * growth_rate`` channels)."""
 
-    def __init__(self, in_channels: int, depth: int, growth_rate: int, **smg_kwargs) -> None:
+    def __init__(
+        self, in_channels: int, depth: int, growth_rate: int, memory_efficient: bool = False, **smg_kwargs
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             SMGModule(in_channels + i * growth_rate, growth_rate, **smg_kwargs) for i in range(depth)
         )
         self.out_channels = in_channels + depth * growth_rate
+        self.memory_efficient = memory_efficient
 
     def forward(self, x: Tensor) -> Tensor:
         features = [x]
         for layer in self.layers:
-            features.append(layer(torch.cat(features, 1)))
+            if self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                features.append(self._memory_efficient_layer(layer, features))
+            else:
+                features.append(layer(torch.cat(features, 1)))
         return torch.cat(features, 1)
+
+    @torch.jit.unused
+    def _memory_efficient_layer(self, layer: SMGModule, features: List[Tensor]) -> Tensor:
+        """The same module, with the concatenation and the squeeze cell's first BN-ReLU-Conv recomputed in
+        backward instead of stored: the stored activations grow linearly, not quadratically, with depth."""
+        squeezed = layer.squeeze.conv3x3(layer.squeeze.conv1x1.forward_concat_checkpointed(features))
+        return layer.excite_and_gate(squeezed)
 
 
 class Transition(SMGModule):
@@ -134,6 +147,8 @@ class HCGNet(nn.Module):
             SMG modules in hybrid blocks (paper: 4, 4, 2).
         compression, transition_reduction: transition compression factor and gate reduction (0.5, 4).
         gate_act: the gates' hidden activation (paper: tanh).
+        memory_efficient: recompute each hybrid block's concatenations and first BN-ReLU-Conv in backward
+            instead of storing them (torchvision DenseNet's option): less memory, some more time.
     """
 
     def __init__(
@@ -151,6 +166,7 @@ class HCGNet(nn.Module):
         compression: float = 0.5,
         transition_reduction: int = 4,
         gate_act: ActFactory = nn.Tanh,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         validate_architecture(block_depths, growth_rates, stem, groups, num_classes)
@@ -168,7 +184,7 @@ class HCGNet(nn.Module):
                 channels = transition.out_channels
                 stride *= 2
             block = HybridBlock(
-                channels, depth, growth, alpha=alpha, groups=groups,
+                channels, depth, growth, memory_efficient=memory_efficient, alpha=alpha, groups=groups,
                 update_reduction=reduction, forget_reduction=reduction, gate_act=gate_act,
             )
             channels = block.out_channels
