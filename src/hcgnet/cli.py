@@ -143,6 +143,20 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=kind, default=None, help=helps.get(name))
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from hcgnet.export import export_model
+    from hcgnet.inference import data_config_of, load_model
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise HCGNetError(f"{out} already exists; pass --force to replace it")
+    model, meta = load_model(args.checkpoint, args.model)
+    input_size = data_config_of(model, meta).input_size
+    export_model(model, str(out), args.format, input_size)
+    print(f"wrote {out}: {args.format}, dynamic batch and input size, checked against the eager model")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from hcgnet.training.config import list_recipes, load_recipe
 
@@ -193,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="ONNX, TorchScript or torch.export (.pt2) file of a checkpoint")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"))
+    ex.add_argument("--output", required=True)
+    ex.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
+    ex.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    ex.set_defaults(func=cmd_export)
 
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)

@@ -171,6 +171,7 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
     if d.enabled:
         train_model = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     if config.compile:
+        log("compiling the model with torch.compile (the first steps take longer)")
         train_model = torch.compile(train_model)
 
     train_set = SeededSamples(data.train, config.seed)

@@ -1,0 +1,87 @@
+"""Deployment formats: ONNX, TorchScript and ``torch.export`` (.pt2), each with dynamic batch and input size.
+
+    hcgnet export --checkpoint runs/a1/best.safetensors --format onnx --output a1.onnx
+
+The exported program is checked against the eager model on a second input shape before the file is kept.
+"""
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from hcgnet.errors import HCGNetError
+
+FORMATS = ("onnx", "torchscript", "pt2")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+
+
+class ExportError(HCGNetError):
+    pass
+
+
+def _sizes(model: nn.Module, input_size: Tuple[int, int, int]):
+    """An example input and a second shape to check. The smallest side keeps the last stage at 2x2 or more
+    (a 1x1 last stage is a special case the exporters would have to guard)."""
+    reduction = model.feature_info[-1]["reduction"]
+    c, h, w = input_size
+    low = 2 * reduction
+    example = torch.randn(2, c, max(h, low), max(w, low))
+    check = torch.randn(3, c, max(h, low) + reduction, max(w, low) + 2 * reduction)
+    return example, check, low
+
+
+def export_model(
+    model: nn.Module, output: str, fmt: str, input_size: Tuple[int, int, int], atol: float = 1e-4,
+    opset: Optional[int] = None,
+) -> Path:
+    """Write ``model`` (eval mode) to ``output`` in ``fmt`` and return the path; atomic, and only after the
+    exported program matched the eager model (max abs difference <= ``atol``) on another input shape."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(output)
+    if not out.parent.is_dir():
+        raise ExportError(f"folder {out.parent} does not exist; create it first")
+    model = model.eval()
+    example, check, low = _sizes(model, input_size)
+    batch, height, width = (torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=low, max=4096),
+                            torch.export.Dim("width", min=low, max=4096))
+    # the temporary name keeps the format's suffix: torch.export.save/load insist on ".pt2"
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp.", suffix=SUFFIXES[fmt])
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            expected = model(check)
+            if fmt == "torchscript":
+                scripted = torch.jit.script(model)
+                scripted.save(tmp)
+                got = torch.jit.load(tmp)(check)
+            elif fmt == "pt2":
+                program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch, 2: height, 3: width}})
+                torch.export.save(program, tmp)
+                got = torch.export.load(tmp).module()(check)
+            else:
+                got = _export_onnx(model, example, check, tmp, batch, height, width, opset)
+        diff = (got - expected).abs().max().item()
+        if not diff <= atol:
+            raise ExportError(f"the {fmt} export differs from the eager model by {diff:.2e} (> {atol}); not written")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
+
+
+def _export_onnx(model, example, check, path, batch, height, width, opset):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'hcgnet[export]'") from None
+    program = torch.onnx.export(model, (example,), dynamic_shapes={"x": {0: batch, 2: height, 3: width}},
+                                dynamo=True, opset_version=opset, verbose=False)
+    program.save(path)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(session.run(None, {name: check.numpy()})[0])

@@ -1,0 +1,56 @@
+"""hcgnet export: each format loads back and gives the eager outputs at other batch sizes and input sizes."""
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+import hcgnet
+from hcgnet.cli import main
+from hcgnet.export import export_model
+
+SPEC = "HCGNet-(1,2,1)-(k=8,8,8)"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = hcgnet.create_model(SPEC, num_classes=5).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    hcgnet.save_safetensors(model, path, {"model_name": SPEC})
+    return path, model
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
+def test_export_runs_at_other_shapes_like_eager(tmp_path, capsys, checkpoint, fmt):
+    path, model = checkpoint
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", "--checkpoint", str(path), "--format", fmt, "--output", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+    for shape in [(1, 3, 32, 32), (4, 3, 40, 56)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = model(x)
+            if fmt == "onnx":
+                session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+                got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy().astype(np.float32)})[0])
+            elif fmt == "torchscript":
+                got = torch.jit.load(str(out))(x)
+            else:
+                got = torch.export.load(str(out)).module()(x)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_export_refuses_to_overwrite_and_bad_folders(tmp_path, capsys, checkpoint):
+    path, _ = checkpoint
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"keep me")
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["export", "--checkpoint", str(path), "--format", "pt2", "--output", str(tmp_path / "no" / "m.pt2")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_export_model_refuses_an_unknown_format(tmp_path):
+    with pytest.raises(hcgnet.HCGNetError, match="unknown format"):
+        export_model(hcgnet.create_model(SPEC), str(tmp_path / "m.x"), "tflite", (3, 32, 32))
