@@ -150,11 +150,15 @@ def test_refuses_an_output_folder_holding_another_run(tmp_path, image_folder):
     assert not torch.equal(weights["classifier.weight"], load_file(out / "final.safetensors")["classifier.weight"])
 
 
-def test_resume_with_other_settings_is_refused(tmp_path, image_folder):
+@pytest.mark.parametrize("change,name", [(["--batch-size", "6"], "batch_size"), (["--epochs", "2"], "epochs"),
+                                         (["--lr", "0.2"], "lr")])
+def test_resume_with_other_settings_is_refused(tmp_path, image_folder, change, name):
     out = tmp_path / "run"
     run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
-    proc = run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "6", "--resume"), check=False)
-    assert proc.returncode == 2 and "batch_size" in proc.stderr
+    settings = dict(zip(["--epochs", "--batch-size"], ["1", "4"]))
+    settings.update(dict(zip(change[::2], change[1::2])))
+    proc = run_cli(train_args(image_folder, out, *sum(map(list, settings.items()), []), "--resume"), check=False)
+    assert proc.returncode == 2 and f"{name}=" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_unreadable_image_is_named_and_skip_bad_images_counts_it(tmp_path, image_folder):
@@ -194,3 +198,26 @@ def test_compiled_training_matches_eager(tmp_path, image_folder):
     for key in a:
         if a[key].is_floating_point():
             torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_overwrite_with_bad_input_loses_nothing(tmp_path, image_folder):
+    out = tmp_path / "run"
+    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    bad = ["train", "--model", TINY, "--data", f"imagefolder:{tmp_path / 'missing'}", "--output", str(out),
+           "--overwrite"]
+    proc = run_cli(bad, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    fresh = tmp_path / "never-created"
+    assert run_cli(["train", "--model", "hcgnet_zz", "--data", f"imagefolder:{image_folder}", "--output",
+                    str(fresh)], check=False).returncode == 2
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--accum-steps", "0"), ("--workers", "-1"), ("--momentum", "-1"),
+                                        ("--log-every", "0"), ("--label-smoothing", "1.5")])
+def test_out_of_range_settings_are_one_line_errors(tmp_path, image_folder, flag, value):
+    proc = run_cli(train_args(image_folder, tmp_path / "run", flag, value), check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("hcgnet: error:"), proc.stderr[-800:]

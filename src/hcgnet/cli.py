@@ -11,8 +11,7 @@ from hcgnet import __version__
 from hcgnet.complexity import count_macs, count_params
 from hcgnet.data import error_message
 from hcgnet.errors import HCGNetError
-from hcgnet.models import VARIANTS, create_model, read_state_dict, save_safetensors
-from hcgnet.models.checkpoints import load_state_dict_into, num_classes_in
+from hcgnet.models import VARIANTS, create_model, save_safetensors
 from hcgnet.models.variants import resolve
 
 
@@ -65,11 +64,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise HCGNetError(f"{out} already exists; pass --force to replace it")
     if not out.parent.is_dir():
         raise HCGNetError(f"folder {out.parent} does not exist; create it first")
-    state_dict, _ = read_state_dict(args.checkpoint)
     name, _ = resolve(args.model)
-    classes = num_classes_in(state_dict)
-    model = create_model(name, num_classes=classes)
-    load_state_dict_into(model, state_dict, args.checkpoint)
+    model = create_model(name, checkpoint_path=args.checkpoint)
     save_safetensors(model, out, {"model_name": name, "num_classes": model.num_classes})
     print(f"wrote {out}: {name}, {model.num_classes} classes, {count_params(model):,} parameters")
     return 0
@@ -112,10 +108,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from hcgnet.training.config import FIELDS
+    from hcgnet.training.config import FIELDS, option_type
 
     p.add_argument("--config", help="YAML file of options (flags given here override it)")
-    bools = {"nesterov", "channels_last", "compile", "ema", "skip_bad_images", "augment"}
     helps = {
         "model": "variant name or spec, e.g. hcgnet_a1 or 'HCGNet-(8,8,8)-(k=12,24,36)'",
         "data": "cifar10, cifar100, fashion-mnist or imagefolder:PATH",
@@ -128,18 +123,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "resume": "continue the run in --output exactly where it stopped",
         "overwrite": "replace the run in --output",
     }
-    for name, f in FIELDS.items():
+    for name in FIELDS:
         flag = "--" + name.replace("_", "-")
+        kind = option_type(name)
         if name in ("resume", "overwrite"):
             p.add_argument(flag, action="store_true", default=None, help=helps.get(name))
-        elif name in bools:
+        elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helps.get(name))
         else:
-            kind = type(f.default) if f.default is not None and not isinstance(f.default, bool) else str
-            if name in ("cycle_epochs", "drop_rate", "val_size"):
-                kind = float
-            elif name in ("restart_every", "image_size", "lr_base_batch", "max_steps_per_epoch"):
-                kind = int
             p.add_argument(flag, type=kind, default=None, help=helps.get(name))
 
 
@@ -167,7 +158,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hcgnet", description="HCGNet models: info and checkpoint conversion.")
+    parser = argparse.ArgumentParser(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction and export.")
     parser.add_argument("--version", action="version", version=f"hcgnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from hcgnet.data import DataConfig, DataError, build_data, build_eval_transform, load_image
 from hcgnet.errors import CheckpointError
-from hcgnet.models import create_model, read_state_dict
-from hcgnet.models.checkpoints import load_state_dict_into, num_classes_in
+from hcgnet.models import create_model
+from hcgnet.models.checkpoints import read_metadata
 from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
 from hcgnet.training.distributed import Dist
 from hcgnet.training.engine import evaluate
@@ -22,15 +22,11 @@ from hcgnet.training.engine import evaluate
 def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, Dict[str, str]]:
     """A model built and loaded from a checkpoint that says what it is (hcgnet's ``.safetensors`` and
     training checkpoints do); for published checkpoints pass ``model_name``. Returns ``(model, metadata)``."""
-    state_dict, meta = read_state_dict(path)
+    meta = read_metadata(path)
     name = model_name or meta.get("model_name")
     if not name:
         raise CheckpointError(f"{path} does not say which model it holds; pass --model NAME")
-    stem = state_dict.get("stem.conv0.weight")
-    in_chans = int(stem.shape[1]) if stem is not None else 3
-    model = create_model(name, num_classes=num_classes_in(state_dict) or 0, in_chans=in_chans)
-    load_state_dict_into(model, state_dict, path)
-    return model.eval(), meta
+    return create_model(name, checkpoint_path=path).eval(), meta
 
 
 def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
@@ -40,9 +36,13 @@ def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
     cfg = model.pretrained_cfg
     classes = json.loads(meta["class_names"]) if meta.get("class_names") else [str(i) for i in range(model.num_classes)]
     cifar = cfg["input_size"][-1] == 32
+    in_chans = model.stem.conv0.in_channels
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar else (cfg["mean"], cfg["std"])
+    if in_chans != len(mean):  # e.g. a grayscale model: the channel average of the statistics
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     return DataConfig(
-        name="cifar10" if cifar else "imagefolder", input_size=tuple(cfg["input_size"]),
-        mean=tuple(CIFAR_MEAN if cifar else cfg["mean"]), std=tuple(CIFAR_STD if cifar else cfg["std"]),
+        name="cifar10" if cifar else "imagefolder", input_size=(in_chans, *cfg["input_size"][1:]),
+        mean=tuple(mean), std=tuple(std),
         resize=None if cifar else int(cfg["input_size"][-1] / cfg["crop_pct"]), class_names=classes,
     )
 

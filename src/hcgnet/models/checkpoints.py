@@ -165,6 +165,21 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     return state_dict, metadata
 
 
+def read_metadata(path: PathLike) -> Dict[str, str]:
+    """What a checkpoint says about itself (model name, classes, preprocessing...), without its tensors
+    where the format allows (safetensors)."""
+    path = Path(path)
+    if path.is_file() and (path.suffix == ".safetensors" or _is_safetensors(path)):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError):
+            raise CheckpointError(f"{path} is truncated or corrupt: it is not a valid safetensors file") from None
+    return read_state_dict(path)[1]
+
+
 def _convert_published(state_dict: Mapping[str, Tensor], path: Path) -> Dict[str, Tensor]:
     converted = {}
     for key, value in state_dict.items():

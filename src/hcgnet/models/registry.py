@@ -119,6 +119,7 @@ def create_model(
     features_only: bool = False,
     out_indices: Optional[Sequence[int]] = None,
     stem: Optional[str] = None,
+    strict: bool = True,
     **kwargs,
 ) -> nn.Module:
     """Build a variant (``"hcgnet_b"``) or any network in the paper's notation
@@ -128,7 +129,10 @@ def create_model(
         num_classes: classifier outputs; defaults to the variant's (10 CIFAR, 1000 ImageNet), or to the
             checkpoint's when weights are loaded.
         pretrained: load the published weights from :func:`weights_dir` (never downloaded).
-        checkpoint_path: load weights from this file (published format, hcgnet's, or ``.safetensors``).
+        checkpoint_path: load weights from this file (published format, hcgnet's, or ``.safetensors``);
+            the class count and input channels come from it unless given.
+        strict: with weights, every key must fit (``False``: load the keys that fit, e.g. for fine-tuning
+            with another ``num_classes``).
         features_only: return a timm ``FeatureListNet`` giving the stage outputs (``out_indices``).
         stem: ``"cifar"`` or ``"imagenet"`` to override the stem a spec implies.
         **kwargs: passed to :class:`HCGNet` (``drop_rate``, ``in_chans``, ``gate_act``, ...).
@@ -139,14 +143,17 @@ def create_model(
     if weights is not None:
         state_dict, _ = read_state_dict(weights)
         if num_classes is None:
-            num_classes = num_classes_in(state_dict)
+            num_classes = num_classes_in(state_dict) or 0
+        stem_weight = state_dict.get("stem.conv0.weight")
+        if stem_weight is not None and stem_weight.dim() == 4:
+            kwargs.setdefault("in_chans", int(stem_weight.shape[1]))
     model_kwargs = variant.model_kwargs()
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes
     model = HCGNet(**{**model_kwargs, **kwargs})
     model.pretrained_cfg = model.default_cfg = {**_cfg(variant), "num_classes": model.num_classes}
     if state_dict is not None:
-        load_state_dict_into(model, state_dict, weights)
+        load_state_dict_into(model, state_dict, weights, strict=strict)
     if features_only:
         indices = tuple(out_indices) if out_indices is not None else _feature_cfg(variant)["out_indices"]
         model = FeatureListNet(model, out_indices=indices, flatten_sequential=True)

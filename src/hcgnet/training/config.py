@@ -103,12 +103,21 @@ def load_config_file(path: str) -> Dict[str, Any]:
     return _read_yaml(p.read_text(), str(path))
 
 
+# The value type of the options whose default is None.
+OPTIONAL_TYPES = {"data": str, "data_dir": str, "lr_base_batch": int, "cycle_epochs": float, "restart_every": int,
+                  "drop_rate": float, "image_size": int, "max_steps_per_epoch": int, "recipe": str}
+
+
+def option_type(name: str) -> type:
+    default = FIELDS[name].default
+    return OPTIONAL_TYPES[name] if default is None else type(default)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Check a value against the option's type: whole numbers for ints, real booleans for flags."""
-    default = FIELDS[name].default
-    if value is None or default is None:
+    if value is None:
         return value
-    kind = type(default)
+    kind = option_type(name)
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"option {name} must be true or false, got {value!r}")
@@ -146,6 +155,20 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError("no dataset: pass --data (cifar10, cifar100, fashion-mnist or imagefolder:PATH)")
     if c.epochs < 1:
         raise ConfigError(f"epochs must be at least 1, got {c.epochs}")
+    for name, low in (("accum_steps", 1), ("workers", 0), ("log_every", 1), ("checkpoint_every", 0),
+                      ("momentum", 0), ("weight_decay", 0), ("mixup", 0), ("label_smoothing", 0), ("min_lr", 0),
+                      ("warmup_epochs", 0), ("cycle_mul", 1), ("cycle_limit", 1), ("val_size", 0),
+                      ("cycle_epochs", 1e-9), ("restart_every", 1), ("drop_rate", 0), ("image_size", 8),
+                      ("max_steps_per_epoch", 1), ("lr_base_batch", 1)):
+        value = getattr(c, name)
+        if value is not None and value < low:
+            raise ConfigError(f"{name} must be at least {low:g}, got {value}")
+    for name in ("label_smoothing", "drop_rate", "ema_decay"):
+        value = getattr(c, name)
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"{name} must be in [0, 1), got {value}")
+    if c.sched == "constant" and c.warmup_epochs:
+        raise ConfigError("a constant learning rate has no warm-up: use --sched cosine or --warmup-epochs 0")
     if c.batch_size < 2 * c.accum_steps:
         raise ConfigError(
             f"batch size {c.batch_size} gives micro-batches of one image; HCGNet's gates need at least 2 images "

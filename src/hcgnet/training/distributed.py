@@ -50,8 +50,20 @@ def all_reduce_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:
     return values.cpu()
 
 
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def broadcast_buffers(model: torch.nn.Module, d: Dist) -> None:
+    """Give every rank rank 0's buffers (BN running statistics drift apart after DDP's last forward)."""
+    if d.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def broadcast_flag(flag: bool, d: Dist) -> bool:
-    """Rank 0's decision, for every rank (e.g. 'stop: the loss is NaN')."""
+    """True on every rank if it is true on any rank (e.g. 'stop: a loss is NaN')."""
     if not d.enabled:
         return flag
     t = torch.tensor([int(flag)], device=d.device)

@@ -106,7 +106,8 @@ def train_one_epoch(
                 totals["correct"] += int((out.argmax(1) == yk).sum())
         loss_value = float(step_loss)
         if broadcast_flag(not math.isfinite(loss_value), ctx.dist):
-            raise NonFiniteLossError(f"the loss became {loss_value} at step {i + 1} of the epoch")
+            where = f"{loss_value}" if not math.isfinite(loss_value) else "non-finite in another process"
+            raise NonFiniteLossError(f"the loss became {where} at step {i + 1} of the epoch")
         if ctx.scaler is not None:
             ctx.scaler.step(ctx.optimizer)
             ctx.scaler.update()

@@ -36,7 +36,9 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(folder / "tensorboard"), purge_step=None)
+            # On resume, events logged after the checkpoint's step are dropped (every scalar is logged
+            # against the global step, epoch summaries included).
+            self.writer = SummaryWriter(str(folder / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def add_epoch(self, row: Dict[str, Optional[float]]) -> None:
         clean = {k: ("" if row.get(k) is None else row[k]) for k in COLUMNS}
@@ -46,7 +48,7 @@ class MetricsLog:
         if self.writer is not None:
             for k in COLUMNS[2:]:
                 if row.get(k) is not None:
-                    self.writer.add_scalar(f"epoch/{k}", row[k], int(row["epoch"]))
+                    self.writer.add_scalar(f"epoch/{k}", row[k], int(row["step"]))
             self.writer.flush()
 
     def add_step(self, step: int, epoch: float, loss: float, lr: float) -> None:

@@ -37,14 +37,17 @@ from hcgnet.training.state import load_training_state, rng_state, save_atomic, s
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "steps.csv", "config.yaml", "results.json", "best.safetensors",
              "final.safetensors", "curves.png")
-RESUME_MUST_MATCH = ("model", "data", "batch_size", "accum_steps", "seed", "val_size", "image_size")
+# Settings a resumed run may change: how it runs, not what it computes.
+RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "workers", "log_every", "checkpoint_every", "compile",
+                     "data_dir", "recipe")
 
 
 class OutputFolderError(HCGNetError):
     pass
 
 
-def _prepare_output(config: TrainConfig, d: distributed.Dist) -> Path:
+def _check_output(config: TrainConfig) -> Path:
+    """Refuse a folder that holds another run unless --resume/--overwrite; changes nothing on disk."""
     out = Path(config.output)
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"output {out} is a file, not a folder")
@@ -53,13 +56,22 @@ def _prepare_output(config: TrainConfig, d: distributed.Dist) -> Path:
         raise OutputFolderError(
             f"{out} already holds a run ({existing[0]}); pass --resume to continue it or --overwrite to replace it"
         )
+    return out
+
+
+def _claim_output(out: Path, config: TrainConfig, d: distributed.Dist) -> None:
+    """Create the folder (and clear the old run for --overwrite): only once data and model are known to
+    work, so a failing command loses nothing."""
     if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputFolderError(f"cannot create output folder {out}: {e.strerror}") from None
         if config.overwrite:
             for f in RUN_FILES:
                 (out / f).unlink(missing_ok=True)
             shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    return out
+    distributed.barrier(d)
 
 
 def _seed_everything(seed: int) -> None:
@@ -104,16 +116,18 @@ def fit(config: TrainConfig, log=print) -> Dict[str, Any]:
 
 
 def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
-    out = _prepare_output(config, d)
+    out = _check_output(config)
     resume_state: Optional[Dict[str, Any]] = None
     if config.resume:
-        if (out / "last.pt").exists():
+        if (out / "last.pt").exists():  # multi-node runs need --output on a shared file system
             resume_state = load_training_state(out / "last.pt")
-            saved = resume_state["config"]
-            for key in RESUME_MUST_MATCH:
-                if saved.get(key) != getattr(config, key):
+            saved = {**resume_state["config"], "world_size": resume_state.get("world_size", 1)}
+            current = {**config.to_dict(), "world_size": d.world_size}
+            for key in current:
+                if key not in RESUME_MAY_CHANGE and saved.get(key) != current[key]:
                     raise HCGNetError(
-                        f"cannot resume {out}: it was trained with {key}={saved.get(key)!r}, not {getattr(config, key)!r}"
+                        f"cannot resume {out}: it was trained with {key}={saved.get(key)!r}, not {current[key]!r}; "
+                        "resume with the same settings, or start a new run"
                     )
         else:
             log(f"nothing to resume in {out}: starting from scratch")
@@ -132,6 +146,10 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
     if config.drop_rate is not None:
         model_kwargs["drop_rate"] = config.drop_rate
     model = create_model(config.model, num_classes=data.num_classes, **model_kwargs)
+    _claim_output(out, config, d)
+    # Same initial weights everywhere (seeded above); from here each process draws its own dropout masks
+    # and mixup pairs.
+    _seed_everything(config.seed + 1_000_003 * d.rank)
     model.to(d.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -202,18 +220,23 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
     ctx = StepContext(optimizer, loss_fn, d, amp_dtype, scaler, mixup, ema, config.accum_steps, config.channels_last)
     eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
 
-    def save_last(epoch: int, step_in_epoch: int, totals: Dict[str, float]) -> None:
+    def save_last(epoch: int, step_in_epoch: int, totals: Dict[str, float], before=None) -> None:
         """Every rank contributes its RNG state (dropout, mixup draws) and its running epoch totals; rank 0
-        writes."""
+        runs ``before(state)`` (best checkpoint, metrics row), then writes ``last.pt`` last of all, so a
+        kill in between is resumed from the previous ``last.pt`` and redoes those writes."""
         ranks = distributed.gather_objects({"rng": rng_state(), "totals": dict(totals)}, d)
         if d.is_main:
-            save_atomic(state(epoch, step_in_epoch, ranks), out / "last.pt")
+            snapshot = state(epoch, step_in_epoch, ranks)
+            if before is not None:
+                before(snapshot)
+            save_atomic(snapshot, out / "last.pt")
+        distributed.barrier(d)  # nobody reads best.pt/last.pt before rank 0 has written them
 
     def state(epoch: int, step_in_epoch: int, ranks) -> Dict[str, Any]:
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
             "scaler": scaler.state_dict() if scaler else None, "ema": ema.state_dict() if ema else None,
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "ranks": ranks,
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "ranks": ranks, "world_size": d.world_size,
             "config": config.to_dict(), **_metadata(config, data, model),
         }
 
@@ -242,21 +265,24 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
                     train_model, batches, ctx, lambda i, e=epoch: schedule.step(e + i / steps_per_epoch),
                     first_step=skip, on_step=on_step, progress=bar, totals=totals)
             seconds = time.time() - start
+            distributed.broadcast_buffers(eval_model(), d)  # score rank 0's BN statistics on every rank
             val = evaluate(eval_model(), eval_loader(data.val), d, amp_dtype, config.channels_last) if len(data.val) else None
-            improved = val is not None and val["top1"] > best["top1"]
+            improved = val is None or val["top1"] > best["top1"]
             if improved:
-                best = {"top1": val["top1"], "epoch": epoch + 1}
-            save_last(epoch + 1, 0, new_totals())
-            if d.is_main:
-                if improved or val is None:
-                    shutil.copyfile(out / "last.pt", out / ".best.pt.tmp")
-                    (out / ".best.pt.tmp").replace(out / "best.pt")
+                best = {"top1": val["top1"] if val else None, "epoch": epoch + 1}
+
+            def record(snapshot, epoch=epoch, improved=improved, val=val, train=train, seconds=seconds):
+                if improved:
+                    save_atomic(snapshot, out / "best.pt")
                 metrics.add_epoch({
                     "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": optimizer.param_groups[0]["lr"],
                     "train_loss": train["loss"], "train_acc": train["acc"],
                     "val_loss": val and val["loss"], "val_top1": val and val["top1"], "val_top5": val and val["top5"],
                     "seconds": seconds, "images_per_s": train["images"] / max(seconds, 1e-9),
                 })
+
+            save_last(epoch + 1, 0, new_totals(), before=record)
+            if d.is_main:
                 val_text = f", val loss {val['loss']:.4f}, val top-1 {100 * val['top1']:.2f}%" if val else ""
                 log(f"epoch {epoch + 1}/{config.epochs}: train loss {train['loss']:.4f}{val_text}, "
                     f"{train['images'] / max(seconds, 1e-9):.1f} images/s, {seconds:.0f} s")
