@@ -4,8 +4,6 @@
 
 The exported program is checked against the eager model on a second input shape before the file is kept.
 """
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -13,6 +11,7 @@ import torch
 from torch import nn
 
 from hcgnet.errors import HCGNetError
+from hcgnet.files import atomic_path
 
 FORMATS = ("onnx", "torchscript", "pt2")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
@@ -48,29 +47,20 @@ def export_model(
     example, check, low = _sizes(model, input_size)
     batch, height, width = (torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=low, max=4096),
                             torch.export.Dim("width", min=low, max=4096))
-    # the temporary name keeps the format's suffix: torch.export.save/load insist on ".pt2"
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.tmp.", suffix=SUFFIXES[fmt])
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            expected = model(check)
-            if fmt == "torchscript":
-                scripted = torch.jit.script(model)
-                scripted.save(tmp)
-                got = torch.jit.load(tmp)(check)
-            elif fmt == "pt2":
-                program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch, 2: height, 3: width}})
-                torch.export.save(program, tmp)
-                got = torch.export.load(tmp).module()(check)
-            else:
-                got = _export_onnx(model, example, check, tmp, batch, height, width, opset)
+    with atomic_path(out, suffix=SUFFIXES[fmt]) as tmp, torch.no_grad():
+        expected = model(check)
+        if fmt == "torchscript":
+            torch.jit.script(model).save(tmp)
+            got = torch.jit.load(tmp)(check)
+        elif fmt == "pt2":
+            program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch, 2: height, 3: width}})
+            torch.export.save(program, tmp)
+            got = torch.export.load(tmp).module()(check)
+        else:
+            got = _export_onnx(model, example, check, tmp, batch, height, width, opset)
         diff = (got - expected).abs().max().item()
         if not diff <= atol:
             raise ExportError(f"the {fmt} export differs from the eager model by {diff:.2e} (> {atol}); not written")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out
 
 

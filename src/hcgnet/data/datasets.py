@@ -47,7 +47,6 @@ import numbers
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -63,6 +62,7 @@ from hcgnet.data.transforms import (
     IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform,
 )
 from hcgnet.errors import HCGNetError
+from hcgnet.files import atomic_path
 
 __all__ = [
     "DATASETS", "DataBundle", "DataConfig", "DataError", "build_data", "default_data_dir", "error_message",
@@ -337,18 +337,11 @@ def _load_cifar(name: str, root: str, download: bool, val_size, seed, image_size
 
 def _gunzip(src: str, dst: str) -> None:
     """Decompress ``src`` to ``dst`` atomically (temp file in the same folder, then ``os.replace``)."""
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix=f".{os.path.basename(dst)}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with atomic_path(dst) as tmp, open(tmp, "wb") as out, gzip.open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the data is not
-        os.replace(tmp, dst)
     except Exception as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise DataError(f"cannot decompress {src} into {os.path.dirname(dst)}: {_reason(e)}") from None
 
 

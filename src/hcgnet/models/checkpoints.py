@@ -8,7 +8,6 @@ import os
 import pickle
 import pickletools
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from hcgnet.errors import CheckpointError
+from hcgnet.files import atomic_path
 
 PathLike = Union[str, os.PathLike]
 SAFETENSORS_FORMAT = "hcgnet-1"
@@ -249,11 +249,5 @@ def save_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Mappin
     path = Path(path)
     meta = {"format": SAFETENSORS_FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -4,9 +4,7 @@ A checkpoint holds model, optimiser, scheduler, grad scaler, EMA, epoch, step, p
 the best validation score, and the RNG states of torch (CPU and CUDA), NumPy and Python. It holds only
 tensors and plain Python values, so it is read back with ``torch.load(weights_only=True)``.
 """
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 
 from hcgnet.errors import CheckpointError
+from hcgnet.files import atomic_path
 from hcgnet.models.checkpoints import torch_load_weights_only
 
 
@@ -42,17 +41,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a crash mid-write
-    leaves the previous file intact."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """``torch.save`` through a temporary file: a crash mid-write leaves the previous file intact."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_training_state(path: Path) -> Dict[str, Any]:
