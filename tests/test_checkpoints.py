@@ -40,14 +40,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The forward passes here are tiny; one intra-op thread avoids the stalls two threads suffer when the
-    two cores are shared with another process (an A1 forward took ~9 s instead of ~0.1 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # helpers --------------------------------------------------------------------------------------

@@ -20,14 +20,7 @@ FIXTURE_IO = FIXTURES / "cifar_A1.io.pt"
 needs_fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"reference fixture not found at {FIXTURE}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The forward passes here are tiny; one intra-op thread avoids the stalls two threads suffer when the
-    two cores are shared with another process (an A1 forward took ~9 s instead of ~0.1 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 PUBLISHED_PARAMS = {
     "hcgnet_a1": "1,065,301",

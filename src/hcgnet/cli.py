@@ -180,30 +180,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(train)
     train.set_defaults(func=cmd_train)
 
+    def add_checkpoint(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--checkpoint", required=True, help=".safetensors or .pt written by hcgnet train or convert")
+        p.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
+
     ev = sub.add_parser("eval", help="top-1, top-5 and loss of a checkpoint on a dataset")
-    ev.add_argument("--checkpoint", required=True, help=".safetensors or .pt written by hcgnet train (or convert)")
+    add_checkpoint(ev)
     ev.add_argument("--data", required=True, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--split", choices=("test", "val"), default="test")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--workers", type=int, default=2)
-    ev.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="top-5 classes of image files")
-    pr.add_argument("--checkpoint", required=True)
+    add_checkpoint(pr)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--topk", type=int, default=5)
-    pr.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="ONNX, TorchScript or torch.export (.pt2) file of a checkpoint")
-    ex.add_argument("--checkpoint", required=True)
+    add_checkpoint(ex)
     ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"))
     ex.add_argument("--output", required=True)
-    ex.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
     ex.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     ex.set_defaults(func=cmd_export)
 
