@@ -148,6 +148,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from hcgnet.bench import benchmark
+
+    def both(value: str):
+        return {"on": (True,), "off": (False,), "both": (False, True)}[value]
+
+    def show(r):
+        speed = f"{r['latency_ms']:8.1f} ms" if "latency_ms" in r else f"{r['images_per_s']:8.1f} img/s"
+        print(f"{r['mode']:7s} {r['dtype']:4s} channels_last={str(r['channels_last']):5s} "
+              f"memory_efficient={str(r['memory_efficient']):5s} compile={str(r['compile']):5s} batch {r['batch']:4d}"
+              f"  {speed}  (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)  +{r['peak_memory_added_mb']:.0f} MB",
+              flush=True)
+
+    size = (args.size, args.size) if args.size else None
+    results = benchmark(args.model, args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
+                        both(args.memory_efficient), both(args.compile), args.batch_size, size, args.steps,
+                        args.warmup, args.device, progress=None if args.json_only else show)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, "torch": torch.__version__,
+                                               "threads": torch.get_num_threads(), "results": results}, indent=2))
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from hcgnet.training.config import list_recipes, load_recipe
 
@@ -207,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", required=True)
     ex.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     ex.set_defaults(func=cmd_export)
+
+    be = sub.add_parser("bench", help="training/inference speed and peak memory of configurations, in one process")
+    be.add_argument("--model", default="hcgnet_a1")
+    be.add_argument("--modes", default="train,infer", help="comma-separated: train, infer, latency (batch 1)")
+    be.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, fp16 (GPU)")
+    for flag in ("channels-last", "memory-efficient", "compile"):
+        be.add_argument(f"--{flag}", choices=("off", "on", "both"), default="off")
+    be.add_argument("--batch-size", type=int, default=64)
+    be.add_argument("--size", type=int, default=None, help="square input side (default: the model's)")
+    be.add_argument("--steps", type=int, default=10)
+    be.add_argument("--warmup", type=int, default=3)
+    be.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    be.add_argument("--json", default=None, help="also write the results here")
+    be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
+    be.set_defaults(func=cmd_bench)
 
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)
