@@ -13,4 +13,5 @@ __all__ = [
     "PreActConv",
     "SMGModule",
     "SqueezeCell",
+    "UpdateGate",
 ]

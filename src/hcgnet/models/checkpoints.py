@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -135,12 +135,9 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     metadata: Dict[str, str] = {}
-    if path.suffix == ".safetensors" or _is_safetensors(path):
+    if _is_safetensors_file(path):
+        metadata = _safetensors_metadata(path)
         try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                metadata = dict(f.metadata() or {})
             state_dict = load_file(str(path))
         except (SafetensorError, OSError, ValueError):
             raise CheckpointError(f"{path} is truncated or corrupt: it is not a valid safetensors file") from None
@@ -169,15 +166,21 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
     """What a checkpoint says about itself (model name, classes, preprocessing...), without its tensors
     where the format allows (safetensors)."""
     path = Path(path)
-    if path.is_file() and (path.suffix == ".safetensors" or _is_safetensors(path)):
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                return dict(f.metadata() or {})
-        except (SafetensorError, OSError, ValueError):
-            raise CheckpointError(f"{path} is truncated or corrupt: it is not a valid safetensors file") from None
+    if path.is_file() and _is_safetensors_file(path):
+        return _safetensors_metadata(path)
     return read_state_dict(path)[1]
+
+
+def _is_safetensors_file(path: Path) -> bool:
+    return path.suffix == ".safetensors" or _is_safetensors(path)
+
+
+def _safetensors_metadata(path: Path) -> Dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        raise CheckpointError(f"{path} is truncated or corrupt: it is not a valid safetensors file") from None
 
 
 def _convert_published(state_dict: Mapping[str, Tensor], path: Path) -> Dict[str, Tensor]:
@@ -244,10 +247,14 @@ def load_state_dict_into(
     model.load_state_dict(fitted, strict=False)
 
 
-def save_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Write the model's state dict to ``path`` atomically (a temporary file, then ``os.replace``)."""
+def save_safetensors(
+    model: Union[nn.Module, Mapping[str, Tensor]], path: PathLike, metadata: Optional[Mapping[str, str]] = None
+) -> None:
+    """Write a model's state dict (or a state dict) to ``path`` atomically (a temporary file, then
+    ``os.replace``)."""
     path = Path(path)
     meta = {"format": SAFETENSORS_FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state_dict = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)

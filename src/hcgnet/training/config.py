@@ -1,6 +1,6 @@
 """Training configuration: defaults < recipe < YAML config file < command-line flags."""
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional

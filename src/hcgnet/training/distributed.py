@@ -78,3 +78,15 @@ def gather_objects(obj, d: Dist):
     gathered = [None] * d.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def parameters_match_rank0(model: torch.nn.Module, d: Dist) -> bool:
+    """Whether every process holds rank 0's parameters, bit for bit (trivially true for one process)."""
+    if not d.enabled:
+        return True
+    same = True
+    for p in model.parameters():
+        reference = p.detach().clone()
+        dist.broadcast(reference, src=0)
+        same &= torch.equal(reference, p.detach())
+    return not broadcast_flag(not same, d)

@@ -5,8 +5,8 @@ checkpoints (``last.pt`` every epoch and every ``checkpoint_every`` steps, ``bes
 and at the end one score on the test set and the exported weights (``best.safetensors``,
 ``final.safetensors``). Only rank 0 writes files and prints.
 """
+import dataclasses
 import json
-import math
 import random
 import shutil
 import time
@@ -94,16 +94,10 @@ def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
         "num_classes": str(model.num_classes),
         "in_chans": str(data.config.input_size[0]),
         "class_names": json.dumps(list(data.config.class_names)),
-        "data_config": json.dumps(_data_config_dict(data.config)),
+        "data_config": json.dumps(dataclasses.asdict(data.config)),
         "val_size": str(config.val_size),
         "seed": str(config.seed),
     }
-
-
-def _data_config_dict(cfg) -> Dict[str, Any]:
-    import dataclasses
-
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
 def fit(config: TrainConfig, log=print) -> Dict[str, Any]:
@@ -304,7 +298,7 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
         else:
             model.load_state_dict(best_state["model"])
     test = evaluate(eval_model(), eval_loader(data.test), d, amp_dtype, config.channels_last)
-    replicas_identical = _replicas_identical(model, d)
+    replicas_identical = distributed.parameters_match_rank0(model, d)
     result = {"model": config.model, "data": config.data, "test_top1": test["top1"], "test_top5": test["top5"],
               "test_loss": test["loss"], "test_images": test["count"], "weights": chosen,
               "world_size": d.world_size, "replicas_identical": replicas_identical,
@@ -313,9 +307,7 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
     if d.is_main:
         meta = _metadata(config, data, eval_model())
         save_safetensors(eval_model(), out / "best.safetensors", meta)
-        final = create_model(config.model, num_classes=data.num_classes, **model_kwargs)
-        final.load_state_dict(final_weights)
-        save_safetensors(final, out / "final.safetensors", meta)
+        save_safetensors(final_weights, out / "final.safetensors", meta)
         (out / "results.json").write_text(json.dumps(result, indent=2))
         plot = metrics.plot(out / "curves.png", f"{config.model} on {config.data}")
         result["curves"] = str(plot)
@@ -326,20 +318,6 @@ def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
                 f"top-5 {100 * test['top5']:.2f}%, loss {test['loss']:.4f}")
         log(f"curves: {plot}   weights: {out / 'best.safetensors'}   metrics: {out / 'metrics.csv'}")
     return result
-
-
-def _replicas_identical(model: nn.Module, d: distributed.Dist) -> bool:
-    """Whether every process ends with rank 0's parameters, bit for bit (trivially true for one process)."""
-    if not d.enabled:
-        return True
-    import torch.distributed as dist
-
-    same = True
-    for p in model.parameters():
-        reference = p.detach().clone()
-        dist.broadcast(reference, src=0)
-        same &= torch.equal(reference, p.detach())
-    return not distributed.broadcast_flag(not same, d)
 
 
 def _take(loader, n: int):
