@@ -1,6 +1,8 @@
 """hcgnet bench: every requested configuration measured, in order, with sane figures; bad requests refused."""
+import csv
 import json
 
+from hcgnet.bench import benchmark
 from hcgnet.cli import main
 
 TINY = "HCGNet-(1,1,1)-(k=8,8,8)"
@@ -27,6 +29,33 @@ def test_bench_measures_every_configuration(tmp_path, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == len(results)
 
 
+def test_bench_times_exported_runtimes_and_sweeps_batch_and_size(tmp_path, capsys):
+    out, table, png = tmp_path / "bench.json", tmp_path / "bench.csv", tmp_path / "growth.png"
+    code = main(["bench", "--model", TINY, "--modes", "train,infer", "--runtimes", "eager,onnx,pt2",
+                 "--dtypes", "fp32,bf16", "--steps", "2", "--warmup", "1", "--batch-size", "2,4", "--size", "16,24",
+                 "--json", str(out), "--csv", str(table), "--plot", str(png)])
+    assert code == 0
+    results = json.loads(out.read_text())["results"]
+    # per (batch, size): train eager x 2 dtypes, infer eager x 2 dtypes, infer onnx, infer pt2
+    assert len(results) == 4 * 6
+    assert {(r["batch"], tuple(r["size"])) for r in results} == {(b, (s, s)) for b in (2, 4) for s in (16, 24)}
+    exported = [r for r in results if r["runtime"] != "eager"]
+    assert {r["runtime"] for r in exported} == {"onnx", "pt2"}
+    assert all(r["mode"] == "infer" and r["dtype"] == "fp32" and r["images_per_s"] > 0 for r in exported)
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == len(results) and rows[0]["size"] in ("16x16", "24x24")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_isolated_configurations_each_report_their_own_memory():
+    configs = dict(modes=("train",), memory_efficient=(False, True), batch=8, size=(32, 32), steps=1, warmup=1)
+    results = benchmark("HCGNet-(4,4,4)-(k=16,16,16)", isolate=True, **configs)
+    plain, lean = results
+    assert (plain["memory_efficient"], lean["memory_efficient"]) == (False, True)
+    # each in a fresh process, so the second does not start from what the first left in the allocator
+    assert 0 < lean["peak_memory_added_mb"] < plain["peak_memory_added_mb"]
+
+
 def test_bench_refuses_what_cannot_run(capsys):
     assert main(["bench", "--model", TINY, "--dtypes", "fp16", "--device", "cpu"]) == 2
     assert "bf16" in capsys.readouterr().err
@@ -34,3 +63,7 @@ def test_bench_refuses_what_cannot_run(capsys):
     assert "unknown mode" in capsys.readouterr().err
     assert main(["bench", "--model", TINY, "--batch-size", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
+    assert main(["bench", "--model", TINY, "--runtimes", "tensorrt"]) == 2
+    assert "unknown runtime" in capsys.readouterr().err
+    assert main(["bench", "--model", TINY, "--batch-size", "8,many"]) == 2
+    assert "comma-separated whole numbers" in capsys.readouterr().err

@@ -211,6 +211,27 @@ def test_eval_test_top1_equals_results_json(capsys, run, results):
     assert m["loss"] == pytest.approx(results["test_loss"], rel=1e-4)
 
 
+@pytest.mark.parametrize("fast", [["--channels-last"], ["--amp", "bf16"], ["--amp", "bf16", "--channels-last"]])
+def test_eval_fast_paths_score_like_fp32(capsys, run, fast):
+    args = ["eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data", f"imagefolder:{run['folder']}",
+            "--split", "val", "--workers", "0"]
+    plain, quick = cli_json(capsys, *args), cli_json(capsys, *args, *fast)
+    assert quick["count"] == plain["count"]
+    if fast == ["--channels-last"]:  # the same arithmetic in another memory layout
+        assert quick["top1"] == plain["top1"] and quick["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+    else:  # bf16 keeps about 3 significant digits: the mean loss moves by well under 2%
+        assert quick["loss"] == pytest.approx(plain["loss"], rel=2e-2)
+        assert abs(quick["top1"] - plain["top1"]) <= 1 / plain["count"] + 1e-9
+
+
+def test_eval_refuses_an_unknown_amp(run):
+    from hcgnet.errors import HCGNetError
+    from hcgnet.inference import evaluate_checkpoint
+
+    with pytest.raises(HCGNetError, match="unknown --amp 'fp8'"):
+        evaluate_checkpoint(str(run["out"] / "best.safetensors"), f"imagefolder:{run['folder']}", amp="fp8")
+
+
 def test_eval_on_a_dataset_with_another_class_count(capsys, run):
     other = make_folder(run["base"] / "four", CLASSES + ["grey"], 3)
     line = one_line_error(*cli(capsys, "eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data",

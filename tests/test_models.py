@@ -262,3 +262,24 @@ def test_memory_efficient_mode_gives_the_same_outputs_gradients_and_statistics(n
     plain.eval(), lean.eval()
     with torch.no_grad():
         torch.testing.assert_close(lean(x), plain(x))
+
+
+def _saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward after one forward (each storage counted once)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
+
+
+def test_memory_efficient_mode_stores_at_most_half_the_activations_of_hcgnet_a2():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+    plain = _saved_activation_bytes(hcgnet.create_model("hcgnet_a2").train(), x)
+    lean = _saved_activation_bytes(hcgnet.create_model("hcgnet_a2", memory_efficient=True).train(), x)
+    assert lean <= 0.5 * plain, f"memory-efficient mode keeps {lean / plain:.2f}x the plain activations"

@@ -3,15 +3,25 @@
 Configurations run one after the other in the same process (timings on shared machines drift, so ratios
 between neighbours are what to trust). Each reports the median and the spread of the timed steps after a
 warm-up, and the peak memory it added: the process's resident set sampled during the run on a CPU,
-``torch.cuda.max_memory_allocated`` on a GPU.
+``torch.cuda.max_memory_allocated`` on a GPU. On a CPU the allocator keeps what earlier configurations
+freed, so only a process's first configuration has an exact memory figure: ``isolate=True`` runs each
+configuration in a fresh process (exact memory for every one, timings across processes).
+
+Besides the eager model, inference can be timed in the deployment runtimes of :mod:`hcgnet.export`
+(TorchScript, ONNX Runtime, a ``torch.export`` program), each exported from the same weights.
 """
+import csv
 import itertools
+import multiprocessing
 import os
 import statistics
+import tempfile
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,15 +31,26 @@ from hcgnet.models import create_model
 
 MODES = ("train", "infer", "latency")
 DTYPES = ("fp32", "bf16", "fp16")
+RUNTIMES = ("eager", "torchscript", "onnx", "pt2")
+CSV_FIELDS = ("mode", "runtime", "dtype", "channels_last", "memory_efficient", "compile", "batch", "size",
+              "images_per_s", "latency_ms", "median_s", "min_s", "max_s", "peak_memory_added_mb", "steps")
 
 
 @dataclass
 class BenchConfig:
     mode: str
-    dtype: str
-    channels_last: bool
-    memory_efficient: bool
-    compile: bool
+    dtype: str = "fp32"
+    channels_last: bool = False
+    memory_efficient: bool = False
+    compile: bool = False
+    runtime: str = "eager"
+
+
+def describe(r: Dict) -> str:
+    """A configuration (a :class:`BenchConfig` as a dict, or a result) in a few words."""
+    if r["runtime"] != "eager":
+        return f"{r['runtime']} fp32"
+    return " ".join([r["dtype"]] + [name for name in ("channels_last", "memory_efficient", "compile") if r[name]])
 
 
 def _rss_bytes() -> int:
@@ -77,49 +98,74 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: str) -> Callable:
+    """The model exported to ``runtime`` (checked against eager by :func:`export_model`), as a callable."""
+    from hcgnet.export import SUFFIXES, export_model
+
+    fmt = {"torchscript": "torchscript", "onnx": "onnx", "pt2": "pt2"}[runtime]
+    path = export_model(model.cpu(), os.path.join(folder, "model" + SUFFIXES[fmt]), fmt, tuple(x.shape[1:]))
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location=x.device)
+    if fmt == "pt2":
+        return torch.export.load(str(path)).module().to(x.device)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda t: session.run(None, {name: t.cpu().numpy()})[0]
+
+
 def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], steps: int, warmup: int,
                device: torch.device, num_classes: int = 10) -> Dict:
+    """Time ``steps`` steps of one configuration after ``warmup`` untimed ones."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=num_classes, memory_efficient=cfg.memory_efficient).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = create_model(name, num_classes=num_classes, memory_efficient=cfg.memory_efficient)
     n = 1 if cfg.mode == "latency" else batch
     in_chans = model.stem.conv0.in_channels
-    x = torch.randn(n, in_chans, *size, device=device)
-    if cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (n,), device=device)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
+    x = torch.randn(n, in_chans, *size)
     train = cfg.mode == "train"
     model.train(train)
-    runner: nn.Module = torch.compile(model) if cfg.compile else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if train else None
-    scaler = torch.amp.GradScaler("cuda") if train and cfg.dtype == "fp16" else None
+    with tempfile.TemporaryDirectory() as folder:
+        runner: Callable = model
+        if cfg.runtime != "eager":
+            runner = _exported_runner(model, cfg.runtime, x, folder)
+        model, x = model.to(device), x.to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        if cfg.runtime == "eager":
+            runner = torch.compile(model) if cfg.compile else model
+        y = torch.randint(0, num_classes, (n,), device=device)
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if train else None
+        scaler = torch.amp.GradScaler("cuda") if train and cfg.dtype == "fp16" else None
 
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        def step() -> None:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                if train:
+                    loss = nn.functional.cross_entropy(runner(x).float(), y)
+                else:
+                    with torch.no_grad():
+                        runner(x)
             if train:
-                loss = nn.functional.cross_entropy(runner(x).float(), y)
-            else:
-                with torch.no_grad():
-                    runner(x)
-        if train:
-            optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                (scaler.scale(loss) if scaler else loss).backward()
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
 
-    times: List[float] = []
-    with _PeakMemory(device) as memory:
-        for i in range(warmup + steps):
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        times: List[float] = []
+        with _PeakMemory(device) as memory:
+            for i in range(warmup + steps):
+                start = time.perf_counter()
+                step()
+                _sync(device)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
     median = statistics.median(times)
     result = {**asdict(cfg), "batch": n, "size": list(size), "median_s": median, "min_s": min(times),
               "max_s": max(times), "peak_memory_added_mb": memory.added_mb, "steps": steps}
@@ -130,13 +176,38 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
     return result
 
 
+def configurations(modes: Sequence[str], dtypes: Sequence[str], channels_last: Sequence[bool],
+                   memory_efficient: Sequence[bool], compile: Sequence[bool],
+                   runtimes: Sequence[str]) -> List[BenchConfig]:
+    """The grid, in order. Memory-efficient only matters for training; an exported runtime only runs
+    inference, once per mode, in fp32 (its graph is fixed at export)."""
+    configs = []
+    for mode in modes:
+        for runtime in runtimes:
+            if runtime != "eager":
+                if mode != "train":
+                    configs.append(BenchConfig(mode, runtime=runtime))
+                continue
+            for dtype, cl, me, comp in itertools.product(dtypes, channels_last, memory_efficient, compile):
+                if not (me and mode != "train"):
+                    configs.append(BenchConfig(mode, dtype, cl, me, comp))
+    return configs
+
+
+def _isolated(args) -> Dict:
+    return run_config(*args)
+
+
 def benchmark(
     name: str, modes: Sequence[str] = ("train", "infer"), dtypes: Sequence[str] = ("fp32",),
     channels_last: Sequence[bool] = (False,), memory_efficient: Sequence[bool] = (False,),
     compile: Sequence[bool] = (False,), batch: int = 64, size: Optional[Sequence[int]] = None, steps: int = 10,
-    warmup: int = 3, device: Optional[str] = None, progress=None,
+    warmup: int = 3, device: Optional[str] = None, progress=None, runtimes: Sequence[str] = ("eager",),
+    batches: Optional[Sequence[int]] = None, sizes: Optional[Sequence[Sequence[int]]] = None,
+    isolate: bool = False,
 ) -> List[Dict]:
-    """Every combination of the given settings (memory-efficient only matters for training), in order."""
+    """Every combination of the given settings, in order, for every batch size in ``batches`` (default
+    ``[batch]``) and input size in ``sizes`` (default ``[size]``, the model's own if None)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for mode in modes:
         if mode not in MODES:
@@ -146,17 +217,65 @@ def benchmark(
             raise HCGNetError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
         if dtype == "fp16" and dev.type != "cuda":
             raise HCGNetError("fp16 needs a GPU; on the CPU use bf16")
-    if batch < 2 and "train" in modes:
+    for runtime in runtimes:
+        if runtime not in RUNTIMES:
+            raise HCGNetError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    batches = list(batches or [batch])
+    if min(batches) < 2 and "train" in modes:
         raise HCGNetError("training needs a batch of at least 2 (the gates' BatchNorm1d)")
-    if size is None:
-        probe = create_model(name)
-        size = probe.pretrained_cfg["input_size"][1:]
+    if sizes is None:
+        sizes = [size or create_model(name).pretrained_cfg["input_size"][1:]]
     results = []
-    for mode, dtype, cl, me, comp in itertools.product(modes, dtypes, channels_last, memory_efficient, compile):
-        if me and mode != "train":
-            continue
-        cfg = BenchConfig(mode, dtype, cl, me, comp)
-        results.append(run_config(name, cfg, batch, size, steps, warmup, dev))
+    context = multiprocessing.get_context("spawn")
+    for b, s, cfg in itertools.product(batches, sizes, configurations(modes, dtypes, channels_last,
+                                                                      memory_efficient, compile, runtimes)):
+        if cfg.mode == "latency" and b != batches[0]:
+            continue  # batch 1 whatever the batch sweep
+        args = (name, cfg, b, tuple(s), steps, warmup, dev)
+        if isolate:
+            with context.Pool(1) as pool:
+                results.append(pool.apply(_isolated, (args,)))
+        else:
+            results.append(run_config(*args))
         if progress is not None:
             progress(results[-1])
     return results
+
+
+def write_csv(results: Sequence[Dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in results:
+            writer.writerow({**r, "size": "x".join(map(str, r["size"]))})
+
+
+def plot(results: Sequence[Dict], path: str, title: str = "") -> None:
+    """Step time and peak memory against pixels per step (batch x height x width), one line per mode and
+    configuration: how cost grows with batch size and resolution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    lines: Dict[str, List[Dict]] = {}
+    for r in results:
+        lines.setdefault(f"{r['mode']}: {describe(r)}", []).append(r)
+    for label, rows in lines.items():
+        rows = sorted(rows, key=lambda r: r["batch"] * r["size"][0] * r["size"][1])
+        pixels = [r["batch"] * r["size"][0] * r["size"][1] for r in rows]
+        ax_time.plot(pixels, [1000 * r["median_s"] for r in rows], "o-", label=label)
+        ax_mem.plot(pixels, [max(r["peak_memory_added_mb"], 1e-3) for r in rows], "o-", label=label)
+    for ax, ylabel in ((ax_time, "median step time (ms)"), (ax_mem, "peak memory added (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("pixels per step (batch x height x width)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_time.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -84,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hcgnet.inference import evaluate_checkpoint
 
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
-                            args.model)
+                            args.model, amp=args.amp, channels_last=args.channels_last)
     if args.json:
         print(json.dumps(m, indent=2))
     else:
@@ -149,26 +149,41 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from hcgnet.bench import benchmark
+    from hcgnet.bench import benchmark, describe, plot, write_csv
 
     def both(value: str):
         return {"on": (True,), "off": (False,), "both": (False, True)}[value]
 
     def show(r):
         speed = f"{r['latency_ms']:8.1f} ms" if "latency_ms" in r else f"{r['images_per_s']:8.1f} img/s"
-        print(f"{r['mode']:7s} {r['dtype']:4s} channels_last={str(r['channels_last']):5s} "
-              f"memory_efficient={str(r['memory_efficient']):5s} compile={str(r['compile']):5s} batch {r['batch']:4d}"
+        print(f"{r['mode']:7s} {describe(r):40s} batch {r['batch']:4d} {'x'.join(map(str, r['size'])):>9s}"
               f"  {speed}  (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)  +{r['peak_memory_added_mb']:.0f} MB",
               flush=True)
 
-    size = (args.size, args.size) if args.size else None
+    batches = _int_list(args.batch_size, "--batch-size")
+    sizes = [(s, s) for s in _int_list(args.size, "--size")] if args.size else None
     results = benchmark(args.model, args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
-                        both(args.memory_efficient), both(args.compile), args.batch_size, size, args.steps,
-                        args.warmup, args.device, progress=None if args.json_only else show)
+                        both(args.memory_efficient), both(args.compile), steps=args.steps, warmup=args.warmup,
+                        device=args.device, progress=None if args.json_only else show,
+                        runtimes=args.runtimes.split(","), batches=batches, sizes=sizes, isolate=args.isolate)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "torch": torch.__version__,
                                                "threads": torch.get_num_threads(), "results": results}, indent=2))
+    if args.csv:
+        write_csv(results, args.csv)
+    if args.plot:
+        plot(results, args.plot, title=f"{args.model}, {torch.get_num_threads()} threads")
     return 0
+
+
+def _int_list(text: str, flag: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise HCGNetError(f"{flag} takes comma-separated whole numbers such as 32,64,128, got {text!r}") from None
+    if min(values) < 1:
+        raise HCGNetError(f"{flag} values must be 1 or more, got {text!r}")
+    return values
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -214,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=("test", "val"), default="test")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="autocast dtype: bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs; fp16 on GPUs")
+    ev.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
@@ -237,12 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, fp16 (GPU)")
     for flag in ("channels-last", "memory-efficient", "compile"):
         be.add_argument(f"--{flag}", choices=("off", "on", "both"), default="off")
-    be.add_argument("--batch-size", type=int, default=64)
-    be.add_argument("--size", type=int, default=None, help="square input side (default: the model's)")
+    be.add_argument("--runtimes", default="eager",
+                    help="comma-separated: eager, torchscript, onnx, pt2 (exported runtimes time inference only)")
+    be.add_argument("--batch-size", default="64", help="one batch size or a comma-separated sweep, e.g. 16,32,64")
+    be.add_argument("--size", default=None, help="square input side or a sweep, e.g. 32,64 (default: the model's)")
     be.add_argument("--steps", type=int, default=10)
     be.add_argument("--warmup", type=int, default=3)
     be.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    be.add_argument("--isolate", action="store_true",
+                    help="each configuration in a fresh process: exact peak memory for every one")
     be.add_argument("--json", default=None, help="also write the results here")
+    be.add_argument("--csv", default=None, help="also write the results as CSV")
+    be.add_argument("--plot", default=None, help="PNG of step time and peak memory against pixels per step")
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
 

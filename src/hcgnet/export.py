@@ -4,6 +4,7 @@
 
 The exported program is checked against the eager model on a second input shape before the file is kept.
 """
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -50,8 +51,10 @@ def export_model(
     with atomic_path(out, suffix=SUFFIXES[fmt]) as tmp, torch.no_grad():
         expected = model(check)
         if fmt == "torchscript":
-            torch.jit.script(model).save(tmp)
-            got = torch.jit.load(tmp)(check)
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream; it is still what many deploy
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.script(model).save(tmp)
+                got = torch.jit.load(tmp)(check)
         elif fmt == "pt2":
             program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch, 2: height, 3: width}})
             torch.export.save(program, tmp)

@@ -11,12 +11,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hcgnet.data import DataConfig, DataError, build_data, build_eval_transform, load_image
-from hcgnet.errors import CheckpointError
+from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.models import create_model
 from hcgnet.models.checkpoints import read_metadata
 from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
 from hcgnet.training.distributed import Dist
 from hcgnet.training.engine import evaluate
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, Dict[str, str]]:
@@ -49,9 +51,14 @@ def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
 
 def evaluate_checkpoint(
     path: str, data: str, data_dir: Optional[str] = None, split: str = "test", batch_size: int = 256,
-    workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None,
+    workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None, amp: str = "none",
+    channels_last: bool = False,
 ) -> Dict[str, Any]:
-    """Top-1, top-5 and loss of a checkpoint on a dataset's ``split`` ("test" or "val")."""
+    """Top-1, top-5 and loss of a checkpoint on a dataset's ``split`` ("test" or "val"); ``amp`` ("none",
+    "bf16" or "fp16") and ``channels_last`` are the fast inference paths (see BENCHMARKS.md)."""
+    amp_dtype = AMP_DTYPES.get(amp, "?")
+    if amp_dtype == "?":
+        raise HCGNetError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
     model, meta = load_model(path, model_name)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # The split the checkpoint was trained with: an ImageFolder without train/ holds its test set out the
@@ -72,7 +79,10 @@ def evaluate_checkpoint(
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    metrics = evaluate(model.to(dev), loader, Dist(device=dev))
+    model = model.to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    metrics = evaluate(model, loader, Dist(device=dev), amp_dtype, channels_last)
     return {"checkpoint": str(path), "data": data, "split": split, **metrics}
 
 

@@ -90,9 +90,10 @@ class SMGModule(nn.Module):
         self.update_gate = UpdateGate(out_channels, update_reduction, gate_act)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.excite_and_gate(self.squeeze(x))
+        squeezed = self.squeeze(x)
+        return self.gate(squeezed, *self.excite(squeezed))
 
-    def excite_and_gate(self, squeezed: Tensor) -> Tensor:
-        """Everything after the squeeze cell, from the squeezed map X'."""
-        x_3x3, x_dilated = self.excite(squeezed)
+    def gate(self, squeezed: Tensor, x_3x3: Tensor, x_dilated: Tensor) -> Tensor:
+        """The two gates: the squeezed map X' decayed by the forget gate, plus the update gate's
+        context vector fused from the two excitation branches."""
         return self.forget_gate(squeezed) + self.update_gate(x_3x3, x_dilated)

@@ -1,0 +1,109 @@
+"""Every fast path gives the fp32 eager logits within its stated tolerance, and torch.compile traces the
+whole network as one graph (not one per module, although every SMG module sees another channel count).
+
+Tolerances (max absolute logit difference against fp32 eager, same weights):
+    channels_last, memory-efficient, torch.compile (fp32):  1e-5 absolute + 1e-5 relative
+    bf16 autocast (with or without channels_last):         5% of the largest fp32 logit
+Exported runtimes (ONNX Runtime, TorchScript, torch.export) are checked in test_export.py.
+"""
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import hcgnet
+
+TINY = "HCGNet-(2,2,2)-(k=8,8,8)"
+
+
+def _calibrated(name: str, x: torch.Tensor) -> torch.nn.Module:
+    """A random-weight model whose BatchNorm statistics have seen the data: realistic eval-mode logits."""
+    torch.manual_seed(0)
+    model = hcgnet.create_model(name, num_classes=10).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    return model.eval()
+
+
+def _channels_last(model, x):
+    return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.fixture(scope="module")
+def a1():
+    torch.manual_seed(1)
+    x = torch.randn(16, 3, 32, 32)
+    model = _calibrated("hcgnet_a1", x)
+    with torch.no_grad():
+        return model, x, model(x)
+
+
+def test_channels_last_gives_the_fp32_logits(a1):
+    model, x, reference = a1
+    with torch.no_grad():
+        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    model.to(memory_format=torch.contiguous_format)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_autocast_gives_the_fp32_logits_within_5_percent(a1, channels_last):
+    model, x, reference = a1
+    if channels_last:
+        model, x = _channels_last(model, x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x).float()
+    model.to(memory_format=torch.contiguous_format)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    error = (out - reference).abs().max().item()
+    assert error <= 0.05 * reference.abs().max().item(), error
+    assert error > 0  # bf16 really ran (the check above is not comparing fp32 with itself)
+
+
+def test_torch_compile_gives_the_fp32_logits():
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 32, 32)
+    model = _calibrated(TINY, x)
+    with torch.no_grad():
+        reference = model(x)
+        torch._dynamo.reset()
+        out = torch.compile(model)(x)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_torch_compile_traces_the_network_once(memory_efficient):
+    """One graph for the whole network in training; a new batch size recompiles once, as a dynamic graph
+    that every later batch size reuses."""
+    torch.manual_seed(0)
+    model = hcgnet.create_model(TINY, num_classes=10, memory_efficient=memory_efficient).train()
+    torch._dynamo.reset()
+    counters.clear()
+    # fullgraph: a graph break is an error. aot_eager: the recomputed regions are traced functionally, as
+    # with the default inductor backend (the plain "eager" backend would re-run them for real).
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(2):
+        compiled(x).sum().backward()
+    assert counters["stats"]["unique_graphs"] == 1
+    compiled(torch.randn(6, 3, 32, 32)).sum().backward()
+    compiled(torch.randn(8, 3, 32, 32)).sum().backward()
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_compiled_memory_efficient_training_matches_plain_eager():
+    """Under torch.compile the recomputed regions still update BatchNorm statistics once per forward."""
+    torch.manual_seed(0)
+    plain = hcgnet.create_model(TINY, num_classes=10).train()
+    lean = hcgnet.create_model(TINY, num_classes=10, memory_efficient=True).train()
+    lean.load_state_dict(plain.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(lean, backend="aot_eager", fullgraph=True)
+    x = torch.randn(4, 3, 32, 32)
+    for run in (plain, compiled):
+        for _ in range(2):
+            run(x).square().sum().backward()
+    for (name, a), (_, b) in zip(plain.named_buffers(), lean.named_buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    for (name, a), (_, b) in zip(plain.named_parameters(), lean.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
