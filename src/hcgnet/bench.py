@@ -164,11 +164,12 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
                 start = time.perf_counter()
                 step()
                 _sync(device)
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+                times.append(time.perf_counter() - start)
+    first_step, times = times[0], times[warmup:]
     median = statistics.median(times)
     result = {**asdict(cfg), "batch": n, "size": list(size), "median_s": median, "min_s": min(times),
-              "max_s": max(times), "peak_memory_added_mb": memory.added_mb, "steps": steps}
+              "max_s": max(times), "first_step_s": first_step, "peak_memory_added_mb": memory.added_mb,
+              "steps": steps}
     if cfg.mode == "latency":
         result["latency_ms"] = 1000 * median
     else:

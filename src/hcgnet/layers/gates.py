@@ -79,9 +79,12 @@ class ForgetGate(nn.Module):
         self.channel_weights = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        f = torch.sigmoid(self.expand(self.bottleneck(self.context(x))))
-        f = self.channel_weights(f)
-        return x * f[:, :, None, None].to(x.dtype)
+        return x * self.weights(x)
+
+    def weights(self, x: Tensor) -> Tensor:
+        """``f`` as (B, C, 1, 1) in ``x``'s dtype, ready to broadcast (e.g. into a fused multiply-add)."""
+        f = self.channel_weights(torch.sigmoid(self.expand(self.bottleneck(self.context(x)))))
+        return f[:, :, None, None].to(x.dtype)
 
 
 class UpdateGate(nn.Module):

@@ -1,0 +1,78 @@
+"""The performance issue's workloads: hcgnet's fast paths against its plain fp32 eager path, in one process.
+
+The published implementation cannot run here (it needs libraries that no longer install), so the plain
+fp32 eager path of hcgnet, with the same weights, stands in for it; the published implementation's own
+figures (measured by the issue's author on another machine) are printed beside ours for scale only.
+
+    python benchmarks/targets.py --json benchmarks/results/targets.json            # every workload
+    python benchmarks/targets.py --only a1-infer,b-latency --steps 10
+
+Each workload runs its configurations one after the other in one process (see ``hcgnet.bench``); ratios
+are against the workload's first configuration.
+"""
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from hcgnet.bench import BenchConfig, describe, run_config
+
+FP32, FP32_CL, BF16_CL = BenchConfig("x"), BenchConfig("x", channels_last=True), BenchConfig("x", "bf16", True)
+COMPILED_FP32_CL = BenchConfig("x", channels_last=True, compile=True)
+COMPILED_BF16_CL = BenchConfig("x", "bf16", True, compile=True)
+
+# name: (model, mode, batch, side, configurations, the published implementation's eager fp32 figure)
+WORKLOADS = {
+    "a1-train": ("hcgnet_a1", "train", 64, 32, [FP32, FP32_CL, BF16_CL, COMPILED_FP32_CL, COMPILED_BF16_CL],
+                 "35.5 images/s"),
+    "a2-train": ("hcgnet_a2", "train", 64, 32, [FP32, FP32_CL, BF16_CL], "18.4 images/s"),
+    "b-train": ("hcgnet_b", "train", 8, 224, [FP32, FP32_CL, BF16_CL], "7.65 images/s"),
+    "a1-infer": ("hcgnet_a1", "infer", 256, 32, [FP32, FP32_CL, BF16_CL, COMPILED_BF16_CL,
+                                                 BenchConfig("x", runtime="onnx"), BenchConfig("x", runtime="pt2")],
+                 "97 images/s"),
+    "a1-latency": ("hcgnet_a1", "latency", 1, 32, [FP32, FP32_CL, BenchConfig("x", runtime="onnx")], "23 ms"),
+    "b-latency": ("hcgnet_b", "latency", 1, 224, [FP32, FP32_CL, BF16_CL, COMPILED_FP32_CL,
+                                                  BenchConfig("x", runtime="onnx")], "55 ms"),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {', '.join(WORKLOADS)}")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", default=None, help="write every result here (merged into an existing file)")
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'}, " \
+        f"{torch.get_num_threads()} threads"
+    out = Path(args.json) if args.json else None
+    report = json.loads(out.read_text()) if out and out.exists() else {"workloads": {}}
+    report.update(torch=torch.__version__, machine=machine)
+    for key in args.only.split(","):
+        if key not in WORKLOADS:
+            sys.exit(f"unknown workload {key!r}; choose from {', '.join(WORKLOADS)}")
+        model, mode, batch, side, configs, published = WORKLOADS[key]
+        print(f"\n{key}: {model} {mode}, batch {batch}, {side}x{side} (published implementation, fp32 eager, "
+              f"other machine: {published})", flush=True)
+        rows = []
+        for cfg in configs:
+            cfg = BenchConfig(mode, cfg.dtype, cfg.channels_last, cfg.memory_efficient, cfg.compile, cfg.runtime)
+            r = run_config(model, cfg, batch, (side, side), args.steps, args.warmup, device)
+            r["speedup"] = rows[0]["median_s"] / r["median_s"] if rows else 1.0
+            rows.append(r)
+            figure = f"{r['latency_ms']:.1f} ms" if mode == "latency" else f"{r['images_per_s']:.1f} images/s"
+            print(f"  {describe(r):32s} {figure:>16s}   x{r['speedup']:.2f}   "
+                  f"(spread {r['min_s']:.3f}-{r['max_s']:.3f} s)", flush=True)
+        report["workloads"][key] = {"model": model, "mode": mode, "batch": batch, "size": side,
+                                    "published": published, "results": rows}
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
