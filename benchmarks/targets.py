@@ -4,7 +4,7 @@ The published implementation cannot run here (it needs libraries that no longer 
 fp32 eager path of hcgnet, with the same weights, stands in for it; the published implementation's own
 figures (measured by the issue's author on another machine) are printed beside ours for scale only.
 
-    python benchmarks/targets.py --json benchmarks/results/targets.json            # every workload
+    python benchmarks/targets.py --json benchmarks/results/targets.json     # the CPU (or, on a GPU, GPU) set
     python benchmarks/targets.py --only a1-infer,b-latency --steps 10
 
 Each workload runs its configurations one after the other in one process (see ``hcgnet.bench``); ratios
@@ -36,12 +36,20 @@ WORKLOADS = {
     "a1-latency": ("hcgnet_a1", "latency", 1, 32, [FP32, FP32_CL, BenchConfig("x", runtime="onnx")], "23 ms"),
     "b-latency": ("hcgnet_b", "latency", 1, 224, [FP32, FP32_CL, BF16_CL, COMPILED_FP32_CL,
                                                   BenchConfig("x", runtime="onnx")], "55 ms"),
+    # The GPU workloads (run where a GPU is lent; no published GPU figures to print beside them).
+    "gpu-a1-train": ("hcgnet_a1", "train", 128, 32, [FP32, FP32_CL, BF16_CL, COMPILED_BF16_CL], "-"),
+    "gpu-b-train": ("hcgnet_b", "train", 64, 224, [FP32, FP32_CL, BF16_CL, COMPILED_BF16_CL], "-"),
+    "gpu-b-infer": ("hcgnet_b", "infer", 256, 224, [FP32, FP32_CL, BF16_CL, COMPILED_BF16_CL], "-"),
+    "gpu-b-latency": ("hcgnet_b", "latency", 1, 224, [FP32, FP32_CL, BF16_CL, COMPILED_BF16_CL], "-"),
 }
+CPU_DEFAULT = [k for k in WORKLOADS if not k.startswith("gpu-")]
+GPU_DEFAULT = [k for k in WORKLOADS if k.startswith("gpu-")]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {', '.join(WORKLOADS)}")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(WORKLOADS)} (default: "
+                   "the CPU workloads on a CPU, the gpu- ones on a GPU)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", default=None, help="write every result here (merged into an existing file)")
@@ -52,7 +60,8 @@ def main() -> None:
     out = Path(args.json) if args.json else None
     report = json.loads(out.read_text()) if out and out.exists() else {"workloads": {}}
     report.update(torch=torch.__version__, machine=machine)
-    for key in args.only.split(","):
+    keys = args.only.split(",") if args.only else (GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)
+    for key in keys:
         if key not in WORKLOADS:
             sys.exit(f"unknown workload {key!r}; choose from {', '.join(WORKLOADS)}")
         model, mode, batch, side, configs, published = WORKLOADS[key]

@@ -239,6 +239,13 @@ def test_eval_on_a_dataset_with_another_class_count(capsys, run):
     assert "classes" in line and "3" in line and "4" in line
 
 
+def test_eval_on_a_dataset_with_other_class_names(capsys, run):
+    other = make_folder(run["base"] / "renamed", ["cyan", "magenta", "yellow"], 3)
+    line = one_line_error(*cli(capsys, "eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data",
+                               f"imagefolder:{other}", "--workers", "0"))
+    assert ", ".join(sorted(CLASSES)) in line and "cyan, magenta, yellow" in line
+
+
 # ------------------------------------------------------------------------------------------ predict
 
 

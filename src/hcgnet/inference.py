@@ -72,6 +72,14 @@ def evaluate_checkpoint(
             f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
             "evaluate it on the dataset it was trained for"
         )
+    trained_on = json.loads(meta["class_names"]) if meta.get("class_names") else None
+    if trained_on is not None and list(trained_on) != list(bundle.config.class_names):
+        raise CheckpointError(
+            f"{path} was trained on the classes {', '.join(trained_on[:5])}{', ...' if len(trained_on) > 5 else ''} "
+            f"but {data} has {', '.join(bundle.config.class_names[:5])}"
+            f"{', ...' if len(bundle.config.class_names) > 5 else ''} (in this order); evaluate it on the dataset it "
+            "was trained for"
+        )
     in_chans = model.stem.conv0.in_channels
     if bundle.config.input_size[0] != in_chans:
         raise CheckpointError(f"{path} takes {in_chans}-channel images but {data} gives {bundle.config.input_size[0]}")

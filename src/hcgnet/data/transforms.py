@@ -16,8 +16,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
+
+from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
 
 if TYPE_CHECKING:  # pragma: no cover
     from hcgnet.data.datasets import DataConfig
@@ -28,15 +31,16 @@ __all__ = [
     "build_eval_transform",
 ]
 
-# Per-channel statistics of the training sets (CIFAR: the values used by most CIFAR code, including HCGNet's).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# Per-channel statistics of the training sets. CIFAR's live with the models' pretrained configs (the
+# values used by most CIFAR code, including HCGNet's): one definition, models never import data.
+CIFAR10_MEAN = CIFAR_MEAN
+CIFAR10_STD = CIFAR_STD
 CIFAR100_MEAN = CIFAR10_MEAN
 CIFAR100_STD = CIFAR10_STD
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = IMAGENET_DEFAULT_STD
 #: ImageNet eval: resize the shorter side to ``int(size / CROP_PCT)`` (224 -> 256), then centre-crop ``size``.
 CROP_PCT = 0.875
 

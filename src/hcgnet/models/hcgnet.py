@@ -47,21 +47,22 @@ class HybridBlock(nn.Module):
         features = [x]
         for layer in self.layers:
             if self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                features.append(self._memory_efficient_layer(layer, features))
+                features.append(_recomputed(layer, features))
             else:
                 features.append(layer(torch.cat(features, 1)))
         return torch.cat(features, 1)
 
-    @torch.jit.unused
-    def _memory_efficient_layer(self, layer: SMGModule, features: List[Tensor]) -> Tensor:
-        """The same module, storing only the k-channel maps it must: the concatenation and the whole
-        squeeze cell (BN-ReLU-1x1 conv to 4k channels, BN-ReLU-3x3 group conv) and the excitation
-        cell's BN-ReLUs are recomputed in backward. Stored activations then grow linearly, not
-        quadratically, with depth."""
-        squeezed = checkpoint_module(layer.squeeze, lambda *parts: layer.squeeze(torch.cat(parts, 1)), *features)
-        excite = layer.excite
-        branches = [checkpoint_module(conv, conv, squeezed) for conv in (excite.conv3x3, excite.conv3x3_dilated)]
-        return layer.gate(squeezed, *branches)
+
+@torch.jit.unused
+def _recomputed(layer: SMGModule, features: List[Tensor]) -> Tensor:
+    """An SMG module over the concatenation of ``features``, storing only the k-channel maps it must (the
+    memory-efficient path): the concatenation, the whole squeeze cell (BN-ReLU-1x1 conv to 4k channels,
+    BN-ReLU-3x3 group conv) and the excitation cell's BN-ReLUs are recomputed in backward. Stored
+    activations then grow linearly, not quadratically, with block depth."""
+    squeezed = checkpoint_module(layer.squeeze, lambda *parts: layer.squeeze(torch.cat(parts, 1)), *features)
+    excite = layer.excite
+    branches = [checkpoint_module(conv, conv, squeezed) for conv in (excite.conv3x3, excite.conv3x3_dilated)]
+    return layer.gate(squeezed, *branches)
 
 
 class Transition(SMGModule):
@@ -96,9 +97,16 @@ class HCGStage(nn.Module):
         super().__init__()
         self.transition = transition
         self.block = block
+        # In the memory-efficient mode the transition is recomputed too: its input is a whole block's output
+        # at the block's resolution, the largest map it would otherwise store twice (normalised, activated).
+        self.recompute_transition = block.memory_efficient and isinstance(transition, SMGModule)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.block(self.transition(x))
+        if self.recompute_transition and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            x = _recomputed(self.transition, [x])
+        else:
+            x = self.transition(x)
+        return self.block(x)
 
 
 def _stem(kind: str, in_chans: int, out_channels: int) -> Tuple[nn.Sequential, int]:
@@ -152,9 +160,10 @@ class HCGNet(nn.Module):
             SMG modules in hybrid blocks (paper: 4, 4, 2).
         compression, transition_reduction: transition compression factor and gate reduction (0.5, 4).
         gate_act: the gates' hidden activation (paper: tanh).
-        memory_efficient: recompute each hybrid block's concatenations and squeeze cells in backward
-            instead of storing them (torchvision DenseNet's option, taken further): about a third of the
-            stored activations, same gradients and running statistics.
+        memory_efficient: recompute the concatenations, squeeze cells and excitation BN-ReLUs of every
+            SMG module (hybrid blocks and transitions) in backward instead of storing them (torchvision
+            DenseNet's option, taken further): same gradients and running statistics, less than half the
+            stored activations.
     """
 
     def __init__(
