@@ -252,26 +252,29 @@ def write_csv(results: Sequence[Dict], path: str) -> None:
 
 
 def plot(results: Sequence[Dict], path: str, title: str = "") -> None:
-    """Step time and peak memory against pixels per step (batch x height x width), one line per mode and
-    configuration: how cost grows with batch size and resolution."""
+    """Step time and peak memory against batch size, one line per mode, configuration and input size (or
+    against the input side, when only one batch size was measured): how cost grows with each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_batch = len({r["batch"] for r in results if r["mode"] != "latency"}) > 1
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
     lines: Dict[str, List[Dict]] = {}
     for r in results:
-        lines.setdefault(f"{r['mode']}: {describe(r)}", []).append(r)
+        side = "x".join(map(str, r["size"]))
+        label = f"{r['mode']}: {describe(r)}" + (f", {side}" if by_batch else "")
+        lines.setdefault(label, []).append(r)
     for label, rows in lines.items():
-        rows = sorted(rows, key=lambda r: r["batch"] * r["size"][0] * r["size"][1])
-        pixels = [r["batch"] * r["size"][0] * r["size"][1] for r in rows]
-        ax_time.plot(pixels, [1000 * r["median_s"] for r in rows], "o-", label=label)
-        ax_mem.plot(pixels, [max(r["peak_memory_added_mb"], 1e-3) for r in rows], "o-", label=label)
+        rows = sorted(rows, key=lambda r: (r["batch"], r["size"][0] * r["size"][1]))
+        xs = [r["batch"] if by_batch else r["size"][0] * r["size"][1] for r in rows]
+        ax_time.plot(xs, [1000 * r["median_s"] for r in rows], "o-", label=label)
+        ax_mem.plot(xs, [max(r["peak_memory_added_mb"], 1e-3) for r in rows], "o-", label=label)
     for ax, ylabel in ((ax_time, "median step time (ms)"), (ax_mem, "peak memory added (MB)")):
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("pixels per step (batch x height x width)")
+        ax.set_xlabel("batch size" if by_batch else "pixels per image (height x width)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     ax_time.legend(fontsize=7)
