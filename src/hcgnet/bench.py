@@ -103,7 +103,11 @@ def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: st
     from hcgnet.export import SUFFIXES, export_model
 
     fmt = {"torchscript": "torchscript", "onnx": "onnx", "pt2": "pt2"}[runtime]
-    path = export_model(model.cpu(), os.path.join(folder, "model" + SUFFIXES[fmt]), fmt, tuple(x.shape[1:]))
+    # The exports take any batch and input size, and every configuration builds the same weights (seed 0),
+    # so one export per runtime serves a whole sweep.
+    path = Path(folder) / ("model" + SUFFIXES[fmt])
+    if not path.exists():
+        export_model(model.cpu(), str(path), fmt, tuple(x.shape[1:]))
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -118,8 +122,9 @@ def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: st
 
 
 def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], steps: int, warmup: int,
-               device: torch.device, num_classes: int = 10) -> Dict:
-    """Time ``steps`` steps of one configuration after ``warmup`` untimed ones."""
+               device: torch.device, num_classes: int = 10, export_dir: Optional[str] = None) -> Dict:
+    """Time ``steps`` steps of one configuration after ``warmup`` untimed ones. Exported runtimes reuse
+    the file in ``export_dir`` when an earlier configuration wrote it there."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, memory_efficient=cfg.memory_efficient)
     n = 1 if cfg.mode == "latency" else batch
@@ -127,10 +132,10 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
     x = torch.randn(n, in_chans, *size)
     train = cfg.mode == "train"
     model.train(train)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch:
         runner: Callable = model
         if cfg.runtime != "eager":
-            runner = _exported_runner(model, cfg.runtime, x, folder)
+            runner = _exported_runner(model, cfg.runtime, x, export_dir or scratch)
         model, x = model.to(device), x.to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -228,18 +233,19 @@ def benchmark(
         sizes = [size or create_model(name).pretrained_cfg["input_size"][1:]]
     results = []
     context = multiprocessing.get_context("spawn")
-    for b, s, cfg in itertools.product(batches, sizes, configurations(modes, dtypes, channels_last,
-                                                                      memory_efficient, compile, runtimes)):
-        if cfg.mode == "latency" and b != batches[0]:
-            continue  # batch 1 whatever the batch sweep
-        args = (name, cfg, b, tuple(s), steps, warmup, dev)
-        if isolate:
-            with context.Pool(1) as pool:
-                results.append(pool.apply(_isolated, (args,)))
-        else:
-            results.append(run_config(*args))
-        if progress is not None:
-            progress(results[-1])
+    with tempfile.TemporaryDirectory() as export_dir:
+        for b, s, cfg in itertools.product(batches, sizes, configurations(modes, dtypes, channels_last,
+                                                                          memory_efficient, compile, runtimes)):
+            if cfg.mode == "latency" and b != batches[0]:
+                continue  # batch 1 whatever the batch sweep
+            args = (name, cfg, b, tuple(s), steps, warmup, dev, 10, export_dir)
+            if isolate:
+                with context.Pool(1) as pool:
+                    results.append(pool.apply(_isolated, (args,)))
+            else:
+                results.append(run_config(*args))
+            if progress is not None:
+                progress(results[-1])
     return results
 
 
