@@ -49,8 +49,13 @@ class HybridBlock(nn.Module):
             if self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_scripting():
                 features.append(_recomputed(layer, features))
             else:
-                features.append(layer(torch.cat(features, 1)))
+                features.append(layer(_concat(features)))
         return torch.cat(features, 1)
+
+
+def _concat(features: List[Tensor]) -> Tensor:
+    """The features side by side; a single one is used as it is (``torch.cat`` would copy it)."""
+    return features[0] if len(features) == 1 else torch.cat(features, 1)
 
 
 @torch.jit.unused
@@ -59,7 +64,7 @@ def _recomputed(layer: SMGModule, features: List[Tensor]) -> Tensor:
     memory-efficient path): the concatenation, the whole squeeze cell (BN-ReLU-1x1 conv to 4k channels,
     BN-ReLU-3x3 group conv) and the excitation cell's BN-ReLUs are recomputed in backward. Stored
     activations then grow linearly, not quadratically, with block depth."""
-    squeezed = checkpoint_module(layer.squeeze, lambda *parts: layer.squeeze(torch.cat(parts, 1)), *features)
+    squeezed = checkpoint_module(layer.squeeze, lambda *parts: layer.squeeze(_concat(list(parts))), *features)
     excite = layer.excite
     branches = [checkpoint_module(conv, conv, squeezed) for conv in (excite.conv3x3, excite.conv3x3_dilated)]
     return layer.gate(squeezed, *branches)
