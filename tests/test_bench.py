@@ -67,3 +67,5 @@ def test_bench_refuses_what_cannot_run(capsys):
     assert "unknown runtime" in capsys.readouterr().err
     assert main(["bench", "--model", TINY, "--batch-size", "8,many"]) == 2
     assert "comma-separated whole numbers" in capsys.readouterr().err
+    assert main(["bench", "--model", TINY, "--csv", "no/such/folder/out.csv"]) == 2
+    assert "no/such/folder does not exist" in capsys.readouterr().err

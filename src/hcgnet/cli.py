@@ -160,6 +160,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"  {speed}  (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)  +{r['peak_memory_added_mb']:.0f} MB",
               flush=True)
 
+    for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
+        if path and not Path(path).resolve().parent.is_dir():  # found out now, not after an hour of timing
+            raise HCGNetError(f"{flag}: folder {Path(path).parent} does not exist; create it first")
     batches = _int_list(args.batch_size, "--batch-size")
     sizes = [(s, s) for s in _int_list(args.size, "--size")] if args.size else None
     results = benchmark(args.model, args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
