@@ -28,6 +28,7 @@ from torch import nn
 
 from hcgnet.errors import HCGNetError
 from hcgnet.models import create_model
+from hcgnet.training.engine import AMP_DTYPES
 
 MODES = ("train", "infer", "latency")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -102,7 +103,7 @@ def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: st
     """The model exported to ``runtime`` (checked against eager by :func:`export_model`), as a callable."""
     from hcgnet.export import SUFFIXES, export_model
 
-    fmt = {"torchscript": "torchscript", "onnx": "onnx", "pt2": "pt2"}[runtime]
+    fmt = runtime  # the runtimes are named after the export formats
     # The exports take any batch and input size, and every configuration builds the same weights (seed 0),
     # so one export per runtime serves a whole sweep.
     path = Path(folder) / ("model" + SUFFIXES[fmt])
@@ -143,7 +144,7 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
         if cfg.runtime == "eager":
             runner = torch.compile(model) if cfg.compile else model
         y = torch.randint(0, num_classes, (n,), device=device)
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
+        dtype = AMP_DTYPES["none" if cfg.dtype == "fp32" else cfg.dtype]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if train else None
         scaler = torch.amp.GradScaler("cuda") if train and cfg.dtype == "fp16" else None
 
@@ -200,10 +201,6 @@ def configurations(modes: Sequence[str], dtypes: Sequence[str], channels_last: S
     return configs
 
 
-def _isolated(args) -> Dict:
-    return run_config(*args)
-
-
 def benchmark(
     name: str, modes: Sequence[str] = ("train", "infer"), dtypes: Sequence[str] = ("fp32",),
     channels_last: Sequence[bool] = (False,), memory_efficient: Sequence[bool] = (False,),
@@ -241,7 +238,7 @@ def benchmark(
             args = (name, cfg, b, tuple(s), steps, warmup, dev, 10, export_dir)
             if isolate:
                 with context.Pool(1) as pool:
-                    results.append(pool.apply(_isolated, (args,)))
+                    results.append(pool.apply(run_config, args))
             else:
                 results.append(run_config(*args))
             if progress is not None:

@@ -16,9 +16,7 @@ from hcgnet.models import create_model
 from hcgnet.models.checkpoints import read_metadata
 from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
 from hcgnet.training.distributed import Dist
-from hcgnet.training.engine import evaluate
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from hcgnet.training.engine import AMP_DTYPES, evaluate
 
 
 def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, Dict[str, str]]:

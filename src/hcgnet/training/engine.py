@@ -42,6 +42,10 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+#: ``--amp`` names to autocast dtypes (None: no autocast), for training, evaluation and benchmarks.
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     if dtype is None:
         return contextlib.nullcontext()

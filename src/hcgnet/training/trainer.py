@@ -29,7 +29,7 @@ from hcgnet.errors import HCGNetError
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.training import distributed
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
-from hcgnet.training.engine import NonFiniteLossError, StepContext, evaluate, new_totals, train_one_epoch
+from hcgnet.training.engine import AMP_DTYPES, NonFiniteLossError, StepContext, evaluate, new_totals, train_one_epoch
 from hcgnet.training.logs import MetricsLog
 from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
 from hcgnet.training.schedule import EpochSchedule
@@ -85,7 +85,7 @@ def _amp(config: TrainConfig, device: torch.device):
         if device.type != "cuda":
             raise HCGNetError("--amp fp16 needs a GPU; on the CPU use --amp bf16")
         return torch.float16, torch.amp.GradScaler("cuda")
-    return (torch.bfloat16 if config.amp == "bf16" else None), None
+    return AMP_DTYPES[config.amp], None
 
 
 def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
