@@ -107,3 +107,45 @@ def test_compiled_memory_efficient_training_matches_plain_eager():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
     for (name, a), (_, b) in zip(plain.named_parameters(), lean.named_parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_training_follows_fp32_training(channels_last):
+    """Ten SGD steps on one batch: the bf16 autocast losses stay within 5% of the fp32 ones."""
+    torch.manual_seed(2)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        model = hcgnet.create_model(TINY, num_classes=10).train()
+        xi = x
+        if channels_last:
+            model, xi = _channels_last(model, x)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        losses[dtype] = []
+        for _ in range(10):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                loss = torch.nn.functional.cross_entropy(model(xi).float(), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses[dtype].append(loss.item())
+    fp32, bf16 = torch.tensor(losses[None]), torch.tensor(losses[torch.bfloat16])
+    assert fp32[-1] < 0.7 * fp32[0]  # it learns, so the comparison covers the gradients' effect
+    torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.02)
+
+
+def test_bf16_channels_last_dilated_depthwise_weight_gradient_is_right():
+    """torch 2.14's CPU kernel for this gradient (bf16, channels_last, maps of 32x32 and more) returns
+    garbage (errors of 1e20); DilatedDepthwiseConv2d's own backward pass must be the one that runs."""
+    torch.manual_seed(0)
+    conv = hcgnet.layers.DilatedDepthwiseConv2d(12)
+    x = torch.randn(8, 12, 32, 32).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(8, 12, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x.bfloat16())
+    (weight_grad,) = torch.autograd.grad(out, conv.weight, grad.bfloat16())
+    x64, w64 = x.bfloat16().double(), conv.weight.detach().bfloat16().double().requires_grad_()
+    (reference,) = torch.autograd.grad(
+        torch.nn.functional.conv2d(x64, w64, padding=2, dilation=2, groups=12), w64, grad.bfloat16().double())
+    assert ((weight_grad.double() - reference).norm() / reference.norm()).item() < 0.01

@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from hcgnet.layers import (
+    DilatedDepthwiseConv2d,
     AttentionPool,
     BatchOfOneError,
     ForgetGate,
@@ -40,6 +41,45 @@ def test_preact_conv_is_bn_relu_conv_with_same_padding():
     assert depthwise.conv.weight.shape == (8, 1, 3, 3)
     assert depthwise(x).shape == x.shape  # padding 2 keeps the size with dilation 2
     assert conv.conv.bias is None
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (5, 3), (1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dilated_depthwise_fast_backward_gives_the_dilated_conv_gradients(size, channels_last, dtype):
+    """The flipped-kernel input gradient and the phase-map weight gradient equal autograd's, odd sides too."""
+    conv = DilatedDepthwiseConv2d(6)
+    x = torch.randn(3, 6, *size).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(3, 6, *size).to(dtype)
+    results = []
+    for fn in (lambda t: nn.functional.conv2d(t, conv.weight.to(dtype), padding=2, dilation=2, groups=6),
+               conv.forward_fast_backward):
+        xi = x.detach().clone().requires_grad_()
+        y = fn(xi)
+        results.append((y, *torch.autograd.grad(y, (xi, conv.weight), grad)))
+    direct, fast = results
+    assert fast[2].dtype == torch.float32  # the parameter's gradient in the parameter's dtype
+    # fp32 sums may be reordered; in bf16 each side rounds its fp32 accumulators once
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for a, b in zip(fast, direct):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+def test_dilated_depthwise_takes_the_fast_backward_only_for_cpu_bf16_training(monkeypatch):
+    conv = DilatedDepthwiseConv2d(4)
+    calls = []
+    monkeypatch.setattr(conv, "forward_fast_backward", lambda x: calls.append(x.dtype) or x)
+    x = torch.randn(2, 4, 6, 6)
+    conv(x)  # fp32 training: standard backward
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(x.bfloat16())  # bf16 training: fast backward
+        with torch.no_grad():
+            conv(x.bfloat16())  # bf16 inference: nothing to differentiate
+    assert calls == [torch.bfloat16]
+    assert isinstance(PreActConv(4, 4, 3, groups=4, dilation=2).conv, DilatedDepthwiseConv2d)
+    assert type(PreActConv(4, 4, 3, groups=4).conv) is nn.Conv2d
 
 
 @pytest.mark.parametrize("size", [(5, 7), (1, 1), (16, 3)])

@@ -1,12 +1,85 @@
 """Pre-activation convolution: BN -> ReLU -> Conv, the unit every HCGNet convolution is built from."""
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def _phases(x: Tensor, d: int) -> Tensor:
+    """(B, C, H, W) -> (d*d*B, C, H/d, W/d): the d*d phase sub-maps ``x[..., i::d, j::d]`` stacked along
+    the batch (sides padded with zeros to a multiple of d)."""
+    b, c, h, w = x.shape
+    x = F.pad(x, (0, -w % d, 0, -h % d))
+    h, w = x.shape[-2] // d, x.shape[-1] // d
+    return x.reshape(b, c, h, d, w, d).permute(3, 5, 0, 1, 2, 4).reshape(d * d * b, c, h, w)
+
+
+class _DilatedDepthwiseConvFn(torch.autograd.Function):
+    """A dilated depthwise "same" conv whose backward pass avoids oneDNN's slow dilated-backward kernels:
+
+    * grad input: the same depthwise conv, with the kernel flipped, over the incoming gradient (a
+      forward-pass kernel: for stride 1 and symmetric padding, correlation's transpose is correlation
+      with the flipped kernel);
+    * grad weight: each tap pairs ``x`` and the gradient at offsets that are multiples of d, so it is the
+      undilated depthwise conv's weight gradient over the phase sub-maps stacked along the batch.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, dilation: int, padding: int) -> Tensor:
+        w = weight.to(x.dtype)
+        ctx.save_for_backward(x, w)
+        ctx.conf = (dilation, padding, weight.dtype)
+        return F.conv2d(x, w, None, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, w = ctx.saved_tensors
+        d, padding, weight_dtype = ctx.conf
+        grad = grad.to(x.dtype)
+        channels = x.shape[1]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, w.flip(-2, -1), None, 1, padding, d, channels)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                _phases(grad, d), _phases(x, d), w, None, [1, 1], [padding // d] * 2, [1, 1], False, [0, 0],
+                channels, [False, True, False])[1].to(weight_dtype)
+        return grad_x, grad_w, None, None
+
+
+class DilatedDepthwiseConv2d(nn.Conv2d):
+    """A depthwise, stride-1, "same"-padded convolution with dilation ``d``: an ``nn.Conv2d`` in every
+    respect (parameters, state dict, forward pass, export), with a faster backward pass for CPU
+    training in bfloat16.
+
+    oneDNN's CPU backward pass is fast for undilated depthwise kernels only: for a dilated 3x3 over
+    bf16 maps it takes many times longer than the forward pass (the weight gradient most of all; see
+    ``benchmarks/dilated_depthwise.py``). There the gradients come from :class:`_DilatedDepthwiseConvFn`,
+    which computes the same sums with fast kernels. Elsewhere (fp32, GPUs, inference) the standard
+    backward pass is used.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 2) -> None:
+        super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size - 1) // 2,
+                         dilation=dilation, groups=channels, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (not torch.jit.is_scripting() and torch.is_grad_enabled() and x.device.type == "cpu"
+                and x.dtype == torch.bfloat16):
+            return self.forward_fast_backward(x)
+        return self._conv_forward(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def forward_fast_backward(self, x: Tensor) -> Tensor:
+        """The same forward pass, with gradients from :class:`_DilatedDepthwiseConvFn`."""
+        return _DilatedDepthwiseConvFn.apply(x, self.weight, self.dilation[0], self.padding[0])
 
 
 class PreActConv(nn.Module):
     """BatchNorm, ReLU, then a bias-free convolution with "same" padding.
 
     The normalisation sits in front so that a dense concatenation of raw outputs can feed it
-    (DenseNet's composite function). ``groups == in_channels == out_channels`` gives a depthwise conv.
+    (DenseNet's composite function). ``groups == in_channels == out_channels`` gives a depthwise conv
+    (a :class:`DilatedDepthwiseConv2d` when dilated).
     """
 
     def __init__(
@@ -21,16 +94,19 @@ class PreActConv(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
         self.act = nn.ReLU(inplace=True)
-        self.conv = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=dilation * (kernel_size - 1) // 2,
-            dilation=dilation,
-            groups=groups,
-            bias=False,
-        )
+        if dilation > 1 and stride == 1 and groups == in_channels == out_channels:
+            self.conv: nn.Conv2d = DilatedDepthwiseConv2d(in_channels, kernel_size, dilation)
+        else:
+            self.conv = nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=dilation * (kernel_size - 1) // 2,
+                dilation=dilation,
+                groups=groups,
+                bias=False,
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(self.act(self.norm(x)))

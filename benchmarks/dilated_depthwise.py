@@ -1,0 +1,73 @@
+"""The excitation cell's dilated depthwise 3x3, forward + backward: autograd's standard backward pass
+against hcgnet's (``DilatedDepthwiseConv2d.forward_fast_backward``: flipped-kernel input gradient,
+phase-map weight gradient), for every layout and dtype.
+
+    python benchmarks/dilated_depthwise.py --json benchmarks/results/dilated_depthwise.json
+
+Shapes are HCGNet-A1's at batch 64: the hybrid blocks' k-channel maps (12 x 32^2, 24 x 16^2, 36 x 8^2)
+and two transitions'. The undilated 3x3 of the same shape is timed too, for scale. Medians of repeated passes, all forms one after the other.
+"""
+import argparse
+import itertools
+import json
+import statistics
+import time
+
+import torch
+
+from hcgnet.layers.conv import DilatedDepthwiseConv2d
+
+
+def timed(fn, x, weight, repeats):
+    grad = torch.randn_like(fn(x))
+
+    def once():
+        torch.autograd.grad(fn(x), (x, weight), grad)
+
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for (c, h), layout, dtype in itertools.product(((12, 32), (24, 16), (36, 8), (60, 16), (126, 8)),
+                                                  ("NCHW", "NHWC"), (torch.float32, torch.bfloat16)):
+        conv = DilatedDepthwiseConv2d(c)
+        undilated = torch.nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False)
+        x = torch.randn(64, c, h, h, dtype=dtype)
+        if layout == "NHWC":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        # fp32 weights cast to the map's dtype, as autocast does
+        standard = lambda t: conv._conv_forward(t, conv.weight.to(dtype), None)  # noqa: E731
+        plain = lambda t: undilated._conv_forward(t, undilated.weight.to(dtype), None)  # noqa: E731
+        torch.testing.assert_close(conv.forward_fast_backward(x), standard(x), rtol=0, atol=0)
+        ms = {name: timed(fn, x, weight, args.repeats) for name, fn, weight in
+              (("standard", standard, conv.weight), ("fast", conv.forward_fast_backward, conv.weight),
+               ("undilated", plain, undilated.weight))}
+        dt = str(dtype).replace("torch.", "")
+        rows.append({"shape": [64, c, h, h], "layout": layout, "dtype": dt, "standard_ms": ms["standard"],
+                     "fast_ms": ms["fast"], "undilated_ms": ms["undilated"],
+                     "speedup": ms["standard"] / ms["fast"]})
+        print(f"{str((64, c, h, h)):16s} {layout} {dt:8s} standard {ms['standard']:7.2f} ms   "
+              f"fast {ms['fast']:6.2f} ms   x{ms['standard'] / ms['fast']:.2f}   "
+              f"(undilated 3x3: {ms['undilated']:.2f} ms)", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"threads": torch.get_num_threads(), "pass": "forward + backward", "rows": rows}, fh,
+                      indent=2)
+
+
+if __name__ == "__main__":
+    main()
