@@ -7,8 +7,10 @@ figures (measured by the issue's author on another machine) are printed beside o
     python benchmarks/targets.py --json benchmarks/results/targets.json     # the CPU (or, on a GPU, GPU) set
     python benchmarks/targets.py --only a1-infer,b-latency --steps 10
 
-Each workload runs its configurations one after the other in one process (see ``hcgnet.bench``); ratios
-are against the workload's first configuration.
+Each workload runs its configurations one after the other in one process (see ``hcgnet.bench``), then
+its first configuration (the fp32 eager stand-in) once more: ratios are against the mean of the two
+stand-in runs, so that a machine that speeds up or slows down during the workload does not favour either
+end of the list.
 """
 import argparse
 import json
@@ -68,14 +70,19 @@ def main() -> None:
         print(f"\n{key}: {model} {mode}, batch {batch}, {side}x{side} (published implementation, fp32 eager, "
               f"other machine: {published})", flush=True)
         rows = []
-        for cfg in configs:
+        for cfg in configs + configs[:1]:
             cfg = BenchConfig(mode, cfg.dtype, cfg.channels_last, cfg.memory_efficient, cfg.compile, cfg.runtime)
             r = run_config(model, cfg, batch, (side, side), args.steps, args.warmup, device)
-            r["speedup"] = rows[0]["median_s"] / r["median_s"] if rows else 1.0
             rows.append(r)
             figure = f"{r['latency_ms']:.1f} ms" if mode == "latency" else f"{r['images_per_s']:.1f} images/s"
-            print(f"  {describe(r):32s} {figure:>16s}   x{r['speedup']:.2f}   "
-                  f"(spread {r['min_s']:.3f}-{r['max_s']:.3f} s)", flush=True)
+            again = " (again)" if len(rows) > len(configs) else ""
+            print(f"  {describe(r) + again:32s} {figure:>16s}   (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)",
+                  flush=True)
+        stand_in = (rows[0]["median_s"] + rows[-1]["median_s"]) / 2
+        for r in rows:
+            r["speedup"] = stand_in / r["median_s"]
+        print("  ratios to the stand-in's mean: " + ", ".join(f"{describe(r)} x{r['speedup']:.2f}"
+                                                            for r in rows[1:-1]), flush=True)
         report["workloads"][key] = {"model": model, "mode": mode, "batch": batch, "size": side,
                                     "published": published, "results": rows}
         if out:
