@@ -7,11 +7,12 @@ figures (measured by the issue's author on another machine) are printed beside o
     python benchmarks/targets.py --json benchmarks/results/targets.json     # the CPU (or, on a GPU, GPU) set
     python benchmarks/targets.py --only a1-infer,b-latency --steps 10
 
-Each workload runs its configurations one after the other in one process (see ``hcgnet.bench``), then
-its first configuration (the fp32 eager stand-in) once more: ratios are against the mean of the two
-stand-in runs, so that a machine that speeds up or slows down during the workload does not favour either
-end of the list.
+Each workload runs its configurations one after the other in one process (see ``hcgnet.bench``),
+``--rounds`` times over, then its first configuration (the fp32 eager stand-in) once more. A
+configuration's figure is the median over its rounds; ratios are against the stand-in's median over all
+its runs, so that a machine that speeds up or slows down during the workload favours no configuration.
 """
+import statistics
 import argparse
 import json
 import platform
@@ -54,6 +55,7 @@ def main() -> None:
                    "the CPU workloads on a CPU, the gpu- ones on a GPU)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=1, help="run the configurations this many times, interleaved")
     p.add_argument("--json", default=None, help="write every result here (merged into an existing file)")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,20 +71,26 @@ def main() -> None:
         model, mode, batch, side, configs, published = WORKLOADS[key]
         print(f"\n{key}: {model} {mode}, batch {batch}, {side}x{side} (published implementation, fp32 eager, "
               f"other machine: {published})", flush=True)
-        rows = []
-        for cfg in configs + configs[:1]:
+        runs: list = [[] for _ in configs]
+        for i in [*range(len(configs))] * args.rounds + [0]:
+            cfg = configs[i]
             cfg = BenchConfig(mode, cfg.dtype, cfg.channels_last, cfg.memory_efficient, cfg.compile, cfg.runtime)
             r = run_config(model, cfg, batch, (side, side), args.steps, args.warmup, device)
-            rows.append(r)
+            runs[i].append(r)
             figure = f"{r['latency_ms']:.1f} ms" if mode == "latency" else f"{r['images_per_s']:.1f} images/s"
-            again = " (again)" if len(rows) > len(configs) else ""
-            print(f"  {describe(r) + again:32s} {figure:>16s}   (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)",
-                  flush=True)
-        stand_in = (rows[0]["median_s"] + rows[-1]["median_s"]) / 2
+            print(f"  {describe(r):32s} {figure:>16s}   (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)", flush=True)
+        rows = []
+        for config_runs in runs:  # the run with the median time stands for the configuration (spread, memory)
+            r = dict(sorted(config_runs, key=lambda r: r["median_s"])[(len(config_runs) - 1) // 2])
+            r["round_medians_s"] = [c["median_s"] for c in config_runs]
+            r["median_s"] = statistics.median(r["round_medians_s"])
+            r.update({"latency_ms": 1000 * r["median_s"]} if mode == "latency" else
+                     {"images_per_s": r["batch"] / r["median_s"]})
+            rows.append(r)
         for r in rows:
-            r["speedup"] = stand_in / r["median_s"]
-        print("  ratios to the stand-in's mean: " + ", ".join(f"{describe(r)} x{r['speedup']:.2f}"
-                                                            for r in rows[1:-1]), flush=True)
+            r["speedup"] = rows[0]["median_s"] / r["median_s"]
+        print("  ratios to the stand-in: " + ", ".join(f"{describe(r)} x{r['speedup']:.2f}" for r in rows[1:]),
+              flush=True)
         report["workloads"][key] = {"model": model, "mode": mode, "batch": batch, "size": side,
                                     "published": published, "results": rows}
         if out:
