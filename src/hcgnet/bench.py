@@ -34,7 +34,8 @@ MODES = ("train", "infer", "latency")
 DTYPES = ("fp32", "bf16", "fp16")
 RUNTIMES = ("eager", "torchscript", "onnx", "pt2")
 CSV_FIELDS = ("mode", "runtime", "dtype", "channels_last", "memory_efficient", "compile", "batch", "size",
-              "images_per_s", "latency_ms", "median_s", "min_s", "max_s", "peak_memory_added_mb", "steps")
+              "images_per_s", "latency_ms", "median_s", "min_s", "max_s", "peak_memory_added_mb", "steps",
+              "final_loss")
 
 
 @dataclass
@@ -148,27 +149,27 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if train else None
         scaler = torch.amp.GradScaler("cuda") if train and cfg.dtype == "fp16" else None
 
-        def step() -> None:
+        def step() -> Optional[torch.Tensor]:
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                if train:
-                    loss = nn.functional.cross_entropy(runner(x).float(), y)
-                else:
+                if not train:
                     with torch.no_grad():
                         runner(x)
-            if train:
-                optimizer.zero_grad(set_to_none=True)
-                (scaler.scale(loss) if scaler else loss).backward()
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                    return None
+                loss = nn.functional.cross_entropy(runner(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            return loss.detach()
 
         times: List[float] = []
         with _PeakMemory(device) as memory:
             for i in range(warmup + steps):
                 start = time.perf_counter()
-                step()
+                loss = step()
                 _sync(device)
                 times.append(time.perf_counter() - start)
     first_step, times = times[0], times[warmup:]
@@ -180,6 +181,8 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
         result["latency_ms"] = 1000 * median
     else:
         result["images_per_s"] = n / median
+    if train:  # every configuration trains the same weights on the same batch: their losses should agree
+        result["final_loss"] = loss.item()
     return result
 
 
