@@ -12,10 +12,10 @@ Each workload runs its configurations one after the other in one process (see ``
 configuration's figure is the median over its rounds; ratios are against the stand-in's median over all
 its runs, so that a machine that speeds up or slows down during the workload favours no configuration.
 """
-import statistics
 import argparse
 import json
 import platform
+import statistics
 import sys
 from pathlib import Path
 

@@ -14,7 +14,7 @@ def _phases(x: Tensor, d: int) -> Tensor:
 
 
 class _DilatedDepthwiseConvFn(torch.autograd.Function):
-    """A dilated depthwise "same" conv whose backward pass avoids oneDNN's slow dilated-backward kernels:
+    """A dilated depthwise "same" conv whose backward pass avoids oneDNN's dilated-backward kernels:
 
     * grad input: the same depthwise conv, with the kernel flipped, over the incoming gradient (a
       forward-pass kernel: for stride 1 and symmetric padding, correlation's transpose is correlation
@@ -48,14 +48,14 @@ class _DilatedDepthwiseConvFn(torch.autograd.Function):
 
 class DilatedDepthwiseConv2d(nn.Conv2d):
     """A depthwise, stride-1, "same"-padded convolution with dilation ``d``: an ``nn.Conv2d`` in every
-    respect (parameters, state dict, forward pass, export), with a faster backward pass for CPU
-    training in bfloat16.
+    respect (parameters, state dict, forward pass, export), with its own backward pass for CPU training
+    in bfloat16.
 
-    oneDNN's CPU backward pass is fast for undilated depthwise kernels only: for a dilated 3x3 over
-    bf16 maps it takes many times longer than the forward pass (the weight gradient most of all; see
-    ``benchmarks/dilated_depthwise.py``). There the gradients come from :class:`_DilatedDepthwiseConvFn`,
-    which computes the same sums with fast kernels. Elsewhere (fp32, GPUs, inference) the standard
-    backward pass is used.
+    There torch's backward pass (torch 2.14, oneDNN) is slow, the weight gradient most of all (2.5-6x
+    the whole of hcgnet's; ``benchmarks/dilated_depthwise.py``), and with channels_last maps of 32x32 or
+    more its weight gradient is wrong (off by up to 1e20; ``tests/test_fast_paths.py``). So the
+    gradients come from :class:`_DilatedDepthwiseConvFn`, which computes the same sums with the fast,
+    undilated kernels. Elsewhere (fp32, GPUs, inference) torch's own backward pass is used.
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 2) -> None:
