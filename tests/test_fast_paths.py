@@ -155,7 +155,7 @@ def test_bf16_training_follows_fp32_training(channels_last):
 
 
 def test_bf16_channels_last_dilated_depthwise_weight_gradient_is_right():
-    """torch 2.14's CPU kernel for this gradient (bf16, channels_last, maps of 32x32 and more) returns
+    """torch 2.14's CPU kernel for this gradient (bf16, channels_last, maps of 30x30 and more) returns
     garbage (errors of 1e20); DilatedDepthwiseConv2d's own backward pass must be the one that runs."""
     torch.manual_seed(0)
     conv = hcgnet.layers.DilatedDepthwiseConv2d(12)

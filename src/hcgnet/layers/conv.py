@@ -52,7 +52,7 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
     in bfloat16.
 
     There torch's backward pass (torch 2.14, oneDNN) is slow, the weight gradient most of all (2.5-6x
-    the whole of hcgnet's; ``benchmarks/dilated_depthwise.py``), and with channels_last maps of 32x32 or
+    the whole of hcgnet's; ``benchmarks/dilated_depthwise.py``), and with channels_last maps of 30x30 or
     more its weight gradient is wrong (off by up to 1e20; ``tests/test_fast_paths.py``). So the
     gradients come from :class:`_DilatedDepthwiseConvFn`, which computes the same sums with the fast,
     undilated kernels. Elsewhere (fp32, GPUs, inference) torch's own backward pass is used.
