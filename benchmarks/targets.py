@@ -78,7 +78,7 @@ def main() -> None:
             r = run_config(model, cfg, batch, (side, side), args.steps, args.warmup, device)
             runs[i].append(r)
             figure = f"{r['latency_ms']:.1f} ms" if mode == "latency" else f"{r['images_per_s']:.1f} images/s"
-            loss = f"   final loss {r['final_loss']:.4f}" if "final_loss" in r else ""
+            loss = f"   loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}" if "final_loss" in r else ""
             print(f"  {describe(r):32s} {figure:>16s}   (spread {r['min_s']:.3f}-{r['max_s']:.3f} s){loss}",
                   flush=True)
         rows = []

@@ -35,7 +35,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 RUNTIMES = ("eager", "torchscript", "onnx", "pt2")
 CSV_FIELDS = ("mode", "runtime", "dtype", "channels_last", "memory_efficient", "compile", "batch", "size",
               "images_per_s", "latency_ms", "median_s", "min_s", "max_s", "peak_memory_added_mb", "steps",
-              "final_loss")
+              "first_loss", "final_loss")
 
 
 @dataclass
@@ -166,12 +166,15 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
             return loss.detach()
 
         times: List[float] = []
+        losses: List[torch.Tensor] = []
         with _PeakMemory(device) as memory:
             for i in range(warmup + steps):
                 start = time.perf_counter()
                 loss = step()
                 _sync(device)
                 times.append(time.perf_counter() - start)
+                if loss is not None and i in (0, warmup + steps - 1):
+                    losses.append(loss)
     first_step, times = times[0], times[warmup:]
     median = statistics.median(times)
     result = {**asdict(cfg), "batch": n, "size": list(size), "median_s": median, "min_s": min(times),
@@ -181,8 +184,8 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
         result["latency_ms"] = 1000 * median
     else:
         result["images_per_s"] = n / median
-    if train:  # every configuration trains the same weights on the same batch: their losses should agree
-        result["final_loss"] = loss.item()
+    if train:  # every configuration starts from the same weights and trains on the same batch
+        result["first_loss"], result["final_loss"] = losses[0].item(), losses[-1].item()
     return result
 
 

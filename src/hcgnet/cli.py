@@ -158,7 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         speed = f"{r['latency_ms']:8.1f} ms" if "latency_ms" in r else f"{r['images_per_s']:8.1f} img/s"
         print(f"{r['mode']:7s} {describe(r):40s} batch {r['batch']:4d} {'x'.join(map(str, r['size'])):>9s}"
               f"  {speed}  (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)  +{r['peak_memory_added_mb']:.0f} MB"
-              + (f"  loss {r['final_loss']:.4f}" if "final_loss" in r else ""), flush=True)
+              + (f"  loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}" if "final_loss" in r else ""), flush=True)
 
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
         if path and not Path(path).resolve().parent.is_dir():  # found out now, not after an hour of timing
