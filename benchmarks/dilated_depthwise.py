@@ -10,28 +10,17 @@ and two transitions'. The undilated 3x3 of the same shape is timed too, for scal
 import argparse
 import itertools
 import json
-import statistics
-import time
 
 import torch
+from gate_passes import median_seconds  # the sibling script (this folder is on sys.path when run)
 
 from hcgnet.layers.conv import DilatedDepthwiseConv2d
 
 
 def timed(fn, x, weight, repeats):
+    """Milliseconds of one forward pass and both gradients."""
     grad = torch.randn_like(fn(x))
-
-    def once():
-        torch.autograd.grad(fn(x), (x, weight), grad)
-
-    for _ in range(3):
-        once()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(lambda: torch.autograd.grad(fn(x), (x, weight), grad), repeats)
 
 
 def main() -> None:

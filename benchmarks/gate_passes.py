@@ -36,6 +36,18 @@ def gate_textbook(x, f, v):
     return x * f + v
 
 
+def median_seconds(once, repeats, warmup=3):
+    """Median wall time of ``once()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def timed(fn, inputs, repeats, backward=True):
     def once():
         if backward:
@@ -45,14 +57,7 @@ def timed(fn, inputs, repeats, backward=True):
             with torch.no_grad():
                 fn(*inputs)
 
-    for _ in range(3):
-        once()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(once, repeats)
 
 
 def main() -> None:
