@@ -166,15 +166,14 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
             return loss.detach()
 
         times: List[float] = []
-        losses: List[torch.Tensor] = []
         with _PeakMemory(device) as memory:
             for i in range(warmup + steps):
                 start = time.perf_counter()
                 loss = step()
                 _sync(device)
                 times.append(time.perf_counter() - start)
-                if loss is not None and i in (0, warmup + steps - 1):
-                    losses.append(loss)
+                if i == 0:
+                    first_loss = loss
     first_step, times = times[0], times[warmup:]
     median = statistics.median(times)
     result = {**asdict(cfg), "batch": n, "size": list(size), "median_s": median, "min_s": min(times),
@@ -185,7 +184,7 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
     else:
         result["images_per_s"] = n / median
     if train:  # every configuration starts from the same weights and trains on the same batch
-        result["first_loss"], result["final_loss"] = losses[0].item(), losses[-1].item()
+        result["first_loss"], result["final_loss"] = first_loss.item(), loss.item()
     return result
 
 
