@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="run the configurations this many times, interleaved")
     p.add_argument("--json", default=None, help="write every result here (merged into an existing file)")
     args = p.parse_args()
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
+        p.error("--rounds and --steps must be at least 1, --warmup at least 0")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'}, " \
         f"{torch.get_num_threads()} threads"
