@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 import hcgnet
 from hcgnet.data import build_data
-from hcgnet.training.engine import autocast
+from hcgnet.evaluation import autocast
 
 
 def timed_steps(model, batches, optimizer, amp_dtype, channels_last, warmup):

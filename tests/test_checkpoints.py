@@ -1,7 +1,8 @@
 """Checkpoints: the published format (CIFAR and ImageNet naming), hcgnet's own, safetensors, and the
 errors for every file that cannot be used.
 
-The reference material lives in ``shared/`` beside the repository (``../shared`` from the repo root).
+The reference material (published-format fixture, its logits, the published key lists) is carried in
+``tests/fixtures/``, so a clone with nothing beside it runs these tests.
 """
 import os
 import pickle
@@ -18,11 +19,10 @@ from hcgnet import CheckpointError
 from hcgnet.models import checkpoints as ckpt_module
 from hcgnet.models.checkpoints import published_to_hcgnet_key, read_state_dict, save_safetensors
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REFERENCE = SHARED / "reference"
-FIXTURE = REFERENCE / "fixtures" / "cifar_A1.official.pth.tar"
-FIXTURE_IO = REFERENCE / "fixtures" / "cifar_A1.io.pt"
-OFFICIAL_KEYS = REFERENCE / "official-keys"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURE = FIXTURES / "cifar_A1.official.pth.tar"
+FIXTURE_IO = FIXTURES / "cifar_A1.io.pt"
+OFFICIAL_KEYS = FIXTURES / "official-keys"
 
 # official-keys file -> (hcgnet variant, class count of that file)
 PUBLISHED = {
@@ -34,7 +34,6 @@ PUBLISHED = {
 }
 
 pytestmark = [
-    pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference material not found at {REFERENCE}"),
     # torch warns when the weights-only unpickler meets a protocol other than 2 (plain pickle, random bytes)
     pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning"),
 ]

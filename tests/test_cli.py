@@ -12,12 +12,10 @@ import hcgnet
 from hcgnet.cli import main
 from hcgnet.models.checkpoints import read_state_dict
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "reference" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE = FIXTURES / "cifar_A1.official.pth.tar"
 FIXTURE_IO = FIXTURES / "cifar_A1.io.pt"
 
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"reference fixture not found at {FIXTURE}")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -200,7 +198,6 @@ def test_argparse_usage_errors_exit_2(capsys):
 # convert --------------------------------------------------------------------------------------
 
 
-@needs_fixture
 def test_convert_fixture_gives_published_logits(tmp_path, capsys):
     out_path = tmp_path / "a1.safetensors"
     code, out, err = run(capsys, "convert", str(FIXTURE), str(out_path), "--model", "hcgnet_a1")
@@ -222,7 +219,6 @@ def test_convert_fixture_gives_published_logits(tmp_path, capsys):
     assert (y - io["y"]).abs().max().item() < 1e-4
 
 
-@needs_fixture
 def test_convert_with_a_spec_and_force(tmp_path, capsys):
     out_path = tmp_path / "a1.safetensors"
     out_path.write_bytes(b"old contents")
@@ -238,7 +234,6 @@ def test_convert_with_a_spec_and_force(tmp_path, capsys):
         assert torch.equal(state_dict[key], value.reshape(state_dict[key].shape)), key
 
 
-@needs_fixture
 def test_convert_a1_as_a2_is_another_model(tmp_path, capsys):
     out_path = tmp_path / "a2.safetensors"
     code, out, err = run(capsys, "convert", str(FIXTURE), str(out_path), "--model", "hcgnet_a2")
@@ -248,7 +243,6 @@ def test_convert_a1_as_a2_is_another_model(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-@needs_fixture
 def test_convert_refuses_to_overwrite_without_force(tmp_path, capsys):
     out_path = tmp_path / "existing.safetensors"
     out_path.write_bytes(b"precious")
@@ -259,7 +253,6 @@ def test_convert_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.safetensors"]
 
 
-@needs_fixture
 @pytest.mark.parametrize("name", ["a1.pth", "a1.safetensors.bak", "a1"])
 def test_convert_output_must_end_in_safetensors(tmp_path, capsys, name):
     out_path = tmp_path / name
@@ -269,7 +262,6 @@ def test_convert_output_must_end_in_safetensors(tmp_path, capsys, name):
     assert not out_path.exists()
 
 
-@needs_fixture
 def test_convert_into_missing_folder_is_an_error(tmp_path, capsys):
     out_path = tmp_path / "no" / "such" / "a1.safetensors"
     code, out, err = run(capsys, "convert", str(FIXTURE), str(out_path), "--model", "hcgnet_a1")
@@ -282,7 +274,6 @@ def _truncated_fixture(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-@needs_fixture
 @pytest.mark.parametrize("make, needle", [
     (lambda p: p.write_text('{"model": "hcgnet_a1"}\n'), None),
     (lambda p: p.write_bytes(b""), None),
@@ -309,7 +300,6 @@ def test_convert_missing_checkpoint_is_an_error(tmp_path, capsys):
     assert "not found" in err and str(missing) in err
 
 
-@needs_fixture
 def test_convert_unknown_model_is_an_error(tmp_path, capsys):
     code, out, err = run(capsys, "convert", str(FIXTURE), str(tmp_path / "x.safetensors"), "--model", "hcgnet_x")
     assert_one_line_error(code, out, err)

@@ -19,9 +19,7 @@ from hcgnet.data import DataConfig, build_eval_transform
 from hcgnet.inference import load_model
 from hcgnet.training.logs import COLUMNS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-PUBLISHED = SHARED / "reference" / "fixtures" / "cifar_A1.official.pth.tar"
-needs_published = pytest.mark.skipif(not PUBLISHED.is_file(), reason=f"reference fixture not found at {PUBLISHED}")
+PUBLISHED = Path(__file__).resolve().parent / "fixtures" / "cifar_A1.official.pth.tar"
 
 SPEC = "HCGNet-(1,1,1)-(k=8,8,8)"
 CLASSES = ["red", "green", "blue"]   # channel c of class c is bright
@@ -310,14 +308,12 @@ def test_predict_corrupt_image(capsys, run, tmp_path):
     assert str(bad) in line
 
 
-@needs_published
 def test_predict_published_checkpoint_needs_model(capsys, tmp_path):
     img = colour_image(tmp_path / "x.png", 0, size=(32, 32))
     line = one_line_error(*cli(capsys, "predict", "--checkpoint", str(PUBLISHED), str(img)))
     assert "--model" in line
 
 
-@needs_published
 def test_predict_published_checkpoint_with_model(capsys, tmp_path):
     img = colour_image(tmp_path / "x.png", 2, size=(32, 32))
     got = cli_json(capsys, "predict", "--checkpoint", str(PUBLISHED), "--model", "hcgnet_a1", str(img))

@@ -28,7 +28,7 @@ from torch import nn
 
 from hcgnet.errors import HCGNetError
 from hcgnet.models import create_model
-from hcgnet.training.engine import AMP_DTYPES
+from hcgnet.evaluation import AMP_DTYPES
 
 MODES = ("train", "infer", "latency")
 DTYPES = ("fp32", "bf16", "fp16")

@@ -15,8 +15,8 @@ from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.models import create_model
 from hcgnet.models.checkpoints import read_metadata
 from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
-from hcgnet.training.distributed import Dist
-from hcgnet.training.engine import AMP_DTYPES, evaluate
+from hcgnet.distributed import Dist
+from hcgnet.evaluation import AMP_DTYPES, evaluate
 
 
 def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, Dict[str, str]]:

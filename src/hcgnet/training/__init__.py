@@ -1,6 +1,7 @@
 """Training: configuration and recipes, the epoch engine, checkpoints, DDP, and ``fit``."""
 from hcgnet.training.config import ConfigError, TrainConfig, list_recipes, load_recipe, make_config
-from hcgnet.training.engine import NonFiniteLossError, evaluate, train_one_epoch
+from hcgnet.evaluation import evaluate
+from hcgnet.training.engine import NonFiniteLossError, train_one_epoch
 from hcgnet.training.trainer import fit
 
 __all__ = [

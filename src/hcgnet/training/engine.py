@@ -1,4 +1,5 @@
-"""One training epoch and one evaluation pass; everything else (set-up, checkpoints, logs) is the trainer's."""
+"""One training epoch; evaluation is :func:`hcgnet.evaluation.evaluate`, everything else (set-up, checkpoints,
+logs) is the trainer's."""
 import contextlib
 import math
 from dataclasses import dataclass
@@ -9,7 +10,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hcgnet.errors import HCGNetError
-from hcgnet.training.distributed import Dist, all_reduce_sum, broadcast_flag
+from hcgnet.distributed import Dist, all_reduce_sum, broadcast_flag
+from hcgnet.evaluation import autocast, to_device
 
 
 class NonFiniteLossError(HCGNetError):
@@ -42,23 +44,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-#: ``--amp`` names to autocast dtypes (None: no autocast), for training, evaluation and benchmarks.
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _to_device(x: torch.Tensor, y: torch.Tensor, ctx_device: torch.device, channels_last: bool):
-    x = x.to(ctx_device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(ctx_device, non_blocking=True)
-
-
 def new_totals() -> Dict[str, float]:
     return {"loss": 0.0, "correct": 0, "seen": 0}
 
@@ -87,7 +72,7 @@ def train_one_epoch(
     device = ctx.dist.device
     totals = totals if totals is not None else new_totals()
     for i, (x, y) in enumerate(loader, start=first_step):
-        x, y = _to_device(x, y, device, ctx.channels_last)
+        x, y = to_device(x, y, device, ctx.channels_last)
         set_lr(i)
         ctx.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=device)
@@ -130,29 +115,3 @@ def train_one_epoch(
                           ctx.dist)
     seen = max(sums[2].item(), 1)
     return {"loss": sums[0].item() / seen, "acc": None if ctx.mixup else sums[1].item() / seen, "images": seen}
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader, dist: Dist, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-    progress=None,
-) -> Dict[str, float]:
-    """Top-1, top-5 and mean cross-entropy over the loader; with DDP every rank scores its own shard
-    (no padding) and the sums are added, so each sample counts exactly once."""
-    model.eval()
-    loss_sum, top1, top5, count = 0.0, 0.0, 0.0, 0.0
-    for x, y in loader:
-        x, y = _to_device(x, y, dist.device, channels_last)
-        with autocast(dist.device, amp_dtype):
-            out = model(x).float()
-        loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-        k = min(5, out.shape[1])
-        hits = out.topk(k, dim=1).indices == y[:, None]
-        top1 += float(hits[:, 0].sum())
-        top5 += float(hits.any(dim=1).sum())
-        count += len(y)
-        if progress is not None:
-            progress.update(1)
-    sums = all_reduce_sum(torch.tensor([loss_sum, top1, top5, count], dtype=torch.float64), dist)
-    n = max(sums[3].item(), 1)
-    return {"loss": sums[0].item() / n, "top1": sums[1].item() / n, "top5": sums[2].item() / n, "count": int(sums[3])}

@@ -27,9 +27,10 @@ from tqdm import tqdm
 from hcgnet.data import build_data
 from hcgnet.errors import HCGNetError
 from hcgnet.models import create_model, save_safetensors
-from hcgnet.training import distributed
+from hcgnet import distributed
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
-from hcgnet.training.engine import AMP_DTYPES, NonFiniteLossError, StepContext, evaluate, new_totals, train_one_epoch
+from hcgnet.evaluation import AMP_DTYPES, evaluate
+from hcgnet.training.engine import NonFiniteLossError, StepContext, new_totals, train_one_epoch
 from hcgnet.training.logs import MetricsLog
 from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
 from hcgnet.training.schedule import EpochSchedule
