@@ -21,6 +21,7 @@ from hcgnet.data import (
     error_message, load_image, split_indices,
 )
 from hcgnet.data import datasets as D
+from hcgnet.data import fashion_mnist as FM
 from hcgnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -115,9 +116,12 @@ def test_split_is_deterministic_disjoint_and_covers():
     _indices_cover([train, val], 100)
     assert split_indices(100, 0.1, seed=3) == [train, val]
     assert split_indices(100, 0.1, seed=4)[1] != val
-    train, val, test = split_indices(50, 7, seed=0, parts=2)
+    train, val, test = split_indices(50, 7, seed=0, with_test=True, test_size=7)
     assert (len(train), len(val), len(test)) == (36, 7, 7)
     _indices_cover([train, val, test], 50)
+    # the validation part does not depend on the test size (a run's val set is rebuilt from val_size alone)
+    train2, val2, test2 = split_indices(50, 7, seed=0, with_test=True, test_size=3)
+    assert val2 == val and (len(train2), len(test2)) == (40, 3) and set(test2) < set(test)
     assert split_indices(10, 0) == [list(range(10)), []]
     assert len(split_indices(10, 0.01)[1]) == 1  # a non-zero fraction holds out at least one image
 
@@ -229,7 +233,7 @@ def test_unknown_spec(spec):
 
 def test_imagefolder_without_train_holds_out_val_and_test(tmp_path):
     make_folder(tmp_path / "flat")
-    data = build_data(f"imagefolder:{tmp_path / 'flat'}", val_size=3, seed=0, image_size=32)
+    data = build_data(f"imagefolder:{tmp_path / 'flat'}", val_size=3, test_size=3, seed=0, image_size=32)
     assert (len(data.train), len(data.val), len(data.test)) == (12, 3, 3)
     assert data.train.dataset.samples == data.test.dataset.samples  # all three are views of one folder
     _indices_cover([data.train.indices, data.val.indices, data.test.indices], 18)
@@ -238,7 +242,7 @@ def test_imagefolder_without_train_holds_out_val_and_test(tmp_path):
     for ds in (data.train, data.val, data.test):
         x, y = ds[1]
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y in (0, 1, 2)
-    again = build_data(f"imagefolder:{tmp_path / 'flat'}", val_size=3, seed=0, image_size=32)
+    again = build_data(f"imagefolder:{tmp_path / 'flat'}", val_size=3, test_size=3, seed=0, image_size=32)
     assert (again.val.indices, again.test.indices) == (data.val.indices, data.test.indices)
     assert build_data(f"imagefolder:{tmp_path / 'flat'}").config.input_size == (3, 224, 224)  # default size
 
@@ -282,15 +286,11 @@ def _add_corrupt(folder):
 def test_unreadable_image_named_or_skipped(tmp_path):
     root = make_folder(tmp_path / "imgs")
     bad = _add_corrupt(root)
-    data = build_data(f"imagefolder:{root}", val_size=0, image_size=32)
-    assert data.skipped == 0 and len(data.train) + len(data.test) == 19
-    with pytest.raises(DataError) as e:
-        for i in range(len(data.train)):
-            data.train[i]
-        for i in range(len(data.test)):
-            data.test[i]
+    with pytest.raises(DataError) as e:  # found before training, by build_data itself
+        build_data(f"imagefolder:{root}", val_size=0, image_size=32)
     msg = str(e.value)
-    assert msg.startswith(f"cannot read image {bad}: ") and "--skip-bad-images" in msg and "\n" not in msg
+    assert msg.startswith(f"1 of 19 images in {root} cannot be read: dog/broken.png (")
+    assert msg.endswith("remove it or pass --skip-bad-images") and "\n" not in msg
     skipping = build_data(f"imagefolder:{root}", val_size=2, image_size=32, skip_bad_images=True)
     assert skipping.skipped == 1 and len(skipping.train) + len(skipping.val) + len(skipping.test) == 18
     assert all(p != str(bad) for p, _ in skipping.train.dataset.samples)
@@ -299,8 +299,9 @@ def test_unreadable_image_named_or_skipped(tmp_path):
 def test_error_message_from_dataloader_worker(tmp_path):
     make_folder(tmp_path / "tree" / "train", per_class=2)
     make_folder(tmp_path / "tree" / "val", per_class=1, seed=9)
-    bad = _add_corrupt(tmp_path / "tree" / "val")
     data = build_data(f"imagefolder:{tmp_path / 'tree'}", val_size=0, image_size=32)
+    bad = tmp_path / "tree" / "val" / "dog" / "0.png"  # a file broken after the check (e.g. during training)
+    bad.write_bytes(bad.read_bytes()[:40])
     with pytest.raises(DataError) as direct:
         load_image(bad)
     with pytest.raises(DataError) as e:
@@ -374,7 +375,9 @@ FASHION_DEB = os.path.join(D.FASHION_MNIST_SYSTEM_DIR, "train-images-idx3-ubyte.
 @pytest.mark.skipif(not os.path.isfile(FASHION_DEB), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     data = build_data("fashion-mnist", data_dir=str(tmp_path), seed=0)
-    assert (len(data.train) + len(data.val), len(data.val), len(data.test)) == (60000, 6000, 10000)
+    # automatic hold-out: 10% up to 50,000 images, 5,000 above
+    assert (len(data.train) + len(data.val), len(data.val), len(data.test)) == (60000, 5000, 10000)
+    assert data.notes[0].startswith("held out 5,000 of 60,000 training images (8.3%) for validation (automatic")
     assert data.num_classes == 10 and data.config.class_names[0] == "T-shirt/top"
     assert data.config.input_size == (1, 28, 28)
     x, y = data.train[0]
@@ -386,13 +389,13 @@ def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     with gzip.open(FASHION_DEB, "rb") as f:
         assert f.read(16) == (raw / "train-images-idx3-ubyte").read_bytes()[:16]
     # a second build reuses the decompressed files
-    monkeypatch.setattr(D, "_gunzip", lambda *a: pytest.fail("decompressed again"))
+    monkeypatch.setattr(FM, "_gunzip", lambda *a: pytest.fail("decompressed again"))
     again = build_data("fashion-mnist", data_dir=str(tmp_path), seed=0)
     assert again.val.indices == data.val.indices
 
 
 def test_fashion_mnist_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian-files"))
+    monkeypatch.setattr(FM, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-debian-files"))
     with pytest.raises(DataError) as e:
         build_data("fashion-mnist", data_dir=str(tmp_path / "d"), download=False)
     msg = str(e.value)

@@ -1,19 +1,25 @@
 """Data for training and evaluating HCGNets: CIFAR-10/100, Fashion-MNIST and ImageFolder trees (torchvision).
 
-    from hcgnet.data import build_data, build_eval_transform
-    data = build_data("cifar10", data_dir="~/data", val_size=5000, seed=0)
-    data.train, data.val, data.test, data.num_classes, data.config
+    from hcgnet.data import build_data, build_eval_dataset, build_eval_transform
+    data = build_data("cifar10", data_dir="~/data", seed=0)      # val_size/test_size None: automatic
+    data.train, data.val, data.test, data.num_classes, data.config, data.notes
     transform = build_eval_transform(data.config)   # for predict/eval, also from a JSON-rebuilt DataConfig
+    whole = build_eval_dataset("imagefolder:photos", data.config, split="all")
 
-Only :mod:`hcgnet.errors` is imported from the rest of the package.
+Modules: ``datasets`` (the two entry points), ``config`` (DataConfig, DataBundle), ``splits`` (hold-out
+sizes and indices), ``cifar``, ``fashion_mnist``, ``image_folder`` (the sources), ``images`` (reading and
+checking image files), ``transforms``, ``errors``. Only :mod:`hcgnet.errors`, :mod:`hcgnet.files` and the
+models' CIFAR-10 statistics are imported from the rest of the package.
 """
-from hcgnet.data.datasets import (
-    DATASETS, DataBundle, DataConfig, DataError, build_data, default_data_dir, error_message, load_image,
-    split_indices,
-)
+from hcgnet.data.config import DataBundle, DataConfig
+from hcgnet.data.datasets import DATASETS, EVAL_SPLITS, build_data, build_eval_dataset, default_data_dir
+from hcgnet.data.errors import DataError, error_message
+from hcgnet.data.images import load_image
+from hcgnet.data.splits import auto_held_out, split_indices
 from hcgnet.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = [
-    "DATASETS", "DataBundle", "DataConfig", "DataError", "build_data", "build_eval_transform",
-    "build_train_transform", "default_data_dir", "error_message", "load_image", "split_indices",
+    "DATASETS", "EVAL_SPLITS", "DataBundle", "DataConfig", "DataError", "auto_held_out", "build_data",
+    "build_eval_dataset", "build_eval_transform", "build_train_transform", "default_data_dir", "error_message",
+    "load_image", "split_indices",
 ]

@@ -1,4 +1,4 @@
-"""Train and eval transforms, rebuilt from a :class:`~hcgnet.data.datasets.DataConfig` alone.
+"""Train and eval transforms, rebuilt from a :class:`~hcgnet.data.config.DataConfig` alone.
 
 The eval transform is what ``predict`` and ``eval`` use on files the dataset never saw, so it takes a PIL image
 of any mode and size and returns a normalised float32 tensor of exactly ``config.input_size``:
@@ -23,7 +23,7 @@ from torchvision.transforms import functional as F
 from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hcgnet.data.datasets import DataConfig
+    from hcgnet.data.config import DataConfig
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
@@ -31,12 +31,12 @@ __all__ = [
     "build_eval_transform",
 ]
 
-# Per-channel statistics of the training sets. CIFAR's live with the models' pretrained configs (the
-# values used by most CIFAR code, including HCGNet's): one definition, models never import data.
+# Per-channel statistics of each training set. CIFAR-10's live with the models' pretrained configs (one
+# definition; models never import data). CIFAR-100 has its own, which the published HCGNet training uses too.
 CIFAR10_MEAN = CIFAR_MEAN
 CIFAR10_STD = CIFAR_STD
-CIFAR100_MEAN = CIFAR10_MEAN
-CIFAR100_STD = CIFAR10_STD
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
@@ -86,7 +86,7 @@ class FitTo:
 
 
 def _bad_config(msg: str) -> Exception:
-    from hcgnet.data.datasets import DataError  # lazy: datasets imports this module
+    from hcgnet.data.errors import DataError  # lazy: keeps this module importable on its own
 
     return DataError(msg)
 

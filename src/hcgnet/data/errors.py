@@ -1,0 +1,48 @@
+"""DataError, one-line messages, and the original message of an error re-raised by a DataLoader worker."""
+from __future__ import annotations
+
+import re
+
+from hcgnet.errors import HCGNetError
+
+__all__ = ["DataError", "error_message", "one_line", "reason", "count"]
+
+
+class DataError(HCGNetError):
+    """A dataset that cannot be used as asked: unknown name, missing files, unreadable image, bad split."""
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` with its whitespace (newlines included) collapsed, cut to ``limit`` characters."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def reason(exc: BaseException) -> str:
+    """The one-line message of ``exc``, or its type name when it has none."""
+    return one_line(exc) or type(exc).__name__
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 image"``, ``"1,400 images"``: a number with its noun, singular when it is 1."""
+    many = plural or (noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s")
+    return f"{n:,} {noun if n == 1 else many}"
+
+
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*: (.*)$")
+
+
+def error_message(exc: BaseException) -> str:
+    """The one-line message of ``exc``.
+
+    An exception raised in a DataLoader worker is re-raised by PyTorch as the same type with the message
+    ``"Caught DataError in DataLoader worker process 0.\\nOriginal Traceback ...\\n
+    hcgnet.data.errors.DataError: <message>"``; for those the original message (the text after the
+    exception name on the last line) is returned; for any other exception, its message.
+    """
+    text = str(exc)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        m = _EXC_LINE.match(lines[-1])
+        return m.group(1) if m else lines[-1].strip()
+    return text.strip()

@@ -1,0 +1,127 @@
+"""``imagefolder:PATH``: a folder of class sub-folders of images (torchvision's ImageFolder, RGB).
+
+Layouts: if PATH has ``train/``, that is the training set and ``val/`` (or else ``test/``) is the TEST set, as
+for ImageNet, whose labelled val set serves as the test set; the validation split is held out of ``train/``.
+Otherwise (no ``train/``, or ``train/`` but neither ``val/`` nor ``test/``) the test set is held out of the
+training folder as well, with its own size (see :mod:`hcgnet.data.splits`). Hidden folders
+(``.ipynb_checkpoints``...) are not classes. A test folder may lack classes but not have extra ones; label
+indices follow the training folder's (sorted) classes.
+
+Every image is decoded once before training (:func:`check_images`): unreadable files are all reported in one
+error, or dropped with ``skip_bad_images``. Training then reads them with :func:`~hcgnet.data.load_image`.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+
+from torchvision import datasets as tvd
+
+from hcgnet.data.config import DataConfig
+from hcgnet.data.errors import DataError, count, reason
+from hcgnet.data.images import bad_images_error, load_image, scan_images, write_bad_images
+from hcgnet.data.transforms import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["DEFAULT_IMAGE_SIZE", "ClassFolder", "open_class_folder", "layout", "folder_config", "check_images",
+           "refuse_one_class"]
+
+#: ImageFolder default input size (ImageNet).
+DEFAULT_IMAGE_SIZE = 224
+
+
+class ClassFolder(tvd.ImageFolder):
+    """ImageFolder reading with :func:`load_image`, ignoring hidden folders, optionally with a fixed class list
+    (a test folder is labelled with the training folder's classes and may lack some of them); ``owner`` names
+    where the fixed list comes from, for the error about a class outside it."""
+
+    def __init__(self, root: str, classes: Sequence[str] | None = None, owner: str = "the training folder"):
+        self._fixed_classes = None if classes is None else list(classes)
+        self._owner = owner
+        super().__init__(root, loader=load_image, allow_empty=classes is not None)
+
+    def find_classes(self, directory):
+        found = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not found:
+            raise FileNotFoundError(f"no class sub-folders in {directory}")
+        if self._fixed_classes is None:
+            return found, {c: i for i, c in enumerate(found)}
+        extra = sorted(set(found) - set(self._fixed_classes))
+        if extra:
+            raise DataError(f"{directory} has {count(len(extra), 'class')} {self._owner} lacks: "
+                            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        return list(self._fixed_classes), {c: i for i, c in enumerate(self._fixed_classes)}
+
+
+def open_class_folder(root: str, classes: Sequence[str] | None = None,
+                      owner: str = "the training folder") -> ClassFolder:
+    """:class:`ClassFolder` of ``root``; a one-line :class:`DataError` for a missing or empty folder."""
+    try:
+        ds = ClassFolder(root, classes, owner)
+    except FileNotFoundError as e:
+        raise DataError(f"empty dataset {root}: {reason(e)} (expected one sub-folder of images per class)") from None
+    except OSError as e:
+        raise DataError(f"cannot read folder {root}: {reason(e)}") from None
+    if not ds.samples:
+        raise DataError(f"empty dataset {root}: no images in its class sub-folders")
+    return ds
+
+
+def layout(path: str) -> tuple[str, str | None]:
+    """``(training folder, test folder or None)`` of ``imagefolder:path`` (see the module docstring)."""
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path):
+        what = "not a folder" if os.path.exists(path) else "no such folder"
+        raise DataError(f"{what}: {path} (imagefolder:PATH needs a folder with one sub-folder of images per class)")
+    train_root = os.path.join(path, "train")
+    if not os.path.isdir(train_root):
+        return path, None
+    return train_root, next((os.path.join(path, d) for d in ("val", "test") if os.path.isdir(os.path.join(path, d))),
+                            None)
+
+
+def folder_config(classes: Sequence[str], image_size=None) -> DataConfig:
+    """The ImageNet-style preprocessing at ``image_size`` (default 224) for these classes."""
+    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 8:
+        raise DataError(f"image_size must be a whole number of pixels >= 8, got {image_size!r}")
+    size = int(size)
+    return DataConfig(name="imagefolder", input_size=(3, size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                      resize=int(size / CROP_PCT), class_names=list(classes))
+
+
+def refuse_one_class(ds: ClassFolder, root: str) -> None:
+    """A classifier needs two classes at least; one class sub-folder is almost always a wrong --data path."""
+    if len(ds.classes) < 2:
+        raise DataError(f"{root} has 1 class ({ds.classes[0]}); a classifier needs at least 2 class "
+                        "sub-folders")
+
+
+def _drop(ds: ClassFolder, bad_paths: set[str], root: str) -> None:
+    good = [s for s in ds.samples if s[0] not in bad_paths]
+    if not good:
+        raise DataError(f"empty dataset {root}: none of its {count(len(ds.samples), 'image')} can be read")
+    ds.samples = ds.imgs = good
+    ds.targets = [t for _, t in good]
+
+
+def check_images(folders: Sequence[ClassFolder], root: str, skip_bad_images: bool,
+                 bad_images_log=None) -> list[str]:
+    """Decode every image of ``folders`` (all at once, in threads); returns the skipped paths.
+
+    Unreadable files raise one :class:`DataError` naming the first few (relative to ``root``) unless
+    ``skip_bad_images``, which drops them from the folders instead. ``bad_images_log``: a file that gets
+    the full list (``path<TAB>reason`` lines) whenever there are bad files.
+    """
+    paths = [p for ds in folders for p, _ in ds.samples]
+    bad = scan_images(paths, root)
+    if not bad:
+        return []
+    if bad_images_log is not None:
+        write_bad_images(bad, bad_images_log)
+    if not skip_bad_images:
+        raise bad_images_error(bad, len(paths), root, bad_images_log)
+    bad_paths = {p for p, _ in bad}
+    for ds in folders:
+        _drop(ds, bad_paths, ds.root)
+    return [p for p, _ in bad]
