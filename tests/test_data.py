@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from hcgnet.data import (
-    DATASETS, DataBundle, DataConfig, DataError, build_data, build_eval_transform, build_train_transform,
-    error_message, load_image, split_indices,
+    DATASETS, DataBundle, DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform,
+    build_train_transform, error_message, load_image, split_indices,
 )
 from hcgnet.data import datasets as D
 from hcgnet.data import fashion_mnist as FM
@@ -175,6 +175,25 @@ def test_cifar100_real_format(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (8, 2, 5)
     assert data.num_classes == 100 and data.config.class_names == fine
     assert data.test[3][1] == 21 and data.test[3][0].shape == (3, 32, 32)
+
+
+def test_cifar100_has_its_own_statistics(tmp_path):
+    # the published HCGNet training normalises CIFAR-100 with CIFAR-100's statistics (values from the literature)
+    cifar100_mean, cifar100_std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    cifar10_mean, cifar10_std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    make_cifar100(tmp_path)
+    config = build_data("cifar100", data_dir=str(tmp_path), val_size=0, download=False).config
+    assert config.mean == pytest.approx(cifar100_mean) and config.std == pytest.approx(cifar100_std)
+    assert config.mean != pytest.approx(cifar10_mean) and config.std != pytest.approx(cifar10_std)
+    make_cifar10(tmp_path)
+    cifar10 = build_data("cifar10", data_dir=str(tmp_path), val_size=0, download=False).config
+    assert cifar10.mean == pytest.approx(cifar10_mean) and cifar10.std == pytest.approx(cifar10_std)
+    # the eval dataset of a CIFAR-100 model: its first test image normalised with those statistics
+    test = build_eval_dataset("cifar100", config, data_dir=str(tmp_path), split="all")
+    x, _ = test[0]
+    raw = torch.tensor(test.data[0], dtype=torch.float32).permute(2, 0, 1) / 255
+    expected = (raw - torch.tensor(cifar100_mean)[:, None, None]) / torch.tensor(cifar100_std)[:, None, None]
+    assert torch.allclose(x, expected, atol=1e-5)
 
 
 def test_cifar_tarball_is_extracted(tmp_path):
