@@ -126,6 +126,12 @@ def test_split_is_deterministic_disjoint_and_covers():
     assert len(split_indices(10, 0.01)[1]) == 1  # a non-zero fraction holds out at least one image
 
 
+def test_split_error_gives_the_numbers():
+    with pytest.raises(DataError) as e:
+        split_indices(1400, 5000.0)  # a count through TrainConfig's float field, as in the issue
+    assert str(e.value) == "val_size=5000 leaves no training images: 1,400 images, 5,000 held out for validation"
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, 10, "0.1", True])
 def test_split_rejects_bad_val_size(bad):
     with pytest.raises(DataError, match="val_size"):

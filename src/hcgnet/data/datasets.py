@@ -35,7 +35,7 @@ from hcgnet.data.image_folder import (
     check_images, folder_config, layout, open_class_folder, refuse_one_class,
 )
 from hcgnet.data.images import load_image
-from hcgnet.data.splits import holdout_note, split_indices
+from hcgnet.data.splits import format_size, holdout_note, split_indices
 from hcgnet.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = [
@@ -114,11 +114,11 @@ def _holdout_notes(n: int, idx, val_size, test_size, test, where: str) -> list[s
     if test_idx is None:
         notes = [holdout_note(len(val_idx), n, val_size, "validation")]
         if test_size is not None:
-            notes.append(f"test_size={test_size!r} ignored: {where} has its own test set ({count(len(test), 'image')})")
+            notes.append(f"test_size={format_size(test_size)} ignored: {where} has its own test set ({count(len(test), 'image')})")
         return notes
     return [holdout_note(len(val_idx), n, val_size, "validation", of="images"),
             holdout_note(len(test_idx), n, test_size, "the test set", of="images")
-            + f"; {where} has no val/ or test/ folder beside a train/ folder"]
+            + f"; {where} has no train/ + val/ (or test/) sub-folders"]
 
 
 def build_data(spec: str, data_dir: str | None = None, val_size: float | int | None = None,

@@ -21,12 +21,23 @@ import torch
 
 from hcgnet.data.errors import DataError, count
 
-__all__ = ["AUTO_FRACTION", "AUTO_MAX", "AUTO_MIN_IMAGES", "auto_held_out", "held_out_count", "holdout_note",
+__all__ = ["AUTO_FRACTION", "AUTO_MAX", "AUTO_MIN_IMAGES", "auto_held_out", "format_size", "held_out_count", "holdout_note",
            "split_indices"]
 
 AUTO_FRACTION = 0.1   # of the images, below AUTO_MAX / AUTO_FRACTION = 50,000 images
 AUTO_MAX = 5000       # images, above that
 AUTO_MIN_IMAGES = 10  # fewer images than this: nothing held out automatically
+
+
+def format_size(size) -> str:
+    """A size as the user wrote it: 5000.0 (a count that came through a float field) shows as 5000."""
+    if isinstance(size, float) and size >= 1 and size.is_integer():
+        return str(int(size))
+    return repr(size)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _round(x: float) -> int:
@@ -65,7 +76,7 @@ def split_indices(n: int, val_size=None, seed: int = 0, *, with_test: bool = Fal
     v = held_out_count(val_size, n, "val_size")
     t = held_out_count(test_size, n, "test_size") if with_test else 0
     if n - v - t < 1:
-        given = [f"{name}={size!r}" for name, size in (("val_size", val_size), ("test_size", test_size))
+        given = [f"{name}={format_size(size)}" for name, size in (("val_size", val_size), ("test_size", test_size))
                  if size is not None and (with_test or name == "val_size")] or ["the automatic hold-out"]
         test = f" and {t:,} for the test set" if with_test else ""
         raise DataError(f"{' and '.join(given)} {'leave' if len(given) > 1 else 'leaves'} no training images: "
@@ -85,10 +96,10 @@ def holdout_note(k: int, n: int, size, purpose: str, of: str = "training images"
     if size is None:
         if k == 0:
             return (f"no images held out for {purpose}: {count(n, 'image')} are too few for the automatic "
-                    f"hold-out (it starts at {AUTO_MIN_IMAGES}); set {name} to hold some out")
-        why = f"automatic: {AUTO_FRACTION:.0%} of the images, at least 1, at most {AUTO_MAX:,}; set {name} to change it"
+                    f"hold-out (it starts at {AUTO_MIN_IMAGES}); {_flag(name)} holds some out")
+        why = f"automatic: {AUTO_FRACTION:.0%} of the images, at least 1, at most {AUTO_MAX:,}; {_flag(name)} changes it"
     else:
         if k == 0:
-            return f"no images held out for {purpose} ({name}={size!r})"
-        why = f"{name}={size!r}"
+            return f"no images held out for {purpose} ({name}={format_size(size)})"
+        why = f"{name}={format_size(size)}"
     return f"held out {k:,} of {n:,} {of} ({_percent(k, n)}) for {purpose} ({why})"
