@@ -27,7 +27,7 @@ from pathlib import Path
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from torchvision.datasets.vision import StandardTransform
 
-from hcgnet.data.cifar import CIFAR, CIFAR10Files, CIFAR100Files, check_labels, load_cifar
+from hcgnet.data.cifar import CIFAR, CIFAR10Files, CIFAR100Files, load_cifar
 from hcgnet.data.config import DataBundle, DataConfig
 from hcgnet.data.errors import DataError, count, error_message
 from hcgnet.data.fashion_mnist import FASHION_MNIST_FILES, FASHION_MNIST_SYSTEM_DIR, load_fashion_mnist
@@ -114,7 +114,8 @@ def _holdout_notes(n: int, idx, val_size, test_size, test, where: str) -> list[s
     if test_idx is None:
         notes = [holdout_note(len(val_idx), n, val_size, "validation")]
         if test_size is not None:
-            notes.append(f"test_size={format_size(test_size)} ignored: {where} has its own test set ({count(len(test), 'image')})")
+            notes.append(f"test_size={format_size(test_size)} ignored: {where} has its own test set "
+                         f"({count(len(test), 'image')})")
         return notes
     return [holdout_note(len(val_idx), n, val_size, "validation", of="images"),
             holdout_note(len(test_idx), n, test_size, "the test set", of="images")

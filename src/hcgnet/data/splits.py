@@ -21,8 +21,8 @@ import torch
 
 from hcgnet.data.errors import DataError, count
 
-__all__ = ["AUTO_FRACTION", "AUTO_MAX", "AUTO_MIN_IMAGES", "auto_held_out", "format_size", "held_out_count", "holdout_note",
-           "split_indices"]
+__all__ = ["AUTO_FRACTION", "AUTO_MAX", "AUTO_MIN_IMAGES", "auto_held_out", "format_size", "held_out_count",
+           "holdout_note", "split_indices"]
 
 AUTO_FRACTION = 0.1   # of the images, below AUTO_MAX / AUTO_FRACTION = 50,000 images
 AUTO_MAX = 5000       # images, above that
@@ -97,7 +97,8 @@ def holdout_note(k: int, n: int, size, purpose: str, of: str = "training images"
         if k == 0:
             return (f"no images held out for {purpose}: {count(n, 'image')} are too few for the automatic "
                     f"hold-out (it starts at {AUTO_MIN_IMAGES}); {_flag(name)} holds some out")
-        why = f"automatic: {AUTO_FRACTION:.0%} of the images, at least 1, at most {AUTO_MAX:,}; {_flag(name)} changes it"
+        why = (f"automatic: {AUTO_FRACTION:.0%} of the images, at least 1, at most {AUTO_MAX:,}; "
+               f"{_flag(name)} changes it")
     else:
         if k == 0:
             return f"no images held out for {purpose} ({name}={format_size(size)})"
