@@ -60,7 +60,8 @@ def test_automatic_holdout_of_1400_images(tmp_path):
     quick_folder(tmp_path / "tree" / "val", {"a": 3, "b": 2})
     tree = build_data(f"imagefolder:{tmp_path / 'tree'}", image_size=8)
     assert (len(tree.train), len(tree.val), len(tree.test)) == (1260, 140, 5)
-    assert tree.notes == [tree.notes[0]] and "140 of 1,400 training images (10%)" in tree.notes[0]
+    assert len(tree.notes) == 2 and "140 of 1,400 training images (10%)" in tree.notes[0]
+    assert tree.notes[1] == f"the test set is {tmp_path / 'tree' / 'val'}: 5 images"
 
 
 def test_automatic_holdout_of_120_images(tmp_path):
@@ -109,7 +110,7 @@ def test_test_size_ignored_with_a_note_when_the_data_has_a_test_set(tmp_path):
     quick_folder(tmp_path / "tree" / "test", {"a": 1, "b": 1})
     data = build_data(f"imagefolder:{tmp_path / 'tree'}", test_size=5, image_size=8)
     assert len(data.test) == 2
-    assert data.notes[1].startswith("test_size=5 ignored:") and "own test set (2 images)" in data.notes[1]
+    assert data.notes[2].startswith("test_size=5 ignored:") and "own test set (2 images)" in data.notes[2]
 
 
 # ------------------------------------------------------------------------------------------------ classes

@@ -109,10 +109,11 @@ def _split(n: int, own_test: bool, val_size, test_size, seed) -> tuple[list[int]
     return train_idx, val_idx, test_idx
 
 
-def _holdout_notes(n: int, idx, val_size, test_size, test, where: str) -> list[str]:
+def _holdout_notes(n: int, idx, val_size, test_size, test, where: str, test_where: str) -> list[str]:
     _, val_idx, test_idx = idx
     if test_idx is None:
-        notes = [holdout_note(len(val_idx), n, val_size, "validation")]
+        notes = [holdout_note(len(val_idx), n, val_size, "validation"),
+                 f"the test set is {test_where}: {count(len(test), 'image')}"]
         if test_size is not None:
             notes.append(f"test_size={format_size(test_size)} ignored: {where} has its own test set "
                          f"({count(len(test), 'image')})")
@@ -120,6 +121,17 @@ def _holdout_notes(n: int, idx, val_size, test_size, test, where: str) -> list[s
     return [holdout_note(len(val_idx), n, val_size, "validation", of="images"),
             holdout_note(len(test_idx), n, test_size, "the test set", of="images")
             + f"; {where} has no train/ + val/ (or test/) sub-folders"]
+
+
+def _load_folder(folder: str, image_size, skip_bad_images: bool, bad_images_log):
+    """``(train, test or None, config, skipped paths)`` of ``imagefolder:folder``, every image checked."""
+    train_root, test_root = layout(folder)
+    train = open_class_folder(train_root)
+    refuse_one_class(train, train_root)
+    test = open_class_folder(test_root, train.classes) if test_root else None
+    config = folder_config(train.classes, image_size)  # checks image_size before the (longer) scan
+    skipped = check_images([train] + ([test] if test is not None else []), folder, skip_bad_images, bad_images_log)
+    return train, test, config, skipped
 
 
 def build_data(spec: str, data_dir: str | None = None, val_size: float | int | None = None,
@@ -143,23 +155,16 @@ def build_data(spec: str, data_dir: str | None = None, val_size: float | int | N
     """
     name, folder = _parse_spec(spec)
     skipped: list[str] = []
-    notes: list[str] = []
     if name == "imagefolder":
-        train_root, test_root = layout(folder)
-        train = open_class_folder(train_root)
-        refuse_one_class(train, train_root)
-        test = open_class_folder(test_root, train.classes) if test_root else None
-        config = folder_config(train.classes, image_size)  # checks image_size before the (longer) scan
-        skipped = check_images([train] + ([test] if test is not None else []), folder, skip_bad_images,
-                               bad_images_log)
-        if skipped:
-            notes.append(_skipped_note(skipped, bad_images_log))
-        where = folder
+        train, test, config, skipped = _load_folder(folder, image_size, skip_bad_images, bad_images_log)
+        where, test_where = folder, (test.root if test is not None else None)
     else:
         train, test, config = _load_builtin(name, data_dir, download, image_size)
-        where = name
+        where, test_where = name, f"{name}'s own"
     idx = _split(len(train), test is not None, val_size, test_size, seed)
-    notes[:0] = _holdout_notes(len(train), idx, val_size, test_size, test, where)
+    notes = _holdout_notes(len(train), idx, val_size, test_size, test, where, test_where)
+    if skipped:
+        notes.append(_skipped_note(skipped, bad_images_log))
     eval_tf = build_eval_transform(config)
     train_tf = build_train_transform(config) if augment else eval_tf
     evaluated = _with_transform(train, eval_tf)
