@@ -22,7 +22,9 @@ from hcgnet.data import (
 )
 from hcgnet.data import datasets as D
 from hcgnet.data import fashion_mnist as FM
-from hcgnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN
+from hcgnet.data.transforms import (
+    CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, NORMALISATION,
+)
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -191,6 +193,7 @@ def test_cifar100_has_its_own_statistics(tmp_path):
     config = build_data("cifar100", data_dir=str(tmp_path), val_size=0, download=False).config
     assert config.mean == pytest.approx(cifar100_mean) and config.std == pytest.approx(cifar100_std)
     assert config.mean != pytest.approx(cifar10_mean) and config.std != pytest.approx(cifar10_std)
+    assert NORMALISATION["cifar100"] == (config.mean, config.std)
     make_cifar10(tmp_path)
     cifar10 = build_data("cifar10", data_dir=str(tmp_path), val_size=0, download=False).config
     assert cifar10.mean == pytest.approx(cifar10_mean) and cifar10.std == pytest.approx(cifar10_std)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
-    "IMAGENET_MEAN", "IMAGENET_STD", "CROP_PCT", "ToMode", "FitTo", "build_train_transform",
+    "IMAGENET_MEAN", "IMAGENET_STD", "NORMALISATION", "CROP_PCT", "ToMode", "FitTo", "build_train_transform",
     "build_eval_transform",
 ]
 
@@ -41,6 +41,12 @@ FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
 IMAGENET_STD = IMAGENET_DEFAULT_STD
+#: ``(mean, std)`` by dataset name: for code that knows the dataset but has no DataConfig (e.g. a checkpoint
+#: without preprocessing metadata whose class count says CIFAR-100).
+NORMALISATION = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "fashion-mnist": (FASHION_MNIST_MEAN, FASHION_MNIST_STD), "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
+}
 #: ImageNet eval: resize the shorter side to ``int(size / CROP_PCT)`` (224 -> 256), then centre-crop ``size``.
 CROP_PCT = 0.875
 
