@@ -16,6 +16,7 @@ from hcgnet.training.schedule import EpochSchedule
 PAPER_RECIPES = ["cifar10-a1", "cifar10-a2", "cifar10-a3", "cifar100-a1", "cifar100-a2", "cifar100-a3",
                  "imagenet-b", "imagenet-c", "fashion-mnist-a1"]
 CIFAR_RECIPES = [r for r in PAPER_RECIPES if r.startswith("cifar")]
+PUBLISHED_RECIPES = [r + "-published" for r in CIFAR_RECIPES]  # the paper's plus the published code's DropBlock
 IMAGENET_RECIPES = ["imagenet-b", "imagenet-c"]
 
 # The paper's schedules (shared/reference/README.md, "Training recipes in the paper"): SGDR, lr 0.1, T0 = 10,
@@ -122,8 +123,8 @@ def test_list_recipes_has_every_paper_recipe():
     names = list_recipes()
     assert set(PAPER_RECIPES) <= set(names)
     assert names == sorted(names)
-    extra = set(names) - set(PAPER_RECIPES)
-    assert extra <= {"demo"}, f"unexpected recipes {extra}"
+    extra = set(names) - set(PAPER_RECIPES) - set(PUBLISHED_RECIPES)
+    assert extra == {"demo", "finetune"}, f"unexpected recipes {extra}"
 
 
 @pytest.mark.parametrize("name", PAPER_RECIPES)
@@ -150,6 +151,27 @@ def test_cifar_recipes_have_the_papers_settings(name):
     assert c.mixup == 1.0
     assert c.label_smoothing == 0
     assert c.lr_base_batch is None  # lr 0.1 at batch 128, not rescaled
+
+
+@pytest.mark.parametrize("name", PUBLISHED_RECIPES)
+def test_published_recipes_are_the_papers_plus_dropblock(name):
+    paper = recipe_config(name[: -len("-published")]).to_dict()
+    published = recipe_config(name).to_dict()
+    assert published.pop("drop_block") == 0.1 and paper.pop("drop_block") == 0
+    assert published.pop("recipe") == name
+    paper.pop("recipe")
+    assert published == paper
+
+
+def test_finetune_recipe_is_short_gentle_and_needs_weights(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    c = make_config(recipe="finetune", overrides={"data": "imagefolder:x", "initial_checkpoint": str(weights)})
+    paper = recipe_config("cifar10-a1")
+    assert c.epochs <= 50 and c.lr <= paper.lr / 10
+    assert c.mixup == 0 and c.warmup_epochs > 0 and c.sched == "cosine"
+    assert c.val_size is None  # the hold-out adapts to the user's folder
+    assert c.data == "imagefolder:x"
 
 
 @pytest.mark.parametrize("name", IMAGENET_RECIPES)
@@ -265,6 +287,25 @@ ERROR_CASES = {
     "resume and overwrite": (dict(overrides={"data": "cifar10", "resume": True, "overwrite": True}), None,
                              "--resume"),
     "missing data": (dict(overrides={"epochs": 3}), None, "--data"),
+    "unknown override": (dict(overrides={"data": "cifar10", "unknown": 1}), None, "'unknown'"),
+    "lr nan": (dict(overrides={"data": "cifar10", "lr": float("nan")}), None, "lr must be a finite number"),
+    "lr inf": (dict(overrides={"data": "cifar10", "lr": float("inf")}), None, "lr must be a finite number"),
+    "lr 0": (dict(overrides={"data": "cifar10", "lr": 0}), None, "lr must be positive"),
+    "momentum nan": (dict(overrides={"data": "cifar10", "momentum": float("nan")}), None, "momentum"),
+    "batch size 0": (dict(overrides={"data": "cifar10", "batch_size": 0}), None, "batch size 0 is too small"),
+    "negative freeze_stages": (dict(overrides={"data": "cifar10", "freeze_stages": -1}), None, "freeze_stages"),
+    "drop_block 1": (dict(overrides={"data": "cifar10", "drop_block": 1.0}), None, "drop_block must be in [0, 1)"),
+    "negative drop_block": (dict(overrides={"data": "cifar10", "drop_block": -0.1}), None, "drop_block"),
+    "unknown stem": (dict(overrides={"data": "cifar10", "stem": "vgg"}), None, "'vgg'"),
+    "max_test_images 0": (dict(overrides={"data": "cifar10", "max_test_images": 0}), None, "max_test_images"),
+    "missing initial checkpoint": (dict(overrides={"data": "cifar10", "initial_checkpoint": "{tmp}/w.safetensors"}),
+                                   None, "w.safetensors"),
+    "freeze without checkpoint": (dict(overrides={"data": "cifar10", "freeze_stages": 1}), None,
+                                  "--initial-checkpoint"),
+    "fractional count of test images": (dict(overrides={"data": "cifar10", "test_size": 2.5}), None, "test_size"),
+    "negative val_size": (dict(overrides={"data": "cifar10", "val_size": -1}), None, "val_size"),
+    "finetune without checkpoint": (dict(recipe="finetune", overrides={"data": "cifar10"}), None,
+                                    "--initial-checkpoint"),
 }
 
 
@@ -274,11 +315,46 @@ def test_config_errors_are_one_line(tmp_path, case):
     kwargs = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in kwargs.items()}
     if yaml_text is not None:
         (tmp_path / "c.yaml").write_text(yaml_text)
+    kwargs = {k: {o: w.format(tmp=tmp_path) if isinstance(w, str) else w for o, w in v.items()}
+              if k == "overrides" else v for k, v in kwargs.items()}
     with pytest.raises(ConfigError) as e:
         make_config(**kwargs)
     message = str(e.value)
     assert needle in message
     assert "\n" not in message and message.strip() == message and message
+
+
+def test_micro_batch_of_one_image_is_counted_in_the_singular():
+    with pytest.raises(ConfigError) as e:
+        make_config(overrides={"data": "cifar10", "batch_size": 2, "accum_steps": 2})
+    message = str(e.value)
+    assert "micro-batches of 1 image;" in message and "2 accumulation steps" in message
+    assert "--batch-size 4" in message
+
+
+def test_unknown_override_names_the_options():
+    with pytest.raises(ConfigError, match="make_config: unknown option 'learning_rate'; options are model, "):
+        make_config(overrides={"data": "cifar10", "learning_rate": 0.1})
+
+
+def test_new_fields_default_to_automatic_or_off():
+    c = make_config(overrides={"data": "cifar10"})
+    assert (c.val_size, c.test_size, c.stem, c.initial_checkpoint, c.max_test_images) == (None,) * 5
+    assert c.freeze_stages == 0 and c.drop_block == 0.0
+
+
+def test_fine_tuning_settings_are_accepted(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not read by make_config")
+    c = make_config(overrides={"data": "cifar10", "initial_checkpoint": str(weights), "freeze_stages": 2,
+                               "stem": "imagenet", "drop_block": 0.1, "max_test_images": 1, "test_size": 0.2})
+    assert (c.initial_checkpoint, c.freeze_stages, c.stem, c.drop_block, c.max_test_images, c.test_size) == (
+        str(weights), 2, "imagenet", 0.1, 1, 0.2)
+
+
+def test_a_resumed_run_does_not_need_its_initial_checkpoint_any_more(tmp_path):
+    c = make_config(overrides={"data": "cifar10", "initial_checkpoint": str(tmp_path / "gone.pt"), "resume": True})
+    assert c.initial_checkpoint == str(tmp_path / "gone.pt")
 
 
 def test_odd_batch_without_mixup_is_fine():
