@@ -463,3 +463,71 @@ def test_recipes_command_lists_every_recipe(capsys):
     assert set(rows) == set(list_recipes())
     assert "1270" in rows["cifar10-a1"] and "hcgnet_a1" in rows["cifar10-a1"] and "cifar10" in rows["cifar10-a1"]
     assert "630" in rows["imagenet-b"] and "hcgnet_b" in rows["imagenet-b"]
+
+
+# ------------------------------------------------------------------------------------------ DropBlock ramp
+
+
+def dropblock_net():
+    """Not an HCGNet: any model with DropBlock2d layers, nested, is what the schedule must find."""
+    from timm.layers import DropBlock2d
+
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), DropBlock2d(0.0, block_size=2),
+                               torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), DropBlock2d(0.0, block_size=2)))
+
+
+# 0.1 / 2 * (1 - cos(pi * position)), written out: position 1/4, 1/2, 3/4 of a cycle
+QUARTER, HALF, THREE_QUARTERS = 0.0146446609406726, 0.05, 0.0853553390593274
+
+
+@pytest.mark.parametrize("recipe,epoch,want", [
+    ("cifar10-a1-published", 0, 0.0),
+    ("cifar10-a1-published", 2.5, QUARTER),        # first cycle: epochs 0..10
+    ("cifar10-a1-published", 5, HALF),
+    ("cifar10-a1-published", 10, 0.0),            # second cycle: 10..30
+    ("cifar10-a1-published", 25, THREE_QUARTERS),
+    ("cifar10-a1-published", 110, HALF),          # fourth cycle: 70..150
+    ("cifar10-a1-published", 630, 0.0),           # seventh cycle: 630..1270
+    ("cifar10-a1-published", 1110, THREE_QUARTERS),
+    ("cifar10-a2-published", 630, 0.0),           # A2's second run starts again with a cycle of 10
+    ("cifar10-a2-published", 635, HALF),
+    ("cifar10-a2-published", 470, HALF),          # sixth cycle of a run: 310..630
+])
+def test_dropblock_ramp_rises_within_every_sgdr_cycle(recipe, epoch, want):
+    from hcgnet.training.schedule import DropBlockSchedule
+
+    net = dropblock_net()
+    schedule = DropBlockSchedule(net, recipe_config(recipe))
+    assert schedule.step(epoch) == pytest.approx(want, abs=1e-12)
+    probabilities = [m.drop_prob for m in net.modules() if hasattr(m, "drop_prob")]
+    assert len(probabilities) == 2 and probabilities == pytest.approx([want, want], abs=1e-12)
+
+
+def test_dropblock_ramp_reaches_the_maximum_at_the_end_of_a_cycle_and_restarts():
+    from hcgnet.training.schedule import DropBlockSchedule
+
+    schedule = DropBlockSchedule(dropblock_net(), recipe_config("cifar100-a1-published"))
+    assert 0.0999 < schedule.step(29.99) < 0.1
+    assert schedule.step(30) == pytest.approx(0.0, abs=1e-12)
+    assert 0.0999 < schedule.step(1269.99) < 0.1
+
+
+def test_dropblock_ramp_after_warmup_with_equal_cycles_and_past_the_limit():
+    from hcgnet.training.schedule import DropBlockSchedule
+
+    config = make_config(overrides={"data": "cifar10", "epochs": 20, "warmup_epochs": 2, "cycle_epochs": 4,
+                                    "cycle_limit": 3, "drop_block": 0.2})
+    schedule = DropBlockSchedule(dropblock_net(), config)
+    assert schedule.step(1) == 0.0                                     # warm-up
+    assert schedule.step(4) == pytest.approx(0.1, abs=1e-12)           # 2 epochs into the first 4
+    assert schedule.step(9) == pytest.approx(2 * THREE_QUARTERS, abs=1e-12)  # cycles 2..6, 6..10, 10..14
+    assert schedule.step(11) == pytest.approx(2 * QUARTER, abs=1e-12)
+    assert schedule.step(15) == pytest.approx(0.2, abs=1e-12)         # 3 cycles are over: stays at the top
+
+
+def test_dropblock_off_leaves_the_layers_at_zero():
+    from hcgnet.training.schedule import DropBlockSchedule
+
+    net = dropblock_net()
+    assert DropBlockSchedule(net, recipe_config("cifar10-a1")).step(5) == 0.0
+    assert all(m.drop_prob == 0.0 for m in net.modules() if hasattr(m, "drop_prob"))
