@@ -304,6 +304,8 @@ ERROR_CASES = {
                                   "--initial-checkpoint"),
     "fractional count of test images": (dict(overrides={"data": "cifar10", "test_size": 2.5}), None, "test_size"),
     "negative val_size": (dict(overrides={"data": "cifar10", "val_size": -1}), None, "val_size"),
+    "warm-up as long as the run": (dict(overrides={"data": "cifar10", "epochs": 1, "warmup_epochs": 1}), None,
+                                   "a warm-up of 1 epoch leaves no cosine in a run of 1 epoch"),
     "finetune without checkpoint": (dict(recipe="finetune", overrides={"data": "cifar10"}), None,
                                     "--initial-checkpoint"),
 }

@@ -185,7 +185,8 @@ def test_hcgnet_train_fine_tunes_a_checkpoint_onto_a_folder_of_another_class_cou
     result = subprocess.run(
         [sys.executable, "-m", "hcgnet", "train", "--recipe", "finetune", "--model", SPEC,
          "--initial-checkpoint", str(path), "--freeze-stages", "1", "--data", f"imagefolder:{folder}",
-         "--image-size", "20", "--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "2",
+         "--image-size", "20", "--epochs", "1", "--warmup-epochs", "0.5", "--batch-size", "4",
+         "--max-steps-per-epoch", "2",
          "--workers", "0", "--output", str(out)],
         capture_output=True, text=True, env=env, timeout=300,
     )

@@ -214,6 +214,10 @@ def validate(c: TrainConfig) -> None:
                           ".safetensors or .pt file written by hcgnet train or convert, or a published .pth.tar)")
     if c.freeze_stages and not c.initial_checkpoint:
         raise ConfigError("--freeze-stages keeps pretrained stages fixed: pass --initial-checkpoint too")
+    run = c.restart_every or c.epochs
+    if c.sched == "cosine" and not c.cycle_epochs and c.warmup_epochs >= run:
+        raise ConfigError(f"a warm-up of {plural(c.warmup_epochs, 'epoch')} leaves no cosine in a run of "
+                          f"{plural(run, 'epoch')}: use fewer --warmup-epochs or more --epochs")
     if c.sched == "constant" and c.warmup_epochs:
         raise ConfigError("a constant learning rate has no warm-up: use --sched cosine or --warmup-epochs 0")
     _validate_batch(c)
