@@ -461,10 +461,82 @@ def test_train_refuses_a_folder_holding_another_run(capsys, small_folder, tmp_pa
 def test_recipes_command_lists_every_recipe(capsys):
     assert main(["recipes"]) == 0
     out, _ = capsys.readouterr()
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    lines = out.splitlines()
+    assert lines[0].split()[:6] == ["recipe", "model", "data", "epochs", "batch", "lr"]
+    assert "global batch" in lines[-1]
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
     assert set(rows) == set(list_recipes())
-    assert "1270" in rows["cifar10-a1"] and "hcgnet_a1" in rows["cifar10-a1"] and "cifar10" in rows["cifar10-a1"]
-    assert "630" in rows["imagenet-b"] and "hcgnet_b" in rows["imagenet-b"]
+    assert rows["cifar10-a1"][:6] == ["cifar10-a1", "hcgnet_a1", "cifar10", "1270", "128", "0.1"]
+    assert rows["imagenet-b"][:6] == ["imagenet-b", "hcgnet_b", "--data", "630", "256", "0.1"]
+    assert rows["finetune"][:6] == ["finetune", "--model", "--data", "30", "64", "0.01"]
+    assert "published code" in " ".join(rows["cifar100-a2-published"][6:])
+    assert "paper's recipe" in " ".join(rows["cifar100-a2"][6:])
+
+
+def train_parser():
+    from hcgnet.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["train"]
+
+
+# what `hcgnet train --help` must show as each default, written out (None fields: what unset means)
+SHOWN_DEFAULTS = {"val_size": "automatic", "test_size": "automatic", "stem": "variant's own", "data": "required",
+                  "initial_checkpoint": "random initialisation", "drop_rate": "variant's own",
+                  "max_test_images": "whole test set", "cycle_epochs": "one cycle over the whole run",
+                  "image_size": "dataset's own", "lr_base_batch": "lr as given", "restart_every": "never",
+                  "max_steps_per_epoch": "whole epochs", "data_dir": "~/.cache/hcgnet/data", "recipe": "none",
+                  "nesterov": "on", "augment": "on", "ema": "off", "compile": "off", "channels_last": "off",
+                  "skip_bad_images": "off", "resume": "off", "overwrite": "off", "weight_decay": "0.0001",
+                  "drop_block": "0", "freeze_stages": "0"}
+
+
+def test_every_train_option_has_a_flag_with_help_and_its_default():
+    parser = train_parser()
+    by_dest = {a.dest: a for a in parser._actions}
+    for name, field in TrainConfig.__dataclass_fields__.items():
+        action = by_dest.get(name)
+        assert action is not None and "--" + name.replace("_", "-") in action.option_strings, name
+        assert action.default is None, name  # None: not given, so a recipe or --config file can set it
+        assert action.help and action.help.endswith(")") and "(default: " in action.help, name
+        shown = action.help.split("(default: ")[-1][:-1]
+        if name in SHOWN_DEFAULTS:
+            assert SHOWN_DEFAULTS[name] in shown, (name, action.help)
+        elif isinstance(field.default, (int, float)):
+            assert float(shown) == field.default, (name, action.help)
+        else:
+            assert shown == field.default, (name, action.help)
+
+
+def test_train_flags_are_grouped_as_timms_train_script_groups_them():
+    groups = {g.title: {a.dest for a in g._group_actions} for g in train_parser()._action_groups}
+    assert {"lr", "momentum", "weight_decay", "nesterov"} <= groups["Optimizer parameters"]
+    assert {"epochs", "cycle_epochs", "cycle_mul", "warmup_epochs"} <= groups["Learning rate schedule parameters"]
+    assert {"mixup", "label_smoothing", "drop_rate", "drop_block"} <= groups["Augmentation and regularization parameters"]
+    assert {"data", "val_size", "test_size"} <= groups["Dataset parameters"]
+    assert {"initial_checkpoint", "freeze_stages"} <= groups["Fine-tuning parameters"]
+    in_groups = set().union(*(v for k, v in groups.items() if k.endswith(" parameters")))
+    assert set(TrainConfig.__dataclass_fields__) <= in_groups
+
+
+def test_train_help_says_the_batch_is_global(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "GLOBAL batch" in out and "divided over the torchrun processes" in out
+
+
+def test_train_lr_nan_is_one_line(capsys, small_folder, tmp_path):
+    line = train_error(capsys, *tiny_train_args(small_folder, tmp_path / "out", "--lr", "nan"))
+    assert "lr must be a finite number, got nan" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_batch_size_0_is_one_line(capsys, small_folder, tmp_path):
+    args = tiny_train_args(small_folder, tmp_path / "out")
+    args[args.index("--batch-size") + 1] = "0"
+    line = train_error(capsys, *args)
+    assert "batch size 0 is too small" in line and "--batch-size 2 or more" in line
 
 
 # ------------------------------------------------------------------------------------------ DropBlock ramp

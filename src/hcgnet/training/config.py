@@ -1,6 +1,7 @@
 """Training configuration: defaults < recipe < YAML config file < command-line flags."""
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -102,6 +103,13 @@ def load_recipe(name: str) -> Dict[str, Any]:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}")
     text = resources.files("hcgnet.recipes").joinpath(f"{name}.yaml").read_text()
     return _read_yaml(text, f"recipe {name}")
+
+
+def recipe_summary(name: str) -> str:
+    """The first sentence of a packaged recipe's leading comment (what it is for)."""
+    text = resources.files("hcgnet.recipes").joinpath(f"{name}.yaml").read_text()
+    first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+    return re.split(r"[:.;] ", first + " ", maxsplit=1)[0].strip().rstrip(".:;")
 
 
 def load_config_file(path: str) -> Dict[str, Any]:
@@ -247,3 +255,105 @@ def _validate_batch(c: TrainConfig) -> None:
         )
     if c.mixup > 0 and micro % 2:
         raise ConfigError("mixup pairs images within a batch: use an even batch size (per accumulation step)")
+
+
+# ------------------------------------------------------------------------------------------ option help
+# Every option, grouped as timm's train.py groups its flags, with what it does; `hcgnet train --help` shows these
+# with the default. DEFAULT_TEXT says what an unset (None) option means.
+OPTION_GROUPS = (
+    ("Model", (
+        ("model", "variant name or spec, e.g. hcgnet_a1 or 'HCGNet-(8,8,8)-(k=12,24,36)'"),
+        ("stem", "cifar (one 3x3 conv at full resolution) or imagenet (three convs and a max-pool, stride 4)"),
+    )),
+    ("Fine-tuning", (
+        ("initial_checkpoint", "start from these weights: a converted published checkpoint, a run's .safetensors "
+                               "or .pt; a classifier of another class count is re-made, the rest loaded"),
+        ("freeze_stages", "keep the stem and the first N stages fixed (weights and BatchNorm statistics); "
+                          "needs --initial-checkpoint"),
+    )),
+    ("Dataset", (
+        ("data", "cifar10, cifar100, fashion-mnist or imagefolder:PATH (class folders, or train/ val/ test/)"),
+        ("data_dir", "where cifar10, cifar100 and fashion-mnist are, or are downloaded to"),
+        ("val_size", "images held out from the training set for validation: a fraction if below 1, else a count"),
+        ("test_size", "imagefolder without a test folder: images held out as the test set, like --val-size"),
+        ("image_size", "square side the images are resized/cropped to"),
+        ("augment", "the dataset's training augmentation (--no-augment: the eval transform for training too)"),
+        ("skip_bad_images", "skip images that cannot be decoded (named in the log) instead of stopping"),
+    )),
+    ("Optimizer", (
+        ("lr", "learning rate of SGD (at the top of every SGDR cycle)"),
+        ("lr_base_batch", "scale lr by batch-size / this (linear scaling; the ImageNet recipes: 256)"),
+        ("momentum", "SGD momentum"),
+        ("nesterov", "Nesterov momentum (the published code's; the paper says momentum)"),
+        ("weight_decay", "L2 weight decay"),
+        ("batch_size", "GLOBAL batch: images per optimiser step over all processes, divided over the torchrun "
+                       "processes (must divide evenly)"),
+        ("accum_steps", "split each process's batch into this many micro-batches (less memory, same step)"),
+    )),
+    ("Learning rate schedule", (
+        ("epochs", "epochs to train"),
+        ("sched", "cosine (SGDR with the cycle options) or constant"),
+        ("cycle_epochs", "SGDR: length T0 of the first cycle in epochs"),
+        ("cycle_mul", "SGDR: each cycle this many times longer than the one before (Tmul)"),
+        ("cycle_limit", "SGDR: number of cycles; after them the lr stays at --min-lr"),
+        ("restart_every", "start the whole schedule again every N epochs (the paper's A2/A3: 630)"),
+        ("warmup_epochs", "linear warm-up from lr / 100 before the schedule, in epochs"),
+        ("min_lr", "learning rate at the bottom of each cosine"),
+    )),
+    ("Augmentation and regularization", (
+        ("mixup", "mixup alpha (the paper: 1 on CIFAR, 0.4 on ImageNet); 0 disables"),
+        ("label_smoothing", "label smoothing of the targets (the paper's ImageNet recipe: 0.1)"),
+        ("drop_rate", "dropout before the classifier"),
+        ("drop_block", "DropBlock after each transition (block size 2): the drop probability reached at the end "
+                       "of every SGDR cycle, rising from 0 within it (the published CIFAR training: 0.1); 0 disables"),
+    )),
+    ("Model exponential moving average", (
+        ("ema", "keep an exponential moving average of the weights and evaluate it"),
+        ("ema_decay", "decay of the moving average per step"),
+    )),
+    ("Speed", (
+        ("amp", "autocast: none, bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 (GPUs, with a grad scaler)"),
+        ("channels_last", "NHWC memory format (faster convolutions on most hardware)"),
+        ("compile", "torch.compile the model"),
+        ("workers", "data-loading processes per training process"),
+    )),
+    ("Checkpoints and logging", (
+        ("output", "folder for checkpoints, metrics, curves and the final weights"),
+        ("checkpoint_every", "also save last.pt every N optimiser steps (0: at epoch ends only)"),
+        ("log_every", "log a line every N optimiser steps"),
+        ("resume", "continue the run in --output exactly where it stopped"),
+        ("overwrite", "replace the run in --output (kept until the new run can replace it)"),
+    )),
+    ("Run control", (
+        ("recipe", "a packaged recipe whose settings replace these defaults (see `hcgnet recipes`)"),
+        ("seed", "seed of initialisation, data split, shuffling and augmentation"),
+        ("max_steps_per_epoch", "cut every epoch short after N steps (smoke runs)"),
+        ("max_test_images", "score at most N images in the final test pass"),
+    )),
+)
+DEFAULT_TEXT = {
+    "stem": "the variant's own; a spec: cifar for 3 blocks, imagenet for 4",
+    "initial_checkpoint": "none: random initialisation",
+    "data": "none, required",
+    "data_dir": "$HCGNET_DATA or ~/.cache/hcgnet/data",
+    "val_size": "automatic: a fraction of a small set, a count of a large one",
+    "test_size": "automatic",
+    "image_size": "the dataset's own size",
+    "lr_base_batch": "none: lr as given",
+    "cycle_epochs": "one cycle over the whole run",
+    "restart_every": "never",
+    "drop_rate": "the variant's own: 0.1 for ImageNet networks, else 0",
+    "recipe": "none",
+    "max_steps_per_epoch": "whole epochs",
+    "max_test_images": "the whole test set",
+}
+
+
+def default_text(name: str) -> str:
+    """The default of an option, as ``hcgnet train --help`` shows it."""
+    default = FIELDS[name].default
+    if default is None:
+        return DEFAULT_TEXT[name]
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return f"{default:g}" if isinstance(default, float) else str(default)
