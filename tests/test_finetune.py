@@ -90,6 +90,17 @@ def test_a_training_checkpoint_and_a_published_one_load_too(tmp_path):
     assert lines[0].endswith("classifier re-made for 5 classes (the checkpoint has 10)")
 
 
+def test_weights_without_a_classifier_get_one(tmp_path):
+    source = create_model(SPEC, num_classes=0)
+    save_safetensors(source, tmp_path / "features.safetensors")
+    model = create_model(SPEC, num_classes=3)
+    lines = []
+    prepare_model(model, config(initial_checkpoint=str(tmp_path / "features.safetensors")), lines.append)
+    key = "stages.2.transition.squeeze.conv1x1.conv.weight"
+    assert torch.equal(model.state_dict()[key], source.state_dict()[key])
+    assert lines[0].endswith("; classifier re-made for 3 classes (the checkpoint has none)")
+
+
 @pytest.mark.parametrize("other,needle", [
     ("HCGNet-(1,1,1)-(k=4,4,8)", "'stages.2.block.layers.0.squeeze.conv1x1.conv.weight' has shape (16, 5, 1, 1) "
                                  "but the model's is (32, 5, 1, 1)"),

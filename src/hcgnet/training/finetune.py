@@ -45,7 +45,8 @@ def load_initial_checkpoint(model: nn.Module, path: str, log: Log = print) -> Di
     message = f"loaded {len(fitted)} tensors from {path}"
     if remade_for is not None:
         classes = model.state_dict()["classifier.weight"].shape[0]
-        message += f"; classifier re-made for {plural(classes, 'class')} (the checkpoint has {remade_for})"
+        had = f"the checkpoint has {remade_for}" if remade_for else "the checkpoint has none"
+        message += f"; classifier re-made for {plural(classes, 'class')} ({had})"
     log(message)
     return fitted
 
@@ -54,7 +55,7 @@ def match_state_dict(
     model: nn.Module, state_dict: Mapping[str, Tensor], source: str, metadata: Optional[Mapping[str, str]] = None
 ) -> Tuple[Dict[str, Tensor], Optional[int]]:
     """The checkpoint's tensors that go into ``model``, and the checkpoint's class count when its classifier
-    does not fit (None when it does). Refuses a checkpoint of another architecture or input channel count."""
+    does not fit (0: it has none; None when it fits). Refuses a checkpoint of another architecture or input channel count."""
     expected = model.state_dict()
     hint = _model_hint(metadata or {})
     fitted: Dict[str, Tensor] = {}
@@ -63,6 +64,9 @@ def match_state_dict(
         value = state_dict.get(key)
         if value is None and key.endswith("num_batches_tracked"):
             continue  # PyTorch 0.4.0-era checkpoints have no batch counters; the model keeps its own
+        if value is None and key in CLASSIFIER:  # weights saved without a classifier (num_classes=0)
+            remade_for = 0
+            continue
         if value is None:
             raise CheckpointError(f"{source} has no {key!r} ({plural(_missing(expected, state_dict), 'key')} of the "
                                   f"model missing): it holds another network{hint}")
