@@ -307,7 +307,9 @@ ERROR_CASES = {
     "warm-up as long as the run": (dict(overrides={"data": "cifar10", "epochs": 1, "warmup_epochs": 1}), None,
                                    "a warm-up of 1 epoch leaves no cosine in a run of 1 epoch"),
     "finetune without checkpoint": (dict(recipe="finetune", overrides={"data": "cifar10"}), None,
-                                    "--initial-checkpoint"),
+                                    "finetune recipe starts from trained weights: pass --initial-checkpoint FILE"),
+    "finetune without anything": (dict(recipe="finetune"), None, "--initial-checkpoint FILE (.safetensors or .pt "
+                                  "from hcgnet train or convert, or a published .pth.tar) and --data imagefolder:DIR"),
 }
 
 
@@ -512,7 +514,8 @@ def test_train_flags_are_grouped_as_timms_train_script_groups_them():
     groups = {g.title: {a.dest for a in g._group_actions} for g in train_parser()._action_groups}
     assert {"lr", "momentum", "weight_decay", "nesterov"} <= groups["Optimizer parameters"]
     assert {"epochs", "cycle_epochs", "cycle_mul", "warmup_epochs"} <= groups["Learning rate schedule parameters"]
-    assert {"mixup", "label_smoothing", "drop_rate", "drop_block"} <= groups["Augmentation and regularization parameters"]
+    regularization = groups["Augmentation and regularization parameters"]
+    assert {"mixup", "label_smoothing", "drop_rate", "drop_block"} <= regularization
     assert {"data", "val_size", "test_size"} <= groups["Dataset parameters"]
     assert {"initial_checkpoint", "freeze_stages"} <= groups["Fine-tuning parameters"]
     in_groups = set().union(*(v for k, v in groups.items() if k.endswith(" parameters")))

@@ -192,6 +192,10 @@ STEMS = ("cifar", "imagenet")  # hcgnet.models.hcgnet.STEMS
 
 def validate(c: TrainConfig) -> None:
     """Refuse settings that cannot work, each with a one-line ConfigError that says what to pass instead."""
+    if c.recipe == "finetune" and not c.initial_checkpoint:
+        raise ConfigError("the finetune recipe starts from trained weights: pass --initial-checkpoint FILE "
+                          "(.safetensors or .pt from hcgnet train or convert, or a published .pth.tar)"
+                          + ("" if c.data else " and --data imagefolder:DIR"))
     if not c.data:
         raise ConfigError("no dataset: pass --data (cifar10, cifar100, fashion-mnist or imagefolder:PATH)")
     for name, value in c.to_dict().items():  # nan passes every comparison below, inf most of them
@@ -213,9 +217,6 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"lr must be positive, got {c.lr}")
     if c.stem not in (None, *STEMS):
         raise ConfigError(f"stem must be cifar or imagenet (or unset for the variant's own), got {c.stem!r}")
-    if c.recipe == "finetune" and not c.initial_checkpoint:
-        raise ConfigError("the finetune recipe starts from trained weights: pass --initial-checkpoint FILE "
-                          "(.safetensors or .pt from hcgnet train or convert, or a published .pth.tar)")
     # a resumed run takes its weights from its own last.pt: the initial checkpoint may be gone by then
     if c.initial_checkpoint is not None and not c.resume and not Path(c.initial_checkpoint).is_file():
         raise ConfigError(f"initial checkpoint not found: {c.initial_checkpoint} (--initial-checkpoint takes a "

@@ -55,7 +55,8 @@ def match_state_dict(
     model: nn.Module, state_dict: Mapping[str, Tensor], source: str, metadata: Optional[Mapping[str, str]] = None
 ) -> Tuple[Dict[str, Tensor], Optional[int]]:
     """The checkpoint's tensors that go into ``model``, and the checkpoint's class count when its classifier
-    does not fit (0: it has none; None when it fits). Refuses a checkpoint of another architecture or input channel count."""
+    does not fit (0: it has none; None when it fits). Refuses a checkpoint of another architecture or input
+    channel count."""
     expected = model.state_dict()
     hint = _model_hint(metadata or {})
     fitted: Dict[str, Tensor] = {}
