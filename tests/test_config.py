@@ -16,6 +16,7 @@ from hcgnet.training.schedule import EpochSchedule
 PAPER_RECIPES = ["cifar10-a1", "cifar10-a2", "cifar10-a3", "cifar100-a1", "cifar100-a2", "cifar100-a3",
                  "imagenet-b", "imagenet-c", "fashion-mnist-a1"]
 CIFAR_RECIPES = [r for r in PAPER_RECIPES if r.startswith("cifar")]
+PUBLISHED_RECIPES = [r + "-published" for r in CIFAR_RECIPES]  # the paper's plus the published code's DropBlock
 IMAGENET_RECIPES = ["imagenet-b", "imagenet-c"]
 
 # The paper's schedules (shared/reference/README.md, "Training recipes in the paper"): SGDR, lr 0.1, T0 = 10,
@@ -122,8 +123,8 @@ def test_list_recipes_has_every_paper_recipe():
     names = list_recipes()
     assert set(PAPER_RECIPES) <= set(names)
     assert names == sorted(names)
-    extra = set(names) - set(PAPER_RECIPES)
-    assert extra <= {"demo"}, f"unexpected recipes {extra}"
+    extra = set(names) - set(PAPER_RECIPES) - set(PUBLISHED_RECIPES)
+    assert extra == {"demo", "finetune"}, f"unexpected recipes {extra}"
 
 
 @pytest.mark.parametrize("name", PAPER_RECIPES)
@@ -150,6 +151,27 @@ def test_cifar_recipes_have_the_papers_settings(name):
     assert c.mixup == 1.0
     assert c.label_smoothing == 0
     assert c.lr_base_batch is None  # lr 0.1 at batch 128, not rescaled
+
+
+@pytest.mark.parametrize("name", PUBLISHED_RECIPES)
+def test_published_recipes_are_the_papers_plus_dropblock(name):
+    paper = recipe_config(name[: -len("-published")]).to_dict()
+    published = recipe_config(name).to_dict()
+    assert published.pop("drop_block") == 0.1 and paper.pop("drop_block") == 0
+    assert published.pop("recipe") == name
+    paper.pop("recipe")
+    assert published == paper
+
+
+def test_finetune_recipe_is_short_gentle_and_needs_weights(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    c = make_config(recipe="finetune", overrides={"data": "imagefolder:x", "initial_checkpoint": str(weights)})
+    paper = recipe_config("cifar10-a1")
+    assert c.epochs <= 50 and c.lr <= paper.lr / 10
+    assert c.mixup == 0 and c.warmup_epochs > 0 and c.sched == "cosine"
+    assert c.val_size is None  # the hold-out adapts to the user's folder
+    assert c.data == "imagefolder:x"
 
 
 @pytest.mark.parametrize("name", IMAGENET_RECIPES)
@@ -265,6 +287,29 @@ ERROR_CASES = {
     "resume and overwrite": (dict(overrides={"data": "cifar10", "resume": True, "overwrite": True}), None,
                              "--resume"),
     "missing data": (dict(overrides={"epochs": 3}), None, "--data"),
+    "unknown override": (dict(overrides={"data": "cifar10", "unknown": 1}), None, "'unknown'"),
+    "lr nan": (dict(overrides={"data": "cifar10", "lr": float("nan")}), None, "lr must be a finite number"),
+    "lr inf": (dict(overrides={"data": "cifar10", "lr": float("inf")}), None, "lr must be a finite number"),
+    "lr 0": (dict(overrides={"data": "cifar10", "lr": 0}), None, "lr must be positive"),
+    "momentum nan": (dict(overrides={"data": "cifar10", "momentum": float("nan")}), None, "momentum"),
+    "batch size 0": (dict(overrides={"data": "cifar10", "batch_size": 0}), None, "batch size 0 is too small"),
+    "negative freeze_stages": (dict(overrides={"data": "cifar10", "freeze_stages": -1}), None, "freeze_stages"),
+    "drop_block 1": (dict(overrides={"data": "cifar10", "drop_block": 1.0}), None, "drop_block must be in [0, 1)"),
+    "negative drop_block": (dict(overrides={"data": "cifar10", "drop_block": -0.1}), None, "drop_block"),
+    "unknown stem": (dict(overrides={"data": "cifar10", "stem": "vgg"}), None, "'vgg'"),
+    "max_test_images 0": (dict(overrides={"data": "cifar10", "max_test_images": 0}), None, "max_test_images"),
+    "missing initial checkpoint": (dict(overrides={"data": "cifar10", "initial_checkpoint": "{tmp}/w.safetensors"}),
+                                   None, "w.safetensors"),
+    "freeze without checkpoint": (dict(overrides={"data": "cifar10", "freeze_stages": 1}), None,
+                                  "--initial-checkpoint"),
+    "fractional count of test images": (dict(overrides={"data": "cifar10", "test_size": 2.5}), None, "test_size"),
+    "negative val_size": (dict(overrides={"data": "cifar10", "val_size": -1}), None, "val_size"),
+    "warm-up as long as the run": (dict(overrides={"data": "cifar10", "epochs": 1, "warmup_epochs": 1}), None,
+                                   "a warm-up of 1 epoch leaves no cosine in a run of 1 epoch"),
+    "finetune without checkpoint": (dict(recipe="finetune", overrides={"data": "cifar10"}), None,
+                                    "finetune recipe starts from trained weights: pass --initial-checkpoint FILE"),
+    "finetune without anything": (dict(recipe="finetune"), None, "--initial-checkpoint FILE (.safetensors or .pt "
+                                  "from hcgnet train or convert, or a published .pth.tar) and --data imagefolder:DIR"),
 }
 
 
@@ -274,11 +319,46 @@ def test_config_errors_are_one_line(tmp_path, case):
     kwargs = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in kwargs.items()}
     if yaml_text is not None:
         (tmp_path / "c.yaml").write_text(yaml_text)
+    kwargs = {k: {o: w.format(tmp=tmp_path) if isinstance(w, str) else w for o, w in v.items()}
+              if k == "overrides" else v for k, v in kwargs.items()}
     with pytest.raises(ConfigError) as e:
         make_config(**kwargs)
     message = str(e.value)
     assert needle in message
     assert "\n" not in message and message.strip() == message and message
+
+
+def test_micro_batch_of_one_image_is_counted_in_the_singular():
+    with pytest.raises(ConfigError) as e:
+        make_config(overrides={"data": "cifar10", "batch_size": 2, "accum_steps": 2})
+    message = str(e.value)
+    assert "micro-batches of 1 image;" in message and "2 accumulation steps" in message
+    assert "--batch-size 4" in message
+
+
+def test_unknown_override_names_the_options():
+    with pytest.raises(ConfigError, match="make_config: unknown option 'learning_rate'; options are model, "):
+        make_config(overrides={"data": "cifar10", "learning_rate": 0.1})
+
+
+def test_new_fields_default_to_automatic_or_off():
+    c = make_config(overrides={"data": "cifar10"})
+    assert (c.val_size, c.test_size, c.stem, c.initial_checkpoint, c.max_test_images) == (None,) * 5
+    assert c.freeze_stages == 0 and c.drop_block == 0.0
+
+
+def test_fine_tuning_settings_are_accepted(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not read by make_config")
+    c = make_config(overrides={"data": "cifar10", "initial_checkpoint": str(weights), "freeze_stages": 2,
+                               "stem": "imagenet", "drop_block": 0.1, "max_test_images": 1, "test_size": 0.2})
+    assert (c.initial_checkpoint, c.freeze_stages, c.stem, c.drop_block, c.max_test_images, c.test_size) == (
+        str(weights), 2, "imagenet", 0.1, 1, 0.2)
+
+
+def test_a_resumed_run_does_not_need_its_initial_checkpoint_any_more(tmp_path):
+    c = make_config(overrides={"data": "cifar10", "initial_checkpoint": str(tmp_path / "gone.pt"), "resume": True})
+    assert c.initial_checkpoint == str(tmp_path / "gone.pt")
 
 
 def test_odd_batch_without_mixup_is_fine():
@@ -383,7 +463,148 @@ def test_train_refuses_a_folder_holding_another_run(capsys, small_folder, tmp_pa
 def test_recipes_command_lists_every_recipe(capsys):
     assert main(["recipes"]) == 0
     out, _ = capsys.readouterr()
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    lines = out.splitlines()
+    assert lines[0].split()[:6] == ["recipe", "model", "data", "epochs", "batch", "lr"]
+    assert "global batch" in lines[-1]
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
     assert set(rows) == set(list_recipes())
-    assert "1270" in rows["cifar10-a1"] and "hcgnet_a1" in rows["cifar10-a1"] and "cifar10" in rows["cifar10-a1"]
-    assert "630" in rows["imagenet-b"] and "hcgnet_b" in rows["imagenet-b"]
+    assert rows["cifar10-a1"][:6] == ["cifar10-a1", "hcgnet_a1", "cifar10", "1270", "128", "0.1"]
+    assert rows["imagenet-b"][:6] == ["imagenet-b", "hcgnet_b", "--data", "630", "256", "0.1"]
+    assert rows["finetune"][:6] == ["finetune", "--model", "--data", "30", "64", "0.01"]
+    assert "published code" in " ".join(rows["cifar100-a2-published"][6:])
+    assert "paper's recipe" in " ".join(rows["cifar100-a2"][6:])
+
+
+def train_parser():
+    from hcgnet.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["train"]
+
+
+# what `hcgnet train --help` must show as each default, written out (None fields: what unset means)
+SHOWN_DEFAULTS = {"val_size": "automatic", "test_size": "automatic", "stem": "variant's own", "data": "required",
+                  "initial_checkpoint": "random initialisation", "drop_rate": "variant's own",
+                  "max_test_images": "whole test set", "cycle_epochs": "one cycle over the whole run",
+                  "image_size": "dataset's own", "lr_base_batch": "lr as given", "restart_every": "never",
+                  "max_steps_per_epoch": "whole epochs", "data_dir": "~/.cache/hcgnet/data", "recipe": "none",
+                  "nesterov": "on", "augment": "on", "ema": "off", "compile": "off", "channels_last": "off",
+                  "skip_bad_images": "off", "resume": "off", "overwrite": "off", "weight_decay": "0.0001",
+                  "drop_block": "0", "freeze_stages": "0"}
+
+
+def test_every_train_option_has_a_flag_with_help_and_its_default():
+    parser = train_parser()
+    by_dest = {a.dest: a for a in parser._actions}
+    for name, field in TrainConfig.__dataclass_fields__.items():
+        action = by_dest.get(name)
+        assert action is not None and "--" + name.replace("_", "-") in action.option_strings, name
+        assert action.default is None, name  # None: not given, so a recipe or --config file can set it
+        assert action.help and action.help.endswith(")") and "(default: " in action.help, name
+        shown = action.help.split("(default: ")[-1][:-1]
+        if name in SHOWN_DEFAULTS:
+            assert SHOWN_DEFAULTS[name] in shown, (name, action.help)
+        elif isinstance(field.default, (int, float)):
+            assert float(shown) == field.default, (name, action.help)
+        else:
+            assert shown == field.default, (name, action.help)
+
+
+def test_train_flags_are_grouped_as_timms_train_script_groups_them():
+    groups = {g.title: {a.dest for a in g._group_actions} for g in train_parser()._action_groups}
+    assert {"lr", "momentum", "weight_decay", "nesterov"} <= groups["Optimizer parameters"]
+    assert {"epochs", "cycle_epochs", "cycle_mul", "warmup_epochs"} <= groups["Learning rate schedule parameters"]
+    regularization = groups["Augmentation and regularization parameters"]
+    assert {"mixup", "label_smoothing", "drop_rate", "drop_block"} <= regularization
+    assert {"data", "val_size", "test_size"} <= groups["Dataset parameters"]
+    assert {"initial_checkpoint", "freeze_stages"} <= groups["Fine-tuning parameters"]
+    in_groups = set().union(*(v for k, v in groups.items() if k.endswith(" parameters")))
+    assert set(TrainConfig.__dataclass_fields__) <= in_groups
+
+
+def test_train_help_says_the_batch_is_global(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "GLOBAL batch" in out and "divided over the torchrun processes" in out
+
+
+def test_train_lr_nan_is_one_line(capsys, small_folder, tmp_path):
+    line = train_error(capsys, *tiny_train_args(small_folder, tmp_path / "out", "--lr", "nan"))
+    assert "lr must be a finite number, got nan" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_batch_size_0_is_one_line(capsys, small_folder, tmp_path):
+    args = tiny_train_args(small_folder, tmp_path / "out")
+    args[args.index("--batch-size") + 1] = "0"
+    line = train_error(capsys, *args)
+    assert "batch size 0 is too small" in line and "--batch-size 2 or more" in line
+
+
+# ------------------------------------------------------------------------------------------ DropBlock ramp
+
+
+def dropblock_net():
+    """Not an HCGNet: any model with DropBlock2d layers, nested, is what the schedule must find."""
+    from timm.layers import DropBlock2d
+
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), DropBlock2d(0.0, block_size=2),
+                               torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), DropBlock2d(0.0, block_size=2)))
+
+
+# 0.1 / 2 * (1 - cos(pi * position)), written out: position 1/4, 1/2, 3/4 of a cycle
+QUARTER, HALF, THREE_QUARTERS = 0.0146446609406726, 0.05, 0.0853553390593274
+
+
+@pytest.mark.parametrize("recipe,epoch,want", [
+    ("cifar10-a1-published", 0, 0.0),
+    ("cifar10-a1-published", 2.5, QUARTER),        # first cycle: epochs 0..10
+    ("cifar10-a1-published", 5, HALF),
+    ("cifar10-a1-published", 10, 0.0),            # second cycle: 10..30
+    ("cifar10-a1-published", 25, THREE_QUARTERS),
+    ("cifar10-a1-published", 110, HALF),          # fourth cycle: 70..150
+    ("cifar10-a1-published", 630, 0.0),           # seventh cycle: 630..1270
+    ("cifar10-a1-published", 1110, THREE_QUARTERS),
+    ("cifar10-a2-published", 630, 0.0),           # A2's second run starts again with a cycle of 10
+    ("cifar10-a2-published", 635, HALF),
+    ("cifar10-a2-published", 470, HALF),          # sixth cycle of a run: 310..630
+])
+def test_dropblock_ramp_rises_within_every_sgdr_cycle(recipe, epoch, want):
+    from hcgnet.training.schedule import DropBlockSchedule
+
+    net = dropblock_net()
+    schedule = DropBlockSchedule(net, recipe_config(recipe))
+    assert schedule.step(epoch) == pytest.approx(want, abs=1e-12)
+    probabilities = [m.drop_prob for m in net.modules() if hasattr(m, "drop_prob")]
+    assert len(probabilities) == 2 and probabilities == pytest.approx([want, want], abs=1e-12)
+
+
+def test_dropblock_ramp_reaches_the_maximum_at_the_end_of_a_cycle_and_restarts():
+    from hcgnet.training.schedule import DropBlockSchedule
+
+    schedule = DropBlockSchedule(dropblock_net(), recipe_config("cifar100-a1-published"))
+    assert 0.0999 < schedule.step(29.99) < 0.1
+    assert schedule.step(30) == pytest.approx(0.0, abs=1e-12)
+    assert 0.0999 < schedule.step(1269.99) < 0.1
+
+
+def test_dropblock_ramp_after_warmup_with_equal_cycles_and_past_the_limit():
+    from hcgnet.training.schedule import DropBlockSchedule
+
+    config = make_config(overrides={"data": "cifar10", "epochs": 20, "warmup_epochs": 2, "cycle_epochs": 4,
+                                    "cycle_limit": 3, "drop_block": 0.2})
+    schedule = DropBlockSchedule(dropblock_net(), config)
+    assert schedule.step(1) == 0.0                                     # warm-up
+    assert schedule.step(4) == pytest.approx(0.1, abs=1e-12)           # 2 epochs into the first 4
+    assert schedule.step(9) == pytest.approx(2 * THREE_QUARTERS, abs=1e-12)  # cycles 2..6, 6..10, 10..14
+    assert schedule.step(11) == pytest.approx(2 * QUARTER, abs=1e-12)
+    assert schedule.step(15) == pytest.approx(0.2, abs=1e-12)         # 3 cycles are over: stays at the top
+
+
+def test_dropblock_off_leaves_the_layers_at_zero():
+    from hcgnet.training.schedule import DropBlockSchedule
+
+    net = dropblock_net()
+    assert DropBlockSchedule(net, recipe_config("cifar10-a1")).step(5) == 0.0
+    assert all(m.drop_prob == 0.0 for m in net.modules() if hasattr(m, "drop_prob"))

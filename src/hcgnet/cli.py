@@ -108,30 +108,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from hcgnet.training.config import FIELDS, option_type
+    # Defaults are None here so that make_config can tell a flag given from one left out (a recipe or --config
+    # file sets the rest); the help shows TrainConfig's default instead.
+    from hcgnet.training.config import OPTION_GROUPS, default_text, option_type
 
-    p.add_argument("--config", help="YAML file of options (flags given here override it)")
-    helps = {
-        "model": "variant name or spec, e.g. hcgnet_a1 or 'HCGNet-(8,8,8)-(k=12,24,36)'",
-        "data": "cifar10, cifar100, fashion-mnist or imagefolder:PATH",
-        "recipe": "a packaged recipe (see `hcgnet recipes`)",
-        "output": "folder for checkpoints, metrics, curves (default runs/train)",
-        "batch_size": "images per process and step",
-        "amp": "none, bf16 (CPU/GPU) or fp16 (GPU)",
-        "val_size": "images (or fraction if < 1) held out from the training set for validation",
-        "checkpoint_every": "also save last.pt every N steps (0: epoch ends only)",
-        "resume": "continue the run in --output exactly where it stopped",
-        "overwrite": "replace the run in --output",
-    }
-    for name in FIELDS:
-        flag = "--" + name.replace("_", "-")
-        kind = option_type(name)
-        if name in ("resume", "overwrite"):
-            p.add_argument(flag, action="store_true", default=None, help=helps.get(name))
-        elif kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helps.get(name))
-        else:
-            p.add_argument(flag, type=kind, default=None, help=helps.get(name))
+    metavars = {"stem": "{cifar,imagenet}", "sched": "{cosine,constant}", "amp": "{none,bf16,fp16}",
+                "initial_checkpoint": "FILE", "data": "DATASET", "data_dir": "DIR", "output": "DIR",
+                "model": "MODEL|SPEC", "recipe": "RECIPE"}
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file of options (flags given here override it; it overrides --recipe)")
+    for title, options in OPTION_GROUPS:
+        group = p.add_argument_group(f"{title} parameters")
+        for name, text in options:
+            flag = "--" + name.replace("_", "-")
+            help_text = f"{text} (default: {default_text(name)})".replace("%", "%%")
+            if name in ("resume", "overwrite"):
+                group.add_argument(flag, action="store_true", default=None, help=help_text)
+            elif option_type(name) is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                group.add_argument(flag, type=option_type(name), default=None, help=help_text,
+                                   metavar=metavars.get(name) or {int: "N", float: "X"}.get(option_type(name), "NAME"))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -190,11 +187,18 @@ def _int_list(text: str, flag: str) -> List[int]:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from hcgnet.training.config import list_recipes, load_recipe
+    from hcgnet.training.config import list_recipes, load_recipe, recipe_summary
 
+    rows = [("recipe", "model", "data", "epochs", "batch", "lr", "what it is")]
     for name in list_recipes():
         r = load_recipe(name)
-        print(f"{name:18s} {r.get('model', '-'):10s} {r.get('data', '-'):14s} {r.get('epochs', '-')} epochs")
+        rows.append((name, r.get("model", "--model"), r.get("data", "--data"), str(r.get("epochs", "-")),
+                     str(r.get("batch_size", "-")), f"{r['lr']:g}" if "lr" in r else "-", recipe_summary(name)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    print("batch: the global batch, divided over torchrun's processes. A flag given to `hcgnet train` overrides "
+          "the recipe's value; '--model'/'--data': the recipe leaves it to you.")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Training configuration: defaults < recipe < YAML config file < command-line flags."""
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,15 +19,19 @@ class ConfigError(HCGNetError):
 @dataclass
 class TrainConfig:
     model: str = "hcgnet_a1"
+    stem: Optional[str] = None     # "cifar" or "imagenet"; None: the variant's own (a spec's: CIFAR for 3 blocks)
+    # fine-tuning (hcgnet.training.finetune.prepare_model)
+    initial_checkpoint: Optional[str] = None  # start from these weights; a classifier of another class count is re-made
+    freeze_stages: int = 0         # keep the stem and the first N stages fixed (weights and BatchNorm statistics)
     data: Optional[str] = None     # cifar10, cifar100, fashion-mnist, imagefolder:PATH
     data_dir: Optional[str] = None
     output: str = "runs/train"
     epochs: int = 10
-    batch_size: int = 128          # per process; the global batch is batch_size * world size
+    batch_size: int = 128          # GLOBAL batch: divided over the torchrun processes (must divide evenly)
     accum_steps: int = 1           # split each batch into this many micro-batches (interleaved, x[k::n])
     # optimiser: SGD with Nesterov momentum
     lr: float = 0.1
-    lr_base_batch: Optional[int] = None   # if set, lr *= global batch / lr_base_batch (ImageNet: 256)
+    lr_base_batch: Optional[int] = None   # if set, lr *= batch_size (global) / lr_base_batch (ImageNet: 256)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
@@ -41,6 +47,8 @@ class TrainConfig:
     mixup: float = 0.0             # mixup alpha; 0 disables
     label_smoothing: float = 0.0
     drop_rate: Optional[float] = None     # None: the variant's own (0.1 on ImageNet)
+    drop_block: float = 0.0        # DropBlock (block size 2, after each transition): the drop probability reached
+                                   # at the end of every SGDR cycle (the published CIFAR training: 0.1); 0 disables
     # speed
     amp: str = "none"              # "none", "bf16" (CPU and GPU) or "fp16" (GPU, with a grad scaler)
     channels_last: bool = False
@@ -49,7 +57,9 @@ class TrainConfig:
     ema_decay: float = 0.9998
     workers: int = 2
     # data
-    val_size: float = 5000.0       # held out from the training set; a fraction if < 1
+    val_size: Optional[float] = None   # held out from the training set: a fraction if < 1, else a count;
+                                       # None: automatic (build_data: a fraction of a small set, a count of a large one)
+    test_size: Optional[float] = None  # imagefolder without a test folder: held out as the test set, like val_size
     image_size: Optional[int] = None
     augment: bool = True           # the dataset's training augmentation (off: eval transform for training too)
     skip_bad_images: bool = False
@@ -58,6 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 0      # also save `last` every N optimiser steps (0: at epoch ends only)
     log_every: int = 20
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke runs)
+    max_test_images: Optional[int] = None      # limit the final test pass; None: the whole test set
     resume: bool = False
     overwrite: bool = False
     recipe: Optional[str] = None
@@ -82,9 +93,7 @@ def _read_yaml(text: str, where: str) -> Dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a mapping of option: value")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown option {unknown[0]!r}; options are {', '.join(FIELDS)}")
+    _refuse_unknown(values, where)
     return values
 
 
@@ -96,6 +105,13 @@ def load_recipe(name: str) -> Dict[str, Any]:
     return _read_yaml(text, f"recipe {name}")
 
 
+def recipe_summary(name: str) -> str:
+    """The first sentence of a packaged recipe's leading comment (what it is for)."""
+    text = resources.files("hcgnet.recipes").joinpath(f"{name}.yaml").read_text()
+    first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+    return re.split(r"[:.;] ", first + " ", maxsplit=1)[0].strip().rstrip(".:;")
+
+
 def load_config_file(path: str) -> Dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -105,7 +121,8 @@ def load_config_file(path: str) -> Dict[str, Any]:
 
 # The value type of the options whose default is None.
 OPTIONAL_TYPES = {"data": str, "data_dir": str, "lr_base_batch": int, "cycle_epochs": float, "restart_every": int,
-                  "drop_rate": float, "image_size": int, "max_steps_per_epoch": int, "recipe": str}
+                  "drop_rate": float, "image_size": int, "max_steps_per_epoch": int, "recipe": str, "stem": str,
+                  "initial_checkpoint": str, "val_size": float, "test_size": float, "max_test_images": int}
 
 
 def option_type(name: str) -> type:
@@ -144,45 +161,200 @@ def make_config(
         if file_values.get("recipe") and not recipe:
             values.update(load_recipe(file_values["recipe"]))
         values.update(file_values)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    overrides = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items()}
+    _refuse_unknown(overrides, "make_config")
+    values.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
     validate(config)
     return config
 
 
+def _refuse_unknown(values: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option {unknown[0]!r}; options are {', '.join(FIELDS)}")
+
+
+def plural(n: float, word: str) -> str:
+    """``1 image``, ``2 images``: the count with its noun."""
+    return f"{n:g} {word}" if n == 1 else f"{n:g} {word}{'es' if word.endswith('s') else 's'}"
+
+
+# Bounds checked by validate(): at least `low`, or within [0, 1).
+AT_LEAST = (("epochs", 1), ("accum_steps", 1), ("workers", 0), ("log_every", 1), ("checkpoint_every", 0),
+            ("momentum", 0), ("weight_decay", 0), ("mixup", 0), ("label_smoothing", 0), ("min_lr", 0),
+            ("warmup_epochs", 0), ("cycle_mul", 1), ("cycle_limit", 1), ("val_size", 0), ("test_size", 0),
+            ("cycle_epochs", 1e-9), ("restart_every", 1), ("drop_rate", 0), ("image_size", 8),
+            ("max_steps_per_epoch", 1), ("lr_base_batch", 1), ("freeze_stages", 0), ("max_test_images", 1))
+FRACTIONS = ("label_smoothing", "drop_rate", "drop_block", "ema_decay")
+STEMS = ("cifar", "imagenet")  # hcgnet.models.hcgnet.STEMS
+
+
 def validate(c: TrainConfig) -> None:
+    """Refuse settings that cannot work, each with a one-line ConfigError that says what to pass instead."""
+    if c.recipe == "finetune" and not c.initial_checkpoint:
+        raise ConfigError("the finetune recipe starts from trained weights: pass --initial-checkpoint FILE "
+                          "(.safetensors or .pt from hcgnet train or convert, or a published .pth.tar)"
+                          + ("" if c.data else " and --data imagefolder:DIR"))
     if not c.data:
         raise ConfigError("no dataset: pass --data (cifar10, cifar100, fashion-mnist or imagefolder:PATH)")
-    if c.epochs < 1:
-        raise ConfigError(f"epochs must be at least 1, got {c.epochs}")
-    for name, low in (("accum_steps", 1), ("workers", 0), ("log_every", 1), ("checkpoint_every", 0),
-                      ("momentum", 0), ("weight_decay", 0), ("mixup", 0), ("label_smoothing", 0), ("min_lr", 0),
-                      ("warmup_epochs", 0), ("cycle_mul", 1), ("cycle_limit", 1), ("val_size", 0),
-                      ("cycle_epochs", 1e-9), ("restart_every", 1), ("drop_rate", 0), ("image_size", 8),
-                      ("max_steps_per_epoch", 1), ("lr_base_batch", 1)):
+    for name, value in c.to_dict().items():  # nan passes every comparison below, inf most of them
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+    for name, low in AT_LEAST:
         value = getattr(c, name)
         if value is not None and value < low:
             raise ConfigError(f"{name} must be at least {low:g}, got {value}")
-    for name in ("label_smoothing", "drop_rate", "ema_decay"):
+    for name in FRACTIONS:
         value = getattr(c, name)
         if value is not None and not 0 <= value < 1:
             raise ConfigError(f"{name} must be in [0, 1), got {value}")
+    for name in ("val_size", "test_size"):
+        value = getattr(c, name)
+        if value is not None and value >= 1 and value != int(value):
+            raise ConfigError(f"{name} must be a fraction below 1 or a whole number of images, got {value}")
+    if c.lr <= 0:
+        raise ConfigError(f"lr must be positive, got {c.lr}")
+    if c.stem not in (None, *STEMS):
+        raise ConfigError(f"stem must be cifar or imagenet (or unset for the variant's own), got {c.stem!r}")
+    # a resumed run takes its weights from its own last.pt: the initial checkpoint may be gone by then
+    if c.initial_checkpoint is not None and not c.resume and not Path(c.initial_checkpoint).is_file():
+        raise ConfigError(f"initial checkpoint not found: {c.initial_checkpoint} (--initial-checkpoint takes a "
+                          ".safetensors or .pt file written by hcgnet train or convert, or a published .pth.tar)")
+    if c.freeze_stages and not c.initial_checkpoint:
+        raise ConfigError("--freeze-stages keeps pretrained stages fixed: pass --initial-checkpoint too")
+    run = c.restart_every or c.epochs
+    if c.sched == "cosine" and not c.cycle_epochs and c.warmup_epochs >= run:
+        raise ConfigError(f"a warm-up of {plural(c.warmup_epochs, 'epoch')} leaves no cosine in a run of "
+                          f"{plural(run, 'epoch')}: use fewer --warmup-epochs or more --epochs")
     if c.sched == "constant" and c.warmup_epochs:
         raise ConfigError("a constant learning rate has no warm-up: use --sched cosine or --warmup-epochs 0")
-    if c.batch_size < 2 * c.accum_steps:
-        raise ConfigError(
-            f"batch size {c.batch_size} gives micro-batches of one image; HCGNet's gates need at least 2 images "
-            "per batch (BatchNorm1d): use --batch-size 2 or more (per accumulation step)"
-        )
-    if c.batch_size % c.accum_steps:
-        raise ConfigError(f"batch size {c.batch_size} is not divisible by accum_steps {c.accum_steps}")
-    if c.mixup > 0 and (c.batch_size // c.accum_steps) % 2:
-        raise ConfigError("mixup pairs images within a batch: use an even batch size (per accumulation step)")
+    _validate_batch(c)
     if c.amp not in ("none", "bf16", "fp16"):
         raise ConfigError(f"amp must be none, bf16 or fp16, got {c.amp!r}")
     if c.sched not in ("cosine", "constant"):
         raise ConfigError(f"sched must be cosine or constant, got {c.sched!r}")
-    if c.lr <= 0:
-        raise ConfigError(f"lr must be positive, got {c.lr}")
     if c.resume and c.overwrite:
         raise ConfigError("--resume continues the run in the output folder, --overwrite replaces it: choose one")
+
+
+def _validate_batch(c: TrainConfig) -> None:
+    # HCGNet's gates normalise over the batch (BatchNorm1d), so every forward pass needs 2 images or more.
+    if c.batch_size < 2:
+        raise ConfigError(
+            f"batch size {c.batch_size} is too small: HCGNet's gates need at least 2 images per batch "
+            "(BatchNorm1d); use --batch-size 2 or more"
+        )
+    if c.batch_size % c.accum_steps:
+        raise ConfigError(f"batch size {c.batch_size} is not divisible by accum_steps {c.accum_steps}")
+    micro = c.batch_size // c.accum_steps
+    if micro < 2:
+        raise ConfigError(
+            f"batch size {c.batch_size} in {plural(c.accum_steps, 'accumulation step')} gives micro-batches of "
+            f"{plural(micro, 'image')}; HCGNet's gates need at least 2 images per batch (BatchNorm1d): use "
+            f"--batch-size {2 * c.accum_steps} or more, or fewer --accum-steps"
+        )
+    if c.mixup > 0 and micro % 2:
+        raise ConfigError("mixup pairs images within a batch: use an even batch size (per accumulation step)")
+
+
+# ------------------------------------------------------------------------------------------ option help
+# Every option, grouped as timm's train.py groups its flags, with what it does; `hcgnet train --help` shows these
+# with the default. DEFAULT_TEXT says what an unset (None) option means.
+OPTION_GROUPS = (
+    ("Model", (
+        ("model", "variant name or spec, e.g. hcgnet_a1 or 'HCGNet-(8,8,8)-(k=12,24,36)'"),
+        ("stem", "cifar (one 3x3 conv at full resolution) or imagenet (three convs and a max-pool, stride 4)"),
+    )),
+    ("Fine-tuning", (
+        ("initial_checkpoint", "start from these weights: a converted published checkpoint, a run's .safetensors "
+                               "or .pt; a classifier of another class count is re-made, the rest loaded"),
+        ("freeze_stages", "keep the stem and the first N stages fixed (weights and BatchNorm statistics); "
+                          "needs --initial-checkpoint"),
+    )),
+    ("Dataset", (
+        ("data", "cifar10, cifar100, fashion-mnist or imagefolder:PATH (class folders, or train/ val/ test/)"),
+        ("data_dir", "where cifar10, cifar100 and fashion-mnist are, or are downloaded to"),
+        ("val_size", "images held out from the training set for validation: a fraction if below 1, else a count"),
+        ("test_size", "imagefolder without a test folder: images held out as the test set, like --val-size"),
+        ("image_size", "square side the images are resized/cropped to"),
+        ("augment", "the dataset's training augmentation (--no-augment: the eval transform for training too)"),
+        ("skip_bad_images", "skip images that cannot be decoded (named in the log) instead of stopping"),
+    )),
+    ("Optimizer", (
+        ("lr", "learning rate of SGD (at the top of every SGDR cycle)"),
+        ("lr_base_batch", "scale lr by batch-size / this (linear scaling; the ImageNet recipes: 256)"),
+        ("momentum", "SGD momentum"),
+        ("nesterov", "Nesterov momentum (the published code's; the paper says momentum)"),
+        ("weight_decay", "L2 weight decay"),
+        ("batch_size", "GLOBAL batch: images per optimiser step over all processes, divided over the torchrun "
+                       "processes (must divide evenly)"),
+        ("accum_steps", "split each process's batch into this many micro-batches (less memory, same step)"),
+    )),
+    ("Learning rate schedule", (
+        ("epochs", "epochs to train"),
+        ("sched", "cosine (SGDR with the cycle options) or constant"),
+        ("cycle_epochs", "SGDR: length T0 of the first cycle in epochs"),
+        ("cycle_mul", "SGDR: each cycle this many times longer than the one before (Tmul)"),
+        ("cycle_limit", "SGDR: number of cycles; after them the lr stays at --min-lr"),
+        ("restart_every", "start the whole schedule again every N epochs (the paper's A2/A3: 630)"),
+        ("warmup_epochs", "linear warm-up from lr / 100 before the schedule, in epochs"),
+        ("min_lr", "learning rate at the bottom of each cosine"),
+    )),
+    ("Augmentation and regularization", (
+        ("mixup", "mixup alpha (the paper: 1 on CIFAR, 0.4 on ImageNet); 0 disables"),
+        ("label_smoothing", "label smoothing of the targets (the paper's ImageNet recipe: 0.1)"),
+        ("drop_rate", "dropout before the classifier"),
+        ("drop_block", "DropBlock after each transition (block size 2): the drop probability reached at the end "
+                       "of every SGDR cycle, rising from 0 within it (the published CIFAR training: 0.1); 0 disables"),
+    )),
+    ("Model exponential moving average", (
+        ("ema", "keep an exponential moving average of the weights and evaluate it"),
+        ("ema_decay", "decay of the moving average per step"),
+    )),
+    ("Speed", (
+        ("amp", "autocast: none, bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 (GPUs, with a grad scaler)"),
+        ("channels_last", "NHWC memory format (faster convolutions on most hardware)"),
+        ("compile", "torch.compile the model"),
+        ("workers", "data-loading processes per training process"),
+    )),
+    ("Checkpoints and logging", (
+        ("output", "folder for checkpoints, metrics, curves and the final weights"),
+        ("checkpoint_every", "also save last.pt every N optimiser steps (0: at epoch ends only)"),
+        ("log_every", "log a line every N optimiser steps"),
+        ("resume", "continue the run in --output exactly where it stopped"),
+        ("overwrite", "replace the run in --output (kept until the new run can replace it)"),
+    )),
+    ("Run control", (
+        ("recipe", "a packaged recipe whose settings replace these defaults (see `hcgnet recipes`)"),
+        ("seed", "seed of initialisation, data split, shuffling and augmentation"),
+        ("max_steps_per_epoch", "cut every epoch short after N steps (smoke runs)"),
+        ("max_test_images", "score at most N images in the final test pass"),
+    )),
+)
+DEFAULT_TEXT = {
+    "stem": "the variant's own; a spec: cifar for 3 blocks, imagenet for 4",
+    "initial_checkpoint": "none: random initialisation",
+    "data": "none, required",
+    "data_dir": "$HCGNET_DATA or ~/.cache/hcgnet/data",
+    "val_size": "automatic: a fraction of a small set, a count of a large one",
+    "test_size": "automatic",
+    "image_size": "the dataset's own size",
+    "lr_base_batch": "none: lr as given",
+    "cycle_epochs": "one cycle over the whole run",
+    "restart_every": "never",
+    "drop_rate": "the variant's own: 0.1 for ImageNet networks, else 0",
+    "recipe": "none",
+    "max_steps_per_epoch": "whole epochs",
+    "max_test_images": "the whole test set",
+}
+
+
+def default_text(name: str) -> str:
+    """The default of an option, as ``hcgnet train --help`` shows it."""
+    default = FIELDS[name].default
+    if default is None:
+        return DEFAULT_TEXT[name]
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return f"{default:g}" if isinstance(default, float) else str(default)
