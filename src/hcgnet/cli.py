@@ -51,6 +51,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.size is not None and args.size < 1:
         raise HCGNetError(f"--size must be a positive number of pixels, got {args.size}")
     rows = _info_rows(args.models or list(VARIANTS), args.num_classes, args.size)
+    large = [r["spec"] for r in rows if r["stem"] == "cifar" and int(r["input"].split("x")[0]) > CIFAR_STEM_LARGE]
+    if large:
+        print(f"note: {', '.join(large)} {'has' if len(large) == 1 else 'have'} the CIFAR stem (no downsampling "
+              f"before the first hybrid block), so at {args.size} px every layer runs at full resolution; for large "
+              "images train with --stem imagenet", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -66,11 +71,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("  ".join(cell.rjust(w) if i >= 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
     print("GMACs are multiply-adds (10^9) of one forward pass at the input size, batch 1; the paper calls them "
           "FLOPs. 'published': exact parameter count of the published implementation.")
-    large = [r["spec"] for r in rows if r["stem"] == "cifar" and int(r["input"].split("x")[0]) > CIFAR_STEM_LARGE]
-    if large:
-        print(f"note: {', '.join(large)} {'has' if len(large) == 1 else 'have'} the CIFAR stem (no downsampling "
-              f"before the first hybrid block), so at {args.size} px every layer runs at full resolution; for large "
-              "images train with --stem imagenet", file=sys.stderr)
     return 0
 
 
