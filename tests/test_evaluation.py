@@ -2,7 +2,6 @@
 checkpoint that carries no metadata (a plain .safetensors plus --model)."""
 import csv
 import json
-import math
 
 import pytest
 import torch
@@ -108,7 +107,7 @@ def test_eval_plain_safetensors_scores_the_whole_folder(capsys, plain, tmp_path)
                  "--workers", "0", "--output", str(out_dir)])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert f"(all, 12 images)" in out
+    assert "(all, 12 images)" in out
     for name in ("class_0", "class_1", "class_2"):   # per-class lines
         assert any(line.strip().startswith(name) for line in out.splitlines())
     notes = [line for line in err.splitlines() if line.startswith("note:")]

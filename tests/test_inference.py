@@ -261,6 +261,14 @@ def test_eval_of_another_folder_scores_all_of_it(capsys, run):
     assert [sum(row) for row in m["confusion"]] == [10, 10, 10]
 
 
+def test_eval_of_a_folder_with_some_of_the_classes(capsys, run):
+    some = make_folder(run["base"] / "some", ["blue", "red"], 2)
+    m = cli_json(capsys, "eval", "--checkpoint", str(run["out"] / "last.pt"), "--data", f"imagefolder:{some}",
+                 "--workers", "0")
+    assert m["count"] == 4 and m["class_names"] == sorted(CLASSES)   # labelled with the checkpoint's classes
+    assert [sum(row) for row in m["confusion"]] == [2, 0, 2]          # blue, green, red
+
+
 def test_eval_of_the_training_folder_still_scores_its_test_split(capsys, run):
     code, out, err = cli(capsys, "eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data",
                          f"imagefolder:{run['folder']}/", "--workers", "0")   # the same folder, spelt differently

@@ -176,17 +176,13 @@ def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
 
 class _WholeFolder(ImageFolder):
     """Every image of a folder of class sub-folders, labelled with given class names (the folder may lack
-    some of them but not add any)."""
+    some of them; the caller has checked it adds none)."""
 
     def __init__(self, root: str, classes: Sequence[str], transform) -> None:
         self._names = list(classes)
         super().__init__(root, transform=transform, loader=load_image, allow_empty=True)
 
     def find_classes(self, directory):
-        extra = sorted(set(folder_classes(directory)) - set(self._names))
-        if extra:
-            raise DataError(f"{directory} has classes the checkpoint does not know: {', '.join(extra[:5])}"
-                            f"{' ...' if len(extra) > 5 else ''}")
         return self._names, {c: i for i, c in enumerate(self._names)}
 
 
@@ -307,9 +303,9 @@ def evaluate_checkpoint(
     if split == "all":
         dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log)
     else:
+        dataset, class_names = _split_dataset(data, data_dir, split, meta, model, path)
         if not meta.get("class_names"):
             log(guess_note(path, model, meta, "the dataset's class names", "the dataset's standard preprocessing"))
-        dataset, class_names = _split_dataset(data, data_dir, split, meta, model, path)
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
     if why:  # said once the folder is known to be usable, so an error stays a single line
