@@ -137,3 +137,16 @@ def test_eval_split_all_needs_a_folder(capsys, plain):
     code = main(["eval", "--checkpoint", str(path), "--model", SPEC, "--data", "cifar10", "--split", "all"])
     out, err = capsys.readouterr()
     assert code == 2 and len(err.splitlines()) == 1 and "imagefolder" in err
+
+
+def test_eval_not_on_a_terminal_logs_progress_lines(plain, monkeypatch):
+    import hcgnet.inference as inference
+
+    path, _, folder = plain
+    monkeypatch.setattr(inference, "LOG_EVERY_S", 0.0)   # a line after every batch but the last
+    lines = []
+    m = inference.evaluate_checkpoint(str(path), f"imagefolder:{folder}", batch_size=4, workers=0, model_name=SPEC,
+                                      log=lines.append)
+    progress = [line for line in lines if not line.startswith("note:")]
+    assert m["count"] == 12
+    assert [line.split(",")[0] for line in progress] == ["evaluating all: 1/3 batches", "evaluating all: 2/3 batches"]

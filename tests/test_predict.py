@@ -149,3 +149,20 @@ def test_predict_json_into_a_closed_pipe_is_quiet(own, tree):
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert proc.returncode == 1
+
+
+def test_predict_runs_batch_size_images_per_forward_pass(own, tree, monkeypatch):
+    import hcgnet.inference as inference
+
+    root, paths = tree
+    sizes = []
+    real_load = inference.load_model
+
+    def recording_load(*args, **kwargs):
+        model, meta = real_load(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+        return model, meta
+
+    monkeypatch.setattr(inference, "load_model", recording_load)
+    results = inference.predict(str(own), [str(root)], batch_size=2, log=lambda line: None)
+    assert sizes == [2, 2, 1] and len(results) == len(paths) == 5

@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -212,6 +213,40 @@ def eval_dataset(data: str, config: DataConfig, data_dir: Optional[str], split: 
     return build_eval_dataset(data, config, data_dir, split)
 
 
+#: Seconds between progress lines when stderr is not a terminal (a log file, CI, a cluster job).
+LOG_EVERY_S = 30.0
+
+
+class _ProgressLines:
+    """Progress for output that is not a terminal, where a bar would be noise: a line every LOG_EVERY_S."""
+
+    def __init__(self, total: int, what: str, log: Log) -> None:
+        self.total, self.what, self.log = total, what, log
+        self.done, self.start = 0, time.monotonic()
+        self.last = self.start
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= LOG_EVERY_S and self.done < self.total:
+            self.last = now
+            rate = self.done / (now - self.start)
+            self.log(f"{self.what}: {self.done}/{self.total} batches, about {(self.total - self.done) / rate:.0f} s left")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress(total: int, what: str, show: Optional[bool], log: Log):
+    """A tqdm bar on a terminal, progress lines elsewhere (``show=None``); ``show=False``: nothing."""
+    if show is None and not sys.stderr.isatty():
+        return _ProgressLines(total, what, log)
+    return tqdm(total=total, desc=what, unit="batch", disable=show is False, leave=False)
+
+
 def _check_options(batch_size: int, workers: int, amp: str, dev: torch.device) -> Optional[torch.dtype]:
     if batch_size < 1:
         raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
@@ -314,8 +349,7 @@ def evaluate_checkpoint(
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=len(loader), desc=f"evaluating {split}", unit="batch", disable=not show, leave=False) as bar:
+    with _progress(len(loader), f"evaluating {split}", progress, log) as bar:
         metrics = evaluate(model, loader, Dist(device=dev), amp_dtype, channels_last, progress=bar,
                            num_classes=model.num_classes)
     return {"checkpoint": str(path), "data": data, "split": split, **metrics, "class_names": class_names}
@@ -357,6 +391,28 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str
     return [p for p in found if not (p in seen or seen.add(p))], problems
 
 
+def _read_images(paths: Sequence[str], transform, failures: List[Dict[str, Any]], log: Log):
+    """The transformed images that could be read, and their paths; each one that could not is warned about
+    and appended to ``failures`` as ``{"image", "error"}``."""
+    batch, readable = [], []
+    for p in paths:
+        try:
+            batch.append(transform(load_image(p, hint="")))
+            readable.append(p)
+        except Exception as e:  # an unreadable or undecodable file must not stop the others
+            message = str(e) if isinstance(e, DataError) else f"cannot read image {p}: {e}"
+            log(f"hcgnet: warning: {message}; skipped")
+            failures.append({"image": p, "error": message})
+    return batch, readable
+
+
+def _top_classes(image: str, probs: torch.Tensor, k: int, names: Sequence[str]) -> Dict[str, Any]:
+    values, indices = probs.topk(k)
+    return {"image": image, "top": [
+        {"class": names[i] if i < len(names) else str(i), "index": int(i), "probability": float(v)}
+        for v, i in zip(values.tolist(), indices.tolist())]}
+
+
 @torch.no_grad()
 def predict(
     path: str, images: Sequence[str], topk: int = 5, model_name: Optional[str] = None, batch_size: int = 32,
@@ -383,25 +439,13 @@ def predict(
     names = list(config.class_names)
     k = min(topk, model.num_classes)
     results: List[Dict[str, Any]] = []
-    show = (sys.stderr.isatty() and len(files) > batch_size) if progress is None else progress
-    for start in tqdm(range(0, len(files), batch_size), desc="predicting", unit="batch", disable=not show,
-                      leave=False):
-        batch, readable = [], []
-        for p in files[start:start + batch_size]:
-            try:
-                batch.append(transform(load_image(p, hint="")))
-                readable.append(p)
-            except Exception as e:  # an unreadable or undecodable file must not stop the others
-                message = str(e) if isinstance(e, DataError) else f"cannot read image {p}: {e}"
-                log(f"hcgnet: warning: {message}; skipped")
-                results.append({"image": p, "error": message})
-        if not batch:
-            continue
-        top = torch.softmax(model(torch.stack(batch)), dim=1).topk(k, dim=1)
-        for p, values, indices in zip(readable, top.values.tolist(), top.indices.tolist()):
-            results.append({"image": p, "top": [
-                {"class": names[i] if i < len(names) else str(i), "index": int(i), "probability": float(v)}
-                for v, i in zip(values, indices)]})
+    with _progress(-(-len(files) // batch_size), "predicting", progress, log) as bar:
+        for start in range(0, len(files), batch_size):
+            batch, readable = _read_images(files[start:start + batch_size], transform, results, log)
+            if batch:
+                probs = torch.softmax(model(torch.stack(batch)), dim=1)
+                results += [_top_classes(p, row, k, names) for p, row in zip(readable, probs)]
+            bar.update(1)
     order = {p: i for i, p in enumerate(files)}
     results.sort(key=lambda r: order[r["image"]])
     return results + problems
