@@ -112,12 +112,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
                             args.model, amp=args.amp, channels_last=args.channels_last)
     rows = per_class(m["confusion"], m["class_names"])
+    # Indented for a few classes; one line for many, where a 1000 x 1000 confusion matrix would be a million lines.
+    text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
     if out is not None:
         with reported_write(out):
             write_confusion(out, m["confusion"], m["class_names"])
-            (out / "metrics.json").write_text(json.dumps({**m, "per_class": rows}, indent=2))
+            (out / "metrics.json").write_text(text + "\n")
     if args.json:
-        print(json.dumps({**m, "per_class": rows}, indent=2))
+        print(text)
         return 0
     print(f"{args.checkpoint} on {args.data} ({m['split']}, {m['count']} images): top-1 {100 * m['top1']:.2f}%, "
           f"top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}")
