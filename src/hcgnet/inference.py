@@ -55,7 +55,7 @@ def _is_safetensors(path: Path) -> bool:
 def checkpoint_metadata(path: str) -> Dict[str, str]:
     """Everything a checkpoint says about itself: its metadata, and for a training checkpoint (``.pt``) the
     run's data and split settings from its ``config``. A ``.safetensors`` of a run, still in its run folder,
-    takes the data it was trained on from the run's ``config.yaml``."""
+    takes the data it was trained on (and split settings it does not record) from the run's ``config.yaml``."""
     meta = dict(read_metadata(path))
     p = Path(path)
     run: Dict[str, Any] = {}
@@ -70,7 +70,7 @@ def checkpoint_metadata(path: str) -> Dict[str, str]:
         except (OSError, yaml.YAMLError):
             saved = {}
         if isinstance(saved, dict) and saved.get("model") == meta.get("model_name"):
-            run = {"data": saved.get("data"), "data_dir": saved.get("data_dir")}
+            run = saved
     for key in RUN_KEYS:
         if key not in meta and key in run:
             meta[key] = str(run[key])
