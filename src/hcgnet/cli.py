@@ -97,18 +97,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 PER_CLASS_LINES = 20
 
 
+def _check_output_folder(out: Path) -> None:
+    """A folder ``eval --output`` can write into (it may not exist yet), checked before the evaluation."""
+    from hcgnet.files import can_write_in
+
+    if out.exists() and not out.is_dir():
+        raise HCGNetError(f"--output {out} is a file; give a folder for the metrics and confusion matrix")
+    existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
+    if not can_write_in(existing):
+        raise HCGNetError(f"--output: cannot write in folder {existing} (read-only or no permission)")
+
+
+def _print_per_class(rows: List[dict]) -> None:
+    if len(rows) > PER_CLASS_LINES:
+        print(f"  per-class accuracy of the {len(rows)} classes: pass --output DIR for per_class.csv")
+        return
+    width = max(len(r["class"]) for r in rows)
+    for r in rows:
+        accuracy = "      -" if r["accuracy"] is None else f"{100 * r['accuracy']:6.2f}%"
+        print(f"  {r['class']:<{width}}  {accuracy}  ({r['correct']}/{r['images']})")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from hcgnet.evaluation import per_class, write_confusion
-    from hcgnet.files import can_write_in, reported_write
+    from hcgnet.files import reported_write
     from hcgnet.inference import evaluate_checkpoint
 
     out = Path(args.output) if args.output else None
-    if out is not None:  # found out now, not after the evaluation
-        if out.exists() and not out.is_dir():
-            raise HCGNetError(f"--output {out} is a file; give a folder for the metrics and confusion matrix")
-        existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
-        if not can_write_in(existing):
-            raise HCGNetError(f"--output: cannot write in folder {existing} (read-only or no permission)")
+    if out is not None:
+        _check_output_folder(out)
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
                             args.model, amp=args.amp, channels_last=args.channels_last)
     rows = per_class(m["confusion"], m["class_names"])
@@ -123,13 +140,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.checkpoint} on {args.data} ({m['split']}, {m['count']} images): top-1 {100 * m['top1']:.2f}%, "
           f"top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}")
-    if len(rows) <= PER_CLASS_LINES:
-        width = max(len(r["class"]) for r in rows)
-        for r in rows:
-            accuracy = "      -" if r["accuracy"] is None else f"{100 * r['accuracy']:6.2f}%"
-            print(f"  {r['class']:<{width}}  {accuracy}  ({r['correct']}/{r['images']})")
-    else:
-        print(f"  per-class accuracy of the {len(rows)} classes: pass --output DIR for per_class.csv")
+    _print_per_class(rows)
     if out is not None:
         print(f"wrote {out}/: metrics.json, per_class.csv, confusion.csv, confusion.png")
     return 0
