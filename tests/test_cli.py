@@ -304,3 +304,146 @@ def test_convert_unknown_model_is_an_error(tmp_path, capsys):
     code, out, err = run(capsys, "convert", str(FIXTURE), str(tmp_path / "x.safetensors"), "--model", "hcgnet_x")
     assert_one_line_error(code, out, err)
     assert "unknown model" in err
+
+
+# info --size ----------------------------------------------------------------------------------
+
+
+def test_info_size_counts_at_that_size_and_warns_about_the_cifar_stem(capsys):
+    spec = "HCGNet-(2,2,2)-(k=8,8,8)"
+    code, out, err = run(capsys, "info", "--json", spec)
+    assert code == 0 and err == ""
+    (small,) = json.loads(out)
+    code, out, err = run(capsys, "info", "--json", spec, "--size", "224")
+    assert code == 0
+    (large,) = json.loads(out)
+    assert (small["input"], large["input"]) == ("32x32", "224x224")
+    assert large["params"] == small["params"]
+    # convolutions scale with the pixels, (224 / 32)^2 = 49; the gates' fully connected layers do not
+    assert 45 < large["gmacs"] / small["gmacs"] <= 49
+    assert "CIFAR stem" in err and "--stem imagenet" in err and len(err.splitlines()) == 1
+
+
+def test_info_size_of_an_imagenet_stem_network_says_nothing(capsys):
+    code, out, err = run(capsys, "info", "hcgnet_b", "--size", "160")
+    assert code == 0 and err == ""
+    assert "160x160" in out
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "2"])
+def test_info_size_too_small_is_one_line(capsys, size):
+    assert_one_line_error(*run(capsys, "info", "hcgnet_a1", "--size", size))
+
+
+# bad values and unwritable outputs: one line, exit code 2, nothing written --------------------
+
+TINY = "HCGNet-(1,1,1)-(k=4,4,4)"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny")
+    path = base / "tiny.safetensors"
+    hcgnet.save_safetensors(hcgnet.create_model(TINY, num_classes=3), path, {"model_name": TINY})
+    folder = base / "images" / "a"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(folder / "x.png")
+    return path, folder / "x.png", base / "images"
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder no file can be created in: permission bits for a normal user; root ignores those, so for root
+    /sys (sysfs refuses new files even to root)."""
+    from hcgnet.files import can_write_in
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder if not can_write_in(folder) else Path("/sys")
+    folder.chmod(0o755)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def _predict(tiny, *extra):
+    return ["predict", "--checkpoint", str(tiny[0]), str(tiny[1]), *extra]
+
+
+def _eval(tiny, *extra):
+    return ["eval", "--checkpoint", str(tiny[0]), "--data", f"imagefolder:{tiny[2]}", "--workers", "0", *extra]
+
+
+BENCH = ["bench", "--model", TINY, "--modes", "infer", "--batch-size", "2", "--size", "16", "--steps", "1",
+         "--warmup", "0"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (lambda t: _predict(t, "--topk", "-1"), "--topk must be 1 or more"),
+    (lambda t: _predict(t, "--topk", "0"), "--topk must be 1 or more"),
+    (lambda t: _predict(t, "--batch-size", "0"), "--batch-size must be 1 or more"),
+    (lambda t: _eval(t, "--batch-size", "0"), "--batch-size must be 1 or more"),
+    (lambda t: _eval(t, "--workers", "-1"), "--workers must be 0 or more"),
+    (lambda t: _eval(t, "--amp", "fp16"), "--amp fp16 needs a GPU"),
+    (lambda t: BENCH + ["--steps", "0"], "--steps must be 1 or more"),
+    (lambda t: BENCH + ["--warmup", "-1"], "--warmup must be 0 or more"),
+    (lambda t: BENCH + ["--device", "cuda"], "no usable GPU"),
+    (lambda t: BENCH + ["--device", "tpu"], "--device"),
+    (lambda t: ["export", "--checkpoint", str(t[0]), "--format", "onnx", "--output", "model.pt"],
+     "use --output model.onnx"),
+    (lambda t: ["export", "--checkpoint", str(t[0]), "--format", "pt2", "--output", "model.onnx"],
+     "use --output model.pt2"),
+    (lambda t: ["export", "--checkpoint", str(t[0]), "--format", "torchscript", "--output", "model.pt2"],
+     "use --output model.pt"),
+], ids=["topk-1", "topk0", "predict-batch0", "eval-batch0", "workers-1", "fp16-cpu", "steps0", "warmup-1",
+        "cuda-without-gpu", "unknown-device", "onnx-as-pt", "pt2-as-onnx", "torchscript-as-pt2"])
+def test_bad_values_are_one_line(capsys, tiny, no_gpu, tmp_path, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv(tiny))
+    assert_one_line_error(code, out, err)
+    assert needle in err
+    assert list(tmp_path.iterdir()) == []   # nothing written
+
+
+def _unwritable_cases(tiny, target):
+    """Every command that writes a file, aimed at ``target``."""
+    return [
+        ["convert", str(tiny[0]), str(target / "x.safetensors"), "--force"],
+        ["export", "--checkpoint", str(tiny[0]), "--format", "pt2", "--output", str(target / "x.pt2"), "--force"],
+        BENCH + ["--json", str(target / "x.json")],
+        BENCH + ["--csv", str(target / "x.csv")],
+        BENCH + ["--plot", str(target / "x.png")],
+        _predict(tiny, "--csv", str(target / "x.csv")),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6), ids=["convert", "export", "bench-json", "bench-csv", "bench-plot",
+                                                "predict-csv"])
+def test_writing_into_a_read_only_folder_is_one_line(capsys, tiny, read_only, case):
+    code, out, err = run(capsys, *_unwritable_cases(tiny, read_only)[case])
+    assert_one_line_error(code, out, err)
+    assert "cannot write" in err and str(read_only) in err
+
+
+@pytest.mark.parametrize("case", range(6), ids=["convert", "export", "bench-json", "bench-csv", "bench-plot",
+                                                "predict-csv"])
+def test_writing_over_a_folder_is_one_line_and_keeps_it(capsys, tiny, tmp_path, case):
+    argv = _unwritable_cases(tiny, tmp_path)[case]
+    target = Path(next(a for a in argv if a.startswith(str(tmp_path))))
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, out, err)
+    assert "is a folder" in err
+    assert (target / "keep.txt").read_text() == "precious"
+
+
+def test_eval_output_in_a_read_only_folder_is_refused_before_evaluating(capsys, tiny, read_only):
+    code, out, err = run(capsys, *_eval(tiny, "--output", str(read_only / "report")))
+    assert_one_line_error(code, out, err)
+    assert "cannot write" in err

@@ -1,15 +1,17 @@
-"""atomic_path: the target is replaced in one step on success and untouched on failure."""
+"""atomic_path: the target is replaced in one step on success and untouched on failure; output paths are
+checked before work starts."""
 import pytest
 
-from hcgnet.files import atomic_path
+from hcgnet.errors import HCGNetError
+from hcgnet.files import atomic_path, can_write_in, check_output_file
 
 
 def test_success_replaces_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
     with atomic_path(target) as tmp:
-        assert tmp != str(target) and not target.read_bytes() == b"new"
         open(tmp, "wb").write(b"new")
+        assert target.read_bytes() == b"old"   # written, but nothing replaced until the block succeeds
     assert target.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
     assert target.stat().st_mode & 0o777 == 0o644
@@ -25,3 +27,22 @@ def test_failure_keeps_the_old_file(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_check_output_file(tmp_path):
+    assert check_output_file(tmp_path / "new.json") == tmp_path / "new.json"
+    (tmp_path / "old.json").write_text("x")
+    assert check_output_file(tmp_path / "old.json", force=True) == tmp_path / "old.json"
+    with pytest.raises(HCGNetError, match="--force"):
+        check_output_file(tmp_path / "old.json", force=False)
+    with pytest.raises(HCGNetError, match="is a folder"):
+        check_output_file(tmp_path)
+    with pytest.raises(HCGNetError, match="does not exist"):
+        check_output_file(tmp_path / "no" / "x.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["old.json"]   # checking writes nothing
+
+
+def test_can_write_in(tmp_path):
+    assert can_write_in(tmp_path)
+    assert not can_write_in(tmp_path / "missing")
+    assert list(tmp_path.iterdir()) == []

@@ -244,6 +244,49 @@ def test_eval_on_a_dataset_with_other_class_names(capsys, run):
     assert ", ".join(sorted(CLASSES)) in line and "cyan, magenta, yellow" in line
 
 
+def test_eval_of_another_folder_scores_all_of_it(capsys, run):
+    holdout = make_folder(run["base"] / "holdout", CLASSES, 10)
+    for checkpoint in ("best.safetensors", "last.pt"):  # the run's data from config.yaml / the checkpoint
+        code, out, err = cli(capsys, "eval", "--checkpoint", str(run["out"] / checkpoint), "--data",
+                             f"imagefolder:{holdout}", "--workers", "0")
+        assert code == 0, err
+        assert "(all, 30 images)" in out
+        assert "not the data the checkpoint was trained on" in err
+        for name in CLASSES:
+            assert any(line.split()[0] == name and "/10)" in line for line in out.splitlines()[1:])
+    m = cli_json(capsys, "eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data",
+                 f"imagefolder:{holdout}", "--workers", "0")
+    assert m["split"] == "all" and m["count"] == 30
+    assert m["class_names"] == sorted(CLASSES)
+    assert [sum(row) for row in m["confusion"]] == [10, 10, 10]
+
+
+def test_eval_of_a_folder_with_some_of_the_classes(capsys, run):
+    some = make_folder(run["base"] / "some", ["blue", "red"], 2)
+    m = cli_json(capsys, "eval", "--checkpoint", str(run["out"] / "last.pt"), "--data", f"imagefolder:{some}",
+                 "--workers", "0")
+    assert m["count"] == 4 and m["class_names"] == sorted(CLASSES)   # labelled with the checkpoint's classes
+    assert [sum(row) for row in m["confusion"]] == [2, 0, 2]          # blue, green, red
+
+
+def test_eval_of_the_training_folder_still_scores_its_test_split(capsys, run):
+    code, out, err = cli(capsys, "eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data",
+                         f"imagefolder:{run['folder']}/", "--workers", "0")   # the same folder, spelt differently
+    assert code == 0 and err == ""
+    assert f"(test, {HELD_OUT} images)" in out
+
+
+@pytest.mark.slow  # measured 6 s: a fresh interpreter imports torch
+def test_inference_export_and_bench_do_not_import_the_trainer():
+    import subprocess
+    import sys
+
+    code = ("import sys, hcgnet.inference, hcgnet.bench, hcgnet.export, hcgnet.evaluation; "
+            "print(sorted(m for m in sys.modules if m.startswith('hcgnet.training')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 # ------------------------------------------------------------------------------------------ predict
 
 
@@ -294,18 +337,36 @@ def test_predict_is_softmax_of_the_model_on_the_eval_transform(capsys, run, new_
         assert {t["class"]: t["probability"] for t in r["top"]} == pytest.approx(want, abs=1e-5)
 
 
-def test_predict_missing_image(capsys, run, new_images, tmp_path):
+def test_predict_missing_image_is_named_and_the_others_go_on(capsys, run, new_images, tmp_path):
+    missing = tmp_path / "nope.png"
+    code, out, err = cli(capsys, "predict", "--checkpoint", str(run["out"] / "best.safetensors"),
+                         str(new_images[0]), str(missing), "--json")
+    assert code == 0
+    assert err.splitlines() == [f"hcgnet: warning: no such file or folder: {missing}; skipped"]
+    got = json.loads(out)
+    assert [r["image"] for r in got] == [str(new_images[0]), str(missing)]
+    assert len(got[0]["top"]) == 3 and "error" in got[1] and "top" not in got[1]
+
+
+def test_predict_only_missing_images_is_one_line(capsys, run, tmp_path):
     missing = tmp_path / "nope.png"
     line = one_line_error(*cli(capsys, "predict", "--checkpoint", str(run["out"] / "best.safetensors"),
-                               str(new_images[0]), str(missing)))
+                               str(missing)))
     assert str(missing) in line
 
 
-def test_predict_corrupt_image(capsys, run, tmp_path):
+def test_predict_corrupt_image(capsys, run, new_images, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
-    line = one_line_error(*cli(capsys, "predict", "--checkpoint", str(run["out"] / "best.safetensors"), str(bad)))
-    assert str(bad) in line
+    code, out, err = cli(capsys, "predict", "--checkpoint", str(run["out"] / "best.safetensors"), str(bad),
+                         str(new_images[1]))
+    assert code == 0 and "Traceback" not in err
+    warning, = err.splitlines()
+    assert warning.startswith("hcgnet: warning: cannot read image ") and str(bad) in warning
+    assert f"{bad}\n  skipped: cannot read image {bad}" in out and str(new_images[1]) in out
+    code, out, err = cli(capsys, "predict", "--checkpoint", str(run["out"] / "best.safetensors"), str(bad))
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("hcgnet: error: none of the 1 inputs")
 
 
 def test_predict_published_checkpoint_needs_model(capsys, tmp_path):

@@ -216,7 +216,11 @@ def benchmark(
 ) -> List[Dict]:
     """Every combination of the given settings, in order, for every batch size in ``batches`` (default
     ``[batch]``) and input size in ``sizes`` (default ``[size]``, the model's own if None)."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = _device(device)
+    if steps < 1:
+        raise HCGNetError(f"--steps must be 1 or more (the timed steps), got {steps}")
+    if warmup < 0:
+        raise HCGNetError(f"--warmup must be 0 or more, got {warmup}")
     for mode in modes:
         if mode not in MODES:
             raise HCGNetError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
@@ -249,6 +253,21 @@ def benchmark(
             if progress is not None:
                 progress(results[-1])
     return results
+
+
+def _device(name: Optional[str]) -> torch.device:
+    """The device to time on, refused in one line when it does not exist here."""
+    try:
+        dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise HCGNetError(f"unknown --device {name!r}; use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HCGNetError("--device cuda: this machine has no usable GPU (CUDA not available); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise HCGNetError(f"--device {name}: there are only {torch.cuda.device_count()} GPUs")
+    if dev.type not in ("cpu", "cuda"):
+        raise HCGNetError(f"--device {name}: hcgnet bench times cpu or cuda")
+    return dev
 
 
 def write_csv(results: Sequence[Dict], path: str) -> None:

@@ -1,6 +1,7 @@
 """The ``hcgnet`` command line: argument parsing only; every command calls the library."""
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -11,33 +12,50 @@ from hcgnet import __version__
 from hcgnet.complexity import count_macs, count_params
 from hcgnet.data import error_message
 from hcgnet.errors import HCGNetError
-from hcgnet.models import VARIANTS, create_model, save_safetensors
+from hcgnet.models import VARIANTS, create_model
 from hcgnet.models.variants import resolve
 
 
-def _info_rows(names: Sequence[str], num_classes: Optional[int]) -> List[dict]:
+def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[int] = None) -> List[dict]:
     rows = []
     for requested in names:
         name, variant = resolve(requested)
         classes = variant.num_classes if num_classes is None else num_classes
         with torch.device("meta"):  # shapes only: counting C costs no arithmetic
             model = create_model(requested, num_classes=classes)
+        input_size = variant.input_size if size is None else (variant.input_size[0], size, size)
+        smallest = model.feature_info[-1]["reduction"]
+        if input_size[-1] < smallest:
+            raise HCGNetError(f"--size {size} is smaller than {requested}'s total stride; use --size {smallest} "
+                              "or more")
         rows.append(dict(
             model=name if name in VARIANTS else "-",
             spec=variant.spec,
-            input="x".join(map(str, variant.input_size[1:])),
+            stem=variant.stem,
+            input="x".join(map(str, input_size[1:])),
             classes=classes,
             params=count_params(model),
             published_params=variant.published_params.get(classes),
             paper_params=variant.paper_params,
-            gmacs=count_macs(model, variant.input_size) / 1e9,
-            paper_gmacs=variant.paper_gmacs,
+            gmacs=count_macs(model, input_size) / 1e9,
+            paper_gmacs=variant.paper_gmacs if input_size == variant.input_size else None,
         ))
     return rows
 
 
+#: Input side above which a CIFAR-stem network (no downsampling before its first hybrid block) gets slow.
+CIFAR_STEM_LARGE = 64
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    rows = _info_rows(args.models or list(VARIANTS), args.num_classes)
+    if args.size is not None and args.size < 1:
+        raise HCGNetError(f"--size must be a positive number of pixels, got {args.size}")
+    rows = _info_rows(args.models or list(VARIANTS), args.num_classes, args.size)
+    large = [r["spec"] for r in rows if r["stem"] == "cifar" and int(r["input"].split("x")[0]) > CIFAR_STEM_LARGE]
+    if large:
+        print(f"note: {', '.join(large)} {'has' if len(large) == 1 else 'have'} the CIFAR stem (no downsampling "
+              f"before the first hybrid block), so at {args.size} px every layer runs at full resolution; for large "
+              "images train with --stem imagenet", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -57,17 +75,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if out.suffix != ".safetensors":
-        raise HCGNetError(f"output {out} must end in .safetensors")
-    if out.exists() and not args.force:
-        raise HCGNetError(f"{out} already exists; pass --force to replace it")
-    if not out.parent.is_dir():
-        raise HCGNetError(f"folder {out.parent} does not exist; create it first")
-    name, _ = resolve(args.model)
-    model = create_model(name, checkpoint_path=args.checkpoint)
-    save_safetensors(model, out, {"model_name": name, "num_classes": model.num_classes})
-    print(f"wrote {out}: {name}, {model.num_classes} classes, {count_params(model):,} parameters")
+    from hcgnet.inference import convert_checkpoint
+
+    model, meta = convert_checkpoint(args.checkpoint, args.output, args.model, args.force)
+    kept = [k for k in ("class_names", "data_config") if k in meta]
+    print(f"wrote {args.output}: {meta['model_name']}, {model.num_classes} classes, {count_params(model):,} parameters"
+          + (f"; kept its {' and '.join(k.replace('_', ' ') for k in kept)}" if kept else ""))
     return 0
 
 
@@ -80,31 +93,97 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Per-class accuracy is listed in the text output up to this many classes (the CSVs of --output hold all).
+PER_CLASS_LINES = 20
+
+
+def _check_output_folder(out: Path) -> None:
+    """A folder ``eval --output`` can write into (it may not exist yet), checked before the evaluation."""
+    from hcgnet.files import can_write_in
+
+    if out.exists() and not out.is_dir():
+        raise HCGNetError(f"--output {out} is a file; give a folder for the metrics and confusion matrix")
+    existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
+    if not can_write_in(existing):
+        raise HCGNetError(f"--output: cannot write in folder {existing} (read-only or no permission)")
+
+
+def _print_per_class(rows: List[dict]) -> None:
+    if len(rows) > PER_CLASS_LINES:
+        print(f"  per-class accuracy of the {len(rows)} classes: pass --output DIR for per_class.csv")
+        return
+    width = max(len(r["class"]) for r in rows)
+    for r in rows:
+        accuracy = "      -" if r["accuracy"] is None else f"{100 * r['accuracy']:6.2f}%"
+        print(f"  {r['class']:<{width}}  {accuracy}  ({r['correct']}/{r['images']})")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from hcgnet.evaluation import per_class, write_confusion
+    from hcgnet.files import reported_write
     from hcgnet.inference import evaluate_checkpoint
 
+    out = Path(args.output) if args.output else None
+    if out is not None:
+        _check_output_folder(out)
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
                             args.model, amp=args.amp, channels_last=args.channels_last)
+    rows = per_class(m["confusion"], m["class_names"])
+    # Indented for a few classes; one line for many, where a 1000 x 1000 confusion matrix would be a million lines.
+    text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
+    if out is not None:
+        with reported_write(out):
+            write_confusion(out, m["confusion"], m["class_names"])
+            (out / "metrics.json").write_text(text + "\n")
     if args.json:
-        print(json.dumps(m, indent=2))
-    else:
-        print(f"{args.checkpoint} on {args.data} ({args.split}, {m['count']} images): top-1 {100 * m['top1']:.2f}%, "
-              f"top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}")
+        print(text)
+        return 0
+    print(f"{args.checkpoint} on {args.data} ({m['split']}, {m['count']} images): top-1 {100 * m['top1']:.2f}%, "
+          f"top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}")
+    _print_per_class(rows)
+    if out is not None:
+        print(f"wrote {out}/: metrics.json, per_class.csv, confusion.csv, confusion.png")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from hcgnet.data import DataError
+    from hcgnet.files import check_output_file, reported_write
     from hcgnet.inference import predict
 
-    results = predict(args.checkpoint, args.images, args.topk, args.model)
+    if args.csv:
+        check_output_file(args.csv, "--csv")
+    results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size)
+    if args.csv:
+        with reported_write(args.csv):
+            _write_predictions_csv(results, args.csv)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        print(r["image"])
-        for t in r["top"]:
-            print(f"  {100 * t['probability']:6.2f}%  {t['class']}")
+    elif not args.csv:
+        for r in results:
+            print(r["image"])
+            if "error" in r:
+                print(f"  skipped: {r['error']}")
+            for t in r.get("top", ()):
+                print(f"  {100 * t['probability']:6.2f}%  {t['class']}")
+    done = sum("top" in r for r in results)
+    if done == 0:
+        raise DataError(f"none of the {len(results)} inputs could be classified (see the warnings above)")
     return 0
+
+
+def _write_predictions_csv(results, path: str) -> None:
+    """One row per image and rank (an unreadable image: one row with its error)."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "rank", "class", "index", "probability", "error"])
+        for r in results:
+            if "error" in r:
+                writer.writerow([r["image"], "", "", "", "", r["error"]])
+            for rank, t in enumerate(r.get("top", ()), 1):
+                writer.writerow([r["image"], rank, t["class"], t["index"], f"{t['probability']:.6f}", ""])
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -132,12 +211,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hcgnet.export import export_model
+    from hcgnet.export import check_export_path, export_model
     from hcgnet.inference import data_config_of, load_model
 
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise HCGNetError(f"{out} already exists; pass --force to replace it")
+    out = check_export_path(args.output, args.format, args.force)
     model, meta = load_model(args.checkpoint, args.model)
     input_size = data_config_of(model, meta).input_size
     export_model(model, str(out), args.format, input_size)
@@ -157,9 +234,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"  {speed}  (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)  +{r['peak_memory_added_mb']:.0f} MB"
               + (f"  loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}" if "final_loss" in r else ""), flush=True)
 
+    from hcgnet.files import check_output_file, reported_write
+
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
-        if path and not Path(path).resolve().parent.is_dir():  # found out now, not after an hour of timing
-            raise HCGNetError(f"{flag}: folder {Path(path).parent} does not exist; create it first")
+        if path:  # found out now, not after an hour of timing
+            check_output_file(path, flag)
     batches = _int_list(args.batch_size, "--batch-size")
     sizes = [(s, s) for s in _int_list(args.size, "--size")] if args.size else None
     results = benchmark(args.model, args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
@@ -167,12 +246,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         device=args.device, progress=None if args.json_only else show,
                         runtimes=args.runtimes.split(","), batches=batches, sizes=sizes, isolate=args.isolate)
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "torch": torch.__version__,
-                                               "threads": torch.get_num_threads(), "results": results}, indent=2))
+        with reported_write(args.json):
+            Path(args.json).write_text(json.dumps({"model": args.model, "torch": torch.__version__,
+                                                   "threads": torch.get_num_threads(), "results": results}, indent=2))
     if args.csv:
-        write_csv(results, args.csv)
+        with reported_write(args.csv):
+            write_csv(results, args.csv)
     if args.plot:
-        plot(results, args.plot, title=f"{args.model}, {torch.get_num_threads()} threads")
+        with reported_write(args.plot):
+            plot(results, args.plot, title=f"{args.model}, {torch.get_num_threads()} threads")
     return 0
 
 
@@ -211,13 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("models", nargs="*", metavar="MODEL|SPEC",
                       help="variant names or specs such as 'HCGNet-(8,8,8)-(k=12,24,36)' (default: all variants)")
     info.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the variant's)")
+    info.add_argument("--size", type=int, default=None, metavar="N",
+                      help="square input side for the GMACs column, e.g. 224 (default: each variant's own)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=cmd_info)
 
-    convert = sub.add_parser("convert", help="turn a published checkpoint into a .safetensors file")
-    convert.add_argument("checkpoint", help="published checkpoint, e.g. HCGNet_B_best.pth.tar")
+    convert = sub.add_parser("convert", help="turn a published checkpoint or a training .pt into a .safetensors file")
+    convert.add_argument("checkpoint", help="published checkpoint (e.g. HCGNet_B_best.pth.tar) or hcgnet's own "
+                                            "(best.pt, .safetensors): its class names and preprocessing are kept")
     convert.add_argument("output", help="the .safetensors file to write")
-    convert.add_argument("--model", required=True, help="variant name or spec the checkpoint belongs to")
+    convert.add_argument("--model", default=None,
+                         help="variant name or spec the checkpoint belongs to (needed for published checkpoints)")
     convert.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     convert.set_defaults(func=cmd_convert)
 
@@ -232,21 +318,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="top-1, top-5 and loss of a checkpoint on a dataset")
     add_checkpoint(ev)
     ev.add_argument("--data", required=True, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
-    ev.add_argument("--data-dir", default=None)
-    ev.add_argument("--split", choices=("test", "val"), default="test")
-    ev.add_argument("--batch-size", type=int, default=256)
-    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
+    ev.add_argument("--split", choices=("test", "val", "all"), default=None,
+                    help="test or val: the training run's held-out images; all: every image of an imagefolder "
+                         "(default: all for a folder the checkpoint was not trained on, else test)")
+    ev.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    ev.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ev.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                     help="autocast dtype: bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs; fp16 on GPUs")
     ev.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--output", default=None, metavar="DIR",
+                    help="also write metrics.json, per_class.csv, confusion.csv and confusion.png here")
+    ev.add_argument("--json", action="store_true", help="print JSON (with the confusion matrix) instead of text")
     ev.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="top-5 classes of image files")
+    pr = sub.add_parser("predict", help="top-5 classes of image files, folders or glob patterns")
     add_checkpoint(pr)
-    pr.add_argument("images", nargs="+", metavar="IMAGE")
-    pr.add_argument("--topk", type=int, default=5)
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|GLOB",
+                    help="image files, folders (searched recursively) or quoted patterns such as 'shots/**/*.jpg'")
+    pr.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    pr.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pr.add_argument("--csv", default=None, metavar="FILE", help="write one row per image and rank to FILE")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="ONNX, TorchScript or torch.export (.pt2) file of a checkpoint")
@@ -285,7 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`hcgnet predict --json | head`): stop quietly. Python would still try to flush
+        # stdout at exit and print a second error, so point it at devnull (as the Python docs recommend).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except HCGNetError as e:
         print(f"hcgnet: error: {error_message(e)}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """Scoring a model on a data loader, and the mixed-precision settings shared by training, evaluation and
 benchmarks. Below both the trainer and inference: neither imports the other."""
 import contextlib
-from typing import Dict, Optional
+import csv
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -28,12 +30,14 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_l
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader, dist: Dist, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-    progress=None,
-) -> Dict[str, float]:
+    progress=None, num_classes: Optional[int] = None,
+) -> Dict[str, Any]:
     """Top-1, top-5 and mean cross-entropy over the loader; with DDP every rank scores its own shard
-    (no padding) and the sums are added, so each sample counts exactly once."""
+    (no padding) and the sums are added, so each sample counts exactly once. With ``num_classes`` also
+    ``"confusion"``: a list of ``num_classes`` rows (true class) of counts per predicted class."""
     model.eval()
     loss_sum, top1, top5, count = 0.0, 0.0, 0.0, 0.0
+    confusion = torch.zeros(num_classes or 0, num_classes or 0, dtype=torch.float64)
     for x, y in loader:
         x, y = to_device(x, y, dist.device, channels_last)
         with autocast(dist.device, amp_dtype):
@@ -44,8 +48,74 @@ def evaluate(
         top1 += float(hits[:, 0].sum())
         top5 += float(hits.any(dim=1).sum())
         count += len(y)
+        if num_classes:
+            pairs = y.cpu() * num_classes + out.argmax(dim=1).cpu()
+            confusion += torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)
         if progress is not None:
             progress.update(1)
     sums = all_reduce_sum(torch.tensor([loss_sum, top1, top5, count], dtype=torch.float64), dist)
     n = max(sums[3].item(), 1)
-    return {"loss": sums[0].item() / n, "top1": sums[1].item() / n, "top5": sums[2].item() / n, "count": int(sums[3])}
+    metrics: Dict[str, Any] = {"loss": sums[0].item() / n, "top1": sums[1].item() / n, "top5": sums[2].item() / n,
+                               "count": int(sums[3])}
+    if num_classes:
+        metrics["confusion"] = all_reduce_sum(confusion, dist).long().tolist()
+    return metrics
+
+
+def per_class(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> List[Dict[str, Any]]:
+    """One row per class: its images, how many were classified as it, and that accuracy (None: no images)."""
+    rows = []
+    for i, (name, row) in enumerate(zip(class_names, confusion)):
+        images = int(sum(row))
+        rows.append({"class": name, "images": images, "correct": int(row[i]),
+                     "accuracy": row[i] / images if images else None})
+    return rows
+
+
+def write_confusion(folder, confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> List[Path]:
+    """Write ``per_class.csv``, ``confusion.csv`` (rows: true class, columns: predicted) and ``confusion.png``
+    into ``folder`` (created if needed); return their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [str(c) for c in class_names]
+    with open(folder / "per_class.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("class", "images", "correct", "accuracy"))
+        writer.writeheader()
+        for row in per_class(confusion, names):
+            writer.writerow({**row, "accuracy": "" if row["accuracy"] is None else f"{row['accuracy']:.6f}"})
+    with open(folder / "confusion.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, confusion):
+            writer.writerow([name, *map(int, row)])
+    _plot_confusion(folder / "confusion.png", confusion, names)
+    return [folder / n for n in ("per_class.csv", "confusion.csv", "confusion.png")]
+
+
+def _plot_confusion(path: Path, confusion: Sequence[Sequence[int]], names: Sequence[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = torch.tensor(confusion, dtype=torch.float64)
+    # Rows normalised: each true class's share of predictions, so small classes are as visible as large ones.
+    shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    n = len(names)
+    side = min(4 + 0.35 * n, 30)
+    fig, ax = plt.subplots(figsize=(side, side * 0.85))
+    image = ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    if n <= 40:  # beyond that the labels overlap; the CSV names them
+        ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), names, fontsize=8)
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
+                        color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

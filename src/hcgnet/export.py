@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hcgnet.errors import HCGNetError
-from hcgnet.files import atomic_path
+from hcgnet.files import atomic_path, check_output_file, reported_write
 
 FORMATS = ("onnx", "torchscript", "pt2")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
@@ -20,6 +20,21 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 
 class ExportError(HCGNetError):
     pass
+
+
+def check_export_path(output: str, fmt: str, force: bool = False) -> Path:
+    """``output`` as a file ``fmt`` may be written to, refused in one line otherwise: a name that says
+    another format (``--format onnx --output model.pt``), an existing file without ``force``, a folder,
+    a folder that does not exist or cannot be written."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(output)
+    suffix, wanted = out.suffix.lower(), SUFFIXES[fmt]
+    claimed = next((f for f, s in SUFFIXES.items() if s == suffix and f != fmt), None)
+    if claimed or (fmt != "torchscript" and suffix != wanted) or suffix in (".safetensors", ".pth"):
+        what = f"a {claimed} file" if claimed else f"a {suffix or 'nameless'} file"
+        raise ExportError(f"{out} names {what} but --format is {fmt}; use --output {out.with_suffix(wanted)}")
+    return check_output_file(out, "--output", force)
 
 
 def _sizes(model: nn.Module, input_size: Tuple[int, int, int]):
@@ -48,7 +63,7 @@ def export_model(
     example, check, low = _sizes(model, input_size)
     batch, height, width = (torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("height", min=low, max=4096),
                             torch.export.Dim("width", min=low, max=4096))
-    with atomic_path(out, suffix=SUFFIXES[fmt]) as tmp, torch.no_grad():
+    with reported_write(out), atomic_path(out, suffix=SUFFIXES[fmt]) as tmp, torch.no_grad():
         expected = model(check)
         if fmt == "torchscript":
             with warnings.catch_warnings():  # TorchScript is deprecated upstream; it is still what many deploy

@@ -1,13 +1,18 @@
-"""Writing files so that a crash never leaves a half-written one: a temporary file, then ``os.replace``."""
+"""Writing files so that a crash never leaves a half-written one (a temporary file, then ``os.replace``), and
+checking an output path before long work starts, so a mistake costs seconds, not the whole run."""
 import contextlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
 
+from hcgnet.errors import HCGNetError
+
+PathLike = Union[str, os.PathLike]
+
 
 @contextlib.contextmanager
-def atomic_path(path: Union[str, os.PathLike], suffix: str = ".tmp", mode: int = 0o644) -> Iterator[str]:
+def atomic_path(path: PathLike, suffix: str = ".tmp", mode: int = 0o644) -> Iterator[str]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path`` in one step, when
     it fails the temporary file is removed and ``path`` is untouched. ``suffix`` is kept for writers that
     insist on one (``torch.export.save`` wants ``.pt2``)."""
@@ -21,3 +26,38 @@ def atomic_path(path: Union[str, os.PathLike], suffix: str = ".tmp", mode: int =
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def can_write_in(folder: PathLike) -> bool:
+    """Whether a file can be created in ``folder``: tried for real, because permission bits do not tell
+    (root ignores them; a read-only mount or a full quota does not show in them)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_output_file(path: PathLike, flag: str = "output", force: bool = True) -> Path:
+    """``path`` as a file hcgnet may write, or a one-line :class:`HCGNetError` saying what to change: not an
+    existing folder, an existing file only with ``force``, in a folder that exists and is writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise HCGNetError(f"{flag} {path} is a folder; give the name of a file to write inside it")
+    if path.exists() and not force:
+        raise HCGNetError(f"{path} already exists; pass --force to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise HCGNetError(f"folder {folder} does not exist; create it first")
+    if not can_write_in(folder):
+        raise HCGNetError(f"{flag}: cannot write in folder {folder} (read-only or no permission); choose another")
+    return path
+
+
+@contextlib.contextmanager
+def reported_write(path: PathLike) -> Iterator[None]:
+    """Turn an operating-system failure while writing ``path`` (disk full, permissions) into one line."""
+    try:
+        yield
+    except OSError as e:
+        raise HCGNetError(f"cannot write {path}: {e.strerror or e}") from None

@@ -1,28 +1,86 @@
 """Using a trained model: load it from any checkpoint, score it on a dataset, classify image files.
 
-The library side of ``hcgnet eval`` and ``hcgnet predict``.
+The library side of ``hcgnet eval``, ``hcgnet predict`` and ``hcgnet convert``. A checkpoint that does not
+say how it was trained (a published one) is used with its variant's standard preprocessing and class
+indices, and the caller is told so once (``log``), never silently.
 """
+import glob
 import json
+import os
+import sys
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import ImageFolder
+from tqdm import tqdm
 
 from hcgnet.data import DataConfig, DataError, build_data, build_eval_transform, load_image
 from hcgnet.errors import CheckpointError, HCGNetError
-from hcgnet.models import create_model
-from hcgnet.models.checkpoints import read_metadata
+from hcgnet.files import check_output_file, reported_write
+from hcgnet.models import create_model, save_safetensors
+from hcgnet.models.checkpoints import read_metadata, torch_load_weights_only
 from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
+from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
 from hcgnet.evaluation import AMP_DTYPES, evaluate
+
+#: What ``predict`` collects from a folder or a glob (a file named explicitly is tried whatever its name).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+SPLITS = ("test", "val", "all")
+#: Settings of the training run kept with its weights, read from a training checkpoint's ``config``.
+RUN_KEYS = ("data", "data_dir", "val_size", "test_size", "seed")
+Log = Callable[[str], None]
+
+
+def note_on_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _value(meta: Dict[str, str], key: str) -> Optional[str]:
+    """A metadata value, None when absent or recorded as None (an automatic setting)."""
+    value = meta.get(key)
+    return None if value in (None, "", "None", "null") else value
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
+
+
+def checkpoint_metadata(path: str) -> Dict[str, str]:
+    """Everything a checkpoint says about itself: its metadata, and for a training checkpoint (``.pt``) the
+    run's data and split settings from its ``config``. A ``.safetensors`` of a run, still in its run folder,
+    takes the data it was trained on (and split settings it does not record) from the run's ``config.yaml``."""
+    meta = dict(read_metadata(path))
+    p = Path(path)
+    run: Dict[str, Any] = {}
+    if not _is_safetensors(p):
+        obj = torch_load_weights_only(p)
+        run = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
+    elif "seed" in meta and "data" not in meta and (p.parent / "config.yaml").is_file():
+        import yaml
+
+        try:
+            saved = yaml.safe_load((p.parent / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            saved = {}
+        if isinstance(saved, dict) and saved.get("model") == meta.get("model_name"):
+            run = saved
+    for key in RUN_KEYS:
+        if key not in meta and key in run:
+            meta[key] = str(run[key])
+    return meta
 
 
 def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, Dict[str, str]]:
     """A model built and loaded from a checkpoint that says what it is (hcgnet's ``.safetensors`` and
     training checkpoints do); for published checkpoints pass ``model_name``. Returns ``(model, metadata)``."""
-    meta = read_metadata(path)
+    meta = checkpoint_metadata(path)
     name = model_name or meta.get("model_name")
     if not name:
         raise CheckpointError(f"{path} does not say which model it holds; pass --model NAME")
@@ -47,24 +105,169 @@ def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
     )
 
 
-def evaluate_checkpoint(
-    path: str, data: str, data_dir: Optional[str] = None, split: str = "test", batch_size: int = 256,
-    workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None, amp: str = "none",
-    channels_last: bool = False,
-) -> Dict[str, Any]:
-    """Top-1, top-5 and loss of a checkpoint on a dataset's ``split`` ("test" or "val"); ``amp`` ("none",
-    "bf16" or "fp16") and ``channels_last`` are the fast inference paths (see BENCHMARKS.md)."""
-    amp_dtype = AMP_DTYPES.get(amp, "?")
-    if amp_dtype == "?":
+def guess_note(path: str, model: nn.Module, meta: Dict[str, str], classes: str = "class indices",
+               preprocessing: Optional[str] = None) -> Optional[str]:
+    """The one-line note to show when a checkpoint lacks class names or preprocessing (None when it has both):
+    what it lacks and what is used instead."""
+    missing = [what for what, key in (("class names", "class_names"), ("preprocessing", "data_config"))
+               if not meta.get(key)]
+    if not missing:
+        return None
+    if preprocessing is None:
+        stem = "CIFAR" if model.pretrained_cfg["input_size"][-1] == 32 else "ImageNet"
+        preprocessing = f"the variant's standard {stem} preprocessing"
+    return f"note: {path} carries no {' or '.join(missing)}; using {preprocessing} and {classes}"
+
+
+# ------------------------------------------------------------------------------------------------ convert
+
+
+def convert_checkpoint(
+    source: str, output: str, model_name: Optional[str] = None, force: bool = False
+) -> Tuple[nn.Module, Dict[str, str]]:
+    """Write ``source`` (a published checkpoint, a training ``.pt`` or a ``.safetensors``) as ``output``
+    (``.safetensors``), keeping all it says about itself: class names, preprocessing, input channels, split
+    settings, the data it was trained on. Returns ``(model, metadata written)``."""
+    out = Path(output)
+    if out.suffix != ".safetensors":
+        raise HCGNetError(f"output {out} must end in .safetensors")
+    check_output_file(out, "output", force)
+    meta = checkpoint_metadata(source)
+    requested = model_name or meta.get("model_name")
+    if not requested:
+        raise CheckpointError(f"{source} does not say which model it holds; pass --model NAME")
+    name, _ = resolve(requested)
+    model = create_model(name, checkpoint_path=source).eval()
+    written = {k: v for k, v in meta.items() if k != "format"}  # save_safetensors writes its own format tag
+    written.update(model_name=name, num_classes=str(model.num_classes),
+                   in_chans=str(model.stem.conv0.in_channels))
+    with reported_write(out):
+        save_safetensors(model, out, written)
+    return model, written
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+
+def _folder_of(data: str) -> Optional[str]:
+    return data.split(":", 1)[1].strip() if data.strip().lower().startswith("imagefolder:") else None
+
+
+def _same_place(a: str, b: str) -> bool:
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
+def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
+    """The split ``eval`` scores when none is asked for, and why, when that is not the obvious "test": a folder
+    the checkpoint was not trained on is scored whole ("all")."""
+    folder = _folder_of(data)
+    if folder is None:
+        return "test", None
+    recorded = _value(meta, "data")
+    if recorded is not None:
+        trained = _folder_of(recorded)
+        if trained is not None and _same_place(trained, folder):
+            return "test", None
+        return "all", f"{folder} is not the data the checkpoint was trained on ({recorded}): scoring all of it"
+    has_split = _value(meta, "seed") is not None or _value(meta, "val_size") is not None
+    if not os.path.isdir(os.path.join(os.path.expanduser(folder), "train")) and not has_split:
+        return "all", f"the checkpoint records no training split: scoring all of {folder}"
+    return "test", None
+
+
+class _WholeFolder(ImageFolder):
+    """Every image of a folder of class sub-folders, labelled with given class names (the folder may lack
+    some of them; the caller has checked it adds none)."""
+
+    def __init__(self, root: str, classes: Sequence[str], transform) -> None:
+        self._names = list(classes)
+        super().__init__(root, transform=transform, loader=load_image, allow_empty=True)
+
+    def find_classes(self, directory):
+        return self._names, {c: i for i, c in enumerate(self._names)}
+
+
+def folder_classes(folder: str) -> List[str]:
+    """The class sub-folders of ``folder``, sorted (ImageFolder's order)."""
+    folder = os.path.expanduser(folder)
+    if not os.path.isdir(folder):
+        raise DataError(f"no such folder: {folder}")
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _whole_folder(folder: str, config: DataConfig) -> Dataset:
+    """Local stand-in for ``hcgnet.data.build_eval_dataset(spec, config, data_dir, "all")``."""
+    ds = _WholeFolder(os.path.expanduser(folder), config.class_names, build_eval_transform(config))
+    if not ds.samples:
+        raise DataError(f"no images in the class sub-folders of {folder}: nothing to evaluate")
+    return ds
+
+
+def eval_dataset(data: str, config: DataConfig, data_dir: Optional[str], split: str) -> Dataset:
+    """Every image of the folder of ``data`` ("imagefolder:DIR"), with ``config``'s class names and eval
+    transform: the data package's ``build_eval_dataset`` where it exists."""
+    try:
+        from hcgnet.data import build_eval_dataset
+    except ImportError:
+        return _whole_folder(_folder_of(data), config)
+    return build_eval_dataset(data, config, data_dir, split)
+
+
+#: Seconds between progress lines when stderr is not a terminal (a log file, CI, a cluster job).
+LOG_EVERY_S = 30.0
+
+
+class _ProgressLines:
+    """Progress for output that is not a terminal, where a bar would be noise: a line every LOG_EVERY_S."""
+
+    def __init__(self, total: int, what: str, log: Log) -> None:
+        self.total, self.what, self.log = total, what, log
+        self.done, self.start = 0, time.monotonic()
+        self.last = self.start
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= LOG_EVERY_S and self.done < self.total:
+            self.last = now
+            rate = self.done / (now - self.start)
+            self.log(f"{self.what}: {self.done}/{self.total} batches, about {(self.total - self.done) / rate:.0f} s left")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress(total: int, what: str, show: Optional[bool], log: Log):
+    """A tqdm bar on a terminal, progress lines elsewhere (``show=None``); ``show=False``: nothing."""
+    if show is None and not sys.stderr.isatty():
+        return _ProgressLines(total, what, log)
+    return tqdm(total=total, desc=what, unit="batch", disable=show is False, leave=False)
+
+
+def _check_options(batch_size: int, workers: int, amp: str, dev: torch.device) -> Optional[torch.dtype]:
+    if batch_size < 1:
+        raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
+    if workers < 0:
+        raise HCGNetError(f"--workers must be 0 or more, got {workers}")
+    if amp not in AMP_DTYPES:
         raise HCGNetError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
-    model, meta = load_model(path, model_name)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # The split the checkpoint was trained with: an ImageFolder without train/ holds its test set out the
-    # same way as the validation set, and an ImageFolder model sees the image size it was trained at.
+    if amp == "fp16" and dev.type != "cuda":
+        raise HCGNetError("--amp fp16 needs a GPU; on the CPU use --amp bf16")
+    return AMP_DTYPES[amp]
+
+
+def _split_dataset(data, data_dir, split, meta, model, path) -> Tuple[Dataset, List[str]]:
+    """The training split ``split`` ("test"/"val") of ``data``, rebuilt with the checkpoint's split settings."""
     config = data_config_of(model, meta)
-    image_size = config.input_size[-1] if data.startswith("imagefolder") else None
-    bundle = build_data(data, data_dir=data_dir, val_size=float(meta.get("val_size", 5000)),
-                        seed=int(meta.get("seed", 0)), download=False, image_size=image_size)
+    kwargs: Dict[str, Any] = {}
+    for key, cast in (("val_size", float), ("test_size", float), ("seed", int)):
+        if key in meta:  # recorded; None means "automatic" and is passed on as such
+            kwargs[key] = None if _value(meta, key) is None else cast(float(meta[key]))
+    image_size = config.input_size[-1] if _folder_of(data) is not None else None
+    bundle = build_data(data, data_dir=data_dir, download=False, image_size=image_size, **kwargs)
     if bundle.num_classes != model.num_classes:
         raise CheckpointError(
             f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
@@ -73,43 +276,176 @@ def evaluate_checkpoint(
     trained_on = json.loads(meta["class_names"]) if meta.get("class_names") else None
     if trained_on is not None and list(trained_on) != list(bundle.config.class_names):
         raise CheckpointError(
-            f"{path} was trained on the classes {', '.join(trained_on[:5])}{', ...' if len(trained_on) > 5 else ''} "
-            f"but {data} has {', '.join(bundle.config.class_names[:5])}"
-            f"{', ...' if len(bundle.config.class_names) > 5 else ''} (in this order); evaluate it on the dataset it "
-            "was trained for"
+            f"{path} was trained on the classes {_few(trained_on)} but {data} has {_few(bundle.config.class_names)} "
+            "(in this order); evaluate it on the dataset it was trained for"
         )
     in_chans = model.stem.conv0.in_channels
     if bundle.config.input_size[0] != in_chans:
         raise CheckpointError(f"{path} takes {in_chans}-channel images but {data} gives {bundle.config.input_size[0]}")
-    dataset = bundle.test if split == "test" else bundle.val
+    return (bundle.test if split == "test" else bundle.val), list(bundle.config.class_names)
+
+
+def _few(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def _all_dataset(data, data_dir, meta, model, path, log: Log) -> Tuple[Dataset, List[str]]:
+    folder = _folder_of(data)
+    if folder is None:
+        raise HCGNetError("--split all scores every image of a folder: use it with --data imagefolder:DIR")
+    config = data_config_of(model, meta)
+    found = folder_classes(folder)
+    if not meta.get("class_names"):  # nothing to label with but the folder's own classes, in ImageFolder order
+        if len(found) != model.num_classes:
+            raise CheckpointError(
+                f"{path} classifies {model.num_classes} classes but {folder} has {len(found)} class folders; "
+                "evaluate it on a folder with one sub-folder per class it knows"
+            )
+        config.class_names = found
+    unknown = [c for c in found if c not in config.class_names]
+    if unknown:
+        raise CheckpointError(
+            f"{folder} has {len(found)} class folders and {len(unknown)} of them ({_few(unknown)}) are not among the "
+            f"{model.num_classes} classes {path} was trained on ({_few(sorted(config.class_names))}); evaluate it "
+            "on images of those classes"
+        )
+    dataset = eval_dataset(data, config, data_dir, "all")
+    note = guess_note(path, model, meta, "the folder's class names (sorted)" if not meta.get("class_names")
+                      else "the checkpoint's class names")
+    if note:
+        log(note)
+    return dataset, list(config.class_names)
+
+
+def evaluate_checkpoint(
+    path: str, data: str, data_dir: Optional[str] = None, split: Optional[str] = None, batch_size: int = 256,
+    workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None, amp: str = "none",
+    channels_last: bool = False, progress: Optional[bool] = None, log: Log = note_on_stderr,
+) -> Dict[str, Any]:
+    """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a checkpoint on ``split`` of
+    ``data``: "test" or "val" (the training run's, rebuilt from the checkpoint's split settings) or "all"
+    (every image of an ``imagefolder:DIR``). ``split=None`` chooses: "all" for a folder the checkpoint was not
+    trained on, else "test". ``amp`` ("none", "bf16" or "fp16") and ``channels_last`` are the fast inference
+    paths (see BENCHMARKS.md). ``progress``: a bar (default: when stderr is a terminal)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp_dtype = _check_options(batch_size, workers, amp, dev)
+    if split is not None and split not in SPLITS:
+        raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    model, meta = load_model(path, model_name)
+    why = None
+    if split is None:
+        split, why = choose_split(data, meta)
+    if split == "all":
+        dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log)
+    else:
+        dataset, class_names = _split_dataset(data, data_dir, split, meta, model, path)
+        if not meta.get("class_names"):
+            log(guess_note(path, model, meta, "the dataset's class names", "the dataset's standard preprocessing"))
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
+    if why:  # said once the folder is known to be usable, so an error stays a single line
+        log(f"note: {why} (--split all; pass --split test for the training run's held-out images)")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    metrics = evaluate(model, loader, Dist(device=dev), amp_dtype, channels_last)
-    return {"checkpoint": str(path), "data": data, "split": split, **metrics}
+    with _progress(len(loader), f"evaluating {split}", progress, log) as bar:
+        metrics = evaluate(model, loader, Dist(device=dev), amp_dtype, channels_last, progress=bar,
+                           num_classes=model.num_classes)
+    return {"checkpoint": str(path), "data": data, "split": split, **metrics, "class_names": class_names}
+
+
+# ------------------------------------------------------------------------------------------------ predict
+
+
+def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str]]]:
+    """Image files from files, folders (searched recursively for :data:`IMAGE_EXTENSIONS`) and glob patterns,
+    in the order given (each folder's and pattern's files sorted); and one problem entry per input that
+    named nothing. A file named explicitly is kept whatever its extension."""
+    found: List[str] = []
+    problems: List[Dict[str, str]] = []
+
+    def images_under(folder: str) -> List[str]:
+        return sorted(str(p) for p in Path(folder).rglob("*")
+                      if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+    for item in inputs:
+        if os.path.isdir(item):
+            hits = images_under(item)
+        elif os.path.isfile(item):
+            hits = [item]
+        elif glob.has_magic(item):
+            hits = []
+            for match in sorted(glob.glob(os.path.expanduser(item), recursive=True)):
+                if os.path.isdir(match):
+                    hits += images_under(match)
+                elif Path(match).suffix.lower() in IMAGE_EXTENSIONS:
+                    hits.append(match)
+        else:
+            problems.append({"image": item, "error": f"no such file or folder: {item}"})
+            continue
+        if not hits:
+            problems.append({"image": item, "error": f"no images in {item}"})
+        found += hits
+    seen = set()
+    return [p for p in found if not (p in seen or seen.add(p))], problems
+
+
+def _read_images(paths: Sequence[str], transform, failures: List[Dict[str, Any]], log: Log):
+    """The transformed images that could be read, and their paths; each one that could not is warned about
+    and appended to ``failures`` as ``{"image", "error"}``."""
+    batch, readable = [], []
+    for p in paths:
+        try:
+            batch.append(transform(load_image(p, hint="")))
+            readable.append(p)
+        except Exception as e:  # an unreadable or undecodable file must not stop the others
+            message = str(e) if isinstance(e, DataError) else f"cannot read image {p}: {e}"
+            log(f"hcgnet: warning: {message}; skipped")
+            failures.append({"image": p, "error": message})
+    return batch, readable
+
+
+def _top_classes(image: str, probs: torch.Tensor, k: int, names: Sequence[str]) -> Dict[str, Any]:
+    values, indices = probs.topk(k)
+    return {"image": image, "top": [
+        {"class": names[i] if i < len(names) else str(i), "index": int(i), "probability": float(v)}
+        for v, i in zip(values.tolist(), indices.tolist())]}
 
 
 @torch.no_grad()
 def predict(
-    path: str, images: Sequence[str], topk: int = 5, model_name: Optional[str] = None
+    path: str, images: Sequence[str], topk: int = 5, model_name: Optional[str] = None, batch_size: int = 32,
+    log: Log = note_on_stderr, progress: Optional[bool] = None,
 ) -> List[Dict[str, Any]]:
-    """The ``topk`` classes and probabilities for each image file."""
-    missing = [p for p in images if not Path(p).is_file()]
-    if missing:
-        raise DataError(f"no such image: {missing[0]}")
+    """The ``topk`` classes and probabilities of every image in ``images`` (files, folders, glob patterns),
+    ``batch_size`` images at a time. An input that cannot be read is skipped with a one-line warning through
+    ``log`` and kept in the results as ``{"image": ..., "error": ...}``; the others go on."""
+    if topk < 1:
+        raise HCGNetError(f"--topk must be 1 or more, got {topk}")
+    if batch_size < 1:
+        raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
+    files, problems = collect_images(images)
+    if not files:
+        raise DataError("nothing to classify: " + "; ".join(p["error"] for p in problems[:3]))
+    for p in problems:
+        log(f"hcgnet: warning: {p['error']}; skipped")
     model, meta = load_model(path, model_name)
     config = data_config_of(model, meta)
+    note = guess_note(path, model, meta)
+    if note:
+        log(note)
     transform = build_eval_transform(config)
-    batch = torch.stack([transform(load_image(p, hint="")) for p in images])
-    probs = torch.softmax(model(batch), dim=1)
-    k = min(topk, probs.shape[1])
-    top = probs.topk(k, dim=1)
     names = list(config.class_names)
-    return [
-        {"image": str(Path(p)), "top": [{"class": names[i] if i < len(names) else str(i), "index": int(i),
-                                         "probability": float(v)} for v, i in zip(values, indices)]}
-        for p, values, indices in zip(images, top.values.tolist(), top.indices.tolist())
-    ]
+    k = min(topk, model.num_classes)
+    results: List[Dict[str, Any]] = []
+    with _progress(-(-len(files) // batch_size), "predicting", progress, log) as bar:
+        for start in range(0, len(files), batch_size):
+            batch, readable = _read_images(files[start:start + batch_size], transform, results, log)
+            if batch:
+                probs = torch.softmax(model(torch.stack(batch)), dim=1)
+                results += [_top_classes(p, row, k, names) for p, row in zip(readable, probs)]
+            bar.update(1)
+    order = {p: i for i, p in enumerate(files)}
+    results.sort(key=lambda r: order[r["image"]])
+    return results + problems
