@@ -65,6 +65,7 @@ def run(tmp_path_factory, _one_thread):
     out = base / "run"
     code = main(["train", "--model", SPEC, "--data", f"imagefolder:{folder}", "--image-size", "16",
                  "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--val-size", str(VAL_FRACTION),
+                 "--test-size", str(VAL_FRACTION),
                  "--workers", "0", "--output", str(out)])
     assert code == 0
     return {"folder": folder, "out": out, "base": base}

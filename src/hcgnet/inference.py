@@ -15,10 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-from hcgnet.data import DataConfig, DataError, build_data, build_eval_transform, load_image
+from hcgnet.data import DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, load_image
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
@@ -175,42 +174,12 @@ def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
     return "test", None
 
 
-class _WholeFolder(ImageFolder):
-    """Every image of a folder of class sub-folders, labelled with given class names (the folder may lack
-    some of them; the caller has checked it adds none)."""
-
-    def __init__(self, root: str, classes: Sequence[str], transform) -> None:
-        self._names = list(classes)
-        super().__init__(root, transform=transform, loader=load_image, allow_empty=True)
-
-    def find_classes(self, directory):
-        return self._names, {c: i for i, c in enumerate(self._names)}
-
-
 def folder_classes(folder: str) -> List[str]:
     """The class sub-folders of ``folder``, sorted (ImageFolder's order)."""
     folder = os.path.expanduser(folder)
     if not os.path.isdir(folder):
         raise DataError(f"no such folder: {folder}")
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-
-
-def _whole_folder(folder: str, config: DataConfig) -> Dataset:
-    """Local stand-in for ``hcgnet.data.build_eval_dataset(spec, config, data_dir, "all")``."""
-    ds = _WholeFolder(os.path.expanduser(folder), config.class_names, build_eval_transform(config))
-    if not ds.samples:
-        raise DataError(f"no images in the class sub-folders of {folder}: nothing to evaluate")
-    return ds
-
-
-def eval_dataset(data: str, config: DataConfig, data_dir: Optional[str], split: str) -> Dataset:
-    """Every image of the folder of ``data`` ("imagefolder:DIR"), with ``config``'s class names and eval
-    transform: the data package's ``build_eval_dataset`` where it exists."""
-    try:
-        from hcgnet.data import build_eval_dataset
-    except ImportError:
-        return _whole_folder(_folder_of(data), config)
-    return build_eval_dataset(data, config, data_dir, split)
 
 
 #: Seconds between progress lines when stderr is not a terminal (a log file, CI, a cluster job).
@@ -266,6 +235,8 @@ def _split_dataset(data, data_dir, split, meta, model, path) -> Tuple[Dataset, L
     for key, cast in (("val_size", float), ("test_size", float), ("seed", int)):
         if key in meta:  # recorded; None means "automatic" and is passed on as such
             kwargs[key] = None if _value(meta, key) is None else cast(float(meta[key]))
+    if "test_size" not in meta and "val_size" in kwargs:  # runs from before test_size held out val_size twice
+        kwargs["test_size"] = kwargs["val_size"]
     image_size = config.input_size[-1] if _folder_of(data) is not None else None
     bundle = build_data(data, data_dir=data_dir, download=False, image_size=image_size, **kwargs)
     if bundle.num_classes != model.num_classes:
@@ -309,7 +280,7 @@ def _all_dataset(data, data_dir, meta, model, path, log: Log) -> Tuple[Dataset, 
             f"{model.num_classes} classes {path} was trained on ({_few(sorted(config.class_names))}); evaluate it "
             "on images of those classes"
         )
-    dataset = eval_dataset(data, config, data_dir, "all")
+    dataset = build_eval_dataset(data, config, data_dir, "all")
     note = guess_note(path, model, meta, "the folder's class names (sorted)" if not meta.get("class_names")
                       else "the checkpoint's class names")
     if note:
