@@ -37,13 +37,19 @@ def stem_cfg(stem: str) -> dict:
     cifar = stem == "cifar"
     return dict(
         input_size=(3, 32, 32) if cifar else (3, 224, 224),
-        pool_size=(8, 8) if cifar else (7, 7),
         crop_pct=1.0 if cifar else 0.875,
         crop_mode="center",
         interpolation="bilinear",
         mean=CIFAR_MEAN if cifar else IMAGENET_DEFAULT_MEAN,
         std=CIFAR_STD if cifar else IMAGENET_DEFAULT_STD,
     )
+
+
+def _pool_size(variant: Variant, input_size: Optional[Sequence[int]] = None) -> tuple:
+    """The final feature map's size at the stem's input size: the stem's stride (1 CIFAR, 4 ImageNet)
+    times 2 per transition."""
+    reduction = (1 if variant.stem == "cifar" else 4) * 2 ** (len(variant.block_depths) - 1)
+    return tuple(-(-int(s) // reduction) for s in (input_size or stem_cfg(variant.stem)["input_size"])[1:])
 
 
 def _cfg(variant: Variant, architecture: Optional[str] = None, **extra) -> dict:
@@ -53,6 +59,7 @@ def _cfg(variant: Variant, architecture: Optional[str] = None, **extra) -> dict:
         "hf_hub_id": "",  # none on the Hugging Face Hub yet; "hf-hub:ORG/NAME" works once uploaded (README)
         "num_classes": variant.num_classes,
         **stem_cfg(variant.stem),
+        "pool_size": _pool_size(variant),
         "first_conv": "stem.conv0",
         "classifier": "classifier",
         "paper_name": "Gated Convolutional Networks with Hybrid Connectivity for Image Classification",
@@ -114,10 +121,11 @@ def _create_timm(name: str, pretrained: bool = False, **kwargs) -> HCGNet:
     variant = _variant_of(name, kwargs)
     check_out_indices(kwargs.get("out_indices"), len(variant.block_depths))
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    if not isinstance(kwargs.get("pretrained_cfg"), (dict, PretrainedCfg)):
+    own_cfg = not isinstance(kwargs.get("pretrained_cfg"), (dict, PretrainedCfg))
+    if own_cfg:
         # The preprocessing follows the stem actually built (a CIFAR variant with the ImageNet stem, a
         # spec); a config that came with weights (local-dir:, hf-hub:) describes them and is kept.
-        overlay = {**stem_cfg(variant.stem), **overlay}
+        overlay = {**stem_cfg(variant.stem), "pool_size": _pool_size(variant), **overlay}
     if pretrained and not _has_weights(name, kwargs.get("pretrained_cfg"), overlay):
         overlay["file"] = str(find_pretrained(name))  # $HCGNET_HOME; a one-line error says what to fetch
     return build_model_with_cfg(
@@ -269,8 +277,7 @@ def _cfg_of(model: HCGNet, name: str, variant: Variant, weights, metadata: dict,
         cfg.update(cfg_from_data_config(json.loads(metadata["data_config"])))
     cfg["num_classes"] = model.num_classes
     cfg["input_size"] = (model.in_chans, *cfg["input_size"][1:])
-    reduction = model.feature_info[-1]["reduction"]
-    cfg["pool_size"] = tuple(-(-s // reduction) for s in cfg["input_size"][1:])
+    cfg["pool_size"] = _pool_size(variant, cfg["input_size"])
     return cfg
 
 
