@@ -695,6 +695,15 @@ def test_pretrained_loads_the_published_file_from_hcgnet_home(tmp_path, monkeypa
         assert torch.equal(target, value.flatten(1) if value.dim() == 4 and target.dim() == 2 else value), ours
 
 
+def test_published_weights_carry_their_licence_in_the_pretrained_cfg(published_b):
+    path, _ = published_b
+    cfg = hcgnet.create_model("hcgnet_b", checkpoint_path=str(path)).pretrained_cfg
+    assert cfg["license"] == "other" and "research-only" in cfg["notes"][0]
+    assert cfg["file"] == str(path)
+    # weights that are not the authors' (the A1 fixture has no published release) carry no licence
+    assert "license" not in hcgnet.create_model("hcgnet_a1", checkpoint_path=str(FIXTURE)).pretrained_cfg
+
+
 def test_pretrained_prefers_converted_safetensors(tmp_path, monkeypatch, published_b):
     source, sd = published_b
     home = tmp_path / "weights"

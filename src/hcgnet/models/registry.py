@@ -269,7 +269,8 @@ def _cfg_of(model: HCGNet, name: str, variant: Variant, weights, metadata: dict,
     """``model.pretrained_cfg``: the stem's standard one, the published weights' when those were loaded, and
     an hcgnet run's own preprocessing (its ``data_config``) when its checkpoint was."""
     architecture = name if name in VARIANTS else GENERIC
-    if pretrained and variant.published_checkpoint and weights is not None:
+    published = pretrained or metadata.get("source") == "published"
+    if published and variant.published_checkpoint and weights is not None:
         cfg = {**_published_cfg(name, variant), "file": str(weights)}
     else:
         cfg = _cfg(variant, architecture)
