@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models import PretrainedCfg
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import (
+    PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg,
+)
 from timm.models._features import FeatureListNet
 from torch import nn
 
 from hcgnet.errors import CheckpointError, ModelSpecError
 from hcgnet.models.checkpoints import (
-    checkpoint_filter_fn, load_state_dict_into, num_classes_in, read_metadata, read_state_dict,
+    checkpoint_filter_fn, load_state_dict_into, num_classes_in, read_state_dict,
 )
 from hcgnet.models.hcgnet import HCGNet
 from hcgnet.models.variants import VARIANTS, Variant, format_spec, resolve
