@@ -216,6 +216,141 @@ def test_published_key_mapping_examples():
     assert published_to_hcgnet_key("head.weight") is None
 
 
+# The ImageNet-format (HCGNet-B) names, written out by hand from official-keys/HCGNet_B.keys.txt and the
+# module layout in hcgnet/models/hcgnet.py: published key, its shape there, our key, its shape here. The gates'
+# FC layers are 1x1 convs there and Linear layers here. Not computed by the mapping code under test.
+B_KEY_TABLE = [
+    # stem: three conv-BN pairs (the first stride 2)
+    ("features.conv0.weight", (32, 3, 3, 3), "stem.conv0.weight", (32, 3, 3, 3)),
+    ("features.norm0.weight", (32,), "stem.norm0.weight", (32,)),
+    ("features.norm0.running_mean", (32,), "stem.norm0.running_mean", (32,)),
+    ("features.conv1.weight", (32, 32, 3, 3), "stem.conv1.weight", (32, 32, 3, 3)),
+    ("features.norm1.weight", (32,), "stem.norm1.weight", (32,)),
+    ("features.norm1.running_var", (32,), "stem.norm1.running_var", (32,)),
+    ("features.conv2.weight", (64, 32, 3, 3), "stem.conv2.weight", (64, 32, 3, 3)),
+    ("features.norm2.bias", (64,), "stem.norm2.bias", (64,)),
+    ("features.norm2.num_batches_tracked", (), "stem.norm2.num_batches_tracked", ()),
+    # first hybrid block, first SMG module: squeeze cell's pre-activation norm
+    ("features.hybridblock1.SMG1.conv1_1x1.norm.weight", (64,),
+     "stages.0.block.layers.0.squeeze.conv1x1.norm.weight", (64,)),
+    # transitions: published transition i is our stages.i.transition
+    ("features.transition1.conv1_1x1.conv.weight", (120, 160, 1, 1),
+     "stages.1.transition.squeeze.conv1x1.conv.weight", (120, 160, 1, 1)),
+    ("features.transition1.conv2_3x3.conv.weight", (80, 120, 3, 3),
+     "stages.1.transition.squeeze.conv3x3.conv.weight", (80, 120, 3, 3)),
+    ("features.transition1.conv_5x5.conv.weight", (80, 1, 3, 3),
+     "stages.1.transition.excite.conv3x3_dilated.conv.weight", (80, 1, 3, 3)),
+    ("features.transition1.global_context5x5.weight", (1, 80, 1, 1),
+     "stages.1.transition.update_gate.context_b.score.weight", (1, 80, 1, 1)),
+    ("features.transition1.fcall.weight", (40, 160, 1, 1),
+     "stages.1.transition.update_gate.bottleneck.fc.weight", (40, 160)),
+    ("features.transition1.bn_attention.running_var", (40,),
+     "stages.1.transition.update_gate.bottleneck.norm.running_var", (40,)),
+    ("features.transition1.fc5x5.weight", (80, 40, 1, 1), "stages.1.transition.update_gate.expand_b.weight", (80, 40)),
+    ("features.transition3.conv1_1x1.conv.weight", (714, 952, 1, 1),
+     "stages.3.transition.squeeze.conv1x1.conv.weight", (714, 952, 1, 1)),
+    ("features.transition3.fc1.weight", (119, 476, 1, 1), "stages.3.transition.forget_gate.bottleneck.fc.weight",
+     (119, 476)),
+    ("features.transition3.bn_forget.weight", (119,), "stages.3.transition.forget_gate.bottleneck.norm.weight", (119,)),
+    ("features.transition3.fc2.bias", (476,), "stages.3.transition.forget_gate.expand.bias", (476,)),
+    # a hybrid block module: squeeze cell, excitation cell, update gate, forget gate
+    ("features.hybridblock2.SMG3.conv1_1x1.conv.weight", (192, 176, 1, 1),
+     "stages.1.block.layers.2.squeeze.conv1x1.conv.weight", (192, 176, 1, 1)),
+    ("features.hybridblock2.SMG3.conv2_3x3.conv.weight", (48, 48, 3, 3),
+     "stages.1.block.layers.2.squeeze.conv3x3.conv.weight", (48, 48, 3, 3)),
+    ("features.hybridblock2.SMG3.conv_3x3.norm.running_var", (48,),
+     "stages.1.block.layers.2.excite.conv3x3.norm.running_var", (48,)),
+    ("features.hybridblock2.SMG3.conv_5x5.conv.weight", (48, 1, 3, 3),
+     "stages.1.block.layers.2.excite.conv3x3_dilated.conv.weight", (48, 1, 3, 3)),
+    ("features.hybridblock2.SMG3.global_context3x3.weight", (1, 48, 1, 1),
+     "stages.1.block.layers.2.update_gate.context_a.score.weight", (1, 48, 1, 1)),
+    ("features.hybridblock2.SMG3.global_context5x5.bias", (1,),
+     "stages.1.block.layers.2.update_gate.context_b.score.bias", (1,)),
+    ("features.hybridblock2.SMG3.fcall.weight", (48, 96, 1, 1),
+     "stages.1.block.layers.2.update_gate.bottleneck.fc.weight", (48, 96)),
+    ("features.hybridblock2.SMG3.bn_attention.running_mean", (48,),
+     "stages.1.block.layers.2.update_gate.bottleneck.norm.running_mean", (48,)),
+    ("features.hybridblock2.SMG3.fc3x3.weight", (48, 48, 1, 1), "stages.1.block.layers.2.update_gate.expand_a.weight",
+     (48, 48)),
+    ("features.hybridblock2.SMG3.fc5x5.bias", (48,), "stages.1.block.layers.2.update_gate.expand_b.bias", (48,)),
+    ("features.hybridblock2.SMG3.global_forget_context.weight", (1, 48, 1, 1),
+     "stages.1.block.layers.2.forget_gate.context.score.weight", (1, 48, 1, 1)),
+    ("features.hybridblock2.SMG3.fc1.weight", (24, 48, 1, 1), "stages.1.block.layers.2.forget_gate.bottleneck.fc.weight",
+     (24, 48)),
+    ("features.hybridblock2.SMG3.bn_forget.num_batches_tracked", (),
+     "stages.1.block.layers.2.forget_gate.bottleneck.norm.num_batches_tracked", ()),
+    ("features.hybridblock2.SMG3.fc2.weight", (48, 24, 1, 1), "stages.1.block.layers.2.forget_gate.expand.weight",
+     (48, 24)),
+    ("features.hybridblock4.SMG8.conv_5x5.conv.weight", (96, 1, 3, 3),
+     "stages.3.block.layers.7.excite.conv3x3_dilated.conv.weight", (96, 1, 3, 3)),
+    # head
+    ("features.norm5.weight", (1244,), "norm.weight", (1244,)),
+    ("features.norm5.running_var", (1244,), "norm.running_var", (1244,)),
+    ("classifier.weight", (1000, 1244), "classifier.weight", (1000, 1244)),
+    ("classifier.bias", (1000,), "classifier.bias", (1000,)),
+]
+
+
+def test_imagenet_key_table_against_the_published_key_list_and_hcgnet_b():
+    official = read_official_keys("HCGNet_B")
+    with torch.device("meta"):
+        ours = hcgnet.create_model("hcgnet_b").state_dict()
+    for published, published_shape, key, shape in B_KEY_TABLE:
+        assert official[published][0] == published_shape, published  # the table reads the key list right
+        assert tuple(ours[key].shape) == shape, key
+        assert published_to_hcgnet_key(published) == key, published
+
+
+@pytest.fixture(scope="module")
+def b_loaded(published_b):
+    path, _ = published_b
+    model = hcgnet.create_model("hcgnet_b")
+    hcgnet.load_checkpoint(model, path)
+    return model.state_dict()
+
+
+def test_imagenet_key_table_values_land_where_the_table_says(published_b, b_loaded):
+    _, sd = published_b
+    for published, _, key, shape in B_KEY_TABLE:
+        assert torch.equal(b_loaded[key], sd["module." + published].reshape(shape)), f"{published} -> {key}"
+
+
+def test_stem_norms_are_not_interchangeable(published_b, b_loaded):
+    # norm0 and norm1 have the same shape: only their values tell a swap apart
+    _, sd = published_b
+    assert not torch.equal(sd["module.features.norm0.weight"], sd["module.features.norm1.weight"])
+    assert torch.equal(b_loaded["stem.norm0.weight"], sd["module.features.norm0.weight"])
+    assert torch.equal(b_loaded["stem.norm1.running_mean"], sd["module.features.norm1.running_mean"])
+
+
+# 2b. a checkpoint from PyTorch 0.4.0 (no num_batches_tracked) ------------------------------------
+
+
+def _without_num_batches_tracked(tmp_path) -> Path:
+    obj = torch.load(FIXTURE, map_location="cpu", weights_only=True)
+    net = {k: v for k, v in obj["net"].items() if not k.endswith("num_batches_tracked")}
+    assert len(net) < len(obj["net"])
+    path = tmp_path / "cifar_A1.torch040.pth.tar"
+    torch.save({**obj, "net": net}, path)
+    return path
+
+
+def test_checkpoint_without_num_batches_tracked_gives_the_published_logits(tmp_path, io):
+    path = _without_num_batches_tracked(tmp_path)
+    model = hcgnet.create_model("hcgnet_a1", checkpoint_path=str(path))
+    assert (logits(model, io["x"]) - io["y"]).abs().max().item() < 1e-4
+    counts = [v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counts and all(int(c) == 0 for c in counts)
+
+
+def test_timm_reads_a_checkpoint_without_num_batches_tracked(tmp_path, io):
+    import timm
+
+    path = _without_num_batches_tracked(tmp_path)
+    model = timm.create_model("hcgnet_a1", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert (logits(model, io["x"]) - io["y"]).abs().max().item() < 1e-4
+
+
 # 3. a mismatch is an error naming the key ---------------------------------------------------
 
 
@@ -558,6 +693,15 @@ def test_pretrained_loads_the_published_file_from_hcgnet_home(tmp_path, monkeypa
         ours = published_to_hcgnet_key(key[len("module."):])
         target = loaded[ours]
         assert torch.equal(target, value.flatten(1) if value.dim() == 4 and target.dim() == 2 else value), ours
+
+
+def test_published_weights_carry_their_licence_in_the_pretrained_cfg(published_b):
+    path, _ = published_b
+    cfg = hcgnet.create_model("hcgnet_b", checkpoint_path=str(path)).pretrained_cfg
+    assert cfg["license"] == "other" and "research-only" in cfg["notes"][0]
+    assert cfg["file"] == str(path)
+    # weights that are not the authors' (the A1 fixture has no published release) carry no licence
+    assert "license" not in hcgnet.create_model("hcgnet_a1", checkpoint_path=str(FIXTURE)).pretrained_cfg
 
 
 def test_pretrained_prefers_converted_safetensors(tmp_path, monkeypatch, published_b):

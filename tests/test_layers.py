@@ -207,3 +207,32 @@ def test_gates_plug_into_a_torchvision_resnet_and_train():
     opt.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert torch.isfinite(nn.functional.cross_entropy(model(x), y))
+
+
+class _SoftmaxDtypes(torch.overrides.TorchFunctionMode):
+    """Records the input dtype of every softmax across the update gate's two branches ((B, 2, C), dim 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.softmax, torch.Tensor.softmax, nn.functional.softmax):
+            x, dim = args[0], kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if x.dim() == 3 and x.shape[1] == 2 and dim == 1:
+                self.dtypes.append(x.dtype)
+        return func(*args, **kwargs)
+
+
+def test_update_gate_branch_softmax_runs_in_float32_under_bf16_autocast():
+    gate = UpdateGate(8).eval()
+    a, b = torch.randn(3, 8, 6, 6), torch.randn(3, 8, 6, 6)
+    with torch.no_grad():
+        expected = gate(a, b)
+        spy = _SoftmaxDtypes()
+        with torch.autocast("cpu", dtype=torch.bfloat16), spy:
+            got = gate(a, b)
+    assert spy.dtypes == [torch.float32]
+    # the rest of the gate runs in bf16: within bf16 rounding of the fp32 result
+    torch.testing.assert_close(got.float(), expected, rtol=3e-2, atol=3e-2)

@@ -39,6 +39,15 @@ def test_sizes_equal_the_published_implementation(name, classes, params, gmacs):
         assert abs(macs / 1e9 - gmacs) / gmacs < 0.01
 
 
+def test_paper_figures_are_those_the_paper_prints():
+    """Tables 2 and 3 of the paper (params / "FLOPs"); the published README's own GMACs kept apart."""
+    paper = {name: (v.paper_params, v.paper_gmacs) for name, v in VARIANTS.items()}
+    assert paper == {"hcgnet_a1": ("1.1M", "0.2"), "hcgnet_a2": ("3.1M", "0.5"), "hcgnet_a3": ("11.4M", "2.0"),
+                     "hcgnet_b": ("12.9M", "2.0"), "hcgnet_c": ("42.2M", "7.1")}
+    readme = {name: v.readme_gmacs for name, v in VARIANTS.items()}
+    assert readme == {"hcgnet_a1": "0.16", "hcgnet_a2": "0.50", "hcgnet_a3": "1.99", "hcgnet_b": None, "hcgnet_c": "7.0"}
+
+
 def test_stage_widths_match_the_detection_taps_of_hcgnet_b():
     model = _meta_model("hcgnet_b")
     assert [f["num_chs"] for f in model.feature_info] == [160, 368, 952, 1244]
@@ -144,7 +153,8 @@ def test_unknown_name_suggests_the_closest():
 
 
 def test_timm_creates_the_same_models():
-    assert sorted(timm.list_models("hcgnet*")) == sorted(hcgnet.list_models())
+    # the variants, and "hcgnet": any depth and width, the architecture a spec's saved config names
+    assert sorted(timm.list_models("hcgnet*")) == sorted(hcgnet.list_models() + ["hcgnet"])
     with torch.device("meta"):
         for name in hcgnet.list_models():
             ours, theirs = hcgnet.create_model(name), timm.create_model(name)

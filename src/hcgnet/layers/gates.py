@@ -111,7 +111,8 @@ class UpdateGate(nn.Module):
         z = torch.stack((self.context_a(x_a), self.context_b(x_b)), dim=1)  # (B, 2, C)
         h = self.bottleneck(z.flatten(1))
         scores = torch.stack((self.expand_a(h), self.expand_b(h)), dim=1)
-        u = self.branch_weights(torch.softmax(scores, dim=1))
+        # The branch softmax (eq. 9) runs in float32 under autocast too, as AttentionPool's does.
+        u = self.branch_weights(torch.softmax(scores.float(), dim=1).to(z.dtype))
         v = (u * z).sum(dim=1)
         return v[:, :, None, None]
 

@@ -145,21 +145,44 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
         obj = torch_load_weights_only(path)
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path} is not a model checkpoint (it holds a {type(obj).__name__}, not a dict)")
-        state_dict = None
-        for field in ("model", "state_dict", "net"):
-            if isinstance(obj.get(field), dict):
-                state_dict = obj[field]
-                metadata = {k: str(v) for k, v in obj.items() if k in METADATA_KEYS}
-                break
-        if state_dict is None:
-            state_dict = obj
-        if not state_dict or not all(isinstance(v, Tensor) for v in state_dict.values()):
-            raise CheckpointError(f"{path} is not a model checkpoint (no state dict of tensors found)")
+        state_dict, metadata = unwrap_state_dict(obj, path)
+    if is_published_format(_strip_prefix(state_dict)):
+        metadata.setdefault("source", "published")
+    return to_hcgnet_names(state_dict, path), metadata
+
+
+def unwrap_state_dict(obj: Mapping, source: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
+    """The state dict inside a loaded checkpoint (``{'model'|'state_dict'|'net': state_dict, ...}`` or a
+    bare state dict) and what the checkpoint says about itself."""
+    state_dict, metadata = obj, {}
+    for field in ("model", "state_dict", "net"):
+        if isinstance(obj.get(field), dict):
+            state_dict, metadata = obj[field], {k: str(v) for k, v in obj.items() if k in METADATA_KEYS}
+            break
+    if not state_dict or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{source} is not a model checkpoint (no state dict of tensors found)")
+    return dict(state_dict), metadata
+
+
+def to_hcgnet_names(state_dict: Mapping[str, Tensor], source: PathLike) -> Dict[str, Tensor]:
+    """Keys without ``module.`` and, for the published format, renamed to hcgnet's."""
     state_dict = _strip_prefix(state_dict)
     if is_published_format(state_dict):
-        state_dict = _convert_published(state_dict, path)
-        metadata.setdefault("source", "published")
-    return state_dict, metadata
+        state_dict = _convert_published(state_dict, source)
+    return state_dict
+
+
+def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> Dict[str, Tensor]:
+    """timm's ``pretrained_filter_fn``: whatever timm read (a published ``{'net': ...}`` checkpoint, an
+    hcgnet checkpoint or safetensors) -> a state dict that loads into ``model`` as it is. The classifier
+    is passed through unchecked: timm drops it itself when the class count differs."""
+    state_dict, _ = unwrap_state_dict(state_dict, "pretrained weights")
+    state_dict = to_hcgnet_names(state_dict, "pretrained weights")
+    expected = model.state_dict()
+    head = {k: v for k, v in state_dict.items() if k.startswith("classifier.")}
+    body = {k: v for k, v in state_dict.items() if k not in head}
+    return {**fit_state_dict({k: v for k, v in expected.items() if not k.startswith("classifier.")}, body,
+                             "pretrained weights", strict=True), **head}
 
 
 def read_metadata(path: PathLike) -> Dict[str, str]:
@@ -183,7 +206,7 @@ def _safetensors_metadata(path: Path) -> Dict[str, str]:
         raise CheckpointError(f"{path} is truncated or corrupt: it is not a valid safetensors file") from None
 
 
-def _convert_published(state_dict: Mapping[str, Tensor], path: Path) -> Dict[str, Tensor]:
+def _convert_published(state_dict: Mapping[str, Tensor], path: PathLike) -> Dict[str, Tensor]:
     converted = {}
     for key, value in state_dict.items():
         new_key = published_to_hcgnet_key(key)
@@ -215,13 +238,27 @@ def load_state_dict_into(
 ) -> None:
     """Load a state dict with hcgnet's names (from :func:`read_state_dict`) into ``model``; ``source``
     names the file in error messages."""
-    expected = model.state_dict()
+    fitted = fit_state_dict(model.state_dict(), state_dict, source, strict)
+    model.load_state_dict(fitted, strict=False)
+
+
+def fit_state_dict(
+    expected: Mapping[str, Tensor], state_dict: Mapping[str, Tensor], source: PathLike, strict: bool = True
+) -> Dict[str, Tensor]:
+    """The entries of ``state_dict`` (hcgnet's names) that fit a model whose state dict is ``expected``:
+    the gates' 1x1-conv FC weights flattened, ``num_batches_tracked`` set to 0 where a file written
+    before PyTorch 0.4.1 has none at all. With ``strict`` anything else is a :class:`CheckpointError`."""
     n_file, n_model = num_classes_in(state_dict), num_classes_in(expected)
     if strict and n_file is not None and n_model is not None and n_file != n_model:
         raise CheckpointError(
             f"{source} was trained for {n_file} classes but the model has {n_model}; "
             f"create the model with num_classes={n_file}"
         )
+    if not any(k.endswith(".num_batches_tracked") for k in state_dict):
+        # PyTorch 0.4.0 and earlier had no such buffer: the count only matters for momentum=None norms.
+        state_dict = {**state_dict, **{k: torch.zeros((), dtype=v.dtype) for k, v in expected.items()
+                                        if k.endswith(".num_batches_tracked")
+                                        and k[: -len("num_batches_tracked")] + "running_mean" in state_dict}}
     fitted = {}
     for key, value in state_dict.items():
         target = expected.get(key)
@@ -244,7 +281,7 @@ def load_state_dict_into(
         raise CheckpointError(
             f"{source}: missing key {missing[0]!r} ({len(missing)} missing): the checkpoint is for another model"
         )
-    model.load_state_dict(fitted, strict=False)
+    return fitted
 
 
 def save_safetensors(

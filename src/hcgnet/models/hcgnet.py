@@ -5,6 +5,7 @@ Image to logits, in the order this file reads:
     stem          CIFAR: 3x3 conv, stride 1, 2 * k_1 channels
                   ImageNet: three 3x3 conv-BN-ReLU (32, 32, 64 channels, the first stride 2), 3x3 max-pool /2
     stages[i]     transition (stage i > 0): one SMG module, stride 2, halves the channels
+                  drop_block (stage i > 0): DropBlock, block size 2, when ``drop_block_rate`` > 0
                   hybrid block: n_i SMG modules, each fed the concatenation of everything before it in
                   the block (global dense connectivity) and adding k_i channels; inside each module the
                   squeezed map reaches the output through the forget gate (local residual connectivity)
@@ -16,7 +17,7 @@ from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import DropBlock2d, SelectAdaptivePool2d
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
@@ -96,11 +97,13 @@ class Transition(SMGModule):
 
 
 class HCGStage(nn.Module):
-    """A transition (identity in the first stage) followed by a hybrid block."""
+    """A transition (identity in the first stage), DropBlock (identity unless given), then a hybrid block."""
 
-    def __init__(self, transition: nn.Module, block: HybridBlock) -> None:
+    def __init__(self, transition: nn.Module, block: HybridBlock, drop_block: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.transition = transition
+        # Outside the recomputed region: a random mask must not be drawn again in backward.
+        self.drop_block = drop_block if drop_block is not None else nn.Identity()
         self.block = block
         # In the memory-efficient mode the transition is recomputed too: its input is a whole block's output
         # at the block's resolution, the largest map it would otherwise store twice (normalised, activated).
@@ -111,7 +114,7 @@ class HCGStage(nn.Module):
             x = _recomputed(self.transition, [x])
         else:
             x = self.transition(x)
-        return self.block(x)
+        return self.block(self.drop_block(x))
 
 
 def _stem(kind: str, in_chans: int, out_channels: int) -> Tuple[nn.Sequential, int]:
@@ -128,11 +131,17 @@ def _stem(kind: str, in_chans: int, out_channels: int) -> Tuple[nn.Sequential, i
 
 
 def validate_architecture(
-    block_depths: Sequence[int], growth_rates: Sequence[int], stem: str, groups: int, num_classes: int = 0
+    block_depths: Sequence[int], growth_rates: Sequence[int], stem: str, groups: int, num_classes: int = 0,
+    in_chans: int = 3, drop_block_rate: float = 0.0,
 ) -> None:
     """Raise :class:`ModelSpecError` (one line, says what to change) for a network that cannot be built."""
     if num_classes < 0:
         raise ModelSpecError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
+    if in_chans < 1:
+        raise ModelSpecError(f"in_chans must be 1 or more (3 for RGB images, 1 for grayscale), got {in_chans}")
+    if not 0.0 <= drop_block_rate < 1.0:
+        raise ModelSpecError(f"drop_block_rate must be in [0, 1) (the published CIFAR training uses 0.1), "
+                             f"got {drop_block_rate}")
     if len(block_depths) == 0 or len(block_depths) != len(growth_rates):
         raise ModelSpecError(
             f"need one growth rate per hybrid block, got {len(block_depths)} block depths and "
@@ -168,7 +177,14 @@ class HCGNet(nn.Module):
         memory_efficient: recompute the concatenations, squeeze cells and excitation BN-ReLUs of every
             SMG module (hybrid blocks and transitions) in backward instead of storing them (torchvision
             DenseNet's option, taken further): same gradients and running statistics, less than half the
-            stored activations.
+            stored activations. timm's ``set_grad_checkpointing(enable)`` switches it.
+        drop_block_rate: DropBlock's drop probability (``timm.layers.DropBlock2d``, block size 2) after
+            each transition, as the published CIFAR training does; 0 (default) adds no module. A schedule
+            may change ``drop_prob`` of every ``DropBlock2d`` during training.
+
+    Initialisation: convolutions Kaiming normal (fan-in), norms weight 1 / bias 0, linear biases 0. The
+    published implementation leaves PyTorch's default initialisation in place (Kaiming uniform with
+    a = sqrt(5)); the paper does not say. Loaded weights replace either.
     """
 
     def __init__(
@@ -187,11 +203,14 @@ class HCGNet(nn.Module):
         transition_reduction: int = 4,
         gate_act: ActFactory = nn.Tanh,
         memory_efficient: bool = False,
+        drop_block_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        validate_architecture(block_depths, growth_rates, stem, groups, num_classes)
+        validate_architecture(block_depths, growth_rates, stem, groups, num_classes, in_chans, drop_block_rate)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.in_chans = in_chans
+        self.grad_checkpointing = memory_efficient
 
         self.stem, stride = _stem(stem, in_chans, 2 * growth_rates[0] if stem == "cifar" else 64)
         channels = self.stem[0].out_channels if stem == "cifar" else 64
@@ -199,16 +218,19 @@ class HCGNet(nn.Module):
         self.feature_info = []
         for i, (depth, growth) in enumerate(zip(block_depths, growth_rates)):
             transition: nn.Module = nn.Identity()
+            drop_block: Optional[nn.Module] = None
             if i > 0:
                 transition = Transition(channels, compression, transition_reduction, gate_act)
                 channels = transition.out_channels
                 stride *= 2
+                if drop_block_rate > 0:
+                    drop_block = DropBlock2d(drop_prob=drop_block_rate, block_size=2)
             block = HybridBlock(
                 channels, depth, growth, memory_efficient=memory_efficient, alpha=alpha, groups=groups,
                 update_reduction=reduction, forget_reduction=reduction, gate_act=gate_act,
             )
             channels = block.out_channels
-            stages.append(HCGStage(transition, block))
+            stages.append(HCGStage(transition, block, drop_block))
             self.feature_info.append(dict(num_chs=channels, reduction=stride, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
 
@@ -231,6 +253,27 @@ class HCGNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # timm conventions -------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for timm's optimiser tools (layer decay, ``param_groups_layer_decay``): the
+        stem, then one group per stage (``coarse``) or per transition and per SMG module; the head
+        (``norm``, ``classifier``) comes last."""
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.transition", None),
+                (r"^stages\.(\d+)\.block\.layers\.(\d+)", None),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's name for ``memory_efficient``: recompute every SMG module's inner maps in backward."""
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.block.memory_efficient = enable
+            stage.recompute_transition = enable and isinstance(stage.transition, SMGModule)
+
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.classifier

@@ -3,53 +3,148 @@
 After ``import hcgnet``, ``timm.create_model("hcgnet_b", ...)`` builds the same network as
 ``hcgnet.create_model("hcgnet_b", ...)``, with timm's ``pretrained_cfg``, ``features_only`` and friends.
 """
+import json
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (
+    PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg,
+)
 from timm.models._features import FeatureListNet
 from torch import nn
 
-from hcgnet.errors import CheckpointError
-from hcgnet.models.checkpoints import load_state_dict_into, num_classes_in, read_state_dict
+from hcgnet.errors import CheckpointError, ModelSpecError
+from hcgnet.models.checkpoints import (
+    checkpoint_filter_fn, load_state_dict_into, num_classes_in, read_state_dict,
+)
 from hcgnet.models.hcgnet import HCGNet
-from hcgnet.models.variants import VARIANTS, Variant, resolve
+from hcgnet.models.variants import VARIANTS, Variant, format_spec, resolve
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+GENERIC = "hcgnet"  # timm's name for a network of any depth and width: block_depths/growth_rates as arguments
+PUBLISHED_REPO = "https://github.com/winycg/HCGNet"
+# The published weights come under the published repository's research-only licence: not one of the licences
+# timm names, hence "other" (timm's value for a licence of its own) and a note saying which.
+PUBLISHED_LICENSE = "other"
+PUBLISHED_NOTE = "weights published by the authors at github.com/winycg/HCGNet, under its research-only licence"
 
 
-def _cfg(variant: Variant) -> dict:
-    cifar = variant.stem == "cifar"
+def stem_cfg(stem: str) -> dict:
+    """The preprocessing and input of a stem: CIFAR 32x32 as-is with CIFAR-10 statistics, ImageNet 224
+    centre crop of a 256 resize (crop_pct 0.875) with ImageNet statistics, as in the paper."""
+    cifar = stem == "cifar"
+    return dict(
+        input_size=(3, 32, 32) if cifar else (3, 224, 224),
+        crop_pct=1.0 if cifar else 0.875,
+        crop_mode="center",
+        interpolation="bilinear",
+        mean=CIFAR_MEAN if cifar else IMAGENET_DEFAULT_MEAN,
+        std=CIFAR_STD if cifar else IMAGENET_DEFAULT_STD,
+    )
+
+
+def _pool_size(variant: Variant, input_size: Optional[Sequence[int]] = None) -> tuple:
+    """The final feature map's size at the stem's input size: the stem's stride (1 CIFAR, 4 ImageNet)
+    times 2 per transition."""
+    reduction = (1 if variant.stem == "cifar" else 4) * 2 ** (len(variant.block_depths) - 1)
+    return tuple(-(-int(s) // reduction) for s in (input_size or stem_cfg(variant.stem)["input_size"])[1:])
+
+
+def _cfg(variant: Variant, architecture: Optional[str] = None, **extra) -> dict:
+    """A complete timm ``pretrained_cfg`` for ``variant``; ``extra`` adds the weights' own fields."""
     return {
         "url": "",
+        "hf_hub_id": "",  # none on the Hugging Face Hub yet; "hf-hub:ORG/NAME" works once uploaded (README)
         "num_classes": variant.num_classes,
-        "input_size": variant.input_size,
-        "pool_size": (8, 8) if cifar else (7, 7),
-        "crop_pct": 1.0 if cifar else 0.875,
-        "interpolation": "bilinear",
-        "mean": CIFAR_MEAN if cifar else IMAGENET_DEFAULT_MEAN,
-        "std": CIFAR_STD if cifar else IMAGENET_DEFAULT_STD,
+        **stem_cfg(variant.stem),
+        "pool_size": _pool_size(variant),
         "first_conv": "stem.conv0",
         "classifier": "classifier",
         "paper_name": "Gated Convolutional Networks with Hybrid Connectivity for Image Classification",
-        "architecture": variant.spec,
+        "paper_ids": "arXiv:1908.09699",
+        "origin_url": PUBLISHED_REPO,
+        "architecture": architecture or variant.spec,
+        **extra,
     }
 
 
-default_cfgs = generate_default_cfgs({name: _cfg(v) for name, v in VARIANTS.items()})
+def _published_cfg(name: str, variant: Variant) -> dict:
+    return _cfg(variant, name, license=PUBLISHED_LICENSE, notes=(PUBLISHED_NOTE,),
+                description=f"{variant.spec} with the authors' ImageNet-1k weights ({variant.published_checkpoint})")
 
 
-def _feature_cfg(variant: Variant) -> dict:
-    return dict(flatten_sequential=True, out_indices=tuple(range(len(variant.block_depths))))
+# Tags: ".published_in1k" for the authors' released ImageNet weights (B and C); the CIFAR variants have no
+# released weights, so they carry an untagged, weightless config (``pretrained_cfg_overlay=dict(file=...)``
+# loads any file, e.g. one's own or a published-format checkpoint).
+default_cfgs = generate_default_cfgs({
+    **{(f"{name}.published_in1k" if v.published_checkpoint else name):
+       (_published_cfg(name, v) if v.published_checkpoint else _cfg(v, name)) for name, v in VARIANTS.items()},
+    GENERIC: _cfg(Variant((1,), (4,), "imagenet", 1000), GENERIC),
+})
+
+
+def _feature_cfg(n_stages: int) -> dict:
+    return dict(flatten_sequential=True, out_indices=tuple(range(n_stages)))
+
+
+def check_out_indices(out_indices: Optional[Sequence[int]], n_stages: int) -> None:
+    """A one-line :class:`ModelSpecError` for stage indices the network does not have (negative ones
+    count from the end, as in timm)."""
+    if out_indices is None:
+        return
+    bad = [i for i in out_indices if not -n_stages <= int(i) < n_stages]
+    if bad:
+        raise ModelSpecError(
+            f"out_indices {tuple(out_indices)} out of range: this network has stages 0..{n_stages - 1}"
+        )
+
+
+def _variant_of(name: str, kwargs: dict) -> Variant:
+    """The architecture timm is asked for: the registered variant, or for ``hcgnet`` (and any variant
+    given other ``block_depths``/``growth_rates``/``stem``) the network those arguments describe."""
+    base = VARIANTS.get(name)
+    depths = kwargs.get("block_depths", base.block_depths if base else None)
+    growth = kwargs.get("growth_rates", base.growth_rates if base else None)
+    if depths is None or growth is None:
+        raise ModelSpecError(f"{name} needs block_depths and growth_rates, e.g. block_depths=(2, 2, 2), "
+                             f"growth_rates=(8, 8, 8); or use a variant ({', '.join(VARIANTS)})")
+    spec = format_spec(depths, growth)
+    stem = kwargs.get("stem")
+    if base is not None and (tuple(depths), tuple(growth)) == (base.block_depths, base.growth_rates):
+        return resolve(name, stem)[1]
+    return resolve(spec, stem)[1]
 
 
 def _create_timm(name: str, pretrained: bool = False, **kwargs) -> HCGNet:
-    variant = VARIANTS[name]
+    variant = _variant_of(name, kwargs)
+    check_out_indices(kwargs.get("out_indices"), len(variant.block_depths))
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    own_cfg = not isinstance(kwargs.get("pretrained_cfg"), (dict, PretrainedCfg))
+    if own_cfg:
+        # The preprocessing follows the stem actually built (a CIFAR variant with the ImageNet stem, a
+        # spec); a config that came with weights (local-dir:, hf-hub:) describes them and is kept.
+        overlay = {**stem_cfg(variant.stem), "pool_size": _pool_size(variant), **overlay}
+    if pretrained and not _has_weights(name, kwargs.get("pretrained_cfg"), overlay):
+        overlay["file"] = str(find_pretrained(name))  # $HCGNET_HOME; a one-line error says what to fetch
     return build_model_with_cfg(
-        HCGNet, name, pretrained, feature_cfg=_feature_cfg(variant), **{**variant.model_kwargs(), **kwargs}
+        HCGNet, name, pretrained, feature_cfg=_feature_cfg(len(variant.block_depths)),
+        pretrained_filter_fn=checkpoint_filter_fn, pretrained_cfg_overlay=overlay,
+        **{**variant.model_kwargs(), **kwargs},
     )
+
+
+def _has_weights(name: str, pretrained_cfg, overlay: dict) -> bool:
+    cfg = resolve_pretrained_cfg(name, pretrained_cfg, overlay)
+    return bool(cfg.has_weights or cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir"))
+
+
+@register_model
+def hcgnet(pretrained: bool = False, **kwargs) -> HCGNet:
+    """Any HCGNet: ``block_depths`` and ``growth_rates`` (and ``stem``) as arguments; what a model built from
+    a spec saves as its architecture, so that ``local-dir:``/``hf-hub:`` can rebuild it."""
+    return _create_timm(GENERIC, pretrained, **kwargs)
 
 
 @register_model
@@ -120,6 +215,7 @@ def create_model(
     out_indices: Optional[Sequence[int]] = None,
     stem: Optional[str] = None,
     strict: bool = True,
+    drop_block_rate: float = 0.0,
     **kwargs,
 ) -> nn.Module:
     """Build a variant (``"hcgnet_b"``) or any network in the paper's notation
@@ -130,18 +226,24 @@ def create_model(
             checkpoint's when weights are loaded.
         pretrained: load the published weights from :func:`weights_dir` (never downloaded).
         checkpoint_path: load weights from this file (published format, hcgnet's, or ``.safetensors``);
-            the class count and input channels come from it unless given.
+            the class count and input channels come from it unless given, and an hcgnet run's file gives
+            its preprocessing to ``model.pretrained_cfg`` (what ``timm.data.resolve_data_config`` reads).
         strict: with weights, every key must fit (``False``: load the keys that fit, e.g. for fine-tuning
             with another ``num_classes``).
         features_only: return a timm ``FeatureListNet`` giving the stage outputs (``out_indices``).
-        stem: ``"cifar"`` or ``"imagenet"`` to override the stem a spec implies.
+        stem: ``"cifar"`` or ``"imagenet"`` to override the stem a spec or variant implies; the
+            ``pretrained_cfg`` (input size, mean/std, crop, pool size) follows it.
+        drop_block_rate: DropBlock (block size 2) after each transition, as the published CIFAR
+            training; 0 adds nothing.
         **kwargs: passed to :class:`HCGNet` (``drop_rate``, ``in_chans``, ``gate_act``, ...).
     """
     name, variant = resolve(name_or_spec, stem)
+    if features_only:
+        check_out_indices(out_indices, len(variant.block_depths))
     weights = checkpoint_path or (find_pretrained(name) if pretrained else None)
-    state_dict = None
+    state_dict, metadata = None, {}
     if weights is not None:
-        state_dict, _ = read_state_dict(weights)
+        state_dict, metadata = read_state_dict(weights)
         if num_classes is None:
             num_classes = num_classes_in(state_dict) or 0
         stem_weight = state_dict.get("stem.conv0.weight")
@@ -150,11 +252,45 @@ def create_model(
     model_kwargs = variant.model_kwargs()
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes
-    model = HCGNet(**{**model_kwargs, **kwargs})
-    model.pretrained_cfg = model.default_cfg = {**_cfg(variant), "num_classes": model.num_classes}
+    model = HCGNet(**{**model_kwargs, "drop_block_rate": drop_block_rate, **kwargs})
+    model.pretrained_cfg = model.default_cfg = _cfg_of(model, name, variant, weights, metadata, pretrained)
+    # What timm's save_for_hf writes as model_args, so that local-dir:/hf-hub: rebuild this network.
+    model._model_args = dict(block_depths=list(variant.block_depths), growth_rates=list(variant.growth_rates),
+                             stem=variant.stem, **kwargs)
     if state_dict is not None:
         load_state_dict_into(model, state_dict, weights, strict=strict)
     if features_only:
-        indices = tuple(out_indices) if out_indices is not None else _feature_cfg(variant)["out_indices"]
+        indices = tuple(out_indices) if out_indices is not None else _feature_cfg(len(model.stages))["out_indices"]
         model = FeatureListNet(model, out_indices=indices, flatten_sequential=True)
     return model
+
+
+def _cfg_of(model: HCGNet, name: str, variant: Variant, weights, metadata: dict, pretrained: bool) -> dict:
+    """``model.pretrained_cfg``: the stem's standard one, the published weights' when those were loaded, and
+    an hcgnet run's own preprocessing (its ``data_config``) when its checkpoint was."""
+    architecture = name if name in VARIANTS else GENERIC
+    published = pretrained or metadata.get("source") == "published"
+    if published and variant.published_checkpoint and weights is not None:
+        cfg = {**_published_cfg(name, variant), "file": str(weights)}
+    else:
+        cfg = _cfg(variant, architecture)
+    if metadata.get("data_config"):
+        cfg.update(cfg_from_data_config(json.loads(metadata["data_config"])))
+    cfg["num_classes"] = model.num_classes
+    cfg["input_size"] = (model.in_chans, *cfg["input_size"][1:])
+    cfg["pool_size"] = _pool_size(variant, cfg["input_size"])
+    return cfg
+
+
+def cfg_from_data_config(data_config: dict) -> dict:
+    """timm ``pretrained_cfg`` fields from the ``data_config`` an hcgnet run stores in its checkpoints
+    (``hcgnet.data.DataConfig`` as a dict): eval resize of the shorter side then centre crop."""
+    c, h, w = (int(v) for v in data_config["input_size"])
+    resize = data_config.get("resize")
+    cfg = dict(
+        input_size=(c, h, w), mean=tuple(data_config["mean"]), std=tuple(data_config["std"]),
+        crop_pct=min(h, w) / resize if resize else 1.0, crop_mode="center", interpolation="bilinear",
+    )
+    if data_config.get("class_names"):
+        cfg["label_names"] = tuple(data_config["class_names"])
+    return cfg

@@ -16,9 +16,12 @@ class Variant:
     stem: str
     num_classes: int
     drop_rate: float = 0.0
-    # The paper's figures as printed ("FLOPs" there are multiply-adds), for `hcgnet info`.
+    # The paper's figures as printed in its Tables 2 and 3 ("FLOPs" there are multiply-adds), for
+    # `hcgnet info`.
     paper_params: Optional[str] = None
     paper_gmacs: Optional[str] = None
+    # The figures the published repository's README gives (more digits than the paper; C differs).
+    readme_gmacs: Optional[str] = None
     # Exact parameter counts of the published implementation, by class count.
     published_params: Dict[int, int] = field(default_factory=dict)
     published_checkpoint: Optional[str] = None
@@ -39,17 +42,20 @@ class Variant:
 
 
 VARIANTS: Dict[str, Variant] = {
-    "hcgnet_a1": Variant((8, 8, 8), (12, 24, 36), "cifar", 10, paper_params="1.1M", paper_gmacs="0.16",
+    "hcgnet_a1": Variant((8, 8, 8), (12, 24, 36), "cifar", 10, paper_params="1.1M", paper_gmacs="0.2",
+                         readme_gmacs="0.16",
                          published_params={10: 1_065_301, 100: 1_102_651}),
-    "hcgnet_a2": Variant((8, 8, 8), (24, 36, 64), "cifar", 10, paper_params="3.1M", paper_gmacs="0.50",
+    "hcgnet_a2": Variant((8, 8, 8), (24, 36, 64), "cifar", 10, paper_params="3.1M", paper_gmacs="0.5",
+                         readme_gmacs="0.50",
                          published_params={10: 3_069_149, 100: 3_133_679}),
-    "hcgnet_a3": Variant((12, 12, 12), (36, 48, 80), "cifar", 10, paper_params="11.4M", paper_gmacs="1.99",
+    "hcgnet_a3": Variant((12, 12, 12), (36, 48, 80), "cifar", 10, paper_params="11.4M", paper_gmacs="2.0",
+                         readme_gmacs="1.99",
                          published_params={10: 11_239_897, 100: 11_363_647}),
     "hcgnet_b": Variant((3, 6, 12, 8), (32, 48, 64, 96), "imagenet", 1000, drop_rate=0.1, paper_params="12.9M",
                         paper_gmacs="2.0", published_params={1000: 12_845_501},
                         published_checkpoint="HCGNet_B_best.pth.tar"),
     "hcgnet_c": Variant((6, 12, 18, 14), (48, 56, 72, 112), "imagenet", 1000, drop_rate=0.1, paper_params="42.2M",
-                        paper_gmacs="7.1", published_params={1000: 42_153_208},
+                        paper_gmacs="7.1", readme_gmacs="7.0", published_params={1000: 42_153_208},
                         published_checkpoint="HCGNet_C_best.pth.tar"),
 }
 
