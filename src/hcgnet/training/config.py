@@ -21,7 +21,7 @@ class TrainConfig:
     data_dir: Optional[str] = None
     output: str = "runs/train"
     epochs: int = 10
-    batch_size: int = 128          # per process; the global batch is batch_size * world size
+    batch_size: int = 128          # the global batch, divided over the torchrun processes
     accum_steps: int = 1           # split each batch into this many micro-batches (interleaved, x[k::n])
     # optimiser: SGD with Nesterov momentum
     lr: float = 0.1
@@ -41,6 +41,11 @@ class TrainConfig:
     mixup: float = 0.0             # mixup alpha; 0 disables
     label_smoothing: float = 0.0
     drop_rate: Optional[float] = None     # None: the variant's own (0.1 on ImageNet)
+    drop_block: float = 0.0        # DropBlock's maximum drop probability (block size 2, after each transition)
+    # model and fine-tuning
+    stem: Optional[str] = None     # "cifar" or "imagenet"; None: the variant's own
+    initial_checkpoint: Optional[str] = None
+    freeze_stages: int = 0
     # speed
     amp: str = "none"              # "none", "bf16" (CPU and GPU) or "fp16" (GPU, with a grad scaler)
     channels_last: bool = False
@@ -49,7 +54,8 @@ class TrainConfig:
     ema_decay: float = 0.9998
     workers: int = 2
     # data
-    val_size: float = 5000.0       # held out from the training set; a fraction if < 1
+    val_size: Optional[float] = None   # held out from the training set; a fraction if < 1; None: automatic
+    test_size: Optional[float] = None  # imagefolder without a test folder: held out as the test set; None: automatic
     image_size: Optional[int] = None
     augment: bool = True           # the dataset's training augmentation (off: eval transform for training too)
     skip_bad_images: bool = False
@@ -58,6 +64,7 @@ class TrainConfig:
     checkpoint_every: int = 0      # also save `last` every N optimiser steps (0: at epoch ends only)
     log_every: int = 20
     max_steps_per_epoch: Optional[int] = None  # cut epochs short (smoke runs)
+    max_test_images: Optional[int] = None      # limit the final test pass; None: the whole test set
     resume: bool = False
     overwrite: bool = False
     recipe: Optional[str] = None
@@ -105,7 +112,9 @@ def load_config_file(path: str) -> Dict[str, Any]:
 
 # The value type of the options whose default is None.
 OPTIONAL_TYPES = {"data": str, "data_dir": str, "lr_base_batch": int, "cycle_epochs": float, "restart_every": int,
-                  "drop_rate": float, "image_size": int, "max_steps_per_epoch": int, "recipe": str}
+                  "drop_rate": float, "image_size": int, "max_steps_per_epoch": int, "recipe": str,
+                  "val_size": float, "test_size": float, "stem": str, "initial_checkpoint": str,
+                  "max_test_images": int}
 
 
 def option_type(name: str) -> type:
