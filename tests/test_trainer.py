@@ -105,7 +105,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     two = tmp_path / "two"
     torchrun = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "hcgnet",
-                           *train_args(folder, two, *common, "--batch-size", "4")],
+                           *train_args(folder, two, *common, "--batch-size", "8")],  # global batch
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -150,7 +150,7 @@ def test_refuses_an_output_folder_holding_another_run(tmp_path, image_folder):
     assert not torch.equal(weights["classifier.weight"], load_file(out / "final.safetensors")["classifier.weight"])
 
 
-@pytest.mark.parametrize("change,name", [(["--batch-size", "6"], "batch_size"), (["--epochs", "2"], "epochs"),
+@pytest.mark.parametrize("change,name", [(["--batch-size", "6"], "batch_size"), (["--seed", "2"], "seed"),
                                          (["--lr", "0.2"], "lr")])
 def test_resume_with_other_settings_is_refused(tmp_path, image_folder, change, name):
     out = tmp_path / "run"
