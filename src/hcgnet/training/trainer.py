@@ -100,13 +100,26 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
     return batch
 
 
+def stem_warning(model: nn.Module, name: str, size: int) -> Optional[str]:
+    """A warning when a network whose stem keeps the full resolution (the CIFAR stem, stride 1) meets
+    images larger than 64 px."""
+    stem = getattr(model, "stem", None)
+    first = stem[0] if isinstance(stem, nn.Sequential) and len(stem) else None
+    if isinstance(first, nn.Conv2d) and first.stride[0] == 1 and size > 64:
+        return (f"warning: {name} uses the CIFAR stem at {size} px (slow: ~100x the work of the ImageNet stem); "
+                "pass --stem imagenet")
+    return None
+
+
 def _build_data(config: TrainConfig, bad_images_log):
     kwargs = dict(data_dir=config.data_dir, val_size=config.val_size, test_size=config.test_size, seed=config.seed,
                   skip_bad_images=config.skip_bad_images, image_size=config.image_size, augment=config.augment,
                   bad_images_log=bad_images_log)
     # SHIM (remove at merge, the DATA branch accepts every one): pass what this build_data knows.
     accepted = inspect.signature(build_data).parameters
-    return build_data(config.data, **{k: v for k, v in kwargs.items() if k in accepted})
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    return build_data(config.data, **kwargs)
 
 
 def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
@@ -239,11 +252,9 @@ class Run:
             kwargs["drop_block_rate"] = config.drop_block
         model = create_model(config.model, num_classes=self.data.num_classes, **kwargs)
         prepare_model(model, config, self.log)
-        size = max(self.data.config.input_size[1:])
-        first = model.stem[0] if isinstance(getattr(model, "stem", None), nn.Sequential) else None
-        if isinstance(first, nn.Conv2d) and first.stride[0] == 1 and size > 64:
-            self.log(f"warning: {config.model} uses the CIFAR stem at {size} px (slow: ~100x the work of the "
-                     "ImageNet stem); pass --stem imagenet")
+        warning = stem_warning(model, config.model, max(self.data.config.input_size[1:]))
+        if warning:
+            self.log(warning)
         return model
 
     def build_optimiser(self, resume_state) -> None:
