@@ -347,3 +347,24 @@ def test_eval_rebuilds_the_split_of_a_run_trained_with_another_seed(tmp_path, im
     assert scored["count"] == result["test_images"] == 7
     assert scored["loss"] == pytest.approx(result["test_loss"], rel=1e-5)
     assert scored["top1"] == result["test_top1"]
+
+
+def test_stem_and_dropblock_reach_the_model_and_the_dropblock_ramp_steps_with_the_lr(tmp_path, images, monkeypatch):
+    real_create, created, ramp = trainer.create_model, [], []
+
+    def create(name, num_classes=None, drop_block_rate=None, **kwargs):  # the MODELS branch adds drop_block_rate
+        created.append(dict(kwargs, drop_block_rate=drop_block_rate))
+        return real_create(name, num_classes=num_classes, **kwargs)
+
+    class Ramp:
+        def __init__(self, model, config):
+            ramp.append(("init", config.drop_block))
+
+        def step(self, epoch):
+            ramp.append(round(epoch, 6))
+
+    monkeypatch.setattr(trainer, "create_model", create)
+    monkeypatch.setattr(trainer, "DropBlockSchedule", Ramp)
+    fit(config_for(images, tmp_path / "run", stem="imagenet", drop_block=0.1, epochs=2, max_steps_per_epoch=2))
+    assert created[0]["stem"] == "imagenet" and created[0]["drop_block_rate"] == 0.1
+    assert ramp == [("init", 0.1), 0.0, 0.5, 1.0, 1.5]  # beside every learning-rate step
