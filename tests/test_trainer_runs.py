@@ -75,7 +75,6 @@ def test_a_batch_that_cannot_fit_or_divide_is_refused_in_one_line():
         trainer.global_batch_for(make_config(overrides=dict(data="cifar10", batch_size=128)), 1000, 3, print)
 
 
-@pytest.mark.slow  # measured: 10.5 s
 def test_default_batch_on_a_small_folder_trains_with_the_reduced_batch_and_a_limited_test(tmp_path, images):
     config = config_for(images, tmp_path / "run", batch_size=128, max_steps_per_epoch=1, max_test_images=5)
     result, lines = fit(config)
@@ -228,7 +227,6 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, images, monkeypat
 # ------------------------------------------------------------------------------------------------ output folder
 
 
-@pytest.mark.slow  # measured: 5.4 s
 def test_overwrite_that_fails_with_nan_keeps_the_old_run_byte_identical(tmp_path, images):
     out = tmp_path / "run"
     fit(config_for(images, out, max_steps_per_epoch=2))
@@ -264,7 +262,6 @@ def test_a_run_starting_or_resuming_removes_temporary_files_a_killed_run_left(tm
 # ------------------------------------------------------------------------------------------------ resume
 
 
-@pytest.mark.slow  # measured: 5.8 s
 def test_resume_given_only_the_output_extends_a_finished_run(tmp_path, images):
     out = tmp_path / "run"
     fit(config_for(images, out, max_steps_per_epoch=2, log_every=1))
@@ -296,7 +293,6 @@ PROGRESS = re.compile(r"step (\d+)/(\d+) \(epoch (\d+)/(\d+), step (\d+)/(\d+)\)
                       r"[0-9.]+ images/s, ETA \d+:\d\d:\d\d$")
 
 
-@pytest.mark.slow  # measured: 7.3 s
 def test_a_log_that_is_not_a_terminal_gets_progress_lines_and_the_data_notes(tmp_path, images, monkeypatch):
     monkeypatch.setattr(trainer, "LOG_SECONDS", 0.0)
     monkeypatch.setattr(trainer, "_stdout_is_terminal", lambda: False)
