@@ -4,7 +4,9 @@ import errno
 import inspect
 import json
 import math
+import os
 import re
+import signal
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from hcgnet.errors import HCGNetError
 from hcgnet.models import create_model
 from hcgnet.training import make_config, resume_config
 from hcgnet.training import trainer
+from hcgnet.training.interrupts import TrainingInterrupted
 from hcgnet.training.engine import NonFiniteLossError, StepContext, train_one_epoch
 from hcgnet.distributed import Dist
 
@@ -364,3 +367,38 @@ def test_stem_and_dropblock_reach_the_model_and_the_dropblock_ramp_steps_with_th
     fit(config_for(images, tmp_path / "run", stem="imagenet", drop_block=0.1, epochs=2, max_steps_per_epoch=2))
     assert created[0]["stem"] == "imagenet" and created[0]["drop_block_rate"] == 0.1
     assert ramp == [("init", 0.1), 0.0, 0.5, 1.0, 1.5]  # beside every learning-rate step
+
+
+def signal_at_step(monkeypatch, signum, at):
+    """Send this process `signum` after optimiser step `at` (as a scheduler or Ctrl-C would)."""
+    real_step = trainer.ProgressLines.step
+
+    def step(self, global_step, loss, lr):
+        real_step(self, global_step, loss, lr)
+        if global_step == at:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(trainer.ProgressLines, "step", step)
+
+
+def test_sigterm_saves_the_current_step_and_names_the_resume_command(tmp_path, images, monkeypatch):
+    out = tmp_path / "run"
+    signal_at_step(monkeypatch, signal.SIGTERM, 3)
+    with pytest.raises(TrainingInterrupted) as e:
+        fit(config_for(images, out, epochs=2, max_steps_per_epoch=4))
+    assert e.value.exit_code == 143
+    assert str(e.value) == f"interrupted at epoch 1 step 3; resume with: hcgnet train --output {out} --resume"
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 3)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after the run
+
+
+def test_ctrl_c_during_overwrite_keeps_the_old_run(tmp_path, images, monkeypatch):
+    out = tmp_path / "run"
+    fit(config_for(images, out, max_steps_per_epoch=2))
+    before = folder_bytes(out)
+    signal_at_step(monkeypatch, signal.SIGINT, 1)
+    with pytest.raises(TrainingInterrupted) as e:
+        fit(config_for(images, out, max_steps_per_epoch=2, seed=4, overwrite=True))
+    assert e.value.exit_code == 130 and f"{out} still holds the old run" in str(e.value)
+    assert folder_bytes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
