@@ -10,7 +10,6 @@ import signal
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import make_image_folder
 from hcgnet.errors import HCGNetError

@@ -48,7 +48,8 @@ class ProgressLines:
         self.last = now
         per_step = (now - self.start) / self.steps
         epoch, done = divmod(global_step - 1, self.per_epoch)
-        self.log(f"step {global_step}/{self.total} (epoch {epoch + 1}/{self.epochs}, step {done + 1}/{self.per_epoch}): "
+        where = f"epoch {epoch + 1}/{self.epochs}, step {done + 1}/{self.per_epoch}"
+        self.log(f"step {global_step}/{self.total} ({where}): "
                  f"loss {loss:.4f}, lr {lr:.4g}, {self.batch / max(per_step, 1e-9):.1f} images/s, "
                  f"ETA {_duration(per_step * (self.total - global_step))}")
 

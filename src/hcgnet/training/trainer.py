@@ -34,10 +34,10 @@ from hcgnet.evaluation import AMP_DTYPES, evaluate
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
 from hcgnet.training.engine import NonFiniteLossError, StepContext, new_totals, train_one_epoch
-from hcgnet.training.folder import RUN_FILES, OutputFolderError, RunFolder  # noqa: F401 (re-exported)
+from hcgnet.training.folder import RunFolder
 from hcgnet.training.interrupts import StopSignals, TrainingInterrupted
 from hcgnet.training.logs import MetricsLog, ProgressLines
-from hcgnet.training.resume import RESUME_MAY_CHANGE, check_resumable, schedule_changed  # noqa: F401
+from hcgnet.training.resume import check_resumable, schedule_changed
 from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
 from hcgnet.training.schedule import EpochSchedule
 from hcgnet.training.state import CheckpointWriteError, load_training_state, rng_state, save_atomic, set_rng_state
@@ -223,7 +223,8 @@ class Run:
         if d.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(
                 {k: v for k, v in config.to_dict().items() if k not in RUN_FLAGS}, sort_keys=False))
-            self.metrics = MetricsLog(self.out, self.start_epoch, self.start_epoch * self.steps_per_epoch + self.first_step)
+            first = self.start_epoch * self.steps_per_epoch + self.first_step
+            self.metrics = MetricsLog(self.out, self.start_epoch, first)
         self.log(f"training {config.model} on {config.data}: {len(self.data.train)} train / {len(self.data.val)} "
                  f"validation / {len(self.data.test)} test images, {self.data.num_classes} classes, "
                  f"{d.world_size} process(es) on {d.device}, global batch {self.batch}, "
