@@ -15,16 +15,17 @@ from safetensors.torch import load_file
 from conftest import make_image_folder
 from torch.utils.data import DataLoader
 
-from hcgnet.data import build_data
 from hcgnet.distributed import Dist
 from hcgnet.evaluation import evaluate
 from hcgnet.models import create_model
+from hcgnet.training import resume_config, trainer
 
 TINY = "HCGNet-(1,1,1)-(k=8,8,8)"
 
 
 def train_args(folder, out, *extra):
     return ["train", "--model", TINY, "--data", f"imagefolder:{folder}", "--image-size", "16", "--val-size", "0.2",
+            "--test-size", "0.2",
             "--workers", "0", "--output", str(out), *extra]
 
 
@@ -134,7 +135,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
 
     # Evaluation split over two processes (with rank 0's BN statistics broadcast) scores what one process
     # scores with the same weights: validation with the final weights, test with the best ones.
-    data = build_data(f"imagefolder:{folder}", val_size=0.2, seed=0, image_size=16)
+    data = trainer._build_data(resume_config(str(two)), bad_images_log=None)  # the run's own split
     for weights, dataset, expected in (
         ("final.safetensors", data.val, metrics_row(two / "metrics.csv", -1)),
         ("best.safetensors", data.test, {"val_loss": result_two["test_loss"], "val_top1": result_two["test_top1"]}),

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def config_for(folder, out, **extra):
-    values = dict(model=TINY, data=f"imagefolder:{folder}", image_size=16, val_size=0.2, workers=0, output=str(out),
+    values = dict(model=TINY, data=f"imagefolder:{folder}", image_size=16, val_size=0.2, test_size=0.2, workers=0,
+                  output=str(out),
                   epochs=1, batch_size=4, lr=0.05)
     values.update(extra)
     return make_config(overrides=values)
