@@ -309,3 +309,25 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_resume_from_the_output_alone_i
         a, b = load_file(reference / name), load_file(out / name)
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}: {key} differs after the interrupts"
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_reaches_the_data_workers_too_and_still_saves(tmp_path, image_folder):
+    """A terminal's Ctrl-C signals the whole process group, DataLoader workers included."""
+    out = tmp_path / "run"
+    args = train_args(image_folder, out, "--epochs", "3", "--batch-size", "4", "--log-every", "1", "--workers", "2")
+    proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    steps, deadline = out / "steps.csv", time.time() + 300
+    try:
+        while not (steps.exists() and len(steps.read_text().splitlines()) > 2):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-1500:]
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().startswith("hcgnet: interrupted at epoch"), err[-2000:]
+    assert len(err.strip().splitlines()) == 1, err[-2000:]
+    assert checkpoint_position(out / "last.pt")[1] >= 2
