@@ -442,41 +442,49 @@ class Run:
 
     def finish(self) -> Dict[str, Any]:
         """The test set, scored once with the weights chosen on validation; the exported weights."""
-        out, d = self.out, self.d
-        chosen = "best" if (out / "best.pt").exists() and len(self.data.val) else "final"
         final_weights = {k: v.clone() for k, v in self.eval_model().state_dict().items()}
-        if chosen == "best":
-            best_state = load_training_state(out / "best.pt")
-            if self.ema is not None:
-                self.ema.load_state_dict(best_state["ema"])
-            else:
-                self.model.load_state_dict(best_state["model"])
+        chosen = self.load_chosen_weights()
         test = self.evaluate(self.test_set())
         best = self.best
         result = {"model": self.config.model, "data": self.config.data, "test_top1": test["top1"],
                   "test_top5": test["top5"], "test_loss": test["loss"], "test_images": test["count"],
                   "test_images_available": len(self.data.test), "max_test_images": self.config.max_test_images,
-                  "weights": chosen, "world_size": d.world_size,
-                  "replicas_identical": distributed.parameters_match_rank0(self.model, d),
+                  "weights": chosen, "world_size": self.d.world_size,
+                  "replicas_identical": distributed.parameters_match_rank0(self.model, self.d),
                   "best_val_top1": best["top1"] if best["epoch"] else None, "best_epoch": best["epoch"],
                   "epochs": self.config.epochs, "global_batch": self.batch}
-        if d.is_main:
-            meta = _metadata(self.config, self.data, self.eval_model())
-            save_safetensors(self.eval_model(), out / "best.safetensors", meta)
-            save_safetensors(final_weights, out / "final.safetensors", meta)
-            (out / "results.json").write_text(json.dumps(result, indent=2))
-            self.metrics.close()
-            result["curves"] = str(self.folder.out / "curves.png")
-            self.metrics.plot(out / "curves.png", f"{self.config.model} on {self.config.data}")
-            if not test["count"]:
-                self.log("no test images: the test set was not scored")
-            else:
-                self.log(f"test ({test['count']} images, {chosen} weights): top-1 {100 * test['top1']:.2f}%, "
-                         f"top-5 {100 * test['top5']:.2f}%, loss {test['loss']:.4f}")
-            final = self.folder.out
-            self.log(f"curves: {final / 'curves.png'}   weights: {final / 'best.safetensors'}   "
-                     f"metrics: {final / 'metrics.csv'}")
+        if self.d.is_main:
+            self.write_results(result, final_weights)
         return result
+
+    def load_chosen_weights(self) -> str:
+        """The best validation epoch's weights when there is a validation set, else the final ones."""
+        if not ((self.out / "best.pt").exists() and len(self.data.val)):
+            return "final"
+        best_state = load_training_state(self.out / "best.pt")
+        if self.ema is not None:
+            self.ema.load_state_dict(best_state["ema"])
+        else:
+            self.model.load_state_dict(best_state["model"])
+        return "best"
+
+    def write_results(self, result: Dict[str, Any], final_weights: Dict[str, torch.Tensor]) -> None:
+        out, final = self.out, self.folder.out
+        meta = _metadata(self.config, self.data, self.eval_model())
+        save_safetensors(self.eval_model(), out / "best.safetensors", meta)
+        save_safetensors(final_weights, out / "final.safetensors", meta)
+        (out / "results.json").write_text(json.dumps(result, indent=2))
+        self.metrics.close()
+        self.metrics.plot(out / "curves.png", f"{self.config.model} on {self.config.data}")
+        result["curves"] = str(final / "curves.png")
+        if not result["test_images"]:
+            self.log("no test images: the test set was not scored")
+        else:
+            self.log(f"test ({result['test_images']} images, {result['weights']} weights): "
+                     f"top-1 {100 * result['test_top1']:.2f}%, top-5 {100 * result['test_top5']:.2f}%, "
+                     f"loss {result['test_loss']:.4f}")
+        self.log(f"curves: {final / 'curves.png'}   weights: {final / 'best.safetensors'}   "
+                 f"metrics: {final / 'metrics.csv'}")
 
 
 def _take(loader, n: int):
