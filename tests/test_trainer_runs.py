@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import make_image_folder
 from hcgnet.errors import HCGNetError
@@ -402,3 +403,18 @@ def test_ctrl_c_during_overwrite_keeps_the_old_run(tmp_path, images, monkeypatch
         fit(config_for(images, out, max_steps_per_epoch=2, seed=4, overwrite=True))
     assert e.value.exit_code == 130 and f"{out} still holds the old run" in str(e.value)
     assert folder_bytes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_signal_at_the_last_step_of_an_epoch_resumes_to_the_same_weights(tmp_path, images, monkeypatch):
+    common = dict(epochs=2, max_steps_per_epoch=4, mixup=0.4, drop_rate=0.2)
+    fit(config_for(images, tmp_path / "reference", **common))
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        signal_at_step(m, signal.SIGTERM, 4)  # the epoch's last step: validation not yet run
+        with pytest.raises(TrainingInterrupted, match="epoch 1 step 4;"):
+            fit(config_for(images, out, **common))
+    fit(config_for(images, out, resume=True, **common))
+    a, b = load_file(tmp_path / "reference" / "final.safetensors"), load_file(out / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "reference" / "metrics.csv").read_text().splitlines()[1].split(",")[:6] == \
+        (out / "metrics.csv").read_text().splitlines()[1].split(",")[:6]

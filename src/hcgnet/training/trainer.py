@@ -10,6 +10,7 @@ per step, and ``lr_base_batch`` scales the learning rate by the global batch.
 """
 import dataclasses
 import inspect
+import itertools
 import json
 import random
 import sys
@@ -353,7 +354,8 @@ class Run:
         skip = self.first_step if resumed else 0
         self.totals = self.resumed_totals if resumed else new_totals()
         self.sampler.set_epoch(epoch, skip)
-        batches = _take(self.loader(self.train_set, self.sampler, drop_last=True), self.steps_per_epoch - skip)
+        loader = self.loader(self.train_set, self.sampler, drop_last=True)
+        batches = itertools.islice(loader, self.steps_per_epoch - skip)  # fetches no batch beyond the last
         # The bar goes to a terminal only (disable=None): logs and pipes get the progress lines instead.
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                    disable=True if not self.d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
@@ -485,11 +487,3 @@ class Run:
                      f"loss {result['test_loss']:.4f}")
         self.log(f"curves: {final / 'curves.png'}   weights: {final / 'best.safetensors'}   "
                  f"metrics: {final / 'metrics.csv'}")
-
-
-def _take(loader, n: int):
-    """The first ``n`` batches of ``loader``."""
-    for i, batch in enumerate(loader):
-        if i >= n:
-            break
-        yield batch
