@@ -259,8 +259,12 @@ def test_a_run_starting_or_resuming_removes_temporary_files_a_killed_run_left(tm
     for p in stale:
         p.write_bytes(b"half")
     (out / "notes.tmp.txt").write_text("mine")  # not ours: stays
+    killed_overwrite = tmp_path / ".run.overwrite"
+    killed_overwrite.mkdir()
+    (killed_overwrite / "last.pt").write_bytes(b"half")
     fit(config_for(images, out, max_steps_per_epoch=1, resume=True))
     assert not any(p.exists() for p in stale) and (out / "notes.tmp.txt").exists()
+    assert not killed_overwrite.exists()
 
 
 # ------------------------------------------------------------------------------------------------ resume

@@ -5,8 +5,8 @@
 * ``--overwrite`` builds the new run in a sibling folder ``.NAME.overwrite`` and moves its files into
   ``NAME`` only when it has finished. A run that fails or is interrupted (bad image, NaN loss, Ctrl-C,
   SIGTERM, full disk, any exception) removes that sibling and leaves the old run untouched.
-* Temporary files that a killed process left behind (``.FILE.tmp.*`` from :func:`hcgnet.files.atomic_path`)
-  are removed when a run starts or resumes.
+* Temporary files that a killed process left behind (``.FILE.tmp.*`` from :func:`hcgnet.files.atomic_path`,
+  and the ``.NAME.overwrite`` folder of a killed ``--overwrite`` run) are removed when a run starts or resumes.
 """
 import shutil
 from pathlib import Path
@@ -57,16 +57,17 @@ class RunFolder:
             )
         self.out = out
         self.replacing = bool(config.overwrite and existing)
-        self.work = out.parent / f".{out.name}.overwrite" if self.replacing else out
+        self.replacement = out.parent / f".{out.name}.overwrite"
+        self.work = self.replacement if self.replacing else out
         self.created = False
 
     def claim(self, d: distributed.Dist) -> None:
         """Create the folder the run writes into (rank 0) and clear what killed runs left behind."""
         if d.is_main:
             self.created = not self.out.exists()
+            shutil.rmtree(self.replacement, ignore_errors=True)  # what a killed --overwrite run left
             try:
                 if self.replacing:
-                    shutil.rmtree(self.work, ignore_errors=True)  # a killed earlier --overwrite
                     self.work.mkdir(parents=True)
                 else:
                     self.out.mkdir(parents=True, exist_ok=True)
