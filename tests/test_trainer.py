@@ -1,6 +1,7 @@
 """The trainer as a person runs it: exact resume after SIGKILL, DDP on 2 CPU processes, NaN, refusals."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,12 +13,19 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_image_folder
+from torch.utils.data import DataLoader
+
+from hcgnet.distributed import Dist
+from hcgnet.evaluation import evaluate
+from hcgnet.models import create_model
+from hcgnet.training import resume_config, trainer
 
 TINY = "HCGNet-(1,1,1)-(k=8,8,8)"
 
 
 def train_args(folder, out, *extra):
     return ["train", "--model", TINY, "--data", f"imagefolder:{folder}", "--image-size", "16", "--val-size", "0.2",
+            "--test-size", "0.2",
             "--workers", "0", "--output", str(out), *extra]
 
 
@@ -94,7 +102,7 @@ def test_sigkill_twice_then_resume_is_bit_identical(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     folder = make_image_folder(tmp_path / "images", classes=3, per_class=21)  # 63 images: 13 test, odd
-    common = ["--epochs", "2", "--val-size", "0.2", "--lr", "0.05"]
+    common = ["--epochs", "2", "--val-size", "0.2", "--lr", "0.1", "--lr-base-batch", "16"]  # lr 0.05 at batch 8
     # One thread per process in both runs: kernels with another thread count add floats in another order,
     # and 8 steps of this tiny network (BatchNorm over 4 images) amplify that to ~1e-3.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -105,7 +113,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     two = tmp_path / "two"
     torchrun = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "hcgnet",
-                           *train_args(folder, two, *common, "--batch-size", "4")],
+                           *train_args(folder, two, *common, "--batch-size", "8")],  # global batch
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -121,8 +129,32 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     # BN running statistics are not compared: DDP keeps rank 0's, accumulation sees both halves.
     for key in params:
         assert torch.equal(a[key], b[key]), key
+    # The learning rate is scaled by the global batch (8), not by one process's share (4).
+    group = torch.load(two / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert group["initial_lr"] == pytest.approx(0.1 * 8 / 16)
+
+    # Evaluation split over two processes (with rank 0's BN statistics broadcast) scores what one process
+    # scores with the same weights: validation with the final weights, test with the best ones.
+    data = trainer._build_data(resume_config(str(two)), bad_images_log=None)  # the run's own split
+    for weights, dataset, expected in (
+        ("final.safetensors", data.val, metrics_row(two / "metrics.csv", -1)),
+        ("best.safetensors", data.test, {"val_loss": result_two["test_loss"], "val_top1": result_two["test_top1"]}),
+    ):
+        model = create_model(TINY, num_classes=3)
+        model.load_state_dict(load_file(two / weights))
+        one_process = evaluate(model, DataLoader(dataset, batch_size=5), Dist())
+        assert float(expected["val_top1"]) == one_process["top1"], weights
+        assert float(expected["val_loss"]) == pytest.approx(one_process["loss"], rel=1e-6), weights
 
 
+def metrics_row(path, index):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))[index]
+
+
+@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_says_where(tmp_path, image_folder):
     out = tmp_path / "run"
     proc = run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "4", "--lr", "1e12",
@@ -135,6 +167,7 @@ def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_says_where(tmp_path, 
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_refuses_an_output_folder_holding_another_run(tmp_path, image_folder):
     out = tmp_path / "run"
     run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
@@ -150,7 +183,8 @@ def test_refuses_an_output_folder_holding_another_run(tmp_path, image_folder):
     assert not torch.equal(weights["classifier.weight"], load_file(out / "final.safetensors")["classifier.weight"])
 
 
-@pytest.mark.parametrize("change,name", [(["--batch-size", "6"], "batch_size"), (["--epochs", "2"], "epochs"),
+@pytest.mark.slow  # measured: ~25 s each (two subprocess runs)
+@pytest.mark.parametrize("change,name", [(["--batch-size", "6"], "batch_size"), (["--seed", "2"], "seed"),
                                          (["--lr", "0.2"], "lr")])
 def test_resume_with_other_settings_is_refused(tmp_path, image_folder, change, name):
     out = tmp_path / "run"
@@ -161,6 +195,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, image_folder, change, n
     assert proc.returncode == 2 and f"{name}=" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_unreadable_image_is_named_and_skip_bad_images_counts_it(tmp_path, image_folder):
     bad = image_folder / "class_1" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
@@ -171,6 +206,7 @@ def test_unreadable_image_is_named_and_skip_bad_images_counts_it(tmp_path, image
     assert "skipped 1 unreadable image" in ok.stdout
 
 
+@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_bf16_channels_last_ema_run_stays_finite_and_exports_the_average(tmp_path, image_folder):
     out = tmp_path / "run"
     run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "4", "--amp", "bf16",
@@ -200,6 +236,7 @@ def test_compiled_training_matches_eager(tmp_path, image_folder):
             torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
 
 
+@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_overwrite_with_bad_input_loses_nothing(tmp_path, image_folder):
     out = tmp_path / "run"
     run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
@@ -217,7 +254,80 @@ def test_overwrite_with_bad_input_loses_nothing(tmp_path, image_folder):
 
 @pytest.mark.parametrize("flag,value", [("--accum-steps", "0"), ("--workers", "-1"), ("--momentum", "-1"),
                                         ("--log-every", "0"), ("--label-smoothing", "1.5")])
-def test_out_of_range_settings_are_one_line_errors(tmp_path, image_folder, flag, value):
-    proc = run_cli(train_args(image_folder, tmp_path / "run", flag, value), check=False)
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("hcgnet: error:"), proc.stderr[-800:]
+def test_out_of_range_settings_are_one_line_errors(tmp_path, image_folder, flag, value, capsys):
+    from hcgnet.cli import main
+
+    assert main(train_args(image_folder, tmp_path / "run", flag, value)) == 2  # in-process: no 10 s start-up
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hcgnet: error:"), err
+    assert not (tmp_path / "run").exists()
+
+
+def interrupt_after(args, out, rows, signum):
+    """Start a training run and send it `signum` once steps.csv holds `rows` logged steps."""
+    proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    steps = out / "steps.csv"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"run ended before the signal: {proc.stderr.read()[-1500:]}")
+            if steps.exists() and len(steps.read_text().splitlines()) > rows:
+                proc.send_signal(signum)
+                _, err = proc.communicate(timeout=120)
+                return proc.returncode, err
+            time.sleep(0.01)
+        raise AssertionError("timed out waiting for the steps")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_and_ctrl_c_save_a_checkpoint_and_resume_from_the_output_alone_is_bit_identical(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=20)
+    common = ["--epochs", "2", "--batch-size", "4", "--log-every", "1", "--mixup", "0.4", "--drop-rate", "0.2"]
+    reference = tmp_path / "reference"
+    run_cli(train_args(folder, reference, *common))
+
+    out = tmp_path / "interrupted"
+    code, err = interrupt_after(train_args(folder, out, *common), out, 3, signal.SIGTERM)
+    lines = err.strip().splitlines()
+    assert code == 143 and len(lines) == 1, err[-2000:]
+    assert re.fullmatch(rf"hcgnet: interrupted at epoch 1 step (\d+); resume with: hcgnet train --output {out} "
+                        "--resume", lines[0]), lines
+    epoch, step = checkpoint_position(out / "last.pt")
+    assert (epoch, step) == (0, int(re.search(r"step (\d+)", lines[0]).group(1))) and step >= 3
+    (out / ".last.pt.tmp.left-by-kill-9.tmp").write_bytes(b"half")
+    code, err = interrupt_after(["train", "--output", str(out), "--resume"], out, 12, signal.SIGINT)
+    assert code == 130 and "resume with" in err, err[-2000:]
+    assert not (out / ".last.pt.tmp.left-by-kill-9.tmp").exists()
+    resumed = run_cli(["train", "--output", str(out), "--resume"])
+    assert "resumed" in resumed.stdout
+    for name in ("final.safetensors", "best.safetensors"):
+        a, b = load_file(reference / name), load_file(out / name)
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs after the interrupts"
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_reaches_the_data_workers_too_and_still_saves(tmp_path, image_folder):
+    """A terminal's Ctrl-C signals the whole process group, DataLoader workers included."""
+    out = tmp_path / "run"
+    args = train_args(image_folder, out, "--epochs", "3", "--batch-size", "4", "--log-every", "1", "--workers", "2")
+    proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    steps, deadline = out / "steps.csv", time.time() + 300
+    try:
+        while not (steps.exists() and len(steps.read_text().splitlines()) > 2):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-1500:]
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().startswith("hcgnet: interrupted at epoch"), err[-2000:]
+    assert len(err.strip().splitlines()) == 1, err[-2000:]
+    assert checkpoint_position(out / "last.pt")[1] >= 2

@@ -85,11 +85,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hcgnet.training import TrainConfig, fit, make_config
+    from hcgnet.training import TrainConfig, fit, make_config, resume_config
+    from hcgnet.training.interrupts import TrainingInterrupted
 
     overrides = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if hasattr(args, name)}
-    config = make_config(args.recipe, args.config, overrides)
-    fit(config)
+    output = args.output or TrainConfig.output
+    if args.resume and not (args.recipe or args.config) and (Path(output) / "config.yaml").is_file():
+        config = resume_config(output, overrides)  # the run's own settings; flags given here on top
+    else:
+        config = make_config(args.recipe, args.config, overrides)
+    try:
+        fit(config)
+    except TrainingInterrupted as e:
+        print(f"hcgnet: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

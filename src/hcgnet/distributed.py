@@ -90,3 +90,12 @@ def parameters_match_rank0(model: torch.nn.Module, d: Dist) -> bool:
         dist.broadcast(reference, src=0)
         same &= torch.equal(reference, p.detach())
     return not broadcast_flag(not same, d)
+
+
+def max_int(value: int, d: Dist) -> int:
+    """The largest of every rank's ``value``."""
+    if not d.enabled:
+        return value
+    t = torch.tensor([int(value)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

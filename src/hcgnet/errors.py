@@ -11,3 +11,10 @@ class ModelSpecError(HCGNetError):
 
 class CheckpointError(HCGNetError):
     """A file that is not a usable checkpoint, or one made for a different model."""
+
+
+def plural(n: float, noun: str) -> str:
+    """``"1 image"``, ``"1,400 images"``, ``"0.5 epochs"``, ``"2 classes"``: a count with its noun, for messages."""
+    many = noun + "es" if noun.endswith(("s", "x", "sh")) else noun + "s"
+    number = f"{n:,}" if float(n).is_integer() and not isinstance(n, float) else f"{n:g}"
+    return f"{number} {noun if n == 1 else many}"

@@ -29,7 +29,7 @@ from torchvision.datasets.vision import StandardTransform
 
 from hcgnet.data.cifar import CIFAR, CIFAR10Files, CIFAR100Files, load_cifar
 from hcgnet.data.config import DataBundle, DataConfig
-from hcgnet.data.errors import DataError, count, error_message
+from hcgnet.data.errors import DataError, error_message
 from hcgnet.data.fashion_mnist import FASHION_MNIST_FILES, FASHION_MNIST_SYSTEM_DIR, load_fashion_mnist
 from hcgnet.data.image_folder import (
     check_images, folder_config, layout, open_class_folder, refuse_one_class,
@@ -37,6 +37,7 @@ from hcgnet.data.image_folder import (
 from hcgnet.data.images import load_image
 from hcgnet.data.splits import format_size, holdout_note, split_indices
 from hcgnet.data.transforms import build_eval_transform, build_train_transform
+from hcgnet.errors import plural
 
 __all__ = [
     "DATASETS", "EVAL_SPLITS", "DataBundle", "DataConfig", "DataError", "build_data", "build_eval_dataset",
@@ -97,7 +98,7 @@ def _skipped_note(skipped: list[str], bad_images_log) -> str:
     names = ", ".join(os.path.basename(p) for p in skipped[:_NAMES_SHOWN])
     more = ", ..." if len(skipped) > _NAMES_SHOWN else ""
     where = f"; the list is in {bad_images_log}" if bad_images_log is not None else ""
-    return f"skipped {count(len(skipped), 'unreadable image')} ({names}{more}){where}"
+    return f"skipped {plural(len(skipped), 'unreadable image')} ({names}{more}){where}"
 
 
 def _split(n: int, own_test: bool, val_size, test_size, seed) -> tuple[list[int], list[int], list[int] | None]:
@@ -113,10 +114,10 @@ def _holdout_notes(n: int, idx, val_size, test_size, test, where: str, test_wher
     _, val_idx, test_idx = idx
     if test_idx is None:
         notes = [holdout_note(len(val_idx), n, val_size, "validation"),
-                 f"the test set is {test_where}: {count(len(test), 'image')}"]
+                 f"the test set is {test_where}: {plural(len(test), 'image')}"]
         if test_size is not None:
             notes.append(f"test_size={format_size(test_size)} ignored: {where} has its own test set "
-                         f"({count(len(test), 'image')})")
+                         f"({plural(len(test), 'image')})")
         return notes
     return [holdout_note(len(val_idx), n, val_size, "validation", of="images"),
             holdout_note(len(test_idx), n, test_size, "the test set", of="images")
@@ -196,7 +197,7 @@ def _label_classes(config: DataConfig, root: str) -> list[str]:
     if _is_placeholder(names) and len(found) <= len(names):
         return found
     more = ", ..." if len(unknown) > 5 else ""
-    raise DataError(f"{root} has {count(len(unknown), 'class', 'classes')} the model does not know: "
+    raise DataError(f"{root} has {plural(len(unknown), 'class', 'classes')} the model does not know: "
                     f"{', '.join(unknown[:5])}{more} (it knows {', '.join(names[:5])}"
                     f"{', ...' if len(names) > 5 else ''})")
 
@@ -238,7 +239,7 @@ def build_eval_dataset(spec: str, config: DataConfig, data_dir: str | None = Non
     if name != "imagefolder":
         train, test, own = _load_builtin(name, data_dir, download, None)
         if len(own.class_names) != len(config.class_names):
-            raise DataError(f"{name} has {count(len(own.class_names), 'class', 'classes')} but the model "
+            raise DataError(f"{name} has {plural(len(own.class_names), 'class', 'classes')} but the model "
                             f"classifies {len(config.class_names)}")
         if split != "val":
             return _with_transform(test, eval_tf)

@@ -23,12 +23,6 @@ def reason(exc: BaseException) -> str:
     return one_line(exc) or type(exc).__name__
 
 
-def count(n: int, noun: str, plural: str | None = None) -> str:
-    """``"1 image"``, ``"1,400 images"``: a number with its noun, singular when it is 1."""
-    many = plural or (noun + "es" if noun.endswith(("s", "x", "ch", "sh")) else noun + "s")
-    return f"{n:,} {noun if n == 1 else many}"
-
-
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*: (.*)$")
 
 

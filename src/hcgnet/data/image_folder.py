@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from torchvision import datasets as tvd
 
 from hcgnet.data.config import DataConfig
-from hcgnet.data.errors import DataError, count, reason
+from hcgnet.data.errors import DataError, reason
 from hcgnet.data.images import bad_images_error, load_image, scan_images, write_bad_images
 from hcgnet.data.transforms import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+from hcgnet.errors import plural
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "ClassFolder", "open_class_folder", "layout", "folder_config", "check_images",
            "refuse_one_class"]
@@ -48,7 +49,7 @@ class ClassFolder(tvd.ImageFolder):
             return found, {c: i for i, c in enumerate(found)}
         extra = sorted(set(found) - set(self._fixed_classes))
         if extra:
-            raise DataError(f"{directory} has {count(len(extra), 'class')} {self._owner} lacks: "
+            raise DataError(f"{directory} has {plural(len(extra), 'class')} {self._owner} lacks: "
                             f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
         return list(self._fixed_classes), {c: i for i, c in enumerate(self._fixed_classes)}
 
@@ -100,7 +101,7 @@ def refuse_one_class(ds: ClassFolder, root: str) -> None:
 def _drop(ds: ClassFolder, bad_paths: set[str], root: str) -> None:
     good = [s for s in ds.samples if s[0] not in bad_paths]
     if not good:
-        raise DataError(f"empty dataset {root}: none of its {count(len(ds.samples), 'image')} can be read")
+        raise DataError(f"empty dataset {root}: none of its {plural(len(ds.samples), 'image')} can be read")
     ds.samples = ds.imgs = good
     ds.targets = [t for _, t in good]
 

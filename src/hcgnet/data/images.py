@@ -18,7 +18,8 @@ from typing import Iterator, Sequence
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from hcgnet.data.errors import DataError, count, one_line, reason
+from hcgnet.data.errors import DataError, one_line, reason
+from hcgnet.errors import plural
 from hcgnet.files import atomic_path
 
 __all__ = ["load_image", "decode_error", "scan_images", "bad_images_error", "write_bad_images"]
@@ -106,5 +107,5 @@ def bad_images_error(bad: Sequence[tuple[str, str]], total: int, root: str, log_
     more = f" and {len(bad) - _NAMES_SHOWN:,} more" if len(bad) > _NAMES_SHOWN else ""
     where = f"; the full list is in {log_path}" if log_path is not None else ""
     them = "them" if len(bad) > 1 else "it"
-    return DataError(f"{len(bad):,} of {count(total, 'image')} in {root} cannot be read: {shown}{more}{where}; "
+    return DataError(f"{len(bad):,} of {plural(total, 'image')} in {root} cannot be read: {shown}{more}{where}; "
                      f"remove {them} or pass --skip-bad-images")

@@ -19,7 +19,8 @@ import numbers
 
 import torch
 
-from hcgnet.data.errors import DataError, count
+from hcgnet.data.errors import DataError
+from hcgnet.errors import plural
 
 __all__ = ["AUTO_FRACTION", "AUTO_MAX", "AUTO_MIN_IMAGES", "auto_held_out", "format_size", "held_out_count",
            "holdout_note", "split_indices"]
@@ -80,7 +81,7 @@ def split_indices(n: int, val_size=None, seed: int = 0, *, with_test: bool = Fal
                  if size is not None and (with_test or name == "val_size")] or ["the automatic hold-out"]
         test = f" and {t:,} for the test set" if with_test else ""
         raise DataError(f"{' and '.join(given)} {'leave' if len(given) > 1 else 'leaves'} no training images: "
-                        f"{count(n, 'image')}, {v:,} held out for validation{test}")
+                        f"{plural(n, 'image')}, {v:,} held out for validation{test}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     parts = [sorted(perm[v + t:]), sorted(perm[:v])]
     return parts + [sorted(perm[v:v + t])] if with_test else parts
@@ -95,7 +96,7 @@ def holdout_note(k: int, n: int, size, purpose: str, of: str = "training images"
     name = "val_size" if purpose == "validation" else "test_size"
     if size is None:
         if k == 0:
-            return (f"no images held out for {purpose}: {count(n, 'image')} are too few for the automatic "
+            return (f"no images held out for {purpose}: {plural(n, 'image')} are too few for the automatic "
                     f"hold-out (it starts at {AUTO_MIN_IMAGES}); {_flag(name)} holds some out")
         why = (f"automatic: {AUTO_FRACTION:.0%} of the images, at least 1, at most {AUTO_MAX:,}; "
                f"{_flag(name)} changes it")

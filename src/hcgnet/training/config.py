@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import HCGNetError, plural
 
 
 class ConfigError(HCGNetError):
@@ -173,11 +173,6 @@ def _refuse_unknown(values: Mapping[str, Any], where: str) -> None:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown option {unknown[0]!r}; options are {', '.join(FIELDS)}")
-
-
-def plural(n: float, word: str) -> str:
-    """``1 image``, ``2 images``: the count with its noun."""
-    return f"{n:g} {word}" if n == 1 else f"{n:g} {word}{'es' if word.endswith('s') else 's'}"
 
 
 # Bounds checked by validate(): at least `low`, or within [0, 1).

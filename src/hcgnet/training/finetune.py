@@ -10,9 +10,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from torch import Tensor, nn
 
-from hcgnet.errors import CheckpointError
+from hcgnet.errors import CheckpointError, plural
 from hcgnet.models.checkpoints import read_state_dict
-from hcgnet.training.config import ConfigError, TrainConfig, plural
+from hcgnet.training.config import ConfigError, TrainConfig
 
 Log = Callable[[str], None]
 CLASSIFIER = ("classifier.weight", "classifier.bias")

@@ -1,5 +1,7 @@
-"""What a person sees of a run: metrics.csv, TensorBoard events and curves.png in the output folder."""
+"""What a person sees of a run: metrics.csv, TensorBoard events and curves.png in the output folder, and
+progress lines for logs that are not a terminal."""
 import csv
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -20,6 +22,36 @@ def _write_rows(path: Path, columns: List[str], rows: List[Dict[str, str]]) -> N
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressLines:
+    """A line every ``interval`` seconds (step, epoch, loss, lr, images/s, ETA): what a log file, CI or a
+    cluster job sees instead of the terminal's progress bar."""
+
+    def __init__(self, log, total_steps: int, steps_per_epoch: int, epochs: int, batch: int,
+                 interval: float = 30.0, enabled: bool = True) -> None:
+        self.log, self.total, self.per_epoch, self.epochs, self.batch = log, total_steps, steps_per_epoch, epochs, batch
+        self.interval, self.enabled = interval, enabled
+        self.start = self.last = time.monotonic()
+        self.steps = 0  # taken by this process since it started (a resumed run times only its own steps)
+
+    def step(self, global_step: int, loss: float, lr: float) -> None:
+        self.steps += 1
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.interval:
+            return
+        self.last = now
+        per_step = (now - self.start) / self.steps
+        epoch, done = divmod(global_step - 1, self.per_epoch)
+        where = f"epoch {epoch + 1}/{self.epochs}, step {done + 1}/{self.per_epoch}"
+        self.log(f"step {global_step}/{self.total} ({where}): "
+                 f"loss {loss:.4f}, lr {lr:.4g}, {self.batch / max(per_step, 1e-9):.1f} images/s, "
+                 f"ETA {_duration(per_step * (self.total - global_step))}")
 
 
 class MetricsLog:
@@ -63,6 +95,7 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
     def plot(self, path: Path, title: str = "") -> Path:
         """Loss (logged steps and epochs), accuracy per epoch and the learning rate, as a PNG."""

@@ -4,6 +4,7 @@ A checkpoint holds model, optimiser, scheduler, grad scaler, EMA, epoch, step, p
 the best validation score, and the RNG states of torch (CPU and CUDA), NumPy and Python. It holds only
 tensors and plain Python values, so it is read back with ``torch.load(weights_only=True)``.
 """
+import errno
 import random
 from pathlib import Path
 from typing import Any, Dict
@@ -11,7 +12,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from hcgnet.errors import CheckpointError
+from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import atomic_path
 from hcgnet.models.checkpoints import torch_load_weights_only
 
@@ -40,10 +41,30 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointWriteError(HCGNetError):
+    """A checkpoint could not be written (full disk, ...); the previous file is intact."""
+
+    def __init__(self, path: Path, reason: str, disk_full: bool) -> None:
+        super().__init__(f"{reason} writing {path}")
+        self.path, self.reason, self.disk_full = Path(path), reason, disk_full
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file: a crash mid-write leaves the previous file intact."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through a temporary file: a crash or a failed write leaves the previous file intact and
+    no temporary file behind."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except OSError as e:
+        disk_full = e.errno in DISK_FULL
+        raise CheckpointWriteError(path, "no space left" if disk_full else (e.strerror or str(e)), disk_full) from None
+    except RuntimeError as e:  # torch's own writer reports a failed write (e.g. a full disk) this way
+        if "write" not in str(e):
+            raise
+        raise CheckpointWriteError(path, f"cannot write ({str(e).splitlines()[0]}; is the disk full?)", True) from None
 
 
 def load_training_state(path: Path) -> Dict[str, Any]:

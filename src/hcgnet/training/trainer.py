@@ -1,17 +1,20 @@
 """``fit(config)``: a whole training run, the library side of ``hcgnet train``.
 
-Set-up (process group, seeds, data, model, optimiser, schedule), resume, the epoch loop with validation,
-checkpoints (``last.pt`` every epoch and every ``checkpoint_every`` steps, ``best.pt`` on validation top-1),
-and at the end one score on the test set and the exported weights (``best.safetensors``,
-``final.safetensors``). Only rank 0 writes files and prints.
+A :class:`Run` goes through four parts, each a method: set-up (output folder, data, model, optimiser and
+schedule, resume), one epoch at a time, validation with the checkpoints (``last.pt`` every epoch and every
+``checkpoint_every`` steps, ``best.pt`` on validation top-1), and at the end one score on the test set and the
+exported weights (``best.safetensors``, ``final.safetensors``). Only rank 0 writes files and prints.
+
+``batch_size`` is the global batch: each of the torchrun processes takes ``batch_size / world size`` images
+per step, and ``lr_base_batch`` scales the learning rate by the global batch.
 """
 import dataclasses
+import itertools
 import json
 import random
-import shutil
+import sys
 import time
-from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -21,58 +24,26 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from hcgnet.data import build_data
-from hcgnet.errors import HCGNetError
-from hcgnet.models import create_model, save_safetensors
 from hcgnet import distributed
-from hcgnet.training.config import RUN_FLAGS, TrainConfig
+from hcgnet.data import build_data
+from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import AMP_DTYPES, evaluate
+from hcgnet.models import create_model, save_safetensors
+from hcgnet.training.config import RUN_FLAGS, TrainConfig
 from hcgnet.training.engine import NonFiniteLossError, StepContext, new_totals, train_one_epoch
-from hcgnet.training.logs import MetricsLog
+from hcgnet.training.folder import RunFolder
+from hcgnet.training.interrupts import StopSignals, TrainingInterrupted
+from hcgnet.training.logs import MetricsLog, ProgressLines
+from hcgnet.training.resume import check_resumable, schedule_changed
 from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
-from hcgnet.training.schedule import EpochSchedule
-from hcgnet.training.state import load_training_state, rng_state, save_atomic, set_rng_state
+from hcgnet.training.finetune import prepare_model
+from hcgnet.training.schedule import DropBlockSchedule, EpochSchedule
+from hcgnet.training.state import CheckpointWriteError, load_training_state, rng_state, save_atomic, set_rng_state
 
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "steps.csv", "config.yaml", "results.json", "best.safetensors",
-             "final.safetensors", "curves.png")
-# Settings a resumed run may change: how it runs, not what it computes.
-RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "workers", "log_every", "checkpoint_every", "compile",
-                     "data_dir", "recipe")
-
-
-class OutputFolderError(HCGNetError):
-    pass
-
-
-def _check_output(config: TrainConfig) -> Path:
-    """Refuse a folder that holds another run unless --resume/--overwrite; changes nothing on disk."""
-    out = Path(config.output)
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"output {out} is a file, not a folder")
-    existing = [f for f in RUN_FILES if (out / f).exists()]
-    if existing and not (config.resume or config.overwrite):
-        raise OutputFolderError(
-            f"{out} already holds a run ({existing[0]}); pass --resume to continue it or --overwrite to replace it"
-        )
-    return out
-
-
-def _claim_output(out: Path, config: TrainConfig, d: distributed.Dist) -> None:
-    """Create the folder (and clear the old run for --overwrite): only once data and model are known to
-    work, so a failing command loses nothing."""
-    if d.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputFolderError(f"cannot create output folder {out}: {e.strerror}") from None
-        if config.overwrite:
-            for f in RUN_FILES:
-                (out / f).unlink(missing_ok=True)
-            shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    distributed.barrier(d)
+LOG_SECONDS = 30.0  # a progress line this often when stdout is not a terminal
 
 
 def _seed_everything(seed: int) -> None:
@@ -89,14 +60,59 @@ def _amp(config: TrainConfig, device: torch.device):
     return AMP_DTYPES[config.amp], None
 
 
+def _stdout_is_terminal() -> bool:
+    return bool(getattr(sys.stdout, "isatty", lambda: False)())
+
+
+def global_batch_for(config: TrainConfig, train_images: int, world_size: int, log) -> int:
+    """The global batch to use: ``config.batch_size``, or the largest batch that fits the training set
+    (each process's micro-batches of at least 2 images, even with mixup) with a warning."""
+    if config.batch_size % world_size:
+        raise HCGNetError(f"batch size {config.batch_size} is the global batch and must divide evenly over "
+                          f"{world_size} processes; use a multiple of {world_size}")
+    per_process = train_images // world_size  # DistributedSampler(drop_last) gives each process this many
+    if config.batch_size // world_size <= per_process:
+        return config.batch_size
+    unit = config.accum_steps * (2 if config.mixup > 0 else 1)  # a micro-batch size must stay even for mixup
+    micro = per_process // unit * unit // config.accum_steps
+    if micro < 2:
+        raise HCGNetError(f"the training set has {plural(train_images, 'image')}, too few for a batch of "
+                          f"{2 * config.accum_steps * world_size} ({world_size} process(es), {config.accum_steps} "
+                          "micro-batch(es) of 2 images each); add images or lower --accum-steps")
+    batch = micro * config.accum_steps * world_size
+    log(f"warning: batch size {config.batch_size} is larger than the training set ({plural(train_images, 'image')}); "
+        f"using batch size {batch} (pass --batch-size {batch} to choose it yourself)")
+    return batch
+
+
+def stem_warning(model: nn.Module, name: str, size: int) -> Optional[str]:
+    """A warning when a network whose stem keeps the full resolution (the CIFAR stem, stride 1) meets
+    images larger than 64 px."""
+    stem = getattr(model, "stem", None)
+    first = stem[0] if isinstance(stem, nn.Sequential) and len(stem) else None
+    if isinstance(first, nn.Conv2d) and first.stride[0] == 1 and size > 64:
+        return (f"warning: {name} uses the CIFAR stem at {size} px (slow: ~100x the work of the ImageNet stem); "
+                "pass --stem imagenet")
+    return None
+
+
+def _build_data(config: TrainConfig, bad_images_log):
+    return build_data(config.data, data_dir=config.data_dir, val_size=config.val_size, test_size=config.test_size,
+                      seed=config.seed, skip_bad_images=config.skip_bad_images, image_size=config.image_size,
+                      augment=config.augment, bad_images_log=bad_images_log)
+
+
 def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
+    """What ``hcgnet eval``/``predict`` need from a run: preprocessing, classes, and how the data was split
+    (``seed``, ``val_size``, ``test_size`` as JSON: a number or null for automatic)."""
     return {
         "model_name": config.model,
         "num_classes": str(model.num_classes),
         "in_chans": str(data.config.input_size[0]),
         "class_names": json.dumps(list(data.config.class_names)),
         "data_config": json.dumps(dataclasses.asdict(data.config)),
-        "val_size": str(config.val_size),
+        "val_size": json.dumps(config.val_size),
+        "test_size": json.dumps(config.test_size),
         "seed": str(config.seed),
     }
 
@@ -105,225 +121,345 @@ def fit(config: TrainConfig, log=print) -> Dict[str, Any]:
     """Train as ``config`` says; return the final metrics (also written to ``results.json``)."""
     d = distributed.setup()
     try:
-        return _fit(config, d, log if d.is_main else (lambda *a, **k: None))
+        with StopSignals() as stop:
+            return Run(config, d, log if d.is_main else (lambda *a, **k: None), stop).execute()
     finally:
         distributed.cleanup()
 
 
-def _fit(config: TrainConfig, d: distributed.Dist, log) -> Dict[str, Any]:
-    out = _check_output(config)
-    resume_state: Optional[Dict[str, Any]] = None
-    if config.resume:
-        if (out / "last.pt").exists():  # multi-node runs need --output on a shared file system
-            resume_state = load_training_state(out / "last.pt")
-            saved = {**resume_state["config"], "world_size": resume_state.get("world_size", 1)}
-            current = {**config.to_dict(), "world_size": d.world_size}
-            for key in current:
-                if key not in RESUME_MAY_CHANGE and saved.get(key) != current[key]:
-                    raise HCGNetError(
-                        f"cannot resume {out}: it was trained with {key}={saved.get(key)!r}, not {current[key]!r}; "
-                        "resume with the same settings, or start a new run"
-                    )
+class Run:
+    """One training run; the methods in the order they run."""
+
+    def __init__(self, config: TrainConfig, d: distributed.Dist, log: Callable, stop: StopSignals) -> None:
+        self.config, self.d, self.log, self.stop = config, d, log, stop
+        self.folder = RunFolder(config)  # refusals only; nothing on disk changes before claim()
+        self.out = self.folder.work
+        self.started = False  # training has begun: a failure from here on keeps the resumable checkpoints
+        self.metrics: Optional[MetricsLog] = None
+
+    def execute(self) -> Dict[str, Any]:
+        resume_state = self.read_resume_state()
+        self.folder.claim(self.d)
+        try:
+            self.set_up(resume_state)
+            self.train()
+            result = self.finish()
+        except BaseException as e:
+            self.folder.abandon(self.d, self.started)
+            explained = self.explain(e)
+            if explained is e:
+                raise
+            raise explained from None
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+        self.folder.commit(self.d)
+        return result
+
+    def explain(self, e: BaseException) -> BaseException:
+        """The one-line message of a failure, saying what is left on disk."""
+        if isinstance(e, CheckpointWriteError):
+            then = ("free space and resume with --resume" if not self.folder.replacing
+                    else f"{self.folder.kept()}; free space and run again")
+            return HCGNetError(f"{e.reason} writing {self.folder.out / e.path.name}; {then}")
+        if isinstance(e, NonFiniteLossError):
+            return NonFiniteLossError(f"{e} (epoch {getattr(self, 'epoch', 0) + 1}); training stopped and "
+                                      f"{self.folder.kept()}; lower --lr or use --amp none")
+        return e
+
+    # ------------------------------------------------------------------------------------------------ set-up
+
+    def read_resume_state(self) -> Optional[Dict[str, Any]]:
+        config, last = self.config, self.folder.out / "last.pt"
+        if not config.resume:
+            return None
+        if not last.exists():  # multi-node runs need --output on a shared file system
+            self.log(f"nothing to resume in {self.folder.out}: starting from scratch")
+            return None
+        state = load_training_state(last)
+        check_resumable(self.folder.out, state, config, self.d.world_size)
+        return state
+
+    def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
+        config, d = self.config, self.d
+        _seed_everything(config.seed)
+        self.data = self.load_data()
+        self.model = self.build_model()
+        # Same initial weights everywhere (seeded above); from here each process draws its own dropout masks
+        # and mixup pairs.
+        _seed_everything(config.seed + 1_000_003 * d.rank)
+        self.model.to(d.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.batch = global_batch_for(config, len(self.data.train), d.world_size, self.log)
+        self.local_batch = self.batch // d.world_size
+        self.build_optimiser(resume_state)
+        self.build_loss()
+        self.start_epoch, self.first_step, self.best = 0, 0, {"top1": -1.0, "epoch": None}
+        self.resumed_totals = new_totals()
+        if resume_state is not None:
+            self.restore(resume_state)
+        self.build_loaders()
+        if d.is_main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(
+                {k: v for k, v in config.to_dict().items() if k not in RUN_FLAGS}, sort_keys=False))
+            first = self.start_epoch * self.steps_per_epoch + self.first_step
+            self.metrics = MetricsLog(self.out, self.start_epoch, first)
+        self.log(f"training {config.model} on {config.data}: {len(self.data.train)} train / {len(self.data.val)} "
+                 f"validation / {len(self.data.test)} test images, {self.data.num_classes} classes, "
+                 f"{d.world_size} process(es) on {d.device}, global batch {self.batch}, "
+                 f"{self.steps_per_epoch} steps per epoch")
+
+    def load_data(self):
+        data = _build_data(self.config, self.out / "bad_images.txt")
+        for note in data.notes:
+            self.log(note)
+        if data.skipped_files:
+            self.log(f"skipped {plural(len(data.skipped_files), 'unreadable image')}: listed in "
+                     f"{self.folder.out / 'bad_images.txt'}")
+        return data
+
+    def build_model(self) -> nn.Module:
+        config = self.config
+        kwargs: Dict[str, Any] = {"in_chans": self.data.config.input_size[0]}
+        if config.drop_rate is not None:
+            kwargs["drop_rate"] = config.drop_rate
+        if config.stem:
+            kwargs["stem"] = config.stem
+        if config.drop_block > 0:
+            kwargs["drop_block_rate"] = config.drop_block
+        model = create_model(config.model, num_classes=self.data.num_classes, **kwargs)
+        prepare_model(model, config, self.log)
+        warning = stem_warning(model, config.model, max(self.data.config.input_size[1:]))
+        if warning:
+            self.log(warning)
+        return model
+
+    def build_optimiser(self, resume_state) -> None:
+        config = self.config
+        lr = config.lr * (self.batch / config.lr_base_batch if config.lr_base_batch else 1.0)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # frozen stages stay as loaded
+        self.optimizer = torch.optim.SGD(trainable, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
+                                         weight_decay=config.weight_decay)
+        self.schedule = EpochSchedule(self.optimizer, TrainConfig(**{**config.to_dict(), "lr": lr}))
+        self.drop_block = (DropBlockSchedule(self.model, config)
+                           if config.drop_block > 0 and DropBlockSchedule is not None else None)
+        self.amp_dtype, self.scaler = _amp(config, self.d.device)
+        self.ema = ModelEmaV3(self.model, decay=config.ema_decay) if config.ema else None
+
+    def build_loss(self) -> None:
+        config = self.config
+        self.mixup = None
+        if config.mixup > 0:
+            self.mixup = Mixup(mixup_alpha=config.mixup, label_smoothing=config.label_smoothing,
+                               num_classes=self.data.num_classes)
+            self.loss_fn: nn.Module = SoftTargetCrossEntropy()
         else:
-            log(f"nothing to resume in {out}: starting from scratch")
+            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
-    _seed_everything(config.seed)
-    data = build_data(config.data, data_dir=config.data_dir, val_size=config.val_size, seed=config.seed,
-                      skip_bad_images=config.skip_bad_images, image_size=config.image_size, augment=config.augment)
-    if data.skipped:
-        log(f"skipped {data.skipped} unreadable images")
-    if len(data.train) < config.batch_size * d.world_size:
-        raise HCGNetError(
-            f"the training set has {len(data.train)} images, fewer than one batch of {config.batch_size * d.world_size}; "
-            "use a smaller --batch-size"
-        )
-    model_kwargs = {"in_chans": data.config.input_size[0]}
-    if config.drop_rate is not None:
-        model_kwargs["drop_rate"] = config.drop_rate
-    model = create_model(config.model, num_classes=data.num_classes, **model_kwargs)
-    _claim_output(out, config, d)
-    # Same initial weights everywhere (seeded above); from here each process draws its own dropout masks
-    # and mixup pairs.
-    _seed_everything(config.seed + 1_000_003 * d.rank)
-    model.to(d.device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    global_batch = config.batch_size * d.world_size
-    lr = config.lr * (global_batch / config.lr_base_batch if config.lr_base_batch else 1.0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=config.momentum, nesterov=config.nesterov,
-                                weight_decay=config.weight_decay)
-    schedule = EpochSchedule(optimizer, TrainConfig(**{**config.to_dict(), "lr": lr}))
-    amp_dtype, scaler = _amp(config, d.device)
-    ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema else None
-    mixup = None
-    if config.mixup > 0:
-        mixup = Mixup(mixup_alpha=config.mixup, label_smoothing=config.label_smoothing, num_classes=data.num_classes)
-        loss_fn: nn.Module = SoftTargetCrossEntropy()
-    else:
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-    start_epoch, first_step, best = 0, 0, {"top1": -1.0, "epoch": None}
-    resumed_totals = new_totals()
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        schedule.load_state_dict(resume_state["scheduler"])
-        if scaler is not None and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        if ema is not None and resume_state.get("ema"):
-            ema.load_state_dict(resume_state["ema"])
-        start_epoch, first_step = resume_state["epoch"], resume_state["step_in_epoch"]
-        best = resume_state["best"]
-        mine = resume_state["ranks"][d.rank] if isinstance(resume_state["ranks"], list) else resume_state["ranks"]
+    def restore(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if not schedule_changed(state, self.config):
+            self.schedule.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.start_epoch, self.first_step, self.best = state["epoch"], state["step_in_epoch"], state["best"]
+        mine = state["ranks"][self.d.rank] if isinstance(state["ranks"], list) else state["ranks"]
         set_rng_state(mine["rng"])
-        resumed_totals = mine["totals"]
-        log(f"resumed {out} at epoch {start_epoch + 1}, step {first_step}")
+        self.resumed_totals = mine["totals"]
+        extended = f" (now {self.config.epochs} epochs)" if schedule_changed(state, self.config) else ""
+        self.log(f"resumed {self.folder.out} at epoch {self.start_epoch + 1}, step {self.first_step}{extended}")
 
-    train_model: nn.Module = model
-    if d.enabled:
-        train_model = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    if config.compile:
-        log("compiling the model with torch.compile (the first steps take longer)")
-        train_model = torch.compile(train_model)
+    def build_loaders(self) -> None:
+        config, d = self.config, self.d
+        self.train_model: nn.Module = self.model
+        if d.enabled:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        if config.compile:
+            self.log("compiling the model with torch.compile (the first steps take longer)")
+            self.train_model = torch.compile(self.train_model)
+        self.train_set = SeededSamples(self.data.train, config.seed)
+        self.sampler = ResumableSampler(self.train_set, self.local_batch, d.world_size, d.rank, config.seed)
+        self.steps_per_epoch = len(self.sampler.inner) // self.local_batch
+        if config.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
+        self.ctx = StepContext(self.optimizer, self.loss_fn, d, self.amp_dtype, self.scaler, self.mixup, self.ema,
+                               config.accum_steps, config.channels_last)
 
-    train_set = SeededSamples(data.train, config.seed)
-    sampler = ResumableSampler(train_set, config.batch_size, d.world_size, d.rank, config.seed)
-    steps_per_epoch = len(sampler.inner) // config.batch_size
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    pin = d.device.type == "cuda"
-
-    def loader_for(dataset, batch_size, sampler_, drop_last=False):
+    def loader(self, dataset, sampler, drop_last: bool = False) -> DataLoader:
         # Its own generator: creating a loader must not draw from the global RNG that dropout and mixup
         # use, or a run resumed mid-epoch would draw at another point of that stream.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler_, num_workers=config.workers,
-                          pin_memory=pin, drop_last=drop_last, persistent_workers=False,
-                          generator=torch.Generator().manual_seed(config.seed))
+        return DataLoader(dataset, batch_size=self.local_batch, sampler=sampler, num_workers=self.config.workers,
+                          pin_memory=self.d.device.type == "cuda", drop_last=drop_last, persistent_workers=False,
+                          generator=torch.Generator().manual_seed(self.config.seed))
 
-    def eval_loader(dataset):
-        return loader_for(dataset, config.batch_size, ShardSampler(len(dataset), d.world_size, d.rank))
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
-    if d.is_main:
-        (out / "config.yaml").write_text(yaml.safe_dump(
-            {k: v for k, v in config.to_dict().items() if k not in RUN_FLAGS}, sort_keys=False))
-    metrics = MetricsLog(out, start_epoch, start_epoch * steps_per_epoch + first_step) if d.is_main else None
-    log(f"training {config.model} on {config.data}: {len(data.train)} train / {len(data.val)} validation / "
-        f"{len(data.test)} test images, {data.num_classes} classes, {d.world_size} process(es) on {d.device}, "
-        f"global batch {global_batch}, {steps_per_epoch} steps per epoch")
+    def evaluate(self, dataset) -> Dict[str, Any]:
+        sampler = ShardSampler(len(dataset), self.d.world_size, self.d.rank)
+        return evaluate(self.eval_model(), self.loader(dataset, sampler), self.d, self.amp_dtype,
+                        self.config.channels_last)
 
-    ctx = StepContext(optimizer, loss_fn, d, amp_dtype, scaler, mixup, ema, config.accum_steps, config.channels_last)
-    eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
+    # ------------------------------------------------------------------------------------------------ epochs
 
-    def save_last(epoch: int, step_in_epoch: int, totals: Dict[str, float], before=None) -> None:
+    def train(self) -> None:
+        self.started = True
+        total = self.config.epochs * self.steps_per_epoch
+        self.progress = ProgressLines(self.log, total, self.steps_per_epoch, self.config.epochs, self.batch,
+                                      interval=LOG_SECONDS, enabled=self.d.is_main and not _stdout_is_terminal())
+        self.epoch = self.start_epoch
+        for self.epoch in range(self.start_epoch, self.config.epochs):
+            train, seconds = self.train_epoch(self.epoch)
+            self.end_epoch(self.epoch, train, seconds)
+
+    def set_step(self, epoch: int, i: int) -> None:
+        """Learning rate (and DropBlock probability) for batch ``i`` of ``epoch``."""
+        t = epoch + i / self.steps_per_epoch
+        self.schedule.step(t)
+        if self.drop_block is not None:
+            self.drop_block.step(t)
+
+    def train_epoch(self, epoch: int):
+        self.train_set.epoch = epoch
+        resumed = epoch == self.start_epoch
+        skip = self.first_step if resumed else 0
+        self.totals = self.resumed_totals if resumed else new_totals()
+        self.sampler.set_epoch(epoch, skip)
+        loader = self.loader(self.train_set, self.sampler, drop_last=True)
+        batches = itertools.islice(loader, self.steps_per_epoch - skip)  # fetches no batch beyond the last
+        # The bar goes to a terminal only (disable=None): logs and pipes get the progress lines instead.
+        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                   disable=True if not self.d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
+        start = time.time()
+        with bar:
+            train = train_one_epoch(self.train_model, batches, self.ctx, lambda i: self.set_step(epoch, i),
+                                    first_step=skip, on_step=lambda done, loss: self.after_step(epoch, done, loss),
+                                    progress=bar, totals=self.totals)
+        return train, time.time() - start
+
+    def after_step(self, epoch: int, done: int, loss: float) -> None:
+        """After optimiser step ``done`` of ``epoch``: log, checkpoint, stop on a signal."""
+        config, step = self.config, epoch * self.steps_per_epoch + done
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.metrics is not None and done % config.log_every == 0:
+            self.metrics.add_step(step, step / self.steps_per_epoch, loss, lr)
+        self.progress.step(step, loss, lr)
+        signum = self.stop.requested(self.d)
+        if signum or (config.checkpoint_every and step % config.checkpoint_every == 0 and done < self.steps_per_epoch):
+            self.save_last(epoch, done, self.totals)
+        if signum:
+            self.interrupted(signum, epoch, done)
+
+    def interrupted(self, signum: int, epoch: int, done: int) -> None:
+        where = f"interrupted at epoch {epoch + 1} step {done}"
+        if self.folder.replacing:
+            raise TrainingInterrupted(f"{where}; {self.folder.kept()}", signum)
+        raise TrainingInterrupted(f"{where}; resume with: hcgnet train --output {self.folder.out} --resume", signum)
+
+    def end_epoch(self, epoch: int, train: Dict[str, Any], seconds: float) -> None:
+        """Validation, ``best.pt`` when it improved, the metrics row, ``last.pt``, the epoch's log line."""
+        distributed.broadcast_buffers(self.eval_model(), self.d)  # score rank 0's BN statistics on every rank
+        val = self.evaluate(self.data.val) if len(self.data.val) else None
+        improved = val is None or val["top1"] > self.best["top1"]
+        if improved:
+            self.best = {"top1": val["top1"] if val else None, "epoch": epoch + 1}
+        row = {
+            "epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch,
+            "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train["loss"], "train_acc": train["acc"],
+            "val_loss": val and val["loss"], "val_top1": val and val["top1"], "val_top5": val and val["top5"],
+            "seconds": seconds, "images_per_s": train["images"] / max(seconds, 1e-9),
+        }
+
+        def record(snapshot: Dict[str, Any]) -> None:
+            if improved:
+                save_atomic(snapshot, self.out / "best.pt")
+            self.metrics.add_epoch(row)
+
+        self.save_last(epoch + 1, 0, new_totals(), before=record)
+        val_text = f", val loss {val['loss']:.4f}, val top-1 {100 * val['top1']:.2f}%" if val else ""
+        self.log(f"epoch {epoch + 1}/{self.config.epochs}: train loss {train['loss']:.4f}{val_text}, "
+                 f"{row['images_per_s']:.1f} images/s, {seconds:.0f} s")
+        signum = self.stop.requested(self.d)  # a signal during validation: last.pt is already current
+        if signum:
+            self.interrupted(signum, epoch + 1, 0)
+
+    def save_last(self, epoch: int, step_in_epoch: int, totals: Dict[str, float], before=None) -> None:
         """Every rank contributes its RNG state (dropout, mixup draws) and its running epoch totals; rank 0
         runs ``before(state)`` (best checkpoint, metrics row), then writes ``last.pt`` last of all, so a
         kill in between is resumed from the previous ``last.pt`` and redoes those writes."""
-        ranks = distributed.gather_objects({"rng": rng_state(), "totals": dict(totals)}, d)
-        if d.is_main:
-            snapshot = state(epoch, step_in_epoch, ranks)
+        ranks = distributed.gather_objects({"rng": rng_state(), "totals": dict(totals)}, self.d)
+        if self.d.is_main:
+            snapshot = self.snapshot(epoch, step_in_epoch, ranks)
             if before is not None:
                 before(snapshot)
-            save_atomic(snapshot, out / "last.pt")
-        distributed.barrier(d)  # nobody reads best.pt/last.pt before rank 0 has written them
+            save_atomic(snapshot, self.out / "last.pt")
+        distributed.barrier(self.d)  # nobody reads best.pt/last.pt before rank 0 has written them
 
-    def state(epoch: int, step_in_epoch: int, ranks) -> Dict[str, Any]:
+    def snapshot(self, epoch: int, step_in_epoch: int, ranks) -> Dict[str, Any]:
         return {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-            "scaler": scaler.state_dict() if scaler else None, "ema": ema.state_dict() if ema else None,
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "best": best, "ranks": ranks, "world_size": d.world_size,
-            "config": config.to_dict(), **_metadata(config, data, model),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+            "ema": self.ema.state_dict() if self.ema else None, "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "best": self.best, "ranks": ranks, "world_size": self.d.world_size, "config": self.config.to_dict(),
+            **_metadata(self.config, self.data, self.model),
         }
 
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            train_set.epoch = epoch
-            skip = first_step if epoch == start_epoch else 0
-            totals = resumed_totals if epoch == start_epoch else new_totals()
-            sampler.set_epoch(epoch, skip)
-            batches = _take(loader_for(train_set, config.batch_size, sampler, drop_last=True), steps_per_epoch - skip)
-            # The bar goes to a terminal only (disable=None): logs and pipes get the summary lines.
-            bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=True if not d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
+    # ------------------------------------------------------------------------------------------------ the end
 
-            def on_step(done: int, loss: float, epoch=epoch) -> None:
-                step = epoch * steps_per_epoch + done
-                if metrics is not None and done % config.log_every == 0:
-                    metrics.add_step(step, step / steps_per_epoch, loss, optimizer.param_groups[0]["lr"])
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and done < steps_per_epoch:
-                    save_last(epoch, done, totals)
+    def test_set(self):
+        test, limit = self.data.test, self.config.max_test_images
+        if limit is not None and limit < len(test):
+            self.log(f"scoring the first {limit:,} of {len(test):,} test images (--max-test-images)")
+            return Subset(test, range(limit))
+        return test
 
-            start = time.time()
-            with bar:
-                train = train_one_epoch(
-                    train_model, batches, ctx, lambda i, e=epoch: schedule.step(e + i / steps_per_epoch),
-                    first_step=skip, on_step=on_step, progress=bar, totals=totals)
-            seconds = time.time() - start
-            distributed.broadcast_buffers(eval_model(), d)  # score rank 0's BN statistics on every rank
-            val = evaluate(eval_model(), eval_loader(data.val), d, amp_dtype, config.channels_last) if len(data.val) else None
-            improved = val is None or val["top1"] > best["top1"]
-            if improved:
-                best = {"top1": val["top1"] if val else None, "epoch": epoch + 1}
+    def finish(self) -> Dict[str, Any]:
+        """The test set, scored once with the weights chosen on validation; the exported weights."""
+        final_weights = {k: v.clone() for k, v in self.eval_model().state_dict().items()}
+        chosen = self.load_chosen_weights()
+        test = self.evaluate(self.test_set())
+        best = self.best
+        result = {"model": self.config.model, "data": self.config.data, "test_top1": test["top1"],
+                  "test_top5": test["top5"], "test_loss": test["loss"], "test_images": test["count"],
+                  "test_images_available": len(self.data.test), "max_test_images": self.config.max_test_images,
+                  "weights": chosen, "world_size": self.d.world_size,
+                  "replicas_identical": distributed.parameters_match_rank0(self.model, self.d),
+                  "best_val_top1": best["top1"] if best["epoch"] else None, "best_epoch": best["epoch"],
+                  "epochs": self.config.epochs, "global_batch": self.batch}
+        if self.d.is_main:
+            self.write_results(result, final_weights)
+        return result
 
-            def record(snapshot, epoch=epoch, improved=improved, val=val, train=train, seconds=seconds):
-                if improved:
-                    save_atomic(snapshot, out / "best.pt")
-                metrics.add_epoch({
-                    "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": train["loss"], "train_acc": train["acc"],
-                    "val_loss": val and val["loss"], "val_top1": val and val["top1"], "val_top5": val and val["top5"],
-                    "seconds": seconds, "images_per_s": train["images"] / max(seconds, 1e-9),
-                })
-
-            save_last(epoch + 1, 0, new_totals(), before=record)
-            if d.is_main:
-                val_text = f", val loss {val['loss']:.4f}, val top-1 {100 * val['top1']:.2f}%" if val else ""
-                log(f"epoch {epoch + 1}/{config.epochs}: train loss {train['loss']:.4f}{val_text}, "
-                    f"{train['images'] / max(seconds, 1e-9):.1f} images/s, {seconds:.0f} s")
-    except NonFiniteLossError as e:
-        last = out / "last.pt"
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written yet"
-        raise NonFiniteLossError(f"{e} (epoch {epoch + 1}); training stopped and {kept}; lower --lr or use --amp none") from None
-    finally:
-        if metrics is not None:
-            metrics.close()
-
-    # The test set, scored once, with the weights chosen on validation.
-    chosen = "best" if (out / "best.pt").exists() and len(data.val) else "final"
-    final_weights = {k: v.clone() for k, v in eval_model().state_dict().items()}
-    if chosen == "best":
-        best_state = load_training_state(out / "best.pt")
-        if ema is not None:
-            ema.load_state_dict(best_state["ema"])
+    def load_chosen_weights(self) -> str:
+        """The best validation epoch's weights when there is a validation set, else the final ones."""
+        if not ((self.out / "best.pt").exists() and len(self.data.val)):
+            return "final"
+        best_state = load_training_state(self.out / "best.pt")
+        if self.ema is not None:
+            self.ema.load_state_dict(best_state["ema"])
         else:
-            model.load_state_dict(best_state["model"])
-    test = evaluate(eval_model(), eval_loader(data.test), d, amp_dtype, config.channels_last)
-    replicas_identical = distributed.parameters_match_rank0(model, d)
-    result = {"model": config.model, "data": config.data, "test_top1": test["top1"], "test_top5": test["top5"],
-              "test_loss": test["loss"], "test_images": test["count"], "weights": chosen,
-              "world_size": d.world_size, "replicas_identical": replicas_identical,
-              "best_val_top1": best["top1"] if best["epoch"] else None, "best_epoch": best["epoch"],
-              "epochs": config.epochs}
-    if d.is_main:
-        meta = _metadata(config, data, eval_model())
-        save_safetensors(eval_model(), out / "best.safetensors", meta)
+            self.model.load_state_dict(best_state["model"])
+        return "best"
+
+    def write_results(self, result: Dict[str, Any], final_weights: Dict[str, torch.Tensor]) -> None:
+        out, final = self.out, self.folder.out
+        meta = _metadata(self.config, self.data, self.eval_model())
+        save_safetensors(self.eval_model(), out / "best.safetensors", meta)
         save_safetensors(final_weights, out / "final.safetensors", meta)
         (out / "results.json").write_text(json.dumps(result, indent=2))
-        plot = metrics.plot(out / "curves.png", f"{config.model} on {config.data}")
-        result["curves"] = str(plot)
-        if not test["count"]:
-            log("no test images: the test set was not scored")
+        self.metrics.close()
+        self.metrics.plot(out / "curves.png", f"{self.config.model} on {self.config.data}")
+        result["curves"] = str(final / "curves.png")
+        if not result["test_images"]:
+            self.log("no test images: the test set was not scored")
         else:
-            log(f"test ({test['count']} images, {chosen} weights): top-1 {100 * test['top1']:.2f}%, "
-                f"top-5 {100 * test['top5']:.2f}%, loss {test['loss']:.4f}")
-        log(f"curves: {plot}   weights: {out / 'best.safetensors'}   metrics: {out / 'metrics.csv'}")
-    return result
-
-
-def _take(loader, n: int):
-    """The first ``n`` batches of ``loader``."""
-    for i, batch in enumerate(loader):
-        if i >= n:
-            break
-        yield batch
+            self.log(f"test ({result['test_images']} images, {result['weights']} weights): "
+                     f"top-1 {100 * result['test_top1']:.2f}%, top-5 {100 * result['test_top5']:.2f}%, "
+                     f"loss {result['test_loss']:.4f}")
+        self.log(f"curves: {final / 'curves.png'}   weights: {final / 'best.safetensors'}   "
+                 f"metrics: {final / 'metrics.csv'}")

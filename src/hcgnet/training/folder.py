@@ -1,0 +1,109 @@
+"""The output folder of a run: what may be written where, and how ``--overwrite`` keeps the old run safe.
+
+* A folder holding a run is refused unless ``--resume`` or ``--overwrite``; an output inside the image
+  folder being trained on is refused (the run's own files would become training images).
+* ``--overwrite`` builds the new run in a sibling folder ``.NAME.overwrite`` and moves its files into
+  ``NAME`` only when it has finished. A run that fails or is interrupted (bad image, NaN loss, Ctrl-C,
+  SIGTERM, full disk, any exception) removes that sibling and leaves the old run untouched.
+* Temporary files that a killed process left behind (``.FILE.tmp.*`` from :func:`hcgnet.files.atomic_path`,
+  and the ``.NAME.overwrite`` folder of a killed ``--overwrite`` run) are removed when a run starts or resumes.
+"""
+import shutil
+from pathlib import Path
+
+from hcgnet import distributed
+from hcgnet.errors import HCGNetError
+from hcgnet.training.config import TrainConfig
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "steps.csv", "config.yaml", "results.json", "best.safetensors",
+             "final.safetensors", "curves.png", "bad_images.txt")
+RUN_FOLDERS = ("tensorboard",)
+
+
+class OutputFolderError(HCGNetError):
+    pass
+
+
+def _image_folder_of(config: TrainConfig):
+    if config.data and config.data.startswith("imagefolder:"):
+        return Path(config.data.split(":", 1)[1]).expanduser()
+    return None
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the ``.NAME.tmp.*`` files that ``atomic_path`` leaves when its process is killed mid-write."""
+    stale = [p for p in folder.glob(".*.tmp.*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+class RunFolder:
+    """Where a run writes (``work``) and where it ends up (``out``); they differ only for ``--overwrite``."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        """Check the folder; changes nothing on disk."""
+        out = Path(config.output)
+        if out.exists() and not out.is_dir():
+            raise OutputFolderError(f"output {out} is a file, not a folder")
+        images = _image_folder_of(config)
+        if images is not None and images.is_dir() and out.resolve().is_relative_to(images.resolve()):
+            raise OutputFolderError(f"output {out} is inside the image folder {images}: the run's own files would be "
+                                    "read as training images; choose an --output outside it")
+        existing = [f for f in RUN_FILES if (out / f).exists()]
+        if existing and not (config.resume or config.overwrite):
+            raise OutputFolderError(
+                f"{out} already holds a run ({existing[0]}); pass --resume to continue it or --overwrite to replace it"
+            )
+        self.out = out
+        self.replacing = bool(config.overwrite and existing)
+        self.replacement = out.parent / f".{out.name}.overwrite"
+        self.work = self.replacement if self.replacing else out
+        self.created = False
+
+    def claim(self, d: distributed.Dist) -> None:
+        """Create the folder the run writes into (rank 0) and clear what killed runs left behind."""
+        if d.is_main:
+            self.created = not self.out.exists()
+            shutil.rmtree(self.replacement, ignore_errors=True)  # what a killed --overwrite run left
+            try:
+                if self.replacing:
+                    self.work.mkdir(parents=True)
+                else:
+                    self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OutputFolderError(f"cannot create output folder {self.work}: {e.strerror}") from None
+            if self.out.exists():
+                remove_stale_temporaries(self.out)
+        distributed.barrier(d)
+
+    def abandon(self, d: distributed.Dist, started: bool) -> None:
+        """After a failure: drop an unfinished replacement (the old run stays), and a folder this run created
+        but never trained in."""
+        if d.is_main:
+            if self.replacing:
+                shutil.rmtree(self.work, ignore_errors=True)
+            elif self.created and not started:
+                shutil.rmtree(self.out, ignore_errors=True)
+
+    def commit(self, d: distributed.Dist) -> None:
+        """A finished ``--overwrite`` run replaces the old one, file by file."""
+        distributed.barrier(d)
+        if not (d.is_main and self.replacing):
+            return
+        for name in RUN_FILES + RUN_FOLDERS:
+            target = self.out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        for new in self.work.iterdir():
+            new.replace(self.out / new.name)
+        self.work.rmdir()
+
+    def kept(self) -> str:
+        """What a failed run leaves, in words, for its error message."""
+        if self.replacing:
+            return f"{self.out} still holds the old run (the new one was discarded)"
+        last = self.out / "last.pt"
+        return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written yet"

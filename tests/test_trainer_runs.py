@@ -1,0 +1,424 @@
+"""The trainer called as a library (fast, in-process): the recipe it really applies, the global batch, writes
+that fail, --overwrite that fails, stale temporary files, extending a run, progress lines in logs."""
+import errno
+import inspect
+import json
+import math
+import os
+import re
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_image_folder
+from hcgnet.errors import HCGNetError
+from hcgnet.models import create_model
+from hcgnet.training import make_config, resume_config
+from hcgnet.training import trainer
+from hcgnet.training.interrupts import TrainingInterrupted
+from hcgnet.training.engine import NonFiniteLossError, StepContext, train_one_epoch
+from hcgnet.distributed import Dist
+
+TINY = "HCGNet-(1,1,1)-(k=4,4,4)"
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def config_for(folder, out, **extra):
+    values = dict(model=TINY, data=f"imagefolder:{folder}", image_size=16, val_size=0.2, test_size=0.2, workers=0,
+                  output=str(out),
+                  epochs=1, batch_size=4, lr=0.05)
+    values.update(extra)
+    return make_config(overrides=values)
+
+
+def fit(config):
+    lines = []
+    result = trainer.fit(config, log=lines.append)
+    return result, lines
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    # 36 images: 7 validation, 7 test, 22 training (5 steps of 4)
+    return make_image_folder(tmp_path_factory.mktemp("data") / "images", classes=3, per_class=12)
+
+
+def folder_bytes(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------------ batch size
+
+
+@pytest.mark.parametrize("train,world,accum,mixup,asked,expected", [
+    (22, 1, 1, 0.0, 128, 22),   # the whole training set in one batch
+    (23, 1, 1, 0.4, 128, 22),   # mixup pairs images: an even batch
+    (23, 2, 1, 0.0, 128, 22),   # 11 per process
+    (23, 2, 1, 0.4, 128, 20),   # 11 per process, even: 10
+    (23, 1, 2, 0.4, 128, 20),   # two micro-batches of an even size: 2 x 10
+    (22, 2, 1, 0.0, 16, 16),    # fits: unchanged
+])
+def test_a_batch_larger_than_the_training_set_is_reduced_with_a_warning(train, world, accum, mixup, asked, expected):
+    config = make_config(overrides=dict(data="cifar10", batch_size=asked, accum_steps=accum, mixup=mixup))
+    lines = []
+    assert trainer.global_batch_for(config, train, world, lines.append) == expected
+    if expected != asked:
+        assert len(lines) == 1 and f"using batch size {expected}" in lines[0] and f"{train} images" in lines[0]
+    else:
+        assert lines == []
+
+
+def test_a_batch_that_cannot_fit_or_divide_is_refused_in_one_line():
+    config = make_config(overrides=dict(data="cifar10", batch_size=128, mixup=0.4))
+    with pytest.raises(HCGNetError, match="3 images, too few"):
+        trainer.global_batch_for(config, 3, 2, print)  # 1 image per process
+    with pytest.raises(HCGNetError, match="divide evenly over 3 processes; use a multiple of 3"):
+        trainer.global_batch_for(make_config(overrides=dict(data="cifar10", batch_size=128)), 1000, 3, print)
+
+
+def test_default_batch_on_a_small_folder_trains_with_the_reduced_batch_and_a_limited_test(tmp_path, images):
+    config = config_for(images, tmp_path / "run", batch_size=128, max_steps_per_epoch=1, max_test_images=5)
+    result, lines = fit(config)
+    assert result["global_batch"] == 22
+    assert any("using batch size 22" in line for line in lines)
+    assert result["test_images"] == 5 and result["test_images_available"] == 7 and result["max_test_images"] == 5
+    assert any("first 5 of 7 test images" in line for line in lines)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["test_images"] == 5
+
+
+# ------------------------------------------------------------------------------------------------ the recipe
+
+
+class Spy:
+    """Wraps a class: records the keyword arguments of every instance and how often instances are called."""
+
+    def __init__(self, cls):
+        self.cls, self.kwargs, self.calls = cls, [], 0
+
+    def __call__(self, *args, **kwargs):
+        self.kwargs.append(kwargs)
+        instance = self.cls(*args, **kwargs)
+        spy = self
+
+        class Counted(type(instance)):
+            def __call__(self, *a, **k):
+                spy.calls += 1
+                return super().__call__(*a, **k)
+
+        instance.__class__ = Counted
+        return instance
+
+
+def test_the_trainer_applies_the_recipe_and_trains_only_what_prepare_model_leaves_trainable(tmp_path, images,
+                                                                                            monkeypatch):
+    mixup, soft = Spy(trainer.Mixup), Spy(trainer.SoftTargetCrossEntropy)
+    monkeypatch.setattr(trainer, "Mixup", mixup)
+    monkeypatch.setattr(trainer, "SoftTargetCrossEntropy", soft)
+    prepared = []
+
+    def freeze_stem(model, config, log):
+        prepared.append(config)
+        for p in model.stem.parameters():
+            p.requires_grad_(False)
+
+    monkeypatch.setattr(trainer, "prepare_model", freeze_stem)
+    out = tmp_path / "run"
+    config = config_for(images, out, mixup=0.4, label_smoothing=0.15, weight_decay=3e-4, momentum=0.8,
+                        lr_base_batch=16, max_steps_per_epoch=2)
+    fit(config)
+    assert len(prepared) == 1
+    assert mixup.kwargs == [dict(mixup_alpha=0.4, label_smoothing=0.15, num_classes=3)] and mixup.calls == 2
+    assert soft.calls == 2  # the loss of both steps is the soft-target one mixup needs
+    state = torch.load(out / "last.pt", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["nesterov"] is True and group["momentum"] == 0.8 and group["weight_decay"] == 3e-4
+    assert group["initial_lr"] == pytest.approx(0.05 * 4 / 16)  # lr scaled by the batch
+    model = create_model(TINY, num_classes=3)
+    trainable = [n for n, p in model.named_parameters() if not n.startswith("stem.")]
+    assert len(group["params"]) == len(trainable)  # the frozen stem is not in the optimiser
+
+
+def test_nesterov_off_and_no_mixup_reach_the_optimiser_and_the_loss(tmp_path, images, monkeypatch):
+    mixup = Spy(trainer.Mixup)
+    monkeypatch.setattr(trainer, "Mixup", mixup)
+    out = tmp_path / "run"
+    fit(config_for(images, out, nesterov=False, label_smoothing=0.1, max_steps_per_epoch=1))
+    assert mixup.kwargs == []
+    group = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert group["nesterov"] is False and group["initial_lr"] == 0.05
+
+
+# ------------------------------------------------------------------------------------------------ NaN
+
+
+def test_the_nan_stop_happens_before_the_optimiser_step():
+    torch.manual_seed(0)
+    model = create_model(TINY, num_classes=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    calls = []
+
+    def loss_fn(out, y):  # NaN at the second step
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(out, y)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    after_first = {}
+
+    def on_step(done, loss):
+        after_first.update({k: v.clone() for k, v in model.state_dict().items()})
+        after_first.update({f"momentum.{i}": optimizer.state[p]["momentum_buffer"].clone()
+                            for i, p in enumerate(model.parameters())})
+
+    batches = [(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
+    ctx = StepContext(optimizer, loss_fn, Dist())
+    with pytest.raises(NonFiniteLossError, match="at step 2"):
+        train_one_epoch(model, batches, ctx, lambda i: None, on_step=on_step)
+    for k, v in model.state_dict().items():
+        if v.is_floating_point() and "running_" not in k:  # the NaN forward pass did update BN statistics
+            assert torch.equal(v, after_first[k]), k
+    for i, p in enumerate(model.parameters()):
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], after_first[f"momentum.{i}"])
+
+
+# ------------------------------------------------------------------------------------------------ writes
+
+
+def test_a_checkpoint_write_failing_half_way_keeps_the_previous_file_and_no_temporary(tmp_path, images, monkeypatch):
+    out = tmp_path / "run"
+    real_save, saves, kept = torch.save, [], {}
+
+    def failing_save(obj, path, *a, **k):
+        saves.append(path)
+        if len(saves) == 3:
+            kept["last.pt"] = (out / "last.pt").read_bytes()
+            with open(path, "wb") as f:
+                f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.EIO, "Input/output error")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(HCGNetError) as e:
+        fit(config_for(images, out, checkpoint_every=1, max_steps_per_epoch=4))
+    assert "writing " + str(out / "last.pt") in str(e.value) and "\n" not in str(e.value)
+    assert (out / "last.pt").read_bytes() == kept["last.pt"]
+    assert sorted(p.name for p in out.iterdir() if ".tmp" in p.name) == []
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, images, monkeypatch):
+    out = tmp_path / "run"
+    real_save, saves = torch.save, []
+
+    def full_disk(obj, path, *a, **k):
+        saves.append(path)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(HCGNetError) as e:
+        fit(config_for(images, out, checkpoint_every=1, max_steps_per_epoch=3))
+    assert str(e.value) == f"no space left writing {out / 'last.pt'}; free space and resume with --resume"
+    assert torch.load(out / "last.pt", weights_only=True)["step_in_epoch"] == 1
+    monkeypatch.setattr(torch, "save", real_save)
+    result, lines = fit(config_for(images, out, checkpoint_every=1, max_steps_per_epoch=3, resume=True))
+    assert any("resumed" in line and "step 1" in line for line in lines) and result["epochs"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ output folder
+
+
+def test_overwrite_that_fails_with_nan_keeps_the_old_run_byte_identical(tmp_path, images):
+    out = tmp_path / "run"
+    fit(config_for(images, out, max_steps_per_epoch=2))
+    before = folder_bytes(out)
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(config_for(images, out, max_steps_per_epoch=2, lr=1e30, overwrite=True))
+    assert f"{out} still holds the old run" in str(e.value)
+    assert folder_bytes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no replacement folder left behind
+    fit(config_for(images, out, max_steps_per_epoch=2, seed=5, overwrite=True))
+    assert folder_bytes(out)["best.safetensors"] != before["best.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_an_output_inside_the_image_folder_is_refused(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=3)
+    with pytest.raises(HCGNetError, match="inside the image folder"):
+        fit(config_for(folder, folder / "runs" / "a"))
+    assert not (folder / "runs").exists()
+
+
+def test_a_run_starting_or_resuming_removes_temporary_files_a_killed_run_left(tmp_path, images):
+    out = tmp_path / "run"
+    fit(config_for(images, out, max_steps_per_epoch=1))
+    stale = [out / ".last.pt.tmp.k1ll3d.tmp", out / ".best.pt.tmp.x9.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    (out / "notes.tmp.txt").write_text("mine")  # not ours: stays
+    killed_overwrite = tmp_path / ".run.overwrite"
+    killed_overwrite.mkdir()
+    (killed_overwrite / "last.pt").write_bytes(b"half")
+    fit(config_for(images, out, max_steps_per_epoch=1, resume=True))
+    assert not any(p.exists() for p in stale) and (out / "notes.tmp.txt").exists()
+    assert not killed_overwrite.exists()
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_resume_given_only_the_output_extends_a_finished_run(tmp_path, images):
+    out = tmp_path / "run"
+    fit(config_for(images, out, max_steps_per_epoch=2, log_every=1))
+    config = resume_config(str(out), {"epochs": 3})
+    assert config.resume and config.model == TINY and config.max_steps_per_epoch == 2 and config.epochs == 3
+    result, lines = fit(config)
+    assert result["epochs"] == 3 and any("(now 3 epochs)" in line for line in lines)
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    # The extended run follows a cosine over 3 epochs: lr(t) = lr/2 (1 + cos(pi t / 3)), t = fractional epoch
+    # of the step's own learning rate (set before the step: step s of 2 per epoch uses t = (s - 1) / 2).
+    steps = [r.split(",") for r in (out / "steps.csv").read_text().splitlines()[1:]]
+    for step, _, lr, _ in steps[2:]:
+        t = (int(step) - 1) / 2
+        assert float(lr) == pytest.approx(0.025 * (1 + math.cos(math.pi * t / 3)), rel=1e-6), step
+    with pytest.raises(HCGNetError, match="it has already trained 3 epochs"):
+        fit(resume_config(str(out), {"epochs": 2}))
+
+
+def test_resume_config_of_a_folder_without_a_run_is_one_line(tmp_path):
+    with pytest.raises(HCGNetError, match="nothing to resume"):
+        resume_config(str(tmp_path / "none"), {})
+
+
+# ------------------------------------------------------------------------------------------------ logs
+
+
+PROGRESS = re.compile(r"step (\d+)/(\d+) \(epoch (\d+)/(\d+), step (\d+)/(\d+)\): loss \d+\.\d{4}, lr [0-9.e-]+, "
+                      r"[0-9.]+ images/s, ETA \d+:\d\d:\d\d$")
+
+
+def test_a_log_that_is_not_a_terminal_gets_progress_lines_and_the_data_notes(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(trainer, "LOG_SECONDS", 0.0)
+    monkeypatch.setattr(trainer, "_stdout_is_terminal", lambda: False)
+    real_build, asked = trainer.build_data, {}
+
+    def build_data(spec, **kwargs):  # a DataBundle as the DATA branch makes it: notes and skipped files
+        asked.update(kwargs)
+        known = inspect.signature(real_build).parameters  # until the DATA branch: not every argument yet
+        bundle = real_build(spec, **{k: v for k, v in kwargs.items() if k in known})
+        bundle.notes, bundle.skipped_files = ["held out 7 of 36 images (20%) for validation"], ["a/broken.png"]
+        return bundle
+
+    monkeypatch.setattr(trainer, "build_data", build_data)
+    out = tmp_path / "run"
+    _, lines = fit(config_for(images, out, epochs=2, max_steps_per_epoch=3))
+    progress = [PROGRESS.match(line) for line in lines]
+    steps = [int(m.group(1)) for m in progress if m]
+    assert steps == [1, 2, 3, 4, 5, 6], lines
+    last = [m for m in progress if m][-1]
+    assert last.groups()[1:] == ("6", "2", "2", "3", "3")
+    assert asked["bad_images_log"] == out / "bad_images.txt"
+    assert "held out 7 of 36 images (20%) for validation" in lines
+    assert f"skipped 1 unreadable image: listed in {out / 'bad_images.txt'}" in lines
+    monkeypatch.setattr(trainer, "_stdout_is_terminal", lambda: True)  # a terminal has the bar instead
+    _, lines = fit(config_for(images, tmp_path / "tty", max_steps_per_epoch=2))
+    assert not any(PROGRESS.match(line) for line in lines)
+
+
+def test_the_cifar_stem_on_large_images_is_named_in_a_warning():
+    cifar = create_model(TINY, num_classes=3)
+    imagenet = create_model(TINY, num_classes=3, stem="imagenet")
+    assert "uses the CIFAR stem at 224 px" in trainer.stem_warning(cifar, TINY, 224)
+    assert "--stem imagenet" in trainer.stem_warning(cifar, TINY, 224)
+    assert trainer.stem_warning(cifar, TINY, 64) is None
+    assert trainer.stem_warning(imagenet, TINY, 224) is None
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+
+def test_eval_rebuilds_the_split_of_a_run_trained_with_another_seed(tmp_path, images):
+    from hcgnet.inference import evaluate_checkpoint
+
+    out = tmp_path / "run"
+    result, _ = fit(config_for(images, out, seed=3, max_steps_per_epoch=2))
+    scored = evaluate_checkpoint(str(out / "best.safetensors"), f"imagefolder:{images}", split="test", workers=0,
+                                 device="cpu")
+    assert scored["count"] == result["test_images"] == 7
+    assert scored["loss"] == pytest.approx(result["test_loss"], rel=1e-5)
+    assert scored["top1"] == result["test_top1"]
+
+
+def test_stem_and_dropblock_reach_the_model_and_the_dropblock_ramp_steps_with_the_lr(tmp_path, images, monkeypatch):
+    real_create, created, ramp = trainer.create_model, [], []
+
+    def create(name, num_classes=None, drop_block_rate=None, **kwargs):  # the MODELS branch adds drop_block_rate
+        created.append(dict(kwargs, drop_block_rate=drop_block_rate))
+        return real_create(name, num_classes=num_classes, **kwargs)
+
+    class Ramp:
+        def __init__(self, model, config):
+            ramp.append(("init", config.drop_block))
+
+        def step(self, epoch):
+            ramp.append(round(epoch, 6))
+
+    monkeypatch.setattr(trainer, "create_model", create)
+    monkeypatch.setattr(trainer, "DropBlockSchedule", Ramp)
+    fit(config_for(images, tmp_path / "run", stem="imagenet", drop_block=0.1, epochs=2, max_steps_per_epoch=2))
+    assert created[0]["stem"] == "imagenet" and created[0]["drop_block_rate"] == 0.1
+    assert ramp == [("init", 0.1), 0.0, 0.5, 1.0, 1.5]  # beside every learning-rate step
+
+
+def signal_at_step(monkeypatch, signum, at):
+    """Send this process `signum` after optimiser step `at` (as a scheduler or Ctrl-C would)."""
+    real_step = trainer.ProgressLines.step
+
+    def step(self, global_step, loss, lr):
+        real_step(self, global_step, loss, lr)
+        if global_step == at:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(trainer.ProgressLines, "step", step)
+
+
+def test_sigterm_saves_the_current_step_and_names_the_resume_command(tmp_path, images, monkeypatch):
+    out = tmp_path / "run"
+    signal_at_step(monkeypatch, signal.SIGTERM, 3)
+    with pytest.raises(TrainingInterrupted) as e:
+        fit(config_for(images, out, epochs=2, max_steps_per_epoch=4))
+    assert e.value.exit_code == 143
+    assert str(e.value) == f"interrupted at epoch 1 step 3; resume with: hcgnet train --output {out} --resume"
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 3)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after the run
+
+
+def test_ctrl_c_during_overwrite_keeps_the_old_run(tmp_path, images, monkeypatch):
+    out = tmp_path / "run"
+    fit(config_for(images, out, max_steps_per_epoch=2))
+    before = folder_bytes(out)
+    signal_at_step(monkeypatch, signal.SIGINT, 1)
+    with pytest.raises(TrainingInterrupted) as e:
+        fit(config_for(images, out, max_steps_per_epoch=2, seed=4, overwrite=True))
+    assert e.value.exit_code == 130 and f"{out} still holds the old run" in str(e.value)
+    assert folder_bytes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_signal_at_the_last_step_of_an_epoch_resumes_to_the_same_weights(tmp_path, images, monkeypatch):
+    common = dict(epochs=2, max_steps_per_epoch=4, mixup=0.4, drop_rate=0.2)
+    fit(config_for(images, tmp_path / "reference", **common))
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        signal_at_step(m, signal.SIGTERM, 4)  # the epoch's last step: validation not yet run
+        with pytest.raises(TrainingInterrupted, match="epoch 1 step 4;"):
+            fit(config_for(images, out, **common))
+    fit(config_for(images, out, resume=True, **common))
+    a, b = load_file(tmp_path / "reference" / "final.safetensors"), load_file(out / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "reference" / "metrics.csv").read_text().splitlines()[1].split(",")[:6] == \
+        (out / "metrics.csv").read_text().splitlines()[1].split(",")[:6]
