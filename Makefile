@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup data clean
+.PHONY: demo test durations setup data clean
 
 setup: $(STAMP) data
 
@@ -28,6 +28,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Measure every test's time again; tests/durations.json decides which ones are marked slow.
+durations: setup
+	$(PY) -m pytest -q --record-durations tests/durations.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -3,6 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
+import timing
+
 
 @pytest.fixture(scope="module")
 def single_thread():
@@ -31,3 +33,19 @@ def make_image_folder(root, classes=3, per_class=12, size=(20, 20), seed=0):
 @pytest.fixture
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "images")
+
+
+# The slow marker, by measured time (tests/timing.py).
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", default=None, metavar="FILE",
+                     help="write each test's call time (seconds) to FILE as JSON (tests/durations.json marks slow tests)")
+
+
+def pytest_configure(config):
+    target = config.getoption("--record-durations")
+    if target:
+        config.pluginmanager.register(timing.Recorder(target), "hcgnet-durations")
+
+
+def pytest_collection_modifyitems(config, items):
+    timing.mark_slow(items, timing.read_durations())

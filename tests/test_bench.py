@@ -2,15 +2,12 @@
 import csv
 import json
 
-import pytest
-
 from hcgnet.bench import benchmark
 from hcgnet.cli import main
 
 TINY = "HCGNet-(1,1,1)-(k=8,8,8)"
 
 
-@pytest.mark.slow  # measured 36 s on the 2 shared cores
 def test_bench_measures_every_configuration(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--model", TINY, "--modes", "train,infer,latency", "--dtypes", "fp32,bf16",
@@ -40,7 +37,6 @@ def test_bench_measures_every_configuration(tmp_path, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == len(results)
 
 
-@pytest.mark.slow  # measured 47 s
 def test_bench_times_exported_runtimes_and_sweeps_batch_and_size(tmp_path, capsys):
     out, table, png = tmp_path / "bench.json", tmp_path / "bench.csv", tmp_path / "growth.png"
     code = main(["bench", "--model", TINY, "--modes", "train,infer", "--runtimes", "eager,onnx,pt2",
@@ -59,7 +55,6 @@ def test_bench_times_exported_runtimes_and_sweeps_batch_and_size(tmp_path, capsy
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow  # measured 45 s
 def test_bench_isolated_configurations_each_report_their_own_memory():
     configs = dict(modes=("train",), memory_efficient=(False, True), batch=8, size=(32, 32), steps=1, warmup=1)
     results = benchmark("HCGNet-(4,4,4)-(k=16,16,16)", isolate=True, **configs)

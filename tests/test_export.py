@@ -20,8 +20,7 @@ def checkpoint(tmp_path_factory):
     return path, model
 
 
-@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.slow), "torchscript",
-                                 pytest.param("pt2", marks=pytest.mark.slow)])   # measured 18 s each; torchscript 4 s
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
 def test_export_runs_at_other_shapes_like_eager(tmp_path, capsys, checkpoint, fmt):
     path, model = checkpoint
     out = tmp_path / f"model.{fmt}"

@@ -180,14 +180,6 @@ def test_freeze_names_and_limits():
 # ------------------------------------------------------------------------------------------ hcgnet train
 
 
-def _trainer_calls_prepare_model():
-    training = Path(__file__).parents[1] / "src" / "hcgnet" / "training"
-    return any("prepare_model(" in p.read_text() for p in training.glob("*.py") if p.name != "finetune.py")
-
-
-# needs the trainer's prepare_model call (the TRAINER branch of issue 9); the lead runs it after merging.
-@pytest.mark.slow
-@pytest.mark.skipif(not _trainer_calls_prepare_model(), reason="needs the trainer's prepare_model call")
 def test_hcgnet_train_fine_tunes_a_checkpoint_onto_a_folder_of_another_class_count(checkpoint_10, tmp_path):
     path, saved = checkpoint_10
     folder = make_image_folder(tmp_path / "images", classes=2, per_class=8)

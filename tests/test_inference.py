@@ -277,7 +277,6 @@ def test_eval_of_the_training_folder_still_scores_its_test_split(capsys, run):
     assert f"(test, {HELD_OUT} images)" in out
 
 
-@pytest.mark.slow  # measured 6 s: a fresh interpreter imports torch
 def test_inference_export_and_bench_do_not_import_the_trainer():
     import subprocess
     import sys

@@ -139,7 +139,6 @@ def test_predict_skips_a_bad_file_names_it_and_writes_csv(capsys, own, tree, tmp
     assert all(float(a["probability"]) >= float(b["probability"]) for a, b in zip(good[::2], good[1::2]))
 
 
-@pytest.mark.slow  # measured 7 s: a fresh interpreter imports torch
 def test_predict_json_into_a_closed_pipe_is_quiet(own, tree):
     root, _ = tree
     proc = subprocess.Popen([sys.executable, "-m", "hcgnet", "predict", "--checkpoint", str(own), str(root), "--json"],

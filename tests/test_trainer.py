@@ -69,7 +69,6 @@ def kill_after(args, out, global_step, steps_per_epoch):
             proc.kill()
 
 
-@pytest.mark.slow
 def test_sigkill_twice_then_resume_is_bit_identical(tmp_path):
     folder = make_image_folder(tmp_path / "images", classes=3, per_class=20)
     # 60 images: 12 validation, 12 test, 36 training = 9 steps of 4 per epoch.
@@ -99,7 +98,6 @@ def test_sigkill_twice_then_resume_is_bit_identical(tmp_path):
         json.loads((interrupted / "results.json").read_text())["test_top1"]
 
 
-@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     folder = make_image_folder(tmp_path / "images", classes=3, per_class=21)  # 63 images: 13 test, odd
     common = ["--epochs", "2", "--val-size", "0.2", "--lr", "0.1", "--lr-base-batch", "16"]  # lr 0.05 at batch 8
@@ -154,7 +152,6 @@ def metrics_row(path, index):
         return list(csv.DictReader(f))[index]
 
 
-@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_says_where(tmp_path, image_folder):
     out = tmp_path / "run"
     proc = run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "4", "--lr", "1e12",
@@ -167,7 +164,6 @@ def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_says_where(tmp_path, 
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_refuses_an_output_folder_holding_another_run(tmp_path, image_folder):
     out = tmp_path / "run"
     run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
@@ -183,7 +179,6 @@ def test_refuses_an_output_folder_holding_another_run(tmp_path, image_folder):
     assert not torch.equal(weights["classifier.weight"], load_file(out / "final.safetensors")["classifier.weight"])
 
 
-@pytest.mark.slow  # measured: ~25 s each (two subprocess runs)
 @pytest.mark.parametrize("change,name", [(["--batch-size", "6"], "batch_size"), (["--seed", "2"], "seed"),
                                          (["--lr", "0.2"], "lr")])
 def test_resume_with_other_settings_is_refused(tmp_path, image_folder, change, name):
@@ -195,7 +190,6 @@ def test_resume_with_other_settings_is_refused(tmp_path, image_folder, change, n
     assert proc.returncode == 2 and f"{name}=" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_unreadable_image_is_named_and_skip_bad_images_counts_it(tmp_path, image_folder):
     bad = image_folder / "class_1" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
@@ -206,7 +200,6 @@ def test_unreadable_image_is_named_and_skip_bad_images_counts_it(tmp_path, image
     assert "skipped 1 unreadable image" in ok.stdout
 
 
-@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_bf16_channels_last_ema_run_stays_finite_and_exports_the_average(tmp_path, image_folder):
     out = tmp_path / "run"
     run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "4", "--amp", "bf16",
@@ -222,7 +215,6 @@ def test_bf16_channels_last_ema_run_stays_finite_and_exports_the_average(tmp_pat
     assert not torch.equal(exported["classifier.weight"], state["model"]["classifier.weight"])
 
 
-@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path, image_folder):
     """--compile (torch.compile, inductor on the CPU) trains the same model as eager mode: two steps end
     within float tolerance of each other (inductor fuses and reorders float operations)."""
@@ -236,7 +228,6 @@ def test_compiled_training_matches_eager(tmp_path, image_folder):
             torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
 
 
-@pytest.mark.slow  # measured: 10-130 s (subprocess runs)
 def test_overwrite_with_bad_input_loses_nothing(tmp_path, image_folder):
     out = tmp_path / "run"
     run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
@@ -284,7 +275,6 @@ def interrupt_after(args, out, rows, signum):
             proc.kill()
 
 
-@pytest.mark.slow
 def test_sigterm_and_ctrl_c_save_a_checkpoint_and_resume_from_the_output_alone_is_bit_identical(tmp_path):
     folder = make_image_folder(tmp_path / "images", classes=3, per_class=20)
     common = ["--epochs", "2", "--batch-size", "4", "--log-every", "1", "--mixup", "0.4", "--drop-rate", "0.2"]
@@ -311,7 +301,6 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_resume_from_the_output_alone_i
             assert torch.equal(a[key], b[key]), f"{name}: {key} differs after the interrupts"
 
 
-@pytest.mark.slow
 def test_ctrl_c_in_a_terminal_reaches_the_data_workers_too_and_still_saves(tmp_path, image_folder):
     """A terminal's Ctrl-C signals the whole process group, DataLoader workers included."""
     out = tmp_path / "run"

@@ -197,7 +197,7 @@ def _label_classes(config: DataConfig, root: str) -> list[str]:
     if _is_placeholder(names) and len(found) <= len(names):
         return found
     more = ", ..." if len(unknown) > 5 else ""
-    raise DataError(f"{root} has {plural(len(unknown), 'class', 'classes')} the model does not know: "
+    raise DataError(f"{root} has {plural(len(unknown), 'class')} the model does not know: "
                     f"{', '.join(unknown[:5])}{more} (it knows {', '.join(names[:5])}"
                     f"{', ...' if len(names) > 5 else ''})")
 
@@ -239,7 +239,7 @@ def build_eval_dataset(spec: str, config: DataConfig, data_dir: str | None = Non
     if name != "imagefolder":
         train, test, own = _load_builtin(name, data_dir, download, None)
         if len(own.class_names) != len(config.class_names):
-            raise DataError(f"{name} has {plural(len(own.class_names), 'class', 'classes')} but the model "
+            raise DataError(f"{name} has {plural(len(own.class_names), 'class')} but the model "
                             f"classifies {len(config.class_names)}")
         if split != "val":
             return _with_transform(test, eval_tf)

@@ -5,7 +5,7 @@ import re
 
 from hcgnet.errors import HCGNetError
 
-__all__ = ["DataError", "error_message", "one_line", "reason", "count"]
+__all__ = ["DataError", "error_message", "one_line", "reason"]
 
 
 class DataError(HCGNetError):
