@@ -1,7 +1,6 @@
 """The trainer called as a library (fast, in-process): the recipe it really applies, the global batch, writes
 that fail, --overwrite that fails, stale temporary files, extending a run, progress lines in logs."""
 import errno
-import inspect
 import json
 import math
 import os
@@ -245,6 +244,28 @@ def test_overwrite_that_fails_with_nan_keeps_the_old_run_byte_identical(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_bad_images_leave_only_their_list_and_an_overwrite_keeps_the_old_run(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=6)
+    (folder / "class_0" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    with pytest.raises(HCGNetError) as e:
+        fit(config_for(folder, out))
+    listed = out / "bad_images.txt"
+    assert f"the full list is in {listed}" in str(e.value)
+    assert [p.name for p in out.iterdir()] == ["bad_images.txt"] and "broken.png" in listed.read_text()
+    listed.unlink()
+    (folder / "class_0" / "broken.png").rename(tmp_path / "broken.png")
+    fit(config_for(folder, out, max_steps_per_epoch=1))
+    before = folder_bytes(out)
+    (tmp_path / "broken.png").rename(folder / "class_1" / "broken.png")
+    with pytest.raises(HCGNetError) as e:
+        fit(config_for(folder, out, max_steps_per_epoch=1, overwrite=True))
+    kept = tmp_path / "run.bad_images.txt"
+    assert f"the full list is in {kept}" in str(e.value) and "class_1/broken.png" in kept.read_text()
+    assert folder_bytes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "run", "run.bad_images.txt"]
+
+
 def test_an_output_inside_the_image_folder_is_refused(tmp_path):
     folder = make_image_folder(tmp_path / "images", classes=2, per_class=3)
     with pytest.raises(HCGNetError, match="inside the image folder"):
@@ -304,26 +325,18 @@ PROGRESS = re.compile(r"step (\d+)/(\d+) \(epoch (\d+)/(\d+), step (\d+)/(\d+)\)
 def test_a_log_that_is_not_a_terminal_gets_progress_lines_and_the_data_notes(tmp_path, images, monkeypatch):
     monkeypatch.setattr(trainer, "LOG_SECONDS", 0.0)
     monkeypatch.setattr(trainer, "_stdout_is_terminal", lambda: False)
-    real_build, asked = trainer.build_data, {}
-
-    def build_data(spec, **kwargs):  # a DataBundle as the DATA branch makes it: notes and skipped files
-        asked.update(kwargs)
-        known = inspect.signature(real_build).parameters  # until the DATA branch: not every argument yet
-        bundle = real_build(spec, **{k: v for k, v in kwargs.items() if k in known})
-        bundle.notes, bundle.skipped_files = ["held out 7 of 36 images (20%) for validation"], ["a/broken.png"]
-        return bundle
-
-    monkeypatch.setattr(trainer, "build_data", build_data)
+    images = make_image_folder(tmp_path / "images", classes=3, per_class=12)
+    (images / "class_2" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "run"
-    _, lines = fit(config_for(images, out, epochs=2, max_steps_per_epoch=3))
+    _, lines = fit(config_for(images, out, epochs=2, max_steps_per_epoch=3, skip_bad_images=True))
     progress = [PROGRESS.match(line) for line in lines]
     steps = [int(m.group(1)) for m in progress if m]
     assert steps == [1, 2, 3, 4, 5, 6], lines
     last = [m for m in progress if m][-1]
     assert last.groups()[1:] == ("6", "2", "2", "3", "3")
-    assert asked["bad_images_log"] == out / "bad_images.txt"
-    assert "held out 7 of 36 images (20%) for validation" in lines
-    assert f"skipped 1 unreadable image: listed in {out / 'bad_images.txt'}" in lines
+    assert "held out 7 of 36 images (19.4%) for validation (val_size=0.2)" in lines, lines
+    assert f"skipped 1 unreadable image (broken.png); the list is in {out / 'bad_images.txt'}" in lines
+    assert "class_2/broken.png" in (out / "bad_images.txt").read_text()
     monkeypatch.setattr(trainer, "_stdout_is_terminal", lambda: True)  # a terminal has the bar instead
     _, lines = fit(config_for(images, tmp_path / "tty", max_steps_per_epoch=2))
     assert not any(PROGRESS.match(line) for line in lines)

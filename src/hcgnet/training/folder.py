@@ -17,6 +17,7 @@ from hcgnet.training.config import TrainConfig
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "steps.csv", "config.yaml", "results.json", "best.safetensors",
              "final.safetensors", "curves.png", "bad_images.txt")
+BAD_IMAGES = RUN_FILES[-1]
 RUN_FOLDERS = ("tensorboard",)
 
 
@@ -77,14 +78,27 @@ class RunFolder:
                 remove_stale_temporaries(self.out)
         distributed.barrier(d)
 
+    @property
+    def bad_images_kept(self) -> Path:
+        """Where the list of unreadable images stays when the run fails: the user needs it to mend the data."""
+        return self.out.parent / f"{self.out.name}.{BAD_IMAGES}" if self.replacing else self.out / BAD_IMAGES
+
     def abandon(self, d: distributed.Dist, started: bool) -> None:
         """After a failure: drop an unfinished replacement (the old run stays), and a folder this run created
-        but never trained in."""
-        if d.is_main:
-            if self.replacing:
-                shutil.rmtree(self.work, ignore_errors=True)
-            elif self.created and not started:
-                shutil.rmtree(self.out, ignore_errors=True)
+        but never trained in; the list of unreadable images stays either way."""
+        if not d.is_main:
+            return
+        bad = self.work / BAD_IMAGES
+        if self.replacing:
+            if bad.exists():
+                bad.replace(self.bad_images_kept)
+            shutil.rmtree(self.work, ignore_errors=True)
+        elif self.created and not started:
+            for child in self.out.iterdir():
+                if child.name != BAD_IMAGES:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if not bad.exists():
+                self.out.rmdir()
 
     def commit(self, d: distributed.Dist) -> None:
         """A finished ``--overwrite`` run replaces the old one, file by file."""

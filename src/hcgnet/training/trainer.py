@@ -28,18 +28,18 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from hcgnet import distributed
-from hcgnet.data import build_data
+from hcgnet.data import DataError, build_data
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import AMP_DTYPES, evaluate
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
 from hcgnet.training.engine import NonFiniteLossError, StepContext, new_totals, train_one_epoch
-from hcgnet.training.folder import RunFolder
+from hcgnet.training.folder import BAD_IMAGES, RunFolder
 from hcgnet.training.interrupts import StopSignals, TrainingInterrupted
 from hcgnet.training.logs import MetricsLog, ProgressLines
 from hcgnet.training.resume import check_resumable, schedule_changed
-from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
 from hcgnet.training.finetune import prepare_model
+from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
 from hcgnet.training.schedule import DropBlockSchedule, EpochSchedule
 from hcgnet.training.state import CheckpointWriteError, load_training_state, rng_state, save_atomic, set_rng_state
 
@@ -162,6 +162,8 @@ class Run:
             then = ("free space and resume with --resume" if not self.folder.replacing
                     else f"{self.folder.kept()}; free space and run again")
             return HCGNetError(f"{e.reason} writing {self.folder.out / e.path.name}; {then}")
+        if isinstance(e, DataError) and self.folder.replacing:  # the list of bad images moved out of the discarded run
+            return DataError(str(e).replace(str(self.out / BAD_IMAGES), str(self.folder.bad_images_kept)))
         if isinstance(e, NonFiniteLossError):
             return NonFiniteLossError(f"{e} (epoch {getattr(self, 'epoch', 0) + 1}); training stopped and "
                                       f"{self.folder.kept()}; lower --lr or use --amp none")
@@ -206,17 +208,14 @@ class Run:
             first = self.start_epoch * self.steps_per_epoch + self.first_step
             self.metrics = MetricsLog(self.out, self.start_epoch, first)
         self.log(f"training {config.model} on {config.data}: {len(self.data.train)} train / {len(self.data.val)} "
-                 f"validation / {len(self.data.test)} test images, {self.data.num_classes} classes, "
-                 f"{d.world_size} process(es) on {d.device}, global batch {self.batch}, "
-                 f"{self.steps_per_epoch} steps per epoch")
+                 f"validation / {len(self.data.test)} test images, {plural(self.data.num_classes, 'class')}, "
+                 f"{plural(d.world_size, 'process')} on {d.device}, global batch {self.batch}, "
+                 f"{plural(self.steps_per_epoch, 'step')} per epoch")
 
     def load_data(self):
-        data = _build_data(self.config, self.out / "bad_images.txt")
-        for note in data.notes:
+        data = _build_data(self.config, self.out / BAD_IMAGES)
+        for note in data.notes:  # held-out sizes, skipped images
             self.log(note)
-        if data.skipped_files:
-            self.log(f"skipped {plural(len(data.skipped_files), 'unreadable image')}: listed in "
-                     f"{self.folder.out / 'bad_images.txt'}")
         return data
 
     def build_model(self) -> nn.Module:
