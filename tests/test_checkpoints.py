@@ -738,3 +738,16 @@ def test_timm_loads_converted_safetensors(tmp_path, io, a1_loaded):
     y = logits(model, io["x"])
     assert (y - io["y"]).abs().max().item() < 1e-4
     assert_state_dicts_equal(a1_loaded.state_dict(), model.state_dict())
+
+
+def test_a_spec_saved_with_the_imagenet_stem_loads_back_as_that_network(tmp_path):
+    """Nothing but the weights says which stem a spec was trained with: the ImageNet stem's norms do."""
+    spec = "HCGNet-(1,1,1)-(k=4,4,4)"
+    torch.manual_seed(0)
+    model = hcgnet.create_model(spec, num_classes=3, stem="imagenet").eval()
+    save_safetensors(model, tmp_path / "w.safetensors", {"model_name": spec})
+    loaded = hcgnet.create_model(spec, checkpoint_path=str(tmp_path / "w.safetensors")).eval()
+    assert hasattr(loaded.stem, "norm0")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -366,6 +366,21 @@ def test_eval_rebuilds_the_split_of_a_run_trained_with_another_seed(tmp_path, im
     assert scored["top1"] == result["test_top1"]
 
 
+def test_eval_of_a_run_with_the_imagenet_stem_and_skipped_images_scores_its_own_test_set(tmp_path):
+    """The checkpoint of a spec trained with --stem imagenet loads as that network, and eval leaves out the
+    images the run skipped, so it rebuilds exactly the run's test set."""
+    from hcgnet.inference import evaluate_checkpoint
+
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=12)
+    (folder / "class_1" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    result, _ = fit(config_for(folder, out, stem="imagenet", skip_bad_images=True, max_steps_per_epoch=2))
+    scored = evaluate_checkpoint(str(out / "best.safetensors"), f"imagefolder:{folder}", split="test", workers=0,
+                                 device="cpu")
+    assert scored["count"] == result["test_images"] == 7
+    assert scored["loss"] == pytest.approx(result["test_loss"], rel=1e-5)
+
+
 def test_stem_and_dropblock_reach_the_model_and_the_dropblock_ramp_steps_with_the_lr(tmp_path, images, monkeypatch):
     real_create, created, ramp = trainer.create_model, [], []
 

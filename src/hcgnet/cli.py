@@ -136,7 +136,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if out is not None:
         _check_output_folder(out)
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
-                            args.model, amp=args.amp, channels_last=args.channels_last)
+                            args.model, amp=args.amp, channels_last=args.channels_last,
+                            skip_bad_images=args.skip_bad_images)
     rows = per_class(m["confusion"], m["class_names"])
     # Indented for a few classes; one line for many, where a 1000 x 1000 confusion matrix would be a million lines.
     text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
@@ -336,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                     help="autocast dtype: bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs; fp16 on GPUs")
     ev.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
+    ev.add_argument("--skip-bad-images", action="store_true", default=None,
+                    help="leave out unreadable images (default: as the training run did)")
     ev.add_argument("--output", default=None, metavar="DIR",
                     help="also write metrics.json, per_class.csv, confusion.csv and confusion.png here")
     ev.add_argument("--json", action="store_true", help="print JSON (with the confusion matrix) instead of text")

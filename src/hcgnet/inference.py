@@ -228,7 +228,7 @@ def _check_options(batch_size: int, workers: int, amp: str, dev: torch.device) -
     return AMP_DTYPES[amp]
 
 
-def _split_dataset(data, data_dir, split, meta, model, path) -> Tuple[Dataset, List[str]]:
+def _split_dataset(data, data_dir, split, meta, model, path, skip_bad_images) -> Tuple[Dataset, List[str]]:
     """The training split ``split`` ("test"/"val") of ``data``, rebuilt with the checkpoint's split settings."""
     config = data_config_of(model, meta)
     kwargs: Dict[str, Any] = {}
@@ -238,7 +238,8 @@ def _split_dataset(data, data_dir, split, meta, model, path) -> Tuple[Dataset, L
     if "test_size" not in meta and "val_size" in kwargs:  # runs from before test_size held out val_size twice
         kwargs["test_size"] = kwargs["val_size"]
     image_size = config.input_size[-1] if _folder_of(data) is not None else None
-    bundle = build_data(data, data_dir=data_dir, download=False, image_size=image_size, **kwargs)
+    bundle = build_data(data, data_dir=data_dir, download=False, image_size=image_size,
+                        skip_bad_images=skip_bad_images, **kwargs)
     if bundle.num_classes != model.num_classes:
         raise CheckpointError(
             f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
@@ -260,7 +261,7 @@ def _few(names: Sequence[str]) -> str:
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
-def _all_dataset(data, data_dir, meta, model, path, log: Log) -> Tuple[Dataset, List[str]]:
+def _all_dataset(data, data_dir, meta, model, path, log: Log, skip_bad_images) -> Tuple[Dataset, List[str]]:
     folder = _folder_of(data)
     if folder is None:
         raise HCGNetError("--split all scores every image of a folder: use it with --data imagefolder:DIR")
@@ -280,7 +281,7 @@ def _all_dataset(data, data_dir, meta, model, path, log: Log) -> Tuple[Dataset, 
             f"{model.num_classes} classes {path} was trained on ({_few(sorted(config.class_names))}); evaluate it "
             "on images of those classes"
         )
-    dataset = build_eval_dataset(data, config, data_dir, "all")
+    dataset = build_eval_dataset(data, config, data_dir, "all", skip_bad_images=skip_bad_images)
     note = guess_note(path, model, meta, "the folder's class names (sorted)" if not meta.get("class_names")
                       else "the checkpoint's class names")
     if note:
@@ -292,12 +293,14 @@ def evaluate_checkpoint(
     path: str, data: str, data_dir: Optional[str] = None, split: Optional[str] = None, batch_size: int = 256,
     workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None, amp: str = "none",
     channels_last: bool = False, progress: Optional[bool] = None, log: Log = note_on_stderr,
+    skip_bad_images: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a checkpoint on ``split`` of
     ``data``: "test" or "val" (the training run's, rebuilt from the checkpoint's split settings) or "all"
     (every image of an ``imagefolder:DIR``). ``split=None`` chooses: "all" for a folder the checkpoint was not
     trained on, else "test". ``amp`` ("none", "bf16" or "fp16") and ``channels_last`` are the fast inference
-    paths (see BENCHMARKS.md). ``progress``: a bar (default: when stderr is a terminal)."""
+    paths (see BENCHMARKS.md). ``progress``: a bar (default: when stderr is a terminal). ``skip_bad_images``:
+    leave out unreadable images instead of refusing the folder (default: as the training run did)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp_dtype = _check_options(batch_size, workers, amp, dev)
     if split is not None and split not in SPLITS:
@@ -306,10 +309,12 @@ def evaluate_checkpoint(
     why = None
     if split is None:
         split, why = choose_split(data, meta)
+    if skip_bad_images is None:
+        skip_bad_images = _value(meta, "skip_bad_images") == "true"
     if split == "all":
-        dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log)
+        dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log, skip_bad_images)
     else:
-        dataset, class_names = _split_dataset(data, data_dir, split, meta, model, path)
+        dataset, class_names = _split_dataset(data, data_dir, split, meta, model, path, skip_bad_images)
         if not meta.get("class_names"):
             log(guess_note(path, model, meta, "the dataset's class names", "the dataset's standard preprocessing"))
     if len(dataset) == 0:

@@ -237,10 +237,7 @@ def create_model(
             training; 0 adds nothing.
         **kwargs: passed to :class:`HCGNet` (``drop_rate``, ``in_chans``, ``gate_act``, ...).
     """
-    name, variant = resolve(name_or_spec, stem)
-    if features_only:
-        check_out_indices(out_indices, len(variant.block_depths))
-    weights = checkpoint_path or (find_pretrained(name) if pretrained else None)
+    weights = checkpoint_path or (find_pretrained(resolve(name_or_spec, stem)[0]) if pretrained else None)
     state_dict, metadata = None, {}
     if weights is not None:
         state_dict, metadata = read_state_dict(weights)
@@ -249,6 +246,11 @@ def create_model(
         stem_weight = state_dict.get("stem.conv0.weight")
         if stem_weight is not None and stem_weight.dim() == 4:
             kwargs.setdefault("in_chans", int(stem_weight.shape[1]))
+            if stem is None:  # e.g. a run trained with --stem: only the ImageNet stem has norms
+                stem = "imagenet" if "stem.norm0.weight" in state_dict else "cifar"
+    name, variant = resolve(name_or_spec, stem)
+    if features_only:
+        check_out_indices(out_indices, len(variant.block_depths))
     model_kwargs = variant.model_kwargs()
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes

@@ -114,6 +114,8 @@ def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
         "val_size": json.dumps(config.val_size),
         "test_size": json.dumps(config.test_size),
         "seed": str(config.seed),
+        "data": config.data,
+        "skip_bad_images": json.dumps(config.skip_bad_images),  # eval rebuilds the split without the same files
     }
 
 
