@@ -42,31 +42,37 @@ def checkpoint_position(path):
     return state["epoch"], state["step_in_epoch"]
 
 
+def run_until(args, reached, stdout=subprocess.DEVNULL):
+    """Start a training run and poll ``reached()`` until it returns True; the caller then acts on ``proc``.
+    The run must not end before (its stderr is the assertion message)."""
+    proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended too early: {proc.stderr.read()[-1500:]}")
+        if reached():
+            return proc
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError("timed out waiting for the run")
+
+
 def kill_after(args, out, global_step, steps_per_epoch):
     """Start a training run, SIGSTOP it as soon as last.pt has reached `global_step`, then SIGKILL it."""
-    proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
     last = out / "last.pt"
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"run ended before step {global_step}: {proc.stderr.read()[-1500:]}")
-            if last.exists():
-                try:
-                    epoch, step = checkpoint_position(last)
-                except Exception:  # being replaced right now
-                    continue
-                if epoch * steps_per_epoch + step >= global_step:
-                    proc.send_signal(signal.SIGSTOP)
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    return checkpoint_position(last)
-            time.sleep(0.01)
-        raise AssertionError("timed out waiting for the checkpoint")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    def reached():
+        try:
+            epoch, step = checkpoint_position(last)
+        except Exception:  # not written yet, or being replaced right now
+            return False
+        return epoch * steps_per_epoch + step >= global_step
+
+    proc = run_until(args, reached)
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return checkpoint_position(last)
 
 
 def test_sigkill_twice_then_resume_is_bit_identical(tmp_path):
@@ -256,20 +262,12 @@ def test_out_of_range_settings_are_one_line_errors(tmp_path, image_folder, flag,
 
 def interrupt_after(args, out, rows, signum):
     """Start a training run and send it `signum` once steps.csv holds `rows` logged steps."""
-    proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
     steps = out / "steps.csv"
-    deadline = time.time() + 300
+    proc = run_until(args, lambda: steps.exists() and len(steps.read_text().splitlines()) > rows, subprocess.PIPE)
     try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"run ended before the signal: {proc.stderr.read()[-1500:]}")
-            if steps.exists() and len(steps.read_text().splitlines()) > rows:
-                proc.send_signal(signum)
-                _, err = proc.communicate(timeout=120)
-                return proc.returncode, err
-            time.sleep(0.01)
-        raise AssertionError("timed out waiting for the steps")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -64,11 +64,7 @@ def broadcast_buffers(model: torch.nn.Module, d: Dist) -> None:
 
 def broadcast_flag(flag: bool, d: Dist) -> bool:
     """True on every rank if it is true on any rank (e.g. 'stop: a loss is NaN')."""
-    if not d.enabled:
-        return flag
-    t = torch.tensor([int(flag)], device=d.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(max_int(int(flag), d))
 
 
 def gather_objects(obj, d: Dist):
