@@ -209,8 +209,8 @@ class Run:
                 {k: v for k, v in config.to_dict().items() if k not in RUN_FLAGS}, sort_keys=False))
             first = self.start_epoch * self.steps_per_epoch + self.first_step
             self.metrics = MetricsLog(self.out, self.start_epoch, first)
-        self.log(f"training {config.model} on {config.data}: {len(self.data.train)} train / {len(self.data.val)} "
-                 f"validation / {len(self.data.test)} test images, {plural(self.data.num_classes, 'class')}, "
+        self.log(f"training {config.model} on {config.data}: {len(self.data.train):,} train / {len(self.data.val):,} "
+                 f"validation / {len(self.data.test):,} test images, {plural(self.data.num_classes, 'class')}, "
                  f"{plural(d.world_size, 'process')} on {d.device}, global batch {self.batch}, "
                  f"{plural(self.steps_per_epoch, 'step')} per epoch")
 
