@@ -89,6 +89,17 @@ def test_default_batch_on_a_small_folder_trains_with_the_reduced_batch_and_a_lim
     assert saved["test_images"] == 5
 
 
+def test_120_images_train_with_the_default_hold_out_and_batch(tmp_path):
+    """The newcomer's case: no --val-size, --test-size or --batch-size (once: 5,000 held out, then a batch of 128)."""
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=40, size=(12, 12))
+    config = make_config(overrides=dict(model=TINY, data=f"imagefolder:{folder}", image_size=16, workers=0,
+                                        output=str(tmp_path / "run"), epochs=1, max_steps_per_epoch=1))
+    assert (config.val_size, config.test_size, config.batch_size) == (None, None, 128)
+    result, lines = fit(config)
+    assert "held out 12 of 120 images (10%) for validation" in " ".join(lines)
+    assert result["global_batch"] == 96 and result["test_images"] == 12
+
+
 # ------------------------------------------------------------------------------------------------ the recipe
 
 
