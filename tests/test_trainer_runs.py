@@ -353,13 +353,14 @@ def test_a_log_that_is_not_a_terminal_gets_progress_lines_and_the_data_notes(tmp
     assert not any(PROGRESS.match(line) for line in lines)
 
 
-def test_the_cifar_stem_on_large_images_is_named_in_a_warning():
-    cifar = create_model(TINY, num_classes=3)
-    imagenet = create_model(TINY, num_classes=3, stem="imagenet")
-    assert "uses the CIFAR stem at 224 px" in trainer.stem_warning(cifar, TINY, 224)
-    assert "--stem imagenet" in trainer.stem_warning(cifar, TINY, 224)
-    assert trainer.stem_warning(cifar, TINY, 64) is None
-    assert trainer.stem_warning(imagenet, TINY, 224) is None
+def test_the_cifar_stem_on_large_images_is_named_in_a_warning(tmp_path, images):
+    _, lines = fit(config_for(images, tmp_path / "cifar", image_size=72, max_steps_per_epoch=1))
+    assert f"warning: {TINY} has the CIFAR stem (no downsampling before the first hybrid block), so at 72 px" in \
+        " ".join(lines) and "pass --stem imagenet" in " ".join(lines)
+    _, lines = fit(config_for(images, tmp_path / "imagenet", image_size=72, max_steps_per_epoch=1, stem="imagenet"))
+    assert not any("CIFAR stem" in line for line in lines)
+    _, lines = fit(config_for(images, tmp_path / "small", image_size=64, max_steps_per_epoch=1))
+    assert not any("CIFAR stem" in line for line in lines)
 
 
 # ------------------------------------------------------------------------------------------------ eval

@@ -13,7 +13,7 @@ from hcgnet.complexity import count_macs, count_params
 from hcgnet.data import error_message
 from hcgnet.errors import HCGNetError
 from hcgnet.models import VARIANTS, create_model
-from hcgnet.models.variants import resolve
+from hcgnet.models.variants import cifar_stem_note, resolve
 
 
 def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[int] = None) -> List[dict]:
@@ -43,19 +43,14 @@ def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[
     return rows
 
 
-#: Input side above which a CIFAR-stem network (no downsampling before its first hybrid block) gets slow.
-CIFAR_STEM_LARGE = 64
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     if args.size is not None and args.size < 1:
         raise HCGNetError(f"--size must be a positive number of pixels, got {args.size}")
     rows = _info_rows(args.models or list(VARIANTS), args.num_classes, args.size)
-    large = [r["spec"] for r in rows if r["stem"] == "cifar" and int(r["input"].split("x")[0]) > CIFAR_STEM_LARGE]
-    if large:
-        print(f"note: {', '.join(large)} {'has' if len(large) == 1 else 'have'} the CIFAR stem (no downsampling "
-              f"before the first hybrid block), so at {args.size} px every layer runs at full resolution; for large "
-              "images train with --stem imagenet", file=sys.stderr)
+    for r in rows:
+        note = cifar_stem_note(r["spec"], r["stem"], int(r["input"].split("x")[0]))
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -112,3 +112,16 @@ def resolve(name_or_spec: str, stem: Optional[str] = None) -> Tuple[str, Variant
     raise ModelSpecError(
         f"unknown model {name_or_spec!r}{hint}; choose one of {', '.join(VARIANTS)} or write a spec like {SPEC_EXAMPLE}"
     )
+
+
+#: Input side above which a CIFAR-stem network (no downsampling before its first hybrid block) gets slow.
+CIFAR_STEM_LARGE = 64
+
+
+def cifar_stem_note(name: str, stem: str, size: int) -> Optional[str]:
+    """A sentence for a network with the CIFAR stem meeting images larger than :data:`CIFAR_STEM_LARGE` px
+    (for ``info`` and the trainer's log); None otherwise."""
+    if stem != "cifar" or size <= CIFAR_STEM_LARGE:
+        return None
+    return (f"{name} has the CIFAR stem (no downsampling before the first hybrid block), so at {size} px every "
+            "layer runs at full resolution (~100x the work of the ImageNet stem); for large images pass --stem imagenet")

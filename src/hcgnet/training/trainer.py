@@ -32,6 +32,7 @@ from hcgnet.data import DataError, build_data
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import AMP_DTYPES, evaluate
 from hcgnet.models import create_model, save_safetensors
+from hcgnet.models.variants import cifar_stem_note, resolve
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
 from hcgnet.training.engine import NonFiniteLossError, StepContext, new_totals, train_one_epoch
 from hcgnet.training.folder import BAD_IMAGES, RunFolder
@@ -83,17 +84,6 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
     log(f"warning: batch size {config.batch_size} is larger than the training set ({plural(train_images, 'image')}); "
         f"using batch size {batch} (pass --batch-size {batch} to choose it yourself)")
     return batch
-
-
-def stem_warning(model: nn.Module, name: str, size: int) -> Optional[str]:
-    """A warning when a network whose stem keeps the full resolution (the CIFAR stem, stride 1) meets
-    images larger than 64 px."""
-    stem = getattr(model, "stem", None)
-    first = stem[0] if isinstance(stem, nn.Sequential) and len(stem) else None
-    if isinstance(first, nn.Conv2d) and first.stride[0] == 1 and size > 64:
-        return (f"warning: {name} uses the CIFAR stem at {size} px (slow: ~100x the work of the ImageNet stem); "
-                "pass --stem imagenet")
-    return None
 
 
 def _build_data(config: TrainConfig, bad_images_log):
@@ -231,9 +221,10 @@ class Run:
             kwargs["drop_block_rate"] = config.drop_block
         model = create_model(config.model, num_classes=self.data.num_classes, **kwargs)
         prepare_model(model, config, self.log)
-        warning = stem_warning(model, config.model, max(self.data.config.input_size[1:]))
+        warning = cifar_stem_note(config.model, resolve(config.model, config.stem)[1].stem,
+                                  max(self.data.config.input_size[1:]))
         if warning:
-            self.log(warning)
+            self.log(f"warning: {warning}")
         return model
 
     def build_optimiser(self, resume_state) -> None:
