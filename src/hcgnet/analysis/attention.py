@@ -1,0 +1,309 @@
+"""Where the gates look: the spatial attention maps and channel weights of HCGNet's SMG modules.
+
+Each gate pools its input with softmax attention over all positions (:class:`hcgnet.layers.AttentionPool`):
+those softmax weights, a (H, W) probability map per image, are where the gate looks. An SMG module has three:
+the update gate's over the 3x3 branch (``update_3x3``) and over the dilated branch (``update_dilated``), and
+the forget gate's over the squeezed map (``forget``). Its channel weights are the update gate's branch
+proportions ``u_a`` (3x3) and ``u_b`` (dilated), ``u_a + u_b = 1`` per channel, and the forget gate's decay
+``f`` in (0, 1) per channel.
+
+Everything is read through forward hooks on the identities the layers expose for it
+(``AttentionPool.attention``, ``UpdateGate.branch_weights``, ``ForgetGate.channel_weights``): the model's own
+forward pass runs unchanged, there is no second implementation of it.
+
+    from hcgnet.analysis.attention import gate_maps, attention_grid, weights_plot
+    result = gate_maps(model, images)                  # images: (B, C, H, W), normalised as for the model
+    attention_grid(images, result["maps"], "attention.png", mean=config.mean, std=config.std)
+    weights_plot(result["weights"], "weights.png")
+"""
+import difflib
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hcgnet.errors import HCGNetError
+from hcgnet.layers.smg import SMGModule
+
+#: The three spatial maps of an SMG module, in column order, and their titles.
+MAP_KINDS = ("update_3x3", "update_dilated", "forget")
+MAP_TITLES = {"update_3x3": "update gate, 3x3", "update_dilated": "update gate, dilated", "forget": "forget gate"}
+#: Size of one picture of the grid (inches): its title line included.
+CELL_WIDTH, CELL_HEIGHT = 2.0, 2.3
+DPI = 100
+
+
+def smg_modules(model: nn.Module) -> Dict[str, SMGModule]:
+    """Every SMG module of ``model`` (hybrid blocks' and transitions'), by module name, in forward order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, SMGModule)}
+
+
+def default_modules(model: nn.Module) -> List[str]:
+    """A few representative SMG modules: the last one of each hybrid block (one per resolution)."""
+    found = smg_modules(model)
+    last: Dict[str, str] = {}
+    for name in found:
+        parent = name.rsplit(".", 1)[0]
+        if parent.endswith("block.layers"):
+            last[parent] = name
+    return list(last.values()) or list(found)[-1:]
+
+
+def _few(names: Sequence[str], n: int = 4) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def resolve_modules(model: nn.Module, modules: Optional[Sequence[str]] = None) -> Dict[str, SMGModule]:
+    """The SMG modules named (all of them checked first, a one-line :class:`HCGNetError` for a wrong name),
+    or :func:`default_modules` when ``modules`` is None or empty."""
+    found = smg_modules(model)
+    if not found:
+        raise HCGNetError(f"{type(model).__name__} has no SMG modules (gate maps need an HCGNet)")
+    names = list(modules) if modules else default_modules(model)
+    valid = list(found)
+    picked: Dict[str, SMGModule] = {}
+    for name in names:
+        if name not in found:
+            other = dict(model.named_modules()).get(name)
+            what = (f"{name!r} is a {type(other).__name__}, not an SMG module" if other is not None
+                    else f"unknown module {name!r}")
+            suggestion = ([n for n in valid if n.startswith(name + ".") or name.startswith(n + ".")]
+                          or difflib.get_close_matches(name, valid, n=4, cutoff=0.6) or valid)
+            raise HCGNetError(f"{what}; SMG modules of this model: {_few(suggestion)}")
+        picked[name] = found[name]
+    return picked
+
+
+def gate_maps(model: nn.Module, images: Tensor, modules: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    """The gates' attention maps and channel weights of the SMG modules ``modules`` for ``images``.
+
+    Args:
+        model: an HCGNet (or any model with :class:`~hcgnet.layers.SMGModule` inside). It runs in eval mode
+            (its mode is restored afterwards), so a batch of one works.
+        images: (B, C, H, W), normalised as the model expects.
+        modules: SMG module names (``model.named_modules()``, e.g. ``"stages.1.block.layers.0"`` or
+            ``"stages.1.transition"``); None: :func:`default_modules`.
+
+    Returns a dict:
+        ``maps``: ``{module: {kind: (B, h, w) float32 tensor}}`` for each kind in :data:`MAP_KINDS`: the
+        softmax over positions each gate used, at the module's resolution (each map sums to 1);
+        ``weights``: ``{module: {"update": (B, 2, C) (u_3x3, u_dilated), "forget": (B, C)}}``;
+        ``logits``: the model's output, the same as without the hooks.
+    All on the CPU, in float32.
+    """
+    picked = resolve_modules(model, modules)
+    if images.dim() != 4:
+        raise HCGNetError(f"images must be a (B, C, H, W) batch, got shape {tuple(images.shape)}")
+    maps: Dict[str, Dict[str, Tensor]] = {name: {} for name in picked}
+    weights: Dict[str, Dict[str, Tensor]] = {name: {} for name in picked}
+
+    def keep(store: Dict[str, Tensor], key: str, squeeze_channel: bool = False):
+        def hook(_module, _inputs, output):
+            out = output.detach().float().cpu()
+            store[key] = out[:, 0] if squeeze_channel else out
+        return hook
+
+    handles = []
+    for name, smg in picked.items():
+        taps = ((smg.update_gate.context_a.attention, maps[name], "update_3x3", True),
+                (smg.update_gate.context_b.attention, maps[name], "update_dilated", True),
+                (smg.forget_gate.context.attention, maps[name], "forget", True),
+                (smg.update_gate.branch_weights, weights[name], "update", False),
+                (smg.forget_gate.channel_weights, weights[name], "forget", False))
+        handles += [module.register_forward_hook(keep(store, key, squeeze)) for module, store, key, squeeze in taps]
+    was_training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            logits = model(images.to(device)).detach().float().cpu()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    missing = [name for name in picked if len(maps[name]) < len(MAP_KINDS) or len(weights[name]) < 2]
+    if missing:
+        raise HCGNetError(f"SMG module {missing[0]} did not run in the forward pass; choose another")
+    return {"maps": maps, "weights": weights, "logits": logits}
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+
+
+def _display(images: Tensor, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> np.ndarray:
+    """(B, H, W, C) in [0, 1] for imshow: un-normalised with ``mean``/``std``, else stretched per image."""
+    x = images.detach().float().cpu()
+    if mean is not None and std is not None:
+        c = x.shape[1]
+        x = x * torch.tensor(std, dtype=x.dtype).view(1, c, 1, 1) + torch.tensor(mean, dtype=x.dtype).view(1, c, 1, 1)
+    else:
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+    return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def _short(module: str) -> str:
+    return module.replace("stages.", "s").replace(".block.layers.", ".L").replace(".transition", ".T")
+
+
+def grid_shape(images: Tensor, maps: Dict[str, Dict[str, Tensor]]) -> tuple:
+    """(rows, columns) of :func:`attention_grid`: one row per image; the image, then one column per map."""
+    return images.shape[0], 1 + sum(len(kinds) for kinds in maps.values())
+
+
+def attention_grid(
+    images: Tensor, maps: Dict[str, Dict[str, Tensor]], path: Union[str, Path],
+    mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+    names: Optional[Sequence[str]] = None,
+) -> Path:
+    """A PNG grid of the attention maps over the images: one row per image, the image itself in the first
+    column, then one column per map (``maps`` as :func:`gate_maps` returns it), each map upsampled
+    (bilinear) to the image's size and overlaid. Titles name the module (``s1.L7`` = ``stages.1.block.layers.7``,
+    ``s1.T`` = ``stages.1.transition``) and the map. ``mean``/``std`` undo the normalisation for display
+    (without them each image is stretched to [0, 1]); ``names`` label the rows. Every picture is
+    :data:`CELL_WIDTH` x :data:`CELL_HEIGHT` inches at :data:`DPI`, so the PNG's size is proportional to the
+    grid's. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = _display(images, mean, std)
+    b, h, w = shown.shape[:3]
+    rows, cols = grid_shape(images, maps)
+    columns = [(module, kind) for module, kinds in maps.items() for kind in MAP_KINDS if kind in kinds]
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * CELL_WIDTH, rows * CELL_HEIGHT), dpi=DPI, squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.3 / (rows * CELL_HEIGHT) - 0.02,
+                        wspace=0.05, hspace=0.25)
+    gray = shown.shape[-1] == 1
+    for i in range(b):
+        picture = shown[i, :, :, 0] if gray else shown[i]
+        ax = axes[i, 0]
+        ax.imshow(picture, cmap="gray" if gray else None, vmin=0, vmax=1)
+        ax.set_title(Path(names[i]).name[:24] if names else f"image {i}", fontsize=8)
+        for j, (module, kind) in enumerate(columns, 1):
+            m = maps[module][kind][i][None, None].float()
+            up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+            ax = axes[i, j]
+            ax.imshow(picture, cmap="gray" if gray else None, vmin=0, vmax=1)
+            ax.imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=max(float(up.max()), 1e-12))
+            ax.set_title(f"{_short(module)} {MAP_TITLES[kind]}", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path)
+    return Path(path)
+
+
+def weights_plot(weights: Dict[str, Dict[str, Tensor]], path: Union[str, Path]) -> Path:
+    """A PNG of the gates' channel weights (``weights`` as :func:`gate_maps` returns it), one row per module:
+    left, the update gate's proportions per channel, 3x3 (``u_a``) stacked under dilated (``u_b``, the rest
+    to 1); right, the forget gate's ``f`` per channel. Bars are the mean over the images, the black ticks
+    their range when there are several. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(weights)
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 2.6 * rows), dpi=DPI, squeeze=False)
+    for r, (module, w) in enumerate(weights.items()):
+        u = w["update"].float()          # (B, 2, C)
+        f = w["forget"].float()          # (B, C)
+        channels = np.arange(u.shape[-1])
+        ua = u[:, 0].mean(0).numpy()
+        ax = axes[r, 0]
+        ax.bar(channels, ua, width=0.9, color="tab:blue", label="3x3 (u_a)")
+        ax.bar(channels, 1 - ua, width=0.9, bottom=ua, color="tab:orange", label="dilated (u_b)")
+        ax.axhline(0.5, color="k", lw=0.6, ls="--")
+        if u.shape[0] > 1:
+            ax.vlines(channels, u[:, 0].amin(0).numpy(), u[:, 0].amax(0).numpy(), color="k", lw=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(-0.5, len(channels) - 0.5)
+        ax.set_ylabel(_short(module), fontsize=9)
+        ax.set_title(f"{module}: update gate, share of each branch per channel", fontsize=9)
+        if r == 0:
+            ax.legend(fontsize=7, loc="upper right")
+        ax = axes[r, 1]
+        fc = np.arange(f.shape[-1])
+        ax.bar(fc, f.mean(0).numpy(), width=0.9, color="tab:green")
+        if f.shape[0] > 1:
+            ax.vlines(fc, f.amin(0).numpy(), f.amax(0).numpy(), color="k", lw=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(-0.5, len(fc) - 0.5)
+        ax.set_title(f"{module}: forget gate f per channel", fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[-1]:
+        ax.set_xlabel("channel", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return Path(path)
+
+
+def _save(fig, path: Union[str, Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    from hcgnet.files import atomic_path, reported_write
+
+    try:
+        with reported_write(path), atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+
+
+def peak(attention: Tensor) -> tuple:
+    """(row, column, probability) of the largest value of a (h, w) map."""
+    h, w = attention.shape
+    index = int(attention.flatten().argmax())
+    return index // w, index % w, float(attention.flatten()[index])
+
+
+def summary(result: Dict[str, object], names: Sequence[str]) -> Dict[str, object]:
+    """A JSON-ready summary of :func:`gate_maps`'s result for images ``names``: per module its map size,
+    per image and map the peak (row, column at the module's resolution) and its probability, the share of
+    the 3x3 branch (mean ``u_a`` over channels) and the mean forget weight."""
+    out: Dict[str, object] = {"images": list(names), "modules": {}}
+    for module, kinds in result["maps"].items():
+        w = result["weights"][module]
+        first = kinds[MAP_KINDS[0]]
+        per_image = []
+        for i, name in enumerate(names):
+            entry = {"image": name}
+            for kind in MAP_KINDS:
+                r, c, p = peak(kinds[kind][i])
+                entry[kind] = {"peak_row": r, "peak_col": c, "peak_probability": round(p, 6)}
+            entry["mean_u_3x3"] = round(float(w["update"][i, 0].mean()), 6)
+            entry["mean_forget"] = round(float(w["forget"][i].mean()), 6)
+            per_image.append(entry)
+        out["modules"][module] = {"map_size": list(first.shape[1:]), "channels": int(w["forget"].shape[1]),
+                                  "per_image": per_image}
+    return out
+
+
+def save_npz(result: Dict[str, object], names: Sequence[str], path: Union[str, Path]) -> Path:
+    """All maps and weights of :func:`gate_maps`'s result in one ``.npz`` (no pickles): ``MODULE/KIND``
+    (B, h, w) for each map, ``MODULE/update_weights`` (B, 2, C), ``MODULE/forget_weights`` (B, C), and
+    ``images`` (the names, in row order)."""
+    from hcgnet.files import atomic_path, reported_write
+
+    arrays = {"images": np.array([str(n) for n in names])}
+    for module, kinds in result["maps"].items():
+        for kind, m in kinds.items():
+            arrays[f"{module}/{kind}"] = m.numpy()
+        arrays[f"{module}/update_weights"] = result["weights"][module]["update"].numpy()
+        arrays[f"{module}/forget_weights"] = result["weights"][module]["forget"].numpy()
+    with reported_write(path), atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+    return Path(path)
