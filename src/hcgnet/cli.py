@@ -191,6 +191,26 @@ def _write_predictions_csv(results, path: str) -> None:
                 writer.writerow([r["image"], rank, t["class"], t["index"], f"{t['probability']:.6f}", ""])
 
 
+def cmd_attention(args: argparse.Namespace) -> int:
+    from hcgnet.analysis.attention import MAP_KINDS, attention_study
+
+    study = attention_study(args.checkpoint, args.images, args.output, args.model, args.modules,
+                            args.max_images, args.device)
+    info = study["summary"]
+    print(f"{'module':<26} {'map':>7} {'image':<24} " + " ".join(f"{k + ' peak':>20}" for k in MAP_KINDS)
+          + f" {'u 3x3':>6} {'f':>6}")
+    for module, entry in info["modules"].items():
+        size = "x".join(map(str, entry["map_size"]))
+        for row in entry["per_image"]:
+            peaks = " ".join(f"{'(%d,%d) %.3f' % (row[k]['peak_row'], row[k]['peak_col'], row[k]['peak_probability']):>20}"
+                             for k in MAP_KINDS)
+            print(f"{module:<26} {size:>7} {Path(row['image']).name[:24]:<24} {peaks} "
+                  f"{row['mean_u_3x3']:6.3f} {row['mean_forget']:6.3f}")
+    for path in study["files"].values():
+        print(f"wrote {path}")
+    return 0
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     # Defaults are None here so that make_config can tell a flag given from one left out (a recipe or --config
     # file sets the rest); the help shows TrainConfig's default instead.
@@ -376,6 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--plot", default=None, help="PNG of step time and peak memory against pixels per step")
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
+
+    at = sub.add_parser("attention", help="where the gates look: their attention maps over images, PNG grid")
+    add_checkpoint(at)
+    at.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|GLOB",
+                    help="image files, folders (searched recursively) or quoted patterns such as 'shots/*.png'")
+    at.add_argument("--output", required=True, metavar="DIR",
+                    help="folder for attention.png, weights.png, maps.npz and summary.json (created if missing)")
+    at.add_argument("--modules", nargs="+", default=None, metavar="NAME",
+                    help="SMG modules, e.g. stages.1.block.layers.0 or stages.1.transition "
+                         "(default: the last SMG module of each hybrid block)")
+    at.add_argument("--max-images", type=int, default=16, help="rows of the grid: the first N images (default 16)")
+    at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    at.set_defaults(func=cmd_attention)
 
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)

@@ -163,7 +163,8 @@ def attention_grid(
 ) -> Path:
     """A PNG grid of the attention maps over the images: one row per image, the image itself in the first
     column, then one column per map (``maps`` as :func:`gate_maps` returns it), each map upsampled
-    (bilinear) to the image's size and overlaid. Titles name the module (``s1.L7`` = ``stages.1.block.layers.7``,
+    (bilinear) to the image's size and overlaid (colours from 0 to the map's peak; the corner says how many
+    times the uniform 1 / (h w) the peak is). Titles name the module (``s1.L7`` = ``stages.1.block.layers.7``,
     ``s1.T`` = ``stages.1.transition``) and the map. ``mean``/``std`` undo the normalisation for display
     (without them each image is stretched to [0, 1]); ``names`` label the rows. Every picture is
     :data:`CELL_WIDTH` x :data:`CELL_HEIGHT` inches at :data:`DPI`, so the PNG's size is proportional to the
@@ -193,6 +194,9 @@ def attention_grid(
             ax.imshow(picture, cmap="gray" if gray else None, vmin=0, vmax=1)
             ax.imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=max(float(up.max()), 1e-12))
             ax.set_title(f"{_short(module)} {MAP_TITLES[kind]}", fontsize=7)
+            ratio = float(maps[module][kind][i].max()) * maps[module][kind][i].numel()
+            ax.text(0.02, 0.02, f"peak {ratio:.1f}x uniform", transform=ax.transAxes, fontsize=6,
+                    bbox=dict(facecolor="white", alpha=0.7, pad=1, lw=0))
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -307,3 +311,87 @@ def save_npz(result: Dict[str, object], names: Sequence[str], path: Union[str, P
     with reported_write(path), atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def check_output_folder(folder: Union[str, Path]) -> Path:
+    """``folder`` as a folder hcgnet may write in, created when missing (its parent must exist), or a
+    one-line :class:`HCGNetError` saying what to change."""
+    from hcgnet.files import can_write_in
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise HCGNetError(f"--output {folder} is a file; give a folder to write the pictures in")
+    if not folder.exists():
+        if not folder.parent.is_dir():
+            raise HCGNetError(f"folder {folder.parent} does not exist; create it first")
+        try:
+            folder.mkdir()
+        except OSError as e:
+            raise HCGNetError(f"--output: cannot create folder {folder}: {e.strerror or e}") from None
+    if not can_write_in(folder):
+        raise HCGNetError(f"--output: cannot write in folder {folder} (read-only or no permission); choose another")
+    return folder
+
+
+def attention_study(
+    checkpoint: str, images: Sequence[str], output: Union[str, Path], model_name: Optional[str] = None,
+    modules: Optional[Sequence[str]] = None, max_images: int = 16, device: Optional[str] = None,
+    log=None,
+) -> Dict[str, object]:
+    """``hcgnet attention``: the gate maps of ``modules`` of the model in ``checkpoint`` for the image files,
+    folders or glob patterns ``images`` (the first ``max_images`` readable ones), written to the folder
+    ``output`` as ``attention.png`` (:func:`attention_grid`), ``weights.png`` (:func:`weights_plot`),
+    ``maps.npz`` (:func:`save_npz`) and ``summary.json`` (:func:`summary`). Unreadable images are skipped
+    with a warning through ``log``. Returns ``{"files": {...: path}, "summary": ..., "result": gate_maps'}``."""
+    import json
+
+    from hcgnet.data import DataError, build_eval_transform
+    from hcgnet.files import atomic_path, reported_write
+    from hcgnet.inference import (_read_images, collect_images, data_config_of, guess_note, load_model,
+                                  note_on_stderr)
+
+    log = log or note_on_stderr
+    if max_images < 1:
+        raise HCGNetError(f"--max-images must be 1 or more, got {max_images}")
+    files, problems = collect_images(images)
+    if not files:
+        raise DataError("no images to look at: " + "; ".join(p["error"] for p in problems[:3]))
+    folder = check_output_folder(output)
+    for p in problems:
+        log(f"hcgnet: warning: {p['error']}; skipped")
+    model, meta = load_model(checkpoint, model_name)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    picked = resolve_modules(model, modules)  # a wrong name fails before any image is read
+    config = data_config_of(model, meta)
+    note = None if meta.get("data_config") else guess_note(checkpoint, model, meta)
+    if note:
+        log(note)
+    transform = build_eval_transform(config)
+    batch: List[Tensor] = []
+    readable: List[str] = []
+    failures: List[dict] = []
+    next_file = 0
+    while len(batch) < max_images and next_file < len(files):  # read on past unreadable ones
+        chunk = files[next_file:next_file + max_images - len(batch)]
+        more, ok = _read_images(chunk, transform, failures, log)
+        batch += more
+        readable += ok
+        next_file += len(chunk)
+    if not batch:
+        raise DataError(f"none of the {len(files)} images could be read (see the warnings above)")
+    if next_file < len(files):
+        log(f"note: showing the first {len(readable)} of {len(files)} images (--max-images {max_images})")
+    x = torch.stack(batch)
+    result = gate_maps(model, x, list(picked))
+    written = {name: folder / name for name in ("attention.png", "weights.png", "maps.npz", "summary.json")}
+    attention_grid(x, result["maps"], written["attention.png"], config.mean, config.std, readable)
+    weights_plot(result["weights"], written["weights.png"])
+    save_npz(result, readable, written["maps.npz"])
+    info = summary(result, readable)
+    with reported_write(written["summary.json"]), atomic_path(written["summary.json"]) as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
+    return {"files": written, "summary": info, "result": result}
