@@ -1,0 +1,317 @@
+"""``hcgnet.analysis.attention`` and ``hcgnet attention``: the gates' attention maps read through hooks are the
+softmax over positions the gates pool with, the branch weights are the proportions the update gate fuses
+with, collecting changes nothing, and the pictures and files come out with the expected shapes."""
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import hcgnet
+from hcgnet.analysis.attention import (CELL_HEIGHT, CELL_WIDTH, MAP_KINDS, attention_grid, default_modules,
+                                       gate_maps, weights_plot)
+from hcgnet.cli import main
+from hcgnet.data import DataConfig
+from hcgnet.errors import HCGNetError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SPEC = "HCGNet-(1,1,1)-(k=4,4,4)"
+PUBLISHED = Path(__file__).resolve().parent / "fixtures" / "cifar_A1.official.pth.tar"
+#: Every SMG module of SPEC and its spatial size for a 24 x 24 input (CIFAR stem: stride 1, then /2 per
+#: transition), from the architecture, not from the code under test.
+SIZES_24 = {"stages.0.block.layers.0": 24, "stages.1.transition": 12, "stages.1.block.layers.0": 12,
+            "stages.2.transition": 6, "stages.2.block.layers.0": 6}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = hcgnet.create_model(SPEC, num_classes=3).eval()
+    # Gates that do not sit at their initial, nearly uniform point: random BN statistics and score biases.
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def images():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 24, 24)
+
+
+def test_maps_are_probability_maps_at_each_modules_size(model, images):
+    result = gate_maps(model, images, list(SIZES_24))
+    assert list(result["maps"]) == list(SIZES_24)
+    for name, side in SIZES_24.items():
+        assert set(result["maps"][name]) == set(MAP_KINDS)
+        for kind, m in result["maps"][name].items():
+            assert m.shape == (2, side, side), (name, kind)
+            assert m.min() >= 0
+            torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(2), atol=1e-5, rtol=0)
+            # Not a constant map: the two images (and the positions) differ.
+            assert m.std() > 0
+
+
+def _record(module, store, key, what="output"):
+    def hook(_m, inputs, output):
+        store[key] = (inputs[0] if what == "input" else output).detach().double()
+    return module.register_forward_hook(hook)
+
+
+def test_maps_are_the_softmax_the_gates_pooled_with(model, images):
+    """Independently of the code under test: the scoring convs' logits give the softmax by hand, and each
+    gate's pooled context is that map's weighted average of the gate's input."""
+    name = "stages.1.block.layers.0"
+    smg = dict(model.named_modules())[name]
+    pools = {"update_3x3": smg.update_gate.context_a, "update_dilated": smg.update_gate.context_b,
+             "forget": smg.forget_gate.context}
+    seen, handles = {}, []
+    for kind, pool in pools.items():
+        handles += [_record(pool.score, seen, kind + ":logits"), _record(pool, seen, kind + ":x", "input"),
+                    _record(pool, seen, kind + ":z")]
+    try:
+        maps = gate_maps(model, images, [name])["maps"][name]
+    finally:
+        for h in handles:
+            h.remove()
+    for kind in MAP_KINDS:
+        logits = seen[kind + ":logits"].flatten(1)                       # (B, HW)
+        by_hand = torch.exp(logits - logits.max(1, keepdim=True).values)
+        by_hand = (by_hand / by_hand.sum(1, keepdim=True)).reshape(2, 12, 12)
+        torch.testing.assert_close(maps[kind].double(), by_hand, atol=1e-6, rtol=1e-4)
+        x = seen[kind + ":x"]
+        pooled = (x * maps[kind].double()[:, None]).sum(dim=(2, 3))
+        torch.testing.assert_close(pooled, seen[kind + ":z"], atol=1e-5, rtol=1e-4)
+
+
+def test_planted_score_gives_the_peak_where_it_was_planted(images):
+    """The forget gate's input (the squeezed map) replaced by a single bright spot (a hook on the squeeze
+    cell) and its scoring conv planted to read it (weights 10, bias 0): its logits are 40 at the spot and 0
+    elsewhere, so the map must peak there with almost all of the probability."""
+    torch.manual_seed(0)
+    m = hcgnet.create_model(SPEC, num_classes=3).eval()
+    name = "stages.0.block.layers.0"
+    smg = dict(m.named_modules())[name]
+    row, col = 5, 17
+
+    def spot(_m, _inputs, output):
+        out = torch.zeros_like(output)
+        out[:, :, row, col] = 1.0
+        return out
+    handle = smg.squeeze.register_forward_hook(spot)
+    with torch.no_grad():
+        smg.forget_gate.context.score.weight.fill_(10.0)
+        smg.forget_gate.context.score.bias.zero_()
+    try:
+        forget = gate_maps(m, images, [name])["maps"][name]["forget"]
+    finally:
+        handle.remove()
+    for i in range(2):
+        flat = int(forget[i].flatten().argmax())
+        assert (flat // 24, flat % 24) == (row, col)
+        assert forget[i, row, col] > 0.99
+
+
+def test_branch_weights_are_the_proportions_the_update_gate_fused_with(model, images):
+    name = "stages.2.block.layers.0"
+    gate = dict(model.named_modules())[name].update_gate
+    seen = {}
+    handles = [_record(gate.context_a, seen, "za"), _record(gate.context_b, seen, "zb"), _record(gate, seen, "v")]
+    try:
+        result = gate_maps(model, images, [name])
+    finally:
+        for h in handles:
+            h.remove()
+    u = result["weights"][name]["update"]
+    f = result["weights"][name]["forget"]
+    assert u.shape == (2, 2, 4) and f.shape == (2, 4)
+    torch.testing.assert_close(u.sum(1), torch.ones(2, 4), atol=1e-6, rtol=0)
+    assert ((u > 0) & (u < 1)).all() and ((f > 0) & (f < 1)).all()
+    v = u[:, 0].double() * seen["za"] + u[:, 1].double() * seen["zb"]
+    torch.testing.assert_close(v, seen["v"][:, :, 0, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_collecting_changes_nothing(images):
+    torch.manual_seed(0)
+    m = hcgnet.create_model(SPEC, num_classes=3).train()
+    m.eval()
+    with torch.no_grad():
+        before = m(images)
+    m.train()
+    result = gate_maps(m, images, list(SIZES_24))
+    assert m.training  # mode restored
+    torch.testing.assert_close(result["logits"], before, atol=0, rtol=0)
+    assert not any(mod._forward_hooks for mod in m.modules())
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(images), before, atol=0, rtol=0)
+
+
+def test_a_batch_of_one_works_on_a_model_in_training_mode(images):
+    m = hcgnet.create_model(SPEC, num_classes=3).train()
+    result = gate_maps(m, images[:1])
+    assert list(result["maps"]) == ["stages.0.block.layers.0", "stages.1.block.layers.0", "stages.2.block.layers.0"]
+    assert result["maps"]["stages.2.block.layers.0"]["forget"].shape == (1, 6, 6)
+
+
+def test_default_modules_are_the_last_of_each_hybrid_block():
+    with torch.device("meta"):
+        a1 = hcgnet.create_model("hcgnet_a1")
+    assert default_modules(a1) == ["stages.0.block.layers.7", "stages.1.block.layers.7", "stages.2.block.layers.7"]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("stages.7.block.layers.0", "unknown module 'stages.7.block.layers.0'; SMG modules of this model: stages."),
+    ("stages.1", "'stages.1' is a HCGStage, not an SMG module; SMG modules of this model: stages.1.transition, "
+                 "stages.1.block.layers.0"),
+    ("stages.0.block.layers.0.squeeze", "is a SqueezeCell, not an SMG module; SMG modules of this model: "
+                                        "stages.0.block.layers.0"),
+])
+def test_wrong_module_names_are_one_line_errors(model, images, name, expected):
+    with pytest.raises(HCGNetError) as e:
+        gate_maps(model, images, ["stages.0.block.layers.0", name])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_model_without_gates_is_refused(images):
+    with pytest.raises(HCGNetError, match="has no SMG modules"):
+        gate_maps(nn.Sequential(nn.Conv2d(3, 2, 3)), images)
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+
+
+def png_size(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def test_grid_has_one_row_per_image_and_one_column_per_map(model, images, tmp_path):
+    one = gate_maps(model, images[:1], ["stages.1.transition"])
+    two = gate_maps(model, images, ["stages.0.block.layers.0", "stages.2.block.layers.0"])
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    w1, h1 = png_size(attention_grid(images[:1], one["maps"], tmp_path / "one.png", mean, std))
+    w2, h2 = png_size(attention_grid(images, two["maps"], tmp_path / "two.png", mean, std, names=["a", "b"]))
+    # Columns: the image, then 3 maps per module: 4 and 7. Rows: 1 and 2.
+    assert w2 / w1 == pytest.approx(7 / 4, rel=0.01)
+    assert h2 / h1 == pytest.approx(2, rel=0.01)
+    assert w1 / h1 == pytest.approx(4 * CELL_WIDTH / CELL_HEIGHT, rel=0.01)
+    # The grid is not blank: overlays in colour.
+    pixels = np.asarray(Image.open(tmp_path / "two.png").convert("RGB"), dtype=np.int16)
+    assert np.abs(pixels[..., 0] - pixels[..., 2]).max() > 50
+
+
+def test_weights_plot_has_a_row_per_module(model, images, tmp_path):
+    one = gate_maps(model, images, ["stages.1.transition"])
+    three = gate_maps(model, images)
+    w1, h1 = png_size(weights_plot(one["weights"], tmp_path / "w1.png"))
+    w3, h3 = png_size(weights_plot(three["weights"], tmp_path / "w3.png"))
+    assert w1 == w3 and h3 == pytest.approx(3 * h1, rel=0.01)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def picture(path, seed, size=(20, 26)):
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, size=(*size, 3)).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    m = hcgnet.create_model(SPEC, num_classes=3).eval()
+    config = DataConfig(name="imagefolder", input_size=(3, 16, 16), mean=(0.6, 0.5, 0.4), std=(0.2, 0.25, 0.3),
+                        resize=18, class_names=["a", "b", "c"])
+    path = base / "best.pt"
+    torch.save({"model": m.state_dict(), "model_name": SPEC, "num_classes": "3", "in_chans": "3",
+                "data_config": json.dumps(dataclasses.asdict(config))}, path)
+    return path
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_the_pictures_maps_and_summary(capsys, checkpoint, tmp_path):
+    for i in range(3):
+        picture(tmp_path / "shots" / f"{i}.png", i)
+    (tmp_path / "shots" / "broken.png").write_bytes(b"not a png")
+    out_dir = tmp_path / "out"
+    code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, tmp_path / "shots", "--output", out_dir,
+                         "--modules", "stages.1.transition", "stages.2.block.layers.0", "--device", "cpu")
+    assert code == 0, err
+    assert "broken.png" in err and "skipped" in err
+    for name in ("attention.png", "weights.png", "maps.npz", "summary.json"):
+        assert f"wrote {out_dir / name}" in out
+    with np.load(out_dir / "maps.npz") as npz:  # no pickles
+        assert [Path(p).name for p in npz["images"]] == ["0.png", "1.png", "2.png"]
+        assert npz["stages.1.transition/forget"].shape == (3, 8, 8)          # 16 px input, /2
+        assert npz["stages.2.block.layers.0/update_dilated"].shape == (3, 4, 4)
+        assert npz["stages.2.block.layers.0/update_weights"].shape == (3, 2, 4)
+        np.testing.assert_allclose(npz["stages.1.transition/update_3x3"].sum(axis=(1, 2)), 1, atol=1e-5)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["modules"]["stages.2.block.layers.0"]["map_size"] == [4, 4]
+    w, h = png_size(out_dir / "attention.png")
+    assert w / h == pytest.approx((1 + 6) * CELL_WIDTH / (3 * CELL_HEIGHT), rel=0.01)
+    assert "stages.1.transition" in out and "8x8" in out  # the table
+
+
+def test_cli_on_the_published_checkpoint(capsys, tmp_path):
+    picture(tmp_path / "cat.png", 0, size=(32, 32))
+    code, out, err = cli(capsys, "attention", "--checkpoint", PUBLISHED, "--model", "hcgnet_a1", tmp_path / "cat.png",
+                         "--output", tmp_path / "out", "--modules", "stages.2.block.layers.7", "--device", "cpu")
+    assert code == 0, err
+    assert "carries no" in err  # the standard CIFAR preprocessing is used, and said so
+    with np.load(tmp_path / "out" / "maps.npz") as npz:
+        assert npz["stages.2.block.layers.7/forget"].shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no_images", "hcgnet: error: no images to look at: no such file or folder"),
+    ("empty_folder", "hcgnet: error: no images to look at: no images in"),
+    ("unknown_module", "hcgnet: error: unknown module 'stages.9'; SMG modules of this model: stages.0.block"),
+    ("output_is_a_file", "is a file; give a folder"),
+    ("output_parent_missing", "does not exist; create it first"),
+    ("unreadable_only", "hcgnet: error: none of the 1 images could be read"),
+    ("max_images", "hcgnet: error: --max-images must be 1 or more, got 0"),
+])
+def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, expected):
+    shot = picture(tmp_path / "a.png", 0)
+    images, output, extra = [shot], tmp_path / "out", []
+    if case == "no_images":
+        images = [tmp_path / "missing.png"]
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        images = [tmp_path / "empty"]
+    elif case == "unknown_module":
+        extra = ["--modules", "stages.9"]
+    elif case == "output_is_a_file":
+        output = shot
+    elif case == "output_parent_missing":
+        output = tmp_path / "no" / "such"
+    elif case == "unreadable_only":
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"nope")
+        images = [bad]
+    elif case == "max_images":
+        extra = ["--max-images", "0"]
+    code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, *images, "--output", output, *extra)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("hcgnet: error:")]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err
