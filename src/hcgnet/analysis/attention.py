@@ -163,7 +163,7 @@ def attention_grid(
 ) -> Path:
     """A PNG grid of the attention maps over the images: one row per image, the image itself in the first
     column, then one column per map (``maps`` as :func:`gate_maps` returns it), each map upsampled
-    (bilinear) to the image's size and overlaid (colours from 0 to the map's peak; the corner says how many
+    (bilinear) to the image's size and overlaid on the image in gray (colours from 0 to the map's peak; the corner says how many
     times the uniform 1 / (h w) the peak is). Titles name the module (``s1.L7`` = ``stages.1.block.layers.7``,
     ``s1.T`` = ``stages.1.transition``) and the map. ``mean``/``std`` undo the normalisation for display
     (without them each image is stretched to [0, 1]); ``names`` label the rows. Every picture is
@@ -187,11 +187,12 @@ def attention_grid(
         ax = axes[i, 0]
         ax.imshow(picture, cmap="gray" if gray else None, vmin=0, vmax=1)
         ax.set_title(Path(names[i]).name[:24] if names else f"image {i}", fontsize=8)
+        luminance = picture if gray else picture @ np.array([0.299, 0.587, 0.114])
         for j, (module, kind) in enumerate(columns, 1):
             m = maps[module][kind][i][None, None].float()
             up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
             ax = axes[i, j]
-            ax.imshow(picture, cmap="gray" if gray else None, vmin=0, vmax=1)
+            ax.imshow(luminance, cmap="gray", vmin=0, vmax=1)  # in gray, so the colours are the map's
             ax.imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=max(float(up.max()), 1e-12))
             ax.set_title(f"{_short(module)} {MAP_TITLES[kind]}", fontsize=7)
             ratio = float(maps[module][kind][i].max()) * maps[module][kind][i].numel()
