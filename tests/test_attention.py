@@ -210,6 +210,29 @@ def test_grid_has_one_row_per_image_and_one_column_per_map(model, images, tmp_pa
     assert np.abs(pixels[..., 0] - pixels[..., 2]).max() > 50
 
 
+def test_grid_shows_the_images_unnormalised(model, tmp_path):
+    """A flat (0.8, 0.2, 0.3) picture, normalised as the model sees it, shows in its own colours in the
+    first column (the middle of the first picture)."""
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    colour = torch.tensor([0.8, 0.2, 0.3])
+    x = ((colour - torch.tensor(mean)) / torch.tensor(std)).view(1, 3, 1, 1).expand(1, 3, 24, 24).clone()
+    result = gate_maps(model, x, ["stages.2.block.layers.0"])
+    path = attention_grid(x, result["maps"], tmp_path / "flat.png", mean, std)
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    middle = pixels[pixels.shape[0] // 2, int(CELL_WIDTH * 100 / 2)]
+    np.testing.assert_allclose(middle, [204, 51, 76], atol=3)
+
+
+def test_grayscale_images(tmp_path):
+    torch.manual_seed(0)
+    m = hcgnet.create_model(SPEC, num_classes=3, in_chans=1).eval()
+    x = torch.randn(2, 1, 16, 16)
+    result = gate_maps(m, x, ["stages.1.transition"])
+    assert result["maps"]["stages.1.transition"]["forget"].shape == (2, 8, 8)
+    w, h = png_size(attention_grid(x, result["maps"], tmp_path / "gray.png", (0.5,), (0.25,)))
+    assert w / h == pytest.approx(4 * CELL_WIDTH / (2 * CELL_HEIGHT), rel=0.01)
+
+
 def test_weights_plot_has_a_row_per_module(model, images, tmp_path):
     one = gate_maps(model, images, ["stages.1.transition"])
     three = gate_maps(model, images)
@@ -279,6 +302,19 @@ def test_cli_on_the_published_checkpoint(capsys, tmp_path):
     assert "carries no" in err  # the standard CIFAR preprocessing is used, and said so
     with np.load(tmp_path / "out" / "maps.npz") as npz:
         assert npz["stages.2.block.layers.7/forget"].shape == (1, 8, 8)
+
+
+def test_cli_max_images_keeps_the_first_readable_ones(capsys, checkpoint, tmp_path):
+    picture(tmp_path / "shots" / "0.png", 0)
+    (tmp_path / "shots" / "1.png").write_bytes(b"broken")
+    for i in (2, 3, 4):
+        picture(tmp_path / "shots" / f"{i}.png", i)
+    code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, tmp_path / "shots", "--output",
+                         tmp_path / "out", "--max-images", "3", "--modules", "stages.2.transition")
+    assert code == 0, err
+    assert "showing the first 3 of 5 images" in err
+    with np.load(tmp_path / "out" / "maps.npz") as npz:
+        assert [Path(p).name for p in npz["images"]] == ["0.png", "2.png", "3.png"]
 
 
 @pytest.mark.parametrize("case, expected", [
