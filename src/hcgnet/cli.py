@@ -192,20 +192,11 @@ def _write_predictions_csv(results, path: str) -> None:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from hcgnet.analysis.attention import MAP_KINDS, attention_study
+    from hcgnet.analysis.attention import attention_study, summary_table
 
     study = attention_study(args.checkpoint, args.images, args.output, args.model, args.modules,
                             args.max_images, args.device)
-    info = study["summary"]
-    print(f"{'module':<26} {'map':>7} {'image':<24} " + " ".join(f"{k + ' peak':>20}" for k in MAP_KINDS)
-          + f" {'u 3x3':>6} {'f':>6}")
-    for module, entry in info["modules"].items():
-        size = "x".join(map(str, entry["map_size"]))
-        for row in entry["per_image"]:
-            peaks = " ".join(f"{'(%d,%d) %.3f' % (row[k]['peak_row'], row[k]['peak_col'], row[k]['peak_probability']):>20}"
-                             for k in MAP_KINDS)
-            print(f"{module:<26} {size:>7} {Path(row['image']).name[:24]:<24} {peaks} "
-                  f"{row['mean_u_3x3']:6.3f} {row['mean_forget']:6.3f}")
+    print(summary_table(study["summary"]))
     for path in study["files"].values():
         print(f"wrote {path}")
     return 0

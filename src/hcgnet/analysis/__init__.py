@@ -1,3 +1,5 @@
 """The paper's studies on any checkpoint: accuracy under attack (attack.py), network dissection
 (dissect.py), and where the gates look (attention.py). Each is a library function; ``hcgnet attack``,
 ``hcgnet dissect`` and ``hcgnet attention`` are thin shells over them."""
+
+from hcgnet.analysis.attention import attention_grid, attention_study, gate_maps, weights_plot  # noqa: F401

@@ -163,12 +163,12 @@ def attention_grid(
 ) -> Path:
     """A PNG grid of the attention maps over the images: one row per image, the image itself in the first
     column, then one column per map (``maps`` as :func:`gate_maps` returns it), each map upsampled
-    (bilinear) to the image's size and overlaid on the image in gray (colours from 0 to the map's peak; the corner says how many
-    times the uniform 1 / (h w) the peak is). Titles name the module (``s1.L7`` = ``stages.1.block.layers.7``,
-    ``s1.T`` = ``stages.1.transition``) and the map. ``mean``/``std`` undo the normalisation for display
-    (without them each image is stretched to [0, 1]); ``names`` label the rows. Every picture is
-    :data:`CELL_WIDTH` x :data:`CELL_HEIGHT` inches at :data:`DPI`, so the PNG's size is proportional to the
-    grid's. Returns ``path``."""
+    (bilinear) to the image's size and overlaid on the image in gray (colours from 0 to the map's peak;
+    the corner says how many times the uniform 1 / (h w) the peak is). Titles name the module (``s1.L7`` =
+    ``stages.1.block.layers.7``, ``s1.T`` = ``stages.1.transition``) and the map. ``mean``/``std`` undo the
+    normalisation for display (without them each image is stretched to [0, 1]); ``names`` label the rows.
+    Every picture is :data:`CELL_WIDTH` x :data:`CELL_HEIGHT` inches at :data:`DPI`, so the PNG's size is
+    proportional to the grid's. Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,6 +295,21 @@ def summary(result: Dict[str, object], names: Sequence[str]) -> Dict[str, object
         out["modules"][module] = {"map_size": list(first.shape[1:]), "channels": int(w["forget"].shape[1]),
                                   "per_image": per_image}
     return out
+
+
+def summary_table(info: Dict[str, object]) -> str:
+    """:func:`summary` as a text table: a row per module and image; each map's peak as (row,col) probability,
+    the mean 3x3 share ``u_a`` and the mean forget weight ``f``."""
+    lines = [f"{'module':<26} {'map':>7} {'image':<24} " + " ".join(f"{k + ' peak':>20}" for k in MAP_KINDS)
+             + f" {'u 3x3':>6} {'f':>6}"]
+    for module, entry in info["modules"].items():
+        size = "x".join(map(str, entry["map_size"]))
+        for row in entry["per_image"]:
+            peaks = " ".join(f"{'(%d,%d) %.3f' % (p['peak_row'], p['peak_col'], p['peak_probability']):>20}"
+                             for p in (row[k] for k in MAP_KINDS))
+            lines.append(f"{module:<26} {size:>7} {Path(row['image']).name[:24]:<24} {peaks} "
+                         f"{row['mean_u_3x3']:6.3f} {row['mean_forget']:6.3f}")
+    return "\n".join(lines)
 
 
 def save_npz(result: Dict[str, object], names: Sequence[str], path: Union[str, Path]) -> Path:
