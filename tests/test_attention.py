@@ -351,3 +351,5 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, ex
     lines = [line for line in err.splitlines() if line.startswith("hcgnet: error:")]
     assert len(lines) == 1 and expected in lines[0], err
     assert "Traceback" not in err
+    if case != "output_is_a_file":
+        assert not output.exists()  # nothing created for a run that could not start

@@ -332,9 +332,9 @@ def save_npz(result: Dict[str, object], names: Sequence[str], path: Union[str, P
 # ------------------------------------------------------------------------------------------------ the command
 
 
-def check_output_folder(folder: Union[str, Path]) -> Path:
-    """``folder`` as a folder hcgnet may write in, created when missing (its parent must exist), or a
-    one-line :class:`HCGNetError` saying what to change."""
+def check_output_folder(folder: Union[str, Path], create: bool = True) -> Path:
+    """``folder`` as a folder hcgnet may write in, or a one-line :class:`HCGNetError` saying what to change.
+    A missing folder whose parent exists is created (with ``create``) or only checked for (without)."""
     from hcgnet.files import can_write_in
 
     folder = Path(folder)
@@ -343,6 +343,11 @@ def check_output_folder(folder: Union[str, Path]) -> Path:
     if not folder.exists():
         if not folder.parent.is_dir():
             raise HCGNetError(f"folder {folder.parent} does not exist; create it first")
+        if not create:
+            if not can_write_in(folder.parent):
+                raise HCGNetError(f"--output: cannot create folder {folder} in {folder.parent} (read-only or no "
+                                  "permission); choose another")
+            return folder
         try:
             folder.mkdir()
         except OSError as e:
@@ -375,7 +380,7 @@ def attention_study(
     files, problems = collect_images(images)
     if not files:
         raise DataError("no images to look at: " + "; ".join(p["error"] for p in problems[:3]))
-    folder = check_output_folder(output)
+    check_output_folder(output, create=False)  # before the model loads: a mistake costs seconds
     for p in problems:
         log(f"hcgnet: warning: {p['error']}; skipped")
     model, meta = load_model(checkpoint, model_name)
@@ -403,6 +408,7 @@ def attention_study(
         log(f"note: showing the first {len(readable)} of {len(files)} images (--max-images {max_images})")
     x = torch.stack(batch)
     result = gate_maps(model, x, list(picked))
+    folder = check_output_folder(output)
     written = {name: folder / name for name in ("attention.png", "weights.png", "maps.npz", "summary.json")}
     attention_grid(x, result["maps"], written["attention.png"], config.mean, config.std, readable)
     weights_plot(result["weights"], written["weights.png"])
