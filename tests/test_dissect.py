@@ -193,3 +193,47 @@ def test_one_by_one_layer_refused(broden):
 def test_unknown_layer_refused(broden):
     with pytest.raises(DissectError, match="no module named 'nope'"):
         dissect(Planted(), dataset(broden, limit=2), layers=["nope"])
+
+
+# the command -------------------------------------------------------------------------------------------
+
+TINY = "HCGNet-(1,1,1)-(k=4,4,4)"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import hcgnet
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    hcgnet.save_safetensors(hcgnet.create_model(TINY, num_classes=3), path, {"model_name": TINY})
+    return path
+
+
+def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsys, single_thread):
+    out = tmp_path / "out"
+    code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "6",
+                 "--batch-size", "4", "--workers", "0", "--top-units", "2", "--device", "cpu", "--output", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    layers = ["stages.0.block", "stages.1.block", "act"]     # hybrid blocks; the last after the final BN-ReLU
+    for layer in layers:
+        assert layer in stdout
+        with open(out / f"{layer}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert list(rows[0]) == ["unit", "concept", "category", "iou", "threshold", "detector"]
+        assert all(0 <= float(r["iou"]) <= 1 for r in rows)
+        assert Image.open(out / f"units_{layer}.png").size[0] > 100
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["layer"] for r in summary["layers"]] == layers and summary["config"]["images"] == 6
+    import hcgnet
+    assert summary["layers"][-1]["units"] == len(rows) == hcgnet.create_model(TINY, num_classes=3).num_features
+    with open(out / "summary.csv") as f:
+        assert [r["layer"] for r in csv.DictReader(f)] == layers
+    assert Image.open(out / "unique_detectors.png").size[0] > 100
+
+
+def test_cli_refuses_pooled_layer(broden, tiny_checkpoint, tmp_path, capsys, single_thread):
+    code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "2",
+                 "--workers", "0", "--layer", "global_pool", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not a spatial map" in err and err.startswith("hcgnet: error:")

@@ -77,6 +77,19 @@ def _parse_categories(text: str, line: str) -> Dict[str, int]:
     return out
 
 
+def check_broden(root: str | Path) -> Path:
+    """``root`` as a Path if it has a Broden directory's files, else a one-line :class:`BrodenError`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BrodenError(f"no Broden directory at {root}; {WHERE}")
+    for name in ("index.csv", "category.csv", "label.csv"):
+        if not (root / name).is_file():
+            raise BrodenError(f"{root} is not a Broden directory: no {name}; {WHERE}")
+    if not (root / "images").is_dir():
+        raise BrodenError(f"{root} is not a Broden directory: no images/ folder; {WHERE}")
+    return root
+
+
 @dataclass
 class BrodenRecord:
     """One row of index.csv: an image and its annotations per category."""
@@ -110,14 +123,7 @@ class Broden(Dataset):
         limit: Optional[int] = None,
         categories: Optional[Sequence[str]] = None,
     ) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise BrodenError(f"no Broden directory at {self.root}; {WHERE}")
-        for name in ("index.csv", "category.csv", "label.csv"):
-            if not (self.root / name).is_file():
-                raise BrodenError(f"{self.root} is not a Broden directory: no {name}; {WHERE}")
-        if not (self.root / "images").is_dir():
-            raise BrodenError(f"{self.root} is not a Broden directory: no images/ folder; {WHERE}")
+        self.root = check_broden(root)
         self.size = (int(size[0]), int(size[1]))
         self.mean = torch.tensor([float(m) for m in mean]).view(-1, 1, 1)
         self.std = torch.tensor([float(s) for s in std]).view(-1, 1, 1)

@@ -350,3 +350,108 @@ def unit_maps(model: nn.Module, dataset: Dataset, layer: str, unit: int, indices
         return capture.out[layer][:, unit].cpu()
     finally:
         capture.close()
+
+
+# outputs: CSV per layer, summary CSV/JSON, Figure-4 bar chart, image strips of the top units -------------
+
+def _file_name(layer: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in layer) or "layer"
+
+
+def summary_rows(results: Sequence[LayerResult]) -> List[dict]:
+    """One row per layer: units, map size, detectors, unique detectors in all and per category."""
+    return [r.summary() for r in results]
+
+
+def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = None) -> List[str]:
+    """``<layer>.csv`` per layer (unit, concept, category, iou, threshold, detector), ``summary.csv`` and
+    ``summary.json`` (the summary rows, ``config`` and every detector) in folder ``out``. Returns file names."""
+    import csv
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for r in results:
+        name = f"{_file_name(r.layer)}.csv"
+        with open(out / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["unit", "concept", "category", "iou", "threshold", "detector"])
+            w.writeheader()
+            for u in r.units:
+                w.writerow({**u, "iou": f"{u['iou']:.6f}", "threshold": f"{u['threshold']:.6g}",
+                            "detector": int(u["detector"])})
+        written.append(name)
+    rows = summary_rows(results)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval=0)
+        w.writeheader()
+        w.writerows(rows)
+    doc = dict(config=config or {}, layers=rows,
+               detectors={r.layer: [{k: u[k] for k in ("unit", "concept", "category", "iou")}
+                                    for u in sorted(r.detectors, key=lambda u: -u["iou"])] for r in results})
+    (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return written + ["summary.csv", "summary.json"]
+
+
+def plot_unique_detectors(results: Sequence[LayerResult], path, title: str = "") -> None:
+    """Bar chart of unique detectors per category per layer (the NetDissect paper's Figure 4 style)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = [c for c in CATEGORIES if any(c in r.categories for r in results)]
+    cats += [c for r in results for c in r.categories if c not in cats]
+    counts = np.array([[r.unique_detectors().get(c, 0) for c in cats] for r in results], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(results) * max(1, len(cats)) / 3 + 2), 3.6))
+    width = 0.8 / max(1, len(cats))
+    x = np.arange(len(results))
+    for j, c in enumerate(cats):
+        ax.bar(x + (j - (len(cats) - 1) / 2) * width, counts[:, j], width, label=c)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r.layer for r in results], rotation=20 if len(results) > 3 else 0, ha="right" if len(results) > 3 else "center")
+    ax.set_ylabel("unique detectors")
+    ax.set_title(title or "unique detectors per category")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8, ncol=min(len(cats), 6), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_unit_strips(model: nn.Module, dataset, result: LayerResult, path, units: int = 8,
+                     device: Optional[torch.device | str] = None) -> List[int]:
+    """An image strip per top unit (detectors by IoU, else the units of highest IoU): its top-activating
+    images with the map upsampled (bilinear) and thresholded at the unit's T_k outlined and tinted over them.
+    Returns the units drawn."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(result.units, key=lambda u: (not u["detector"], -u["iou"]))[:units]
+    cols = result.top_images.shape[1]
+    fig, axes = plt.subplots(len(order), cols, figsize=(1.8 * cols, 1.9 * len(order)), squeeze=False)
+    for row, u in enumerate(order):
+        idx = [int(i) for i in result.top_images[u["unit"]]]
+        maps = unit_maps(model, dataset, result.layer, u["unit"], idx, device)
+        for col, (i, m) in enumerate(zip(idx, maps)):
+            rgb = np.asarray(dataset.load_rgb(i), dtype=np.float32) / 255.0
+            up = F.interpolate(m[None, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+            fire = (up > float(u["threshold"])).numpy()
+            shown = rgb * 0.35 + 0.65 * rgb * fire[..., None]
+            shown[fire] = shown[fire] * 0.6 + np.array([1.0, 0.85, 0.0]) * 0.4
+            ax = axes[row, col]
+            ax.imshow(np.clip(shown, 0, 1))
+            if fire.any() and not fire.all():
+                ax.contour(fire.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                label = f"{u['concept']} ({u['category']})" if u["concept"] else "-"
+                ax.set_ylabel(f"unit {u['unit']}\n{label}\nIoU {u['iou']:.3f}", fontsize=7)
+    fig.suptitle(f"{result.layer}: where the top units fire (top-activating images, map > T_k)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [u["unit"] for u in order]
