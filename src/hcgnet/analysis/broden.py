@@ -158,7 +158,8 @@ class Broden(Dataset):
             missing = [c for c in ("image", "ih", "iw", "sh", "sw") if c not in header]
             if missing:
                 raise BrodenError(f"{self.root}/index.csv lacks column(s) {', '.join(missing)}; {WHERE}")
-            present = [c for c in CATEGORIES if c in header] + [c for c in header if c in known and c not in CATEGORIES]
+            present = [c for c in CATEGORIES if c in header and c in known] + [
+                c for c in header if c in known and c not in CATEGORIES]
             wanted = list(categories) if categories is not None else present
             unknown = [c for c in wanted if c not in present]
             if unknown:

@@ -268,6 +268,7 @@ def dissect(
         cat_index = {c: i for i, c in enumerate(categories)}
         label_cat = dict(getattr(dataset, "label_category", {}) or {})
         seen_cat: Dict[int, str] = {}
+        need_seen = any(l not in label_cat for l in label_numbers)
         inter = {n: torch.zeros(shapes[n][0], n_labels, dtype=torch.float64, device=device) for n in layers}
         unit_area = {n: torch.zeros(shapes[n][0], len(categories), dtype=torch.float64, device=device) for n in layers}
         label_area = torch.zeros(n_labels, dtype=torch.float64, device=device)
@@ -287,9 +288,10 @@ def dissect(
                     for c, ms in pixel.items():
                         for m in ms:
                             label_area.index_add_(0, m, torch.ones(npx, dtype=torch.float64, device=device))
-                            for l in torch.unique(m).tolist():
-                                if l:
-                                    seen_cat.setdefault(l, c)
+                            if need_seen:  # label.csv gives no category for some labels
+                                for l in torch.unique(m).tolist():
+                                    if l:
+                                        seen_cat.setdefault(l, c)
                     for c, ls in whole.items():
                         for l in ls:
                             label_area[l] += npx
@@ -325,7 +327,7 @@ def dissect(
         iou[:, [k for k, c in enumerate(cats_of) if c is None]] = 0.0
         units = []
         for u in range(iou.shape[0]):
-            best = int(iou[u].argmax()) if iou.shape[1] else -1
+            best = int(iou[u].argmax()) if iou.shape[1] and iou[u].max() > 0 else -1
             score = float(iou[u, best]) if best >= 0 else 0.0
             units.append(dict(
                 unit=u, concept=dataset.labels.get(label_numbers[best], str(label_numbers[best])) if best >= 0 else "",
@@ -414,7 +416,12 @@ def plot_unique_detectors(results: Sequence[LayerResult], path, title: str = "")
     ax.set_ylabel("unique detectors")
     ax.set_title(title or "unique detectors per category")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8, ncol=min(len(cats), 6), loc="upper left")
+    for j in range(len(cats)):
+        for i, n in enumerate(counts[:, j]):
+            if n:
+                ax.text(x[i] + (j - (len(cats) - 1) / 2) * width, n, f"{int(n)}", ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(0, max(1.0, counts.max(initial=0)) * 1.3)
+    ax.legend(fontsize=8, ncol=min(len(cats), 6), loc="upper left", frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
