@@ -20,8 +20,8 @@ SQUARES = {3: (2, 4), 17: (8, 10)}        # image index -> square's top-left in 
 
 def write_broden(root, images=IMAGES, seed=0):
     """A Broden directory: grey noisy images with a blue stripe (color 'blue-c', every image) and, in two
-    images, a red 5 x 5 (segmentation pixels) square (object 'red_square'); half the images have scene
-    'indoor'. 50 square pixels of 40 * 256 = 0.49% of all pixels: the top 0.5% of a unit that sees red."""
+    images, a red 5 x 5 (segmentation pixels) square (object 'red_square'); the odd images are brighter and
+    have scene 'indoor' (a whole-image label). 50 square pixels of 40 * 256 = 0.49% of all pixels: the top 0.5% of a unit that sees red."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     with open(root / "category.csv", "w") as f:
@@ -35,7 +35,7 @@ def write_broden(root, images=IMAGES, seed=0):
             f.write(f"{n},{name},{cat}({images}),{images},1.0,\n")
     rows = []
     for i in range(images):
-        img = np.clip(128 + rng.normal(0, 12, size=(SIDE, SIDE, 3)), 0, 255)
+        img = np.clip((160 if i % 2 else 128) + rng.normal(0, 12, size=(SIDE, SIDE, 3)), 0, 255)
         color = np.zeros((SEG, SEG), np.int64)
         color[12:14, :] = 1                                   # blue stripe at segmentation rows 12-13
         img[24:28, :] = (20, 20, 230) + rng.normal(0, 5, size=(4, SIDE, 3))
@@ -59,7 +59,8 @@ def write_broden(root, images=IMAGES, seed=0):
 
 class Planted(nn.Module):
     """Unit 0 of ``features``: redness (R - (G + B) / 2) pooled 2 x 2 to the segmentation's 16 x 16;
-    unit 1: constant 0 (responds to nothing). ``pool``: the 1 x 1 map a classifier sees."""
+    unit 1: constant 0 (responds to nothing); unit 2: unit 0 shifted 2 pixels right (fires on a 5 x 5 square
+    overlapping the red one by 3 x 5); unit 3: brightness. ``pool``: the 1 x 1 map a classifier sees."""
 
     def __init__(self):
         super().__init__()
@@ -68,7 +69,8 @@ class Planted(nn.Module):
 
     def forward(self, x):
         red = F.avg_pool2d((x[:, :1] - (x[:, 1:2] + x[:, 2:3]) / 2), 2)
-        maps = self.features(torch.cat([red, torch.zeros_like(red)], 1))
+        maps = self.features(torch.cat([red, torch.zeros_like(red), torch.roll(red, 2, dims=3),
+                                        F.avg_pool2d(x.mean(1, keepdim=True), 2)], 1))
         return self.pool(maps).flatten(1)
 
 
@@ -163,9 +165,26 @@ def test_planted_unit_detects_planted_concept(result):
     assert result.unique_detectors()["object"] == 1 and result.unique_detectors()["color"] == 0
 
 
+def test_shifted_unit_iou_by_hand(result):
+    # two squares of 25 pixels; the shifted unit fires on 2 x 25 (+ a few background pixels at the 0.5%
+    # threshold), overlapping 2 x 15: IoU = 30 / (50 + 50 - 30) = 0.43, a bit less with the extra pixels
+    unit = result.units[2]
+    assert unit["concept"] == "red_square" and 0.38 < unit["iou"] <= 30 / 70 + 1e-9
+    assert len(result.detectors) == 2 and result.unique_detectors()["object"] == 1   # one concept, two units
+
+
 def test_unit_responding_to_nothing_is_no_detector(result):
     assert not result.units[1]["detector"] and result.units[1]["iou"] < 0.04
-    assert len(result.detectors) == 1
+    assert result.units[1]["concept"] == ""
+
+
+def test_whole_image_label_scene(broden):
+    # brightness: the 20 bright (indoor) images have 20 x 224 background pixels above every dark image's
+    # (stripe 32 pixels darker); at the top 40% (4096 of 10240 pixels) it fires on bright ones only:
+    # IoU with 'indoor' (every pixel of the 20 images) = 4096 / 5120 = 0.8
+    r = dissect(Planted(), dataset(broden), layers=["features"], batch_size=16, quantile=0.4)[0]
+    assert (r.units[3]["concept"], r.units[3]["category"]) == ("indoor", "scene")
+    assert abs(r.units[3]["iou"] - 0.8) < 0.01
 
 
 def test_thresholds_within_stated_error_of_numpy_quantile(broden, result):
