@@ -1,3 +1,6 @@
 """The paper's studies on any checkpoint: accuracy under attack (attack.py), network dissection
 (dissect.py), and where the gates look (attention.py). Each is a library function; ``hcgnet attack``,
 ``hcgnet dissect`` and ``hcgnet attention`` are thin shells over them."""
+
+from hcgnet.analysis.broden import Broden, BrodenError  # noqa: E402
+from hcgnet.analysis.dissect import DissectError, LayerResult, TopQuantile, dissect  # noqa: E402
