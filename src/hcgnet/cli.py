@@ -301,14 +301,15 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     results = dissect(model, dataset, args.layer, quantile=args.quantile, iou_threshold=args.iou_threshold,
                       batch_size=args.batch_size, workers=args.workers, device=device, progress=bar)
     rows = summary_rows(results)
-    cats = [k for k in rows[0] if k.startswith("unique_")]
+    cats = [k for k in rows[0] if k.startswith("unique_") and k != "unique_detectors"]
     print(f"{args.checkpoint}: network dissection on {len(dataset)} Broden images at {size[0]}x{size[1]} "
           f"(top {100 * args.quantile:g}% threshold, IoU >= {args.iou_threshold:g})")
     width = max(len("layer"), *(len(r["layer"]) for r in rows))
-    heads = ["units", "map", "detectors"] + [c[len("unique_"):] for c in cats]
+    print(f"  unique detectors (distinct concepts) per category; detectors: units with IoU >= {args.iou_threshold:g}")
+    heads = ["units", "map", "detectors", "unique"] + [c[len("unique_"):] for c in cats]
     print(f"  {'layer':<{width}}  " + "  ".join(f"{h:>9}" for h in heads))
     for r in rows:
-        cells = [r["units"], f"{r['height']}x{r['width']}", r["detectors"]] + [r[c] for c in cats]
+        cells = [r["units"], f"{r['height']}x{r['width']}", r["detectors"], r["unique_detectors"]] + [r[c] for c in cats]
         print(f"  {r['layer']:<{width}}  " + "  ".join(f"{str(c):>9}" for c in cells))
     with reported_write(out):
         files = write_results(results, out, dict(

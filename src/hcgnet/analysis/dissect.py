@@ -340,16 +340,20 @@ def dissect(
     return results
 
 
-def unit_maps(model: nn.Module, dataset: Dataset, layer: str, unit: int, indices: Sequence[int],
-              device: Optional[torch.device | str] = None) -> Tensor:
-    """Activation maps (len(indices), h, w) of one unit on some dataset images (for pictures)."""
+def unit_maps(model: nn.Module, dataset: Dataset, layer: str, indices: Sequence[int],
+              device: Optional[torch.device | str] = None, batch_size: int = 32) -> Tensor:
+    """The layer's maps (len(indices), units, h, w) on some dataset images (for pictures)."""
     device = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
     capture = _Capture(model, [layer])
+    maps = []
     try:
         with torch.no_grad():
-            model(torch.stack([dataset[i][0] for i in indices]).to(device))
-        return capture.out[layer][:, unit].cpu()
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                model(torch.stack([dataset[i][0] for i in chunk]).to(device))
+                maps.append(capture.out[layer].cpu())
+        return torch.cat(maps)
     finally:
         capture.close()
 
@@ -439,9 +443,12 @@ def plot_unit_strips(model: nn.Module, dataset, result: LayerResult, path, units
     order = sorted(result.units, key=lambda u: (not u["detector"], -u["iou"]))[:units]
     cols = result.top_images.shape[1]
     fig, axes = plt.subplots(len(order), cols, figsize=(1.8 * cols, 1.9 * len(order)), squeeze=False)
+    needed = sorted({int(i) for u in order for i in result.top_images[u["unit"]]})
+    all_maps = unit_maps(model, dataset, result.layer, needed, device)     # one forward pass for all units
+    where = {i: k for k, i in enumerate(needed)}
     for row, u in enumerate(order):
         idx = [int(i) for i in result.top_images[u["unit"]]]
-        maps = unit_maps(model, dataset, result.layer, u["unit"], idx, device)
+        maps = [all_maps[where[i], u["unit"]] for i in idx]
         for col, (i, m) in enumerate(zip(idx, maps)):
             rgb = np.asarray(dataset.load_rgb(i), dtype=np.float32) / 255.0
             up = F.interpolate(m[None, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
