@@ -244,6 +244,7 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
         assert Image.open(out / f"units_{layer}.png").size[0] > 100
     summary = json.loads((out / "summary.json").read_text())
     assert [r["layer"] for r in summary["layers"]] == layers and summary["config"]["images"] == 6
+    assert set(summary["threshold_error_max"]) == set(layers)
     import hcgnet
     assert summary["layers"][-1]["units"] == len(rows) == hcgnet.create_model(TINY, num_classes=3).num_features
     with open(out / "summary.csv") as f:

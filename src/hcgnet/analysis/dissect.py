@@ -394,7 +394,8 @@ def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = 
         w = csv.DictWriter(f, fieldnames=fields, restval=0)
         w.writeheader()
         w.writerows(rows)
-    doc = dict(config=config or {}, layers=rows,
+    bounds = {r.layer: float(np.max(r.threshold_error)) if len(r.threshold_error) else 0.0 for r in results}
+    doc = dict(config=config or {}, layers=rows, threshold_error_max=bounds,
                detectors={r.layer: [{k: u[k] for k in ("unit", "concept", "category", "iou")}
                                     for u in sorted(r.detectors, key=lambda u: -u["iou"])] for r in results})
     (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
