@@ -257,3 +257,16 @@ def test_cli_refuses_pooled_layer(broden, tiny_checkpoint, tmp_path, capsys, sin
                  "--workers", "0", "--layer", "global_pool", "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "not a spatial map" in err and err.startswith("hcgnet: error:")
+
+
+def test_timm_model_default_layers_are_its_feature_maps(broden, single_thread):
+    import timm
+
+    from hcgnet.analysis.dissect import default_layers
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=3).eval()
+    layers = default_layers(model)
+    assert layers == [f["module"] for f in model.feature_info] and "layer4" in layers
+    r = dissect(model, dataset(broden, limit=4), layers=["layer1"], batch_size=4)[0]
+    assert r.shape[0] == 64 and len(r.units) == 64

@@ -76,12 +76,14 @@ class TopQuantile:
             merged = self.counts[grow].view(-1, self.bins // 2, 2).sum(-1)
             self.counts[grow] = torch.cat([merged, torch.zeros_like(merged)], dim=1)
             self.width = torch.where(grow, self.width * 2, self.width)
-        idx = torch.floor((v - self.lo[:, None]) / self.width[:, None])
-        below = idx < 0
-        self.below += below.sum(dim=1)
-        idx = idx.clamp(0, self.bins - 1).long()
-        flat = (idx + torch.arange(self.units, device=v.device)[:, None] * self.bins)[~below]
-        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
+        step = max(1, (1 << 23) // self.units)            # bounded temporaries: ~8M values at a time
+        offset = torch.arange(self.units, device=v.device)[:, None] * self.bins
+        for start in range(0, v.shape[1], step):
+            idx = torch.floor((v[:, start:start + step] - self.lo[:, None]) / self.width[:, None])
+            below = idx < 0
+            self.below += below.sum(dim=1)
+            flat = (idx.clamp(0, self.bins - 1).long() + offset)[~below]
+            self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
         self.n += v.shape[1]
 
     def quantile(self, q: float) -> Tensor:
