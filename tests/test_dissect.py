@@ -197,9 +197,10 @@ def test_thresholds_within_stated_error_of_numpy_quantile(broden, result):
     assert result.threshold_error[0] < 1e-3
 
 
-def test_limit_and_batch_of_one(broden):
+def test_limit_batch_of_one_and_bf16(broden):
+    # (bf16: a smoke test of the autocast path; this model's element-wise ops stay float32)
     # 5 images, one square (image 3): 25 of 1280 pixels, so the top 2% is the square and one more pixel
-    r = dissect(Planted(), dataset(broden, limit=5), layers=["features"], batch_size=1, quantile=0.02)[0]
+    r = dissect(Planted(), dataset(broden, limit=5), layers=["features"], batch_size=1, quantile=0.02, amp="bf16")[0]
     assert r.units[0]["concept"] == "red_square" and r.units[0]["iou"] > 0.9
     assert set(r.top_images[0][:1]) == {3}
 
@@ -231,7 +232,7 @@ def tiny_checkpoint(tmp_path_factory):
 def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsys, single_thread):
     out = tmp_path / "out"
     code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "6",
-                 "--batch-size", "4", "--workers", "0", "--top-units", "2", "--device", "cpu", "--output", str(out)])
+                 "--batch-size", "4", "--workers", "0", "--top-units", "2", "--device", "cpu", "--amp", "bf16", "--output", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
     layers = ["stages.0.block", "stages.1.block", "act"]     # hybrid blocks; the last after the final BN-ReLU

@@ -299,7 +299,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     bar = functools.partial(tqdm, unit="batch", leave=False, disable=not sys.stderr.isatty())
     results = dissect(model, dataset, args.layer, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                      batch_size=args.batch_size, workers=args.workers, device=device, progress=bar)
+                      batch_size=args.batch_size, workers=args.workers, device=device, progress=bar, amp=args.amp)
     rows = summary_rows(results)
     cats = [k for k in rows[0] if k.startswith("unique_") and k != "unique_detectors"]
     print(f"{args.checkpoint}: network dissection on {len(dataset)} Broden images at {size[0]}x{size[1]} "
@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     ds.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ds.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    ds.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="autocast dtype of the forward passes (bf16 pays on GPUs and AMX CPUs)")
     ds.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations a unit fires on (0.005)")
     ds.add_argument("--iou-threshold", type=float, default=0.04, help="IoU that makes a unit a detector (0.04)")
     ds.add_argument("--top-units", type=int, default=8, help="units per layer in the image strips (0: no strips)")

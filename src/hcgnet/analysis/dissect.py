@@ -215,12 +215,18 @@ def dissect(
     bins: int = 4096,
     top_k_images: int = 4,
     progress: Optional[Callable] = None,
+    amp: str = "none",
 ) -> List[LayerResult]:
     """Network dissection of ``layers`` (module names; default :func:`default_layers`) of ``model`` on a
     :class:`~hcgnet.analysis.broden.Broden` ``dataset`` (its size/mean/std are the model's preprocessing; its
     ``limit`` the number of images). Two passes over the data: thresholds (:class:`TopQuantile`, ``bins``
     per unit), then IoU. ``progress`` wraps an iterable (e.g. ``functools.partial(tqdm, ...)``); it gets
-    ``desc``. Returns one :class:`LayerResult` per layer, in order."""
+    ``desc``. ``amp``: "bf16" / "fp16" runs the forward passes under autocast (maps are kept in float32).
+    Returns one :class:`LayerResult` per layer, in order."""
+    from hcgnet.evaluation import AMP_DTYPES, autocast
+
+    if amp not in AMP_DTYPES:
+        raise DissectError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
     if not 0 < quantile < 1:
         raise DissectError(f"quantile must be in (0, 1), got {quantile}")
     if batch_size < 1:
@@ -241,7 +247,8 @@ def dissect(
         seen = 0
         with torch.no_grad():
             for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 1/2 thresholds"):
-                model(images.to(device))
+                with autocast(device, AMP_DTYPES[amp]):
+                    model(images.to(device))
                 idx = torch.tensor([s["index"] for s in segs], device=device)
                 for name in layers:
                     a = capture.out[name]
@@ -276,7 +283,8 @@ def dissect(
         label_area = torch.zeros(n_labels, dtype=torch.float64, device=device)
         with torch.no_grad():
             for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 2/2 IoU"):
-                model(images.to(device))
+                with autocast(device, AMP_DTYPES[amp]):
+                    model(images.to(device))
                 for j, seg in enumerate(segs):
                     pixel = {c: [torch.where(t < n_labels, t, torch.zeros_like(t)) for t in
                                  (torch.from_numpy(m).to(device).reshape(-1) for m in ms)]
