@@ -130,6 +130,18 @@ def test_missing_broden_is_one_line_exit_2(tmp_path, capsys, remove):
 
 # the quantile estimator --------------------------------------------------------------------------------
 
+def test_malformed_index_and_bad_limit_are_one_line_exit_2(broden, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    write_broden(bad, images=2)
+    text = (bad / "index.csv").read_text().replace("png,train,32,32", "png,train,thirty-two,32", 1)
+    (bad / "index.csv").write_text(text)
+    for root, extra, words in ((bad, [], "index.csv line 2: malformed row"), (broden, ["--limit", "0"], "--limit")):
+        code = main(["dissect", "--checkpoint", str(tmp_path / "none.safetensors"), "--broden", str(root),
+                     "--output", str(tmp_path / "out"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and words in err, err
+
+
 def test_top_quantile_within_stated_error_of_numpy():
     rng = np.random.default_rng(1)
     batches = []

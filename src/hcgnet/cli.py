@@ -283,19 +283,20 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     from hcgnet.files import reported_write
     from hcgnet.inference import data_config_of, load_model
 
-    check_broden(args.broden)
-    out = Path(args.output)
-    _check_output_folder(out)
     for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
                                ("--size", args.size, 1), ("--top-units", args.top_units, 0), ("--workers", args.workers, 0)):
         if value is not None and value < least:
             raise HCGNetError(f"{flag} must be {least} or more, got {value}")
     if not 0 < args.quantile < 1:
         raise HCGNetError(f"--quantile must be between 0 and 1 (the paper: 0.005), got {args.quantile}")
+    check_broden(args.broden)
+    out = Path(args.output)
+    _check_output_folder(out)
+    dataset = Broden(args.broden, limit=args.limit)        # read before the (slower) checkpoint
     model, meta = load_model(args.checkpoint, args.model)
     config = data_config_of(model, meta)
     size = (args.size, args.size) if args.size else tuple(config.input_size[1:])
-    dataset = Broden(args.broden, size=size, mean=config.mean, std=config.std, limit=args.limit)
+    dataset.set_preprocessing(size, config.mean, config.std)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     bar = functools.partial(tqdm, unit="batch", leave=False, disable=not sys.stderr.isatty())
     results = dissect(model, dataset, args.layer, quantile=args.quantile, iou_threshold=args.iou_threshold,

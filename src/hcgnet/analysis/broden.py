@@ -124,10 +124,7 @@ class Broden(Dataset):
         categories: Optional[Sequence[str]] = None,
     ) -> None:
         self.root = check_broden(root)
-        self.size = (int(size[0]), int(size[1]))
-        self.mean = torch.tensor([float(m) for m in mean]).view(-1, 1, 1)
-        self.std = torch.tensor([float(s) for s in std]).view(-1, 1, 1)
-        self.in_chans = len(self.mean)
+        self.set_preprocessing(size, mean, std)
 
         cat_rows = _read_csv(self.root / "category.csv")
         known = [r.get("name", "").strip() for r in cat_rows]
@@ -183,6 +180,13 @@ class Broden(Dataset):
                 self.records.append(rec)
         if not self.records:
             raise BrodenError(f"{self.root}/index.csv lists no images; {WHERE}")
+
+    def set_preprocessing(self, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
+        """The image side(s) and normalisation the model expects (e.g. from ``data_config_of``)."""
+        self.size = (int(size[0]), int(size[1]))
+        self.mean = torch.tensor([float(m) for m in mean]).view(-1, 1, 1)
+        self.std = torch.tensor([float(s) for s in std]).view(-1, 1, 1)
+        self.in_chans = len(self.mean)
 
     def __len__(self) -> int:
         return len(self.records)
