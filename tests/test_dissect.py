@@ -135,7 +135,9 @@ def test_malformed_index_and_bad_limit_are_one_line_exit_2(broden, tmp_path, cap
     write_broden(bad, images=2)
     text = (bad / "index.csv").read_text().replace("png,train,32,32", "png,train,thirty-two,32", 1)
     (bad / "index.csv").write_text(text)
-    for root, extra, words in ((bad, [], "index.csv line 2: malformed row"), (broden, ["--limit", "0"], "--limit")):
+    cases = ((bad, [], "index.csv line 2: malformed row"), (broden, ["--limit", "0"], "--limit"),
+             (broden, ["--device", "nonsense"], "--device"))
+    for root, extra, words in cases:
         code = main(["dissect", "--checkpoint", str(tmp_path / "none.safetensors"), "--broden", str(root),
                      "--output", str(tmp_path / "out"), *extra])
         err = capsys.readouterr().err

@@ -289,6 +289,12 @@ def cmd_dissect(args: argparse.Namespace) -> int:
             raise HCGNetError(f"{flag} must be {least} or more, got {value}")
     if not 0 < args.quantile < 1:
         raise HCGNetError(f"--quantile must be between 0 and 1 (the paper: 0.005), got {args.quantile}")
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise HCGNetError(f"--device {args.device!r} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
     check_broden(args.broden)
     out = Path(args.output)
     _check_output_folder(out)
@@ -297,7 +303,6 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     config = data_config_of(model, meta)
     size = (args.size, args.size) if args.size else tuple(config.input_size[1:])
     dataset.set_preprocessing(size, config.mean, config.std)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     bar = functools.partial(tqdm, unit="batch", leave=False, disable=not sys.stderr.isatty())
     results = dissect(model, dataset, args.layer, quantile=args.quantile, iou_threshold=args.iou_threshold,
                       batch_size=args.batch_size, workers=args.workers, device=device, progress=bar, amp=args.amp)
