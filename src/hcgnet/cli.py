@@ -284,6 +284,65 @@ def _int_list(text: str, flag: str) -> List[int]:
     return values
 
 
+def cmd_dissect(args: argparse.Namespace) -> int:
+    import functools
+
+    from tqdm import tqdm
+
+    from hcgnet.analysis.broden import Broden, check_broden
+    from hcgnet.analysis.dissect import dissect, plot_unique_detectors, plot_unit_strips, summary_rows, write_results
+    from hcgnet.files import reported_write
+    from hcgnet.inference import data_config_of, load_model
+
+    for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                               ("--size", args.size, 1), ("--top-units", args.top_units, 0), ("--workers", args.workers, 0)):
+        if value is not None and value < least:
+            raise HCGNetError(f"{flag} must be {least} or more, got {value}")
+    if not 0 < args.quantile < 1:
+        raise HCGNetError(f"--quantile must be between 0 and 1 (the paper: 0.005), got {args.quantile}")
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise HCGNetError(f"--device {args.device!r} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
+    check_broden(args.broden)
+    out = Path(args.output)
+    _check_output_folder(out)
+    dataset = Broden(args.broden, limit=args.limit)        # read before the (slower) checkpoint
+    model, meta = load_model(args.checkpoint, args.model)
+    config = data_config_of(model, meta)
+    size = (args.size, args.size) if args.size else tuple(config.input_size[1:])
+    dataset.set_preprocessing(size, config.mean, config.std)
+    bar = functools.partial(tqdm, unit="batch", leave=False, disable=not sys.stderr.isatty())
+    results = dissect(model, dataset, args.layer, quantile=args.quantile, iou_threshold=args.iou_threshold,
+                      batch_size=args.batch_size, workers=args.workers, device=device, progress=bar, amp=args.amp)
+    rows = summary_rows(results)
+    cats = [k for k in rows[0] if k.startswith("unique_") and k != "unique_detectors"]
+    print(f"{args.checkpoint}: network dissection on {len(dataset)} Broden images at {size[0]}x{size[1]} "
+          f"(top {100 * args.quantile:g}% threshold, IoU >= {args.iou_threshold:g})")
+    width = max(len("layer"), *(len(r["layer"]) for r in rows))
+    print(f"  unique detectors (distinct concepts) per category; detectors: units with IoU >= {args.iou_threshold:g}")
+    heads = ["units", "map", "detectors", "unique"] + [c[len("unique_"):] for c in cats]
+    print(f"  {'layer':<{width}}  " + "  ".join(f"{h:>9}" for h in heads))
+    for r in rows:
+        cells = [r["units"], f"{r['height']}x{r['width']}", r["detectors"], r["unique_detectors"]] + [r[c] for c in cats]
+        print(f"  {r['layer']:<{width}}  " + "  ".join(f"{str(c):>9}" for c in cells))
+    with reported_write(out):
+        files = write_results(results, out, dict(
+            checkpoint=str(args.checkpoint), broden=str(args.broden), images=len(dataset), size=list(size),
+            quantile=args.quantile, iou_threshold=args.iou_threshold, layers=[r.layer for r in results]))
+        plot_unique_detectors(results, out / "unique_detectors.png", title=f"{Path(args.checkpoint).name}: unique detectors")
+        files.append("unique_detectors.png")
+        if args.top_units:
+            for r in results:
+                name = "units_" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in r.layer) + ".png"
+                plot_unit_strips(model, dataset, r, out / name, units=args.top_units, device=device)
+                files.append(name)
+    print(f"wrote {out}/: {', '.join(files)}")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from hcgnet.training.config import list_recipes, load_recipe, recipe_summary
 
@@ -400,6 +459,26 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--max-images", type=int, default=16, help="rows of the grid: the first N images (default 16)")
     at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     at.set_defaults(func=cmd_attention)
+
+    ds = sub.add_parser("dissect", help="network dissection (Bau et al. 2017): concept detectors per layer on Broden")
+    add_checkpoint(ds)
+    ds.add_argument("--broden", required=True, metavar="DIR", help="a Broden directory (broden1_224; not shipped)")
+    ds.add_argument("--layer", action="append", default=None, metavar="NAME",
+                    help="module whose output map to dissect (repeat for several; default: every hybrid block's "
+                         "output, the last after the final BN-ReLU)")
+    ds.add_argument("--limit", type=int, default=None, help="dissect on the first N images only")
+    ds.add_argument("--size", type=int, default=None, help="image side fed to the model (default: the model's input size)")
+    ds.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    ds.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    ds.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    ds.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="autocast dtype of the forward passes (bf16 pays on GPUs and AMX CPUs)")
+    ds.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations a unit fires on (0.005)")
+    ds.add_argument("--iou-threshold", type=float, default=0.04, help="IoU that makes a unit a detector (0.04)")
+    ds.add_argument("--top-units", type=int, default=8, help="units per layer in the image strips (0: no strips)")
+    ds.add_argument("--output", required=True, metavar="DIR",
+                    help="writes <layer>.csv, summary.csv, summary.json, unique_detectors.png, units_<layer>.png")
+    ds.set_defaults(func=cmd_dissect)
 
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)

@@ -1,0 +1,287 @@
+"""Network dissection (hcgnet.analysis.dissect) on a tiny Broden-format set the tests write."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from hcgnet.analysis.broden import Broden, BrodenError, decode_mask, encode_mask
+from hcgnet.analysis.dissect import DissectError, TopQuantile, dissect
+from hcgnet.cli import main
+
+IMAGES, SIDE, SEG = 40, 32, 16            # 32 x 32 images, 16 x 16 segmentations (Broden's half resolution)
+LABELS = {1: ("blue-c", "color"), 2: ("red_square", "object"), 3: ("indoor", "scene"), 300: ("far_label", "part")}
+SQUARES = {3: (2, 4), 17: (8, 10)}        # image index -> square's top-left in segmentation pixels (5 x 5 each)
+
+
+def write_broden(root, images=IMAGES, seed=0):
+    """A Broden directory: grey noisy images with a blue stripe (color 'blue-c', every image) and, in two
+    images, a red 5 x 5 (segmentation pixels) square (object 'red_square'); the odd images are brighter and
+    have scene 'indoor' (a whole-image label). 50 square pixels of 40 * 256 = 0.49% of all pixels: the top 0.5% of a unit that sees red."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    with open(root / "category.csv", "w") as f:
+        f.write("name,first,last,count,frequency\n")
+        for cat in ("color", "object", "part", "scene"):
+            f.write(f"{cat},1,1,1,1\n")
+            (root / f"c_{cat}.csv").write_text("code,number,name,frequency,coverage\n")
+    with open(root / "label.csv", "w") as f:
+        f.write("number,name,category,frequency,coverage,syns\n0,-,-,0,0,\n")
+        for n, (name, cat) in LABELS.items():
+            f.write(f"{n},{name},{cat}({images}),{images},1.0,\n")
+    rows = []
+    for i in range(images):
+        img = np.clip((160 if i % 2 else 128) + rng.normal(0, 12, size=(SIDE, SIDE, 3)), 0, 255)
+        color = np.zeros((SEG, SEG), np.int64)
+        color[12:14, :] = 1                                   # blue stripe at segmentation rows 12-13
+        img[24:28, :] = (20, 20, 230) + rng.normal(0, 5, size=(4, SIDE, 3))
+        obj = np.zeros((SEG, SEG), np.int64)
+        if i in SQUARES:
+            y, x = SQUARES[i]
+            obj[y:y + 5, x:x + 5] = 2
+            img[2 * y:2 * y + 10, 2 * x:2 * x + 10] = (230, 20, 20) + rng.normal(0, 5, size=(10, 10, 3))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"im{i}.png")
+        Image.fromarray(encode_mask(color)).save(root / "images" / f"im{i}_color.png")
+        Image.fromarray(encode_mask(obj)).save(root / "images" / f"im{i}_object.png")
+        rows.append(dict(image=f"im{i}.png", split="train", ih=SIDE, iw=SIDE, sh=SEG, sw=SEG,
+                         color=f"im{i}_color.png", object=f"im{i}_object.png", part="",
+                         scene="3" if i % 2 else "", texture=""))
+    with open(root / "index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+class Planted(nn.Module):
+    """Unit 0 of ``features``: redness (R - (G + B) / 2) pooled 2 x 2 to the segmentation's 16 x 16;
+    unit 1: constant 0 (responds to nothing); unit 2: unit 0 shifted 2 pixels right (fires on a 5 x 5 square
+    overlapping the red one by 3 x 5); unit 3: brightness. ``pool``: the 1 x 1 map a classifier sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        red = F.avg_pool2d((x[:, :1] - (x[:, 1:2] + x[:, 2:3]) / 2), 2)
+        maps = self.features(torch.cat([red, torch.zeros_like(red), torch.roll(red, 2, dims=3),
+                                        F.avg_pool2d(x.mean(1, keepdim=True), 2)], 1))
+        return self.pool(maps).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def broden(tmp_path_factory):
+    return write_broden(tmp_path_factory.mktemp("broden"))
+
+
+def dataset(root, **kw):
+    return Broden(root, size=(SIDE, SIDE), mean=(0, 0, 0), std=(1, 1, 1), **kw)
+
+
+# the Broden reader -------------------------------------------------------------------------------------
+
+def test_decode_is_red_plus_256_green():
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (44, 1, 0)      # 44 + 256
+    rgb[1, 1] = (7, 2, 99)      # 7 + 512, blue ignored
+    assert decode_mask(rgb).tolist() == [[300, 0], [0, 519]]
+
+
+def test_reader_decodes_masks_and_whole_image_labels(tmp_path):
+    root = write_broden(tmp_path / "b", images=2)
+    mask = np.zeros((SEG, SEG), np.int64)
+    mask[3, 4] = 300
+    Image.fromarray(encode_mask(mask)).save(root / "images" / "part.png")
+    text = (root / "index.csv").read_text().splitlines()
+    text[1] = text[1].replace(",,3,", ",part.png,3,") if ",,3," in text[1] else text[1].replace("png,,", "png,part.png,", 1)
+    (root / "index.csv").write_text("\n".join(text) + "\n")
+    ds = dataset(root)
+    image, seg = ds[0]
+    assert image.shape == (3, SIDE, SIDE)
+    assert seg["masks"]["part"][0][3, 4] == 300 and seg["masks"]["part"][0].sum() == 300
+    assert seg["masks"]["color"][0][12, 0] == 1 and seg["masks"]["color"][0][0, 0] == 0
+    assert seg["labels"]["scene"] == [] and ds[1][1]["labels"]["scene"] == [3]
+    assert ds.labels[2] == "red_square" and ds.label_category[2] == "object" and ds.label_category[300] == "part"
+
+
+@pytest.mark.parametrize("remove", [None, "index.csv", "label.csv", "images"])
+def test_missing_broden_is_one_line_exit_2(tmp_path, capsys, remove):
+    root = tmp_path / "broden"
+    if remove is not None:
+        write_broden(root, images=2)
+        target = root / remove
+        if target.is_dir():
+            import shutil
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    code = main(["dissect", "--checkpoint", str(tmp_path / "none.safetensors"), "--broden", str(root),
+                 "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("hcgnet: error:")
+    assert "broden1_224" in err and "--broden" in err
+    assert not (tmp_path / "out").exists()
+
+
+# the quantile estimator --------------------------------------------------------------------------------
+
+def test_malformed_index_and_bad_limit_are_one_line_exit_2(broden, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    write_broden(bad, images=2)
+    text = (bad / "index.csv").read_text().replace("png,train,32,32", "png,train,thirty-two,32", 1)
+    (bad / "index.csv").write_text(text)
+    cases = ((bad, [], "index.csv line 2: malformed row"), (broden, ["--limit", "0"], "--limit"),
+             (broden, ["--device", "nonsense"], "--device"))
+    for root, extra, words in cases:
+        code = main(["dissect", "--checkpoint", str(tmp_path / "none.safetensors"), "--broden", str(root),
+                     "--output", str(tmp_path / "out"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and words in err, err
+
+
+def test_top_quantile_within_stated_error_of_numpy():
+    rng = np.random.default_rng(1)
+    batches = []
+    for b in range(30):
+        v = np.stack([rng.exponential(1.0, 997), rng.normal(0, 1, 997), rng.uniform(-1, 1, 997)])
+        if b == 20:
+            v[1, 5] = 40.0        # a late outlier: the range doubles several times
+        batches.append(v)
+    est = TopQuantile(3, bins=1024)
+    for v in batches:
+        est.update(torch.from_numpy(v))
+    allv = np.concatenate(batches, 1)
+    for q in (0.005, 0.05, 0.5):
+        exact = np.quantile(allv, 1 - q, axis=1, method="lower")
+        got, bound = est.quantile(q).numpy(), est.error_bound(q).numpy()
+        assert np.all(np.abs(got - exact) <= bound), (q, got, exact, bound)
+        assert np.all(bound <= 2 * (allv.max(1) - allv.min(1)) / 1024)     # the bound the docstring states
+    assert np.all(est.error_bound(0.005).numpy() < 0.05) and est.counts.shape == (3, 1024)   # small, not vacuous
+
+
+# dissection --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def result(broden):
+    torch.manual_seed(0)
+    return dissect(Planted(), dataset(broden), layers=["features"], batch_size=8)[0]
+
+
+def test_planted_unit_detects_planted_concept(result):
+    unit = result.units[0]
+    assert (unit["concept"], unit["category"]) == ("red_square", "object")
+    assert unit["detector"] and unit["iou"] > 0.9
+    assert result.unique_detectors()["object"] == 1 and result.unique_detectors()["color"] == 0
+
+
+def test_shifted_unit_iou_by_hand(result):
+    # two squares of 25 pixels; the shifted unit fires on 2 x 25 (+ a few background pixels at the 0.5%
+    # threshold), overlapping 2 x 15: IoU = 30 / (50 + 50 - 30) = 0.43, a bit less with the extra pixels
+    unit = result.units[2]
+    assert unit["concept"] == "red_square" and 0.38 < unit["iou"] <= 30 / 70 + 1e-9
+    assert len(result.detectors) == 2 and result.unique_detectors()["object"] == 1   # one concept, two units
+
+
+def test_unit_responding_to_nothing_is_no_detector(result):
+    assert not result.units[1]["detector"] and result.units[1]["iou"] < 0.04
+    assert result.units[1]["concept"] == ""
+
+
+def test_whole_image_label_scene(broden):
+    # brightness: the 20 bright (indoor) images have 20 x 224 background pixels above every dark image's
+    # (stripe 32 pixels darker); at the top 40% (4096 of 10240 pixels) it fires on bright ones only:
+    # IoU with 'indoor' (every pixel of the 20 images) = 4096 / 5120 = 0.8
+    r = dissect(Planted(), dataset(broden), layers=["features"], batch_size=16, quantile=0.4)[0]
+    assert (r.units[3]["concept"], r.units[3]["category"]) == ("indoor", "scene")
+    assert abs(r.units[3]["iou"] - 0.8) < 0.01
+
+
+def test_thresholds_within_stated_error_of_numpy_quantile(broden, result):
+    ds = dataset(broden)
+    with torch.no_grad():
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        red = F.avg_pool2d(x[:, :1] - (x[:, 1:2] + x[:, 2:3]) / 2, 2)
+    exact = np.quantile(red.numpy().ravel().astype(np.float64), 1 - 0.005, method="lower")
+    assert abs(result.thresholds[0] - exact) <= result.threshold_error[0] + 1e-6
+    assert result.threshold_error[0] < 1e-3
+
+
+def test_limit_batch_of_one_and_bf16(broden):
+    # (bf16: a smoke test of the autocast path; this model's element-wise ops stay float32)
+    # 5 images, one square (image 3): 25 of 1280 pixels, so the top 2% is the square and one more pixel
+    r = dissect(Planted(), dataset(broden, limit=5), layers=["features"], batch_size=1, quantile=0.02, amp="bf16")[0]
+    assert r.units[0]["concept"] == "red_square" and r.units[0]["iou"] > 0.9
+    assert set(r.top_images[0][:1]) == {3}
+
+
+def test_one_by_one_layer_refused(broden):
+    with pytest.raises(DissectError, match="1 x 1"):
+        dissect(Planted(), dataset(broden, limit=2), layers=["pool"])
+
+
+def test_unknown_layer_refused(broden):
+    with pytest.raises(DissectError, match="no module named 'nope'"):
+        dissect(Planted(), dataset(broden, limit=2), layers=["nope"])
+
+
+# the command -------------------------------------------------------------------------------------------
+
+TINY = "HCGNet-(1,1,1)-(k=4,4,4)"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import hcgnet
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    hcgnet.save_safetensors(hcgnet.create_model(TINY, num_classes=3), path, {"model_name": TINY})
+    return path
+
+
+def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsys, single_thread):
+    out = tmp_path / "out"
+    code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "6",
+                 "--batch-size", "4", "--workers", "0", "--top-units", "2", "--device", "cpu", "--amp", "bf16", "--output", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    layers = ["stages.0.block", "stages.1.block", "act"]     # hybrid blocks; the last after the final BN-ReLU
+    for layer in layers:
+        assert layer in stdout
+        with open(out / f"{layer}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert list(rows[0]) == ["unit", "concept", "category", "iou", "threshold", "detector"]
+        assert all(0 <= float(r["iou"]) <= 1 for r in rows)
+        assert Image.open(out / f"units_{layer}.png").size[0] > 100
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["layer"] for r in summary["layers"]] == layers and summary["config"]["images"] == 6
+    assert set(summary["threshold_error_max"]) == set(layers)
+    import hcgnet
+    assert summary["layers"][-1]["units"] == len(rows) == hcgnet.create_model(TINY, num_classes=3).num_features
+    with open(out / "summary.csv") as f:
+        assert [r["layer"] for r in csv.DictReader(f)] == layers
+    assert Image.open(out / "unique_detectors.png").size[0] > 100
+
+
+def test_cli_refuses_pooled_layer(broden, tiny_checkpoint, tmp_path, capsys, single_thread):
+    code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "2",
+                 "--workers", "0", "--layer", "global_pool", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not a spatial map" in err and err.startswith("hcgnet: error:")
+
+
+def test_timm_model_default_layers_are_its_feature_maps(broden, single_thread):
+    import timm
+
+    from hcgnet.analysis.dissect import default_layers
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=3).eval()
+    layers = default_layers(model)
+    assert layers == [f["module"] for f in model.feature_info] and "layer4" in layers
+    r = dissect(model, dataset(broden, limit=4), layers=["layer1"], batch_size=4)[0]
+    assert r.shape[0] == 64 and len(r.units) == 64
