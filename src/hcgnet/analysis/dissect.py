@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from hcgnet.analysis.broden import CATEGORIES, WHOLE_IMAGE, collate
+from hcgnet.analysis.broden import CATEGORIES, collate
 from hcgnet.errors import HCGNetError
 
 
@@ -236,7 +236,6 @@ def dissect(
     model = model.to(device).eval()
     layers = _resolve(model, layers)
     wrap = progress or (lambda it, **kw: it)
-    n_images = len(dataset)
     capture = _Capture(model, layers)
     try:
         # pass 1: thresholds and the images where each unit fires most
