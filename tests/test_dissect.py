@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from hcgnet.analysis.broden import Broden, BrodenError, decode_mask, encode_mask
+from hcgnet.analysis.broden import Broden, decode_mask, encode_mask
 from hcgnet.analysis.dissect import DissectError, TopQuantile, dissect
 from hcgnet.cli import main
 
