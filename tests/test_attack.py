@@ -48,6 +48,17 @@ def one_line_error(code, out, err):
     return lines[0]
 
 
+class Pixels(nn.Module):
+    """The model on [0, 1] pixels, written here rather than taken from hcgnet, for the reference libraries."""
+
+    def __init__(self, model, mean=MEAN, std=STD):
+        super().__init__()
+        self.model, self.mean, self.std = model, torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
 def tiny_cnn(in_chans=3, classes=3, seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -76,7 +87,7 @@ def test_fgsm_gives_torchattacks_images_on_a_small_hcgnet():
     for eps in (0.004, 0.03):
         ours = fgsm(model, x, y, eps, MEAN, STD)
         # torchattacks' set_normalization_used expects normalised inputs; give it the same [0, 1] pixels model
-        theirs = torchattacks.FGSM(Normalised(model, MEAN, STD), eps=eps)(x, y)
+        theirs = torchattacks.FGSM(Pixels(model), eps=eps)(x, y)
         assert torch.equal(ours, theirs)
         change = (ours - x).abs()
         assert change.max() <= eps + 1e-6 and ours.min() >= 0 and ours.max() <= 1
@@ -88,8 +99,8 @@ def test_pgd_one_step_gives_torchattacks_images():
     model = tiny_cnn()
     x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 3, (16,))
     ours = pgd(model, x, y, 0.05, steps=1, step_size=0.02, mean=MEAN, std=STD)
-    theirs = torchattacks.PGD(Normalised(model, MEAN, STD), eps=0.05, alpha=0.02, steps=1, random_start=False)(x, y)
-    right = Normalised(model, MEAN, STD)(x).argmax(1) == y  # hcgnet leaves already misclassified images as they are
+    theirs = torchattacks.PGD(Pixels(model), eps=0.05, alpha=0.02, steps=1, random_start=False)(x, y)
+    right = Pixels(model)(x).argmax(1) == y  # hcgnet leaves already misclassified images as they are
     assert right.any()
     assert torch.allclose(ours[right], theirs[right], atol=1e-6)
     assert torch.equal(ours[~right], x[~right])
@@ -152,30 +163,57 @@ def test_pgd_more_steps_is_at_least_as_strong(trained_linear):
     assert twice[0] == twice[1]
 
 
-def test_fgsm_any_is_never_above_fgsm():
-    x, y = torch.rand(64, 3, 8, 8), torch.randint(0, 3, (64,))
-    model, data = tiny_cnn(seed=2), TensorDataset(x, y)
-    eps = [0, 0.02, 0.05, 0.1, 0.3]
-    one = accuracies(robustness({"m": (model, config())}, data, "fgsm", eps, device="cpu"), "m")
-    anyeps = accuracies(robustness({"m": (model, config())}, data, "fgsm-any", eps, device="cpu"), "m")
+def test_fgsm_any_is_never_above_fgsm(trained_linear):
+    model, x, y = trained_linear
+    cfg, data = config(1, (0.5,), (0.25,), 2), TensorDataset(x, y)
+    eps = [0, 0.05, 0.1, 0.2, 0.3]
+    one = accuracies(robustness({"m": (model, cfg)}, data, "fgsm", eps, device="cpu"), "m")
+    anyeps = accuracies(robustness({"m": (model, cfg)}, data, "fgsm-any", eps, device="cpu"), "m")
     assert one[0] == anyeps[0]
     assert all(a <= b for a, b in zip(anyeps, one)), (anyeps, one)
-    # per image: whatever FGSM at eps fools, fgsm-any fools too
-    net = Normalised(model, MEAN, STD)
-    fooled = net(fgsm(model, x, y, 0.1, MEAN, STD)).argmax(1) != y
-    fooled_any = net(fgsm_any(model, x, y, 0.1, MEAN, STD)).argmax(1) != y
-    assert bool((fooled_any | ~fooled).all())
-    assert (fgsm_any(model, x, y, 0.1, MEAN, STD) - x).abs().max() <= 0.1 + 1e-6
+    # per image: whatever FGSM at eps fools, fgsm-any fools too, within eps
+    net = Pixels(model, (0.5,), (0.25,))
+    fooled = net(fgsm(model, x, y, 0.2, (0.5,), (0.25,))).argmax(1) != y
+    adv = fgsm_any(model, x, y, 0.2, (0.5,), (0.25,))
+    assert fooled.any() and bool(((net(adv).argmax(1) != y) | ~fooled).all())
+    assert (adv - x).abs().max() <= 0.2 + 1e-6
 
 
-def test_a_batch_of_one_gives_the_same_accuracy():
-    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 3, (6,))
-    model, data = tiny_cnn(seed=3), TensorDataset(x, y)
+def test_fgsm_any_is_foolbox_2s_fgsm(trained_linear):
+    """foolbox 2's GradientSignAttack with epsilons=20 and max_epsilon=eps, written out: an image already
+    misclassified left as it is; else the gradient sign at x, the steps linspace(0, eps, 21)[1:] tried in
+    order, the first that misclassifies kept; torchattacks' FGSM at eps for an image none fools. (A trained
+    model: a random network's logits on noise are near ties, which a batch of another size can flip.)"""
+    model, x, y = trained_linear
+    y = y.clone()
+    y[:3] = 1 - y[:3]  # three images the model gets wrong
+    net, eps = Pixels(model, (0.5,), (0.25,)), 0.3
+    xg = x.clone().requires_grad_(True)
+    nn.functional.cross_entropy(net(xg), y).backward()
+    sign = xg.grad.sign()
+    expected = torchattacks.FGSM(net, eps=eps)(x, y)
+    wrong = net(x).argmax(1) != y
+    expected[wrong] = x[wrong]
+    done = wrong.clone()
+    smaller = 0
+    for step in np.linspace(0, eps, 21)[1:]:
+        candidate = (x + float(step) * sign).clamp(0, 1)
+        fooled = (net(candidate).argmax(1) != y) & ~done
+        expected[fooled] = candidate[fooled]
+        done |= fooled
+        smaller += int(fooled.sum()) if step < eps - 1e-9 else 0
+    assert smaller > 0 and wrong.any()  # the cases where this measure differs from FGSM's
+    assert torch.allclose(fgsm_any(model, x, y, eps, (0.5,), (0.25,)), expected, atol=1e-6)
+
+
+def test_a_batch_of_one_gives_the_same_accuracy(trained_linear):
+    model, x, y = trained_linear
+    data, cfg = TensorDataset(x[:6], y[:6]), config(1, (0.5,), (0.25,), 2)
     for attack in ("fgsm", "fgsm-any", "pgd"):
-        rows = [robustness({"m": (model, config())}, data, attack, [0, 0.05], steps=2, batch_size=b, device="cpu")
+        rows = [robustness({"m": (model, cfg)}, data, attack, [0, 0.1, 0.3], steps=2, batch_size=b, device="cpu")
                 for b in (1, 6)]
         assert [r["correct"] for r in rows[0]] == [r["correct"] for r in rows[1]]
-        assert rows[0][0]["images"] == 6
+        assert rows[0][0]["images"] == 6 and rows[0][0]["correct"] == 6 and rows[0][-1]["correct"] < 6
     assert model.training is False
 
 

@@ -102,7 +102,8 @@ def fgsm_any(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mea
              std: Stats = None, tries: int = FGSM_ANY_STEPS) -> torch.Tensor:
     """foolbox 2's FGSM measure: the gradient sign at ``x``, tried at ``tries`` step sizes linearly spaced in
     (0, eps] (the last being eps); each image gets the smallest step that makes the model misclassify it,
-    or the step of eps when none does. So an image is wrong under this attack if any eps' <= eps fools the
+    or the step of eps when none does; an image already misclassified is left as it is (foolbox 2 returns
+    it unchanged). So an image is wrong under this attack if any eps' <= eps fools the
     model -- a stronger measure than :func:`fgsm`'s single step of eps."""
     eps = _check_eps(eps)
     net = _pixels_model(model, mean, std)
@@ -110,8 +111,10 @@ def fgsm_any(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mea
         return x.detach().clone()
     sign = _input_gradient(net, x, y).sign()
     adv = (x + eps * sign).clamp(0, 1)
-    pending = torch.ones(len(x), dtype=torch.bool, device=x.device)  # not fooled yet at a smaller step
-    for step in torch.linspace(0, eps, tries + 1)[1:].tolist():
+    # As foolbox 2: an image the model already gets wrong is its own adversarial (left as it is).
+    adv[_predict(net, x) != y] = x[_predict(net, x) != y]
+    pending = _predict(net, x) == y  # not fooled yet at a smaller step
+    for step in torch.linspace(0, eps, tries + 1, dtype=torch.float64)[1:].tolist():
         if not pending.any():
             break
         idx = pending.nonzero().squeeze(1)
