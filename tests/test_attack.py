@@ -104,6 +104,10 @@ def test_pgd_one_step_gives_torchattacks_images():
     assert right.any()
     assert torch.allclose(ours[right], theirs[right], atol=1e-6)
     assert torch.equal(ours[~right], x[~right])
+    # many steps larger than eps stay in the eps-ball and in [0, 1]
+    far = pgd(model, x, y, 0.05, steps=6, step_size=0.04, random_start=True,
+              generator=torch.Generator().manual_seed(0), mean=MEAN, std=STD)
+    assert (far - x).abs().max() <= 0.05 + 1e-6 and far.min() >= 0 and far.max() <= 1
 
 
 def separable_data(n=200, seed=0):
@@ -154,6 +158,11 @@ def test_pgd_more_steps_is_at_least_as_strong(trained_linear):
         series = [by_steps[s][e] for s in (1, 2, 5, 10)]
         assert all(a >= b for a, b in zip(series, series[1:])), series
     assert by_steps[10][1] < by_steps[1][1]  # and more steps do find more
+    # an image fooled after one step stays that first adversarial image, however many steps follow
+    net = Pixels(model, (0.5,), (0.25,))
+    one, many = (pgd(model, x, y, 0.3, steps=n, step_size=0.2, mean=(0.5,), std=(0.25,)) for n in (1, 8))
+    fooled = net(one).argmax(1) != y
+    assert fooled.any() and torch.equal(many[fooled], one[fooled])
     model = tiny_cnn(seed=1)
     x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 3, (16,))
     data = TensorDataset(x, y)
