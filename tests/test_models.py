@@ -133,7 +133,7 @@ def test_spec_stem_follows_block_count_unless_given():
     "bad,message",
     [
         ("hcgnet_d", "unknown model"),
-        ("resnet50", "unknown model"),
+        ("resnet_nope", "unknown model"),  # neither HCGNet nor timm (timm names build timm baselines)
         ("HCGNet-(8,8,8)", "malformed spec"),
         ("HCGNet-(8,x,8)-(k=12,24,36)", "malformed spec"),
         ("HCGNet-(8,8)-(k=12,24,36)", "one growth rate per hybrid block"),

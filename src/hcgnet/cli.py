@@ -274,6 +274,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from hcgnet.analysis.attack import attack_checkpoints, check_options, table, write_results
+    from hcgnet.files import reported_write
+    from hcgnet.inference import _progress, note_on_stderr
+
+    eps = []
+    for text in args.eps.split(","):
+        try:
+            eps.append(float(text))
+        except ValueError:
+            raise HCGNetError(f"--eps takes comma-separated numbers such as 0,0.001,0.002, got {args.eps!r}") from None
+    check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size)
+    out = Path(args.output)
+    _check_output_folder(out)
+    bar = {}
+
+    def start(total: int) -> None:
+        bar["bar"] = _progress(total, f"attack {args.attack}", None, note_on_stderr)
+
+    result = attack_checkpoints(
+        args.checkpoint, args.data, args.attack, eps, args.model or (), args.data_dir, args.split, args.steps,
+        args.step_size, args.random_start, args.seed, args.batch_size, args.limit, args.device,
+        progress=lambda n: bar["bar"].update(n), on_total=start)
+    if hasattr(bar.get("bar"), "close"):
+        bar["bar"].close()
+    with reported_write(out):
+        write_results(result, out)
+    count = result["rows"][0]["images"] if result["rows"] else 0
+    print(f"{args.attack} on {args.data} ({result['split']}, {count} images): top-1 accuracy on the attacked images")
+    print(table(result))
+    print(f"wrote {out}/: robustness.csv, robustness.json, robustness.png")
+    return 0
+
+
 def _int_list(text: str, flag: str) -> List[int]:
     try:
         values = [int(v) for v in text.split(",")]
@@ -360,7 +394,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction and export.")
+    parser = argparse.ArgumentParser(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction, export and the paper's studies (attack, dissect, attention).")
     parser.add_argument("--version", action="version", version=f"hcgnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -446,6 +480,31 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--plot", default=None, help="PNG of step time and peak memory against pixels per step")
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
+
+    at = sub.add_parser("attack", help="accuracy of checkpoints under FGSM or PGD at several eps (the paper's Figure 5)")
+    at.add_argument("--checkpoint", action="append", required=True, metavar="FILE",
+                    help=".safetensors or .pt of hcgnet train/convert; repeat to compare models (e.g. a timm baseline)")
+    at.add_argument("--model", action="append", default=None, metavar="NAME",
+                    help="model name for a checkpoint that does not say (published ones); one per --checkpoint, in order")
+    at.add_argument("--data", required=True, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
+    at.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
+    at.add_argument("--split", choices=("test", "val", "all"), default=None,
+                    help="as hcgnet eval (default: all for a folder the checkpoint was not trained on, else test)")
+    at.add_argument("--attack", default="fgsm",
+                    help="fgsm: one signed-gradient step of eps; fgsm-any: foolbox 2's measure (wrong if any of 20 "
+                         "step sizes in (0, eps] fools the model); pgd: L-inf PGD (default fgsm)")
+    at.add_argument("--eps", default="0,0.001,0.002,0.004",
+                    help="comma-separated eps in pixel units, images in [0, 1] (default 0,0.001,0.002,0.004)")
+    at.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    at.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
+    at.add_argument("--random-start", action="store_true", help="PGD from a uniform random point of the eps-ball")
+    at.add_argument("--seed", type=int, default=0, help="seed of PGD's random start (default 0)")
+    at.add_argument("--limit", type=int, default=None, metavar="N", help="attack the first N images only")
+    at.add_argument("--batch-size", type=int, default=64, help="images per attack batch (default 64)")
+    at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    at.add_argument("--output", required=True, metavar="DIR",
+                    help="folder for robustness.csv, robustness.json and robustness.png")
+    at.set_defaults(func=cmd_attack)
 
     at = sub.add_parser("attention", help="where the gates look: their attention maps over images, PNG grid")
     add_checkpoint(at)

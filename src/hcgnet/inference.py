@@ -22,7 +22,7 @@ from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.checkpoints import read_metadata, torch_load_weights_only
-from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
+from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD, first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
 from hcgnet.evaluation import AMP_DTYPES, evaluate
@@ -93,7 +93,7 @@ def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
     cfg = model.pretrained_cfg
     classes = json.loads(meta["class_names"]) if meta.get("class_names") else [str(i) for i in range(model.num_classes)]
     cifar = cfg["input_size"][-1] == 32
-    in_chans = model.stem.conv0.in_channels
+    in_chans = first_conv_in_chans(model)
     mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar else (cfg["mean"], cfg["std"])
     if in_chans != len(mean):  # e.g. a grayscale model: the channel average of the statistics
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
@@ -135,11 +135,11 @@ def convert_checkpoint(
     requested = model_name or meta.get("model_name")
     if not requested:
         raise CheckpointError(f"{source} does not say which model it holds; pass --model NAME")
-    name, _ = resolve(requested)
+    name = requested.strip() if is_timm_baseline(requested) else resolve(requested)[0]
     model = create_model(name, checkpoint_path=source).eval()
     written = {k: v for k, v in meta.items() if k != "format"}  # save_safetensors writes its own format tag
     written.update(model_name=name, num_classes=str(model.num_classes),
-                   in_chans=str(model.stem.conv0.in_channels))
+                   in_chans=str(first_conv_in_chans(model)))
     with reported_write(out):
         save_safetensors(model, out, written)
     return model, written
@@ -251,7 +251,7 @@ def _split_dataset(data, data_dir, split, meta, model, path, skip_bad_images) ->
             f"{path} was trained on the classes {_few(trained_on)} but {data} has {_few(bundle.config.class_names)} "
             "(in this order); evaluate it on the dataset it was trained for"
         )
-    in_chans = model.stem.conv0.in_channels
+    in_chans = first_conv_in_chans(model)
     if bundle.config.input_size[0] != in_chans:
         raise CheckpointError(f"{path} takes {in_chans}-channel images but {data} gives {bundle.config.input_size[0]}")
     return (bundle.test if split == "test" else bundle.val), list(bundle.config.class_names)

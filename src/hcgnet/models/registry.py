@@ -219,7 +219,8 @@ def create_model(
     **kwargs,
 ) -> nn.Module:
     """Build a variant (``"hcgnet_b"``) or any network in the paper's notation
-    (``"HCGNet-(8,8,8)-(k=12,24,36)"``).
+    (``"HCGNet-(8,8,8)-(k=12,24,36)"``); any other name timm knows (``"resnet18"``) builds that timm
+    model, as a baseline to compare with (``timm.create_model``; weights only from ``checkpoint_path``).
 
     Args:
         num_classes: classifier outputs; defaults to the variant's (10 CIFAR, 1000 ImageNet), or to the
@@ -237,6 +238,13 @@ def create_model(
             training; 0 adds nothing.
         **kwargs: passed to :class:`HCGNet` (``drop_rate``, ``in_chans``, ``gate_act``, ...).
     """
+    if is_timm_baseline(name_or_spec):
+        return _create_baseline(name_or_spec, num_classes, pretrained, checkpoint_path, features_only, out_indices,
+                                stem, strict, drop_block_rate, **kwargs)
+    try:
+        resolve(name_or_spec, stem)
+    except ModelSpecError as e:  # neither HCGNet nor timm: say that timm's names work too
+        raise ModelSpecError(f"{e}; or a timm model name such as resnet18") from None
     weights = checkpoint_path or (find_pretrained(resolve(name_or_spec, stem)[0]) if pretrained else None)
     state_dict, metadata = None, {}
     if weights is not None:
@@ -296,3 +304,75 @@ def cfg_from_data_config(data_config: dict) -> dict:
     if data_config.get("class_names"):
         cfg["label_names"] = tuple(data_config["class_names"])
     return cfg
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+
+
+def is_timm_baseline(name: str) -> bool:
+    """Whether ``name`` is a timm model that is not an HCGNet (a baseline for comparisons, e.g. ``resnet18``)."""
+    try:
+        resolve(name)
+        return False
+    except ModelSpecError:
+        pass
+    import timm
+
+    return timm.is_model(name.strip()) and not name.strip().lower().startswith(GENERIC)
+
+
+def first_conv_in_chans(model: nn.Module) -> int:
+    """Input channels of any network: the first convolution's (for a timm ``FeatureListNet`` too)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return int(module.in_channels)
+    raise ModelSpecError(f"{type(model).__name__} has no convolution to read its input channels from")
+
+
+def _create_baseline(name: str, num_classes, pretrained, checkpoint_path, features_only, out_indices, stem, strict,
+                     drop_block_rate, **kwargs) -> nn.Module:
+    """A timm model (never downloaded): weights from ``checkpoint_path`` read with hcgnet's reader; the class
+    count and input channels from the file unless given; an hcgnet run's preprocessing in its
+    ``pretrained_cfg``."""
+    import timm
+    from timm.models import get_pretrained_cfg_value
+
+    name = name.strip()
+    if pretrained:
+        raise CheckpointError(f"hcgnet does not download timm's weights for {name}; pass checkpoint_path= (a file "
+                              "of hcgnet train, or timm's weights saved locally)")
+    if stem is not None:
+        raise ModelSpecError(f"stem is an HCGNet setting; {name} is a timm model with its own stem")
+    state_dict, metadata = (None, {})
+    if checkpoint_path is not None:
+        state_dict, metadata = read_state_dict(checkpoint_path)
+        classifier = get_pretrained_cfg_value(name, "classifier") or ""
+        first_conv = get_pretrained_cfg_value(name, "first_conv") or ""
+        head = state_dict.get(f"{classifier}.weight")
+        if num_classes is None:
+            num_classes = int(metadata["num_classes"]) if metadata.get("num_classes") else (
+                int(head.shape[0]) if head is not None and head.dim() == 2 else None)
+        conv = state_dict.get(f"{first_conv}.weight")
+        if metadata.get("in_chans"):
+            kwargs.setdefault("in_chans", int(metadata["in_chans"]))
+        elif conv is not None and conv.dim() == 4:
+            kwargs.setdefault("in_chans", int(conv.shape[1]))
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if drop_block_rate:
+        kwargs["drop_block_rate"] = drop_block_rate
+    if features_only:
+        kwargs["features_only"] = True
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+    try:
+        model = timm.create_model(name, **kwargs)
+    except TypeError as e:  # an argument this architecture does not take (e.g. drop_block_rate)
+        raise ModelSpecError(f"timm's {name} cannot be built with these settings: {e}") from None
+    if state_dict is not None:
+        load_state_dict_into(model, state_dict, checkpoint_path, strict=strict)
+        if metadata.get("data_config") and hasattr(model, "pretrained_cfg"):
+            cfg = dict(model.pretrained_cfg)
+            cfg.update(cfg_from_data_config(json.loads(metadata["data_config"])))
+            model.pretrained_cfg = model.default_cfg = cfg
+    return model

@@ -32,6 +32,7 @@ from hcgnet.data import DataError, build_data
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import AMP_DTYPES, evaluate
 from hcgnet.models import create_model, save_safetensors
+from hcgnet.models.registry import is_timm_baseline
 from hcgnet.models.variants import cifar_stem_note, resolve
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
 from hcgnet.training.engine import NonFiniteLossError, StepContext, new_totals, train_one_epoch
@@ -221,8 +222,8 @@ class Run:
             kwargs["drop_block_rate"] = config.drop_block
         model = create_model(config.model, num_classes=self.data.num_classes, **kwargs)
         prepare_model(model, config, self.log)
-        warning = cifar_stem_note(config.model, resolve(config.model, config.stem)[1].stem,
-                                  max(self.data.config.input_size[1:]))
+        warning = None if is_timm_baseline(config.model) else cifar_stem_note(
+            config.model, resolve(config.model, config.stem)[1].stem, max(self.data.config.input_size[1:]))
         if warning:
             self.log(f"warning: {warning}")
         return model

@@ -1,0 +1,415 @@
+"""Accuracy under adversarial attack, as the paper's Figure 5 and its robustness table measure it.
+
+Every attack works in pixel space: images in [0, 1], the model's normalisation ``(x - mean) / std`` applied
+inside the attacked function (so ``eps`` is in pixel units, as the paper gives it), adversarial images
+clipped to [0, 1]. The model is put in eval mode; only the input gets a gradient.
+
+Three attacks:
+
+* :func:`fgsm` -- exactly one signed-gradient step of size ``eps`` (Goodfellow et al. 2015). "Accuracy under
+  FGSM at eps" is the share of images still classified correctly after that one step.
+* :func:`fgsm_any` -- the measure of foolbox 2's ``FGSM`` (``GradientSignAttack``), which the published
+  robustness table (ImageNet, eps 0.001-0.005) used: the same gradient sign, but an image that the step of
+  size ``eps`` does not flip is retried at 20 smaller step sizes linearly spaced in (0, eps]; the image counts
+  as wrong if *any* of them flips it. So it measures "some eps' <= eps fools the model", and its accuracy is
+  never above :func:`fgsm`'s (eps itself is one of the 20).
+* :func:`pgd` -- L-inf projected gradient descent (Madry et al. 2018): ``steps`` signed steps of
+  ``step_size``, each projected back onto the eps-ball around the image and onto [0, 1], optionally from a
+  uniform random start in the ball. An image stays at the first iterate that fools the model, so more steps
+  are never weaker than fewer (same start).
+
+:func:`robustness` gives the accuracy of several models on the attacked images of a data set for each eps
+(eps 0 is the clean accuracy); :func:`attack_checkpoints` does it for checkpoint files (``hcgnet attack``).
+An image the model already gets wrong stays wrong: accuracy is counted on the attacked images.
+"""
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from hcgnet.data import DataConfig, DataError, build_eval_dataset
+from hcgnet.errors import CheckpointError, HCGNetError
+
+ATTACKS = ("fgsm", "fgsm-any", "pgd")
+#: How many step sizes foolbox 2's FGSM tries in (0, eps] (its ``epsilons`` when given a number, as the
+#: published robustness script did).
+FGSM_ANY_STEPS = 20
+Stats = Optional[Sequence[float]]
+
+
+class Normalised(nn.Module):
+    """``model((x - mean) / std)``: a model that takes [0, 1] pixels (what the attacks differentiate)."""
+
+    def __init__(self, model: nn.Module, mean: Stats = None, std: Stats = None) -> None:
+        super().__init__()
+        self.model = model
+        c = len(mean) if mean is not None else (len(std) if std is not None else 1)
+        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * c).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std if std is not None else [1.0] * c).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean.to(x)) / self.std.to(x))
+
+
+def _pixels_model(model: nn.Module, mean: Stats, std: Stats) -> nn.Module:
+    model.eval()
+    if isinstance(model, Normalised) or (mean is None and std is None):
+        return model
+    return Normalised(model, mean, std).to(next(model.parameters()).device)
+
+
+def _check_eps(eps: float, what: str = "eps") -> float:
+    eps = float(eps)
+    if not 0.0 <= eps <= 1.0:  # also refuses NaN
+        raise HCGNetError(f"{what} must be between 0 and 1 (pixel units, images in [0, 1]), got {eps:g}")
+    return eps
+
+
+def _input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d(cross-entropy summed over the batch)/dx: each image's own loss gradient (eval mode: images do not
+    interact), without touching the parameters' ``.grad``."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = nn.functional.cross_entropy(model(x).float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(dim=1)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mean: Stats = None,
+         std: Stats = None) -> torch.Tensor:
+    """FGSM: ``clip(x + eps * sign(grad_x loss), 0, 1)``, one step of exactly ``eps``.
+
+    ``x``: images in [0, 1], (B, C, H, W); ``y``: their labels; ``mean``/``std``: the model's normalisation,
+    applied inside (None: the model takes [0, 1] pixels as they are). Returns the adversarial images."""
+    eps = _check_eps(eps)
+    net = _pixels_model(model, mean, std)
+    if eps == 0:
+        return x.detach().clone()
+    return (x + eps * _input_gradient(net, x, y).sign()).clamp(0, 1).detach()
+
+
+def fgsm_any(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mean: Stats = None,
+             std: Stats = None, tries: int = FGSM_ANY_STEPS) -> torch.Tensor:
+    """foolbox 2's FGSM measure: the gradient sign at ``x``, tried at ``tries`` step sizes linearly spaced in
+    (0, eps] (the last being eps); each image gets the smallest step that makes the model misclassify it,
+    or the step of eps when none does; an image already misclassified is left as it is (foolbox 2 returns
+    it unchanged). So an image is wrong under this attack if any eps' <= eps fools the
+    model -- a stronger measure than :func:`fgsm`'s single step of eps."""
+    eps = _check_eps(eps)
+    net = _pixels_model(model, mean, std)
+    if eps == 0:
+        return x.detach().clone()
+    sign = _input_gradient(net, x, y).sign()
+    adv = (x + eps * sign).clamp(0, 1)
+    # As foolbox 2: an image the model already gets wrong is its own adversarial (left as it is).
+    adv[_predict(net, x) != y] = x[_predict(net, x) != y]
+    pending = _predict(net, x) == y  # not fooled yet at a smaller step
+    for step in torch.linspace(0, eps, tries + 1, dtype=torch.float64)[1:].tolist():
+        if not pending.any():
+            break
+        idx = pending.nonzero().squeeze(1)
+        candidate = (x[idx] + step * sign[idx]).clamp(0, 1)
+        fooled = _predict(net, candidate) != y[idx]
+        adv[idx[fooled]] = candidate[fooled]
+        pending[idx[fooled]] = False
+    return adv.detach()
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
+        step_size: Optional[float] = None, random_start: bool = False, generator: Optional[torch.Generator] = None,
+        mean: Stats = None, std: Stats = None) -> torch.Tensor:
+    """L-inf PGD: from ``x`` (or, with ``random_start``, a uniform point of the eps-ball, drawn with
+    ``generator`` on the CPU so that a seed gives the same start on any device), ``steps`` times
+    ``x' = clip(proj_eps(x' + step_size * sign(grad)), 0, 1)``. An image stays at the first iterate (the
+    start included) that the model misclassifies, so accuracy never rises with more steps.
+    ``step_size`` defaults to ``2.5 * eps / steps`` (Madry et al.)."""
+    eps = _check_eps(eps)
+    if int(steps) != steps or steps < 1:
+        raise HCGNetError(f"--steps must be 1 or more, got {steps}")
+    if step_size is None:
+        step_size = 2.5 * eps / steps
+    if not step_size > 0 and eps > 0:
+        raise HCGNetError(f"--step-size must be above 0, got {step_size:g}")
+    net = _pixels_model(model, mean, std)
+    if eps == 0:
+        return x.detach().clone()
+    x = x.detach()
+    adv = x.clone()
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator, dtype=torch.float32).to(x) * 2 - 1
+        adv = (x + eps * noise).clamp(0, 1)
+    active = _predict(net, adv) == y  # images still classified correctly: the only ones that move
+    for _ in range(int(steps)):
+        if not active.any():
+            break
+        idx = active.nonzero().squeeze(1)
+        step = adv[idx] + step_size * _input_gradient(net, adv[idx], y[idx]).sign()
+        moved = torch.min(torch.max(step, x[idx] - eps), x[idx] + eps).clamp(0, 1)
+        adv[idx] = moved
+        active[idx] = _predict(net, moved) == y[idx]
+    return adv.detach()
+
+
+def run_attack(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mean: Stats = None,
+               std: Stats = None, steps: int = 10, step_size: Optional[float] = None, random_start: bool = False,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One of :data:`ATTACKS` by name (``steps``, ``step_size``, ``random_start``, ``generator``: PGD's)."""
+    if attack == "fgsm":
+        return fgsm(model, x, y, eps, mean, std)
+    if attack == "fgsm-any":
+        return fgsm_any(model, x, y, eps, mean, std)
+    if attack == "pgd":
+        return pgd(model, x, y, eps, steps, step_size, random_start, generator, mean, std)
+    raise HCGNetError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
+
+
+def check_options(attack: str, eps_list: Sequence[float], steps: int = 10, step_size: Optional[float] = None,
+                  limit: Optional[int] = None, batch_size: int = 64) -> List[float]:
+    """The refusals, before any work: one line each. Returns the eps values as floats, in the order given."""
+    if attack not in ATTACKS:
+        raise HCGNetError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
+    if not len(eps_list):
+        raise HCGNetError("--eps needs at least one value, e.g. 0,0.001,0.002,0.004")
+    values = [_check_eps(e, "--eps values") for e in eps_list]
+    if attack == "pgd":
+        if int(steps) != steps or steps < 1:
+            raise HCGNetError(f"--steps must be 1 or more, got {steps}")
+        if step_size is not None and not step_size > 0:
+            raise HCGNetError(f"--step-size must be above 0, got {step_size:g}")
+    if limit is not None and limit < 1:
+        raise HCGNetError(f"--limit must be 1 or more, got {limit}")
+    if batch_size < 1:
+        raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
+    return values
+
+
+def _loader(data: Union[Dataset, DataLoader], limit: Optional[int], batch_size: int) -> DataLoader:
+    if isinstance(data, DataLoader):
+        if limit is not None:
+            raise HCGNetError("limit works with a dataset, not a DataLoader; pass the dataset")
+        return data
+    if limit is not None and limit < len(data):
+        data = Subset(data, range(limit))
+    return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def robustness(
+    models: Mapping[str, Tuple[nn.Module, DataConfig]],
+    data: Union[Dataset, DataLoader, Mapping[str, Union[Dataset, DataLoader]]],
+    attack: str,
+    eps_list: Sequence[float],
+    steps: int = 10,
+    step_size: Optional[float] = None,
+    random_start: bool = False,
+    seed: int = 0,
+    batch_size: int = 64,
+    limit: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> List[Dict[str, Any]]:
+    """Accuracy of each model on the images of ``data`` attacked with ``attack`` at each eps.
+
+    ``models``: name -> (model, its DataConfig: the mean/std applied inside the attacked function).
+    ``data``: [0, 1] images with labels (a Dataset or DataLoader; or name -> one, for models that take
+    different inputs). ``limit``: the first N images only. ``progress(n)``: called after each batch.
+    ``step_size``: PGD's, None for ``2.5 * eps / steps``. ``seed``: PGD's random start (the same start for
+    every model's images, batch by batch).
+
+    Returns one row per (eps, model), eps in the order given: ``{"eps", "model", "attack", "correct",
+    "images", "accuracy"}``.
+    """
+    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    counts = {(e, name): [0, 0] for e in range(len(eps_values)) for name in models}
+    for name, (model, config) in models.items():
+        source = data[name] if isinstance(data, Mapping) else data
+        loader = _loader(source, limit, batch_size)
+        net = Normalised(model, config.mean, config.std).to(dev).eval()
+        generator = torch.Generator().manual_seed(seed)
+        for x, y in loader:
+            x, y = x.to(dev), y.to(dev)
+            if x.shape[1] != len(config.mean):
+                raise CheckpointError(f"{name} takes {len(config.mean)}-channel images but the data gives "
+                                      f"{x.shape[1]}")
+            state = generator.get_state()
+            for i, eps in enumerate(eps_values):
+                generator.set_state(state)  # the same random start at every eps (scaled by it)
+                adv = run_attack(attack, net, x, y, eps, steps=steps, step_size=step_size,
+                                 random_start=random_start, generator=generator)
+                counts[(i, name)][0] += int((_predict(net, adv) == y).sum())
+                counts[(i, name)][1] += len(y)
+            if progress is not None:
+                progress(1)
+    rows = []
+    for i, eps in enumerate(eps_values):
+        for name in models:
+            correct, images = counts[(i, name)]
+            rows.append({"eps": eps, "model": name, "attack": attack, "correct": correct, "images": images,
+                         "accuracy": correct / images if images else None})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def pixel_config(config: DataConfig) -> DataConfig:
+    """``config`` with mean 0 and std 1: its transform gives [0, 1] pixels, for the attacks to perturb."""
+    c = config.input_size[0]
+    return dataclasses.replace(config, mean=(0.0,) * c, std=(1.0,) * c, class_names=list(config.class_names))
+
+
+def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: str, data_dir: Optional[str] = None,
+                       split: Optional[str] = None) -> Tuple[Dataset, DataConfig, str]:
+    """The images ``hcgnet eval`` would score for this checkpoint (same split, same preprocessing), as [0, 1]
+    pixels. Returns ``(dataset, the checkpoint's DataConfig, split)``."""
+    from hcgnet.inference import SPLITS, _folder_of, _value, choose_split, data_config_of, folder_classes
+
+    if split is not None and split not in SPLITS:
+        raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split is None:
+        split = choose_split(data, meta)[0]
+    config = data_config_of(model, meta)
+    folder = _folder_of(data)
+    if folder is not None and not meta.get("class_names"):
+        config.class_names = folder_classes(folder)
+    if len(config.class_names) != model.num_classes:
+        raise CheckpointError(f"{path} classifies {model.num_classes} classes but {data} has "
+                              f"{len(config.class_names)}; attack it on the dataset it was trained for")
+    kwargs: Dict[str, Any] = {}
+    for key, cast in (("val_size", float), ("test_size", float), ("seed", int)):
+        if key in meta:
+            kwargs[key] = None if _value(meta, key) is None else cast(float(meta[key]))
+    if "test_size" not in meta and "val_size" in kwargs:  # as evaluate_checkpoint: older runs
+        kwargs["test_size"] = kwargs["val_size"]
+    if split == "all" and folder is None:
+        raise HCGNetError("--split all attacks every image of a folder: use it with --data imagefolder:DIR")
+    try:
+        dataset = build_eval_dataset(data, pixel_config(config), data_dir, split,
+                                     skip_bad_images=_value(meta, "skip_bad_images") == "true", **kwargs)
+    except DataError as e:
+        if "class" in str(e) and "model" in str(e):
+            raise CheckpointError(f"{path}: {e}") from None
+        raise
+    if len(dataset) == 0:
+        raise DataError(f"the {split} split of {data} is empty: nothing to attack")
+    channels = dataset[0][0].shape[0]
+    if channels != config.input_size[0]:
+        raise CheckpointError(f"{path} takes {config.input_size[0]}-channel images but {data} gives {channels}")
+    return dataset, config, split
+
+
+def model_label(path: str, meta: Dict[str, str], taken: Sequence[str]) -> str:
+    """A short column name for a checkpoint: its model name, made unique with the file's name."""
+    label = meta.get("model_name") or Path(path).stem
+    if label in taken:
+        label = f"{label} ({Path(path).name})"
+    n = 2
+    base = label
+    while label in taken:
+        label, n = f"{base} #{n}", n + 1
+    return label
+
+
+def attack_checkpoints(
+    checkpoints: Sequence[str], data: str, attack: str, eps_list: Sequence[float], model_names: Sequence[Optional[str]] = (),
+    data_dir: Optional[str] = None, split: Optional[str] = None, steps: int = 10, step_size: Optional[float] = None,
+    random_start: bool = False, seed: int = 0, batch_size: int = 64, limit: Optional[int] = None,
+    device: Optional[str] = None, progress: Optional[Callable[[int], None]] = None,
+    on_total: Optional[Callable[[int], None]] = None,
+) -> Dict[str, Any]:
+    """:func:`robustness` for checkpoint files, each on the images ``hcgnet eval`` would score for it.
+    ``model_names``: one per checkpoint (None: the checkpoint says). ``on_total(batches)`` is called once the
+    work is known, before it starts (for a progress bar). Returns ``{"attack", "data", "split", "models",
+    "checkpoints", "rows", ...}``."""
+    from hcgnet.inference import load_model
+
+    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size)
+    if not checkpoints:
+        raise HCGNetError("give at least one --checkpoint")
+    if len(model_names) > len(checkpoints):
+        raise HCGNetError(f"{len(model_names)} --model for {len(checkpoints)} --checkpoint; give at most one each")
+    names = list(model_names) + [None] * (len(checkpoints) - len(model_names))
+    models: Dict[str, Tuple[nn.Module, DataConfig]] = {}
+    datasets: Dict[str, Dataset] = {}
+    files: Dict[str, str] = {}
+    splits = set()
+    for path, name in zip(checkpoints, names):
+        model, meta = load_model(path, name)
+        dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split)
+        label = model_label(path, meta if not name else {**meta, "model_name": name}, list(models))
+        models[label], datasets[label], files[label] = (model, config), dataset, str(path)
+        splits.add(used)
+    if on_total is not None:
+        on_total(sum(len(_loader(d, limit, batch_size)) for d in datasets.values()))
+    rows = robustness(models, datasets, attack, eps_values, steps, step_size, random_start, seed, batch_size,
+                      limit, device, progress)
+    return {"attack": attack, "data": data, "split": "/".join(sorted(splits)), "eps": eps_values,
+            "steps": steps if attack == "pgd" else None,
+            "step_size": (step_size if step_size is not None else "2.5*eps/steps") if attack == "pgd" else None,
+            "random_start": random_start if attack == "pgd" else None, "seed": seed,
+            "models": list(models), "checkpoints": files, "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def table(result: Dict[str, Any]) -> str:
+    """Rows = eps (clean first when eps 0 is there), columns = models, accuracy in %."""
+    models = result["models"]
+    acc = {(r["eps"], r["model"]): r["accuracy"] for r in result["rows"]}
+    eps_values = sorted(dict.fromkeys(r["eps"] for r in result["rows"]))
+    head = ["eps"] + models
+    lines = [[("clean" if e == 0 else f"{e:g}")] + [
+        "-" if acc[(e, m)] is None else f"{100 * acc[(e, m)]:.2f}%" for m in models] for e in eps_values]
+    widths = [max(len(row[i]) for row in [head] + lines) for i in range(len(head))]
+    fmt = lambda row: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join([fmt(head)] + [fmt(row) for row in lines])
+
+
+def write_results(result: Dict[str, Any], folder: Union[str, Path]) -> List[Path]:
+    """``robustness.csv`` (eps, model, attack, correct, images, accuracy), ``robustness.json`` (the settings
+    and rows) and ``robustness.png`` (accuracy against eps, one line per model) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "robustness.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("eps", "model", "attack", "correct", "images", "accuracy"))
+        writer.writeheader()
+        for r in result["rows"]:
+            writer.writerow({**r, "accuracy": "" if r["accuracy"] is None else f"{r['accuracy']:.6f}"})
+    (folder / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, folder / "robustness.png")
+    return [folder / n for n in ("robustness.csv", "robustness.json", "robustness.png")]
+
+
+def plot(result: Dict[str, Any], path: Union[str, Path]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in result["models"]:
+        points = sorted((r["eps"], 100 * r["accuracy"]) for r in result["rows"]
+                        if r["model"] == model and r["accuracy"] is not None)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+    name = {"fgsm": "FGSM (one step of eps)", "fgsm-any": "FGSM, any eps' <= eps (foolbox 2)",
+            "pgd": f"PGD L-inf, {result.get('steps')} steps"}[result["attack"]]
+    ax.set_xlabel("eps (pixel units, images in [0, 1])")
+    ax.set_ylabel("top-1 accuracy on attacked images (%)")
+    ax.set_title(f"{name} on {result['data']} ({result['split']})", fontsize=10)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,377 @@
+"""Accuracy under attack: hcgnet.analysis.attack and ``hcgnet attack``.
+
+The attacks are checked against torchattacks (an established library, a test-only dependency), and by
+properties that hold whatever the model: accuracy at eps 0 is ``hcgnet eval``'s, FGSM's accuracy never rises
+with eps on a trained linear model, PGD with more steps is never weaker, foolbox 2's measure is never above
+FGSM's. The command runs on checkpoints of a tiny HCGNet, a tiny timm ResNet (a baseline trained with
+``hcgnet train --model test_resnet``) and a 1-channel HCGNet trained on a (generated) Fashion-MNIST.
+"""
+import csv
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from conftest import make_image_folder
+from hcgnet.analysis.attack import fgsm, fgsm_any, pgd, robustness
+from hcgnet.cli import main
+from hcgnet.data import DataConfig
+from hcgnet.errors import HCGNetError
+from hcgnet.inference import evaluate_checkpoint
+
+torchattacks = pytest.importorskip("torchattacks")
+
+SPEC = "HCGNet-(1,1,1)-(k=4,4,4)"
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(single_thread):
+    yield
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, out, err):
+    assert code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hcgnet: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+class Pixels(nn.Module):
+    """The model on [0, 1] pixels, written here rather than taken from hcgnet, for the reference libraries."""
+
+    def __init__(self, model, mean=MEAN, std=STD):
+        super().__init__()
+        self.model, self.mean, self.std = model, torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+def tiny_cnn(in_chans=3, classes=3, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(32, classes)).eval()
+
+
+def config(channels=3, mean=MEAN, std=STD, classes=3):
+    return DataConfig("imagefolder", (channels, 8, 8), mean[:channels], std[:channels], None,
+                      [str(i) for i in range(classes)])
+
+
+def accuracies(rows, model):
+    return [r["accuracy"] for r in rows if r["model"] == model]
+
+
+# ------------------------------------------------------------------------------------------------ the attacks
+
+
+def test_fgsm_gives_torchattacks_images_on_a_small_hcgnet():
+    import hcgnet
+
+    torch.manual_seed(0)
+    model = hcgnet.create_model(SPEC, num_classes=3).eval()
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    for eps in (0.004, 0.03):
+        ours = fgsm(model, x, y, eps, MEAN, STD)
+        # torchattacks' set_normalization_used expects normalised inputs; give it the same [0, 1] pixels model
+        theirs = torchattacks.FGSM(Pixels(model), eps=eps)(x, y)
+        assert torch.equal(ours, theirs)
+        change = (ours - x).abs()
+        assert change.max() <= eps + 1e-6 and ours.min() >= 0 and ours.max() <= 1
+        inside = (x > eps) & (x < 1 - eps)  # no clipping there: exactly one step of eps
+        assert torch.allclose(change[inside], torch.full_like(change[inside], eps))
+
+
+def test_pgd_one_step_gives_torchattacks_images():
+    model = tiny_cnn()
+    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 3, (16,))
+    ours = pgd(model, x, y, 0.05, steps=1, step_size=0.02, mean=MEAN, std=STD)
+    theirs = torchattacks.PGD(Pixels(model), eps=0.05, alpha=0.02, steps=1, random_start=False)(x, y)
+    right = Pixels(model)(x).argmax(1) == y  # hcgnet leaves already misclassified images as they are
+    assert right.any()
+    assert torch.allclose(ours[right], theirs[right], atol=1e-6)
+    assert torch.equal(ours[~right], x[~right])
+    # many steps larger than eps stay in the eps-ball and in [0, 1]
+    far = pgd(model, x, y, 0.05, steps=6, step_size=0.04, random_start=True,
+              generator=torch.Generator().manual_seed(0), mean=MEAN, std=STD)
+    assert (far - x).abs().max() <= 0.05 + 1e-6 and far.min() >= 0 and far.max() <= 1
+
+
+def separable_data(n=200, seed=0):
+    """Two classes of 1x8x8 images: dark (0.35) and bright (0.65), plus noise; clipped to [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = (0.35 + 0.3 * y.view(-1, 1, 1, 1).float() + 0.08 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained_linear():
+    x, y = separable_data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model((x - 0.5) / 0.25), y).backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+def test_fgsm_accuracy_never_rises_with_eps_on_a_trained_model(trained_linear):
+    # On a trained linear model the loss's input gradient has the same sign everywhere, so a larger eps moves
+    # every pixel further the same way and the margin of the true class only shrinks: accuracy cannot rise.
+    # On a random (or any non-linear) network it may: FGSM is one step along the gradient's sign *at x*, and
+    # a longer step can overshoot the region of wrong classes near x into one of the right class -- the
+    # loss surface is not linear that far, least of all for an untrained network's arbitrary boundaries.
+    model, x, y = trained_linear
+    eps = [0, 0.01, 0.02, 0.04, 0.08, 0.12, 0.16, 0.2, 0.3]
+    acc = accuracies(robustness({"linear": (model, config(1, (0.5,), (0.25,), 2))}, TensorDataset(x, y), "fgsm",
+                                eps, batch_size=64, device="cpu"), "linear")
+    assert acc[0] > 0.95  # it learned
+    assert acc[-1] < 0.5  # and the attack bites
+    assert all(a >= b for a, b in zip(acc, acc[1:])), acc
+
+
+def test_pgd_more_steps_is_at_least_as_strong(trained_linear):
+    model, x, y = trained_linear
+    data, cfg = TensorDataset(x, y), config(1, (0.5,), (0.25,), 2)
+    by_steps = {}
+    for steps in (1, 2, 5, 10):
+        rows = robustness({"linear": (model, cfg)}, data, "pgd", [0.05, 0.15], steps=steps, step_size=0.02,
+                          random_start=False, device="cpu")
+        by_steps[steps] = accuracies(rows, "linear")
+    for e in range(2):
+        series = [by_steps[s][e] for s in (1, 2, 5, 10)]
+        assert all(a >= b for a, b in zip(series, series[1:])), series
+    assert by_steps[10][1] < by_steps[1][1]  # and more steps do find more
+    # an image fooled after one step stays that first adversarial image, however many steps follow
+    net = Pixels(model, (0.5,), (0.25,))
+    one, many = (pgd(model, x, y, 0.3, steps=n, step_size=0.2, mean=(0.5,), std=(0.25,)) for n in (1, 8))
+    fooled = net(one).argmax(1) != y
+    assert fooled.any() and torch.equal(many[fooled], one[fooled])
+    model = tiny_cnn(seed=1)
+    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 3, (16,))
+    data = TensorDataset(x, y)
+    # the same random start (seed) is reproducible
+    twice = [accuracies(robustness({"cnn": (model, config())}, data, "pgd", [0.03], steps=3, random_start=True,
+                                   seed=5, device="cpu"), "cnn") for _ in range(2)]
+    assert twice[0] == twice[1]
+
+
+def test_fgsm_any_is_never_above_fgsm(trained_linear):
+    model, x, y = trained_linear
+    cfg, data = config(1, (0.5,), (0.25,), 2), TensorDataset(x, y)
+    eps = [0, 0.05, 0.1, 0.2, 0.3]
+    one = accuracies(robustness({"m": (model, cfg)}, data, "fgsm", eps, device="cpu"), "m")
+    anyeps = accuracies(robustness({"m": (model, cfg)}, data, "fgsm-any", eps, device="cpu"), "m")
+    assert one[0] == anyeps[0]
+    assert all(a <= b for a, b in zip(anyeps, one)), (anyeps, one)
+    # per image: whatever FGSM at eps fools, fgsm-any fools too, within eps
+    net = Pixels(model, (0.5,), (0.25,))
+    fooled = net(fgsm(model, x, y, 0.2, (0.5,), (0.25,))).argmax(1) != y
+    adv = fgsm_any(model, x, y, 0.2, (0.5,), (0.25,))
+    assert fooled.any() and bool(((net(adv).argmax(1) != y) | ~fooled).all())
+    assert (adv - x).abs().max() <= 0.2 + 1e-6
+
+
+def test_fgsm_any_is_foolbox_2s_fgsm(trained_linear):
+    """foolbox 2's GradientSignAttack with epsilons=20 and max_epsilon=eps, written out: an image already
+    misclassified left as it is; else the gradient sign at x, the steps linspace(0, eps, 21)[1:] tried in
+    order, the first that misclassifies kept; torchattacks' FGSM at eps for an image none fools. (A trained
+    model: a random network's logits on noise are near ties, which a batch of another size can flip.)"""
+    model, x, y = trained_linear
+    y = y.clone()
+    y[:3] = 1 - y[:3]  # three images the model gets wrong
+    net, eps = Pixels(model, (0.5,), (0.25,)), 0.3
+    xg = x.clone().requires_grad_(True)
+    nn.functional.cross_entropy(net(xg), y).backward()
+    sign = xg.grad.sign()
+    expected = torchattacks.FGSM(net, eps=eps)(x, y)
+    wrong = net(x).argmax(1) != y
+    expected[wrong] = x[wrong]
+    done = wrong.clone()
+    smaller = 0
+    for step in np.linspace(0, eps, 21)[1:]:
+        candidate = (x + float(step) * sign).clamp(0, 1)
+        fooled = (net(candidate).argmax(1) != y) & ~done
+        expected[fooled] = candidate[fooled]
+        done |= fooled
+        smaller += int(fooled.sum()) if step < eps - 1e-9 else 0
+    assert smaller > 0 and wrong.any()  # the cases where this measure differs from FGSM's
+    assert torch.allclose(fgsm_any(model, x, y, eps, (0.5,), (0.25,)), expected, atol=1e-6)
+
+
+def test_a_batch_of_one_gives_the_same_accuracy(trained_linear):
+    model, x, y = trained_linear
+    data, cfg = TensorDataset(x[:6], y[:6]), config(1, (0.5,), (0.25,), 2)
+    for attack in ("fgsm", "fgsm-any", "pgd"):
+        rows = [robustness({"m": (model, cfg)}, data, attack, [0, 0.1, 0.3], steps=2, batch_size=b, device="cpu")
+                for b in (1, 6)]
+        assert [r["correct"] for r in rows[0]] == [r["correct"] for r in rows[1]]
+        assert rows[0][0]["images"] == 6 and rows[0][0]["correct"] == 6 and rows[0][-1]["correct"] < 6
+    assert model.training is False
+
+
+def test_library_refusals():
+    model, data = tiny_cnn(), TensorDataset(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
+    for kwargs, words in ((dict(attack="cw", eps_list=[0.1]), "unknown attack"),
+                          (dict(attack="fgsm", eps_list=[1.5]), "between 0 and 1"),
+                          (dict(attack="fgsm", eps_list=[float("nan")]), "between 0 and 1"),
+                          (dict(attack="pgd", eps_list=[0.1], steps=0), "--steps"),
+                          (dict(attack="pgd", eps_list=[0.1], step_size=-1.0), "--step-size")):
+        with pytest.raises(HCGNetError, match=words):
+            robustness({"m": (model, config())}, data, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def train(base, *argv):
+    code = main(["train", *map(str, argv), "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8",
+                 "--workers", "0", "--max-test-images", "4"])
+    assert code == 0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, _one_thread):
+    base = tmp_path_factory.mktemp("attack")
+    folder = make_image_folder(base / "images", classes=3, per_class=8, size=(16, 16))
+    data = f"imagefolder:{folder}"
+    common = ["--data", data, "--image-size", "16", "--val-size", "3", "--test-size", "6"]
+    train(base, "--model", SPEC, *common, "--output", base / "hcgnet")
+    train(base, "--model", "test_resnet", *common, "--output", base / "resnet")  # a timm baseline
+    return {"base": base, "data": data, "folder": folder,
+            "hcgnet": base / "hcgnet" / "best.safetensors", "resnet": base / "resnet" / "best.safetensors"}
+
+
+def test_attack_command_compares_hcgnet_and_a_timm_baseline(capsys, runs):
+    out = runs["base"] / "out"
+    code, text, err = cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--checkpoint", runs["resnet"],
+                          "--data", runs["data"], "--eps", "0,0.01,0.1", "--output", out)
+    assert code == 0, err
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("eps"))
+    assert lines[header].split()[1:] == [SPEC, "test_resnet"]
+    assert [line.split()[0] for line in lines[header + 1:header + 4]] == ["clean", "0.01", "0.1"]
+    with open(out / "robustness.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["eps"], r["model"]) for r in rows] == [(e, m) for e in ("0.0", "0.01", "0.1")
+                                                      for m in (SPEC, "test_resnet")]
+    assert all(int(r["images"]) == 6 for r in rows)
+    saved = json.loads((out / "robustness.json").read_text())
+    assert saved["attack"] == "fgsm" and saved["split"] == "test" and saved["models"] == [SPEC, "test_resnet"]
+    assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # eps 0 is hcgnet eval's top-1 on the same split, for both models
+    for key, model in (("hcgnet", SPEC), ("resnet", "test_resnet")):
+        clean = next(r for r in saved["rows"] if r["eps"] == 0 and r["model"] == model)
+        ev = evaluate_checkpoint(str(runs[key]), runs["data"], workers=0, progress=False, log=lambda m: None)
+        assert ev["count"] == clean["images"]
+        assert clean["accuracy"] == pytest.approx(ev["top1"], abs=1e-12)
+
+
+def test_attack_pgd_and_limit_on_a_folder_scored_whole(capsys, runs):
+    other = make_image_folder(runs["base"] / "other", classes=3, per_class=3, size=(16, 16), seed=7)
+    out = runs["base"] / "pgd"
+    code, text, err = cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", f"imagefolder:{other}",
+                          "--attack", "pgd", "--steps", "2", "--random-start", "--eps", "0,0.05", "--limit", "5",
+                          "--batch-size", "1", "--output", out)
+    assert code == 0, err
+    saved = json.loads((out / "robustness.json").read_text())
+    assert saved["split"] == "all" and saved["steps"] == 2 and saved["random_start"] is True
+    assert {r["images"] for r in saved["rows"]} == {5}
+
+
+def write_idx(path, array, magic):
+    with open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(root, train=40, test=20):
+    """Fashion-MNIST's four raw files with a few images (class c: brightness 20 * c, plus noise)."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        labels = np.arange(n) % 10
+        images = np.clip(labels[:, None, None] * 20 + rng.integers(0, 40, (n, 28, 28)), 0, 255)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images, 0x803)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels, 0x801)
+    return root
+
+
+def test_attack_a_one_channel_fashion_mnist_checkpoint(capsys, tmp_path, single_thread):
+    data_dir = fake_fashion_mnist(tmp_path / "fm")
+    train(tmp_path, "--model", SPEC, "--data", "fashion-mnist", "--data-dir", data_dir, "--val-size", "10",
+          "--output", tmp_path / "run")
+    ckpt = tmp_path / "run" / "best.safetensors"
+    code, text, err = cli(capsys, "attack", "--checkpoint", ckpt, "--data", "fashion-mnist", "--data-dir", data_dir,
+                          "--eps", "0,0.002", "--attack", "fgsm-any", "--output", tmp_path / "out")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert {r["images"] for r in saved["rows"]} == {20}
+    ev = evaluate_checkpoint(str(ckpt), "fashion-mnist", data_dir=str(data_dir), workers=0, progress=False,
+                             log=lambda m: None)
+    assert saved["rows"][0]["accuracy"] == pytest.approx(ev["top1"], abs=1e-12)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--eps", "0,1.5"], "between 0 and 1"),
+    (["--eps", "-0.1"], "between 0 and 1"),
+    (["--eps", "0,abc"], "comma-separated"),
+    (["--attack", "pgd", "--steps", "0"], "--steps must be 1 or more"),
+    (["--attack", "pgd", "--step-size", "0"], "--step-size must be above 0"),
+    (["--attack", "cw"], "unknown attack 'cw'"),
+    (["--limit", "0"], "--limit"),
+])
+def test_bad_options_are_one_line(capsys, runs, argv, words):
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"],
+                               "--output", runs["base"] / "bad", *argv))
+    assert words in line
+
+
+def test_a_checkpoint_for_another_class_count_is_one_line(capsys, runs, tmp_path):
+    four = make_image_folder(tmp_path / "four", classes=4, per_class=2, size=(16, 16))
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", f"imagefolder:{four}",
+                               "--output", tmp_path / "out"))
+    assert "class" in line
+    fm = fake_fashion_mnist(tmp_path / "fm", train=20, test=10)
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["resnet"], "--data", "fashion-mnist",
+                               "--data-dir", fm, "--output", tmp_path / "out"))
+    assert "10 classes" in line and "3" in line
+
+
+def test_output_that_is_a_file_is_one_line(capsys, runs, tmp_path):
+    (tmp_path / "file").write_text("x")
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"],
+                               "--output", tmp_path / "file"))
+    assert "is a file" in line
+
+
+# ------------------------------------------------------------------------------------------------ timm baselines
+
+
+def test_create_model_falls_back_to_timm_and_reads_its_checkpoint(runs):
+    import hcgnet
+
+    model = hcgnet.create_model("test_resnet", checkpoint_path=str(runs["resnet"]))
+    assert type(model).__name__ == "ResNet" and model.num_classes == 3
+    assert model.pretrained_cfg["input_size"] == (3, 16, 16)  # the run's own preprocessing
+    with pytest.raises(HCGNetError, match="unknown model 'resnet_nope'.*timm model name"):
+        hcgnet.create_model("resnet_nope")
+    with pytest.raises(HCGNetError, match="does not download"):
+        hcgnet.create_model("resnet18", pretrained=True)
