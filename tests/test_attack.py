@@ -23,7 +23,7 @@ from hcgnet.data import DataConfig
 from hcgnet.errors import HCGNetError
 from hcgnet.inference import evaluate_checkpoint
 
-torchattacks = pytest.importorskip("torchattacks")
+import torchattacks  # noqa: E402  (a test dependency: a missing one must fail, not skip)
 
 SPEC = "HCGNet-(1,1,1)-(k=4,4,4)"
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
