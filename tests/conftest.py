@@ -30,6 +30,14 @@ def make_image_folder(root, classes=3, per_class=12, size=(20, 20), seed=0):
     return root
 
 
+def picture(path, seed, size=(18, 22)):
+    """One noise image of ``size`` (H, W) at ``path`` (its folder created): a file a user might pass."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, size=(*size, 3)).astype(np.uint8)).save(path)
+    return path
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "images")

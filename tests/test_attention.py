@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from conftest import picture
 import hcgnet
 from hcgnet.analysis.attention import (CELL_HEIGHT, CELL_WIDTH, MAP_KINDS, attention_grid, default_modules,
                                        gate_maps, weights_plot)
@@ -244,13 +245,6 @@ def test_weights_plot_has_a_row_per_module(model, images, tmp_path):
 # ------------------------------------------------------------------------------------------------ the command
 
 
-def picture(path, seed, size=(20, 26)):
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, size=(*size, 3)).astype(np.uint8)).save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     base = tmp_path_factory.mktemp("ckpt")
@@ -272,7 +266,7 @@ def cli(capsys, *argv):
 
 def test_cli_writes_the_pictures_maps_and_summary(capsys, checkpoint, tmp_path):
     for i in range(3):
-        picture(tmp_path / "shots" / f"{i}.png", i)
+        picture(tmp_path / "shots" / f"{i}.png", i, size=(20, 26))
     (tmp_path / "shots" / "broken.png").write_bytes(b"not a png")
     out_dir = tmp_path / "out"
     code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, tmp_path / "shots", "--output", out_dir,
@@ -305,10 +299,10 @@ def test_cli_on_the_published_checkpoint(capsys, tmp_path):
 
 
 def test_cli_max_images_keeps_the_first_readable_ones(capsys, checkpoint, tmp_path):
-    picture(tmp_path / "shots" / "0.png", 0)
+    picture(tmp_path / "shots" / "0.png", 0, size=(20, 26))
     (tmp_path / "shots" / "1.png").write_bytes(b"broken")
     for i in (2, 3, 4):
-        picture(tmp_path / "shots" / f"{i}.png", i)
+        picture(tmp_path / "shots" / f"{i}.png", i, size=(20, 26))
     code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, tmp_path / "shots", "--output",
                          tmp_path / "out", "--max-images", "3", "--modules", "stages.2.transition")
     assert code == 0, err
@@ -327,7 +321,7 @@ def test_cli_max_images_keeps_the_first_readable_ones(capsys, checkpoint, tmp_pa
     ("max_images", "hcgnet: error: --max-images must be 1 or more, got 0"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, expected):
-    shot = picture(tmp_path / "a.png", 0)
+    shot = picture(tmp_path / "a.png", 0, size=(20, 26))
     images, output, extra = [shot], tmp_path / "out", []
     if case == "no_images":
         images = [tmp_path / "missing.png"]

@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import picture
 import hcgnet
 from hcgnet.cli import main
 from hcgnet.data import DataConfig
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 SPEC = "HCGNet-(1,1,1)-(k=4,4,4)"
 CLASSES = ["cat", "dog", "eel"]
 PUBLISHED = Path(__file__).resolve().parent / "fixtures" / "cifar_A1.official.pth.tar"
-
-
-def picture(path, seed, size=(18, 22)):
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, size=(*size, 3)).astype(np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
