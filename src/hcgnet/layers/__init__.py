@@ -2,6 +2,7 @@
 from hcgnet.layers.attention_pool import AttentionPool
 from hcgnet.layers.conv import DilatedDepthwiseConv2d, PreActConv
 from hcgnet.layers.gates import BatchOfOneError, ForgetGate, GateBottleneck, UpdateGate
+from hcgnet.layers.norm import FrozenBatchNorm, freeze_batch_norm
 from hcgnet.layers.smg import MultiScaleExcitationCell, SMGModule, SqueezeCell
 
 __all__ = [
@@ -9,10 +10,12 @@ __all__ = [
     "BatchOfOneError",
     "DilatedDepthwiseConv2d",
     "ForgetGate",
+    "FrozenBatchNorm",
     "GateBottleneck",
     "MultiScaleExcitationCell",
     "PreActConv",
     "SMGModule",
     "SqueezeCell",
     "UpdateGate",
+    "freeze_batch_norm",
 ]

@@ -1,0 +1,79 @@
+"""Frozen batch normalisation, for fine-tuning with small batches (detection: 1-2 images per GPU).
+
+``freeze_batch_norm(model)`` replaces every BatchNorm (1d, 2d, 3d, SyncBatchNorm) by a
+:class:`FrozenBatchNorm` that applies the running statistics and the affine weights as constants: the
+BN's eval-mode output in every mode and for any batch size, a batch of one included. torchvision's
+``FrozenBatchNorm2d`` covers only 2d maps and drops ``num_batches_tracked`` from the state dict; HCGNet's
+gates normalise (B, C) vectors with BatchNorm1d, and a frozen network must keep the same state dict keys so
+that ImageNet weights load before or after freezing and a frozen detector's weights load back strictly
+into an unfrozen one.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from hcgnet.errors import HCGNetError
+
+
+class FrozenBatchNorm(nn.Module):
+    """``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` over dim 1 of an (N, C, *) input,
+    everything a buffer: nothing to train, no statistics to update. Its state dict has the keys of the
+    BatchNorm it replaces (``num_batches_tracked`` included, kept only for that)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features) if affine else None)
+        self.register_buffer("bias", torch.zeros(num_features) if affine else None)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    @classmethod
+    def from_batch_norm(cls, bn: _BatchNorm) -> "FrozenBatchNorm":
+        if bn.running_mean is None or bn.running_var is None:
+            raise HCGNetError(f"cannot freeze {bn}: it has no running statistics (track_running_stats=False), so "
+                              "its eval-mode output depends on the batch")
+        frozen = cls(bn.num_features, bn.eps, affine=bn.weight is not None)
+        with torch.no_grad():  # the BN's own tensors' values, device and dtype, detached from autograd
+            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                value: Optional[Tensor] = getattr(bn, name)
+                if value is not None:
+                    setattr(frozen, name, value.detach().clone())
+        return frozen
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # A file written before PyTorch 0.4.1 has no count (BatchNorm itself accepts that too).
+        state_dict.setdefault(prefix + "num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Scale and shift in float32, then in x's dtype: under autocast a float16 map stays float16.
+        scale = (self.running_var.float() + self.eps).rsqrt()
+        shift = -self.running_mean.float() * scale
+        if self.weight is not None:
+            scale = scale * self.weight.float()
+            shift = shift * self.weight.float() + self.bias.float()
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul(shift.to(x.dtype).reshape(shape), x, scale.to(x.dtype).reshape(shape))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm in ``module`` (``module`` itself too) by a :class:`FrozenBatchNorm` holding
+    its statistics and weights; returns ``module`` changed in place (or the frozen norm if ``module`` is a
+    BatchNorm). The state dict keeps its keys, so weights load strictly before or after freezing."""
+    if isinstance(module, _BatchNorm):
+        return FrozenBatchNorm.from_batch_norm(module)
+    for name, child in module.named_children():
+        frozen = freeze_batch_norm(child)
+        if frozen is not child:
+            setattr(module, name, frozen)
+    return module
