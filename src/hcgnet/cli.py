@@ -43,7 +43,41 @@ def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[
     return rows
 
 
+def cmd_info_detection(args: argparse.Namespace) -> int:
+    """``info --detection NAME``: a detector's parameters and multiply-adds beside the paper's Table 4."""
+    from hcgnet.detection.complexity import DEFAULT_IMAGE_SIZE, detection_info, parse_image_size
+
+    if args.models or args.size is not None:
+        raise HCGNetError("--detection takes one model of its own; drop the other model names and --size "
+                          "(use --image-size HxW)")
+    size = parse_image_size(args.image_size) if args.image_size else DEFAULT_IMAGE_SIZE
+    r = detection_info(args.detection, args.task, 91 if args.num_classes is None else args.num_classes, size)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    detector = "Mask R-CNN" if r["task"] == "mask" else "Faster R-CNN"
+    rows = [("model", f"{detector} + FPN, {r['model']} backbone, {r['classes']} classes"),
+            ("params", f"{r['params']:,} (backbone {r['backbone_params']:,})"
+                       + (f"; paper {r['paper_params']}" if r["paper_params"] else "")),
+            ("GMACs", f"{r['gmacs']:.1f} at {r['image']} (network input {r['network_input']})"
+                      + (f"; paper {r['paper_gmacs']}" if r["paper_gmacs"] else ""))]
+    rows += [(f"  {part}", f"{g:.1f}") for part, g in r["gmacs_by_part"].items()]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+    print(f"GMACs: multiply-adds (10^9) of convolutions and matrix products in the most work one eval forward can do "
+          f"(backbone, FPN and RPN head over the padded image, box head over {r['proposals']} proposals"
+          + (f", mask head over {r['detections']} detections" if r["task"] == "mask" else "")
+          + "); norms, activations and RoIAlign are not counted. params: "
+          "nn.Parameters, trainable or not (frozen BatchNorm constants excluded, as in torchvision's figures).")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.detection is not None:
+        return cmd_info_detection(args)
+    if args.image_size is not None or args.task != "mask":
+        raise HCGNetError("--image-size and --task describe a detector: add --detection MODEL")
     if args.size is not None and args.size < 1:
         raise HCGNetError(f"--size must be a positive number of pixels, got {args.size}")
     rows = _info_rows(args.models or list(VARIANTS), args.num_classes, args.size)
@@ -405,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--size", type=int, default=None, metavar="N",
                       help="square input side for the GMACs column, e.g. 224 (default: each variant's own)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--detection", default=None, metavar="MODEL|SPEC",
+                      help="a detector instead: Mask R-CNN + FPN with this backbone (hcgnet_b, a spec, or resnet50), "
+                           "beside the paper's Table 4; --num-classes defaults to 91 (COCO)")
+    info.add_argument("--task", choices=("mask", "box"), default="mask",
+                      help="with --detection: mask (Mask R-CNN, default) or box (Faster R-CNN)")
+    info.add_argument("--image-size", default=None, metavar="HxW",
+                      help="with --detection: image size for the GMACs (default 800x1333, the paper's)")
     info.set_defaults(func=cmd_info)
 
     convert = sub.add_parser("convert", help="turn a published checkpoint or a training .pt into a .safetensors file")

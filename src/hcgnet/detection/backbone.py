@@ -1,0 +1,102 @@
+"""HCGNet as a detection backbone: the hybrid-block outputs after their BN-ReLU, into torchvision's FPN.
+
+Taps (the paper's Table 4 set-up): every stage's hybrid-block output at strides 4/8/16/32 (HCGNet-B:
+160/368/952/1244 channels), each after a BN-ReLU. For the last stage that is the network's own final
+``norm``/``act``. For the others it is the BN-ReLU that already opens the next transition (the
+pre-activation of its squeeze cell's 1x1 conv): that BatchNorm normalises exactly this tensor, with statistics
+and weights learnt on ImageNet, so the taps cost no new parameter and start from trained values.
+All BatchNorms (the gates' BatchNorm1d too) are frozen; ``trainable_stages`` decides which convolutions train.
+"""
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+from hcgnet.errors import CheckpointError, HCGNetError, ModelSpecError
+from hcgnet.layers import freeze_batch_norm
+from hcgnet.models import HCGNet, create_model
+from hcgnet.models.registry import is_timm_baseline
+from hcgnet.models.variants import resolve
+
+FPN_CHANNELS = 256
+
+
+class TrainableStagesError(HCGNetError):
+    """``trainable_stages`` outside 0..number of stages."""
+
+
+def check_trainable_stages(trainable_stages: int, n_stages: int, name: str) -> None:
+    if not isinstance(trainable_stages, int) or not 0 <= trainable_stages <= n_stages:
+        raise TrainableStagesError(
+            f"trainable_stages must be 0..{n_stages} for {name} (it has {n_stages} stages; the stem is always frozen), "
+            f"got {trainable_stages!r}")
+
+
+class HCGNetFPN(nn.Module):
+    """torchvision's ``BackboneWithFPN`` for HCGNet: ``body`` (the network, no classifier), ``fpn`` (256 channels
+    and a max-pooled extra level ``"pool"``) and ``out_channels``. ``forward(images)`` returns the FPN's levels
+    ``"0"``.. one per stage, then ``"pool"``."""
+
+    def __init__(self, body: HCGNet) -> None:
+        super().__init__()
+        self.body = body
+        self.in_channels_list = [int(info["num_chs"]) for info in body.feature_info]
+        self.strides = [int(info["reduction"]) for info in body.feature_info]
+        self.fpn = FeaturePyramidNetwork(self.in_channels_list, FPN_CHANNELS, extra_blocks=LastLevelMaxPool())
+        self.out_channels = FPN_CHANNELS
+
+    @property
+    def featmap_names(self) -> List[str]:
+        """The FPN levels the RoI heads pool from (every tap; not the extra ``"pool"`` level)."""
+        return [str(i) for i in range(len(self.in_channels_list))]
+
+    def taps(self, x: Tensor) -> Dict[str, Tensor]:
+        """The hybrid-block outputs after their BN-ReLU, by stage index as a string."""
+        outputs = self.body.forward_intermediates(x, norm=True, intermediates_only=True)
+        last = len(outputs) - 1
+        features = OrderedDict()
+        for i, out in enumerate(outputs):
+            if i < last:  # the next transition's own opening BN-ReLU, applied to this tensor (see the module doc)
+                out = F.relu(self.body.stages[i + 1].transition.squeeze.conv1x1.norm(out))
+            features[str(i)] = out
+        return features
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        return self.fpn(self.taps(x))
+
+
+def hcgnet_body(name: str, weights_backbone: Optional[str] = None) -> HCGNet:
+    """The network without classifier, with the ImageNet stem (strides 4..32 need it), weights from any file
+    ``hcgnet.create_model`` reads (hcgnet safetensors, a run's .pt, a published checkpoint) when given."""
+    if is_timm_baseline(name):
+        raise ModelSpecError(f"{name} is a timm model: a detection backbone is an HCGNet name or spec "
+                             "(e.g. hcgnet_b, 'HCGNet-(1,1,1,1)-(k=8,8,8,8)') or resnet50")
+    try:
+        resolve(name, "imagenet")
+    except ModelSpecError as e:
+        raise ModelSpecError(f"{e}; for detection also resnet50 (torchvision's baseline)") from None
+    try:
+        body = create_model(name, stem="imagenet", checkpoint_path=weights_backbone, num_classes=None if
+                            weights_backbone else 0)
+    except CheckpointError as e:
+        if "stem." in str(e):
+            raise CheckpointError(f"{e}; a detection backbone needs the ImageNet stem (train with --stem imagenet)"
+                                  ) from None
+        raise
+    body.reset_classifier(0)  # the ImageNet classifier is not part of a detector
+    return body
+
+
+def hcgnet_fpn_backbone(name: str = "hcgnet_b", weights_backbone: Optional[str] = None,
+                        trainable_stages: int = 3) -> HCGNetFPN:
+    """An :class:`HCGNetFPN` with frozen BatchNorms and the stem and first ``stages - trainable_stages`` stages
+    frozen (torchvision's ``trainable_backbone_layers``: HCGNet-B with 3 trains stages 1-3)."""
+    body = hcgnet_body(name, weights_backbone)
+    n_stages = len(body.stages)
+    check_trainable_stages(trainable_stages, n_stages, name)
+    freeze_batch_norm(body)
+    for module in [body.stem, *body.stages[: n_stages - trainable_stages]]:
+        module.requires_grad_(False)
+    return HCGNetFPN(body)
