@@ -1,0 +1,206 @@
+"""HCGNet + FPN in torchvision's Mask R-CNN / Faster R-CNN: taps, freezing, weights, counts, errors."""
+import json
+
+import pytest
+import torch
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+
+import hcgnet
+from hcgnet.cli import main
+from hcgnet.complexity import count_params
+from hcgnet.detection import build_detector, fasterrcnn_hcgnet, maskrcnn_hcgnet
+from hcgnet.detection.backbone import hcgnet_fpn_backbone
+from hcgnet.errors import CheckpointError, HCGNetError
+from hcgnet.layers import FrozenBatchNorm
+from hcgnet.models import save_safetensors
+from torch.nn.modules.batchnorm import _BatchNorm
+
+TINY = "HCGNet-(1,1,1)-(k=8,8,8)"  # 3 stages: taps at strides 4/8/16, then the max-pooled level
+TINY4 = "HCGNet-(1,1,1,1)-(k=8,8,8,8)"
+SMALL = dict(min_size=64, max_size=96)
+PAPER_PARAMS = 32.1e6  # Table 4, HCGNet-B Mask R-CNN + FPN
+PAPER_GMACS = 230.4
+
+
+def _targets(n: int, h: int, w: int, seed: int = 0):
+    """``n`` images of (h, w) with one box and its filled mask each."""
+    g = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for i in range(n):
+        images.append(torch.rand(3, h, w, generator=g))
+        x0, y0, x1, y1 = 8 + 4 * i, 10, w - 12, h - 8
+        mask = torch.zeros(1, h, w, dtype=torch.uint8)
+        mask[0, y0:y1, x0:x1] = 1
+        targets.append(dict(boxes=torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32),
+                            labels=torch.tensor([1 + i]), masks=mask))
+    return images, targets
+
+
+def test_hcgnet_b_mask_rcnn_has_the_papers_parameter_count():
+    with torch.device("meta"):
+        model = maskrcnn_hcgnet("hcgnet_b", num_classes=91)
+    assert isinstance(model, MaskRCNN)
+    assert abs(count_params(model) - PAPER_PARAMS) / PAPER_PARAMS < 0.02
+
+
+def test_resnet50_baseline_is_torchvisions_maskrcnn_resnet50_fpn():
+    with torch.device("meta"):
+        model = build_detector("resnet50", trainable_stages=3)
+    assert count_params(model) == 44_401_393  # torchvision's documented num_params for maskrcnn_resnet50_fpn
+    assert not any(isinstance(m, _BatchNorm) for m in model.modules())
+    trainable = {n.split(".")[0] for n, p in model.backbone.body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}
+
+
+def test_hcgnet_b_fpn_taps_have_the_papers_channels_and_strides(single_thread):
+    backbone = hcgnet_fpn_backbone("hcgnet_b").eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        taps = backbone.taps(x)
+        raw = backbone.body.forward_intermediates(x, intermediates_only=True)
+        levels = backbone(x)
+    assert [tuple(t.shape) for t in taps.values()] == [
+        (1, 160, 16, 24), (1, 368, 8, 12), (1, 952, 4, 6), (1, 1244, 2, 3)]
+    # after a BN-ReLU: non-negative, unlike the raw hybrid-block outputs
+    assert all(t.min() >= 0 for t in taps.values()) and all(r.min() < 0 for r in raw)
+    assert list(levels) == ["0", "1", "2", "3", "pool"] and backbone.out_channels == 256
+    assert [tuple(v.shape[1:]) for v in levels.values()] == [
+        (256, 16, 24), (256, 8, 12), (256, 4, 6), (256, 2, 3), (256, 1, 2)]
+
+
+def test_trainable_stages_freezes_the_stem_and_the_first_stages():
+    with torch.device("meta"):
+        backbone = hcgnet_fpn_backbone("hcgnet_b", trainable_stages=3)
+    body = backbone.body
+    assert not any(p.requires_grad for p in body.stem.parameters())
+    assert not any(p.requires_grad for p in body.stages[0].parameters())
+    assert all(p.requires_grad for s in body.stages[1:] for p in s.parameters())
+    assert all(p.requires_grad for p in backbone.fpn.parameters())
+    norms = [m for m in body.modules() if isinstance(m, FrozenBatchNorm)]
+    assert not any(isinstance(m, _BatchNorm) for m in body.modules())
+    assert len({m.running_mean.dim() for m in norms}) == 1 and len(norms) > 100  # BN2d and the gates' BN1d alike
+
+
+def test_a_three_stage_spec_gets_the_imagenet_stem_and_levels_to_match():
+    with torch.device("meta"):
+        model = maskrcnn_hcgnet(TINY, num_classes=3)
+    assert model.backbone.strides == [4, 8, 16]
+    assert model.rpn.anchor_generator.num_anchors_per_location() == [3] * 4  # 3 taps + the max-pooled level
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2"]
+    assert model.roi_heads.mask_roi_pool.featmap_names == ["0", "1", "2"]
+
+
+def test_one_training_step_trains_exactly_the_trainable_backbone(single_thread):
+    torch.manual_seed(0)
+    model = maskrcnn_hcgnet(TINY, num_classes=3, trainable_stages=2, **SMALL).train()
+    body = model.backbone.body
+    buffers = {k: v.clone() for k, v in body.named_buffers()}
+    images, targets = _targets(2, 64, 80)
+    losses = model(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    frozen = [*body.stem.parameters(), *body.stages[0].parameters()]
+    trainable = [p for p in model.backbone.parameters() if p.requires_grad]
+    assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
+    assert len(trainable) == len(list(model.backbone.parameters())) - len(frozen)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+    assert body.stages[1].transition.squeeze.conv1x1.conv.weight.grad.abs().sum() > 0
+    assert body.stages[2].block.layers[0].forget_gate.bottleneck.fc.weight.grad.abs().sum() > 0
+    assert all(torch.equal(v, buffers[k]) for k, v in body.named_buffers())
+
+
+@pytest.mark.parametrize("builder, spec", [(maskrcnn_hcgnet, TINY), (fasterrcnn_hcgnet, TINY4)])
+def test_eval_mode_gives_torchvisions_outputs(single_thread, builder, spec):
+    torch.manual_seed(0)
+    model = builder(spec, num_classes=4, box_score_thresh=0.0, box_detections_per_img=5, **SMALL).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 70, 90), torch.rand(3, 90, 60)])
+    assert isinstance(out, list) and len(out) == 2
+    for o, (h, w) in zip(out, ((70, 90), (90, 60))):
+        n = len(o["boxes"])
+        assert 0 < n <= 5 and o["boxes"].shape == (n, 4) and o["labels"].shape == o["scores"].shape == (n,)
+        assert ((o["labels"] >= 1) & (o["labels"] < 4)).all()
+        assert (o["boxes"][:, 2] <= w).all() and (o["boxes"][:, 3] <= h).all()
+        if builder is maskrcnn_hcgnet:
+            assert o["masks"].shape == (n, 1, h, w)
+        else:
+            assert "masks" not in o
+    assert isinstance(model, MaskRCNN if builder is maskrcnn_hcgnet else FasterRCNN)
+
+
+def test_weights_backbone_loads_an_imagenet_checkpoint_without_its_classifier(tmp_path):
+    torch.manual_seed(1)
+    source = hcgnet.create_model(TINY, stem="imagenet", num_classes=7)
+    with torch.no_grad():
+        source.stem.norm0.running_mean.uniform_(0.5, 1.0)
+    path = tmp_path / "tiny.safetensors"
+    save_safetensors(source, path)
+    detector = build_detector(TINY, "box", num_classes=3, weights_backbone=str(path), **SMALL)
+    body = detector.backbone.body
+    conv = "stages.1.block.layers.0.squeeze.conv1x1.conv.weight"
+    assert torch.equal(body.state_dict()[conv], source.state_dict()[conv])
+    assert torch.equal(body.stem.norm0.running_mean, source.stem.norm0.running_mean)
+    assert not any(k.startswith("classifier.") for k in body.state_dict())
+    # a run's own .pt ({'model': state_dict, ...}) is read by the same machinery
+    torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "best.pt")
+    again = build_detector(TINY, "box", num_classes=3, weights_backbone=str(tmp_path / "best.pt"), **SMALL)
+    assert torch.equal(again.backbone.body.state_dict()[conv], source.state_dict()[conv])
+
+
+def test_a_detectors_state_dict_loads_back_into_the_same_build():
+    torch.manual_seed(0)
+    model = maskrcnn_hcgnet(TINY, num_classes=3, **SMALL)
+    again = maskrcnn_hcgnet(TINY, num_classes=3, **SMALL)
+    again.load_state_dict(model.state_dict(), strict=True)
+    key = "backbone.body.stages.1.transition.forget_gate.bottleneck.norm.running_var"
+    assert torch.equal(again.state_dict()[key], model.state_dict()[key])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(model="hcgnet_z"), "unknown model"),
+    (dict(model="resnet18"), "timm model"),
+    (dict(model="hcgnet_b", trainable_stages=5), "trainable_stages must be 0..4"),
+    (dict(model=TINY, trainable_stages=-1), "trainable_stages must be 0..3"),
+    (dict(model="resnet50", trainable_stages=5), "trainable_stages must be 0..4"),
+    (dict(model="hcgnet_b", task="segment"), "unknown detection task"),
+    (dict(model="hcgnet_b", num_classes=1), "2 or more"),
+])
+def test_bad_arguments_are_one_line_errors(kwargs, match):
+    with torch.device("meta"), pytest.raises(HCGNetError, match=match) as info:
+        build_detector(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_a_cifar_stem_checkpoint_is_refused_in_one_line():
+    with pytest.raises(CheckpointError, match="needs the ImageNet stem") as info:
+        build_detector("hcgnet_a1", weights_backbone="tests/fixtures/cifar_A1.official.pth.tar")
+    assert "\n" not in str(info.value)
+
+
+def test_info_detection_reports_params_and_macs_beside_the_paper(capsys):
+    assert main(["info", "--detection", "hcgnet_b", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert abs(row["params"] - PAPER_PARAMS) / PAPER_PARAMS < 0.02 and row["paper_params"] == "32.1M"
+    assert row["network_input"] == "800x1344" and row["paper_gmacs"] == "230.4G"
+    parts = row["gmacs_by_part"]
+    # The heads by hand (91 classes): box head over 1000 RoIs of 256x7x7 (fc6, fc7, classes, 4 box coordinates per
+    # class), mask head over 100 RoIs of 256x14x14 (four 3x3 convs, a 2x2 stride-2 deconv, 1x1 logits at 28x28),
+    # RPN head (3x3 conv + 3 objectness + 12 box outputs) at every level of 800x1344, pooled level included.
+    box = 1000 * (256 * 49 * 1024 + 1024 * 1024 + 1024 * (91 + 4 * 91))
+    mask = 100 * (4 * 196 * 256 * 256 * 9 + 196 * 256 * 256 * 4 + 784 * 256 * 91)
+    positions = 200 * 336 + 100 * 168 + 50 * 84 + 25 * 42 + 13 * 21
+    rpn = positions * 256 * (256 * 9 + 3 + 12)
+    assert parts["box_head"] * 1e9 == pytest.approx(box, rel=1e-9)
+    assert parts["mask_head"] * 1e9 == pytest.approx(mask, rel=1e-9)
+    assert parts["rpn_head"] * 1e9 == pytest.approx(rpn, rel=1e-9)
+    assert row["gmacs"] == pytest.approx(sum(parts.values()))
+    # README "Detection models in Python": norms, activations etc. are not counted, hence ~4% below the paper
+    assert 0.94 < row["gmacs"] / PAPER_GMACS < 1.0
+
+
+def test_info_detection_bad_input_exits_2_with_one_line(capsys):
+    assert main(["info", "--detection", "hcgnet_b", "--image-size", "800"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hcgnet: error: ") and err.count("\n") == 1
+    assert main(["info", "--image-size", "800x800"]) == 2
