@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 import hcgnet
@@ -13,7 +14,6 @@ from hcgnet.detection.backbone import hcgnet_fpn_backbone
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.layers import BatchOfOneError, FrozenBatchNorm
 from hcgnet.models import save_safetensors
-from torch.nn.modules.batchnorm import _BatchNorm
 
 TINY = "HCGNet-(1,1,1)-(k=8,8,8)"  # 3 stages: taps at strides 4/8/16, then the max-pooled level
 TINY4 = "HCGNet-(1,1,1,1)-(k=8,8,8,8)"
