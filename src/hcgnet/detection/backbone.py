@@ -67,19 +67,24 @@ class HCGNetFPN(nn.Module):
         return self.fpn(self.taps(x))
 
 
-def hcgnet_body(name: str, weights_backbone: Optional[str] = None) -> HCGNet:
-    """The network without classifier, with the ImageNet stem (strides 4..32 need it), weights from any file
-    ``hcgnet.create_model`` reads (hcgnet safetensors, a run's .pt, a published checkpoint) when given."""
+def _stages_of(name: str) -> int:
+    """The number of stages of an HCGNet name or spec; one-line errors for anything else."""
     if is_timm_baseline(name):
         raise ModelSpecError(f"{name} is a timm model: a detection backbone is an HCGNet name or spec "
                              "(e.g. hcgnet_b, 'HCGNet-(1,1,1,1)-(k=8,8,8,8)') or resnet50")
     try:
-        resolve(name, "imagenet")
+        return len(resolve(name, "imagenet")[1].block_depths)
     except ModelSpecError as e:
         raise ModelSpecError(f"{e}; for detection also resnet50 (torchvision's baseline)") from None
+
+
+def hcgnet_body(name: str, weights_backbone: Optional[str] = None) -> HCGNet:
+    """The network without classifier, with the ImageNet stem (strides 4..32 need it), weights from any file
+    ``hcgnet.create_model`` reads (hcgnet safetensors, a run's .pt, a published checkpoint) when given."""
+    _stages_of(name)
     try:
-        body = create_model(name, stem="imagenet", checkpoint_path=weights_backbone, num_classes=None if
-                            weights_backbone else 0)
+        body = create_model(name, stem="imagenet", checkpoint_path=weights_backbone,
+                            num_classes=None if weights_backbone else 0)
     except CheckpointError as e:
         if "stem." in str(e):
             raise CheckpointError(f"{e}; a detection backbone needs the ImageNet stem (train with --stem imagenet)"
@@ -93,9 +98,9 @@ def hcgnet_fpn_backbone(name: str = "hcgnet_b", weights_backbone: Optional[str] 
                         trainable_stages: int = 3) -> HCGNetFPN:
     """An :class:`HCGNetFPN` with frozen BatchNorms and the stem and first ``stages - trainable_stages`` stages
     frozen (torchvision's ``trainable_backbone_layers``: HCGNet-B with 3 trains stages 1-3)."""
+    n_stages = _stages_of(name)
+    check_trainable_stages(trainable_stages, n_stages, name)  # before any weights are read
     body = hcgnet_body(name, weights_backbone)
-    n_stages = len(body.stages)
-    check_trainable_stages(trainable_stages, n_stages, name)
     freeze_batch_norm(body)
     for module in [body.stem, *body.stages[: n_stages - trainable_stages]]:
         module.requires_grad_(False)
