@@ -14,6 +14,7 @@ from hcgnet.detection.backbone import hcgnet_fpn_backbone
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.layers import BatchOfOneError, FrozenBatchNorm
 from hcgnet.models import save_safetensors
+from hcgnet.models.checkpoints import _PUBLISHED_SMG_NAMES as PUBLISHED_SMG_NAMES, published_to_hcgnet_key
 
 TINY = "HCGNet-(1,1,1)-(k=8,8,8)"  # 3 stages: taps at strides 4/8/16, then the max-pooled level
 TINY4 = "HCGNet-(1,1,1,1)-(k=8,8,8,8)"
@@ -146,6 +147,44 @@ def test_weights_backbone_loads_an_imagenet_checkpoint_without_its_classifier(tm
     torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "best.pt")
     again = build_detector(TINY, "box", num_classes=3, weights_backbone=str(tmp_path / "best.pt"), **SMALL)
     assert torch.equal(again.backbone.body.state_dict()[conv], source.state_dict()[conv])
+
+
+def _published_key(key: str) -> str:
+    """hcgnet's name -> the published implementation's (the inverse of hcgnet's converter, for this test)."""
+    names = {v: k for k, v in PUBLISHED_SMG_NAMES.items()}
+    parts = key.split(".")
+    if parts[0] == "stem":
+        return "features." + ".".join(parts[1:])
+    if parts[0] == "norm":
+        return "features.norm5." + parts[1]
+    if parts[2] == "transition":
+        inner = ".".join(parts[3:])
+        ours = next(n for n in names if inner.startswith(n + "."))
+        return f"features.transition{parts[1]}.{names[ours]}{inner[len(ours):]}"
+    inner = ".".join(parts[5:])
+    ours = next(n for n in names if inner.startswith(n + "."))
+    return f"features.hybridblock{int(parts[1]) + 1}.SMG{int(parts[4]) + 1}.{names[ours]}{inner[len(ours):]}"
+
+
+def test_weights_backbone_reads_a_published_format_checkpoint(tmp_path):
+    torch.manual_seed(2)
+    source = hcgnet.create_model(TINY4, num_classes=6)
+    state = {}
+    for key, value in source.state_dict().items():
+        if key.startswith("classifier."):
+            state[key] = value
+            continue
+        published = _published_key(key)
+        assert published_to_hcgnet_key(published) == key
+        # the published gates store their fully connected layers as 1x1 convolutions
+        state["module." + published] = value[:, :, None, None] if value.dim() == 2 else value
+    torch.save({"net": state, "acc": 0.5, "epoch": 1}, tmp_path / "published.pth.tar")
+    detector = build_detector(TINY4, "box", num_classes=3, weights_backbone=str(tmp_path / "published.pth.tar"))
+    body = detector.backbone.body.state_dict()
+    fc = "stages.2.block.layers.0.update_gate.bottleneck.fc.weight"
+    assert torch.equal(body[fc], source.state_dict()[fc])
+    assert torch.equal(body["stages.3.transition.squeeze.conv1x1.norm.running_var"],
+                       source.state_dict()["stages.3.transition.squeeze.conv1x1.norm.running_var"])
 
 
 def test_a_detectors_state_dict_loads_back_into_the_same_build():
