@@ -20,10 +20,9 @@ class AttentionPool(nn.Module):
         self.attention = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        # Shapes by flatten/view_as, not unpacked sizes: the same code traces under FX (a symbolic trace
-        # cannot unpack a shape) and exports with dynamic sizes.
-        scores = self.score(x)  # (B, 1, H, W)
-        weights = torch.softmax(scores.flatten(2).float(), dim=-1).to(x.dtype)
-        weights = self.attention(weights.view_as(scores)).flatten(1).unsqueeze(-1)  # (B, HW, 1)
+        b, c, h, w = x.shape
+        logits = self.score(x).reshape(b, 1, h * w)
+        weights = torch.softmax(logits.float(), dim=-1).to(x.dtype)
+        weights = self.attention(weights.reshape(b, 1, h, w)).reshape(b, h * w, 1)
         # One batched matrix product over positions: (B, C, HW) @ (B, HW, 1).
-        return torch.bmm(x.flatten(2), weights).flatten(1)
+        return torch.bmm(x.reshape(b, c, h * w), weights).reshape(b, c)
