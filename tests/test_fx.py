@@ -81,6 +81,25 @@ def test_fx_features_only_of_a_spec_and_a_bad_feature_cls(single_thread):
         hcgnet.create_model(TINY, features_only=True, feature_cls="hooks")
 
 
+class _Intermediates(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return self.model.forward_intermediates(x, indices=[0, 2], stop_early=True)
+
+
+def test_forward_intermediates_traces(single_thread):
+    wrapper = _Intermediates(_tiny().eval())
+    traced = torch.fx.symbolic_trace(wrapper)
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        (last, features), (expected_last, expected) = traced(x), wrapper(x)
+    assert torch.equal(last, expected_last) and len(features) == 2
+    assert all(torch.equal(a, b) for a, b in zip(features, expected))
+
+
 class _EvalNorm(nn.Module):
     """A frozen norm stand-in: a BatchNorm1d's eval-mode output in any mode, and itself not a BatchNorm."""
 
