@@ -76,7 +76,8 @@ def test_fx_features_only_of_a_spec_and_a_bad_feature_cls(single_thread):
     _load_eager_weights(features.graph_module, model)
     x = torch.randn(2, 3, 48, 80)
     with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(features(x), model.forward_intermediates(x, intermediates_only=True)))
+        out, expected = features(x), model.forward_intermediates(x, intermediates_only=True)
+    assert len(out) == len(expected) == 4 and all(torch.equal(a, b) for a, b in zip(out, expected))
     with pytest.raises(ModelSpecError, match="unknown feature_cls 'hooks'; use one of list, fx"):
         hcgnet.create_model(TINY, features_only=True, feature_cls="hooks")
 
