@@ -63,15 +63,30 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
                          dilation=dilation, groups=channels, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (not torch.jit.is_scripting() and torch.is_grad_enabled() and x.device.type == "cpu"
-                and x.dtype == torch.bfloat16):
-            return self.forward_fast_backward(x)
-        return self._conv_forward(x, self.weight, self.bias)
+        if torch.jit.is_scripting():
+            return self._conv_forward(x, self.weight, self.bias)
+        return dilated_depthwise_conv2d(x, self.weight, self.dilation[0], self.padding[0])
 
     @torch.jit.unused
     def forward_fast_backward(self, x: Tensor) -> Tensor:
-        """The same forward pass, with gradients from :class:`_DilatedDepthwiseConvFn`."""
+        """The same forward pass, with gradients from :class:`_DilatedDepthwiseConvFn` whatever the input."""
         return _DilatedDepthwiseConvFn.apply(x, self.weight, self.dilation[0], self.padding[0])
+
+
+@torch.jit.unused
+def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, dilation: int, padding: int) -> Tensor:
+    """The convolution of :class:`DilatedDepthwiseConv2d`, choosing its backward pass from the input.
+
+    A leaf of FX graphs (``torch.fx.wrap`` below, which every tracer honours, torchvision's and timm's
+    included): the choice reads the device, dtype and grad mode of the real tensor at run time, which a
+    symbolic trace cannot branch on.
+    """
+    if torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        return _DilatedDepthwiseConvFn.apply(x, weight, dilation, padding)
+    return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
+
+
+torch.fx.wrap("dilated_depthwise_conv2d")
 
 
 class PreActConv(nn.Module):

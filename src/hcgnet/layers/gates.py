@@ -30,6 +30,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from hcgnet.errors import HCGNetError
 from hcgnet.layers.attention_pool import AttentionPool
@@ -41,12 +42,34 @@ class BatchOfOneError(HCGNetError):
     """Raised when a gate is trained on a batch of one sample (its BatchNorm1d cannot normalise it)."""
 
 
+BATCH_OF_ONE = (
+    "HCGNet gates cannot train on a batch of one image (their BatchNorm1d needs at least 2 samples); use a "
+    "batch size of 2 or more, or call model.eval() for inference"
+)
+
+
+@torch.jit.unused
+def refuse_batch_of_one(z: Tensor, norm: nn.Module) -> Tensor:
+    """``z`` itself, or :class:`BatchOfOneError` when ``norm`` is a BatchNorm in training mode and ``z`` holds
+    one sample. A frozen norm (any module that is not a BatchNorm) normalises a single sample fine.
+
+    A leaf of FX graphs (``torch.fx.wrap`` below): the check reads the batch size and the norm's mode at run
+    time, in train and eval graphs alike. It returns ``z`` so that dead-code elimination keeps it.
+    """
+    if isinstance(norm, _BatchNorm) and norm.training and z.shape[0] == 1:
+        raise BatchOfOneError(BATCH_OF_ONE)
+    return z
+
+
+torch.fx.wrap("refuse_batch_of_one")
+
+
 class GateBottleneck(nn.Module):
     """``FC -> BN -> activation`` on a (B, C) descriptor: the shared hidden layer of both gates.
 
     The paper chooses tanh over ReLU here (pass ``act_layer`` to compare). BatchNorm1d over a batch of
-    one has no variance, so training with one sample is refused with a message instead of a
-    BatchNorm traceback.
+    one has no variance, so training it with one sample is refused with a message instead of a
+    BatchNorm traceback (:func:`refuse_batch_of_one`).
     """
 
     def __init__(self, in_features: int, hidden_features: int, act_layer: ActFactory = nn.Tanh) -> None:
@@ -56,11 +79,13 @@ class GateBottleneck(nn.Module):
         self.act = act_layer()
 
     def forward(self, z: Tensor) -> Tensor:
-        if self.training and z.shape[0] == 1:
-            raise BatchOfOneError(
-                "HCGNet gates cannot train on a batch of one image (their BatchNorm1d needs at least 2 "
-                "samples); use a batch size of 2 or more, or call model.eval() for inference"
-            )
+        if torch.jit.is_scripting():
+            # TorchScript can neither call the check nor read a global string: the simple rule, said again.
+            if self.training and z.shape[0] == 1:
+                raise BatchOfOneError("HCGNet gates cannot train on a batch of one image; use a batch size of 2 "
+                                      "or more, or call model.eval() for inference")
+        else:
+            z = refuse_batch_of_one(z, self.norm)
         return self.act(self.norm(self.fc(z)))
 
 

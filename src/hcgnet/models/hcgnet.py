@@ -64,11 +64,19 @@ def _recomputed(layer: SMGModule, features: List[Tensor]) -> Tensor:
     """An SMG module over the concatenation of ``features``, storing only the k-channel maps it must (the
     memory-efficient path): the concatenation, the whole squeeze cell (BN-ReLU-1x1 conv to 4k channels,
     BN-ReLU-3x3 group conv) and the excitation cell's BN-ReLUs are recomputed in backward. Stored
-    activations then grow linearly, not quadratically, with block depth."""
+    activations then grow linearly, not quadratically, with block depth. Without grad mode (e.g. an FX graph
+    traced in training and run under no_grad) it is the plain module."""
+    if not torch.is_grad_enabled():
+        return layer(_concat(features))
     squeezed = checkpoint_module(layer.squeeze, lambda *parts: layer.squeeze(_concat(list(parts))), *features)
     excite = layer.excite
     branches = [checkpoint_module(conv, conv, squeezed) for conv in (excite.conv3x3, excite.conv3x3_dilated)]
     return layer.gate(squeezed, *branches)
+
+
+# A leaf of FX graphs: checkpointing runs real tensors twice, which a symbolic trace cannot follow. A network
+# traced with memory_efficient on (and grad enabled) calls it, and recomputes, at run time.
+torch.fx.wrap("_recomputed")
 
 
 class Transition(SMGModule):
@@ -114,7 +122,20 @@ class HCGStage(nn.Module):
             x = _recomputed(self.transition, [x])
         else:
             x = self.transition(x)
-        return self.block(self.drop_block(x))
+        if torch.jit.is_scripting():
+            return self.block(self.drop_block(x))
+        return self.block(_drop_blocks(self.drop_block, x))
+
+
+@torch.jit.unused
+def _drop_blocks(drop_block: nn.Module, x: Tensor) -> Tensor:
+    """``drop_block(x)`` as one leaf of FX graphs (``torch.fx.wrap`` below): DropBlock's mode, probability (which
+    a schedule changes during training) and shapes are read at run time, where a symbolic trace would fix or
+    fail on them."""
+    return drop_block(x)
+
+
+torch.fx.wrap("_drop_blocks")
 
 
 def _stem(kind: str, in_chans: int, out_channels: int) -> Tuple[nn.Sequential, int]:

@@ -13,6 +13,7 @@ from timm.models import (
     PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg,
 )
 from timm.models._features import FeatureListNet
+from timm.models._features_fx import FeatureGraphNet
 from torch import nn
 
 from hcgnet.errors import CheckpointError, ModelSpecError
@@ -23,6 +24,7 @@ from hcgnet.models.hcgnet import HCGNet
 from hcgnet.models.variants import VARIANTS, Variant, format_spec, resolve
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+FEATURE_CLASSES = ("list", "fx")  # features_only: timm's FeatureListNet (module by module) or FeatureGraphNet (FX)
 GENERIC = "hcgnet"  # timm's name for a network of any depth and width: block_depths/growth_rates as arguments
 PUBLISHED_REPO = "https://github.com/winycg/HCGNet"
 # The published weights come under the published repository's research-only licence: not one of the licences
@@ -216,6 +218,7 @@ def create_model(
     stem: Optional[str] = None,
     strict: bool = True,
     drop_block_rate: float = 0.0,
+    feature_cls: str = "list",
     **kwargs,
 ) -> nn.Module:
     """Build a variant (``"hcgnet_b"``) or any network in the paper's notation
@@ -232,13 +235,19 @@ def create_model(
         strict: with weights, every key must fit (``False``: load the keys that fit, e.g. for fine-tuning
             with another ``num_classes``).
         features_only: return a timm ``FeatureListNet`` giving the stage outputs (``out_indices``).
+        feature_cls: with ``features_only``, ``"fx"`` returns timm's ``FeatureGraphNet`` instead (the same
+            outputs from an FX graph of the network, as ``timm.create_model(..., feature_cls="fx")``).
         stem: ``"cifar"`` or ``"imagenet"`` to override the stem a spec or variant implies; the
             ``pretrained_cfg`` (input size, mean/std, crop, pool size) follows it.
         drop_block_rate: DropBlock (block size 2) after each transition, as the published CIFAR
             training; 0 adds nothing.
         **kwargs: passed to :class:`HCGNet` (``drop_rate``, ``in_chans``, ``gate_act``, ...).
     """
+    if feature_cls not in FEATURE_CLASSES:
+        raise ModelSpecError(f"unknown feature_cls {feature_cls!r}; use one of {', '.join(FEATURE_CLASSES)}")
     if is_timm_baseline(name_or_spec):
+        if features_only and feature_cls != "list":
+            kwargs["feature_cls"] = feature_cls
         return _create_baseline(name_or_spec, num_classes, pretrained, checkpoint_path, features_only, out_indices,
                                 stem, strict, drop_block_rate, **kwargs)
     try:
@@ -271,7 +280,8 @@ def create_model(
         load_state_dict_into(model, state_dict, weights, strict=strict)
     if features_only:
         indices = tuple(out_indices) if out_indices is not None else _feature_cfg(len(model.stages))["out_indices"]
-        model = FeatureListNet(model, out_indices=indices, flatten_sequential=True)
+        model = (FeatureGraphNet(model, out_indices=indices) if feature_cls == "fx"
+                 else FeatureListNet(model, out_indices=indices, flatten_sequential=True))
     return model
 
 
