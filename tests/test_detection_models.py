@@ -12,7 +12,7 @@ from hcgnet.complexity import count_params
 from hcgnet.detection import build_detector, fasterrcnn_hcgnet, maskrcnn_hcgnet
 from hcgnet.detection.backbone import hcgnet_fpn_backbone
 from hcgnet.errors import CheckpointError, HCGNetError
-from hcgnet.layers import BatchOfOneError, FrozenBatchNorm
+from hcgnet.layers import FrozenBatchNorm
 from hcgnet.models import save_safetensors
 from hcgnet.models.checkpoints import _PUBLISHED_SMG_NAMES as PUBLISHED_SMG_NAMES, published_to_hcgnet_key
 
@@ -245,7 +245,6 @@ def test_info_detection_bad_input_exits_2_with_one_line(capsys):
     assert main(["info", "--image-size", "800x800"]) == 2
 
 
-@pytest.mark.xfail(raises=BatchOfOneError, strict=True, reason="gates refuse a batch of one before the FX change")
 def test_a_detector_trains_on_a_batch_of_one_image(single_thread):
     torch.manual_seed(0)
     model = fasterrcnn_hcgnet(TINY4, num_classes=3, **SMALL).train()

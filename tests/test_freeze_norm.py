@@ -117,7 +117,6 @@ def test_a_norm_without_running_statistics_is_refused_in_one_line():
 # Until the gates' batch-of-one check looks at their norm (the FX branch of issue 11: it refuses only a real
 # training-mode BatchNorm), a frozen gate in train mode is refused too. strict: once that lands this XPASSes and
 # fails, and the marker must go.
-@pytest.mark.xfail(raises=BatchOfOneError, strict=True, reason="gates refuse a batch of one before the FX change")
 def test_a_batch_of_one_trains_through_an_smg_module_in_train_mode(single_thread):
     model = freeze_batch_norm(_smg()).train()
     model(torch.randn(1, 8, 5, 5)).square().mean().backward()
