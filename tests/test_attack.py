@@ -226,13 +226,65 @@ def test_a_batch_of_one_gives_the_same_accuracy(trained_linear):
     assert model.training is False
 
 
+def test_bf16_gives_nearly_fp32s_fgsm_accuracy_and_is_really_used(trained_linear):
+    model, x, y = trained_linear
+    cfg, data = config(1, (0.5,), (0.25,), 2), TensorDataset(x, y)
+    eps = [0, 0.02, 0.05, 0.1, 0.2]
+    dtypes = []  # the classifier's output dtype in each forward pass: bf16 only if autocast ran it
+    handle = model[1].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    try:
+        fp32 = accuracies(robustness({"m": (model, cfg)}, data, "fgsm", eps, device="cpu"), "m")
+        assert set(dtypes) == {torch.float32}
+        dtypes.clear()
+        bf16 = accuracies(robustness({"m": (model, cfg)}, data, "fgsm", eps, device="cpu", amp="bf16"), "m")
+        assert set(dtypes) == {torch.bfloat16}
+    finally:
+        handle.remove()
+    assert fp32[-1] < 0.5  # the attack bites, so the comparison means something
+    # bf16 rounds the logits and the gradient's magnitude, rarely its sign: a few images of 200 at most
+    assert all(abs(a - b) <= 0.02 for a, b in zip(fp32, bf16)), (fp32, bf16)
+
+
+def test_bf16_keeps_the_images_and_their_gradient_float32(trained_linear, monkeypatch):
+    import hcgnet.analysis.attack as attack
+
+    model, x, y = trained_linear
+    seen = {"images": set(), "gradients": set(), "steps": []}
+    gradient, run = attack._input_gradient, attack.run_attack
+
+    def spy_gradient(net, images, labels):
+        g = gradient(net, images, labels)
+        seen["images"].add(images.dtype)
+        seen["gradients"].add(g.dtype)
+        return g
+
+    def spy_run(name, net, images, labels, eps, **kwargs):
+        adv = run(name, net, images, labels, eps, **kwargs)
+        inside = (images > eps) & (images < 1 - eps)
+        seen["steps"].append(((adv - images).abs()[inside] - eps).abs().max().item())
+        seen["images"].add(adv.dtype)
+        return adv
+
+    monkeypatch.setattr(attack, "_input_gradient", spy_gradient)
+    monkeypatch.setattr(attack, "run_attack", spy_run)
+    robustness({"m": (model, config(1, (0.5,), (0.25,), 2))}, TensorDataset(x, y), "fgsm", [0.001], device="cpu",
+               amp="bf16")
+    assert seen["images"] == seen["gradients"] == {torch.float32}
+    # exactly one step of 0.001 on every pixel away from the bounds: a bf16 image (8 bits of mantissa) could not
+    # hold x + 0.001 for x near 0.5, where its spacing is 0.002
+    assert seen["steps"] and max(seen["steps"]) < 1e-6
+
+
 def test_library_refusals():
     model, data = tiny_cnn(), TensorDataset(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
     for kwargs, words in ((dict(attack="cw", eps_list=[0.1]), "unknown attack"),
                           (dict(attack="fgsm", eps_list=[1.5]), "between 0 and 1"),
                           (dict(attack="fgsm", eps_list=[float("nan")]), "between 0 and 1"),
                           (dict(attack="pgd", eps_list=[0.1], steps=0), "--steps"),
-                          (dict(attack="pgd", eps_list=[0.1], step_size=-1.0), "--step-size")):
+                          (dict(attack="pgd", eps_list=[0.1], step_size=-1.0), "--step-size"),
+                          (dict(attack="fgsm", eps_list=[0.1], amp="fp16", device="cpu"), "needs a GPU"),
+                          (dict(attack="fgsm", eps_list=[0.1], amp="fp8"), "unknown --amp"),
+                          (dict(attack="fgsm", eps_list=[0.1], workers=-1), "--workers")):
         with pytest.raises(HCGNetError, match=words):
             robustness({"m": (model, config())}, data, **kwargs)
 
@@ -295,6 +347,15 @@ def test_attack_pgd_and_limit_on_a_folder_scored_whole(capsys, runs):
     assert {r["images"] for r in saved["rows"]} == {5}
 
 
+def test_attack_command_with_bf16_and_data_loading_workers(capsys, runs):
+    out = runs["base"] / "bf16"
+    code, text, err = cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"], "--eps", "0,0.05",
+                          "--amp", "bf16", "--workers", "1", "--batch-size", "1", "--output", out)
+    assert code == 0, err
+    saved = json.loads((out / "robustness.json").read_text())
+    assert saved["amp"] == "bf16" and {r["images"] for r in saved["rows"]} == {6}
+
+
 def write_idx(path, array, magic):
     with open(path, "wb") as f:
         f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape))
@@ -337,6 +398,9 @@ def test_attack_a_one_channel_fashion_mnist_checkpoint(capsys, tmp_path, single_
     (["--attack", "pgd", "--step-size", "0"], "--step-size must be above 0"),
     (["--attack", "cw"], "unknown attack 'cw'"),
     (["--limit", "0"], "--limit"),
+    (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU; on the CPU use --amp bf16"),
+    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--device", "nonsense"], "is not a device"),
 ])
 def test_bad_options_are_one_line(capsys, runs, argv, words):
     line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"],

@@ -276,6 +276,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.analysis.attack import attack_checkpoints, check_options, table, write_results
+    from hcgnet.analysis.options import amp_dtype, device_of
     from hcgnet.files import reported_write
     from hcgnet.inference import _progress, note_on_stderr
 
@@ -285,7 +286,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
             eps.append(float(text))
         except ValueError:
             raise HCGNetError(f"--eps takes comma-separated numbers such as 0,0.001,0.002, got {args.eps!r}") from None
-    check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size)
+    check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size, args.workers)
+    amp_dtype(args.amp, device_of(args.device))
     out = Path(args.output)
     _check_output_folder(out)
     bar = {}
@@ -296,7 +298,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     result = attack_checkpoints(
         args.checkpoint, args.data, args.attack, eps, args.model or (), args.data_dir, args.split, args.steps,
         args.step_size, args.random_start, args.seed, args.batch_size, args.limit, args.device,
-        progress=lambda n: bar["bar"].update(n), on_total=start)
+        progress=lambda n: bar["bar"].update(n), on_total=start, amp=args.amp, workers=args.workers)
     if hasattr(bar.get("bar"), "close"):
         bar["bar"].close()
     with reported_write(out):
@@ -501,7 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--seed", type=int, default=0, help="seed of PGD's random start (default 0)")
     at.add_argument("--limit", type=int, default=None, metavar="N", help="attack the first N images only")
     at.add_argument("--batch-size", type=int, default=64, help="images per attack batch (default 64)")
+    at.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    at.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="autocast dtype of the model's forward and backward passes; images and their gradients "
+                         "stay float32 (bf16: GPUs and CPUs with AVX512-BF16/AMX; fp16: GPUs; default none)")
     at.add_argument("--output", required=True, metavar="DIR",
                     help="folder for robustness.csv, robustness.json and robustness.png")
     at.set_defaults(func=cmd_attack)

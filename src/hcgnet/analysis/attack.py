@@ -32,8 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from hcgnet.analysis.options import amp_dtype, check_workers, device_of
 from hcgnet.data import DataConfig, DataError, build_eval_dataset
 from hcgnet.errors import CheckpointError, HCGNetError
+from hcgnet.evaluation import autocast
 
 ATTACKS = ("fgsm", "fgsm-any", "pgd")
 #: How many step sizes foolbox 2's FGSM tries in (0, eps] (its ``epsilons`` when given a number, as the
@@ -43,17 +45,27 @@ Stats = Optional[Sequence[float]]
 
 
 class Normalised(nn.Module):
-    """``model((x - mean) / std)``: a model that takes [0, 1] pixels (what the attacks differentiate)."""
+    """``model((x - mean) / std)``: a model that takes [0, 1] pixels (what the attacks differentiate).
 
-    def __init__(self, model: nn.Module, mean: Stats = None, std: Stats = None) -> None:
+    ``amp_dtype`` (e.g. torch.bfloat16) runs only the model under autocast: the pixels, their normalisation
+    and so the gradient with respect to the input stay float32 (a bf16 input would round the image itself, and
+    eps 0.001 is below bf16's resolution near 1); the logits come back as float32."""
+
+    def __init__(self, model: nn.Module, mean: Stats = None, std: Stats = None,
+                 amp_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         self.model = model
+        self.amp_dtype = amp_dtype
         c = len(mean) if mean is not None else (len(std) if std is not None else 1)
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * c).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std if std is not None else [1.0] * c).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean.to(x)) / self.std.to(x))
+        z = (x - self.mean.to(x)) / self.std.to(x)
+        if self.amp_dtype is None:
+            return self.model(z)
+        with autocast(z.device, self.amp_dtype):
+            return self.model(z).float()
 
 
 def _pixels_model(model: nn.Module, mean: Stats, std: Stats) -> nn.Module:
@@ -174,7 +186,7 @@ def run_attack(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 def check_options(attack: str, eps_list: Sequence[float], steps: int = 10, step_size: Optional[float] = None,
-                  limit: Optional[int] = None, batch_size: int = 64) -> List[float]:
+                  limit: Optional[int] = None, batch_size: int = 64, workers: int = 0) -> List[float]:
     """The refusals, before any work: one line each. Returns the eps values as floats, in the order given."""
     if attack not in ATTACKS:
         raise HCGNetError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
@@ -190,17 +202,18 @@ def check_options(attack: str, eps_list: Sequence[float], steps: int = 10, step_
         raise HCGNetError(f"--limit must be 1 or more, got {limit}")
     if batch_size < 1:
         raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
+    check_workers(workers)
     return values
 
 
-def _loader(data: Union[Dataset, DataLoader], limit: Optional[int], batch_size: int) -> DataLoader:
+def _loader(data: Union[Dataset, DataLoader], limit: Optional[int], batch_size: int, workers: int = 0) -> DataLoader:
     if isinstance(data, DataLoader):
         if limit is not None:
             raise HCGNetError("limit works with a dataset, not a DataLoader; pass the dataset")
         return data
     if limit is not None and limit < len(data):
         data = Subset(data, range(limit))
-    return DataLoader(data, batch_size=batch_size, shuffle=False)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 def robustness(
@@ -216,6 +229,8 @@ def robustness(
     limit: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
     progress: Optional[Callable[[int], None]] = None,
+    amp: str = "none",
+    workers: int = 0,
 ) -> List[Dict[str, Any]]:
     """Accuracy of each model on the images of ``data`` attacked with ``attack`` at each eps.
 
@@ -223,18 +238,21 @@ def robustness(
     ``data``: [0, 1] images with labels (a Dataset or DataLoader; or name -> one, for models that take
     different inputs). ``limit``: the first N images only. ``progress(n)``: called after each batch.
     ``step_size``: PGD's, None for ``2.5 * eps / steps``. ``seed``: PGD's random start (the same start for
-    every model's images, batch by batch).
+    every model's images, batch by batch). ``amp``: "bf16" (or "fp16" on a GPU) runs the models' forward and
+    backward passes under autocast; the images and their gradients stay float32. ``workers``: DataLoader
+    processes reading ``data``.
 
     Returns one row per (eps, model), eps in the order given: ``{"eps", "model", "attack", "correct",
     "images", "accuracy"}``.
     """
-    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers)
+    dev = device_of(device)
+    dtype = amp_dtype(amp, dev)
     counts = {(e, name): [0, 0] for e in range(len(eps_values)) for name in models}
     for name, (model, config) in models.items():
         source = data[name] if isinstance(data, Mapping) else data
-        loader = _loader(source, limit, batch_size)
-        net = Normalised(model, config.mean, config.std).to(dev).eval()
+        loader = _loader(source, limit, batch_size, workers)
+        net = Normalised(model, config.mean, config.std, dtype).to(dev).eval()
         generator = torch.Generator().manual_seed(seed)
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
@@ -325,15 +343,16 @@ def attack_checkpoints(
     data_dir: Optional[str] = None, split: Optional[str] = None, steps: int = 10, step_size: Optional[float] = None,
     random_start: bool = False, seed: int = 0, batch_size: int = 64, limit: Optional[int] = None,
     device: Optional[str] = None, progress: Optional[Callable[[int], None]] = None,
-    on_total: Optional[Callable[[int], None]] = None,
+    on_total: Optional[Callable[[int], None]] = None, amp: str = "none", workers: int = 0,
 ) -> Dict[str, Any]:
     """:func:`robustness` for checkpoint files, each on the images ``hcgnet eval`` would score for it.
     ``model_names``: one per checkpoint (None: the checkpoint says). ``on_total(batches)`` is called once the
     work is known, before it starts (for a progress bar). Returns ``{"attack", "data", "split", "models",
-    "checkpoints", "rows", ...}``."""
+    "checkpoints", "rows", ...}``. ``amp``, ``workers``: as :func:`robustness`."""
     from hcgnet.inference import load_model
 
-    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size)
+    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers)
+    amp_dtype(amp, device_of(device))  # refused before the checkpoints load
     if not checkpoints:
         raise HCGNetError("give at least one --checkpoint")
     if len(model_names) > len(checkpoints):
@@ -352,8 +371,8 @@ def attack_checkpoints(
     if on_total is not None:
         on_total(sum(len(_loader(d, limit, batch_size)) for d in datasets.values()))
     rows = robustness(models, datasets, attack, eps_values, steps, step_size, random_start, seed, batch_size,
-                      limit, device, progress)
-    return {"attack": attack, "data": data, "split": "/".join(sorted(splits)), "eps": eps_values,
+                      limit, device, progress, amp, workers)
+    return {"attack": attack, "data": data, "split": "/".join(sorted(splits)), "eps": eps_values, "amp": amp,
             "steps": steps if attack == "pgd" else None,
             "step_size": (step_size if step_size is not None else "2.5*eps/steps") if attack == "pgd" else None,
             "random_start": random_start if attack == "pgd" else None, "seed": seed,
