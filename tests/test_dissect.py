@@ -12,6 +12,7 @@ from torch import nn
 from hcgnet.analysis.broden import Broden, decode_mask, encode_mask
 from hcgnet.analysis.dissect import DissectError, TopQuantile, dissect
 from hcgnet.cli import main
+from hcgnet.errors import HCGNetError
 
 IMAGES, SIDE, SEG = 40, 32, 16            # 32 x 32 images, 16 x 16 segmentations (Broden's half resolution)
 LABELS = {1: ("blue-c", "color"), 2: ("red_square", "object"), 3: ("indoor", "scene"), 300: ("far_label", "part")}
@@ -136,7 +137,9 @@ def test_malformed_index_and_bad_limit_are_one_line_exit_2(broden, tmp_path, cap
     text = (bad / "index.csv").read_text().replace("png,train,32,32", "png,train,thirty-two,32", 1)
     (bad / "index.csv").write_text(text)
     cases = ((bad, [], "index.csv line 2: malformed row"), (broden, ["--limit", "0"], "--limit"),
-             (broden, ["--device", "nonsense"], "--device"))
+             (broden, ["--device", "nonsense"], "--device"),
+             (broden, ["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU; on the CPU use --amp bf16"),
+             (broden, ["--workers", "-1"], "--workers must be 0 or more"))
     for root, extra, words in cases:
         code = main(["dissect", "--checkpoint", str(tmp_path / "none.safetensors"), "--broden", str(root),
                      "--output", str(tmp_path / "out"), *extra])
@@ -219,6 +222,11 @@ def test_limit_batch_of_one_and_bf16(broden):
     assert set(r.top_images[0][:1]) == {3}
 
 
+def test_fp16_on_a_cpu_is_refused(broden):
+    with pytest.raises(HCGNetError, match="--amp fp16 needs a GPU"):
+        dissect(Planted(), dataset(broden, limit=2), layers=["features"], amp="fp16", device="cpu")
+
+
 def test_one_by_one_layer_refused(broden):
     with pytest.raises(DissectError, match="1 x 1"):
         dissect(Planted(), dataset(broden, limit=2), layers=["pool"])
@@ -265,6 +273,21 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
     with open(out / "summary.csv") as f:
         assert [r["layer"] for r in csv.DictReader(f)] == layers
     assert Image.open(out / "unique_detectors.png").size[0] > 100
+
+
+def test_cli_progress_lines_when_not_on_a_terminal(broden, tiny_checkpoint, tmp_path, capsys, single_thread,
+                                                   monkeypatch):
+    import hcgnet.analysis.options as options
+
+    monkeypatch.setattr(options, "LOG_EVERY_S", 0.0)      # a line per batch but the last of each pass
+    code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "3",
+                 "--batch-size", "1", "--workers", "0", "--top-units", "0", "--layer", "stages.2.block",
+                 "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [line.split(",")[0] for line in err.splitlines()] == [
+        "dissect 1/2 thresholds: 1/3 batches", "dissect 1/2 thresholds: 2/3 batches",
+        "dissect 2/2 IoU: 1/3 batches", "dissect 2/2 IoU: 2/3 batches"]
 
 
 def test_cli_refuses_pooled_layer(broden, tiny_checkpoint, tmp_path, capsys, single_thread):

@@ -195,7 +195,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from hcgnet.analysis.attention import attention_study, summary_table
 
     study = attention_study(args.checkpoint, args.images, args.output, args.model, args.modules,
-                            args.max_images, args.device)
+                            args.max_images, args.device, amp=args.amp, batch_size=args.batch_size)
     print(summary_table(study["summary"]))
     for path in study["files"].values():
         print(f"wrote {path}")
@@ -321,11 +321,8 @@ def _int_list(text: str, flag: str) -> List[int]:
 
 
 def cmd_dissect(args: argparse.Namespace) -> int:
-    import functools
-
-    from tqdm import tqdm
-
     from hcgnet.analysis.broden import Broden, check_broden
+    from hcgnet.analysis.options import amp_dtype, device_of, progress_over
     from hcgnet.analysis.dissect import dissect, plot_unique_detectors, plot_unit_strips, summary_rows, write_results
     from hcgnet.files import reported_write
     from hcgnet.inference import data_config_of, load_model
@@ -336,12 +333,8 @@ def cmd_dissect(args: argparse.Namespace) -> int:
             raise HCGNetError(f"{flag} must be {least} or more, got {value}")
     if not 0 < args.quantile < 1:
         raise HCGNetError(f"--quantile must be between 0 and 1 (the paper: 0.005), got {args.quantile}")
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise HCGNetError(f"--device {args.device!r} is not a device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
+    device = device_of(args.device)
+    amp_dtype(args.amp, device)
     check_broden(args.broden)
     out = Path(args.output)
     _check_output_folder(out)
@@ -350,9 +343,9 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     config = data_config_of(model, meta)
     size = (args.size, args.size) if args.size else tuple(config.input_size[1:])
     dataset.set_preprocessing(size, config.mean, config.std)
-    bar = functools.partial(tqdm, unit="batch", leave=False, disable=not sys.stderr.isatty())
     results = dissect(model, dataset, args.layer, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                      batch_size=args.batch_size, workers=args.workers, device=device, progress=bar, amp=args.amp)
+                      batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
+                      progress=lambda batches, desc: progress_over(batches, desc))
     rows = summary_rows(results)
     cats = [k for k in rows[0] if k.startswith("unique_") and k != "unique_detectors"]
     print(f"{args.checkpoint}: network dissection on {len(dataset)} Broden images at {size[0]}x{size[1]} "
@@ -522,7 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SMG modules, e.g. stages.1.block.layers.0 or stages.1.transition "
                          "(default: the last SMG module of each hybrid block)")
     at.add_argument("--max-images", type=int, default=16, help="rows of the grid: the first N images (default 16)")
+    at.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    at.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="autocast dtype of the forward pass (bf16: GPUs and CPUs with AVX512-BF16/AMX; fp16: GPUs; "
+                         "default none)")
     at.set_defaults(func=cmd_attention)
 
     ds = sub.add_parser("dissect", help="network dissection (Bau et al. 2017): concept detectors per layer on Broden")
@@ -537,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ds.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     ds.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                    help="autocast dtype of the forward passes (bf16 pays on GPUs and AMX CPUs)")
+                    help="autocast dtype of the forward passes (bf16: GPUs and CPUs with AVX512-BF16/AMX; "
+                         "fp16: GPUs; default none)")
     ds.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations a unit fires on (0.005)")
     ds.add_argument("--iou-threshold", type=float, default=0.04, help="IoU that makes a unit a detector (0.04)")
     ds.add_argument("--top-units", type=int, default=8, help="units per layer in the image strips (0: no strips)")

@@ -221,18 +221,19 @@ def dissect(
     :class:`~hcgnet.analysis.broden.Broden` ``dataset`` (its size/mean/std are the model's preprocessing; its
     ``limit`` the number of images). Two passes over the data: thresholds (:class:`TopQuantile`, ``bins``
     per unit), then IoU. ``progress`` wraps an iterable (e.g. ``functools.partial(tqdm, ...)``); it gets
-    ``desc``. ``amp``: "bf16" / "fp16" runs the forward passes under autocast (maps are kept in float32).
+    ``desc``. ``amp``: "bf16" (or "fp16" on a GPU) runs the forward passes under autocast (maps are kept in float32).
     Returns one :class:`LayerResult` per layer, in order."""
-    from hcgnet.evaluation import AMP_DTYPES, autocast
+    from hcgnet.analysis.options import amp_dtype, check_workers
+    from hcgnet.evaluation import autocast
 
-    if amp not in AMP_DTYPES:
-        raise DissectError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
     if not 0 < quantile < 1:
         raise DissectError(f"quantile must be in (0, 1), got {quantile}")
     if batch_size < 1:
         raise DissectError(f"--batch-size must be 1 or more, got {batch_size}")
+    check_workers(workers)
     device = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = amp_dtype(amp, device)                  # fp16 on a CPU: refused, as hcgnet eval does
     model = model.to(device).eval()
     layers = _resolve(model, layers)
     wrap = progress or (lambda it, **kw: it)
@@ -246,7 +247,7 @@ def dissect(
         seen = 0
         with torch.no_grad():
             for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 1/2 thresholds"):
-                with autocast(device, AMP_DTYPES[amp]):
+                with autocast(device, dtype):
                     model(images.to(device))
                 idx = torch.tensor([s["index"] for s in segs], device=device)
                 for name in layers:
@@ -282,7 +283,7 @@ def dissect(
         label_area = torch.zeros(n_labels, dtype=torch.float64, device=device)
         with torch.no_grad():
             for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 2/2 IoU"):
-                with autocast(device, AMP_DTYPES[amp]):
+                with autocast(device, dtype):
                     model(images.to(device))
                 for j, seg in enumerate(segs):
                     pixel = {c: [torch.where(t < n_labels, t, torch.zeros_like(t)) for t in

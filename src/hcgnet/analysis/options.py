@@ -40,6 +40,8 @@ def check_workers(workers: int) -> int:
     return workers
 
 
+#: Units of progress whose plural is not the name + "s".
+PLURALS = {"batch": "batches"}
 #: Seconds between progress lines when stderr is not a terminal (as ``hcgnet eval``'s).
 LOG_EVERY_S = 30.0
 
@@ -59,7 +61,8 @@ class ProgressLines:
         if now - self.last >= LOG_EVERY_S and self.done < self.total:
             self.last = now
             left = (self.total - self.done) * (now - self.start) / max(self.done, 1)
-            self.log(f"{self.what}: {self.done}/{self.total} {self.unit}s, about {left:.0f} s left")
+            units = self.unit if self.total == 1 else PLURALS.get(self.unit, self.unit + "s")
+            self.log(f"{self.what}: {self.done}/{self.total} {units}, about {left:.0f} s left")
 
     def close(self) -> None:
         pass
