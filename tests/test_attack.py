@@ -35,7 +35,10 @@ def _one_thread(single_thread):
 
 
 def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's way out of a usage mistake
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -401,6 +404,8 @@ def test_attack_a_one_channel_fashion_mnist_checkpoint(capsys, tmp_path, single_
     (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU; on the CPU use --amp bf16"),
     (["--workers", "-1"], "--workers must be 0 or more"),
     (["--device", "nonsense"], "is not a device"),
+    (["--steps", "0"], "--steps must be 1 or more"),          # with fgsm too, where it goes unused
+    (["--batch-size", "abc"], "argument --batch-size: invalid int value: 'abc' (hcgnet attack --help"),
 ])
 def test_bad_options_are_one_line(capsys, runs, argv, words):
     line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"],
@@ -423,7 +428,23 @@ def test_output_that_is_a_file_is_one_line(capsys, runs, tmp_path):
     (tmp_path / "file").write_text("x")
     line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"],
                                "--output", tmp_path / "file"))
-    assert "is a file" in line
+    assert "is a file; give a folder for robustness.csv" in line
+
+
+def test_newcomers_mistakes_are_one_line(capsys, runs):
+    # no --output: argparse's own report (usage lines, then the error) becomes one line too
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"]))
+    assert "required: --output" in line and "hcgnet attack --help" in line
+    # the run's folder instead of its checkpoint: said so, with the file to pass, not "not found"
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["base"] / "hcgnet", "--data", runs["data"],
+                               "--output", runs["base"] / "bad"))
+    assert f"is a folder, not a checkpoint file; e.g. --checkpoint {runs['hcgnet']}" in line
+    # an empty folder as the data
+    (runs["base"] / "empty").mkdir(exist_ok=True)
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data",
+                               f"imagefolder:{runs['base'] / 'empty'}", "--output", runs["base"] / "bad"))
+    assert "no class sub-folders" in line
+    assert not (runs["base"] / "bad").exists()
 
 
 # ------------------------------------------------------------------------------------------------ timm baselines

@@ -366,6 +366,9 @@ def test_cli_batches_give_the_maps_of_one_pass_and_progress_lines(capsys, checkp
     ("max_images", "hcgnet: error: --max-images must be 1 or more, got 0"),
     ("batch_size", "hcgnet: error: --batch-size must be 1 or more, got 0"),
     ("fp16_on_cpu", "hcgnet: error: --amp fp16 needs a GPU; on the CPU use --amp bf16"),
+    ("checkpoint_folder", "is a folder, not a checkpoint file; e.g. --checkpoint"),
+    ("images_after_modules", "required: IMAGE|FOLDER|GLOB; give image files, folders or quoted globs before "
+                             "--modules, which takes every name after it"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, expected):
     shot = picture(tmp_path / "a.png", 0, size=(20, 26))
@@ -391,7 +394,14 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, ex
         extra = ["--batch-size", "0"]
     elif case == "fp16_on_cpu":
         extra = ["--amp", "fp16", "--device", "cpu"]
-    code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, *images, "--output", output, *extra)
+    elif case == "checkpoint_folder":
+        checkpoint = checkpoint.parent
+    elif case == "images_after_modules":  # --modules takes the images too: argparse finds none
+        images, extra = [], ["--modules", "stages.1.transition", shot]
+    try:
+        code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, *images, "--output", output, *extra)
+    except SystemExit as e:  # argparse's way out
+        code, (out, err) = e.code, capsys.readouterr()
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("hcgnet: error:")]
     assert len(lines) == 1 and expected in lines[0], err

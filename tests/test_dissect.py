@@ -290,6 +290,35 @@ def test_cli_progress_lines_when_not_on_a_terminal(broden, tiny_checkpoint, tmp_
         "dissect 2/2 IoU: 1/3 batches", "dissect 2/2 IoU: 2/3 batches"]
 
 
+def test_cli_newcomers_mistakes_are_one_line(broden, tiny_checkpoint, tmp_path, capsys):
+    base = ["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "2",
+            "--workers", "0"]
+    out = ["--output", str(tmp_path / "out")]
+    cases = (
+        (base, "required: --output (hcgnet dissect --help"),
+        (["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden / "index.csv"), *out],
+         "is a file; pass the folder that holds index.csv"),
+        (["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden / "images"), *out],
+         f"not a Broden directory but its parent is: pass --broden {broden}"),
+        (["dissect", "--checkpoint", str(tiny_checkpoint.parent), "--broden", str(broden), *out],
+         f"is a folder, not a checkpoint file; e.g. --checkpoint {tiny_checkpoint}"),
+        (base + out + ["--layer", "stages.9.block"],
+         "no module named 'stages.9.block' in the model; close names: stages.2.block, stages.1.block, "
+         "stages.0.block; the default layers are stages.0.block, stages.1.block, act"),
+        (base + out + ["--iou-threshold", "2"], "--iou-threshold must be above 0 and at most 1"),
+        (base + ["--output", str(broden / "index.csv")], "is a file; give a folder for the tables and pictures"),
+    )
+    for argv, words in cases:
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's way out: still one line, exit 2
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("hcgnet: error: "), err
+        assert words in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_refuses_pooled_layer(broden, tiny_checkpoint, tmp_path, capsys, single_thread):
     code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "2",
                  "--workers", "0", "--layer", "global_pool", "--output", str(tmp_path / "o")])

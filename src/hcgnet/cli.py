@@ -276,7 +276,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.analysis.attack import attack_checkpoints, check_options, table, write_results
-    from hcgnet.analysis.options import amp_dtype, device_of
+    from hcgnet.analysis.options import amp_dtype, check_output_folder, device_of
     from hcgnet.files import reported_write
     from hcgnet.inference import _progress, note_on_stderr
 
@@ -288,8 +288,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             raise HCGNetError(f"--eps takes comma-separated numbers such as 0,0.001,0.002, got {args.eps!r}") from None
     check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size, args.workers)
     amp_dtype(args.amp, device_of(args.device))
-    out = Path(args.output)
-    _check_output_folder(out)
+    out = check_output_folder(args.output, "robustness.csv, robustness.json and robustness.png")
     bar = {}
 
     def start(total: int) -> None:
@@ -322,7 +321,7 @@ def _int_list(text: str, flag: str) -> List[int]:
 
 def cmd_dissect(args: argparse.Namespace) -> int:
     from hcgnet.analysis.broden import Broden, check_broden
-    from hcgnet.analysis.options import amp_dtype, device_of, progress_over
+    from hcgnet.analysis.options import amp_dtype, check_output_folder, checkpoint_file, device_of, progress_over
     from hcgnet.analysis.dissect import dissect, plot_unique_detectors, plot_unit_strips, summary_rows, write_results
     from hcgnet.files import reported_write
     from hcgnet.inference import data_config_of, load_model
@@ -333,11 +332,13 @@ def cmd_dissect(args: argparse.Namespace) -> int:
             raise HCGNetError(f"{flag} must be {least} or more, got {value}")
     if not 0 < args.quantile < 1:
         raise HCGNetError(f"--quantile must be between 0 and 1 (the paper: 0.005), got {args.quantile}")
+    if not 0 < args.iou_threshold <= 1:
+        raise HCGNetError(f"--iou-threshold must be above 0 and at most 1 (the paper: 0.04), got {args.iou_threshold}")
     device = device_of(args.device)
     amp_dtype(args.amp, device)
     check_broden(args.broden)
-    out = Path(args.output)
-    _check_output_folder(out)
+    checkpoint_file(args.checkpoint)
+    out = check_output_folder(args.output, "the tables and pictures of the dissection")
     dataset = Broden(args.broden, limit=args.limit)        # read before the (slower) checkpoint
     model, meta = load_model(args.checkpoint, args.model)
     config = data_config_of(model, meta)
@@ -389,6 +390,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hcgnet.analysis.options import one_line_usage_errors
+
     parser = argparse.ArgumentParser(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction, export and the paper's studies (attack, dissect, attention).")
     parser.add_argument("--version", action="version", version=f"hcgnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -504,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--output", required=True, metavar="DIR",
                     help="folder for robustness.csv, robustness.json and robustness.png")
     at.set_defaults(func=cmd_attack)
+    one_line_usage_errors(at)
 
     at = sub.add_parser("attention", help="where the gates look: their attention maps over images, PNG grid")
     add_checkpoint(at)
@@ -521,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="autocast dtype of the forward pass (bf16: GPUs and CPUs with AVX512-BF16/AMX; fp16: GPUs; "
                          "default none)")
     at.set_defaults(func=cmd_attention)
+    one_line_usage_errors(at, lambda message: "give image files, folders or quoted globs before --modules, which "
+                          "takes every name after it" if "IMAGE" in message else "")
 
     ds = sub.add_parser("dissect", help="network dissection (Bau et al. 2017): concept detectors per layer on Broden")
     add_checkpoint(ds)
@@ -542,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--output", required=True, metavar="DIR",
                     help="writes <layer>.csv, summary.csv, summary.json, unique_detectors.png, units_<layer>.png")
     ds.set_defaults(func=cmd_dissect)
+    one_line_usage_errors(ds)
 
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hcgnet.analysis.options import amp_dtype, check_workers, device_of
+from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file, device_of
 from hcgnet.data import DataConfig, DataError, build_eval_dataset
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.evaluation import autocast
@@ -193,11 +193,11 @@ def check_options(attack: str, eps_list: Sequence[float], steps: int = 10, step_
     if not len(eps_list):
         raise HCGNetError("--eps needs at least one value, e.g. 0,0.001,0.002,0.004")
     values = [_check_eps(e, "--eps values") for e in eps_list]
-    if attack == "pgd":
-        if int(steps) != steps or steps < 1:
-            raise HCGNetError(f"--steps must be 1 or more, got {steps}")
-        if step_size is not None and not step_size > 0:
-            raise HCGNetError(f"--step-size must be above 0, got {step_size:g}")
+    # refused whatever the attack: a value that cannot work is a mistake even where it goes unused
+    if int(steps) != steps or steps < 1:
+        raise HCGNetError(f"--steps must be 1 or more, got {steps}")
+    if step_size is not None and not step_size > 0:
+        raise HCGNetError(f"--step-size must be above 0, got {step_size:g}")
     if limit is not None and limit < 1:
         raise HCGNetError(f"--limit must be 1 or more, got {limit}")
     if batch_size < 1:
@@ -362,6 +362,8 @@ def attack_checkpoints(
     datasets: Dict[str, Dataset] = {}
     files: Dict[str, str] = {}
     splits = set()
+    for path in checkpoints:
+        checkpoint_file(path)  # every file checked before the first one loads
     for path, name in zip(checkpoints, names):
         model, meta = load_model(path, name)
         dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split)

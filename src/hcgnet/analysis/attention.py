@@ -385,7 +385,7 @@ def attention_study(
     every 30 s elsewhere). Returns ``{"files": {...: path}, "summary": ..., "result": gate_maps'}``."""
     import json
 
-    from hcgnet.analysis.options import amp_dtype, device_of
+    from hcgnet.analysis.options import amp_dtype, checkpoint_file, device_of
     from hcgnet.analysis.options import progress as progress_bar
     from hcgnet.data import DataError, build_eval_transform
     from hcgnet.files import atomic_path, reported_write
@@ -405,7 +405,7 @@ def attention_study(
     check_output_folder(output, create=False)  # before the model loads: a mistake costs seconds
     for p in problems:
         log(f"hcgnet: warning: {p['error']}; skipped")
-    model, meta = load_model(checkpoint, model_name)
+    model, meta = load_model(checkpoint_file(checkpoint), model_name)
     model.to(dev)
     picked = resolve_modules(model, modules)  # a wrong name fails before any image is read
     config = data_config_of(model, meta)

@@ -10,6 +10,7 @@ detector of that concept; a layer's unique detectors of a category are the disti
 """
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -164,8 +165,15 @@ def _resolve(model: nn.Module, layers: Optional[Sequence[str]]) -> List[str]:
     layers = list(layers) if layers else default_layers(model)
     for name in layers:
         if name not in names or name == "":
-            hint = ", ".join(n for n in list(names)[1:12])
-            raise DissectError(f"no module named {name!r} in the model (module names such as: {hint}, ...)")
+            close = difflib.get_close_matches(name, [n for n in names if n], n=3, cutoff=0.6)
+            try:
+                usual = default_layers(model)
+            except DissectError:
+                usual = []
+            hint = "; ".join(filter(None, (f"close names: {', '.join(close)}" if close else "",
+                                           f"the default layers are {', '.join(usual)}" if usual else "")))
+            raise DissectError(f"no module named {name!r} in the model; {hint or 'pass a name of model.named_modules()'}"
+                               " (any module whose output is a (B, C, H, W) map works)")
     return layers
 
 
@@ -228,6 +236,8 @@ def dissect(
 
     if not 0 < quantile < 1:
         raise DissectError(f"quantile must be in (0, 1), got {quantile}")
+    if not 0 < iou_threshold <= 1:
+        raise DissectError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     if batch_size < 1:
         raise DissectError(f"--batch-size must be 1 or more, got {batch_size}")
     check_workers(workers)

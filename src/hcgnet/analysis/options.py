@@ -1,14 +1,16 @@
 """What the three studies share with ``hcgnet eval``: the device, ``--amp`` and ``--workers`` (refused in one
 line, :class:`~hcgnet.errors.HCGNetError`, before any work), and progress (a bar on a terminal, a line every
 30 s elsewhere)."""
+import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
 import torch
 from tqdm import tqdm
 
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.evaluation import AMP_DTYPES
 
 
@@ -94,3 +96,43 @@ def progress_over(iterable, what: str, unit: str = "batch", show: Optional[bool]
 
 def _on_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def checkpoint_file(path: Union[str, Path], flag: str = "--checkpoint") -> Path:
+    """``path`` if it is a file; for a folder (a run's, most often) a one-line error naming the checkpoints in
+    it, rather than "not found". A missing path is left to the loader, which says so."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(q.name for q in p.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".tar"))
+        hint = (f"e.g. {flag} {p / ('best.safetensors' if 'best.safetensors' in found else found[0])}" if found
+                else "give a .safetensors or .pt file")
+        raise CheckpointError(f"{flag} {p} is a folder, not a checkpoint file; {hint}")
+    return p
+
+
+def check_output_folder(folder: Union[str, Path], holds: str) -> Path:
+    """A folder the command can write ``holds`` into (it and its parents may not exist yet: they are made when
+    the results are written), checked before any work."""
+    from hcgnet.files import can_write_in
+
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise HCGNetError(f"--output {out} is a file; give a folder for {holds}")
+    existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
+    if not can_write_in(existing):
+        raise HCGNetError(f"--output: cannot write in folder {existing} (read-only or no permission)")
+    return out
+
+
+def one_line_usage_errors(parser: argparse.ArgumentParser, hint: Optional[Callable[[str], str]] = None) -> None:
+    """Make ``parser`` report a usage mistake (a missing or malformed argument) as every other mistake is
+    reported: one line ``hcgnet: error: ...`` pointing at ``--help``, exit code 2. ``hint(message)`` may add
+    a sentence for a mistake that is easy to make."""
+    command = parser.prog.split()[-1]
+
+    def error(message: str):
+        extra = hint(message) if hint else ""
+        parser.exit(2, f"hcgnet: error: {message}{'; ' + extra if extra else ''} (hcgnet {command} --help "
+                       "shows every option)\n")
+
+    parser.error = error  # argparse calls self.error for every usage mistake
