@@ -222,6 +222,26 @@ def test_limit_batch_of_one_and_bf16(broden):
     assert set(r.top_images[0][:1]) == {3}
 
 
+def test_bf16_really_runs_the_forward_passes_in_bfloat16(broden, single_thread):
+    import hcgnet
+
+    torch.manual_seed(0)
+    model = hcgnet.create_model("HCGNet-(1,1,1)-(k=4,4,4)", num_classes=3).eval()
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    dtypes = set()
+    handle = conv.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+    try:
+        results = {amp: dissect(model, dataset(broden, limit=3), layers=["stages.1.block"], amp=amp)[0]
+                   for amp in ("none", "bf16")}
+        assert dtypes == {torch.float32, torch.bfloat16}
+    finally:
+        handle.remove()
+    # the maps are kept in float32 either way; bf16's thresholds are close to fp32's (8 bits of mantissa)
+    fp32, bf16 = results["none"].thresholds, results["bf16"].thresholds
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, fp32, atol=0.05 * float(np.abs(fp32).max()))
+
+
 def test_fp16_on_a_cpu_is_refused(broden):
     with pytest.raises(HCGNetError, match="--amp fp16 needs a GPU"):
         dissect(Planted(), dataset(broden, limit=2), layers=["features"], amp="fp16", device="cpu")
