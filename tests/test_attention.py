@@ -401,7 +401,7 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, ex
     try:
         code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, *images, "--output", output, *extra)
     except SystemExit as e:  # argparse's way out
-        code, (out, err) = e.code, capsys.readouterr()
+        code, err = e.code, capsys.readouterr().err
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("hcgnet: error:")]
     assert len(lines) == 1 and expected in lines[0], err
