@@ -359,6 +359,23 @@ def test_attack_command_with_bf16_and_data_loading_workers(capsys, runs):
     assert saved["amp"] == "bf16" and {r["images"] for r in saved["rows"]} == {6}
 
 
+def test_skip_bad_images_on_a_folder_with_a_truncated_jpeg(capsys, runs, tmp_path):
+    from PIL import Image
+
+    folder = make_image_folder(tmp_path / "shots", classes=3, per_class=2, size=(16, 16), seed=3)
+    Image.open(folder / "class_0" / "000.png").convert("RGB").save(folder / "class_1" / "cut.jpg")
+    data = (folder / "class_1" / "cut.jpg").read_bytes()
+    (folder / "class_1" / "cut.jpg").write_bytes(data[:len(data) // 2])
+    argv = ["attack", "--checkpoint", runs["hcgnet"], "--data", f"imagefolder:{folder}", "--eps", "0,0.01",
+            "--workers", "0", "--output", tmp_path / "out"]
+    line = one_line_error(*cli(capsys, *argv))  # the run did not skip bad images: neither does its attack
+    assert "cut.jpg" in line and "--skip-bad-images" in line
+    code, text, err = cli(capsys, *argv, "--skip-bad-images")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert {r["images"] for r in saved["rows"]} == {6}  # the six readable ones
+
+
 def write_idx(path, array, magic):
     with open(path, "wb") as f:
         f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape))

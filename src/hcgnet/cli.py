@@ -297,7 +297,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     result = attack_checkpoints(
         args.checkpoint, args.data, args.attack, eps, args.model or (), args.data_dir, args.split, args.steps,
         args.step_size, args.random_start, args.seed, args.batch_size, args.limit, args.device,
-        progress=lambda n: bar["bar"].update(n), on_total=start, amp=args.amp, workers=args.workers)
+        progress=lambda n: bar["bar"].update(n), on_total=start, amp=args.amp, workers=args.workers,
+        skip_bad_images=args.skip_bad_images)
     if hasattr(bar.get("bar"), "close"):
         bar["bar"].close()
     with reported_write(out):
@@ -498,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--random-start", action="store_true", help="PGD from a uniform random point of the eps-ball")
     at.add_argument("--seed", type=int, default=0, help="seed of PGD's random start (default 0)")
     at.add_argument("--limit", type=int, default=None, metavar="N", help="attack the first N images only")
+    at.add_argument("--skip-bad-images", action="store_true", default=None,
+                    help="leave out unreadable images of an image folder (default: as the training run did)")
     at.add_argument("--batch-size", type=int, default=64, help="images per attack batch (default 64)")
     at.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")

@@ -287,9 +287,11 @@ def pixel_config(config: DataConfig) -> DataConfig:
 
 
 def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: str, data_dir: Optional[str] = None,
-                       split: Optional[str] = None) -> Tuple[Dataset, DataConfig, str]:
+                       split: Optional[str] = None,
+                       skip_bad_images: Optional[bool] = None) -> Tuple[Dataset, DataConfig, str]:
     """The images ``hcgnet eval`` would score for this checkpoint (same split, same preprocessing), as [0, 1]
-    pixels. Returns ``(dataset, the checkpoint's DataConfig, split)``."""
+    pixels. ``skip_bad_images``: leave out unreadable images instead of refusing the folder (None: as the
+    training run did). Returns ``(dataset, the checkpoint's DataConfig, split)``."""
     from hcgnet.inference import SPLITS, _folder_of, _value, choose_split, data_config_of, folder_classes
 
     if split is not None and split not in SPLITS:
@@ -311,9 +313,11 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
         kwargs["test_size"] = kwargs["val_size"]
     if split == "all" and folder is None:
         raise HCGNetError("--split all attacks every image of a folder: use it with --data imagefolder:DIR")
+    if skip_bad_images is None:
+        skip_bad_images = _value(meta, "skip_bad_images") == "true"
     try:
-        dataset = build_eval_dataset(data, pixel_config(config), data_dir, split,
-                                     skip_bad_images=_value(meta, "skip_bad_images") == "true", **kwargs)
+        dataset = build_eval_dataset(data, pixel_config(config), data_dir, split, skip_bad_images=skip_bad_images,
+                                     **kwargs)
     except DataError as e:
         if "class" in str(e) and "model" in str(e):
             raise CheckpointError(f"{path}: {e}") from None
@@ -344,11 +348,13 @@ def attack_checkpoints(
     random_start: bool = False, seed: int = 0, batch_size: int = 64, limit: Optional[int] = None,
     device: Optional[str] = None, progress: Optional[Callable[[int], None]] = None,
     on_total: Optional[Callable[[int], None]] = None, amp: str = "none", workers: int = 0,
+    skip_bad_images: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """:func:`robustness` for checkpoint files, each on the images ``hcgnet eval`` would score for it.
     ``model_names``: one per checkpoint (None: the checkpoint says). ``on_total(batches)`` is called once the
     work is known, before it starts (for a progress bar). Returns ``{"attack", "data", "split", "models",
-    "checkpoints", "rows", ...}``. ``amp``, ``workers``: as :func:`robustness`."""
+    "checkpoints", "rows", ...}``. ``amp``, ``workers``: as :func:`robustness`; ``skip_bad_images``: as
+    :func:`checkpoint_dataset`."""
     from hcgnet.inference import load_model
 
     eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers)
@@ -366,7 +372,7 @@ def attack_checkpoints(
         checkpoint_file(path)  # every file checked before the first one loads
     for path, name in zip(checkpoints, names):
         model, meta = load_model(path, name)
-        dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split)
+        dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split, skip_bad_images)
         label = model_label(path, meta if not name else {**meta, "model_name": name}, list(models))
         models[label], datasets[label], files[label] = (model, config), dataset, str(path)
         splits.add(used)
