@@ -278,6 +278,29 @@ def test_bf16_keeps_the_images_and_their_gradient_float32(trained_linear, monkey
     assert seen["steps"] and max(seen["steps"]) < 1e-6
 
 
+def test_fp16_still_attacks_images_the_model_is_sure_of():
+    # A model trained until its loss is 0 in float32: the loss gradient at the logits (1e-20 and less) would
+    # underflow to 0 in an fp16 backward pass, and FGSM would leave every image as it is. (fp16 autocast is
+    # refused on the CPU by the command, for speed; the arithmetic is the same as on a GPU.)
+    from hcgnet.analysis.attack import Normalised
+
+    x, y = separable_data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model((x - 0.5) / 0.25), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert float(nn.functional.cross_entropy(model((x - 0.5) / 0.25), y)) < 1e-7  # that sure
+    fp32 = fgsm(Normalised(model, (0.5,), (0.25,)), x, y, 0.05)
+    fp16 = fgsm(Normalised(model, (0.5,), (0.25,), torch.float16), x, y, 0.05)
+    assert not torch.equal(fp16, x)
+    assert torch.equal(fp16, fp32)  # the same signs, so the same images
+
+
 def test_library_refusals():
     model, data = tiny_cnn(), TensorDataset(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
     for kwargs, words in ((dict(attack="cw", eps_list=[0.1]), "unknown attack"),

@@ -87,8 +87,20 @@ def _input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     interact), without touching the parameters' ``.grad``."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = nn.functional.cross_entropy(model(x).float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
+        logits = model(x).float()
+        if getattr(model, "amp_dtype", None) != torch.float16:
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+            return grad
+        # fp16: the loss gradient of a confidently classified image (softmax - one-hot at the logits, 1e-8 or
+        # less) underflows to 0 on its way back through an fp16 network, and sign(0) moves nothing: the attack
+        # would silently spare exactly the images it should test. Each image's logit gradient, computed in
+        # float32, is divided by its largest magnitude -- a positive number per image, so the sign of its input
+        # gradient is unchanged (images do not interact in eval mode) -- before it goes back.
+        with torch.no_grad():
+            g = torch.softmax(logits, dim=1) - nn.functional.one_hot(y, logits.shape[1]).float()
+            g = g / g.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        (grad,) = torch.autograd.grad(logits, x, grad_outputs=g)
     return grad
 
 
