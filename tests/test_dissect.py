@@ -357,3 +357,25 @@ def test_timm_model_default_layers_are_its_feature_maps(broden, single_thread):
     assert layers == [f["module"] for f in model.feature_info] and "layer4" in layers
     r = dissect(model, dataset(broden, limit=4), layers=["layer1"], batch_size=4)[0]
     assert r.shape[0] == 64 and len(r.units) == 64
+
+
+def test_the_synthetic_set_of_the_readme_reads_as_broden(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "synthetic_broden.py"
+    spec = importlib.util.spec_from_file_location("synthetic_broden", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = module.write(tmp_path / "synthetic", images=6)
+    ds = Broden(root, size=(32, 32))
+    assert len(ds) == 6 and ds.categories == ["color", "object", "scene", "texture"]
+    assert sorted(ds.labels.values()) == sorted(["red", "green", "blue", "yellow", "disc", "square", "bar",
+                                                 "dark room", "bright room", "striped", "dotted"])
+    for i in range(6):
+        _, seg = ds[i]
+        colour, shape = seg["masks"]["color"][0], seg["masks"]["object"][0]
+        assert colour.shape == (32, 32) and set(np.unique(colour)) - {0} <= {1, 2, 3, 4}
+        assert set(np.unique(shape)) - {0} <= {5, 6, 7} and ((colour > 0) == (shape > 0)).all()
+        assert (colour > 0).any()
+        assert len(seg["labels"]["scene"]) == 1 and len(seg["labels"]["texture"]) == 1
