@@ -35,7 +35,10 @@ def _one_thread(single_thread):
 
 
 def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's way out of a usage mistake
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -226,13 +229,88 @@ def test_a_batch_of_one_gives_the_same_accuracy(trained_linear):
     assert model.training is False
 
 
+def test_bf16_gives_nearly_fp32s_fgsm_accuracy_and_is_really_used(trained_linear):
+    model, x, y = trained_linear
+    cfg, data = config(1, (0.5,), (0.25,), 2), TensorDataset(x, y)
+    eps = [0, 0.02, 0.05, 0.1, 0.2]
+    dtypes = []  # the classifier's output dtype in each forward pass: bf16 only if autocast ran it
+    handle = model[1].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    try:
+        fp32 = accuracies(robustness({"m": (model, cfg)}, data, "fgsm", eps, device="cpu"), "m")
+        assert set(dtypes) == {torch.float32}
+        dtypes.clear()
+        bf16 = accuracies(robustness({"m": (model, cfg)}, data, "fgsm", eps, device="cpu", amp="bf16"), "m")
+        assert set(dtypes) == {torch.bfloat16}
+    finally:
+        handle.remove()
+    assert fp32[-1] < 0.5  # the attack bites, so the comparison means something
+    # bf16 rounds the logits and the gradient's magnitude, rarely its sign: a few images of 200 at most
+    assert all(abs(a - b) <= 0.02 for a, b in zip(fp32, bf16)), (fp32, bf16)
+
+
+def test_bf16_keeps_the_images_and_their_gradient_float32(trained_linear, monkeypatch):
+    import hcgnet.analysis.attack as attack
+
+    model, x, y = trained_linear
+    seen = {"images": set(), "gradients": set(), "steps": []}
+    gradient, run = attack._input_gradient, attack.run_attack
+
+    def spy_gradient(net, images, labels):
+        g = gradient(net, images, labels)
+        seen["images"].add(images.dtype)
+        seen["gradients"].add(g.dtype)
+        return g
+
+    def spy_run(name, net, images, labels, eps, **kwargs):
+        adv = run(name, net, images, labels, eps, **kwargs)
+        inside = (images > eps) & (images < 1 - eps)
+        seen["steps"].append(((adv - images).abs()[inside] - eps).abs().max().item())
+        seen["images"].add(adv.dtype)
+        return adv
+
+    monkeypatch.setattr(attack, "_input_gradient", spy_gradient)
+    monkeypatch.setattr(attack, "run_attack", spy_run)
+    robustness({"m": (model, config(1, (0.5,), (0.25,), 2))}, TensorDataset(x, y), "fgsm", [0.001], device="cpu",
+               amp="bf16")
+    assert seen["images"] == seen["gradients"] == {torch.float32}
+    # exactly one step of 0.001 on every pixel away from the bounds: a bf16 image (8 bits of mantissa) could not
+    # hold x + 0.001 for x near 0.5, where its spacing is 0.002
+    assert seen["steps"] and max(seen["steps"]) < 1e-6
+
+
+def test_fp16_still_attacks_images_the_model_is_sure_of():
+    # A model trained until its loss is 0 in float32: the loss gradient at the logits (1e-20 and less) would
+    # underflow to 0 in an fp16 backward pass, and FGSM would leave every image as it is. (fp16 autocast is
+    # refused on the CPU by the command, for speed; the arithmetic is the same as on a GPU.)
+    from hcgnet.analysis.attack import Normalised
+
+    x, y = separable_data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model((x - 0.5) / 0.25), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert float(nn.functional.cross_entropy(model((x - 0.5) / 0.25), y)) < 1e-7  # that sure
+    fp32 = fgsm(Normalised(model, (0.5,), (0.25,)), x, y, 0.05)
+    fp16 = fgsm(Normalised(model, (0.5,), (0.25,), torch.float16), x, y, 0.05)
+    assert not torch.equal(fp16, x)
+    assert torch.equal(fp16, fp32)  # the same signs, so the same images
+
+
 def test_library_refusals():
     model, data = tiny_cnn(), TensorDataset(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
     for kwargs, words in ((dict(attack="cw", eps_list=[0.1]), "unknown attack"),
                           (dict(attack="fgsm", eps_list=[1.5]), "between 0 and 1"),
                           (dict(attack="fgsm", eps_list=[float("nan")]), "between 0 and 1"),
                           (dict(attack="pgd", eps_list=[0.1], steps=0), "--steps"),
-                          (dict(attack="pgd", eps_list=[0.1], step_size=-1.0), "--step-size")):
+                          (dict(attack="pgd", eps_list=[0.1], step_size=-1.0), "--step-size"),
+                          (dict(attack="fgsm", eps_list=[0.1], amp="fp16", device="cpu"), "needs a GPU"),
+                          (dict(attack="fgsm", eps_list=[0.1], amp="fp8"), "unknown --amp"),
+                          (dict(attack="fgsm", eps_list=[0.1], workers=-1), "--workers")):
         with pytest.raises(HCGNetError, match=words):
             robustness({"m": (model, config())}, data, **kwargs)
 
@@ -295,6 +373,32 @@ def test_attack_pgd_and_limit_on_a_folder_scored_whole(capsys, runs):
     assert {r["images"] for r in saved["rows"]} == {5}
 
 
+def test_attack_command_with_bf16_and_data_loading_workers(capsys, runs):
+    out = runs["base"] / "bf16"
+    code, text, err = cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"], "--eps", "0,0.05",
+                          "--amp", "bf16", "--workers", "1", "--batch-size", "1", "--output", out)
+    assert code == 0, err
+    saved = json.loads((out / "robustness.json").read_text())
+    assert saved["amp"] == "bf16" and {r["images"] for r in saved["rows"]} == {6}
+
+
+def test_skip_bad_images_on_a_folder_with_a_truncated_jpeg(capsys, runs, tmp_path):
+    from PIL import Image
+
+    folder = make_image_folder(tmp_path / "shots", classes=3, per_class=2, size=(16, 16), seed=3)
+    Image.open(folder / "class_0" / "000.png").convert("RGB").save(folder / "class_1" / "cut.jpg")
+    data = (folder / "class_1" / "cut.jpg").read_bytes()
+    (folder / "class_1" / "cut.jpg").write_bytes(data[:len(data) // 2])
+    argv = ["attack", "--checkpoint", runs["hcgnet"], "--data", f"imagefolder:{folder}", "--eps", "0,0.01",
+            "--workers", "0", "--output", tmp_path / "out"]
+    line = one_line_error(*cli(capsys, *argv))  # the run did not skip bad images: neither does its attack
+    assert "cut.jpg" in line and "--skip-bad-images" in line
+    code, text, err = cli(capsys, *argv, "--skip-bad-images")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert {r["images"] for r in saved["rows"]} == {6}  # the six readable ones
+
+
 def write_idx(path, array, magic):
     with open(path, "wb") as f:
         f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape))
@@ -337,6 +441,11 @@ def test_attack_a_one_channel_fashion_mnist_checkpoint(capsys, tmp_path, single_
     (["--attack", "pgd", "--step-size", "0"], "--step-size must be above 0"),
     (["--attack", "cw"], "unknown attack 'cw'"),
     (["--limit", "0"], "--limit"),
+    (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU; on the CPU use --amp bf16"),
+    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--device", "nonsense"], "is not a device"),
+    (["--steps", "0"], "--steps must be 1 or more"),          # with fgsm too, where it goes unused
+    (["--batch-size", "abc"], "argument --batch-size: invalid int value: 'abc' (hcgnet attack --help"),
 ])
 def test_bad_options_are_one_line(capsys, runs, argv, words):
     line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"],
@@ -359,7 +468,23 @@ def test_output_that_is_a_file_is_one_line(capsys, runs, tmp_path):
     (tmp_path / "file").write_text("x")
     line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"],
                                "--output", tmp_path / "file"))
-    assert "is a file" in line
+    assert "is a file; give a folder for robustness.csv" in line
+
+
+def test_newcomers_mistakes_are_one_line(capsys, runs):
+    # no --output: argparse's own report (usage lines, then the error) becomes one line too
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"]))
+    assert "required: --output" in line and "hcgnet attack --help" in line
+    # the run's folder instead of its checkpoint: said so, with the file to pass, not "not found"
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["base"] / "hcgnet", "--data", runs["data"],
+                               "--output", runs["base"] / "bad"))
+    assert f"is a folder, not a checkpoint file; e.g. --checkpoint {runs['hcgnet']}" in line
+    # an empty folder as the data
+    (runs["base"] / "empty").mkdir(exist_ok=True)
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data",
+                               f"imagefolder:{runs['base'] / 'empty'}", "--output", runs["base"] / "bad"))
+    assert "no class sub-folders" in line
+    assert not (runs["base"] / "bad").exists()
 
 
 # ------------------------------------------------------------------------------------------------ timm baselines

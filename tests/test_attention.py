@@ -163,6 +163,26 @@ def test_a_batch_of_one_works_on_a_model_in_training_mode(images):
     assert result["maps"]["stages.2.block.layers.0"]["forget"].shape == (1, 6, 6)
 
 
+def test_bf16_runs_the_gates_in_bfloat16_and_gives_nearly_the_same_maps(model, images):
+    dtypes = []  # a convolution's output dtype: bfloat16 only if autocast ran the forward pass
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    handle = conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    try:
+        fp32 = gate_maps(model, images, list(SIZES_24))
+        bf16 = gate_maps(model, images, list(SIZES_24), amp_dtype=torch.bfloat16)
+    finally:
+        handle.remove()
+    assert dtypes == [torch.float32, torch.bfloat16]
+    for name in SIZES_24:
+        for kind in MAP_KINDS:
+            m = bf16["maps"][name][kind]
+            assert m.dtype == torch.float32
+            # bf16 keeps 8 bits: each map within a few percent of its peak, and still a probability map
+            torch.testing.assert_close(m, fp32["maps"][name][kind], atol=0.03 * float(fp32["maps"][name][kind].max()),
+                                       rtol=0)
+            torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(2), atol=0.02, rtol=0)
+
+
 def test_default_modules_are_the_last_of_each_hybrid_block():
     with torch.device("meta"):
         a1 = hcgnet.create_model("hcgnet_a1")
@@ -311,6 +331,31 @@ def test_cli_max_images_keeps_the_first_readable_ones(capsys, checkpoint, tmp_pa
         assert [Path(p).name for p in npz["images"]] == ["0.png", "2.png", "3.png"]
 
 
+def test_cli_batches_give_the_maps_of_one_pass_and_progress_lines(capsys, checkpoint, tmp_path, monkeypatch):
+    import hcgnet.analysis.options as options
+
+    for i in range(3):
+        picture(tmp_path / "shots" / f"{i}.png", i, size=(20, 26))
+    (tmp_path / "shots" / "1b.png").write_bytes(b"broken")  # between two batches' images
+    monkeypatch.setattr(options, "LOG_EVERY_S", 0.0)      # a line per update, to count them
+    arrays = {}
+    for batch in (1, 8):
+        out = tmp_path / f"out{batch}"
+        code, text, err = cli(capsys, "attention", "--checkpoint", checkpoint, tmp_path / "shots", "--output", out,
+                              "--batch-size", batch, "--device", "cpu")
+        assert code == 0, err
+        # stderr is no terminal here: progress lines, not a bar; one per batch but the last (files tried)
+        progress = [line for line in err.splitlines() if line.startswith("attention: ")]
+        assert [line.split(",")[0] for line in progress] == (
+            ["attention: 1/4 images", "attention: 2/4 images", "attention: 3/4 images"] if batch == 1 else [])
+        with np.load(out / "maps.npz") as npz:
+            arrays[batch] = {k: npz[k] for k in npz.files}
+    assert [Path(p).name for p in arrays[1]["images"]] == ["0.png", "1.png", "2.png"]
+    for key, value in arrays[8].items():
+        if key != "images":
+            np.testing.assert_allclose(arrays[1][key], value, atol=1e-6, err_msg=key)
+
+
 @pytest.mark.parametrize("case, expected", [
     ("no_images", "hcgnet: error: no images to look at: no such file or folder"),
     ("empty_folder", "hcgnet: error: no images to look at: no images in"),
@@ -319,6 +364,11 @@ def test_cli_max_images_keeps_the_first_readable_ones(capsys, checkpoint, tmp_pa
     ("output_parent_missing", "does not exist; create it first"),
     ("unreadable_only", "hcgnet: error: none of the 1 images could be read"),
     ("max_images", "hcgnet: error: --max-images must be 1 or more, got 0"),
+    ("batch_size", "hcgnet: error: --batch-size must be 1 or more, got 0"),
+    ("fp16_on_cpu", "hcgnet: error: --amp fp16 needs a GPU; on the CPU use --amp bf16"),
+    ("checkpoint_folder", "is a folder, not a checkpoint file; e.g. --checkpoint"),
+    ("images_after_modules", "required: IMAGE|FOLDER|GLOB; give image files, folders or quoted globs before "
+                             "--modules, which takes every name after it"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, expected):
     shot = picture(tmp_path / "a.png", 0, size=(20, 26))
@@ -340,7 +390,18 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, ex
         images = [bad]
     elif case == "max_images":
         extra = ["--max-images", "0"]
-    code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, *images, "--output", output, *extra)
+    elif case == "batch_size":
+        extra = ["--batch-size", "0"]
+    elif case == "fp16_on_cpu":
+        extra = ["--amp", "fp16", "--device", "cpu"]
+    elif case == "checkpoint_folder":
+        checkpoint = checkpoint.parent
+    elif case == "images_after_modules":  # --modules takes the images too: argparse finds none
+        images, extra = [], ["--modules", "stages.1.transition", shot]
+    try:
+        code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, *images, "--output", output, *extra)
+    except SystemExit as e:  # argparse's way out
+        code, err = e.code, capsys.readouterr().err
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("hcgnet: error:")]
     assert len(lines) == 1 and expected in lines[0], err

@@ -12,6 +12,7 @@ from torch import nn
 from hcgnet.analysis.broden import Broden, decode_mask, encode_mask
 from hcgnet.analysis.dissect import DissectError, TopQuantile, dissect
 from hcgnet.cli import main
+from hcgnet.errors import HCGNetError
 
 IMAGES, SIDE, SEG = 40, 32, 16            # 32 x 32 images, 16 x 16 segmentations (Broden's half resolution)
 LABELS = {1: ("blue-c", "color"), 2: ("red_square", "object"), 3: ("indoor", "scene"), 300: ("far_label", "part")}
@@ -136,7 +137,9 @@ def test_malformed_index_and_bad_limit_are_one_line_exit_2(broden, tmp_path, cap
     text = (bad / "index.csv").read_text().replace("png,train,32,32", "png,train,thirty-two,32", 1)
     (bad / "index.csv").write_text(text)
     cases = ((bad, [], "index.csv line 2: malformed row"), (broden, ["--limit", "0"], "--limit"),
-             (broden, ["--device", "nonsense"], "--device"))
+             (broden, ["--device", "nonsense"], "--device"),
+             (broden, ["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU; on the CPU use --amp bf16"),
+             (broden, ["--workers", "-1"], "--workers must be 0 or more"))
     for root, extra, words in cases:
         code = main(["dissect", "--checkpoint", str(tmp_path / "none.safetensors"), "--broden", str(root),
                      "--output", str(tmp_path / "out"), *extra])
@@ -219,6 +222,31 @@ def test_limit_batch_of_one_and_bf16(broden):
     assert set(r.top_images[0][:1]) == {3}
 
 
+def test_bf16_really_runs_the_forward_passes_in_bfloat16(broden, single_thread):
+    import hcgnet
+
+    torch.manual_seed(0)
+    model = hcgnet.create_model("HCGNet-(1,1,1)-(k=4,4,4)", num_classes=3).eval()
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    dtypes = set()
+    handle = conv.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
+    try:
+        results = {amp: dissect(model, dataset(broden, limit=3), layers=["stages.1.block"], amp=amp)[0]
+                   for amp in ("none", "bf16")}
+        assert dtypes == {torch.float32, torch.bfloat16}
+    finally:
+        handle.remove()
+    # the maps are kept in float32 either way; bf16's thresholds are close to fp32's (8 bits of mantissa)
+    fp32, bf16 = results["none"].thresholds, results["bf16"].thresholds
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(bf16, fp32, atol=0.05 * float(np.abs(fp32).max()))
+
+
+def test_fp16_on_a_cpu_is_refused(broden):
+    with pytest.raises(HCGNetError, match="--amp fp16 needs a GPU"):
+        dissect(Planted(), dataset(broden, limit=2), layers=["features"], amp="fp16", device="cpu")
+
+
 def test_one_by_one_layer_refused(broden):
     with pytest.raises(DissectError, match="1 x 1"):
         dissect(Planted(), dataset(broden, limit=2), layers=["pool"])
@@ -267,6 +295,50 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
     assert Image.open(out / "unique_detectors.png").size[0] > 100
 
 
+def test_cli_progress_lines_when_not_on_a_terminal(broden, tiny_checkpoint, tmp_path, capsys, single_thread,
+                                                   monkeypatch):
+    import hcgnet.analysis.options as options
+
+    monkeypatch.setattr(options, "LOG_EVERY_S", 0.0)      # a line per batch but the last of each pass
+    code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "3",
+                 "--batch-size", "1", "--workers", "0", "--top-units", "0", "--layer", "stages.2.block",
+                 "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [line.split(",")[0] for line in err.splitlines()] == [
+        "dissect 1/2 thresholds: 1/3 batches", "dissect 1/2 thresholds: 2/3 batches",
+        "dissect 2/2 IoU: 1/3 batches", "dissect 2/2 IoU: 2/3 batches"]
+
+
+def test_cli_newcomers_mistakes_are_one_line(broden, tiny_checkpoint, tmp_path, capsys):
+    base = ["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "2",
+            "--workers", "0"]
+    out = ["--output", str(tmp_path / "out")]
+    cases = (
+        (base, "required: --output (hcgnet dissect --help"),
+        (["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden / "index.csv"), *out],
+         "is a file; pass the folder that holds index.csv"),
+        (["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden / "images"), *out],
+         f"not a Broden directory but its parent is: pass --broden {broden}"),
+        (["dissect", "--checkpoint", str(tiny_checkpoint.parent), "--broden", str(broden), *out],
+         f"is a folder, not a checkpoint file; e.g. --checkpoint {tiny_checkpoint}"),
+        (base + out + ["--layer", "stages.9.block"],
+         "no module named 'stages.9.block' in the model; close names: stages.2.block, stages.1.block, "
+         "stages.0.block; the default layers are stages.0.block, stages.1.block, act"),
+        (base + out + ["--iou-threshold", "2"], "--iou-threshold must be above 0 and at most 1"),
+        (base + ["--output", str(broden / "index.csv")], "is a file; give a folder for the tables and pictures"),
+    )
+    for argv, words in cases:
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's way out: still one line, exit 2
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("hcgnet: error: "), err
+        assert words in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_refuses_pooled_layer(broden, tiny_checkpoint, tmp_path, capsys, single_thread):
     code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "2",
                  "--workers", "0", "--layer", "global_pool", "--output", str(tmp_path / "o")])
@@ -285,3 +357,25 @@ def test_timm_model_default_layers_are_its_feature_maps(broden, single_thread):
     assert layers == [f["module"] for f in model.feature_info] and "layer4" in layers
     r = dissect(model, dataset(broden, limit=4), layers=["layer1"], batch_size=4)[0]
     assert r.shape[0] == 64 and len(r.units) == 64
+
+
+def test_the_synthetic_set_of_the_readme_reads_as_broden(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "synthetic_broden.py"
+    spec = importlib.util.spec_from_file_location("synthetic_broden", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = module.write(tmp_path / "synthetic", images=6)
+    ds = Broden(root, size=(32, 32))
+    assert len(ds) == 6 and ds.categories == ["color", "object", "scene", "texture"]
+    assert sorted(ds.labels.values()) == sorted(["red", "green", "blue", "yellow", "disc", "square", "bar",
+                                                 "dark room", "bright room", "striped", "dotted"])
+    for i in range(6):
+        _, seg = ds[i]
+        colour, shape = seg["masks"]["color"][0], seg["masks"]["object"][0]
+        assert colour.shape == (32, 32) and set(np.unique(colour)) - {0} <= {1, 2, 3, 4}
+        assert set(np.unique(shape)) - {0} <= {5, 6, 7} and ((colour > 0) == (shape > 0)).all()
+        assert (colour > 0).any()
+        assert len(seg["labels"]["scene"]) == 1 and len(seg["labels"]["texture"]) == 1

@@ -229,7 +229,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from hcgnet.analysis.attention import attention_study, summary_table
 
     study = attention_study(args.checkpoint, args.images, args.output, args.model, args.modules,
-                            args.max_images, args.device)
+                            args.max_images, args.device, amp=args.amp, batch_size=args.batch_size)
     print(summary_table(study["summary"]))
     for path in study["files"].values():
         print(f"wrote {path}")
@@ -310,6 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.analysis.attack import attack_checkpoints, check_options, table, write_results
+    from hcgnet.analysis.options import amp_dtype, check_output_folder, device_of
     from hcgnet.files import reported_write
     from hcgnet.inference import _progress, note_on_stderr
 
@@ -319,9 +320,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
             eps.append(float(text))
         except ValueError:
             raise HCGNetError(f"--eps takes comma-separated numbers such as 0,0.001,0.002, got {args.eps!r}") from None
-    check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size)
-    out = Path(args.output)
-    _check_output_folder(out)
+    check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size, args.workers)
+    amp_dtype(args.amp, device_of(args.device))
+    out = check_output_folder(args.output, "robustness.csv, robustness.json and robustness.png")
     bar = {}
 
     def start(total: int) -> None:
@@ -330,7 +331,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     result = attack_checkpoints(
         args.checkpoint, args.data, args.attack, eps, args.model or (), args.data_dir, args.split, args.steps,
         args.step_size, args.random_start, args.seed, args.batch_size, args.limit, args.device,
-        progress=lambda n: bar["bar"].update(n), on_total=start)
+        progress=lambda n: bar["bar"].update(n), on_total=start, amp=args.amp, workers=args.workers,
+        skip_bad_images=args.skip_bad_images)
     if hasattr(bar.get("bar"), "close"):
         bar["bar"].close()
     with reported_write(out):
@@ -353,11 +355,8 @@ def _int_list(text: str, flag: str) -> List[int]:
 
 
 def cmd_dissect(args: argparse.Namespace) -> int:
-    import functools
-
-    from tqdm import tqdm
-
     from hcgnet.analysis.broden import Broden, check_broden
+    from hcgnet.analysis.options import amp_dtype, check_output_folder, checkpoint_file, device_of, progress_over
     from hcgnet.analysis.dissect import dissect, plot_unique_detectors, plot_unit_strips, summary_rows, write_results
     from hcgnet.files import reported_write
     from hcgnet.inference import data_config_of, load_model
@@ -368,23 +367,21 @@ def cmd_dissect(args: argparse.Namespace) -> int:
             raise HCGNetError(f"{flag} must be {least} or more, got {value}")
     if not 0 < args.quantile < 1:
         raise HCGNetError(f"--quantile must be between 0 and 1 (the paper: 0.005), got {args.quantile}")
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise HCGNetError(f"--device {args.device!r} is not a device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
+    if not 0 < args.iou_threshold <= 1:
+        raise HCGNetError(f"--iou-threshold must be above 0 and at most 1 (the paper: 0.04), got {args.iou_threshold}")
+    device = device_of(args.device)
+    amp_dtype(args.amp, device)
     check_broden(args.broden)
-    out = Path(args.output)
-    _check_output_folder(out)
+    checkpoint_file(args.checkpoint)
+    out = check_output_folder(args.output, "the tables and pictures of the dissection")
     dataset = Broden(args.broden, limit=args.limit)        # read before the (slower) checkpoint
     model, meta = load_model(args.checkpoint, args.model)
     config = data_config_of(model, meta)
     size = (args.size, args.size) if args.size else tuple(config.input_size[1:])
     dataset.set_preprocessing(size, config.mean, config.std)
-    bar = functools.partial(tqdm, unit="batch", leave=False, disable=not sys.stderr.isatty())
     results = dissect(model, dataset, args.layer, quantile=args.quantile, iou_threshold=args.iou_threshold,
-                      batch_size=args.batch_size, workers=args.workers, device=device, progress=bar, amp=args.amp)
+                      batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
+                      progress=lambda batches, desc: progress_over(batches, desc))
     rows = summary_rows(results)
     cats = [k for k in rows[0] if k.startswith("unique_") and k != "unique_detectors"]
     print(f"{args.checkpoint}: network dissection on {len(dataset)} Broden images at {size[0]}x{size[1]} "
@@ -428,6 +425,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hcgnet.analysis.options import one_line_usage_errors
+
     parser = argparse.ArgumentParser(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction, export and the paper's studies (attack, dissect, attention).")
     parser.add_argument("--version", action="version", version=f"hcgnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -541,11 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--random-start", action="store_true", help="PGD from a uniform random point of the eps-ball")
     at.add_argument("--seed", type=int, default=0, help="seed of PGD's random start (default 0)")
     at.add_argument("--limit", type=int, default=None, metavar="N", help="attack the first N images only")
+    at.add_argument("--skip-bad-images", action="store_true", default=None,
+                    help="leave out unreadable images of an image folder (default: as the training run did)")
     at.add_argument("--batch-size", type=int, default=64, help="images per attack batch (default 64)")
+    at.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    at.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="autocast dtype of the model's forward and backward passes; images and their gradients "
+                         "stay float32 (bf16: GPUs and CPUs with AVX512-BF16/AMX; fp16: GPUs; default none)")
     at.add_argument("--output", required=True, metavar="DIR",
                     help="folder for robustness.csv, robustness.json and robustness.png")
     at.set_defaults(func=cmd_attack)
+    one_line_usage_errors(at)
 
     at = sub.add_parser("attention", help="where the gates look: their attention maps over images, PNG grid")
     add_checkpoint(at)
@@ -557,8 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SMG modules, e.g. stages.1.block.layers.0 or stages.1.transition "
                          "(default: the last SMG module of each hybrid block)")
     at.add_argument("--max-images", type=int, default=16, help="rows of the grid: the first N images (default 16)")
+    at.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    at.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                    help="autocast dtype of the forward pass (bf16: GPUs and CPUs with AVX512-BF16/AMX; fp16: GPUs; "
+                         "default none)")
     at.set_defaults(func=cmd_attention)
+    one_line_usage_errors(at, lambda message: "give image files, folders or quoted globs before --modules, which "
+                          "takes every name after it" if "IMAGE" in message else "")
 
     ds = sub.add_parser("dissect", help="network dissection (Bau et al. 2017): concept detectors per layer on Broden")
     add_checkpoint(ds)
@@ -572,13 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ds.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     ds.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                    help="autocast dtype of the forward passes (bf16 pays on GPUs and AMX CPUs)")
+                    help="autocast dtype of the forward passes (bf16: GPUs and CPUs with AVX512-BF16/AMX; "
+                         "fp16: GPUs; default none)")
     ds.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations a unit fires on (0.005)")
     ds.add_argument("--iou-threshold", type=float, default=0.04, help="IoU that makes a unit a detector (0.04)")
     ds.add_argument("--top-units", type=int, default=8, help="units per layer in the image strips (0: no strips)")
     ds.add_argument("--output", required=True, metavar="DIR",
                     help="writes <layer>.csv, summary.csv, summary.json, unique_detectors.png, units_<layer>.png")
     ds.set_defaults(func=cmd_dissect)
+    one_line_usage_errors(ds)
 
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)

@@ -32,8 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file, device_of
 from hcgnet.data import DataConfig, DataError, build_eval_dataset
 from hcgnet.errors import CheckpointError, HCGNetError
+from hcgnet.evaluation import autocast
 
 ATTACKS = ("fgsm", "fgsm-any", "pgd")
 #: How many step sizes foolbox 2's FGSM tries in (0, eps] (its ``epsilons`` when given a number, as the
@@ -43,17 +45,27 @@ Stats = Optional[Sequence[float]]
 
 
 class Normalised(nn.Module):
-    """``model((x - mean) / std)``: a model that takes [0, 1] pixels (what the attacks differentiate)."""
+    """``model((x - mean) / std)``: a model that takes [0, 1] pixels (what the attacks differentiate).
 
-    def __init__(self, model: nn.Module, mean: Stats = None, std: Stats = None) -> None:
+    ``amp_dtype`` (e.g. torch.bfloat16) runs only the model under autocast: the pixels, their normalisation
+    and so the gradient with respect to the input stay float32 (a bf16 input would round the image itself, and
+    eps 0.001 is below bf16's resolution near 1); the logits come back as float32."""
+
+    def __init__(self, model: nn.Module, mean: Stats = None, std: Stats = None,
+                 amp_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         self.model = model
+        self.amp_dtype = amp_dtype
         c = len(mean) if mean is not None else (len(std) if std is not None else 1)
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * c).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std if std is not None else [1.0] * c).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean.to(x)) / self.std.to(x))
+        z = (x - self.mean.to(x)) / self.std.to(x)
+        if self.amp_dtype is None:
+            return self.model(z)
+        with autocast(z.device, self.amp_dtype):
+            return self.model(z).float()
 
 
 def _pixels_model(model: nn.Module, mean: Stats, std: Stats) -> nn.Module:
@@ -75,8 +87,20 @@ def _input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     interact), without touching the parameters' ``.grad``."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = nn.functional.cross_entropy(model(x).float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
+        logits = model(x).float()
+        if getattr(model, "amp_dtype", None) != torch.float16:
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+            return grad
+        # fp16: the loss gradient of a confidently classified image (softmax - one-hot at the logits, 1e-8 or
+        # less) underflows to 0 on its way back through an fp16 network, and sign(0) moves nothing: the attack
+        # would silently spare exactly the images it should test. Each image's logit gradient, computed in
+        # float32, is divided by its largest magnitude -- a positive number per image, so the sign of its input
+        # gradient is unchanged (images do not interact in eval mode) -- before it goes back.
+        with torch.no_grad():
+            g = torch.softmax(logits, dim=1) - nn.functional.one_hot(y, logits.shape[1]).float()
+            g = g / g.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        (grad,) = torch.autograd.grad(logits, x, grad_outputs=g)
     return grad
 
 
@@ -174,33 +198,34 @@ def run_attack(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 def check_options(attack: str, eps_list: Sequence[float], steps: int = 10, step_size: Optional[float] = None,
-                  limit: Optional[int] = None, batch_size: int = 64) -> List[float]:
+                  limit: Optional[int] = None, batch_size: int = 64, workers: int = 0) -> List[float]:
     """The refusals, before any work: one line each. Returns the eps values as floats, in the order given."""
     if attack not in ATTACKS:
         raise HCGNetError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
     if not len(eps_list):
         raise HCGNetError("--eps needs at least one value, e.g. 0,0.001,0.002,0.004")
     values = [_check_eps(e, "--eps values") for e in eps_list]
-    if attack == "pgd":
-        if int(steps) != steps or steps < 1:
-            raise HCGNetError(f"--steps must be 1 or more, got {steps}")
-        if step_size is not None and not step_size > 0:
-            raise HCGNetError(f"--step-size must be above 0, got {step_size:g}")
+    # refused whatever the attack: a value that cannot work is a mistake even where it goes unused
+    if int(steps) != steps or steps < 1:
+        raise HCGNetError(f"--steps must be 1 or more, got {steps}")
+    if step_size is not None and not step_size > 0:
+        raise HCGNetError(f"--step-size must be above 0, got {step_size:g}")
     if limit is not None and limit < 1:
         raise HCGNetError(f"--limit must be 1 or more, got {limit}")
     if batch_size < 1:
         raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
+    check_workers(workers)
     return values
 
 
-def _loader(data: Union[Dataset, DataLoader], limit: Optional[int], batch_size: int) -> DataLoader:
+def _loader(data: Union[Dataset, DataLoader], limit: Optional[int], batch_size: int, workers: int = 0) -> DataLoader:
     if isinstance(data, DataLoader):
         if limit is not None:
             raise HCGNetError("limit works with a dataset, not a DataLoader; pass the dataset")
         return data
     if limit is not None and limit < len(data):
         data = Subset(data, range(limit))
-    return DataLoader(data, batch_size=batch_size, shuffle=False)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 def robustness(
@@ -216,6 +241,8 @@ def robustness(
     limit: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
     progress: Optional[Callable[[int], None]] = None,
+    amp: str = "none",
+    workers: int = 0,
 ) -> List[Dict[str, Any]]:
     """Accuracy of each model on the images of ``data`` attacked with ``attack`` at each eps.
 
@@ -223,18 +250,21 @@ def robustness(
     ``data``: [0, 1] images with labels (a Dataset or DataLoader; or name -> one, for models that take
     different inputs). ``limit``: the first N images only. ``progress(n)``: called after each batch.
     ``step_size``: PGD's, None for ``2.5 * eps / steps``. ``seed``: PGD's random start (the same start for
-    every model's images, batch by batch).
+    every model's images, batch by batch). ``amp``: "bf16" (or "fp16" on a GPU) runs the models' forward and
+    backward passes under autocast; the images and their gradients stay float32. ``workers``: DataLoader
+    processes reading ``data``.
 
     Returns one row per (eps, model), eps in the order given: ``{"eps", "model", "attack", "correct",
     "images", "accuracy"}``.
     """
-    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers)
+    dev = device_of(device)
+    dtype = amp_dtype(amp, dev)
     counts = {(e, name): [0, 0] for e in range(len(eps_values)) for name in models}
     for name, (model, config) in models.items():
         source = data[name] if isinstance(data, Mapping) else data
-        loader = _loader(source, limit, batch_size)
-        net = Normalised(model, config.mean, config.std).to(dev).eval()
+        loader = _loader(source, limit, batch_size, workers)
+        net = Normalised(model, config.mean, config.std, dtype).to(dev).eval()
         generator = torch.Generator().manual_seed(seed)
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
@@ -269,9 +299,11 @@ def pixel_config(config: DataConfig) -> DataConfig:
 
 
 def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: str, data_dir: Optional[str] = None,
-                       split: Optional[str] = None) -> Tuple[Dataset, DataConfig, str]:
+                       split: Optional[str] = None,
+                       skip_bad_images: Optional[bool] = None) -> Tuple[Dataset, DataConfig, str]:
     """The images ``hcgnet eval`` would score for this checkpoint (same split, same preprocessing), as [0, 1]
-    pixels. Returns ``(dataset, the checkpoint's DataConfig, split)``."""
+    pixels. ``skip_bad_images``: leave out unreadable images instead of refusing the folder (None: as the
+    training run did). Returns ``(dataset, the checkpoint's DataConfig, split)``."""
     from hcgnet.inference import SPLITS, _folder_of, _value, choose_split, data_config_of, folder_classes
 
     if split is not None and split not in SPLITS:
@@ -293,9 +325,11 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
         kwargs["test_size"] = kwargs["val_size"]
     if split == "all" and folder is None:
         raise HCGNetError("--split all attacks every image of a folder: use it with --data imagefolder:DIR")
+    if skip_bad_images is None:
+        skip_bad_images = _value(meta, "skip_bad_images") == "true"
     try:
-        dataset = build_eval_dataset(data, pixel_config(config), data_dir, split,
-                                     skip_bad_images=_value(meta, "skip_bad_images") == "true", **kwargs)
+        dataset = build_eval_dataset(data, pixel_config(config), data_dir, split, skip_bad_images=skip_bad_images,
+                                     **kwargs)
     except DataError as e:
         if "class" in str(e) and "model" in str(e):
             raise CheckpointError(f"{path}: {e}") from None
@@ -325,15 +359,18 @@ def attack_checkpoints(
     data_dir: Optional[str] = None, split: Optional[str] = None, steps: int = 10, step_size: Optional[float] = None,
     random_start: bool = False, seed: int = 0, batch_size: int = 64, limit: Optional[int] = None,
     device: Optional[str] = None, progress: Optional[Callable[[int], None]] = None,
-    on_total: Optional[Callable[[int], None]] = None,
+    on_total: Optional[Callable[[int], None]] = None, amp: str = "none", workers: int = 0,
+    skip_bad_images: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """:func:`robustness` for checkpoint files, each on the images ``hcgnet eval`` would score for it.
     ``model_names``: one per checkpoint (None: the checkpoint says). ``on_total(batches)`` is called once the
     work is known, before it starts (for a progress bar). Returns ``{"attack", "data", "split", "models",
-    "checkpoints", "rows", ...}``."""
+    "checkpoints", "rows", ...}``. ``amp``, ``workers``: as :func:`robustness`; ``skip_bad_images``: as
+    :func:`checkpoint_dataset`."""
     from hcgnet.inference import load_model
 
-    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size)
+    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers)
+    amp_dtype(amp, device_of(device))  # refused before the checkpoints load
     if not checkpoints:
         raise HCGNetError("give at least one --checkpoint")
     if len(model_names) > len(checkpoints):
@@ -343,17 +380,19 @@ def attack_checkpoints(
     datasets: Dict[str, Dataset] = {}
     files: Dict[str, str] = {}
     splits = set()
+    for path in checkpoints:
+        checkpoint_file(path)  # every file checked before the first one loads
     for path, name in zip(checkpoints, names):
         model, meta = load_model(path, name)
-        dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split)
+        dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split, skip_bad_images)
         label = model_label(path, meta if not name else {**meta, "model_name": name}, list(models))
         models[label], datasets[label], files[label] = (model, config), dataset, str(path)
         splits.add(used)
     if on_total is not None:
         on_total(sum(len(_loader(d, limit, batch_size)) for d in datasets.values()))
     rows = robustness(models, datasets, attack, eps_values, steps, step_size, random_start, seed, batch_size,
-                      limit, device, progress)
-    return {"attack": attack, "data": data, "split": "/".join(sorted(splits)), "eps": eps_values,
+                      limit, device, progress, amp, workers)
+    return {"attack": attack, "data": data, "split": "/".join(sorted(splits)), "eps": eps_values, "amp": amp,
             "steps": steps if attack == "pgd" else None,
             "step_size": (step_size if step_size is not None else "2.5*eps/steps") if attack == "pgd" else None,
             "random_start": random_start if attack == "pgd" else None, "seed": seed,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hcgnet.errors import HCGNetError
+from hcgnet.evaluation import autocast
 from hcgnet.layers.smg import SMGModule
 
 #: The three spatial maps of an SMG module, in column order, and their titles.
@@ -78,7 +79,8 @@ def resolve_modules(model: nn.Module, modules: Optional[Sequence[str]] = None) -
     return picked
 
 
-def gate_maps(model: nn.Module, images: Tensor, modules: Optional[Sequence[str]] = None) -> Dict[str, object]:
+def gate_maps(model: nn.Module, images: Tensor, modules: Optional[Sequence[str]] = None,
+              amp_dtype: Optional[torch.dtype] = None) -> Dict[str, object]:
     """The gates' attention maps and channel weights of the SMG modules ``modules`` for ``images``.
 
     Args:
@@ -87,6 +89,7 @@ def gate_maps(model: nn.Module, images: Tensor, modules: Optional[Sequence[str]]
         images: (B, C, H, W), normalised as the model expects.
         modules: SMG module names (``model.named_modules()``, e.g. ``"stages.1.block.layers.0"`` or
             ``"stages.1.transition"``); None: :func:`default_modules`.
+        amp_dtype: e.g. torch.bfloat16: the forward pass under autocast (maps and weights come back float32).
 
     Returns a dict:
         ``maps``: ``{module: {kind: (B, h, w) float32 tensor}}`` for each kind in :data:`MAP_KINDS`: the
@@ -119,7 +122,7 @@ def gate_maps(model: nn.Module, images: Tensor, modules: Optional[Sequence[str]]
     try:
         model.eval()
         device = next(model.parameters()).device
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, amp_dtype):
             logits = model(images.to(device)).detach().float().cpu()
     finally:
         for h in handles:
@@ -357,18 +360,33 @@ def check_output_folder(folder: Union[str, Path], create: bool = True) -> Path:
     return folder
 
 
+def _concat(parts: List[Dict[str, object]]) -> Dict[str, object]:
+    """:func:`gate_maps` results of consecutive batches as one (images along dimension 0)."""
+    first = parts[0]
+    return {
+        "maps": {m: {k: torch.cat([p["maps"][m][k] for p in parts]) for k in kinds} for m, kinds in first["maps"].items()},
+        "weights": {m: {k: torch.cat([p["weights"][m][k] for p in parts]) for k in w}
+                    for m, w in first["weights"].items()},
+        "logits": torch.cat([p["logits"] for p in parts]),
+    }
+
+
 def attention_study(
     checkpoint: str, images: Sequence[str], output: Union[str, Path], model_name: Optional[str] = None,
     modules: Optional[Sequence[str]] = None, max_images: int = 16, device: Optional[str] = None,
-    log=None,
+    log=None, amp: str = "none", batch_size: int = 8, progress: Optional[bool] = None,
 ) -> Dict[str, object]:
     """``hcgnet attention``: the gate maps of ``modules`` of the model in ``checkpoint`` for the image files,
     folders or glob patterns ``images`` (the first ``max_images`` readable ones), written to the folder
     ``output`` as ``attention.png`` (:func:`attention_grid`), ``weights.png`` (:func:`weights_plot`),
     ``maps.npz`` (:func:`save_npz`) and ``summary.json`` (:func:`summary`). Unreadable images are skipped
-    with a warning through ``log``. Returns ``{"files": {...: path}, "summary": ..., "result": gate_maps'}``."""
+    with a warning through ``log``. The images are read and run ``batch_size`` at a time, under autocast with
+    ``amp`` "bf16" (or "fp16" on a GPU); ``progress``: a bar over the images (default: on a terminal; a line
+    every 30 s elsewhere). Returns ``{"files": {...: path}, "summary": ..., "result": gate_maps'}``."""
     import json
 
+    from hcgnet.analysis.options import amp_dtype, checkpoint_file, device_of
+    from hcgnet.analysis.options import progress as progress_bar
     from hcgnet.data import DataError, build_eval_transform
     from hcgnet.files import atomic_path, reported_write
     from hcgnet.inference import (_read_images, collect_images, data_config_of, guess_note, load_model,
@@ -377,14 +395,17 @@ def attention_study(
     log = log or note_on_stderr
     if max_images < 1:
         raise HCGNetError(f"--max-images must be 1 or more, got {max_images}")
+    if batch_size < 1:
+        raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
+    dev = device_of(device)
+    dtype = amp_dtype(amp, dev)
     files, problems = collect_images(images)
     if not files:
         raise DataError("no images to look at: " + "; ".join(p["error"] for p in problems[:3]))
     check_output_folder(output, create=False)  # before the model loads: a mistake costs seconds
     for p in problems:
         log(f"hcgnet: warning: {p['error']}; skipped")
-    model, meta = load_model(checkpoint, model_name)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = load_model(checkpoint_file(checkpoint), model_name)
     model.to(dev)
     picked = resolve_modules(model, modules)  # a wrong name fails before any image is read
     config = data_config_of(model, meta)
@@ -395,19 +416,24 @@ def attention_study(
     batch: List[Tensor] = []
     readable: List[str] = []
     failures: List[dict] = []
+    parts: List[Dict[str, object]] = []
     next_file = 0
-    while len(batch) < max_images and next_file < len(files):  # read on past unreadable ones
-        chunk = files[next_file:next_file + max_images - len(batch)]
-        more, ok = _read_images(chunk, transform, failures, log)
-        batch += more
-        readable += ok
-        next_file += len(chunk)
+    with progress_bar(min(max_images, len(files)), "attention", "image", progress, log) as bar:
+        while len(batch) < max_images and next_file < len(files):  # read on past unreadable ones
+            chunk = files[next_file:next_file + min(batch_size, max_images - len(batch))]
+            more, ok = _read_images(chunk, transform, failures, log)
+            next_file += len(chunk)
+            if more:
+                parts.append(gate_maps(model, torch.stack(more), list(picked), dtype))
+                batch += more
+                readable += ok
+            bar.update(len(chunk))  # files looked at, readable or not: the bar ends full
     if not batch:
         raise DataError(f"none of the {len(files)} images could be read (see the warnings above)")
     if next_file < len(files):
         log(f"note: showing the first {len(readable)} of {len(files)} images (--max-images {max_images})")
     x = torch.stack(batch)
-    result = gate_maps(model, x, list(picked))
+    result = _concat(parts)
     folder = check_output_folder(output)
     written = {name: folder / name for name in ("attention.png", "weights.png", "maps.npz", "summary.json")}
     attention_grid(x, result["maps"], written["attention.png"], config.mean, config.std, readable)

@@ -80,8 +80,12 @@ def _parse_categories(text: str, line: str) -> Dict[str, int]:
 def check_broden(root: str | Path) -> Path:
     """``root`` as a Path if it has a Broden directory's files, else a one-line :class:`BrodenError`."""
     root = Path(root)
+    if root.is_file():
+        raise BrodenError(f"--broden {root} is a file; pass the folder that holds index.csv and images/")
     if not root.is_dir():
         raise BrodenError(f"no Broden directory at {root}; {WHERE}")
+    if not (root / "index.csv").is_file() and (root.parent / "index.csv").is_file():
+        raise BrodenError(f"{root} is not a Broden directory but its parent is: pass --broden {root.parent}")
     for name in ("index.csv", "category.csv", "label.csv"):
         if not (root / name).is_file():
             raise BrodenError(f"{root} is not a Broden directory: no {name}; {WHERE}")

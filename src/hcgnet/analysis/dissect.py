@@ -10,6 +10,7 @@ detector of that concept; a layer's unique detectors of a category are the disti
 """
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -164,8 +165,15 @@ def _resolve(model: nn.Module, layers: Optional[Sequence[str]]) -> List[str]:
     layers = list(layers) if layers else default_layers(model)
     for name in layers:
         if name not in names or name == "":
-            hint = ", ".join(n for n in list(names)[1:12])
-            raise DissectError(f"no module named {name!r} in the model (module names such as: {hint}, ...)")
+            close = difflib.get_close_matches(name, [n for n in names if n], n=3, cutoff=0.6)
+            try:
+                usual = default_layers(model)
+            except DissectError:
+                usual = []
+            hint = "; ".join(filter(None, (f"close names: {', '.join(close)}" if close else "",
+                                           f"the default layers are {', '.join(usual)}" if usual else "")))
+            raise DissectError(f"no module named {name!r} in the model; {hint or 'pass a name of model.named_modules()'}"
+                               " (any module whose output is a (B, C, H, W) map works)")
     return layers
 
 
@@ -221,18 +229,21 @@ def dissect(
     :class:`~hcgnet.analysis.broden.Broden` ``dataset`` (its size/mean/std are the model's preprocessing; its
     ``limit`` the number of images). Two passes over the data: thresholds (:class:`TopQuantile`, ``bins``
     per unit), then IoU. ``progress`` wraps an iterable (e.g. ``functools.partial(tqdm, ...)``); it gets
-    ``desc``. ``amp``: "bf16" / "fp16" runs the forward passes under autocast (maps are kept in float32).
+    ``desc``. ``amp``: "bf16" (or "fp16" on a GPU) runs the forward passes under autocast (maps are kept in float32).
     Returns one :class:`LayerResult` per layer, in order."""
-    from hcgnet.evaluation import AMP_DTYPES, autocast
+    from hcgnet.analysis.options import amp_dtype, check_workers
+    from hcgnet.evaluation import autocast
 
-    if amp not in AMP_DTYPES:
-        raise DissectError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
     if not 0 < quantile < 1:
         raise DissectError(f"quantile must be in (0, 1), got {quantile}")
+    if not 0 < iou_threshold <= 1:
+        raise DissectError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     if batch_size < 1:
         raise DissectError(f"--batch-size must be 1 or more, got {batch_size}")
+    check_workers(workers)
     device = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = amp_dtype(amp, device)                  # fp16 on a CPU: refused, as hcgnet eval does
     model = model.to(device).eval()
     layers = _resolve(model, layers)
     wrap = progress or (lambda it, **kw: it)
@@ -246,7 +257,7 @@ def dissect(
         seen = 0
         with torch.no_grad():
             for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 1/2 thresholds"):
-                with autocast(device, AMP_DTYPES[amp]):
+                with autocast(device, dtype):
                     model(images.to(device))
                 idx = torch.tensor([s["index"] for s in segs], device=device)
                 for name in layers:
@@ -282,7 +293,7 @@ def dissect(
         label_area = torch.zeros(n_labels, dtype=torch.float64, device=device)
         with torch.no_grad():
             for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 2/2 IoU"):
-                with autocast(device, AMP_DTYPES[amp]):
+                with autocast(device, dtype):
                     model(images.to(device))
                 for j, seg in enumerate(segs):
                     pixel = {c: [torch.where(t < n_labels, t, torch.zeros_like(t)) for t in

@@ -1,0 +1,138 @@
+"""What the three studies share with ``hcgnet eval``: the device, ``--amp`` and ``--workers`` (refused in one
+line, :class:`~hcgnet.errors.HCGNetError`, before any work), and progress (a bar on a terminal, a line every
+30 s elsewhere)."""
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Union
+
+import torch
+from tqdm import tqdm
+
+from hcgnet.errors import CheckpointError, HCGNetError
+from hcgnet.evaluation import AMP_DTYPES
+
+
+def device_of(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """``device`` as a torch.device (None: cuda when there is one, else cpu); a name that is no device, or cuda
+    on a machine without one, is refused."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        raise HCGNetError(f"--device {device!r} is not a device; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
+    return dev
+
+
+def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp`` (none, bf16, fp16) on ``device``. fp16 is refused on the CPU, as
+    ``hcgnet eval`` refuses it (CPUs have no fast fp16 convolutions; bf16 is theirs)."""
+    if amp not in AMP_DTYPES:
+        raise HCGNetError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
+    if amp == "fp16" and torch.device(device).type != "cuda":
+        raise HCGNetError("--amp fp16 needs a GPU; on the CPU use --amp bf16")
+    return AMP_DTYPES[amp]
+
+
+def check_workers(workers: int) -> int:
+    if workers < 0:
+        raise HCGNetError(f"--workers must be 0 or more, got {workers}")
+    return workers
+
+
+#: Units of progress whose plural is not the name + "s".
+PLURALS = {"batch": "batches"}
+#: Seconds between progress lines when stderr is not a terminal (as ``hcgnet eval``'s).
+LOG_EVERY_S = 30.0
+
+
+class ProgressLines:
+    """Progress where a bar would be noise (a log file, CI, a cluster job): a line every :data:`LOG_EVERY_S`
+    through ``log``, with the count so far and the time left at the rate so far."""
+
+    def __init__(self, total: int, what: str, unit: str, log: Callable[[str], None]) -> None:
+        self.total, self.what, self.unit, self.log = total, what, unit, log
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= LOG_EVERY_S and self.done < self.total:
+            self.last = now
+            left = (self.total - self.done) * (now - self.start) / max(self.done, 1)
+            units = self.unit if self.total == 1 else PLURALS.get(self.unit, self.unit + "s")
+            self.log(f"{self.what}: {self.done}/{self.total} {units}, about {left:.0f} s left")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress(total: int, what: str, unit: str = "batch", show: Optional[bool] = None,
+             log: Optional[Callable[[str], None]] = None):
+    """A tqdm bar on a terminal, :class:`ProgressLines` elsewhere (``show=None``); ``show=False``: nothing.
+    A context manager with ``update(n)``."""
+    if show is None and not sys.stderr.isatty():
+        return ProgressLines(total, what, unit, log or _on_stderr)
+    return tqdm(total=total, desc=what, unit=unit, disable=show is False, leave=False)
+
+
+def progress_over(iterable, what: str, unit: str = "batch", show: Optional[bool] = None,
+                  log: Optional[Callable[[str], None]] = None) -> Iterator:
+    """The items of a sized ``iterable`` (a DataLoader), with :func:`progress` advancing one per item."""
+    with progress(len(iterable), what, unit, show, log) as bar:
+        for item in iterable:
+            yield item
+            bar.update(1)
+
+
+def _on_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def checkpoint_file(path: Union[str, Path], flag: str = "--checkpoint") -> Path:
+    """``path`` if it is a file; for a folder (a run's, most often) a one-line error naming the checkpoints in
+    it, rather than "not found". A missing path is left to the loader, which says so."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(q.name for q in p.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".tar"))
+        hint = (f"e.g. {flag} {p / ('best.safetensors' if 'best.safetensors' in found else found[0])}" if found
+                else "give a .safetensors or .pt file")
+        raise CheckpointError(f"{flag} {p} is a folder, not a checkpoint file; {hint}")
+    return p
+
+
+def check_output_folder(folder: Union[str, Path], holds: str) -> Path:
+    """A folder the command can write ``holds`` into (it and its parents may not exist yet: they are made when
+    the results are written), checked before any work."""
+    from hcgnet.files import can_write_in
+
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise HCGNetError(f"--output {out} is a file; give a folder for {holds}")
+    existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
+    if not can_write_in(existing):
+        raise HCGNetError(f"--output: cannot write in folder {existing} (read-only or no permission)")
+    return out
+
+
+def one_line_usage_errors(parser: argparse.ArgumentParser, hint: Optional[Callable[[str], str]] = None) -> None:
+    """Make ``parser`` report a usage mistake (a missing or malformed argument) as every other mistake is
+    reported: one line ``hcgnet: error: ...`` pointing at ``--help``, exit code 2. ``hint(message)`` may add
+    a sentence for a mistake that is easy to make."""
+    command = parser.prog.split()[-1]
+
+    def error(message: str):
+        extra = hint(message) if hint else ""
+        parser.exit(2, f"hcgnet: error: {message}{'; ' + extra if extra else ''} (hcgnet {command} --help "
+                       "shows every option)\n")
+
+    parser.error = error  # argparse calls self.error for every usage mistake
