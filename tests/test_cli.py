@@ -447,3 +447,25 @@ def test_eval_output_in_a_read_only_folder_is_refused_before_evaluating(capsys, 
     code, out, err = run(capsys, *_eval(tiny, "--output", str(read_only / "report")))
     assert_one_line_error(code, out, err)
     assert "cannot write" in err
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_a_run_folder_given_as_checkpoint_names_the_file_to_pass(tmp_path, capsys, command):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best.safetensors").write_bytes(b"")
+    (run_dir / "last.pt").write_bytes(b"")
+    from PIL import Image
+    Image.new("RGB", (40, 30)).save(tmp_path / "shot.png")
+    extra = {"eval": ["--data", "fashion_mnist"], "predict": [str(tmp_path / "shot.png")],
+             "export": ["--format", "onnx", "--output", str(tmp_path / "m.onnx")]}
+    code, out, err = run(capsys, command, "--checkpoint", str(run_dir), *extra[command])
+    assert_one_line_error(code, out, err)
+    assert "is a folder" in err and str(run_dir / "best.safetensors") in err
+
+
+def test_plural_of_nouns_ending_in_ch_sh_s_x():
+    from hcgnet.errors import plural
+    assert [plural(2, n) for n in ("batch", "class", "box", "brush", "image")] == [
+        "2 batches", "2 classes", "2 boxes", "2 brushes", "2 images"]
+    assert plural(1, "batch") == "1 batch"

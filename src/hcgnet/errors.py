@@ -14,7 +14,7 @@ class CheckpointError(HCGNetError):
 
 
 def plural(n: float, noun: str) -> str:
-    """``"1 image"``, ``"1,400 images"``, ``"0.5 epochs"``, ``"2 classes"``: a count with its noun, for messages."""
-    many = noun + "es" if noun.endswith(("s", "x", "sh")) else noun + "s"
+    """``"1 image"``, ``"1,400 images"``, ``"0.5 epochs"``, ``"2 classes"``, ``"3 batches"``: a count with its noun, for messages."""
+    many = noun + "es" if noun.endswith(("s", "x", "sh", "ch")) else noun + "s"
     number = f"{n:,}" if float(n).is_integer() and not isinstance(n, float) else f"{n:g}"
     return f"{number} {noun if n == 1 else many}"

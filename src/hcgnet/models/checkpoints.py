@@ -132,6 +132,11 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     checkpoints (``{'model': state_dict, ...}``), a bare state dict, and ``.safetensors``.
     """
     path = Path(path)
+    if path.is_dir():  # most often a run's folder: name the file to pass
+        found = sorted(q.name for q in path.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".tar"))
+        pick = "best.safetensors" if "best.safetensors" in found else (found[0] if found else None)
+        hint = f"e.g. {path / pick}" if pick else "give a .safetensors, .pt or .pth file"
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     metadata: Dict[str, str] = {}
