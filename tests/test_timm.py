@@ -87,6 +87,21 @@ def test_timm_loads_the_published_checkpoint_and_gives_the_published_logits(io):
     assert (logits(model, io["x"]) - io["y"]).abs().max().item() < 1e-4
 
 
+def test_timm_checkpoint_path_takes_the_published_file_as_it_is(io):
+    # timm.load_checkpoint hands {'net': ..., 'acc': ..., 'epoch': ...} to load_state_dict unchanged
+    model = timm.create_model("hcgnet_a1", checkpoint_path=str(PUBLISHED_A1))
+    assert (logits(model, io["x"]) - io["y"]).abs().max().item() < 1e-4
+
+
+def test_load_state_dict_takes_a_published_state_dict_with_module_prefix(io):
+    published = torch.load(PUBLISHED_A1, map_location="cpu", weights_only=True)["net"]
+    assert next(iter(published)).startswith("module.features.")
+    model = hcgnet.create_model("hcgnet_a1")
+    model.load_state_dict(published)
+    assert (logits(model, io["x"]) - io["y"]).abs().max().item() < 1e-4
+    model.load_state_dict(model.state_dict())  # hcgnet's own keys pass through untouched
+
+
 def test_timm_fine_tuning_from_the_published_checkpoint_keeps_all_but_the_classifier(io):
     model = timm.create_model("hcgnet_a1", pretrained=True, num_classes=3,
                               pretrained_cfg_overlay=dict(file=str(PUBLISHED_A1)))

@@ -190,6 +190,30 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> Dict[str, Ten
                              "pretrained weights", strict=True), **head}
 
 
+def _published_keys_hook(module: nn.Module, state_dict: Dict, prefix: str, *args) -> None:
+    """``load_state_dict`` pre-hook: a whole published checkpoint (``{'net': ...}``, with or without
+    ``module.``) is renamed to hcgnet's keys in place, before any submodule reads it."""
+    if prefix or not state_dict:
+        return
+    wrapped = isinstance(state_dict.get("net"), dict)
+    if not wrapped and not is_published_format(_strip_prefix(state_dict)):
+        return
+    converted = to_hcgnet_names(unwrap_state_dict(dict(state_dict), "state dict")[0], "state dict")
+    expected = module.state_dict()
+    for key, value in converted.items():  # the published gates store their FC layers as 1x1 convs
+        if value.dim() == 4 and value.shape[2:] == (1, 1) and key in expected and expected[key].dim() == 2:
+            converted[key] = value.flatten(1)
+    state_dict.clear()
+    state_dict.update(converted)
+
+
+def accept_published_state_dicts(model: nn.Module) -> nn.Module:
+    """Let ``model.load_state_dict`` (and so timm's ``create_model(..., checkpoint_path=...)``, which calls
+    it with whatever the file holds) take a published checkpoint as it is."""
+    model.register_load_state_dict_pre_hook(_published_keys_hook)
+    return model
+
+
 def read_metadata(path: PathLike) -> Dict[str, str]:
     """What a checkpoint says about itself (model name, classes, preprocessing...), without its tensors
     where the format allows (safetensors)."""

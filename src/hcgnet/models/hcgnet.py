@@ -25,6 +25,7 @@ from hcgnet.errors import ModelSpecError
 from hcgnet.layers import SMGModule
 from hcgnet.layers.gates import ActFactory
 from hcgnet.layers.recompute import checkpoint_module
+from hcgnet.models.checkpoints import accept_published_state_dicts
 
 STEMS = ("cifar", "imagenet")
 
@@ -262,6 +263,8 @@ class HCGNet(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
+        # load_state_dict takes a published checkpoint as it is (timm's checkpoint_path= passes it so).
+        accept_published_state_dicts(self)
 
     def _init_weights(self) -> None:
         for m in self.modules():
