@@ -2,6 +2,7 @@
 category id 3) and ellipses ("ball", category id 7; ids with a gap, as COCO's have), their boxes, polygon
 masks for the rectangles and RLE masks for the ellipses."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,23 @@ def make_coco(root, count=8, seed=0, sizes=((64, 64), (96, 64), (64, 96)), objec
     path = root / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
     return root / "images", path
+
+
+# The detector the tests train. The COCO branch's stand-in builds torchvision ResNets; once DET's HCGNet
+# backbone is merged, point this at a small spec, e.g. HCGNET_TOY_DETECTOR='HCGNet-(1,1,1,1)-(k=8,8,8,8)'.
+TOY_MODEL = os.environ.get("HCGNET_TOY_DETECTOR", "resnet18")
+# Fewer proposals and sampled regions than torchvision's defaults (2000/512): the toy images hold 1-2 objects,
+# and the box head over 1,000 regions (the mask head over 100 detections) would dominate a CPU step.
+TOY_OPTIONS = {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100,
+               "rpn_post_nms_top_n_test": 50, "rpn_batch_size_per_image": 32, "box_batch_size_per_image": 32,
+               "box_detections_per_img": 10}
+
+
+def toy_config(images, annotations, output, **overrides):
+    """A DetectConfig for the toy set: small images, batch 2, a short warm-up, no loader processes."""
+    from hcgnet.detection import DetectConfig
+
+    values = dict(images=str(images), annotations=str(annotations), output=str(output), model=TOY_MODEL, task="mask",
+                  image_size=64, max_size=96, epochs=1, batch_size=2, lr=0.01, lr_base_batch=2, warmup_steps=4,
+                  workers=0, device="cpu", detector_options=dict(TOY_OPTIONS))
+    return DetectConfig(**{**values, **overrides})

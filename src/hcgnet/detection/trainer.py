@@ -218,8 +218,11 @@ class DetectRun:
         skip = self.first_step if resumed else 0
         self.totals = self.resumed_totals if resumed else new_totals()
         self.sampler.set_epoch(epoch, skip)
+        # Its own generator: an iterator otherwise draws its base seed from the global RNG, which a run resumed
+        # mid-epoch restores at another point (the classifier's loader does the same).
         loader = DataLoader(self.samples, batch_sampler=self.sampler, collate_fn=collate,
-                            num_workers=self.config.workers, pin_memory=self.d.device.type == "cuda")
+                            num_workers=self.config.workers, pin_memory=self.d.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(self.config.seed))
         batches = itertools.islice(loader, self.steps_per_epoch - skip)
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                    disable=True if not self.d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
