@@ -138,3 +138,28 @@ def test_a_few_hundred_cpu_steps_raise_the_box_ap(tmp_path):
     model, info = load_detector(tmp_path / "run" / "final.safetensors")
     after = evaluate_detector(model, data, info["category_ids"], "box", torch.device("cpu"))["box"]["AP"]
     assert before < 0.05 and after > 0.3, (before, after)
+
+
+class NaNDetector(torch.nn.Module):
+    """A detector whose loss is NaN: what a too-high learning rate leads to."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, images, targets=None):
+        return {"loss_classifier": self.w * 0.5, "loss_box_reg": self.w * float("nan")}
+
+
+def test_a_non_finite_loss_stops_the_run_in_one_line_before_touching_the_weights(toy, tmp_path, capsys, monkeypatch):
+    import hcgnet.detection.models
+
+    monkeypatch.setattr(hcgnet.detection.models, "build_detector", NaNDetector)
+    out = tmp_path / "run"
+    code = main(["detect", "train", "--images", str(toy[0]), "--annotations", str(toy[1]), "--output", str(out),
+                 "--device", "cpu", "--workers", "0", "--batch-size", "2", "--task", "box"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("hcgnet: error: the detection loss became nan at step 1 of the epoch (loss_classifier 0.5, "
+                          "loss_box_reg nan) (epoch 1); training stopped and no checkpoint had been written yet; "
+                          "lower --lr"), err
