@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageColor
 from torch import nn
 
 from coco_toy import TOY_MODEL, TOY_OPTIONS, make_coco
@@ -16,6 +16,7 @@ from hcgnet.cli import main
 from hcgnet.detection import checkpoint as detector_files
 from hcgnet.detection.checkpoint import detector_metadata
 from hcgnet.detection.data import CocoDetectionSet, read_coco
+from hcgnet.detection.draw import PALETTE
 from hcgnet.detection.evaluate import METRICS, evaluate_coco, score_results, to_coco_results
 from hcgnet.models import save_safetensors
 
@@ -163,6 +164,8 @@ def test_predict_draws_boxes_and_masks_and_goes_on_past_a_bad_image(toy, tmp_pat
     x1, y1, x2, y2 = [int(v) for v in found["boxes"][0]]
     changed = np.abs(after - before).sum(axis=2) > 0
     assert changed[y1, x1:x2].mean() > 0.9 and changed[y1:y2, x1].mean() > 0.9      # the box's outline
+    colour = ImageColor.getrgb(PALETTE[int(found["labels"][0]) - 1])                   # in its class's colour
+    assert (after[y1 + 1, x1 + 8:x2 - 1] == colour).all(axis=1).mean() > 0.9
     mask = found["masks"][0, 0].numpy() > 0.5
     inside = mask.copy()
     inside[y1:y1 + 3], inside[:, x1:x1 + 3] = False, False                            # off the outline and label
