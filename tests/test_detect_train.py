@@ -163,3 +163,29 @@ def test_a_non_finite_loss_stops_the_run_in_one_line_before_touching_the_weights
     assert err.startswith("hcgnet: error: the detection loss became nan at step 1 of the epoch (loss_classifier 0.5, "
                           "loss_box_reg nan) (epoch 1); training stopped and no checkpoint had been written yet; "
                           "lower --lr"), err
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_one_model_and_score_every_image(toy, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "hcgnet", "detect", "train", "--images",
+         str(toy[0]), "--annotations", str(toy[1]), "--val-images", str(toy[0]), "--val-annotations", str(toy[1]),
+         "--model", TOY_MODEL, "--task", "box", "--image-size", "64", "--max-size", "96", "--batch-size", "4",
+         "--epochs", "1", "--workers", "0", "--device", "cpu", "--output", str(out), "--detector-options",
+         json.dumps(TOY_OPTIONS)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["world_size"] == 2 and result["replicas_identical"] is True and result["steps"] == 2  # 8 / 4
+    assert result["validation"]["images"] == 8
+    group = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    # Global batch 4 (not one process's 2); step 1 of 2: halfway through the warm-up (capped at the run) and
+    # past both x0.1 steps (at int(2 * 8/12) = int(2 * 11/12) = 1).
+    assert group["lr"] == pytest.approx(0.02 * 4 / 16 * (0.001 * 0.5 + 0.5) * 0.01)

@@ -108,12 +108,12 @@ def evaluate_detector(model: nn.Module, data: CocoData, category_ids: Sequence[i
     ids = data.image_ids[dist.rank::dist.world_size]
     found = detect(model, data, ids, task, device, amp_dtype, batch_size, workers, progress)
     boxes, masks = to_coco_results([o for _, o in found], [i for i, _ in found], category_ids)
-    gathered = gather_objects((boxes, masks), dist)
+    gathered = gather_objects((boxes, masks, len(found)), dist)
     if not dist.is_main:
         return None
-    if dist.enabled:
-        boxes, masks = [r for part in gathered for r in part[0]], [r for part in gathered for r in part[1]]
-    metrics: Dict[str, Any] = {"images": len(data.image_ids)}
+    parts = gathered if dist.enabled else [gathered]
+    boxes, masks = [r for part in parts for r in part[0]], [r for part in parts for r in part[1]]
+    metrics: Dict[str, Any] = {"images": sum(part[2] for part in parts)}  # scored, over every process
     for iou_type in IOU_TYPES[task]:
         metrics[KIND[iou_type]] = score_results(data.coco, boxes if iou_type == "bbox" else masks, iou_type)
     metrics["results"] = {"bbox": boxes, "segm": masks}

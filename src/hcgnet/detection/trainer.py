@@ -255,6 +255,7 @@ class DetectRun:
     def validate(self) -> Optional[Dict[str, Any]]:
         if self.val_data is None:
             return None
+        distributed.broadcast_buffers(self.model, self.d)  # rank 0's normalisation statistics on every rank
         metrics = evaluate_detector(self.model, self.val_data, self.data.category_ids, self.config.task,
                                     self.d.device, self.amp_dtype, dist=self.d)
         if metrics is not None:
@@ -304,7 +305,7 @@ class DetectRun:
         c, val = self.config, self.val_metrics
         result = {"model": c.model, "task": c.task, "annotations": c.annotations, "epochs": c.epochs,
                   "global_batch": c.batch_size, "world_size": self.d.world_size, "steps": self.total_steps,
-                  "validation": val}
+                  "replicas_identical": distributed.parameters_match_rank0(self.model, self.d), "validation": val}
         if self.d.is_main:
             save_safetensors(self.model, self.out / "final.safetensors", self.metadata())
             (self.out / "results.json").write_text(json.dumps(result, indent=2))
