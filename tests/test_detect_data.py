@@ -10,7 +10,8 @@ from hcgnet.cli import main
 from hcgnet.detection.data import (CLIP_PIXELS, CocoDetectionSet, CocoFormatError, GroupedBatches, aspect_groups,
                                    read_coco)
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"),
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]  # pycocotools, NumPy 2
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,8 @@ BAD = {
         "5 of the 11 images listed in"),
     "image entry without size": (lambda data: data["images"][0].pop("width") and None,
                                  "image entry 0 has no 'width'"),
+    "image of no size": (lambda data: data["images"][1].update(height="64"),
+                         "1 image (id 2) have a width or height that is not a positive number"),
     "mask model without masks": (lambda data: data["annotations"][0].pop("segmentation") and None,
                                  "1 annotation (id 1) have no segmentation"),
 }

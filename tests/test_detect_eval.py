@@ -20,7 +20,8 @@ from hcgnet.detection.draw import PALETTE
 from hcgnet.detection.evaluate import METRICS, evaluate_coco, score_results, to_coco_results
 from hcgnet.models import save_safetensors
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"),
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]  # pycocotools, NumPy 2
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,7 @@ def test_predict_with_no_readable_image_is_one_line(tmp_path, capsys, untrained)
     assert code == 2 and err.splitlines()[-1].startswith("hcgnet: error: none of the 1 inputs could be read")
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_detect_eval_and_predict_do_not_import_the_trainer():
     code = ("import sys, hcgnet.detection, hcgnet.detection.evaluate, hcgnet.detection.draw, "
             "hcgnet.detection.checkpoint, hcgnet.detection.config; "

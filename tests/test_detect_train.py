@@ -19,7 +19,8 @@ from hcgnet.detection.models import build_detector
 from hcgnet.errors import HCGNetError
 from hcgnet.training.interrupts import TrainingInterrupted
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"),
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]  # pycocotools, NumPy 2
 
 
 @pytest.fixture(scope="module")

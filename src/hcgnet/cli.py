@@ -453,6 +453,7 @@ def cmd_detect_predict(args: argparse.Namespace) -> int:
     from hcgnet.detection.draw import predict
     from hcgnet.inference import note_on_stderr
 
+    _check_output_folder(Path(args.output))
     results = predict(args.checkpoint, args.images, args.output, args.score_threshold, args.device,
                       log=note_on_stderr)
     drawn = [r for r in results if "png" in r]

@@ -114,6 +114,11 @@ def _check_structure(data: Any, path: Path) -> None:
     _require(data["categories"], ("id", "name"), "category", path)
     _require(data["images"], ("id", "file_name", "width", "height"), "image", path)
     _require(data["annotations"], ("id", "image_id", "category_id", "bbox"), "annotation", path)
+    unsized = [im["id"] for im in data["images"]
+               if not all(isinstance(im[k], (int, float)) and im[k] > 0 for k in ("width", "height"))]
+    if unsized:
+        raise CocoFormatError(f"{path}: {plural(len(unsized), 'image')} (id {_few(unsized)}) have a width or height "
+                              "that is not a positive number of pixels; fix them")
 
 
 def _check_references(data: Dict[str, Any], path: Path) -> None:
