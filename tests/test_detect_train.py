@@ -87,6 +87,7 @@ def test_detect_train_writes_the_run_and_refuses_to_overwrite_it(toy, tmp_path, 
     assert "already holds a run (last.pt); pass --resume" in capsys.readouterr().err
     assert main(args + ["--amp", "fp16", "--overwrite"]) == 2
     assert capsys.readouterr().err == "hcgnet: error: --amp fp16 needs a GPU; on the CPU use --amp bf16\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]      # refused before the replacement folder
     assert torch.equal(load_file(out / "final.safetensors")["roi_heads.box_predictor.cls_score.weight"],
                        model.roi_heads.box_predictor.cls_score.weight)
 

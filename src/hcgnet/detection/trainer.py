@@ -61,7 +61,8 @@ class DetectRun:
 
     def __init__(self, config: DetectConfig, d: distributed.Dist, log: Callable, stop: StopSignals) -> None:
         self.config, self.d, self.log, self.stop = config, d, log, stop
-        self.folder = RunFolder(config)
+        self.folder = RunFolder(config)  # refusals only; nothing on disk changes before claim()
+        classifier._amp(config, d.device)  # fp16 without a GPU: refused before any data is read
         self.out = self.folder.work
         self.started = False
         self.metrics: Optional[MetricsLog] = None
