@@ -1,6 +1,7 @@
 """A tiny COCO-format dataset for the detection tests: small noisy images with filled rectangles ("box",
 category id 3) and ellipses ("ball", category id 7; ids with a gap, as COCO's have), their boxes, polygon
 masks for the rectangles and RLE masks for the ellipses."""
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -56,9 +57,10 @@ def make_coco(root, count=8, seed=0, sizes=((64, 64), (96, 64), (64, 96)), objec
     return root / "images", path
 
 
-# The detector the tests train. The COCO branch's stand-in builds torchvision ResNets; once DET's HCGNet
-# backbone is merged, point this at a small spec, e.g. HCGNET_TOY_DETECTOR='HCGNet-(1,1,1,1)-(k=8,8,8,8)'.
-TOY_MODEL = os.environ.get("HCGNET_TOY_DETECTOR", "resnet18")
+# The backbone the tests train: a small HCGNet spec once hcgnet.detection has the HCGNet backbone
+# (backbone.py), else the COCO branch's stand-in ResNet-18; HCGNET_TOY_DETECTOR chooses another.
+TOY_MODEL = os.environ.get("HCGNET_TOY_DETECTOR") or (
+    "HCGNet-(1,1,1,1)-(k=8,8,8,8)" if importlib.util.find_spec("hcgnet.detection.backbone") else "resnet18")
 # Fewer proposals and sampled regions than torchvision's defaults (2000/512): the toy images hold 1-2 objects,
 # and the box head over 1,000 regions (the mask head over 100 detections) would dominate a CPU step.
 TOY_OPTIONS = {"rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100,
