@@ -28,7 +28,7 @@ class OutputFolderError(HCGNetError):
 def _image_folder_of(config: TrainConfig):
     data = getattr(config, "data", None)  # the detection trainer's config has none
     if data and data.startswith("imagefolder:"):
-        return Path(config.data.split(":", 1)[1]).expanduser()
+        return Path(data.split(":", 1)[1]).expanduser()
     return None
 
 
