@@ -121,6 +121,21 @@ def test_a_saved_detector_loads_back_into_the_same_weights(untrained):
     assert model.rpn._post_nms_top_n["testing"] == TOY_OPTIONS["rpn_post_nms_top_n_test"]
 
 
+def test_detections_come_back_in_the_original_image_pixels(toy):
+    """The detector works at twice the size (min_size 128) and answers in the image's own 96 x 64 pixels."""
+    from hcgnet.detection.evaluate import detect
+    from hcgnet.detection.models import build_detector
+
+    data = read_coco(*toy, masks=True)
+    torch.manual_seed(0)
+    model = build_detector(TOY_MODEL, "mask", num_classes=3, min_size=128, max_size=192,
+                           **{**TOY_OPTIONS, "box_score_thresh": 0.0})
+    (image_id, out), = detect(model, data, [2], "mask", torch.device("cpu"))
+    assert image_id == 2 and len(out["boxes"]) > 0 and out["masks"].shape[-2:] == (64, 96)
+    assert out["boxes"][:, 2].max() <= 96 and out["boxes"][:, 3].max() <= 64
+    assert out["boxes"][:, 2].max() > 48                                       # not squeezed into a corner
+
+
 @pytest.mark.parametrize("case", ["other categories", "classifier checkpoint", "fp16 on cpu"])
 def test_eval_refusals_are_one_line(toy, untrained, tmp_path, capsys, case):
     images, annotations, checkpoint, extra = toy[0], toy[1], untrained, []

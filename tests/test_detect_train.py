@@ -83,6 +83,7 @@ def test_detect_train_writes_the_run_and_refuses_to_overwrite_it(toy, tmp_path, 
     last = torch.load(out / "last.pt", weights_only=True)
     assert info["task"] == "box" and info["category_ids"] == [3, 7] and info["min_size"] == 64
     assert all(torch.equal(v, last["model"][k]) for k, v in model.state_dict().items())
+    assert load_detector(out / "last.pt")[1] == info                     # eval/predict read last.pt too
     assert main(args) == 2                             # the same output again: refused, the run kept
     assert "already holds a run (last.pt); pass --resume" in capsys.readouterr().err
     assert main(args + ["--amp", "fp16", "--overwrite"]) == 2
