@@ -424,6 +424,144 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ detect
+
+
+def cmd_detect_train(args: argparse.Namespace) -> int:
+    from hcgnet.detection.config import DetectConfig, resume_detect_config
+    from hcgnet.detection.trainer import train
+    from hcgnet.training.interrupts import TrainingInterrupted
+
+    options = None
+    if args.detector_options is not None:
+        try:
+            options = json.loads(args.detector_options)
+        except json.JSONDecodeError:
+            raise HCGNetError("--detector-options takes a JSON object such as '{\"box_batch_size_per_image\": 128}', "
+                              f"got {args.detector_options!r}") from None
+    given = {name: getattr(args, name) for name in DetectConfig.__dataclass_fields__ if hasattr(args, name)}
+    given["detector_options"] = options
+    output = args.output or DetectConfig.output
+    if args.resume and not args.images and (Path(output) / "config.yaml").is_file():
+        config = resume_detect_config(output, given)  # the run's own settings; flags given here on top
+    else:
+        config = DetectConfig(**{k: v for k, v in given.items() if v is not None})
+    try:
+        train(config)
+    except TrainingInterrupted as e:
+        print(f"hcgnet: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+def cmd_detect_eval(args: argparse.Namespace) -> int:
+    from hcgnet.detection.evaluate import evaluate_coco, summary, table, write_reports
+    from hcgnet.files import check_output_file, reported_write
+    from hcgnet.inference import note_on_stderr
+
+    if args.json:
+        check_output_file(args.json, "--json")
+    out = Path(args.output) if args.output else None
+    if out is not None:
+        _check_output_folder(out)
+    m = evaluate_coco(args.checkpoint, args.images, args.annotations, args.batch_size, args.workers, args.device,
+                      args.amp, log=note_on_stderr)
+    print(f"{args.checkpoint} on {args.annotations} ({m['images']} images): COCO AP (%)")
+    print(table(m))
+    if args.json:
+        with reported_write(args.json):
+            Path(args.json).write_text(json.dumps(summary(m), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if out is not None:
+        with reported_write(out):
+            files = write_reports(m, out)
+        print(f"wrote {out}/: {', '.join(f.name for f in files)}")
+    return 0
+
+
+def cmd_detect_predict(args: argparse.Namespace) -> int:
+    from hcgnet.data import DataError
+    from hcgnet.detection.draw import predict
+    from hcgnet.inference import note_on_stderr
+
+    _check_output_folder(Path(args.output))
+    results = predict(args.checkpoint, args.images, args.output, args.score_threshold, args.device,
+                      log=note_on_stderr)
+    drawn = [r for r in results if "png" in r]
+    for r in drawn:
+        found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing"
+        print(f"{r['png']}: {found}")
+    if not drawn:
+        raise DataError(f"none of the {len(results)} inputs could be read (see the warnings above)")
+    return 0
+
+
+def _add_detect_parser(sub) -> None:
+    from hcgnet.detection.config import DetectConfig as D
+
+    detect = sub.add_parser("detect", help="Mask R-CNN / Faster R-CNN with an HCGNet backbone on COCO-format data")
+    tasks = detect.add_subparsers(dest="detect_command", required=True)
+
+    tr = tasks.add_parser("train", help="train a detector (the paper's 1x schedule by default; torchrun for GPUs)")
+    tr.add_argument("--images", default=None, metavar="DIR", help="folder of the training images")
+    tr.add_argument("--annotations", default=None, metavar="FILE", help="their COCO instances JSON")
+    tr.add_argument("--val-images", default=None, metavar="DIR", help="validation images, scored every epoch")
+    tr.add_argument("--val-annotations", default=None, metavar="FILE", help="their COCO instances JSON")
+    tr.add_argument("--model", default=None, metavar="MODEL|SPEC", help=f"backbone (default {D.model})")
+    tr.add_argument("--task", choices=("mask", "box"), default=None,
+                    help="mask: Mask R-CNN, box: Faster R-CNN (default mask)")
+    tr.add_argument("--weights-backbone", default=None, metavar="FILE", help="ImageNet weights of the backbone")
+    tr.add_argument("--trainable-stages", type=int, default=None, metavar="N",
+                    help=f"backbone stages trained, counted from the top (default {D.trainable_stages})")
+    tr.add_argument("--image-size", type=int, default=None, metavar="N",
+                    help=f"shorter image side the detector resizes to (default {D.image_size})")
+    tr.add_argument("--max-size", type=int, default=None, metavar="N", help=f"longer side at most (default {D.max_size})")
+    tr.add_argument("--epochs", type=int, default=None, metavar="N",
+                    help=f"default {D.epochs}; the lr drops at 8/12 and 11/12 of them")
+    tr.add_argument("--batch-size", type=int, default=None, metavar="N",
+                    help=f"global batch, divided over torchrun's processes (default {D.batch_size})")
+    tr.add_argument("--lr", type=float, default=None, metavar="X",
+                    help=f"learning rate for a global batch of {D.lr_base_batch}, scaled linearly (default {D.lr})")
+    tr.add_argument("--warmup-steps", type=int, default=None, metavar="N",
+                    help=f"linear warm-up steps (default {D.warmup_steps})")
+    tr.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="mixed precision (fp16: GPU only)")
+    tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    tr.add_argument("--workers", type=int, default=None, help=f"data loading processes (default {D.workers})")
+    tr.add_argument("--seed", type=int, default=None)
+    tr.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                    help="also save last.pt every N steps (default: at epoch ends)")
+    tr.add_argument("--max-steps-per-epoch", type=int, default=None, metavar="N", help="cut epochs short (smoke runs)")
+    tr.add_argument("--detector-options", default=None, metavar="JSON",
+                    help="more keyword arguments of torchvision's MaskRCNN/FasterRCNN, e.g. "
+                         "'{\"box_detections_per_img\": 50}'")
+    tr.add_argument("--output", default=None, metavar="DIR", help=f"run folder (default {D.output})")
+    tr.add_argument("--resume", action="store_true", default=None, help="continue the run in --output")
+    tr.add_argument("--overwrite", action="store_true", default=None,
+                    help="replace the run in --output (the old one stays until the new one finishes)")
+    tr.set_defaults(func=cmd_detect_train)
+
+    ev = tasks.add_parser("eval", help="COCO box and mask AP of a trained detector (pycocotools)")
+    ev.add_argument("--checkpoint", required=True, help="final.safetensors or last.pt of hcgnet detect train")
+    ev.add_argument("--images", required=True, metavar="DIR")
+    ev.add_argument("--annotations", required=True, metavar="FILE", help="COCO instances JSON")
+    ev.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
+    ev.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    ev.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    ev.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
+    ev.add_argument("--json", default=None, metavar="FILE", help="write the AP figures as JSON")
+    ev.add_argument("--output", default=None, metavar="DIR",
+                    help="write metrics.json, metrics.csv and the detections in COCO's results format")
+    ev.set_defaults(func=cmd_detect_eval)
+
+    pr = tasks.add_parser("predict", help="draw a detector's boxes, classes and masks on images (PNGs)")
+    pr.add_argument("--checkpoint", required=True, help="final.safetensors or last.pt of hcgnet detect train")
+    pr.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|GLOB")
+    pr.add_argument("--output", required=True, metavar="DIR", help="folder for one PNG per image")
+    pr.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring this or more (0.5)")
+    pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    pr.set_defaults(func=cmd_detect_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hcgnet.analysis.options import one_line_usage_errors
 
@@ -593,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="writes <layer>.csv, summary.csv, summary.json, unique_detectors.png, units_<layer>.png")
     ds.set_defaults(func=cmd_dissect)
     one_line_usage_errors(ds)
+
+    _add_detect_parser(sub)
 
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)

@@ -26,8 +26,9 @@ class OutputFolderError(HCGNetError):
 
 
 def _image_folder_of(config: TrainConfig):
-    if config.data and config.data.startswith("imagefolder:"):
-        return Path(config.data.split(":", 1)[1]).expanduser()
+    data = getattr(config, "data", None)  # the detection trainer's config has none
+    if data and data.startswith("imagefolder:"):
+        return Path(data.split(":", 1)[1]).expanduser()
     return None
 
 
@@ -43,7 +44,8 @@ class RunFolder:
     """Where a run writes (``work``) and where it ends up (``out``); they differ only for ``--overwrite``."""
 
     def __init__(self, config: TrainConfig) -> None:
-        """Check the folder; changes nothing on disk."""
+        """Check the folder; changes nothing on disk. ``config``: anything with ``output``, ``resume`` and
+        ``overwrite`` (the classifier's TrainConfig, the detector's DetectConfig)."""
         out = Path(config.output)
         if out.exists() and not out.is_dir():
             raise OutputFolderError(f"output {out} is a file, not a folder")

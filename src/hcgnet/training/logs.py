@@ -58,11 +58,13 @@ class MetricsLog:
     """Epoch rows in ``metrics.csv``, logged steps in ``steps.csv``, and TensorBoard scalars. On resume the
     files are cut back to the checkpoint, so rows written after it are not repeated."""
 
-    def __init__(self, folder: Path, resume_epoch: int = 0, resume_step: int = 0, tensorboard: bool = True) -> None:
+    def __init__(self, folder: Path, resume_epoch: int = 0, resume_step: int = 0, tensorboard: bool = True,
+                 columns: List[str] = COLUMNS) -> None:
         self.csv_path, self.steps_path = folder / "metrics.csv", folder / "steps.csv"
+        self.columns = columns  # the detection trainer logs its own (losses, AP)
         self.rows = _read_rows(self.csv_path, lambda r: int(r["epoch"]) <= resume_epoch) if resume_epoch else []
         self.steps = _read_rows(self.steps_path, lambda r: int(r["step"]) <= resume_step) if resume_step else []
-        _write_rows(self.csv_path, COLUMNS, self.rows)
+        _write_rows(self.csv_path, columns, self.rows)
         _write_rows(self.steps_path, STEP_COLUMNS, self.steps)
         self.writer = None
         if tensorboard:
@@ -73,12 +75,12 @@ class MetricsLog:
             self.writer = SummaryWriter(str(folder / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def add_epoch(self, row: Dict[str, Optional[float]]) -> None:
-        clean = {k: ("" if row.get(k) is None else row[k]) for k in COLUMNS}
+        clean = {k: ("" if row.get(k) is None else row[k]) for k in self.columns}
         self.rows.append(clean)
         with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS).writerow(clean)
+            csv.DictWriter(f, fieldnames=self.columns).writerow(clean)
         if self.writer is not None:
-            for k in COLUMNS[2:]:
+            for k in self.columns[2:]:
                 if row.get(k) is not None:
                     self.writer.add_scalar(f"epoch/{k}", row[k], int(row["step"]))
             self.writer.flush()

@@ -1,0 +1,106 @@
+"""``DetectConfig``: the settings of ``hcgnet detect train``, and the 1x learning-rate schedule.
+
+Kept apart from the trainer so that the command line (and ``detect eval/predict``) can read the defaults
+without importing :mod:`hcgnet.training`.
+"""
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import yaml
+
+from hcgnet.errors import HCGNetError
+from hcgnet.evaluation import AMP_DTYPES
+
+
+@dataclass
+class DetectConfig:
+    images: Optional[str] = None            # training images folder
+    annotations: Optional[str] = None       # its COCO instances JSON
+    val_images: Optional[str] = None        # scored at the end of every epoch when given
+    val_annotations: Optional[str] = None
+    model: str = "hcgnet_b"                 # backbone: an HCGNet name or spec, or resnet50 (torchvision's baseline)
+    task: str = "mask"                      # mask: Mask R-CNN; box: Faster R-CNN
+    weights_backbone: Optional[str] = None  # ImageNet weights of the backbone
+    trainable_stages: int = 3
+    image_size: int = 800                   # shorter side the detector resizes to (torchvision's min_size)
+    max_size: int = 1333                    # longer side at most
+    detector_options: Optional[Dict[str, Any]] = None  # more keyword arguments of torchvision's MaskRCNN/FasterRCNN
+                                            # (numbers: rpn_post_nms_top_n_train, box_batch_size_per_image, ...)
+    epochs: int = 12
+    batch_size: int = 16                    # GLOBAL batch, divided over the torchrun processes
+    lr: float = 0.02                        # for a global batch of lr_base_batch; scaled linearly
+    lr_base_batch: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 1000
+    warmup_factor: float = 0.001
+    lr_steps: tuple = (8 / 12, 11 / 12)     # x0.1 at these fractions of the run
+    amp: str = "none"
+    device: Optional[str] = None            # cpu or cuda; None: the GPU when there is one
+    workers: int = 2
+    seed: int = 0
+    checkpoint_every: int = 0               # also save last.pt every N steps (0: at epoch ends only)
+    log_every: int = 20
+    max_steps_per_epoch: Optional[int] = None
+    output: str = "runs/detect"
+    resume: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lr_steps"] = list(self.lr_steps)
+        return d
+
+
+def check_config(c: DetectConfig) -> None:
+    """One-line refusals of settings that cannot work, before anything is read or written."""
+    if not (c.images and c.annotations):
+        raise HCGNetError("give the training data: --images DIR --annotations instances.json")
+    if bool(c.val_images) != bool(c.val_annotations):
+        raise HCGNetError("give both --val-images and --val-annotations, or neither")
+    for name, value, least in (("epochs", c.epochs, 1), ("batch-size", c.batch_size, 1), ("image-size", c.image_size, 32),
+                               ("workers", c.workers, 0), ("warmup-steps", c.warmup_steps, 0)):
+        if value < least:
+            raise HCGNetError(f"--{name} must be {least} or more, got {value}")
+    if c.max_size < c.image_size:
+        raise HCGNetError(f"--max-size {c.max_size} is smaller than --image-size {c.image_size}")
+    options = c.detector_options or {}
+    if not isinstance(options, dict) or not all(isinstance(v, (int, float, str, bool)) for v in options.values()):
+        raise HCGNetError("--detector-options takes a JSON object of numbers or strings, e.g. "
+                          "'{\"box_batch_size_per_image\": 128}'")
+    if c.lr <= 0:
+        raise HCGNetError(f"--lr must be positive, got {c.lr}")
+    if c.task not in ("mask", "box"):
+        raise HCGNetError(f"--task must be mask or box, got {c.task!r}")
+    if c.amp not in AMP_DTYPES:
+        raise HCGNetError(f"unknown --amp {c.amp!r}; use none, bf16 or fp16")
+    if c.device and not (c.device == "cpu" or c.device.startswith("cuda")):
+        raise HCGNetError(f"--device {c.device!r}: use cpu or cuda")
+    if c.device and c.device.startswith("cuda") and not torch.cuda.is_available():
+        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
+
+
+def learning_rate(step: int, total: int, base: float, c: DetectConfig) -> float:
+    """The 1x schedule at global step ``step`` of ``total``: linear warm-up (at most the whole run), then
+    x0.1 at each of ``lr_steps`` (fractions of the run)."""
+    warmup = min(c.warmup_steps, total)
+    factor = 1.0
+    if step < warmup:
+        alpha = step / warmup
+        factor = c.warmup_factor * (1 - alpha) + alpha
+    drops = sum(step >= int(f * total) for f in c.lr_steps)
+    return base * factor * 0.1 ** drops
+
+
+def resume_detect_config(output: str, overrides: Dict[str, Any]) -> DetectConfig:
+    """The settings of the run in ``output`` (its ``config.yaml``) with ``overrides`` (None ignored) on top."""
+    saved = Path(output) / "config.yaml"
+    if not saved.is_file():
+        raise HCGNetError(f"nothing to resume in {output}: it holds no config.yaml; start the run with --images ...")
+    values = yaml.safe_load(saved.read_text()) or {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["lr_steps"] = tuple(values.get("lr_steps", DetectConfig.lr_steps))
+    return DetectConfig(**{**values, "output": str(output), "resume": True})

@@ -1,0 +1,323 @@
+"""``train(config)``: a detector trained on COCO-format data, the library side of ``hcgnet detect train``.
+
+The default recipe is the paper's (and Detectron's) 1x schedule: SGD with momentum 0.9 and weight decay
+1e-4, learning rate 0.02 for a global batch of 16 (scaled linearly with the global batch), a linear warm-up
+over the first 1,000 steps from 0.001 of it, and x0.1 steps at 8/12 and 11/12 of the run (epochs 8 and 11
+of 12). The learning rate is a function of the global step alone, so a resumed run needs no scheduler state.
+
+The run reuses the classifier trainer's machinery: the output folder rules (:class:`RunFolder`:
+``--resume``/``--overwrite``), Ctrl-C/SIGTERM handling (:class:`StopSignals`: ``last.pt`` and a resume
+hint), atomic checkpoints with every RNG state, ``metrics.csv``/``steps.csv``/TensorBoard
+(:class:`MetricsLog`), progress lines off a terminal, per-sample seeded augmentation (:class:`SeededSamples`)
+and torchrun/DDP (:mod:`hcgnet.distributed`). A run interrupted after any step and resumed ends with the same
+weights as one that was not.
+"""
+import itertools
+import json
+import time
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from hcgnet import distributed
+from hcgnet.detection.checkpoint import detector_metadata
+from hcgnet.detection.config import DetectConfig, check_config, learning_rate, resume_detect_config
+from hcgnet.detection.data import CocoDetectionSet, GroupedBatches, aspect_groups, collate, read_coco
+from hcgnet.detection.engine import LOSSES, DetectionStep, new_totals, train_one_epoch
+from hcgnet.detection.evaluate import METRICS, evaluate_detector
+from hcgnet.errors import HCGNetError, plural
+from hcgnet.models import save_safetensors
+from hcgnet.training import trainer as classifier
+from hcgnet.training.engine import NonFiniteLossError
+from hcgnet.training.folder import RunFolder
+from hcgnet.training.interrupts import StopSignals, TrainingInterrupted
+from hcgnet.training.logs import MetricsLog, ProgressLines
+from hcgnet.training.resume import check_resumable
+from hcgnet.training.sampling import SeededSamples
+from hcgnet.training.state import CheckpointWriteError, load_training_state, rng_state, save_atomic, set_rng_state
+
+COLUMNS = ["epoch", "step", "lr", "train_loss", *LOSSES, "val_box_ap", "val_box_ap50", "val_mask_ap",
+           "val_mask_ap50", "seconds", "images_per_s"]
+
+
+def train(config: DetectConfig, log=print) -> Dict[str, Any]:
+    """Train as ``config`` says; return the final metrics (also written to ``results.json``)."""
+    check_config(config)
+    d = distributed.setup(config.device or "auto")
+    try:
+        with StopSignals() as stop:
+            return DetectRun(config, d, log if d.is_main else (lambda *a, **k: None), stop).execute()
+    finally:
+        distributed.cleanup()
+
+
+class DetectRun:
+    """One detection run; the methods in the order they run (the classifier's ``Run``, for detectors)."""
+
+    def __init__(self, config: DetectConfig, d: distributed.Dist, log: Callable, stop: StopSignals) -> None:
+        self.config, self.d, self.log, self.stop = config, d, log, stop
+        self.folder = RunFolder(config)  # refusals only; nothing on disk changes before claim()
+        classifier._amp(config, d.device)  # fp16 without a GPU: refused before any data is read
+        self.out = self.folder.work
+        self.started = False
+        self.metrics: Optional[MetricsLog] = None
+        self.val_metrics: Optional[Dict[str, Any]] = None
+
+    def execute(self) -> Dict[str, Any]:
+        resume_state = self.read_resume_state()
+        self.folder.claim(self.d)
+        try:
+            self.set_up(resume_state)
+            self.train()
+            result = self.finish()
+        except BaseException as e:
+            self.folder.abandon(self.d, self.started)
+            if isinstance(e, CheckpointWriteError):
+                then = ("free space and resume with --resume" if not self.folder.replacing
+                        else f"{self.folder.kept()}; free space and run again")
+                raise HCGNetError(f"{e.reason} writing {self.folder.out / e.path.name}; {then}") from None
+            if isinstance(e, NonFiniteLossError):
+                raise NonFiniteLossError(f"{e} (epoch {getattr(self, 'epoch', 0) + 1}); training stopped and {self.folder.kept()}; lower --lr or use --amp "
+                                         "none") from None
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+        self.folder.commit(self.d)
+        return result
+
+    # ------------------------------------------------------------------------------------------------ set-up
+
+    def read_resume_state(self) -> Optional[Dict[str, Any]]:
+        last = self.folder.out / "last.pt"
+        if not self.config.resume:
+            return None
+        if not last.exists():
+            self.log(f"nothing to resume in {self.folder.out}: starting from scratch")
+            return None
+        state = load_training_state(last)
+        check_resumable(self.folder.out, state, self.config, self.d.world_size)
+        return state
+
+    def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
+        config, d = self.config, self.d
+        classifier._seed_everything(config.seed)
+        self.load_data()
+        self.model = self.build_model()  # the same initial weights on every process (seeded above)
+        classifier._seed_everything(config.seed + 1_000_003 * d.rank)  # each process its own RPN/ROI sampling
+        self.model.to(d.device)
+        if config.batch_size % d.world_size:
+            raise HCGNetError(f"--batch-size {config.batch_size} is the global batch and must divide evenly over "
+                              f"{d.world_size} processes")
+        self.local_batch = config.batch_size // d.world_size
+        if len(self.train_set) // d.world_size < self.local_batch:
+            raise HCGNetError(f"{plural(len(self.train_set), 'training image')} with objects: too few for a batch "
+                              f"of {config.batch_size}; lower --batch-size")
+        self.build_optimiser()
+        self.start_epoch, self.first_step, self.resumed_totals = 0, 0, new_totals()
+        if resume_state is not None:
+            self.restore(resume_state)
+        self.build_batches()
+        if d.is_main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(
+                {k: v for k, v in config.to_dict().items() if k not in classifier.RUN_FLAGS}, sort_keys=False))
+            first = self.start_epoch * self.steps_per_epoch + self.first_step
+            self.metrics = MetricsLog(self.out, self.start_epoch, first, columns=COLUMNS)
+        self.log(f"training {config.task} detector {config.model} on {config.annotations}: "
+                 f"{len(self.train_set):,} training images with objects"
+                 + (f", {len(self.val_data.image_ids):,} validation images" if self.val_data else "")
+                 + f", {len(self.data.category_ids)} categories, {plural(d.world_size, 'process')} on "
+                 f"{d.device}, global batch {config.batch_size}, lr {self.base_lr:g}, "
+                 f"{plural(self.steps_per_epoch, 'step')} per epoch")
+
+    def load_data(self) -> None:
+        config = self.config
+        masks = config.task == "mask"
+        self.data = read_coco(config.images, config.annotations, masks=masks)
+        self.val_data = read_coco(config.val_images, config.val_annotations) if config.val_images else None
+        for note in self.data.notes + (self.val_data.notes if self.val_data else []):
+            self.log(note)
+        if self.val_data is not None and self.val_data.category_ids != self.data.category_ids:
+            raise HCGNetError(f"{config.val_annotations} has other categories than {config.annotations}; "
+                              "validate on data with the same categories")
+        ids = self.data.trainable_ids()
+        skipped = len(self.data.image_ids) - len(ids)
+        if skipped:
+            self.log(f"left out {plural(skipped, 'training image')} without objects")
+        self.train_set = CocoDetectionSet(self.data, ids, train=True, masks=masks)
+
+    def build_model(self) -> nn.Module:
+        from hcgnet.detection.models import build_detector
+
+        c = self.config
+        try:
+            return build_detector(c.model, c.task, num_classes=self.data.num_classes,
+                                  weights_backbone=c.weights_backbone, trainable_stages=c.trainable_stages,
+                                  min_size=c.image_size, max_size=c.max_size, **(c.detector_options or {}))
+        except TypeError as e:  # an option torchvision's detector does not take
+            raise HCGNetError(f"--detector-options: {e}") from None
+
+    def build_optimiser(self) -> None:
+        c = self.config
+        self.base_lr = c.lr * c.batch_size / c.lr_base_batch
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # frozen stages stay as loaded
+        self.optimizer = torch.optim.SGD(trainable, lr=self.base_lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        self.amp_dtype, self.scaler = classifier._amp(c, self.d.device)
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.first_step = state["epoch"], state["step_in_epoch"]
+        self.val_metrics = state.get("val_metrics")
+        mine = state["ranks"][self.d.rank] if isinstance(state["ranks"], list) else state["ranks"]
+        set_rng_state(mine["rng"])
+        self.resumed_totals = mine["totals"]
+        self.log(f"resumed {self.folder.out} at epoch {self.start_epoch + 1}, step {self.first_step}")
+
+    def build_batches(self) -> None:
+        c, d = self.config, self.d
+        self.train_model: nn.Module = self.model
+        if d.enabled:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        self.samples = SeededSamples(self.train_set, c.seed)  # each image's flip fixed by (seed, epoch, index)
+        groups = aspect_groups(self.train_set.aspect_ratios())
+        self.sampler = GroupedBatches(groups, self.local_batch, d.world_size, d.rank, c.seed)
+        self.steps_per_epoch = self.sampler.per_epoch
+        if c.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, c.max_steps_per_epoch)
+        self.total_steps = c.epochs * self.steps_per_epoch
+        self.step = DetectionStep(self.optimizer, d, self.amp_dtype, self.scaler)
+
+    # ------------------------------------------------------------------------------------------------ epochs
+
+    def train(self) -> None:
+        self.started = True
+        c = self.config
+        self.progress = ProgressLines(self.log, self.total_steps, self.steps_per_epoch, c.epochs, c.batch_size,
+                                      interval=classifier.LOG_SECONDS,
+                                      enabled=self.d.is_main and not classifier._stdout_is_terminal())
+        for self.epoch in range(self.start_epoch, c.epochs):
+            train, seconds = self.train_epoch(self.epoch)
+            self.end_epoch(self.epoch, train, seconds)
+
+    def set_lr(self, epoch: int, i: int) -> None:
+        lr = learning_rate(epoch * self.steps_per_epoch + i, self.total_steps, self.base_lr, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_epoch(self, epoch: int):
+        self.samples.epoch = epoch
+        resumed = epoch == self.start_epoch
+        skip = self.first_step if resumed else 0
+        self.totals = self.resumed_totals if resumed else new_totals()
+        self.sampler.set_epoch(epoch, skip)
+        # Its own generator: an iterator otherwise draws its base seed from the global RNG, which a run resumed
+        # mid-epoch restores at another point (the classifier's loader does the same).
+        loader = DataLoader(self.samples, batch_sampler=self.sampler, collate_fn=collate,
+                            num_workers=self.config.workers, pin_memory=self.d.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(self.config.seed))
+        batches = itertools.islice(loader, self.steps_per_epoch - skip)
+        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                   disable=True if not self.d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
+        start = time.time()
+        with bar:
+            train = train_one_epoch(self.train_model, batches, self.step, lambda i: self.set_lr(epoch, i),
+                                    first_step=skip, on_step=lambda done, loss: self.after_step(epoch, done, loss),
+                                    progress=bar, totals=self.totals)
+        return train, time.time() - start
+
+    def after_step(self, epoch: int, done: int, loss: float) -> None:
+        c, step = self.config, epoch * self.steps_per_epoch + done
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.metrics is not None and done % c.log_every == 0:
+            self.metrics.add_step(step, step / self.steps_per_epoch, loss, lr)
+        self.progress.step(step, loss, lr)
+        signum = self.stop.requested(self.d)
+        if signum or (c.checkpoint_every and step % c.checkpoint_every == 0 and done < self.steps_per_epoch):
+            self.save_last(epoch, done, self.totals)
+        if signum:
+            self.interrupted(signum, epoch, done)
+
+    def interrupted(self, signum: int, epoch: int, done: int) -> None:
+        where = f"interrupted at epoch {epoch + 1} step {done}"
+        if self.folder.replacing:
+            raise TrainingInterrupted(f"{where}; {self.folder.kept()}", signum)
+        raise TrainingInterrupted(f"{where}; resume with: hcgnet detect train --output {self.folder.out} --resume",
+                                  signum)
+
+    def validate(self) -> Optional[Dict[str, Any]]:
+        if self.val_data is None:
+            return None
+        distributed.broadcast_buffers(self.model, self.d)  # rank 0's normalisation statistics on every rank
+        metrics = evaluate_detector(self.model, self.val_data, self.data.category_ids, self.config.task,
+                                    self.d.device, self.amp_dtype, dist=self.d)
+        if metrics is not None:
+            metrics.pop("results")
+        return metrics
+
+    def end_epoch(self, epoch: int, train: Dict[str, Any], seconds: float) -> None:
+        """Validation AP, the metrics row, ``last.pt``, the epoch's log line."""
+        val = self.validate()
+        self.val_metrics = val
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch,
+               "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train["loss"],
+               **{k: train[k] for k in LOSSES if self.config.task == "mask" or k != "loss_mask"},
+               "seconds": seconds, "images_per_s": train["images"] / max(seconds, 1e-9)}
+        for kind in ("box", "mask"):
+            if val and kind in val:
+                row[f"val_{kind}_ap"], row[f"val_{kind}_ap50"] = val[kind]["AP"], val[kind]["AP50"]
+        self.save_last(epoch + 1, 0, new_totals(), before=lambda _: self.metrics.add_epoch(row))
+        val_text = "".join(f", val {k} AP {100 * val[k]['AP']:.1f}" for k in ("box", "mask") if val and k in val)
+        self.log(f"epoch {epoch + 1}/{self.config.epochs}: train loss {train['loss']:.4f}{val_text}, "
+                 f"{row['images_per_s']:.1f} images/s, {seconds:.0f} s")
+        signum = self.stop.requested(self.d)
+        if signum:
+            self.interrupted(signum, epoch + 1, 0)
+
+    def save_last(self, epoch: int, step_in_epoch: int, totals: Dict[str, float], before=None) -> None:
+        """As the classifier's: every rank's RNG state and totals; rank 0 runs ``before`` then writes last.pt."""
+        ranks = distributed.gather_objects({"rng": rng_state(), "totals": dict(totals)}, self.d)
+        if self.d.is_main:
+            snapshot = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict() if self.scaler else None, "epoch": epoch,
+                        "step_in_epoch": step_in_epoch, "ranks": ranks, "world_size": self.d.world_size,
+                        "config": self.config.to_dict(), "val_metrics": self.val_metrics, **self.metadata()}
+            if before is not None:
+                before(snapshot)
+            save_atomic(snapshot, self.out / "last.pt")
+        distributed.barrier(self.d)
+
+    def metadata(self) -> Dict[str, str]:
+        c = self.config
+        return detector_metadata(c.model, c.task, self.data.class_names, self.data.category_ids, c.image_size,
+                                 c.max_size, c.trainable_stages, c.detector_options)
+
+    # ------------------------------------------------------------------------------------------------ the end
+
+    def finish(self) -> Dict[str, Any]:
+        c, val = self.config, self.val_metrics
+        result = {"model": c.model, "task": c.task, "annotations": c.annotations, "epochs": c.epochs,
+                  "global_batch": c.batch_size, "world_size": self.d.world_size, "steps": self.total_steps,
+                  "replicas_identical": distributed.parameters_match_rank0(self.model, self.d), "validation": val}
+        if self.d.is_main:
+            save_safetensors(self.model, self.out / "final.safetensors", self.metadata())
+            (self.out / "results.json").write_text(json.dumps(result, indent=2))
+            self.metrics.close()
+            final = self.folder.out
+            if val:
+                from hcgnet.detection.evaluate import table
+
+                self.log(f"validation ({val['images']} images):\n{table(val)}")
+            self.log(f"weights: {final / 'final.safetensors'}   metrics: {final / 'metrics.csv'}")
+        return result
+
+
+__all__ = ["COLUMNS", "DetectConfig", "METRICS", "learning_rate", "resume_detect_config", "train"]

@@ -1,0 +1,157 @@
+"""COCO-format data for the detectors: the checks of read_coco (each bad input one line, exit code 2 through the
+CLI), the samples in torchvision's format, and the aspect-ratio grouped batches."""
+import json
+
+import pytest
+import torch
+
+from coco_toy import CATEGORIES, make_coco
+from hcgnet.cli import main
+from hcgnet.detection.data import (CLIP_PIXELS, CocoDetectionSet, CocoFormatError, GroupedBatches, aspect_groups,
+                                   read_coco)
+
+pytestmark = [pytest.mark.usefixtures("single_thread"),
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]  # pycocotools, NumPy 2
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_coco(tmp_path_factory.mktemp("coco"), count=6)
+
+
+def edited(toy, tmp_path, edit):
+    """A copy of the toy annotation file changed by ``edit(data)`` (which may return a replacement)."""
+    data = json.loads(toy[1].read_text())
+    data = edit(data) or data
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return toy[0], path
+
+
+def test_categories_become_contiguous_labels_and_back(toy):
+    data = read_coco(*toy, masks=True)
+    assert data.category_ids == [3, 7] and data.class_names == ["box", "ball"] and data.num_classes == 3
+    sample_labels = {int(label) for _, t in CocoDetectionSet(data, data.image_ids, False, True) for label in t["labels"]}
+    assert sample_labels == {1, 2}
+
+
+def test_a_sample_is_in_torchvision_detection_format(toy):
+    data = read_coco(*toy, masks=True)
+    first = data.coco.imgToAnns[1]
+    image, target = CocoDetectionSet(data, [1], train=False, masks=True)[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 64, 64) and 0 <= image.min() and image.max() <= 1
+    x, y, w, h = first[0]["bbox"]
+    assert target["boxes"][0].tolist() == [x, y, x + w, y + h]          # x1, y1, x2, y2
+    assert target["masks"].shape == (len(first), 64, 64) and target["masks"].dtype == torch.uint8
+    assert target["masks"][0].sum() == data.coco.annToMask(first[0]).sum() > 0
+    assert target["image_id"] == 1
+
+
+def test_the_training_flip_moves_boxes_and_masks_with_the_image(toy):
+    data = read_coco(*toy, masks=True)
+    plain = CocoDetectionSet(data, [2], train=False, masks=True)[0]
+    flips = CocoDetectionSet(data, [2], train=True, masks=True)
+    torch.manual_seed(0)
+    flipped = next(s for s in (flips[0] for _ in range(20)) if not torch.equal(s[0], plain[0]))
+    assert torch.equal(flipped[0], plain[0].flip(-1)) and torch.equal(flipped[1]["masks"], plain[1]["masks"].flip(-1))
+    x1, y1, x2, y2 = plain[1]["boxes"][0].tolist()
+    assert flipped[1]["boxes"][0].tolist() == [96 - x2, y1, 96 - x1, y2]   # image 2 is 96 wide
+
+
+def test_images_without_objects_and_crowds_are_left_out_of_training(toy, tmp_path):
+    def edit(data):
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 2]
+        for a in data["annotations"]:
+            if a["image_id"] == 3:
+                a["iscrowd"] = 1
+    data = read_coco(*edited(toy, tmp_path, edit))
+    assert data.image_ids == [1, 2, 3, 4, 5, 6] and data.trainable_ids() == [1, 4, 5, 6]
+
+
+def test_boxes_slightly_outside_are_clipped(toy, tmp_path):
+    def edit(data):
+        data["annotations"][0]["bbox"] = [-1.5, 2.0, 20.0, 62.0 + CLIP_PIXELS - 0.5]  # image 1 is 64 x 64
+    data = read_coco(*edited(toy, tmp_path, edit))
+    assert data.coco.anns[1]["bbox"] == [0.0, 2.0, 18.5, 62.0] and "clipped 1 box" in data.notes[0]
+
+
+def test_grouped_batches_keep_aspect_groups_and_resume_where_they_stopped():
+    groups = aspect_groups([1.0, 1.5, 0.67, 1.0, 1.5, 0.67, 1.0, 1.5, 1.0, 1.0, 1.5, 0.67])
+    assert len(set(groups)) == 3
+    sampler = GroupedBatches(groups, batch_size=2, seed=3)
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    assert len(batches) == 6 and sorted(i for b in batches for i in b) == list(range(12))
+    assert sum(groups[b[0]] == groups[b[1]] for b in batches) >= 5    # at most the leftovers mix
+    sampler.set_epoch(1, skip_batches=4)
+    assert list(sampler) == batches[4:] and len(sampler) == 2
+    sampler.set_epoch(2)
+    assert list(sampler) != batches                                  # a new order every epoch
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def _drop(key):
+    return lambda data: data.pop(key) and None
+
+
+BAD = {
+    "not JSON": (lambda data: "images: [1, 2", "is not JSON"),
+    "a JSON list": (lambda data: [data], "is not a COCO instances file: it holds a JSON list"),
+    "no categories": (_drop("categories"), "is not a COCO instances file: no 'categories' list"),
+    "empty annotations": (lambda data: data.update(annotations=[]), "has an empty annotation list"),
+    "unknown category": (lambda data: data["annotations"][2].update(category_id=5),
+                         "1 annotation (id 3) name a category_id that is not in its categories"),
+    "unknown image": (lambda data: data["annotations"][1].update(image_id=99),
+                      "1 annotation (id 2) name a image_id that is not in its images"),
+    "degenerate box": (lambda data: data["annotations"][1].update(bbox=[3, 3, 0, 10]),
+                       "1 annotation (id 2) have a degenerate box"),
+    "box outside": (lambda data: data["annotations"][0].update(bbox=[50, 10, 30, 10]),
+                    "1 annotation have a box outside its image, the first annotation id 1: [x, y, w, h] = [50, 10, 30, 10] "
+                    "in a 64x64 image"),
+    "missing images": (lambda data: data["images"].extend(
+        {"id": 100 + k, "file_name": f"gone{k}.png", "width": 64, "height": 64} for k in range(5)),
+        "5 of the 11 images listed in"),
+    "image entry without size": (lambda data: data["images"][0].pop("width") and None,
+                                 "image entry 0 has no 'width'"),
+    "image of no size": (lambda data: data["images"][1].update(height="64"),
+                         "1 image (id 2) have a width or height that is not a positive number"),
+    "mask model without masks": (lambda data: data["annotations"][0].pop("segmentation") and None,
+                                 "1 annotation (id 1) have no segmentation"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_coco_input_is_one_line_and_exit_code_2(toy, tmp_path, capsys, case):
+    edit, expected = BAD[case]
+    images, path = edited(toy, tmp_path, edit)
+    out = tmp_path / "run"
+    code = main(["detect", "train", "--images", str(images), "--annotations", str(path), "--output", str(out),
+                 "--device", "cpu", "--model", "resnet18"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("hcgnet: error: ") and err.count("\n") == 1, err
+    assert expected in err
+    assert not out.exists()                                          # a refused run leaves no folder behind
+
+
+def test_missing_images_are_named(toy, tmp_path):
+    images, path = edited(toy, tmp_path, BAD["missing images"][0])
+    with pytest.raises(CocoFormatError, match=r"gone0.png, gone1.png, gone2.png and 2 more; check --images"):
+        read_coco(images, path)
+
+
+def test_an_image_of_another_size_than_its_entry_is_named(toy, tmp_path):
+    images, path = edited(toy, tmp_path, lambda data: data["images"][0].update(width=70))
+    data = read_coco(images, path)
+    with pytest.raises(CocoFormatError, match=r"000.png is 64x64 pixels but .* says 70x64"):
+        CocoDetectionSet(data, [1], train=False, masks=False)[0]
+
+
+def test_a_missing_annotation_file_is_named(tmp_path):
+    with pytest.raises(CocoFormatError, match="annotation file .*nothing.json does not exist"):
+        read_coco(tmp_path, tmp_path / "nothing.json")
+
+
+def test_toy_categories_have_a_gap():  # the label <-> id mapping is only tested if ids are not 1..K
+    assert [c["id"] for c in CATEGORIES] != list(range(1, len(CATEGORIES) + 1))

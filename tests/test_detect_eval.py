@@ -1,0 +1,212 @@
+"""COCO AP through hcgnet's evaluation code (pycocotools' COCOeval underneath), ``hcgnet detect eval`` and
+``hcgnet detect predict``. A stand-in "oracle" detector that answers with the ground truth gives AP 1.0; the
+same with the labels swapped gives 0, so the figures come from the detections and their category mapping."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageColor
+from torch import nn
+
+from coco_toy import TOY_MODEL, TOY_OPTIONS, make_coco
+from hcgnet.cli import main
+from hcgnet.detection import checkpoint as detector_files
+from hcgnet.detection.checkpoint import detector_metadata
+from hcgnet.detection.data import CocoDetectionSet, read_coco
+from hcgnet.detection.draw import PALETTE
+from hcgnet.detection.evaluate import METRICS, evaluate_coco, score_results, to_coco_results
+from hcgnet.models import save_safetensors
+
+pytestmark = [pytest.mark.usefixtures("single_thread"),
+              pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]  # pycocotools, NumPy 2
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_coco(tmp_path_factory.mktemp("coco"), count=6)
+
+
+def truth(data, image_ids, swap_labels=False):
+    """The ground truth of ``image_ids`` as torchvision detector outputs (score 1, masks as probabilities)."""
+    outputs = []
+    for image, t in CocoDetectionSet(data, image_ids, train=False, masks=True):
+        labels = 3 - t["labels"] if swap_labels else t["labels"]
+        outputs.append({"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": labels,
+                        "scores": torch.ones(len(labels)), "masks": t["masks"][:, None].float()})
+    return outputs
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_ground_truth_fed_back_scores_ap_1(toy, iou_type):
+    data = read_coco(*toy, masks=True)
+    boxes, masks = to_coco_results(truth(data, data.image_ids), data.image_ids, data.category_ids)
+    results = boxes if iou_type == "bbox" else masks
+    assert {r["category_id"] for r in results} == {3, 7}              # labels 1, 2 mapped back to the ids
+    scores = score_results(data.coco, results, iou_type)
+    assert scores["AP"] == scores["AP50"] == scores["AP75"] == 1.0
+    assert scores["APl"] is None                                      # the toy has no object over 96^2 px
+
+
+def test_swapped_labels_score_zero_and_no_detections_score_zero(toy):
+    data = read_coco(*toy, masks=True)
+    boxes, masks = to_coco_results(truth(data, data.image_ids, swap_labels=True), data.image_ids, data.category_ids)
+    assert score_results(data.coco, boxes, "bbox")["AP"] == 0.0 and score_results(data.coco, masks, "segm")["AP"] == 0.0
+    assert score_results(data.coco, [], "bbox") == {m: 0.0 for m in METRICS}
+
+
+class Oracle(nn.Module):
+    """Answers each image with the ground truth of the dataset's images, in order (what `detect` feeds it)."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.outputs = list(outputs)
+
+    def forward(self, images):
+        return [self.outputs.pop(0) for _ in images]
+
+
+def oracle_info(data, task="mask"):
+    return {"model": "oracle", "task": task, "num_classes": 3, "class_names": data.class_names,
+            "category_ids": data.category_ids, "min_size": 64, "max_size": 96, "trainable_stages": 0, "options": {}}
+
+
+def test_evaluate_coco_end_to_end_with_an_oracle_scores_ap_1(toy, monkeypatch):
+    data = read_coco(*toy, masks=True)
+    monkeypatch.setattr(detector_files, "load_detector",
+                        lambda path, device: (Oracle(truth(data, data.image_ids)), oracle_info(data)))
+    m = evaluate_coco("oracle.safetensors", *toy, batch_size=4, workers=0, device="cpu", log=lambda *a: None)
+    assert m["box"]["AP"] == 1.0 and m["mask"]["AP"] == 1.0 and m["images"] == 6
+    assert len(m["results"]["segm"]) == len(data.coco.anns)
+
+
+@pytest.fixture(scope="module")
+def untrained(toy, tmp_path_factory):
+    """A checkpoint of the stand-in detector as the trainer writes it (untrained: the tests check files and
+    formats, the oracle checks the figures)."""
+    from hcgnet.detection.models import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(TOY_MODEL, "mask", num_classes=3, trainable_stages=3, min_size=64, max_size=96, **TOY_OPTIONS)
+    path = tmp_path_factory.mktemp("ckpt") / "final.safetensors"
+    save_safetensors(model, path, detector_metadata(TOY_MODEL, "mask", ["box", "ball"], [3, 7], 64, 96, 3, TOY_OPTIONS))
+    return path
+
+
+def test_detect_eval_prints_the_table_and_writes_json_and_csv(toy, untrained, tmp_path, capsys):
+    code = main(["detect", "eval", "--checkpoint", str(untrained), "--images", str(toy[0]), "--annotations",
+                 str(toy[1]), "--device", "cpu", "--workers", "0", "--json", str(tmp_path / "ap.json"),
+                 "--output", str(tmp_path / "report")])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].split() == list(METRICS) and lines[2].split()[0] == "box" and lines[3].split()[0] == "mask"
+    saved = json.loads((tmp_path / "ap.json").read_text())
+    assert set(saved["box"]) == set(METRICS) == set(saved["mask"]) and saved["images"] == 6 and "results" not in saved
+    csv_rows = (tmp_path / "report" / "metrics.csv").read_text().splitlines()
+    assert csv_rows[0] == "kind," + ",".join(METRICS) and [r.split(",")[0] for r in csv_rows[1:]] == ["box", "mask"]
+    detections = json.loads((tmp_path / "report" / "detections_bbox.json").read_text())
+    assert all(d["category_id"] in (3, 7) and len(d["bbox"]) == 4 for d in detections)
+
+
+def test_a_saved_detector_loads_back_into_the_same_weights(untrained):
+    from safetensors.torch import load_file
+
+    model, info = detector_files.load_detector(untrained)
+    saved = load_file(str(untrained))
+    assert info["category_ids"] == [3, 7] and info["class_names"] == ["box", "ball"] and info["options"] == TOY_OPTIONS
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert model.rpn._post_nms_top_n["testing"] == TOY_OPTIONS["rpn_post_nms_top_n_test"]
+
+
+def test_detections_come_back_in_the_original_image_pixels(toy):
+    """The detector works at twice the size (min_size 128) and answers in the image's own 96 x 64 pixels."""
+    from hcgnet.detection.evaluate import detect
+    from hcgnet.detection.models import build_detector
+
+    data = read_coco(*toy, masks=True)
+    torch.manual_seed(0)
+    model = build_detector(TOY_MODEL, "mask", num_classes=3, min_size=128, max_size=192,
+                           **{**TOY_OPTIONS, "box_score_thresh": 0.0})
+    (image_id, out), = detect(model, data, [2], "mask", torch.device("cpu"))
+    assert image_id == 2 and len(out["boxes"]) > 0 and out["masks"].shape[-2:] == (64, 96)
+    assert out["boxes"][:, 2].max() <= 96 and out["boxes"][:, 3].max() <= 64
+    assert out["boxes"][:, 2].max() > 48                                       # not squeezed into a corner
+
+
+@pytest.mark.parametrize("case", ["other categories", "classifier checkpoint", "fp16 on cpu"])
+def test_eval_refusals_are_one_line(toy, untrained, tmp_path, capsys, case):
+    images, annotations, checkpoint, extra = toy[0], toy[1], untrained, []
+    if case == "other categories":
+        data = json.loads(toy[1].read_text())
+        data["categories"].append({"id": 9, "name": "cone"})
+        annotations = tmp_path / "other.json"
+        annotations.write_text(json.dumps(data))
+        expected = "has categories [3, 7, 9] but"
+    elif case == "classifier checkpoint":
+        checkpoint = tmp_path / "classifier.safetensors"
+        save_safetensors({"w": torch.zeros(1)}, checkpoint, {"model_name": "hcgnet_a1"})
+        expected = "is not a detector checkpoint"
+    else:
+        extra, expected = ["--amp", "fp16"], "--amp fp16 needs a GPU"
+    code = main(["detect", "eval", "--checkpoint", str(checkpoint), "--images", str(images), "--annotations",
+                 str(annotations), "--device", "cpu", "--workers", "0", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("hcgnet: error: ") and err.count("\n") == 1 and expected in err, err
+
+
+# ------------------------------------------------------------------------------------------------ predict
+
+
+def test_predict_draws_boxes_and_masks_and_goes_on_past_a_bad_image(toy, tmp_path, capsys, monkeypatch):
+    data = read_coco(*toy, masks=True)
+    found = truth(data, [1])[0]
+    monkeypatch.setattr(detector_files, "load_detector",
+                        lambda path, device: (Oracle([dict(found)] * 2), oracle_info(data)))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    source, twin = data.path_of(1), tmp_path / "other" / "000.png"   # the same name in another folder
+    twin.parent.mkdir()
+    twin.write_bytes(source.read_bytes())
+    code = main(["detect", "predict", "--checkpoint", "oracle.safetensors", str(source), str(broken), str(twin.parent),
+                 "--output", str(tmp_path / "drawn"), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0 and "cannot read image" in captured.err and str(broken) in captured.err
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["000.png", "000_1.png"]
+    before = np.asarray(Image.open(source).convert("RGB")).astype(int)
+    after = np.asarray(Image.open(tmp_path / "drawn" / "000.png").convert("RGB")).astype(int)
+    x1, y1, x2, y2 = [int(v) for v in found["boxes"][0]]
+    changed = np.abs(after - before).sum(axis=2) > 0
+    assert changed[y1, x1:x2].mean() > 0.9 and changed[y1:y2, x1].mean() > 0.9      # the box's outline
+    colour = ImageColor.getrgb(PALETTE[int(found["labels"][0]) - 1])                   # in its class's colour
+    assert (after[y1 + 1, x1 + 8:x2 - 1] == colour).all(axis=1).mean() > 0.9
+    mask = found["masks"][0, 0].numpy() > 0.5
+    inside = mask.copy()
+    inside[y1:y1 + 3], inside[:, x1:x1 + 3] = False, False                            # off the outline and label
+    assert changed[inside].mean() > 0.9                                               # the mask, tinted
+    far = np.ones_like(changed)
+    for a1, b1, a2, b2 in found["boxes"].int().tolist():                             # each box, mask and label
+        far[max(b1 - 14, 0):b2 + 2, max(a1 - 2, 0):max(a2, a1 + 60) + 2] = False
+    assert far.mean() > 0.2                                                           # enough left to compare
+    assert not changed[far].any()
+    assert "box 1.00" in captured.out or "ball 1.00" in captured.out
+
+
+def test_predict_with_no_readable_image_is_one_line(tmp_path, capsys, untrained):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    code = main(["detect", "predict", "--checkpoint", str(untrained), str(broken), "--output", str(tmp_path / "o"),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1].startswith("hcgnet: error: none of the 1 inputs could be read")
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_detect_eval_and_predict_do_not_import_the_trainer():
+    code = ("import sys, hcgnet.detection, hcgnet.detection.evaluate, hcgnet.detection.draw, "
+            "hcgnet.detection.checkpoint, hcgnet.detection.config; "
+            "print(sorted(m for m in sys.modules if m.startswith('hcgnet.training')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
