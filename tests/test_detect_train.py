@@ -16,7 +16,6 @@ from hcgnet.detection.config import DetectConfig, learning_rate
 from hcgnet.detection.data import CocoDetectionSet, collate, read_coco
 from hcgnet.detection.evaluate import evaluate_detector
 from hcgnet.detection.models import build_detector
-from hcgnet.errors import HCGNetError
 from hcgnet.training.interrupts import TrainingInterrupted
 
 pytestmark = [pytest.mark.usefixtures("single_thread"),

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from hcgnet.detection.data import CocoData, CocoDetectionSet, CocoFormatError, collate, read_coco
 from hcgnet.distributed import Dist, gather_objects
