@@ -192,7 +192,7 @@ def test_argparse_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", "only-one-argument"])
     assert e.value.code == 2
-    assert "--model" in capsys.readouterr().err
+    assert "required: output" in capsys.readouterr().err
 
 
 # convert --------------------------------------------------------------------------------------
@@ -469,3 +469,20 @@ def test_plural_of_nouns_ending_in_ch_sh_s_x():
     assert [plural(2, n) for n in ("batch", "class", "box", "brush", "image")] == [
         "2 batches", "2 classes", "2 boxes", "2 brushes", "2 images"]
     assert plural(1, "batch") == "1 batch"
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["bogus"], "hcgnet"), (["train", "--epochs", "abc"], "hcgnet train"), (["eval"], "hcgnet eval"),
+    (["predict"], "hcgnet predict"), (["export", "--checkpoint", "x"], "hcgnet export"),
+    (["bench", "--steps", "many"], "hcgnet bench"), (["convert"], "hcgnet convert"),
+    (["info", "--size", "big"], "hcgnet info"), (["detect"], "hcgnet detect"), (["detect", "eval"], "hcgnet detect eval"),
+    (["detect", "predict", "--checkpoint", "x"], "hcgnet detect predict"), (["attack", "--checkpoint", "x"], "hcgnet attack"),
+    (["dissect"], "hcgnet dissect"), (["attention"], "hcgnet attention"),
+])
+def test_every_usage_mistake_is_one_line_naming_the_help(capsys, argv, command):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("hcgnet: error: "), err
+    assert err.rstrip().endswith(f"({command} --help shows every option)"), err

@@ -4,7 +4,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -562,8 +562,30 @@ def _add_detect_parser(sub) -> None:
     pr.set_defaults(func=cmd_detect_predict)
 
 
+def one_line_usage_errors(parser: argparse.ArgumentParser, hint: Optional[Callable[[str], str]] = None) -> None:
+    """Make ``parser`` report a usage mistake (a missing or malformed argument) as every other mistake is
+    reported: one line ``hcgnet: error: ...`` pointing at ``--help``, exit code 2. ``hint(message)`` may add
+    a sentence for a mistake that is easy to make."""
+
+    def error(message: str):
+        extra = hint(message) if hint else ""
+        parser.exit(2, f"hcgnet: error: {message}{'; ' + extra if extra else ''} ({parser.prog} --help "
+                       "shows every option)\n")
+
+    parser.error = error  # argparse calls self.error for every usage mistake
+
+
+def _one_line_everywhere(parser: argparse.ArgumentParser) -> None:
+    """:func:`one_line_usage_errors` for ``parser`` and every (sub)command below it not already given a hint."""
+    if "error" not in vars(parser):
+        one_line_usage_errors(parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _one_line_everywhere(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from hcgnet.analysis.options import one_line_usage_errors
 
     parser = argparse.ArgumentParser(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction, export and the paper's studies (attack, dissect, attention).")
     parser.add_argument("--version", action="version", version=f"hcgnet {__version__}")
@@ -736,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)
+    _one_line_everywhere(parser)
     return parser
 
 

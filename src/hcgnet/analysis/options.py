@@ -1,7 +1,6 @@
 """What the three studies share with ``hcgnet eval``: the device, ``--amp`` and ``--workers`` (refused in one
 line, :class:`~hcgnet.errors.HCGNetError`, before any work), and progress (a bar on a terminal, a line every
 30 s elsewhere)."""
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -122,17 +121,3 @@ def check_output_folder(folder: Union[str, Path], holds: str) -> Path:
     if not can_write_in(existing):
         raise HCGNetError(f"--output: cannot write in folder {existing} (read-only or no permission)")
     return out
-
-
-def one_line_usage_errors(parser: argparse.ArgumentParser, hint: Optional[Callable[[str], str]] = None) -> None:
-    """Make ``parser`` report a usage mistake (a missing or malformed argument) as every other mistake is
-    reported: one line ``hcgnet: error: ...`` pointing at ``--help``, exit code 2. ``hint(message)`` may add
-    a sentence for a mistake that is easy to make."""
-    command = parser.prog.split()[-1]
-
-    def error(message: str):
-        extra = hint(message) if hint else ""
-        parser.exit(2, f"hcgnet: error: {message}{'; ' + extra if extra else ''} (hcgnet {command} --help "
-                       "shows every option)\n")
-
-    parser.error = error  # argparse calls self.error for every usage mistake
