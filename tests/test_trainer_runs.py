@@ -277,6 +277,17 @@ def test_bad_images_leave_only_their_list_and_an_overwrite_keeps_the_old_run(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "run", "run.bad_images.txt"]
 
 
+def test_the_run_stopped_by_a_bad_image_can_be_rerun_with_skip_bad_images_in_the_same_folder(tmp_path):
+    # the error says "pass --skip-bad-images"; doing just that must not meet "already holds a run"
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=6)
+    (folder / "class_0" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    with pytest.raises(HCGNetError, match="skip-bad-images"):
+        fit(config_for(folder, out))
+    fit(config_for(folder, out, max_steps_per_epoch=1, skip_bad_images=True))
+    assert (out / "best.safetensors").is_file() and "class_0/broken.png" in (out / "bad_images.txt").read_text()
+
+
 def test_an_output_inside_the_image_folder_is_refused(tmp_path):
     folder = make_image_folder(tmp_path / "images", classes=2, per_class=3)
     with pytest.raises(HCGNetError, match="inside the image folder"):

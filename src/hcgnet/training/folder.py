@@ -53,7 +53,8 @@ class RunFolder:
         if images is not None and images.is_dir() and out.resolve().is_relative_to(images.resolve()):
             raise OutputFolderError(f"output {out} is inside the image folder {images}: the run's own files would be "
                                     "read as training images; choose an --output outside it")
-        existing = [f for f in RUN_FILES if (out / f).exists()]
+        # A list of unreadable images alone is what a run that stopped before training leaves: not a run.
+        existing = [f for f in RUN_FILES if f != BAD_IMAGES and (out / f).exists()]
         if existing and not (config.resume or config.overwrite):
             raise OutputFolderError(
                 f"{out} already holds a run ({existing[0]}); pass --resume to continue it or --overwrite to replace it"
