@@ -299,8 +299,11 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_resume_from_the_output_alone_i
             assert torch.equal(a[key], b[key]), f"{name}: {key} differs after the interrupts"
 
 
-def test_ctrl_c_in_a_terminal_reaches_the_data_workers_too_and_still_saves(tmp_path, image_folder):
-    """A terminal's Ctrl-C signals the whole process group, DataLoader workers included."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_reaches_the_data_workers_too_and_still_saves(
+        tmp_path, image_folder, signum):
+    """A terminal's Ctrl-C, and a scheduler's (or `timeout`'s) SIGTERM, signal the whole process group,
+    DataLoader workers included."""
     out = tmp_path / "run"
     args = train_args(image_folder, out, "--epochs", "3", "--batch-size", "4", "--log-every", "1", "--workers", "2")
     proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -310,11 +313,11 @@ def test_ctrl_c_in_a_terminal_reaches_the_data_workers_too_and_still_saves(tmp_p
         while not (steps.exists() and len(steps.read_text().splitlines()) > 2):
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-1500:]
             time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 and err.strip().startswith("hcgnet: interrupted at epoch"), err[-2000:]
+    assert proc.returncode == 128 + signum and err.strip().startswith("hcgnet: interrupted at epoch"), err[-2000:]
     assert len(err.strip().splitlines()) == 1, err[-2000:]
     assert checkpoint_position(out / "last.pt")[1] >= 2

@@ -35,7 +35,7 @@ from hcgnet.models import save_safetensors
 from hcgnet.training import trainer as classifier
 from hcgnet.training.engine import NonFiniteLossError
 from hcgnet.training.folder import RunFolder
-from hcgnet.training.interrupts import StopSignals, TrainingInterrupted
+from hcgnet.training.interrupts import StopSignals, TrainingInterrupted, leave_stop_signals_to_the_main_process
 from hcgnet.training.logs import MetricsLog, ProgressLines
 from hcgnet.training.resume import check_resumable
 from hcgnet.training.sampling import SeededSamples
@@ -223,7 +223,8 @@ class DetectRun:
         # mid-epoch restores at another point (the classifier's loader does the same).
         loader = DataLoader(self.samples, batch_sampler=self.sampler, collate_fn=collate,
                             num_workers=self.config.workers, pin_memory=self.d.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(self.config.seed))
+                            generator=torch.Generator().manual_seed(self.config.seed),
+                            worker_init_fn=leave_stop_signals_to_the_main_process)
         batches = itertools.islice(loader, self.steps_per_epoch - skip)
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                    disable=True if not self.d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
