@@ -240,3 +240,14 @@ def test_eval_rebuilds_the_split_after_skipping(tmp_path):
     assert again.indices == trained.val.indices
     assert [again.dataset.samples[i] for i in again.indices] == [trained.val.dataset.samples[i]
                                                                  for i in trained.val.indices]
+
+
+def test_a_file_pil_cannot_identify_is_named_in_plain_words(tmp_path):
+    from hcgnet.data import DataError
+    from hcgnet.data.images import load_image
+
+    (tmp_path / "notes.jpg").write_text("shopping list")
+    with pytest.raises(DataError) as e:
+        load_image(tmp_path / "notes.jpg", hint="")
+    assert str(e.value) == f"cannot read image {tmp_path / 'notes.jpg'}: not an image file PIL can read (or its first " \
+                           "bytes are damaged)"

@@ -136,7 +136,8 @@ def test_detections_come_back_in_the_original_image_pixels(toy):
     assert out["boxes"][:, 2].max() > 48                                       # not squeezed into a corner
 
 
-@pytest.mark.parametrize("case", ["other categories", "classifier checkpoint", "fp16 on cpu"])
+@pytest.mark.parametrize("case", ["other categories", "classifier checkpoint", "fp16 on cpu", "run folder",
+                                  "annotations folder"])
 def test_eval_refusals_are_one_line(toy, untrained, tmp_path, capsys, case):
     images, annotations, checkpoint, extra = toy[0], toy[1], untrained, []
     if case == "other categories":
@@ -149,6 +150,13 @@ def test_eval_refusals_are_one_line(toy, untrained, tmp_path, capsys, case):
         checkpoint = tmp_path / "classifier.safetensors"
         save_safetensors({"w": torch.zeros(1)}, checkpoint, {"model_name": "hcgnet_a1"})
         expected = "is not a detector checkpoint"
+    elif case == "run folder":
+        checkpoint = tmp_path / "run"
+        checkpoint.mkdir()
+        (checkpoint / "final.safetensors").write_bytes(b"")
+        expected = f"{checkpoint} is a folder, not a checkpoint file; e.g. {checkpoint / 'final.safetensors'}"
+    elif case == "annotations folder":
+        annotations, expected = images, f"annotation file {images} is a folder"
     else:
         extra, expected = ["--amp", "fp16"], "--amp fp16 needs a GPU"
     code = main(["detect", "eval", "--checkpoint", str(checkpoint), "--images", str(images), "--annotations",
@@ -200,7 +208,7 @@ def test_predict_with_no_readable_image_is_one_line(tmp_path, capsys, untrained)
     code = main(["detect", "predict", "--checkpoint", str(untrained), str(broken), "--output", str(tmp_path / "o"),
                  "--device", "cpu"])
     err = capsys.readouterr().err
-    assert code == 2 and err.splitlines()[-1].startswith("hcgnet: error: none of the 1 inputs could be read")
+    assert code == 2 and err.splitlines()[-1].startswith("hcgnet: error: the input could not be read")
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch

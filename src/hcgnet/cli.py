@@ -489,10 +489,13 @@ def cmd_detect_predict(args: argparse.Namespace) -> int:
                       log=note_on_stderr)
     drawn = [r for r in results if "png" in r]
     for r in drawn:
-        found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing"
-        print(f"{r['png']}: {found}")
+        shown = r["detections"][:10]  # the best ten on the terminal; the picture has them all
+        found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in shown) or "nothing"
+        more = len(r["detections"]) - len(shown)
+        print(f"{r['png']}: {found}{f' and {more} more' if more > 0 else ''}")
     if not drawn:
-        raise DataError(f"none of the {len(results)} inputs could be read (see the warnings above)")
+        what = "the input could not" if len(results) == 1 else f"none of the {len(results)} inputs could"
+        raise DataError(f"{what} be read (see the warnings above)")
     return 0
 
 

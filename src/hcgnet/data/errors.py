@@ -19,8 +19,12 @@ def one_line(text: object, limit: int = 300) -> str:
 
 
 def reason(exc: BaseException) -> str:
-    """The one-line message of ``exc``, or its type name when it has none."""
-    return one_line(exc) or type(exc).__name__
+    """The one-line message of ``exc``, or its type name when it has none. PIL's "cannot identify image file
+    <_io.BufferedReader name=...>" becomes what it means: the file is not an image in a format PIL reads."""
+    message = one_line(exc) or type(exc).__name__
+    if message.startswith("cannot identify image file"):
+        return "not an image file PIL can read (or its first bytes are damaged)"
+    return message
 
 
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*: (.*)$")

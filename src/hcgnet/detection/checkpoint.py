@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hcgnet.errors import CheckpointError
-from hcgnet.models.checkpoints import read_metadata, torch_load_weights_only
+from hcgnet.models.checkpoints import check_checkpoint_file, read_metadata, torch_load_weights_only
 
 #: What a detector checkpoint says about itself (all strings, as safetensors metadata must be).
 DETECTOR_KEYS = ("detector", "model_name", "task", "num_classes", "class_names", "category_ids", "min_size",
@@ -29,8 +29,7 @@ def detector_metadata(model: str, task: str, class_names: List[str], category_id
 
 
 def _read(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    check_checkpoint_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

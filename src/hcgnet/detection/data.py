@@ -79,7 +79,8 @@ class CocoData:
 
 def _load_json(path: Path) -> Any:
     if not path.is_file():
-        raise CocoFormatError(f"annotation file {path} does not exist; give a COCO instances JSON with --annotations")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise CocoFormatError(f"annotation file {path} {what}; give a COCO instances JSON with --annotations")
     try:
         with open(path, "rb") as f:
             return json.load(f)

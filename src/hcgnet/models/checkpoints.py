@@ -125,20 +125,27 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+def check_checkpoint_file(path: PathLike) -> Path:
+    """``path`` if it is a file; a one-line :class:`CheckpointError` if it is missing or a folder (most often a
+    run's: the error names the file to pass)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(q.name for q in path.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".tar"))
+        pick = next((f for f in ("best.safetensors", "final.safetensors") if f in found), found[0] if found else None)
+        hint = f"e.g. {path / pick}" if pick else "give a .safetensors, .pt or .pth file"
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; {hint}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
 def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     """Read a checkpoint file into ``(state_dict, metadata)`` with hcgnet's key names.
 
     Accepts the published format (``{'net': state_dict}`` saved from DataParallel), hcgnet's own
     checkpoints (``{'model': state_dict, ...}``), a bare state dict, and ``.safetensors``.
     """
-    path = Path(path)
-    if path.is_dir():  # most often a run's folder: name the file to pass
-        found = sorted(q.name for q in path.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".tar"))
-        pick = "best.safetensors" if "best.safetensors" in found else (found[0] if found else None)
-        hint = f"e.g. {path / pick}" if pick else "give a .safetensors, .pt or .pth file"
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file; {hint}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = check_checkpoint_file(path)
     metadata: Dict[str, str] = {}
     if _is_safetensors_file(path):
         metadata = _safetensors_metadata(path)
