@@ -12,9 +12,7 @@ hint), atomic checkpoints with every RNG state, ``metrics.csv``/``steps.csv``/Te
 and torchrun/DDP (:mod:`hcgnet.distributed`). A run interrupted after any step and resumed ends with the same
 weights as one that was not.
 """
-import itertools
 import json
-import time
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -22,7 +20,6 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from hcgnet import distributed
 from hcgnet.detection.checkpoint import detector_metadata
@@ -35,8 +32,9 @@ from hcgnet.models import save_safetensors
 from hcgnet.training import trainer as classifier
 from hcgnet.training.engine import NonFiniteLossError
 from hcgnet.training.folder import RunFolder
-from hcgnet.training.interrupts import StopSignals, TrainingInterrupted, leave_stop_signals_to_the_main_process
+from hcgnet.training.interrupts import StopSignals, leave_stop_signals_to_the_main_process
 from hcgnet.training.logs import MetricsLog, ProgressLines
+from hcgnet.training.loop import EpochLoop
 from hcgnet.training.resume import check_resumable
 from hcgnet.training.sampling import SeededSamples
 from hcgnet.training.state import CheckpointWriteError, load_training_state, rng_state, save_atomic, set_rng_state
@@ -56,8 +54,10 @@ def train(config: DetectConfig, log=print) -> Dict[str, Any]:
         distributed.cleanup()
 
 
-class DetectRun:
+class DetectRun(EpochLoop):
     """One detection run; the methods in the order they run (the classifier's ``Run``, for detectors)."""
+
+    COMMAND = "hcgnet detect train"
 
     def __init__(self, config: DetectConfig, d: distributed.Dist, log: Callable, stop: StopSignals) -> None:
         self.config, self.d, self.log, self.stop = config, d, log, stop
@@ -225,34 +225,7 @@ class DetectRun:
                             num_workers=self.config.workers, pin_memory=self.d.device.type == "cuda",
                             generator=torch.Generator().manual_seed(self.config.seed),
                             worker_init_fn=leave_stop_signals_to_the_main_process)
-        batches = itertools.islice(loader, self.steps_per_epoch - skip)
-        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
-                   disable=True if not self.d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
-        start = time.time()
-        with bar:
-            train = train_one_epoch(self.train_model, batches, self.step, lambda i: self.set_lr(epoch, i),
-                                    first_step=skip, on_step=lambda done, loss: self.after_step(epoch, done, loss),
-                                    progress=bar, totals=self.totals)
-        return train, time.time() - start
-
-    def after_step(self, epoch: int, done: int, loss: float) -> None:
-        c, step = self.config, epoch * self.steps_per_epoch + done
-        lr = self.optimizer.param_groups[0]["lr"]
-        if self.metrics is not None and done % c.log_every == 0:
-            self.metrics.add_step(step, step / self.steps_per_epoch, loss, lr)
-        self.progress.step(step, loss, lr)
-        signum = self.stop.requested(self.d)
-        if signum or (c.checkpoint_every and step % c.checkpoint_every == 0 and done < self.steps_per_epoch):
-            self.save_last(epoch, done, self.totals)
-        if signum:
-            self.interrupted(signum, epoch, done)
-
-    def interrupted(self, signum: int, epoch: int, done: int) -> None:
-        where = f"interrupted at epoch {epoch + 1} step {done}"
-        if self.folder.replacing:
-            raise TrainingInterrupted(f"{where}; {self.folder.kept()}", signum)
-        raise TrainingInterrupted(f"{where}; resume with: hcgnet detect train --output {self.folder.out} --resume",
-                                  signum)
+        return self.run_epoch(epoch, loader, skip, train_one_epoch, self.step, lambda i: self.set_lr(epoch, i))
 
     def validate(self) -> Optional[Dict[str, Any]]:
         if self.val_data is None:

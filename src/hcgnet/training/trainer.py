@@ -9,11 +9,9 @@ exported weights (``best.safetensors``, ``final.safetensors``). Only rank 0 writ
 per step, and ``lr_base_batch`` scales the learning rate by the global batch.
 """
 import dataclasses
-import itertools
 import json
 import random
 import sys
-import time
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
@@ -25,7 +23,6 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from hcgnet import distributed
 from hcgnet.data import DataError, build_data
@@ -37,8 +34,9 @@ from hcgnet.models.variants import cifar_stem_note, resolve
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
 from hcgnet.training.engine import NonFiniteLossError, StepContext, new_totals, train_one_epoch
 from hcgnet.training.folder import BAD_IMAGES, RunFolder
-from hcgnet.training.interrupts import StopSignals, TrainingInterrupted, leave_stop_signals_to_the_main_process
+from hcgnet.training.interrupts import StopSignals, leave_stop_signals_to_the_main_process
 from hcgnet.training.logs import MetricsLog, ProgressLines
+from hcgnet.training.loop import EpochLoop
 from hcgnet.training.resume import check_resumable, schedule_changed
 from hcgnet.training.finetune import prepare_model
 from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
@@ -120,7 +118,7 @@ def fit(config: TrainConfig, log=print) -> Dict[str, Any]:
         distributed.cleanup()
 
 
-class Run:
+class Run(EpochLoop):
     """One training run; the methods in the order they run."""
 
     def __init__(self, config: TrainConfig, d: distributed.Dist, log: Callable, stop: StopSignals) -> None:
@@ -325,35 +323,7 @@ class Run:
         self.totals = self.resumed_totals if resumed else new_totals()
         self.sampler.set_epoch(epoch, skip)
         loader = self.loader(self.train_set, self.sampler, drop_last=True)
-        batches = itertools.islice(loader, self.steps_per_epoch - skip)  # fetches no batch beyond the last
-        # The bar goes to a terminal only (disable=None): logs and pipes get the progress lines instead.
-        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
-                   disable=True if not self.d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
-        start = time.time()
-        with bar:
-            train = train_one_epoch(self.train_model, batches, self.ctx, lambda i: self.set_step(epoch, i),
-                                    first_step=skip, on_step=lambda done, loss: self.after_step(epoch, done, loss),
-                                    progress=bar, totals=self.totals)
-        return train, time.time() - start
-
-    def after_step(self, epoch: int, done: int, loss: float) -> None:
-        """After optimiser step ``done`` of ``epoch``: log, checkpoint, stop on a signal."""
-        config, step = self.config, epoch * self.steps_per_epoch + done
-        lr = self.optimizer.param_groups[0]["lr"]
-        if self.metrics is not None and done % config.log_every == 0:
-            self.metrics.add_step(step, step / self.steps_per_epoch, loss, lr)
-        self.progress.step(step, loss, lr)
-        signum = self.stop.requested(self.d)
-        if signum or (config.checkpoint_every and step % config.checkpoint_every == 0 and done < self.steps_per_epoch):
-            self.save_last(epoch, done, self.totals)
-        if signum:
-            self.interrupted(signum, epoch, done)
-
-    def interrupted(self, signum: int, epoch: int, done: int) -> None:
-        where = f"interrupted at epoch {epoch + 1} step {done}"
-        if self.folder.replacing:
-            raise TrainingInterrupted(f"{where}; {self.folder.kept()}", signum)
-        raise TrainingInterrupted(f"{where}; resume with: hcgnet train --output {self.folder.out} --resume", signum)
+        return self.run_epoch(epoch, loader, skip, train_one_epoch, self.ctx, lambda i: self.set_step(epoch, i))
 
     def end_epoch(self, epoch: int, train: Dict[str, Any], seconds: float) -> None:
         """Validation, ``best.pt`` when it improved, the metrics row, ``last.pt``, the epoch's log line."""
