@@ -115,19 +115,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hcgnet.training import TrainConfig, fit, make_config, resume_config
-    from hcgnet.training.interrupts import TrainingInterrupted
-
     overrides = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if hasattr(args, name)}
     output = args.output or TrainConfig.output
     if args.resume and not (args.recipe or args.config) and (Path(output) / "config.yaml").is_file():
         config = resume_config(output, overrides)  # the run's own settings; flags given here on top
     else:
         config = make_config(args.recipe, args.config, overrides)
-    try:
-        fit(config)
-    except TrainingInterrupted as e:
-        print(f"hcgnet: {e}", file=sys.stderr)
-        return e.exit_code
+    fit(config)
     return 0
 
 
@@ -430,7 +424,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_detect_train(args: argparse.Namespace) -> int:
     from hcgnet.detection.config import DetectConfig, resume_detect_config
     from hcgnet.detection.trainer import train
-    from hcgnet.training.interrupts import TrainingInterrupted
 
     options = None
     if args.detector_options is not None:
@@ -446,11 +439,7 @@ def cmd_detect_train(args: argparse.Namespace) -> int:
         config = resume_detect_config(output, given)  # the run's own settings; flags given here on top
     else:
         config = DetectConfig(**{k: v for k, v in given.items() if v is not None})
-    try:
-        train(config)
-    except TrainingInterrupted as e:
-        print(f"hcgnet: {e}", file=sys.stderr)
-        return e.exit_code
+    train(config)
     return 0
 
 
@@ -778,6 +767,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except HCGNetError as e:
+        if hasattr(e, "exit_code"):  # a run stopped by a signal: the resume hint, with the shell's 130/143
+            print(f"hcgnet: {e}", file=sys.stderr)
+            return e.exit_code
         print(f"hcgnet: error: {error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
