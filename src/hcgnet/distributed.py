@@ -1,4 +1,5 @@
-"""Process-group set-up for torchrun (DDP): gloo on CPU, NCCL on GPU. One process works without it."""
+"""Process-group set-up for torchrun (DDP): gloo on CPU, NCCL on GPU; one process works without it. Also the
+DataLoader workers' own OS process group, which keeps a group-wide signal for the main process to handle."""
 import os
 from dataclasses import dataclass
 
@@ -95,3 +96,12 @@ def max_int(value: int, d: Dist) -> int:
     t = torch.tensor([int(value)], device=d.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a terminal's Ctrl-C, ``timeout`` and ``kill -- -PGID`` signal the whole
+    process group. A worker in a group of its own is left out: the main process finishes the step, saves and
+    then shuts it down (a worker killed by SIGTERM mid-step would break the run with a traceback instead).
+    Workers still end by themselves when the main process dies (torch watches the parent)."""
+    if hasattr(os, "setpgrp"):  # POSIX only
+        os.setpgrp()

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hcgnet.detection.data import CocoData, CocoDetectionSet, CocoFormatError, collate, read_coco
-from hcgnet.distributed import Dist, gather_objects
+from hcgnet.distributed import Dist, gather_objects, leave_stop_signals_to_the_main_process
 from hcgnet.evaluation import autocast
 
 #: COCOeval's first six summary numbers, in its order.
@@ -87,7 +87,10 @@ def detect(model: nn.Module, data: CocoData, image_ids: Sequence[int], task: str
     """The model's outputs (on the CPU) for ``image_ids``, in order, as ``(image_id, output)``."""
     model.eval()
     dataset = CocoDetectionSet(data, image_ids, train=False, masks=False)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    # Workers in their own process group: a SIGTERM to the group during the trainer's validation pass reaches
+    # only the main process, which stops the run at its next step with a resumable checkpoint.
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        worker_init_fn=leave_stop_signals_to_the_main_process)
     found = []
     for images, targets in loader:
         with autocast(device, amp_dtype):

@@ -32,7 +32,7 @@ from hcgnet.models import save_safetensors
 from hcgnet.training import trainer as classifier
 from hcgnet.training.engine import NonFiniteLossError
 from hcgnet.training.folder import RunFolder
-from hcgnet.training.interrupts import StopSignals, leave_stop_signals_to_the_main_process
+from hcgnet.training.interrupts import StopSignals
 from hcgnet.training.logs import MetricsLog, ProgressLines
 from hcgnet.training.loop import EpochLoop
 from hcgnet.training.resume import check_resumable
@@ -224,7 +224,7 @@ class DetectRun(EpochLoop):
         loader = DataLoader(self.samples, batch_sampler=self.sampler, collate_fn=collate,
                             num_workers=self.config.workers, pin_memory=self.d.device.type == "cuda",
                             generator=torch.Generator().manual_seed(self.config.seed),
-                            worker_init_fn=leave_stop_signals_to_the_main_process)
+                            worker_init_fn=distributed.leave_stop_signals_to_the_main_process)
         return self.run_epoch(epoch, loader, skip, train_one_epoch, self.step, lambda i: self.set_lr(epoch, i))
 
     def validate(self) -> Optional[Dict[str, Any]]:

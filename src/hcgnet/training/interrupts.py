@@ -1,6 +1,5 @@
 """Ctrl-C (SIGINT) and SIGTERM (what a cluster scheduler sends) stop a run at the end of the current step,
 after it has saved a resumable ``last.pt``; a second Ctrl-C stops at once."""
-import os
 import signal
 import threading
 from typing import Optional
@@ -9,15 +8,6 @@ from hcgnet import distributed
 from hcgnet.errors import HCGNetError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a terminal's Ctrl-C, ``timeout`` and ``kill -- -PGID`` signal the whole
-    process group. A worker in a group of its own is left out: the main process finishes the step, saves and
-    then shuts it down (a worker killed by SIGTERM mid-step would break the run with a traceback instead).
-    Workers still end by themselves when the main process dies (torch watches the parent)."""
-    if hasattr(os, "setpgrp"):  # POSIX only
-        os.setpgrp()
 
 
 class TrainingInterrupted(HCGNetError):

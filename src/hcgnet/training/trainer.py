@@ -34,7 +34,7 @@ from hcgnet.models.variants import cifar_stem_note, resolve
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
 from hcgnet.training.engine import NonFiniteLossError, StepContext, new_totals, train_one_epoch
 from hcgnet.training.folder import BAD_IMAGES, RunFolder
-from hcgnet.training.interrupts import StopSignals, leave_stop_signals_to_the_main_process
+from hcgnet.training.interrupts import StopSignals
 from hcgnet.training.logs import MetricsLog, ProgressLines
 from hcgnet.training.loop import EpochLoop
 from hcgnet.training.resume import check_resumable, schedule_changed
@@ -287,7 +287,7 @@ class Run(EpochLoop):
         return DataLoader(dataset, batch_size=self.local_batch, sampler=sampler, num_workers=self.config.workers,
                           pin_memory=self.d.device.type == "cuda", drop_last=drop_last, persistent_workers=False,
                           generator=torch.Generator().manual_seed(self.config.seed),
-                          worker_init_fn=leave_stop_signals_to_the_main_process)
+                          worker_init_fn=distributed.leave_stop_signals_to_the_main_process)
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
