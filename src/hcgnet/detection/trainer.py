@@ -30,14 +30,12 @@ from hcgnet.detection.evaluate import METRICS, evaluate_detector
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.models import save_safetensors
 from hcgnet.training import trainer as classifier
-from hcgnet.training.engine import NonFiniteLossError
 from hcgnet.training.folder import RunFolder
 from hcgnet.training.interrupts import StopSignals
 from hcgnet.training.logs import MetricsLog, ProgressLines
-from hcgnet.training.loop import EpochLoop
-from hcgnet.training.resume import check_resumable
+from hcgnet.training.run import TrainingRun
 from hcgnet.training.sampling import SeededSamples
-from hcgnet.training.state import CheckpointWriteError, load_training_state, rng_state, save_atomic, set_rng_state
+from hcgnet.training.state import rng_state, save_atomic, set_rng_state
 
 COLUMNS = ["epoch", "step", "lr", "train_loss", *LOSSES, "val_box_ap", "val_box_ap50", "val_mask_ap",
            "val_mask_ap50", "seconds", "images_per_s"]
@@ -54,7 +52,7 @@ def train(config: DetectConfig, log=print) -> Dict[str, Any]:
         distributed.cleanup()
 
 
-class DetectRun(EpochLoop):
+class DetectRun(TrainingRun):
     """One detection run; the methods in the order they run (the classifier's ``Run``, for detectors)."""
 
     COMMAND = "hcgnet detect train"
@@ -68,41 +66,7 @@ class DetectRun(EpochLoop):
         self.metrics: Optional[MetricsLog] = None
         self.val_metrics: Optional[Dict[str, Any]] = None
 
-    def execute(self) -> Dict[str, Any]:
-        resume_state = self.read_resume_state()
-        self.folder.claim(self.d)
-        try:
-            self.set_up(resume_state)
-            self.train()
-            result = self.finish()
-        except BaseException as e:
-            self.folder.abandon(self.d, self.started)
-            if isinstance(e, CheckpointWriteError):
-                then = ("free space and resume with --resume" if not self.folder.replacing
-                        else f"{self.folder.kept()}; free space and run again")
-                raise HCGNetError(f"{e.reason} writing {self.folder.out / e.path.name}; {then}") from None
-            if isinstance(e, NonFiniteLossError):
-                raise NonFiniteLossError(f"{e} (epoch {getattr(self, 'epoch', 0) + 1}); training stopped and {self.folder.kept()}; lower --lr or use --amp "
-                                         "none") from None
-            raise
-        finally:
-            if self.metrics is not None:
-                self.metrics.close()
-        self.folder.commit(self.d)
-        return result
-
     # ------------------------------------------------------------------------------------------------ set-up
-
-    def read_resume_state(self) -> Optional[Dict[str, Any]]:
-        last = self.folder.out / "last.pt"
-        if not self.config.resume:
-            return None
-        if not last.exists():
-            self.log(f"nothing to resume in {self.folder.out}: starting from scratch")
-            return None
-        state = load_training_state(last)
-        check_resumable(self.folder.out, state, self.config, self.d.world_size)
-        return state
 
     def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
         config, d = self.config, self.d

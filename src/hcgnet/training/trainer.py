@@ -25,23 +25,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from hcgnet import distributed
-from hcgnet.data import DataError, build_data
+from hcgnet.data import build_data
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import AMP_DTYPES, evaluate
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.registry import is_timm_baseline
 from hcgnet.models.variants import cifar_stem_note, resolve
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
-from hcgnet.training.engine import NonFiniteLossError, StepContext, new_totals, train_one_epoch
+from hcgnet.training.engine import StepContext, new_totals, train_one_epoch
 from hcgnet.training.folder import BAD_IMAGES, RunFolder
 from hcgnet.training.interrupts import StopSignals
 from hcgnet.training.logs import MetricsLog, ProgressLines
-from hcgnet.training.loop import EpochLoop
-from hcgnet.training.resume import check_resumable, schedule_changed
+from hcgnet.training.run import TrainingRun
+from hcgnet.training.resume import schedule_changed
 from hcgnet.training.finetune import prepare_model
 from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
 from hcgnet.training.schedule import DropBlockSchedule, EpochSchedule
-from hcgnet.training.state import CheckpointWriteError, load_training_state, rng_state, save_atomic, set_rng_state
+from hcgnet.training.state import load_training_state, rng_state, save_atomic, set_rng_state
 
 LOG_SECONDS = 30.0  # a progress line this often when stdout is not a terminal
 
@@ -118,7 +118,7 @@ def fit(config: TrainConfig, log=print) -> Dict[str, Any]:
         distributed.cleanup()
 
 
-class Run(EpochLoop):
+class Run(TrainingRun):
     """One training run; the methods in the order they run."""
 
     def __init__(self, config: TrainConfig, d: distributed.Dist, log: Callable, stop: StopSignals) -> None:
@@ -128,50 +128,7 @@ class Run(EpochLoop):
         self.started = False  # training has begun: a failure from here on keeps the resumable checkpoints
         self.metrics: Optional[MetricsLog] = None
 
-    def execute(self) -> Dict[str, Any]:
-        resume_state = self.read_resume_state()
-        self.folder.claim(self.d)
-        try:
-            self.set_up(resume_state)
-            self.train()
-            result = self.finish()
-        except BaseException as e:
-            self.folder.abandon(self.d, self.started)
-            explained = self.explain(e)
-            if explained is e:
-                raise
-            raise explained from None
-        finally:
-            if self.metrics is not None:
-                self.metrics.close()
-        self.folder.commit(self.d)
-        return result
-
-    def explain(self, e: BaseException) -> BaseException:
-        """The one-line message of a failure, saying what is left on disk."""
-        if isinstance(e, CheckpointWriteError):
-            then = ("free space and resume with --resume" if not self.folder.replacing
-                    else f"{self.folder.kept()}; free space and run again")
-            return HCGNetError(f"{e.reason} writing {self.folder.out / e.path.name}; {then}")
-        if isinstance(e, DataError) and self.folder.replacing:  # the list of bad images moved out of the discarded run
-            return DataError(str(e).replace(str(self.out / BAD_IMAGES), str(self.folder.bad_images_kept)))
-        if isinstance(e, NonFiniteLossError):
-            return NonFiniteLossError(f"{e} (epoch {getattr(self, 'epoch', 0) + 1}); training stopped and "
-                                      f"{self.folder.kept()}; lower --lr or use --amp none")
-        return e
-
     # ------------------------------------------------------------------------------------------------ set-up
-
-    def read_resume_state(self) -> Optional[Dict[str, Any]]:
-        config, last = self.config, self.folder.out / "last.pt"
-        if not config.resume:
-            return None
-        if not last.exists():  # multi-node runs need --output on a shared file system
-            self.log(f"nothing to resume in {self.folder.out}: starting from scratch")
-            return None
-        state = load_training_state(last)
-        check_resumable(self.folder.out, state, config, self.d.world_size)
-        return state
 
     def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
         config, d = self.config, self.d

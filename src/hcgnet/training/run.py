@@ -1,0 +1,105 @@
+"""What both trainers share (the classifier's ``Run`` and the detector's ``DetectRun``): a run's life (set up,
+train, finish; on any failure the output folder keeps what it must and the message says what is left), reading
+the state to resume from, the step loop over a resumable loader with its progress bar, and what happens after
+every optimiser step — metrics, progress lines, periodic ``last.pt``, and the stop on Ctrl-C/SIGTERM."""
+import itertools
+import time
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+from tqdm import tqdm
+
+from hcgnet.data import DataError
+from hcgnet.errors import HCGNetError
+from hcgnet.training.engine import NonFiniteLossError
+from hcgnet.training.folder import BAD_IMAGES
+from hcgnet.training.interrupts import TrainingInterrupted
+from hcgnet.training.resume import check_resumable
+from hcgnet.training.state import CheckpointWriteError, load_training_state
+
+
+class TrainingRun:
+    """The base of a run that has ``config`` (``resume``, ``epochs``, ``log_every``, ``checkpoint_every``), ``d``,
+    ``log``, ``stop``, ``folder``, ``out``, ``started``, ``metrics``, ``progress``, ``optimizer``, ``train_model``,
+    ``steps_per_epoch``, ``totals``, and the methods ``set_up(resume_state)``, ``train()``, ``finish()`` and
+    ``save_last(epoch, step_in_epoch, totals)``. ``COMMAND`` is what the resume hint tells the user to run."""
+
+    COMMAND = "hcgnet train"
+
+    def execute(self) -> Dict[str, Any]:
+        resume_state = self.read_resume_state()
+        self.folder.claim(self.d)
+        try:
+            self.set_up(resume_state)
+            self.train()
+            result = self.finish()
+        except BaseException as e:
+            self.folder.abandon(self.d, self.started)
+            explained = self.explain(e)
+            if explained is e:
+                raise
+            raise explained from None
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+        self.folder.commit(self.d)
+        return result
+
+    def explain(self, e: BaseException) -> BaseException:
+        """The one-line message of a failure, saying what is left on disk."""
+        if isinstance(e, CheckpointWriteError):
+            then = ("free space and resume with --resume" if not self.folder.replacing
+                    else f"{self.folder.kept()}; free space and run again")
+            return HCGNetError(f"{e.reason} writing {self.folder.out / e.path.name}; {then}")
+        if isinstance(e, DataError) and self.folder.replacing:  # the list of bad images moved out of the discarded run
+            return DataError(str(e).replace(str(self.out / BAD_IMAGES), str(self.folder.bad_images_kept)))
+        if isinstance(e, NonFiniteLossError):
+            return NonFiniteLossError(f"{e} (epoch {getattr(self, 'epoch', 0) + 1}); training stopped and "
+                                      f"{self.folder.kept()}; lower --lr or use --amp none")
+        return e
+
+    def read_resume_state(self) -> Optional[Dict[str, Any]]:
+        config, last = self.config, self.folder.out / "last.pt"
+        if not config.resume:
+            return None
+        if not last.exists():  # multi-node runs need --output on a shared file system
+            self.log(f"nothing to resume in {self.folder.out}: starting from scratch")
+            return None
+        state = load_training_state(last)
+        check_resumable(self.folder.out, state, config, self.d.world_size)
+        return state
+
+    # ------------------------------------------------------------------------------------------------ the steps
+
+    def run_epoch(self, epoch: int, loader: Iterable, skip: int, train_one_epoch: Callable, step_context: Any,
+                  before_step: Callable[[int], None]) -> Tuple[Dict[str, Any], float]:
+        """Steps ``skip``.. of ``epoch`` over ``loader`` (already positioned after ``skip`` batches) with
+        ``train_one_epoch``; returns its totals and the seconds it took."""
+        batches = itertools.islice(loader, self.steps_per_epoch - skip)  # fetches no batch beyond the last
+        # The bar goes to a terminal only (disable=None): logs and pipes get the progress lines instead.
+        bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                   disable=True if not self.d.is_main else None, leave=False, dynamic_ncols=True, mininterval=1.0)
+        start = time.time()
+        with bar:
+            train = train_one_epoch(self.train_model, batches, step_context, before_step, first_step=skip,
+                                    on_step=lambda done, loss: self.after_step(epoch, done, loss), progress=bar,
+                                    totals=self.totals)
+        return train, time.time() - start
+
+    def after_step(self, epoch: int, done: int, loss: float) -> None:
+        """After optimiser step ``done`` of ``epoch``: log, checkpoint, stop on a signal."""
+        config, step = self.config, epoch * self.steps_per_epoch + done
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.metrics is not None and done % config.log_every == 0:
+            self.metrics.add_step(step, step / self.steps_per_epoch, loss, lr)
+        self.progress.step(step, loss, lr)
+        signum = self.stop.requested(self.d)
+        if signum or (config.checkpoint_every and step % config.checkpoint_every == 0 and done < self.steps_per_epoch):
+            self.save_last(epoch, done, self.totals)
+        if signum:
+            self.interrupted(signum, epoch, done)
+
+    def interrupted(self, signum: int, epoch: int, done: int) -> None:
+        where = f"interrupted at epoch {epoch + 1} step {done}"
+        if self.folder.replacing:
+            raise TrainingInterrupted(f"{where}; {self.folder.kept()}", signum)
+        raise TrainingInterrupted(f"{where}; resume with: {self.COMMAND} --output {self.folder.out} --resume", signum)
