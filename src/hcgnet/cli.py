@@ -537,9 +537,7 @@ def _add_detect_parser(sub) -> None:
     ev.add_argument("--images", required=True, metavar="DIR")
     ev.add_argument("--annotations", required=True, metavar="FILE", help="COCO instances JSON")
     ev.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
-    ev.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
-    ev.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
-    ev.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
+    add_hardware_options(ev, "autocast dtype")
     ev.add_argument("--json", default=None, metavar="FILE", help="write the AP figures as JSON")
     ev.add_argument("--output", default=None, metavar="DIR",
                     help="write metrics.json, metrics.csv and the detections in COCO's results format")
@@ -552,6 +550,15 @@ def _add_detect_parser(sub) -> None:
     pr.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring this or more (0.5)")
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     pr.set_defaults(func=cmd_detect_predict)
+
+
+def add_hardware_options(p: argparse.ArgumentParser, amp_help: str, workers: Optional[int] = 2) -> None:
+    """``--workers`` (when the command loads data through a DataLoader), ``--device`` and ``--amp``, the options
+    every command that runs a model shares."""
+    if workers is not None:
+        p.add_argument("--workers", type=int, default=workers, help=f"data loading processes (default {workers})")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help=amp_help)
 
 
 def one_line_usage_errors(parser: argparse.ArgumentParser, hint: Optional[Callable[[str], str]] = None) -> None:
@@ -695,15 +702,11 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--skip-bad-images", action="store_true", default=None,
                     help="leave out unreadable images of an image folder (default: as the training run did)")
     at.add_argument("--batch-size", type=int, default=64, help="images per attack batch (default 64)")
-    at.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
-    at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
-    at.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                    help="autocast dtype of the model's forward and backward passes; images and their gradients "
-                         "stay float32 (bf16: GPUs and CPUs with AVX512-BF16/AMX; fp16: GPUs; default none)")
+    add_hardware_options(at, "autocast dtype of the model's forward and backward passes; images and their "
+                         "gradients stay float32 (bf16: GPUs and CPUs with AVX512-BF16/AMX; fp16: GPUs; default none)")
     at.add_argument("--output", required=True, metavar="DIR",
                     help="folder for robustness.csv, robustness.json and robustness.png")
     at.set_defaults(func=cmd_attack)
-    one_line_usage_errors(at)
 
     at = sub.add_parser("attention", help="where the gates look: their attention maps over images, PNG grid")
     add_checkpoint(at)
@@ -716,10 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: the last SMG module of each hybrid block)")
     at.add_argument("--max-images", type=int, default=16, help="rows of the grid: the first N images (default 16)")
     at.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    at.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
-    at.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                    help="autocast dtype of the forward pass (bf16: GPUs and CPUs with AVX512-BF16/AMX; fp16: GPUs; "
-                         "default none)")
+    add_hardware_options(at, "autocast dtype of the forward pass (bf16: GPUs and CPUs with AVX512-BF16/AMX; "
+                         "fp16: GPUs; default none)", workers=None)  # it reads its few images itself
     at.set_defaults(func=cmd_attention)
     one_line_usage_errors(at, lambda message: "give image files, folders or quoted globs before --modules, which "
                           "takes every name after it" if "IMAGE" in message else "")
@@ -733,10 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--limit", type=int, default=None, help="dissect on the first N images only")
     ds.add_argument("--size", type=int, default=None, help="image side fed to the model (default: the model's input size)")
     ds.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    ds.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
-    ds.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
-    ds.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                    help="autocast dtype of the forward passes (bf16: GPUs and CPUs with AVX512-BF16/AMX; "
+    add_hardware_options(ds, "autocast dtype of the forward passes (bf16: GPUs and CPUs with AVX512-BF16/AMX; "
                          "fp16: GPUs; default none)")
     ds.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations a unit fires on (0.005)")
     ds.add_argument("--iou-threshold", type=float, default=0.04, help="IoU that makes a unit a detector (0.04)")
@@ -744,7 +742,6 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--output", required=True, metavar="DIR",
                     help="writes <layer>.csv, summary.csv, summary.json, unique_detectors.png, units_<layer>.png")
     ds.set_defaults(func=cmd_dissect)
-    one_line_usage_errors(ds)
 
     _add_detect_parser(sub)
 

@@ -1,16 +1,15 @@
 """One detection training epoch: the detector computes its own losses (RPN objectness and box regression,
 box classifier and regression, masks); the step adds them, checks they are finite, and steps SGD (through the
 grad scaler for fp16). Set-up, checkpoints and logs are the trainer's."""
-import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from hcgnet.distributed import Dist, all_reduce_sum, broadcast_flag
+from hcgnet.distributed import Dist, all_reduce_sum
 from hcgnet.evaluation import autocast
-from hcgnet.training.engine import NonFiniteLossError
+from hcgnet.training.engine import optimizer_step, stop_unless_finite
 
 #: torchvision's loss names, in the order metrics.csv lists them (mask models add loss_mask).
 LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
@@ -49,17 +48,10 @@ def train_one_epoch(model: nn.Module, batches, step: DetectionStep, set_lr: Call
             losses = model(images, targets)
         loss = sum(v.float() for v in losses.values())
         value = float(loss.detach())
-        # Checked before backward: a NaN never reaches the weights, and every process stops together.
-        if broadcast_flag(not math.isfinite(value), step.dist):
-            where = f"{value}" if not math.isfinite(value) else "non-finite in another process"
-            parts = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
-            raise NonFiniteLossError(f"the detection loss became {where} at step {i + 1} of the epoch ({parts})")
+        stop_unless_finite(value, step.dist, i + 1, "the detection loss",  # each part named in the message
+                           lambda: " (" + ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items()) + ")")
         (step.scaler.scale(loss) if step.scaler else loss).backward()
-        if step.scaler is not None:
-            step.scaler.step(step.optimizer)
-            step.scaler.update()
-        else:
-            step.optimizer.step()
+        optimizer_step(step.optimizer, step.scaler)
         totals["loss"] += value
         for k, v in losses.items():
             totals[k] = totals.get(k, 0.0) + float(v.detach())

@@ -44,6 +44,25 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def stop_unless_finite(value: float, dist: Dist, step: int, what: str = "the loss",
+                       detail: Callable[[], str] = str) -> None:
+    """Raise :class:`NonFiniteLossError` when ``value`` (or the loss of any other process) is not finite. Called
+    before backward/the optimiser step, so a NaN never reaches the weights, and every process stops together.
+    ``detail()`` adds to the message (only computed when it is raised)."""
+    if broadcast_flag(not math.isfinite(value), dist):
+        where = f"{value}" if not math.isfinite(value) else "non-finite in another process"
+        raise NonFiniteLossError(f"{what} became {where} at step {step} of the epoch{detail()}")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler]) -> None:
+    """One optimiser step, through the grad scaler when there is one (fp16)."""
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def new_totals() -> Dict[str, float]:
     return {"loss": 0.0, "correct": 0, "seen": 0}
 
@@ -94,14 +113,8 @@ def train_one_epoch(
             if ctx.mixup is None:
                 totals["correct"] += int((out.argmax(1) == yk).sum())
         loss_value = float(step_loss)
-        if broadcast_flag(not math.isfinite(loss_value), ctx.dist):
-            where = f"{loss_value}" if not math.isfinite(loss_value) else "non-finite in another process"
-            raise NonFiniteLossError(f"the loss became {where} at step {i + 1} of the epoch")
-        if ctx.scaler is not None:
-            ctx.scaler.step(ctx.optimizer)
-            ctx.scaler.update()
-        else:
-            ctx.optimizer.step()
+        stop_unless_finite(loss_value, ctx.dist, i + 1)
+        optimizer_step(ctx.optimizer, ctx.scaler)
         if ctx.ema is not None:
             ctx.ema.update(unwrap(model))
         totals["loss"] += loss_value * len(y)
