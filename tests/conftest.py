@@ -38,6 +38,23 @@ def picture(path, seed, size=(18, 22)):
     return path
 
 
+def signal_at_step(monkeypatch, signum, at):
+    """Send this process `signum` after optimiser step `at` (as a scheduler or Ctrl-C would), from the progress
+    lines both trainers report every step to."""
+    import os
+
+    from hcgnet.training.logs import ProgressLines
+
+    real_step = ProgressLines.step
+
+    def step(self, global_step, loss, lr):
+        real_step(self, global_step, loss, lr)
+        if global_step == at:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(ProgressLines, "step", step)
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "images")

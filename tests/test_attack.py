@@ -121,17 +121,22 @@ def separable_data(n=200, seed=0):
     return x, y
 
 
-@pytest.fixture(scope="module")
-def trained_linear():
+def train_linear(steps):
+    """A linear classifier of ``separable_data`` (normalised with mean 0.5, std 0.25), trained ``steps`` Adam steps."""
     x, y = separable_data()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(60):
+    for _ in range(steps):
         opt.zero_grad()
         nn.functional.cross_entropy(model((x - 0.5) / 0.25), y).backward()
         opt.step()
     return model.eval(), x, y
+
+
+@pytest.fixture(scope="module")
+def trained_linear():
+    return train_linear(60)
 
 
 def test_fgsm_accuracy_never_rises_with_eps_on_a_trained_model(trained_linear):
@@ -284,15 +289,7 @@ def test_fp16_still_attacks_images_the_model_is_sure_of():
     # refused on the CPU by the command, for speed; the arithmetic is the same as on a GPU.)
     from hcgnet.analysis.attack import Normalised
 
-    x, y = separable_data()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(300):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model((x - 0.5) / 0.25), y).backward()
-        opt.step()
-    model.eval()
+    model, x, y = train_linear(300)
     with torch.no_grad():
         assert float(nn.functional.cross_entropy(model((x - 0.5) / 0.25), y)) < 1e-7  # that sure
     fp32 = fgsm(Normalised(model, (0.5,), (0.25,)), x, y, 0.05)

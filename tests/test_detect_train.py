@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from coco_toy import TOY_MODEL, TOY_OPTIONS, make_coco, toy_config
+from conftest import signal_at_step
 from hcgnet.cli import main
 from hcgnet.detection import trainer
 from hcgnet.detection.checkpoint import load_detector
@@ -90,17 +91,6 @@ def test_detect_train_writes_the_run_and_refuses_to_overwrite_it(toy, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]      # refused before the replacement folder
     assert torch.equal(load_file(out / "final.safetensors")["roi_heads.box_predictor.cls_score.weight"],
                        model.roi_heads.box_predictor.cls_score.weight)
-
-
-def signal_at_step(monkeypatch, signum, at):
-    real_step = trainer.ProgressLines.step
-
-    def step(self, global_step, loss, lr):
-        real_step(self, global_step, loss, lr)
-        if global_step == at:
-            os.kill(os.getpid(), signum)
-
-    monkeypatch.setattr(trainer.ProgressLines, "step", step)
 
 
 @pytest.mark.slow

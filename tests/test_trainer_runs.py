@@ -3,7 +3,6 @@ that fail, --overwrite that fails, stale temporary files, extending a run, progr
 import errno
 import json
 import math
-import os
 import re
 import signal
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_image_folder
+from conftest import make_image_folder, signal_at_step
 from hcgnet.errors import HCGNetError
 from hcgnet.models import create_model
 from hcgnet.training import make_config, resume_config
@@ -423,18 +422,6 @@ def test_stem_and_dropblock_reach_the_model_and_the_dropblock_ramp_steps_with_th
     fit(config_for(images, tmp_path / "run", stem="imagenet", drop_block=0.1, epochs=2, max_steps_per_epoch=2))
     assert created[0]["stem"] == "imagenet" and created[0]["drop_block_rate"] == 0.1
     assert ramp == [("init", 0.1), 0.0, 0.5, 1.0, 1.5]  # beside every learning-rate step
-
-
-def signal_at_step(monkeypatch, signum, at):
-    """Send this process `signum` after optimiser step `at` (as a scheduler or Ctrl-C would)."""
-    real_step = trainer.ProgressLines.step
-
-    def step(self, global_step, loss, lr):
-        real_step(self, global_step, loss, lr)
-        if global_step == at:
-            os.kill(os.getpid(), signum)
-
-    monkeypatch.setattr(trainer.ProgressLines, "step", step)
 
 
 def test_sigterm_saves_the_current_step_and_names_the_resume_command(tmp_path, images, monkeypatch):
