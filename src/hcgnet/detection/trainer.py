@@ -44,12 +44,7 @@ COLUMNS = ["epoch", "step", "lr", "train_loss", *LOSSES, "val_box_ap", "val_box_
 def train(config: DetectConfig, log=print) -> Dict[str, Any]:
     """Train as ``config`` says; return the final metrics (also written to ``results.json``)."""
     check_config(config)
-    d = distributed.setup(config.device or "auto")
-    try:
-        with StopSignals() as stop:
-            return DetectRun(config, d, log if d.is_main else (lambda *a, **k: None), stop).execute()
-    finally:
-        distributed.cleanup()
+    return DetectRun.launch(config, log, config.device or "auto")
 
 
 class DetectRun(TrainingRun):

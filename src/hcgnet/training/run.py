@@ -8,11 +8,12 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from tqdm import tqdm
 
+from hcgnet import distributed
 from hcgnet.data import DataError
 from hcgnet.errors import HCGNetError
 from hcgnet.training.engine import NonFiniteLossError
 from hcgnet.training.folder import BAD_IMAGES
-from hcgnet.training.interrupts import TrainingInterrupted
+from hcgnet.training.interrupts import StopSignals, TrainingInterrupted
 from hcgnet.training.resume import check_resumable
 from hcgnet.training.state import CheckpointWriteError, load_training_state
 
@@ -24,6 +25,17 @@ class TrainingRun:
     ``save_last(epoch, step_in_epoch, totals)``. ``COMMAND`` is what the resume hint tells the user to run."""
 
     COMMAND = "hcgnet train"
+
+    @classmethod
+    def launch(cls, config, log: Callable = print, device: str = "auto") -> Dict[str, Any]:
+        """Run ``config`` in this process (joining torchrun's process group when there is one), with Ctrl-C and
+        SIGTERM handled, and only rank 0 logging; return the run's results."""
+        d = distributed.setup(device)
+        try:
+            with StopSignals() as stop:
+                return cls(config, d, log if d.is_main else (lambda *a, **k: None), stop).execute()
+        finally:
+            distributed.cleanup()
 
     def execute(self) -> Dict[str, Any]:
         resume_state = self.read_resume_state()

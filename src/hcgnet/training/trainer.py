@@ -110,12 +110,7 @@ def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
 
 def fit(config: TrainConfig, log=print) -> Dict[str, Any]:
     """Train as ``config`` says; return the final metrics (also written to ``results.json``)."""
-    d = distributed.setup()
-    try:
-        with StopSignals() as stop:
-            return Run(config, d, log if d.is_main else (lambda *a, **k: None), stop).execute()
-    finally:
-        distributed.cleanup()
+    return Run.launch(config, log)
 
 
 class Run(TrainingRun):
