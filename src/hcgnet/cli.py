@@ -304,7 +304,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.analysis.attack import attack_checkpoints, check_options, table, write_results
-    from hcgnet.analysis.options import amp_dtype, check_output_folder, device_of
+    from hcgnet.analysis.options import amp_dtype, check_output_folder
+    from hcgnet.evaluation import device_of
     from hcgnet.files import reported_write
     from hcgnet.inference import _progress, note_on_stderr
 
@@ -350,7 +351,8 @@ def _int_list(text: str, flag: str) -> List[int]:
 
 def cmd_dissect(args: argparse.Namespace) -> int:
     from hcgnet.analysis.broden import Broden, check_broden
-    from hcgnet.analysis.options import amp_dtype, check_output_folder, checkpoint_file, device_of, progress_over
+    from hcgnet.analysis.options import amp_dtype, check_output_folder, checkpoint_file, progress_over
+    from hcgnet.evaluation import device_of
     from hcgnet.analysis.dissect import dissect, plot_unique_detectors, plot_unit_strips, summary_rows, write_results
     from hcgnet.files import reported_write
     from hcgnet.inference import data_config_of, load_model

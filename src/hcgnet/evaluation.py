@@ -3,15 +3,28 @@ benchmarks. Below both the trainer and inference: neither imports the other."""
 import contextlib
 import csv
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from hcgnet.distributed import Dist, all_reduce_sum
+from hcgnet.errors import HCGNetError
 
 #: ``--amp`` names to autocast dtypes (None: no autocast), for training, evaluation and benchmarks.
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_of(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """``device`` as a torch.device (None: cuda when there is one, else cpu); a name that is no device, or cuda
+    on a machine without one, is refused."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        raise HCGNetError(f"--device {device!r} is not a device; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
+    return dev
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):

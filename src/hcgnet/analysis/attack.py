@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file, device_of
+from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file
 from hcgnet.data import DataConfig, DataError, build_eval_dataset
 from hcgnet.errors import CheckpointError, HCGNetError
-from hcgnet.evaluation import autocast
+from hcgnet.evaluation import autocast, device_of
 
 ATTACKS = ("fgsm", "fgsm-any", "pgd")
 #: How many step sizes foolbox 2's FGSM tries in (0, eps] (its ``epsilons`` when given a number, as the

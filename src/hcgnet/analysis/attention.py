@@ -385,7 +385,8 @@ def attention_study(
     every 30 s elsewhere). Returns ``{"files": {...: path}, "summary": ..., "result": gate_maps'}``."""
     import json
 
-    from hcgnet.analysis.options import amp_dtype, checkpoint_file, device_of
+    from hcgnet.analysis.options import amp_dtype, checkpoint_file
+    from hcgnet.evaluation import device_of
     from hcgnet.analysis.options import progress as progress_bar
     from hcgnet.data import DataError, build_eval_transform
     from hcgnet.files import atomic_path, reported_write

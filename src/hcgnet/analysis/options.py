@@ -1,6 +1,6 @@
-"""What the three studies share with ``hcgnet eval``: the device, ``--amp`` and ``--workers`` (refused in one
-line, :class:`~hcgnet.errors.HCGNetError`, before any work), and progress (a bar on a terminal, a line every
-30 s elsewhere)."""
+"""What the three studies share with ``hcgnet eval``: ``--amp`` and ``--workers`` (refused in one line,
+:class:`~hcgnet.errors.HCGNetError`, before any work; the device comes from :func:`hcgnet.evaluation.device_of`),
+and progress (a bar on a terminal, a line every 30 s elsewhere)."""
 import sys
 import time
 from pathlib import Path
@@ -11,18 +11,6 @@ from tqdm import tqdm
 
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.evaluation import AMP_DTYPES
-
-
-def device_of(device: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """``device`` as a torch.device (None: cuda when there is one, else cpu); a name that is no device, or cuda
-    on a machine without one, is refused."""
-    try:
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except (RuntimeError, TypeError):
-        raise HCGNetError(f"--device {device!r} is not a device; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
-    return dev
 
 
 def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:

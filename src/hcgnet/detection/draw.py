@@ -12,6 +12,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from hcgnet.data.errors import DataError
 from hcgnet.data.images import load_image
 from hcgnet.errors import HCGNetError
+from hcgnet.evaluation import device_of
 
 #: One colour per class (cycled), strong enough to see on photographs.
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#008080",
@@ -48,7 +49,6 @@ def predict(checkpoint, inputs: Sequence[str], output, score_threshold: float = 
     image into the folder ``output``. Returns one entry per image: ``{"image", "png", "detections": [{"class",
     "category_id", "score", "box"}]}`` or ``{"image", "error"}``."""
     from hcgnet.detection.checkpoint import load_detector
-    from hcgnet.detection.evaluate import _device
     from hcgnet.inference import collect_images
 
     if not 0 <= score_threshold <= 1:
@@ -61,7 +61,7 @@ def predict(checkpoint, inputs: Sequence[str], output, score_threshold: float = 
         log(f"hcgnet: warning: {problem['error']}; skipped")
     if not paths:
         raise DataError("no images to detect objects in (see the warnings above)")
-    dev = _device(device)
+    dev = device_of(device)
     model, info = load_detector(checkpoint, dev)
     out.mkdir(parents=True, exist_ok=True)
     taken: set = set()

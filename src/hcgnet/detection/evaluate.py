@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from hcgnet.detection.data import CocoData, CocoDetectionSet, CocoFormatError, collate, read_coco
 from hcgnet.distributed import Dist, gather_objects, leave_stop_signals_to_the_main_process
-from hcgnet.evaluation import autocast
+from hcgnet.evaluation import autocast, device_of
 
 #: COCOeval's first six summary numbers, in its order.
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -132,7 +132,7 @@ def evaluate_coco(checkpoint, images, annotations, batch_size: int = 2, workers:
     from hcgnet.detection.checkpoint import load_detector
     from hcgnet.inference import _check_options, _progress
 
-    dev = _device(device)
+    dev = device_of(device)
     amp_dtype = _check_options(batch_size, workers, amp, dev)
     data = read_coco(images, annotations)  # the data first: its mistakes cost no model loading
     for note in data.notes:
@@ -144,18 +144,6 @@ def evaluate_coco(checkpoint, images, annotations, batch_size: int = 2, workers:
         metrics = evaluate_detector(model, data, info["category_ids"], info["task"], dev, amp_dtype, batch_size,
                                     workers, progress=bar.update)
     return {"checkpoint": str(checkpoint), "annotations": str(annotations), "task": info["task"], **metrics}
-
-
-def _device(name: Optional[str]) -> torch.device:
-    from hcgnet.errors import HCGNetError
-
-    try:
-        dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise HCGNetError(f"--device {name!r} is not a device; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
-    return dev
 
 
 # ------------------------------------------------------------------------------------------------ reports
