@@ -3,7 +3,7 @@ checked before work starts."""
 import pytest
 
 from hcgnet.errors import HCGNetError
-from hcgnet.files import atomic_path, can_write_in, check_output_file
+from hcgnet.files import atomic_path, can_write_in, check_output_file, check_output_folder
 
 
 def test_success_replaces_and_leaves_no_temporary(tmp_path):
@@ -40,6 +40,21 @@ def test_check_output_file(tmp_path):
     with pytest.raises(HCGNetError, match="does not exist"):
         check_output_file(tmp_path / "no" / "x.json")
     assert [p.name for p in tmp_path.iterdir()] == ["old.json"]   # checking writes nothing
+
+
+def test_check_output_folder_refuses_earlier_results_without_force(tmp_path):
+    out = tmp_path / "new" / "deeper"
+    assert check_output_folder(out, "the tables", ["a.csv"]) == out
+    assert not out.exists()                                    # checking makes nothing
+    out.mkdir(parents=True)
+    (out / "other.txt").write_text("x")
+    assert check_output_folder(out, "the tables", ["a.csv", "b.json"]) == out   # other files do not count
+    (out / "b.json").write_text("x")
+    with pytest.raises(HCGNetError, match=r"already holds b\.json.*--force"):
+        check_output_folder(out, "the tables", ["a.csv", "b.json"])
+    assert check_output_folder(out, "the tables", ["a.csv", "b.json"], force=True) == out
+    with pytest.raises(HCGNetError, match="is a file"):
+        check_output_folder(out / "b.json", "the tables")
 
 
 def test_can_write_in(tmp_path):

@@ -185,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hcgnet.inference import predict
 
     if args.csv:
-        check_output_file(args.csv, "--csv")
+        check_output_file(args.csv, "--csv", force=True)
     results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size)
     if args.csv:
         with reported_write(args.csv):
@@ -282,7 +282,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
         if path:  # found out now, not after an hour of timing
-            check_output_file(path, flag)
+            check_output_file(path, flag, force=True)
     batches = _int_list(args.batch_size, "--batch-size")
     sizes = [(s, s) for s in _int_list(args.size, "--size")] if args.size else None
     results = benchmark(args.model, args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
@@ -451,7 +451,7 @@ def cmd_detect_eval(args: argparse.Namespace) -> int:
     from hcgnet.inference import note_on_stderr
 
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", force=True)
     out = Path(args.output) if args.output else None
     if out is not None:
         _check_output_folder(out)

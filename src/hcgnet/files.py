@@ -4,7 +4,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterable, Iterator, Union
 
 from hcgnet.errors import HCGNetError
 
@@ -38,7 +38,7 @@ def can_write_in(folder: PathLike) -> bool:
         return False
 
 
-def check_output_file(path: PathLike, flag: str = "output", force: bool = True) -> Path:
+def check_output_file(path: PathLike, flag: str = "output", force: bool = False) -> Path:
     """``path`` as a file hcgnet may write, or a one-line :class:`HCGNetError` saying what to change: not an
     existing folder, an existing file only with ``force``, in a folder that exists and is writable."""
     path = Path(path)
@@ -52,6 +52,26 @@ def check_output_file(path: PathLike, flag: str = "output", force: bool = True) 
     if not can_write_in(folder):
         raise HCGNetError(f"{flag}: cannot write in folder {folder} (read-only or no permission); choose another")
     return path
+
+
+def check_output_folder(folder: PathLike, holds: str, results: Iterable[str] = (), force: bool = False,
+                        flag: str = "--output") -> Path:
+    """``folder`` as a folder a command may write ``holds`` into, checked before any work, or a one-line
+    :class:`HCGNetError` saying what to change: not a file, writable (it and its parents may not exist yet:
+    the writer makes them), and holding none of ``results`` (file names inside it) unless ``force``, so an
+    earlier result is never replaced by accident."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise HCGNetError(f"{flag} {out} is a file; give a folder for {holds}")
+    existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
+    if not can_write_in(existing):
+        raise HCGNetError(f"{flag}: cannot write in folder {existing} (read-only or no permission); choose another")
+    if not force and out.is_dir():
+        found = [name for name in results if (out / name).exists()]
+        if found:
+            raise HCGNetError(f"{out} already holds {', '.join(found)} from an earlier run; pass --force to replace "
+                              f"them, or choose another {flag}")
+    return out
 
 
 @contextlib.contextmanager
