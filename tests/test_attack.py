@@ -196,31 +196,95 @@ def test_fgsm_any_is_never_above_fgsm(trained_linear):
     assert (adv - x).abs().max() <= 0.2 + 1e-6
 
 
-def test_fgsm_any_is_foolbox_2s_fgsm(trained_linear):
-    """foolbox 2's GradientSignAttack with epsilons=20 and max_epsilon=eps, written out: an image already
-    misclassified left as it is; else the gradient sign at x, the steps linspace(0, eps, 21)[1:] tried in
-    order, the first that misclassifies kept; torchattacks' FGSM at eps for an image none fools. (A trained
-    model: a random network's logits on noise are near ties, which a batch of another size can flip.)"""
-    model, x, y = trained_linear
-    y = y.clone()
-    y[:3] = 1 - y[:3]  # three images the model gets wrong
-    net, eps = Pixels(model, (0.5,), (0.25,)), 0.3
-    xg = x.clone().requires_grad_(True)
-    nn.functional.cross_entropy(net(xg), y).backward()
-    sign = xg.grad.sign()
-    expected = torchattacks.FGSM(net, eps=eps)(x, y)
-    wrong = net(x).argmax(1) != y
-    expected[wrong] = x[wrong]
-    done = wrong.clone()
-    smaller = 0
-    for step in np.linspace(0, eps, 21)[1:]:
-        candidate = (x + float(step) * sign).clamp(0, 1)
-        fooled = (net(candidate).argmax(1) != y) & ~done
-        expected[fooled] = candidate[fooled]
-        done |= fooled
-        smaller += int(fooled.sum()) if step < eps - 1e-9 else 0
-    assert smaller > 0 and wrong.any()  # the cases where this measure differs from FGSM's
-    assert torch.allclose(fgsm_any(model, x, y, eps, (0.5,), (0.25,)), expected, atol=1e-6)
+class Wave(nn.Module):
+    """Two classes; logits (s, -s) with s = 4 cos(2 pi (m - 0.17) / 0.2) + 2 of the image's mean pixel m. Class 0
+    where s > 0: m within 0.067 of 0.17 + 0.2 k. Non-linear, so a longer step along the gradient's sign can
+    overshoot the wrong band into a right one again, where single-step FGSM and foolbox's measure part ways."""
+
+    def forward(self, x):
+        s = 4 * torch.cos(2 * np.pi * (x.mean(dim=(1, 2, 3)) - 0.17) / 0.2) + 2
+        return torch.stack([s, -s], 1)
+
+
+#: One uniform 1x4x4 image per case at eps 0.1 (label 0): already wrong; fooled by the step of eps (and by
+#: smaller ones); fooled only by smaller steps (eps overshoots, twice); held at the bound 1 by clipping, never
+#: fooled; already wrong.
+WAVE_PIXELS = (0.10, 0.19, 0.215, 0.205, 0.99, 0.5)
+
+
+def wave_images():
+    x = torch.tensor(WAVE_PIXELS).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    return x, torch.zeros(len(WAVE_PIXELS), dtype=torch.long)
+
+
+def foolbox2_fgsm(net, x, y, eps):
+    """foolbox 2.4's ``GradientSignAttack`` called as the published script did (``epsilons=[eps]``), written out
+    from its ``SingleStepGradientBaseAttack._run``, image by image: None where it finds no adversarial (its NaN)."""
+    found = []
+    for xi, yi in zip(x, y):
+        xi, yi = xi[None], yi[None]
+        if net(xi).argmax(1) != yi:  # already misclassified: returned as it is, the attack not run
+            found.append(xi[0])
+            continue
+        xg = xi.clone().requires_grad_(True)
+        nn.functional.cross_entropy(net(xg), yi, reduction="sum").backward()
+        gradient = xg.grad.sign() * (1 - 0)  # sign times (max - min) of the bounds (0, 1)
+        epsilons, adversarial = [eps], None
+        for _ in range(2):  # the given eps, then 20 smaller steps up to it
+            for i, epsilon in enumerate(epsilons):
+                perturbed = (xi + gradient * float(epsilon)).clamp(0, 1)
+                if net(perturbed).argmax(1) != yi:
+                    adversarial = perturbed[0]
+                    break
+            if adversarial is not None:
+                break
+            epsilons = np.linspace(0, epsilons[i], num=20 + 1)[1:]
+        found.append(adversarial)
+    return found
+
+
+def test_fgsm_any_is_foolbox_2s_fgsm_case_by_case():
+    net, (x, y), eps = Wave(), wave_images(), 0.1
+    expected = foolbox2_fgsm(net, x, y, eps)
+    ours = fgsm_any(net, x, y, eps)
+    for i, want in enumerate(expected):
+        if want is None:  # foolbox: no adversarial (NaN, counted correct); here the step of eps, still correct
+            assert net(ours[i:i + 1]).argmax(1).item() == 0
+            assert torch.equal(ours[i], fgsm(net, x, y, eps)[i])
+        else:
+            assert torch.allclose(ours[i], want, atol=1e-6), (WAVE_PIXELS[i], ours[i, 0, 0, 0], want[0, 0, 0])
+    # each rule was exercised: the image left as it is, eps kept although smaller steps fool too, a smaller step
+    # where eps overshoots, clipping at 1, no adversarial
+    assert torch.equal(ours[0], x[0])
+    assert ours[1, 0, 0, 0].item() == pytest.approx(0.29)
+    assert 0.21 < ours[2, 0, 0, 0].item() < 0.25 and 0.2 < ours[3, 0, 0, 0].item() < 0.25
+    assert ours[4].eq(1).all() and expected[4] is None
+    # so the two measures part: FGSM spares the overshot images, foolbox's measure does not
+    rows = {a: accuracies(robustness({"w": (net, config(1, (0.0,), (1.0,), 2))}, TensorDataset(x, y), a, [0, eps],
+                                     device="cpu"), "w") for a in ("fgsm", "fgsm-any")}
+    assert rows["fgsm"] == [pytest.approx(4 / 6), pytest.approx(3 / 6)]
+    assert rows["fgsm-any"] == [pytest.approx(4 / 6), pytest.approx(1 / 6)]
+
+
+def test_fgsm_any_matches_foolbox_2_4_itself(monkeypatch):
+    """The same check against foolbox 2.4 itself, where it is installed (``pip install foolbox==2.4.0``;
+    optional: foolbox 3 has another API)."""
+    import collections
+    import collections.abc
+
+    for name in ("Iterable", "Mapping"):  # foolbox 2 predates Python 3.10, which moved them to collections.abc
+        monkeypatch.setattr(collections, name, getattr(collections.abc, name), raising=False)
+    foolbox = pytest.importorskip("foolbox")
+    if not foolbox.__version__.startswith("2."):
+        pytest.skip(f"foolbox {foolbox.__version__} installed; the oracle is foolbox 2.4")
+    net, (x, y), eps = Wave(), wave_images(), 0.1
+    attack = foolbox.attacks.FGSM(foolbox.models.PyTorchModel(net, bounds=(0, 1), num_classes=2))
+    theirs = torch.from_numpy(attack(x.numpy(), y.numpy(), epsilons=[eps], max_epsilon=0)).float()
+    ours = fgsm_any(net, x, y, eps)
+    none = torch.isnan(theirs).flatten(1).all(1)
+    assert none.tolist() == [False, False, False, False, True, False]
+    assert torch.allclose(ours[~none], theirs[~none], atol=1e-6)
+    assert (net(ours[none]).argmax(1) == y[none]).all()
 
 
 def test_a_batch_of_one_gives_the_same_accuracy(trained_linear):
@@ -348,7 +412,7 @@ def test_attack_command_compares_hcgnet_and_a_timm_baseline(capsys, runs):
                                                       for m in (SPEC, "test_resnet")]
     assert all(int(r["images"]) == 6 for r in rows)
     saved = json.loads((out / "robustness.json").read_text())
-    assert saved["attack"] == "fgsm" and saved["split"] == "test" and saved["models"] == [SPEC, "test_resnet"]
+    assert saved["attack"] == "fgsm-any" and saved["split"] == "test" and saved["models"] == [SPEC, "test_resnet"]
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # eps 0 is hcgnet eval's top-1 on the same split, for both models
     for key, model in (("hcgnet", SPEC), ("resnet", "test_resnet")):

@@ -303,10 +303,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from hcgnet.analysis.attack import attack_checkpoints, check_options, table, write_results
-    from hcgnet.analysis.options import amp_dtype, check_output_folder
+    from hcgnet.analysis.attack import RESULTS, attack_checkpoints, check_options, heading, table, write_results
+    from hcgnet.analysis.options import amp_dtype
     from hcgnet.evaluation import device_of
-    from hcgnet.files import reported_write
+    from hcgnet.files import check_output_folder, reported_write
     from hcgnet.inference import _progress, note_on_stderr
 
     eps = []
@@ -317,7 +317,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             raise HCGNetError(f"--eps takes comma-separated numbers such as 0,0.001,0.002, got {args.eps!r}") from None
     check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size, args.workers)
     amp_dtype(args.amp, device_of(args.device))
-    out = check_output_folder(args.output, "robustness.csv, robustness.json and robustness.png")
+    out = check_output_folder(args.output, ", ".join(RESULTS), RESULTS, args.force)
     bar = {}
 
     def start(total: int) -> None:
@@ -332,10 +332,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         bar["bar"].close()
     with reported_write(out):
         write_results(result, out)
-    count = result["rows"][0]["images"] if result["rows"] else 0
-    print(f"{args.attack} on {args.data} ({result['split']}, {count} images): top-1 accuracy on the attacked images")
+    print(heading(result))
     print(table(result))
-    print(f"wrote {out}/: robustness.csv, robustness.json, robustness.png")
+    print(f"wrote {out}/: {', '.join(RESULTS)}")
     return 0
 
 
@@ -682,7 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
 
-    at = sub.add_parser("attack", help="accuracy of checkpoints under FGSM or PGD at several eps (the paper's Figure 5)")
+    from hcgnet.analysis.attack import PAPER_ATTACK, PAPER_EPS
+
+    at = sub.add_parser("attack", help="accuracy of checkpoints under attack at several eps (by default the paper's "
+                        "Figure 5 measure: foolbox 2's FGSM)")
     at.add_argument("--checkpoint", action="append", required=True, metavar="FILE",
                     help=".safetensors or .pt of hcgnet train/convert; repeat to compare models (e.g. a timm baseline)")
     at.add_argument("--model", action="append", default=None, metavar="NAME",
@@ -691,11 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
     at.add_argument("--split", choices=("test", "val", "all"), default=None,
                     help="as hcgnet eval (default: all for a folder the checkpoint was not trained on, else test)")
-    at.add_argument("--attack", default="fgsm",
-                    help="fgsm: one signed-gradient step of eps; fgsm-any: foolbox 2's measure (wrong if any of 20 "
-                         "step sizes in (0, eps] fools the model); pgd: L-inf PGD (default fgsm)")
-    at.add_argument("--eps", default="0,0.001,0.002,0.004",
-                    help="comma-separated eps in pixel units, images in [0, 1] (default 0,0.001,0.002,0.004)")
+    at.add_argument("--attack", default=PAPER_ATTACK,
+                    help="fgsm-any (default): the paper's measure, foolbox 2's FGSM as the published script called it "
+                         "(the step of eps, then 20 smaller ones; wrong if any fools the model); fgsm: exactly one "
+                         "signed-gradient step of eps; pgd: L-inf PGD")
+    at.add_argument("--eps", default=",".join(f"{e:g}" for e in PAPER_EPS),
+                    help="comma-separated eps in pixel units, images in [0, 1] (default the paper's: %(default)s)")
     at.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
     at.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
     at.add_argument("--random-start", action="store_true", help="PGD from a uniform random point of the eps-ball")
@@ -708,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "gradients stay float32 (bf16: GPUs and CPUs with AVX512-BF16/AMX; fp16: GPUs; default none)")
     at.add_argument("--output", required=True, metavar="DIR",
                     help="folder for robustness.csv, robustness.json and robustness.png")
+    at.add_argument("--force", action="store_true", help="replace the results of an earlier run in --output")
     at.set_defaults(func=cmd_attack)
 
     at = sub.add_parser("attention", help="where the gates look: their attention maps over images, PNG grid")

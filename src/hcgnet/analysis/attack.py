@@ -1,4 +1,4 @@
-"""Accuracy under adversarial attack, as the paper's Figure 5 and its robustness table measure it.
+"""Accuracy under adversarial attack: the measure of the paper's Figure 5 and its robustness table, and two others.
 
 Every attack works in pixel space: images in [0, 1], the model's normalisation ``(x - mean) / std`` applied
 inside the attacked function (so ``eps`` is in pixel units, as the paper gives it), adversarial images
@@ -6,13 +6,14 @@ clipped to [0, 1]. The model is put in eval mode; only the input gets a gradient
 
 Three attacks:
 
-* :func:`fgsm` -- exactly one signed-gradient step of size ``eps`` (Goodfellow et al. 2015). "Accuracy under
-  FGSM at eps" is the share of images still classified correctly after that one step.
-* :func:`fgsm_any` -- the measure of foolbox 2's ``FGSM`` (``GradientSignAttack``), which the published
-  robustness table (ImageNet, eps 0.001-0.005) used: the same gradient sign, but an image that the step of
-  size ``eps`` does not flip is retried at 20 smaller step sizes linearly spaced in (0, eps]; the image counts
-  as wrong if *any* of them flips it. So it measures "some eps' <= eps fools the model", and its accuracy is
-  never above :func:`fgsm`'s (eps itself is one of the 20).
+* :func:`fgsm_any` -- the paper's measure (``hcgnet attack``'s default): foolbox 2's ``FGSM``
+  (``GradientSignAttack``) as the published robustness script called it, with ``epsilons=[eps]``. The step of
+  ``eps`` along the gradient's sign is tried first; an image it does not flip is retried at the 20 step sizes
+  ``linspace(0, eps, 21)[1:]`` (foolbox's hard-coded retry), smallest first, and the first that flips it is
+  kept. An image counts as wrong if *any* of those steps fools the model: "some eps' <= eps fools it", so its
+  accuracy is never above :func:`fgsm`'s, and on a non-linear model it can be far below.
+* :func:`fgsm` -- exactly one signed-gradient step of size ``eps`` (Goodfellow et al. 2015): the share of
+  images still classified correctly after that one step. Not the paper's measure.
 * :func:`pgd` -- L-inf projected gradient descent (Madry et al. 2018): ``steps`` signed steps of
   ``step_size``, each projected back onto the eps-ball around the image and onto [0, 1], optionally from a
   uniform random start in the ball. An image stays at the first iterate that fools the model, so more steps
@@ -25,6 +26,7 @@ An image the model already gets wrong stays wrong: accuracy is counted on the at
 import csv
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -34,12 +36,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file
 from hcgnet.data import DataConfig, DataError, build_eval_dataset
-from hcgnet.errors import CheckpointError, HCGNetError
+from hcgnet.errors import CheckpointError, HCGNetError, plural
 from hcgnet.evaluation import autocast, device_of
 
-ATTACKS = ("fgsm", "fgsm-any", "pgd")
-#: How many step sizes foolbox 2's FGSM tries in (0, eps] (its ``epsilons`` when given a number, as the
-#: published robustness script did).
+ATTACKS = ("fgsm-any", "fgsm", "pgd")
+#: The paper's measure, and the eps of its Figure 5 and robustness table (ImageNet, pixel units).
+PAPER_ATTACK = "fgsm-any"
+PAPER_EPS = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005)
+#: How many smaller step sizes foolbox 2's FGSM retries in (0, eps] when the step of eps does not fool the
+#: model: hard-coded in its ``SingleStepGradientBaseAttack._run``. (The published script passed ``epsilons=[eps]``;
+#: this 20 is foolbox's, not the script's.)
 FGSM_ANY_STEPS = 20
 Stats = Optional[Sequence[float]]
 
@@ -124,20 +130,26 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mean: S
 
 def fgsm_any(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mean: Stats = None,
              std: Stats = None, tries: int = FGSM_ANY_STEPS) -> torch.Tensor:
-    """foolbox 2's FGSM measure: the gradient sign at ``x``, tried at ``tries`` step sizes linearly spaced in
-    (0, eps] (the last being eps); each image gets the smallest step that makes the model misclassify it,
-    or the step of eps when none does; an image already misclassified is left as it is (foolbox 2 returns
-    it unchanged). So an image is wrong under this attack if any eps' <= eps fools the
-    model -- a stronger measure than :func:`fgsm`'s single step of eps."""
+    """foolbox 2.4's ``FGSM(model)(x, y, epsilons=[eps])``, the published robustness script's call, rule by rule:
+
+    * an image the model already misclassifies is returned as it is (foolbox does not run the attack);
+    * the gradient sign is taken once, at ``x``; the candidates are ``clip(x + step * sign, 0, 1)``;
+    * the step of ``eps`` is tried first, and kept if it fools the model;
+    * otherwise the steps ``linspace(0, eps, tries + 1)[1:]`` are tried in increasing order and the first one
+      that fools the model is kept (``eps`` itself is the last of them);
+    * when none does, foolbox returns NaN (the script counts the image as correct); here the step of ``eps``
+      is returned, which the model still classifies correctly, so accuracy is counted the same.
+
+    So an image is wrong under this attack if any eps' <= eps of those fools the model."""
     eps = _check_eps(eps)
     net = _pixels_model(model, mean, std)
     if eps == 0:
         return x.detach().clone()
     sign = _input_gradient(net, x, y).sign()
     adv = (x + eps * sign).clamp(0, 1)
-    # As foolbox 2: an image the model already gets wrong is its own adversarial (left as it is).
-    adv[_predict(net, x) != y] = x[_predict(net, x) != y]
-    pending = _predict(net, x) == y  # not fooled yet at a smaller step
+    wrong = _predict(net, x) != y
+    adv[wrong] = x[wrong]
+    pending = ~wrong & (_predict(net, adv) == y)  # the step of eps did not fool these: retry smaller steps
     for step in torch.linspace(0, eps, tries + 1, dtype=torch.float64)[1:].tolist():
         if not pending.any():
             break
@@ -271,12 +283,15 @@ def robustness(
             if x.shape[1] != len(config.mean):
                 raise CheckpointError(f"{name} takes {len(config.mean)}-channel images but the data gives "
                                       f"{x.shape[1]}")
+            right = _predict(net, x) == y
             state = generator.get_state()
             for i, eps in enumerate(eps_values):
                 generator.set_state(state)  # the same random start at every eps (scaled by it)
                 adv = run_attack(attack, net, x, y, eps, steps=steps, step_size=step_size,
                                  random_start=random_start, generator=generator)
-                counts[(i, name)][0] += int((_predict(net, adv) == y).sum())
+                # an image the model gets wrong counts as wrong, even where a step happens to right it (FGSM
+                # moves every image, as torchattacks' does); foolbox's measure and PGD leave such images as they are
+                counts[(i, name)][0] += int(((_predict(net, adv) == y) & right).sum())
                 counts[(i, name)][1] += len(y)
             if progress is not None:
                 progress(1)
@@ -342,16 +357,30 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
     return dataset, config, split
 
 
-def model_label(path: str, meta: Dict[str, str], taken: Sequence[str]) -> str:
-    """A short column name for a checkpoint: its model name, made unique with the file's name."""
-    label = meta.get("model_name") or Path(path).stem
-    if label in taken:
-        label = f"{label} ({Path(path).name})"
-    n = 2
-    base = label
-    while label in taken:
-        label, n = f"{base} #{n}", n + 1
-    return label
+def model_labels(paths: Sequence[str], names: Sequence[Optional[str]]) -> List[str]:
+    """Short column names for checkpoints: each one's model name (``names``, else the file's stem); where two
+    or more share one, the shortest path suffix that tells them apart is added (``runA/best`` and
+    ``runB/best`` for two ``best.safetensors``); the same file given twice gets ``#2``."""
+    stems = [Path(p).with_suffix("") for p in paths]
+    bases = [name or stem.name for name, stem in zip(names, stems)]
+    labels = list(bases)
+    for base in set(bases):
+        group = [i for i, b in enumerate(bases) if b == base]
+        if len(group) < 2:
+            continue
+        parts = [Path(os.path.abspath(stems[i])).parts for i in group]
+        for k in range(1, max(len(p) for p in parts) + 1):
+            suffixes = ["/".join(p[-k:]) for p in parts]
+            if len(set(suffixes)) == len(suffixes):
+                break
+        for i, suffix in zip(group, suffixes):
+            labels[i] = suffix if base == stems[i].name else f"{base} ({suffix})"
+    for i, label in enumerate(labels):  # a file given twice: no suffix tells the two apart
+        n, base = 2, label
+        while label in labels[:i]:
+            label, n = f"{base} #{n}", n + 1
+        labels[i] = label
+    return labels
 
 
 def attack_checkpoints(
@@ -363,9 +392,10 @@ def attack_checkpoints(
     skip_bad_images: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """:func:`robustness` for checkpoint files, each on the images ``hcgnet eval`` would score for it.
-    ``model_names``: one per checkpoint (None: the checkpoint says). ``on_total(batches)`` is called once the
-    work is known, before it starts (for a progress bar). Returns ``{"attack", "data", "split", "models",
-    "checkpoints", "rows", ...}``. ``amp``, ``workers``: as :func:`robustness`; ``skip_bad_images``: as
+    ``model_names``: one per checkpoint (None: the checkpoint says); the columns are named by
+    :func:`model_labels`. ``on_total(batches)`` is called once the
+    work is known, before it starts (for a progress bar). Returns ``{"attack", "data", "split", "splits" (model ->
+    its split), "models", "checkpoints", "rows", ...}``. ``amp``, ``workers``: as :func:`robustness`; ``skip_bad_images``: as
     :func:`checkpoint_dataset`."""
     from hcgnet.inference import load_model
 
@@ -379,20 +409,22 @@ def attack_checkpoints(
     models: Dict[str, Tuple[nn.Module, DataConfig]] = {}
     datasets: Dict[str, Dataset] = {}
     files: Dict[str, str] = {}
-    splits = set()
+    splits: Dict[str, str] = {}
     for path in checkpoints:
         checkpoint_file(path)  # every file checked before the first one loads
+    loaded = []
     for path, name in zip(checkpoints, names):
         model, meta = load_model(path, name)
+        loaded.append((path, model, meta, name or meta.get("model_name")))
+    for label, (path, model, meta, _) in zip(model_labels(checkpoints, [n for *_, n in loaded]), loaded):
         dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split, skip_bad_images)
-        label = model_label(path, meta if not name else {**meta, "model_name": name}, list(models))
-        models[label], datasets[label], files[label] = (model, config), dataset, str(path)
-        splits.add(used)
+        models[label], datasets[label], files[label], splits[label] = (model, config), dataset, str(path), used
     if on_total is not None:
         on_total(sum(len(_loader(d, limit, batch_size)) for d in datasets.values()))
     rows = robustness(models, datasets, attack, eps_values, steps, step_size, random_start, seed, batch_size,
                       limit, device, progress, amp, workers)
-    return {"attack": attack, "data": data, "split": "/".join(sorted(splits)), "eps": eps_values, "amp": amp,
+    return {"attack": attack, "data": data, "split": "/".join(sorted(set(splits.values()))), "splits": splits,
+            "eps": eps_values, "amp": amp,
             "steps": steps if attack == "pgd" else None,
             "step_size": (step_size if step_size is not None else "2.5*eps/steps") if attack == "pgd" else None,
             "random_start": random_start if attack == "pgd" else None, "seed": seed,
@@ -400,6 +432,30 @@ def attack_checkpoints(
 
 
 # ------------------------------------------------------------------------------------------------ outputs
+
+
+#: The files ``hcgnet attack`` writes into its ``--output`` folder.
+RESULTS = ("robustness.csv", "robustness.json", "robustness.png")
+
+
+def attack_name(result: Dict[str, Any]) -> str:
+    """What the result measured, in words (for the heading and the plot)."""
+    return {"fgsm-any": "FGSM as foolbox 2 runs it (the paper's measure: wrong if any eps' <= eps fools)",
+            "fgsm": "single-step FGSM (one step of eps; not the paper's measure)",
+            "pgd": f"PGD L-inf, {result.get('steps')} steps"}[result["attack"]]
+
+
+def heading(result: Dict[str, Any]) -> str:
+    """The line above :func:`table`: the attack, the data, and each model's split and image count (one pair
+    when all models share it)."""
+    per_model = {}
+    for model in result["models"]:
+        images = next((r["images"] for r in result["rows"] if r["model"] == model), 0)
+        per_model[model] = f"{result.get('splits', {}).get(model, result['split'])}, {plural(images, 'image')}"
+    shared = set(per_model.values())
+    where = (f" ({shared.pop()})" if len(shared) == 1 else
+             " (" + "; ".join(f"{m}: {w}" for m, w in per_model.items()) + ")")
+    return f"{attack_name(result)} on {result['data']}{where}: top-1 accuracy on the attacked images"
 
 
 def table(result: Dict[str, Any]) -> str:
@@ -416,39 +472,20 @@ def table(result: Dict[str, Any]) -> str:
 
 
 def write_results(result: Dict[str, Any], folder: Union[str, Path]) -> List[Path]:
-    """``robustness.csv`` (eps, model, attack, correct, images, accuracy), ``robustness.json`` (the settings
-    and rows) and ``robustness.png`` (accuracy against eps, one line per model) in ``folder``."""
+    """:data:`RESULTS` in ``folder``: ``robustness.csv`` (eps, model, split, attack, correct, images, accuracy),
+    ``robustness.json`` (the settings and rows) and ``robustness.png`` (accuracy against eps, one line per
+    model; :func:`hcgnet.analysis.attack_plots.plot`)."""
+    from hcgnet.analysis.attack_plots import plot
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    splits = result.get("splits", {})
     with open(folder / "robustness.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=("eps", "model", "attack", "correct", "images", "accuracy"))
+        writer = csv.DictWriter(f, fieldnames=("eps", "model", "split", "attack", "correct", "images", "accuracy"))
         writer.writeheader()
         for r in result["rows"]:
-            writer.writerow({**r, "accuracy": "" if r["accuracy"] is None else f"{r['accuracy']:.6f}"})
+            writer.writerow({**r, "split": splits.get(r["model"], result.get("split", "")),
+                             "accuracy": "" if r["accuracy"] is None else f"{r['accuracy']:.6f}"})
     (folder / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, folder / "robustness.png")
-    return [folder / n for n in ("robustness.csv", "robustness.json", "robustness.png")]
-
-
-def plot(result: Dict[str, Any], path: Union[str, Path]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for model in result["models"]:
-        points = sorted((r["eps"], 100 * r["accuracy"]) for r in result["rows"]
-                        if r["model"] == model and r["accuracy"] is not None)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
-    name = {"fgsm": "FGSM (one step of eps)", "fgsm-any": "FGSM, any eps' <= eps (foolbox 2)",
-            "pgd": f"PGD L-inf, {result.get('steps')} steps"}[result["attack"]]
-    ax.set_xlabel("eps (pixel units, images in [0, 1])")
-    ax.set_ylabel("top-1 accuracy on attacked images (%)")
-    ax.set_title(f"{name} on {result['data']} ({result['split']})", fontsize=10)
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return [folder / n for n in RESULTS]
