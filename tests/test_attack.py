@@ -180,6 +180,55 @@ def test_pgd_more_steps_is_at_least_as_strong(trained_linear):
     assert twice[0] == twice[1]
 
 
+class Threshold(nn.Module):
+    """Two classes: class 1 once the image's mean pixel passes ``t`` (logits 0 and 50 (m - t)). The loss of
+    label 0 rises with every pixel, so each signed step moves every pixel up by the step size."""
+
+    def __init__(self, t):
+        super().__init__()
+        self.t = t
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(m), 50 * (m - self.t)], 1)
+
+
+def test_pgd_default_step_size_is_2_5_eps_over_steps():
+    # eps 0.2, 10 steps: steps of 0.05 from 0.3 reach 0.35 (still class 0), then 0.40, past 0.36: the first
+    # adversarial, kept. Steps of eps / steps = 0.02 would stop at 0.38, of eps at 0.5.
+    x, y = torch.full((1, 1, 2, 2), 0.3), torch.zeros(1, dtype=torch.long)
+    adv = pgd(Threshold(0.36), x, y, 0.2, steps=10)
+    assert torch.allclose(adv, torch.full_like(x, 0.40), atol=1e-6), adv.flatten()
+
+
+def test_pgd_starts_from_the_same_random_point_at_every_eps(monkeypatch):
+    import hcgnet.analysis.attack as attack
+
+    # Labels the model never gives: every image is misclassified at its random start, so PGD returns the start
+    # itself, x + eps * u with u uniform in [-1, 1] (clipped to [0, 1]); u must be the same at every eps.
+    x = torch.full((6, 1, 4, 4), 0.5)
+    y = torch.ones(6, dtype=torch.long)
+    starts, run = {}, attack.run_attack
+
+    def spy(name, net, images, labels, eps, **kwargs):
+        adv = run(name, net, images, labels, eps, **kwargs)
+        starts.setdefault(eps, []).append(adv)
+        return adv
+
+    monkeypatch.setattr(attack, "run_attack", spy)
+    robustness({"m": (Threshold(2.0), config(1, (0.0,), (1.0,), 2))}, TensorDataset(x, y), "pgd", [0.1, 0.2, 0.4],
+               steps=3, random_start=True, seed=3, batch_size=4, device="cpu")
+    u = {eps: (torch.cat(found) - 0.5) / eps for eps, found in starts.items()}  # no clipping: |eps u| <= 0.4
+    assert u[0.1].abs().max() > 0.5 and u[0.1].std() > 0.2  # a real random draw, not 0 or a constant
+    assert u[0.1].abs().max() <= 1 + 1e-5
+    torch.testing.assert_close(u[0.2], u[0.1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(u[0.4], u[0.1], atol=1e-5, rtol=0)
+    # and the draw is the seed's: batches of 4 and 2 from one CPU generator seeded with 3
+    g = torch.Generator().manual_seed(3)
+    expected = torch.cat([torch.rand((4, 1, 4, 4), generator=g), torch.rand((2, 1, 4, 4), generator=g)]) * 2 - 1
+    torch.testing.assert_close(u[0.1], expected, atol=1e-5, rtol=0)
+
+
 def test_fgsm_any_is_never_above_fgsm(trained_linear):
     model, x, y = trained_linear
     cfg, data = config(1, (0.5,), (0.25,), 2), TensorDataset(x, y)
@@ -546,6 +595,46 @@ def test_newcomers_mistakes_are_one_line(capsys, runs):
                                f"imagefolder:{runs['base'] / 'empty'}", "--output", runs["base"] / "bad"))
     assert "no class sub-folders" in line
     assert not (runs["base"] / "bad").exists()
+
+
+def test_attack_refuses_to_replace_earlier_results_without_force(capsys, runs):
+    out = runs["base"] / "twice"
+    argv = ["attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"], "--eps", "0,0.01", "--output", out]
+    code, text, err = cli(capsys, *argv)
+    assert code == 0, err
+    assert f"wrote {out}/: robustness.csv, robustness.json, robustness.png" in text
+    before = {n: (out / n).read_bytes() for n in ("robustness.csv", "robustness.json", "robustness.png")}
+    line = one_line_error(*cli(capsys, *argv[:-4], "--eps", "0,0.05", "--output", out))
+    assert "already holds robustness.csv, robustness.json, robustness.png" in line and "--force" in line
+    assert {n: (out / n).read_bytes() for n in before} == before  # untouched
+    code, text, err = cli(capsys, *argv[:-4], "--eps", "0,0.05", "--output", out, "--force")
+    assert code == 0, err
+    assert [r["eps"] for r in json.loads((out / "robustness.json").read_text())["rows"]] == [0, 0.05]
+
+
+def test_labels_tell_apart_checkpoints_of_the_same_name():
+    from hcgnet.analysis.attack import model_labels
+
+    assert model_labels(["runs/a/best.safetensors", "runs/b/best.safetensors"], [None, None]) == ["a/best", "b/best"]
+    assert model_labels(["x/run/best.pt", "y/run/best.pt", "z/last.pt"], [None, None, None]) == [
+        "x/run/best", "y/run/best", "last"]
+    assert model_labels(["a/best.pt", "b/best.pt"], ["hcgnet_a1", "hcgnet_a1"]) == [
+        "hcgnet_a1 (a/best)", "hcgnet_a1 (b/best)"]
+    assert model_labels(["a/best.pt", "b/best.pt"], ["hcgnet_a1", "resnet18"]) == ["hcgnet_a1", "resnet18"]
+    assert model_labels(["a/best.pt", "a/best.pt"], [None, None]) == ["best", "best #2"]
+
+
+def test_heading_names_each_models_split_and_image_count():
+    from hcgnet.analysis.attack import heading
+
+    rows = [{"eps": 0.0, "model": "A", "images": 6}, {"eps": 0.0, "model": "B", "images": 9}]
+    mixed = {"attack": "fgsm-any", "data": "imagefolder:x", "split": "all/test", "splits": {"A": "test", "B": "all"},
+             "models": ["A", "B"], "rows": rows}
+    assert "(A: test, 6 images; B: all, 9 images)" in heading(mixed)
+    assert "the paper's measure" in heading(mixed)
+    same = {**mixed, "splits": {"A": "test", "B": "test"}, "rows": [{**r, "images": 6} for r in rows]}
+    assert "on imagefolder:x (test, 6 images):" in heading(same)
+    assert "not the paper's measure" in heading({**same, "attack": "fgsm"})
 
 
 # ------------------------------------------------------------------------------------------------ timm baselines

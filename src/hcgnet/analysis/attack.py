@@ -372,9 +372,9 @@ def model_labels(paths: Sequence[str], names: Sequence[Optional[str]]) -> List[s
         for k in range(1, max(len(p) for p in parts) + 1):
             suffixes = ["/".join(p[-k:]) for p in parts]
             if len(set(suffixes)) == len(suffixes):
+                for i, suffix in zip(group, suffixes):
+                    labels[i] = suffix if base == stems[i].name else f"{base} ({suffix})"
                 break
-        for i, suffix in zip(group, suffixes):
-            labels[i] = suffix if base == stems[i].name else f"{base} ({suffix})"
     for i, label in enumerate(labels):  # a file given twice: no suffix tells the two apart
         n, base = 2, label
         while label in labels[:i]:
