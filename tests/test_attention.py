@@ -13,8 +13,8 @@ from torch import nn
 
 from conftest import picture
 import hcgnet
-from hcgnet.analysis.attention import (CELL_HEIGHT, CELL_WIDTH, MAP_KINDS, attention_grid, default_modules,
-                                       gate_maps, weights_plot)
+from hcgnet.analysis.attention import MAP_KINDS, default_modules, gate_maps, summary, upsample_map
+from hcgnet.analysis.attention_plots import CELL_HEIGHT, CELL_WIDTH, attention_grid, weights_plot
 from hcgnet.cli import main
 from hcgnet.data import DataConfig
 from hcgnet.errors import HCGNetError
@@ -121,6 +121,74 @@ def test_planted_score_gives_the_peak_where_it_was_planted(images):
         assert forget[i, row, col] > 0.99
 
 
+def test_summary_gives_the_peak_as_row_then_column(images):
+    """A spot planted as above at (row 3, column 21) of a 20 x 28 map (not square, so a transposed or
+    mis-divided index shows): summary.json's peak is that row and that column."""
+    torch.manual_seed(0)
+    m = hcgnet.create_model(SPEC, num_classes=3).eval()
+    name, row, col = "stages.0.block.layers.0", 3, 21
+    smg = dict(m.named_modules())[name]
+
+    def spot(_m, _inputs, output):
+        out = torch.zeros_like(output)
+        out[:, :, row, col] = 1.0
+        return out
+    handle = smg.squeeze.register_forward_hook(spot)
+    with torch.no_grad():
+        smg.forget_gate.context.score.weight.fill_(10.0)
+        smg.forget_gate.context.score.bias.zero_()
+    try:
+        result = gate_maps(m, torch.randn(2, 3, 20, 28), [name])
+    finally:
+        handle.remove()
+    info = summary(result, ["a.png", "b.png"])
+    assert info["modules"][name]["map_size"] == [20, 28]
+    for entry in info["modules"][name]["per_image"]:
+        assert (entry["forget"]["peak_row"], entry["forget"]["peak_col"]) == (row, col)
+        assert entry["forget"]["peak_probability"] > 0.99
+
+
+def receptive_centre(convs: int, size: int, cell: int) -> float:
+    """Where a cell of a chain of ``convs`` 3x3 convs of stride 2 and padding 1 (HCGNet's transitions; its
+    ImageNet stem's conv and max-pool have the same geometry) looks: the middle of the pixels its value depends
+    on, found by back-propagating from that cell of a chain of all-ones convs (an oracle independent of
+    upsample_map)."""
+    chain = nn.Sequential(*[nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False) for _ in range(convs)])
+    for conv in chain:
+        nn.init.ones_(conv.weight)
+    x = torch.zeros(1, 1, size, size, requires_grad=True)
+    chain(x)[0, 0, cell, cell].backward()
+    seen = x.grad[0, 0].sum(1).nonzero()  # the rows it depends on (columns alike)
+    return (float(seen.min()) + float(seen.max())) / 2
+
+
+@pytest.mark.parametrize("convs, size, cell", [(1, 24, 5), (2, 24, 2), (5, 224, 3), (5, 224, 2)])
+def test_overlay_puts_a_planted_spot_where_its_cell_looks(convs, size, cell):
+    cells = size // 2 ** convs
+    spot = torch.zeros(cells, cells)
+    spot[cell, cell] = 1.0
+    up = upsample_map(spot, (size, size))
+    centre = receptive_centre(convs, size, cell)
+    assert centre == 2 ** convs * cell  # the geometry: cell i of stride s looks at pixel s i
+    flat = int(up.argmax())
+    assert (flat // size, flat % size) == (centre, centre)
+    assert float(up[int(centre), int(centre)]) == 1.0  # the cell's own value, not a blend
+    # and falls off symmetrically around it, to 0 one stride away
+    s = 2 ** convs
+    for k in range(1, s):
+        assert float(up[int(centre) - k, int(centre)]) == pytest.approx(float(up[int(centre) + k, int(centre)]))
+    assert float(up[int(centre) + s, int(centre)]) == 0.0
+
+
+def test_overlay_of_an_odd_sized_image_keeps_every_cells_value():
+    # 26 px at stride 4 gives 7 cells (26 -> 13 -> 7): cells at 0, 4, ..., 24; the last 2 px hold the edge value
+    m = torch.arange(7.0).view(1, 7).expand(3, 7)
+    up = upsample_map(m, (10, 26))
+    assert up.shape == (10, 26)
+    assert [float(up[0, 4 * i]) for i in range(7)] == [float(i) for i in range(7)]
+    assert float(up[0, 2]) == 0.5 and float(up[0, 25]) == 6.0
+
+
 def test_branch_weights_are_the_proportions_the_update_gate_fused_with(model, images):
     name = "stages.2.block.layers.0"
     gate = dict(model.named_modules())[name].update_gate
@@ -154,6 +222,24 @@ def test_collecting_changes_nothing(images):
     m.eval()
     with torch.no_grad():
         torch.testing.assert_close(m(images), before, atol=0, rtol=0)
+
+
+def test_gate_maps_runs_in_eval_mode_and_leaves_an_eval_model_in_eval_mode(images):
+    torch.manual_seed(0)
+    m = hcgnet.create_model(SPEC, num_classes=3).eval()
+    seen = []
+    handle = m.register_forward_hook(lambda module, inputs, output: seen.append(module.training))
+    try:
+        gate_maps(m, images)
+        m.train()
+        gate_maps(m, images)
+    finally:
+        handle.remove()
+    assert seen == [False, False]  # both forward passes in eval mode
+    assert m.training and all(mod.training for mod in m.modules())  # the train-mode model restored
+    m.eval()
+    gate_maps(m, images)
+    assert not any(mod.training for mod in m.modules())  # and the eval-mode one left in eval mode
 
 
 def test_a_batch_of_one_works_on_a_model_in_training_mode(images):
@@ -308,6 +394,27 @@ def test_cli_writes_the_pictures_maps_and_summary(capsys, checkpoint, tmp_path):
     assert "stages.1.transition" in out and "8x8" in out  # the table
 
 
+def test_cli_refuses_to_replace_earlier_results_without_force(capsys, checkpoint, tmp_path):
+    picture(tmp_path / "a.png", 0, size=(20, 26))
+    out = tmp_path / "new" / "out"  # missing parents are made
+    argv = ["attention", "--checkpoint", checkpoint, tmp_path / "a.png", "--output", out, "--modules",
+            "stages.2.transition"]
+    code, text, err = cli(capsys, *argv)
+    assert code == 0, err
+    before = {n: (out / n).read_bytes() for n in ("attention.png", "weights.png", "maps.npz", "summary.json")}
+    picture(tmp_path / "b.png", 1, size=(20, 26))
+    argv[3] = tmp_path / "b.png"
+    code, text, err = cli(capsys, *argv)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "already holds attention.png, weights.png, maps.npz, summary.json" in err and "--force" in err
+    assert {n: (out / n).read_bytes() for n in before} == before
+    code, text, err = cli(capsys, *argv, "--force")
+    assert code == 0, err
+    assert f"wrote {out / 'summary.json'}" in text
+    assert [Path(p["image"]).name for p in json.loads((out / "summary.json").read_text())["modules"][
+        "stages.2.transition"]["per_image"]] == ["b.png"]
+
+
 def test_cli_on_the_published_checkpoint(capsys, tmp_path):
     picture(tmp_path / "cat.png", 0, size=(32, 32))
     code, out, err = cli(capsys, "attention", "--checkpoint", PUBLISHED, "--model", "hcgnet_a1", tmp_path / "cat.png",
@@ -361,7 +468,6 @@ def test_cli_batches_give_the_maps_of_one_pass_and_progress_lines(capsys, checkp
     ("empty_folder", "hcgnet: error: no images to look at: no images in"),
     ("unknown_module", "hcgnet: error: unknown module 'stages.9'; SMG modules of this model: stages.0.block"),
     ("output_is_a_file", "is a file; give a folder"),
-    ("output_parent_missing", "does not exist; create it first"),
     ("unreadable_only", "hcgnet: error: none of the 1 images could be read"),
     ("max_images", "hcgnet: error: --max-images must be 1 or more, got 0"),
     ("batch_size", "hcgnet: error: --batch-size must be 1 or more, got 0"),
@@ -382,8 +488,6 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, ex
         extra = ["--modules", "stages.9"]
     elif case == "output_is_a_file":
         output = shot
-    elif case == "output_parent_missing":
-        output = tmp_path / "no" / "such"
     elif case == "unreadable_only":
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"nope")

@@ -223,7 +223,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from hcgnet.analysis.attention import attention_study, summary_table
 
     study = attention_study(args.checkpoint, args.images, args.output, args.model, args.modules,
-                            args.max_images, args.device, amp=args.amp, batch_size=args.batch_size)
+                            args.max_images, args.device, amp=args.amp, batch_size=args.batch_size, force=args.force)
     print(summary_table(study["summary"]))
     for path in study["files"].values():
         print(f"wrote {path}")
@@ -720,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image files, folders (searched recursively) or quoted patterns such as 'shots/*.png'")
     at.add_argument("--output", required=True, metavar="DIR",
                     help="folder for attention.png, weights.png, maps.npz and summary.json (created if missing)")
+    at.add_argument("--force", action="store_true", help="replace the results of an earlier run in --output")
     at.add_argument("--modules", nargs="+", default=None, metavar="NAME",
                     help="SMG modules, e.g. stages.1.block.layers.0 or stages.1.transition "
                          "(default: the last SMG module of each hybrid block)")

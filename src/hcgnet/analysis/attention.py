@@ -11,18 +11,19 @@ Everything is read through forward hooks on the identities the layers expose for
 (``AttentionPool.attention``, ``UpdateGate.branch_weights``, ``ForgetGate.channel_weights``): the model's own
 forward pass runs unchanged, there is no second implementation of it.
 
-    from hcgnet.analysis.attention import gate_maps, attention_grid, weights_plot
+    from hcgnet.analysis.attention import gate_maps
+    from hcgnet.analysis.attention_plots import attention_grid, weights_plot
     result = gate_maps(model, images)                  # images: (B, C, H, W), normalised as for the model
     attention_grid(images, result["maps"], "attention.png", mean=config.mean, std=config.std)
     weights_plot(result["weights"], "weights.png")
 """
 import difflib
+import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hcgnet.errors import HCGNetError
@@ -32,9 +33,6 @@ from hcgnet.layers.smg import SMGModule
 #: The three spatial maps of an SMG module, in column order, and their titles.
 MAP_KINDS = ("update_3x3", "update_dilated", "forget")
 MAP_TITLES = {"update_3x3": "update gate, 3x3", "update_dilated": "update gate, dilated", "forget": "forget gate"}
-#: Size of one picture of the grid (inches): its title line included.
-CELL_WIDTH, CELL_HEIGHT = 2.0, 2.3
-DPI = 100
 
 
 def smg_modules(model: nn.Module) -> Dict[str, SMGModule]:
@@ -134,138 +132,34 @@ def gate_maps(model: nn.Module, images: Tensor, modules: Optional[Sequence[str]]
     return {"maps": maps, "weights": weights, "logits": logits}
 
 
-# ------------------------------------------------------------------------------------------------ pictures
+# ------------------------------------------------------------------------------------------------ placement
 
 
-def _display(images: Tensor, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> np.ndarray:
-    """(B, H, W, C) in [0, 1] for imshow: un-normalised with ``mean``/``std``, else stretched per image."""
-    x = images.detach().float().cpu()
-    if mean is not None and std is not None:
-        c = x.shape[1]
-        x = x * torch.tensor(std, dtype=x.dtype).view(1, c, 1, 1) + torch.tensor(mean, dtype=x.dtype).view(1, c, 1, 1)
-    else:
-        lo = x.amin(dim=(1, 2, 3), keepdim=True)
-        hi = x.amax(dim=(1, 2, 3), keepdim=True)
-        x = (x - lo) / (hi - lo).clamp_min(1e-12)
-    return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+def module_stride(map_size: Sequence[int], image_size: Sequence[int]) -> tuple:
+    """(rows, columns) stride of a map of ``map_size`` over an image of ``image_size``: the size ratio rounded to
+    a power of two (HCGNet halves with stride-2 convs of padding 1, so an odd side gives ceil(H / 2))."""
+    return tuple(2 ** max(0, round(math.log2(big / small))) for small, big in zip(map_size, image_size))
 
 
-def _short(module: str) -> str:
-    return module.replace("stages.", "s").replace(".block.layers.", ".L").replace(".transition", ".T")
-
-
-def grid_shape(images: Tensor, maps: Dict[str, Dict[str, Tensor]]) -> tuple:
-    """(rows, columns) of :func:`attention_grid`: one row per image; the image, then one column per map."""
-    return images.shape[0], 1 + sum(len(kinds) for kinds in maps.values())
-
-
-def attention_grid(
-    images: Tensor, maps: Dict[str, Dict[str, Tensor]], path: Union[str, Path],
-    mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-    names: Optional[Sequence[str]] = None,
-) -> Path:
-    """A PNG grid of the attention maps over the images: one row per image, the image itself in the first
-    column, then one column per map (``maps`` as :func:`gate_maps` returns it), each map upsampled
-    (bilinear) to the image's size and overlaid on the image in gray (colours from 0 to the map's peak;
-    the corner says how many times the uniform 1 / (h w) the peak is). Titles name the module (``s1.L7`` =
-    ``stages.1.block.layers.7``, ``s1.T`` = ``stages.1.transition``) and the map. ``mean``/``std`` undo the
-    normalisation for display (without them each image is stretched to [0, 1]); ``names`` label the rows.
-    Every picture is :data:`CELL_WIDTH` x :data:`CELL_HEIGHT` inches at :data:`DPI`, so the PNG's size is
-    proportional to the grid's. Returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = _display(images, mean, std)
-    b, h, w = shown.shape[:3]
-    rows, cols = grid_shape(images, maps)
-    columns = [(module, kind) for module, kinds in maps.items() for kind in MAP_KINDS if kind in kinds]
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * CELL_WIDTH, rows * CELL_HEIGHT), dpi=DPI, squeeze=False)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.3 / (rows * CELL_HEIGHT) - 0.02,
-                        wspace=0.05, hspace=0.25)
-    gray = shown.shape[-1] == 1
-    for i in range(b):
-        picture = shown[i, :, :, 0] if gray else shown[i]
-        ax = axes[i, 0]
-        ax.imshow(picture, cmap="gray" if gray else None, vmin=0, vmax=1)
-        ax.set_title(Path(names[i]).name[:24] if names else f"image {i}", fontsize=8)
-        luminance = picture if gray else picture @ np.array([0.299, 0.587, 0.114])
-        for j, (module, kind) in enumerate(columns, 1):
-            m = maps[module][kind][i][None, None].float()
-            up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-            ax = axes[i, j]
-            ax.imshow(luminance, cmap="gray", vmin=0, vmax=1)  # in gray, so the colours are the map's
-            ax.imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=max(float(up.max()), 1e-12))
-            ax.set_title(f"{_short(module)} {MAP_TITLES[kind]}", fontsize=7)
-            ratio = float(maps[module][kind][i].max()) * maps[module][kind][i].numel()
-            ax.text(0.02, 0.02, f"peak {ratio:.1f}x uniform", transform=ax.transAxes, fontsize=6,
-                    bbox=dict(facecolor="white", alpha=0.7, pad=1, lw=0))
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    _save(fig, path)
-    return Path(path)
-
-
-def weights_plot(weights: Dict[str, Dict[str, Tensor]], path: Union[str, Path]) -> Path:
-    """A PNG of the gates' channel weights (``weights`` as :func:`gate_maps` returns it), one row per module:
-    left, the update gate's proportions per channel, 3x3 (``u_a``) stacked under dilated (``u_b``, the rest
-    to 1); right, the forget gate's ``f`` per channel. Bars are the mean over the images, the black ticks
-    their range when there are several. Returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = len(weights)
-    fig, axes = plt.subplots(rows, 2, figsize=(11, 2.6 * rows), dpi=DPI, squeeze=False)
-    for r, (module, w) in enumerate(weights.items()):
-        u = w["update"].float()          # (B, 2, C)
-        f = w["forget"].float()          # (B, C)
-        channels = np.arange(u.shape[-1])
-        ua = u[:, 0].mean(0).numpy()
-        ax = axes[r, 0]
-        ax.bar(channels, ua, width=0.9, color="tab:blue", label="3x3 (u_a)")
-        ax.bar(channels, 1 - ua, width=0.9, bottom=ua, color="tab:orange", label="dilated (u_b)")
-        ax.axhline(0.5, color="k", lw=0.6, ls="--")
-        if u.shape[0] > 1:
-            ax.vlines(channels, u[:, 0].amin(0).numpy(), u[:, 0].amax(0).numpy(), color="k", lw=0.8)
-        ax.set_ylim(0, 1)
-        ax.set_xlim(-0.5, len(channels) - 0.5)
-        ax.set_ylabel(_short(module), fontsize=9)
-        ax.set_title(f"{module}: update gate, share of each branch per channel", fontsize=9)
-        if r == 0:
-            ax.legend(fontsize=7, loc="upper right")
-        ax = axes[r, 1]
-        fc = np.arange(f.shape[-1])
-        ax.bar(fc, f.mean(0).numpy(), width=0.9, color="tab:green")
-        if f.shape[0] > 1:
-            ax.vlines(fc, f.amin(0).numpy(), f.amax(0).numpy(), color="k", lw=0.8)
-        ax.set_ylim(0, 1)
-        ax.set_xlim(-0.5, len(fc) - 0.5)
-        ax.set_title(f"{module}: forget gate f per channel", fontsize=9)
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes.flat:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in axes[-1]:
-        ax.set_xlabel("channel", fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    return Path(path)
-
-
-def _save(fig, path: Union[str, Path]) -> None:
-    import matplotlib.pyplot as plt
-
-    from hcgnet.files import atomic_path, reported_write
-
-    try:
-        with reported_write(path), atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+def upsample_map(attention: Tensor, image_size: Sequence[int]) -> Tensor:
+    """A (h, w) map at the image's size (H, W), each cell placed where it looks: a stride-``s`` cell ``i`` is
+    centred on pixel ``s i`` (HCGNet's downsampling, 3x3 convs and max-pools of stride 2 and padding 1, centres
+    output ``i`` on input ``2 i``), and pixels in between are interpolated bilinearly; past the last cell the
+    edge value holds. (``F.interpolate`` with ``align_corners=False`` would put cell ``i`` at ``s i + (s - 1) / 2``:
+    15.5 px off at stride 32.)"""
+    h, w = attention.shape
+    m = attention.detach().float()
+    out = m
+    for dim, (cells, pixels, stride) in enumerate(zip((h, w), image_size, module_stride((h, w), image_size))):
+        where = torch.arange(pixels, dtype=torch.float64) / stride  # pixel j in cell units
+        low = where.floor().clamp(max=cells - 1).long()
+        high = (low + 1).clamp(max=cells - 1)
+        frac = (where - low).clamp(0, 1).float()
+        a, b = out.index_select(dim, low), out.index_select(dim, high)
+        shape = [1, 1]
+        shape[dim] = pixels
+        out = a + (b - a) * frac.view(shape)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ summaries
@@ -335,29 +229,8 @@ def save_npz(result: Dict[str, object], names: Sequence[str], path: Union[str, P
 # ------------------------------------------------------------------------------------------------ the command
 
 
-def check_output_folder(folder: Union[str, Path], create: bool = True) -> Path:
-    """``folder`` as a folder hcgnet may write in, or a one-line :class:`HCGNetError` saying what to change.
-    A missing folder whose parent exists is created (with ``create``) or only checked for (without)."""
-    from hcgnet.files import can_write_in
-
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise HCGNetError(f"--output {folder} is a file; give a folder to write the pictures in")
-    if not folder.exists():
-        if not folder.parent.is_dir():
-            raise HCGNetError(f"folder {folder.parent} does not exist; create it first")
-        if not create:
-            if not can_write_in(folder.parent):
-                raise HCGNetError(f"--output: cannot create folder {folder} in {folder.parent} (read-only or no "
-                                  "permission); choose another")
-            return folder
-        try:
-            folder.mkdir()
-        except OSError as e:
-            raise HCGNetError(f"--output: cannot create folder {folder}: {e.strerror or e}") from None
-    if not can_write_in(folder):
-        raise HCGNetError(f"--output: cannot write in folder {folder} (read-only or no permission); choose another")
-    return folder
+#: The files ``hcgnet attention`` writes into its ``--output`` folder.
+RESULTS = ("attention.png", "weights.png", "maps.npz", "summary.json")
 
 
 def _concat(parts: List[Dict[str, object]]) -> Dict[str, object]:
@@ -374,7 +247,7 @@ def _concat(parts: List[Dict[str, object]]) -> Dict[str, object]:
 def attention_study(
     checkpoint: str, images: Sequence[str], output: Union[str, Path], model_name: Optional[str] = None,
     modules: Optional[Sequence[str]] = None, max_images: int = 16, device: Optional[str] = None,
-    log=None, amp: str = "none", batch_size: int = 8, progress: Optional[bool] = None,
+    log=None, amp: str = "none", batch_size: int = 8, progress: Optional[bool] = None, force: bool = False,
 ) -> Dict[str, object]:
     """``hcgnet attention``: the gate maps of ``modules`` of the model in ``checkpoint`` for the image files,
     folders or glob patterns ``images`` (the first ``max_images`` readable ones), written to the folder
@@ -382,14 +255,16 @@ def attention_study(
     ``maps.npz`` (:func:`save_npz`) and ``summary.json`` (:func:`summary`). Unreadable images are skipped
     with a warning through ``log``. The images are read and run ``batch_size`` at a time, under autocast with
     ``amp`` "bf16" (or "fp16" on a GPU); ``progress``: a bar over the images (default: on a terminal; a line
-    every 30 s elsewhere). Returns ``{"files": {...: path}, "summary": ..., "result": gate_maps'}``."""
+    every 30 s elsewhere). Results of an earlier run in ``output`` are refused unless ``force``. Returns
+    ``{"files": {...: path}, "summary": ..., "result": gate_maps'}``."""
     import json
 
+    from hcgnet.analysis.attention_plots import attention_grid, weights_plot
     from hcgnet.analysis.options import amp_dtype, checkpoint_file
     from hcgnet.evaluation import device_of
     from hcgnet.analysis.options import progress as progress_bar
     from hcgnet.data import DataError, build_eval_transform
-    from hcgnet.files import atomic_path, reported_write
+    from hcgnet.files import atomic_path, check_output_folder, reported_write
     from hcgnet.inference import (_read_images, collect_images, data_config_of, guess_note, load_model,
                                   note_on_stderr)
 
@@ -403,7 +278,7 @@ def attention_study(
     files, problems = collect_images(images)
     if not files:
         raise DataError("no images to look at: " + "; ".join(p["error"] for p in problems[:3]))
-    check_output_folder(output, create=False)  # before the model loads: a mistake costs seconds
+    folder = check_output_folder(output, "the pictures, maps and summary", RESULTS, force)  # before any work
     for p in problems:
         log(f"hcgnet: warning: {p['error']}; skipped")
     model, meta = load_model(checkpoint_file(checkpoint), model_name)
@@ -435,8 +310,9 @@ def attention_study(
         log(f"note: showing the first {len(readable)} of {len(files)} images (--max-images {max_images})")
     x = torch.stack(batch)
     result = _concat(parts)
-    folder = check_output_folder(output)
-    written = {name: folder / name for name in ("attention.png", "weights.png", "maps.npz", "summary.json")}
+    with reported_write(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    written = {name: folder / name for name in RESULTS}
     attention_grid(x, result["maps"], written["attention.png"], config.mean, config.std, readable)
     weights_plot(result["weights"], written["weights.png"])
     save_npz(result, readable, written["maps.npz"])

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.evaluation import AMP_DTYPES
+from hcgnet.files import check_output_folder  # noqa: F401  (the shared check; importable from here as before)
 
 
 def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -95,17 +96,3 @@ def checkpoint_file(path: Union[str, Path], flag: str = "--checkpoint") -> Path:
                 else "give a .safetensors or .pt file")
         raise CheckpointError(f"{flag} {p} is a folder, not a checkpoint file; {hint}")
     return p
-
-
-def check_output_folder(folder: Union[str, Path], holds: str) -> Path:
-    """A folder the command can write ``holds`` into (it and its parents may not exist yet: they are made when
-    the results are written), checked before any work."""
-    from hcgnet.files import can_write_in
-
-    out = Path(folder)
-    if out.exists() and not out.is_dir():
-        raise HCGNetError(f"--output {out} is a file; give a folder for {holds}")
-    existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
-    if not can_write_in(existing):
-        raise HCGNetError(f"--output: cannot write in folder {existing} (read-only or no permission)")
-    return out
