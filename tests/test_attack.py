@@ -563,6 +563,20 @@ def test_bad_options_are_one_line(capsys, runs, argv, words):
     assert words in line
 
 
+def test_a_checkpoint_without_preprocessing_is_attacked_at_the_models_input_size(tmp_path):
+    from pathlib import Path
+
+    from hcgnet.analysis.attack import checkpoint_dataset
+    from hcgnet.inference import load_model
+
+    published = Path(__file__).resolve().parent / "fixtures" / "cifar_A1.official.pth.tar"
+    folder = make_image_folder(tmp_path / "ten", classes=10, per_class=1, size=(48, 40))
+    model, meta = load_model(str(published), "hcgnet_a1")
+    dataset, config, split = checkpoint_dataset(str(published), model, meta, f"imagefolder:{folder}")
+    assert dataset[0][0].shape == (3, 32, 32)  # the CIFAR stem's 32 px (pretrained_cfg), not the pictures' size
+    assert 0 <= float(dataset[0][0].min()) and float(dataset[0][0].max()) <= 1  # pixels, for the attack
+
+
 def test_a_checkpoint_for_another_class_count_is_one_line(capsys, runs, tmp_path):
     four = make_image_folder(tmp_path / "four", classes=4, per_class=2, size=(16, 16))
     line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", f"imagefolder:{four}",

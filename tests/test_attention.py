@@ -425,6 +425,30 @@ def test_cli_on_the_published_checkpoint(capsys, tmp_path):
         assert npz["stages.2.block.layers.7/forget"].shape == (1, 8, 8)
 
 
+def test_input_size_of_a_checkpoint_without_preprocessing_comes_from_the_model(capsys, tmp_path):
+    """No preprocessing in the checkpoint: the size is the model's (its pretrained_cfg, as timm's
+    resolve_data_config reads it): 32 px for the CIFAR stem, 224 for the ImageNet stem, whatever the picture's."""
+    picture(tmp_path / "wide.png", 0, size=(48, 40))
+    code, out, err = cli(capsys, "attention", "--checkpoint", PUBLISHED, "--model", "hcgnet_a1", tmp_path / "wide.png",
+                         "--output", tmp_path / "cifar", "--modules", "stages.0.block.layers.0",
+                         "stages.2.block.layers.7", "--device", "cpu")
+    assert code == 0, err
+    with np.load(tmp_path / "cifar" / "maps.npz") as npz:
+        assert npz["stages.0.block.layers.0/forget"].shape == (1, 32, 32)  # CIFAR stem: stride 1
+        assert npz["stages.2.block.layers.7/forget"].shape == (1, 8, 8)
+    torch.manual_seed(0)
+    spec = "HCGNet-(1,1,1,1)-(k=4,4,4,4)"  # four blocks: the ImageNet stem
+    path = tmp_path / "imagenet.pt"
+    torch.save({"model": hcgnet.create_model(spec).state_dict(), "model_name": spec}, path)
+    code, out, err = cli(capsys, "attention", "--checkpoint", path, tmp_path / "wide.png", "--output",
+                         tmp_path / "imagenet", "--modules", "stages.0.block.layers.0", "stages.3.block.layers.0",
+                         "--device", "cpu")
+    assert code == 0, err
+    with np.load(tmp_path / "imagenet" / "maps.npz") as npz:
+        assert npz["stages.0.block.layers.0/forget"].shape == (1, 56, 56)  # 224 / 4 (stem)
+        assert npz["stages.3.block.layers.0/forget"].shape == (1, 7, 7)    # 224 / 32
+
+
 def test_cli_max_images_keeps_the_first_readable_ones(capsys, checkpoint, tmp_path):
     picture(tmp_path / "shots" / "0.png", 0, size=(20, 26))
     (tmp_path / "shots" / "1.png").write_bytes(b"broken")
