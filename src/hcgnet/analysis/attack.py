@@ -21,7 +21,8 @@ Three attacks:
 
 :func:`robustness` gives the accuracy of several models on the attacked images of a data set for each eps
 (eps 0 is the clean accuracy); :func:`attack_checkpoints` does it for checkpoint files (``hcgnet attack``).
-An image the model already gets wrong stays wrong: accuracy is counted on the attacked images.
+Accuracy is counted on the attacked images, and an image the model already gets wrong counts as wrong under
+every attack (as in the published script), even where a step happens to right it.
 """
 import csv
 import dataclasses
