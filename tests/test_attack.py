@@ -316,8 +316,8 @@ def test_fgsm_any_is_foolbox_2s_fgsm_case_by_case():
 
 
 def test_fgsm_any_matches_foolbox_2_4_itself(monkeypatch):
-    """The same check against foolbox 2.4 itself, where it is installed (``pip install foolbox==2.4.0``;
-    optional: foolbox 3 has another API)."""
+    """The same check against foolbox 2.4 itself (the test extra installs it; skipped where it is missing or is
+    foolbox 3, which has another API)."""
     import collections
     import collections.abc
 
