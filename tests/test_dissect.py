@@ -29,7 +29,9 @@ def write_broden(root, images=IMAGES, seed=0):
         f.write("name,first,last,count,frequency\n")
         for cat in ("color", "object", "part", "scene"):
             f.write(f"{cat},1,1,1,1\n")
-            (root / f"c_{cat}.csv").write_text("code,number,name,frequency,coverage\n")
+            rows = [f"{code},{n},{name},{images},1.0" for code, (n, (name, c)) in
+                    enumerate(((n, v) for n, v in LABELS.items() if v[1] == cat), start=1)]
+            (root / f"c_{cat}.csv").write_text("\n".join(["code,number,name,frequency,coverage", "0,0,-,0,0", *rows]) + "\n")
     with open(root / "label.csv", "w") as f:
         f.write("number,name,category,frequency,coverage,syns\n0,-,-,0,0,\n")
         for n, (name, cat) in LABELS.items():

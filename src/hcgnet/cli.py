@@ -353,7 +353,8 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     from hcgnet.analysis.broden import Broden, check_broden
     from hcgnet.analysis.options import amp_dtype, check_output_folder, checkpoint_file, progress_over
     from hcgnet.evaluation import device_of
-    from hcgnet.analysis.dissect import dissect, plot_unique_detectors, plot_unit_strips, summary_rows, write_results
+    from hcgnet.analysis.dissect import dissect, summary_rows, write_results
+    from hcgnet.analysis.dissect_plots import plot_unique_detectors, plot_unit_strips
     from hcgnet.files import reported_write
     from hcgnet.inference import data_config_of, load_model
 
