@@ -613,3 +613,69 @@ def test_tally_equals_netdissect_lite_oracle(oracle_broden, shape, single_thread
                       and primary[concepts[int(np.argmax(iou[u, concepts]))]] == c}) for c in ORACLE_CATS}
     assert r.unique_detectors() == unique
     assert (r.units[0]["concept"], r.units[0]["category"]) == ("door", "object") and r.units[0]["detector"]
+
+
+def test_tally_by_hand_without_matplotlib():
+    import importlib.util
+    from pathlib import Path
+
+    from hcgnet.analysis.dissect import Tally
+
+    # A: door (primary object) only in a part mask, the unit fires on it (the 0.5 pixel equals the threshold:
+    # no fire); B: door in the object and the part mask at one pixel (counted once), the unit also fires on an
+    # unlabelled pixel; C: only a whole-image scene label, one fired pixel.
+    tally = Tally(torch.tensor([0.5]), {4: "object", 7: "scene"}, ["object", "part", "scene"])
+    door = lambda *px: np.array([[4 if (r, c) in px else 0 for c in range(2)] for r in range(2)])
+    segs = [dict(size=(2, 2), masks={"part": [door((0, 0), (0, 1))]}, labels={}),
+            dict(size=(2, 2), masks={"object": [door((0, 0))], "part": [door((0, 0))]}, labels={}),
+            dict(size=(2, 2), masks={}, labels={"scene": [7]})]
+    maps = torch.tensor([[[[1.0, 1.0], [0.0, 0.5]]], [[[1.0, 0.0], [0.0, 1.0]]], [[[0.0, 0.0], [0.0, 0.6]]]])
+    tally.add(maps, segs)
+    labels, cats, iou = tally.iou()
+    assert labels == [4, 7] and cats == ["object", "scene"]
+    # door: intersection 2 + 1, label 2 + 1, unit area (object) 2 + 2 -> 3 / (4 + 3 - 3); kitchen 1 / (1 + 4 - 1)
+    assert iou.tolist() == [[0.75, 0.25]]
+    # the computation's module never imports the plotting library (the pictures live in dissect_plots)
+    assert "matplotlib" not in Path(importlib.util.find_spec("hcgnet.analysis.dissect").origin).read_text()
+
+
+def test_upsampling_is_bilinear_with_half_pixel_centres_and_antialiased_when_larger():
+    from hcgnet.analysis.dissect import upsample
+
+    up = upsample(torch.tensor([[[[0.0, 1.0]]]]), (1, 4))[0, 0, 0]
+    assert up.tolist() == [0.0, 0.25, 0.75, 1.0]
+    # a map larger than the segmentation: Pillow's bilinear filter, widened to 2 pixels a side:
+    # (0.75 * 0 + 0.75 * 0 + 0.25 * 1) / 1.75 = 1/7 (plain bilinear sampling would give 0)
+    down = upsample(torch.tensor([[[[0.0, 0.0, 1.0, 1.0]]]]), (1, 2))[0, 0, 0]
+    assert down.tolist() == pytest.approx([1 / 7, 6 / 7], abs=1e-6)
+
+
+def test_default_layers_keep_the_spatial_ones_at_the_given_size(broden, single_thread):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=3).eval()
+    small = Broden(broden, size=(32, 32), mean=(0, 0, 0), std=(1, 1, 1), limit=2)
+    # at 32 px: act1 16 x 16, layer1 8, layer2 4, layer3 2, layer4 1 x 1 (left out)
+    assert [r.layer for r in dissect(model, small, batch_size=2)] == ["act1", "layer1", "layer2", "layer3"]
+    tiny = Broden(broden, size=(2, 2), mean=(0, 0, 0), std=(1, 1, 1), limit=2)
+    with pytest.raises(DissectError, match="1 x 1 .*a larger --size than 2"):
+        dissect(model, tiny, batch_size=2)
+
+
+def test_cli_does_not_replace_an_earlier_dissection_without_force(broden, tiny_checkpoint, tmp_path, capsys,
+                                                                  single_thread):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "act.csv").write_text("earlier\n")
+    argv = ["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "2",
+            "--workers", "0", "--top-units", "0", "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds act.csv" in err and "--force" in err
+    assert (out / "act.csv").read_text() == "earlier\n" and not (out / "summary.json").exists()
+    assert main(argv + ["--force"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"wrote {out}/" in stdout and "NetDissect-Lite" in stdout
+    assert (out / "act.csv").read_text() != "earlier\n"
+    assert json.loads((out / "summary.json").read_text())["method"].startswith("NetDissect-Lite")

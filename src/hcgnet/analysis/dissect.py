@@ -424,8 +424,24 @@ def unit_maps(model: nn.Module, dataset: Dataset, layer: str, indices: Sequence[
 
 # outputs: CSV per layer, summary CSV/JSON, Figure-4 bar chart, image strips of the top units -------------
 
+METHOD = ("NetDissect-Lite tally: a unit fires where its map, upsampled bilinearly (antialiased when larger) to the "
+          "segmentation, is above its threshold; its area counts toward a category on images where the fired "
+          "pixels cover a label whose primary category (largest c_<cat>.csv coverage) it is")
+
+
 def _file_name(layer: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in layer) or "layer"
+
+
+def strip_name(layer: str) -> str:
+    """The file name of a layer's image strips (:func:`hcgnet.analysis.dissect_plots.plot_unit_strips`)."""
+    return f"units_{_file_name(layer)}.png"
+
+
+def output_names(layers: Sequence[str], strips: bool = True) -> List[str]:
+    """Every file a dissection of ``layers`` writes in its output folder (to refuse replacing an earlier one)."""
+    return ([f"{_file_name(l)}.csv" for l in layers] + ["summary.csv", "summary.json", "unique_detectors.png"]
+            + ([strip_name(l) for l in layers] if strips else []))
 
 
 def summary_rows(results: Sequence[LayerResult]) -> List[dict]:
@@ -435,7 +451,8 @@ def summary_rows(results: Sequence[LayerResult]) -> List[dict]:
 
 def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = None) -> List[str]:
     """``<layer>.csv`` per layer (unit, concept, category, iou, threshold, detector), ``summary.csv`` and
-    ``summary.json`` (the summary rows, ``config`` and every detector) in folder ``out``. Returns file names."""
+    ``summary.json`` (:data:`METHOD`, the summary rows, ``config`` and every detector) in folder ``out``.
+    Returns file names."""
     import csv
     import json
     from pathlib import Path
@@ -459,7 +476,7 @@ def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = 
         w.writeheader()
         w.writerows(rows)
     bounds = {r.layer: float(np.max(r.threshold_error)) if len(r.threshold_error) else 0.0 for r in results}
-    doc = dict(config=config or {}, layers=rows, threshold_error_max=bounds,
+    doc = dict(method=METHOD, config=config or {}, layers=rows, threshold_error_max=bounds,
                detectors={r.layer: [{k: u[k] for k in ("unit", "concept", "category", "iou")}
                                     for u in sorted(r.detectors, key=lambda u: -u["iou"])] for r in results})
     (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
