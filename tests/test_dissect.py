@@ -291,7 +291,10 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
     assert [r["layer"] for r in summary["layers"]] == layers and summary["config"]["images"] == 6
     assert set(summary["threshold_error_max"]) == set(layers)
     import hcgnet
-    assert summary["layers"][-1]["units"] == len(rows) == hcgnet.create_model(TINY, num_classes=3).num_features
+    tiny = hcgnet.create_model(TINY, num_classes=3)
+    assert summary["layers"][-1]["units"] == len(rows) == tiny.num_features
+    # the checkpoint carries no preprocessing: the image size comes from the model, not a constant
+    assert summary["config"]["size"] == list(tiny.pretrained_cfg["input_size"][1:])
     with open(out / "summary.csv") as f:
         assert [r["layer"] for r in csv.DictReader(f)] == layers
     assert Image.open(out / "unique_detectors.png").size[0] > 100
