@@ -131,6 +131,19 @@ def test_missing_broden_is_one_line_exit_2(tmp_path, capsys, remove):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("table, words", [
+    ("code,number,name,frequency,coverage\n", "lists a label (rows of code, number, name, frequency, coverage"),
+    ("code,number,name\n1,2,red_square\n", "c_color.csv line 2: needs code, number and coverage columns")])
+def test_category_tables_without_labels_or_coverage_are_one_line_exit_2(tmp_path, capsys, table, words):
+    root = write_broden(tmp_path / "b", images=2)
+    for cat in ("color", "object", "part", "scene"):
+        (root / f"c_{cat}.csv").write_text(table)
+    code = main(["dissect", "--checkpoint", str(tmp_path / "none.safetensors"), "--broden", str(root),
+                 "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and words in err, err
+
+
 # the quantile estimator --------------------------------------------------------------------------------
 
 def test_malformed_index_and_bad_limit_are_one_line_exit_2(broden, tmp_path, capsys):

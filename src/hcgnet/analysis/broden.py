@@ -189,7 +189,8 @@ class Broden(Dataset):
                     continue  # code 0 is the category's '-'
                 best[number] = max(best.get(number, (-1.0, -1)), (coverage, ic))
         if not best and categories:
-            raise BrodenError(f"no label is listed in c_<category>.csv for {', '.join(categories)}; {WHERE}")
+            raise BrodenError(f"{self.root}: no c_<category>.csv of {', '.join(categories)} lists a label (rows of code, "
+                              "number, name, frequency, coverage decide each label's primary category); " + WHERE)
         return {n: categories[ic] for n, (_, ic) in sorted(best.items())}
 
     def set_preprocessing(self, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
