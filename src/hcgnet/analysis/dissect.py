@@ -246,40 +246,36 @@ class Tally:
         self.unit_area = torch.zeros(units, len(self.categories), dtype=torch.float64, device=device)
         self.label_area = torch.zeros(self.n_labels, dtype=torch.float64, device=device)
 
-    def _regions(self, seg: dict) -> Optional[Tensor]:
-        """(k, sh * sw) label numbers of the image, each (pixel, label) pair once, 0 elsewhere."""
+    def _regions(self, seg: dict) -> Tuple[Tensor, Tensor]:
+        """The image's labels (L,) and their regions as a (sh * sw, L) float 0/1 matrix: a pixel is in a
+        label's region once, however many masks hold the label there (a label listed in two categories)."""
         sh, sw = seg["size"]
         device = self.thresholds.device
         chans = [torch.as_tensor(m).to(device).reshape(-1) for ms in seg["masks"].values() for m in ms]
         chans += [torch.full((sh * sw,), int(l), dtype=torch.long, device=device)
                   for ls in seg["labels"].values() for l in ls]
         if not chans:
-            return None
+            return torch.empty(0, dtype=torch.long, device=device), torch.empty(sh * sw, 0, device=device)
         c = torch.stack(chans).long()
-        c = torch.where((c > 0) & (c < self.n_labels), c, torch.zeros_like(c)).sort(0).values
-        # a pixel holding one label in two masks (a label listed in two categories) counts once
-        c[1:][c[1:] == c[:-1]] = 0
-        return c
+        labels = torch.unique(c[(c > 0) & (c < self.n_labels)])
+        return labels, (c[:, :, None] == labels).any(0).float()
 
     def add(self, maps: Tensor, segs: Sequence[dict]) -> None:
         """Tally a batch: ``maps`` (B, units, h, w); ``segs`` one dict per image with ``size`` (sh, sw),
         ``masks`` {category: [(sh, sw) label arrays]} and ``labels`` {category: [whole-image label numbers]}."""
         thr = self.thresholds[:, None, None]
         for j, seg in enumerate(segs):
-            regions = self._regions(seg)
-            if regions is None:
+            labels, regions = self._regions(seg)
+            if not len(labels):
                 continue
-            flat = regions.reshape(-1)
-            self.label_area.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
-            fire = (upsample(maps[j:j + 1].float(), seg["size"])[0] > thr).reshape(len(thr), -1).to(torch.float64)
-            for row in regions:
-                self.inter.index_add_(1, row, fire)
-            cats = self.primary[regions]                                         # (k, pixels), -1: none
-            covers = torch.stack([(cats == c).any(0) for c in range(len(self.categories))]).to(torch.float64)
-            touched = (fire @ covers.T) > 0                                      # (units, categories)
-            self.unit_area += fire.sum(1, keepdim=True) * touched
-        self.label_area[0] = 0
-        self.inter[:, 0] = 0
+            fire = (upsample(maps[j:j + 1].float(), seg["size"])[0] > thr).reshape(len(thr), -1).float()
+            hits = fire @ regions              # (units, L) fired pixels per label; whole numbers, exact in float32
+            self.inter[:, labels] += hits.double()
+            self.label_area[labels] += regions.sum(0).double()
+            primary = self.primary[labels]
+            of_category = (primary[:, None] == torch.arange(len(self.categories), device=primary.device)).float()
+            touched = (hits @ of_category) > 0                                  # (units, categories)
+            self.unit_area += fire.sum(1, keepdim=True).double() * touched
 
     def iou(self) -> Tuple[List[int], List[str], np.ndarray]:
         """(concept label numbers, their primary categories, IoU (units, concepts) as float64)."""
@@ -422,7 +418,7 @@ def unit_maps(model: nn.Module, dataset: Dataset, layer: str, indices: Sequence[
         capture.close()
 
 
-# outputs: CSV per layer, summary CSV/JSON, Figure-4 bar chart, image strips of the top units -------------
+# outputs: CSV per layer, summary CSV/JSON (the pictures: dissect_plots) ----------------------------------
 
 METHOD = ("NetDissect-Lite tally: a unit fires where its map, upsampled bilinearly (antialiased when larger) to the "
           "segmentation, is above its threshold; its area counts toward a category on images where the fired "
