@@ -695,3 +695,17 @@ def test_cli_does_not_replace_an_earlier_dissection_without_force(broden, tiny_c
     assert f"wrote {out}/" in stdout and "NetDissect-Lite" in stdout
     assert (out / "act.csv").read_text() != "earlier\n"
     assert json.loads((out / "summary.json").read_text())["method"].startswith("NetDissect-Lite")
+
+
+def test_selected_categories_decide_primary_and_kept_images_as_in_the_oracle(oracle_broden, single_thread):
+    root, regions = oracle_broden
+    maps = oracle_maps(regions, 8, (7, 11))
+    ds = Broden(root, size=(SIDE, SIDE), mean=(0, 0, 0), std=(1, 1, 1), categories=["scene", "part"])
+    r = dissect(Lookup(torch.from_numpy(maps)), ds, layers=["features"], quantile=0.02, batch_size=7)[0]
+    iou, primary, kept, margin = lite_tally(root, maps, r.thresholds, categories=["scene", "part"])
+    assert margin > 1e-5 and ds.categories == ["part", "scene"]          # category.csv's order
+    # without object, door's primary category is part; rows with neither part nor scene data are left out
+    assert primary[4] == "part" and primary[3] is None and len(ds) == len(kept) < ORACLE_IMAGES - len(ORACLE_DROPPED)
+    concepts = [l for l, c in enumerate(primary) if c is not None]
+    assert r.label_numbers == concepts
+    np.testing.assert_allclose(r.iou, iou[:, concepts], rtol=1e-9, atol=1e-12)
