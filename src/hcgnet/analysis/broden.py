@@ -101,8 +101,7 @@ class Broden(Dataset):
     ``image`` is a (C, H, W) float tensor: the image resized (no crop, so pixels stay aligned with the masks)
     to ``size`` and normalised with ``mean``/``std``. ``segmentation`` is a dict ``{"index": i,
     "size": (sh, sw), "masks": {category: [int64 (sh, sw) label arrays]}, "labels": {category: [whole-image
-    label numbers]}}``;
-    :func:`collate` batches them (images stacked, segmentations in a list).
+    label numbers]}}``; :func:`collate` batches them (images stacked, segmentations in a list).
 
     Attributes: ``labels`` (label number -> name), ``label_category`` (label number -> its primary category,
     from the c_<cat>.csv coverages), ``categories`` (the selected ones present in index.csv, in category.csv's
