@@ -71,7 +71,7 @@ def write(root, images=240, seed=0):
     labels = numbering()
     number = {v: k for k, v in labels.items()}
     rng = np.random.default_rng(seed)
-    rows, counts = [], {}
+    rows, counts, cover = [], {}, {}
     for i in range(images):
         image, color, obj, scene, texture = draw_image(rng, number)
         image.save(root / "images" / f"{i:04d}.jpg", quality=92)
@@ -79,6 +79,9 @@ def write(root, images=240, seed=0):
         Image.fromarray(encode(obj)).save(root / "images" / f"{i:04d}_object.png")
         for n in {*np.unique(color), *np.unique(obj), scene, texture} - {0}:
             counts[int(n)] = counts.get(int(n), 0) + 1
+            # coverage in whole images, as Broden's tables give it (whole-image labels cover their image)
+            share = 1.0 if n in (scene, texture) else float(((color == n) | (obj == n)).mean())
+            cover[int(n)] = cover.get(int(n), 0.0) + share
         rows.append(dict(image=f"{i:04d}.jpg", split="train", ih=SIDE, iw=SIDE, sh=SEG, sw=SEG,
                          color=f"{i:04d}_color.png", object=f"{i:04d}_object.png", scene=scene, texture=texture))
     with open(root / "index.csv", "w", newline="") as f:
@@ -90,14 +93,19 @@ def write(root, images=240, seed=0):
         writer.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
         writer.writerow([0, "-", "-", 0, 0, ""])
         for n, (name, cat) in labels.items():
-            writer.writerow([n, name, f"{cat}({counts.get(n, 0)})", counts.get(n, 0), 0, ""])
+            writer.writerow([n, name, f"{cat}({counts.get(n, 0)})", counts.get(n, 0), f"{cover.get(n, 0.0):.4f}", ""])
     with open(root / "category.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "first", "last", "count", "frequency"])
         for cat in CATEGORIES:
             ns = [n for n, (_, c) in labels.items() if c == cat]
             writer.writerow([cat, min(ns), max(ns), len(ns), images])
-            (root / f"c_{cat}.csv").write_text("code,number,name,frequency,coverage\n")
+            with open(root / f"c_{cat}.csv", "w", newline="") as c:   # the category's labels, coded from 1
+                table = csv.writer(c)
+                table.writerow(["code", "number", "name", "frequency", "coverage"])
+                table.writerow([0, 0, "-", 0, 0])
+                for code, n in enumerate(ns, start=1):
+                    table.writerow([code, n, labels[n][0], counts.get(n, 0), f"{cover.get(n, 0.0):.4f}"])
     return root
 
 

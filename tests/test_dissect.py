@@ -29,7 +29,9 @@ def write_broden(root, images=IMAGES, seed=0):
         f.write("name,first,last,count,frequency\n")
         for cat in ("color", "object", "part", "scene"):
             f.write(f"{cat},1,1,1,1\n")
-            (root / f"c_{cat}.csv").write_text("code,number,name,frequency,coverage\n")
+            rows = [f"{code},{n},{name},{images},1.0" for code, (n, (name, c)) in
+                    enumerate(((n, v) for n, v in LABELS.items() if v[1] == cat), start=1)]
+            (root / f"c_{cat}.csv").write_text("\n".join(["code,number,name,frequency,coverage", "0,0,-,0,0", *rows]) + "\n")
     with open(root / "label.csv", "w") as f:
         f.write("number,name,category,frequency,coverage,syns\n0,-,-,0,0,\n")
         for n, (name, cat) in LABELS.items():
@@ -127,6 +129,19 @@ def test_missing_broden_is_one_line_exit_2(tmp_path, capsys, remove):
     assert code == 2 and err.count("\n") == 1 and err.startswith("hcgnet: error:")
     assert "broden1_224" in err and "--broden" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("table, words", [
+    ("code,number,name,frequency,coverage\n", "lists a label (rows of code, number, name, frequency, coverage"),
+    ("code,number,name\n1,2,red_square\n", "c_color.csv line 2: needs code, number and coverage columns")])
+def test_category_tables_without_labels_or_coverage_are_one_line_exit_2(tmp_path, capsys, table, words):
+    root = write_broden(tmp_path / "b", images=2)
+    for cat in ("color", "object", "part", "scene"):
+        (root / f"c_{cat}.csv").write_text(table)
+    code = main(["dissect", "--checkpoint", str(tmp_path / "none.safetensors"), "--broden", str(root),
+                 "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and words in err, err
 
 
 # the quantile estimator --------------------------------------------------------------------------------
@@ -289,7 +304,10 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
     assert [r["layer"] for r in summary["layers"]] == layers and summary["config"]["images"] == 6
     assert set(summary["threshold_error_max"]) == set(layers)
     import hcgnet
-    assert summary["layers"][-1]["units"] == len(rows) == hcgnet.create_model(TINY, num_classes=3).num_features
+    tiny = hcgnet.create_model(TINY, num_classes=3)
+    assert summary["layers"][-1]["units"] == len(rows) == tiny.num_features
+    # the checkpoint carries no preprocessing: the image size comes from the model, not a constant
+    assert summary["config"]["size"] == list(tiny.pretrained_cfg["input_size"][1:])
     with open(out / "summary.csv") as f:
         assert [r["layer"] for r in csv.DictReader(f)] == layers
     assert Image.open(out / "unique_detectors.png").size[0] > 100
@@ -379,3 +397,315 @@ def test_the_synthetic_set_of_the_readme_reads_as_broden(tmp_path):
         assert set(np.unique(shape)) - {0} <= {5, 6, 7} and ((colour > 0) == (shape > 0)).all()
         assert (colour > 0).any()
         assert len(seg["labels"]["scene"]) == 1 and len(seg["labels"]["texture"]) == 1
+
+
+# NetDissect-Lite's tally, reimplemented here as the oracle ----------------------------------------------
+#
+# Written from Lite's feature_operation.py (tally_job, tally) and loader/data_loader.py (SegmentationData):
+# categories in category.csv's order; an image with no item in any selected category is left out; a cell
+# whose items are all digits holds whole-image labels, otherwise mask PNGs (label = R + 256 G); a label's
+# primary category is max over categories of (its c_<cat>.csv coverage, the category's index); a map is
+# resized to the segmentation's size by Pillow's float bilinear resize (scipy's imresize(mode='F')); a unit
+# fires where that is strictly above its threshold; the unit's area counts toward category c on an image
+# where the fired pixels cover a label whose primary category is c, or the image has a whole-image label of
+# primary category c; IoU = both / (area[primary] + label - both). hcgnet's deliberate differences (README):
+# each (pixel, label) pair counts once per image; a mask stored at another size is resized nearest; a label
+# no c_<cat>.csv lists is no concept (Lite files it under the last category).
+
+def _cells(text):
+    items = [s for s in (text or "").split(";") if s]
+    return [int(s) if s.isdigit() else s for s in items]
+
+
+def _nearest(a, shape):
+    rows = ((np.arange(shape[0]) + 0.5) * a.shape[0] / shape[0]).astype(int)
+    cols = ((np.arange(shape[1]) + 0.5) * a.shape[1] / shape[1]).astype(int)
+    return a[rows][:, cols]
+
+
+def lite_upsample(feature_map, shape):
+    return np.asarray(Image.fromarray(feature_map.astype(np.float32), mode="F").resize(
+        (shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
+
+
+def lite_tally(root, maps, thresholds, categories=None):
+    """IoU (units, labels) for the images Lite keeps; ``maps[i]``: the (units, h, w) map of index.csv row i.
+    Returns (iou, primary category per label or None, kept row indices, min |upsampled - threshold|)."""
+    with open(root / "category.csv") as f:
+        cats = [r["name"] for r in csv.DictReader(f) if categories is None or r["name"] in categories]
+    with open(root / "label.csv") as f:
+        n_labels = max(int(r["number"]) for r in csv.DictReader(f)) + 1
+    listed = {}
+    for ic, cat in enumerate(cats):
+        with open(root / f"c_{cat}.csv") as f:
+            for r in csv.DictReader(f):
+                if int(r["code"]):
+                    listed.setdefault(int(r["number"]), {})[ic] = float(r["coverage"])
+    primary = [max((listed[l].get(ic, 0), ic) for ic in range(len(cats)))[1] if l in listed else None
+               for l in range(n_labels)]
+    labelcat = np.zeros((n_labels, len(cats)))
+    for l, ic in enumerate(primary):
+        if ic is not None:
+            labelcat[l, ic] = 1
+    with open(root / "index.csv") as f:
+        rows = list(csv.DictReader(f))
+    kept = [i for i, r in enumerate(rows) if any(d for c in cats for d in _cells(r.get(c)))]
+    units = len(thresholds)
+    both = np.zeros((units, n_labels))
+    unit_cat = np.zeros((units, len(cats)))
+    label_px = np.zeros(n_labels)
+    margin = np.inf
+    for i in kept:
+        r = rows[i]
+        sh, sw = int(r["sh"]), int(r["sw"])
+        scalars, pixels = [], []
+        for cat in cats:
+            group = _cells(r.get(cat))
+            if all(isinstance(d, int) for d in group):
+                scalars += group
+                continue
+            for d in group:
+                if isinstance(d, int):
+                    pixels.append(np.full((sh, sw), d))
+                else:
+                    rgb = np.asarray(Image.open(root / "images" / d).convert("RGB")).astype(np.int64)
+                    pixels.append(_nearest(rgb[:, :, 0] + 256 * rgb[:, :, 1], (sh, sw)))
+        stack = np.stack(pixels) if pixels else np.zeros((0, sh, sw), np.int64)
+        regions = {l: (stack == l).any(0) for l in np.unique(stack) if l}
+        regions.update({l: np.ones((sh, sw), bool) for l in scalars if l})
+        for l, region in regions.items():
+            label_px[l] += region.sum()
+        for u in range(units):
+            up = lite_upsample(maps[i][u], (sh, sw))
+            margin = min(margin, float(np.abs(up - thresholds[u]).min()))
+            fired = up > thresholds[u]
+            touched = np.zeros(len(cats))
+            for l, region in regions.items():
+                hit = (fired & region).sum()
+                both[u, l] += hit
+                if hit:
+                    touched += labelcat[l]
+            unit_cat[u] += fired.sum() * (touched > 0)
+    iou = both / (unit_cat @ labelcat.T + label_px[None, :] - both + 1e-10)
+    return iou, [cats[ic] if ic is not None else None for ic in primary], kept, margin
+
+
+class Lookup(nn.Module):
+    """Returns stored maps: image i carries its index in the red value of its top-left pixel."""
+
+    def __init__(self, maps):
+        super().__init__()
+        self.maps = maps
+        self.features = nn.Identity()
+
+    def forward(self, x):
+        ids = (x[:, 0, 0, 0] * 255).round().long()
+        return self.features(self.maps[ids]).mean((2, 3))
+
+
+ORACLE_CATS = ("color", "object", "part", "material", "scene", "texture")
+# number: (name, {category: coverage in c_<cat>.csv}, label.csv's category field)
+ORACLE_LABELS = {
+    1: ("red", {"color": 0.2}, "color(30)"), 2: ("blue", {"color": 0.2}, "color(30)"),
+    3: ("wall", {"object": 0.4}, "object(20)"),
+    4: ("door", {"object": 0.3, "part": 0.05}, "part(50);object(3)"),    # primary: object (coverage, not count)
+    300: ("handle", {"part": 0.02}, "part(9)"),                         # needs the green channel: 44 + 256
+    6: ("wood", {"part": 0.1, "material": 0.1}, "part(5);material(5)"),  # a tie: the later category, material
+    7: ("kitchen", {"scene": 1.0}, "scene(10)"), 8: ("street", {"scene": 1.0}, "scene(10)"),
+    9: ("striped", {"texture": 1.0}, "texture(8)"),
+    10: ("ghost", {}, "part(4)"),                                       # in no c_<cat>.csv: no concept
+}
+ORACLE_IMAGES, ORACLE_DROPPED = 30, (5, 17, 23)
+
+
+def write_oracle_broden(root, seed=0):
+    """30 rows (3 with no data, dropped), 32 x 32 PNG images, 16 x 16 segmentations; masks stored at 16, 32 or
+    8 pixels; door drawn in object masks, in part masks of images without an object mask, and in both at once;
+    whole-image labels in scene, material (digits in a pixel category) and texture; one texture mask PNG."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    with open(root / "category.csv", "w") as f:
+        f.write("name,first,last,count,frequency\n" + "".join(f"{c},1,1,1,1\n" for c in ORACLE_CATS))
+    for cat in ORACLE_CATS:
+        rows = [(n, name, cov[cat]) for n, (name, cov, _) in ORACLE_LABELS.items() if cat in cov]
+        (root / f"c_{cat}.csv").write_text("code,number,name,frequency,coverage\n0,0,-,0,0\n" + "".join(
+            f"{code},{n},{name},5,{c}\n" for code, (n, name, c) in enumerate(rows, start=1)))
+    (root / "label.csv").write_text("number,name,category,frequency,coverage,syns\n0,-,-,0,0,\n" + "".join(
+        f'{n},{name},"{field}",5,0.1,\n' for n, (name, _, field) in ORACLE_LABELS.items()))
+    regions = np.zeros((ORACLE_IMAGES, SEG, SEG), bool)        # door pixels, for the planted unit
+
+    def save(name, labels, side=SEG):
+        stored = labels if side == SEG else (np.kron(labels, np.ones((2, 2), np.int64)) if side > SEG else labels[::2, ::2])
+        Image.fromarray(encode_mask(stored)).save(root / "images" / name)
+        return name
+
+    rows = []
+    for i in range(ORACLE_IMAGES):
+        img = rng.integers(0, 256, size=(SIDE, SIDE, 3)).astype(np.uint8)
+        img[0, 0, 0] = i
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        row = dict(image=f"im{i}.png", split="train", ih=SIDE, iw=SIDE, sh=SEG, sw=SEG,
+                   **{c: "" for c in ORACLE_CATS})
+        if i not in ORACLE_DROPPED:
+            color = np.where(rng.random((SEG, SEG)) < 0.5, 1, 2) * (rng.random((SEG, SEG)) < 0.6)
+            row["color"] = save(f"im{i}_color.png", color)
+            y, x = rng.integers(0, 10, 2)
+            door = np.zeros((SEG, SEG), bool)
+            door[y:y + 6, x:x + 4] = True
+            regions[i] = door
+            if i % 3 != 1:                       # an object mask: wall, door (stored at 16, 32 or 8)
+                obj = np.where(door, 4, 3 * (rng.random((SEG, SEG)) < 0.5))
+                row["object"] = save(f"im{i}_object.png", obj, side=(SEG, 2 * SEG, SEG // 2)[i % 3])
+            if i % 3 != 0:                       # a part mask: door (the non-primary category), handle, wood, ghost
+                part = np.where(door, 4, 0)
+                part[rng.integers(0, 16), :] = 300
+                part[:, rng.integers(0, 16)] = 6
+                part[rng.integers(0, 16), rng.integers(0, 8):] = 10
+                if i % 3 == 2:
+                    part[door] = 4                # with the object mask: door in two masks at the same pixels
+                row["part"] = save(f"im{i}_part.png", part)
+            if i % 4 == 0:
+                row["material"] = "6"             # digits: a whole-image label, whatever the category
+            row["scene"] = ("7", "8", "", "7;8")[i % 4]
+            row["texture"] = "9" if i % 5 == 0 else ""
+            if i == 11:
+                row["texture"] = save("im11_texture.png", np.where(regions[i], 9, 0))  # a mask: per pixel
+            if i == 26:                           # whole-image labels only
+                for c in ("color", "object", "part", "material", "texture"):
+                    row[c] = ""
+                row["scene"] = "8"
+        rows.append(row)
+    with open(root / "index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root, regions
+
+
+def oracle_maps(regions, units, shape, seed=1):
+    """Smooth noise (drawn at 4 x 4, so a unit fires in blobs whatever the map size) with unit 0 responding to
+    door pixels, unit 2 to door pixels shifted 3 pixels right (a partial overlap), unit 1 to kitchens; dropped
+    rows get 50 everywhere (a threshold that saw them would be 50)."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.normal(0, 1, size=(ORACLE_IMAGES, units, 4, 4)).astype(np.float32))
+    maps = F.interpolate(coarse, size=shape, mode="bilinear", align_corners=False).numpy()
+    maps += rng.normal(0, 0.2, size=maps.shape).astype(np.float32)
+    door = torch.from_numpy(regions[:, None].astype(np.float32))
+    maps[:, 0] += 6 * F.interpolate(door, size=shape, mode="area")[:, 0].numpy()
+    maps[:, 2] += 6 * F.interpolate(torch.roll(door, 3, dims=3), size=shape, mode="area")[:, 0].numpy()
+    maps[[i for i in range(ORACLE_IMAGES) if i % 4 in (0, 3)], 1] += 2.0
+    maps[list(ORACLE_DROPPED)] = 50.0
+    return maps
+
+
+@pytest.fixture(scope="module")
+def oracle_broden(tmp_path_factory):
+    return write_oracle_broden(tmp_path_factory.mktemp("oracle"))
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (16, 16), (7, 11), (24, 20)])    # smaller, equal, odd, larger
+def test_tally_equals_netdissect_lite_oracle(oracle_broden, shape, single_thread):
+    root, regions = oracle_broden
+    maps = oracle_maps(regions, 8, shape)
+    ds = Broden(root, size=(SIDE, SIDE), mean=(0, 0, 0), std=(1, 1, 1))
+    r = dissect(Lookup(torch.from_numpy(maps)), ds, layers=["features"], quantile=0.02, batch_size=7)[0]
+    iou, primary, kept, margin = lite_tally(root, maps, r.thresholds)
+    assert margin > 1e-5                     # no pixel within float rounding of a threshold: the test is exact
+    assert len(ds) == len(kept) == ORACLE_IMAGES - len(ORACLE_DROPPED) and ds.dropped == len(ORACLE_DROPPED)
+    # thresholds: the top 2% of the kept images' activations (50 from a dropped row would win)
+    exact = np.quantile(maps[kept].transpose(1, 0, 2, 3).reshape(8, -1), 0.98, axis=1, method="lower")
+    assert np.all(np.abs(r.thresholds - exact) <= r.threshold_error + 1e-6) and r.thresholds.max() < 10
+    concepts = [l for l, c in enumerate(primary) if c is not None]
+    assert r.label_numbers == concepts and 10 not in concepts
+    assert [primary[4], primary[6], primary[300]] == ["object", "material", "part"]
+    np.testing.assert_allclose(r.iou, iou[:, concepts], rtol=1e-9, atol=1e-12)
+    assert (r.iou >= 0).all() and (r.iou <= 1).all()
+    best = iou[:, concepts].max(1)
+    assert [u["iou"] for u in r.units] == pytest.approx(best.tolist(), rel=1e-9)
+    assert [u["detector"] for u in r.units] == (best >= 0.04).tolist()
+    # the 0.04 threshold is pinned: some best IoUs lie between it and 0.4, some below it
+    assert ((best >= 0.04) & (best < 0.4)).any() and ((best > 0) & (best < 0.04)).any()
+    unique = {c: len({concepts[int(np.argmax(iou[u, concepts]))] for u in range(8) if best[u] >= 0.04
+                      and primary[concepts[int(np.argmax(iou[u, concepts]))]] == c}) for c in ORACLE_CATS}
+    assert r.unique_detectors() == unique
+    assert (r.units[0]["concept"], r.units[0]["category"]) == ("door", "object") and r.units[0]["detector"]
+
+
+def test_tally_by_hand_without_matplotlib():
+    import importlib.util
+    from pathlib import Path
+
+    from hcgnet.analysis.dissect import Tally
+
+    # A: door (primary object) only in a part mask, the unit fires on it (the 0.5 pixel equals the threshold:
+    # no fire); B: door in the object and the part mask at one pixel (counted once), the unit also fires on an
+    # unlabelled pixel; C: only a whole-image scene label, one fired pixel.
+    tally = Tally(torch.tensor([0.5]), {4: "object", 7: "scene"}, ["object", "part", "scene"])
+    door = lambda *px: np.array([[4 if (r, c) in px else 0 for c in range(2)] for r in range(2)])
+    segs = [dict(size=(2, 2), masks={"part": [door((0, 0), (0, 1))]}, labels={}),
+            dict(size=(2, 2), masks={"object": [door((0, 0))], "part": [door((0, 0))]}, labels={}),
+            dict(size=(2, 2), masks={}, labels={"scene": [7]})]
+    maps = torch.tensor([[[[1.0, 1.0], [0.0, 0.5]]], [[[1.0, 0.0], [0.0, 1.0]]], [[[0.0, 0.0], [0.0, 0.6]]]])
+    tally.add(maps, segs)
+    labels, cats, iou = tally.iou()
+    assert labels == [4, 7] and cats == ["object", "scene"]
+    # door: intersection 2 + 1, label 2 + 1, unit area (object) 2 + 2 -> 3 / (4 + 3 - 3); kitchen 1 / (1 + 4 - 1)
+    assert iou.tolist() == [[0.75, 0.25]]
+    # the computation's module never imports the plotting library (the pictures live in dissect_plots)
+    assert "matplotlib" not in Path(importlib.util.find_spec("hcgnet.analysis.dissect").origin).read_text()
+
+
+def test_upsampling_is_bilinear_with_half_pixel_centres_and_antialiased_when_larger():
+    from hcgnet.analysis.dissect import upsample
+
+    up = upsample(torch.tensor([[[[0.0, 1.0]]]]), (1, 4))[0, 0, 0]
+    assert up.tolist() == [0.0, 0.25, 0.75, 1.0]
+    # a map larger than the segmentation: Pillow's bilinear filter, widened to 2 pixels a side:
+    # (0.75 * 0 + 0.75 * 0 + 0.25 * 1) / 1.75 = 1/7 (plain bilinear sampling would give 0)
+    down = upsample(torch.tensor([[[[0.0, 0.0, 1.0, 1.0]]]]), (1, 2))[0, 0, 0]
+    assert down.tolist() == pytest.approx([1 / 7, 6 / 7], abs=1e-6)
+
+
+def test_default_layers_keep_the_spatial_ones_at_the_given_size(broden, single_thread):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=3).eval()
+    small = Broden(broden, size=(32, 32), mean=(0, 0, 0), std=(1, 1, 1), limit=2)
+    # at 32 px: act1 16 x 16, layer1 8, layer2 4, layer3 2, layer4 1 x 1 (left out)
+    assert [r.layer for r in dissect(model, small, batch_size=2)] == ["act1", "layer1", "layer2", "layer3"]
+    tiny = Broden(broden, size=(2, 2), mean=(0, 0, 0), std=(1, 1, 1), limit=2)
+    with pytest.raises(DissectError, match="1 x 1 .*a larger --size than 2"):
+        dissect(model, tiny, batch_size=2)
+
+
+def test_cli_does_not_replace_an_earlier_dissection_without_force(broden, tiny_checkpoint, tmp_path, capsys,
+                                                                  single_thread):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "act.csv").write_text("earlier\n")
+    argv = ["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "2",
+            "--workers", "0", "--top-units", "0", "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds act.csv" in err and "--force" in err
+    assert (out / "act.csv").read_text() == "earlier\n" and not (out / "summary.json").exists()
+    assert main(argv + ["--force"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"wrote {out}/" in stdout and "NetDissect-Lite" in stdout
+    assert (out / "act.csv").read_text() != "earlier\n"
+    assert json.loads((out / "summary.json").read_text())["method"].startswith("NetDissect-Lite")
+
+
+def test_selected_categories_decide_primary_and_kept_images_as_in_the_oracle(oracle_broden, single_thread):
+    root, regions = oracle_broden
+    maps = oracle_maps(regions, 8, (7, 11))
+    ds = Broden(root, size=(SIDE, SIDE), mean=(0, 0, 0), std=(1, 1, 1), categories=["scene", "part"])
+    r = dissect(Lookup(torch.from_numpy(maps)), ds, layers=["features"], quantile=0.02, batch_size=7)[0]
+    iou, primary, kept, margin = lite_tally(root, maps, r.thresholds, categories=["scene", "part"])
+    assert margin > 1e-5 and ds.categories == ["part", "scene"]          # category.csv's order
+    # without object, door's primary category is part; rows with neither part nor scene data are left out
+    assert primary[4] == "part" and primary[3] is None and len(ds) == len(kept) < ORACLE_IMAGES - len(ORACLE_DROPPED)
+    concepts = [l for l, c in enumerate(primary) if c is not None]
+    assert r.label_numbers == concepts
+    np.testing.assert_allclose(r.iou, iou[:, concepts], rtol=1e-9, atol=1e-12)

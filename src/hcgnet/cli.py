@@ -350,10 +350,11 @@ def _int_list(text: str, flag: str) -> List[int]:
 
 def cmd_dissect(args: argparse.Namespace) -> int:
     from hcgnet.analysis.broden import Broden, check_broden
-    from hcgnet.analysis.options import amp_dtype, check_output_folder, checkpoint_file, progress_over
+    from hcgnet.analysis.options import amp_dtype, checkpoint_file, progress_over
     from hcgnet.evaluation import device_of
-    from hcgnet.analysis.dissect import dissect, plot_unique_detectors, plot_unit_strips, summary_rows, write_results
-    from hcgnet.files import reported_write
+    from hcgnet.analysis.dissect import default_layers, dissect, output_names, strip_name, summary_rows, write_results
+    from hcgnet.analysis.dissect_plots import plot_unique_detectors, plot_unit_strips
+    from hcgnet.files import check_output_folder, reported_write
     from hcgnet.inference import data_config_of, load_model
 
     for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
@@ -368,9 +369,13 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     amp_dtype(args.amp, device)
     check_broden(args.broden)
     checkpoint_file(args.checkpoint)
-    out = check_output_folder(args.output, "the tables and pictures of the dissection")
+    holds = "the tables and pictures of the dissection"
+    names = output_names(args.layer or [], bool(args.top_units))
+    out = check_output_folder(args.output, holds, names, force=args.force)
     dataset = Broden(args.broden, limit=args.limit)        # read before the (slower) checkpoint
     model, meta = load_model(args.checkpoint, args.model)
+    if not args.layer:
+        check_output_folder(out, holds, output_names(default_layers(model), bool(args.top_units)), force=args.force)
     config = data_config_of(model, meta)
     size = (args.size, args.size) if args.size else tuple(config.input_size[1:])
     dataset.set_preprocessing(size, config.mean, config.std)
@@ -379,8 +384,8 @@ def cmd_dissect(args: argparse.Namespace) -> int:
                       progress=lambda batches, desc: progress_over(batches, desc))
     rows = summary_rows(results)
     cats = [k for k in rows[0] if k.startswith("unique_") and k != "unique_detectors"]
-    print(f"{args.checkpoint}: network dissection on {len(dataset)} Broden images at {size[0]}x{size[1]} "
-          f"(top {100 * args.quantile:g}% threshold, IoU >= {args.iou_threshold:g})")
+    print(f"{args.checkpoint}: network dissection (NetDissect-Lite's tally) on {len(dataset)} Broden images at "
+          f"{size[0]}x{size[1]} (top {100 * args.quantile:g}% threshold, IoU >= {args.iou_threshold:g})")
     width = max(len("layer"), *(len(r["layer"]) for r in rows))
     print(f"  unique detectors (distinct concepts) per category; detectors: units with IoU >= {args.iou_threshold:g}")
     heads = ["units", "map", "detectors", "unique"] + [c[len("unique_"):] for c in cats]
@@ -396,7 +401,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
         files.append("unique_detectors.png")
         if args.top_units:
             for r in results:
-                name = "units_" + "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in r.layer) + ".png"
+                name = strip_name(r.layer)
                 plot_unit_strips(model, dataset, r, out / name, units=args.top_units, device=device)
                 files.append(name)
     print(f"wrote {out}/: {', '.join(files)}")
@@ -748,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--top-units", type=int, default=8, help="units per layer in the image strips (0: no strips)")
     ds.add_argument("--output", required=True, metavar="DIR",
                     help="writes <layer>.csv, summary.csv, summary.json, unique_detectors.png, units_<layer>.png")
+    ds.add_argument("--force", action="store_true", help="replace the files of an earlier dissection in --output")
     ds.set_defaults(func=cmd_dissect)
 
     _add_detect_parser(sub)

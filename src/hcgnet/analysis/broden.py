@@ -1,24 +1,27 @@
-"""The Broden dataset (Bau et al., CVPR 2017) as a torch Dataset: images with per-category concept labels.
+"""The Broden dataset (Bau et al., CVPR 2017) as a torch Dataset: images with per-category concept labels,
+read as NetDissect-Lite's ``loader/data_loader.py`` reads it.
 
 Layout of a Broden directory (``broden1_224`` from the NetDissect project, or one made the same way)::
 
     index.csv      image, split, ih, iw, sh, sw, then one column per category (color, object, part,
-                   material, scene, texture). A cell is empty, or ';'-separated mask PNG names (pixel
-                   categories), or ';'-separated label numbers (whole-image categories: scene, texture).
-    category.csv   name, first, last, count, frequency -- one row per category
-    label.csv      number, name, category, frequency, coverage, syns; ``category`` lists the categories a
-                   label occurs in with their counts, e.g. ``object(1523);part(12)``
-    c_<cat>.csv    per-category code tables (code, number, name, ...); read only to check they exist
+                   material, scene, texture). A cell is empty or ';'-separated items; an item of digits is
+                   a label number that covers the whole image (scene, texture), any other item is the name
+                   of a mask PNG (pixel labels). The content decides, not the category's name.
+    category.csv   name, first, last, count, frequency -- one row per category, in Broden's order
+    label.csv      number, name, category, frequency, coverage, syns; row 0 is '-', no label
+    c_<cat>.csv    code, number, name, frequency, coverage: the labels of category <cat> (``number``) and
+                   their pixel coverage in it; a label's primary category is the selected one where this
+                   coverage is largest (ties: the later category of category.csv, as Lite's ``max`` does)
     images/        the images and mask PNGs that index.csv names, relative to images/
 
 A mask PNG holds a label number per pixel in its red and green channels: ``label = R + 256 * G``
-(0 = no label). Masks are at the segmentation resolution ``sh x sw`` (112 x 112 in broden1_224 whose
-images are 224 x 224).
+(0 = no label). Masks belong at the segmentation resolution ``sh x sw`` (112 x 112 in broden1_224 whose
+images are 224 x 224); one stored at another size is resized nearest-neighbour (never interpolating label
+numbers). Images with no data in any selected category are left out, as Lite does.
 """
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -31,9 +34,7 @@ from torch.utils.data import Dataset
 from hcgnet.errors import HCGNetError
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
-WHOLE_IMAGE = ("scene", "texture")
 WHERE = "download broden1_224 from the NetDissect project (CSAILVision/NetDissect-Lite, script/dlbroden.sh) and pass --broden DIR"
-_CATEGORY_FIELD = re.compile(r"^\s*([^(:]+?)\s*(?:\((\d+)\)|:\s*(\d+))?\s*$")
 
 
 class BrodenError(HCGNetError):
@@ -66,17 +67,6 @@ def _read_csv(path: Path) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _parse_categories(text: str, line: str) -> Dict[str, int]:
-    """``object(1523);part(12)`` (Broden) or ``object:1523;part:12`` -> {category: count}."""
-    out: Dict[str, int] = {}
-    for item in filter(None, (t.strip() for t in (text or "").split(";"))):
-        m = _CATEGORY_FIELD.match(item)
-        if not m:
-            raise BrodenError(f"label.csv {line}: cannot read category {item!r}; {WHERE}")
-        out[m.group(1)] = int(m.group(2) or m.group(3) or 1)
-    return out
-
-
 def check_broden(root: str | Path) -> Path:
     """``root`` as a Path if it has a Broden directory's files, else a one-line :class:`BrodenError`."""
     root = Path(root)
@@ -101,8 +91,8 @@ class BrodenRecord:
     image: str
     size: Tuple[int, int]                      # (ih, iw)
     seg_size: Tuple[int, int]                  # (sh, sw)
-    masks: Dict[str, List[str]] = field(default_factory=dict)    # pixel categories: mask PNG names
-    labels: Dict[str, List[int]] = field(default_factory=dict)   # whole-image categories: label numbers
+    masks: Dict[str, List[str]] = field(default_factory=dict)    # per category: mask PNG names
+    labels: Dict[str, List[int]] = field(default_factory=dict)   # per category: whole-image label numbers
 
 
 class Broden(Dataset):
@@ -110,12 +100,13 @@ class Broden(Dataset):
 
     ``image`` is a (C, H, W) float tensor: the image resized (no crop, so pixels stay aligned with the masks)
     to ``size`` and normalised with ``mean``/``std``. ``segmentation`` is a dict ``{"index": i,
-    "masks": {category: [int64 (sh, sw) label arrays]}, "labels": {category: [label numbers]}}``;
-    :func:`collate` batches them (images stacked, segmentations in a list).
+    "size": (sh, sw), "masks": {category: [int64 (sh, sw) label arrays]}, "labels": {category: [whole-image
+    label numbers]}}``; :func:`collate` batches them (images stacked, segmentations in a list).
 
     Attributes: ``labels`` (label number -> name), ``label_category`` (label number -> its primary category,
-    the one it occurs in most), ``categories`` (those present in index.csv, in Broden's order), ``records``.
-    ``limit`` keeps the first N images; ``categories`` restricts to some.
+    from the c_<cat>.csv coverages), ``categories`` (the selected ones present in index.csv, in category.csv's
+    order), ``records`` (images with data in a selected category), ``dropped`` (how many had none).
+    ``limit`` keeps the first N kept images; ``categories`` restricts to some.
     """
 
     def __init__(
@@ -134,24 +125,16 @@ class Broden(Dataset):
         known = [r.get("name", "").strip() for r in cat_rows]
         if not known or "" in known:
             raise BrodenError(f"{self.root}/category.csv has no 'name' column or an empty name; {WHERE}")
-        for cat in known:
-            if not (self.root / f"c_{cat}.csv").is_file():
-                raise BrodenError(f"{self.root} is not a Broden directory: no c_{cat}.csv; {WHERE}")
 
         self.labels: Dict[int, str] = {}
-        self.label_category: Dict[int, str] = {}
         for i, row in enumerate(_read_csv(self.root / "label.csv"), start=2):
             try:
                 number = int(row["number"])
                 name = row["name"]
             except (KeyError, TypeError, ValueError):
                 raise BrodenError(f"{self.root}/label.csv line {i}: needs number and name columns; {WHERE}") from None
-            cats = _parse_categories(row.get("category", ""), f"line {i}")
-            if number == 0:
-                continue  # Broden's row 0 is '-', no label
-            self.labels[number] = name
-            if cats:
-                self.label_category[number] = max(cats.items(), key=lambda kv: kv[1])[0]
+            if number != 0:  # Broden's row 0 is '-', no label
+                self.labels[number] = name
 
         with open(self.root / "index.csv", newline="") as f:
             reader = csv.DictReader(f)
@@ -159,31 +142,55 @@ class Broden(Dataset):
             missing = [c for c in ("image", "ih", "iw", "sh", "sw") if c not in header]
             if missing:
                 raise BrodenError(f"{self.root}/index.csv lacks column(s) {', '.join(missing)}; {WHERE}")
-            present = [c for c in CATEGORIES if c in header and c in known] + [
-                c for c in header if c in known and c not in CATEGORIES]
-            wanted = list(categories) if categories is not None else present
-            unknown = [c for c in wanted if c not in present]
+            present = [c for c in known if c in header]          # category.csv's order, as Lite keeps it
+            wanted = [c for c in present if c in categories] if categories is not None else present
+            unknown = [c for c in (categories or ()) if c not in present]
             if unknown:
                 raise BrodenError(f"category {', '.join(unknown)} is not in {self.root}/index.csv "
                                   f"(it has {', '.join(present)})")
             self.categories = wanted
+            self.label_category = self._primary_categories(wanted)
             self.records: List[BrodenRecord] = []
+            self.dropped = 0
             for i, row in enumerate(reader, start=2):
                 if limit is not None and len(self.records) >= limit:
                     break
                 try:
                     rec = BrodenRecord(row["image"], (int(row["ih"]), int(row["iw"])), (int(row["sh"]), int(row["sw"])))
                     for cat in wanted:
-                        items = [t for t in (row.get(cat) or "").split(";") if t.strip()]
-                        if cat in WHOLE_IMAGE:
-                            rec.labels[cat] = [int(t) for t in items]
-                        else:
-                            rec.masks[cat] = [t.strip() for t in items]
+                        items = [t.strip() for t in (row.get(cat) or "").split(";") if t.strip()]
+                        rec.labels[cat] = [int(t) for t in items if t.isdigit()]
+                        rec.masks[cat] = [t for t in items if not t.isdigit()]
                 except (TypeError, ValueError):
                     raise BrodenError(f"{self.root}/index.csv line {i}: malformed row; {WHERE}") from None
-                self.records.append(rec)
+                if any(rec.masks.values()) or any(l for ls in rec.labels.values() for l in ls):
+                    self.records.append(rec)
+                else:
+                    self.dropped += 1    # no data in the selected categories: Lite leaves it out
         if not self.records:
-            raise BrodenError(f"{self.root}/index.csv lists no images; {WHERE}")
+            raise BrodenError(f"{self.root}/index.csv lists no images with data in {', '.join(wanted)}; {WHERE}")
+
+    def _primary_categories(self, categories: Sequence[str]) -> Dict[int, str]:
+        """label number -> its primary category: the one of ``categories`` whose c_<cat>.csv gives it the largest
+        coverage (ties: the later one, as Lite's ``max`` over (coverage, index) picks). Labels that no selected
+        c_<cat>.csv lists are no concept."""
+        best: Dict[int, Tuple[float, int]] = {}
+        for ic, cat in enumerate(categories):
+            path = self.root / f"c_{cat}.csv"
+            if not path.is_file():
+                raise BrodenError(f"{self.root} is not a Broden directory: no c_{cat}.csv; {WHERE}")
+            for i, row in enumerate(_read_csv(path), start=2):
+                try:
+                    code, number, coverage = int(row["code"]), int(row["number"]), float(row["coverage"])
+                except (KeyError, TypeError, ValueError):
+                    raise BrodenError(f"{path} line {i}: needs code, number and coverage columns; {WHERE}") from None
+                if code == 0 or number == 0:
+                    continue  # code 0 is the category's '-'
+                best[number] = max(best.get(number, (-1.0, -1)), (coverage, ic))
+        if not best and categories:
+            raise BrodenError(f"{self.root}: no c_<category>.csv of {', '.join(categories)} lists a label (rows of code, "
+                              "number, name, frequency, coverage decide each label's primary category); " + WHERE)
+        return {n: categories[ic] for n, (_, ic) in sorted(best.items())}
 
     def set_preprocessing(self, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
         """The image side(s) and normalisation the model expects (e.g. from ``data_config_of``)."""
@@ -230,6 +237,7 @@ class Broden(Dataset):
         rec = self.records[i]
         seg = {
             "index": i,
+            "size": rec.seg_size,
             "masks": {cat: [self.load_mask(i, n) for n in names] for cat, names in rec.masks.items()},
             "labels": {cat: list(nums) for cat, nums in rec.labels.items()},
         }

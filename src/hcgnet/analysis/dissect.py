@@ -1,12 +1,12 @@
-"""Network dissection (Bau et al., CVPR 2017; their NetDissect-Lite code) of any model's spatial maps.
+"""Network dissection (Bau et al., CVPR 2017) of any model's spatial maps, counted as their NetDissect-Lite
+code counts (``feature_operation.py``), which the published HCGNet dissection ran.
 
 For each unit (channel) of a layer: its threshold T_k is the top ``quantile`` (0.5%) of its activations over
-the dataset (pass 1, a bounded-memory histogram, :class:`TopQuantile`); each activation map is upsampled
-bilinearly to the segmentation's resolution and thresholded at T_k; intersection and union with every
-concept's masks are summed over the whole dataset (pass 2; scene and texture labels cover the whole image),
-and IoU = sum |M_k & L_c| / sum |M_k | L_c|, where the unit's area counts only on images annotated in the
-concept's category (as NetDissect does). A unit whose best concept has IoU >= ``iou_threshold`` (0.04) is a
-detector of that concept; a layer's unique detectors of a category are the distinct concepts detected.
+the dataset (pass 1, a bounded-memory histogram, :class:`TopQuantile`); pass 2 (:class:`Tally`) upsamples each
+activation map bilinearly to the segmentation's resolution, thresholds it at T_k, and sums intersections and
+areas over the dataset with Lite's rule for the unit's area (see :class:`Tally`). A unit whose best concept
+has IoU >= ``iou_threshold`` (0.04) is a detector of that concept; a layer's unique detectors of a category
+are the distinct concepts detected. Pictures are in :mod:`hcgnet.analysis.dissect_plots`.
 """
 from __future__ import annotations
 
@@ -197,18 +197,94 @@ class _Capture:
             h.remove()
 
 
-def _check_shape(name: str, t) -> None:
+def _check_shape(name: str, t, size_hint: str = "") -> None:
     if not isinstance(t, Tensor) or t.ndim != 4:
         shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
         raise DissectError(f"layer {name!r} gives {shape}, not a spatial map (B, C, H, W); dissection needs "
                            "one -- pick a convolutional layer with --layer")
     if t.shape[2] * t.shape[3] == 1:
         raise DissectError(f"layer {name!r} gives a 1 x 1 map ({tuple(t.shape)}): a pooled vector has no "
-                           "location to compare with masks; pick an earlier layer with --layer")
+                           f"location to compare with masks; pick an earlier layer with --layer{size_hint}")
 
 
 def _batches(dataset: Dataset, batch_size: int, workers: int):
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+
+
+def upsample(maps: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Maps (B, units, h, w) resized to the segmentation's ``size`` as Lite's ``imresize(mode='F')`` does
+    (PIL's bilinear: half-pixel centres, and a widened, antialiasing filter when a map is larger)."""
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class Tally:
+    """NetDissect-Lite's tally (``feature_operation.py``) of one layer, given its units' thresholds T_k.
+
+    Per image (segmentation ``sh x sw``): a unit fires where its map, upsampled with :func:`upsample`, is
+    strictly above T_k. A label's region is every pixel where any mask of a selected category holds it, or the
+    whole image for a whole-image label. Summed over images: ``inter[k, l]`` = fired pixels in l's region,
+    ``label_area[l]`` = l's region, and ``unit_area[k, c]`` = the unit's fired pixels on images where they
+    cover a pixel of a label whose primary category is c, or where the image has a whole-image label of
+    primary category c (Lite's rule). IoU of unit k and label l = inter / (unit_area[k, primary(l)] +
+    label_area[l] - inter), which lies in [0, 1]. Labels without a primary category are no concepts.
+    """
+
+    def __init__(self, thresholds: Tensor, label_category: Dict[int, str], categories: Sequence[str],
+                 n_labels: Optional[int] = None) -> None:
+        self.thresholds = thresholds.float()
+        device = self.thresholds.device
+        self.categories = list(categories)
+        ci = {c: i for i, c in enumerate(self.categories)}
+        self.concepts = sorted(l for l, c in label_category.items() if c in ci and l > 0)
+        self.n_labels = n_labels or (max(self.concepts, default=0) + 1)
+        self.primary = torch.full((self.n_labels,), -1, dtype=torch.long, device=device)
+        for l in self.concepts:
+            if l < self.n_labels:
+                self.primary[l] = ci[label_category[l]]
+        units = len(self.thresholds)
+        self.inter = torch.zeros(units, self.n_labels, dtype=torch.float64, device=device)
+        self.unit_area = torch.zeros(units, len(self.categories), dtype=torch.float64, device=device)
+        self.label_area = torch.zeros(self.n_labels, dtype=torch.float64, device=device)
+
+    def _regions(self, seg: dict) -> Tuple[Tensor, Tensor]:
+        """The image's labels (L,) and their regions as a (sh * sw, L) float 0/1 matrix: a pixel is in a
+        label's region once, however many masks hold the label there (a label listed in two categories)."""
+        sh, sw = seg["size"]
+        device = self.thresholds.device
+        chans = [torch.as_tensor(m).to(device).reshape(-1) for ms in seg["masks"].values() for m in ms]
+        chans += [torch.full((sh * sw,), int(l), dtype=torch.long, device=device)
+                  for ls in seg["labels"].values() for l in ls]
+        if not chans:
+            return torch.empty(0, dtype=torch.long, device=device), torch.empty(sh * sw, 0, device=device)
+        c = torch.stack(chans).long()
+        labels = torch.unique(c[(c > 0) & (c < self.n_labels)])
+        return labels, (c[:, :, None] == labels).any(0).float()
+
+    def add(self, maps: Tensor, segs: Sequence[dict]) -> None:
+        """Tally a batch: ``maps`` (B, units, h, w); ``segs`` one dict per image with ``size`` (sh, sw),
+        ``masks`` {category: [(sh, sw) label arrays]} and ``labels`` {category: [whole-image label numbers]}."""
+        thr = self.thresholds[:, None, None]
+        for j, seg in enumerate(segs):
+            labels, regions = self._regions(seg)
+            if not len(labels):
+                continue
+            fire = (upsample(maps[j:j + 1].float(), seg["size"])[0] > thr).reshape(len(thr), -1).float()
+            hits = fire @ regions              # (units, L) fired pixels per label; whole numbers, exact in float32
+            self.inter[:, labels] += hits.double()
+            self.label_area[labels] += regions.sum(0).double()
+            primary = self.primary[labels]
+            of_category = (primary[:, None] == torch.arange(len(self.categories), device=primary.device)).float()
+            touched = (hits @ of_category) > 0                                  # (units, categories)
+            self.unit_area += fire.sum(1, keepdim=True).double() * touched
+
+    def iou(self) -> Tuple[List[int], List[str], np.ndarray]:
+        """(concept label numbers, their primary categories, IoU (units, concepts) as float64)."""
+        cols = torch.tensor([l for l in self.concepts if l < self.n_labels], dtype=torch.long,
+                            device=self.inter.device)
+        inter = self.inter[:, cols]
+        union = self.unit_area[:, self.primary[cols]] + self.label_area[cols][None, :] - inter
+        iou = torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+        return cols.tolist(), [self.categories[int(i)] for i in self.primary[cols]], iou.cpu().numpy()
 
 
 def dissect(
@@ -225,11 +301,12 @@ def dissect(
     progress: Optional[Callable] = None,
     amp: str = "none",
 ) -> List[LayerResult]:
-    """Network dissection of ``layers`` (module names; default :func:`default_layers`) of ``model`` on a
-    :class:`~hcgnet.analysis.broden.Broden` ``dataset`` (its size/mean/std are the model's preprocessing; its
-    ``limit`` the number of images). Two passes over the data: thresholds (:class:`TopQuantile`, ``bins``
-    per unit), then IoU. ``progress`` wraps an iterable (e.g. ``functools.partial(tqdm, ...)``); it gets
-    ``desc``. ``amp``: "bf16" (or "fp16" on a GPU) runs the forward passes under autocast (maps are kept in float32).
+    """Network dissection of ``layers`` (module names; default :func:`default_layers`, keeping those whose maps
+    are more than 1 x 1 at the dataset's image size) of ``model`` on a :class:`~hcgnet.analysis.broden.Broden`
+    ``dataset`` (its size/mean/std are the model's preprocessing; its ``limit`` the number of images). Two
+    passes over the data: thresholds (:class:`TopQuantile`, ``bins`` per unit), then :class:`Tally`.
+    ``progress`` wraps an iterable (e.g. ``functools.partial(tqdm, ...)``); it gets ``desc``. ``amp``: "bf16"
+    (or "fp16" on a GPU) runs the forward passes under autocast (maps are kept in float32).
     Returns one :class:`LayerResult` per layer, in order."""
     from hcgnet.analysis.options import amp_dtype, check_workers
     from hcgnet.evaluation import autocast
@@ -245,7 +322,10 @@ def dissect(
         (p.device for p in model.parameters()), torch.device("cpu"))
     dtype = amp_dtype(amp, device)                  # fp16 on a CPU: refused, as hcgnet eval does
     model = model.to(device).eval()
+    chosen = layers
     layers = _resolve(model, layers)
+    size = getattr(dataset, "size", None)
+    size_hint = f" or a larger --size than {size[0]}" if size else ""
     wrap = progress or (lambda it, **kw: it)
     capture = _Capture(model, layers)
     try:
@@ -259,11 +339,18 @@ def dissect(
             for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 1/2 thresholds"):
                 with autocast(device, dtype):
                     model(images.to(device))
+                if not est and not chosen:
+                    # default layers: those still spatial at this image size (a model trained at 32 px
+                    # pools its last maps to 1 x 1)
+                    spatial = [n for n in layers if capture.out[n].ndim == 4 and capture.out[n].shape[2:].numel() > 1]
+                    if not spatial:
+                        _check_shape(layers[-1], capture.out[layers[-1]], size_hint)
+                    layers = spatial
                 idx = torch.tensor([s["index"] for s in segs], device=device)
                 for name in layers:
                     a = capture.out[name]
                     if name not in est:
-                        _check_shape(name, a)
+                        _check_shape(name, a, size_hint)
                         shapes[name] = tuple(a.shape[1:])
                         est[name] = TopQuantile(a.shape[1], bins, device)
                         top_val[name] = torch.empty(a.shape[1], 0, device=device)
@@ -280,83 +367,36 @@ def dissect(
             raise DissectError("the Broden dataset has no images")
         thresholds = {n: est[n].quantile(quantile).float() for n in layers}
 
-        # pass 2: intersections and unions with every concept, summed over the dataset
-        label_numbers = sorted(getattr(dataset, "labels", {}) or {})
-        n_labels = (max(label_numbers) + 1) if label_numbers else 1
+        # pass 2: NetDissect-Lite's tally of intersections and areas
         categories = list(getattr(dataset, "categories", CATEGORIES))
-        cat_index = {c: i for i, c in enumerate(categories)}
-        label_cat = dict(getattr(dataset, "label_category", {}) or {})
-        seen_cat: Dict[int, str] = {}
-        need_seen = any(l not in label_cat for l in label_numbers)
-        inter = {n: torch.zeros(shapes[n][0], n_labels, dtype=torch.float64, device=device) for n in layers}
-        unit_area = {n: torch.zeros(shapes[n][0], len(categories), dtype=torch.float64, device=device) for n in layers}
-        label_area = torch.zeros(n_labels, dtype=torch.float64, device=device)
+        label_category = dict(getattr(dataset, "label_category", {}) or {})
+        n_labels = max([*label_category, *(getattr(dataset, "labels", {}) or {})], default=0) + 1
+        tallies = {n: Tally(thresholds[n], label_category, categories, n_labels) for n in layers}
         with torch.no_grad():
             for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 2/2 IoU"):
                 with autocast(device, dtype):
                     model(images.to(device))
-                for j, seg in enumerate(segs):
-                    pixel = {c: [torch.where(t < n_labels, t, torch.zeros_like(t)) for t in
-                                 (torch.from_numpy(m).to(device).reshape(-1) for m in ms)]
-                             for c, ms in seg["masks"].items() if ms}
-                    whole = {c: [l for l in ls if 0 < l < n_labels] for c, ls in seg["labels"].items() if ls}
-                    sizes = [m.shape for ms in seg["masks"].values() for m in ms]
-                    if not pixel and not whole:
-                        continue
-                    sh, sw = sizes[0] if sizes else dataset.records[seg["index"]].seg_size
-                    npx = sh * sw
-                    for c, ms in pixel.items():
-                        for m in ms:
-                            label_area.index_add_(0, m, torch.ones(npx, dtype=torch.float64, device=device))
-                            if need_seen:  # label.csv gives no category for some labels
-                                for l in torch.unique(m).tolist():
-                                    if l:
-                                        seen_cat.setdefault(l, c)
-                    for c, ls in whole.items():
-                        for l in ls:
-                            label_area[l] += npx
-                            seen_cat.setdefault(l, c)
-                    for name in layers:
-                        a = capture.out[name][j:j + 1]
-                        up = F.interpolate(a, size=(sh, sw), mode="bilinear", align_corners=False)[0]
-                        fire = (up > thresholds[name][:, None, None]).reshape(up.shape[0], -1).to(torch.float64)
-                        area = fire.sum(1)                                        # (units,)
-                        for c in set(pixel) | set(whole):
-                            if c in cat_index:
-                                unit_area[name][:, cat_index[c]] += area
-                        for c, ms in pixel.items():
-                            for m in ms:
-                                inter[name].index_add_(1, m, fire)
-                        for c, ls in whole.items():
-                            for l in ls:
-                                inter[name][:, l] += area
+                for name in layers:
+                    tallies[name].add(capture.out[name], segs)
     finally:
         capture.close()
 
-    # IoU per unit and concept; the label's category decides which unit area counts
-    label_numbers = [l for l in label_numbers if l < n_labels] or [l for l in range(1, n_labels)]
-    cats_of = [label_cat.get(l) or seen_cat.get(l) for l in label_numbers]
-    cols = torch.tensor(label_numbers, dtype=torch.long, device=device)
+    names = getattr(dataset, "labels", {}) or {}
     results = []
     for name in layers:
-        i_ = inter[name][:, cols]
-        cat_cols = torch.tensor([cat_index.get(c, -1) for c in cats_of], device=device)
-        ua = torch.where(cat_cols[None, :] >= 0, unit_area[name][:, cat_cols.clamp_min(0)], torch.zeros_like(i_))
-        union = ua + label_area[cols][None, :] - i_
-        iou = torch.where(union > 0, i_ / union.clamp_min(1e-12), torch.zeros_like(i_)).cpu().numpy()
-        iou[:, [k for k, c in enumerate(cats_of) if c is None]] = 0.0
+        label_numbers, cats_of, iou = tallies[name].iou()
         units = []
         for u in range(iou.shape[0]):
             best = int(iou[u].argmax()) if iou.shape[1] and iou[u].max() > 0 else -1
             score = float(iou[u, best]) if best >= 0 else 0.0
             units.append(dict(
-                unit=u, concept=dataset.labels.get(label_numbers[best], str(label_numbers[best])) if best >= 0 else "",
+                unit=u, concept=names.get(label_numbers[best], str(label_numbers[best])) if best >= 0 else "",
                 category=cats_of[best] if best >= 0 else "", iou=score,
                 threshold=float(thresholds[name][u]), detector=score >= iou_threshold))
         results.append(LayerResult(
             layer=name, shape=shapes[name], units=units, label_numbers=label_numbers, iou=iou,
             thresholds=thresholds[name].cpu().numpy(), threshold_error=est[name].error_bound(quantile).cpu().numpy(),
-            top_images=top_idx[name].cpu().numpy(), categories=[c for c in categories]))
+            top_images=top_idx[name].cpu().numpy(), categories=list(categories)))
     return results
 
 
@@ -378,10 +418,26 @@ def unit_maps(model: nn.Module, dataset: Dataset, layer: str, indices: Sequence[
         capture.close()
 
 
-# outputs: CSV per layer, summary CSV/JSON, Figure-4 bar chart, image strips of the top units -------------
+# outputs: CSV per layer, summary CSV/JSON (the pictures: dissect_plots) ----------------------------------
+
+METHOD = ("NetDissect-Lite tally: a unit fires where its map, upsampled bilinearly (antialiased when larger) to the "
+          "segmentation, is above its threshold; its area counts toward a category on images where the fired "
+          "pixels cover a label whose primary category (largest c_<cat>.csv coverage) it is")
+
 
 def _file_name(layer: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in layer) or "layer"
+
+
+def strip_name(layer: str) -> str:
+    """The file name of a layer's image strips (:func:`hcgnet.analysis.dissect_plots.plot_unit_strips`)."""
+    return f"units_{_file_name(layer)}.png"
+
+
+def output_names(layers: Sequence[str], strips: bool = True) -> List[str]:
+    """Every file a dissection of ``layers`` writes in its output folder (to refuse replacing an earlier one)."""
+    return ([f"{_file_name(l)}.csv" for l in layers] + ["summary.csv", "summary.json", "unique_detectors.png"]
+            + ([strip_name(l) for l in layers] if strips else []))
 
 
 def summary_rows(results: Sequence[LayerResult]) -> List[dict]:
@@ -391,7 +447,8 @@ def summary_rows(results: Sequence[LayerResult]) -> List[dict]:
 
 def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = None) -> List[str]:
     """``<layer>.csv`` per layer (unit, concept, category, iou, threshold, detector), ``summary.csv`` and
-    ``summary.json`` (the summary rows, ``config`` and every detector) in folder ``out``. Returns file names."""
+    ``summary.json`` (:data:`METHOD`, the summary rows, ``config`` and every detector) in folder ``out``.
+    Returns file names."""
     import csv
     import json
     from pathlib import Path
@@ -415,78 +472,8 @@ def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = 
         w.writeheader()
         w.writerows(rows)
     bounds = {r.layer: float(np.max(r.threshold_error)) if len(r.threshold_error) else 0.0 for r in results}
-    doc = dict(config=config or {}, layers=rows, threshold_error_max=bounds,
+    doc = dict(method=METHOD, config=config or {}, layers=rows, threshold_error_max=bounds,
                detectors={r.layer: [{k: u[k] for k in ("unit", "concept", "category", "iou")}
                                     for u in sorted(r.detectors, key=lambda u: -u["iou"])] for r in results})
     (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
     return written + ["summary.csv", "summary.json"]
-
-
-def plot_unique_detectors(results: Sequence[LayerResult], path, title: str = "") -> None:
-    """Bar chart of unique detectors per category per layer (the NetDissect paper's Figure 4 style)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cats = [c for c in CATEGORIES if any(c in r.categories for r in results)]
-    cats += [c for r in results for c in r.categories if c not in cats]
-    counts = np.array([[r.unique_detectors().get(c, 0) for c in cats] for r in results], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(results) * max(1, len(cats)) / 3 + 2), 3.6))
-    width = 0.8 / max(1, len(cats))
-    x = np.arange(len(results))
-    for j, c in enumerate(cats):
-        ax.bar(x + (j - (len(cats) - 1) / 2) * width, counts[:, j], width, label=c)
-    ax.set_xticks(x)
-    ax.set_xticklabels([r.layer for r in results], rotation=20 if len(results) > 3 else 0, ha="right" if len(results) > 3 else "center")
-    ax.set_ylabel("unique detectors")
-    ax.set_title(title or "unique detectors per category")
-    ax.yaxis.get_major_locator().set_params(integer=True)
-    for j in range(len(cats)):
-        for i, n in enumerate(counts[:, j]):
-            if n:
-                ax.text(x[i] + (j - (len(cats) - 1) / 2) * width, n, f"{int(n)}", ha="center", va="bottom", fontsize=7)
-    ax.set_ylim(0, max(1.0, counts.max(initial=0)) * 1.3)
-    ax.legend(fontsize=8, ncol=min(len(cats), 6), loc="upper left", frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_unit_strips(model: nn.Module, dataset, result: LayerResult, path, units: int = 8,
-                     device: Optional[torch.device | str] = None) -> List[int]:
-    """An image strip per top unit (detectors by IoU, else the units of highest IoU): its top-activating
-    images with the map upsampled (bilinear) and thresholded at the unit's T_k outlined and tinted over them.
-    Returns the units drawn."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = sorted(result.units, key=lambda u: (not u["detector"], -u["iou"]))[:units]
-    cols = result.top_images.shape[1]
-    fig, axes = plt.subplots(len(order), cols, figsize=(1.8 * cols, 1.9 * len(order)), squeeze=False)
-    needed = sorted({int(i) for u in order for i in result.top_images[u["unit"]]})
-    all_maps = unit_maps(model, dataset, result.layer, needed, device)     # one forward pass for all units
-    where = {i: k for k, i in enumerate(needed)}
-    for row, u in enumerate(order):
-        idx = [int(i) for i in result.top_images[u["unit"]]]
-        maps = [all_maps[where[i], u["unit"]] for i in idx]
-        for col, (i, m) in enumerate(zip(idx, maps)):
-            rgb = np.asarray(dataset.load_rgb(i), dtype=np.float32) / 255.0
-            up = F.interpolate(m[None, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-            fire = (up > float(u["threshold"])).numpy()
-            shown = rgb * 0.35 + 0.65 * rgb * fire[..., None]
-            shown[fire] = shown[fire] * 0.6 + np.array([1.0, 0.85, 0.0]) * 0.4
-            ax = axes[row, col]
-            ax.imshow(np.clip(shown, 0, 1))
-            if fire.any() and not fire.all():
-                ax.contour(fire.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                label = f"{u['concept']} ({u['category']})" if u["concept"] else "-"
-                ax.set_ylabel(f"unit {u['unit']}\n{label}\nIoU {u['iou']:.3f}", fontsize=7)
-    fig.suptitle(f"{result.layer}: where the top units fire (top-activating images, map > T_k)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [u["unit"] for u in order]
