@@ -5,9 +5,9 @@ from hcgnet.analysis.attack import ATTACKS, fgsm, fgsm_any, pgd, robustness
 from hcgnet.analysis.attention import attention_study, gate_maps
 from hcgnet.analysis.attention_plots import attention_grid, weights_plot
 from hcgnet.analysis.broden import Broden, BrodenError
-from hcgnet.analysis.dissect import DissectError, LayerResult, TopQuantile, dissect
+from hcgnet.analysis.dissect import DissectError, LayerResult, Tally, TopQuantile, dissect
 
 __all__ = [
-    "ATTACKS", "Broden", "BrodenError", "DissectError", "LayerResult", "TopQuantile", "attention_grid",
+    "ATTACKS", "Broden", "BrodenError", "DissectError", "LayerResult", "Tally", "TopQuantile", "attention_grid",
     "attention_study", "dissect", "fgsm", "fgsm_any", "gate_maps", "pgd", "robustness", "weights_plot",
 ]
