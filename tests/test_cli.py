@@ -188,6 +188,22 @@ def test_subprocess_error_exit_code_and_single_stderr_line(tmp_path):
     assert "growth rate 22" in lines[0]
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["--version"], "hcgnet " + hcgnet.__version__), (["--help"], "usage: hcgnet"), (["predict"], "hcgnet: error: "),
+    (["train", "--epochz", "3"], "hcgnet: error: "), (["recipes"], "cifar10-a1-published"),
+])
+def test_help_version_recipes_and_usage_errors_import_neither_torch_nor_timm(tmp_path, argv, says):
+    """They answer at once: parsing (and listing recipes) needs no model library. (Checked by what is imported,
+    not by timing.)"""
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['hcgnet', *{argv!r}]\n"
+             "try:\n    runpy.run_module('hcgnet', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('imported:', *sorted({'torch', 'timm', 'torchvision', 'numpy'} & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert says in result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "imported:", result.stdout
+
+
 def test_argparse_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", "only-one-argument"])
@@ -478,6 +494,10 @@ def test_plural_of_nouns_ending_in_ch_sh_s_x():
     (["info", "--size", "big"], "hcgnet info"), (["detect"], "hcgnet detect"), (["detect", "eval"], "hcgnet detect eval"),
     (["detect", "predict", "--checkpoint", "x"], "hcgnet detect predict"), (["attack", "--checkpoint", "x"], "hcgnet attack"),
     (["dissect"], "hcgnet dissect"), (["attention"], "hcgnet attention"),
+    # a flag no command knows: said by the command it was given to, not by hcgnet
+    (["train", "--epochz", "3"], "hcgnet train"), (["recipes", "--all"], "hcgnet recipes"),
+    (["predict", "--checkpoint", "x", "a.png", "--tpok", "3"], "hcgnet predict"),
+    (["detect", "predict", "--checkpoint", "x", "--output", "o", "a.png", "--scores", "1"], "hcgnet detect predict"),
 ])
 def test_every_usage_mistake_is_one_line_naming_the_help(capsys, argv, command):
     with pytest.raises(SystemExit) as e:
