@@ -459,6 +459,21 @@ def test_writing_over_a_folder_is_one_line_and_keeps_it(capsys, tiny, tmp_path, 
     assert (target / "keep.txt").read_text() == "precious"
 
 
+@pytest.mark.parametrize("case", range(6), ids=["convert", "export", "bench-json", "bench-csv", "bench-plot",
+                                                "predict-csv"])
+def test_an_existing_result_is_kept_without_force_and_replaced_with_it(capsys, tiny, tmp_path, case):
+    argv = [a for a in _unwritable_cases(tiny, tmp_path)[case] if a != "--force"]
+    target = Path(next(a for a in argv if a.startswith(str(tmp_path))))
+    target.write_text("193 earlier rows")
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, out, err)
+    assert f"{target} already exists; pass --force to replace it" in err
+    assert target.read_text() == "193 earlier rows"
+    code, out, err = run(capsys, *argv, "--force")
+    assert code == 0 and target.read_bytes() != b"193 earlier rows"
+    assert f"wrote {target}" in out + err  # and says where (bench on stderr: its stdout is the table)
+
+
 def test_eval_output_in_a_read_only_folder_is_refused_before_evaluating(capsys, tiny, read_only):
     code, out, err = run(capsys, *_eval(tiny, "--output", str(read_only / "report")))
     assert_one_line_error(code, out, err)

@@ -194,11 +194,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hcgnet.inference import predict
 
     if args.csv:
-        check_output_file(args.csv, "--csv", force=True)
+        check_output_file(args.csv, "--csv", force=args.force)
     results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size)
     if args.csv:
         with reported_write(args.csv):
             _write_predictions_csv(results, args.csv)
+        print(f"wrote {args.csv}: {len(results)} images, top {args.topk}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(results, indent=2))
     elif not args.csv:
@@ -293,7 +294,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
         if path:  # found out now, not after an hour of timing
-            check_output_file(path, flag, force=True)
+            check_output_file(path, flag, force=args.force)
     batches = _int_list(args.batch_size, "--batch-size")
     sizes = [(s, s) for s in _int_list(args.size, "--size")] if args.size else None
     results = benchmark(args.model, args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
@@ -310,6 +311,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         with reported_write(args.plot):
             plot(results, args.plot, title=f"{args.model}, {torch.get_num_threads()} threads")
+    written = [path for path in (args.json, args.csv, args.plot) if path]
+    if written:  # on stderr: stdout is the table, one line per configuration
+        print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
 
 
@@ -712,6 +716,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     pr.add_argument("--csv", default=None, metavar="FILE", help="write one row per image and rank to FILE")
+    pr.add_argument("--force", action="store_true", help="replace the --csv FILE if it exists")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="ONNX, TorchScript or torch.export (.pt2) file of a checkpoint")
@@ -739,6 +744,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     be.add_argument("--json", default=None, help="also write the results here")
     be.add_argument("--csv", default=None, help="also write the results as CSV")
     be.add_argument("--plot", default=None, help="PNG of step time and peak memory against pixels per step")
+    be.add_argument("--force", action="store_true", help="replace the --json, --csv and --plot files if they exist")
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
 
