@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import hcgnet
+from conftest import make_image_folder
 from hcgnet.cli import main
 from hcgnet.models.checkpoints import read_state_dict
 
@@ -472,6 +473,40 @@ def test_an_existing_result_is_kept_without_force_and_replaced_with_it(capsys, t
     code, out, err = run(capsys, *argv, "--force")
     assert code == 0 and target.read_bytes() != b"193 earlier rows"
     assert f"wrote {target}" in out + err  # and says where (bench on stderr: its stdout is the table)
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    """A detector's two files as hcgnet detect train writes them: final.safetensors (its metadata says detector)
+    and a training last.pt (a dict whose "model" is the detector's state dict)."""
+    from coco_toy import TOY_MODEL, TOY_OPTIONS
+    from hcgnet.detection.checkpoint import detector_metadata
+    from hcgnet.detection.models import build_detector
+
+    base = tmp_path_factory.mktemp("detector")
+    model = build_detector(TOY_MODEL, "box", num_classes=2, trainable_stages=3, min_size=64, max_size=96,
+                           **TOY_OPTIONS)
+    meta = detector_metadata(TOY_MODEL, "box", ["ball"], [1], 64, 96, 3, TOY_OPTIONS)
+    hcgnet.save_safetensors(model, base / "final.safetensors", meta)
+    torch.save({"model": model.state_dict(), **meta, "step": 3}, base / "last.pt")
+    return base / "final.safetensors", base / "last.pt"
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "convert", "export", "attack", "train"])
+@pytest.mark.parametrize("which", [0, 1], ids=["safetensors", "last.pt"])
+def test_a_detector_checkpoint_is_named_as_one(capsys, tiny, detectors, tmp_path, command, which):
+    path = str(detectors[which])
+    argv = {"eval": _eval(tiny), "predict": _predict(tiny), "convert": ["convert", path, str(tmp_path / "c.safetensors")],
+            "export": ["export", "--checkpoint", path, "--format", "onnx", "--output", str(tmp_path / "m.onnx")],
+            "attack": ["attack", "--checkpoint", path, "--data", f"imagefolder:{tiny[2]}", "--workers", "0",
+                       "--output", str(tmp_path / "attack")],
+            "train": ["train", "--initial-checkpoint", path, "--data",
+                      f"imagefolder:{make_image_folder(tmp_path / 'images', per_class=4)}", "--epochs", "1",
+                      "--model", TINY, "--output", str(tmp_path / "run")]}[command]
+    argv = [path if a == str(tiny[0]) else a for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, "" if command == "train" else out, err)  # train first reports its data split
+    assert f"{path} is a detector checkpoint (hcgnet detect train): use it with hcgnet detect eval" in err, err
 
 
 def test_eval_output_in_a_read_only_folder_is_refused_before_evaluating(capsys, tiny, read_only):
