@@ -547,6 +547,7 @@ def test_plural_of_nouns_ending_in_ch_sh_s_x():
     # a flag no command knows: said by the command it was given to, not by hcgnet
     (["train", "--epochz", "3"], "hcgnet train"), (["recipes", "--all"], "hcgnet recipes"),
     (["predict", "--checkpoint", "x", "a.png", "--tpok", "3"], "hcgnet predict"),
+    (["predict", "--checkpoint", "x", "--images", "a.png"], "hcgnet predict"),
     (["detect", "predict", "--checkpoint", "x", "--output", "o", "a.png", "--scores", "1"], "hcgnet detect predict"),
 ])
 def test_every_usage_mistake_is_one_line_naming_the_help(capsys, argv, command):
@@ -556,3 +557,9 @@ def test_every_usage_mistake_is_one_line_naming_the_help(capsys, argv, command):
     assert e.value.code == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("hcgnet: error: "), err
     assert err.rstrip().endswith(f"({command} --help shows every option)"), err
+
+
+def test_predict_images_given_as_an_option_says_to_give_them_as_they_are(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--checkpoint", "x.safetensors", "--images", "a.png"])
+    assert "give the image files, folders or quoted globs themselves, without --images" in capsys.readouterr().err

@@ -718,6 +718,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     pr.add_argument("--csv", default=None, metavar="FILE", help="write one row per image and rank to FILE")
     pr.add_argument("--force", action="store_true", help="replace the --csv FILE if it exists")
     pr.set_defaults(func=cmd_predict)
+    one_line_usage_errors(pr, lambda message: "give the image files, folders or quoted globs themselves, without "
+                          "--images" if "--images" in message else "")
 
     ex = sub.add_parser("export", help="ONNX, TorchScript or torch.export (.pt2) file of a checkpoint")
     add_checkpoint(ex)
