@@ -27,6 +27,8 @@ __all__ = ["CheckpointError", "HCGNetError", "ModelSpecError", "__version__", *_
 def __getattr__(name: str):
     if name in _MODELS:
         return getattr(importlib.import_module("hcgnet.models"), name)
+    if not name.startswith("_") and importlib.util.find_spec(f"hcgnet.{name}") is not None:
+        return importlib.import_module(f"hcgnet.{name}")  # hcgnet.layers etc., as when the models loaded them
     raise AttributeError(f"module 'hcgnet' has no attribute {name!r}")
 
 
