@@ -205,6 +205,13 @@ def test_help_version_recipes_and_usage_errors_import_neither_torch_nor_timm(tmp
     assert result.stdout.splitlines()[-1] == "imported:", result.stdout
 
 
+def test_import_hcgnet_is_light_and_timm_still_finds_the_variants(tmp_path):
+    probe = ("import sys\nimport hcgnet\nlight = not {'torch', 'timm'} & set(sys.modules)\n"
+             "import timm\nprint(light, timm.create_model('hcgnet_a1').num_classes, hcgnet.create_model('hcgnet_a2').num_classes)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.stdout.split() == ["True", "10", "10"], result.stderr
+
+
 def test_argparse_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", "only-one-argument"])
