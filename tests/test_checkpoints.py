@@ -751,3 +751,31 @@ def test_a_spec_saved_with_the_imagenet_stem_loads_back_as_that_network(tmp_path
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_a_detector_checkpoint_is_named_as_one_by_every_loader(tmp_path):
+    """A detector's weights (hcgnet detect train's files, or its bare state dict, or one saved from
+    DataParallel) are not "another model" to a classifier's loader: it says what they are."""
+    from coco_toy import TOY_MODEL, TOY_OPTIONS
+    from hcgnet.detection.checkpoint import detector_metadata
+    from hcgnet.detection.models import build_detector
+    from hcgnet.training.finetune import load_initial_checkpoint
+
+    detector = build_detector(TOY_MODEL, "box", num_classes=2, trainable_stages=3, min_size=64, max_size=96,
+                              **TOY_OPTIONS)
+    weights = detector.state_dict()
+    meta = detector_metadata(TOY_MODEL, "box", ["ball"], [1], 64, 96, 3, TOY_OPTIONS)
+    files = [tmp_path / "final.safetensors", tmp_path / "last.pt", tmp_path / "bare.pth", tmp_path / "dp.pth"]
+    save_safetensors(detector, files[0], meta)
+    torch.save({"model": weights, **meta}, files[1])
+    torch.save(weights, files[2])
+    torch.save({"state_dict": {"module." + k: v for k, v in weights.items()}}, files[3])
+    for path in files:
+        message = f"{path} is a detector checkpoint (hcgnet detect train): use it with hcgnet detect eval"
+        for load in (lambda: read_state_dict(path),
+                     lambda: hcgnet.load_checkpoint(hcgnet.create_model(TOY_MODEL, num_classes=2), path),
+                     lambda: hcgnet.create_model(TOY_MODEL, checkpoint_path=str(path)),
+                     lambda: load_initial_checkpoint(hcgnet.create_model(TOY_MODEL, num_classes=2), str(path))):
+            with pytest.raises(CheckpointError) as e:
+                load()
+            assert str(e.value).startswith(message), e.value

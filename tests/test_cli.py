@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import hcgnet
+from conftest import make_image_folder
 from hcgnet.cli import main
 from hcgnet.models.checkpoints import read_state_dict
 
@@ -186,6 +187,29 @@ def test_subprocess_error_exit_code_and_single_stderr_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("hcgnet: error: ")
     assert "growth rate 22" in lines[0]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--version"], "hcgnet " + hcgnet.__version__), (["--help"], "usage: hcgnet"), (["predict"], "hcgnet: error: "),
+    (["train", "--epochz", "3"], "hcgnet: error: "), (["recipes"], "cifar10-a1-published"),
+])
+def test_help_version_recipes_and_usage_errors_import_neither_torch_nor_timm(tmp_path, argv, says):
+    """They answer at once: parsing (and listing recipes) needs no model library. (Checked by what is imported,
+    not by timing.)"""
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['hcgnet', *{argv!r}]\n"
+             "try:\n    runpy.run_module('hcgnet', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('imported:', *sorted({'torch', 'timm', 'torchvision', 'numpy'} & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert says in result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "imported:", result.stdout
+
+
+def test_import_hcgnet_is_light_and_timm_still_finds_the_variants(tmp_path):
+    probe = ("import sys\nimport hcgnet\nlight = not {'torch', 'timm'} & set(sys.modules)\n"
+             "import timm\nprint(light, timm.create_model('hcgnet_a1').num_classes, hcgnet.create_model('hcgnet_a2').num_classes)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.stdout.split() == ["True", "10", "10"], result.stderr
 
 
 def test_argparse_usage_errors_exit_2(capsys):
@@ -443,6 +467,57 @@ def test_writing_over_a_folder_is_one_line_and_keeps_it(capsys, tiny, tmp_path, 
     assert (target / "keep.txt").read_text() == "precious"
 
 
+@pytest.mark.parametrize("case", range(6), ids=["convert", "export", "bench-json", "bench-csv", "bench-plot",
+                                                "predict-csv"])
+def test_an_existing_result_is_kept_without_force_and_replaced_with_it(capsys, tiny, tmp_path, case):
+    # (export as TorchScript: a pt2 export takes 10 s)
+    argv = [{"pt2": "torchscript", str(tmp_path / "x.pt2"): str(tmp_path / "x.pt")}.get(a, a)
+            for a in _unwritable_cases(tiny, tmp_path)[case] if a != "--force"]
+    target = Path(next(a for a in argv if a.startswith(str(tmp_path))))
+    target.write_text("193 earlier rows")
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, out, err)
+    assert f"{target} already exists; pass --force to replace it" in err
+    assert target.read_text() == "193 earlier rows"
+    code, out, err = run(capsys, *argv, "--force")
+    assert code == 0 and target.read_bytes() != b"193 earlier rows"
+    assert f"wrote {target}" in out + err  # and says where (bench on stderr: its stdout is the table)
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    """A detector's two files as hcgnet detect train writes them: final.safetensors (its metadata says detector)
+    and a training last.pt (a dict whose "model" is the detector's state dict)."""
+    from coco_toy import TOY_MODEL, TOY_OPTIONS
+    from hcgnet.detection.checkpoint import detector_metadata
+    from hcgnet.detection.models import build_detector
+
+    base = tmp_path_factory.mktemp("detector")
+    model = build_detector(TOY_MODEL, "box", num_classes=2, trainable_stages=3, min_size=64, max_size=96,
+                           **TOY_OPTIONS)
+    meta = detector_metadata(TOY_MODEL, "box", ["ball"], [1], 64, 96, 3, TOY_OPTIONS)
+    hcgnet.save_safetensors(model, base / "final.safetensors", meta)
+    torch.save({"model": model.state_dict(), **meta, "step": 3}, base / "last.pt")
+    return base / "final.safetensors", base / "last.pt"
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "convert", "export", "attack", "train"])
+@pytest.mark.parametrize("which", [0, 1], ids=["safetensors", "last.pt"])
+def test_a_detector_checkpoint_is_named_as_one(capsys, tiny, detectors, tmp_path, command, which):
+    path = str(detectors[which])
+    argv = {"eval": _eval(tiny), "predict": _predict(tiny), "convert": ["convert", path, str(tmp_path / "c.safetensors")],
+            "export": ["export", "--checkpoint", path, "--format", "onnx", "--output", str(tmp_path / "m.onnx")],
+            "attack": ["attack", "--checkpoint", path, "--data", f"imagefolder:{tiny[2]}", "--workers", "0",
+                       "--output", str(tmp_path / "attack")],
+            "train": ["train", "--initial-checkpoint", path, "--data",
+                      f"imagefolder:{make_image_folder(tmp_path / 'images', per_class=4)}", "--epochs", "1",
+                      "--model", TINY, "--output", str(tmp_path / "run")]}[command]
+    argv = [path if a == str(tiny[0]) else a for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, "" if command == "train" else out, err)  # train first reports its data split
+    assert f"{path} is a detector checkpoint (hcgnet detect train): use it with hcgnet detect eval" in err, err
+
+
 def test_eval_output_in_a_read_only_folder_is_refused_before_evaluating(capsys, tiny, read_only):
     code, out, err = run(capsys, *_eval(tiny, "--output", str(read_only / "report")))
     assert_one_line_error(code, out, err)
@@ -478,6 +553,11 @@ def test_plural_of_nouns_ending_in_ch_sh_s_x():
     (["info", "--size", "big"], "hcgnet info"), (["detect"], "hcgnet detect"), (["detect", "eval"], "hcgnet detect eval"),
     (["detect", "predict", "--checkpoint", "x"], "hcgnet detect predict"), (["attack", "--checkpoint", "x"], "hcgnet attack"),
     (["dissect"], "hcgnet dissect"), (["attention"], "hcgnet attention"),
+    # a flag no command knows: said by the command it was given to, not by hcgnet
+    (["train", "--epochz", "3"], "hcgnet train"), (["recipes", "--all"], "hcgnet recipes"),
+    (["predict", "--checkpoint", "x", "a.png", "--tpok", "3"], "hcgnet predict"),
+    (["predict", "--checkpoint", "x", "--images", "a.png"], "hcgnet predict"),
+    (["detect", "predict", "--checkpoint", "x", "--output", "o", "a.png", "--scores", "1"], "hcgnet detect predict"),
 ])
 def test_every_usage_mistake_is_one_line_naming_the_help(capsys, argv, command):
     with pytest.raises(SystemExit) as e:
@@ -486,3 +566,9 @@ def test_every_usage_mistake_is_one_line_naming_the_help(capsys, argv, command):
     assert e.value.code == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("hcgnet: error: "), err
     assert err.rstrip().endswith(f"({command} --help shows every option)"), err
+
+
+def test_predict_images_given_as_an_option_says_to_give_them_as_they_are(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--checkpoint", "x.safetensors", "--images", "a.png"])
+    assert "give the image files, folders or quoted globs themselves, without --images" in capsys.readouterr().err

@@ -6,13 +6,53 @@
     hcgnet.load_checkpoint(model, "HCGNet_B_best.pth.tar")
 
 Importing hcgnet also registers the variants with timm (``timm.create_model("hcgnet_b")``).
+
+``import hcgnet`` itself imports neither torch nor timm (the command line prints ``--version``, its help and
+usage errors without them): the models load on first use of a name below, or as soon as timm is imported.
 """
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
 from hcgnet.errors import CheckpointError, HCGNetError, ModelSpecError
-from hcgnet.models import HCGNet, create_model, list_models, load_checkpoint, save_safetensors
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError", "HCGNet", "HCGNetError", "ModelSpecError", "__version__", "create_model", "list_models",
-    "load_checkpoint", "save_safetensors",
-]
+_MODELS = ("HCGNet", "create_model", "list_models", "load_checkpoint", "save_safetensors")
+
+__all__ = ["CheckpointError", "HCGNetError", "ModelSpecError", "__version__", *_MODELS]
+
+
+def __getattr__(name: str):
+    if name in _MODELS:
+        return getattr(importlib.import_module("hcgnet.models"), name)
+    if not name.startswith("_") and importlib.util.find_spec(f"hcgnet.{name}") is not None:
+        return importlib.import_module(f"hcgnet.{name}")  # hcgnet.layers etc., as when the models loaded them
+    raise AttributeError(f"module 'hcgnet' has no attribute {name!r}")
+
+
+class _RegisterWithTimm(importlib.abc.MetaPathFinder):
+    """Imports hcgnet.models (which registers the variants with timm) right after timm itself is imported."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "timm":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("timm")
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            importlib.import_module("hcgnet.models")
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "timm" in sys.modules:  # torch is loaded already: nothing to save
+    importlib.import_module("hcgnet.models")
+else:
+    sys.meta_path.insert(0, _RegisterWithTimm())

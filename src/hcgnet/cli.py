@@ -1,4 +1,9 @@
-"""The ``hcgnet`` command line: argument parsing only; every command calls the library."""
+"""The ``hcgnet`` command line: argument parsing only; every command calls the library.
+
+Parsing imports neither torch nor timm (``--help``, ``--version``, ``recipes`` and usage errors answer at once):
+each command imports what it needs, and the options of ``train`` and ``detect``, whose defaults come from
+modules that import torch, are added only when that command is used (:class:`_LazyParser`).
+"""
 import argparse
 import json
 import os
@@ -6,17 +11,17 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-import torch
-
 from hcgnet import __version__
-from hcgnet.complexity import count_macs, count_params
-from hcgnet.data import error_message
 from hcgnet.errors import HCGNetError
-from hcgnet.models import VARIANTS, create_model
-from hcgnet.models.variants import cifar_stem_note, resolve
 
 
 def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[int] = None) -> List[dict]:
+    import torch
+
+    from hcgnet.complexity import count_macs, count_params
+    from hcgnet.models import VARIANTS, create_model
+    from hcgnet.models.variants import resolve
+
     rows = []
     for requested in names:
         name, variant = resolve(requested)
@@ -80,6 +85,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         raise HCGNetError("--image-size and --task describe a detector: add --detection MODEL")
     if args.size is not None and args.size < 1:
         raise HCGNetError(f"--size must be a positive number of pixels, got {args.size}")
+    from hcgnet.models import VARIANTS
+    from hcgnet.models.variants import cifar_stem_note
+
     rows = _info_rows(args.models or list(VARIANTS), args.num_classes, args.size)
     for r in rows:
         note = cifar_stem_note(r["spec"], r["stem"], int(r["input"].split("x")[0]))
@@ -104,6 +112,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from hcgnet.complexity import count_params
     from hcgnet.inference import convert_checkpoint
 
     model, meta = convert_checkpoint(args.checkpoint, args.output, args.model, args.force)
@@ -185,11 +194,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hcgnet.inference import predict
 
     if args.csv:
-        check_output_file(args.csv, "--csv", force=True)
+        check_output_file(args.csv, "--csv", force=args.force)
     results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size)
     if args.csv:
         with reported_write(args.csv):
             _write_predictions_csv(results, args.csv)
+        print(f"wrote {args.csv}: {len(results)} images, top {args.topk}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(results, indent=2))
     elif not args.csv:
@@ -267,6 +277,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from hcgnet.bench import benchmark, describe, plot, write_csv
 
     def both(value: str):
@@ -282,7 +294,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
         if path:  # found out now, not after an hour of timing
-            check_output_file(path, flag, force=True)
+            check_output_file(path, flag, force=args.force)
     batches = _int_list(args.batch_size, "--batch-size")
     sizes = [(s, s) for s in _int_list(args.size, "--size")] if args.size else None
     results = benchmark(args.model, args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
@@ -299,6 +311,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         with reported_write(args.plot):
             plot(results, args.plot, title=f"{args.model}, {torch.get_num_threads()} threads")
+    written = [path for path in (args.json, args.csv, args.plot) if path]
+    if written:  # on stderr: stdout is the table, one line per configuration
+        print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
 
 
@@ -495,9 +510,13 @@ def cmd_detect_predict(args: argparse.Namespace) -> int:
 
 
 def _add_detect_parser(sub) -> None:
+    detect = sub.add_parser("detect", help="Mask R-CNN / Faster R-CNN with an HCGNet backbone on COCO-format data")
+    detect.defer(_add_detect_tasks)
+
+
+def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
     from hcgnet.detection.config import DetectConfig as D
 
-    detect = sub.add_parser("detect", help="Mask R-CNN / Faster R-CNN with an HCGNet backbone on COCO-format data")
     tasks = detect.add_subparsers(dest="detect_command", required=True)
 
     tr = tasks.add_parser("train", help="train a detector (the paper's 1x schedule by default; torchrun for GPUs)")
@@ -580,6 +599,51 @@ def one_line_usage_errors(parser: argparse.ArgumentParser, hint: Optional[Callab
     parser.error = error  # argparse calls self.error for every usage mistake
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser with :meth:`defer`, for options whose defaults or choices come from modules that
+    import torch. Here they are added at once (``build_parser()``: every option there to inspect)."""
+
+    def defer(self, add_options: Callable[[argparse.ArgumentParser], None]) -> None:
+        add_options(self)
+
+
+class _LazyParser(_Parser):
+    """:class:`_Parser` adding deferred options on first use (parsing or help), so that parsing one command
+    does not import what another one needs (``main``: ``hcgnet --version`` without torch). Subcommand parsers
+    are of their parent's class."""
+
+    _pending: Optional[Callable[[argparse.ArgumentParser], None]] = None
+
+    def defer(self, add_options: Callable[[argparse.ArgumentParser], None]) -> None:
+        self._pending = add_options
+
+    def _add_pending(self) -> None:
+        if self._pending is not None:
+            add_options, self._pending = self._pending, None
+            add_options(self)
+            _one_line_everywhere(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._add_pending()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._add_pending()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._add_pending()
+        return super().format_help()
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser ``args`` went through, e.g. ``hcgnet detect eval``'s."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def _one_line_everywhere(parser: argparse.ArgumentParser) -> None:
     """:func:`one_line_usage_errors` for ``parser`` and every (sub)command below it not already given a hint."""
     if "error" not in vars(parser):
@@ -590,9 +654,9 @@ def _one_line_everywhere(parser: argparse.ArgumentParser) -> None:
                 _one_line_everywhere(child)
 
 
-def build_parser() -> argparse.ArgumentParser:
-
-    parser = argparse.ArgumentParser(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction, export and the paper's studies (attack, dissect, attention).")
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``lazy``: the options of train and detect added only when used (:class:`_LazyParser`)."""
+    parser = (_LazyParser if lazy else _Parser)(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction, export and the paper's studies (attack, dissect, attention).")
     parser.add_argument("--version", action="version", version=f"hcgnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -622,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert)
 
     train = sub.add_parser("train", help="train a model (also under torchrun for several processes)")
-    _add_train_options(train)
+    train.defer(_add_train_options)
     train.set_defaults(func=cmd_train)
 
     def add_checkpoint(p: argparse.ArgumentParser) -> None:
@@ -656,7 +720,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     pr.add_argument("--csv", default=None, metavar="FILE", help="write one row per image and rank to FILE")
+    pr.add_argument("--force", action="store_true", help="replace the --csv FILE if it exists")
     pr.set_defaults(func=cmd_predict)
+    one_line_usage_errors(pr, lambda message: "give the image files, folders or quoted globs themselves, without "
+                          "--images" if "--images" in message else "")
 
     ex = sub.add_parser("export", help="ONNX, TorchScript or torch.export (.pt2) file of a checkpoint")
     add_checkpoint(ex)
@@ -683,6 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", default=None, help="also write the results here")
     be.add_argument("--csv", default=None, help="also write the results as CSV")
     be.add_argument("--plot", default=None, help="PNG of step time and peak memory against pixels per step")
+    be.add_argument("--force", action="store_true", help="replace the --json, --csv and --plot files if they exist")
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
 
@@ -765,7 +833,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser(lazy=True)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the (sub)command they were given to, so that the hint names its own --help
+        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
@@ -780,6 +851,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if hasattr(e, "exit_code"):  # a run stopped by a signal: the resume hint, with the shell's 130/143
             print(f"hcgnet: {e}", file=sys.stderr)
             return e.exit_code
+        from hcgnet.data.errors import error_message
+
         print(f"hcgnet: error: {error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

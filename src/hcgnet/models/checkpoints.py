@@ -25,6 +25,10 @@ SAFETENSORS_FORMAT = "hcgnet-1"
 # What hcgnet's checkpoints say about themselves (safetensors metadata, or top-level keys of a .pt).
 METADATA_KEYS = ("model_name", "num_classes", "in_chans", "class_names", "data_config", "val_size", "seed")
 
+#: Key prefixes of torchvision's detectors (``hcgnet detect train`` writes their state dicts): a checkpoint holding
+#: them is a whole detector, which no classifier loads (its metadata also says ``detector``, as a .pt need not).
+DETECTOR_PREFIXES = ("backbone.body.", "backbone.fpn.", "rpn.", "roi_heads.")
+
 # Module names of the published implementation inside one SMG module -> ours. Its "conv_5x5" is the
 # dilated 3x3 depthwise conv; its fully connected layers are 1x1 convs (reshaped on load).
 _PUBLISHED_SMG_NAMES = {
@@ -158,6 +162,10 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
         if not isinstance(obj, dict):
             raise CheckpointError(f"{path} is not a model checkpoint (it holds a {type(obj).__name__}, not a dict)")
         state_dict, metadata = unwrap_state_dict(obj, path)
+    if metadata.get("detector") == "1" or any(k.startswith(DETECTOR_PREFIXES) for k in _strip_prefix(state_dict)):
+        # said here, where every command reads its weights, not as an "unexpected key" of another model
+        raise CheckpointError(f"{path} is a detector checkpoint (hcgnet detect train): use it with hcgnet detect "
+                              "eval or hcgnet detect predict; classifiers load classifier checkpoints")
     if is_published_format(_strip_prefix(state_dict)):
         metadata.setdefault("source", "published")
     return to_hcgnet_names(state_dict, path), metadata
