@@ -16,6 +16,7 @@ import importlib.util
 import sys
 
 from hcgnet.errors import CheckpointError, HCGNetError, ModelSpecError
+from hcgnet.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -24,12 +25,7 @@ _MODELS = ("HCGNet", "create_model", "list_models", "load_checkpoint", "save_saf
 __all__ = ["CheckpointError", "HCGNetError", "ModelSpecError", "__version__", *_MODELS]
 
 
-def __getattr__(name: str):
-    if name in _MODELS:
-        return getattr(importlib.import_module("hcgnet.models"), name)
-    if not name.startswith("_") and importlib.util.find_spec(f"hcgnet.{name}") is not None:
-        return importlib.import_module(f"hcgnet.{name}")  # hcgnet.layers etc., as when the models loaded them
-    raise AttributeError(f"module 'hcgnet' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, dict.fromkeys(_MODELS, "hcgnet.models"))
 
 
 class _RegisterWithTimm(importlib.abc.MetaPathFinder):

@@ -754,7 +754,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
 
-    from hcgnet.analysis.attack import PAPER_ATTACK, PAPER_EPS
+    from hcgnet.analysis.paper import PAPER_ATTACK, PAPER_EPS
 
     at = sub.add_parser("attack", help="accuracy of checkpoints under attack at several eps (by default the paper's "
                         "Figure 5 measure: foolbox 2's FGSM)")

@@ -36,14 +36,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file
+from hcgnet.analysis.paper import ATTACKS
 from hcgnet.data import DataConfig, DataError, build_eval_dataset
 from hcgnet.errors import CheckpointError, HCGNetError, plural
 from hcgnet.evaluation import autocast, device_of
 
-ATTACKS = ("fgsm-any", "fgsm", "pgd")
-#: The paper's measure, and the eps of its Figure 5 and robustness table (ImageNet, pixel units).
-PAPER_ATTACK = "fgsm-any"
-PAPER_EPS = (0.0, 0.001, 0.002, 0.003, 0.004, 0.005)
 #: How many smaller step sizes foolbox 2's FGSM retries in (0, eps] when the step of eps does not fool the
 #: model: hard-coded in its ``SingleStepGradientBaseAttack._run``. (The published script passed ``epsilons=[eps]``;
 #: this 20 is foolbox's, not the script's.)

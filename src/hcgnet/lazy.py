@@ -1,0 +1,19 @@
+"""Packages whose names load on first use, so that the command line parses (``--help``, ``--version``, usage
+errors) without importing torch: ``__getattr__ = lazy_exports(__name__, {"name": "module", ...})``."""
+import importlib
+import importlib.util
+from typing import Callable, Dict
+
+
+def lazy_exports(package: str, names: Dict[str, str]) -> Callable[[str], object]:
+    """A module ``__getattr__`` for ``package``: each of ``names`` comes from its module on first use, and a
+    submodule (``hcgnet.training.trainer``) is an attribute as it is after an eager import."""
+
+    def __getattr__(name: str):
+        if name in names:
+            return getattr(importlib.import_module(names[name]), name)
+        if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}") is not None:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
