@@ -136,6 +136,36 @@ def test_hcgnet_b_fpn_taps_have_the_papers_channels_and_strides(single_thread):
         (256, 16, 24), (256, 8, 12), (256, 4, 6), (256, 2, 3), (256, 1, 2)]
 
 
+def test_each_tap_goes_through_the_next_transitions_trained_batch_norm(single_thread):
+    """Tap i = ReLU(BN(hybrid-block output i)) with the BatchNorm that opens transition i + 1, its statistics and
+    affine weights set here to values far from 0/1; the last tap uses the network's final norm. The oracle
+    writes the formula out with those hand-set tensors."""
+    torch.manual_seed(0)
+    backbone = hcgnet_fpn_backbone(TINY4, trained=True).eval()
+    body = backbone.body
+    g = torch.Generator().manual_seed(1)
+    norms = [s.transition.squeeze.conv1x1.norm for s in body.stages[1:]] + [body.norm]
+    hand = []
+    with torch.no_grad():
+        for norm in norms:
+            n = norm.num_features
+            values = dict(running_mean=torch.randn(n, generator=g), running_var=torch.rand(n, generator=g) * 3 + 0.5,
+                          weight=torch.randn(n, generator=g), bias=torch.randn(n, generator=g))
+            for name, value in values.items():
+                getattr(norm, name).copy_(value)
+            hand.append(values)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        raw = body.forward_intermediates(x, intermediates_only=True)   # the hybrid-block outputs, before any norm
+        taps = backbone.taps(x)
+    assert len(raw) == len(taps) == 4
+    for i, (r, values) in enumerate(zip(raw, hand)):
+        v = {k: t[None, :, None, None] for k, t in values.items()}
+        expected = torch.relu((r - v["running_mean"]) / torch.sqrt(v["running_var"] + 1e-5) * v["weight"] + v["bias"])
+        torch.testing.assert_close(taps[str(i)], expected, msg=f"tap {i}")
+        assert not torch.allclose(taps[str(i)], torch.relu(r))       # more than a ReLU
+
+
 def test_trainable_stages_freezes_the_stem_and_the_first_stages():
     with torch.device("meta"):
         backbone = hcgnet_fpn_backbone("hcgnet_b", trainable_stages=3, trained=True)
@@ -318,6 +348,16 @@ def test_info_detection_reports_params_and_macs_beside_the_paper(capsys):
     assert row["gmacs"] == pytest.approx(sum(parts.values()))
     # README "Detection models in Python": norms, activations etc. are not counted, hence ~4% below the paper
     assert 0.94 < row["gmacs"] / PAPER_GMACS < 1.0
+
+
+def test_info_detection_counts_at_the_image_size_given(capsys):
+    """At --image-size 400x600 the network sees 416x608 (padded to 32), not 800 px: the RPN head by hand at
+    every level of 416x608 (strides 4..64)."""
+    assert main(["info", "--detection", "hcgnet_b", "--image-size", "400x600", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["image"] == "400x600" and row["network_input"] == "416x608" and row["paper_gmacs"] is None
+    positions = 104 * 152 + 52 * 76 + 26 * 38 + 13 * 19 + 7 * 10
+    assert row["gmacs_by_part"]["rpn_head"] * 1e9 == pytest.approx(positions * 256 * (256 * 9 + 3 + 12), rel=1e-9)
 
 
 def test_info_detection_bad_input_exits_2_with_one_line(capsys):
