@@ -79,7 +79,8 @@ def detection_info(model: str = "hcgnet_b", task: str = "mask", num_classes: int
                    image_size: Sequence[int] = DEFAULT_IMAGE_SIZE) -> dict:
     """One row for ``hcgnet info --detection``: parameters (``nn.Parameter`` elements, trainable or frozen; the
     frozen BatchNorms' constants are not counted, as in torchvision's own figures), multiply-adds by part, and
-    the paper's Table 4 figures where it has them (Mask R-CNN, 91 classes)."""
+    the paper's Table 4 figures where it has them (Mask R-CNN, 91 classes, 800x1333). The image is counted at
+    ``image_size`` as given (only padded to a multiple of 32), not resized to the detector's 800 px."""
     from hcgnet.detection.models import build_detector
 
     h, w = (int(v) for v in image_size)
