@@ -248,3 +248,23 @@ def test_torchrun_two_cpu_processes_train_one_model_and_score_every_image(toy, t
     # Global batch 4 (not one process's 2); step 1 of 2: halfway through the warm-up (capped at the run) and
     # past both x0.1 steps (at int(2 * 8/12) = int(2 * 11/12) = 1).
     assert group["lr"] == pytest.approx(0.02 * 4 / 16 * (0.001 * 0.5 + 0.5) * 0.01)
+
+
+def test_the_clipping_note_is_logged_once_and_names_the_file(tmp_path, monkeypatch):
+    """Training and validating on the same file with a box 1 px out: one note, naming that file."""
+    images, annotations = make_coco(tmp_path / "coco", count=4)
+    data = json.loads(annotations.read_text())
+    x, y, w, h = data["annotations"][0]["bbox"]
+    data["annotations"][0]["bbox"] = [x, y, 64 - x + 1, h]   # image 1 is 64 wide
+    annotations.write_text(json.dumps(data))
+
+    def stop(self):
+        raise trainer.HCGNetError("stopped after the data")
+
+    monkeypatch.setattr(trainer.DetectRun, "build_model", stop)
+    lines = []
+    config = toy_config(images, annotations, tmp_path / "run", val_images=str(images), val_annotations=str(annotations))
+    with pytest.raises(trainer.HCGNetError, match="stopped after the data"):
+        trainer.train(config, log=lines.append)
+    notes = [line for line in lines if "clipped" in line]
+    assert notes == [f"{annotations}: clipped 1 box sticking out of its image by at most 2 px"]
