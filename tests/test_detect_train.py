@@ -268,3 +268,19 @@ def test_the_clipping_note_is_logged_once_and_names_the_file(tmp_path, monkeypat
         trainer.train(config, log=lines.append)
     notes = [line for line in lines if "clipped" in line]
     assert notes == [f"{annotations}: clipped 1 box sticking out of its image by at most 2 px"]
+
+
+def test_clipping_under_a_grad_scaler_clips_the_true_gradients():
+    """fp16's scaler multiplies the loss (here by 1024): the clip must see the unscaled gradients. Hand values:
+    d/da of (a . (3, 4)) is (3, 4), norm 5; clipped at 2.5 it is (1.5, 2), so SGD at lr 1 moves a by -(1.5, 2)."""
+    from hcgnet.detection.engine import DetectionStep, clip_gradients
+    from hcgnet.distributed import Dist
+    from hcgnet.training.engine import optimizer_step
+
+    a = torch.nn.Parameter(torch.zeros(2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    step = DetectionStep(torch.optim.SGD([a], lr=1.0), Dist(), scaler=scaler, clip_grad=2.5)
+    scaler.scale((a * torch.tensor([3.0, 4.0])).sum()).backward()
+    clip_gradients(step)
+    optimizer_step(step.optimizer, scaler)
+    assert a.detach().tolist() == pytest.approx([-1.5, -2.0])
