@@ -29,7 +29,7 @@ def toy(tmp_path_factory):
     return make_coco(tmp_path_factory.mktemp("coco"), count=8)
 
 
-def test_the_default_schedule_is_the_papers_1x():
+def test_the_default_schedule_is_the_papers_1x_with_torchvisions_warm_up():
     c = DetectConfig()
     assert (c.lr, c.lr_base_batch, c.batch_size, c.momentum, c.weight_decay, c.epochs) == (0.02, 16, 16, 0.9, 1e-4, 12)
     total = 12 * 1000                                  # 12 epochs of 1,000 steps

@@ -492,7 +492,8 @@ def _add_detect_parser(sub) -> None:
     detect = sub.add_parser("detect", help="Mask R-CNN / Faster R-CNN with an HCGNet backbone on COCO-format data")
     tasks = detect.add_subparsers(dest="detect_command", required=True)
 
-    tr = tasks.add_parser("train", help="train a detector (the paper's 1x schedule by default; torchrun for GPUs)")
+    tr = tasks.add_parser("train", help="train a detector (the paper's 1x schedule; other settings torchvision's or, "
+                                        "with --preset published, the published config's; torchrun for GPUs)")
     tr.add_argument("--images", default=None, metavar="DIR", help="folder of the training images")
     tr.add_argument("--annotations", default=None, metavar="FILE", help="their COCO instances JSON")
     tr.add_argument("--val-images", default=None, metavar="DIR", help="validation images, scored every epoch")

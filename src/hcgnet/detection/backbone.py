@@ -1,10 +1,11 @@
 """HCGNet as a detection backbone: the hybrid-block outputs after their BN-ReLU, into torchvision's FPN.
 
-Taps (the paper's Table 4 set-up): every stage's hybrid-block output at strides 4/8/16/32 (HCGNet-B:
-160/368/952/1244 channels), each after a BN-ReLU. For the last stage that is the network's own final
-``norm``/``act``. For the others it is the BN-ReLU that already opens the next transition (the
-pre-activation of its squeeze cell's 1x1 conv): that BatchNorm normalises exactly this tensor, with statistics
-and weights learnt on ImageNet, so the taps cost no new parameter and start from trained values.
+Taps (the published config's FPN inputs; the paper's Table 4 names only Mask R-CNN + FPN): every stage's
+hybrid-block output at strides 4/8/16/32 (HCGNet-B: 160/368/952/1244 channels), each after a BN-ReLU. For the
+last stage that is the network's own final ``norm``/``act``. For the others it is the BN-ReLU that already
+opens the next transition (the pre-activation of its squeeze cell's 1x1 conv): that BatchNorm normalises
+exactly this tensor, with statistics and weights learnt on ImageNet, so the taps cost no new parameter and
+start from trained values.
 
 Freezing follows torchvision's detection builders. A trained backbone (ImageNet weights) gets frozen BatchNorm
 statistics (the gates' BatchNorm1d too) and trains its last ``trainable_stages`` stages; its BatchNorms' scale
