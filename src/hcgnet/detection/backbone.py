@@ -23,6 +23,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from hcgnet.errors import CheckpointError, HCGNetError, ModelSpecError
 from hcgnet.layers import freeze_batch_norm
 from hcgnet.models import HCGNet, create_model
+from hcgnet.models.checkpoints import read_state_dict
 from hcgnet.models.registry import is_timm_baseline
 from hcgnet.models.variants import resolve
 
@@ -100,10 +101,21 @@ def stage_count(name: str) -> int:
         raise ModelSpecError(f"{e}; for detection also resnet50 (torchvision's baseline)") from None
 
 
+def check_imagenet_stem(path: str) -> None:
+    """Refuse, in one line, a checkpoint whose network has the CIFAR stem (one 3x3 conv, no BatchNorm: stride 1)
+    before its shapes are compared with the ImageNet-stem model, where the first mismatch says little."""
+    state_dict, _ = read_state_dict(path)
+    if any(k.startswith("stem.") for k in state_dict) and "stem.norm0.weight" not in state_dict:
+        raise CheckpointError(f"{path} has the CIFAR stem (stride 1); a detection backbone needs the ImageNet stem "
+                              "for its strides 4..32 (train with --stem imagenet)")
+
+
 def hcgnet_body(name: str, weights_backbone: Optional[str] = None) -> HCGNet:
     """The network without classifier, with the ImageNet stem (strides 4..32 need it), weights from any file
     ``hcgnet.create_model`` reads (hcgnet safetensors, a run's .pt, a published checkpoint) when given."""
     stage_count(name)
+    if weights_backbone is not None:
+        check_imagenet_stem(weights_backbone)
     try:
         body = create_model(name, stem="imagenet", checkpoint_path=weights_backbone,
                             num_classes=None if weights_backbone else 0)
