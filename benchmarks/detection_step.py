@@ -64,7 +64,8 @@ def main():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         torch.manual_seed(0)
-        model = build_detector(name, "mask", num_classes=4, min_size=args.image_size,
+        # trained=True: fine-tuning as with ImageNet weights (random ones here; the step costs the same)
+        model = build_detector(name, "mask", num_classes=4, trained=True, min_size=args.image_size,
                                max_size=args.image_size * 4 // 3).to(device).train()
         steps[name] = step_fn(model, images, targets, args.amp)
         steps[name]()  # warm-up, which also gives the peak memory of a step

@@ -68,11 +68,32 @@ def test_images_without_objects_and_crowds_are_left_out_of_training(toy, tmp_pat
     assert data.image_ids == [1, 2, 3, 4, 5, 6] and data.trainable_ids() == [1, 4, 5, 6]
 
 
+def test_crowd_boxes_are_left_out_of_an_images_training_targets(toy, tmp_path):
+    original = [a for a in json.loads(toy[1].read_text())["annotations"] if a["image_id"] == 1]
+
+    def edit(data):  # a crowd region beside image 1's own objects
+        data["annotations"].append({"id": 999, "image_id": 1, "category_id": 7, "bbox": [5.0, 6.0, 7.0, 8.0],
+                                    "segmentation": [[5, 6, 12, 6, 12, 14, 5, 14]], "iscrowd": 1, "area": 56.0})
+    data = read_coco(*edited(toy, tmp_path, edit), masks=True)
+    _, target = CocoDetectionSet(data, [1], train=True, masks=True)[0]
+    hand = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in original)]
+    flipped = [[64 - x2, y1, 64 - x1, y2] for x1, y1, x2, y2 in hand]          # the training flip, if drawn
+    assert target["boxes"].tolist() in (hand, flipped) and len(target["masks"]) == len(hand)
+    assert target["labels"].tolist() == [1 if a["category_id"] == 3 else 2 for a in original]
+
+
 def test_boxes_slightly_outside_are_clipped(toy, tmp_path):
-    def edit(data):
-        data["annotations"][0]["bbox"] = [-1.5, 2.0, 20.0, 62.0 + CLIP_PIXELS - 0.5]  # image 1 is 64 x 64
-    data = read_coco(*edited(toy, tmp_path, edit))
-    assert data.coco.anns[1]["bbox"] == [0.0, 2.0, 18.5, 62.0] and "clipped 1 box" in data.notes[0]
+    assert CLIP_PIXELS == 2
+
+    def edit(data):  # image 1 is 64 x 64: out by 1.5 px left and 1.5 px below, by 2 px right and 1 px above
+        data["annotations"][0]["bbox"] = [-1.5, 2.0, 20.0, 63.5]
+        data["annotations"].append({"id": 998, "image_id": 1, "category_id": 3, "bbox": [40.0, -1.0, 26.0, 20.0],
+                                    "segmentation": [[40, 0, 64, 0, 64, 19, 40, 19]], "iscrowd": 0, "area": 456.0})
+    images, path = edited(toy, tmp_path, edit)
+    data = read_coco(images, path)
+    assert data.coco.anns[1]["bbox"] == [0.0, 2.0, 18.5, 62.0]
+    assert data.coco.anns[998]["bbox"] == [40.0, 0.0, 24.0, 19.0]              # the right and top edges too
+    assert data.notes == [f"{path}: clipped 2 boxes sticking out of its image by at most 2 px"]
 
 
 def test_grouped_batches_keep_aspect_groups_and_resume_where_they_stopped():
@@ -107,9 +128,11 @@ BAD = {
                       "1 annotation (id 2) name a image_id that is not in its images"),
     "degenerate box": (lambda data: data["annotations"][1].update(bbox=[3, 3, 0, 10]),
                        "1 annotation (id 2) have a degenerate box"),
-    "box outside": (lambda data: data["annotations"][0].update(bbox=[50, 10, 30, 10]),
-                    "1 annotation have a box outside its image, the first annotation id 1: [x, y, w, h] = [50, 10, 30, 10] "
+    "box outside": (lambda data: data["annotations"][0].update(bbox=[50, 10, 17, 10]),   # 3 px past the right
+                    "1 annotation have a box outside its image, the first annotation id 1: [x, y, w, h] = [50, 10, 17, 10] "
                     "in a 64x64 image"),
+    "box outside above": (lambda data: data["annotations"][0].update(bbox=[10, -3, 10, 10]),
+                          "the first annotation id 1: [x, y, w, h] = [10, -3, 10, 10]"),
     "missing images": (lambda data: data["images"].extend(
         {"id": 100 + k, "file_name": f"gone{k}.png", "width": 64, "height": 64} for k in range(5)),
         "5 of the 11 images listed in"),

@@ -89,26 +89,92 @@ def untrained(toy, tmp_path_factory):
     from hcgnet.detection.models import build_detector
 
     torch.manual_seed(0)
-    model = build_detector(TOY_MODEL, "mask", num_classes=3, trainable_stages=3, min_size=64, max_size=96, **TOY_OPTIONS)
+    model = build_detector(TOY_MODEL, "mask", num_classes=3, min_size=64, max_size=96, **TOY_OPTIONS)
     path = tmp_path_factory.mktemp("ckpt") / "final.safetensors"
     save_safetensors(model, path, detector_metadata(TOY_MODEL, "mask", ["box", "ball"], [3, 7], 64, 96, 3, TOY_OPTIONS))
     return path
 
 
-def test_detect_eval_prints_the_table_and_writes_json_and_csv(toy, untrained, tmp_path, capsys):
-    code = main(["detect", "eval", "--checkpoint", str(untrained), "--images", str(toy[0]), "--annotations",
-                 str(toy[1]), "--device", "cpu", "--workers", "0", "--json", str(tmp_path / "ap.json"),
-                 "--output", str(tmp_path / "report")])
+def test_detect_eval_prints_the_table_or_json_and_writes_reports_only_once_without_force(toy, untrained, tmp_path,
+                                                                                          capsys):
+    args = ["detect", "eval", "--checkpoint", str(untrained), "--images", str(toy[0]), "--annotations", str(toy[1]),
+            "--device", "cpu", "--workers", "0"]
+    code = main(args + ["--output", str(tmp_path / "report")])
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
     assert lines[1].split() == list(METRICS) and lines[2].split()[0] == "box" and lines[3].split()[0] == "mask"
-    saved = json.loads((tmp_path / "ap.json").read_text())
-    assert set(saved["box"]) == set(METRICS) == set(saved["mask"]) and saved["images"] == 6 and "results" not in saved
+    assert main(args + ["--json"]) == 0          # as eval --json: JSON alone on stdout
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed["box"]) == set(METRICS) == set(printed["mask"]) and printed["images"] == 6
+    assert "results" not in printed
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved == printed
     csv_rows = (tmp_path / "report" / "metrics.csv").read_text().splitlines()
     assert csv_rows[0] == "kind," + ",".join(METRICS) and [r.split(",")[0] for r in csv_rows[1:]] == ["box", "mask"]
     detections = json.loads((tmp_path / "report" / "detections_bbox.json").read_text())
     assert all(d["category_id"] in (3, 7) and len(d["bbox"]) == 4 for d in detections)
+    (tmp_path / "report" / "metrics.json").write_text("kept")
+    assert main(args + ["--output", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds metrics.json, metrics.csv, detections_bbox.json" in err
+    assert "--force" in err and (tmp_path / "report" / "metrics.json").read_text() == "kept"
+    assert main(args + ["--output", str(tmp_path / "report"), "--force"]) == 0
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == saved
+
+
+def test_masks_are_thresholded_at_one_half():
+    """A soft mask written here: 0.51 and 0.9 count, 0.5 and 0.49 do not (torchvision's and COCO's rule); the
+    result's RLE is decoded by pycocotools, the drawing is compared pixel by pixel."""
+    from pycocotools import mask as mask_utils
+
+    from hcgnet.detection.draw import draw_detections
+    from hcgnet.detection.evaluate import to_coco_results
+
+    soft = torch.zeros(1, 1, 12, 16)
+    soft[0, 0, 0:4, 0:4], soft[0, 0, 0:4, 4:8] = 0.51, 0.5
+    soft[0, 0, 4:8, 0:4], soft[0, 0, 4:8, 4:8] = 0.49, 0.9
+    hand = np.zeros((12, 16), dtype=np.uint8)
+    hand[0:4, 0:4] = hand[4:8, 4:8] = 1
+    out = {"boxes": torch.tensor([[13.0, 10.0, 15.0, 11.0]]), "labels": torch.tensor([1]),
+           "scores": torch.tensor([0.9]), "masks": soft}
+    _, masks = to_coco_results([out], [5], [3, 7])
+    assert len(masks) == 1 and masks[0]["category_id"] == 3
+    assert np.array_equal(mask_utils.decode(masks[0]["segmentation"]), hand)
+    image = torch.zeros(3, 12, 16, dtype=torch.uint8)
+    drawn = draw_detections(image, {k: v for k, v in out.items()}, ["box", "ball"])
+    tinted = (drawn[:, :9, :12] != 0).any(dim=0).numpy()   # away from the box and its label
+    assert np.array_equal(tinted, hand[:9, :12].astype(bool))
+
+
+def _input_sizes(model, sizes):
+    """Record the (H, W) of every batch the backbone receives."""
+    model.backbone.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
+    return model
+
+
+def test_detect_eval_and_predict_run_at_the_training_resolution(toy, tmp_path, monkeypatch, capsys):
+    """A detector trained at --image-size 128 --max-size 192: the toy's 64x64, 96x64 and 64x96 images reach the
+    backbone at 128x128, 128x192 and 192x128 (twice their size), not at torchvision's default 800 px."""
+    from hcgnet.detection.models import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector(TOY_MODEL, "mask", num_classes=3, min_size=128, max_size=192, **TOY_OPTIONS)
+    path = tmp_path / "final.safetensors"
+    save_safetensors(model, path, detector_metadata(TOY_MODEL, "mask", ["box", "ball"], [3, 7], 128, 192, 4,
+                                                    TOY_OPTIONS))
+    load = detector_files.load_detector
+    sizes = []
+    monkeypatch.setattr(detector_files, "load_detector", lambda p, device: (
+        (_input_sizes(m, sizes), info) for m, info in [load(p, device)]).__next__())
+    assert main(["detect", "eval", "--checkpoint", str(path), "--images", str(toy[0]), "--annotations", str(toy[1]),
+                 "--device", "cpu", "--workers", "0", "--batch-size", "1"]) == 0
+    assert sorted(set(sizes)) == [(128, 128), (128, 192), (192, 128)] and len(sizes) == 6
+    sizes.clear()
+    assert main(["detect", "predict", "--checkpoint", str(path), str(toy[0]), "--output", str(tmp_path / "drawn"),
+                 "--device", "cpu"]) == 0
+    assert sorted(set(sizes)) == [(128, 128), (128, 192), (192, 128)] and len(sizes) == 6
+    capsys.readouterr()
 
 
 def test_a_saved_detector_loads_back_into_the_same_weights(untrained):
@@ -200,6 +266,19 @@ def test_predict_draws_boxes_and_masks_and_goes_on_past_a_bad_image(toy, tmp_pat
     assert far.mean() > 0.2                                                           # enough left to compare
     assert not changed[far].any()
     assert "box 1.00" in captured.out or "ball 1.00" in captured.out
+    # the same PNGs again: refused before any work, the pictures kept; --force replaces them
+    drawn = (tmp_path / "drawn" / "000.png").read_bytes()
+    (tmp_path / "drawn" / "000_1.png").write_bytes(b"mine")
+    args = ["detect", "predict", "--checkpoint", "oracle.safetensors", str(source), str(twin.parent), "--output",
+            str(tmp_path / "drawn"), "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds 000.png, 000_1.png" in err and "--force" in err
+    assert (tmp_path / "drawn" / "000_1.png").read_bytes() == b"mine"
+    monkeypatch.setattr(detector_files, "load_detector",
+                        lambda path, device: (Oracle([dict(found)] * 2), oracle_info(data)))
+    assert main(args + ["--force"]) == 0
+    assert (tmp_path / "drawn" / "000_1.png").read_bytes() == drawn
 
 
 def test_predict_with_no_readable_image_is_one_line(tmp_path, capsys, untrained):

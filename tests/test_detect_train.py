@@ -1,5 +1,6 @@
 """``hcgnet detect train``: the 1x schedule, one training step, the run's files, exact resume after a signal,
 and (slow) a short CPU training that raises the toy set's AP well above an untrained detector's."""
+import json
 import math
 import os
 import signal
@@ -28,7 +29,7 @@ def toy(tmp_path_factory):
     return make_coco(tmp_path_factory.mktemp("coco"), count=8)
 
 
-def test_the_default_schedule_is_the_papers_1x():
+def test_the_default_schedule_is_the_papers_1x_with_torchvisions_warm_up():
     c = DetectConfig()
     assert (c.lr, c.lr_base_batch, c.batch_size, c.momentum, c.weight_decay, c.epochs) == (0.02, 16, 16, 0.9, 1e-4, 12)
     total = 12 * 1000                                  # 12 epochs of 1,000 steps
@@ -36,6 +37,62 @@ def test_the_default_schedule_is_the_papers_1x():
     expected = (0.02 * 0.001, 0.02 * (0.001 * 0.5 + 0.5),  # linear warm-up from 0.001 of the rate, 1,000 steps
                 0.02, 0.02, 0.002, 0.002, 0.0002, 0.0002)  # x0.1 after epochs 8 and 11
     assert [learning_rate(s, total, 0.02, c) for s in steps] == pytest.approx(expected)
+
+
+def test_the_published_preset_is_the_published_mmdetection_config():
+    """detection/hcgnet_config.py of the published implementation: warm-up 500 iterations from 1/3 of the rate
+    (mmcv: lr * (1 - (1 - 1/3) * (1 - i / 500))), steps after epochs 8 and 11, BN scale and shift trained, gradients
+    clipped at max_norm 35."""
+    c = DetectConfig.preset("published")
+    assert (c.bn_affine, c.clip_grad, c.warmup_steps, c.lr, c.epochs) == ("trainable", 35.0, 500, 0.02, 12)
+    total = 12 * 1000
+    steps = (0, 250, 499, 500, 7999, 8000, 11000)
+    expected = (0.02 / 3, 0.02 * 2 / 3, 0.02 * (1 - (2 / 3) * (1 / 500)), 0.02, 0.02, 0.002, 0.0002)
+    assert [learning_rate(s, total, 0.02, c) for s in steps] == pytest.approx(expected)
+    d = DetectConfig()  # torchvision's reference instead
+    assert (d.bn_affine, d.clip_grad, d.warmup_steps, d.warmup_factor) == ("frozen", None, 1000, 0.001)
+    assert DetectConfig.preset("published", clip_grad=10.0).clip_grad == 10.0   # what is given wins
+
+
+def test_detect_train_flags_choose_the_preset_and_override_it(toy, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(trainer, "train", lambda config: seen.append(config))
+    base = ["detect", "train", "--images", str(toy[0]), "--annotations", str(toy[1]), "--output", str(tmp_path)]
+    assert main(base) == 0 and main(base + ["--preset", "published"]) == 0
+    assert main(base + ["--preset", "published", "--warmup-factor", "0.5", "--bn-affine", "frozen"]) == 0
+    assert main(base + ["--clip-grad", "35", "--warmup-steps", "500", "--warmup-factor", "0.333",
+                        "--bn-affine", "trainable"]) == 0
+    got = [(c.bn_affine, c.clip_grad, c.warmup_steps, c.warmup_factor) for c in seen]
+    assert got == [("frozen", None, 1000, 0.001), ("trainable", 35.0, 500, pytest.approx(1 / 3)),
+                   ("frozen", 35.0, 500, 0.5), ("trainable", 35.0, 500, 0.333)]
+
+
+def test_clipping_scales_the_gradients_to_the_maximum_norm():
+    """Hand values: gradients (3, 4) and (0, 12) have a global norm of 13; clipped at 6.5 they halve."""
+    from hcgnet.detection.engine import DetectionStep, clip_gradients
+    from hcgnet.distributed import Dist
+
+    a, b, frozen = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    step = DetectionStep(torch.optim.SGD([a, b], lr=0.1), Dist(), clip_grad=6.5)
+    a.grad, b.grad, frozen.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.0, 12.0]), torch.tensor([100.0, 0.0])
+    clip_gradients(step)
+    assert a.grad.tolist() == pytest.approx([1.5, 2.0]) and b.grad.tolist() == pytest.approx([0.0, 6.0])
+    assert frozen.grad.tolist() == [100.0, 0.0]       # not the optimiser's: not counted, not touched
+    step.clip_grad = 100.0                           # a norm below the maximum is left as it is
+    clip_gradients(step)
+    assert a.grad.tolist() == pytest.approx([1.5, 2.0])
+    step.clip_grad = None
+    a.grad = torch.tensor([300.0, 400.0])
+    clip_gradients(step)
+    assert a.grad.tolist() == [300.0, 400.0]
+
+
+def test_a_backbone_from_scratch_needs_two_images_per_process(toy, tmp_path):
+    from hcgnet.errors import HCGNetError
+
+    with pytest.raises(HCGNetError, match="2 images or more") as info:
+        trainer.train(toy_config(*toy, tmp_path / "run", batch_size=1), log=lambda *a: None)
+    assert "\n" not in str(info.value)
 
 
 def test_the_warm_up_is_capped_at_the_run_and_the_steps_scale_with_epochs():
@@ -48,8 +105,7 @@ def test_the_warm_up_is_capped_at_the_run_and_the_steps_scale_with_epochs():
 def test_one_training_step_has_finite_losses_and_gradients(toy):
     data = read_coco(*toy, masks=True)
     torch.manual_seed(0)
-    model = build_detector(TOY_MODEL, "mask", num_classes=data.num_classes, trainable_stages=3, min_size=64,
-                           max_size=96, **TOY_OPTIONS)
+    model = build_detector(TOY_MODEL, "mask", num_classes=data.num_classes, min_size=64, max_size=96, **TOY_OPTIONS)
     images, targets = collate([CocoDetectionSet(data, [i], train=True, masks=True)[0] for i in (1, 2)])
     model.train()
     losses = model(list(images), list(targets))
@@ -95,7 +151,7 @@ def test_detect_train_writes_the_run_and_refuses_to_overwrite_it(toy, tmp_path, 
 
 @pytest.mark.slow
 def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(toy, tmp_path, monkeypatch, capsys):
-    common = dict(epochs=2, checkpoint_every=0)        # 4 steps per epoch; flips, RPN and ROI sampling are random
+    common = dict(epochs=2, checkpoint_every=0, log_every=1)  # 4 steps per epoch; flips, RPN and ROI sampling random
     trainer.train(toy_config(*toy, tmp_path / "reference", **common), log=lambda *a: None)
     out = tmp_path / "run"
     with monkeypatch.context() as m:
@@ -110,23 +166,36 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(toy, tmp_path, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [(tmp_path / d / "metrics.csv").read_text().splitlines() for d in ("reference", "run")]
     assert [r.split(",")[:4] for r in rows[0]] == [r.split(",")[:4] for r in rows[1]]   # epoch, step, lr, loss
+    # The rate of each global step, by hand: base 0.01, warm-up over steps 0-3 from 0.001, x0.1 from step
+    # int(8 * 8/12) = 5 and again from int(8 * 11/12) = 7; the second epoch does not restart the warm-up.
+    hand = [0.01 * f for f in (0.001, 0.25075, 0.5005, 0.75025, 1, 0.1, 0.1, 0.01)]
+    for run in ("reference", "run"):
+        header, *lines = (tmp_path / run / "steps.csv").read_text().splitlines()
+        at = header.split(",").index("lr")
+        assert [float(line.split(",")[at]) for line in lines] == pytest.approx(hand), run
 
 
 LEARN_MODEL = os.environ.get("HCGNET_LEARN_DETECTOR", TOY_MODEL)
 
 
+#: The README's CPU try-out ("Detection"), word for word but the folders.
+TRY_OPTIONS = {"rpn_post_nms_top_n_train": 50, "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32}
+TRY_ARGS = ["--model", LEARN_MODEL, "--task", "box", "--image-size", "64", "--max-size", "96", "--batch-size", "2",
+            "--lr", "0.08", "--epochs", "20", "--warmup-steps", "20", "--workers", "0",
+            "--detector-options", json.dumps(TRY_OPTIONS)]
+
+
 @pytest.mark.slow
 def test_a_few_hundred_cpu_steps_raise_the_box_ap(tmp_path):
-    """160 steps (16 images, batch 2, 20 epochs) of a Faster R-CNN from scratch on the toy set: box AP on the
-    training images goes from about 0 to well above it (0.5-0.7 measured with the ResNet-18 stand-in)."""
+    """The README's CPU try-out: 160 steps (16 images, batch 2, 20 epochs) of a Faster R-CNN from scratch on the
+    toy set; box AP on the training images goes from about 0 to well above it."""
     images, annotations = make_coco(tmp_path / "coco", count=16)
-    config = toy_config(images, annotations, tmp_path / "run", model=LEARN_MODEL, task="box", epochs=20,
-                        warmup_steps=20)
     data = read_coco(images, annotations)
-    torch.manual_seed(config.seed)                     # the untrained detector the run starts from
-    start = build_detector(LEARN_MODEL, "box", num_classes=3, min_size=64, max_size=96, **TOY_OPTIONS)
+    torch.manual_seed(DetectConfig.seed)               # the untrained detector the run starts from
+    start = build_detector(LEARN_MODEL, "box", num_classes=3, min_size=64, max_size=96, **TRY_OPTIONS)
     before = evaluate_detector(start, data, data.category_ids, "box", torch.device("cpu"))["box"]["AP"]
-    trainer.train(config, log=lambda *a: None)
+    assert main(["detect", "train", "--images", str(images), "--annotations", str(annotations),
+                 "--output", str(tmp_path / "run"), "--device", "cpu", *TRY_ARGS]) == 0
     model, info = load_detector(tmp_path / "run" / "final.safetensors")
     after = evaluate_detector(model, data, info["category_ids"], "box", torch.device("cpu"))["box"]["AP"]
     assert before < 0.05 and after > 0.3, (before, after)
@@ -144,9 +213,7 @@ class NaNDetector(torch.nn.Module):
 
 
 def test_a_non_finite_loss_stops_the_run_in_one_line_before_touching_the_weights(toy, tmp_path, capsys, monkeypatch):
-    import hcgnet.detection.models
-
-    monkeypatch.setattr(hcgnet.detection.models, "build_detector", NaNDetector)
+    monkeypatch.setattr(trainer, "build_detector", NaNDetector)
     out = tmp_path / "run"
     code = main(["detect", "train", "--images", str(toy[0]), "--annotations", str(toy[1]), "--output", str(out),
                  "--device", "cpu", "--workers", "0", "--batch-size", "2", "--task", "box"])
@@ -181,3 +248,39 @@ def test_torchrun_two_cpu_processes_train_one_model_and_score_every_image(toy, t
     # Global batch 4 (not one process's 2); step 1 of 2: halfway through the warm-up (capped at the run) and
     # past both x0.1 steps (at int(2 * 8/12) = int(2 * 11/12) = 1).
     assert group["lr"] == pytest.approx(0.02 * 4 / 16 * (0.001 * 0.5 + 0.5) * 0.01)
+
+
+def test_the_clipping_note_is_logged_once_and_names_the_file(tmp_path, monkeypatch):
+    """Training and validating on the same file with a box 1 px out: one note, naming that file."""
+    images, annotations = make_coco(tmp_path / "coco", count=4)
+    data = json.loads(annotations.read_text())
+    x, y, w, h = data["annotations"][0]["bbox"]
+    data["annotations"][0]["bbox"] = [x, y, 64 - x + 1, h]   # image 1 is 64 wide
+    annotations.write_text(json.dumps(data))
+
+    def stop(self):
+        raise trainer.HCGNetError("stopped after the data")
+
+    monkeypatch.setattr(trainer.DetectRun, "build_model", stop)
+    lines = []
+    config = toy_config(images, annotations, tmp_path / "run", val_images=str(images), val_annotations=str(annotations))
+    with pytest.raises(trainer.HCGNetError, match="stopped after the data"):
+        trainer.train(config, log=lines.append)
+    notes = [line for line in lines if "clipped" in line]
+    assert notes == [f"{annotations}: clipped 1 box sticking out of its image by at most 2 px"]
+
+
+def test_clipping_under_a_grad_scaler_clips_the_true_gradients():
+    """fp16's scaler multiplies the loss (here by 1024): the clip must see the unscaled gradients. Hand values:
+    d/da of (a . (3, 4)) is (3, 4), norm 5; clipped at 2.5 it is (1.5, 2), so SGD at lr 1 moves a by -(1.5, 2)."""
+    from hcgnet.detection.engine import DetectionStep, clip_gradients
+    from hcgnet.distributed import Dist
+    from hcgnet.training.engine import optimizer_step
+
+    a = torch.nn.Parameter(torch.zeros(2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    step = DetectionStep(torch.optim.SGD([a], lr=1.0), Dist(), scaler=scaler, clip_grad=2.5)
+    scaler.scale((a * torch.tensor([3.0, 4.0])).sum()).backward()
+    clip_gradients(step)
+    optimizer_step(step.optimizer, scaler)
+    assert a.detach().tolist() == pytest.approx([-1.5, -2.0])

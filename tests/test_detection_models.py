@@ -46,11 +46,78 @@ def test_hcgnet_b_mask_rcnn_has_the_papers_parameter_count():
 
 def test_resnet50_baseline_is_torchvisions_maskrcnn_resnet50_fpn():
     with torch.device("meta"):
-        model = build_detector("resnet50", trainable_stages=3)
+        model = build_detector("resnet50", trainable_stages=3, trained=True)
     assert count_params(model) == 44_401_393  # torchvision's documented num_params for maskrcnn_resnet50_fpn
     assert not any(isinstance(m, _BatchNorm) for m in model.modules())
     trainable = {n.split(".")[0] for n, p in model.backbone.body.named_parameters() if p.requires_grad}
     assert trainable == {"layer2", "layer3", "layer4"}
+
+
+def _norms_and_trainable(body):
+    return ([type(m).__name__ for m in body.modules() if isinstance(m, (_BatchNorm, FrozenBatchNorm))],
+            sorted(n for n, p in body.named_parameters() if p.requires_grad))
+
+
+def test_an_untrained_resnet50_is_built_as_torchvision_builds_it_from_scratch():
+    """The oracle is torchvision itself: maskrcnn_resnet50_fpn without any weights keeps ordinary BatchNorms and
+    trains every layer, conv1 included."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    with torch.device("meta"):
+        ours = build_detector("resnet50").backbone.body
+        theirs = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).backbone.body
+    assert _norms_and_trainable(ours) == _norms_and_trainable(theirs)
+    norms, trainable = _norms_and_trainable(ours)
+    assert set(norms) == {"BatchNorm2d"} and "conv1.weight" in trainable and "bn1.weight" in trainable
+
+
+def test_an_untrained_hcgnet_backbone_trains_every_layer_with_ordinary_batch_norms(single_thread):
+    """Without ImageNet weights nothing is frozen: frozen random BatchNorms (mean 0, variance 1, weight 1, bias 0)
+    would normalise nothing and a frozen random stem would feed noise to the stages."""
+    torch.manual_seed(0)
+    model = maskrcnn_hcgnet(TINY, num_classes=3, **SMALL).train()
+    body = model.backbone.body
+    assert not any(isinstance(m, FrozenBatchNorm) for m in body.modules())
+    norms = [m for m in body.modules() if isinstance(m, _BatchNorm)]
+    assert len(norms) > 20 and all(m.weight.requires_grad for m in norms)
+    assert all(p.requires_grad for p in body.parameters())
+    stem_mean = body.stem.norm0.running_mean.clone()
+    images, targets = _targets(2, 64, 80)
+    sum(model(images, targets).values()).backward()
+    assert body.stem.conv0.weight.grad.abs().sum() > 0 and body.stem.norm0.weight.grad.abs().sum() > 0
+    assert not torch.equal(body.stem.norm0.running_mean, stem_mean)  # statistics learnt from the data
+
+
+def test_trainable_stages_is_refused_for_an_untrained_backbone():
+    for model in (TINY, "resnet50"):
+        with torch.device("meta"), pytest.raises(HCGNetError, match="without weights_backbone") as info:
+            build_detector(model, trainable_stages=2)
+        assert "\n" not in str(info.value)
+
+
+def test_trainable_bn_affine_trains_scale_and_shift_outside_the_frozen_stages_only(single_thread):
+    """The published mmdetection config (norm_eval with requires_grad BN, frozen_stages=1): statistics frozen
+    everywhere, scale and shift trained in stages 1.., frozen in the stem and stage 0."""
+    torch.manual_seed(0)
+    model = maskrcnn_hcgnet(TINY4, num_classes=3, trained=True, bn_affine="trainable", **SMALL).train()
+    body = model.backbone.body
+    norms = {n: m for n, m in body.named_modules() if isinstance(m, FrozenBatchNorm)}
+    assert norms and not any(isinstance(m, _BatchNorm) for m in body.modules())
+    frozen_part = [n for n in norms if n.startswith(("stem.", "stages.0."))]
+    trained_part = [n for n in norms if n not in frozen_part]
+    assert frozen_part and trained_part
+    assert all(not norms[n].weight.requires_grad and not norms[n].bias.requires_grad for n in frozen_part)
+    assert all(norms[n].weight.requires_grad and norms[n].bias.requires_grad for n in trained_part)
+    buffers = {k: v.clone() for k, v in body.named_buffers()}
+    images, targets = _targets(2, 64, 80)
+    sum(model(images, targets).values()).backward()
+    assert body.stages[2].transition.squeeze.conv1x1.norm.weight.grad.abs().sum() > 0
+    assert body.norm.bias.grad.abs().sum() > 0
+    assert all(torch.equal(v, buffers[k]) for k, v in body.named_buffers())  # no statistic moved
+    with torch.device("meta"):  # the default is torchvision's: nothing of a BatchNorm trains
+        frozen = maskrcnn_hcgnet(TINY4, num_classes=3, trained=True)
+    assert not any(p.requires_grad for m in frozen.backbone.body.modules() if isinstance(m, FrozenBatchNorm)
+                   for p in m.parameters())
 
 
 def test_hcgnet_b_fpn_taps_have_the_papers_channels_and_strides(single_thread):
@@ -69,9 +136,39 @@ def test_hcgnet_b_fpn_taps_have_the_papers_channels_and_strides(single_thread):
         (256, 16, 24), (256, 8, 12), (256, 4, 6), (256, 2, 3), (256, 1, 2)]
 
 
+def test_each_tap_goes_through_the_next_transitions_trained_batch_norm(single_thread):
+    """Tap i = ReLU(BN(hybrid-block output i)) with the BatchNorm that opens transition i + 1, its statistics and
+    affine weights set here to values far from 0/1; the last tap uses the network's final norm. The oracle
+    writes the formula out with those hand-set tensors."""
+    torch.manual_seed(0)
+    backbone = hcgnet_fpn_backbone(TINY4, trained=True).eval()
+    body = backbone.body
+    g = torch.Generator().manual_seed(1)
+    norms = [s.transition.squeeze.conv1x1.norm for s in body.stages[1:]] + [body.norm]
+    hand = []
+    with torch.no_grad():
+        for norm in norms:
+            n = norm.num_features
+            values = dict(running_mean=torch.randn(n, generator=g), running_var=torch.rand(n, generator=g) * 3 + 0.5,
+                          weight=torch.randn(n, generator=g), bias=torch.randn(n, generator=g))
+            for name, value in values.items():
+                getattr(norm, name).copy_(value)
+            hand.append(values)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        raw = body.forward_intermediates(x, intermediates_only=True)   # the hybrid-block outputs, before any norm
+        taps = backbone.taps(x)
+    assert len(raw) == len(taps) == 4
+    for i, (r, values) in enumerate(zip(raw, hand)):
+        v = {k: t[None, :, None, None] for k, t in values.items()}
+        expected = torch.relu((r - v["running_mean"]) / torch.sqrt(v["running_var"] + 1e-5) * v["weight"] + v["bias"])
+        torch.testing.assert_close(taps[str(i)], expected, msg=f"tap {i}")
+        assert not torch.allclose(taps[str(i)], torch.relu(r))       # more than a ReLU
+
+
 def test_trainable_stages_freezes_the_stem_and_the_first_stages():
     with torch.device("meta"):
-        backbone = hcgnet_fpn_backbone("hcgnet_b", trainable_stages=3)
+        backbone = hcgnet_fpn_backbone("hcgnet_b", trainable_stages=3, trained=True)
     body = backbone.body
     assert not any(p.requires_grad for p in body.stem.parameters())
     assert not any(p.requires_grad for p in body.stages[0].parameters())
@@ -93,7 +190,7 @@ def test_a_three_stage_spec_gets_the_imagenet_stem_and_levels_to_match():
 
 def test_one_training_step_trains_exactly_the_trainable_backbone(single_thread):
     torch.manual_seed(0)
-    model = maskrcnn_hcgnet(TINY, num_classes=3, trainable_stages=2, **SMALL).train()
+    model = maskrcnn_hcgnet(TINY, num_classes=3, trainable_stages=2, trained=True, **SMALL).train()
     body = model.backbone.body
     buffers = {k: v.clone() for k, v in body.named_buffers()}
     images, targets = _targets(2, 64, 80)
@@ -187,21 +284,30 @@ def test_weights_backbone_reads_a_published_format_checkpoint(tmp_path):
                        source.state_dict()["stages.3.transition.squeeze.conv1x1.norm.running_var"])
 
 
-def test_a_detectors_state_dict_loads_back_into_the_same_build():
-    torch.manual_seed(0)
-    model = maskrcnn_hcgnet(TINY, num_classes=3, **SMALL)
-    again = maskrcnn_hcgnet(TINY, num_classes=3, **SMALL)
-    again.load_state_dict(model.state_dict(), strict=True)
-    key = "backbone.body.stages.1.transition.forget_gate.bottleneck.norm.running_var"
-    assert torch.equal(again.state_dict()[key], model.state_dict()[key])
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_detectors_state_dict_loads_back_into_the_same_build(trained):
+    """Every tensor is set to values written here (not taken from a model), saved, and read back strictly into a
+    fresh build (for an untrained one also into the frozen build detect eval uses): each must hold them."""
+    model = maskrcnn_hcgnet(TINY, num_classes=3, trained=trained, **SMALL)
+    state = model.state_dict()
+    expected = {k: (torch.full_like(v, i + 1) if v.dtype == torch.long
+                    else torch.linspace(0.5, 1.5, v.numel(), dtype=v.dtype).reshape(v.shape) + i)
+                for i, (k, v) in enumerate(sorted(state.items()))}
+    for target_trained in {trained, True}:
+        again = maskrcnn_hcgnet(TINY, num_classes=3, trained=target_trained, **SMALL)
+        again.load_state_dict(expected, strict=True)
+        loaded = again.state_dict()
+        assert loaded.keys() == expected.keys()
+        assert all(torch.equal(loaded[k], expected[k]) for k in expected)
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(model="hcgnet_z"), "unknown model"),
     (dict(model="resnet18"), "timm model"),
-    (dict(model="hcgnet_b", trainable_stages=5), "trainable_stages must be 0..4"),
-    (dict(model=TINY, trainable_stages=-1), "trainable_stages must be 0..3"),
-    (dict(model="resnet50", trainable_stages=5), "trainable_stages must be 0..4"),
+    (dict(model="hcgnet_b", trainable_stages=5, trained=True), "trainable_stages must be 0..4"),
+    (dict(model=TINY, trainable_stages=-1, trained=True), "trainable_stages must be 0..3"),
+    (dict(model="resnet50", trainable_stages=5, trained=True), "trainable_stages must be 0..4"),
+    (dict(model="hcgnet_b", trained=True, bn_affine="learnt"), "bn_affine must be"),
     (dict(model="hcgnet_b", task="segment"), "unknown detection task"),
     (dict(model="hcgnet_b", num_classes=1), "2 or more"),
 ])
@@ -211,9 +317,15 @@ def test_bad_arguments_are_one_line_errors(kwargs, match):
     assert "\n" not in str(info.value)
 
 
-def test_a_cifar_stem_checkpoint_is_refused_in_one_line():
-    with pytest.raises(CheckpointError, match="needs the ImageNet stem") as info:
+def test_a_cifar_stem_checkpoint_is_refused_in_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match="has the CIFAR stem.*needs the ImageNet stem") as info:
         build_detector("hcgnet_a1", weights_backbone="tests/fixtures/cifar_A1.official.pth.tar")
+    assert "\n" not in str(info.value)
+    # hcgnet's own classifier with the CIFAR stem, as hcgnet train writes it: the stem rule, not a shape mismatch
+    path = tmp_path / "cifar_stem.safetensors"
+    save_safetensors(hcgnet.create_model(TINY4, stem="cifar", num_classes=10), path)
+    with pytest.raises(CheckpointError, match="has the CIFAR stem") as info:
+        build_detector(TINY4, weights_backbone=str(path))
     assert "\n" not in str(info.value)
 
 
@@ -238,6 +350,16 @@ def test_info_detection_reports_params_and_macs_beside_the_paper(capsys):
     assert 0.94 < row["gmacs"] / PAPER_GMACS < 1.0
 
 
+def test_info_detection_counts_at_the_image_size_given(capsys):
+    """At --image-size 400x600 the network sees 416x608 (padded to 32), not 800 px: the RPN head by hand at
+    every level of 416x608 (strides 4..64)."""
+    assert main(["info", "--detection", "hcgnet_b", "--image-size", "400x600", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["image"] == "400x600" and row["network_input"] == "416x608" and row["paper_gmacs"] is None
+    positions = 104 * 152 + 52 * 76 + 26 * 38 + 13 * 19 + 7 * 10
+    assert row["gmacs_by_part"]["rpn_head"] * 1e9 == pytest.approx(positions * 256 * (256 * 9 + 3 + 12), rel=1e-9)
+
+
 def test_info_detection_bad_input_exits_2_with_one_line(capsys):
     assert main(["info", "--detection", "hcgnet_b", "--image-size", "800"]) == 2
     err = capsys.readouterr().err
@@ -247,7 +369,7 @@ def test_info_detection_bad_input_exits_2_with_one_line(capsys):
 
 def test_a_detector_trains_on_a_batch_of_one_image(single_thread):
     torch.manual_seed(0)
-    model = fasterrcnn_hcgnet(TINY4, num_classes=3, **SMALL).train()
+    model = fasterrcnn_hcgnet(TINY4, num_classes=3, trained=True, **SMALL).train()  # frozen norms: as fine-tuned
     images, targets = _targets(1, 64, 80)
     losses = model(images, targets)
     sum(losses.values()).backward()

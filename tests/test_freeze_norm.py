@@ -126,3 +126,27 @@ def test_a_batch_of_one_trains_through_an_smg_module_in_train_mode(single_thread
 def test_an_unfrozen_gate_still_refuses_a_batch_of_one():
     with pytest.raises(BatchOfOneError):
         _smg().train()(torch.randn(1, 8, 5, 5))
+
+
+def test_trainable_affine_freezes_the_statistics_and_trains_scale_and_shift(single_thread):
+    """mmdetection's norm_eval with trainable BN: y = (x - mean) / sqrt(var + eps) * weight + bias with the running
+    statistics fixed, ``weight`` and ``bias`` parameters whose gradients are those of that formula."""
+    bn = _randomise_norms(nn.BatchNorm2d(3, eps=1e-3))
+    frozen = freeze_batch_norm(copy.deepcopy(bn), trainable_affine=True).train()
+    assert isinstance(frozen, FrozenBatchNorm)
+    assert {n for n, _ in frozen.named_parameters()} == {"weight", "bias"}
+    assert set(frozen.state_dict()) == set(bn.state_dict())
+    x = torch.randn(2, 3, 4, 5)
+    y = frozen(x)
+    # the oracle, written out: the eval-mode formula with the original tensors
+    normalised = (x - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var[None, :, None, None] + 1e-3)
+    expected = normalised * bn.weight.detach()[None, :, None, None] + bn.bias.detach()[None, :, None, None]
+    torch.testing.assert_close(y, expected)
+    y.sum().backward()
+    torch.testing.assert_close(frozen.weight.grad, normalised.sum(dim=(0, 2, 3)))
+    torch.testing.assert_close(frozen.bias.grad, torch.full((3,), 2.0 * 4 * 5))
+    assert torch.equal(frozen.running_mean, bn.running_mean) and torch.equal(frozen.running_var, bn.running_var)
+    # a state dict of the plain BatchNorm loads strictly into it, values and all
+    again = FrozenBatchNorm(3, eps=1e-3, trainable_affine=True)
+    again.load_state_dict(bn.state_dict(), strict=True)
+    assert isinstance(again.weight, nn.Parameter) and torch.equal(again.weight.detach(), bn.weight.detach())

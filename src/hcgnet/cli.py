@@ -459,33 +459,30 @@ def cmd_detect_train(args: argparse.Namespace) -> int:
     if args.resume and not args.images and (Path(output) / "config.yaml").is_file():
         config = resume_detect_config(output, given)  # the run's own settings; flags given here on top
     else:
-        config = DetectConfig(**{k: v for k, v in given.items() if v is not None})
+        config = DetectConfig.preset(args.preset, **{k: v for k, v in given.items() if v is not None})
     train(config)
     return 0
 
 
 def cmd_detect_eval(args: argparse.Namespace) -> int:
-    from hcgnet.detection.evaluate import evaluate_coco, summary, table, write_reports
-    from hcgnet.files import check_output_file, reported_write
+    from hcgnet.detection.evaluate import REPORTS, evaluate_coco, summary, table, write_reports
+    from hcgnet.files import check_output_folder, reported_write
     from hcgnet.inference import note_on_stderr
 
-    if args.json:
-        check_output_file(args.json, "--json", force=True)
     out = Path(args.output) if args.output else None
     if out is not None:
-        _check_output_folder(out)
+        check_output_folder(out, "the metrics and detections", results=REPORTS, force=args.force)
     m = evaluate_coco(args.checkpoint, args.images, args.annotations, args.batch_size, args.workers, args.device,
                       args.amp, log=note_on_stderr)
-    print(f"{args.checkpoint} on {args.annotations} ({m['images']} images): COCO AP (%)")
-    print(table(m))
-    if args.json:
-        with reported_write(args.json):
-            Path(args.json).write_text(json.dumps(summary(m), indent=2) + "\n")
-        print(f"wrote {args.json}")
+    if args.json:  # as in eval --json: JSON alone on stdout
+        print(json.dumps(summary(m), indent=2))
+    else:
+        print(f"{args.checkpoint} on {args.annotations} ({m['images']} images): COCO AP (%)")
+        print(table(m))
     if out is not None:
         with reported_write(out):
             files = write_reports(m, out)
-        print(f"wrote {out}/: {', '.join(f.name for f in files)}")
+        print(f"wrote {out}/: {', '.join(f.name for f in files)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -494,9 +491,8 @@ def cmd_detect_predict(args: argparse.Namespace) -> int:
     from hcgnet.detection.draw import predict
     from hcgnet.inference import note_on_stderr
 
-    _check_output_folder(Path(args.output))
     results = predict(args.checkpoint, args.images, args.output, args.score_threshold, args.device,
-                      log=note_on_stderr)
+                      log=note_on_stderr, force=args.force)
     drawn = [r for r in results if "png" in r]
     for r in drawn:
         shown = r["detections"][:10]  # the best ten on the terminal; the picture has them all
@@ -519,7 +515,8 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
 
     tasks = detect.add_subparsers(dest="detect_command", required=True)
 
-    tr = tasks.add_parser("train", help="train a detector (the paper's 1x schedule by default; torchrun for GPUs)")
+    tr = tasks.add_parser("train", help="train a detector (the paper's 1x schedule; other settings torchvision's or, "
+                                        "with --preset published, the published config's; torchrun for GPUs)")
     tr.add_argument("--images", default=None, metavar="DIR", help="folder of the training images")
     tr.add_argument("--annotations", default=None, metavar="FILE", help="their COCO instances JSON")
     tr.add_argument("--val-images", default=None, metavar="DIR", help="validation images, scored every epoch")
@@ -528,8 +525,16 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
     tr.add_argument("--task", choices=("mask", "box"), default=None,
                     help="mask: Mask R-CNN, box: Faster R-CNN (default mask)")
     tr.add_argument("--weights-backbone", default=None, metavar="FILE", help="ImageNet weights of the backbone")
+    tr.add_argument("--preset", choices=("torchvision", "published"), default="torchvision",
+                    help="torchvision (default): BN scale and shift frozen, warm-up 1000 steps from 0.001, no "
+                         "clipping; published: the published mmdetection config's (BN scale and shift trained, "
+                         "warm-up 500 steps from 1/3, gradients clipped at 35); the flags below win")
     tr.add_argument("--trainable-stages", type=int, default=None, metavar="N",
-                    help=f"backbone stages trained, counted from the top (default {D.trainable_stages})")
+                    help="with --weights-backbone: backbone stages trained, counted from the top (default 3); "
+                         "without, every layer trains")
+    tr.add_argument("--bn-affine", choices=("frozen", "trainable"), default=None,
+                    help="with --weights-backbone: BatchNorm scale and shift frozen (default) or trained outside "
+                         "the frozen stages; the statistics stay frozen either way")
     tr.add_argument("--image-size", type=int, default=None, metavar="N",
                     help=f"shorter image side the detector resizes to (default {D.image_size})")
     tr.add_argument("--max-size", type=int, default=None, metavar="N", help=f"longer side at most (default {D.max_size})")
@@ -541,6 +546,10 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
                     help=f"learning rate for a global batch of {D.lr_base_batch}, scaled linearly (default {D.lr})")
     tr.add_argument("--warmup-steps", type=int, default=None, metavar="N",
                     help=f"linear warm-up steps (default {D.warmup_steps})")
+    tr.add_argument("--warmup-factor", type=float, default=None, metavar="X",
+                    help=f"the warm-up starts at this fraction of the rate (default {D.warmup_factor})")
+    tr.add_argument("--clip-grad", type=float, default=None, metavar="NORM",
+                    help="clip the gradients' global L2 norm to NORM (default: never; published: 35)")
     tr.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="mixed precision (fp16: GPU only)")
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     tr.add_argument("--workers", type=int, default=None, help=f"data loading processes (default {D.workers})")
@@ -563,9 +572,10 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
     ev.add_argument("--annotations", required=True, metavar="FILE", help="COCO instances JSON")
     ev.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     add_hardware_options(ev, "autocast dtype")
-    ev.add_argument("--json", default=None, metavar="FILE", help="write the AP figures as JSON")
+    ev.add_argument("--json", action="store_true", help="print the AP figures as JSON instead of a table")
     ev.add_argument("--output", default=None, metavar="DIR",
                     help="write metrics.json, metrics.csv and the detections in COCO's results format")
+    ev.add_argument("--force", action="store_true", help="replace those files in --output if they exist")
     ev.set_defaults(func=cmd_detect_eval)
 
     pr = tasks.add_parser("predict", help="draw a detector's boxes, classes and masks on images (PNGs)")
@@ -574,6 +584,7 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
     pr.add_argument("--output", required=True, metavar="DIR", help="folder for one PNG per image")
     pr.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring this or more (0.5)")
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    pr.add_argument("--force", action="store_true", help="replace PNGs of the same names in --output")
     pr.set_defaults(func=cmd_detect_predict)
 
 

@@ -54,7 +54,7 @@ def load_detector(path, device: torch.device = torch.device("cpu")) -> Tuple[nn.
                             "category_ids": json.loads(meta["category_ids"]), "min_size": int(meta["min_size"]),
                             "max_size": int(meta["max_size"]), "trainable_stages": int(meta["trainable_stages"]),
                             "options": json.loads(meta.get("detector_options", "{}"))}
-    model = build_detector(info["model"], info["task"], num_classes=info["num_classes"],
+    model = build_detector(info["model"], info["task"], num_classes=info["num_classes"], trained=True,
                            trainable_stages=info["trainable_stages"], min_size=info["min_size"],
                            max_size=info["max_size"], **info["options"])
     try:

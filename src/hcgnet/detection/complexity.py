@@ -79,11 +79,14 @@ def detection_info(model: str = "hcgnet_b", task: str = "mask", num_classes: int
                    image_size: Sequence[int] = DEFAULT_IMAGE_SIZE) -> dict:
     """One row for ``hcgnet info --detection``: parameters (``nn.Parameter`` elements, trainable or frozen; the
     frozen BatchNorms' constants are not counted, as in torchvision's own figures), multiply-adds by part, and
-    the paper's Table 4 figures where it has them (Mask R-CNN, 91 classes)."""
+    the paper's Table 4 figures where it has them (Mask R-CNN, 91 classes, 800x1333). The image is counted at
+    ``image_size`` as given (only padded to a multiple of 32), not resized to the detector's 800 px."""
     from hcgnet.detection.models import build_detector
 
-    with torch.device("meta"):  # shapes only
-        detector = build_detector(model, task, num_classes, trainable_stages=0).eval()
+    h, w = (int(v) for v in image_size)
+    with torch.device("meta"):  # shapes only; resizing to (h, w) keeps the image at the size asked for
+        detector = build_detector(model, task, num_classes, trainable_stages=0, trained=True,
+                                  min_size=min(h, w), max_size=max(h, w)).eval()
     macs = detector_macs(detector, image_size)
     key = model.strip().lower()
     paper = PAPER_TABLE4.get(key) if task == "mask" else None

@@ -1,5 +1,10 @@
 """``DetectConfig``: the settings of ``hcgnet detect train``, and the 1x learning-rate schedule.
 
+The defaults are the paper's 1x schedule (12 epochs, lr 0.02 per 16 images, x0.1 after epochs 8 and 11) with
+torchvision's detection reference for what the paper does not say: BatchNorm scale and shift frozen, a
+1,000-step warm-up from 0.001 of the rate, no gradient clipping. ``DetectConfig.preset("published")`` takes
+the published mmdetection config's choices instead (:data:`PUBLISHED`).
+
 Kept apart from the trainer so that the command line (and ``detect eval/predict``) can read the defaults
 without importing :mod:`hcgnet.training`.
 """
@@ -24,7 +29,8 @@ class DetectConfig:
     model: str = "hcgnet_b"                 # backbone: an HCGNet name or spec, or resnet50 (torchvision's baseline)
     task: str = "mask"                      # mask: Mask R-CNN; box: Faster R-CNN
     weights_backbone: Optional[str] = None  # ImageNet weights of the backbone
-    trainable_stages: int = 3
+    trainable_stages: Optional[int] = None  # with weights_backbone: 3 (or every stage if fewer); without: all train
+    bn_affine: str = "frozen"               # frozen (torchvision) or trainable (published) BN scale and shift
     image_size: int = 800                   # shorter side the detector resizes to (torchvision's min_size)
     max_size: int = 1333                    # longer side at most
     detector_options: Optional[Dict[str, Any]] = None  # more keyword arguments of torchvision's MaskRCNN/FasterRCNN
@@ -36,7 +42,8 @@ class DetectConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_steps: int = 1000
-    warmup_factor: float = 0.001
+    warmup_factor: float = 0.001            # the warm-up starts at this fraction of the rate
+    clip_grad: Optional[float] = None       # clip the gradients' global L2 norm to this (None: never)
     lr_steps: tuple = (8 / 12, 11 / 12)     # x0.1 at these fractions of the run
     amp: str = "none"
     device: Optional[str] = None            # cpu or cuda; None: the GPU when there is one
@@ -49,10 +56,24 @@ class DetectConfig:
     resume: bool = False
     overwrite: bool = False
 
+    @classmethod
+    def preset(cls, name: str, **values) -> "DetectConfig":
+        """A config with the settings of ``name`` ("torchvision": the defaults; "published": :data:`PUBLISHED`)
+        under ``values``."""
+        if name not in PRESETS:
+            raise HCGNetError(f"unknown preset {name!r}; use {' or '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **values})
+
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lr_steps"] = list(self.lr_steps)
         return d
+
+
+#: The published mmdetection config's choices where they differ from the defaults (torchvision's): BN scale and
+#: shift trained outside the frozen stages, 500 warm-up iterations from 1/3 of the rate, gradients clipped at 35.
+PUBLISHED = dict(bn_affine="trainable", warmup_steps=500, warmup_factor=1 / 3, clip_grad=35.0)
+PRESETS = {"torchvision": {}, "published": PUBLISHED}
 
 
 def check_config(c: DetectConfig) -> None:
@@ -73,6 +94,12 @@ def check_config(c: DetectConfig) -> None:
                           "'{\"box_batch_size_per_image\": 128}'")
     if c.lr <= 0:
         raise HCGNetError(f"--lr must be positive, got {c.lr}")
+    if not 0 < c.warmup_factor <= 1:
+        raise HCGNetError(f"--warmup-factor is the warm-up's first fraction of the rate: 0 < it <= 1, got {c.warmup_factor}")
+    if c.clip_grad is not None and not c.clip_grad > 0:
+        raise HCGNetError(f"--clip-grad must be a positive gradient norm, got {c.clip_grad}")
+    if c.bn_affine not in ("frozen", "trainable"):
+        raise HCGNetError(f"--bn-affine must be frozen or trainable, got {c.bn_affine!r}")
     if c.task not in ("mask", "box"):
         raise HCGNetError(f"--task must be mask or box, got {c.task!r}")
     if c.amp not in AMP_DTYPES:

@@ -218,7 +218,8 @@ def read_coco(images: str | Path, annotations: str | Path, masks: bool = False) 
     _check_files(data, images_dir, path)
     _complete(data)
     categories = sorted(data["categories"], key=lambda c: c["id"])
-    notes = [f"clipped {plural(clipped, 'box')} sticking out of its image by at most {CLIP_PIXELS:g} px"] if clipped else []
+    notes = [f"{path}: clipped {plural(clipped, 'box')} sticking out of its image by at most {CLIP_PIXELS:g} px"
+             ] if clipped else []
     return CocoData(images_dir, path, coco_index(data), [c["id"] for c in categories],
                     [str(c["name"]) for c in categories], sorted(im["id"] for im in data["images"]), notes)
 

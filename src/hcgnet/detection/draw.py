@@ -13,6 +13,7 @@ from hcgnet.data.errors import DataError
 from hcgnet.data.images import load_image
 from hcgnet.errors import HCGNetError
 from hcgnet.evaluation import device_of
+from hcgnet.files import check_output_folder
 
 #: One colour per class (cycled), strong enough to see on photographs.
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#008080",
@@ -44,28 +45,28 @@ def _unique_name(path: str, taken: set) -> str:
 
 @torch.no_grad()
 def predict(checkpoint, inputs: Sequence[str], output, score_threshold: float = 0.5, device: Optional[str] = None,
-            log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+            log: Callable[[str], None] = print, force: bool = False) -> List[Dict[str, Any]]:
     """Detect objects in the images named by ``inputs`` (files, folders, glob patterns) and write one PNG per
-    image into the folder ``output``. Returns one entry per image: ``{"image", "png", "detections": [{"class",
-    "category_id", "score", "box"}]}`` or ``{"image", "error"}``."""
+    image into the folder ``output``, which may not hold PNGs of those names already unless ``force``. Returns
+    one entry per image: ``{"image", "png", "detections": [{"class", "category_id", "score", "box"}]}`` or
+    ``{"image", "error"}``."""
     from hcgnet.detection.checkpoint import load_detector
     from hcgnet.inference import collect_images
 
     if not 0 <= score_threshold <= 1:
         raise HCGNetError(f"--score-threshold must be between 0 and 1, got {score_threshold}")
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise HCGNetError(f"--output {out} is a file; give a folder for the PNGs")
     paths, results = collect_images(inputs)
     for problem in results:
         log(f"hcgnet: warning: {problem['error']}; skipped")
     if not paths:
         raise DataError("no images to detect objects in (see the warnings above)")
+    taken: set = set()
+    pngs = [_unique_name(path, taken) for path in paths]
+    out = check_output_folder(output, "the PNGs", results=pngs, force=force)
     dev = device_of(device)
     model, info = load_detector(checkpoint, dev)
     out.mkdir(parents=True, exist_ok=True)
-    taken: set = set()
-    for path in paths:
+    for path, png in zip(paths, pngs):
         try:
             image = F.pil_to_tensor(load_image(path, hint="").convert("RGB"))
         except DataError as e:
@@ -74,7 +75,7 @@ def predict(checkpoint, inputs: Sequence[str], output, score_threshold: float = 
             continue
         found = {k: v.float().cpu() if k != "labels" else v.cpu()
                  for k, v in model([F.to_dtype(image, torch.float32, scale=True).to(dev)])[0].items()}
-        png = out / _unique_name(path, taken)
+        png = out / png
         drawn = draw_detections(image, found, info["class_names"], score_threshold)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
         keep = found["scores"] >= score_threshold

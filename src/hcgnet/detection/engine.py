@@ -1,6 +1,6 @@
 """One detection training epoch: the detector computes its own losses (RPN objectness and box regression,
-box classifier and regression, masks); the step adds them, checks they are finite, and steps SGD (through the
-grad scaler for fp16). Set-up, checkpoints and logs are the trainer's."""
+box classifier and regression, masks); the step adds them, checks they are finite, clips the gradients' norm
+when asked (the published config: 35), and steps SGD (through the grad scaler for fp16). Set-up, checkpoints and logs are the trainer's."""
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
@@ -21,6 +21,18 @@ class DetectionStep:
     dist: Dist
     amp_dtype: Optional[torch.dtype] = None
     scaler: Optional[torch.amp.GradScaler] = None
+    clip_grad: Optional[float] = None  # max global L2 norm of the gradients (mmdetection's grad_clip max_norm)
+
+
+def clip_gradients(step: DetectionStep) -> None:
+    """Scale the gradients of all trained parameters down to a global L2 norm of ``step.clip_grad`` at most
+    (``torch.nn.utils.clip_grad_norm_``, mmdetection's ``grad_clip``); an fp16 run unscales them first."""
+    if step.clip_grad is None:
+        return
+    if step.scaler is not None:
+        step.scaler.unscale_(step.optimizer)
+    params = [p for group in step.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, step.clip_grad)
 
 
 def new_totals() -> Dict[str, float]:
@@ -51,6 +63,7 @@ def train_one_epoch(model: nn.Module, batches, step: DetectionStep, set_lr: Call
         stop_unless_finite(value, step.dist, i + 1, "the detection loss",  # each part named in the message
                            lambda: " (" + ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items()) + ")")
         (step.scaler.scale(loss) if step.scaler else loss).backward()
+        clip_gradients(step)
         optimizer_step(step.optimizer, step.scaler)
         totals["loss"] += value
         for k, v in losses.items():

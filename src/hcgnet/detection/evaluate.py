@@ -164,6 +164,10 @@ def summary(metrics: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in metrics.items() if k != "results"}
 
 
+#: What ``write_reports`` may write (``detections_segm.json`` for mask models only).
+REPORTS = ("metrics.json", "metrics.csv", "detections_bbox.json", "detections_segm.json")
+
+
 def write_reports(metrics: Dict[str, Any], folder) -> List[Path]:
     """metrics.json, metrics.csv (one row per kind) and the detections in COCO's results format."""
     folder = Path(folder)

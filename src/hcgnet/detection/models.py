@@ -16,7 +16,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
 from hcgnet.errors import CheckpointError, ModelSpecError
-from hcgnet.detection.backbone import HCGNetFPN, check_trainable_stages, hcgnet_fpn_backbone
+from hcgnet.detection.backbone import HCGNetFPN, hcgnet_fpn_backbone, stage_count, stages_to_train
 from hcgnet.layers import freeze_batch_norm
 from hcgnet.models.checkpoints import load_state_dict_into, read_state_dict
 
@@ -26,7 +26,8 @@ RESNET50_STAGES = 4
 
 
 def build_detector(model: str = "hcgnet_b", task: str = "mask", num_classes: int = 91,
-                   weights_backbone: Optional[str] = None, trainable_stages: int = 3, **kwargs) -> nn.Module:
+                   weights_backbone: Optional[str] = None, trainable_stages: Optional[int] = None,
+                   bn_affine: str = "frozen", trained: Optional[bool] = None, **kwargs) -> nn.Module:
     """A torchvision ``MaskRCNN`` (``task="mask"``) or ``FasterRCNN`` (``"box"``) for ``num_classes`` classes
     (background included, COCO: 91).
 
@@ -35,8 +36,14 @@ def build_detector(model: str = "hcgnet_b", task: str = "mask", num_classes: int
             for torchvision's ResNet-50 FPN baseline.
         weights_backbone: an ImageNet checkpoint of that backbone (any file hcgnet reads; for ``resnet50`` a
             torchvision/timm ResNet-50 state dict); its classifier is dropped.
-        trainable_stages: stages trained, counted from the last; the stem and the others are frozen. All
-            BatchNorms are frozen whatever this says (:func:`hcgnet.layers.freeze_batch_norm`).
+        trainable_stages: for a trained backbone, stages trained, counted from the last (default 3, or all
+            when there are fewer); the stem and the others are frozen, and so are the statistics of every
+            BatchNorm (:func:`hcgnet.layers.freeze_batch_norm`). An untrained backbone trains every layer, the
+            stem included, with ordinary BatchNorms (torchvision's rule); giving this for it is an error.
+        bn_affine: for a trained backbone, ``"frozen"`` (torchvision) or ``"trainable"`` (the published
+            mmdetection config: scale and shift train outside the frozen stages, the statistics stay frozen).
+        trained: whether the backbone's weights are trained ones (default: whether ``weights_backbone`` is
+            given); ``True`` builds a detector whose trained weights are loaded afterwards.
         **kwargs: torchvision's ``MaskRCNN``/``FasterRCNN`` arguments.
     """
     if task not in TASKS:
@@ -45,11 +52,18 @@ def build_detector(model: str = "hcgnet_b", task: str = "mask", num_classes: int
         raise ModelSpecError(f"num_classes counts the background too and must be 2 or more (COCO: 91), "
                              f"got {num_classes!r}")
     if model.strip().lower() == RESNET50:
-        backbone = resnet50_fpn_backbone(weights_backbone, trainable_stages)
+        backbone = resnet50_fpn_backbone(weights_backbone, trainable_stages, bn_affine, trained)
     else:
-        backbone = hcgnet_fpn_backbone(model, weights_backbone, trainable_stages)
+        backbone = hcgnet_fpn_backbone(model, weights_backbone, trainable_stages, bn_affine, trained)
         kwargs = {**_level_defaults(backbone, task), **kwargs}
     return TASKS[task](backbone, num_classes=num_classes, **kwargs)
+
+
+def trained_stages(model: str, weights_backbone: Optional[str] = None, trainable_stages: Optional[int] = None) -> int:
+    """How many backbone stages ``build_detector`` with these arguments trains (every one without weights)."""
+    n = RESNET50_STAGES if model.strip().lower() == RESNET50 else stage_count(model)
+    trainable = stages_to_train(model, n, weights_backbone is not None, trainable_stages)
+    return n if trainable is None else trainable
 
 
 def _level_defaults(backbone: HCGNetFPN, task: str) -> dict:
@@ -69,13 +83,16 @@ def _level_defaults(backbone: HCGNetFPN, task: str) -> dict:
     return defaults
 
 
-def resnet50_fpn_backbone(weights_backbone: Optional[str] = None, trainable_stages: int = 3) -> nn.Module:
-    """torchvision's ResNet-50 FPN backbone as its ``maskrcnn_resnet50_fpn`` builds it for fine-tuning (frozen
-    BatchNorms, ``trainable_backbone_layers=trainable_stages``), weights from a local file (never downloaded)."""
+def resnet50_fpn_backbone(weights_backbone: Optional[str] = None, trainable_stages: Optional[int] = None,
+                          bn_affine: str = "frozen", trained: Optional[bool] = None) -> nn.Module:
+    """torchvision's ResNet-50 FPN backbone as its ``maskrcnn_resnet50_fpn`` builds it: for fine-tuning frozen
+    BatchNorms and ``trainable_backbone_layers=trainable_stages``, weights from a local file (never downloaded);
+    untrained, ordinary BatchNorms and every layer trained (``trainable_backbone_layers=5``)."""
     from torchvision.models import resnet50
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 
-    check_trainable_stages(trainable_stages, RESNET50_STAGES, RESNET50)
+    trained = weights_backbone is not None if trained is None else trained
+    trainable = stages_to_train(RESNET50, RESNET50_STAGES, trained, trainable_stages, bn_affine)
     body = resnet50()
     if weights_backbone is not None:
         state_dict, _ = read_state_dict(weights_backbone)
@@ -84,16 +101,18 @@ def resnet50_fpn_backbone(weights_backbone: Optional[str] = None, trainable_stag
             raise CheckpointError(f"{weights_backbone} is not a ResNet-50 checkpoint (no layer4 weights)")
         body.fc = nn.Identity()
         load_state_dict_into(body, state_dict, weights_backbone, strict=True)
-    return _resnet_fpn_extractor(freeze_batch_norm(body), trainable_stages)
+    if trainable is None:
+        return _resnet_fpn_extractor(body, RESNET50_STAGES + 1)  # conv1 too
+    return _resnet_fpn_extractor(freeze_batch_norm(body, trainable_affine=bn_affine == "trainable"), trainable)
 
 
 def maskrcnn_hcgnet(name: str = "hcgnet_b", num_classes: int = 91, weights_backbone: Optional[str] = None,
-                    trainable_stages: int = 3, **kwargs) -> MaskRCNN:
+                    trainable_stages: Optional[int] = None, **kwargs) -> MaskRCNN:
     """Mask R-CNN with an HCGNet + FPN backbone (the paper's Table 4 detector for ``hcgnet_b``)."""
     return build_detector(name, "mask", num_classes, weights_backbone, trainable_stages, **kwargs)
 
 
 def fasterrcnn_hcgnet(name: str = "hcgnet_b", num_classes: int = 91, weights_backbone: Optional[str] = None,
-                      trainable_stages: int = 3, **kwargs) -> FasterRCNN:
+                      trainable_stages: Optional[int] = None, **kwargs) -> FasterRCNN:
     """Faster R-CNN (boxes only) with an HCGNet + FPN backbone."""
     return build_detector(name, "box", num_classes, weights_backbone, trainable_stages, **kwargs)

@@ -1,9 +1,11 @@
 """``train(config)``: a detector trained on COCO-format data, the library side of ``hcgnet detect train``.
 
-The default recipe is the paper's (and Detectron's) 1x schedule: SGD with momentum 0.9 and weight decay
-1e-4, learning rate 0.02 for a global batch of 16 (scaled linearly with the global batch), a linear warm-up
-over the first 1,000 steps from 0.001 of it, and x0.1 steps at 8/12 and 11/12 of the run (epochs 8 and 11
-of 12). The learning rate is a function of the global step alone, so a resumed run needs no scheduler state.
+The default recipe is the paper's 1x schedule (12 epochs, x0.1 steps at 8/12 and 11/12 of the run, i.e. after
+epochs 8 and 11), SGD with momentum 0.9 and weight decay 1e-4, learning rate 0.02 for a global batch of 16
+(scaled linearly with the global batch), with torchvision's reference choices where the paper says nothing: a
+linear warm-up over the first 1,000 steps from 0.001 of the rate, BatchNorm scale and shift frozen, no
+gradient clipping (``DetectConfig.preset("published")``: the published mmdetection config's instead). The
+learning rate is a function of the global step alone, so a resumed run needs no scheduler state.
 
 The run reuses the classifier trainer's machinery: the output folder rules (:class:`RunFolder`:
 ``--resume``/``--overwrite``), Ctrl-C/SIGTERM handling (:class:`StopSignals`: ``last.pt`` and a resume
@@ -23,17 +25,18 @@ from torch.utils.data import DataLoader
 
 from hcgnet import distributed
 from hcgnet.detection.checkpoint import detector_metadata
+from hcgnet.detection.models import build_detector, trained_stages
 from hcgnet.detection.config import DetectConfig, check_config, learning_rate, resume_detect_config
 from hcgnet.detection.data import CocoDetectionSet, GroupedBatches, aspect_groups, collate, read_coco
 from hcgnet.detection.engine import LOSSES, DetectionStep, new_totals, train_one_epoch
 from hcgnet.detection.evaluate import METRICS, evaluate_detector
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.models import save_safetensors
-from hcgnet.training import trainer as classifier
+from hcgnet.training.config import RUN_FLAGS
 from hcgnet.training.folder import RunFolder
 from hcgnet.training.interrupts import StopSignals
 from hcgnet.training.logs import MetricsLog, ProgressLines
-from hcgnet.training.run import TrainingRun
+from hcgnet.training.run import LOG_SECONDS, TrainingRun, amp_settings, seed_everything, stdout_is_terminal
 from hcgnet.training.sampling import SeededSamples
 from hcgnet.training.state import rng_state, save_atomic, set_rng_state
 
@@ -55,7 +58,7 @@ class DetectRun(TrainingRun):
     def __init__(self, config: DetectConfig, d: distributed.Dist, log: Callable, stop: StopSignals) -> None:
         self.config, self.d, self.log, self.stop = config, d, log, stop
         self.folder = RunFolder(config)  # refusals only; nothing on disk changes before claim()
-        classifier._amp(config, d.device)  # fp16 without a GPU: refused before any data is read
+        amp_settings(config, d.device)  # fp16 without a GPU: refused before any data is read
         self.out = self.folder.work
         self.started = False
         self.metrics: Optional[MetricsLog] = None
@@ -65,15 +68,19 @@ class DetectRun(TrainingRun):
 
     def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
         config, d = self.config, self.d
-        classifier._seed_everything(config.seed)
+        seed_everything(config.seed)
         self.load_data()
         self.model = self.build_model()  # the same initial weights on every process (seeded above)
-        classifier._seed_everything(config.seed + 1_000_003 * d.rank)  # each process its own RPN/ROI sampling
+        seed_everything(config.seed + 1_000_003 * d.rank)  # each process its own RPN/ROI sampling
         self.model.to(d.device)
         if config.batch_size % d.world_size:
             raise HCGNetError(f"--batch-size {config.batch_size} is the global batch and must divide evenly over "
                               f"{d.world_size} processes")
         self.local_batch = config.batch_size // d.world_size
+        if self.local_batch < 2 and not config.weights_backbone and config.model.strip().lower() != "resnet50":
+            raise HCGNetError("a backbone trained from scratch has ordinary BatchNorms, and HCGNet's gates cannot "
+                              "normalise one image: give each process 2 images or more (--batch-size), or "
+                              "--weights-backbone")
         if len(self.train_set) // d.world_size < self.local_batch:
             raise HCGNetError(f"{plural(len(self.train_set), 'training image')} with objects: too few for a batch "
                               f"of {config.batch_size}; lower --batch-size")
@@ -84,7 +91,7 @@ class DetectRun(TrainingRun):
         self.build_batches()
         if d.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(
-                {k: v for k, v in config.to_dict().items() if k not in classifier.RUN_FLAGS}, sort_keys=False))
+                {k: v for k, v in config.to_dict().items() if k not in RUN_FLAGS}, sort_keys=False))
             first = self.start_epoch * self.steps_per_epoch + self.first_step
             self.metrics = MetricsLog(self.out, self.start_epoch, first, columns=COLUMNS)
         self.log(f"training {config.task} detector {config.model} on {config.annotations}: "
@@ -99,7 +106,7 @@ class DetectRun(TrainingRun):
         masks = config.task == "mask"
         self.data = read_coco(config.images, config.annotations, masks=masks)
         self.val_data = read_coco(config.val_images, config.val_annotations) if config.val_images else None
-        for note in self.data.notes + (self.val_data.notes if self.val_data else []):
+        for note in dict.fromkeys(self.data.notes + (self.val_data.notes if self.val_data else [])):  # once each
             self.log(note)
         if self.val_data is not None and self.val_data.category_ids != self.data.category_ids:
             raise HCGNetError(f"{config.val_annotations} has other categories than {config.annotations}; "
@@ -111,13 +118,12 @@ class DetectRun(TrainingRun):
         self.train_set = CocoDetectionSet(self.data, ids, train=True, masks=masks)
 
     def build_model(self) -> nn.Module:
-        from hcgnet.detection.models import build_detector
-
         c = self.config
         try:
             return build_detector(c.model, c.task, num_classes=self.data.num_classes,
                                   weights_backbone=c.weights_backbone, trainable_stages=c.trainable_stages,
-                                  min_size=c.image_size, max_size=c.max_size, **(c.detector_options or {}))
+                                  bn_affine=c.bn_affine, min_size=c.image_size, max_size=c.max_size,
+                                  **(c.detector_options or {}))
         except TypeError as e:  # an option torchvision's detector does not take
             raise HCGNetError(f"--detector-options: {e}") from None
 
@@ -126,7 +132,7 @@ class DetectRun(TrainingRun):
         self.base_lr = c.lr * c.batch_size / c.lr_base_batch
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # frozen stages stay as loaded
         self.optimizer = torch.optim.SGD(trainable, lr=self.base_lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        self.amp_dtype, self.scaler = classifier._amp(c, self.d.device)
+        self.amp_dtype, self.scaler = amp_settings(c, self.d.device)
 
     def restore(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -153,7 +159,7 @@ class DetectRun(TrainingRun):
         if c.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, c.max_steps_per_epoch)
         self.total_steps = c.epochs * self.steps_per_epoch
-        self.step = DetectionStep(self.optimizer, d, self.amp_dtype, self.scaler)
+        self.step = DetectionStep(self.optimizer, d, self.amp_dtype, self.scaler, c.clip_grad)
 
     # ------------------------------------------------------------------------------------------------ epochs
 
@@ -161,8 +167,8 @@ class DetectRun(TrainingRun):
         self.started = True
         c = self.config
         self.progress = ProgressLines(self.log, self.total_steps, self.steps_per_epoch, c.epochs, c.batch_size,
-                                      interval=classifier.LOG_SECONDS,
-                                      enabled=self.d.is_main and not classifier._stdout_is_terminal())
+                                      interval=LOG_SECONDS,
+                                      enabled=self.d.is_main and not stdout_is_terminal())
         for self.epoch in range(self.start_epoch, c.epochs):
             train, seconds = self.train_epoch(self.epoch)
             self.end_epoch(self.epoch, train, seconds)
@@ -231,7 +237,8 @@ class DetectRun(TrainingRun):
     def metadata(self) -> Dict[str, str]:
         c = self.config
         return detector_metadata(c.model, c.task, self.data.class_names, self.data.category_ids, c.image_size,
-                                 c.max_size, c.trainable_stages, c.detector_options)
+                                 c.max_size, trained_stages(c.model, c.weights_backbone, c.trainable_stages),
+                                 c.detector_options)
 
     # ------------------------------------------------------------------------------------------------ the end
 

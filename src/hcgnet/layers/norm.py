@@ -19,30 +19,37 @@ from hcgnet.errors import HCGNetError
 
 class FrozenBatchNorm(nn.Module):
     """``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` over dim 1 of an (N, C, *) input,
-    everything a buffer: nothing to train, no statistics to update. Its state dict has the keys of the
+    statistics as buffers, never updated. ``weight``/``bias`` are buffers too, or with ``trainable_affine``
+    parameters (mmdetection's ``norm_eval`` with trainable scale and shift). Its state dict has the keys of the
     BatchNorm it replaces (``num_batches_tracked`` included, kept only for that)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True,
+                 trainable_affine: bool = False) -> None:
         super().__init__()
         self.num_features = num_features
         self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features) if affine else None)
-        self.register_buffer("bias", torch.zeros(num_features) if affine else None)
+        if affine and trainable_affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_buffer("weight", torch.ones(num_features) if affine else None)
+            self.register_buffer("bias", torch.zeros(num_features) if affine else None)
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     @classmethod
-    def from_batch_norm(cls, bn: _BatchNorm) -> "FrozenBatchNorm":
+    def from_batch_norm(cls, bn: _BatchNorm, trainable_affine: bool = False) -> "FrozenBatchNorm":
         if bn.running_mean is None or bn.running_var is None:
             raise HCGNetError(f"cannot freeze {bn}: it has no running statistics (track_running_stats=False), so "
                               "its eval-mode output depends on the batch")
-        frozen = cls(bn.num_features, bn.eps, affine=bn.weight is not None)
+        frozen = cls(bn.num_features, bn.eps, affine=bn.weight is not None, trainable_affine=trainable_affine)
         with torch.no_grad():  # the BN's own tensors' values, device and dtype, detached from autograd
             for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
                 value: Optional[Tensor] = getattr(bn, name)
                 if value is not None:
-                    setattr(frozen, name, value.detach().clone())
+                    value = value.detach().clone()
+                    setattr(frozen, name, nn.Parameter(value) if isinstance(getattr(frozen, name), nn.Parameter) else value)
         return frozen
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -66,14 +73,15 @@ class FrozenBatchNorm(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
-def freeze_batch_norm(module: nn.Module) -> nn.Module:
+def freeze_batch_norm(module: nn.Module, trainable_affine: bool = False) -> nn.Module:
     """Replace every BatchNorm in ``module`` (``module`` itself too) by a :class:`FrozenBatchNorm` holding
     its statistics and weights; returns ``module`` changed in place (or the frozen norm if ``module`` is a
-    BatchNorm). The state dict keeps its keys, so weights load strictly before or after freezing."""
+    BatchNorm). The state dict keeps its keys, so weights load strictly before or after freezing. With
+    ``trainable_affine`` only the statistics are frozen: scale and shift stay parameters."""
     if isinstance(module, _BatchNorm):
-        return FrozenBatchNorm.from_batch_norm(module)
+        return FrozenBatchNorm.from_batch_norm(module, trainable_affine)
     for name, child in module.named_children():
-        frozen = freeze_batch_norm(child)
+        frozen = freeze_batch_norm(child, trainable_affine)
         if frozen is not child:
             setattr(module, name, frozen)
     return module

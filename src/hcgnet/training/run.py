@@ -1,21 +1,49 @@
 """What both trainers share (the classifier's ``Run`` and the detector's ``DetectRun``): a run's life (set up,
 train, finish; on any failure the output folder keeps what it must and the message says what is left), reading
 the state to resume from, the step loop over a resumable loader with its progress bar, and what happens after
-every optimiser step — metrics, progress lines, periodic ``last.pt``, and the stop on Ctrl-C/SIGTERM."""
+every optimiser step — metrics, progress lines, periodic ``last.pt``, and the stop on Ctrl-C/SIGTERM; and the
+small helpers both use (seeding, the autocast dtype and grad scaler, whether stdout is a terminal)."""
 import itertools
+import random
+import sys
 import time
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
 from hcgnet import distributed
 from hcgnet.data import DataError
 from hcgnet.errors import HCGNetError
+from hcgnet.evaluation import AMP_DTYPES
 from hcgnet.training.engine import NonFiniteLossError
 from hcgnet.training.folder import BAD_IMAGES
 from hcgnet.training.interrupts import StopSignals, TrainingInterrupted
 from hcgnet.training.resume import check_resumable
 from hcgnet.training.state import CheckpointWriteError, load_training_state
+
+LOG_SECONDS = 30.0  # a progress line this often when stdout is not a terminal
+
+
+def seed_everything(seed: int) -> None:
+    """Seed PyTorch's, NumPy's and Python's global generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def amp_settings(config, device: torch.device) -> Tuple[Optional[torch.dtype], Optional[torch.amp.GradScaler]]:
+    """The autocast dtype of ``config.amp`` and, for fp16, a grad scaler; fp16 without a GPU is refused."""
+    if config.amp == "fp16":
+        if device.type != "cuda":
+            raise HCGNetError("--amp fp16 needs a GPU; on the CPU use --amp bf16")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return AMP_DTYPES[config.amp], None
+
+
+def stdout_is_terminal() -> bool:
+    return bool(getattr(sys.stdout, "isatty", lambda: False)())
 
 
 class TrainingRun:

@@ -10,11 +10,8 @@ per step, and ``lr_base_batch`` scales the learning rate by the global batch.
 """
 import dataclasses
 import json
-import random
-import sys
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
 import torch
 import yaml
 from timm.data import Mixup
@@ -27,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from hcgnet import distributed
 from hcgnet.data import build_data
 from hcgnet.errors import HCGNetError, plural
-from hcgnet.evaluation import AMP_DTYPES, evaluate
+from hcgnet.evaluation import evaluate
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.registry import is_timm_baseline
 from hcgnet.models.variants import cifar_stem_note, resolve
@@ -36,32 +33,15 @@ from hcgnet.training.engine import StepContext, new_totals, train_one_epoch
 from hcgnet.training.folder import BAD_IMAGES, RunFolder
 from hcgnet.training.interrupts import StopSignals
 from hcgnet.training.logs import MetricsLog, ProgressLines
-from hcgnet.training.run import TrainingRun
+from hcgnet.training.run import LOG_SECONDS, TrainingRun, amp_settings, seed_everything, stdout_is_terminal
 from hcgnet.training.resume import schedule_changed
 from hcgnet.training.finetune import prepare_model
 from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
 from hcgnet.training.schedule import DropBlockSchedule, EpochSchedule
 from hcgnet.training.state import load_training_state, rng_state, save_atomic, set_rng_state
 
-LOG_SECONDS = 30.0  # a progress line this often when stdout is not a terminal
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def _amp(config: TrainConfig, device: torch.device):
-    if config.amp == "fp16":
-        if device.type != "cuda":
-            raise HCGNetError("--amp fp16 needs a GPU; on the CPU use --amp bf16")
-        return torch.float16, torch.amp.GradScaler("cuda")
-    return AMP_DTYPES[config.amp], None
-
-
-def _stdout_is_terminal() -> bool:
-    return bool(getattr(sys.stdout, "isatty", lambda: False)())
+# Shared with the detection trainer, now in run.py; the old private names stay for one release.
+_seed_everything, _amp, _stdout_is_terminal = seed_everything, amp_settings, stdout_is_terminal
 
 
 def global_batch_for(config: TrainConfig, train_images: int, world_size: int, log) -> int:
