@@ -2,24 +2,21 @@
 trained and scored on COCO-format data (``hcgnet detect train|eval|predict``).
 
 ``evaluate_coco`` and ``predict`` do not import the trainer; ``train`` loads it on first
-use, so ``import hcgnet.detection`` stays light for inference.
+use, so ``import hcgnet.detection`` stays light for inference; every name loads on first use (the command
+line reads :class:`DetectConfig`'s defaults without importing torch).
 """
-from hcgnet.detection.backbone import HCGNetFPN, TrainableStagesError, hcgnet_fpn_backbone
-from hcgnet.detection.config import DetectConfig
-from hcgnet.detection.data import CocoData, CocoFormatError, read_coco
-from hcgnet.detection.draw import predict
-from hcgnet.detection.evaluate import evaluate_coco
-from hcgnet.detection.models import build_detector, fasterrcnn_hcgnet, maskrcnn_hcgnet
+from hcgnet.lazy import lazy_exports
 
-__all__ = [
-    "CocoData", "CocoFormatError", "DetectConfig", "HCGNetFPN", "TrainableStagesError", "build_detector",
-    "evaluate_coco", "fasterrcnn_hcgnet", "hcgnet_fpn_backbone", "maskrcnn_hcgnet", "predict", "read_coco", "train",
-]
+_LATER = {
+    **dict.fromkeys(("HCGNetFPN", "TrainableStagesError", "hcgnet_fpn_backbone"), "hcgnet.detection.backbone"),
+    "DetectConfig": "hcgnet.detection.config",
+    **dict.fromkeys(("CocoData", "CocoFormatError", "read_coco"), "hcgnet.detection.data"),
+    "predict": "hcgnet.detection.draw",
+    "evaluate_coco": "hcgnet.detection.evaluate",
+    **dict.fromkeys(("build_detector", "fasterrcnn_hcgnet", "maskrcnn_hcgnet"), "hcgnet.detection.models"),
+    "train": "hcgnet.detection.trainer",  # the trainer imports hcgnet.training: only when asked for
+}
 
+__all__ = sorted(_LATER)
 
-def __getattr__(name):
-    if name == "train":  # the trainer imports hcgnet.training: only when asked for
-        from hcgnet.detection.trainer import train
-
-        return train
-    raise AttributeError(f"module 'hcgnet.detection' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LATER)
