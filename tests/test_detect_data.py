@@ -176,5 +176,12 @@ def test_a_missing_annotation_file_is_named(tmp_path):
         read_coco(tmp_path, tmp_path / "nothing.json")
 
 
+def test_an_image_file_given_as_the_image_folder_is_named_a_file(toy):
+    images, path = toy
+    one = next(images.iterdir())
+    with pytest.raises(CocoFormatError, match=f"image folder {one} is a file, not a folder"):
+        read_coco(one, path)
+
+
 def test_toy_categories_have_a_gap():  # the label <-> id mapping is only tested if ids are not 1..K
     assert [c["id"] for c in CATEGORIES] != list(range(1, len(CATEGORIES) + 1))

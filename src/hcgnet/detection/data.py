@@ -180,8 +180,8 @@ def _check_masks(data: Dict[str, Any], path: Path) -> None:
 
 def _check_files(data: Dict[str, Any], images_dir: Path, path: Path) -> None:
     if not images_dir.is_dir():
-        raise CocoFormatError(f"image folder {images_dir} does not exist; give the folder of {path}'s images with "
-                              "--images")
+        what = "is a file, not a folder" if images_dir.exists() else "does not exist"
+        raise CocoFormatError(f"image folder {images_dir} {what}; give the folder of {path}'s images with --images")
     missing = [im["file_name"] for im in data["images"] if not (images_dir / im["file_name"]).is_file()]
     if missing:
         raise CocoFormatError(f"{len(missing):,} of the {plural(len(data['images']), 'image')} listed in {path} are "
