@@ -486,7 +486,7 @@ def train_parser():
 SHOWN_DEFAULTS = {"val_size": "automatic", "test_size": "automatic", "stem": "variant's own", "data": "required",
                   "initial_checkpoint": "random initialisation", "drop_rate": "variant's own",
                   "max_test_images": "whole test set", "cycle_epochs": "one cycle over the whole run",
-                  "image_size": "dataset's own", "lr_base_batch": "lr as given", "restart_every": "never",
+                  "image_size": "imagefolder: the model's input size", "lr_base_batch": "lr as given", "restart_every": "never",
                   "max_steps_per_epoch": "whole epochs", "data_dir": "~/.cache/hcgnet/data", "recipe": "none",
                   "nesterov": "on", "augment": "on", "ema": "off", "compile": "off", "channels_last": "off",
                   "skip_bad_images": "off", "resume": "off", "overwrite": "off", "weight_decay": "0.0001",

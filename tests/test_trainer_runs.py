@@ -57,7 +57,7 @@ def folder_bytes(folder):
     (23, 2, 1, 0.0, 128, 22),   # 11 per process
     (23, 2, 1, 0.4, 128, 20),   # 11 per process, even: 10
     (23, 1, 2, 0.4, 128, 20),   # two micro-batches of an even size: 2 x 10
-    (22, 2, 1, 0.0, 16, 16),    # fits: unchanged
+    (22, 2, 1, 0.0, 10, 10),    # fits: unchanged (5 per process, 2 steps of the 11 each has)
 ])
 def test_a_batch_larger_than_the_training_set_is_reduced_with_a_warning(train, world, accum, mixup, asked, expected):
     config = make_config(overrides=dict(data="cifar10", batch_size=asked, accum_steps=accum, mixup=mixup))
@@ -67,6 +67,27 @@ def test_a_batch_larger_than_the_training_set_is_reduced_with_a_warning(train, w
         assert len(lines) == 1 and f"using batch size {expected}" in lines[0] and f"{train} images" in lines[0]
     else:
         assert lines == []
+
+
+@pytest.mark.parametrize("train,world,mixup,asked,unused,suggested", [
+    (242, 1, 0.0, 128, 114, 121),   # the reported case: 1 step of 128, 114 images never seen in an epoch
+    (243, 1, 0.4, 128, 115, 120),   # mixup: an even batch is suggested (121 -> 120)
+    (242, 2, 0.0, 128, 114, 120),   # 121 per process, 64 used: 57 x 2 unused; 60 per process suggested
+])
+def test_a_batch_over_half_the_training_set_warns_of_the_images_left_out(train, world, mixup, asked, unused,
+                                                                         suggested):
+    config = make_config(overrides=dict(data="cifar10", batch_size=asked, mixup=mixup))
+    lines = []
+    assert trainer.global_batch_for(config, train, world, lines.append) == asked
+    assert len(lines) == 1 and lines[0].startswith(f"warning: batch size {asked} is more than half the training set")
+    assert f"1 step and leaves {unused} images unused" in lines[0]
+    assert f"--batch-size {suggested} uses them all in 2 steps" in lines[0]
+    # exactly two batches, or a batch dividing the set: no images left out, no warning
+    for fits in (train // world // 2 * world, train // world * world):
+        lines = []
+        trainer.global_batch_for(make_config(overrides=dict(data="cifar10", batch_size=fits)), train, world,
+                                 lines.append)
+        assert lines == [], fits
 
 
 def test_a_batch_that_cannot_fit_or_divide_is_refused_in_one_line():
@@ -237,6 +258,12 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, images, monkeypat
     assert any("resumed" in line and "step 1" in line for line in lines) and result["epochs"] == 1
 
 
+def test_the_nan_advice_names_amp_only_when_mixed_precision_is_on(tmp_path, images):
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(config_for(images, tmp_path / "run", max_steps_per_epoch=2, lr=1e30, amp="bf16"))
+    assert str(e.value).endswith("; lower --lr or use --amp none")
+
+
 # ------------------------------------------------------------------------------------------------ output folder
 
 
@@ -247,6 +274,7 @@ def test_overwrite_that_fails_with_nan_keeps_the_old_run_byte_identical(tmp_path
     with pytest.raises(NonFiniteLossError) as e:
         fit(config_for(images, out, max_steps_per_epoch=2, lr=1e30, overwrite=True))
     assert f"{out} still holds the old run" in str(e.value)
+    assert str(e.value).endswith("; lower --lr")  # no "--amp none" advice: amp is already none
     assert folder_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no replacement folder left behind
     fit(config_for(images, out, max_steps_per_epoch=2, seed=5, overwrite=True))
@@ -373,6 +401,26 @@ def test_the_cifar_stem_on_large_images_is_named_in_a_warning(tmp_path, images):
     assert not any("CIFAR stem" in line for line in lines)
 
 
+def test_without_image_size_the_cifar_stem_trains_at_32_px_and_the_log_names_the_augmentation(tmp_path, images):
+    from hcgnet.models.checkpoints import read_metadata
+
+    out = tmp_path / "run"
+    _, lines = fit(config_for(images, out, image_size=None, hflip=0.0, max_steps_per_epoch=1))
+    config = json.loads(read_metadata(str(out / "best.safetensors"))["data_config"])
+    assert config["input_size"] == [3, 32, 32] and config["resize"] is None  # the CIFAR stem's whole 32 px images
+    assert "augmentation: CIFAR's (pad 4 px, random 32x32 crop, no flip (--hflip 0)); --hflip 0 for data where " \
+           "mirror images are wrong (digits, text)" in lines
+    assert trainer.model_defaults(make_config(overrides=dict(data="cifar10", model=TINY, stem="imagenet"))
+                                  )["input_size"] == (3, 224, 224)
+
+
+def test_an_unknown_model_is_refused_before_any_data_is_read(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(trainer, "build_data", lambda *a, **k: pytest.fail("the data was read first"))
+    with pytest.raises(HCGNetError, match="unknown model 'nonsense'"):
+        fit(config_for(images, tmp_path / "run", model="nonsense"))
+    assert not (tmp_path / "run").exists()  # nothing left behind
+
+
 # ------------------------------------------------------------------------------------------------ eval
 
 
@@ -420,7 +468,7 @@ def test_stem_and_dropblock_reach_the_model_and_the_dropblock_ramp_steps_with_th
     monkeypatch.setattr(trainer, "create_model", create)
     monkeypatch.setattr(trainer, "DropBlockSchedule", Ramp)
     fit(config_for(images, tmp_path / "run", stem="imagenet", drop_block=0.1, epochs=2, max_steps_per_epoch=2))
-    assert created[0]["stem"] == "imagenet" and created[0]["drop_block_rate"] == 0.1
+    assert created[-1]["stem"] == "imagenet" and created[-1]["drop_block_rate"] == 0.1
     assert ramp == [("init", 0.1), 0.0, 0.5, 1.0, 1.5]  # beside every learning-rate step
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from hcgnet.errors import HCGNetError
-from hcgnet.training.config import TrainConfig, make_config
+from hcgnet.training.config import FIELDS, TrainConfig, make_config
 
 # Settings a resumed run may change: how it runs, not what it computes ("epochs" only upwards, see below).
 RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "workers", "log_every", "checkpoint_every", "compile",
@@ -19,7 +19,8 @@ RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "workers", "log_every", "c
 
 def check_resumable(out: Path, saved: Dict[str, Any], config: TrainConfig, world_size: int) -> None:
     """Refuse to resume ``saved`` (a ``last.pt``) with settings that would compute something else."""
-    before = {**saved["config"], "world_size": saved.get("world_size", 1)}
+    # An option newer than the run was the default then (the behaviour before it existed).
+    before = {**{k: f.default for k, f in FIELDS.items()}, **saved["config"], "world_size": saved.get("world_size", 1)}
     now = {**config.to_dict(), "world_size": world_size}
     for key in now:
         # A run may be extended or shortened, but not to before where it stands.

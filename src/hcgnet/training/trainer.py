@@ -71,9 +71,16 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
         raise HCGNetError(f"batch size {config.batch_size} is the global batch and must divide evenly over "
                           f"{world_size} processes; use a multiple of {world_size}")
     per_process = train_images // world_size  # DistributedSampler(drop_last) gives each process this many
-    if config.batch_size // world_size <= per_process:
-        return config.batch_size
     unit = config.accum_steps * (2 if config.mixup > 0 else 1)  # a micro-batch size must stay even for mixup
+    local = config.batch_size // world_size
+    if local <= per_process:
+        left_out = per_process % local * world_size
+        if 2 * local > per_process and left_out:  # one step per epoch: the rest of the images wait for luck
+            halved = per_process // 2 // unit * unit * world_size
+            log(f"warning: batch size {config.batch_size} is more than half the training set "
+                f"({plural(train_images, 'image')}): each epoch takes 1 step and leaves {left_out:,} images unused"
+                + (f"; --batch-size {halved} uses them all in 2 steps" if halved >= 2 * world_size else ""))
+        return config.batch_size
     micro = per_process // unit * unit // config.accum_steps
     if micro < 2:
         raise HCGNetError(f"the training set has {plural(train_images, 'image')}, too few for a batch of "
@@ -85,10 +92,18 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
     return batch
 
 
-def _build_data(config: TrainConfig, bad_images_log):
+def _build_data(config: TrainConfig, bad_images_log, model_cfg: Dict[str, Any]):
     return build_data(config.data, data_dir=config.data_dir, val_size=config.val_size, test_size=config.test_size,
                       seed=config.seed, skip_bad_images=config.skip_bad_images, image_size=config.image_size,
-                      augment=config.augment, bad_images_log=bad_images_log)
+                      augment=config.augment, bad_images_log=bad_images_log, model_cfg=model_cfg,
+                      hflip=config.hflip)
+
+
+def model_defaults(config: TrainConfig) -> Dict[str, Any]:
+    """The ``pretrained_cfg`` (input size, crop, statistics) of the model ``config`` trains, from a copy built on
+    the meta device: no weights are made, and an unknown model is refused before any data is read."""
+    with torch.device("meta"):
+        return dict(create_model(config.model, **({"stem": config.stem} if config.stem else {})).pretrained_cfg)
 
 
 def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
@@ -156,8 +171,8 @@ class Run(TrainingRun):
                  f"{plural(self.steps_per_epoch, 'step')} per epoch")
 
     def load_data(self):
-        data = _build_data(self.config, self.out / BAD_IMAGES)
-        for note in data.notes:  # held-out sizes, skipped images
+        data = _build_data(self.config, self.out / BAD_IMAGES, model_defaults(self.config))
+        for note in data.notes:  # held-out sizes, skipped images, the input size, the augmentation
             self.log(note)
         return data
 
