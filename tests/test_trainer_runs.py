@@ -364,6 +364,20 @@ def test_resume_config_of_a_folder_without_a_run_is_one_line(tmp_path):
         resume_config(str(tmp_path / "none"), {})
 
 
+@pytest.mark.parametrize("make", [False, True])
+def test_train_resume_of_an_output_without_a_run_says_there_is_no_run_not_no_dataset(tmp_path, capsys, make):
+    from hcgnet.cli import main
+
+    out = tmp_path / "missing"
+    if make:
+        out.mkdir()
+    assert main(["train", "--resume", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    what = "it holds no config.yaml" if make else "no such folder"
+    assert err == f"hcgnet: error: nothing to resume: there is no run in {out} ({what}); check --output, or start " \
+                  "a run there with --data ...\n"
+
+
 # ------------------------------------------------------------------------------------------------ logs
 
 
@@ -410,8 +424,25 @@ def test_without_image_size_the_cifar_stem_trains_at_32_px_and_the_log_names_the
     assert config["input_size"] == [3, 32, 32] and config["resize"] is None  # the CIFAR stem's whole 32 px images
     assert "augmentation: CIFAR's (pad 4 px, random 32x32 crop, no flip (--hflip 0)); --hflip 0 for data where " \
            "mirror images are wrong (digits, text)" in lines
+    assert not any("top-5" in line for line in lines)  # 3 classes: top-5 is always 100%
     assert trainer.model_defaults(make_config(overrides=dict(data="cifar10", model=TINY, stem="imagenet"))
                                   )["input_size"] == (3, 224, 224)
+
+
+def test_curves_have_the_learning_rate_of_every_epoch_and_top5_only_when_it_says_something(tmp_path):
+    from hcgnet.training.logs import MetricsLog
+
+    log = MetricsLog(tmp_path, tensorboard=False)  # a short run: no step logged (steps.csv every 20 steps)
+    for epoch, lr in ((1, 0.1), (2, 0.05)):
+        log.add_epoch({"epoch": epoch, "step": 2 * epoch, "lr": lr, "train_loss": 1.0, "train_acc": 0.5,
+                       "val_loss": 1.0, "val_top1": 0.5, "val_top5": 1.0, "seconds": 1.0, "images_per_s": 1.0})
+    assert log.curves()["lr"] == [("end of epoch", [1.0, 2.0], [0.1, 0.05])]
+    assert [label for label, _, _ in log.curves()["accuracy"]] == ["train top-1", "validation top-1",
+                                                                  "validation top-5"]
+    assert [label for label, _, _ in log.curves(top5=False)["accuracy"]] == ["train top-1", "validation top-1"]
+    log.add_step(3, 1.5, 0.9, 0.07)
+    assert log.curves()["lr"][0] == ("logged steps", [1.5], [0.07])
+    assert log.plot(tmp_path / "curves.png", "日本 data", top5=False).is_file()
 
 
 def test_an_unknown_model_is_refused_before_any_data_is_read(tmp_path, images, monkeypatch):
@@ -422,6 +453,25 @@ def test_an_unknown_model_is_refused_before_any_data_is_read(tmp_path, images, m
 
 
 # ------------------------------------------------------------------------------------------------ eval
+
+
+def test_eval_split_test_is_refused_on_a_folder_the_run_did_not_train_on(tmp_path, images):
+    from hcgnet.inference import evaluate_checkpoint
+
+    out = tmp_path / "run"
+    fit(config_for(images, out, max_steps_per_epoch=1))
+    other = make_image_folder(tmp_path / "other", classes=3, per_class=4, seed=9)
+    for split in ("test", "val"):
+        with pytest.raises(HCGNetError, match=f"--split {split} is the training run's held-out images of "
+                                              f"imagefolder:{images}, and {other} is not that data; pass --split all"):
+            evaluate_checkpoint(str(out / "best.safetensors"), f"imagefolder:{other}", split=split, workers=0,
+                                device="cpu")
+    notes = []
+    scored = evaluate_checkpoint(str(out / "best.safetensors"), f"imagefolder:{other}", workers=0, device="cpu",
+                                 log=notes.append)
+    assert scored["split"] == "all" and scored["count"] == 12
+    assert notes == [f"note: {other} is not the data the checkpoint was trained on (imagefolder:{images}): scoring "
+                     "all of it (--split all)"]  # no hint towards --split test, which would not be its held-out images
 
 
 def test_eval_rebuilds_the_split_of_a_run_trained_with_another_seed(tmp_path, images):

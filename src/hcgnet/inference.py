@@ -168,6 +168,18 @@ def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
     return "test", None
 
 
+def check_split_data(data: str, meta: Dict[str, str], split: str) -> None:
+    """Refuse ``--split test``/``val`` on a folder the checkpoint was not trained on: those splits are the
+    training run's held-out images, which another folder does not hold."""
+    folder, recorded = _folder_of(data), _value(meta, "data")
+    if folder is None or recorded is None:
+        return
+    trained = _folder_of(recorded)
+    if trained is None or not _same_place(trained, folder):
+        raise HCGNetError(f"--split {split} is the training run's held-out images of {recorded}, and {folder} is not "
+                          "that data; pass --split all to score every image of it")
+
+
 def folder_classes(folder: str) -> List[str]:
     """The class sub-folders of ``folder``, sorted (ImageFolder's order)."""
     folder = os.path.expanduser(folder)
@@ -302,6 +314,8 @@ def evaluate_checkpoint(
     why = None
     if split is None:
         split, why = choose_split(data, meta)
+    elif split != "all":
+        check_split_data(data, meta, split)
     if skip_bad_images is None:
         skip_bad_images = _value(meta, "skip_bad_images") == "true"
     if split == "all":
@@ -313,7 +327,7 @@ def evaluate_checkpoint(
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
     if why:  # said once the folder is known to be usable, so an error stays a single line
-        log(f"note: {why} (--split all; pass --split test for the training run's held-out images)")
+        log(f"note: {why} (--split all)")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     model = model.to(dev)
     if channels_last:

@@ -43,6 +43,8 @@ def resume_config(output: str, overrides: Optional[Mapping[str, Any]] = None) ->
     on top: ``hcgnet train --output DIR --resume [--epochs N]``."""
     saved = Path(output) / "config.yaml"
     if not saved.is_file():
-        raise HCGNetError(f"nothing to resume in {output}: it holds no config.yaml; start the run with --data ...")
+        what = "it holds no config.yaml" if Path(output).is_dir() else "no such folder"
+        raise HCGNetError(f"nothing to resume: there is no run in {output} ({what}); check --output, or start a run "
+                          "there with --data ...")
     values = {k: v for k, v in (overrides or {}).items() if v is not None}
     return make_config(config_file=str(saved), overrides={**values, "output": str(output), "resume": True})

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from hcgnet import distributed
 from hcgnet.data import build_data
 from hcgnet.errors import HCGNetError, plural
-from hcgnet.evaluation import AMP_DTYPES, evaluate
+from hcgnet.evaluation import AMP_DTYPES, evaluate, show_top5
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.registry import is_timm_baseline
 from hcgnet.models.variants import cifar_stem_note, resolve
@@ -384,13 +384,14 @@ class Run(TrainingRun):
         save_safetensors(final_weights, out / "final.safetensors", meta)
         (out / "results.json").write_text(json.dumps(result, indent=2))
         self.metrics.close()
-        self.metrics.plot(out / "curves.png", f"{self.config.model} on {self.config.data}")
+        top5 = show_top5(self.data.num_classes)
+        self.metrics.plot(out / "curves.png", f"{self.config.model} on {self.config.data}", top5=top5)
         result["curves"] = str(final / "curves.png")
         if not result["test_images"]:
             self.log("no test images: the test set was not scored")
         else:
+            top5_text = f"top-5 {100 * result['test_top5']:.2f}%, " if top5 else ""
             self.log(f"test ({result['test_images']} images, {result['weights']} weights): "
-                     f"top-1 {100 * result['test_top1']:.2f}%, top-5 {100 * result['test_top5']:.2f}%, "
-                     f"loss {result['test_loss']:.4f}")
+                     f"top-1 {100 * result['test_top1']:.2f}%, {top5_text}loss {result['test_loss']:.4f}")
         self.log(f"curves: {final / 'curves.png'}   weights: {final / 'best.safetensors'}   "
                  f"metrics: {final / 'metrics.csv'}")
