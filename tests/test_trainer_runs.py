@@ -5,6 +5,7 @@ import json
 import math
 import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -558,3 +559,69 @@ def test_a_signal_at_the_last_step_of_an_epoch_resumes_to_the_same_weights(tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "reference" / "metrics.csv").read_text().splitlines()[1].split(",")[:6] == \
         (out / "metrics.csv").read_text().splitlines()[1].split(",")[:6]
+
+
+# ------------------------------------------------------------------------------------------------ interrupts
+
+
+def test_a_second_ctrl_c_stops_at_once_a_sigterm_does_not():
+    import os
+
+    from hcgnet.training.interrupts import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler repeating itself: still the orderly stop
+        assert stop.signum == signal.SIGTERM
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)   # the first Ctrl-C only asks
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second stops here, mid-whatever
+
+
+def test_a_second_ctrl_c_during_a_step_stops_the_run_without_saving(tmp_path, images, monkeypatch):
+    import os
+
+    from hcgnet.training.logs import ProgressLines
+
+    real_step = ProgressLines.step
+
+    def twice(self, global_step, loss, lr):
+        real_step(self, global_step, loss, lr)
+        if global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ProgressLines, "step", twice)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(config_for(images, out, epochs=2))
+    assert not (out / "last.pt").exists()  # the first Ctrl-C would have saved step 2 before stopping
+
+
+def saved_run(epoch, step_in_epoch, epochs=4):
+    config = make_config(overrides=dict(data="cifar10", epochs=epochs))
+    return {"config": config.to_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch, "world_size": 1}
+
+
+@pytest.mark.parametrize("epoch,step,shortest", [(1, 3, 2), (1, 0, 1), (0, 5, 1), (3, 0, 3)])
+def test_a_run_may_be_shortened_but_not_to_before_where_it_stands(epoch, step, shortest):
+    from hcgnet.training.resume import check_resumable
+
+    saved = saved_run(epoch, step)
+    for epochs in range(shortest, 6):
+        check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=epochs)), 1)
+    if shortest > 1:
+        with pytest.raises(HCGNetError, match=f"not {shortest - 1}; it has already trained {epoch} epochs"):
+            check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=shortest - 1)), 1)
+
+
+def test_a_run_from_before_an_option_existed_resumes_with_its_default():
+    from hcgnet.training.resume import check_resumable
+
+    saved = saved_run(1, 0)
+    del saved["config"]["hflip"]  # a run saved before --hflip: it flipped with probability 0.5
+    check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=4)), 1)
+    with pytest.raises(HCGNetError, match="it was trained with hflip=0.5, not 0.0"):
+        check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=4, hflip=0.0)), 1)

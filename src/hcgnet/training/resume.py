@@ -27,10 +27,18 @@ def check_resumable(out: Path, saved: Dict[str, Any], config: TrainConfig, world
         if key in RESUME_MAY_CHANGE or (key == "epochs" and now[key] >= saved["epoch"] + bool(saved["step_in_epoch"])):
             continue
         if before.get(key) != now[key]:
-            hint = (f"it has already trained {saved['epoch']} epochs" if key == "epochs"
-                    else "resume with the same settings, or start a new run")
+            hint = (_where(saved) if key == "epochs" else "resume with the same settings, or start a new run")
             raise HCGNetError(f"cannot resume {out}: it was trained with {key}={before.get(key)!r}, not {now[key]!r}; "
                               f"{hint}")
+
+
+def _where(saved: Dict[str, Any]) -> str:
+    """How far a saved run got, for the refusal to shorten it to before that."""
+    epochs, step = saved["epoch"], saved["step_in_epoch"]
+    if not step:
+        return f"it has already trained {epochs} epochs"
+    return (f"it has already trained {epochs} epochs and {step} steps of epoch {epochs + 1}: pass --epochs "
+            f"{epochs + 1} or more")
 
 
 def schedule_changed(saved: Dict[str, Any], config: TrainConfig) -> bool:
