@@ -104,9 +104,9 @@ def test_a_flip_of_probability_1_mirrors_every_image():
 def test_the_log_says_when_the_images_are_far_from_the_input_size(tmp_path):
     digits = make_image_folder(tmp_path / "digits", classes=2, per_class=6, size=(8, 8))
     notes = " ".join(build_data(f"imagefolder:{digits}", model_cfg=CIFAR_CFG).notes)
-    assert "are about 8 px (median shorter side), the model's input size is 32 px: they are upscaled about 4x" \
-        in notes
+    assert "are about 8 px (median shorter side), the model's input size is 32 px: they are upscaled about 4x; " \
+           "--image-size N trains at another size" in notes
     explicit = " ".join(build_data(f"imagefolder:{digits}", model_cfg=CIFAR_CFG, image_size=64).notes)
-    assert "--image-size is 64 px: they are upscaled about 8x" in explicit
+    assert "--image-size is 64 px: they are upscaled about 8x" in explicit and "trains at another" not in explicit
     near = make_image_folder(tmp_path / "near", classes=2, per_class=6, size=(40, 50))
     assert not any("median shorter side" in n for n in build_data(f"imagefolder:{near}", model_cfg=CIFAR_CFG).notes)

@@ -186,3 +186,18 @@ def test_class_names_the_fonts_lack_draw_without_warnings(tmp_path):
         write_confusion(tmp_path / "out", [[1, 0], [0, 1]], ["日本", "中文"])
     assert [str(w.message) for w in caught if "Glyph" in str(w.message)] == []
     assert (tmp_path / "out" / "confusion.png").is_file()
+
+
+def test_eval_without_preprocessing_says_when_the_images_are_far_from_the_models_input(plain, tmp_path):
+    from hcgnet.inference import evaluate_checkpoint
+
+    path, _, folder = plain
+    digits = make_image_folder(tmp_path / "digits", classes=3, per_class=2, size=(8, 8))
+    lines = []
+    m = evaluate_checkpoint(str(path), f"imagefolder:{digits}", workers=0, model_name=SPEC, log=lines.append)
+    assert m["count"] == 6
+    assert f"note: the images of {digits} are about 8 px (median shorter side), the model's input size is 32 px: " \
+           "they are upscaled about 4x" in lines
+    lines = []
+    evaluate_checkpoint(str(path), f"imagefolder:{folder}", workers=0, model_name=SPEC, log=lines.append)
+    assert not any("median shorter side" in line for line in lines)  # 20 px images for a 32 px input: near enough

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from hcgnet.data import (
-    DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, load_image, resolve_data_config,
+    DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, image_size_note, load_image,
+    resolve_data_config,
 )
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
@@ -328,6 +329,11 @@ def evaluate_checkpoint(
         raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
     if why:  # said once the folder is known to be usable, so an error stays a single line
         log(f"note: {why} (--split all)")
+    folder = _folder_of(data)
+    if folder is not None and not meta.get("data_config"):  # the input size came from the model
+        note = image_size_note(collect_images([os.path.expanduser(folder)])[0], data_config_of(model, meta), folder)
+        if note:
+            log(note)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     model = model.to(dev)
     if channels_last:

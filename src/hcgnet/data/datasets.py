@@ -140,7 +140,9 @@ def _load_folder(folder: str, image_size, skip_bad_images: bool, bad_images_log,
         side = typical_image_side([p for p, _ in train.samples])
         config = folder_config(train.classes, image_size, model_cfg,
                                small_images=side is not None and side <= SMALL_IMAGE_SIDE)
-        notes = [n for n in (size_note(side, config, folder, explicit=image_size is not None),) if n]
+        note = size_note(side, config, folder, explicit=image_size is not None)
+        if note:
+            notes = [note + ("; --image-size N trains at another size" if image_size is None else "")]
     skipped = check_images([train] + ([test] if test is not None else []), folder, skip_bad_images, bad_images_log)
     return train, test, config, skipped, notes
 

@@ -27,7 +27,7 @@ from hcgnet.data.errors import DataError
 from hcgnet.data.transforms import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, crop_padding
 
 __all__ = ["IMAGENET_CFG", "SMALL_IMAGE_SIDE", "SIZE_RATIO", "resolve_data_config", "typical_image_side",
-           "size_note", "augmentation_note"]
+           "size_note", "image_size_note", "augmentation_note"]
 
 #: What a caller with no model gets: the ImageNet stem's preprocessing (timm's defaults).
 IMAGENET_CFG = {"input_size": (3, 224, 224), "crop_pct": CROP_PCT, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -96,8 +96,13 @@ def size_note(side: int | None, config: DataConfig, where: str, explicit: bool) 
         return None
     came = "--image-size" if explicit else "the model's input size"
     return (f"note: the images of {where} are about {side} px (median shorter side), {came} is {size} px: they are "
-            f"{'upscaled' if side < size else 'downscaled'} about {max(side, size) / min(side, size):.0f}x"
-            + ("" if explicit else "; --image-size N trains at another size"))
+            f"{'upscaled' if side < size else 'downscaled'} about {max(side, size) / min(side, size):.0f}x")
+
+
+def image_size_note(paths: Sequence[str], config: DataConfig, where: str, explicit: bool = False) -> str | None:
+    """:func:`size_note` for the images ``paths`` (of ``where``): for a command given a checkpoint without
+    preprocessing, whose input size came from the model."""
+    return size_note(typical_image_side(paths), config, where, explicit)
 
 
 def augmentation_note(config: DataConfig, hflip: float, augment: bool = True) -> str:
