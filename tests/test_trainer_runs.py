@@ -82,7 +82,7 @@ def test_a_batch_over_half_the_training_set_warns_of_the_images_left_out(train, 
     assert trainer.global_batch_for(config, train, world, lines.append) == asked
     assert len(lines) == 1 and lines[0].startswith(f"warning: batch size {asked} is more than half the training set")
     assert f"1 step and leaves {unused} images unused" in lines[0]
-    assert f"--batch-size {suggested} uses them all in 2 steps" in lines[0]
+    assert lines[0].endswith(f"; --batch-size {suggested} takes 2 steps per epoch")
     # exactly two batches, or a batch dividing the set: no images left out, no warning
     for fits in (train // world // 2 * world, train // world * world):
         lines = []

@@ -75,11 +75,11 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
     local = config.batch_size // world_size
     if local <= per_process:
         left_out = per_process % local * world_size
-        if 2 * local > per_process and left_out:  # one step per epoch: the rest of the images wait for luck
+        if 2 * local > per_process and left_out:  # one step per epoch: the other images sit every epoch out
             halved = per_process // 2 // unit * unit * world_size
             log(f"warning: batch size {config.batch_size} is more than half the training set "
                 f"({plural(train_images, 'image')}): each epoch takes 1 step and leaves {left_out:,} images unused"
-                + (f"; --batch-size {halved} uses them all in 2 steps" if halved >= 2 * world_size else ""))
+                + (f"; --batch-size {halved} takes 2 steps per epoch" if halved >= 2 * world_size else ""))
         return config.batch_size
     micro = per_process // unit * unit // config.accum_steps
     if micro < 2:
