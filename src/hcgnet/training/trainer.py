@@ -92,10 +92,11 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
     return batch
 
 
-def _build_data(config: TrainConfig, bad_images_log, model_cfg: Dict[str, Any]):
+def _build_data(config: TrainConfig, bad_images_log):
+    """The run's data, preprocessed for its model (the model is checked first: before any data is read)."""
     return build_data(config.data, data_dir=config.data_dir, val_size=config.val_size, test_size=config.test_size,
                       seed=config.seed, skip_bad_images=config.skip_bad_images, image_size=config.image_size,
-                      augment=config.augment, bad_images_log=bad_images_log, model_cfg=model_cfg,
+                      augment=config.augment, bad_images_log=bad_images_log, model_cfg=model_defaults(config),
                       hflip=config.hflip)
 
 
@@ -171,7 +172,7 @@ class Run(TrainingRun):
                  f"{plural(self.steps_per_epoch, 'step')} per epoch")
 
     def load_data(self):
-        data = _build_data(self.config, self.out / BAD_IMAGES, model_defaults(self.config))
+        data = _build_data(self.config, self.out / BAD_IMAGES)
         for note in data.notes:  # held-out sizes, skipped images, the input size, the augmentation
             self.log(note)
         return data
