@@ -76,7 +76,8 @@ def layout(path: str) -> tuple[str, str | None]:
                             None)
 
 
-def folder_config(classes: Sequence[str], image_size=None, pretrained_cfg=None, small_images: bool = False) -> DataConfig:
+def folder_config(classes: Sequence[str], image_size=None, pretrained_cfg=None,
+                  small_images: bool = False) -> DataConfig:
     """The preprocessing of an image folder of these classes for a model with ``pretrained_cfg`` (None: the
     ImageNet stem's), at ``image_size`` (default: the model's input size); see
     :func:`~hcgnet.data.defaults.resolve_data_config`."""

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
-    "IMAGENET_MEAN", "IMAGENET_STD", "NORMALISATION", "CROP_PCT", "HFLIP", "ToMode", "FitTo", "crop_padding", "build_train_transform",
+    "IMAGENET_MEAN", "IMAGENET_STD", "NORMALISATION", "CROP_PCT", "HFLIP", "ToMode", "FitTo", "crop_padding",
+    "build_train_transform",
     "build_eval_transform",
 ]
 

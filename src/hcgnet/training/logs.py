@@ -111,8 +111,8 @@ class MetricsLog:
 
         panels: Dict[str, List[Tuple[str, List[float], List[float]]]] = {"loss": [], "accuracy": [], "lr": []}
         wanted = {
-            "loss": [(self.steps, "train_loss", "train (logged steps)"), (self.rows, "train_loss", "train (epoch mean)"),
-                     (self.rows, "val_loss", "validation")],
+            "loss": [(self.steps, "train_loss", "train (logged steps)"),
+                     (self.rows, "train_loss", "train (epoch mean)"), (self.rows, "val_loss", "validation")],
             "accuracy": [(self.rows, "train_acc", "train top-1"), (self.rows, "val_top1", "validation top-1")]
             + ([(self.rows, "val_top5", "validation top-5")] if top5 else []),
             "lr": [(self.steps, "lr", "logged steps"), (self.rows, "lr", "end of epoch")],
