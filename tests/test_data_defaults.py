@@ -63,7 +63,8 @@ def test_small_images_and_the_cifar_stem_get_cifars_augmentation(tmp_path):
     crop = next(t for t in train.transforms if isinstance(t, T.RandomCrop))
     assert crop.size == (32, 32) and crop.padding == 4  # CIFAR's 4 px at 32 px
     assert data.train[0][0].shape == (3, 32, 32) and data.val[0][0].shape == (3, 32, 32)
-    assert "augmentation: CIFAR's (pad 4 px, random 32x32 crop, horizontal flip p=0.5)" in " ".join(data.notes)
+    assert "augmentation: CIFAR's (pad 4 px, random 32x32 crop, horizontal flip p=0.5); --hflip 0 for data where " \
+           "mirror images are wrong (digits, text)" in data.notes
     # small images meet the ImageNet stem: still CIFAR's augmentation (a random-resized crop of 8% of 8x8 is noise)
     data = build_data(f"imagefolder:{digits}", model_cfg=IMAGENET_CFG, image_size=48)
     assert data.config.resize is None and T.RandomResizedCrop not in kinds(data.train.dataset.transform)

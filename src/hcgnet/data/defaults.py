@@ -111,8 +111,7 @@ def augmentation_note(config: DataConfig, hflip: float, augment: bool = True) ->
         return "augmentation: none (--no-augment): training images get the evaluation transform"
     _, h, w = config.input_size
     flip = f"horizontal flip p={hflip:g}" if hflip > 0 else "no flip (--hflip 0)"
+    advice = "; --hflip 0 for data where mirror images are wrong (digits, text)" if hflip > 0 else ""
     if config.resize is None:
-        return (f"augmentation: CIFAR's (pad {crop_padding(config)} px, random {h}x{w} crop, {flip}); "
-                "--hflip 0 for data where mirror images are wrong (digits, text)")
-    return (f"augmentation: ImageNet's (RandomResizedCrop {h}x{w} of 8-100% of the image, {flip}); "
-            "--hflip 0 for data where mirror images are wrong (digits, text)")
+        return f"augmentation: CIFAR's (pad {crop_padding(config)} px, random {h}x{w} crop, {flip}){advice}"
+    return f"augmentation: ImageNet's (RandomResizedCrop {h}x{w} of 8-100% of the image, {flip}){advice}"
