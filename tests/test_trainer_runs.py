@@ -445,6 +445,21 @@ def test_curves_have_the_learning_rate_of_every_epoch_and_top5_only_when_it_says
     assert log.plot(tmp_path / "curves.png", "日本 data", top5=False).is_file()
 
 
+def test_a_resumed_run_keeps_the_preprocessing_it_started_with(tmp_path, images):
+    """A run started before the model chose the input size resumes at the size it started with."""
+    from hcgnet.models.checkpoints import read_metadata
+
+    out = tmp_path / "run"
+    fit(config_for(images, out, image_size=None, max_steps_per_epoch=1))
+    state = torch.load(out / "last.pt", weights_only=True)
+    started = json.loads(state["data_config"])
+    assert started["input_size"] == [3, 32, 32]
+    state["data_config"] = json.dumps({**started, "input_size": [3, 24, 24]})  # as if the defaults had changed since
+    torch.save(state, out / "last.pt")
+    fit(resume_config(str(out), {"epochs": 2}))
+    assert json.loads(read_metadata(str(out / "final.safetensors"))["data_config"])["input_size"] == [3, 24, 24]
+
+
 def test_an_unknown_model_is_refused_before_any_data_is_read(tmp_path, images, monkeypatch):
     monkeypatch.setattr(trainer, "build_data", lambda *a, **k: pytest.fail("the data was read first"))
     with pytest.raises(HCGNetError, match="unknown model 'nonsense'"):

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from hcgnet import distributed
-from hcgnet.data import build_data
+from hcgnet.data import DataConfig, build_data
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import AMP_DTYPES, evaluate, show_top5
 from hcgnet.models import create_model, save_safetensors
@@ -92,12 +92,15 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
     return batch
 
 
-def _build_data(config: TrainConfig, bad_images_log):
-    """The run's data, preprocessed for its model (the model is checked first: before any data is read)."""
+def _build_data(config: TrainConfig, bad_images_log, resume_state: Optional[Dict[str, Any]] = None):
+    """The run's data, preprocessed for its model (the model is checked first: before any data is read); a
+    resumed run keeps the preprocessing it started with, even where today's defaults would choose another."""
+    cfg = model_defaults(config)
+    started = resume_state.get("data_config") if resume_state else None
     return build_data(config.data, data_dir=config.data_dir, val_size=config.val_size, test_size=config.test_size,
                       seed=config.seed, skip_bad_images=config.skip_bad_images, image_size=config.image_size,
-                      augment=config.augment, bad_images_log=bad_images_log, model_cfg=model_defaults(config),
-                      hflip=config.hflip)
+                      augment=config.augment, bad_images_log=bad_images_log, model_cfg=cfg, hflip=config.hflip,
+                      preprocessing=DataConfig.from_dict(json.loads(started)) if started else None)
 
 
 def model_defaults(config: TrainConfig) -> Dict[str, Any]:
@@ -144,7 +147,7 @@ class Run(TrainingRun):
     def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
         config, d = self.config, self.d
         _seed_everything(config.seed)
-        self.data = self.load_data()
+        self.data = self.load_data(resume_state)
         self.model = self.build_model()
         # Same initial weights everywhere (seeded above); from here each process draws its own dropout masks
         # and mixup pairs.
@@ -171,8 +174,8 @@ class Run(TrainingRun):
                  f"{plural(d.world_size, 'process')} on {d.device}, global batch {self.batch}, "
                  f"{plural(self.steps_per_epoch, 'step')} per epoch")
 
-    def load_data(self):
-        data = _build_data(self.config, self.out / BAD_IMAGES)
+    def load_data(self, resume_state: Optional[Dict[str, Any]] = None):
+        data = _build_data(self.config, self.out / BAD_IMAGES, resume_state)
         for note in data.notes:  # held-out sizes, skipped images, the input size, the augmentation
             self.log(note)
         return data
