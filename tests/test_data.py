@@ -266,7 +266,8 @@ def test_imagefolder_without_train_holds_out_val_and_test(tmp_path):
     assert data.train.dataset.samples == data.test.dataset.samples  # all three are views of one folder
     _indices_cover([data.train.indices, data.val.indices, data.test.indices], 18)
     assert data.config.class_names == ["cat", "dog", "fox"] and data.num_classes == 3
-    assert data.config.input_size == (3, 32, 32) and data.config.resize == int(32 / 0.875)
+    # the images are small (see _png): whole images fitted to 32 px, no ImageNet-style resize and crop
+    assert data.config.input_size == (3, 32, 32) and data.config.resize is None
     for ds in (data.train, data.val, data.test):
         x, y = ds[1]
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y in (0, 1, 2)

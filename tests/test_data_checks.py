@@ -60,7 +60,8 @@ def test_automatic_holdout_of_1400_images(tmp_path):
     quick_folder(tmp_path / "tree" / "val", {"a": 3, "b": 2})
     tree = build_data(f"imagefolder:{tmp_path / 'tree'}", image_size=8)
     assert (len(tree.train), len(tree.val), len(tree.test)) == (1260, 140, 5)
-    assert len(tree.notes) == 2 and "140 of 1,400 training images (10%)" in tree.notes[0]
+    assert len(tree.notes) == 3 and "140 of 1,400 training images (10%)" in tree.notes[0]
+    assert tree.notes[2].startswith("augmentation: CIFAR's")  # the last note: which augmentation runs
     assert tree.notes[1] == f"the test set is {tmp_path / 'tree' / 'val'}: 5 images"
 
 
@@ -176,7 +177,8 @@ def test_skipped_images_listed_and_written(tmp_path):
     kept = {p for p, _ in data.train.dataset.samples}
     assert kept.isdisjoint(bad) and len(kept) == 20
     assert sorted(line.split("\t")[0] for line in log.read_text().splitlines()) == bad
-    assert data.notes[-1].startswith("skipped 5 unreadable images (") and data.notes[-1].endswith(f"in {log}")
+    skipped = next(n for n in data.notes if n.startswith("skipped"))
+    assert skipped.startswith("skipped 5 unreadable images (") and skipped.endswith(f"in {log}")
 
 
 def test_clean_folder_writes_no_log(tmp_path):

@@ -150,3 +150,54 @@ def test_eval_not_on_a_terminal_logs_progress_lines(plain, monkeypatch):
     progress = [line for line in lines if not line.startswith("note:")]
     assert m["count"] == 12
     assert [line.split(",")[0] for line in progress] == ["evaluating all: 1/3 batches", "evaluating all: 2/3 batches"]
+
+
+def test_eval_output_keeps_an_earlier_result_unless_forced_and_says_where_it_wrote(capsys, plain, tmp_path):
+    path, _, folder = plain
+    out_dir = tmp_path / "report"
+    args = ["eval", "--checkpoint", str(path), "--model", SPEC, "--data", f"imagefolder:{folder}", "--workers", "0",
+            "--output", str(out_dir)]
+    assert main(args) == 0
+    out, _ = capsys.readouterr()
+    assert f"wrote {out_dir}/: metrics.json, per_class.csv, confusion.csv, confusion.png" in out
+    assert "top-5" not in out  # 3 classes: top-5 is always 100%, not worth a number
+    (out_dir / "metrics.json").write_text("earlier")
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1 and "already holds metrics.json" in err and "--force" in err
+    assert (out_dir / "metrics.json").read_text() == "earlier"  # refused before anything was written
+    assert main(args + ["--force", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["count"] == 12  # stdout stays one JSON document; where it wrote goes to stderr
+    assert f"wrote {out_dir}/" in err and json.loads((out_dir / "metrics.json").read_text())["count"] == 12
+
+
+def test_top5_is_shown_only_with_more_than_5_classes():
+    from hcgnet.evaluation import show_top5
+
+    assert [show_top5(n) for n in (2, 5, 6, 1000)] == [False, False, True, True]
+
+
+def test_class_names_the_fonts_lack_draw_without_warnings(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_confusion(tmp_path / "out", [[1, 0], [0, 1]], ["日本", "中文"])
+    assert [str(w.message) for w in caught if "Glyph" in str(w.message)] == []
+    assert (tmp_path / "out" / "confusion.png").is_file()
+
+
+def test_eval_without_preprocessing_says_when_the_images_are_far_from_the_models_input(plain, tmp_path):
+    from hcgnet.inference import evaluate_checkpoint
+
+    path, _, folder = plain
+    digits = make_image_folder(tmp_path / "digits", classes=3, per_class=2, size=(8, 8))
+    lines = []
+    m = evaluate_checkpoint(str(path), f"imagefolder:{digits}", workers=0, model_name=SPEC, log=lines.append)
+    assert m["count"] == 6
+    assert f"note: the images of {digits} are about 8 px (median shorter side), the model's input size is 32 px: " \
+           "they are upscaled about 4x" in lines
+    lines = []
+    evaluate_checkpoint(str(path), f"imagefolder:{folder}", workers=0, model_name=SPEC, log=lines.append)
+    assert not any("median shorter side" in line for line in lines)  # 20 px images for a 32 px input: near enough

@@ -203,3 +203,38 @@ def test_hcgnet_train_fine_tunes_a_checkpoint_onto_a_folder_of_another_class_cou
             assert torch.equal(final[key], saved[key]), key
     assert not torch.equal(final["stages.2.block.layers.0.squeeze.conv1x1.conv.weight"],
                            saved["stages.2.block.layers.0.squeeze.conv1x1.conv.weight"])
+
+
+def test_a_checkpoint_with_keys_the_model_lacks_is_refused(checkpoint_10, tmp_path):
+    """Every tensor of the model fits, but the checkpoint holds one more (a deeper network's layer, an extra
+    head): loading the rest would silently drop it."""
+    _, saved = checkpoint_10
+    extra = "stages.2.block.layers.1.squeeze.conv1x1.conv.weight"
+    path = tmp_path / "more.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({**saved, extra: torch.zeros(4, 4, 1, 1)}, str(path))
+    model = create_model(SPEC, num_classes=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(HCGNetError) as e:
+        prepare_model(model, config(initial_checkpoint=str(path)), lambda _: None)
+    assert f"{path} has '{extra}', which the model lacks: it holds another network" in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing was loaded
+
+
+def test_resume_takes_the_weights_from_the_run_not_the_initial_checkpoint(checkpoint_10, tmp_path, monkeypatch):
+    from hcgnet.training import finetune, make_config, resume_config, trainer
+
+    path, _ = checkpoint_10
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=8)
+    out = tmp_path / "run"
+    trainer.fit(make_config(overrides=dict(model=SPEC, data=f"imagefolder:{folder}", image_size=16, epochs=1,
+                                           batch_size=4, max_steps_per_epoch=1, workers=0, output=str(out),
+                                           initial_checkpoint=str(path))), log=lambda _: None)
+    path.write_bytes(b"replaced since: not a checkpoint any more")
+    reads = []
+    monkeypatch.setattr(finetune, "read_state_dict", lambda *a, **k: reads.append(a) or pytest.fail("re-read"))
+    lines = []
+    trainer.fit(resume_config(str(out), {"epochs": 2}), log=lines.append)
+    assert reads == []
+    assert f"resuming: the weights come from the run's own checkpoint, not {path}" in lines

@@ -5,6 +5,7 @@ import json
 import math
 import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,7 +58,7 @@ def folder_bytes(folder):
     (23, 2, 1, 0.0, 128, 22),   # 11 per process
     (23, 2, 1, 0.4, 128, 20),   # 11 per process, even: 10
     (23, 1, 2, 0.4, 128, 20),   # two micro-batches of an even size: 2 x 10
-    (22, 2, 1, 0.0, 16, 16),    # fits: unchanged
+    (22, 2, 1, 0.0, 10, 10),    # fits: unchanged (5 per process, 2 steps of the 11 each has)
 ])
 def test_a_batch_larger_than_the_training_set_is_reduced_with_a_warning(train, world, accum, mixup, asked, expected):
     config = make_config(overrides=dict(data="cifar10", batch_size=asked, accum_steps=accum, mixup=mixup))
@@ -67,6 +68,27 @@ def test_a_batch_larger_than_the_training_set_is_reduced_with_a_warning(train, w
         assert len(lines) == 1 and f"using batch size {expected}" in lines[0] and f"{train} images" in lines[0]
     else:
         assert lines == []
+
+
+@pytest.mark.parametrize("train,world,mixup,asked,unused,suggested", [
+    (242, 1, 0.0, 128, 114, 121),   # the reported case: 1 step of 128, 114 images never seen in an epoch
+    (243, 1, 0.4, 128, 115, 120),   # mixup: an even batch is suggested (121 -> 120)
+    (242, 2, 0.0, 128, 114, 120),   # 121 per process, 64 used: 57 x 2 unused; 60 per process suggested
+])
+def test_a_batch_over_half_the_training_set_warns_of_the_images_left_out(train, world, mixup, asked, unused,
+                                                                         suggested):
+    config = make_config(overrides=dict(data="cifar10", batch_size=asked, mixup=mixup))
+    lines = []
+    assert trainer.global_batch_for(config, train, world, lines.append) == asked
+    assert len(lines) == 1 and lines[0].startswith(f"warning: batch size {asked} is more than half the training set")
+    assert f"1 step and leaves {unused} images unused" in lines[0]
+    assert lines[0].endswith(f"; --batch-size {suggested} takes 2 steps per epoch")
+    # exactly two batches, or a batch dividing the set: no images left out, no warning
+    for fits in (train // world // 2 * world, train // world * world):
+        lines = []
+        trainer.global_batch_for(make_config(overrides=dict(data="cifar10", batch_size=fits)), train, world,
+                                 lines.append)
+        assert lines == [], fits
 
 
 def test_a_batch_that_cannot_fit_or_divide_is_refused_in_one_line():
@@ -237,6 +259,12 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, images, monkeypat
     assert any("resumed" in line and "step 1" in line for line in lines) and result["epochs"] == 1
 
 
+def test_the_nan_advice_names_amp_only_when_mixed_precision_is_on(tmp_path, images):
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(config_for(images, tmp_path / "run", max_steps_per_epoch=2, lr=1e30, amp="bf16"))
+    assert str(e.value).endswith("; lower --lr or use --amp none")
+
+
 # ------------------------------------------------------------------------------------------------ output folder
 
 
@@ -247,6 +275,7 @@ def test_overwrite_that_fails_with_nan_keeps_the_old_run_byte_identical(tmp_path
     with pytest.raises(NonFiniteLossError) as e:
         fit(config_for(images, out, max_steps_per_epoch=2, lr=1e30, overwrite=True))
     assert f"{out} still holds the old run" in str(e.value)
+    assert str(e.value).endswith("; lower --lr")  # no "--amp none" advice: amp is already none
     assert folder_bytes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no replacement folder left behind
     fit(config_for(images, out, max_steps_per_epoch=2, seed=5, overwrite=True))
@@ -336,6 +365,20 @@ def test_resume_config_of_a_folder_without_a_run_is_one_line(tmp_path):
         resume_config(str(tmp_path / "none"), {})
 
 
+@pytest.mark.parametrize("make", [False, True])
+def test_train_resume_of_an_output_without_a_run_says_there_is_no_run_not_no_dataset(tmp_path, capsys, make):
+    from hcgnet.cli import main
+
+    out = tmp_path / "missing"
+    if make:
+        out.mkdir()
+    assert main(["train", "--resume", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    what = "it holds no config.yaml" if make else "no such folder"
+    assert err == f"hcgnet: error: nothing to resume: there is no run in {out} ({what}); check --output, or start " \
+                  "a run there with --data ...\n"
+
+
 # ------------------------------------------------------------------------------------------------ logs
 
 
@@ -373,7 +416,77 @@ def test_the_cifar_stem_on_large_images_is_named_in_a_warning(tmp_path, images):
     assert not any("CIFAR stem" in line for line in lines)
 
 
+def test_without_image_size_the_cifar_stem_trains_at_32_px_and_the_log_names_the_augmentation(tmp_path, images):
+    from hcgnet.models.checkpoints import read_metadata
+
+    out = tmp_path / "run"
+    _, lines = fit(config_for(images, out, image_size=None, hflip=0.0, max_steps_per_epoch=1))
+    config = json.loads(read_metadata(str(out / "best.safetensors"))["data_config"])
+    assert config["input_size"] == [3, 32, 32] and config["resize"] is None  # the CIFAR stem's whole 32 px images
+    assert "augmentation: CIFAR's (pad 4 px, random 32x32 crop, no flip (--hflip 0))" in lines
+    assert not any("top-5" in line for line in lines)  # 3 classes: top-5 is always 100%
+    assert trainer.model_defaults(make_config(overrides=dict(data="cifar10", model=TINY, stem="imagenet"))
+                                  )["input_size"] == (3, 224, 224)
+
+
+def test_curves_have_the_learning_rate_of_every_epoch_and_top5_only_when_it_says_something(tmp_path):
+    from hcgnet.training.logs import MetricsLog
+
+    log = MetricsLog(tmp_path, tensorboard=False)  # a short run: no step logged (steps.csv every 20 steps)
+    for epoch, lr in ((1, 0.1), (2, 0.05)):
+        log.add_epoch({"epoch": epoch, "step": 2 * epoch, "lr": lr, "train_loss": 1.0, "train_acc": 0.5,
+                       "val_loss": 1.0, "val_top1": 0.5, "val_top5": 1.0, "seconds": 1.0, "images_per_s": 1.0})
+    assert log.curves()["lr"] == [("end of epoch", [1.0, 2.0], [0.1, 0.05])]
+    assert [label for label, _, _ in log.curves()["accuracy"]] == ["train top-1", "validation top-1",
+                                                                  "validation top-5"]
+    assert [label for label, _, _ in log.curves(top5=False)["accuracy"]] == ["train top-1", "validation top-1"]
+    log.add_step(3, 1.5, 0.9, 0.07)
+    assert log.curves()["lr"][0] == ("logged steps", [1.5], [0.07])
+    assert log.plot(tmp_path / "curves.png", "日本 data", top5=False).is_file()
+
+
+def test_a_resumed_run_keeps_the_preprocessing_it_started_with(tmp_path, images):
+    """A run started before the model chose the input size resumes at the size it started with."""
+    from hcgnet.models.checkpoints import read_metadata
+
+    out = tmp_path / "run"
+    fit(config_for(images, out, image_size=None, max_steps_per_epoch=1))
+    state = torch.load(out / "last.pt", weights_only=True)
+    started = json.loads(state["data_config"])
+    assert started["input_size"] == [3, 32, 32]
+    state["data_config"] = json.dumps({**started, "input_size": [3, 24, 24]})  # as if the defaults had changed since
+    torch.save(state, out / "last.pt")
+    fit(resume_config(str(out), {"epochs": 2}))
+    assert json.loads(read_metadata(str(out / "final.safetensors"))["data_config"])["input_size"] == [3, 24, 24]
+
+
+def test_an_unknown_model_is_refused_before_any_data_is_read(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(trainer, "build_data", lambda *a, **k: pytest.fail("the data was read first"))
+    with pytest.raises(HCGNetError, match="unknown model 'nonsense'"):
+        fit(config_for(images, tmp_path / "run", model="nonsense"))
+    assert not (tmp_path / "run").exists()  # nothing left behind
+
+
 # ------------------------------------------------------------------------------------------------ eval
+
+
+def test_eval_split_test_is_refused_on_a_folder_the_run_did_not_train_on(tmp_path, images):
+    from hcgnet.inference import evaluate_checkpoint
+
+    out = tmp_path / "run"
+    fit(config_for(images, out, max_steps_per_epoch=1))
+    other = make_image_folder(tmp_path / "other", classes=3, per_class=4, seed=9)
+    for split in ("test", "val"):
+        with pytest.raises(HCGNetError, match=f"--split {split} is the training run's held-out images of "
+                                              f"imagefolder:{images}, and {other} is not that data; pass --split all"):
+            evaluate_checkpoint(str(out / "best.safetensors"), f"imagefolder:{other}", split=split, workers=0,
+                                device="cpu")
+    notes = []
+    scored = evaluate_checkpoint(str(out / "best.safetensors"), f"imagefolder:{other}", workers=0, device="cpu",
+                                 log=notes.append)
+    assert scored["split"] == "all" and scored["count"] == 12
+    assert notes == [f"note: {other} is not the data the checkpoint was trained on (imagefolder:{images}): scoring "
+                     "all of it (--split all)"]  # no hint towards --split test, which would not be its held-out images
 
 
 def test_eval_rebuilds_the_split_of_a_run_trained_with_another_seed(tmp_path, images):
@@ -420,7 +533,7 @@ def test_stem_and_dropblock_reach_the_model_and_the_dropblock_ramp_steps_with_th
     monkeypatch.setattr(trainer, "create_model", create)
     monkeypatch.setattr(trainer, "DropBlockSchedule", Ramp)
     fit(config_for(images, tmp_path / "run", stem="imagenet", drop_block=0.1, epochs=2, max_steps_per_epoch=2))
-    assert created[0]["stem"] == "imagenet" and created[0]["drop_block_rate"] == 0.1
+    assert created[-1]["stem"] == "imagenet" and created[-1]["drop_block_rate"] == 0.1
     assert ramp == [("init", 0.1), 0.0, 0.5, 1.0, 1.5]  # beside every learning-rate step
 
 
@@ -460,3 +573,69 @@ def test_a_signal_at_the_last_step_of_an_epoch_resumes_to_the_same_weights(tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "reference" / "metrics.csv").read_text().splitlines()[1].split(",")[:6] == \
         (out / "metrics.csv").read_text().splitlines()[1].split(",")[:6]
+
+
+# ------------------------------------------------------------------------------------------------ interrupts
+
+
+def test_a_second_ctrl_c_stops_at_once_a_sigterm_does_not():
+    import os
+
+    from hcgnet.training.interrupts import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler repeating itself: still the orderly stop
+        assert stop.signum == signal.SIGTERM
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)   # the first Ctrl-C only asks
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second stops here, mid-whatever
+
+
+def test_a_second_ctrl_c_during_a_step_stops_the_run_without_saving(tmp_path, images, monkeypatch):
+    import os
+
+    from hcgnet.training.logs import ProgressLines
+
+    real_step = ProgressLines.step
+
+    def twice(self, global_step, loss, lr):
+        real_step(self, global_step, loss, lr)
+        if global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ProgressLines, "step", twice)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(config_for(images, out, epochs=2))
+    assert not (out / "last.pt").exists()  # the first Ctrl-C would have saved step 2 before stopping
+
+
+def saved_run(epoch, step_in_epoch, epochs=4):
+    config = make_config(overrides=dict(data="cifar10", epochs=epochs))
+    return {"config": config.to_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch, "world_size": 1}
+
+
+@pytest.mark.parametrize("epoch,step,shortest", [(1, 3, 2), (1, 0, 1), (0, 5, 1), (3, 0, 3)])
+def test_a_run_may_be_shortened_but_not_to_before_where_it_stands(epoch, step, shortest):
+    from hcgnet.training.resume import check_resumable
+
+    saved = saved_run(epoch, step)
+    for epochs in range(shortest, 6):
+        check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=epochs)), 1)
+    if shortest > 1:
+        with pytest.raises(HCGNetError, match=f"not {shortest - 1}; it has already trained {epoch} epochs"):
+            check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=shortest - 1)), 1)
+
+
+def test_a_run_from_before_an_option_existed_resumes_with_its_default():
+    from hcgnet.training.resume import check_resumable
+
+    saved = saved_run(1, 0)
+    del saved["config"]["hflip"]  # a run saved before --hflip: it flipped with probability 0.5
+    check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=4)), 1)
+    with pytest.raises(HCGNetError, match="it was trained with hflip=0.5, not 0.0"):
+        check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=4, hflip=0.0)), 1)

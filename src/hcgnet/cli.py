@@ -126,8 +126,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hcgnet.training import TrainConfig, fit, make_config, resume_config
     overrides = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if hasattr(args, name)}
     output = args.output or TrainConfig.output
-    if args.resume and not (args.recipe or args.config) and (Path(output) / "config.yaml").is_file():
-        config = resume_config(output, overrides)  # the run's own settings; flags given here on top
+    # --resume without --data: the run's own settings (flags given here on top), or "no run there"
+    if args.resume and not (args.recipe or args.config) and ((Path(output) / "config.yaml").is_file() or not args.data):
+        config = resume_config(output, overrides)
     else:
         config = make_config(args.recipe, args.config, overrides)
     fit(config)
@@ -136,17 +137,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 #: Per-class accuracy is listed in the text output up to this many classes (the CSVs of --output hold all).
 PER_CLASS_LINES = 20
-
-
-def _check_output_folder(out: Path) -> None:
-    """A folder ``eval --output`` can write into (it may not exist yet), checked before the evaluation."""
-    from hcgnet.files import can_write_in
-
-    if out.exists() and not out.is_dir():
-        raise HCGNetError(f"--output {out} is a file; give a folder for the metrics and confusion matrix")
-    existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
-    if not can_write_in(existing):
-        raise HCGNetError(f"--output: cannot write in folder {existing} (read-only or no permission)")
 
 
 def _print_per_class(rows: List[dict]) -> None:
@@ -160,13 +150,13 @@ def _print_per_class(rows: List[dict]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from hcgnet.evaluation import per_class, write_confusion
-    from hcgnet.files import reported_write
+    from hcgnet.evaluation import EVAL_FILES, per_class, show_top5, write_confusion
+    from hcgnet.files import check_output_folder, reported_write
     from hcgnet.inference import evaluate_checkpoint
 
-    out = Path(args.output) if args.output else None
-    if out is not None:
-        _check_output_folder(out)
+    out = None
+    if args.output:
+        out = check_output_folder(args.output, "the metrics and confusion matrix", EVAL_FILES, force=args.force)
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
                             args.model, amp=args.amp, channels_last=args.channels_last,
                             skip_bad_images=args.skip_bad_images)
@@ -179,12 +169,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             (out / "metrics.json").write_text(text + "\n")
     if args.json:
         print(text)
-        return 0
-    print(f"{args.checkpoint} on {args.data} ({m['split']}, {m['count']} images): top-1 {100 * m['top1']:.2f}%, "
-          f"top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}")
-    _print_per_class(rows)
-    if out is not None:
-        print(f"wrote {out}/: metrics.json, per_class.csv, confusion.csv, confusion.png")
+    else:
+        top5 = f", top-5 {100 * m['top5']:.2f}%" if show_top5(len(rows)) else ""
+        print(f"{args.checkpoint} on {args.data} ({m['split']}, {m['count']} images): top-1 {100 * m['top1']:.2f}%"
+              f"{top5}, loss {m['loss']:.4f}")
+        _print_per_class(rows)
+    if out is not None:  # on stderr under --json, so stdout stays one JSON document
+        print(f"wrote {out}/: {', '.join(EVAL_FILES)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -247,7 +238,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
     metavars = {"stem": "{cifar,imagenet}", "sched": "{cosine,constant}", "amp": "{none,bf16,fp16}",
                 "initial_checkpoint": "FILE", "data": "DATASET", "data_dir": "DIR", "output": "DIR",
-                "model": "MODEL|SPEC", "recipe": "RECIPE"}
+                "model": "MODEL|SPEC", "recipe": "RECIPE", "hflip": "P"}
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of options (flags given here override it; it overrides --recipe)")
     for title, options in OPTION_GROUPS:
@@ -709,8 +700,9 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
     ev.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
     ev.add_argument("--split", choices=("test", "val", "all"), default=None,
-                    help="test or val: the training run's held-out images; all: every image of an imagefolder "
-                         "(default: all for a folder the checkpoint was not trained on, else test)")
+                    help="test or val: the training run's held-out images (of the data it was trained on); all: "
+                         "every image of an imagefolder (default: all for a folder the checkpoint was not trained "
+                         "on, else test)")
     ev.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     ev.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     ev.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
@@ -720,6 +712,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
                     help="leave out unreadable images (default: as the training run did)")
     ev.add_argument("--output", default=None, metavar="DIR",
                     help="also write metrics.json, per_class.csv, confusion.csv and confusion.png here")
+    ev.add_argument("--force", action="store_true", help="replace the files of an earlier eval in --output")
     ev.add_argument("--json", action="store_true", help="print JSON (with the confusion matrix) instead of text")
     ev.set_defaults(func=cmd_eval)
 

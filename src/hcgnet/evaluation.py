@@ -2,6 +2,7 @@
 benchmarks. Below both the trainer and inference: neither imports the other."""
 import contextlib
 import csv
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -10,6 +11,9 @@ from torch import nn
 
 from hcgnet.distributed import Dist, all_reduce_sum
 from hcgnet.errors import HCGNetError
+
+#: The files ``eval --output DIR`` writes (an earlier eval's are replaced only with ``--force``).
+EVAL_FILES = ("metrics.json", "per_class.csv", "confusion.csv", "confusion.png")
 
 #: ``--amp`` names to autocast dtypes (None: no autocast), for training, evaluation and benchmarks.
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,6 +79,20 @@ def evaluate(
     return metrics
 
 
+def show_top5(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: with 5 classes or fewer it is always 100%."""
+    return num_classes > 5
+
+
+@contextlib.contextmanager
+def missing_glyphs_quiet():
+    """Silence matplotlib's "Glyph ... missing from font" warnings while drawing (class names in scripts its
+    fonts lack, such as CJK): the labels show as boxes, the log stays clean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+        yield
+
+
 def per_class(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> List[Dict[str, Any]]:
     """One row per class: its images, how many were classified as it, and that accuracy (None: no images)."""
     rows = []
@@ -111,6 +129,11 @@ def _plot_confusion(path: Path, confusion: Sequence[Sequence[int]], names: Seque
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with missing_glyphs_quiet():
+        _draw_confusion(plt, path, confusion, names)
+
+
+def _draw_confusion(plt, path: Path, confusion: Sequence[Sequence[int]], names: Sequence[str]) -> None:
     counts = torch.tensor(confusion, dtype=torch.float64)
     # Rows normalised: each true class's share of predictions, so small classes are as visible as large ones.
     shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)

@@ -17,12 +17,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from hcgnet.data import DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, load_image
+from hcgnet.data import (
+    DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, image_size_note, load_image,
+    resolve_data_config,
+)
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.checkpoints import read_metadata, torch_load_weights_only
-from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD, first_conv_in_chans, is_timm_baseline
+from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
 from hcgnet.evaluation import AMP_DTYPES, evaluate
@@ -87,21 +90,13 @@ def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, 
 
 
 def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
-    """The eval preprocessing a checkpoint was trained with, or the variant's standard one."""
+    """The eval preprocessing a checkpoint was trained with, or the model's own (its ``pretrained_cfg``)."""
     if meta.get("data_config"):
         return DataConfig.from_dict(json.loads(meta["data_config"]))
-    cfg = model.pretrained_cfg
     classes = json.loads(meta["class_names"]) if meta.get("class_names") else [str(i) for i in range(model.num_classes)]
-    cifar = cfg["input_size"][-1] == 32
-    in_chans = first_conv_in_chans(model)
-    mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar else (cfg["mean"], cfg["std"])
-    if in_chans != len(mean):  # e.g. a grayscale model: the channel average of the statistics
-        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
-    return DataConfig(
-        name="cifar10" if cifar else "imagefolder", input_size=(in_chans, *cfg["input_size"][1:]),
-        mean=tuple(mean), std=tuple(std),
-        resize=None if cifar else int(cfg["input_size"][-1] / cfg["crop_pct"]), class_names=classes,
-    )
+    cifar = model.pretrained_cfg["input_size"][-1] == 32
+    return resolve_data_config(model.pretrained_cfg, classes, in_chans=first_conv_in_chans(model),
+                               name="cifar10" if cifar else "imagefolder")
 
 
 def guess_note(path: str, model: nn.Module, meta: Dict[str, str], classes: str = "class indices",
@@ -174,6 +169,18 @@ def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
     return "test", None
 
 
+def check_split_data(data: str, meta: Dict[str, str], split: str) -> None:
+    """Refuse ``--split test``/``val`` on a folder the checkpoint was not trained on: those splits are the
+    training run's held-out images, which another folder does not hold."""
+    folder, recorded = _folder_of(data), _value(meta, "data")
+    if folder is None or recorded is None:
+        return
+    trained = _folder_of(recorded)
+    if trained is None or not _same_place(trained, folder):
+        raise HCGNetError(f"--split {split} is the training run's held-out images of {recorded}, and {folder} is not "
+                          "that data; pass --split all to score every image of it")
+
+
 def folder_classes(folder: str) -> List[str]:
     """The class sub-folders of ``folder``, sorted (ImageFolder's order)."""
     folder = os.path.expanduser(folder)
@@ -237,9 +244,8 @@ def _split_dataset(data, data_dir, split, meta, model, path, skip_bad_images) ->
             kwargs[key] = None if _value(meta, key) is None else cast(float(meta[key]))
     if "test_size" not in meta and "val_size" in kwargs:  # runs from before test_size held out val_size twice
         kwargs["test_size"] = kwargs["val_size"]
-    image_size = config.input_size[-1] if _folder_of(data) is not None else None
-    bundle = build_data(data, data_dir=data_dir, download=False, image_size=image_size,
-                        skip_bad_images=skip_bad_images, **kwargs)
+    bundle = build_data(data, data_dir=data_dir, download=False, skip_bad_images=skip_bad_images,
+                        preprocessing=config, **kwargs)
     if bundle.num_classes != model.num_classes:
         raise CheckpointError(
             f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
@@ -309,6 +315,8 @@ def evaluate_checkpoint(
     why = None
     if split is None:
         split, why = choose_split(data, meta)
+    elif split != "all":
+        check_split_data(data, meta, split)
     if skip_bad_images is None:
         skip_bad_images = _value(meta, "skip_bad_images") == "true"
     if split == "all":
@@ -320,7 +328,12 @@ def evaluate_checkpoint(
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
     if why:  # said once the folder is known to be usable, so an error stays a single line
-        log(f"note: {why} (--split all; pass --split test for the training run's held-out images)")
+        log(f"note: {why} (--split all)")
+    folder = _folder_of(data)
+    if folder is not None and not meta.get("data_config"):  # the input size came from the model
+        note = image_size_note(collect_images([os.path.expanduser(folder)])[0], data_config_of(model, meta), folder)
+        if note:
+            log(note)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     model = model.to(dev)
     if channels_last:

@@ -5,13 +5,17 @@
     data.train, data.val, data.test, data.num_classes, data.config, data.notes
     transform = build_eval_transform(data.config)   # for predict/eval, also from a JSON-rebuilt DataConfig
     whole = build_eval_dataset("imagefolder:photos", data.config, split="all")
+    config = resolve_data_config(model.pretrained_cfg, class_names)  # a checkpoint without preprocessing
+    note = image_size_note(image_paths, config, "imagefolder:photos")  # None unless far from the input size
 
 Modules: ``datasets`` (the two entry points), ``config`` (DataConfig, DataBundle), ``splits`` (hold-out
 sizes and indices), ``cifar``, ``fashion_mnist``, ``image_folder`` (the sources), ``images`` (reading and
-checking image files), ``transforms``, ``errors``. Only :mod:`hcgnet.errors`, :mod:`hcgnet.files` and the
-models' CIFAR-10 statistics are imported from the rest of the package.
+checking image files), ``transforms``, ``defaults`` (preprocessing from the model and the data), ``errors``.
+Only :mod:`hcgnet.errors`, :mod:`hcgnet.files` and the models' CIFAR-10 statistics are imported from the rest
+of the package.
 """
 from hcgnet.data.config import DataBundle, DataConfig
+from hcgnet.data.defaults import image_size_note, resolve_data_config
 from hcgnet.data.datasets import DATASETS, EVAL_SPLITS, build_data, build_eval_dataset, default_data_dir
 from hcgnet.data.errors import DataError, error_message
 from hcgnet.data.images import load_image
@@ -21,5 +25,5 @@ from hcgnet.data.transforms import build_eval_transform, build_train_transform
 __all__ = [
     "DATASETS", "EVAL_SPLITS", "DataBundle", "DataConfig", "DataError", "auto_held_out", "build_data",
     "build_eval_dataset", "build_eval_transform", "build_train_transform", "default_data_dir", "error_message",
-    "load_image", "split_indices",
+    "image_size_note", "load_image", "resolve_data_config", "split_indices",
 ]

@@ -21,7 +21,9 @@ sentences how much was held out and why, and which images were skipped.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Dataset, Subset
@@ -29,6 +31,7 @@ from torchvision.datasets.vision import StandardTransform
 
 from hcgnet.data.cifar import CIFAR, CIFAR10Files, CIFAR100Files, load_cifar
 from hcgnet.data.config import DataBundle, DataConfig
+from hcgnet.data.defaults import SMALL_IMAGE_SIDE, augmentation_note, size_note, typical_image_side
 from hcgnet.data.errors import DataError, error_message
 from hcgnet.data.fashion_mnist import FASHION_MNIST_FILES, FASHION_MNIST_SYSTEM_DIR, load_fashion_mnist
 from hcgnet.data.image_folder import (
@@ -36,7 +39,7 @@ from hcgnet.data.image_folder import (
 )
 from hcgnet.data.images import load_image
 from hcgnet.data.splits import format_size, holdout_note, split_indices
-from hcgnet.data.transforms import build_eval_transform, build_train_transform
+from hcgnet.data.transforms import HFLIP, build_eval_transform, build_train_transform
 from hcgnet.errors import plural
 
 __all__ = [
@@ -124,21 +127,31 @@ def _holdout_notes(n: int, idx, val_size, test_size, test, where: str, test_wher
             + f"; {where} has no train/ + val/ (or test/) sub-folders"]
 
 
-def _load_folder(folder: str, image_size, skip_bad_images: bool, bad_images_log):
-    """``(train, test or None, config, skipped paths)`` of ``imagefolder:folder``, every image checked."""
+def _load_folder(folder: str, image_size, skip_bad_images: bool, bad_images_log, model_cfg, preprocessing):
+    """``(train, test or None, config, skipped paths, notes)`` of ``imagefolder:folder``, every image checked."""
     train_root, test_root = layout(folder)
     train = open_class_folder(train_root)
     refuse_one_class(train, train_root)
     test = open_class_folder(test_root, train.classes) if test_root else None
-    config = folder_config(train.classes, image_size)  # checks image_size before the (longer) scan
+    notes = []
+    if preprocessing is not None:
+        config = dataclasses.replace(preprocessing, class_names=list(train.classes))
+    else:  # before the (longer) scan, so a bad --image-size costs nothing
+        side = typical_image_side([p for p, _ in train.samples])
+        config = folder_config(train.classes, image_size, model_cfg,
+                               small_images=side is not None and side <= SMALL_IMAGE_SIDE)
+        note = size_note(side, config, folder, explicit=image_size is not None)
+        if note:
+            notes = [note + ("; --image-size N trains at another size" if image_size is None else "")]
     skipped = check_images([train] + ([test] if test is not None else []), folder, skip_bad_images, bad_images_log)
-    return train, test, config, skipped
+    return train, test, config, skipped, notes
 
 
 def build_data(spec: str, data_dir: str | None = None, val_size: float | int | None = None,
                test_size: float | int | None = None, seed: int = 0, skip_bad_images: bool = False,
                download: bool = True, image_size: int | None = None, augment: bool = True,
-               bad_images_log: str | os.PathLike | None = None) -> DataBundle:
+               bad_images_log: str | os.PathLike | None = None, model_cfg: Mapping | None = None,
+               hflip: float = HFLIP, preprocessing: DataConfig | None = None) -> DataBundle:
     """Train / val / test datasets for ``spec`` ('cifar10', 'cifar100', 'fashion-mnist' or 'imagefolder:PATH').
 
     ``data_dir`` (CIFAR, Fashion-MNIST): where the files are or go; default :func:`default_data_dir`.
@@ -149,15 +162,22 @@ def build_data(spec: str, data_dir: str | None = None, val_size: float | int | N
     Image folders are decoded completely before anything else (:func:`~hcgnet.data.image_folder.check_images`):
     unreadable files are reported all at once, or dropped with ``skip_bad_images``; ``bad_images_log`` (a
     file) gets their full list. A training folder with one class is refused. ``download``: allow torchvision
-    to download missing CIFAR/Fashion-MNIST files. ``image_size`` (imagefolder, default 224): the square crop
-    the network sees. ``augment=False`` gives the training set the evaluation transform (for runs shorter
-    than an epoch, where augmentation only slows learning).
+    to download missing CIFAR/Fashion-MNIST files.
+
+    Image folders are preprocessed for the model (:func:`~hcgnet.data.defaults.resolve_data_config`):
+    ``model_cfg`` is its ``pretrained_cfg`` (None: the ImageNet stem's), ``image_size`` (a square side) replaces
+    its input size, and small images get CIFAR's augmentation; ``preprocessing`` (a trained model's
+    :class:`DataConfig`) instead rebuilds exactly that. ``augment=False`` gives the training set the evaluation
+    transform; ``hflip``: the probability of the training flip (0: none, for digits and text).
+    ``DataBundle.notes`` says which augmentation runs and when the images are far from the input size.
     Raises :class:`DataError` (one line) for anything that cannot work.
     """
     name, folder = _parse_spec(spec)
     skipped: list[str] = []
+    size_notes: list[str] = []
     if name == "imagefolder":
-        train, test, config, skipped = _load_folder(folder, image_size, skip_bad_images, bad_images_log)
+        train, test, config, skipped, size_notes = _load_folder(folder, image_size, skip_bad_images, bad_images_log,
+                                                                model_cfg, preprocessing)
         where, test_where = folder, (test.root if test is not None else None)
     else:
         train, test, config = _load_builtin(name, data_dir, download, image_size)
@@ -166,8 +186,9 @@ def build_data(spec: str, data_dir: str | None = None, val_size: float | int | N
     notes = _holdout_notes(len(train), idx, val_size, test_size, test, where, test_where)
     if skipped:
         notes.append(_skipped_note(skipped, bad_images_log))
+    notes += size_notes + [augmentation_note(config, hflip, augment)]
     eval_tf = build_eval_transform(config)
-    train_tf = build_train_transform(config) if augment else eval_tf
+    train_tf = build_train_transform(config, hflip) if augment else eval_tf
     evaluated = _with_transform(train, eval_tf)
     train_idx, val_idx, test_idx = idx
     return DataBundle(

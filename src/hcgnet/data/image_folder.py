@@ -12,7 +12,6 @@ error, or dropped with ``skip_bad_images``. Training then reads them with :func:
 """
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 
@@ -21,15 +20,11 @@ from torchvision import datasets as tvd
 from hcgnet.data.config import DataConfig
 from hcgnet.data.errors import DataError, reason
 from hcgnet.data.images import bad_images_error, load_image, scan_images, write_bad_images
-from hcgnet.data.transforms import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+from hcgnet.data.defaults import resolve_data_config
 from hcgnet.errors import plural
 
-__all__ = ["DEFAULT_IMAGE_SIZE", "ClassFolder", "open_class_folder", "layout", "folder_config", "check_images",
+__all__ = ["ClassFolder", "open_class_folder", "layout", "folder_config", "check_images",
            "refuse_one_class"]
-
-#: ImageFolder default input size (ImageNet).
-DEFAULT_IMAGE_SIZE = 224
-
 
 class ClassFolder(tvd.ImageFolder):
     """ImageFolder reading with :func:`load_image`, ignoring hidden folders, optionally with a fixed class list
@@ -81,14 +76,12 @@ def layout(path: str) -> tuple[str, str | None]:
                             None)
 
 
-def folder_config(classes: Sequence[str], image_size=None) -> DataConfig:
-    """The ImageNet-style preprocessing at ``image_size`` (default 224) for these classes."""
-    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 8:
-        raise DataError(f"image_size must be a whole number of pixels >= 8, got {image_size!r}")
-    size = int(size)
-    return DataConfig(name="imagefolder", input_size=(3, size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                      resize=int(size / CROP_PCT), class_names=list(classes))
+def folder_config(classes: Sequence[str], image_size=None, pretrained_cfg=None,
+                  small_images: bool = False) -> DataConfig:
+    """The preprocessing of an image folder of these classes for a model with ``pretrained_cfg`` (None: the
+    ImageNet stem's), at ``image_size`` (default: the model's input size); see
+    :func:`~hcgnet.data.defaults.resolve_data_config`."""
+    return resolve_data_config(pretrained_cfg, classes, image_size=image_size, in_chans=3, small_images=small_images)
 
 
 def refuse_one_class(ds: ClassFolder, root: str) -> None:

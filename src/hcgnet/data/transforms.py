@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
-    "IMAGENET_MEAN", "IMAGENET_STD", "NORMALISATION", "CROP_PCT", "ToMode", "FitTo", "build_train_transform",
+    "IMAGENET_MEAN", "IMAGENET_STD", "NORMALISATION", "CROP_PCT", "HFLIP", "ToMode", "FitTo", "crop_padding",
+    "build_train_transform",
     "build_eval_transform",
 ]
 
@@ -50,8 +51,10 @@ NORMALISATION = {
 #: ImageNet eval: resize the shorter side to ``int(size / CROP_PCT)`` (224 -> 256), then centre-crop ``size``.
 CROP_PCT = 0.875
 
-# RandomCrop padding of the small datasets (train augmentation).
+# RandomCrop padding of the small datasets (train augmentation); other data: 1/8 of the side, CIFAR's 4 of 32.
 _CROP_PADDING = {"cifar10": 4, "cifar100": 4, "fashion-mnist": 2}
+#: Probability of the training augmentation's horizontal flip (timm's ``--hflip``); 0 for digits and text.
+HFLIP = 0.5
 
 
 class ToMode:
@@ -112,18 +115,27 @@ def _parts(config: "DataConfig"):
     return ("L" if c == 1 else "RGB"), (c, h, w), mean, std
 
 
-def build_train_transform(config: "DataConfig") -> Callable:
+def crop_padding(config: "DataConfig") -> int:
+    """The padding of CIFAR's augmentation: 4 for CIFAR, 2 for Fashion-MNIST, else 1/8 of the input side."""
+    return _CROP_PADDING.get(config.name, max(1, round(max(config.input_size[1:]) / 8)))
+
+
+def build_train_transform(config: "DataConfig", hflip: float = HFLIP) -> Callable:
     """Random augmentation for training.
 
-    Small datasets (``config.resize`` is None): ``RandomCrop(H, padding)`` (4 for CIFAR, 2 for Fashion-MNIST)
-    + horizontal flip. ImageFolder: ``RandomResizedCrop(H)`` + horizontal flip. Then ToTensor + Normalize.
+    CIFAR's (``config.resize`` is None: CIFAR, Fashion-MNIST, small images, the CIFAR stem): the image fitted to
+    ``H x W`` (a no-op at that size), ``RandomCrop(H, padding)`` (:func:`crop_padding`). ImageNet's:
+    ``RandomResizedCrop(H)``. Then a horizontal flip with probability ``hflip`` (none at 0), ToTensor, Normalize.
     """
     mode, (_, h, w), mean, std = _parts(config)
+    if not 0 <= hflip <= 1:
+        raise _bad_config(f"hflip must be a probability in [0, 1], got {hflip}")
     if config.resize is None:
-        geometry = [T.RandomCrop((h, w), padding=_CROP_PADDING.get(config.name, 4))]
+        geometry = [FitTo((h, w)), T.RandomCrop((h, w), padding=crop_padding(config))]
     else:
         geometry = [T.RandomResizedCrop((h, w))]
-    return T.Compose([ToMode(mode), *geometry, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    flip = [T.RandomHorizontalFlip(hflip)] if hflip > 0 else []
+    return T.Compose([ToMode(mode), *geometry, *flip, T.ToTensor(), T.Normalize(mean, std)])
 
 
 def build_eval_transform(config: "DataConfig") -> Callable:

@@ -62,6 +62,7 @@ class TrainConfig:
     test_size: Optional[float] = None  # imagefolder without a test folder: held out as the test set, like val_size
     image_size: Optional[int] = None
     augment: bool = True           # the dataset's training augmentation (off: eval transform for training too)
+    hflip: float = 0.5             # probability of the augmentation's horizontal flip (timm's name); 0: none
     skip_bad_images: bool = False
     # bookkeeping
     seed: int = 0
@@ -204,6 +205,8 @@ def validate(c: TrainConfig) -> None:
         value = getattr(c, name)
         if value is not None and not 0 <= value < 1:
             raise ConfigError(f"{name} must be in [0, 1), got {value}")
+    if not 0 <= c.hflip <= 1:
+        raise ConfigError(f"hflip must be a probability in [0, 1], got {c.hflip}")
     for name in ("val_size", "test_size"):
         value = getattr(c, name)
         if value is not None and value >= 1 and value != int(value):
@@ -273,7 +276,10 @@ OPTION_GROUPS = (
         ("val_size", "images held out from the training set for validation: a fraction if below 1, else a count"),
         ("test_size", "imagefolder without a test folder: images held out as the test set, like --val-size"),
         ("image_size", "square side the images are resized/cropped to"),
-        ("augment", "the dataset's training augmentation (--no-augment: the eval transform for training too)"),
+        ("augment", "the training augmentation: CIFAR's (pad and random crop) for the CIFAR stem and small images, "
+                    "else ImageNet's (random-resized crop); --no-augment: the eval transform for training too"),
+        ("hflip", "probability of the augmentation's horizontal flip; 0 for data where mirror images are wrong "
+                  "(digits, text)"),
         ("skip_bad_images", "skip images that cannot be decoded (named in the log) instead of stopping"),
     )),
     ("Optimizer", (
@@ -334,7 +340,8 @@ DEFAULT_TEXT = {
     "data_dir": "$HCGNET_DATA or ~/.cache/hcgnet/data",
     "val_size": "automatic: a fraction of a small set, a count of a large one",
     "test_size": "automatic",
-    "image_size": "the dataset's own size",
+    "image_size": "cifar10/100, fashion-mnist: their own; imagefolder: the model's input size, 32 for the CIFAR "
+                  "stem, 224 for the ImageNet stem",
     "lr_base_batch": "none: lr as given",
     "cycle_epochs": "one cycle over the whole run",
     "restart_every": "never",

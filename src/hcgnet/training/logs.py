@@ -3,7 +3,7 @@ progress lines for logs that are not a terminal."""
 import csv
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 COLUMNS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
            "seconds", "images_per_s"]
@@ -99,44 +99,58 @@ class MetricsLog:
             self.writer.close()
             self.writer = None
 
-    def plot(self, path: Path, title: str = "") -> Path:
-        """Loss (logged steps and epochs), accuracy per epoch and the learning rate, as a PNG."""
+    def curves(self, top5: bool = True) -> Dict[str, List[Tuple[str, List[float], List[float]]]]:
+        """What ``curves.png`` draws: per panel (loss, accuracy, lr), ``(label, epochs, values)`` series with
+        points. The learning rate comes from the logged steps and, for runs too short to log any (steps.csv gets
+        a row every ``log_every`` steps), from the epoch rows. ``top5=False`` leaves out top-5 accuracy (with 5
+        classes or fewer it is always 100%)."""
+
+        def series(rows, key, x="epoch", scale=1.0):
+            pts = [(float(r[x]), scale * float(r[key])) for r in rows if r.get(key) not in ("", None)]
+            return [p[0] for p in pts], [p[1] for p in pts]
+
+        panels: Dict[str, List[Tuple[str, List[float], List[float]]]] = {"loss": [], "accuracy": [], "lr": []}
+        wanted = {
+            "loss": [(self.steps, "train_loss", "train (logged steps)"),
+                     (self.rows, "train_loss", "train (epoch mean)"), (self.rows, "val_loss", "validation")],
+            "accuracy": [(self.rows, "train_acc", "train top-1"), (self.rows, "val_top1", "validation top-1")]
+            + ([(self.rows, "val_top5", "validation top-5")] if top5 else []),
+            "lr": [(self.steps, "lr", "logged steps"), (self.rows, "lr", "end of epoch")],
+        }
+        for panel, sources in wanted.items():
+            for rows, key, label in sources:
+                xs, ys = series(rows, key, scale=100.0 if panel == "accuracy" else 1.0)
+                if xs:
+                    panels[panel].append((label, xs, ys))
+        return panels
+
+    def plot(self, path: Path, title: str = "", top5: bool = True) -> Path:
+        """Loss (logged steps and epochs), accuracy per epoch and the learning rate (:meth:`curves`), as a PNG."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        def series(rows, key, x="epoch"):
-            pts = [(float(r[x]), float(r[key])) for r in rows if r.get(key) not in ("", None)]
-            return [p[0] for p in pts], [p[1] for p in pts]
+        from hcgnet.evaluation import missing_glyphs_quiet
 
-        fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
-        xs, ys = series(self.steps, "train_loss")
-        if xs:
-            ax_loss.plot(xs, ys, lw=1, alpha=0.7, label="train (logged steps)")
-        for key, label in (("train_loss", "train (epoch mean)"), ("val_loss", "validation")):
-            xs, ys = series(self.rows, key)
-            if xs:
-                ax_loss.plot(xs, ys, marker="o", label=label)
-        for key, label in (("train_acc", "train top-1"), ("val_top1", "validation top-1"),
-                           ("val_top5", "validation top-5")):
-            xs, ys = series(self.rows, key)
-            if xs:
-                ax_acc.plot(xs, [100 * y for y in ys], marker="o", label=label)
-        xs, ys = series(self.steps, "lr")
-        if xs:
-            ax_lr.plot(xs, ys)
-        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-        ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
-        for ax in (ax_loss, ax_acc, ax_lr):
-            ax.grid(alpha=0.3)
-        for ax in (ax_loss, ax_acc):
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend()
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        labels = {"loss": ("loss", "loss"), "accuracy": ("accuracy (%)", "accuracy"),
+                  "lr": ("learning rate", "learning rate")}
+        with missing_glyphs_quiet():  # a title naming a folder in a script the fonts lack
+            for ax, (panel, series) in zip(axes, self.curves(top5).items()):
+                for label, xs, ys in series:
+                    if label == "logged steps" or label.endswith("(logged steps)"):
+                        ax.plot(xs, ys, lw=1, alpha=0.7, label=label)
+                    else:
+                        ax.plot(xs, ys, marker="o", label=label)
+                ylabel, name = labels[panel]
+                ax.set(xlabel="epoch", ylabel=ylabel, title=name)
+                ax.grid(alpha=0.3)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend()
+            if title:
+                fig.suptitle(title)
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
         plt.close(fig)
         return path

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from hcgnet.errors import HCGNetError
-from hcgnet.training.config import TrainConfig, make_config
+from hcgnet.training.config import FIELDS, TrainConfig, make_config
 
 # Settings a resumed run may change: how it runs, not what it computes ("epochs" only upwards, see below).
 RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "workers", "log_every", "checkpoint_every", "compile",
@@ -19,17 +19,26 @@ RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "workers", "log_every", "c
 
 def check_resumable(out: Path, saved: Dict[str, Any], config: TrainConfig, world_size: int) -> None:
     """Refuse to resume ``saved`` (a ``last.pt``) with settings that would compute something else."""
-    before = {**saved["config"], "world_size": saved.get("world_size", 1)}
+    # An option newer than the run was the default then (the behaviour before it existed).
+    before = {**{k: f.default for k, f in FIELDS.items()}, **saved["config"], "world_size": saved.get("world_size", 1)}
     now = {**config.to_dict(), "world_size": world_size}
     for key in now:
         # A run may be extended or shortened, but not to before where it stands.
         if key in RESUME_MAY_CHANGE or (key == "epochs" and now[key] >= saved["epoch"] + bool(saved["step_in_epoch"])):
             continue
         if before.get(key) != now[key]:
-            hint = (f"it has already trained {saved['epoch']} epochs" if key == "epochs"
-                    else "resume with the same settings, or start a new run")
+            hint = (_where(saved) if key == "epochs" else "resume with the same settings, or start a new run")
             raise HCGNetError(f"cannot resume {out}: it was trained with {key}={before.get(key)!r}, not {now[key]!r}; "
                               f"{hint}")
+
+
+def _where(saved: Dict[str, Any]) -> str:
+    """How far a saved run got, for the refusal to shorten it to before that."""
+    epochs, step = saved["epoch"], saved["step_in_epoch"]
+    if not step:
+        return f"it has already trained {epochs} epochs"
+    return (f"it has already trained {epochs} epochs and {step} steps of epoch {epochs + 1}: pass --epochs "
+            f"{epochs + 1} or more")
 
 
 def schedule_changed(saved: Dict[str, Any], config: TrainConfig) -> bool:
@@ -42,6 +51,8 @@ def resume_config(output: str, overrides: Optional[Mapping[str, Any]] = None) ->
     on top: ``hcgnet train --output DIR --resume [--epochs N]``."""
     saved = Path(output) / "config.yaml"
     if not saved.is_file():
-        raise HCGNetError(f"nothing to resume in {output}: it holds no config.yaml; start the run with --data ...")
+        what = "it holds no config.yaml" if Path(output).is_dir() else "no such folder"
+        raise HCGNetError(f"nothing to resume: there is no run in {output} ({what}); check --output, or start a run "
+                          "there with --data ...")
     values = {k: v for k, v in (overrides or {}).items() if v is not None}
     return make_config(config_file=str(saved), overrides={**values, "output": str(output), "resume": True})

@@ -93,8 +93,10 @@ class TrainingRun:
         if isinstance(e, DataError) and self.folder.replacing:  # the list of bad images moved out of the discarded run
             return DataError(str(e).replace(str(self.out / BAD_IMAGES), str(self.folder.bad_images_kept)))
         if isinstance(e, NonFiniteLossError):
+            # --amp none is advice only where mixed precision is on
+            amp = "" if getattr(self.config, "amp", "none") == "none" else " or use --amp none"
             return NonFiniteLossError(f"{e} (epoch {getattr(self, 'epoch', 0) + 1}); training stopped and "
-                                      f"{self.folder.kept()}; lower --lr or use --amp none")
+                                      f"{self.folder.kept()}; lower --lr{amp}")
         return e
 
     def read_resume_state(self) -> Optional[Dict[str, Any]]:

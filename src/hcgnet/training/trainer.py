@@ -22,9 +22,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from hcgnet import distributed
-from hcgnet.data import build_data
+from hcgnet.data import DataConfig, build_data
 from hcgnet.errors import HCGNetError, plural
-from hcgnet.evaluation import evaluate
+from hcgnet.evaluation import evaluate, show_top5
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.registry import is_timm_baseline
 from hcgnet.models.variants import cifar_stem_note, resolve
@@ -51,9 +51,16 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
         raise HCGNetError(f"batch size {config.batch_size} is the global batch and must divide evenly over "
                           f"{world_size} processes; use a multiple of {world_size}")
     per_process = train_images // world_size  # DistributedSampler(drop_last) gives each process this many
-    if config.batch_size // world_size <= per_process:
-        return config.batch_size
     unit = config.accum_steps * (2 if config.mixup > 0 else 1)  # a micro-batch size must stay even for mixup
+    local = config.batch_size // world_size
+    if local <= per_process:
+        left_out = per_process % local * world_size
+        if 2 * local > per_process and left_out:  # one step per epoch: the other images sit every epoch out
+            halved = per_process // 2 // unit * unit * world_size
+            log(f"warning: batch size {config.batch_size} is more than half the training set "
+                f"({plural(train_images, 'image')}): each epoch takes 1 step and leaves {left_out:,} images unused"
+                + (f"; --batch-size {halved} takes 2 steps per epoch" if halved >= 2 * world_size else ""))
+        return config.batch_size
     micro = per_process // unit * unit // config.accum_steps
     if micro < 2:
         raise HCGNetError(f"the training set has {plural(train_images, 'image')}, too few for a batch of "
@@ -65,10 +72,22 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
     return batch
 
 
-def _build_data(config: TrainConfig, bad_images_log):
+def _build_data(config: TrainConfig, bad_images_log, resume_state: Optional[Dict[str, Any]] = None):
+    """The run's data, preprocessed for its model (the model is checked first: before any data is read); a
+    resumed run keeps the preprocessing it started with, even where today's defaults would choose another."""
+    cfg = model_defaults(config)
+    started = resume_state.get("data_config") if resume_state else None
     return build_data(config.data, data_dir=config.data_dir, val_size=config.val_size, test_size=config.test_size,
                       seed=config.seed, skip_bad_images=config.skip_bad_images, image_size=config.image_size,
-                      augment=config.augment, bad_images_log=bad_images_log)
+                      augment=config.augment, bad_images_log=bad_images_log, model_cfg=cfg, hflip=config.hflip,
+                      preprocessing=DataConfig.from_dict(json.loads(started)) if started else None)
+
+
+def model_defaults(config: TrainConfig) -> Dict[str, Any]:
+    """The ``pretrained_cfg`` (input size, crop, statistics) of the model ``config`` trains, from a copy built on
+    the meta device: no weights are made, and an unknown model is refused before any data is read."""
+    with torch.device("meta"):
+        return dict(create_model(config.model, **({"stem": config.stem} if config.stem else {})).pretrained_cfg)
 
 
 def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
@@ -108,7 +127,7 @@ class Run(TrainingRun):
     def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
         config, d = self.config, self.d
         _seed_everything(config.seed)
-        self.data = self.load_data()
+        self.data = self.load_data(resume_state)
         self.model = self.build_model()
         # Same initial weights everywhere (seeded above); from here each process draws its own dropout masks
         # and mixup pairs.
@@ -135,9 +154,9 @@ class Run(TrainingRun):
                  f"{plural(d.world_size, 'process')} on {d.device}, global batch {self.batch}, "
                  f"{plural(self.steps_per_epoch, 'step')} per epoch")
 
-    def load_data(self):
-        data = _build_data(self.config, self.out / BAD_IMAGES)
-        for note in data.notes:  # held-out sizes, skipped images
+    def load_data(self, resume_state: Optional[Dict[str, Any]] = None):
+        data = _build_data(self.config, self.out / BAD_IMAGES, resume_state)
+        for note in data.notes:  # held-out sizes, skipped images, the input size, the augmentation
             self.log(note)
         return data
 
@@ -349,13 +368,14 @@ class Run(TrainingRun):
         save_safetensors(final_weights, out / "final.safetensors", meta)
         (out / "results.json").write_text(json.dumps(result, indent=2))
         self.metrics.close()
-        self.metrics.plot(out / "curves.png", f"{self.config.model} on {self.config.data}")
+        top5 = show_top5(self.data.num_classes)
+        self.metrics.plot(out / "curves.png", f"{self.config.model} on {self.config.data}", top5=top5)
         result["curves"] = str(final / "curves.png")
         if not result["test_images"]:
             self.log("no test images: the test set was not scored")
         else:
+            top5_text = f"top-5 {100 * result['test_top5']:.2f}%, " if top5 else ""
             self.log(f"test ({result['test_images']} images, {result['weights']} weights): "
-                     f"top-1 {100 * result['test_top1']:.2f}%, top-5 {100 * result['test_top5']:.2f}%, "
-                     f"loss {result['test_loss']:.4f}")
+                     f"top-1 {100 * result['test_top1']:.2f}%, {top5_text}loss {result['test_loss']:.4f}")
         self.log(f"curves: {final / 'curves.png'}   weights: {final / 'best.safetensors'}   "
                  f"metrics: {final / 'metrics.csv'}")
