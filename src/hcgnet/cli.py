@@ -313,7 +313,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.analysis.options import amp_dtype
     from hcgnet.evaluation import device_of
     from hcgnet.files import check_output_folder, reported_write
-    from hcgnet.inference import _progress, note_on_stderr
+    from hcgnet.inference import batch_progress, note_on_stderr
 
     eps = []
     for text in args.eps.split(","):
@@ -327,7 +327,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     bar = {}
 
     def start(total: int) -> None:
-        bar["bar"] = _progress(total, f"attack {args.attack}", None, note_on_stderr)
+        bar["bar"] = batch_progress(total, f"attack {args.attack}", None, note_on_stderr)
 
     result = attack_checkpoints(
         args.checkpoint, args.data, args.attack, eps, args.model or (), args.data_dir, args.split, args.steps,

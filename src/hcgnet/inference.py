@@ -42,7 +42,7 @@ def note_on_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _value(meta: Dict[str, str], key: str) -> Optional[str]:
+def metadata_value(meta: Dict[str, str], key: str) -> Optional[str]:
     """A metadata value, None when absent or recorded as None (an automatic setting)."""
     value = meta.get(key)
     return None if value in (None, "", "None", "null") else value
@@ -143,7 +143,7 @@ def convert_checkpoint(
 # ------------------------------------------------------------------------------------------------ eval
 
 
-def _folder_of(data: str) -> Optional[str]:
+def imagefolder_path(data: str) -> Optional[str]:
     return data.split(":", 1)[1].strip() if data.strip().lower().startswith("imagefolder:") else None
 
 
@@ -154,16 +154,16 @@ def _same_place(a: str, b: str) -> bool:
 def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
     """The split ``eval`` scores when none is asked for, and why, when that is not the obvious "test": a folder
     the checkpoint was not trained on is scored whole ("all")."""
-    folder = _folder_of(data)
+    folder = imagefolder_path(data)
     if folder is None:
         return "test", None
-    recorded = _value(meta, "data")
+    recorded = metadata_value(meta, "data")
     if recorded is not None:
-        trained = _folder_of(recorded)
+        trained = imagefolder_path(recorded)
         if trained is not None and _same_place(trained, folder):
             return "test", None
         return "all", f"{folder} is not the data the checkpoint was trained on ({recorded}): scoring all of it"
-    has_split = _value(meta, "seed") is not None or _value(meta, "val_size") is not None
+    has_split = metadata_value(meta, "seed") is not None or metadata_value(meta, "val_size") is not None
     if not os.path.isdir(os.path.join(os.path.expanduser(folder), "train")) and not has_split:
         return "all", f"the checkpoint records no training split: scoring all of {folder}"
     return "test", None
@@ -172,10 +172,10 @@ def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
 def check_split_data(data: str, meta: Dict[str, str], split: str) -> None:
     """Refuse ``--split test``/``val`` on a folder the checkpoint was not trained on: those splits are the
     training run's held-out images, which another folder does not hold."""
-    folder, recorded = _folder_of(data), _value(meta, "data")
+    folder, recorded = imagefolder_path(data), metadata_value(meta, "data")
     if folder is None or recorded is None:
         return
-    trained = _folder_of(recorded)
+    trained = imagefolder_path(recorded)
     if trained is None or not _same_place(trained, folder):
         raise HCGNetError(f"--split {split} is the training run's held-out images of {recorded}, and {folder} is not "
                           "that data; pass --split all to score every image of it")
@@ -216,14 +216,14 @@ class _ProgressLines:
         pass
 
 
-def _progress(total: int, what: str, show: Optional[bool], log: Log):
+def batch_progress(total: int, what: str, show: Optional[bool], log: Log):
     """A tqdm bar on a terminal, progress lines elsewhere (``show=None``); ``show=False``: nothing."""
     if show is None and not sys.stderr.isatty():
         return _ProgressLines(total, what, log)
     return tqdm(total=total, desc=what, unit="batch", disable=show is False, leave=False)
 
 
-def _check_options(batch_size: int, workers: int, amp: str, dev: torch.device) -> Optional[torch.dtype]:
+def check_eval_options(batch_size: int, workers: int, amp: str, dev: torch.device) -> Optional[torch.dtype]:
     if batch_size < 1:
         raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
     if workers < 0:
@@ -235,17 +235,23 @@ def _check_options(batch_size: int, workers: int, amp: str, dev: torch.device) -
     return AMP_DTYPES[amp]
 
 
-def _split_dataset(data, data_dir, split, meta, model, path, skip_bad_images) -> Tuple[Dataset, List[str]]:
-    """The training split ``split`` ("test"/"val") of ``data``, rebuilt with the checkpoint's split settings."""
-    config = data_config_of(model, meta)
+def split_settings(meta: Dict[str, str]) -> Dict[str, Any]:
+    """The hold-out settings (``val_size``, ``test_size``, ``seed``) a checkpoint's run recorded, as keyword
+    arguments of the data builders, so its test and validation images can be rebuilt exactly."""
     kwargs: Dict[str, Any] = {}
     for key, cast in (("val_size", float), ("test_size", float), ("seed", int)):
         if key in meta:  # recorded; None means "automatic" and is passed on as such
-            kwargs[key] = None if _value(meta, key) is None else cast(float(meta[key]))
+            kwargs[key] = None if metadata_value(meta, key) is None else cast(float(meta[key]))
     if "test_size" not in meta and "val_size" in kwargs:  # runs from before test_size held out val_size twice
         kwargs["test_size"] = kwargs["val_size"]
+    return kwargs
+
+
+def _split_dataset(data, data_dir, split, meta, model, path, skip_bad_images) -> Tuple[Dataset, List[str]]:
+    """The training split ``split`` ("test"/"val") of ``data``, rebuilt with the checkpoint's split settings."""
+    config = data_config_of(model, meta)
     bundle = build_data(data, data_dir=data_dir, download=False, skip_bad_images=skip_bad_images,
-                        preprocessing=config, **kwargs)
+                        preprocessing=config, **split_settings(meta))
     if bundle.num_classes != model.num_classes:
         raise CheckpointError(
             f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
@@ -268,7 +274,7 @@ def _few(names: Sequence[str]) -> str:
 
 
 def _all_dataset(data, data_dir, meta, model, path, log: Log, skip_bad_images) -> Tuple[Dataset, List[str]]:
-    folder = _folder_of(data)
+    folder = imagefolder_path(data)
     if folder is None:
         raise HCGNetError("--split all scores every image of a folder: use it with --data imagefolder:DIR")
     config = data_config_of(model, meta)
@@ -308,7 +314,7 @@ def evaluate_checkpoint(
     paths (see BENCHMARKS.md). ``progress``: a bar (default: when stderr is a terminal). ``skip_bad_images``:
     leave out unreadable images instead of refusing the folder (default: as the training run did)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp_dtype = _check_options(batch_size, workers, amp, dev)
+    amp_dtype = check_eval_options(batch_size, workers, amp, dev)
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     model, meta = load_model(path, model_name)
@@ -318,7 +324,7 @@ def evaluate_checkpoint(
     elif split != "all":
         check_split_data(data, meta, split)
     if skip_bad_images is None:
-        skip_bad_images = _value(meta, "skip_bad_images") == "true"
+        skip_bad_images = metadata_value(meta, "skip_bad_images") == "true"
     if split == "all":
         dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log, skip_bad_images)
     else:
@@ -329,7 +335,7 @@ def evaluate_checkpoint(
         raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
     if why:  # said once the folder is known to be usable, so an error stays a single line
         log(f"note: {why} (--split all)")
-    folder = _folder_of(data)
+    folder = imagefolder_path(data)
     if folder is not None and not meta.get("data_config"):  # the input size came from the model
         note = image_size_note(collect_images([os.path.expanduser(folder)])[0], data_config_of(model, meta), folder)
         if note:
@@ -338,7 +344,7 @@ def evaluate_checkpoint(
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    with _progress(len(loader), f"evaluating {split}", progress, log) as bar:
+    with batch_progress(len(loader), f"evaluating {split}", progress, log) as bar:
         metrics = evaluate(model, loader, Dist(device=dev), amp_dtype, channels_last, progress=bar,
                            num_classes=model.num_classes)
     return {"checkpoint": str(path), "data": data, "split": split, **metrics, "class_names": class_names}
@@ -380,7 +386,7 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str
     return [p for p in found if not (p in seen or seen.add(p))], problems
 
 
-def _read_images(paths: Sequence[str], transform, failures: List[Dict[str, Any]], log: Log):
+def read_images(paths: Sequence[str], transform, failures: List[Dict[str, Any]], log: Log):
     """The transformed images that could be read, and their paths; each one that could not is warned about
     and appended to ``failures`` as ``{"image", "error"}``."""
     batch, readable = [], []
@@ -428,9 +434,9 @@ def predict(
     names = list(config.class_names)
     k = min(topk, model.num_classes)
     results: List[Dict[str, Any]] = []
-    with _progress(-(-len(files) // batch_size), "predicting", progress, log) as bar:
+    with batch_progress(-(-len(files) // batch_size), "predicting", progress, log) as bar:
         for start in range(0, len(files), batch_size):
-            batch, readable = _read_images(files[start:start + batch_size], transform, results, log)
+            batch, readable = read_images(files[start:start + batch_size], transform, results, log)
             if batch:
                 probs = torch.softmax(model(torch.stack(batch)), dim=1)
                 results += [_top_classes(p, row, k, names) for p, row in zip(readable, probs)]

@@ -317,32 +317,27 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
     """The images ``hcgnet eval`` would score for this checkpoint (same split, same preprocessing), as [0, 1]
     pixels. ``skip_bad_images``: leave out unreadable images instead of refusing the folder (None: as the
     training run did). Returns ``(dataset, the checkpoint's DataConfig, split)``."""
-    from hcgnet.inference import SPLITS, _folder_of, _value, choose_split, data_config_of, folder_classes
+    from hcgnet.inference import (SPLITS, choose_split, data_config_of, folder_classes, imagefolder_path,
+                                  metadata_value, split_settings)
 
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if split is None:
         split = choose_split(data, meta)[0]
     config = data_config_of(model, meta)
-    folder = _folder_of(data)
+    folder = imagefolder_path(data)
     if folder is not None and not meta.get("class_names"):
         config.class_names = folder_classes(folder)
     if len(config.class_names) != model.num_classes:
         raise CheckpointError(f"{path} classifies {model.num_classes} classes but {data} has "
                               f"{len(config.class_names)}; attack it on the dataset it was trained for")
-    kwargs: Dict[str, Any] = {}
-    for key, cast in (("val_size", float), ("test_size", float), ("seed", int)):
-        if key in meta:
-            kwargs[key] = None if _value(meta, key) is None else cast(float(meta[key]))
-    if "test_size" not in meta and "val_size" in kwargs:  # as evaluate_checkpoint: older runs
-        kwargs["test_size"] = kwargs["val_size"]
     if split == "all" and folder is None:
         raise HCGNetError("--split all attacks every image of a folder: use it with --data imagefolder:DIR")
     if skip_bad_images is None:
-        skip_bad_images = _value(meta, "skip_bad_images") == "true"
+        skip_bad_images = metadata_value(meta, "skip_bad_images") == "true"
     try:
         dataset = build_eval_dataset(data, pixel_config(config), data_dir, split, skip_bad_images=skip_bad_images,
-                                     **kwargs)
+                                     **split_settings(meta))
     except DataError as e:
         if "class" in str(e) and "model" in str(e):
             raise CheckpointError(f"{path}: {e}") from None

@@ -265,7 +265,7 @@ def attention_study(
     from hcgnet.analysis.options import progress as progress_bar
     from hcgnet.data import DataError, build_eval_transform
     from hcgnet.files import atomic_path, check_output_folder, reported_write
-    from hcgnet.inference import (_read_images, collect_images, data_config_of, guess_note, load_model,
+    from hcgnet.inference import (read_images, collect_images, data_config_of, guess_note, load_model,
                                   note_on_stderr)
 
     log = log or note_on_stderr
@@ -297,7 +297,7 @@ def attention_study(
     with progress_bar(min(max_images, len(files)), "attention", "image", progress, log) as bar:
         while len(batch) < max_images and next_file < len(files):  # read on past unreadable ones
             chunk = files[next_file:next_file + min(batch_size, max_images - len(batch))]
-            more, ok = _read_images(chunk, transform, failures, log)
+            more, ok = read_images(chunk, transform, failures, log)
             next_file += len(chunk)
             if more:
                 parts.append(gate_maps(model, torch.stack(more), list(picked), dtype))

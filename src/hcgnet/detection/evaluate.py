@@ -130,17 +130,17 @@ def evaluate_coco(checkpoint, images, annotations, batch_size: int = 2, workers:
     dataset. Returns ``{"checkpoint", "annotations", "images", "task", "box": {AP...}, "mask": {...},
     "results": {"bbox": [...], "segm": [...]}}``."""
     from hcgnet.detection.checkpoint import load_detector
-    from hcgnet.inference import _check_options, _progress
+    from hcgnet.inference import check_eval_options, batch_progress
 
     dev = device_of(device)
-    amp_dtype = _check_options(batch_size, workers, amp, dev)
+    amp_dtype = check_eval_options(batch_size, workers, amp, dev)
     data = read_coco(images, annotations)  # the data first: its mistakes cost no model loading
     for note in data.notes:
         log(note)
     model, info = load_detector(checkpoint, dev)
     check_categories(data, info["category_ids"], str(checkpoint))
     total = -(-len(data.image_ids) // batch_size)
-    with _progress(total, "detect eval", None, log) as bar:
+    with batch_progress(total, "detect eval", None, log) as bar:
         metrics = evaluate_detector(model, data, info["category_ids"], info["task"], dev, amp_dtype, batch_size,
                                     workers, progress=bar.update)
     return {"checkpoint": str(checkpoint), "annotations": str(annotations), "task": info["task"], **metrics}
