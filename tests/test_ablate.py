@@ -290,3 +290,25 @@ def test_the_cli_on_a_finished_grid_only_rebuilds_the_summary(finished_grid, cap
     out = capsys.readouterr().out
     assert "run 4/4: wider seed 1: finished earlier, kept" in out and "| wider |" in out
     assert (g["out"] / "runs.csv").read_text() == before
+
+
+# ------------------------------------------------------------------------------------------------ executors
+
+
+@pytest.mark.parametrize("executor,jobs", [("submitit-local", 1), ("local", 2)])
+def test_the_runs_of_a_grid_as_submitit_jobs_or_parallel_processes(tmp_path, images, executor, jobs):
+    """submitit's LocalExecutor (offline) and a pool of 2 processes run the same ordinary runs."""
+    if executor.startswith("submitit"):
+        pytest.importorskip("submitit")
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    out = tmp_path / "grid"
+    runs = plan(load_grid(str(path)), str(out), seeds=1, steps=1)
+    lines = []
+    ablate_runs.run_grid(runs, jobs=jobs, executor=executor, log=lines.append)
+    for run in runs:
+        result = json.loads((out / "runs" / run.variant / "seed0" / "results.json").read_text())
+        assert result["model"] == run.config.model
+    assert sum("finished" in line for line in lines) == 2
+    if executor.startswith("submitit"):
+        assert any("submitted as job" in line for line in lines) and (out / "submitit").is_dir()
