@@ -312,3 +312,28 @@ def test_the_runs_of_a_grid_as_submitit_jobs_or_parallel_processes(tmp_path, ima
     assert sum("finished" in line for line in lines) == 2
     if executor.startswith("submitit"):
         assert any("submitted as job" in line for line in lines) and (out / "submitit").is_dir()
+
+
+def test_attack_adds_accuracy_under_attack_with_paired_differences(tmp_path, images):
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    out = tmp_path / "grid"
+    runs = plan(load_grid(str(path)), str(out), seeds=2, steps=1)
+    attack = {"attack": "fgsm", "eps": [0.0, 0.05]}
+    ablate_runs.run_grid(runs, attack=attack, log=lambda line: None)
+    summarise(runs, str(out), "toy")
+    at = {}
+    for run in runs:
+        folder = out / "runs" / run.variant / f"seed{run.seed}"
+        rows = {row["eps"]: row for row in json.loads((folder / "attack.json").read_text())["rows"]}
+        result = json.loads((folder / "results.json").read_text())
+        # eps 0 changes no image: the accuracy of the test set the run was scored on
+        assert rows[0.0]["accuracy"] == pytest.approx(result["test_top1"]) and rows[0.0]["images"] == result["test_images"]
+        at[(run.variant, run.seed)] = rows[0.05]["accuracy"]
+    summary = {r["variant"]: r for r in read_csv(out / "summary.csv")}
+    for variant in ("base", "wider"):
+        values = [at[(variant, s)] for s in (0, 1)]
+        assert float(summary[variant]["attack_0.05_mean"]) == pytest.approx(statistics.mean(values))
+    diffs = [at[("wider", s)] - at[("base", s)] for s in (0, 1)]
+    assert float(summary["wider"]["attack_0.05_diff_mean"]) == pytest.approx(statistics.mean(diffs))
+    assert "under attack, eps 0.05" in (out / "summary.md").read_text()
