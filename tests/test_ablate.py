@@ -86,6 +86,15 @@ def test_the_shipped_grid_lists_and_names_the_switches():
     assert {"connectivity": "dense"} in kwargs.values() and {"connectivity": "residual"} in kwargs.values()
 
 
+def test_the_shipped_grid_plans_and_builds_once_the_models_have_switches(tmp_path):
+    from hcgnet.training.config import FIELDS
+    if "model_kwargs" not in FIELDS:
+        pytest.skip("TrainConfig has no model_kwargs yet (the models' switches)")
+    runs = plan(load_grid("hcgnet-switches"), str(tmp_path / "out"), seeds=1, steps=1)
+    assert [r.variant for r in runs][0] == "base" and len(runs) == 7
+    ablate_runs.check_buildable(runs)
+
+
 def test_a_variants_mapping_overrides_are_merged_into_the_base():
     grid = parse_grid("base: {model: m, model_kwargs: {a: 1, b: 2}}\nvariants: {v: {model_kwargs: {b: 3}}}", "g")
     assert grid.options("v") == {"model": "m", "model_kwargs": {"a": 1, "b": 3}}
@@ -141,6 +150,11 @@ def test_the_cli_refuses_in_one_line_with_exit_2(tmp_path, images, capsys):
     assert cli.main(["ablate", "--grid", str(good), "--output", str(tmp_path / "o"), "--seeds", "0"]) == 2
     assert "--seeds must be 1 or more" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "summary.md").write_text("someone else's")
+    assert cli.main(["ablate", "--grid", str(good), "--output", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert "already holds summary.md" in capsys.readouterr().err
+    assert (tmp_path / "o" / "summary.md").read_text() == "someone else's"
     assert cli.main(["ablate", "--list-grids"]) == 0
     assert "hcgnet-switches" in capsys.readouterr().out
 
@@ -278,6 +292,21 @@ def test_a_changed_config_is_refused_not_reused(finished_grid, tmp_path):
     assert ablate_runs.status(runs[0]) == "changed"
     with pytest.raises(GridError, match="holds a run of another config .*--force"):
         ablate_runs.run_grid(runs, log=lambda line: None)
+
+
+def test_a_failing_grid_still_summarises_what_has_finished(finished_grid, monkeypatch):
+    from hcgnet.ablate import study
+    g = finished_grid
+    (g["out"] / "summary.csv").unlink()
+
+    def stopped(*args, **kwargs):
+        raise TrainingInterrupted("interrupted in run 4/4", signal.SIGINT)
+
+    monkeypatch.setattr(study, "run_grid", stopped)
+    lines = []
+    with pytest.raises(TrainingInterrupted):
+        study.ablate(load_grid(str(g["path"])), str(g["out"]), seeds=2, steps=2, log=lines.append)
+    assert len(read_csv(g["out"] / "summary.csv")) == 2 and "runs finished so far" in lines[-1]
 
 
 def test_the_cli_on_a_finished_grid_only_rebuilds_the_summary(finished_grid, capsys, monkeypatch):

@@ -424,7 +424,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from hcgnet.ablate.grid import grid_summary, list_grids, load_grid, plan
+    from hcgnet.ablate.grid import grid_summary, list_grids, load_grid
 
     if args.list_grids:
         for name in list_grids():
@@ -450,20 +450,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         if not isinstance(slurm, dict):
             raise HCGNetError("--slurm-parameters takes a JSON object such as '{\"slurm_partition\": \"gpu\", "
                               f"\"timeout_min\": 600}}', got {args.slurm_parameters!r}")
-    from hcgnet.ablate.runs import check_buildable, run_grid
-    from hcgnet.ablate.summary import RESULTS, summarise
-    from hcgnet.files import check_output_folder
+    from hcgnet.ablate.study import ablate
 
-    grid = load_grid(args.grid)
-    runs = plan(grid, args.output, args.seeds, args.epochs, args.steps,
-                {"data": args.data, "data_dir": args.data_dir, "workers": args.workers})
-    # the summary files are rebuilt on every call; a folder holding them without runs/ is something else
-    check_output_folder(args.output, "the ablation", () if (Path(args.output) / "runs").is_dir() else RESULTS,
-                        args.force)
-    check_buildable(runs)
-    print(f"{grid.name}: {len(grid.names())} variants x {args.seeds} seeds = {len(runs)} runs in {args.output}")
-    run_grid(runs, args.jobs, args.executor, args.force, attack, slurm_parameters=slurm)
-    result = summarise(runs, args.output, f"{grid.name} on {runs[0].config.data}")
+    result = ablate(load_grid(args.grid), args.output, args.seeds, args.epochs, args.steps,
+                    {"data": args.data, "data_dir": args.data_dir, "workers": args.workers}, args.jobs, args.executor,
+                    args.force, attack, slurm)
     print(Path(result["files"][0]).read_text())
     print("wrote " + ", ".join(result["files"]))
     return 0
