@@ -122,6 +122,8 @@ def budget_text(runs: Sequence[PlannedRun], rows: List[Dict[str, Any]]) -> str:
     steps = sorted({r["steps"] for r in rows if r.get("steps") is not None})
     taken = "" if not steps else (f"; {steps[0]} steps taken by every run" if len(steps) == 1
                                   else f"; steps taken range from {steps[0]} to {steps[-1]} (the variants' epochs differ)")
+    if steps and c.epochs == 1 and c.max_steps_per_epoch and steps[0] < c.max_steps_per_epoch:
+        taken += " (fewer than asked: --steps stops within one epoch; use --epochs for more)"
     return f"budget per run: {budget}{taken}"
 
 
@@ -136,8 +138,10 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
             writer.writerows(rows)
 
 
-def _millions(n: Optional[int]) -> str:
-    return "-" if n is None else f"{n / 1e6:.3f}M"
+def _count(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
 
 
 def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget: str) -> str:
@@ -158,8 +162,8 @@ def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget:
                 dmean, dci = interval_text({k: e.get(f"{score}_diff_{k}") for k in ("mean", "low", "high")})
                 verdict = e.get(f"{score}_verdict", "undecided")
             speed = "-" if e["images_per_s"] is None else f"{e['images_per_s']:.1f}"
-            lines.append(f"| {e['variant']} | {e['model'] or '-'} | {e['n']} | {mean} | {ci} | {_millions(e['params'])} "
-                         f"| {_millions(e['macs'])} | {speed} | {dmean} | {dci} | {verdict} |")
+            lines.append(f"| {e['variant']} | {e['model'] or '-'} | {e['n']} | {mean} | {ci} | {_count(e['params'])} "
+                         f"| {_count(e['macs'])} | {speed} | {dmean} | {dci} | {verdict} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -185,7 +189,10 @@ def plot(table: List[Dict[str, Any]], path: Path, title: str) -> None:
                                                                       [100 * (e[f"{SCORE}_diff_high"] - diff)]]
             right.errorbar([100 * diff], [i], xerr=err, fmt="o", color="tab:blue", capsize=4)
     right.axvline(0, color="tab:red", linestyle="--", linewidth=1)
-    left.set_yticks(range(len(names)), [f"{n} (base)" if n == BASE else n for n in names])
+    left.set_yticks(range(len(names)), names)
+    for label in left.get_yticklabels():
+        if label.get_text() == BASE:
+            label.set_color("tab:red")
     left.invert_yaxis()
     left.set_xlabel("test top-1 (%), mean and 95% t-interval")
     right.set_xlabel("paired difference to the base (percentage points), 95% t-interval")
@@ -209,5 +216,5 @@ def summarise(runs: Sequence[PlannedRun], output: str, title: str = "ablation") 
     _write_csv(out / "summary.csv", [{**e, "budget": budget} for e in table])
     with atomic_path(out / "summary.md") as tmp:
         Path(tmp).write_text(markdown(table, scores, title, budget))
-    plot(table, out / "ablation.png", f"{title}: {budget}")
+    plot(table, out / "ablation.png", f"{title}\n{budget}")
     return {"rows": rows, "table": table, "budget": budget, "files": [str(out / name) for name in RESULTS]}
