@@ -366,3 +366,16 @@ def test_attack_adds_accuracy_under_attack_with_paired_differences(tmp_path, ima
     diffs = [at[("wider", s)] - at[("base", s)] for s in (0, 1)]
     assert float(summary["wider"]["attack_0.05_diff_mean"]) == pytest.approx(statistics.mean(diffs))
     assert "under attack, eps 0.05" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("argv", [["ablate", "--list-grids"], ["ablate", "--help"]])
+def test_listing_grids_and_help_import_no_torch(tmp_path, argv):
+    import subprocess
+    import sys
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['hcgnet', *{argv!r}]\n"
+             "try:\n    runpy.run_module('hcgnet', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('imported:', *sorted({'torch', 'timm'} & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "hcgnet-switches" in result.stdout or "--grid" in result.stdout
+    assert result.stdout.splitlines()[-1] == "imported:", result.stdout + result.stderr
