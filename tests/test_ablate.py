@@ -366,6 +366,15 @@ def test_attack_adds_accuracy_under_attack_with_paired_differences(tmp_path, ima
     diffs = [at[("wider", s)] - at[("base", s)] for s in (0, 1)]
     assert float(summary["wider"]["attack_0.05_diff_mean"]) == pytest.approx(statistics.mean(diffs))
     assert "under attack, eps 0.05" in (out / "summary.md").read_text()
+    # a run replaced (--force) after its config changed is attacked again: the old attack.json is not reused
+    grid = load_grid(str(path))
+    grid.variants["wider"]["lr"] = 0.02
+    changed = plan(grid, str(out), seeds=2, steps=1)
+    old = (out / "runs" / "wider" / "seed0" / "attack.json").read_text()
+    ablate_runs.run_grid(changed, force=True, attack=attack, log=lambda line: None)
+    new = json.loads((out / "runs" / "wider" / "seed0" / "attack.json").read_text())
+    assert new["run"] == changed[2].identity != json.loads(old)["run"]
+    assert (out / "runs" / "base" / "seed0" / "attack.json").read_text().count('"run"') == 1
 
 
 @pytest.mark.parametrize("argv", [["ablate", "--list-grids"], ["ablate", "--help"]])

@@ -91,27 +91,35 @@ def _config_for(run: PlannedRun, state: str) -> Dict[str, Any]:
     return values
 
 
-def attack_run(folder: str, data: str, data_dir: Optional[str], attack: Dict[str, Any], log: Callable = print) -> None:
+def attack_run(folder: str, data: str, data_dir: Optional[str], attack: Dict[str, Any], run_identity: str,
+               log: Callable = print) -> None:
     """Accuracy under ``attack`` ({"attack", "eps", ...}) of a finished run's chosen weights on its test set,
-    written to ``folder/attack.json``."""
+    written to ``folder/attack.json`` with the run's identity (a replaced run leaves its attack.json behind)."""
     from hcgnet.analysis.attack import attack_checkpoints
     from hcgnet.files import atomic_path
 
     result = attack_checkpoints([str(Path(folder) / "best.safetensors")], data, attack["attack"], attack["eps"],
                                 data_dir=data_dir, split="test", **attack.get("options", {}))
-    result["asked"] = attack
+    result["asked"], result["run"] = attack, run_identity
     with atomic_path(Path(folder) / ATTACK_FILE) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2, default=str))
     log(f"attacked with {attack['attack']} at eps {', '.join(f'{e:g}' for e in attack['eps'])}")
 
 
-def attack_done(folder: Path, attack: Optional[Dict[str, Any]]) -> bool:
+def attack_result(folder: Path, run_identity: str) -> Optional[Dict[str, Any]]:
+    """The run's attack.json if it was written for this very run, else None."""
     path = folder / ATTACK_FILE
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("run") == run_identity else None
+
+
+def attack_done(folder: Path, attack: Optional[Dict[str, Any]], run_identity: str) -> bool:
     if attack is None:
         return True
-    if not path.is_file():
-        return False
-    return json.loads(path.read_text()).get("asked") == attack
+    result = attack_result(folder, run_identity)
+    return result is not None and result.get("asked") == attack
 
 
 def train_run(values: Dict[str, Any], label: str, threads: Optional[int] = None,
@@ -129,8 +137,9 @@ def train_run(values: Dict[str, Any], label: str, threads: Optional[int] = None,
     folder = Path(config.output)
     if not (folder / "results.json").is_file() or values.get("overwrite"):
         fit(config, log=say)
-    if attack is not None and not attack_done(folder, attack):
-        attack_run(str(folder), config.data, config.data_dir, attack, say)
+    run_identity = identity(config.to_dict())
+    if attack is not None and not attack_done(folder, attack, run_identity):
+        attack_run(str(folder), config.data, config.data_dir, attack, run_identity, say)
     return json.loads((folder / "results.json").read_text())
 
 
@@ -157,7 +166,7 @@ def run_grid(runs: Sequence[PlannedRun], jobs: int = 1, executor: str = "local",
     todo = []
     for i, run in enumerate(runs, 1):
         state = states[run.config.output]
-        if state == "finished" and attack_done(Path(run.config.output), attack):
+        if state == "finished" and attack_done(Path(run.config.output), attack, run.identity):
             log(f"run {i}/{total}: {run.label}: finished earlier, kept")
         else:
             todo.append((i, run, state))

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from hcgnet.ablate.grid import BASE, PlannedRun, identity
-from hcgnet.ablate.runs import ATTACK_FILE, build
+from hcgnet.ablate.runs import attack_result, build
 from hcgnet.ablate.stats import interval_text, mean_interval, paired_difference
 from hcgnet.files import atomic_path
 from hcgnet.training.config import FIELDS, TrainConfig
@@ -49,12 +49,10 @@ def _metrics(folder: Path) -> Dict[str, Optional[float]]:
             "images_per_s": sum(speeds) / len(speeds) if speeds else None}
 
 
-def _attack(folder: Path) -> Dict[str, float]:
-    """eps -> accuracy under attack (keys ``attack_<eps>``), from the run's attack.json."""
-    path = folder / ATTACK_FILE
-    if not path.is_file():
-        return {}
-    return {f"attack_{row['eps']:g}": row["accuracy"] for row in json.loads(path.read_text())["rows"]}
+def _attack(folder: Path, run_identity: str) -> Dict[str, float]:
+    """eps -> accuracy under attack (keys ``attack_<eps>``), from the run's own attack.json."""
+    result = attack_result(folder, run_identity)
+    return {} if result is None else {f"attack_{row['eps']:g}": row["accuracy"] for row in result["rows"]}
 
 
 def collect(runs: Sequence[PlannedRun]) -> List[Dict[str, Any]]:
@@ -78,7 +76,7 @@ def collect(runs: Sequence[PlannedRun]) -> List[Dict[str, Any]]:
                     "epochs": result["epochs"]})
         row.update(_metrics(folder))
         row.update(_network_size(folder, saved, cache))
-        row.update(_attack(folder))
+        row.update(_attack(folder, run.identity))
         rows.append(row)
     return rows
 
