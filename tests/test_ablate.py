@@ -357,7 +357,8 @@ def test_attack_adds_accuracy_under_attack_with_paired_differences(tmp_path, ima
         rows = {row["eps"]: row for row in json.loads((folder / "attack.json").read_text())["rows"]}
         result = json.loads((folder / "results.json").read_text())
         # eps 0 changes no image: the accuracy of the test set the run was scored on
-        assert rows[0.0]["accuracy"] == pytest.approx(result["test_top1"]) and rows[0.0]["images"] == result["test_images"]
+        assert rows[0.0]["accuracy"] == pytest.approx(result["test_top1"])
+        assert rows[0.0]["images"] == result["test_images"]
         at[(run.variant, run.seed)] = rows[0.05]["accuracy"]
     summary = {r["variant"]: r for r in read_csv(out / "summary.csv")}
     for variant in ("base", "wider"):

@@ -868,7 +868,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     ab.add_argument("--grid", default=None, help="GRID.yaml (base: train options; variants: name: overrides) or a "
                                                  "shipped grid's name")
     ab.add_argument("--list-grids", action="store_true", help="list the shipped grids and exit")
-    ab.add_argument("--data", default=None, help="over the grid's base: cifar10, cifar100, fashion-mnist or imagefolder:PATH")
+    ab.add_argument("--data", default=None,
+                    help="over the grid's base: cifar10, cifar100, fashion-mnist or imagefolder:PATH")
     ab.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
     ab.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every variant, paired (default 5)")
     budget = ab.add_mutually_exclusive_group()

@@ -8,7 +8,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import yaml
 
@@ -51,7 +51,8 @@ def check_buildable(runs: Sequence[PlannedRun]) -> None:
             build(run.config)
         except HCGNetError as e:
             raise GridError(f"variant {run.variant}: {e}") from None
-        except (TypeError, ValueError, KeyError, AssertionError) as e:  # a switch the model lacks, a bad value
+        except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, NotImplementedError) as e:
+            # a switch the model lacks, a value it cannot take
             raise GridError(f"variant {run.variant}: cannot build {run.config.model} with "
                             f"{model_options(run.config)}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                             ) from None

@@ -43,7 +43,10 @@ def _network_size(folder: Path, saved: Dict[str, Any], cache: Dict) -> Dict[str,
 
 def _metrics(folder: Path) -> Dict[str, Optional[float]]:
     path = folder / "metrics.csv"
-    rows = list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
     speeds = [float(r["images_per_s"]) for r in rows if r.get("images_per_s")]
     return {"steps": int(rows[-1]["step"]) if rows else None,
             "images_per_s": sum(speeds) / len(speeds) if speeds else None}
@@ -115,11 +118,16 @@ def variant_table(rows: List[Dict[str, Any]], variants: Sequence[str]) -> List[D
 
 def budget_text(runs: Sequence[PlannedRun], rows: List[Dict[str, Any]]) -> str:
     c = runs[0].config
-    budget = (f"{c.max_steps_per_epoch} optimiser steps (one epoch cut short)" if c.max_steps_per_epoch and c.epochs == 1
-              else f"{c.epochs} epochs" + (f" of at most {c.max_steps_per_epoch} steps" if c.max_steps_per_epoch else ""))
+    if c.max_steps_per_epoch and c.epochs == 1:
+        budget = f"{c.max_steps_per_epoch} optimiser steps (one epoch cut short)"
+    else:
+        budget = f"{c.epochs} epochs" + (f" of at most {c.max_steps_per_epoch} steps" if c.max_steps_per_epoch else "")
     steps = sorted({r["steps"] for r in rows if r.get("steps") is not None})
-    taken = "" if not steps else (f"; {steps[0]} steps taken by every run" if len(steps) == 1
-                                  else f"; steps taken range from {steps[0]} to {steps[-1]} (the variants' epochs differ)")
+    taken = ""
+    if len(steps) == 1:
+        taken = f"; {steps[0]} steps taken by every run"
+    elif steps:
+        taken = f"; steps taken range from {steps[0]} to {steps[-1]} (the variants' epochs differ)"
     if steps and c.epochs == 1 and c.max_steps_per_epoch and steps[0] < c.max_steps_per_epoch:
         taken += " (fewer than asked: --steps stops within one epoch; use --epochs for more)"
     return f"budget per run: {budget}{taken}"
@@ -150,7 +158,8 @@ def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget:
     for score in scores:
         name = "test top-1" if score == SCORE else f"test top-1 under attack, eps {score[len('attack_'):]}"
         lines += [f"## {name}", "",
-                  "| variant | model | n | top-1 | 95% CI | params | MACs | images/s | Δ vs base | Δ 95% CI | verdict |",
+                  "| variant | model | n | top-1 | 95% CI | params | MACs | images/s | Δ vs base | Δ 95% CI "
+                  "| verdict |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in table:
             mean, ci = interval_text({k: e.get(f"{score}_{k}") for k in ("mean", "std", "low", "high")})
