@@ -414,6 +414,43 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from hcgnet.ablate.grid import grid_summary, list_grids, load_grid
+
+    if args.list_grids:
+        for name in list_grids():
+            print(f"{name}  {grid_summary(name)}")
+        return 0
+    if not (args.grid and args.output):
+        raise HCGNetError("pass --grid GRID.yaml (or a shipped grid: --list-grids) and --output DIR")
+    attack = None
+    if args.attack:
+        from hcgnet.analysis.attack import check_options
+
+        try:
+            eps = [float(text) for text in args.eps.split(",")]
+        except ValueError:
+            raise HCGNetError(f"--eps takes comma-separated numbers such as 0,0.001,0.002, got {args.eps!r}") from None
+        attack = {"attack": args.attack, "eps": check_options(args.attack, eps)}
+    slurm = None
+    if args.slurm_parameters:
+        try:
+            slurm = json.loads(args.slurm_parameters)
+        except json.JSONDecodeError:
+            slurm = None
+        if not isinstance(slurm, dict):
+            raise HCGNetError("--slurm-parameters takes a JSON object such as '{\"slurm_partition\": \"gpu\", "
+                              f"\"timeout_min\": 600}}', got {args.slurm_parameters!r}")
+    from hcgnet.ablate.study import ablate
+
+    result = ablate(load_grid(args.grid), args.output, args.seeds, args.epochs, args.steps,
+                    {"data": args.data, "data_dir": args.data_dir, "workers": args.workers}, args.jobs, args.executor,
+                    args.force, attack, slurm)
+    print(Path(result["files"][0]).read_text())
+    print("wrote " + ", ".join(result["files"]))
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from hcgnet.training.config import list_recipes, load_recipe, recipe_summary
 
@@ -829,6 +866,37 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     ds.set_defaults(func=cmd_dissect)
 
     _add_detect_parser(sub)
+
+    ab = sub.add_parser("ablate", help="a grid of variants x paired seeds, each a training run; means, t-intervals "
+                        "and paired differences to the base")
+    ab.add_argument("--grid", default=None, help="GRID.yaml (base: train options; variants: name: overrides) or a "
+                                                 "shipped grid's name")
+    ab.add_argument("--list-grids", action="store_true", help="list the shipped grids and exit")
+    ab.add_argument("--data", default=None,
+                    help="over the grid's base: cifar10, cifar100, fashion-mnist or imagefolder:PATH")
+    ab.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
+    ab.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every variant, paired (default 5)")
+    budget = ab.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None, help="epochs of every run (default: the base's)")
+    budget.add_argument("--steps", type=int, default=None, help="optimiser steps of every run (one epoch cut short)")
+    ab.add_argument("--output", default=None, metavar="DIR",
+                    help="runs/<variant>/seed<k>/, summary.md, summary.csv, runs.csv, ablation.png")
+    ab.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (default 1)")
+    ab.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                    help="local (default); slurm: one submitit job per run; submitit-local: the same jobs as local "
+                         "processes")
+    ab.add_argument("--slurm-parameters", default=None, metavar="JSON",
+                    help="submitit's update_parameters, e.g. '{\"slurm_partition\": \"gpu\", \"timeout_min\": 600, "
+                         "\"gpus_per_node\": 1}'")
+    ab.add_argument("--workers", type=int, default=None, help="data-loading processes per run (default: the base's)")
+    from hcgnet.analysis.paper import ATTACKS, PAPER_EPS
+    ab.add_argument("--attack", choices=ATTACKS, default=None,
+                    help="also attack every finished run's test set; the summary gains accuracy under attack")
+    ab.add_argument("--eps", default=",".join(f"{e:g}" for e in PAPER_EPS),
+                    help="with --attack: comma-separated eps in pixel units (default the paper's: %(default)s)")
+    ab.add_argument("--force", action="store_true",
+                    help="replace runs whose config changed, and summary files in a folder without runs/")
+    ab.set_defaults(func=cmd_ablate)
 
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)

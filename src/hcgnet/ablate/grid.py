@@ -1,0 +1,161 @@
+"""An ablation grid: a base (a model and any ``train`` option) and named variants, each a set of overrides of
+the base; every (variant, seed) becomes one ordinary :class:`~hcgnet.training.TrainConfig`. No torch here, so
+``hcgnet ablate --list-grids`` and the checks of a grid cost no import of it."""
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import yaml
+
+from hcgnet.errors import HCGNetError
+from hcgnet.training.config import ConfigError, RUN_FLAGS, TrainConfig, make_config
+
+BASE = "base"
+# Set by ablate itself, the same for every run of a grid: the seed pairs the runs, the budget is shared.
+NOT_IN_GRID = ("seed", *RUN_FLAGS)
+BUDGET = ("epochs", "max_steps_per_epoch")
+# How a run is carried out, not what it computes: left out of a run's identity.
+HOW_TO_RUN = (*RUN_FLAGS, "workers", "log_every", "checkpoint_every", "data_dir")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class GridError(HCGNetError):
+    """A grid file that cannot be read, or a variant that cannot be trained."""
+
+
+@dataclass
+class Grid:
+    name: str                        # the file's stem or the shipped grid's name
+    base: Dict[str, Any]             # train options
+    variants: Dict[str, Dict[str, Any]]  # name -> overrides of the base (not including the base itself)
+
+    def names(self) -> List[str]:
+        return [BASE, *self.variants]
+
+    def options(self, variant: str) -> Dict[str, Any]:
+        """The base with ``variant``'s overrides on top; mappings (``model_kwargs``) are merged key by key."""
+        values = dict(self.base)
+        for key, value in ({} if variant == BASE else self.variants[variant]).items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                value = {**values[key], **value}
+            values[key] = value
+        return values
+
+
+@dataclass
+class PlannedRun:
+    variant: str
+    seed: int
+    config: TrainConfig
+    identity: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} seed {self.seed}"
+
+
+def list_grids() -> List[str]:
+    return sorted(p.name[:-5] for p in resources.files("hcgnet.ablate").joinpath("grids").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def grid_summary(name: str) -> str:
+    """The first line of a shipped grid's leading comment."""
+    text = resources.files("hcgnet.ablate").joinpath("grids", f"{name}.yaml").read_text()
+    return next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+
+
+def load_grid(path_or_name: str) -> Grid:
+    """A grid file, or a shipped grid by name (``hcgnet ablate --list-grids``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        text, where, name = path.read_text(), str(path), path.stem
+    elif path_or_name in list_grids():
+        text = resources.files("hcgnet.ablate").joinpath("grids", f"{path_or_name}.yaml").read_text()
+        where, name = f"grid {path_or_name}", path_or_name
+    else:
+        raise GridError(f"grid {path_or_name} is neither a file nor a shipped grid ({', '.join(list_grids())})")
+    return parse_grid(text, where, name)
+
+
+def parse_grid(text: str, where: str, name: str = "grid") -> Grid:
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise GridError(f"{where} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise GridError(f"{where} must be a mapping with base: and variants:")
+    unknown = sorted(set(values) - {"base", "variants"})
+    if unknown:
+        raise GridError(f"{where}: unknown key {unknown[0]!r}; a grid has base: (train options) and variants:")
+    base = _options(values.get("base") or {}, f"{where}: base")
+    variants = values.get("variants")
+    if not variants:
+        raise GridError(f"{where} has no variants: add variants: with at least one name: {{option: value}}")
+    if not isinstance(variants, dict):
+        raise GridError(f"{where}: variants must be a mapping of name: {{option: value}}")
+    parsed = {}
+    for vname, overrides in variants.items():
+        vname = str(vname)
+        if not NAME.match(vname) or vname == BASE:
+            raise GridError(f"{where}: variant name {vname!r} must be letters, digits, '_', '-' or '.', not {BASE!r}")
+        parsed[vname] = _options(overrides, f"{where}: variant {vname}")
+        if not parsed[vname]:
+            raise GridError(f"{where}: variant {vname} changes nothing; give it at least one option: value")
+        budget = sorted(set(parsed[vname]) & set(BUDGET))
+        if budget:
+            raise GridError(f"{where}: variant {vname} sets {budget[0]}: the budget is the same for every variant; "
+                            "set it in base: or with --epochs/--steps")
+    return Grid(name, base, parsed)
+
+
+def _options(values: Any, where: str) -> Dict[str, Any]:
+    if not isinstance(values, dict):
+        raise GridError(f"{where} must be a mapping of option: value, got {values!r}")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    fixed = sorted(set(values) & set(NOT_IN_GRID))
+    if fixed:
+        raise GridError(f"{where} sets {fixed[0]}: hcgnet ablate sets it (--seeds, --output)")
+    return values
+
+
+def identity(config: Mapping[str, Any]) -> str:
+    """A run's identity: a hash of every setting that changes what it computes."""
+    kept = {k: v for k, v in sorted(config.items()) if k not in HOW_TO_RUN}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_folder(output: str, variant: str, seed: int) -> Path:
+    return Path(output) / "runs" / variant / f"seed{seed}"
+
+
+def plan(grid: Grid, output: str, seeds: int, epochs: Optional[int] = None, steps: Optional[int] = None,
+         options: Optional[Mapping[str, Any]] = None) -> List[PlannedRun]:
+    """Every (variant, seed) as a checked TrainConfig, variant by variant. ``epochs`` or ``steps`` (one epoch
+    cut at that many optimiser steps) is the budget of every run; ``options`` (e.g. ``data``) go over the base."""
+    if seeds < 1:
+        raise GridError(f"--seeds must be 1 or more, got {seeds}")
+    if epochs is not None and steps is not None:
+        raise GridError("give the budget in --epochs or in --steps, not both")
+    budget: Dict[str, Any] = {}
+    if epochs is not None:
+        budget = {"epochs": epochs}
+    elif steps is not None:
+        if steps < 1:
+            raise GridError(f"--steps must be 1 or more, got {steps}")
+        budget = {"epochs": 1, "max_steps_per_epoch": steps}
+    runs = []
+    for variant in grid.names():
+        values = {**grid.options(variant), **{k: v for k, v in (options or {}).items() if v is not None}, **budget}
+        for seed in range(seeds):
+            folder = run_folder(output, variant, seed)
+            try:
+                config = make_config(overrides={**values, "seed": seed, "output": str(folder)})
+            except ConfigError as e:
+                raise GridError(f"{grid.name}: variant {variant}: {e}") from None
+            runs.append(PlannedRun(variant, seed, config, identity(config.to_dict())))
+    return runs

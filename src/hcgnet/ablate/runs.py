@@ -1,0 +1,237 @@
+"""Running a grid: every (variant, seed) is one ``hcgnet.training.fit`` run in ``runs/<variant>/seed<k>/``,
+resumed from its ``last.pt`` when it was interrupted, skipped when it has finished with the same config.
+
+Executors: in this process (``jobs=1``), ``jobs`` processes at once on this machine, or one submitit job per
+run (``slurm``; ``submitit-local`` runs the same jobs as local processes, to try the cluster path)."""
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import yaml
+
+from hcgnet.ablate.grid import GridError, PlannedRun, identity
+from hcgnet.errors import HCGNetError
+from hcgnet.training.config import TrainConfig
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+ATTACK_FILE = "attack.json"  # accuracy under attack of a finished run, beside its results.json
+
+
+def model_options(config: TrainConfig) -> Dict[str, Any]:
+    """The keyword arguments of ``create_model`` that change the network a run trains (not its data)."""
+    options = dict(getattr(config, "model_kwargs", None) or {})  # the switches, when TrainConfig has them
+    if config.stem:
+        options["stem"] = config.stem
+    return options
+
+
+def build(config: TrainConfig, num_classes: int = 10, in_chans: int = 3):
+    """The network of ``config`` on the meta device (shapes only: no memory, no arithmetic)."""
+    import torch
+
+    from hcgnet.models import create_model
+
+    with torch.device("meta"):
+        return create_model(config.model, num_classes=num_classes, in_chans=in_chans, **model_options(config))
+
+
+def check_buildable(runs: Sequence[PlannedRun]) -> None:
+    """Build every variant's network once before any run starts: an unknown model, switch or switch value
+    fails here in one line, not hours into the grid."""
+    seen = set()
+    for run in runs:
+        key = (run.config.model, json.dumps(model_options(run.config), sort_keys=True, default=str))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            build(run.config)
+        except HCGNetError as e:
+            raise GridError(f"variant {run.variant}: {e}") from None
+        except (TypeError, ValueError, KeyError, AssertionError, RuntimeError, NotImplementedError) as e:
+            # a switch the model lacks, a value it cannot take
+            raise GridError(f"variant {run.variant}: cannot build {run.config.model} with "
+                            f"{model_options(run.config)}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                            ) from None
+
+
+def status(run: PlannedRun) -> str:
+    """``new``, ``finished``, ``unfinished`` (resumable) or ``changed`` (its folder holds a run of another config)."""
+    folder = Path(run.config.output)
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        return "changed" if (folder / "last.pt").exists() or (folder / "results.json").exists() else "new"
+    try:
+        before = identity(yaml.safe_load(saved.read_text()) or {})
+    except yaml.YAMLError:
+        return "changed"
+    if before != run.identity:
+        return "changed"
+    return "finished" if (folder / "results.json").is_file() else "unfinished"
+
+
+def check_runs(runs: Sequence[PlannedRun], force: bool) -> Dict[str, str]:
+    """The status of every run, refusing (unless ``force``) a folder that holds a run of another config: a
+    changed config is a new run, never a silent reuse of the old one."""
+    states = {}
+    for run in runs:
+        states[run.config.output] = status(run)
+        if states[run.config.output] == "changed" and not force:
+            raise GridError(f"{run.config.output} holds a run of another config than {run.label} now has; pass "
+                            "--force to replace it, or choose another --output")
+    return states
+
+
+def _config_for(run: PlannedRun, state: str) -> Dict[str, Any]:
+    values = run.config.to_dict()
+    values["resume"] = state == "unfinished"
+    values["overwrite"] = state == "changed"  # the trainer's --overwrite keeps the old run until the new one ends
+    return values
+
+
+def attack_run(folder: str, data: str, data_dir: Optional[str], attack: Dict[str, Any], run_identity: str,
+               log: Callable = print) -> None:
+    """Accuracy under ``attack`` ({"attack", "eps", ...}) of a finished run's chosen weights on its test set,
+    written to ``folder/attack.json`` with the run's identity (a replaced run leaves its attack.json behind)."""
+    from hcgnet.analysis.attack import attack_checkpoints
+    from hcgnet.files import atomic_path
+
+    result = attack_checkpoints([str(Path(folder) / "best.safetensors")], data, attack["attack"], attack["eps"],
+                                data_dir=data_dir, split="test", **attack.get("options", {}))
+    result["asked"], result["run"] = attack, run_identity
+    with atomic_path(Path(folder) / ATTACK_FILE) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=2, default=str))
+    log(f"attacked with {attack['attack']} at eps {', '.join(f'{e:g}' for e in attack['eps'])}")
+
+
+def attack_result(folder: Path, run_identity: str) -> Optional[Dict[str, Any]]:
+    """The run's attack.json if it was written for this very run, else None."""
+    path = folder / ATTACK_FILE
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("run") == run_identity else None
+
+
+def attack_done(folder: Path, attack: Optional[Dict[str, Any]], run_identity: str) -> bool:
+    if attack is None:
+        return True
+    result = attack_result(folder, run_identity)
+    return result is not None and result.get("asked") == attack
+
+
+def train_run(values: Dict[str, Any], label: str, threads: Optional[int] = None,
+              attack: Optional[Dict[str, Any]] = None, log: Optional[Callable] = None) -> Dict[str, Any]:
+    """One run of the grid (what each job executes): train, or resume, or nothing if it has finished; then
+    the attack if asked. Its log lines carry ``[label]``."""
+    import torch
+
+    from hcgnet.training import fit, make_config
+
+    if threads:
+        torch.set_num_threads(threads)
+    say = log or (lambda line: print(f"[{label}] {line}", flush=True))
+    config = make_config(overrides=values)
+    folder = Path(config.output)
+    if not (folder / "results.json").is_file() or values.get("overwrite"):
+        fit(config, log=say)
+    run_identity = identity(config.to_dict())
+    if attack is not None and not attack_done(folder, attack, run_identity):
+        attack_run(str(folder), config.data, config.data_dir, attack, run_identity, say)
+    return json.loads((folder / "results.json").read_text())
+
+
+def _interrupted(e: HCGNetError, run: PlannedRun, i: int, total: int) -> HCGNetError:
+    from hcgnet.training.interrupts import TrainingInterrupted
+
+    if isinstance(e, TrainingInterrupted):
+        return TrainingInterrupted(f"interrupted in run {i}/{total} ({run.label}); its last.pt is kept: run the "
+                                   "same hcgnet ablate command again to continue", e.exit_code - 128)
+    return type(e)(f"run {i}/{total} ({run.label}): {e}")
+
+
+def run_grid(runs: Sequence[PlannedRun], jobs: int = 1, executor: str = "local", force: bool = False,
+             attack: Optional[Dict[str, Any]] = None, log: Callable = print,
+             slurm_parameters: Optional[Dict[str, Any]] = None, folder: Optional[str] = None) -> Dict[str, str]:
+    """Carry out every run not finished yet; returns each run folder's status before this call. ``folder``:
+    where submitit keeps its job logs (default: beside the runs)."""
+    if jobs < 1:
+        raise GridError(f"--jobs must be 1 or more, got {jobs}")
+    if executor not in EXECUTORS:
+        raise GridError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    states = check_runs(runs, force)
+    total = len(runs)
+    todo = []
+    for i, run in enumerate(runs, 1):
+        state = states[run.config.output]
+        if state == "finished" and attack_done(Path(run.config.output), attack, run.identity):
+            log(f"run {i}/{total}: {run.label}: finished earlier, kept")
+        else:
+            todo.append((i, run, state))
+    if executor != "local":
+        _submitit(todo, total, executor, attack, log, slurm_parameters or {},
+                  folder or str(Path(runs[0].config.output).parents[2] / "submitit"))
+    elif jobs == 1:
+        for i, run, state in todo:
+            log(f"run {i}/{total}: {run.label}" + (" (resuming)" if state == "unfinished" else ""))
+            try:
+                train_run(_config_for(run, state), run.label, attack=attack,
+                          log=lambda line, label=run.label: log(f"[{label}] {line}"))
+            except HCGNetError as e:
+                raise _interrupted(e, run, i, total) from None
+    else:
+        _pool(todo, total, jobs, attack, log)
+    return states
+
+
+def _pool(todo, total: int, jobs: int, attack, log: Callable) -> None:
+    # spawn: a forked copy of a process that has used torch's thread pools can hang
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = []
+        for i, run, state in todo:
+            log(f"run {i}/{total}: {run.label} queued" + (" (resuming)" if state == "unfinished" else ""))
+            futures.append((i, run, pool.submit(train_run, _config_for(run, state), run.label, threads, attack)))
+        for i, run, future in futures:
+            try:
+                future.result()
+            except HCGNetError as e:
+                for _, _, other in futures:
+                    other.cancel()
+                raise _interrupted(e, run, i, total) from None
+            log(f"run {i}/{total}: {run.label} finished")
+
+
+def _submitit(todo, total: int, executor: str, attack, log: Callable, parameters: Dict[str, Any],
+              folder: str) -> None:
+    try:
+        import submitit
+    except ImportError:
+        raise GridError("--executor slurm needs submitit: pip install 'hcgnet[cluster]'") from None
+    if executor == "slurm":
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    else:
+        ex = submitit.AutoExecutor(folder=folder, cluster="local")
+    try:
+        ex.update_parameters(**parameters)
+    except (TypeError, ValueError) as e:
+        raise GridError(f"--slurm-parameters: {str(e).splitlines()[0]}") from None
+    submitted = []
+    for i, run, state in todo:
+        job = ex.submit(train_run, _config_for(run, state), run.label, None, attack)
+        log(f"run {i}/{total}: {run.label} submitted as job {job.job_id}")
+        submitted.append((i, run, job))
+    failed = []
+    for i, run, job in submitted:
+        try:
+            job.result()
+            log(f"run {i}/{total}: {run.label} finished (job {job.job_id})")
+        except Exception as e:  # submitit's FailedJobError carries the job's whole traceback
+            text = str(e).strip().splitlines()
+            failed.append(f"run {i}/{total} ({run.label}, job {job.job_id}): {text[-1] if text else type(e).__name__}")
+    if failed:
+        raise HCGNetError(f"{len(failed)} of {len(submitted)} jobs failed; first: {failed[0]} (logs in {folder}); "
+                          "run the same hcgnet ablate command again to continue")

@@ -1,0 +1,227 @@
+"""The grid's results, rebuilt from the run folders' own files every time (never from memory):
+``results.json`` (test accuracy), ``metrics.csv`` (steps taken, training images/s), ``config.yaml`` and the
+weights' metadata (the network, for parameters and multiply-adds), ``attack.json`` (accuracy under attack).
+
+Writes ``runs.csv`` (one row per run), ``summary.csv`` and ``summary.md`` (per variant: n, mean ± std, 95%
+t-interval, parameters, multiply-adds, images/s, and the paired difference to the base with its interval and
+verdict), and ``ablation.png``."""
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from hcgnet.ablate.grid import BASE, PlannedRun, identity
+from hcgnet.ablate.runs import attack_result, build
+from hcgnet.ablate.stats import interval_text, mean_interval, paired_difference
+from hcgnet.files import atomic_path
+from hcgnet.training.config import FIELDS, TrainConfig
+
+RESULTS = ("summary.md", "summary.csv", "runs.csv", "ablation.png")
+SCORE = "test_top1"
+
+
+def _network_size(folder: Path, saved: Dict[str, Any], cache: Dict) -> Dict[str, Optional[int]]:
+    """Parameters and multiply-adds of the run's network, built (shapes only) from its config and weights' metadata."""
+    from hcgnet.complexity import count_macs, count_params
+    from hcgnet.models.checkpoints import read_metadata
+
+    weights = folder / "best.safetensors"
+    if not weights.is_file():
+        return {"params": None, "macs": None}
+    meta = read_metadata(weights)
+    size = json.loads(meta["data_config"])["input_size"]
+    config = TrainConfig(**{k: v for k, v in saved.items() if k in FIELDS})
+    key = (identity({k: v for k, v in saved.items() if k not in ("seed",)}), meta["num_classes"], meta["in_chans"],
+           tuple(size))
+    if key not in cache:
+        model = build(config, int(meta["num_classes"]), int(meta["in_chans"]))
+        cache[key] = {"params": count_params(model), "macs": count_macs(model, size)}
+    return cache[key]
+
+
+def _metrics(folder: Path) -> Dict[str, Optional[float]]:
+    path = folder / "metrics.csv"
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    speeds = [float(r["images_per_s"]) for r in rows if r.get("images_per_s")]
+    return {"steps": int(rows[-1]["step"]) if rows else None,
+            "images_per_s": sum(speeds) / len(speeds) if speeds else None}
+
+
+def _attack(folder: Path, run_identity: str) -> Dict[str, float]:
+    """eps -> accuracy under attack (keys ``attack_<eps>``), from the run's own attack.json."""
+    result = attack_result(folder, run_identity)
+    return {} if result is None else {f"attack_{row['eps']:g}": row["accuracy"] for row in result["rows"]}
+
+
+def collect(runs: Sequence[PlannedRun]) -> List[Dict[str, Any]]:
+    """One row per planned run, from its folder's files; a run of another config or unfinished has no scores."""
+    rows, cache = [], {}
+    for run in runs:
+        folder = Path(run.config.output)
+        row: Dict[str, Any] = {"variant": run.variant, "seed": run.seed, "identity": run.identity,
+                               "folder": str(folder)}
+        saved_path, results = folder / "config.yaml", folder / "results.json"
+        saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
+        if saved is None or identity(saved) != run.identity or not results.is_file():
+            row["status"] = "not run" if saved is None else ("other config" if identity(saved) != run.identity
+                                                               else "unfinished")
+            rows.append(row)
+            continue
+        result = json.loads(results.read_text())
+        row.update({"status": "finished", "model": result["model"], SCORE: result["test_top1"],
+                    "test_top5": result["test_top5"], "test_loss": result["test_loss"],
+                    "test_images": result["test_images"], "best_val_top1": result["best_val_top1"],
+                    "epochs": result["epochs"]})
+        row.update(_metrics(folder))
+        row.update(_network_size(folder, saved, cache))
+        row.update(_attack(folder, run.identity))
+        rows.append(row)
+    return rows
+
+
+def _scores(rows: List[Dict[str, Any]]) -> List[str]:
+    keys = [SCORE]
+    for row in rows:
+        keys += [k for k in row if k.startswith("attack_") and k not in keys]
+    return keys
+
+
+def variant_table(rows: List[Dict[str, Any]], variants: Sequence[str]) -> List[Dict[str, Any]]:
+    """Per variant and score: n, mean, std, 95% interval; the paired difference to the base and its verdict."""
+    finished = [r for r in rows if r["status"] == "finished"]
+    table = []
+    for variant in variants:
+        mine = [r for r in finished if r["variant"] == variant]
+        entry: Dict[str, Any] = {"variant": variant, "n": len(mine)}
+        for key in ("model", "params", "macs"):
+            entry[key] = mine[0].get(key) if mine else None
+        speeds = [r["images_per_s"] for r in mine if r.get("images_per_s") is not None]
+        entry["images_per_s"] = sum(speeds) / len(speeds) if speeds else None
+        for score in _scores(finished):
+            values = {r["seed"]: r[score] for r in mine if r.get(score) is not None}
+            base = {r["seed"]: r[score] for r in finished if r["variant"] == BASE and r.get(score) is not None}
+            stats = mean_interval([values[s] for s in sorted(values)])
+            entry.update({f"{score}_{k}": stats[k] for k in ("mean", "std", "low", "high")})
+            if variant != BASE:
+                diff = paired_difference(values, base)
+                entry.update({f"{score}_diff_n": diff["n"], f"{score}_diff_mean": diff["mean"],
+                              f"{score}_diff_low": diff["low"], f"{score}_diff_high": diff["high"],
+                              f"{score}_verdict": diff["verdict"]})
+        table.append(entry)
+    return table
+
+
+def budget_text(runs: Sequence[PlannedRun], rows: List[Dict[str, Any]]) -> str:
+    c = runs[0].config
+    if c.max_steps_per_epoch and c.epochs == 1:
+        budget = f"{c.max_steps_per_epoch} optimiser steps (one epoch cut short)"
+    else:
+        budget = f"{c.epochs} epochs" + (f" of at most {c.max_steps_per_epoch} steps" if c.max_steps_per_epoch else "")
+    steps = sorted({r["steps"] for r in rows if r.get("steps") is not None})
+    taken = ""
+    if len(steps) == 1:
+        taken = f"; {steps[0]} steps taken by every run"
+    elif steps:
+        taken = f"; steps taken range from {steps[0]} to {steps[-1]} (the variants' epochs differ)"
+    if steps and c.epochs == 1 and c.max_steps_per_epoch and steps[0] < c.max_steps_per_epoch:
+        taken += " (fewer than asked: --steps stops within one epoch; use --epochs for more)"
+    return f"budget per run: {budget}{taken}"
+
+
+def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
+    columns: List[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _count(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
+
+def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget: str) -> str:
+    lines = [f"# {title}", "", budget, "",
+             "Accuracy in percent: mean ± std over seeds and the 95% t-interval of the mean; Δ: the paired difference "
+             "to the base over the seeds both finished (same data order, hold-out and augmentation per seed), its "
+             "95% t-interval and verdict (undecided: the interval contains 0).", ""]
+    for score in scores:
+        name = "test top-1" if score == SCORE else f"test top-1 under attack, eps {score[len('attack_'):]}"
+        lines += [f"## {name}", "",
+                  "| variant | model | n | top-1 | 95% CI | params | MACs | images/s | Δ vs base | Δ 95% CI "
+                  "| verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in table:
+            mean, ci = interval_text({k: e.get(f"{score}_{k}") for k in ("mean", "std", "low", "high")})
+            if e["variant"] == BASE:
+                dmean, dci, verdict = "(base)", "", ""
+            else:
+                dmean, dci = interval_text({k: e.get(f"{score}_diff_{k}") for k in ("mean", "low", "high")})
+                verdict = e.get(f"{score}_verdict", "undecided")
+            speed = "-" if e["images_per_s"] is None else f"{e['images_per_s']:.1f}"
+            lines.append(f"| {e['variant']} | {e['model'] or '-'} | {e['n']} | {mean} | {ci} | {_count(e['params'])} "
+                         f"| {_count(e['macs'])} | {speed} | {dmean} | {dci} | {verdict} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(table: List[Dict[str, Any]], path: Path, title: str) -> None:
+    """Top-1 per variant with its 95% interval (the base in another colour), and the paired differences."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [e["variant"] for e in table]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.5 * len(names) + 2), sharey=True)
+    for i, e in enumerate(table):
+        colour = "tab:red" if e["variant"] == BASE else "tab:blue"
+        mean = e.get(f"{SCORE}_mean")
+        if mean is not None:
+            err = None if e.get(f"{SCORE}_low") is None else [[100 * (mean - e[f"{SCORE}_low"])],
+                                                                 [100 * (e[f"{SCORE}_high"] - mean)]]
+            left.errorbar([100 * mean], [i], xerr=err, fmt="o", color=colour, capsize=4)
+        diff = e.get(f"{SCORE}_diff_mean")
+        if diff is not None:
+            err = None if e.get(f"{SCORE}_diff_low") is None else [[100 * (diff - e[f"{SCORE}_diff_low"])],
+                                                                      [100 * (e[f"{SCORE}_diff_high"] - diff)]]
+            right.errorbar([100 * diff], [i], xerr=err, fmt="o", color="tab:blue", capsize=4)
+    right.axvline(0, color="tab:red", linestyle="--", linewidth=1)
+    left.set_yticks(range(len(names)), names)
+    for label in left.get_yticklabels():
+        if label.get_text() == BASE:
+            label.set_color("tab:red")
+    left.invert_yaxis()
+    left.set_xlabel("test top-1 (%), mean and 95% t-interval")
+    right.set_xlabel("paired difference to the base (percentage points), 95% t-interval")
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def summarise(runs: Sequence[PlannedRun], output: str, title: str = "ablation") -> Dict[str, Any]:
+    """Write runs.csv, summary.csv, summary.md and ablation.png into ``output`` from the run folders' files."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(runs)
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    table = variant_table(rows, variants)
+    scores = _scores([r for r in rows if r["status"] == "finished"])
+    budget = budget_text(runs, rows)
+    _write_csv(out / "runs.csv", rows)
+    _write_csv(out / "summary.csv", [{**e, "budget": budget} for e in table])
+    with atomic_path(out / "summary.md") as tmp:
+        Path(tmp).write_text(markdown(table, scores, title, budget))
+    plot(table, out / "ablation.png", f"{title}\n{budget}")
+    return {"rows": rows, "table": table, "budget": budget, "files": [str(out / name) for name in RESULTS]}

@@ -1,0 +1,391 @@
+"""hcgnet ablate: the grid and its refusals, paired seeds, the summary against the runs' own results.json
+(statistics recomputed here with scipy as the oracle), a killed grid resumed, the executors."""
+import csv
+import json
+import math
+import signal
+import statistics
+
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from conftest import make_image_folder
+from hcgnet import cli
+from hcgnet.ablate import GridError, list_grids, load_grid, parse_grid, plan
+from hcgnet.ablate import runs as ablate_runs
+from hcgnet.ablate import stats
+from hcgnet.ablate.summary import summarise
+from hcgnet.training import trainer
+from hcgnet.training.interrupts import TrainingInterrupted
+from hcgnet.training.logs import ProgressLines
+
+TINY = "HCGNet-(1,1,1)-(k=4,4,4)"
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def grid_text(folder, variants=None):
+    base = dict(model=TINY, data=f"imagefolder:{folder}", image_size=16, val_size=0.2, test_size=0.2, workers=0,
+                batch_size=4, lr=0.05)
+    return yaml.safe_dump({"base": base, "variants": variants or {"wider": {"model": "HCGNet-(1,1,1)-(k=4,4,8)"}}})
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data") / "images", classes=3, per_class=12)
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def test_t_quantile_matches_scipy():
+    for df in range(1, 300):
+        assert stats.t975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=1e-6)
+
+
+def test_mean_interval_by_hand():
+    # mean 0.82, sample std 0.02, half-width t(0.975, 2) * 0.02 / sqrt(3)
+    got = stats.mean_interval([0.80, 0.82, 0.84])
+    half = 4.302653 * 0.02 / math.sqrt(3)
+    assert got["n"] == 3 and got["mean"] == pytest.approx(0.82) and got["std"] == pytest.approx(0.02)
+    assert (got["low"], got["high"]) == (pytest.approx(0.82 - half, abs=1e-7), pytest.approx(0.82 + half, abs=1e-7))
+    one = stats.mean_interval([0.5])
+    assert one["mean"] == 0.5 and one["std"] is None and one["low"] is None
+
+
+@pytest.mark.parametrize("variant,expected_mean,expected_std,verdict", [
+    ({0: 0.85, 1: 0.83, 2: 0.90}, 0.04, math.sqrt(0.0007), "undecided"),   # differences .05 .01 .06
+    ({0: 0.85, 1: 0.86, 2: 0.90}, 0.05, 0.01, "better"),                   # differences .05 .04 .06
+    ({0: 0.75, 1: 0.78, 2: 0.78}, -0.05, 0.01, "worse"),                   # differences -.05 -.04 -.06
+])
+def test_paired_difference_by_hand(variant, expected_mean, expected_std, verdict):
+    base = {0: 0.80, 1: 0.82, 2: 0.84, 3: 0.99}  # seed 3 has no partner: left out
+    got = stats.paired_difference(variant, base)
+    half = 4.302653 * expected_std / math.sqrt(3)
+    assert got["n"] == 3 and got["mean"] == pytest.approx(expected_mean)
+    assert got["low"] == pytest.approx(expected_mean - half, abs=1e-6)
+    assert got["high"] == pytest.approx(expected_mean + half, abs=1e-6)
+    assert got["verdict"] == verdict
+
+
+def test_one_pair_is_undecided():
+    assert stats.paired_difference({0: 0.9}, {0: 0.1})["verdict"] == "undecided"
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+
+
+def test_the_shipped_grid_lists_and_names_the_switches():
+    assert "hcgnet-switches" in list_grids()
+    grid = load_grid("hcgnet-switches")
+    assert grid.base["data"] == "fashion-mnist" and grid.base["model"].startswith("HCGNet-(")
+    kwargs = {name: v["model_kwargs"] for name, v in grid.variants.items()}
+    assert {"forget_gate": False} in kwargs.values() and {"update_gate": False} in kwargs.values()
+    assert {"gate_act": "relu"} in kwargs.values() and {"wide_branch": "5x5"} in kwargs.values()
+    assert {"connectivity": "dense"} in kwargs.values() and {"connectivity": "residual"} in kwargs.values()
+
+
+def test_the_shipped_grid_plans_and_builds_once_the_models_have_switches(tmp_path):
+    from hcgnet.training.config import FIELDS
+    if "model_kwargs" not in FIELDS:
+        pytest.skip("TrainConfig has no model_kwargs yet (the models' switches)")
+    runs = plan(load_grid("hcgnet-switches"), str(tmp_path / "out"), seeds=1, steps=1)
+    assert [r.variant for r in runs][0] == "base" and len(runs) == 7
+    ablate_runs.check_buildable(runs)
+
+
+def test_a_variants_mapping_overrides_are_merged_into_the_base():
+    grid = parse_grid("base: {model: m, model_kwargs: {a: 1, b: 2}}\nvariants: {v: {model_kwargs: {b: 3}}}", "g")
+    assert grid.options("v") == {"model": "m", "model_kwargs": {"a": 1, "b": 3}}
+    assert grid.options("base") == {"model": "m", "model_kwargs": {"a": 1, "b": 2}}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("base: {model: [1\n", "not valid YAML"),
+    ("base: {model: hcgnet_a1}\n", "no variants"),
+    ("base: {}\nvariants: {v: {epochs: 3}}", "budget is the same for every variant"),
+    ("base: {seed: 3}\nvariants: {v: {lr: 0.1}}", "sets seed"),
+    ("base: {}\nvariants: {base: {lr: 0.1}}", "variant name"),
+    ("base: {}\nvariants: {v: {}}", "changes nothing"),
+    ("base: {}\nvariants: {v: {lr: 0.1}}\nextra: 1", "unknown key"),
+])
+def test_bad_grids_are_refused_in_one_line(text, message):
+    with pytest.raises(GridError, match=message):
+        parse_grid(text, "g.yaml")
+
+
+def test_bad_options_values_seeds_and_models_are_refused_before_any_run(tmp_path, images):
+    def planned(variants, seeds=1):
+        return plan(parse_grid(grid_text(images, variants), "g"), str(tmp_path / "out"), seeds, steps=1)
+
+    with pytest.raises(GridError, match="variant v: .*unknown option 'forget_gates'"):
+        planned({"v": {"forget_gates": False}})
+    with pytest.raises(GridError, match="variant v: .*stem must be cifar or imagenet"):
+        planned({"v": {"stem": "bogus"}})
+    with pytest.raises(GridError, match="--seeds must be 1 or more"):
+        planned({"v": {"lr": 0.1}}, seeds=0)
+    with pytest.raises(GridError, match="variant v: "):
+        ablate_runs.check_buildable(planned({"v": {"model": "HCGNet-(1,1)-(k=4"}}))
+    # a switch the model lacks (TrainConfig's model_kwargs, once the models have switches)
+    runs = planned({"v": {"lr": 0.1}})
+    runs[1].config.model_kwargs = {"no_such_switch": True}
+    with pytest.raises(GridError, match="variant v: cannot build .*no_such_switch"):
+        ablate_runs.check_buildable(runs)
+    ablate_runs.check_buildable(runs[:1])
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_refuses_in_one_line_with_exit_2(tmp_path, images, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: {model: [1\n")
+    assert cli.main(["ablate", "--grid", str(bad), "--output", str(tmp_path / "o"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not valid YAML" in err and len(err.splitlines()) == 1
+    good = tmp_path / "good.yaml"
+    good.write_text(grid_text(images, {"v": {"model": "HCGNet-(1,1)-(k=4"}}))
+    assert cli.main(["ablate", "--grid", str(good), "--output", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert "variant v" in capsys.readouterr().err
+    good.write_text(grid_text(images))
+    assert cli.main(["ablate", "--grid", str(good), "--output", str(tmp_path / "o"), "--seeds", "0"]) == 2
+    assert "--seeds must be 1 or more" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "summary.md").write_text("someone else's")
+    assert cli.main(["ablate", "--grid", str(good), "--output", str(tmp_path / "o"), "--steps", "1"]) == 2
+    assert "already holds summary.md" in capsys.readouterr().err
+    assert (tmp_path / "o" / "summary.md").read_text() == "someone else's"
+    assert cli.main(["ablate", "--list-grids"]) == 0
+    assert "hcgnet-switches" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ a real grid
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory, images):
+    """2 variants x 2 seeds of 2 steps, killed (SIGINT) in its third run and started again; the first batch
+    each run trained on and the fit() calls of both attempts are recorded."""
+    mp = pytest.MonkeyPatch()
+    out = tmp_path_factory.mktemp("ablate") / "grid"
+    path = out.parent / "toy.yaml"
+    path.write_text(grid_text(images))
+    runs = plan(load_grid(str(path)), str(out), seeds=2, steps=2)
+    first_batches, fits, steps = {}, [], {"n": 0}
+    real_epoch, real_fit, real_step = trainer.train_one_epoch, trainer.fit, ProgressLines.step
+
+    def train_one_epoch(model, batches, *args, first_step=0, **kwargs):
+        batches = iter(batches)
+        first = next(batches)
+        if first_step == 0:
+            first_batches[str(trainer_config["output"])] = [t.clone() for t in first]
+        return real_epoch(model, [first, *batches], *args, first_step=first_step, **kwargs)
+
+    def fit(config, log=print):
+        trainer_config["output"] = config.output
+        fits.append((config.output, config.resume))
+        return real_fit(config, log)
+
+    def step(self, global_step, loss, lr):
+        real_step(self, global_step, loss, lr)
+        steps["n"] += 1
+        if steps["n"] == 5:  # the first step of the third run
+            import os
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer_config = {}
+    mp.setattr(trainer, "train_one_epoch", train_one_epoch)
+    mp.setattr("hcgnet.training.fit", fit)
+    mp.setattr(ProgressLines, "step", step)
+    lines = []
+    with pytest.raises(TrainingInterrupted, match="interrupted in run 3/4 .wider seed 0.*again to continue"):
+        ablate_runs.run_grid(runs, log=lines.append)
+    finished_before = {r.config.output: (out / "runs" / r.variant / f"seed{r.seed}" / "results.json").stat().st_mtime_ns
+                       for r in runs[:2]}
+    assert (out / "runs" / "wider" / "seed0" / "last.pt").exists()
+    lines2 = []
+    ablate_runs.run_grid(runs, log=lines2.append)
+    mp.undo()
+    summary = summarise(runs, str(out), "toy")
+    yield dict(out=out, runs=runs, fits=fits, first_batches=first_batches, before=finished_before, lines=lines,
+               lines2=lines2, summary=summary, path=path)
+
+
+def test_paired_seeds_give_every_variant_the_same_first_batch(finished_grid):
+    b = {k.split("runs/")[1]: v for k, v in finished_grid["first_batches"].items()}
+    for seed in (0, 1):
+        x_base, y_base = b[f"base/seed{seed}"]
+        x_wide, y_wide = b[f"wider/seed{seed}"]
+        assert (x_base == x_wide).all() and (y_base == y_wide).all()  # same images, same augmentation draws
+    assert not (b["base/seed0"][0] == b["base/seed1"][0]).all()
+
+
+def test_a_killed_grid_redoes_no_finished_run_and_finishes_the_interrupted_one(finished_grid):
+    g = finished_grid
+    outputs = [r.config.output for r in g["runs"]]
+    # attempt 1: runs 1-3 started (3 interrupted); attempt 2: run 3 resumed, run 4 new, runs 1-2 never fitted again
+    assert g["fits"] == [(outputs[0], False), (outputs[1], False), (outputs[2], False), (outputs[2], True),
+                         (outputs[3], False)]
+    for out, mtime in g["before"].items():
+        assert (g["out"] / out.split("grid/")[1] / "results.json").stat().st_mtime_ns == mtime
+    assert any("run 1/4: base seed 0: finished earlier, kept" in line for line in g["lines2"])
+    assert any("run 3/4: wider seed 0 (resuming)" in line for line in g["lines2"])
+    assert any("resumed" in line and "step 1" in line for line in g["lines2"])
+    for out in outputs:
+        assert (g["out"] / out.split("grid/")[1] / "results.json").is_file()
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_summary_equals_the_runs_results_recomputed_independently(finished_grid):
+    out = finished_grid["out"]
+    top1 = {(v, s): json.loads((out / "runs" / v / f"seed{s}" / "results.json").read_text())["test_top1"]
+            for v in ("base", "wider") for s in (0, 1)}
+    runs_csv = {(r["variant"], int(r["seed"])): r for r in read_csv(out / "runs.csv")}
+    for key, value in top1.items():
+        assert float(runs_csv[key]["test_top1"]) == value and runs_csv[key]["status"] == "finished"
+    summary = {r["variant"]: r for r in read_csv(out / "summary.csv")}
+    t = scipy_stats.t.ppf(0.975, 1)
+    for variant in ("base", "wider"):
+        values = [top1[(variant, s)] for s in (0, 1)]
+        mean, sd = statistics.mean(values), statistics.stdev(values)
+        row = summary[variant]
+        assert int(row["n"]) == 2
+        assert float(row["test_top1_mean"]) == pytest.approx(mean, abs=1e-12)
+        assert float(row["test_top1_std"]) == pytest.approx(sd, abs=1e-12)
+        assert float(row["test_top1_low"]) == pytest.approx(mean - t * sd / math.sqrt(2), abs=1e-6)
+        assert float(row["test_top1_high"]) == pytest.approx(mean + t * sd / math.sqrt(2), abs=1e-6)
+        metrics = [read_csv(out / "runs" / variant / f"seed{s}" / "metrics.csv") for s in (0, 1)]
+        speeds = [statistics.mean(float(r["images_per_s"]) for r in m) for m in metrics]
+        assert float(row["images_per_s"]) == pytest.approx(statistics.mean(speeds))
+        assert "2 optimiser steps" in row["budget"] and "2 steps taken by every run" in row["budget"]
+    # parameters and multiply-adds of the network each variant trained (3 classes, 3 channels, 16x16)
+    from hcgnet.complexity import count_macs, count_params
+    from hcgnet.models import create_model
+    wide = create_model("HCGNet-(1,1,1)-(k=4,4,8)", num_classes=3)
+    assert int(summary["wider"]["params"]) == count_params(wide)
+    assert int(summary["wider"]["macs"]) == count_macs(wide, (3, 16, 16))
+    assert int(summary["base"]["params"]) == count_params(create_model(TINY, num_classes=3))
+    diffs = [top1[("wider", s)] - top1[("base", s)] for s in (0, 1)]
+    dmean, dsd = statistics.mean(diffs), statistics.stdev(diffs)
+    wider = summary["wider"]
+    assert float(wider["test_top1_diff_mean"]) == pytest.approx(dmean, abs=1e-12)
+    if dsd > 0:
+        low, high = dmean - t * dsd / math.sqrt(2), dmean + t * dsd / math.sqrt(2)
+        assert float(wider["test_top1_diff_low"]) == pytest.approx(low, abs=1e-6)
+        assert float(wider["test_top1_diff_high"]) == pytest.approx(high, abs=1e-6)
+        assert wider["test_top1_verdict"] == ("better" if low > 0 else "worse" if high < 0 else "undecided")
+    md = (out / "summary.md").read_text()
+    assert f"{100 * statistics.mean(top1[('base', s)] for s in (0, 1)):.2f}" in md
+    assert "| base |" in md and "(base)" in md and "budget per run: 2 optimiser steps" in md
+    assert (out / "ablation.png").stat().st_size > 1000
+
+
+def test_a_changed_config_is_refused_not_reused(finished_grid, tmp_path):
+    g = finished_grid
+    grid = load_grid(str(g["path"]))
+    grid.base["lr"] = 0.07
+    runs = plan(grid, str(g["out"]), seeds=2, steps=2)
+    assert ablate_runs.status(runs[0]) == "changed"
+    with pytest.raises(GridError, match="holds a run of another config .*--force"):
+        ablate_runs.run_grid(runs, log=lambda line: None)
+
+
+def test_a_failing_grid_still_summarises_what_has_finished(finished_grid, monkeypatch):
+    from hcgnet.ablate import study
+    g = finished_grid
+    (g["out"] / "summary.csv").unlink()
+
+    def stopped(*args, **kwargs):
+        raise TrainingInterrupted("interrupted in run 4/4", signal.SIGINT)
+
+    monkeypatch.setattr(study, "run_grid", stopped)
+    lines = []
+    with pytest.raises(TrainingInterrupted):
+        study.ablate(load_grid(str(g["path"])), str(g["out"]), seeds=2, steps=2, log=lines.append)
+    assert len(read_csv(g["out"] / "summary.csv")) == 2 and "runs finished so far" in lines[-1]
+
+
+def test_the_cli_on_a_finished_grid_only_rebuilds_the_summary(finished_grid, capsys, monkeypatch):
+    g = finished_grid
+    monkeypatch.setattr("hcgnet.training.fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    before = (g["out"] / "runs.csv").read_text()
+    (g["out"] / "runs.csv").unlink()
+    assert cli.main(["ablate", "--grid", str(g["path"]), "--output", str(g["out"]), "--seeds", "2",
+                     "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "run 4/4: wider seed 1: finished earlier, kept" in out and "| wider |" in out
+    assert (g["out"] / "runs.csv").read_text() == before
+
+
+# ------------------------------------------------------------------------------------------------ executors
+
+
+@pytest.mark.parametrize("executor,jobs", [("submitit-local", 1), ("local", 2)])
+def test_the_runs_of_a_grid_as_submitit_jobs_or_parallel_processes(tmp_path, images, executor, jobs):
+    """submitit's LocalExecutor (offline) and a pool of 2 processes run the same ordinary runs."""
+    if executor.startswith("submitit"):
+        pytest.importorskip("submitit")
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    out = tmp_path / "grid"
+    runs = plan(load_grid(str(path)), str(out), seeds=1, steps=1)
+    lines = []
+    ablate_runs.run_grid(runs, jobs=jobs, executor=executor, log=lines.append)
+    for run in runs:
+        result = json.loads((out / "runs" / run.variant / "seed0" / "results.json").read_text())
+        assert result["model"] == run.config.model
+    assert sum("finished" in line for line in lines) == 2
+    if executor.startswith("submitit"):
+        assert any("submitted as job" in line for line in lines) and (out / "submitit").is_dir()
+
+
+def test_attack_adds_accuracy_under_attack_with_paired_differences(tmp_path, images):
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    out = tmp_path / "grid"
+    runs = plan(load_grid(str(path)), str(out), seeds=2, steps=1)
+    attack = {"attack": "fgsm", "eps": [0.0, 0.05]}
+    ablate_runs.run_grid(runs, attack=attack, log=lambda line: None)
+    summarise(runs, str(out), "toy")
+    at = {}
+    for run in runs:
+        folder = out / "runs" / run.variant / f"seed{run.seed}"
+        rows = {row["eps"]: row for row in json.loads((folder / "attack.json").read_text())["rows"]}
+        result = json.loads((folder / "results.json").read_text())
+        # eps 0 changes no image: the accuracy of the test set the run was scored on
+        assert rows[0.0]["accuracy"] == pytest.approx(result["test_top1"])
+        assert rows[0.0]["images"] == result["test_images"]
+        at[(run.variant, run.seed)] = rows[0.05]["accuracy"]
+    summary = {r["variant"]: r for r in read_csv(out / "summary.csv")}
+    for variant in ("base", "wider"):
+        values = [at[(variant, s)] for s in (0, 1)]
+        assert float(summary[variant]["attack_0.05_mean"]) == pytest.approx(statistics.mean(values))
+    diffs = [at[("wider", s)] - at[("base", s)] for s in (0, 1)]
+    assert float(summary["wider"]["attack_0.05_diff_mean"]) == pytest.approx(statistics.mean(diffs))
+    assert "under attack, eps 0.05" in (out / "summary.md").read_text()
+    # a run replaced (--force) after its config changed is attacked again: the old attack.json is not reused
+    grid = load_grid(str(path))
+    grid.variants["wider"]["lr"] = 0.02
+    changed = plan(grid, str(out), seeds=2, steps=1)
+    old = (out / "runs" / "wider" / "seed0" / "attack.json").read_text()
+    ablate_runs.run_grid(changed, force=True, attack=attack, log=lambda line: None)
+    new = json.loads((out / "runs" / "wider" / "seed0" / "attack.json").read_text())
+    assert new["run"] == changed[2].identity != json.loads(old)["run"]
+    assert (out / "runs" / "base" / "seed0" / "attack.json").read_text().count('"run"') == 1
+
+
+@pytest.mark.parametrize("argv", [["ablate", "--list-grids"], ["ablate", "--help"]])
+def test_listing_grids_and_help_import_no_torch(tmp_path, argv):
+    import subprocess
+    import sys
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['hcgnet', *{argv!r}]\n"
+             "try:\n    runpy.run_module('hcgnet', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('imported:', *sorted({'torch', 'timm'} & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "hcgnet-switches" in result.stdout or "--grid" in result.stdout
+    assert result.stdout.splitlines()[-1] == "imported:", result.stdout + result.stderr
