@@ -190,6 +190,21 @@ def test_cifar_resnet_forward_matches_the_functional_oracle(depth, in_chans, sid
     assert not [key for key in model.state_dict() if "downsample" in key]
 
 
+@pytest.mark.parametrize("name", ["densenet_bc_100_k12", "resnet56_cifar"])
+def test_initialisation_is_the_papers_code_he_normal_over_fan_out(name):
+    # Both reference codes (DenseNet's Lua, fb.resnet.torch): normal(0, sqrt(2 / (kW * kH * nOutputPlane))).
+    torch.manual_seed(0)
+    model = hcgnet.create_model(name)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 4000]
+    assert len(convs) > 10
+    for conv in convs:
+        k = conv.kernel_size[0]
+        assert conv.weight.std().item() == pytest.approx((2 / (k * k * conv.out_channels)) ** 0.5, rel=0.1)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)
+    assert not model.get_classifier().bias.any()
+
+
 # ------------------------------------------------------------------------------------------------ names, shapes, configs
 
 

@@ -34,6 +34,19 @@ def _check_in_chans(in_chans: int) -> None:
         raise ModelSpecError(f"in_chans must be at least 1, got {in_chans}")
 
 
+def _init(model: nn.Module) -> None:
+    """The initialisation of both papers' code (DenseNet's follows fb.resnet.torch): convolutions normal with
+    std sqrt(2 / (k * k * output channels)) (He et al.'s, over fan-out), norms 1 and 0, the classifier's bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
 class _Head(nn.Module):
     """Global average pool, dropout (``drop_rate``, timm's meaning), linear: the same for both networks."""
 
@@ -120,14 +133,7 @@ class DenseNetBC(_CifarClassifier):
         self.num_features = channels
         self.head = _Head(channels, num_classes, drop_rate)
         self._feature_info(widths)
-        for m in self.modules():  # as torchvision's DenseNet
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.Linear):
-                nn.init.constant_(m.bias, 0)
+        _init(self)
 
 
 class ShortcutA(nn.Module):
@@ -178,9 +184,7 @@ class CifarResNet(_CifarClassifier):
         self.num_features = channels
         self.head = _Head(channels, num_classes, drop_rate)
         self._feature_info(widths)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _init(self)
 
 
 # ------------------------------------------------------------------------------------------------ registration
