@@ -205,7 +205,7 @@ def test_initialisation_is_the_papers_code_he_normal_over_fan_out(name):
     assert not model.get_classifier().bias.any()
 
 
-# ------------------------------------------------------------------------------------------------ names, shapes, configs
+# -------------------------------------------------------------------------------------------- names, shapes, configs
 
 
 @pytest.mark.parametrize("name, widths", [("densenet_bc_100_k12", (216, 300, 342)), ("resnet56_cifar", (16, 32, 64))])
@@ -302,8 +302,8 @@ def fake_fashion_mnist(root, n=20):
 
 
 def train(capsys, *argv):
-    code, out, err = cli(capsys, "train", *argv, "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8",
-                         "--workers", "0")
+    code, _, err = cli(capsys, "train", *argv, "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8",
+                       "--workers", "0")
     assert code == 0, err
 
 
