@@ -255,6 +255,20 @@ def test_memory_efficient_gives_the_same_outputs_and_gradients():
         torch.testing.assert_close(grads[1][n], grads[0][n], msg=n)
 
 
+def test_drop_rate_is_dropout_before_the_classifier_and_block_drop_rate_after_each_dense_layer():
+    torch.manual_seed(0)
+    model = hcgnet.create_model("densenet_bc_100_k12", depth=10, growth_rate=4, drop_rate=0.5, block_drop_rate=0.25)
+    assert [m.drop_rate for m in model.modules() if type(m).__name__ == "_DenseLayer"] == [0.25] * 3
+    features = torch.rand(64, model.num_features, 2, 2) + 0.1
+    pooled = model.train().forward_head(features, pre_logits=True)
+    assert 0.3 < (pooled == 0).float().mean().item() < 0.7  # half the pooled features dropped, the rest doubled
+    kept = pooled != 0
+    torch.testing.assert_close(pooled[kept], 2 * features.mean((2, 3))[kept])
+    torch.testing.assert_close(model.eval().forward_head(features, pre_logits=True), features.mean((2, 3)))
+    resnet = hcgnet.create_model("resnet20_cifar", drop_rate=0.5).train()
+    assert (resnet.forward_head(torch.rand(64, 64, 2, 2) + 0.1, pre_logits=True) == 0).any()
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: hcgnet.create_model("densenet_bc_100_k12", depth=99), "6n + 4"),
     (lambda: hcgnet.create_model("resnet20_cifar", depth=21), "6n + 2"),
