@@ -20,10 +20,14 @@ def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[
 
     from hcgnet.complexity import count_macs, count_params
     from hcgnet.models import VARIANTS, create_model
+    from hcgnet.models.baselines import PAPER
     from hcgnet.models.variants import resolve
 
     rows = []
     for requested in names:
+        if requested.strip().lower() in PAPER:
+            rows.append(_baseline_row(requested.strip().lower(), num_classes, size))
+            continue
         name, variant = resolve(requested)
         classes = variant.num_classes if num_classes is None else num_classes
         with torch.device("meta"):  # shapes only: counting C costs no arithmetic
@@ -46,6 +50,29 @@ def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[
             paper_gmacs=variant.paper_gmacs if input_size == variant.input_size else None,
         ))
     return rows
+
+
+def _baseline_row(name: str, num_classes: Optional[int], size: Optional[int]) -> dict:
+    """``info`` of one of hcgnet's CIFAR baselines (DenseNet-BC, CIFAR ResNets) beside its paper's count."""
+    import torch
+
+    from hcgnet.complexity import count_macs, count_params
+    from hcgnet.models import create_model
+    from hcgnet.models.baselines import PAPER
+
+    classes = 10 if num_classes is None else num_classes
+    with torch.device("meta"):
+        model = create_model(name, num_classes=classes)
+    input_size = model.pretrained_cfg["input_size"]
+    input_size = input_size if size is None else (input_size[0], size, size)
+    if input_size[-1] < model.feature_info[-1]["reduction"]:
+        raise HCGNetError(f"--size {size} is smaller than {name}'s total stride; use --size "
+                          f"{model.feature_info[-1]['reduction']} or more")
+    architecture, paper_params, paper_gmacs = PAPER[name]
+    return dict(model=name, spec=architecture, stem="cifar", input="x".join(map(str, input_size[1:])),
+                classes=classes, params=count_params(model), published_params=None,
+                paper_params=paper_params if classes == 10 else None, gmacs=count_macs(model, input_size) / 1e9,
+                paper_gmacs=paper_gmacs if tuple(input_size) == (3, 32, 32) else None)
 
 
 def cmd_info_detection(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
 """HCGNet networks, their variants, registry and checkpoints."""
+from hcgnet.models import baselines  # noqa: F401  registers DenseNet-BC and the CIFAR ResNets with timm
 from hcgnet.models.checkpoints import load_checkpoint, read_state_dict, save_safetensors
 from hcgnet.models.hcgnet import HCGNet, HCGStage, HybridBlock, Transition
 from hcgnet.models.registry import create_model, list_models
