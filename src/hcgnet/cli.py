@@ -335,6 +335,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eps_list(text: str) -> List[float]:
+    """``--eps`` of attack and ablate: comma-separated numbers."""
+    try:
+        return [float(item) for item in text.split(",")]
+    except ValueError:
+        raise HCGNetError(f"--eps takes comma-separated numbers such as 0,0.001,0.002, got {text!r}") from None
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.analysis.attack import RESULTS, attack_checkpoints, check_options, heading, table, write_results
     from hcgnet.analysis.options import amp_dtype
@@ -342,12 +350,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.files import check_output_folder, reported_write
     from hcgnet.inference import batch_progress, note_on_stderr
 
-    eps = []
-    for text in args.eps.split(","):
-        try:
-            eps.append(float(text))
-        except ValueError:
-            raise HCGNetError(f"--eps takes comma-separated numbers such as 0,0.001,0.002, got {args.eps!r}") from None
+    eps = _eps_list(args.eps)
     check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size, args.workers)
     amp_dtype(args.amp, device_of(args.device))
     out = check_output_folder(args.output, ", ".join(RESULTS), RESULTS, args.force)
@@ -454,11 +457,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.attack:
         from hcgnet.analysis.attack import check_options
 
-        try:
-            eps = [float(text) for text in args.eps.split(",")]
-        except ValueError:
-            raise HCGNetError(f"--eps takes comma-separated numbers such as 0,0.001,0.002, got {args.eps!r}") from None
-        attack = {"attack": args.attack, "eps": check_options(args.attack, eps)}
+        attack = {"attack": args.attack, "eps": check_options(args.attack, _eps_list(args.eps))}
     slurm = None
     if args.slurm_parameters:
         try:
