@@ -23,7 +23,8 @@ from hcgnet.files import atomic_path
 PathLike = Union[str, os.PathLike]
 SAFETENSORS_FORMAT = "hcgnet-1"
 # What hcgnet's checkpoints say about themselves (safetensors metadata, or top-level keys of a .pt).
-METADATA_KEYS = ("model_name", "num_classes", "in_chans", "class_names", "data_config", "val_size", "seed")
+METADATA_KEYS = ("model_name", "num_classes", "in_chans", "class_names", "data_config", "val_size", "seed",
+                 "switches")
 
 # Module names of the published implementation inside one SMG module -> ours. Its "conv_5x5" is the
 # dilated 3x3 depthwise conv; its fully connected layers are 1x1 convs (reshaped on load).

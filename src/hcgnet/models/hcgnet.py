@@ -191,9 +191,13 @@ def validate_architecture(
     block_depths: Sequence[int], growth_rates: Sequence[int], stem: str, groups: int, num_classes: int = 0,
     in_chans: int = 3, drop_block_rate: float = 0.0, connectivity: str = "hybrid", wide_branch: str = "dilated",
     gate_act: Union[str, ActFactory] = "tanh", residual_widths: Optional[Sequence[int]] = None,
+    forget_gate: bool = True, update_gate: bool = True,
 ) -> None:
     """Raise :class:`ModelSpecError` (one line, says what to change) for a network that cannot be built."""
     check_choice("connectivity", connectivity, CONNECTIVITIES)
+    for name, value in (("forget_gate", forget_gate), ("update_gate", update_gate)):
+        if not isinstance(value, bool):
+            raise ModelSpecError(f"{name} must be true or false, got {value!r}")
     check_choice("wide_branch", wide_branch, WIDE_BRANCHES)
     gate_activation(gate_act)
     if residual_widths is not None:
@@ -294,7 +298,7 @@ class HCGNet(nn.Module):
     ) -> None:
         super().__init__()
         validate_architecture(block_depths, growth_rates, stem, groups, num_classes, in_chans, drop_block_rate,
-                              connectivity, wide_branch, gate_act, residual_widths)
+                              connectivity, wide_branch, gate_act, residual_widths, forget_gate, update_gate)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.in_chans = in_chans

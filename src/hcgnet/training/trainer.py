@@ -29,7 +29,7 @@ from hcgnet.data import build_data
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import AMP_DTYPES, evaluate
 from hcgnet.models import create_model, save_safetensors
-from hcgnet.models.registry import is_timm_baseline
+from hcgnet.models.registry import is_timm_baseline, parse_model_kwargs
 from hcgnet.models.variants import cifar_stem_note, resolve
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
 from hcgnet.training.engine import StepContext, new_totals, train_one_epoch
@@ -105,6 +105,7 @@ def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
         "seed": str(config.seed),
         "data": config.data,
         "skip_bad_images": json.dumps(config.skip_bad_images),  # eval rebuilds the split without the same files
+        **({"switches": json.dumps(model.switches)} if hasattr(model, "switches") else {}),  # the same network
     }
 
 
@@ -170,6 +171,7 @@ class Run(TrainingRun):
             kwargs["stem"] = config.stem
         if config.drop_block > 0:
             kwargs["drop_block_rate"] = config.drop_block
+        kwargs.update(parse_model_kwargs(config.model_kwargs))
         model = create_model(config.model, num_classes=self.data.num_classes, **kwargs)
         prepare_model(model, config, self.log)
         warning = None if is_timm_baseline(config.model) else cifar_stem_note(
