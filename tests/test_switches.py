@@ -275,3 +275,21 @@ def test_train_model_kwargs_option_reaches_the_model():
     for bad in ('{"forget_gate": ', "[1, 2]"):
         with pytest.raises(ModelSpecError):
             parse_model_kwargs(bad)
+
+
+def test_a_run_with_model_kwargs_records_the_switches_and_loads_back_as_trained(tmp_path, single_thread):
+    from conftest import make_image_folder
+    from hcgnet.inference import load_model
+    from hcgnet.training import make_config, trainer
+
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=6)
+    config = make_config(overrides=dict(
+        model="HCGNet-(1,1,1)-(k=4,4,4)", data=f"imagefolder:{folder}", image_size=16, val_size=0.25,
+        test_size=0.25, workers=0, output=str(tmp_path / "run"), epochs=1, batch_size=2, max_steps_per_epoch=1,
+        model_kwargs='{"connectivity": "dense", "wide_branch": "5x5", "gate_act": "relu"}'))
+    trainer.fit(config, log=lambda line: None)
+    for name in ("final.safetensors", "last.pt"):
+        model, meta = load_model(str(tmp_path / "run" / name))
+        assert json.loads(meta["switches"])["connectivity"] == "dense"
+        assert (model.switches["wide_branch"], model.switches["gate_act"]) == ("5x5", "relu")
+        assert all(m.forget_gate is None for m in _block_smgs(model))
