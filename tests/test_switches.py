@@ -293,3 +293,26 @@ def test_a_run_with_model_kwargs_records_the_switches_and_loads_back_as_trained(
         assert json.loads(meta["switches"])["connectivity"] == "dense"
         assert (model.switches["wide_branch"], model.switches["gate_act"]) == ("5x5", "relu")
         assert all(m.forget_gate is None for m in _block_smgs(model))
+
+
+def test_info_counts_a_switched_network(capsys):
+    from hcgnet.cli import main
+
+    code = main(["info", "--json", "hcgnet_a1", "--model-kwargs", '{"wide_branch": "5x5", "forget_gate": false}'])
+    row = json.loads(capsys.readouterr().out)[0]
+    assert code == 0 and row["spec"] == "HCGNet-(8,8,8)-(k=12,24,36) [forget_gate=False, wide_branch=5x5]"
+    assert row["published_params"] is None and row["paper_params"] is None and row["paper_gmacs"] is None
+    # by hand from the paper's 1,065,301: a 5x5 depthwise kernel has 16 weights per channel more than a 3x3, and
+    # a forget gate of C channels (r = 2 in blocks, 4 in transitions) has score conv C + 1, FC C*h + h, BN 2h,
+    # expand h*C + C parameters, h = C / r
+    with torch.device("meta"):
+        smgs = _smgs(hcgnet.create_model("hcgnet_a1"))
+    extra = 0
+    for smg in smgs:
+        c = smg.excite.conv3x3.conv.out_channels
+        h = c // (4 if smg.squeeze.conv3x3.conv.stride == (2, 2) else 2)  # transitions: stride 2, r_f = 4
+        extra += 16 * c - ((c + 1) + (c * h + h) + 2 * h + (h * c + c))
+    assert row["params"] == 1_065_301 + extra
+    assert main(["info", "hcgnet_a1", "--model-kwargs", '{"connectivity": "sparse"}']) == 2
+    err = capsys.readouterr().err
+    assert "unknown connectivity 'sparse'" in err and err.count("\n") == 1
