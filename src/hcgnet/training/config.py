@@ -20,7 +20,7 @@ class ConfigError(HCGNetError):
 class TrainConfig:
     model: str = "hcgnet_a1"
     stem: Optional[str] = None     # "cifar" or "imagenet"; None: the variant's own (a spec's: CIFAR for 3 blocks)
-    model_kwargs: Optional[str] = None  # JSON object of model arguments, e.g. the design switches '{"forget_gate": false}'
+    model_kwargs: Optional[str] = None  # JSON object of model arguments, e.g. '{"forget_gate": false}'
     # fine-tuning (hcgnet.training.finetune.prepare_model)
     initial_checkpoint: Optional[str] = None  # start from these weights; a classifier of another class count is re-made
     freeze_stages: int = 0         # keep the stem and the first N stages fixed (weights and BatchNorm statistics)
@@ -122,8 +122,8 @@ def load_config_file(path: str) -> Dict[str, Any]:
 
 # The value type of the options whose default is None.
 OPTIONAL_TYPES = {"data": str, "data_dir": str, "lr_base_batch": int, "cycle_epochs": float, "restart_every": int,
-                  "drop_rate": float, "image_size": int, "max_steps_per_epoch": int, "recipe": str, "stem": str, "model_kwargs": str,
-                  "initial_checkpoint": str, "val_size": float, "test_size": float, "max_test_images": int}
+                  "drop_rate": float, "image_size": int, "max_steps_per_epoch": int, "recipe": str, "stem": str,
+                  "model_kwargs": str, "initial_checkpoint": str, "val_size": float, "test_size": float, "max_test_images": int}
 
 
 def option_type(name: str) -> type:
