@@ -491,7 +491,7 @@ SHOWN_DEFAULTS = {"val_size": "automatic", "test_size": "automatic", "stem": "va
                   "max_steps_per_epoch": "whole epochs", "data_dir": "~/.cache/hcgnet/data", "recipe": "none",
                   "nesterov": "on", "augment": "on", "ema": "off", "compile": "off", "channels_last": "off",
                   "skip_bad_images": "off", "resume": "off", "overwrite": "off", "weight_decay": "0.0001",
-                  "drop_block": "0", "freeze_stages": "0"}
+                  "drop_block": "0", "freeze_stages": "0", "model_kwargs": "the paper's network"}
 
 
 def test_every_train_option_has_a_flag_with_help_and_its_default():

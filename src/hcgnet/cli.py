@@ -15,7 +15,8 @@ from hcgnet import __version__
 from hcgnet.errors import HCGNetError
 
 
-def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[int] = None) -> List[dict]:
+def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[int] = None,
+               model_kwargs: Optional[dict] = None) -> List[dict]:
     import torch
 
     from hcgnet.complexity import count_macs, count_params
@@ -31,7 +32,8 @@ def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[
         name, variant = resolve(requested)
         classes = variant.num_classes if num_classes is None else num_classes
         with torch.device("meta"):  # shapes only: counting C costs no arithmetic
-            model = create_model(requested, num_classes=classes)
+            model = create_model(requested, num_classes=classes, **(model_kwargs or {}))
+        switches = model.switch_info()  # the published figures are for the paper's network only
         input_size = variant.input_size if size is None else (variant.input_size[0], size, size)
         smallest = model.feature_info[-1]["reduction"]
         if input_size[-1] < smallest:
@@ -39,15 +41,15 @@ def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[
                               "or more")
         rows.append(dict(
             model=name if name in VARIANTS else "-",
-            spec=variant.spec,
+            spec=variant.spec + (f" [{switches}]" if switches else ""),
             stem=variant.stem,
             input="x".join(map(str, input_size[1:])),
             classes=classes,
             params=count_params(model),
-            published_params=variant.published_params.get(classes),
-            paper_params=variant.paper_params,
+            published_params=None if switches else variant.published_params.get(classes),
+            paper_params=None if switches else variant.paper_params,
             gmacs=count_macs(model, input_size) / 1e9,
-            paper_gmacs=variant.paper_gmacs if input_size == variant.input_size else None,
+            paper_gmacs=variant.paper_gmacs if input_size == variant.input_size and not switches else None,
         ))
     return rows
 
@@ -113,9 +115,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.size is not None and args.size < 1:
         raise HCGNetError(f"--size must be a positive number of pixels, got {args.size}")
     from hcgnet.models import VARIANTS
+    from hcgnet.models.registry import parse_model_kwargs
     from hcgnet.models.variants import cifar_stem_note
 
-    rows = _info_rows(args.models or list(VARIANTS), args.num_classes, args.size)
+    rows = _info_rows(args.models or list(VARIANTS), args.num_classes, args.size, parse_model_kwargs(args.model_kwargs))
     for r in rows:
         note = cifar_stem_note(r["spec"], r["stem"], int(r["input"].split("x")[0]))
         if note:
@@ -732,6 +735,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     info.add_argument("--size", type=int, default=None, metavar="N",
                       help="square input side for the GMACs column, e.g. 224 (default: each variant's own)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--model-kwargs", default=None, metavar="JSON",
+                      help="design switches as in train, e.g. '{\"forget_gate\": false}' (README: Design switches)")
     info.add_argument("--detection", default=None, metavar="MODEL|SPEC",
                       help="a detector instead: Mask R-CNN + FPN with this backbone (hcgnet_b, a spec, or resnet50), "
                            "beside the paper's Table 4; --num-classes defaults to 91 (COCO)")

@@ -1,12 +1,13 @@
 """Reusable HCGNet building blocks; each works on its own inside any CNN."""
 from hcgnet.layers.attention_pool import AttentionPool
 from hcgnet.layers.conv import DilatedDepthwiseConv2d, PreActConv
-from hcgnet.layers.gates import BatchOfOneError, ForgetGate, GateBottleneck, UpdateGate
+from hcgnet.layers.gates import AverageContext, BatchOfOneError, ForgetGate, GateBottleneck, UpdateGate
 from hcgnet.layers.norm import FrozenBatchNorm, freeze_batch_norm
 from hcgnet.layers.smg import MultiScaleExcitationCell, SMGModule, SqueezeCell
 
 __all__ = [
     "AttentionPool",
+    "AverageContext",
     "BatchOfOneError",
     "DilatedDepthwiseConv2d",
     "ForgetGate",

@@ -26,16 +26,36 @@ block) into one global context vector that is added at every position::
 The scoring convolutions of the attention pooling keep their bias only to match the published weights:
 a softmax over positions ignores a constant shift, so that bias never receives a gradient.
 """
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import HCGNetError, ModelSpecError
 from hcgnet.layers.attention_pool import AttentionPool
 
 ActFactory = Callable[[], nn.Module]
+
+#: The gates' hidden activations by name (``gate_act``): the paper's tanh, and the two it argues against.
+GATE_ACTS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+
+def gate_activation(act: Union[str, ActFactory]) -> ActFactory:
+    """A name of :data:`GATE_ACTS` (or any module factory, passed through) -> the factory; an unknown name is a
+    one-line :class:`ModelSpecError`."""
+    if not isinstance(act, str):
+        return act
+    if act not in GATE_ACTS:
+        raise ModelSpecError(f"unknown gate_act {act!r}; use one of {', '.join(GATE_ACTS)}")
+    return GATE_ACTS[act]
+
+
+def gate_activation_name(act: Union[str, ActFactory]) -> str:
+    """The :data:`GATE_ACTS` name of an activation given by name or factory (the class name if unlisted)."""
+    if isinstance(act, str):
+        return act
+    return next((name for name, cls in GATE_ACTS.items() if act is cls), getattr(act, "__name__", repr(act)))
 
 
 class BatchOfOneError(HCGNetError):
@@ -72,11 +92,11 @@ class GateBottleneck(nn.Module):
     BatchNorm traceback (:func:`refuse_batch_of_one`).
     """
 
-    def __init__(self, in_features: int, hidden_features: int, act_layer: ActFactory = nn.Tanh) -> None:
+    def __init__(self, in_features: int, hidden_features: int, act_layer: Union[str, ActFactory] = nn.Tanh) -> None:
         super().__init__()
         self.fc = nn.Linear(in_features, hidden_features)
         self.norm = nn.BatchNorm1d(hidden_features)
-        self.act = act_layer()
+        self.act = gate_activation(act_layer)()
 
     def forward(self, z: Tensor) -> Tensor:
         if torch.jit.is_scripting():
@@ -96,7 +116,7 @@ class ForgetGate(nn.Module):
     ``channel_weights`` is an identity carrying ``f`` as (B, C), a place for forward hooks.
     """
 
-    def __init__(self, channels: int, reduction: int = 2, act_layer: ActFactory = nn.Tanh) -> None:
+    def __init__(self, channels: int, reduction: int = 2, act_layer: Union[str, ActFactory] = nn.Tanh) -> None:
         super().__init__()
         self.context = AttentionPool(channels)
         self.bottleneck = GateBottleneck(channels, channels // reduction, act_layer)
@@ -122,7 +142,7 @@ class UpdateGate(nn.Module):
     The result broadcasts over every position when added to a (B, C, H, W) map.
     """
 
-    def __init__(self, channels: int, reduction: int = 2, act_layer: ActFactory = nn.Tanh) -> None:
+    def __init__(self, channels: int, reduction: int = 2, act_layer: Union[str, ActFactory] = nn.Tanh) -> None:
         super().__init__()
         hidden = 2 * channels // reduction
         self.context_a = AttentionPool(channels)
@@ -141,3 +161,18 @@ class UpdateGate(nn.Module):
         v = (u * z).sum(dim=1)
         return v[:, :, None, None]
 
+
+
+class AverageContext(nn.Module):
+    """What replaces the update gate when it is switched off: ``v = (GAP(x_a) + GAP(x_b)) / 2`` as (B, C, 1, 1).
+
+    This is the update gate with its learned parts held at their neutral values: uniform spatial attention
+    (the softmax of constant scores is global average pooling) and equal branch proportions u_a = u_b = 1/2.
+    The module still adds a global context vector built from both branches at every position, so the control
+    removes only what the gate learns (where to look, how to weigh the branches), not the information path.
+    (Adding the two branch maps instead would give the module local multi-scale features the gated network
+    never passes on, a different design rather than a control.) No parameters.
+    """
+
+    def forward(self, x_a: Tensor, x_b: Tensor) -> Tensor:
+        return (x_a.mean((2, 3), keepdim=True) + x_b.mean((2, 3), keepdim=True)) * 0.5

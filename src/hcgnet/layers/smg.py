@@ -8,15 +8,28 @@ where          stride  g      alpha       r_u = r_f  output channels C
 hybrid block   1       4      4           2          growth rate k
 transition     2       1      1.5         4          floor(0.5 * input channels)
 =============  ======  =====  ==========  =========  ================================
+
+The paper's design claims are switches of this one module (``forget_gate``, ``update_gate``, ``gate_act``,
+``wide_branch``, ``local_residual``); the defaults are the paper's network.
 """
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from hcgnet.errors import ModelSpecError
 from hcgnet.layers.conv import PreActConv
-from hcgnet.layers.gates import ActFactory, ForgetGate, UpdateGate
+from hcgnet.layers.gates import ActFactory, AverageContext, ForgetGate, UpdateGate
+
+#: The excitation cell's wide branch: the paper's dilated 3x3 ("5x5" receptive field), or a real 5x5 depthwise conv.
+WIDE_BRANCHES = ("dilated", "5x5")
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """A one-line :class:`ModelSpecError` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ModelSpecError(f"unknown {name} {value!r}; use one of {', '.join(choices)}")
 
 
 class SqueezeCell(nn.Module):
@@ -35,19 +48,34 @@ class SqueezeCell(nn.Module):
 
 
 class MultiScaleExcitationCell(nn.Module):
-    """Cell 2: two depthwise branches over the squeezed map, a 3x3 and a 3x3 with dilation 2.
+    """Cell 2: two depthwise branches over the squeezed map, a 3x3 and a wide one.
 
-    The dilated branch has the 5x5 receptive field the paper calls "5x5" at the cost of a 3x3.
+    The wide branch is by default a 3x3 with dilation 2 (``conv3x3_dilated``): the 5x5 receptive field the
+    paper calls "5x5" at the cost of a 3x3, as the paper chooses. ``wide_branch="5x5"`` makes it a real 5x5
+    depthwise conv (``conv5x5``, padding 2), the kernel the dilation approximates.
     Returns both branches; the spatial size is unchanged.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, wide_branch: str = "dilated") -> None:
         super().__init__()
+        check_choice("wide_branch", wide_branch, WIDE_BRANCHES)
         self.conv3x3 = PreActConv(channels, channels, 3, groups=channels)
-        self.conv3x3_dilated = PreActConv(channels, channels, 3, groups=channels, dilation=2)
+        # The branch not built is None (TorchScript then compiles only the other, as for torchvision's downsample).
+        dilated = wide_branch == "dilated"
+        self.conv3x3_dilated = PreActConv(channels, channels, 3, groups=channels, dilation=2) if dilated else None
+        self.conv5x5 = None if dilated else PreActConv(channels, channels, 5, groups=channels)
+
+    __jit_unused_properties__ = ["wide"]
+
+    @property
+    def wide(self) -> PreActConv:
+        """The wide branch, whichever it is."""
+        return self.conv3x3_dilated if self.conv5x5 is None else self.conv5x5
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        return self.conv3x3(x), self.conv3x3_dilated(x)
+        if self.conv5x5 is None:
+            return self.conv3x3(x), self.conv3x3_dilated(x)
+        return self.conv3x3(x), self.conv5x5(x)
 
 
 class SMGModule(nn.Module):
@@ -57,6 +85,15 @@ class SMGModule(nn.Module):
     connection); the update gate's global context vector, built from the two new multi-scale branches,
     is added at every position.
 
+    Switches (each changes only what it names; the defaults are the paper's):
+
+    * ``forget_gate=False``: no forget gate; ``out = X' + v``, a plain local residual (weight 1).
+    * ``update_gate=False``: :class:`~hcgnet.layers.gates.AverageContext` makes ``v`` (the mean of the two
+      branches' global average pools, no parameters) instead of the gate.
+    * ``local_residual=False``: ``out = v`` broadcast over every position, without the squeezed map (and so
+      without the forget gate that sits on it): the module of a dense-only network.
+    * ``gate_act``, ``wide_branch``: the gates' hidden activation, the excitation cell's wide branch.
+
     Args:
         in_channels: input channels (in a hybrid block, everything concatenated so far).
         out_channels: C, the channels the module produces (the growth rate k in a hybrid block).
@@ -65,7 +102,10 @@ class SMGModule(nn.Module):
         groups: groups of the squeeze cell's 3x3 conv; ``out_channels`` must be divisible by it.
         stride: stride of the squeeze cell's 3x3 conv (2 in transitions).
         update_reduction, forget_reduction: the gates' reduction ratios r_u and r_f.
-        gate_act: activation of the gates' hidden layer (the paper's tanh by default).
+        gate_act: activation of the gates' hidden layer: ``"tanh"`` (the paper's), ``"relu"``, ``"sigmoid"``,
+            or a module factory.
+        wide_branch: ``"dilated"`` (the paper's) or ``"5x5"``, see :class:`MultiScaleExcitationCell`.
+        forget_gate, update_gate, local_residual: the switches above.
     """
 
     def __init__(
@@ -78,7 +118,11 @@ class SMGModule(nn.Module):
         stride: int = 1,
         update_reduction: int = 2,
         forget_reduction: int = 2,
-        gate_act: ActFactory = nn.Tanh,
+        gate_act: Union[str, ActFactory] = nn.Tanh,
+        wide_branch: str = "dilated",
+        forget_gate: bool = True,
+        update_gate: bool = True,
+        local_residual: bool = True,
     ) -> None:
         super().__init__()
         if out_channels % groups:
@@ -86,9 +130,12 @@ class SMGModule(nn.Module):
         if squeeze_channels is None:
             squeeze_channels = math.floor(alpha * out_channels)
         self.squeeze = SqueezeCell(in_channels, out_channels, squeeze_channels, groups, stride)
-        self.excite = MultiScaleExcitationCell(out_channels)
-        self.forget_gate = ForgetGate(out_channels, forget_reduction, gate_act)
-        self.update_gate = UpdateGate(out_channels, update_reduction, gate_act)
+        self.excite = MultiScaleExcitationCell(out_channels, wide_branch)
+        self.forget_gate: Optional[ForgetGate] = (
+            ForgetGate(out_channels, forget_reduction, gate_act) if forget_gate and local_residual else None)
+        self.update_gate: nn.Module = (
+            UpdateGate(out_channels, update_reduction, gate_act) if update_gate else AverageContext())
+        self.local_residual = local_residual
 
     def forward(self, x: Tensor) -> Tensor:
         squeezed = self.squeeze(x)
@@ -98,5 +145,9 @@ class SMGModule(nn.Module):
         """The two gates: the squeezed map X' decayed by the forget gate, plus the update gate's
         context vector fused from the two excitation branches. One fused pass over the map,
         ``v + X' * f``, instead of a multiply and then an add."""
-        v = self.update_gate(x_3x3, x_dilated)
-        return torch.addcmul(v.to(squeezed.dtype), squeezed, self.forget_gate.weights(squeezed))
+        v = self.update_gate(x_3x3, x_dilated).to(squeezed.dtype)
+        if not self.local_residual:
+            return v.expand_as(squeezed)
+        if self.forget_gate is None:
+            return squeezed + v
+        return torch.addcmul(v, squeezed, self.forget_gate.weights(squeezed))

@@ -23,7 +23,8 @@ from hcgnet.files import atomic_path
 PathLike = Union[str, os.PathLike]
 SAFETENSORS_FORMAT = "hcgnet-1"
 # What hcgnet's checkpoints say about themselves (safetensors metadata, or top-level keys of a .pt).
-METADATA_KEYS = ("model_name", "num_classes", "in_chans", "class_names", "data_config", "val_size", "seed")
+METADATA_KEYS = ("model_name", "num_classes", "in_chans", "class_names", "data_config", "val_size", "seed",
+                 "switches")
 
 #: Key prefixes of torchvision's detectors (``hcgnet detect train`` writes their state dicts): a checkpoint holding
 #: them is a whole detector, which no classifier loads (its metadata also says ``detector``, as a .pt need not).

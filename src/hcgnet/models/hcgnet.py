@@ -12,9 +12,13 @@ Image to logits, in the order this file reads:
     head          BN-ReLU, global average pool, dropout, linear classifier
 
 The SMG module itself lives in :mod:`hcgnet.layers.smg`.
+
+The paper's design claims are switches of this one network (``connectivity``, ``forget_gate``, ``update_gate``,
+``gate_act``, ``wide_branch``, and the squeeze cell's ``alpha`` and ``groups``): see :class:`HCGNet`.
 """
+import functools
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.layers import DropBlock2d, SelectAdaptivePool2d
@@ -22,12 +26,17 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from hcgnet.errors import ModelSpecError
+from hcgnet.complexity import count_params
 from hcgnet.layers import SMGModule
-from hcgnet.layers.gates import ActFactory
+from hcgnet.layers.gates import ActFactory, gate_activation, gate_activation_name
+from hcgnet.layers.smg import WIDE_BRANCHES, check_choice
 from hcgnet.layers.recompute import checkpoint_module
 from hcgnet.models.checkpoints import accept_published_state_dicts
 
 STEMS = ("cifar", "imagenet")
+#: Global connectivity of the blocks: the paper's hybrid (dense between modules, local residual inside each),
+#: dense only (no local residual), residual only (modules add to a constant width instead of concatenating).
+CONNECTIVITIES = ("hybrid", "dense", "residual")
 
 
 class HybridBlock(nn.Module):
@@ -55,6 +64,30 @@ class HybridBlock(nn.Module):
         return torch.cat(features, 1)
 
 
+class ResidualBlock(nn.Module):
+    """``depth`` SMG modules of ``width`` channels that add their output to their input (``x + smg(x)``) instead
+    of concatenating it: no concatenation and a constant width. A first module meeting another width
+    (``in_channels != width``, e.g. after the ImageNet stem) maps it to ``width`` without the addition."""
+
+    def __init__(self, in_channels: int, depth: int, width: int, memory_efficient: bool = False,
+                 **smg_kwargs) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            SMGModule(in_channels if i == 0 else width, width, **smg_kwargs) for i in range(depth))
+        self.out_channels = width
+        self.memory_efficient = memory_efficient
+        self.widen_first = in_channels != width
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            if self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                y = _recomputed(layer, [x])
+            else:
+                y = layer(x)
+            x = y if i == 0 and self.widen_first else x + y
+        return x
+
+
 def _concat(features: List[Tensor]) -> Tensor:
     """The features side by side; a single one is used as it is (``torch.cat`` would copy it)."""
     return features[0] if len(features) == 1 else torch.cat(features, 1)
@@ -71,7 +104,7 @@ def _recomputed(layer: SMGModule, features: List[Tensor]) -> Tensor:
         return layer(_concat(features))
     squeezed = checkpoint_module(layer.squeeze, lambda *parts: layer.squeeze(_concat(list(parts))), *features)
     excite = layer.excite
-    branches = [checkpoint_module(conv, conv, squeezed) for conv in (excite.conv3x3, excite.conv3x3_dilated)]
+    branches = [checkpoint_module(conv, conv, squeezed) for conv in (excite.conv3x3, excite.wide)]
     return layer.gate(squeezed, *branches)
 
 
@@ -89,9 +122,10 @@ class Transition(SMGModule):
     """
 
     def __init__(
-        self, in_channels: int, compression: float = 0.5, reduction: int = 4, gate_act: ActFactory = nn.Tanh
+        self, in_channels: int, compression: float = 0.5, reduction: int = 4, gate_act: ActFactory = nn.Tanh,
+        out_channels: Optional[int] = None, **switches,
     ) -> None:
-        out_channels = int(compression * in_channels)
+        out_channels = int(compression * in_channels) if out_channels is None else out_channels
         super().__init__(
             in_channels,
             out_channels,
@@ -101,6 +135,7 @@ class Transition(SMGModule):
             update_reduction=reduction,
             forget_reduction=reduction,
             gate_act=gate_act,
+            **switches,
         )
         self.out_channels = out_channels
 
@@ -154,9 +189,23 @@ def _stem(kind: str, in_chans: int, out_channels: int) -> Tuple[nn.Sequential, i
 
 def validate_architecture(
     block_depths: Sequence[int], growth_rates: Sequence[int], stem: str, groups: int, num_classes: int = 0,
-    in_chans: int = 3, drop_block_rate: float = 0.0,
+    in_chans: int = 3, drop_block_rate: float = 0.0, connectivity: str = "hybrid", wide_branch: str = "dilated",
+    gate_act: Union[str, ActFactory] = "tanh", residual_widths: Optional[Sequence[int]] = None,
+    forget_gate: bool = True, update_gate: bool = True,
 ) -> None:
     """Raise :class:`ModelSpecError` (one line, says what to change) for a network that cannot be built."""
+    check_choice("connectivity", connectivity, CONNECTIVITIES)
+    for name, value in (("forget_gate", forget_gate), ("update_gate", update_gate)):
+        if not isinstance(value, bool):
+            raise ModelSpecError(f"{name} must be true or false, got {value!r}")
+    check_choice("wide_branch", wide_branch, WIDE_BRANCHES)
+    gate_activation(gate_act)
+    if residual_widths is not None:
+        if connectivity != "residual":
+            raise ModelSpecError("residual_widths is for connectivity='residual' only")
+        if len(residual_widths) != len(block_depths) or any(int(w) < 1 or int(w) % groups for w in residual_widths):
+            raise ModelSpecError(f"residual_widths needs one positive multiple of groups ({groups}) per block, "
+                                 f"got {tuple(residual_widths)}")
     if num_classes < 0:
         raise ModelSpecError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
     if in_chans < 1:
@@ -195,7 +244,22 @@ class HCGNet(nn.Module):
         alpha, groups, reduction: squeeze width multiplier, group count and gate reduction ratio of the
             SMG modules in hybrid blocks (paper: 4, 4, 2).
         compression, transition_reduction: transition compression factor and gate reduction (0.5, 4).
-        gate_act: the gates' hidden activation (paper: tanh).
+        gate_act: the gates' hidden activation: ``"tanh"`` (the paper's), ``"relu"`` or ``"sigmoid"`` (or a module
+            factory such as ``nn.ReLU``).
+        connectivity: ``"hybrid"`` (the paper's), ``"dense"`` or ``"residual"``, in the hybrid blocks
+            (transitions are the same SMG module in all three):
+
+            * dense: dense connectivity without the local residual: each module's output is the update gate's
+              context ``v`` alone, broadcast over the positions (no squeezed map, so no forget gate).
+            * residual: :class:`ResidualBlock` s, modules that add at a constant width per block; the CIFAR stem
+              and each transition produce that width. The widths are the growth rates times one factor,
+              rounded to multiples of ``groups``, with the factor chosen so that the parameter count is the
+              closest to the hybrid network's with the same settings (:func:`matched_residual_widths`; within
+              5% for the paper's networks); ``residual_widths`` sets them instead.
+        forget_gate: off: no forget gate; the squeezed map is added as it is (weight 1), a plain local residual.
+        update_gate: off: the mean of the two branches' global average pools replaces the gate's context
+            (:class:`~hcgnet.layers.gates.AverageContext`: the gate at its neutral values, no parameters).
+        wide_branch: the excitation cell's wide branch, ``"dilated"`` (the paper's dilated 3x3) or ``"5x5"``.
         memory_efficient: recompute the concatenations, squeeze cells and excitation BN-ReLUs of every
             SMG module (hybrid blocks and transitions) in backward instead of storing them (torchvision
             DenseNet's option, taken further): same gradients and running statistics, less than half the
@@ -223,18 +287,39 @@ class HCGNet(nn.Module):
         reduction: int = 2,
         compression: float = 0.5,
         transition_reduction: int = 4,
-        gate_act: ActFactory = nn.Tanh,
+        gate_act: Union[str, ActFactory] = "tanh",
         memory_efficient: bool = False,
         drop_block_rate: float = 0.0,
+        connectivity: str = "hybrid",
+        forget_gate: bool = True,
+        update_gate: bool = True,
+        wide_branch: str = "dilated",
+        residual_widths: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
-        validate_architecture(block_depths, growth_rates, stem, groups, num_classes, in_chans, drop_block_rate)
+        validate_architecture(block_depths, growth_rates, stem, groups, num_classes, in_chans, drop_block_rate,
+                              connectivity, wide_branch, gate_act, residual_widths, forget_gate, update_gate)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.in_chans = in_chans
         self.grad_checkpointing = memory_efficient
+        if connectivity == "residual" and residual_widths is None:
+            residual_widths = matched_residual_widths(
+                tuple(block_depths), tuple(growth_rates), stem, num_classes, in_chans, alpha, groups, reduction,
+                compression, transition_reduction, gate_activation_name(gate_act), forget_gate, update_gate,
+                wide_branch)
+        widths = tuple(int(w) for w in residual_widths) if residual_widths is not None else None
+        # What rebuilds this network (a checkpoint's metadata records it): the design switches and settings.
+        self.switches: Dict[str, object] = dict(
+            connectivity=connectivity, forget_gate=bool(forget_gate), update_gate=bool(update_gate),
+            gate_act=gate_activation_name(gate_act), wide_branch=wide_branch, alpha=alpha, groups=groups,
+            reduction=reduction, compression=compression, transition_reduction=transition_reduction,
+            **({"residual_widths": list(widths)} if widths is not None else {}),
+        )
+        switches = dict(gate_act=gate_act, wide_branch=wide_branch, forget_gate=forget_gate, update_gate=update_gate)
 
-        self.stem, stride = _stem(stem, in_chans, 2 * growth_rates[0] if stem == "cifar" else 64)
+        first = widths[0] if widths is not None else 2 * growth_rates[0]
+        self.stem, stride = _stem(stem, in_chans, first if stem == "cifar" else 64)
         channels = self.stem[0].out_channels if stem == "cifar" else 64
         stages: List[nn.Module] = []
         self.feature_info = []
@@ -242,15 +327,20 @@ class HCGNet(nn.Module):
             transition: nn.Module = nn.Identity()
             drop_block: Optional[nn.Module] = None
             if i > 0:
-                transition = Transition(channels, compression, transition_reduction, gate_act)
+                transition = Transition(channels, compression, transition_reduction,
+                                        out_channels=widths[i] if widths is not None else None, **switches)
                 channels = transition.out_channels
                 stride *= 2
                 if drop_block_rate > 0:
                     drop_block = DropBlock2d(drop_prob=drop_block_rate, block_size=2)
-            block = HybridBlock(
-                channels, depth, growth, memory_efficient=memory_efficient, alpha=alpha, groups=groups,
-                update_reduction=reduction, forget_reduction=reduction, gate_act=gate_act,
-            )
+            smg_kwargs = dict(alpha=alpha, groups=groups, update_reduction=reduction, forget_reduction=reduction,
+                              **switches)
+            block: nn.Module
+            if widths is not None:
+                block = ResidualBlock(channels, depth, widths[i], memory_efficient=memory_efficient, **smg_kwargs)
+            else:
+                block = HybridBlock(channels, depth, growth, memory_efficient=memory_efficient,
+                                    local_residual=connectivity == "hybrid", **smg_kwargs)
             channels = block.out_channels
             stages.append(HCGStage(transition, block, drop_block))
             self.feature_info.append(dict(num_chs=channels, reduction=stride, module=f"stages.{i}"))
@@ -265,6 +355,14 @@ class HCGNet(nn.Module):
         self._init_weights()
         # load_state_dict takes a published checkpoint as it is (timm's checkpoint_path= passes it so).
         accept_published_state_dicts(self)
+
+    @torch.jit.ignore
+    def switch_info(self) -> str:
+        """The switches that differ from the paper's network, as ``name=value`` (``""`` for the paper's)."""
+        defaults = dict(connectivity="hybrid", forget_gate=True, update_gate=True, gate_act="tanh",
+                        wide_branch="dilated", alpha=4.0, groups=4, reduction=2, compression=0.5,
+                        transition_reduction=4)
+        return ", ".join(f"{k}={v}" for k, v in self.switches.items() if k not in defaults or defaults[k] != v)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -365,3 +463,46 @@ class HCGNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+@functools.lru_cache(maxsize=None)
+def matched_residual_widths(
+    block_depths: Tuple[int, ...], growth_rates: Tuple[int, ...], stem: str, num_classes: int, in_chans: int,
+    alpha: float, groups: int, reduction: int, compression: float, transition_reduction: int, gate_act: str,
+    forget_gate: bool, update_gate: bool, wide_branch: str,
+) -> Tuple[int, ...]:
+    """The widths of a residual-connectivity network with (nearly) the parameters of the hybrid one.
+
+    Width of block i: ``groups * max(1, round(s * k_i / groups))`` (the growth rates keep their ratios, and
+    the squeeze cell's group conv its divisibility). The factor s is found by bisection (the count grows with
+    s) over networks built on the ``meta`` device, and the widths whose count is the closest to the hybrid
+    network's are returned.
+    """
+    common = dict(block_depths=block_depths, growth_rates=growth_rates, stem=stem, num_classes=num_classes,
+                  in_chans=in_chans, alpha=alpha, groups=groups, reduction=reduction, compression=compression,
+                  transition_reduction=transition_reduction, gate_act=gate_act, forget_gate=forget_gate,
+                  update_gate=update_gate, wide_branch=wide_branch)
+
+    def params(**kwargs) -> int:
+        with torch.device("meta"):  # shapes only
+            return count_params(HCGNet(**common, **kwargs))
+
+    def widths(s: float) -> Tuple[int, ...]:
+        return tuple(groups * max(1, round(s * k / groups)) for k in growth_rates)
+
+    tried: Dict[Tuple[int, ...], int] = {}
+
+    def residual_params(s: float) -> int:
+        w = widths(s)
+        if w not in tried:
+            tried[w] = params(connectivity="residual", residual_widths=w)
+        return tried[w]
+
+    target = params()
+    lo, hi = 0.0, 1.0
+    while residual_params(hi) < target:
+        lo, hi = hi, 2 * hi
+    for _ in range(24):  # a network is built only for widths not counted yet: about ten builds in all
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if residual_params(mid) < target else (lo, mid)
+    return min(tried, key=lambda w: abs(tried[w] - target))

@@ -3,6 +3,7 @@
 After ``import hcgnet``, ``timm.create_model("hcgnet_b", ...)`` builds the same network as
 ``hcgnet.create_model("hcgnet_b", ...)``, with timm's ``pretrained_cfg``, ``features_only`` and friends.
 """
+import inspect
 import json
 import os
 from pathlib import Path
@@ -241,7 +242,9 @@ def create_model(
             ``pretrained_cfg`` (input size, mean/std, crop, pool size) follows it.
         drop_block_rate: DropBlock (block size 2) after each transition, as the published CIFAR
             training; 0 adds nothing.
-        **kwargs: passed to :class:`HCGNet` (``drop_rate``, ``in_chans``, ``gate_act``, ...).
+        **kwargs: passed to :class:`HCGNet` (``drop_rate``, ``in_chans``, and the design switches
+            ``connectivity``, ``forget_gate``, ``update_gate``, ``gate_act``, ``wide_branch``, ...). A checkpoint of
+            hcgnet's records the switches it was trained with (metadata ``switches``): they are used unless given.
     """
     if feature_cls not in FEATURE_CLASSES:
         raise ModelSpecError(f"unknown feature_cls {feature_cls!r}; use one of {', '.join(FEATURE_CLASSES)}")
@@ -258,6 +261,8 @@ def create_model(
     state_dict, metadata = None, {}
     if weights is not None:
         state_dict, metadata = read_state_dict(weights)
+        for key, value in parse_model_kwargs(metadata.get("switches"), f"{weights}: switches").items():
+            kwargs.setdefault(key, value)  # the network the weights were trained as
         if num_classes is None:
             num_classes = num_classes_in(state_dict) or 0
         stem_weight = state_dict.get("stem.conv0.weight")
@@ -271,6 +276,10 @@ def create_model(
     model_kwargs = variant.model_kwargs()
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes
+    unknown = sorted(set(kwargs) - set(inspect.signature(HCGNet).parameters))
+    if unknown:
+        raise ModelSpecError(f"HCGNet takes no argument {unknown[0]!r}; see help(hcgnet.HCGNet) for its arguments "
+                             "(the design switches: connectivity, forget_gate, update_gate, gate_act, wide_branch)")
     model = HCGNet(**{**model_kwargs, "drop_block_rate": drop_block_rate, **kwargs})
     model.pretrained_cfg = model.default_cfg = _cfg_of(model, name, variant, weights, metadata, pretrained)
     # What timm's save_for_hf writes as model_args, so that local-dir:/hf-hub: rebuild this network.
@@ -283,6 +292,20 @@ def create_model(
         model = (FeatureGraphNet(model, out_indices=indices) if feature_cls == "fx"
                  else FeatureListNet(model, out_indices=indices, flatten_sequential=True))
     return model
+
+
+def parse_model_kwargs(text: Optional[str], where: str = "--model-kwargs") -> dict:
+    """A JSON object of :class:`HCGNet` arguments (``'{"forget_gate": false}'``) -> a dict; None or "" -> {}.
+    Anything else is a one-line :class:`ModelSpecError`."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelSpecError(f"{where} is not valid JSON ({e.msg}); write e.g. '{{\"forget_gate\": false}}'") from None
+    if not isinstance(value, dict):
+        raise ModelSpecError(f"{where} must be a JSON object of model arguments, e.g. '{{\"forget_gate\": false}}'")
+    return value
 
 
 def _cfg_of(model: HCGNet, name: str, variant: Variant, weights, metadata: dict, pretrained: bool) -> dict:

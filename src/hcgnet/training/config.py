@@ -20,6 +20,7 @@ class ConfigError(HCGNetError):
 class TrainConfig:
     model: str = "hcgnet_a1"
     stem: Optional[str] = None     # "cifar" or "imagenet"; None: the variant's own (a spec's: CIFAR for 3 blocks)
+    model_kwargs: Optional[str] = None  # JSON object of model arguments, e.g. '{"forget_gate": false}'
     # fine-tuning (hcgnet.training.finetune.prepare_model)
     initial_checkpoint: Optional[str] = None  # start from these weights; a classifier of another class count is re-made
     freeze_stages: int = 0         # keep the stem and the first N stages fixed (weights and BatchNorm statistics)
@@ -123,7 +124,7 @@ def load_config_file(path: str) -> Dict[str, Any]:
 # The value type of the options whose default is None.
 OPTIONAL_TYPES = {"data": str, "data_dir": str, "lr_base_batch": int, "cycle_epochs": float, "restart_every": int,
                   "drop_rate": float, "image_size": int, "max_steps_per_epoch": int, "recipe": str, "stem": str,
-                  "initial_checkpoint": str, "val_size": float, "test_size": float, "max_test_images": int}
+                  "model_kwargs": str, "initial_checkpoint": str, "val_size": float, "test_size": float, "max_test_images": int}
 
 
 def option_type(name: str) -> type:
@@ -263,6 +264,8 @@ OPTION_GROUPS = (
     ("Model", (
         ("model", "variant name or spec, e.g. hcgnet_a1 or 'HCGNet-(8,8,8)-(k=12,24,36)'"),
         ("stem", "cifar (one 3x3 conv at full resolution) or imagenet (three convs and a max-pool, stride 4)"),
+        ("model_kwargs", "model arguments as a JSON object, e.g. the design switches "
+                         "'{\"connectivity\": \"dense\", \"forget_gate\": false}' (README: Design switches)"),
     )),
     ("Fine-tuning", (
         ("initial_checkpoint", "start from these weights: a converted published checkpoint, a run's .safetensors "
@@ -334,6 +337,7 @@ OPTION_GROUPS = (
     )),
 )
 DEFAULT_TEXT = {
+    "model_kwargs": "none: the paper's network",
     "stem": "the variant's own; a spec: cifar for 3 blocks, imagenet for 4",
     "initial_checkpoint": "none: random initialisation",
     "data": "none, required",

@@ -26,7 +26,7 @@ from hcgnet.data import DataConfig, build_data
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import evaluate, show_top5
 from hcgnet.models import create_model, save_safetensors
-from hcgnet.models.registry import is_timm_baseline
+from hcgnet.models.registry import is_timm_baseline, parse_model_kwargs
 from hcgnet.models.variants import cifar_stem_note, resolve
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
 from hcgnet.training.engine import StepContext, new_totals, train_one_epoch
@@ -85,9 +85,10 @@ def _build_data(config: TrainConfig, bad_images_log, resume_state: Optional[Dict
 
 def model_defaults(config: TrainConfig) -> Dict[str, Any]:
     """The ``pretrained_cfg`` (input size, crop, statistics) of the model ``config`` trains, from a copy built on
-    the meta device: no weights are made, and an unknown model is refused before any data is read."""
+    the meta device: no weights are made, and an unknown model or switch is refused before any data is read."""
+    kwargs = {"stem": config.stem} if config.stem else {}
     with torch.device("meta"):
-        return dict(create_model(config.model, **({"stem": config.stem} if config.stem else {})).pretrained_cfg)
+        return dict(create_model(config.model, **kwargs, **parse_model_kwargs(config.model_kwargs)).pretrained_cfg)
 
 
 def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
@@ -104,6 +105,7 @@ def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
         "seed": str(config.seed),
         "data": config.data,
         "skip_bad_images": json.dumps(config.skip_bad_images),  # eval rebuilds the split without the same files
+        **({"switches": json.dumps(model.switches)} if hasattr(model, "switches") else {}),  # the same network
     }
 
 
@@ -169,6 +171,7 @@ class Run(TrainingRun):
             kwargs["stem"] = config.stem
         if config.drop_block > 0:
             kwargs["drop_block_rate"] = config.drop_block
+        kwargs.update(parse_model_kwargs(config.model_kwargs))
         model = create_model(config.model, num_classes=self.data.num_classes, **kwargs)
         prepare_model(model, config, self.log)
         warning = None if is_timm_baseline(config.model) else cifar_stem_note(
