@@ -293,6 +293,18 @@ def test_a_model_without_gates_is_refused(images):
         gate_maps(nn.Sequential(nn.Conv2d(3, 2, 3)), images)
 
 
+@pytest.mark.parametrize("switches, lacks", [
+    ({"forget_gate": False}, "no forget gate (built with forget_gate=False)"),
+    ({"update_gate": False}, "no update gate (built with update_gate=False)"),
+    ({"connectivity": "dense"}, "no forget gate"),
+])
+def test_a_model_with_a_gate_switched_off_is_refused_in_one_line(images, switches, lacks):
+    model = hcgnet.create_model(SPEC, num_classes=3, **switches).eval()
+    with pytest.raises(HCGNetError, match="gate maps need both gates") as e:
+        gate_maps(model, images)
+    assert lacks in str(e.value) and "\n" not in str(e.value)
+
+
 # ------------------------------------------------------------------------------------------------ pictures
 
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from hcgnet.errors import HCGNetError
 from hcgnet.evaluation import autocast
+from hcgnet.layers.gates import ForgetGate, UpdateGate
 from hcgnet.layers.smg import SMGModule
 
 #: The three spatial maps of an SMG module, in column order, and their titles.
@@ -74,6 +75,12 @@ def resolve_modules(model: nn.Module, modules: Optional[Sequence[str]] = None) -
                           or difflib.get_close_matches(name, valid, n=4, cutoff=0.6) or valid)
             raise HCGNetError(f"{what}; SMG modules of this model: {_few(suggestion)}")
         picked[name] = found[name]
+    for name, smg in picked.items():
+        lacks = [gate for gate, kind in (("forget_gate", ForgetGate), ("update_gate", UpdateGate))
+                 if not isinstance(getattr(smg, gate), kind)]
+        if lacks:  # switched off (hcgnet's design switches): there is no attention to show
+            raise HCGNetError(f"SMG module {name} has no {' and no '.join(g.replace('_', ' ') for g in lacks)} "
+                              f"(built with {', '.join(f'{g}=False' for g in lacks)}); gate maps need both gates")
     return picked
 
 
