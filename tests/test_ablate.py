@@ -127,11 +127,12 @@ def test_bad_options_values_seeds_and_models_are_refused_before_any_run(tmp_path
         planned({"v": {"lr": 0.1}}, seeds=0)
     with pytest.raises(GridError, match="variant v: "):
         ablate_runs.check_buildable(planned({"v": {"model": "HCGNet-(1,1)-(k=4"}}))
-    # a switch the model lacks (TrainConfig's model_kwargs, once the models have switches)
-    runs = planned({"v": {"lr": 0.1}})
-    runs[1].config.model_kwargs = {"no_such_switch": True}
-    with pytest.raises(GridError, match="variant v: cannot build .*no_such_switch"):
+    # a switch the model lacks, and a value a switch cannot take
+    runs = planned({"v": {"model_kwargs": {"no_such_switch": True}}})
+    with pytest.raises(GridError, match="variant v: .*no_such_switch"):
         ablate_runs.check_buildable(runs)
+    with pytest.raises(GridError, match="variant v: .*connectivity"):
+        ablate_runs.check_buildable(planned({"v": {"model_kwargs": {"connectivity": "sparse"}}}))
     ablate_runs.check_buildable(runs[:1])
     assert not (tmp_path / "out").exists()
 

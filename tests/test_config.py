@@ -609,3 +609,13 @@ def test_dropblock_off_leaves_the_layers_at_zero():
     net = dropblock_net()
     assert DropBlockSchedule(net, recipe_config("cifar10-a1")).step(5) == 0.0
     assert all(m.drop_prob == 0.0 for m in net.modules() if hasattr(m, "drop_prob"))
+
+
+def test_model_kwargs_from_a_yaml_mapping_is_kept_as_canonical_json(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: hcgnet_a1\ndata: cifar10\nmodel_kwargs: {update_gate: false, connectivity: dense}\n")
+    from_yaml = make_config(config_file=str(path))
+    assert from_yaml.model_kwargs == '{"connectivity": "dense", "update_gate": false}'
+    from_flag = make_config(overrides={"model": "hcgnet_a1", "data": "cifar10",
+                                       "model_kwargs": '{"connectivity": "dense", "update_gate": false}'})
+    assert from_flag.model_kwargs == '{"connectivity": "dense", "update_gate": false}'

@@ -22,7 +22,9 @@ ATTACK_FILE = "attack.json"  # accuracy under attack of a finished run, beside i
 
 def model_options(config: TrainConfig) -> Dict[str, Any]:
     """The keyword arguments of ``create_model`` that change the network a run trains (not its data)."""
-    options = dict(getattr(config, "model_kwargs", None) or {})  # the switches, when TrainConfig has them
+    from hcgnet.models.registry import parse_model_kwargs
+
+    options = parse_model_kwargs(config.model_kwargs)  # the design switches
     if config.stem:
         options["stem"] = config.stem
     return options

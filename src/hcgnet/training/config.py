@@ -1,5 +1,6 @@
 """Training configuration: defaults < recipe < YAML config file < command-line flags."""
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -136,6 +137,8 @@ def _coerce(name: str, value: Any) -> Any:
     """Check a value against the option's type: whole numbers for ints, real booleans for flags."""
     if value is None:
         return value
+    if name == "model_kwargs" and isinstance(value, Mapping):  # a YAML mapping: kept as its canonical JSON
+        return json.dumps(dict(value), sort_keys=True)
     kind = option_type(name)
     if kind is bool:
         if not isinstance(value, bool):
@@ -265,7 +268,8 @@ OPTION_GROUPS = (
         ("model", "variant name or spec, e.g. hcgnet_a1 or 'HCGNet-(8,8,8)-(k=12,24,36)'"),
         ("stem", "cifar (one 3x3 conv at full resolution) or imagenet (three convs and a max-pool, stride 4)"),
         ("model_kwargs", "model arguments as a JSON object, e.g. the design switches "
-                         "'{\"connectivity\": \"dense\", \"forget_gate\": false}' (README: Design switches)"),
+                         "'{\"connectivity\": \"dense\", \"forget_gate\": false}' (a YAML config may give a mapping; README: "
+                         "Design switches)"),
     )),
     ("Fine-tuning", (
         ("initial_checkpoint", "start from these weights: a converted published checkpoint, a run's .safetensors "
