@@ -761,7 +761,7 @@ def test_a_detector_checkpoint_is_named_as_one_by_every_loader(tmp_path):
     from hcgnet.detection.models import build_detector
     from hcgnet.training.finetune import load_initial_checkpoint
 
-    detector = build_detector(TOY_MODEL, "box", num_classes=2, trainable_stages=3, min_size=64, max_size=96,
+    detector = build_detector(TOY_MODEL, "box", num_classes=2, trainable_stages=3, trained=True, min_size=64, max_size=96,
                               **TOY_OPTIONS)
     weights = detector.state_dict()
     meta = detector_metadata(TOY_MODEL, "box", ["ball"], [1], 64, 96, 3, TOY_OPTIONS)

@@ -495,7 +495,7 @@ def detectors(tmp_path_factory):
     from hcgnet.detection.models import build_detector
 
     base = tmp_path_factory.mktemp("detector")
-    model = build_detector(TOY_MODEL, "box", num_classes=2, trainable_stages=3, min_size=64, max_size=96,
+    model = build_detector(TOY_MODEL, "box", num_classes=2, trainable_stages=3, trained=True, min_size=64, max_size=96,
                            **TOY_OPTIONS)
     meta = detector_metadata(TOY_MODEL, "box", ["ball"], [1], 64, 96, 3, TOY_OPTIONS)
     hcgnet.save_safetensors(model, base / "final.safetensors", meta)

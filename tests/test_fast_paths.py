@@ -132,9 +132,15 @@ def test_compiled_bf16_channels_last_training_matches_eager():
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-2, atol=1e-3, msg=name)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_bf16_training_follows_fp32_training(channels_last):
-    """Ten SGD steps on one batch: the bf16 autocast losses stay within 5% of the fp32 ones."""
+    """Ten SGD steps on one batch: bf16 autocast starts where fp32 starts and learns nearly as much.
+
+    Not a step-by-step match: bf16 rounds every product to 8 significant bits, and ten steps of SGD with
+    momentum amplify that rounding differently on each CPU's kernels (on this project's machines the gap at step
+    ten was 0.02-0.09 of a loss near 1.3: AMX larger than AVX-512 or AVX2). So: the first loss (one forward
+    pass) within 1%, every loss within 10%, and at least 80% of fp32's decrease."""
     torch.manual_seed(2)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     losses = {}
@@ -155,7 +161,9 @@ def test_bf16_training_follows_fp32_training(channels_last):
             losses[dtype].append(loss.item())
     fp32, bf16 = torch.tensor(losses[None]), torch.tensor(losses[torch.bfloat16])
     assert fp32[-1] < 0.7 * fp32[0]  # it learns, so the comparison covers the gradients' effect
-    torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(bf16[0], fp32[0], rtol=0.01, atol=0.0)
+    torch.testing.assert_close(bf16, fp32, rtol=0.10, atol=0.0)
+    assert bf16[0] - bf16[-1] >= 0.8 * (fp32[0] - fp32[-1])
 
 
 @pytest.mark.numerics
