@@ -38,6 +38,18 @@ def picture(path, seed, size=(18, 22)):
     return path
 
 
+def cli(capsys, *argv):
+    """``hcgnet ARGV`` in this process: (exit code, stdout, stderr); a usage mistake's SystemExit gives its code."""
+    from hcgnet.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's way out of a usage mistake
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def signal_at_step(monkeypatch, signum, at):
     """Send this process `signum` after optimiser step `at` (as a scheduler or Ctrl-C would), from the progress
     lines both trainers report every step to."""

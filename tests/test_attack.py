@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from conftest import make_image_folder
+from conftest import cli, make_image_folder
 from hcgnet.analysis.attack import fgsm, fgsm_any, pgd, robustness
 from hcgnet.cli import main
 from hcgnet.data import DataConfig
@@ -32,15 +32,6 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(single_thread):
     yield
-
-
-def cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's way out of a usage mistake
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code, out, err):

@@ -1,6 +1,7 @@
 """``hcgnet.analysis.attention`` and ``hcgnet attention``: the gates' attention maps read through hooks are the
 softmax over positions the gates pool with, the branch weights are the proportions the update gate fuses
 with, collecting changes nothing, and the pictures and files come out with the expected shapes."""
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -11,11 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import picture
+from conftest import cli, picture
 import hcgnet
 from hcgnet.analysis.attention import MAP_KINDS, default_modules, gate_maps, summary, upsample_map
 from hcgnet.analysis.attention_plots import CELL_HEIGHT, CELL_WIDTH, attention_grid, weights_plot
-from hcgnet.cli import main
 from hcgnet.data import DataConfig
 from hcgnet.errors import HCGNetError
 
@@ -93,15 +93,12 @@ def test_maps_are_the_softmax_the_gates_pooled_with(model, images):
         torch.testing.assert_close(pooled, seen[kind + ":z"], atol=1e-5, rtol=1e-4)
 
 
-def test_planted_score_gives_the_peak_where_it_was_planted(images):
-    """The forget gate's input (the squeezed map) replaced by a single bright spot (a hook on the squeeze
-    cell) and its scoring conv planted to read it (weights 10, bias 0): its logits are 40 at the spot and 0
-    elsewhere, so the map must peak there with almost all of the probability."""
-    torch.manual_seed(0)
-    m = hcgnet.create_model(SPEC, num_classes=3).eval()
-    name = "stages.0.block.layers.0"
-    smg = dict(m.named_modules())[name]
-    row, col = 5, 17
+
+@contextlib.contextmanager
+def planted_spot(model, name, row, col):
+    """SMG module ``name``'s squeezed map is 1 at (row, col) and 0 elsewhere, and its forget gate's score reads
+    that map steeply: the forget gate's attention must peak at exactly that cell."""
+    smg = dict(model.named_modules())[name]
 
     def spot(_m, _inputs, output):
         out = torch.zeros_like(output)
@@ -112,9 +109,20 @@ def test_planted_score_gives_the_peak_where_it_was_planted(images):
         smg.forget_gate.context.score.weight.fill_(10.0)
         smg.forget_gate.context.score.bias.zero_()
     try:
-        forget = gate_maps(m, images, [name])["maps"][name]["forget"]
+        yield
     finally:
         handle.remove()
+
+
+def test_planted_score_gives_the_peak_where_it_was_planted(images):
+    """The forget gate's input (the squeezed map) replaced by a single bright spot (a hook on the squeeze
+    cell) and its scoring conv planted to read it (weights 10, bias 0): its logits are 40 at the spot and 0
+    elsewhere, so the map must peak there with almost all of the probability."""
+    torch.manual_seed(0)
+    m = hcgnet.create_model(SPEC, num_classes=3).eval()
+    name, row, col = "stages.0.block.layers.0", 5, 17
+    with planted_spot(m, name, row, col):
+        forget = gate_maps(m, images, [name])["maps"][name]["forget"]
     for i in range(2):
         flat = int(forget[i].flatten().argmax())
         assert (flat // 24, flat % 24) == (row, col)
@@ -127,20 +135,8 @@ def test_summary_gives_the_peak_as_row_then_column(images):
     torch.manual_seed(0)
     m = hcgnet.create_model(SPEC, num_classes=3).eval()
     name, row, col = "stages.0.block.layers.0", 3, 21
-    smg = dict(m.named_modules())[name]
-
-    def spot(_m, _inputs, output):
-        out = torch.zeros_like(output)
-        out[:, :, row, col] = 1.0
-        return out
-    handle = smg.squeeze.register_forward_hook(spot)
-    with torch.no_grad():
-        smg.forget_gate.context.score.weight.fill_(10.0)
-        smg.forget_gate.context.score.bias.zero_()
-    try:
+    with planted_spot(m, name, row, col):
         result = gate_maps(m, torch.randn(2, 3, 20, 28), [name])
-    finally:
-        handle.remove()
     info = summary(result, ["a.png", "b.png"])
     assert info["modules"][name]["map_size"] == [20, 28]
     for entry in info["modules"][name]["per_image"]:
@@ -374,12 +370,6 @@ def checkpoint(tmp_path_factory):
     torch.save({"model": m.state_dict(), "model_name": SPEC, "num_classes": "3", "in_chans": "3",
                 "data_config": json.dumps(dataclasses.asdict(config))}, path)
     return path
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_writes_the_pictures_maps_and_summary(capsys, checkpoint, tmp_path):

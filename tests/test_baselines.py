@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import hcgnet
-from conftest import make_image_folder
-from hcgnet.cli import main
+from conftest import cli, make_image_folder
 from hcgnet.errors import CheckpointError, ModelSpecError
 from hcgnet.models.baselines import CifarResNet, DenseNetBC
 
@@ -23,15 +22,6 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CI
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(single_thread):
     yield
-
-
-def cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def built(name, **kwargs):

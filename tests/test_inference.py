@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli
 from hcgnet.cli import main
 from hcgnet.data import DataConfig, build_eval_transform
 from hcgnet.inference import load_model
@@ -81,12 +82,6 @@ def rows(run):
     with open(run["out"] / "metrics.csv", newline="") as f:
         reader = csv.DictReader(f)
         return reader.fieldnames, list(reader)
-
-
-def cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def cli_json(capsys, *argv):

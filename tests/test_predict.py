@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import picture
+from conftest import cli, picture
 import hcgnet
-from hcgnet.cli import main
 from hcgnet.data import DataConfig
 from hcgnet.models.checkpoints import read_metadata
 
@@ -38,12 +37,6 @@ def own(tmp_path_factory):
                 "val_size": "0.25", "seed": "7", "epoch": 3,
                 "config": {"model": SPEC, "data": "imagefolder:/data/pets", "test_size": 0.2, "seed": 7}}, path)
     return path
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def predictions(capsys, checkpoint, *images, extra=()):
