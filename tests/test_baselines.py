@@ -333,6 +333,22 @@ def test_train_then_eval_rebuilds_the_same_densenet_bc(capsys, tmp_path):
     assert (ev["count"], ev["top1"]) == (results["test_images"], pytest.approx(results["test_top1"]))
 
 
+def test_a_run_with_model_kwargs_is_rebuilt_with_them(capsys, tmp_path):
+    """A baseline trained at another depth and growth rate (as ablation grids do) is rebuilt as trained: its
+    checkpoint records the arguments, and eval scores it without being told them."""
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=8, size=(16, 16))
+    data = f"imagefolder:{folder}"
+    train(capsys, "--model", "densenet_bc_100_k12", "--model-kwargs", '{"depth": 22, "growth_rate": 4}', "--data",
+          data, "--image-size", "16", "--val-size", "3", "--test-size", "6", "--output", tmp_path / "run")
+    ckpt = tmp_path / "run" / "best.safetensors"
+    model = hcgnet.create_model("densenet_bc_100_k12", checkpoint_path=str(ckpt))
+    assert n_params(model) == densenet_bc_params(22, 4, classes=3)
+    code, out, err = cli(capsys, "eval", "--checkpoint", ckpt, "--data", data, "--workers", "0", "--json")
+    assert code == 0, err
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert json.loads(out)["top1"] == pytest.approx(results["test_top1"])
+
+
 def test_train_a_one_channel_fashion_mnist_densenet_bc(capsys, tmp_path):
     data_dir = fake_fashion_mnist(tmp_path / "fm")
     train(capsys, "--model", "densenet_bc_100_k12", "--data", "fashion-mnist", "--data-dir", data_dir, "--val-size",

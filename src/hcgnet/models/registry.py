@@ -379,6 +379,8 @@ def _create_baseline(name: str, num_classes, pretrained, checkpoint_path, featur
     state_dict, metadata = (None, {})
     if checkpoint_path is not None:
         state_dict, metadata = read_state_dict(checkpoint_path)
+        for key, value in parse_model_kwargs(metadata.get("switches"), f"{checkpoint_path}: switches").items():
+            kwargs.setdefault(key, value)  # e.g. the depth a DenseNet-BC run was trained with
         classifier = get_pretrained_cfg_value(name, "classifier") or ""
         first_conv = get_pretrained_cfg_value(name, "first_conv") or ""
         head = state_dict.get(f"{classifier}.weight")

@@ -105,8 +105,17 @@ def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
         "seed": str(config.seed),
         "data": config.data,
         "skip_bad_images": json.dumps(config.skip_bad_images),  # eval rebuilds the split without the same files
-        **({"switches": json.dumps(model.switches)} if hasattr(model, "switches") else {}),  # the same network
+        **_built_with(model, config),
     }
+
+
+def _built_with(model: nn.Module, config: TrainConfig) -> Dict[str, str]:
+    """Metadata ``switches``: the arguments that make the same network again (HCGNet's design switches, or a
+    baseline's ``--model-kwargs`` such as DenseNet-BC's ``depth``), read back by ``create_model``."""
+    built = getattr(model, "switches", None)
+    if built is None:
+        built = parse_model_kwargs(config.model_kwargs)
+    return {"switches": json.dumps(built)} if built else {}
 
 
 def fit(config: TrainConfig, log=print) -> Dict[str, Any]:
