@@ -285,6 +285,12 @@ def test_info_shows_parameters_and_multiply_adds(capsys):
     assert (res["params"], res["paper_params"]) == (cifar_resnet_params(20), "0.27M")
     code, out, err = cli(capsys, "info", "densenet_bc_100_k12", "--size", "2")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--size 4" in err
+    # --model-kwargs count the network they build, and the paper's figures are not shown beside it
+    code, out, err = cli(capsys, "info", "--json", "densenet_bc_100_k12", "--model-kwargs", '{"depth": 22}')
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert (row["params"], row["paper_params"]) == (densenet_bc_params(22, 12), None)
+    assert "depth=22" in row["spec"]
 
 
 def write_idx(path, array, magic):

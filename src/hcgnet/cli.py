@@ -27,18 +27,14 @@ def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[
     rows = []
     for requested in names:
         if requested.strip().lower() in PAPER:
-            rows.append(_baseline_row(requested.strip().lower(), num_classes, size))
+            rows.append(_baseline_row(requested.strip().lower(), num_classes, size, model_kwargs))
             continue
         name, variant = resolve(requested)
         classes = variant.num_classes if num_classes is None else num_classes
         with torch.device("meta"):  # shapes only: counting C costs no arithmetic
             model = create_model(requested, num_classes=classes, **(model_kwargs or {}))
         switches = model.switch_info()  # the published figures are for the paper's network only
-        input_size = variant.input_size if size is None else (variant.input_size[0], size, size)
-        smallest = model.feature_info[-1]["reduction"]
-        if input_size[-1] < smallest:
-            raise HCGNetError(f"--size {size} is smaller than {requested}'s total stride; use --size {smallest} "
-                              "or more")
+        input_size = _counted_size(model, requested, variant.input_size, size)
         rows.append(dict(
             model=name if name in VARIANTS else "-",
             spec=variant.spec + (f" [{switches}]" if switches else ""),
@@ -54,8 +50,19 @@ def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[
     return rows
 
 
-def _baseline_row(name: str, num_classes: Optional[int], size: Optional[int]) -> dict:
-    """``info`` of one of hcgnet's CIFAR baselines (DenseNet-BC, CIFAR ResNets) beside its paper's count."""
+def _counted_size(model, name: str, native: Sequence[int], size: Optional[int]) -> tuple:
+    """The (C, H, W) ``info`` counts at: the model's own, or ``--size`` if it is at least the total stride."""
+    input_size = tuple(native) if size is None else (native[0], size, size)
+    smallest = model.feature_info[-1]["reduction"]
+    if input_size[-1] < smallest:
+        raise HCGNetError(f"--size {size} is smaller than {name}'s total stride; use --size {smallest} or more")
+    return input_size
+
+
+def _baseline_row(name: str, num_classes: Optional[int], size: Optional[int],
+                  model_kwargs: Optional[dict] = None) -> dict:
+    """``info`` of one of hcgnet's CIFAR baselines (DenseNet-BC, CIFAR ResNets) beside its paper's count (the
+    paper's figures only for the paper's network: none once ``model_kwargs`` change it)."""
     import torch
 
     from hcgnet.complexity import count_macs, count_params
@@ -64,17 +71,15 @@ def _baseline_row(name: str, num_classes: Optional[int], size: Optional[int]) ->
 
     classes = 10 if num_classes is None else num_classes
     with torch.device("meta"):
-        model = create_model(name, num_classes=classes)
-    input_size = model.pretrained_cfg["input_size"]
-    input_size = input_size if size is None else (input_size[0], size, size)
-    if input_size[-1] < model.feature_info[-1]["reduction"]:
-        raise HCGNetError(f"--size {size} is smaller than {name}'s total stride; use --size "
-                          f"{model.feature_info[-1]['reduction']} or more")
+        model = create_model(name, num_classes=classes, **(model_kwargs or {}))
+    input_size = _counted_size(model, name, model.pretrained_cfg["input_size"], size)
     architecture, paper_params, paper_gmacs = PAPER[name]
-    return dict(model=name, spec=architecture, stem="cifar", input="x".join(map(str, input_size[1:])),
-                classes=classes, params=count_params(model), published_params=None,
-                paper_params=paper_params if classes == 10 else None, gmacs=count_macs(model, input_size) / 1e9,
-                paper_gmacs=paper_gmacs if tuple(input_size) == (3, 32, 32) else None)
+    changed = ", ".join(f"{k}={v}" for k, v in (model_kwargs or {}).items())
+    return dict(model=name, spec=architecture + (f" [{changed}]" if changed else ""), stem="cifar",
+                input="x".join(map(str, input_size[1:])), classes=classes, params=count_params(model),
+                published_params=None, paper_params=paper_params if classes == 10 and not changed else None,
+                gmacs=count_macs(model, input_size) / 1e9,
+                paper_gmacs=paper_gmacs if input_size == (3, 32, 32) and not changed else None)
 
 
 def cmd_info_detection(args: argparse.Namespace) -> int:
