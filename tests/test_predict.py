@@ -122,6 +122,15 @@ def test_predict_skips_a_bad_file_names_it_and_writes_csv(capsys, own, tree, tmp
     good = [r for r in rows if not r["error"]]
     assert [r["rank"] for r in good] == ["1", "2"] * 5 and {r["class"] for r in good} <= set(CLASSES)
     assert all(float(a["probability"]) >= float(b["probability"]) for a, b in zip(good[::2], good[1::2]))
+    assert f"wrote {table}: 6 images, top 2" in out   # 5 read, 1 not
+
+
+def test_predict_csv_says_how_many_ranks_it_wrote_with_fewer_classes_than_topk(capsys, own, tree, tmp_path):
+    root, _ = tree
+    table = tmp_path / "predictions.csv"
+    code, out, err = cli(capsys, "predict", "--checkpoint", own, root, "--topk", "9", "--csv", table)
+    assert code == 0, err
+    assert f"top {len(CLASSES)}" in out and "top 9" not in out
 
 
 def test_predict_json_into_a_closed_pipe_is_quiet(own, tree):

@@ -225,7 +225,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.csv:
         with reported_write(args.csv):
             _write_predictions_csv(results, args.csv)
-        print(f"wrote {args.csv}: {len(results)} images, top {args.topk}", file=sys.stderr if args.json else sys.stdout)
+        ranks = max((len(r.get("top", ())) for r in results), default=0)  # fewer than --topk with fewer classes
+        print(f"wrote {args.csv}: {len(results)} images, top {ranks}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(results, indent=2))
     elif not args.csv:
