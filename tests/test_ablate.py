@@ -6,6 +6,8 @@ import math
 import signal
 import statistics
 
+from pathlib import Path
+
 import pytest
 import yaml
 from scipy import stats as scipy_stats
@@ -344,39 +346,71 @@ def test_the_runs_of_a_grid_as_submitit_jobs_or_parallel_processes(tmp_path, ima
         assert any("submitted as job" in line for line in lines) and (out / "submitit").is_dir()
 
 
-def test_attack_adds_accuracy_under_attack_with_paired_differences(tmp_path, images):
+def test_attacks_add_accuracy_under_each_attack_with_paired_differences(tmp_path, images):
     path = tmp_path / "toy.yaml"
     path.write_text(grid_text(images))
     out = tmp_path / "grid"
     runs = plan(load_grid(str(path)), str(out), seeds=2, steps=1)
-    attack = {"attack": "fgsm", "eps": [0.0, 0.05]}
-    ablate_runs.run_grid(runs, attack=attack, log=lambda line: None)
+    fgsm = {"attack": "fgsm", "eps": [0.0, 0.05], "options": {}}
+    pgd = {"attack": "pgd", "eps": [0.05], "options": {"steps": 2, "limit": 3}}
+    ablate_runs.run_grid(runs, attacks=[fgsm], log=lambda line: None)
+    # a second attack asked later is made on the finished runs; the first is not made again
+    before = {run.variant + str(run.seed): (Path(run.config.output) / "attack-fgsm.json").stat().st_mtime_ns
+              for run in runs}
+    lines = []
+    ablate_runs.run_grid(runs, attacks=[fgsm, pgd], log=lines.append)
+    assert not any("finished earlier, kept" in line for line in lines)
     summarise(runs, str(out), "toy")
-    at = {}
+    at, at_pgd = {}, {}
     for run in runs:
         folder = out / "runs" / run.variant / f"seed{run.seed}"
-        rows = {row["eps"]: row for row in json.loads((folder / "attack.json").read_text())["rows"]}
+        assert (folder / "attack-fgsm.json").stat().st_mtime_ns == before[run.variant + str(run.seed)]
+        rows = {row["eps"]: row for row in json.loads((folder / "attack-fgsm.json").read_text())["rows"]}
         result = json.loads((folder / "results.json").read_text())
         # eps 0 changes no image: the accuracy of the test set the run was scored on
         assert rows[0.0]["accuracy"] == pytest.approx(result["test_top1"])
         assert rows[0.0]["images"] == result["test_images"]
         at[(run.variant, run.seed)] = rows[0.05]["accuracy"]
+        pgd_rows = json.loads((folder / "attack-pgd.json").read_text())["rows"]
+        assert [r["images"] for r in pgd_rows] == [3]  # --attack-limit
+        at_pgd[(run.variant, run.seed)] = pgd_rows[0]["accuracy"]
+    # asked again: nothing to do
+    lines = []
+    ablate_runs.run_grid(runs, attacks=[fgsm, pgd], log=lines.append)
+    assert sum("finished earlier, kept" in line for line in lines) == len(runs)
     summary = {r["variant"]: r for r in read_csv(out / "summary.csv")}
     for variant in ("base", "wider"):
         values = [at[(variant, s)] for s in (0, 1)]
-        assert float(summary[variant]["attack_0.05_mean"]) == pytest.approx(statistics.mean(values))
+        assert float(summary[variant]["attack_fgsm_0.05_mean"]) == pytest.approx(statistics.mean(values))
+        values = [at_pgd[(variant, s)] for s in (0, 1)]
+        assert float(summary[variant]["attack_pgd_0.05_mean"]) == pytest.approx(statistics.mean(values))
     diffs = [at[("wider", s)] - at[("base", s)] for s in (0, 1)]
-    assert float(summary["wider"]["attack_0.05_diff_mean"]) == pytest.approx(statistics.mean(diffs))
-    assert "under attack, eps 0.05" in (out / "summary.md").read_text()
-    # a run replaced (--force) after its config changed is attacked again: the old attack.json is not reused
+    assert float(summary["wider"]["attack_fgsm_0.05_diff_mean"]) == pytest.approx(statistics.mean(diffs))
+    text = (out / "summary.md").read_text()
+    assert "under fgsm, eps 0.05" in text and "under pgd, eps 0.05" in text
+    # a run replaced (--force) after its config changed is attacked again: the old file is not reused
     grid = load_grid(str(path))
     grid.variants["wider"]["lr"] = 0.02
     changed = plan(grid, str(out), seeds=2, steps=1)
-    old = (out / "runs" / "wider" / "seed0" / "attack.json").read_text()
-    ablate_runs.run_grid(changed, force=True, attack=attack, log=lambda line: None)
-    new = json.loads((out / "runs" / "wider" / "seed0" / "attack.json").read_text())
+    old = (out / "runs" / "wider" / "seed0" / "attack-fgsm.json").read_text()
+    ablate_runs.run_grid(changed, force=True, attacks=[fgsm], log=lambda line: None)
+    new = json.loads((out / "runs" / "wider" / "seed0" / "attack-fgsm.json").read_text())
     assert new["run"] == changed[2].identity != json.loads(old)["run"]
-    assert (out / "runs" / "base" / "seed0" / "attack.json").read_text().count('"run"') == 1
+    assert (out / "runs" / "base" / "seed0" / "attack-fgsm.json").read_text().count('"run"') == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--attack", "fgsm,cw"], "unknown attack 'cw'"),
+    (["--attack-limit", "5"], "go with --attack"),
+    (["--attack", "pgd", "--attack-steps", "0"], "--steps must be 1 or more"),
+])
+def test_attack_options_refused_in_one_line(tmp_path, images, capsys, argv, message):
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    code = cli.main(["ablate", "--grid", str(path), "--output", str(tmp_path / "g"), "--steps", "1", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g" / "runs").exists()
 
 
 @pytest.mark.parametrize("argv", [["ablate", "--list-grids"], ["ablate", "--help"]])

@@ -462,11 +462,22 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         return 0
     if not (args.grid and args.output):
         raise HCGNetError("pass --grid GRID.yaml (or a shipped grid: --list-grids) and --output DIR")
-    attack = None
+    from hcgnet.analysis.paper import ATTACKS, PGD_STEPS
+
+    attacks = []
     if args.attack:
         from hcgnet.analysis.attack import check_options
-
-        attack = {"attack": args.attack, "eps": check_options(args.attack, _eps_list(args.eps))}
+        for name in dict.fromkeys(a.strip() for a in args.attack.split(",")):
+            if name not in ATTACKS:
+                raise HCGNetError(f"--attack: unknown attack {name!r}; use one or more of {', '.join(ATTACKS)}, "
+                                  "comma-separated")
+            options = {"limit": args.attack_limit} if args.attack_limit else {}
+            if name == "pgd":
+                options["steps"] = args.attack_steps
+            eps = check_options(name, _eps_list(args.eps), **options)
+            attacks.append({"attack": name, "eps": eps, "options": options})
+    elif args.attack_limit is not None or args.attack_steps != PGD_STEPS:
+        raise HCGNetError("--attack-limit and --attack-steps go with --attack")
     slurm = None
     if args.slurm_parameters:
         try:
@@ -480,7 +491,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     result = ablate(load_grid(args.grid), args.output, args.seeds, args.epochs, args.steps,
                     {"data": args.data, "data_dir": args.data_dir, "workers": args.workers}, args.jobs, args.executor,
-                    args.force, attack, slurm)
+                    args.force, attacks, slurm)
     print(Path(result["files"][0]).read_text())
     print("wrote " + ", ".join(result["files"]))
     return 0
@@ -832,7 +843,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
 
-    from hcgnet.analysis.paper import PAPER_ATTACK, PAPER_EPS
+    from hcgnet.analysis.paper import PAPER_ATTACK, PAPER_EPS, PGD_STEPS
 
     at = sub.add_parser("attack", help="accuracy of checkpoints under attack at several eps (by default the paper's "
                         "Figure 5 measure: foolbox 2's FGSM)")
@@ -850,7 +861,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
                          "signed-gradient step of eps; pgd: L-inf PGD")
     at.add_argument("--eps", default=",".join(f"{e:g}" for e in PAPER_EPS),
                     help="comma-separated eps in pixel units, images in [0, 1] (default the paper's: %(default)s)")
-    at.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    at.add_argument("--steps", type=int, default=PGD_STEPS, help="PGD steps (default %(default)s)")
     at.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
     at.add_argument("--random-start", action="store_true", help="PGD from a uniform random point of the eps-ball")
     at.add_argument("--seed", type=int, default=0, help="seed of PGD's random start (default 0)")
@@ -926,11 +937,16 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
                     help="submitit's update_parameters, e.g. '{\"slurm_partition\": \"gpu\", \"timeout_min\": 600, "
                          "\"gpus_per_node\": 1}'")
     ab.add_argument("--workers", type=int, default=None, help="data-loading processes per run (default: the base's)")
-    from hcgnet.analysis.paper import ATTACKS, PAPER_EPS
-    ab.add_argument("--attack", choices=ATTACKS, default=None,
-                    help="also attack every finished run's test set; the summary gains accuracy under attack")
+    from hcgnet.analysis.paper import ATTACKS, PAPER_EPS, PGD_STEPS
+    ab.add_argument("--attack", default=None, metavar="NAME[,NAME]",
+                    help=f"also attack every finished run's test set with each of these ({', '.join(ATTACKS)}); "
+                         "the summary gains accuracy under each attack at each eps")
     ab.add_argument("--eps", default=",".join(f"{e:g}" for e in PAPER_EPS),
                     help="with --attack: comma-separated eps in pixel units (default the paper's: %(default)s)")
+    ab.add_argument("--attack-limit", type=int, default=None, metavar="N",
+                    help="with --attack: the first N test images only (default: all)")
+    ab.add_argument("--attack-steps", type=int, default=PGD_STEPS, metavar="K",
+                    help="with --attack pgd: its iterations (default %(default)s)")
     ab.add_argument("--force", action="store_true",
                     help="replace runs whose config changed, and summary files in a folder without runs/")
     ab.set_defaults(func=cmd_ablate)

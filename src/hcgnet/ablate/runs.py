@@ -8,7 +8,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -17,7 +17,11 @@ from hcgnet.errors import HCGNetError
 from hcgnet.training.config import TrainConfig
 
 EXECUTORS = ("local", "slurm", "submitit-local")
-ATTACK_FILE = "attack.json"  # accuracy under attack of a finished run, beside its results.json
+
+
+def attack_file(name: str) -> str:
+    """Where a finished run's accuracy under attack ``name`` is kept, beside its results.json."""
+    return f"attack-{name}.json"
 
 
 def model_options(config: TrainConfig) -> Dict[str, Any]:
@@ -96,39 +100,40 @@ def _config_for(run: PlannedRun, state: str) -> Dict[str, Any]:
 
 def attack_run(folder: str, data: str, data_dir: Optional[str], attack: Dict[str, Any], run_identity: str,
                log: Callable = print) -> None:
-    """Accuracy under ``attack`` ({"attack", "eps", ...}) of a finished run's chosen weights on its test set,
-    written to ``folder/attack.json`` with the run's identity (a replaced run leaves its attack.json behind)."""
+    """Accuracy under ``attack`` ({"attack", "eps", "options"}) of a finished run's chosen weights on its test
+    set, written to ``folder/attack-<attack>.json`` with the run's identity (a replaced run leaves its old
+    file behind, which this identity then tells apart)."""
     from hcgnet.analysis.attack import attack_checkpoints
     from hcgnet.files import atomic_path
 
     result = attack_checkpoints([str(Path(folder) / "best.safetensors")], data, attack["attack"], attack["eps"],
                                 data_dir=data_dir, split="test", **attack.get("options", {}))
     result["asked"], result["run"] = attack, run_identity
-    with atomic_path(Path(folder) / ATTACK_FILE) as tmp:
+    with atomic_path(Path(folder) / attack_file(attack["attack"])) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2, default=str))
     log(f"attacked with {attack['attack']} at eps {', '.join(f'{e:g}' for e in attack['eps'])}")
 
 
-def attack_result(folder: Path, run_identity: str) -> Optional[Dict[str, Any]]:
-    """The run's attack.json if it was written for this very run, else None."""
-    path = folder / ATTACK_FILE
-    if not path.is_file():
-        return None
-    result = json.loads(path.read_text())
-    return result if result.get("run") == run_identity else None
+def attack_results(folder: Path, run_identity: str) -> List[Dict[str, Any]]:
+    """The run's ``attack-*.json`` files that were written for this very run."""
+    results = []
+    for path in sorted(Path(folder).glob(attack_file("*"))):
+        result = json.loads(path.read_text())
+        if result.get("run") == run_identity:
+            results.append(result)
+    return results
 
 
-def attack_done(folder: Path, attack: Optional[Dict[str, Any]], run_identity: str) -> bool:
-    if attack is None:
-        return True
-    result = attack_result(folder, run_identity)
-    return result is not None and result.get("asked") == attack
+def attacks_todo(folder: Path, attacks: Sequence[Dict[str, Any]], run_identity: str) -> List[Dict[str, Any]]:
+    """The attacks not yet made on this very run with these very settings."""
+    done = [r.get("asked") for r in attack_results(folder, run_identity)]
+    return [a for a in attacks if a not in done]
 
 
 def train_run(values: Dict[str, Any], label: str, threads: Optional[int] = None,
-              attack: Optional[Dict[str, Any]] = None, log: Optional[Callable] = None) -> Dict[str, Any]:
+              attacks: Sequence[Dict[str, Any]] = (), log: Optional[Callable] = None) -> Dict[str, Any]:
     """One run of the grid (what each job executes): train, or resume, or nothing if it has finished; then
-    the attack if asked. Its log lines carry ``[label]``."""
+    the attacks asked that it has not had yet. Its log lines carry ``[label]``."""
     import torch
 
     from hcgnet.training import fit, make_config
@@ -141,7 +146,7 @@ def train_run(values: Dict[str, Any], label: str, threads: Optional[int] = None,
     if not (folder / "results.json").is_file() or values.get("overwrite"):
         fit(config, log=say)
     run_identity = identity(config.to_dict())
-    if attack is not None and not attack_done(folder, attack, run_identity):
+    for attack in attacks_todo(folder, attacks, run_identity):
         attack_run(str(folder), config.data, config.data_dir, attack, run_identity, say)
     return json.loads((folder / "results.json").read_text())
 
@@ -156,7 +161,7 @@ def _interrupted(e: HCGNetError, run: PlannedRun, i: int, total: int) -> HCGNetE
 
 
 def run_grid(runs: Sequence[PlannedRun], jobs: int = 1, executor: str = "local", force: bool = False,
-             attack: Optional[Dict[str, Any]] = None, log: Callable = print,
+             attacks: Sequence[Dict[str, Any]] = (), log: Callable = print,
              slurm_parameters: Optional[Dict[str, Any]] = None, folder: Optional[str] = None) -> Dict[str, str]:
     """Carry out every run not finished yet; returns each run folder's status before this call. ``folder``:
     where submitit keeps its job logs (default: beside the runs)."""
@@ -169,34 +174,34 @@ def run_grid(runs: Sequence[PlannedRun], jobs: int = 1, executor: str = "local",
     todo = []
     for i, run in enumerate(runs, 1):
         state = states[run.config.output]
-        if state == "finished" and attack_done(Path(run.config.output), attack, run.identity):
+        if state == "finished" and not attacks_todo(Path(run.config.output), attacks, run.identity):
             log(f"run {i}/{total}: {run.label}: finished earlier, kept")
         else:
             todo.append((i, run, state))
     if executor != "local":
-        _submitit(todo, total, executor, attack, log, slurm_parameters or {},
+        _submitit(todo, total, executor, attacks, log, slurm_parameters or {},
                   folder or str(Path(runs[0].config.output).parents[2] / "submitit"))
     elif jobs == 1:
         for i, run, state in todo:
             log(f"run {i}/{total}: {run.label}" + (" (resuming)" if state == "unfinished" else ""))
             try:
-                train_run(_config_for(run, state), run.label, attack=attack,
+                train_run(_config_for(run, state), run.label, attacks=attacks,
                           log=lambda line, label=run.label: log(f"[{label}] {line}"))
             except HCGNetError as e:
                 raise _interrupted(e, run, i, total) from None
     else:
-        _pool(todo, total, jobs, attack, log)
+        _pool(todo, total, jobs, attacks, log)
     return states
 
 
-def _pool(todo, total: int, jobs: int, attack, log: Callable) -> None:
+def _pool(todo, total: int, jobs: int, attacks, log: Callable) -> None:
     # spawn: a forked copy of a process that has used torch's thread pools can hang
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = []
         for i, run, state in todo:
             log(f"run {i}/{total}: {run.label} queued" + (" (resuming)" if state == "unfinished" else ""))
-            futures.append((i, run, pool.submit(train_run, _config_for(run, state), run.label, threads, attack)))
+            futures.append((i, run, pool.submit(train_run, _config_for(run, state), run.label, threads, attacks)))
         for i, run, future in futures:
             try:
                 future.result()
@@ -207,7 +212,7 @@ def _pool(todo, total: int, jobs: int, attack, log: Callable) -> None:
             log(f"run {i}/{total}: {run.label} finished")
 
 
-def _submitit(todo, total: int, executor: str, attack, log: Callable, parameters: Dict[str, Any],
+def _submitit(todo, total: int, executor: str, attacks, log: Callable, parameters: Dict[str, Any],
               folder: str) -> None:
     try:
         import submitit
@@ -223,7 +228,7 @@ def _submitit(todo, total: int, executor: str, attack, log: Callable, parameters
         raise GridError(f"--slurm-parameters: {str(e).splitlines()[0]}") from None
     submitted = []
     for i, run, state in todo:
-        job = ex.submit(train_run, _config_for(run, state), run.label, None, attack)
+        job = ex.submit(train_run, _config_for(run, state), run.label, None, attacks)
         log(f"run {i}/{total}: {run.label} submitted as job {job.job_id}")
         submitted.append((i, run, job))
     failed = []

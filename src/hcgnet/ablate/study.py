@@ -2,7 +2,7 @@
 before any run starts, carry out the runs, and summarise them (also after a failure or Ctrl-C: what has
 finished so far)."""
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from hcgnet.ablate.grid import Grid, plan
 from hcgnet.ablate.runs import check_buildable, run_grid
@@ -12,10 +12,12 @@ from hcgnet.files import check_output_folder
 
 def ablate(grid: Grid, output: str, seeds: int, epochs: Optional[int] = None, steps: Optional[int] = None,
            options: Optional[Mapping[str, Any]] = None, jobs: int = 1, executor: str = "local", force: bool = False,
-           attack: Optional[Dict[str, Any]] = None, slurm_parameters: Optional[Dict[str, Any]] = None,
+           attacks: Sequence[Dict[str, Any]] = (), slurm_parameters: Optional[Dict[str, Any]] = None,
            log: Callable = print) -> Dict[str, Any]:
     """Run ``grid`` (``seeds`` paired seeds, a budget of ``epochs`` or ``steps``) into ``output``; returns
-    :func:`~hcgnet.ablate.summary.summarise`'s result."""
+    :func:`~hcgnet.ablate.summary.summarise`'s result. ``attacks``: each ``{"attack", "eps", "options"}``
+    (options: :func:`hcgnet.analysis.attack.attack_checkpoints`'s ``limit``, ``steps``), made on every finished
+    run's test set."""
     runs = plan(grid, output, seeds, epochs, steps, options)
     # The summary files are rebuilt on every call; a folder holding them without runs/ holds something else.
     check_output_folder(output, "the ablation", () if (Path(output) / "runs").is_dir() else RESULTS, force)
@@ -23,7 +25,7 @@ def ablate(grid: Grid, output: str, seeds: int, epochs: Optional[int] = None, st
     log(f"{grid.name}: {len(grid.names())} variants x {seeds} seeds = {len(runs)} runs in {output}")
     title = f"{grid.name} on {runs[0].config.data}"
     try:
-        run_grid(runs, jobs, executor, force, attack, log, slurm_parameters)
+        run_grid(runs, jobs, executor, force, attacks, log, slurm_parameters)
     except BaseException:
         if (Path(output) / "runs").is_dir():
             try:

@@ -1,6 +1,6 @@
 """The grid's results, rebuilt from the run folders' own files every time (never from memory):
 ``results.json`` (test accuracy), ``metrics.csv`` (steps taken, training images/s), ``config.yaml`` and the
-weights' metadata (the network, for parameters and multiply-adds), ``attack.json`` (accuracy under attack).
+weights' metadata (the network, for parameters and multiply-adds), ``attack-<attack>.json`` (accuracy under each attack).
 
 Writes ``runs.csv`` (one row per run), ``summary.csv`` and ``summary.md`` (per variant: n, mean ± std, 95%
 t-interval, parameters, multiply-adds, images/s, and the paired difference to the base with its interval and
@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from hcgnet.ablate.grid import BASE, PlannedRun, identity
-from hcgnet.ablate.runs import attack_result, build
+from hcgnet.ablate.runs import attack_results, build
 from hcgnet.ablate.stats import interval_text, mean_interval, paired_difference
 from hcgnet.files import atomic_path
 from hcgnet.training.config import FIELDS, TrainConfig
@@ -53,9 +53,21 @@ def _metrics(folder: Path) -> Dict[str, Optional[float]]:
 
 
 def _attack(folder: Path, run_identity: str) -> Dict[str, float]:
-    """eps -> accuracy under attack (keys ``attack_<eps>``), from the run's own attack.json."""
-    result = attack_result(folder, run_identity)
-    return {} if result is None else {f"attack_{row['eps']:g}": row["accuracy"] for row in result["rows"]}
+    """Accuracy under each attack at each eps (keys ``attack_<attack>_<eps>``), from the run's own files."""
+    return {attack_score(result["attack"], row["eps"]): row["accuracy"]
+            for result in attack_results(folder, run_identity) for row in result["rows"]}
+
+
+def attack_score(attack: str, eps: float) -> str:
+    """The summary's column stem for accuracy under ``attack`` at ``eps``."""
+    return f"attack_{attack}_{eps:g}"
+
+
+def score_name(score: str) -> str:
+    if score == SCORE:
+        return "test top-1"
+    attack, eps = score[len("attack_"):].rsplit("_", 1)
+    return f"test top-1 under {attack}, eps {eps}"
 
 
 def collect(runs: Sequence[PlannedRun]) -> List[Dict[str, Any]]:
@@ -156,8 +168,7 @@ def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget:
              "to the base over the seeds both finished (same data order, hold-out and augmentation per seed), its "
              "95% t-interval and verdict (undecided: the interval contains 0).", ""]
     for score in scores:
-        name = "test top-1" if score == SCORE else f"test top-1 under attack, eps {score[len('attack_'):]}"
-        lines += [f"## {name}", "",
+        lines += [f"## {score_name(score)}", "",
                   "| variant | model | n | top-1 | 95% CI | params | MACs | images/s | Δ vs base | Δ 95% CI "
                   "| verdict |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]

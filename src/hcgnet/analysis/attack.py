@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file
-from hcgnet.analysis.paper import ATTACKS
+from hcgnet.analysis.paper import ATTACKS, PGD_STEPS
 from hcgnet.data import DataConfig, DataError, build_eval_dataset
 from hcgnet.errors import CheckpointError, HCGNetError, plural
 from hcgnet.evaluation import autocast, device_of
@@ -159,7 +159,7 @@ def fgsm_any(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mea
     return adv.detach()
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = PGD_STEPS,
         step_size: Optional[float] = None, random_start: bool = False, generator: Optional[torch.Generator] = None,
         mean: Stats = None, std: Stats = None) -> torch.Tensor:
     """L-inf PGD: from ``x`` (or, with ``random_start``, a uniform point of the eps-ball, drawn with
@@ -195,7 +195,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
 
 
 def run_attack(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mean: Stats = None,
-               std: Stats = None, steps: int = 10, step_size: Optional[float] = None, random_start: bool = False,
+               std: Stats = None, steps: int = PGD_STEPS, step_size: Optional[float] = None, random_start: bool = False,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """One of :data:`ATTACKS` by name (``steps``, ``step_size``, ``random_start``, ``generator``: PGD's)."""
     if attack == "fgsm":
@@ -207,7 +207,7 @@ def run_attack(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     raise HCGNetError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
 
 
-def check_options(attack: str, eps_list: Sequence[float], steps: int = 10, step_size: Optional[float] = None,
+def check_options(attack: str, eps_list: Sequence[float], steps: int = PGD_STEPS, step_size: Optional[float] = None,
                   limit: Optional[int] = None, batch_size: int = 64, workers: int = 0) -> List[float]:
     """The refusals, before any work: one line each. Returns the eps values as floats, in the order given."""
     if attack not in ATTACKS:
@@ -243,7 +243,7 @@ def robustness(
     data: Union[Dataset, DataLoader, Mapping[str, Union[Dataset, DataLoader]]],
     attack: str,
     eps_list: Sequence[float],
-    steps: int = 10,
+    steps: int = PGD_STEPS,
     step_size: Optional[float] = None,
     random_start: bool = False,
     seed: int = 0,
@@ -378,7 +378,7 @@ def model_labels(paths: Sequence[str], names: Sequence[Optional[str]]) -> List[s
 
 def attack_checkpoints(
     checkpoints: Sequence[str], data: str, attack: str, eps_list: Sequence[float], model_names: Sequence[Optional[str]] = (),
-    data_dir: Optional[str] = None, split: Optional[str] = None, steps: int = 10, step_size: Optional[float] = None,
+    data_dir: Optional[str] = None, split: Optional[str] = None, steps: int = PGD_STEPS, step_size: Optional[float] = None,
     random_start: bool = False, seed: int = 0, batch_size: int = 64, limit: Optional[int] = None,
     device: Optional[str] = None, progress: Optional[Callable[[int], None]] = None,
     on_total: Optional[Callable[[int], None]] = None, amp: str = "none", workers: int = 0,
