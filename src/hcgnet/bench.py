@@ -9,8 +9,12 @@ configuration in a fresh process (exact memory for every one, timings across pro
 
 Besides the eager model, inference can be timed in the deployment runtimes of :mod:`hcgnet.export`
 (TorchScript, ONNX Runtime, a ``torch.export`` program), each exported from the same weights.
+
+:func:`against_published` times the published implementation's own model class (imported from a clone,
+:mod:`hcgnet.published`) beside hcgnet's configurations, with the same weights, in interleaved rounds.
 """
 import csv
+import functools
 import itertools
 import multiprocessing
 import os
@@ -27,15 +31,16 @@ import torch
 from torch import nn
 
 from hcgnet.errors import HCGNetError
-from hcgnet.models import create_model
 from hcgnet.evaluation import AMP_DTYPES
+from hcgnet.models import create_model
+from hcgnet.models.registry import first_conv_in_chans
 
 MODES = ("train", "infer", "latency")
 DTYPES = ("fp32", "bf16", "fp16")
 RUNTIMES = ("eager", "torchscript", "onnx", "pt2")
 CSV_FIELDS = ("mode", "runtime", "dtype", "channels_last", "memory_efficient", "compile", "batch", "size",
               "images_per_s", "latency_ms", "median_s", "min_s", "max_s", "peak_memory_added_mb", "steps",
-              "first_loss", "final_loss")
+              "first_loss", "final_loss", "implementation", "process_peak_rss_mb")
 
 
 @dataclass
@@ -46,10 +51,13 @@ class BenchConfig:
     memory_efficient: bool = False
     compile: bool = False
     runtime: str = "eager"
+    implementation: str = "hcgnet"  # or "published": the published code's own class (always eager fp32)
 
 
 def describe(r: Dict) -> str:
     """A configuration (a :class:`BenchConfig` as a dict, or a result) in a few words."""
+    if r.get("implementation") == "published":
+        return "published eager fp32"
     if r["runtime"] != "eager":
         return f"{r['runtime']} fp32"
     return " ".join([r["dtype"]] + [name for name in ("channels_last", "memory_efficient", "compile") if r[name]])
@@ -58,6 +66,18 @@ def describe(r: Dict) -> str:
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def process_peak_rss_mb() -> Optional[float]:
+    """The process's resident high-water mark (``VmHWM``: the most that ``top`` showed for it), in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 class _PeakMemory:
@@ -124,13 +144,18 @@ def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: st
 
 
 def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], steps: int, warmup: int,
-               device: torch.device, num_classes: int = 10, export_dir: Optional[str] = None) -> Dict:
+               device: torch.device, num_classes: int = 10, export_dir: Optional[str] = None,
+               build: Optional[Callable[[BenchConfig], nn.Module]] = None) -> Dict:
     """Time ``steps`` steps of one configuration after ``warmup`` untimed ones. Exported runtimes reuse
-    the file in ``export_dir`` when an earlier configuration wrote it there."""
+    the file in ``export_dir`` when an earlier configuration wrote it there. ``build(cfg)`` makes the network
+    (default: hcgnet's ``name`` initialised from seed 0)."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=num_classes, memory_efficient=cfg.memory_efficient)
+    if build is not None:
+        model = build(cfg)
+    else:
+        model = create_model(name, num_classes=num_classes, memory_efficient=cfg.memory_efficient)
     n = 1 if cfg.mode == "latency" else batch
-    in_chans = model.stem.conv0.in_channels
+    in_chans = first_conv_in_chans(model)
     x = torch.randn(n, in_chans, *size)
     train = cfg.mode == "train"
     model.train(train)
@@ -178,7 +203,7 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
     median = statistics.median(times)
     result = {**asdict(cfg), "batch": n, "size": list(size), "median_s": median, "min_s": min(times),
               "max_s": max(times), "first_step_s": first_step, "peak_memory_added_mb": memory.added_mb,
-              "steps": steps}
+              "process_peak_rss_mb": process_peak_rss_mb(), "steps": steps}
     if cfg.mode == "latency":
         result["latency_ms"] = 1000 * median
     else:
@@ -310,3 +335,137 @@ def plot(results: Sequence[Dict], path: str, title: str = "") -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def build_for(path: str, name: str, num_classes: int, cfg: BenchConfig) -> nn.Module:
+    """The network of one side-by-side configuration: the published class, or hcgnet's holding its weights
+    (a plain function, so that a fresh process can be handed it)."""
+    from hcgnet.published import hcgnet_twin, published_model
+
+    published = published_model(path, name, num_classes, seed=0)
+    if cfg.implementation == "published":
+        return published
+    return hcgnet_twin(published, name, num_classes, memory_efficient=cfg.memory_efficient)
+
+
+def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5,
+                device: Optional[torch.device] = None) -> float:
+    """The machine's matrix-multiply rate (GFLOP/s, median of ``repeats``) at ``n`` x ``n``: the yardstick of
+    "share of the machine's peak", measured in the same process with the same threads as the workloads."""
+    device = device or torch.device("cpu")
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def machine_description() -> Dict[str, object]:
+    """The CPU's model and the instruction sets that decide its kernels (figures mean nothing without them)."""
+    info: Dict[str, object] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                     None)
+        flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        info["cpu"] = model
+        info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    except OSError:
+        info["cpu"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _flops_per_image(model: nn.Module, size: Sequence[int], mode: str) -> float:
+    """FLOPs (2 per multiply-add) of one image's step: the forward pass, three times that for training
+    (the backward pass computes gradients of both inputs and weights)."""
+    from hcgnet.complexity import count_macs
+
+    return 2 * count_macs(model, (first_conv_in_chans(model), *size)) * (3 if mode == "train" else 1)
+
+
+def against_published(
+    path: str, name: str, configs: Sequence[BenchConfig], batch: int, size: Sequence[int], steps: int = 5,
+    warmup: int = 2, rounds: int = 3, num_classes: Optional[int] = None, device: Optional[str] = None,
+    memory: bool = False, progress: Optional[Callable[[Dict], None]] = None,
+) -> Dict:
+    """hcgnet's ``configs`` against the published implementation's eager fp32 for each mode among them, with
+    identical weights (their logits checked equal first, :func:`hcgnet.published.paired_models`).
+
+    Every configuration, the published one first, runs once per round, ``rounds`` times over; a
+    configuration's figure is the median of its per-round medians, and its ratio to the published code is the
+    median of the per-round ratios (time per step over the published code's in the same round: below 1 is
+    faster). ``memory``: each training configuration once more in a fresh process for its peak resident
+    memory (the process's high-water mark, as ``top`` shows it) and its ratio to the published code's.
+    Achieved GFLOP/s is set against this machine's matrix-multiply rate measured in the same run."""
+    from hcgnet.published import paired_models
+
+    dev = _device(device)
+    if rounds < 1 or steps < 1 or warmup < 0:
+        raise HCGNetError("--rounds and --steps must be 1 or more, --warmup 0 or more")
+    if num_classes is None:
+        num_classes = 10 if name.startswith("hcgnet_a") else 1000
+    size = tuple(size)
+    modes = list(dict.fromkeys(c.mode for c in configs))
+    if "train" in modes and batch < 2:
+        raise HCGNetError("training needs a batch of at least 2 (the gates' BatchNorm1d)")
+    for cfg in configs:
+        if cfg.dtype == "fp16" and dev.type != "cuda":
+            raise HCGNetError("fp16 needs a GPU; on the CPU use bf16")
+    published, ours = paired_models(path, name, num_classes, size)  # refused here unless the same network
+    flops = {mode: _flops_per_image(ours, size, mode) for mode in modes}
+    del published, ours
+    lineup: List[BenchConfig] = []
+    for mode in modes:
+        lineup.append(BenchConfig(mode, implementation="published"))
+        lineup += [c for c in configs if c.mode == mode and c.implementation == "hcgnet"]
+    build = functools.partial(build_for, path, name, num_classes)
+    peaks = {"fp32": gemm_gflops(torch.float32, device=dev)}
+    if any(c.dtype == "bf16" for c in lineup):
+        peaks["bf16"] = gemm_gflops(torch.bfloat16, device=dev)
+    runs: List[List[Dict]] = [[] for _ in lineup]
+    with tempfile.TemporaryDirectory() as export_dir:
+        for round_ in range(rounds):
+            for i, cfg in enumerate(lineup):
+                r = run_config(name, cfg, batch, size, steps, warmup, dev, num_classes, export_dir, build)
+                r["round"] = round_
+                runs[i].append(r)
+                if progress is not None:
+                    progress(r)
+    rows = []
+    for cfg, config_runs in zip(lineup, runs):
+        baseline = runs[lineup.index(BenchConfig(cfg.mode, implementation="published"))]
+        row = {**asdict(cfg), "batch": config_runs[0]["batch"], "size": list(size),
+               "round_medians_s": [r["median_s"] for r in config_runs],
+               "median_s": statistics.median(r["median_s"] for r in config_runs),
+               "time_ratio": statistics.median(r["median_s"] / b["median_s"] for r, b in zip(config_runs, baseline))}
+        row["speedup"] = 1 / row["time_ratio"]
+        row["images_per_s"] = row["batch"] / row["median_s"]
+        if cfg.mode == "latency":
+            row["latency_ms"] = 1000 * row["median_s"]
+        row["gflops"] = flops[cfg.mode] * row["images_per_s"] / 1e9
+        peak = peaks["bf16" if cfg.dtype == "bf16" else "fp32"]
+        row["share_of_peak"] = row["gflops"] / peak
+        rows.append(row)
+    if memory:
+        context = multiprocessing.get_context("spawn")
+        for row, cfg in zip(rows, lineup):
+            if cfg.mode != "train":
+                continue
+            with context.Pool(1) as pool:  # a fresh allocator: the peak is this configuration's alone
+                r = pool.apply(run_config, (name, cfg, batch, size, min(steps, 3), 1, dev, num_classes, None, build))
+            row["process_peak_rss_mb"] = r["process_peak_rss_mb"]
+        for row in rows:
+            base = next(r for r in rows if r["mode"] == row["mode"] and r["implementation"] == "published")
+            if row.get("process_peak_rss_mb") and base.get("process_peak_rss_mb"):
+                row["rss_ratio"] = row["process_peak_rss_mb"] / base["process_peak_rss_mb"]
+    return {"model": name, "num_classes": num_classes, "batch": batch, "size": list(size), "rounds": rounds,
+            "steps": steps, "warmup": warmup, "published": str(path), "machine": machine_description(),
+            "peak_gflops": peaks, "flops_per_image": flops, "date": time.strftime("%Y-%m-%d"), "rows": rows,
+            "runs": [r for config_runs in runs for r in config_runs]}

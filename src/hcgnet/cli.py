@@ -324,6 +324,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             check_output_file(path, flag, force=args.force)
     batches = _int_list(args.batch_size, "--batch-size")
     sizes = [(s, s) for s in _int_list(args.size, "--size")] if args.size else None
+    if args.against_published:
+        if args.plot:
+            raise HCGNetError("--plot draws a batch or size sweep; with --against-published use --json or --csv")
+        return _bench_against_published(args, both, batches, sizes)
+    if args.memory or args.rounds != 3:
+        raise HCGNetError("--rounds and --memory go with --against-published PATH")
     results = benchmark(args.model, args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
                         both(args.memory_efficient), both(args.compile), steps=args.steps, warmup=args.warmup,
                         device=args.device, progress=None if args.json_only else show,
@@ -340,6 +346,55 @@ def cmd_bench(args: argparse.Namespace) -> int:
             plot(results, args.plot, title=f"{args.model}, {torch.get_num_threads()} threads")
     written = [path for path in (args.json, args.csv, args.plot) if path]
     if written:  # on stderr: stdout is the table, one line per configuration
+        print(f"wrote {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
+def _bench_against_published(args: argparse.Namespace, both, batches: List[int], sizes) -> int:
+    from hcgnet.bench import against_published, configurations, describe, write_csv
+    from hcgnet.files import reported_write
+    from hcgnet.published import check_clone, published_names
+
+    check_clone(args.against_published)
+    if args.model not in published_names():
+        raise HCGNetError(f"--against-published: the published implementation has {', '.join(published_names())}, "
+                          f"not {args.model!r}")
+    if len(batches) > 1 or (sizes and len(sizes) > 1):
+        raise HCGNetError("--against-published times one --batch-size and one --size at a time")
+    if args.isolate:
+        raise HCGNetError("--against-published measures memory in fresh processes with --memory; drop --isolate")
+    configs = configurations(args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
+                             both(args.memory_efficient), both(args.compile), args.runtimes.split(","))
+    size = sizes[0] if sizes else (224, 224) if args.model in ("hcgnet_b", "hcgnet_c") else (32, 32)
+
+    def show(r):
+        speed = f"{r['latency_ms']:8.1f} ms" if "latency_ms" in r else f"{r['images_per_s']:8.1f} img/s"
+        print(f"round {r['round'] + 1}  {r['mode']:7s} {describe(r):36s} {speed}", flush=True)
+
+    result = against_published(args.against_published, args.model, configs, batches[0], size, args.steps,
+                               args.warmup, args.rounds, device=args.device, memory=args.memory,
+                               progress=None if args.json_only else show)
+    m = result["machine"]
+    print(f"\n{args.model}, batch {batches[0]}, {size[0]}x{size[1]}, {args.rounds} rounds; {m.get('cpu') or 'cpu'} "
+          f"({', '.join(m.get('cpu_flags', []))}), {m['threads']} threads; matrix-multiply peak "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result["peak_gflops"].items()))
+    print(f"{'mode':7s} {'configuration':36s} {'speed':>14s} {'x published time':>16s} {'GFLOP/s':>8s} "
+          f"{'of peak':>7s}" + (f" {'peak RSS':>9s} {'x published':>11s}" if args.memory else ""))
+    for r in result["rows"]:
+        speed = f"{r['latency_ms']:.1f} ms" if r["mode"] == "latency" else f"{r['images_per_s']:.1f} img/s"
+        line = (f"{r['mode']:7s} {describe(r):36s} {speed:>14s} {r['time_ratio']:16.2f} {r['gflops']:8.1f} "
+                f"{r['share_of_peak']:7.1%}")
+        if args.memory and r.get("process_peak_rss_mb"):
+            line += f" {r['process_peak_rss_mb']:7.0f} MB {r.get('rss_ratio', 1):11.2f}"
+        print(line)
+    if args.json:
+        with reported_write(args.json):
+            Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.csv:
+        with reported_write(args.csv):
+            write_csv(result["rows"], args.csv)
+    written = [path for path in (args.json, args.csv) if path]
+    if written:
         print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
 
@@ -840,6 +895,14 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     be.add_argument("--csv", default=None, help="also write the results as CSV")
     be.add_argument("--plot", default=None, help="PNG of step time and peak memory against pixels per step")
     be.add_argument("--force", action="store_true", help="replace the --json, --csv and --plot files if they exist")
+    pub = be.add_argument_group("side by side with the published implementation")
+    pub.add_argument("--against-published", default=None, metavar="PATH",
+                     help="a clone of github.com/winycg/HCGNet: time its own model class (eager fp32, the same "
+                          "weights, logits checked equal first) beside each configuration, in interleaved rounds")
+    pub.add_argument("--rounds", type=int, default=3, help="with --against-published: rounds (default 3)")
+    pub.add_argument("--memory", action="store_true",
+                     help="with --against-published: each training configuration again in a fresh process for its "
+                          "peak resident memory")
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
 
