@@ -15,73 +15,6 @@ from hcgnet import __version__
 from hcgnet.errors import HCGNetError
 
 
-def _info_rows(names: Sequence[str], num_classes: Optional[int], size: Optional[int] = None,
-               model_kwargs: Optional[dict] = None) -> List[dict]:
-    import torch
-
-    from hcgnet.complexity import count_macs, count_params
-    from hcgnet.models import VARIANTS, create_model
-    from hcgnet.models.baselines import PAPER
-    from hcgnet.models.variants import resolve
-
-    rows = []
-    for requested in names:
-        if requested.strip().lower() in PAPER:
-            rows.append(_baseline_row(requested.strip().lower(), num_classes, size, model_kwargs))
-            continue
-        name, variant = resolve(requested)
-        classes = variant.num_classes if num_classes is None else num_classes
-        with torch.device("meta"):  # shapes only: counting C costs no arithmetic
-            model = create_model(requested, num_classes=classes, **(model_kwargs or {}))
-        switches = model.switch_info()  # the published figures are for the paper's network only
-        input_size = _counted_size(model, requested, variant.input_size, size)
-        rows.append(dict(
-            model=name if name in VARIANTS else "-",
-            spec=variant.spec + (f" [{switches}]" if switches else ""),
-            stem=variant.stem,
-            input="x".join(map(str, input_size[1:])),
-            classes=classes,
-            params=count_params(model),
-            published_params=None if switches else variant.published_params.get(classes),
-            paper_params=None if switches else variant.paper_params,
-            gmacs=count_macs(model, input_size) / 1e9,
-            paper_gmacs=variant.paper_gmacs if input_size == variant.input_size and not switches else None,
-        ))
-    return rows
-
-
-def _counted_size(model, name: str, native: Sequence[int], size: Optional[int]) -> tuple:
-    """The (C, H, W) ``info`` counts at: the model's own, or ``--size`` if it is at least the total stride."""
-    input_size = tuple(native) if size is None else (native[0], size, size)
-    smallest = model.feature_info[-1]["reduction"]
-    if input_size[-1] < smallest:
-        raise HCGNetError(f"--size {size} is smaller than {name}'s total stride; use --size {smallest} or more")
-    return input_size
-
-
-def _baseline_row(name: str, num_classes: Optional[int], size: Optional[int],
-                  model_kwargs: Optional[dict] = None) -> dict:
-    """``info`` of one of hcgnet's CIFAR baselines (DenseNet-BC, CIFAR ResNets) beside its paper's count (the
-    paper's figures only for the paper's network: none once ``model_kwargs`` change it)."""
-    import torch
-
-    from hcgnet.complexity import count_macs, count_params
-    from hcgnet.models import create_model
-    from hcgnet.models.baselines import PAPER
-
-    classes = 10 if num_classes is None else num_classes
-    with torch.device("meta"):
-        model = create_model(name, num_classes=classes, **(model_kwargs or {}))
-    input_size = _counted_size(model, name, model.pretrained_cfg["input_size"], size)
-    architecture, paper_params, paper_gmacs = PAPER[name]
-    changed = ", ".join(f"{k}={v}" for k, v in (model_kwargs or {}).items())
-    return dict(model=name, spec=architecture + (f" [{changed}]" if changed else ""), stem="cifar",
-                input="x".join(map(str, input_size[1:])), classes=classes, params=count_params(model),
-                published_params=None, paper_params=paper_params if classes == 10 and not changed else None,
-                gmacs=count_macs(model, input_size) / 1e9,
-                paper_gmacs=paper_gmacs if input_size == (3, 32, 32) and not changed else None)
-
-
 def cmd_info_detection(args: argparse.Namespace) -> int:
     """``info --detection NAME``: a detector's parameters and multiply-adds beside the paper's Table 4."""
     from hcgnet.detection.complexity import DEFAULT_IMAGE_SIZE, detection_info, parse_image_size
@@ -123,7 +56,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from hcgnet.models.registry import parse_model_kwargs
     from hcgnet.models.variants import cifar_stem_note
 
-    rows = _info_rows(args.models or list(VARIANTS), args.num_classes, args.size, parse_model_kwargs(args.model_kwargs))
+    from hcgnet.info import model_info
+
+    rows = model_info(args.models or list(VARIANTS), args.num_classes, args.size, parse_model_kwargs(args.model_kwargs))
     for r in rows:
         note = cifar_stem_note(r["spec"], r["stem"], int(r["input"].split("x")[0]))
         if note:

@@ -1,0 +1,136 @@
+"""Where a training step (or an inference batch) of HCGNet spends its time: torch.profiler, per operator and
+per part of the network.
+
+    python benchmarks/profile_step.py --model hcgnet_a1 --batch 64 --mode train --json benchmarks/results/profile_a1_train.json
+    python benchmarks/profile_step.py --model hcgnet_a1 --batch 256 --mode infer --channels-last
+
+Per operator: self CPU time of each ATen operator over the profiled steps (the backward pass's kernels are
+operators too). Per part: the forward pass's time inside each kind of leaf module (the SMG's squeeze and
+excitation cells, split into BatchNorm, ReLU and convolution; the gates; the transitions), the
+concatenations (``aten::cat``) and the rest, from ``record_function`` ranges opened by module hooks.
+"""
+import argparse
+import json
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from hcgnet.bench import machine_description
+from hcgnet.models import create_model
+
+PREFIX = "part:"
+
+
+def part_name(name: str) -> str:
+    """A leaf module's kind: its path with the stage and layer indices dropped, blocks and transitions apart."""
+    name = re.sub(r"^stages\.\d+\.", "", name)
+    name = re.sub(r"^block\.layers\.\d+\.", "block.", name)
+    return name
+
+
+def add_ranges(model: nn.Module) -> None:
+    """A ``record_function`` range around every leaf module's forward, named by its kind."""
+    for name, module in model.named_modules():
+        if list(module.children()):
+            continue
+        label = PREFIX + part_name(name)
+
+        def enter(mod, args, label=label):
+            mod._range = record_function(label)
+            mod._range.__enter__()
+
+        def leave(mod, args, output):
+            mod._range.__exit__(None, None, None)
+
+        module.register_forward_pre_hook(enter)
+        module.register_forward_hook(leave)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="hcgnet_a1")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=None, help="input side (default: the model's)")
+    p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--steps", type=int, default=3, help="profiled steps, after 2 warm-up steps")
+    p.add_argument("--top", type=int, default=15, help="operators to list")
+    p.add_argument("--json", default=None, help="write the tables here")
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    model = create_model(args.model, num_classes=10 if args.model.startswith("hcgnet_a") else 1000)
+    side = args.size or model.pretrained_cfg["input_size"][1]
+    x = torch.randn(args.batch, 3, side, side)
+    y = torch.randint(0, 10, (args.batch,))
+    if args.channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    model.train(args.mode == "train")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else None
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            if args.mode == "infer":
+                with torch.no_grad():
+                    return model(x)
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    plain = (time.perf_counter() - start) / args.steps
+    add_ranges(model)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            with record_function(PREFIX + "step"):
+                step()
+    events = prof.key_averages()
+    total = next(e.cpu_time_total for e in events if e.key == PREFIX + "step")
+    ops = sorted((e for e in events if not e.key.startswith(PREFIX) and e.self_cpu_time_total > 0),
+                 key=lambda e: -e.self_cpu_time_total)
+    op_rows = [{"op": e.key, "calls": e.count // args.steps, "self_ms": e.self_cpu_time_total / 1e3 / args.steps,
+                "share": e.self_cpu_time_total / total} for e in ops]
+    parts = defaultdict(float)
+    for e in events:
+        if e.key.startswith(PREFIX) and e.key != PREFIX + "step":
+            kind = e.key[len(PREFIX):]
+            # group a cell's BN / ReLU / convolution across cells; the gates as a whole
+            gate = re.match(r"(block|transition)\.(update_gate|forget_gate)", kind)
+            parts[gate.group(0) if gate else kind] += e.cpu_time_total
+    parts["concatenation (aten::cat)"] = next((e.cpu_time_total for e in events if e.key == "aten::cat"), 0.0)
+    forward = sum(parts.values())
+    part_rows = sorted(({"part": k, "forward_ms": v / 1e3 / args.steps, "share_of_step": v / total}
+                        for k, v in parts.items()), key=lambda r: -r["forward_ms"])
+    step_ms = total / 1e3 / args.steps
+    print(f"{args.model} {args.mode}, batch {args.batch}, {side}x{side}, {args.dtype}"
+          f"{' channels_last' if args.channels_last else ''}: {1000 * plain:.0f} ms per step unprofiled, "
+          f"{step_ms:.0f} ms profiled; forward inside modules {forward / total:.0%} of the step")
+    print(f"\n{'operator':58s} {'calls':>6s} {'ms/step':>9s} {'share':>6s}")
+    for r in op_rows[:args.top]:
+        print(f"{r['op'][:58]:58s} {r['calls']:6d} {r['self_ms']:9.1f} {r['share']:6.1%}")
+    print(f"\n{'forward, by part':58s} {'ms/step':>9s} {'share':>6s}")
+    for r in part_rows[:25]:
+        print(f"{r['part'][:58]:58s} {r['forward_ms']:9.1f} {r['share_of_step']:6.1%}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "model": args.model, "mode": args.mode, "batch": args.batch, "size": side, "dtype": args.dtype,
+            "channels_last": args.channels_last, "step_ms_unprofiled": 1000 * plain, "step_ms_profiled": step_ms,
+            "machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "operators": op_rows,
+            "parts": part_rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

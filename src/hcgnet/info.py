@@ -1,0 +1,67 @@
+"""The rows of ``hcgnet info``: each network's parameters and multiply-adds beside the published figures."""
+from typing import List, Optional, Sequence
+
+import torch
+
+from hcgnet.complexity import count_macs, count_params
+from hcgnet.errors import HCGNetError
+from hcgnet.models import VARIANTS, create_model
+from hcgnet.models.baselines import PAPER
+from hcgnet.models.variants import resolve
+
+
+def model_info(names: Sequence[str], num_classes: Optional[int], size: Optional[int] = None,
+               model_kwargs: Optional[dict] = None) -> List[dict]:
+    """One row of ``hcgnet info`` per model name or spec: parameters and multiply-adds at ``size`` (default: the
+    model's own input), with ``model_kwargs`` (design switches), beside the published and paper figures."""
+    rows = []
+    for requested in names:
+        if requested.strip().lower() in PAPER:
+            rows.append(baseline_info(requested.strip().lower(), num_classes, size, model_kwargs))
+            continue
+        name, variant = resolve(requested)
+        classes = variant.num_classes if num_classes is None else num_classes
+        with torch.device("meta"):  # shapes only: counting C costs no arithmetic
+            model = create_model(requested, num_classes=classes, **(model_kwargs or {}))
+        switches = model.switch_info()  # the published figures are for the paper's network only
+        input_size = counted_size(model, requested, variant.input_size, size)
+        rows.append(dict(
+            model=name if name in VARIANTS else "-",
+            spec=variant.spec + (f" [{switches}]" if switches else ""),
+            stem=variant.stem,
+            input="x".join(map(str, input_size[1:])),
+            classes=classes,
+            params=count_params(model),
+            published_params=None if switches else variant.published_params.get(classes),
+            paper_params=None if switches else variant.paper_params,
+            gmacs=count_macs(model, input_size) / 1e9,
+            paper_gmacs=variant.paper_gmacs if input_size == variant.input_size and not switches else None,
+        ))
+    return rows
+
+
+def counted_size(model, name: str, native: Sequence[int], size: Optional[int]) -> tuple:
+    """The (C, H, W) ``info`` counts at: the model's own, or ``--size`` if it is at least the total stride."""
+    input_size = tuple(native) if size is None else (native[0], size, size)
+    smallest = model.feature_info[-1]["reduction"]
+    if input_size[-1] < smallest:
+        raise HCGNetError(f"--size {size} is smaller than {name}'s total stride; use --size {smallest} or more")
+    return input_size
+
+
+def baseline_info(name: str, num_classes: Optional[int], size: Optional[int],
+                  model_kwargs: Optional[dict] = None) -> dict:
+    """``info`` of one of hcgnet's CIFAR baselines (DenseNet-BC, CIFAR ResNets) beside its paper's count (the
+    paper's figures only for the paper's network: none once ``model_kwargs`` change it)."""
+
+    classes = 10 if num_classes is None else num_classes
+    with torch.device("meta"):
+        model = create_model(name, num_classes=classes, **(model_kwargs or {}))
+    input_size = counted_size(model, name, model.pretrained_cfg["input_size"], size)
+    architecture, paper_params, paper_gmacs = PAPER[name]
+    changed = ", ".join(f"{k}={v}" for k, v in (model_kwargs or {}).items())
+    return dict(model=name, spec=architecture + (f" [{changed}]" if changed else ""), stem="cifar",
+                input="x".join(map(str, input_size[1:])), classes=classes, params=count_params(model),
+                published_params=None, paper_params=paper_params if classes == 10 and not changed else None,
+                gmacs=count_macs(model, input_size) / 1e9,
+                paper_gmacs=paper_gmacs if input_size == (3, 32, 32) and not changed else None)
