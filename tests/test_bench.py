@@ -77,3 +77,22 @@ def test_bench_refuses_what_cannot_run(capsys):
     assert "comma-separated whole numbers" in capsys.readouterr().err
     assert main(["bench", "--model", TINY, "--csv", "no/such/folder/out.csv"]) == 2
     assert "no/such/folder does not exist" in capsys.readouterr().err
+
+
+def test_profile_script_attributes_the_step_to_operators_and_parts(tmp_path):
+    """benchmarks/profile_step.py (the breakdown in BENCHMARKS.md) runs, and its parts are the network's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "profile.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "profile_step.py"
+    subprocess.run([sys.executable, str(script), "--model", TINY, "--batch", "2", "--size", "16", "--steps", "1",
+                    "--json", str(out)], check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    ops = {r["op"] for r in result["operators"]}
+    assert {"aten::convolution_backward", "aten::native_batch_norm"} <= ops
+    parts = {r["part"] for r in result["parts"]}
+    assert {"block.squeeze.conv1x1.conv", "block.update_gate", "block.forget_gate", "transition.squeeze.conv1x1.norm",
+            "concatenation (aten::cat)"} <= parts
+    assert 0 < sum(r["share"] for r in result["operators"]) <= 1.01
