@@ -1,0 +1,887 @@
+"""The GPU checks of issue 17 in one prepared script, to run the moment a session is lent a GPU.
+
+A lent GPU comes with 15 minutes of device time in all, so everything that needs one is here, in the order
+that matters most, under one time budget (``--budget-s``, 420 s: the suite ends within 8 minutes on an
+H100/H200). Steps:
+
+    cuda_paths        a few training steps of a tiny HCGNet through the trainer's step with fp16 + GradScaler,
+                      bf16 autocast and channels_last, each against fp32 (finite losses, the first loss, the
+                      statistics the BatchNorms take in the first step; eval logits) within TOLERANCES
+    trainer           hcgnet.training's Run end to end on a generated image folder (fp16 amp), stopped by
+                      SIGTERM after epoch 1 and resumed: the resumed weights against an uninterrupted run's
+    torchrun          `torchrun -m hcgnet train`, one process per GPU (NCCL; 1 GPU: one process), and a
+                      one-rank NCCL process group with DDP in this process
+    timings           A1 training at batch 128, B training at batch 64, B inference at batch 256 and 1:
+                      fp32, fp32 channels_last, bf16 and fp16 (channels_last), bf16 with cudnn.benchmark,
+                      with torch.cuda.max_memory_allocated (hcgnet.bench.run_config); with --published, the
+                      published implementation beside hcgnet with identical weights
+    compile_modes     torch.compile's "reduce-overhead" (CUDA graphs) and "max-autotune-no-cudagraphs" on
+                      A1 inference at batch 1 and 256, against eager
+    timings_compiled  the timing workloads compiled (bf16 channels_last), compile time included
+    estimate          wall time of the CIFAR-10 A1 recipe (1270 epochs of 50,000 images at batch 128) from
+                      the measured A1 training images/s, ours and (with --published) the published code's
+
+A step that fails is recorded with its one-line error (the traceback is kept in the JSON) and the suite goes
+on; a step that would start after the budget is spent is skipped with a note, and a compilation is not
+started with less than COMPILE_RESERVE_S left. The JSON (written after every step, so a killed run keeps
+what it measured) holds the device, torch/CUDA/cuDNN versions, the date and every figure; the exit code is 1
+when a step failed.
+
+    PYTHONPATH=src python benchmarks/gpu_suite.py                       # on the GPU machine
+    PYTHONPATH=src python benchmarks/gpu_suite.py --published ../HCGNet # also the published implementation
+    PYTHONPATH=src python benchmarks/gpu_suite.py --only timings_compiled --json more.json
+    PYTHONPATH=src python benchmarks/gpu_suite.py --dry-run --json /tmp/dry.json   # CPU, toy sizes, < 1 min
+
+An existing results file is replaced only with ``--force``; the dry run's default file is not the GPU's.
+
+``--dry-run`` runs every step on the CPU at toy sizes (a tiny network, 16x16 images, batch 4, 2 steps): fp16
+with torch.amp.GradScaler("cpu"), bf16 for the trainer's amp (hcgnet refuses fp16 on a CPU), gloo with two
+processes under torchrun, torch.compile with the eager backend (inductor takes minutes on 2 cores); what has
+no CPU counterpart (cudnn.benchmark, fp16 timings, compiled timings) is skipped with a note.
+"""
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+# The hcgnet of this checkout, whatever is installed: the suite checks the code it ships with.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from hcgnet.bench import BenchConfig, run_config  # noqa: E402
+from hcgnet.distributed import Dist  # noqa: E402
+from hcgnet.errors import HCGNetError  # noqa: E402
+from hcgnet.evaluation import AMP_DTYPES, autocast  # noqa: E402
+from hcgnet.files import atomic_path, check_output_file  # noqa: E402
+from hcgnet.models import create_model  # noqa: E402
+
+DEFAULT_JSON = REPO / "benchmarks" / "results" / "gpu_suite.json"
+DRY_RUN_JSON = REPO / "benchmarks" / "results" / "gpu_suite_dry_run.json"  # never the GPU figures' file
+COMPILE_RESERVE_S = 90.0  # a compilation of B on an H100 takes about a minute or more: not started with less left
+CIFAR10_TRAIN_IMAGES = 50_000  # the published code trains on all of them; our recipe holds 5,000 out
+
+# Each path against fp32 (run without TF32, so that channels_last differs from NCHW by summation order only):
+# first_loss: |loss - fp32's| / fp32's; logits: the largest |difference| / the largest |fp32 logit| (the project's
+# bf16 tolerance, tests/test_fast_paths.py); bn_stats: the batch mean and variance every BatchNorm takes in the
+# first step, a mean's difference in its channel's standard deviations, a variance's relative to it. bf16 keeps
+# 8 mantissa bits, fp16 11: the gates' BatchNorm1d normalise an FC output over the batch whose variance is a
+# small difference of large terms, so bf16 moves it by ~10% (0.10-0.21 measured on the CPU), fp16 by ~1%.
+TOLERANCES = {
+    "channels_last": {"first_loss": 1e-4, "bn_stats": 1e-3, "logits": 1e-4},
+    "fp16": {"first_loss": 2e-3, "bn_stats": 5e-2, "logits": 1e-2},
+    "fp16 channels_last": {"first_loss": 2e-3, "bn_stats": 5e-2, "logits": 1e-2},
+    "bf16": {"first_loss": 1e-2, "bn_stats": 0.25, "logits": 5e-2},
+    "bf16 channels_last": {"first_loss": 1e-2, "bn_stats": 0.25, "logits": 5e-2},
+}
+RESUME_TOLERANCE_GPU = 1e-3  # cuDNN's kernels need not add in the same order twice; on the CPU: bit for bit
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big everything is: the GPU run's sizes, or the dry run's toy ones."""
+
+    tiny: str             # the network of cuda_paths, trainer and torchrun
+    side: int             # its input side
+    batch: int
+    steps: int            # training steps of cuda_paths
+    timed_steps: int
+    warmup: int
+    workloads: Dict[str, Tuple[str, str, int, int]]  # name: (model, mode, batch, side)
+    compile_model: str    # compile_modes: inference of this network at these batch sizes
+    compile_side: int
+    compile_batches: Tuple[int, ...]
+
+
+GPU = Scale("HCGNet-(2,2,2)-(k=8,16,24)", 32, 32, 5, 10, 3,
+            {"a1-train": ("hcgnet_a1", "train", 128, 32), "b-train": ("hcgnet_b", "train", 64, 224),
+             "b-infer": ("hcgnet_b", "infer", 256, 224), "b-latency": ("hcgnet_b", "latency", 1, 224)},
+            "hcgnet_a1", 32, (1, 256))
+_TOY = "HCGNet-(1,1,1)-(k=4,4,4)"
+DRY = Scale(_TOY, 16, 4, 2, 2, 1,
+            {"a1-train": (_TOY, "train", 4, 16), "b-train": (_TOY, "train", 4, 16),
+             "b-infer": (_TOY, "infer", 4, 16), "b-latency": (_TOY, "latency", 1, 16)},
+            _TOY, 16, (4,))
+PUBLISHED_CLASSES = {"hcgnet_a1": "HCGNet_A1", "hcgnet_b": "HCGNet_B"}  # our name -> the published factory
+
+
+class CheckFailed(Exception):
+    """A step ran but a figure is outside its tolerance."""
+
+
+class Skip(Exception):
+    """The step cannot run here (no figures to build on); recorded as skipped with this note."""
+
+
+# ------------------------------------------------------------------------------------------------ the suite
+
+
+class Suite:
+    """Runs the steps in order under the budget, records each, prints as it goes, keeps the JSON current."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, scale: Scale, json_path: Path) -> None:
+        self.args, self.device, self.scale, self.json_path = args, device, scale, json_path
+        self.dry = args.dry_run
+        self.start = time.monotonic()
+        self.report: Dict[str, Any] = {"environment": environment(device, self.dry), "settings": {
+            "dry_run": self.dry, "budget_s": args.budget_s, "published": args.published,
+            "compile_reserve_s": COMPILE_RESERVE_S, "tolerances": TOLERANCES, "scale": asdict(scale)},
+            "steps": []}
+        self.step_record: Dict[str, Any] = {}
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.monotonic() - self.start)
+
+    def note(self, text: str) -> None:
+        self.step_record.setdefault("notes", []).append(text)
+        say(f"    note: {text}")
+
+    def check(self, name: str, value: float, tolerance: float) -> bool:
+        """A figure against its tolerance (recorded; a step with a failed check is failed)."""
+        ok = math.isfinite(value) and value <= tolerance
+        self.step_record.setdefault("checks", []).append({"name": name, "value": value, "tolerance": tolerance,
+                                                           "ok": ok})
+        return ok
+
+    def require(self, name: str, ok: bool) -> bool:
+        """A yes-or-no check, recorded like :meth:`check`."""
+        self.step_record.setdefault("checks", []).append({"name": name, "ok": bool(ok)})
+        return bool(ok)
+
+    def row(self, record: Dict[str, Any], line: str) -> None:
+        self.step_record.setdefault("results", []).append(record)
+        say(f"    {line}")
+
+    def run(self, steps: Sequence[Tuple[str, str, Callable[["Suite"], None], bool]]) -> int:
+        env = self.report["environment"]
+        say(f"hcgnet GPU suite: {env['device_name']}, torch {env['torch']}"
+            + (f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if self.device.type == "cuda" else "")
+            + f", {env['date']}" + (" (DRY RUN: CPU, toy sizes)" if self.dry else ""))
+        say(f"budget {self.args.budget_s:.0f} s; results: {self.json_path}")
+        for i, (name, title, fn, always) in enumerate(steps, 1):
+            self.step_record = {"name": name, "title": title}
+            self.report["steps"].append(self.step_record)
+            say(f"[{i}/{len(steps)}] {name}: {title}")
+            if self.args.only and name not in self.args.only:
+                self.finish_step("skipped", 0.0, "not in --only")
+                continue
+            if not always and self.left() <= 0:
+                self.finish_step("skipped", 0.0, f"the {self.args.budget_s:.0f} s budget was spent before it began")
+                continue
+            started = time.monotonic()
+            try:
+                if self.args.fail_step == name:
+                    raise RuntimeError("made to fail by --fail-step (a test of the suite itself)")
+                fn(self)
+                failed = [c for c in self.step_record.get("checks", []) if not c["ok"]]
+                if failed:
+                    raise CheckFailed("; ".join(f"{c['name']}: {c['value']:.3g} > {c['tolerance']:g}" if "value" in c
+                                                else f"{c['name']}: no" for c in failed))
+                failed_items = [r for r in self.step_record.get("results", []) if r.get("status") == "failed"]
+                if failed_items:
+                    raise CheckFailed(f"{len(failed_items)} of {len(self.step_record['results'])} items failed, "
+                                      f"first: {failed_items[0]['what']}: {failed_items[0]['error']}")
+                self.finish_step("ok", time.monotonic() - started)
+            except Skip as e:
+                self.finish_step("skipped", time.monotonic() - started, str(e))
+            except Exception as e:  # recorded, and the suite goes on: one broken path must not hide the others
+                self.step_record["traceback"] = traceback.format_exc()
+                self.finish_step("failed", time.monotonic() - started, error=one_line(e))
+            finally:
+                release_memory()
+        total = time.monotonic() - self.start
+        self.report["total_seconds"] = total
+        self.write()
+        counts = {s: sum(r["status"] == s for r in self.report["steps"]) for s in ("ok", "failed", "skipped")}
+        say(f"done in {total:.0f} s: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; "
+            f"{self.json_path}")
+        return 1 if counts["failed"] else 0
+
+    def finish_step(self, status: str, seconds: float, note: Optional[str] = None,
+                    error: Optional[str] = None) -> None:
+        self.step_record.update(status=status, seconds=round(seconds, 2))
+        if note:
+            self.step_record["note"] = note
+        if error:
+            self.step_record["error"] = error
+        say(f"    {status.upper()}" + (f": {error or note}" if error or note else "") + f" ({seconds:.1f} s)")
+        self.report["total_seconds"] = time.monotonic() - self.start
+        self.write()
+
+    def write(self) -> None:
+        with atomic_path(self.json_path) as tmp:
+            Path(tmp).write_text(json.dumps(self.report, indent=1, default=str) + "\n")
+
+    def result(self, name: str) -> Optional[Dict[str, Any]]:
+        return next((s for s in self.report["steps"] if s["name"] == name), None)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def environment(device: torch.device, dry: bool) -> Dict[str, Any]:
+    cuda = device.type == "cuda"
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else f"CPU ({cpu_name()})",
+        "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "python": platform.python_version(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        # fp32 timings run with PyTorch's defaults: on a GPU, cuDNN convolutions in TF32, matrix products not
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit, "dry_run": dry,
+    }
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def cuda_flags(**flags: bool):
+    """torch.backends.cudnn / .cuda.matmul flags for the block (``cudnn_benchmark=True``, ...), restored after."""
+    targets = {"cudnn_benchmark": (torch.backends.cudnn, "benchmark"),
+               "cudnn_deterministic": (torch.backends.cudnn, "deterministic"),
+               "cudnn_allow_tf32": (torch.backends.cudnn, "allow_tf32"),
+               "matmul_allow_tf32": (torch.backends.cuda.matmul, "allow_tf32")}
+    before = {name: getattr(*targets[name]) for name in flags}
+    try:
+        for name, value in flags.items():
+            setattr(*targets[name], value)
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(*targets[name], value)
+
+
+def relative_error(a: torch.Tensor, reference: torch.Tensor) -> float:
+    a, reference = a.detach().double().cpu(), reference.detach().double().cpu()
+    return float((a - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+
+
+# ------------------------------------------------------------------------------------------------ 1. cuda_paths
+
+
+def batches_for(scale: Scale, n: int, seed: int = 0) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Random images that differ as photographs do, each its own colour and contrast (on pure noise every
+    image pools to nearly the same context, and the gates' batch statistics are all rounding)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (scale.batch, 3, scale.side, scale.side)
+    return [(torch.randn(scale.batch, 3, 1, 1, generator=g) + torch.rand(scale.batch, 1, 1, 1, generator=g)
+             * torch.randn(shape, generator=g), torch.randint(0, 10, (scale.batch,), generator=g)) for _ in range(n)]
+
+
+def train_path(suite: Suite, amp: str, channels_last: bool, batches, eval_x: torch.Tensor) -> Dict[str, Any]:
+    """``scale.steps`` steps of the trainer's own step (hcgnet.training.engine) from seed-0 weights: the losses,
+    the batch statistics every BatchNorm takes into its running statistics in the first step (the same weights
+    in every path, so only the arithmetic differs; later steps start from weights that drifted apart), and the
+    eval logits of the result in the same precision."""
+    from hcgnet.training.engine import StepContext, train_one_epoch
+
+    device = suite.device
+    torch.manual_seed(0)
+    model = create_model(suite.scale.tiny, num_classes=10).to(device)
+    stats: Dict[str, Tuple[torch.Tensor, torch.Tensor, float]] = {}
+
+    def batch_statistics(name: str) -> Callable:
+        def hook(module: nn.Module, inputs) -> None:
+            if module.training and name not in stats:
+                x = inputs[0].detach().double()
+                dims = [0] + list(range(2, x.dim()))
+                stats[name] = (x.mean(dims).cpu(), x.var(dims, unbiased=False).cpu(), module.eps)
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.register_forward_pre_hook(batch_statistics(name))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype = AMP_DTYPES[amp]
+    # fp16 needs the grad scaler; on the CPU (dry run) torch's own CPU scaler, which the trainer never uses
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses: List[float] = []
+    ctx = StepContext(optimizer, nn.CrossEntropyLoss(), Dist(device=device), dtype, scaler, channels_last=channels_last)
+    train_one_epoch(model, batches, ctx, lambda i: None, on_step=lambda i, loss: losses.append(loss))
+    model.eval()
+    x = eval_x.to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(device, dtype):
+        logits = model(x).float().cpu()
+    return {"losses": losses, "stats": stats, "logits": logits, "model": model,
+            "scale": scaler.get_scale() if scaler else None}
+
+
+def statistics_error(got: Dict[str, Tuple], reference: Dict[str, Tuple]) -> float:
+    """The largest difference of the BatchNorm batch statistics: of a mean in standard deviations of its channel,
+    of a variance relative to it (each with the BatchNorm's eps added, as the BatchNorm itself adds it)."""
+    worst = 0.0
+    for name, (mean, var, eps) in reference.items():
+        other_mean, other_var, _ = got[name]
+        worst = max(worst, float(((other_mean - mean).abs() / (var + eps).sqrt()).max()),
+                    float(((other_var - var).abs() / (var + eps)).max()))
+    return worst
+
+
+def step_cuda_paths(suite: Suite) -> None:
+    scale, device = suite.scale, suite.device
+    if suite.dry:
+        suite.note("dry run: CPU autocast (fp16 with torch.amp.GradScaler('cpu')), not CUDA's kernels")
+    batches = batches_for(scale, scale.steps)
+    eval_x = batches_for(scale, 1, seed=1)[0][0]
+    with cuda_flags(cudnn_allow_tf32=False, matmul_allow_tf32=False):  # a true fp32 reference
+        ref = train_path(suite, "none", False, batches, eval_x)
+        ref_model = ref.pop("model")
+        suite.row({"path": "fp32", "losses": ref["losses"]},
+                  f"{'fp32 (reference)':22s} losses {' '.join(f'{v:.4f}' for v in ref['losses'])}")
+        for path in TOLERANCES:
+            amp = "fp16" if "fp16" in path else "bf16" if "bf16" in path else "none"
+            cl = "channels_last" in path
+            got = train_path(suite, amp, cl, batches, eval_x)
+            got.pop("model")
+            tol = TOLERANCES[path]
+            finite = all(math.isfinite(v) for v in got["losses"])
+            first = abs(got["losses"][0] - ref["losses"][0]) / abs(ref["losses"][0])
+            stats = statistics_error(got["stats"], ref["stats"])
+            logits = relative_error(got["logits"], ref["logits"])
+            # the fp32 weights (trained above) evaluated in this path's precision: inference alone
+            x = eval_x.to(device)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), autocast(device, AMP_DTYPES[amp]):
+                same_weights = relative_error(ref_model.to(memory_format=torch.channels_last if cl else
+                                                           torch.contiguous_format)(x).float().cpu(), ref["logits"])
+            ok = [suite.require(f"{path}: losses finite", finite),
+                  suite.check(f"{path}: first loss", first, tol["first_loss"]),
+                  suite.check(f"{path}: BatchNorm statistics of the first step", stats, tol["bn_stats"]),
+                  suite.check(f"{path}: eval logits, fp32 weights", same_weights, tol["logits"])]
+            suite.row({"path": path, "losses": got["losses"], "first_loss_rel": first, "bn_stats_rel": stats,
+                       "eval_logits_rel_same_weights": same_weights, "eval_logits_rel_own_weights": logits,
+                       "grad_scale": got["scale"], "ok": all(ok)},
+                      f"{path:22s} losses {' '.join(f'{v:.4f}' for v in got['losses'])}  first {first:.1e} "
+                      f"(<= {tol['first_loss']:g})  BN stats {stats:.1e} (<= {tol['bn_stats']:g})  logits "
+                      f"{same_weights:.1e} (<= {tol['logits']:g})" + (f"  scale {got['scale']:g}" if got["scale"] else "")
+                      + ("" if all(ok) else "  OUT OF TOLERANCE"))
+
+
+# ------------------------------------------------------------------------------------------------ 2. trainer
+
+
+def make_image_folder(root: Path, side: int, classes: int = 3, per_class: int = 24, seed: int = 0) -> Path:
+    """Class folders of small PNGs, each class its own colour plus noise: learnable in a few steps."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220]][c % 3], dtype=np.float64)
+        for i in range(per_class):
+            pixels = np.clip(colour + rng.normal(0, 40, size=(side, side, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
+def train_overrides(suite: Suite, images: Path, out: Path, **extra) -> Dict[str, Any]:
+    scale = suite.scale
+    values = dict(model=scale.tiny, data=f"imagefolder:{images}", image_size=scale.side, val_size=0.2,
+                  test_size=0.2, workers=0 if suite.dry else 2, output=str(out), epochs=2, batch_size=8, lr=0.05,
+                  max_steps_per_epoch=3, amp="bf16" if suite.dry else "fp16", log_every=1)
+    values.update(extra)
+    return values
+
+
+def step_trainer(suite: Suite) -> None:
+    from safetensors.torch import load_file
+
+    from hcgnet.training import make_config
+    from hcgnet.training.interrupts import TrainingInterrupted
+    from hcgnet.training.trainer import Run
+
+    device = "cuda" if suite.device.type == "cuda" else "cpu"
+    if suite.dry:
+        suite.note("dry run: --amp bf16 on the CPU (hcgnet refuses fp16 without a GPU)")
+    with tempfile.TemporaryDirectory() as tmp, cuda_flags(cudnn_deterministic=True, cudnn_benchmark=False):
+        root = Path(tmp)
+        images = make_image_folder(root / "images", suite.scale.side)
+        lines: List[str] = []
+        started = time.monotonic()
+        reference = Run.launch(make_config(overrides=train_overrides(suite, images, root / "reference")),
+                               lines.append, device=device)
+        seconds = time.monotonic() - started
+
+        def stop_after_epoch_1(line: str) -> None:
+            lines.append(line)
+            if line.startswith("epoch 1/"):  # the line after last.pt is saved: stop as a scheduler would
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        out = root / "run"
+        try:
+            Run.launch(make_config(overrides=train_overrides(suite, images, out)), stop_after_epoch_1, device=device)
+            raise CheckFailed("SIGTERM after epoch 1 did not stop the run")
+        except TrainingInterrupted as e:
+            interrupted = str(e)
+        state = torch.load(out / "last.pt", weights_only=True, map_location="cpu")
+        resumed = Run.launch(make_config(overrides=train_overrides(suite, images, out, resume=True)), lines.append,
+                             device=device)
+        a, b = load_file(root / "reference" / "final.safetensors"), load_file(out / "final.safetensors")
+        worst = max((relative_error(b[k].float(), a[k].float()) for k in a if a[k].is_floating_point()
+                     and a[k].abs().max() > 0), default=0.0)
+        identical = all(torch.equal(a[k], b[k]) for k in a)
+    tolerance = 0.0 if device == "cpu" else RESUME_TOLERANCE_GPU
+    suite.check("resumed final weights against the uninterrupted run's", worst, tolerance)
+    suite.require("test loss finite", math.isfinite(resumed["test_loss"]))
+    if not suite.dry:
+        suite.require("last.pt holds the fp16 grad scaler", bool(state.get("scaler")))
+    suite.row({"device": device, "amp": "bf16" if suite.dry else "fp16", "interrupted": interrupted,
+               "saved_at": [state["epoch"], state["step_in_epoch"]], "scaler": state.get("scaler"),
+               "resumed_vs_reference_rel": worst, "bit_identical": identical,
+               "reference_seconds": seconds, "reference_test_top1": reference["test_top1"],
+               "resumed_test_top1": resumed["test_top1"]},
+              f"uninterrupted 2 epochs in {seconds:.1f} s; {interrupted.split(';')[0]}; resumed: weights "
+              f"{'bit-identical' if identical else f'within {worst:.1e}'} of the uninterrupted run's "
+              f"(<= {tolerance:g}); scaler in last.pt: {'yes' if state.get('scaler') else 'no'}")
+
+
+# ------------------------------------------------------------------------------------------------ 3. torchrun
+
+
+def step_torchrun(suite: Suite) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    cuda = suite.device.type == "cuda"
+    nproc = torch.cuda.device_count() if cuda else 2
+    backend = "nccl" if cuda else "gloo"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    if not cuda:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the dry run stays on the CPU (gloo) even where a GPU is
+        suite.note("dry run: 2 CPU processes with gloo")
+    elif nproc == 1:
+        suite.note("1 GPU: torchrun starts one process, which joins no process group (hcgnet uses DDP from 2 "
+                   "processes on); NCCL and DDP are checked in this process instead (below)")
+    with tempfile.TemporaryDirectory() as tmp:
+        images = make_image_folder(Path(tmp) / "images", suite.scale.side, per_class=40)
+        out = Path(tmp) / "run"
+        o = train_overrides(suite, images, out, epochs=1, batch_size=4 * nproc)
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+                "-m", "hcgnet", "train"] + [a for k, v in o.items() if k not in ("log_every",)
+                                             for a in (f"--{k.replace('_', '-')}", str(v))]
+        started = time.monotonic()
+        rc, output = run_bounded(argv, env, timeout=120 if suite.dry else min(300.0, max(suite.left(), 60.0)))
+        seconds = time.monotonic() - started
+        if rc != 0:
+            raise RuntimeError(f"torchrun exited {rc}: {last_line(output)}")
+        result = json.loads((out / "results.json").read_text())
+    suite.require(f"torchrun world size is {nproc}", result["world_size"] == nproc)
+    suite.require("replicas identical at the end", result["replicas_identical"])
+    suite.row({"nproc": nproc, "backend": backend if nproc > 1 else None, "seconds": seconds, "results": result},
+              f"torchrun --nproc-per-node {nproc} -m hcgnet train ({backend if nproc > 1 else 'no process group'}): "
+              f"exit 0 in {seconds:.1f} s, world size {result['world_size']}, test top-1 {result['test_top1']:.3f}")
+
+    # One rank of a real process group in this process: the collective and DDP's gradient all-reduce.
+    device = suite.device
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        t = torch.arange(4.0, device=device)
+        dist.all_reduce(t)
+        torch.manual_seed(0)
+        model = create_model(suite.scale.tiny, num_classes=10).to(device)
+        plain = create_model(suite.scale.tiny, num_classes=10).to(device)
+        plain.load_state_dict(model.state_dict())
+        ddp = DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        x, y = batches_for(suite.scale, 1)[0]
+        x, y = x.to(device), y.to(device)
+        for m in (ddp, plain):
+            nn.functional.cross_entropy(m(x), y).backward()
+        worst = max(relative_error(a.grad, b.grad) for a, b in zip(model.parameters(), plain.parameters()))
+    finally:
+        dist.destroy_process_group()
+    suite.check(f"{backend} all_reduce of one rank", relative_error(t, torch.arange(4.0)), 0.0)
+    suite.check(f"DDP ({backend}, 1 rank) gradients against the plain model's", worst, 1e-6)
+    suite.row({"backend": backend, "ddp_grad_rel": worst},
+              f"{backend} process group of 1 in this process: all_reduce ok, DDP gradients within {worst:.1e}")
+
+
+def run_bounded(argv: List[str], env: Dict[str, str], timeout: float) -> Tuple[int, str]:
+    """Run a command in its own process group; on timeout the whole group (torchrun and its workers) is killed."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        return 124, (output or "") + f"\n(killed after {timeout:.0f} s)"
+    return proc.returncode, output
+
+
+def last_line(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error:" in line]
+    return (errors or lines or ["no output"])[-1].strip()
+
+
+# ------------------------------------------------------------------------------------------------ 4. timings
+
+EAGER_CONFIGS = [("fp32", BenchConfig("x"), {}), ("fp32 channels_last", BenchConfig("x", channels_last=True), {}),
+                 ("bf16 channels_last", BenchConfig("x", "bf16", True), {}),
+                 ("fp16 channels_last", BenchConfig("x", "fp16", True), {}),
+                 ("bf16 channels_last cudnn.benchmark", BenchConfig("x", "bf16", True), {"cudnn_benchmark": True})]
+COMPILED_CONFIG = ("bf16 channels_last compile", BenchConfig("x", "bf16", True, compile=True), {})
+
+
+def time_workload(suite: Suite, key: str, label: str, cfg: BenchConfig, flags: Dict[str, bool]) -> None:
+    """One configuration of one workload through hcgnet.bench.run_config, recorded as a row."""
+    model, mode, batch, side = suite.scale.workloads[key]
+    what = f"{key} {label}"
+    cuda = suite.device.type == "cuda"
+    skip = None
+    if not cuda and (cfg.dtype == "fp16" or flags):
+        skip = "CUDA only (the dry run has no GPU)"
+    elif not cuda and cfg.compile:
+        skip = "inductor takes minutes on a CPU; compile_modes traces the model with the eager backend"
+    elif cfg.compile and suite.left() < COMPILE_RESERVE_S:
+        skip = f"budget: {max(suite.left(), 0):.0f} s left, a compilation needs about {COMPILE_RESERVE_S:.0f}"
+    elif suite.left() <= 0:
+        skip = "budget spent"
+    if skip:
+        suite.row({"what": what, "workload": key, "config": label, "status": "skipped", "note": skip},
+                  f"{what:48s} skipped: {skip}")
+        return
+    release_memory()
+    if cfg.compile:
+        torch.compiler.reset()  # the workloads' networks share HCGNet.forward: no graph cache from the one before
+    try:
+        with cuda_flags(**flags):
+            r = run_config(model, replace(cfg, mode=mode), batch, (side, side), suite.scale.timed_steps,
+                           suite.scale.warmup, suite.device)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None  # run_config reset it before its steps
+    except Exception as e:
+        suite.step_record.setdefault("tracebacks", {})[what] = traceback.format_exc()
+        suite.row({"what": what, "workload": key, "config": label, "status": "failed", "error": one_line(e)},
+                  f"{what:48s} FAILED: {one_line(e)}")
+        return
+    r.update(what=what, workload=key, config=label, model=model, status="ok", max_memory_allocated_mb=peak, **flags)
+    figure = f"{r['latency_ms']:8.2f} ms" if mode == "latency" else f"{r['images_per_s']:8.1f} img/s"
+    memory = f"peak {peak:7.0f} MB" if peak is not None else f"+{r['peak_memory_added_mb']:.0f} MB rss"
+    loss = f"  first loss {r['first_loss']:.4f}" if "first_loss" in r else ""
+    compiled = f"  first step {r['first_step_s']:.0f} s" if cfg.compile else ""
+    suite.row(r, f"{what:48s} {figure}  {memory}{loss}{compiled}")
+
+
+def step_timings(suite: Suite) -> None:
+    for key in suite.scale.workloads:
+        for label, cfg, flags in EAGER_CONFIGS:
+            time_workload(suite, key, label, cfg, flags)
+    if suite.args.published:
+        time_published(suite)
+    else:
+        suite.note("no --published (or HCGNET_PUBLISHED): the published implementation was not timed")
+
+
+def step_timings_compiled(suite: Suite) -> None:
+    label, cfg, flags = COMPILED_CONFIG
+    for key in ("a1-train", "b-latency", "b-infer", "b-train"):  # the recipe estimate's workload first
+        time_workload(suite, key, label, cfg, flags)
+
+
+# --- the published implementation beside hcgnet (a minimal local helper; `hcgnet bench --against-published`
+# will be the library's)
+
+
+def import_published(path: str):
+    """The published repository's ``models`` package (github.com/winycg/HCGNet, a clone at ``path``). Its code
+    stays there: imported, never copied."""
+    import importlib
+
+    root = Path(path)
+    if not (root / "models" / "HCGNet_CIFAR.py").is_file():
+        raise HCGNetError(f"--published {path}: not a clone of github.com/winycg/HCGNet (no models/HCGNet_CIFAR.py)")
+    if not hasattr(np, "int"):
+        np.int = int  # its DropBlock scheduler uses np.int, gone since NumPy 1.24
+    sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module("models")
+    finally:
+        sys.path.remove(str(root))
+
+
+def published_pair(published, name: str, device: torch.device) -> Tuple[nn.Module, nn.Module, float]:
+    """The published network and hcgnet's with the same weights (the published state dict read the way
+    ``load_checkpoint`` reads a published file), and the largest logit difference between them."""
+    from hcgnet.models.checkpoints import load_state_dict_into, to_hcgnet_names
+
+    torch.manual_seed(0)
+    theirs = getattr(published, PUBLISHED_CLASSES[name])(num_classes=10)
+    ours = create_model(name, num_classes=10)
+    load_state_dict_into(ours, to_hcgnet_names(theirs.state_dict(), "published weights"), "published weights")
+    side = 32 if name == "hcgnet_a1" else 224
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        gap = relative_error(ours.eval()(x), theirs.eval()(x))
+    return theirs.to(device), ours.to(device), gap
+
+
+def make_step(model: nn.Module, mode: str, dtype: str, channels_last: bool, batch: int, side: int,
+              device: torch.device) -> Callable[[], Optional[torch.Tensor]]:
+    """One training step (SGD, as run_config's) or one forward pass of ``model`` on a fixed random batch."""
+    from hcgnet.training.engine import optimizer_step
+
+    torch.manual_seed(0)
+    n = 1 if mode == "latency" else batch
+    x, y = torch.randn(n, 3, side, side, device=device), torch.randint(0, 10, (n,), device=device)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    train = mode == "train"
+    model.train(train)
+    amp = AMP_DTYPES["none" if dtype == "fp32" else dtype]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if train else None
+    scaler = torch.amp.GradScaler(device.type) if train and dtype == "fp16" else None
+
+    def step():
+        with autocast(device, amp):
+            if not train:
+                with torch.no_grad():
+                    return model(x)
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler else loss).backward()
+        optimizer_step(optimizer, scaler)
+        return loss.detach()
+
+    return step
+
+
+def time_calls(step: Callable, steps: int, warmup: int, device: torch.device) -> Dict[str, float]:
+    """Median seconds of ``steps`` calls after ``warmup`` (the first one's time kept: compilation)."""
+    times = []
+    for _ in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times[warmup:]), "first_step_s": times[0],
+            "min_s": min(times[warmup:]), "max_s": max(times[warmup:])}
+
+
+def time_published(suite: Suite) -> None:
+    published = import_published(suite.args.published)
+    for key, (model_name, mode, batch, side) in suite.scale.workloads.items():
+        name = model_name if not suite.dry else "hcgnet_a1"  # the published code has no toy network
+        if suite.dry and key != "a1-train":
+            continue
+        for dtype, cl in (("fp32", False), ("bf16", True)):
+            row: Dict[str, Any] = {"what": f"{key} {dtype}{' channels_last' if cl else ''} published vs hcgnet",
+                                   "workload": key, "dtype": dtype, "channels_last": cl}
+            if suite.left() <= 0:
+                suite.row({**row, "status": "skipped", "note": "budget spent"}, f"{row['what']:48s} skipped: budget")
+                continue
+            try:
+                release_memory()
+                theirs, ours, gap = published_pair(published, name, suite.device)
+                figures = {}
+                for who, model in (("published", theirs), ("hcgnet", ours)):
+                    timed = time_calls(make_step(model, mode, dtype, cl, batch, side, suite.device),
+                                       suite.scale.timed_steps, suite.scale.warmup, suite.device)
+                    n = 1 if mode == "latency" else batch
+                    figures[who] = {**timed, "images_per_s": n / timed["median_s"],
+                                    "latency_ms": 1000 * timed["median_s"]}
+            except Exception as e:
+                suite.step_record.setdefault("tracebacks", {})[row["what"]] = traceback.format_exc()
+                suite.row({**row, "status": "failed", "error": one_line(e)}, f"{row['what']:48s} FAILED: {one_line(e)}")
+                continue
+            unit, fig = ("ms", "latency_ms") if mode == "latency" else ("img/s", "images_per_s")
+            ratio = figures["hcgnet"]["images_per_s"] / figures["published"]["images_per_s"]
+            suite.row({**row, "status": "ok", "model": name, "batch": batch, "side": side, "logit_gap_rel": gap,
+                       **figures, "speedup": ratio},
+                      f"{row['what']:48s} published {figures['published'][fig]:8.1f} {unit}, hcgnet "
+                      f"{figures['hcgnet'][fig]:8.1f} {unit} ({ratio:.2f}x), same logits within {gap:.0e}")
+
+
+# ------------------------------------------------------------------------------------------------ 5. compile_modes
+
+
+def step_compile_modes(suite: Suite) -> None:
+    """Inference of A1 (bf16 channels_last) eager, then compiled with CUDA graphs and with autotuning."""
+    scale, device = suite.scale, suite.device
+    cuda = device.type == "cuda"
+    modes = ["reduce-overhead", "max-autotune-no-cudagraphs"]
+    if not cuda:
+        suite.note("dry run: torch.compile with the eager backend (dynamo's trace, no inductor code, no CUDA "
+                   "graphs): it checks that the network traces, not its speed")
+    dtype = "bf16"
+    for batch in scale.compile_batches:
+        torch.manual_seed(0)
+        model = create_model(scale.compile_model, num_classes=10).to(device).eval()
+        eager = make_step(model, "infer", dtype, True, batch, scale.compile_side, device)
+        reference = eager().float().cpu()
+        timed = time_calls(eager, scale.timed_steps, scale.warmup, device)
+        suite.row({"what": f"batch {batch} eager", "batch": batch, "mode": "eager", "status": "ok", **timed,
+                   "images_per_s": batch / timed["median_s"]},
+                  f"batch {batch:3d} {'eager':28s} {1000 * timed['median_s']:8.2f} ms/step  "
+                  f"{batch / timed['median_s']:9.0f} img/s")
+        for mode in modes:
+            what = f"batch {batch} {mode}"
+            if cuda and suite.left() < COMPILE_RESERVE_S:
+                suite.row({"what": what, "status": "skipped", "note": "budget"},
+                          f"batch {batch:3d} {mode:28s} skipped: {max(suite.left(), 0):.0f} s left")
+                continue
+            try:
+                torch.compiler.reset()  # each mode compiles afresh: no graph reused from the mode before
+                compiled = (torch.compile(model, mode=mode, dynamic=False) if cuda
+                            else torch.compile(model, backend="eager", dynamic=False))
+                step = make_step(compiled, "infer", dtype, True, batch, scale.compile_side, device)
+
+                def graph_step():
+                    torch.compiler.cudagraph_mark_step_begin()  # a new replay may overwrite the last outputs
+                    return step()
+
+                out = graph_step().float().cpu()
+                gap = relative_error(out, reference)
+                timed = time_calls(graph_step, scale.timed_steps, scale.warmup, device)
+            except Exception as e:
+                suite.step_record.setdefault("tracebacks", {})[what] = traceback.format_exc()
+                suite.row({"what": what, "status": "failed", "error": one_line(e)},
+                          f"batch {batch:3d} {mode:28s} FAILED: {one_line(e)}")
+                continue
+            ok = suite.check(f"{what}: logits against eager", gap, TOLERANCES["bf16 channels_last"]["logits"])
+            suite.row({"what": what, "batch": batch, "mode": mode, "status": "ok", "logits_rel": gap, **timed,
+                       "images_per_s": batch / timed["median_s"]},
+                      f"batch {batch:3d} {mode:28s} {1000 * timed['median_s']:8.2f} ms/step  "
+                      f"{batch / timed['median_s']:9.0f} img/s  compile+first {timed['first_step_s']:.0f} s  "
+                      f"logits {gap:.1e}" + ("" if ok else " OUT OF TOLERANCE"))
+        del model
+        release_memory()
+
+
+# ------------------------------------------------------------------------------------------------ 6. estimate
+
+
+def step_estimate(suite: Suite) -> None:
+    from hcgnet.training import load_recipe
+
+    recipe = load_recipe("cifar10-a1")
+    epochs, batch = recipe["epochs"], recipe["batch_size"]
+    images = epochs * CIFAR10_TRAIN_IMAGES
+    rows = [r for step in ("timings", "timings_compiled") for r in (suite.result(step) or {}).get("results", [])
+            if r.get("workload") == "a1-train" and r.get("status") == "ok"]
+    ours = [r for r in rows if "images_per_s" in r and "config" in r]
+    published = [r for r in rows if "published" in r and r["dtype"] == "fp32"]
+    if not ours:
+        raise Skip("no A1 training figure was measured (timings did not run)")
+    if suite.dry:
+        suite.note("dry run: the toy network's figures, not an estimate")
+    suite.note(f"training steps only ({epochs} epochs x {CIFAR10_TRAIN_IMAGES:,} images at batch {batch}): no "
+               "data loading, no evaluation pass; our recipe trains on 45,000 (5,000 held out), 10% less")
+    for who, ips in [(f"hcgnet {r['config']}", r["images_per_s"]) for r in ours] + \
+                    [(f"published fp32 (its code's precision), beside hcgnet {r['hcgnet']['images_per_s']:.0f} img/s",
+                      r["published"]["images_per_s"]) for r in published]:
+        hours = images / ips / 3600
+        suite.row({"who": who, "images_per_s": ips, "hours": hours, "epochs": epochs, "batch": batch},
+                  f"{who:64s} {ips:9.1f} img/s -> {hours:7.1f} h ({hours / 24:.2f} days)")
+    if not published:
+        suite.note("the published code's time needs --published (its A1 measured beside ours on this GPU)")
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+STEPS = [
+    ("cuda_paths", "fp16 + GradScaler, bf16, channels_last training and eval against fp32", step_cuda_paths, False),
+    ("trainer", "the trainer end to end with fp16 amp, interrupted and resumed", step_trainer, False),
+    ("torchrun", "torchrun -m hcgnet train, one process per GPU (NCCL)", step_torchrun, False),
+    ("timings", "A1 train b128, B train b64, B infer b256 and b1: fp32 / channels_last / bf16 / fp16", step_timings,
+     False),
+    ("compile_modes", "torch.compile reduce-overhead (CUDA graphs) vs max-autotune-no-cudagraphs, A1 inference",
+     step_compile_modes, False),
+    ("timings_compiled", "the timing workloads compiled (bf16 channels_last)", step_timings_compiled, False),
+    ("estimate", "wall time of the CIFAR-10 A1 recipe from the measured images/s", step_estimate, True),
+]
+STEP_NAMES = [name for name, *_ in STEPS]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true", help="every step on the CPU at toy sizes (under a minute)")
+    p.add_argument("--json", default=None, help=f"results file (default {DEFAULT_JSON.relative_to(REPO)}; "
+                   f"with --dry-run {DRY_RUN_JSON.relative_to(REPO)})")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
+    p.add_argument("--budget-s", type=float, default=420.0,
+                   help="seconds after which no further step starts (default 420: the suite ends within 8 minutes)")
+    p.add_argument("--published", default=os.environ.get("HCGNET_PUBLISHED"),
+                   help="a clone of github.com/winycg/HCGNet: time its models beside hcgnet's with the same "
+                   "weights (default: $HCGNET_PUBLISHED)")
+    p.add_argument("--only", default=None, help=f"comma-separated steps to run: {', '.join(STEP_NAMES)}")
+    p.add_argument("--fail-step", default=None, choices=STEP_NAMES, help=argparse.SUPPRESS)  # tests the suite
+    args = p.parse_args(argv)
+    if args.only:
+        args.only = args.only.split(",")
+        unknown = [s for s in args.only if s not in STEP_NAMES]
+        if unknown:
+            p.error(f"--only: unknown step {unknown[0]!r}; steps are {', '.join(STEP_NAMES)}")
+    if args.budget_s <= 0:
+        p.error("--budget-s must be positive")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        json_path = check_output_file(args.json or (DRY_RUN_JSON if args.dry_run else DEFAULT_JSON), "--json",
+                                      args.force)
+        if args.published:
+            import_published(args.published)  # a wrong path is refused now, not after minutes of GPU time
+        if not args.dry_run and not torch.cuda.is_available():
+            raise HCGNetError("no usable GPU here (CUDA not available); use --dry-run to check the suite on the CPU")
+    except HCGNetError as e:
+        print(f"gpu_suite: error: {e}", file=sys.stderr)
+        return 2
+    device = torch.device("cpu") if args.dry_run else torch.device("cuda", torch.cuda.current_device())
+    if args.dry_run:
+        torch.set_num_threads(1)  # on shared cores two threads stall (tests/conftest.py); toy sizes need one
+    return Suite(args, device, DRY if args.dry_run else GPU, json_path).run(STEPS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""benchmarks/gpu_suite.py, the prepared GPU script, runs every step on the CPU (--dry-run) before any GPU is lent;
+a step that fails is recorded and the others still run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+STEPS = ["cuda_paths", "trainer", "torchrun", "timings", "compile_modes", "timings_compiled", "estimate"]
+
+
+def run_suite(*args):
+    env = {k: v for k, v in os.environ.items() if k != "HCGNET_PUBLISHED"}  # no clone outside the repo is read
+    return subprocess.run([sys.executable, str(SUITE), "--dry-run", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = run_suite("--json", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [s["name"] for s in report["steps"]] == STEPS
+    assert {s["name"]: s["status"] for s in report["steps"]} == dict.fromkeys(STEPS, "ok")
+    assert report["environment"]["dry_run"] is True and report["environment"]["device"] == "cpu"
+    steps = {s["name"]: s for s in report["steps"]}
+    # each precision path was compared with fp32 and every comparison was within its tolerance
+    paths = {r["path"] for r in steps["cuda_paths"]["results"]}
+    assert paths == {"fp32", "channels_last", "fp16", "fp16 channels_last", "bf16", "bf16 channels_last"}
+    assert steps["cuda_paths"]["checks"] and all(c["ok"] for c in steps["cuda_paths"]["checks"])
+    # the interrupted run stopped after epoch 1 and resumed to the uninterrupted run's weights, bit for bit
+    trainer = steps["trainer"]["results"][0]
+    assert trainer["saved_at"] == [1, 0] and trainer["bit_identical"] is True
+    assert steps["torchrun"]["results"][0]["results"]["world_size"] == 2
+    # the timed rows: every workload in fp32; what the CPU cannot do is skipped with a note, never dropped
+    timed = steps["timings"]["results"]
+    assert {r["workload"] for r in timed if r["status"] == "ok" and r["config"] == "fp32"} == \
+        {"a1-train", "b-train", "b-infer", "b-latency"}
+    assert {r["status"] for r in timed} == {"ok", "skipped"} and all(r.get("note") for r in timed if r["status"] == "skipped")
+    # the estimate is the recipe's images over each measured speed: 1270 epochs x 50,000 images
+    for row in steps["estimate"]["results"]:
+        assert row["hours"] * 3600 * row["images_per_s"] == pytest.approx(1270 * 50_000)
+    assert "DRY RUN" in proc.stdout and "[7/7] estimate" in proc.stdout
+
+
+def test_a_failing_step_is_recorded_and_the_steps_after_it_still_run(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = run_suite("--json", out, "--only", "cuda_paths,timings,estimate", "--fail-step", "cuda_paths")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = {s["name"]: s for s in json.loads(out.read_text())["steps"]}
+    assert steps["cuda_paths"]["status"] == "failed"
+    assert steps["cuda_paths"]["error"] == "RuntimeError: made to fail by --fail-step (a test of the suite itself)"
+    assert "Traceback" in steps["cuda_paths"]["traceback"] and "Traceback" not in proc.stdout + proc.stderr
+    assert {name: steps[name]["status"] for name in STEPS} == {
+        "cuda_paths": "failed", "trainer": "skipped", "torchrun": "skipped", "timings": "ok", "compile_modes": "skipped",
+        "timings_compiled": "skipped", "estimate": "ok"}
+
+
+def test_an_existing_results_file_is_kept_without_force(tmp_path):
+    out = tmp_path / "suite.json"
+    out.write_text("earlier figures")
+    proc = run_suite("--json", out, "--only", "estimate")
+    assert proc.returncode == 2
+    assert proc.stderr == f"gpu_suite: error: {out} already exists; pass --force to replace it\n"
+    assert out.read_text() == "earlier figures"
