@@ -183,7 +183,7 @@ class Suite:
                 self.finish_step("skipped", 0.0, "not in --only")
                 continue
             if not always and self.left() <= 0:
-                self.finish_step("skipped", 0.0, f"the {self.args.budget_s:.0f} s budget was spent before it began")
+                self.finish_step("skipped", 0.0, f"the {self.args.budget_s:g} s budget was spent before it began")
                 continue
             started = time.monotonic()
             try:

@@ -31,6 +31,7 @@ def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
     paths = {r["path"] for r in steps["cuda_paths"]["results"]}
     assert paths == {"fp32", "channels_last", "fp16", "fp16 channels_last", "bf16", "bf16 channels_last"}
     assert steps["cuda_paths"]["checks"] and all(c["ok"] for c in steps["cuda_paths"]["checks"])
+    assert all(r["grad_scale"] > 1 for r in steps["cuda_paths"]["results"] if r["path"].startswith("fp16"))  # scaled
     # the interrupted run stopped after epoch 1 and resumed to the uninterrupted run's weights, bit for bit
     trainer = steps["trainer"]["results"][0]
     assert trainer["saved_at"] == [1, 0] and trainer["bit_identical"] is True
@@ -66,3 +67,14 @@ def test_an_existing_results_file_is_kept_without_force(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == f"gpu_suite: error: {out} already exists; pass --force to replace it\n"
     assert out.read_text() == "earlier figures"
+
+
+def test_no_step_starts_after_the_budget_is_spent(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = run_suite("--json", out, "--only", "cuda_paths,timings,estimate", "--budget-s", "1e-9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = {s["name"]: s for s in json.loads(out.read_text())["steps"]}
+    for name in ("cuda_paths", "timings"):
+        assert steps[name]["status"] == "skipped" and steps[name]["note"] == "the 1e-09 s budget was spent before it began"
+    # the estimate costs no device time and always runs: here it has no figure to build on
+    assert steps["estimate"]["status"] == "skipped" and "no A1 training figure" in steps["estimate"]["note"]
