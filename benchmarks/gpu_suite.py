@@ -462,14 +462,17 @@ def step_trainer(suite: Suite) -> None:
         except TrainingInterrupted as e:
             interrupted = str(e)
         state = torch.load(out / "last.pt", weights_only=True, map_location="cpu")
-        resumed = Run.launch(make_config(overrides=train_overrides(suite, images, out, resume=True)), lines.append,
-                             device=device)
+        resume_lines: List[str] = []
+        resumed = Run.launch(make_config(overrides=train_overrides(suite, images, out, resume=True)),
+                             resume_lines.append, device=device)
         a, b = load_file(root / "reference" / "final.safetensors"), load_file(out / "final.safetensors")
         worst = max((relative_error(b[k].float(), a[k].float()) for k in a if a[k].is_floating_point()
                      and a[k].abs().max() > 0), default=0.0)
         identical = all(torch.equal(a[k], b[k]) for k in a)
     tolerance = 0.0 if device == "cpu" else RESUME_TOLERANCE_GPU
     suite.check("resumed final weights against the uninterrupted run's", worst, tolerance)
+    suite.require("the second run resumed at epoch 2", any(line.startswith("resumed ") and "at epoch 2, step 0" in line
+                                                            for line in resume_lines))
     suite.require("test loss finite", math.isfinite(resumed["test_loss"]))
     if not suite.dry:
         suite.require("last.pt holds the fp16 grad scaler", bool(state.get("scaler")))
