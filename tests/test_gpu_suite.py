@@ -35,7 +35,7 @@ def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
     # the interrupted run stopped after epoch 1 and resumed to the uninterrupted run's weights, bit for bit
     trainer = steps["trainer"]["results"][0]
     assert trainer["saved_at"] == [1, 0] and trainer["bit_identical"] is True
-    assert {"the second run resumed at epoch 2": True}.items() <= {c["name"]: c["ok"] for c in steps["trainer"]["checks"]}.items()
+    assert any(c["name"] == "the second run resumed at epoch 2" and c["ok"] for c in steps["trainer"]["checks"])
     assert steps["torchrun"]["results"][0]["results"]["world_size"] == 2
     # the timed rows: every workload in fp32; what the CPU cannot do is skipped with a note, never dropped
     timed = steps["timings"]["results"]
