@@ -79,3 +79,36 @@ def test_no_step_starts_after_the_budget_is_spent(tmp_path):
         assert steps[name]["status"] == "skipped" and steps[name]["note"] == "the 1e-09 s budget was spent before it began"
     # the estimate costs no device time and always runs: here it has no figure to build on
     assert steps["estimate"]["status"] == "skipped" and "no A1 training figure" in steps["estimate"]["note"]
+
+
+def test_a_figure_out_of_tolerance_fails_its_step_with_the_figure_in_the_error(tmp_path):
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+    suite_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite_module)
+    out = tmp_path / "suite.json"
+    args = suite_module.parse_args(["--dry-run", "--json", str(out)])
+
+    def off(suite):
+        suite.check("logits", 0.25, 0.05)
+        suite.check("loss", 0.001, 0.01)
+        suite.require("finite", False)
+
+    def fine(suite):
+        suite.check("logits", 0.01, 0.05)
+
+    def one_item_broke(suite):  # a timing that raised: recorded as its row, the step's other rows still run
+        suite.row({"what": "b-train fp16", "status": "failed", "error": "RuntimeError: boom"}, "b-train fp16 FAILED")
+        suite.row({"what": "b-train bf16", "status": "ok"}, "b-train bf16 ok")
+
+    steps = [("off", "a figure out of tolerance", off, False), ("fine", "all within", fine, False),
+             ("items", "one of two items failed", one_item_broke, False)]
+    code = suite_module.Suite(args, torch.device("cpu"), suite_module.DRY, out).run(steps)
+    assert code == 1
+    report = {s["name"]: s for s in json.loads(out.read_text())["steps"]}
+    assert [report[name]["status"] for name in ("off", "fine", "items")] == ["failed", "ok", "failed"]
+    assert report["off"]["error"] == "CheckFailed: logits: 0.25 > 0.05; finite: no"
+    assert report["items"]["error"] == "CheckFailed: 1 of 2 items failed, first: b-train fp16: RuntimeError: boom"
