@@ -259,7 +259,8 @@ def environment(device: torch.device, dry: bool) -> Dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if cuda else f"CPU ({cpu_name()})",
         "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
         "python": platform.python_version(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
         # fp32 timings run with PyTorch's defaults: on a GPU, cuDNN convolutions in TF32, matrix products not
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -400,7 +401,8 @@ def step_cuda_paths(suite: Suite) -> None:
                        "grad_scale": got["scale"], "ok": all(ok)},
                       f"{path:22s} losses {' '.join(f'{v:.4f}' for v in got['losses'])}  first {first:.1e} "
                       f"(<= {tol['first_loss']:g})  BN stats {stats:.1e} (<= {tol['bn_stats']:g})  logits "
-                      f"{same_weights:.1e} (<= {tol['logits']:g})" + (f"  scale {got['scale']:g}" if got["scale"] else "")
+                      f"{same_weights:.1e} (<= {tol['logits']:g})"
+                      + (f"  scale {got['scale']:g}" if got["scale"] else "")
                       + ("" if all(ok) else "  OUT OF TOLERANCE"))
 
 

@@ -41,7 +41,8 @@ def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
     timed = steps["timings"]["results"]
     assert {r["workload"] for r in timed if r["status"] == "ok" and r["config"] == "fp32"} == \
         {"a1-train", "b-train", "b-infer", "b-latency"}
-    assert {r["status"] for r in timed} == {"ok", "skipped"} and all(r.get("note") for r in timed if r["status"] == "skipped")
+    assert {r["status"] for r in timed} == {"ok", "skipped"}
+    assert all(r.get("note") for r in timed if r["status"] == "skipped")
     # the estimate is the recipe's images over each measured speed: 1270 epochs x 50,000 images
     for row in steps["estimate"]["results"]:
         assert row["hours"] * 3600 * row["images_per_s"] == pytest.approx(1270 * 50_000)
@@ -57,8 +58,8 @@ def test_a_failing_step_is_recorded_and_the_steps_after_it_still_run(tmp_path):
     assert steps["cuda_paths"]["error"] == "RuntimeError: made to fail by --fail-step (a test of the suite itself)"
     assert "Traceback" in steps["cuda_paths"]["traceback"] and "Traceback" not in proc.stdout + proc.stderr
     assert {name: steps[name]["status"] for name in STEPS} == {
-        "cuda_paths": "failed", "trainer": "skipped", "torchrun": "skipped", "timings": "ok", "compile_modes": "skipped",
-        "timings_compiled": "skipped", "estimate": "ok"}
+        "cuda_paths": "failed", "trainer": "skipped", "torchrun": "skipped", "timings": "ok",
+        "compile_modes": "skipped", "timings_compiled": "skipped", "estimate": "ok"}
 
 
 def test_an_existing_results_file_is_kept_without_force(tmp_path):
@@ -76,19 +77,25 @@ def test_no_step_starts_after_the_budget_is_spent(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = {s["name"]: s for s in json.loads(out.read_text())["steps"]}
     for name in ("cuda_paths", "timings"):
-        assert steps[name]["status"] == "skipped" and steps[name]["note"] == "the 1e-09 s budget was spent before it began"
+        assert steps[name]["status"] == "skipped"
+        assert steps[name]["note"] == "the 1e-09 s budget was spent before it began"
     # the estimate costs no device time and always runs: here it has no figure to build on
     assert steps["estimate"]["status"] == "skipped" and "no A1 training figure" in steps["estimate"]["note"]
 
 
-def test_a_figure_out_of_tolerance_fails_its_step_with_the_figure_in_the_error(tmp_path):
+def load_suite_module():
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_figure_out_of_tolerance_fails_its_step_with_the_figure_in_the_error(tmp_path):
     import torch
 
-    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
-    suite_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite_module)
+    suite_module = load_suite_module()
     out = tmp_path / "suite.json"
     args = suite_module.parse_args(["--dry-run", "--json", str(out)])
 
@@ -112,3 +119,32 @@ def test_a_figure_out_of_tolerance_fails_its_step_with_the_figure_in_the_error(t
     assert [report[name]["status"] for name in ("off", "fine", "items")] == ["failed", "ok", "failed"]
     assert report["off"]["error"] == "CheckFailed: logits: 0.25 > 0.05; finite: no"
     assert report["items"]["error"] == "CheckFailed: 1 of 2 items failed, first: b-train fp16: RuntimeError: boom"
+
+
+def test_a_timing_that_raises_is_its_own_failed_row_and_the_other_timings_still_run(tmp_path, monkeypatch,
+                                                                                    single_thread):
+    import torch
+
+    suite_module = load_suite_module()
+    real = suite_module.run_config
+
+    def bf16_breaks(name, cfg, *args, **kwargs):
+        if cfg.dtype == "bf16":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
+        return real(name, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(suite_module, "run_config", bf16_breaks)
+    out = tmp_path / "suite.json"
+    args = suite_module.parse_args(["--dry-run", "--json", str(out)])
+    steps = [s for s in suite_module.STEPS if s[0] in ("timings", "estimate")]
+    assert suite_module.Suite(args, torch.device("cpu"), suite_module.DRY, out).run(steps) == 1
+    timings, estimate = json.loads(out.read_text())["steps"]
+    status = {r["what"]: r["status"] for r in timings["results"]}
+    assert status["a1-train bf16 channels_last"] == status["b-latency bf16 channels_last"] == "failed"
+    assert status["a1-train fp32"] == status["b-latency fp32 channels_last"] == "ok"  # before and after a failure
+    assert timings["status"] == "failed" and timings["error"] == (
+        "CheckFailed: 4 of 20 items failed, first: a1-train bf16 channels_last: RuntimeError: CUDA error: an illegal "
+        "memory access was encountered")
+    assert "Traceback" in timings["tracebacks"]["b-train bf16 channels_last"]
+    assert estimate["status"] == "ok" and [r["who"] for r in estimate["results"]] == [
+        "hcgnet fp32", "hcgnet fp32 channels_last"]  # the failed configuration has no estimate
