@@ -15,9 +15,10 @@ H100/H200). Steps:
                       fp32, fp32 channels_last, bf16 and fp16 (channels_last), bf16 with cudnn.benchmark,
                       with torch.cuda.max_memory_allocated (hcgnet.bench.run_config); with --published, the
                       published implementation beside hcgnet with identical weights
+    timings_compiled  the timing workloads compiled (bf16 channels_last), compile time included; A1 training
+                      (the recipe estimate's) first
     compile_modes     torch.compile's "reduce-overhead" (CUDA graphs) and "max-autotune-no-cudagraphs" on
-                      A1 inference at batch 1 and 256, against eager
-    timings_compiled  the timing workloads compiled (bf16 channels_last), compile time included
+                      A1 inference at batch 1 and 256, against eager (CUDA graphs first)
     estimate          wall time of the CIFAR-10 A1 recipe (1270 epochs of 50,000 images at batch 128) from
                       the measured A1 training images/s, ours and (with --published) the published code's
 
@@ -537,8 +538,9 @@ def step_torchrun(suite: Suite) -> None:
         ddp = DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
         x, y = batches_for(suite.scale, 1)[0]
         x, y = x.to(device), y.to(device)
-        for m in (ddp, plain):
-            nn.functional.cross_entropy(m(x), y).backward()
+        with cuda_flags(cudnn_deterministic=True, cudnn_benchmark=False):  # the same kernels for both models
+            for m in (ddp, plain):
+                nn.functional.cross_entropy(m(x), y).backward()
         worst = max(relative_error(a.grad, b.grad) for a, b in zip(model.parameters(), plain.parameters()))
     finally:
         dist.destroy_process_group()
@@ -661,11 +663,12 @@ def published_pair(published, name: str, device: torch.device) -> Tuple[nn.Modul
     theirs = getattr(published, PUBLISHED_CLASSES[name])(num_classes=10)
     ours = create_model(name, num_classes=10)
     load_state_dict_into(ours, to_hcgnet_names(theirs.state_dict(), "published weights"), "published weights")
+    theirs, ours = theirs.to(device).eval(), ours.to(device).eval()
     side = 32 if name == "hcgnet_a1" else 224
-    x = torch.randn(2, 3, side, side)
-    with torch.no_grad():
-        gap = relative_error(ours.eval()(x), theirs.eval()(x))
-    return theirs.to(device), ours.to(device), gap
+    x = torch.randn(2, 3, side, side, device=device)
+    with torch.no_grad(), cuda_flags(cudnn_allow_tf32=False, matmul_allow_tf32=False):
+        gap = relative_error(ours(x), theirs(x))
+    return theirs, ours, gap
 
 
 def make_step(model: nn.Module, mode: str, dtype: str, channels_last: bool, batch: int, side: int,
@@ -749,56 +752,60 @@ def time_published(suite: Suite) -> None:
 
 
 def step_compile_modes(suite: Suite) -> None:
-    """Inference of A1 (bf16 channels_last) eager, then compiled with CUDA graphs and with autotuning."""
+    """Inference of A1 (bf16 channels_last) eager, then compiled with CUDA graphs and with autotuning: CUDA graphs
+    first (batch 1, where launches dominate, then the large batch), autotuning after, as the budget allows."""
     scale, device = suite.scale, suite.device
     cuda = device.type == "cuda"
-    modes = ["reduce-overhead", "max-autotune-no-cudagraphs"]
     if not cuda:
         suite.note("dry run: torch.compile with the eager backend (dynamo's trace, no inductor code, no CUDA "
                    "graphs): it checks that the network traces, not its speed")
-    dtype = "bf16"
-    for batch in scale.compile_batches:
-        torch.manual_seed(0)
-        model = create_model(scale.compile_model, num_classes=10).to(device).eval()
-        eager = make_step(model, "infer", dtype, True, batch, scale.compile_side, device)
-        reference = eager().float().cpu()
-        timed = time_calls(eager, scale.timed_steps, scale.warmup, device)
-        suite.row({"what": f"batch {batch} eager", "batch": batch, "mode": "eager", "status": "ok", **timed,
-                   "images_per_s": batch / timed["median_s"]},
-                  f"batch {batch:3d} {'eager':28s} {1000 * timed['median_s']:8.2f} ms/step  "
-                  f"{batch / timed['median_s']:9.0f} img/s")
-        for mode in modes:
-            what = f"batch {batch} {mode}"
-            if cuda and suite.left() < COMPILE_RESERVE_S:
-                suite.row({"what": what, "status": "skipped", "note": "budget"},
-                          f"batch {batch:3d} {mode:28s} skipped: {max(suite.left(), 0):.0f} s left")
-                continue
-            try:
-                torch.compiler.reset()  # each mode compiles afresh: no graph reused from the mode before
-                compiled = (torch.compile(model, mode=mode, dynamic=False) if cuda
-                            else torch.compile(model, backend="eager", dynamic=False))
-                step = make_step(compiled, "infer", dtype, True, batch, scale.compile_side, device)
-
-                def graph_step():
-                    torch.compiler.cudagraph_mark_step_begin()  # a new replay may overwrite the last outputs
-                    return step()
-
-                out = graph_step().float().cpu()
-                gap = relative_error(out, reference)
-                timed = time_calls(graph_step, scale.timed_steps, scale.warmup, device)
-            except Exception as e:
-                suite.step_record.setdefault("tracebacks", {})[what] = traceback.format_exc()
-                suite.row({"what": what, "status": "failed", "error": one_line(e)},
-                          f"batch {batch:3d} {mode:28s} FAILED: {one_line(e)}")
-                continue
-            ok = suite.check(f"{what}: logits against eager", gap, TOLERANCES["bf16 channels_last"]["logits"])
-            suite.row({"what": what, "batch": batch, "mode": mode, "status": "ok", "logits_rel": gap, **timed,
+    small, large = min(scale.compile_batches), max(scale.compile_batches)
+    items = list(dict.fromkeys([(small, "reduce-overhead"), (large, "reduce-overhead"),
+                                (large, "max-autotune-no-cudagraphs"), (small, "max-autotune-no-cudagraphs")]))
+    torch.manual_seed(0)
+    model = create_model(scale.compile_model, num_classes=10).to(device).eval()
+    references: Dict[int, torch.Tensor] = {}
+    for batch, mode in items:
+        if batch not in references:  # eager first: the reference logits and speed
+            eager = make_step(model, "infer", "bf16", True, batch, scale.compile_side, device)
+            references[batch] = eager().float().cpu()
+            timed = time_calls(eager, scale.timed_steps, scale.warmup, device)
+            suite.row({"what": f"batch {batch} eager", "batch": batch, "mode": "eager", "status": "ok", **timed,
                        "images_per_s": batch / timed["median_s"]},
-                      f"batch {batch:3d} {mode:28s} {1000 * timed['median_s']:8.2f} ms/step  "
-                      f"{batch / timed['median_s']:9.0f} img/s  compile+first {timed['first_step_s']:.0f} s  "
-                      f"logits {gap:.1e}" + ("" if ok else " OUT OF TOLERANCE"))
-        del model
-        release_memory()
+                      f"batch {batch:3d} {'eager':28s} {1000 * timed['median_s']:8.2f} ms/step  "
+                      f"{batch / timed['median_s']:9.0f} img/s")
+        what = f"batch {batch} {mode}"
+        if cuda and suite.left() < COMPILE_RESERVE_S:
+            suite.row({"what": what, "batch": batch, "mode": mode, "status": "skipped",
+                       "note": f"budget: {max(suite.left(), 0):.0f} s left"},
+                      f"batch {batch:3d} {mode:28s} skipped: {max(suite.left(), 0):.0f} s left")
+            continue
+        try:
+            if cuda:  # each mode compiles afresh (the dry run's eager backend may reuse its one trace)
+                torch.compiler.reset()
+            compiled = (torch.compile(model, mode=mode, dynamic=False) if cuda
+                        else torch.compile(model, backend="eager", dynamic=False))
+            step = make_step(compiled, "infer", "bf16", True, batch, scale.compile_side, device)
+
+            def graph_step():
+                torch.compiler.cudagraph_mark_step_begin()  # a new replay may overwrite the last outputs
+                return step()
+
+            started = time.perf_counter()
+            gap = relative_error(graph_step().float().cpu(), references[batch])
+            compile_s = time.perf_counter() - started
+            timed = time_calls(graph_step, scale.timed_steps, scale.warmup, device)
+        except Exception as e:
+            suite.step_record.setdefault("tracebacks", {})[what] = traceback.format_exc()
+            suite.row({"what": what, "batch": batch, "mode": mode, "status": "failed", "error": one_line(e)},
+                      f"batch {batch:3d} {mode:28s} FAILED: {one_line(e)}")
+            continue
+        ok = suite.check(f"{what}: logits against eager", gap, TOLERANCES["bf16 channels_last"]["logits"])
+        suite.row({"what": what, "batch": batch, "mode": mode, "status": "ok", "logits_rel": gap, **timed,
+                   "compile_s": compile_s, "images_per_s": batch / timed["median_s"]},
+                  f"batch {batch:3d} {mode:28s} {1000 * timed['median_s']:8.2f} ms/step  "
+                  f"{batch / timed['median_s']:9.0f} img/s  compile {compile_s:.0f} s  logits {gap:.1e}"
+                  + ("" if ok else " OUT OF TOLERANCE"))
 
 
 # ------------------------------------------------------------------------------------------------ 6. estimate
@@ -838,9 +845,9 @@ STEPS = [
     ("torchrun", "torchrun -m hcgnet train, one process per GPU (NCCL)", step_torchrun, False),
     ("timings", "A1 train b128, B train b64, B infer b256 and b1: fp32 / channels_last / bf16 / fp16", step_timings,
      False),
+    ("timings_compiled", "the timing workloads compiled (bf16 channels_last)", step_timings_compiled, False),
     ("compile_modes", "torch.compile reduce-overhead (CUDA graphs) vs max-autotune-no-cudagraphs, A1 inference",
      step_compile_modes, False),
-    ("timings_compiled", "the timing workloads compiled (bf16 channels_last)", step_timings_compiled, False),
     ("estimate", "wall time of the CIFAR-10 A1 recipe from the measured images/s", step_estimate, True),
 ]
 STEP_NAMES = [name for name, *_ in STEPS]

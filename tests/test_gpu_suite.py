@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
-STEPS = ["cuda_paths", "trainer", "torchrun", "timings", "compile_modes", "timings_compiled", "estimate"]
+STEPS = ["cuda_paths", "trainer", "torchrun", "timings", "timings_compiled", "compile_modes", "estimate"]
 
 
 def run_suite(*args):
@@ -43,6 +43,10 @@ def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
         {"a1-train", "b-train", "b-infer", "b-latency"}
     assert {r["status"] for r in timed} == {"ok", "skipped"}
     assert all(r.get("note") for r in timed if r["status"] == "skipped")
+    # both compile modes traced the network (the eager backend on the CPU) and gave eager's logits
+    modes = {r["mode"]: r for r in steps["compile_modes"]["results"]}
+    assert set(modes) == {"eager", "reduce-overhead", "max-autotune-no-cudagraphs"}
+    assert all(r["status"] == "ok" for r in modes.values()) and all(c["ok"] for c in steps["compile_modes"]["checks"])
     # the estimate is the recipe's images over each measured speed: 1270 epochs x 50,000 images
     for row in steps["estimate"]["results"]:
         assert row["hours"] * 3600 * row["images_per_s"] == pytest.approx(1270 * 50_000)
