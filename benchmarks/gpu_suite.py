@@ -860,7 +860,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    f"with --dry-run {DRY_RUN_JSON.relative_to(REPO)})")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     p.add_argument("--budget-s", type=float, default=420.0,
-                   help="seconds after which no further step starts (default 420: the suite ends within 8 minutes)")
+                   help="seconds after which no further step starts (default 420: meant to end within 8 minutes "
+                   "on an H100/H200)")
     p.add_argument("--published", default=os.environ.get("HCGNET_PUBLISHED"),
                    help="a clone of github.com/winycg/HCGNet: time its models beside hcgnet's with the same "
                    "weights (default: $HCGNET_PUBLISHED)")
