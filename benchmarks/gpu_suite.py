@@ -49,7 +49,6 @@ import math
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -633,119 +632,38 @@ def step_timings_compiled(suite: Suite) -> None:
         time_workload(suite, key, label, cfg, flags)
 
 
-# --- the published implementation beside hcgnet (a minimal local helper; `hcgnet bench --against-published`
-# will be the library's)
+# --- the published implementation beside hcgnet: hcgnet.bench.against_published (its own class from the clone,
+# the same weights through load_checkpoint, the logits checked equal before anything is timed)
 
-
-def import_published(path: str):
-    """The published repository's ``models`` package (github.com/winycg/HCGNet, a clone at ``path``). Its code
-    stays there: imported, never copied."""
-    import importlib
-
-    root = Path(path)
-    if not (root / "models" / "HCGNet_CIFAR.py").is_file():
-        raise HCGNetError(f"--published {path}: not a clone of github.com/winycg/HCGNet (no models/HCGNet_CIFAR.py)")
-    if not hasattr(np, "int"):
-        np.int = int  # its DropBlock scheduler uses np.int, gone since NumPy 1.24
-    sys.path.insert(0, str(root))
-    try:
-        return importlib.import_module("models")
-    finally:
-        sys.path.remove(str(root))
-
-
-def published_pair(published, name: str, device: torch.device) -> Tuple[nn.Module, nn.Module, float]:
-    """The published network and hcgnet's with the same weights (the published state dict read the way
-    ``load_checkpoint`` reads a published file), and the largest logit difference between them."""
-    from hcgnet.models.checkpoints import load_state_dict_into, to_hcgnet_names
-
-    torch.manual_seed(0)
-    theirs = getattr(published, PUBLISHED_CLASSES[name])(num_classes=10)
-    ours = create_model(name, num_classes=10)
-    load_state_dict_into(ours, to_hcgnet_names(theirs.state_dict(), "published weights"), "published weights")
-    theirs, ours = theirs.to(device).eval(), ours.to(device).eval()
-    side = 32 if name == "hcgnet_a1" else 224
-    x = torch.randn(2, 3, side, side, device=device)
-    with torch.no_grad(), cuda_flags(cudnn_allow_tf32=False, matmul_allow_tf32=False):
-        gap = relative_error(ours(x), theirs(x))
-    return theirs, ours, gap
-
-
-def make_step(model: nn.Module, mode: str, dtype: str, channels_last: bool, batch: int, side: int,
-              device: torch.device) -> Callable[[], Optional[torch.Tensor]]:
-    """One training step (SGD, as run_config's) or one forward pass of ``model`` on a fixed random batch."""
-    from hcgnet.training.engine import optimizer_step
-
-    torch.manual_seed(0)
-    n = 1 if mode == "latency" else batch
-    x, y = torch.randn(n, 3, side, side, device=device), torch.randint(0, 10, (n,), device=device)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    train = mode == "train"
-    model.train(train)
-    amp = AMP_DTYPES["none" if dtype == "fp32" else dtype]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if train else None
-    scaler = torch.amp.GradScaler(device.type) if train and dtype == "fp16" else None
-
-    def step():
-        with autocast(device, amp):
-            if not train:
-                with torch.no_grad():
-                    return model(x)
-            loss = nn.functional.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler else loss).backward()
-        optimizer_step(optimizer, scaler)
-        return loss.detach()
-
-    return step
-
-
-def time_calls(step: Callable, steps: int, warmup: int, device: torch.device) -> Dict[str, float]:
-    """Median seconds of ``steps`` calls after ``warmup`` (the first one's time kept: compilation)."""
-    times = []
-    for _ in range(warmup + steps):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times[warmup:]), "first_step_s": times[0],
-            "min_s": min(times[warmup:]), "max_s": max(times[warmup:])}
+SIDE_BY_SIDE = [BenchConfig("x"), BenchConfig("x", "bf16", True)]  # hcgnet's, beside the published eager fp32
 
 
 def time_published(suite: Suite) -> None:
-    published = import_published(suite.args.published)
+    from hcgnet.bench import against_published, describe
+
     for key, (model_name, mode, batch, side) in suite.scale.workloads.items():
-        name = model_name if not suite.dry else "hcgnet_a1"  # the published code has no toy network
         if suite.dry and key != "a1-train":
+            continue  # the published code has no toy network: its A1 at the toy size stands for the four
+        name = "hcgnet_a1" if suite.dry else model_name
+        what = f"{key} published vs hcgnet"
+        if suite.left() <= 0:
+            suite.row({"what": what, "status": "skipped", "note": "budget spent"}, f"{what:48s} skipped: budget")
             continue
-        for dtype, cl in (("fp32", False), ("bf16", True)):
-            row: Dict[str, Any] = {"what": f"{key} {dtype}{' channels_last' if cl else ''} published vs hcgnet",
-                                   "workload": key, "dtype": dtype, "channels_last": cl}
-            if suite.left() <= 0:
-                suite.row({**row, "status": "skipped", "note": "budget spent"}, f"{row['what']:48s} skipped: budget")
-                continue
-            try:
-                release_memory()
-                theirs, ours, gap = published_pair(published, name, suite.device)
-                figures = {}
-                for who, model in (("published", theirs), ("hcgnet", ours)):
-                    timed = time_calls(make_step(model, mode, dtype, cl, batch, side, suite.device),
-                                       suite.scale.timed_steps, suite.scale.warmup, suite.device)
-                    n = 1 if mode == "latency" else batch
-                    figures[who] = {**timed, "images_per_s": n / timed["median_s"],
-                                    "latency_ms": 1000 * timed["median_s"]}
-            except Exception as e:
-                suite.step_record.setdefault("tracebacks", {})[row["what"]] = traceback.format_exc()
-                suite.row({**row, "status": "failed", "error": one_line(e)}, f"{row['what']:48s} FAILED: {one_line(e)}")
-                continue
-            unit, fig = ("ms", "latency_ms") if mode == "latency" else ("img/s", "images_per_s")
-            ratio = figures["hcgnet"]["images_per_s"] / figures["published"]["images_per_s"]
-            suite.row({**row, "status": "ok", "model": name, "batch": batch, "side": side, "logit_gap_rel": gap,
-                       **figures, "speedup": ratio},
-                      f"{row['what']:48s} published {figures['published'][fig]:8.1f} {unit}, hcgnet "
-                      f"{figures['hcgnet'][fig]:8.1f} {unit} ({ratio:.2f}x), same logits within {gap:.0e}")
+        release_memory()
+        try:
+            result = against_published(suite.args.published, name, [replace(c, mode=mode) for c in SIDE_BY_SIDE],
+                                       batch, (side, side), suite.scale.timed_steps, suite.scale.warmup, rounds=1,
+                                       device=suite.device.type)
+        except Exception as e:
+            suite.step_record.setdefault("tracebacks", {})[what] = traceback.format_exc()
+            suite.row({"what": what, "status": "failed", "error": one_line(e)}, f"{what:48s} FAILED: {one_line(e)}")
+            continue
+        for r in result["rows"]:
+            label = describe(r) if r["implementation"] == "published" else f"hcgnet {describe(r)}"
+            figure = f"{r['latency_ms']:8.2f} ms" if mode == "latency" else f"{r['images_per_s']:8.1f} img/s"
+            suite.row({**r, "what": f"{key} {label}", "workload": key, "model": name, "side_by_side": True,
+                       "status": "ok"},
+                      f"{key + ' ' + label:48s} {figure}  {r['speedup']:.2f}x the published code's speed")
 
 
 # ------------------------------------------------------------------------------------------------ 5. compile_modes
@@ -753,59 +671,57 @@ def time_published(suite: Suite) -> None:
 
 def step_compile_modes(suite: Suite) -> None:
     """Inference of A1 (bf16 channels_last) eager, then compiled with CUDA graphs and with autotuning: CUDA graphs
-    first (batch 1, where launches dominate, then the large batch), autotuning after, as the budget allows."""
+    first (batch 1, where launches dominate, then the large batch), autotuning after, as the budget allows. Each
+    compiled model is checked against eager's logits, then timed by run_config like every other row."""
     scale, device = suite.scale, suite.device
     cuda = device.type == "cuda"
     if not cuda:
         suite.note("dry run: torch.compile with the eager backend (dynamo's trace, no inductor code, no CUDA "
                    "graphs): it checks that the network traces, not its speed")
+    name, size = scale.compile_model, (scale.compile_side, scale.compile_side)
+    cfg = BenchConfig("infer", "bf16", channels_last=True)
     small, large = min(scale.compile_batches), max(scale.compile_batches)
     items = list(dict.fromkeys([(small, "reduce-overhead"), (large, "reduce-overhead"),
                                 (large, "max-autotune-no-cudagraphs"), (small, "max-autotune-no-cudagraphs")]))
-    torch.manual_seed(0)
-    model = create_model(scale.compile_model, num_classes=10).to(device).eval()
-    references: Dict[int, torch.Tensor] = {}
+    timed_eager = set()
     for batch, mode in items:
-        if batch not in references:  # eager first: the reference logits and speed
-            eager = make_step(model, "infer", "bf16", True, batch, scale.compile_side, device)
-            references[batch] = eager().float().cpu()
-            timed = time_calls(eager, scale.timed_steps, scale.warmup, device)
-            suite.row({"what": f"batch {batch} eager", "batch": batch, "mode": "eager", "status": "ok", **timed,
-                       "images_per_s": batch / timed["median_s"]},
-                      f"batch {batch:3d} {'eager':28s} {1000 * timed['median_s']:8.2f} ms/step  "
-                      f"{batch / timed['median_s']:9.0f} img/s")
+        if batch not in timed_eager:
+            timed_eager.add(batch)
+            r = run_config(name, cfg, batch, size, scale.timed_steps, scale.warmup, device)
+            suite.row({**r, "what": f"batch {batch} eager", "compile_mode": "eager", "status": "ok"},
+                      f"batch {batch:3d} {'eager':28s} {1000 * r['median_s']:8.2f} ms/step  "
+                      f"{r['images_per_s']:9.0f} img/s")
         what = f"batch {batch} {mode}"
         if cuda and suite.left() < COMPILE_RESERVE_S:
-            suite.row({"what": what, "batch": batch, "mode": mode, "status": "skipped",
+            suite.row({"what": what, "batch": batch, "compile_mode": mode, "status": "skipped",
                        "note": f"budget: {max(suite.left(), 0):.0f} s left"},
                       f"batch {batch:3d} {mode:28s} skipped: {max(suite.left(), 0):.0f} s left")
             continue
+        release_memory()
         try:
             if cuda:  # each mode compiles afresh (the dry run's eager backend may reuse its one trace)
                 torch.compiler.reset()
+            torch.manual_seed(0)
+            model = create_model(name, num_classes=10).to(device).eval().to(memory_format=torch.channels_last)
+            x = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
             compiled = (torch.compile(model, mode=mode, dynamic=False) if cuda
                         else torch.compile(model, backend="eager", dynamic=False))
-            step = make_step(compiled, "infer", "bf16", True, batch, scale.compile_side, device)
-
-            def graph_step():
-                torch.compiler.cudagraph_mark_step_begin()  # a new replay may overwrite the last outputs
-                return step()
-
-            started = time.perf_counter()
-            gap = relative_error(graph_step().float().cpu(), references[batch])
-            compile_s = time.perf_counter() - started
-            timed = time_calls(graph_step, scale.timed_steps, scale.warmup, device)
+            with torch.no_grad(), autocast(device, torch.bfloat16):
+                reference = model(x).float().cpu()
+                started = time.perf_counter()
+                torch.compiler.cudagraph_mark_step_begin()  # a replay may overwrite the outputs of the one before
+                gap = relative_error(compiled(x).float().cpu(), reference)
+                compile_s = time.perf_counter() - started
+            r = run_config(name, cfg, batch, size, scale.timed_steps, scale.warmup, device, build=lambda _: compiled)
         except Exception as e:
             suite.step_record.setdefault("tracebacks", {})[what] = traceback.format_exc()
-            suite.row({"what": what, "batch": batch, "mode": mode, "status": "failed", "error": one_line(e)},
+            suite.row({"what": what, "batch": batch, "compile_mode": mode, "status": "failed", "error": one_line(e)},
                       f"batch {batch:3d} {mode:28s} FAILED: {one_line(e)}")
             continue
         ok = suite.check(f"{what}: logits against eager", gap, TOLERANCES["bf16 channels_last"]["logits"])
-        suite.row({"what": what, "batch": batch, "mode": mode, "status": "ok", "logits_rel": gap, **timed,
-                   "compile_s": compile_s, "images_per_s": batch / timed["median_s"]},
-                  f"batch {batch:3d} {mode:28s} {1000 * timed['median_s']:8.2f} ms/step  "
-                  f"{batch / timed['median_s']:9.0f} img/s  compile {compile_s:.0f} s  logits {gap:.1e}"
-                  + ("" if ok else " OUT OF TOLERANCE"))
+        suite.row({**r, "what": what, "compile_mode": mode, "status": "ok", "logits_rel": gap, "compile_s": compile_s},
+                  f"batch {batch:3d} {mode:28s} {1000 * r['median_s']:8.2f} ms/step  {r['images_per_s']:9.0f} img/s  "
+                  f"compile {compile_s:.0f} s  logits {gap:.1e}" + ("" if ok else " OUT OF TOLERANCE"))
 
 
 # ------------------------------------------------------------------------------------------------ 6. estimate
@@ -819,8 +735,10 @@ def step_estimate(suite: Suite) -> None:
     images = epochs * CIFAR10_TRAIN_IMAGES
     rows = [r for step in ("timings", "timings_compiled") for r in (suite.result(step) or {}).get("results", [])
             if r.get("workload") == "a1-train" and r.get("status") == "ok"]
-    ours = [r for r in rows if "images_per_s" in r and "config" in r]
-    published = [r for r in rows if "published" in r and r["dtype"] == "fp32"]
+    ours = [r for r in rows if "config" in r]  # hcgnet.bench.run_config's rows
+    published = [r for r in rows if r.get("side_by_side") and r["implementation"] == "published"]
+    beside = {r["dtype"]: r["speedup"] for r in rows if r.get("side_by_side") and r["implementation"] == "hcgnet"
+              and not r["channels_last"]}
     if not ours:
         raise Skip("no A1 training figure was measured (timings did not run)")
     if suite.dry:
@@ -828,8 +746,8 @@ def step_estimate(suite: Suite) -> None:
     suite.note(f"training steps only ({epochs} epochs x {CIFAR10_TRAIN_IMAGES:,} images at batch {batch}): no "
                "data loading, no evaluation pass; our recipe trains on 45,000 (5,000 held out), 10% less")
     for who, ips in [(f"hcgnet {r['config']}", r["images_per_s"]) for r in ours] + \
-                    [(f"published fp32 (its code's precision), beside hcgnet {r['hcgnet']['images_per_s']:.0f} img/s",
-                      r["published"]["images_per_s"]) for r in published]:
+                    [(f"published code, eager fp32 (hcgnet fp32 {beside.get('fp32', math.nan):.2f}x its speed)",
+                      r["images_per_s"]) for r in published]:
         hours = images / ips / 3600
         suite.row({"who": who, "images_per_s": ips, "hours": hours, "epochs": epochs, "batch": batch},
                   f"{who:64s} {ips:9.1f} img/s -> {hours:7.1f} h ({hours / 24:.2f} days)")
@@ -884,7 +802,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json_path = check_output_file(args.json or (DRY_RUN_JSON if args.dry_run else DEFAULT_JSON), "--json",
                                       args.force)
         if args.published:
-            import_published(args.published)  # a wrong path is refused now, not after minutes of GPU time
+            from hcgnet.published import check_clone
+
+            check_clone(args.published)  # a wrong path is refused now, not after minutes of GPU time
         if not args.dry_run and not torch.cuda.is_available():
             raise HCGNetError("no usable GPU here (CUDA not available); use --dry-run to check the suite on the CPU")
     except HCGNetError as e:

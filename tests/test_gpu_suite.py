@@ -44,7 +44,7 @@ def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert {r["status"] for r in timed} == {"ok", "skipped"}
     assert all(r.get("note") for r in timed if r["status"] == "skipped")
     # both compile modes traced the network (the eager backend on the CPU) and gave eager's logits
-    modes = {r["mode"]: r for r in steps["compile_modes"]["results"]}
+    modes = {r["compile_mode"]: r for r in steps["compile_modes"]["results"]}
     assert set(modes) == {"eager", "reduce-overhead", "max-autotune-no-cudagraphs"}
     assert all(r["status"] == "ok" for r in modes.values()) and all(c["ok"] for c in steps["compile_modes"]["checks"])
     # the estimate is the recipe's images over each measured speed: 1270 epochs x 50,000 images
