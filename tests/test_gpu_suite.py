@@ -152,3 +152,19 @@ def test_a_timing_that_raises_is_its_own_failed_row_and_the_other_timings_still_
     assert "Traceback" in timings["tracebacks"]["b-train bf16 channels_last"]
     assert estimate["status"] == "ok" and [r["who"] for r in estimate["results"]] == [
         "hcgnet fp32", "hcgnet fp32 channels_last"]  # the failed configuration has no estimate
+
+
+def test_published_code_is_timed_beside_hcgnet_and_estimated(tmp_path):
+    standin = Path(__file__).parent / "published_standin"  # a clone's layout and names, hcgnet's arithmetic
+    out = tmp_path / "suite.json"
+    proc = run_suite("--json", out, "--only", "timings,estimate", "--published", standin)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = {s["name"]: s for s in json.loads(out.read_text())["steps"]}
+    side = [r for r in steps["timings"]["results"] if r.get("side_by_side")]
+    assert sorted((r["implementation"], r["dtype"], r["channels_last"]) for r in side) == [
+        ("hcgnet", "bf16", True), ("hcgnet", "fp32", False), ("published", "fp32", False)]
+    assert all(r["workload"] == "a1-train" and r["model"] == "hcgnet_a1" for r in side)
+    published = next(r for r in side if r["implementation"] == "published")
+    estimate = [r for r in steps["estimate"]["results"] if r["who"].startswith("published code")]
+    assert len(estimate) == 1 and estimate[0]["images_per_s"] == published["images_per_s"]
+    assert estimate[0]["hours"] * 3600 * published["images_per_s"] == pytest.approx(1270 * 50_000)
