@@ -337,6 +337,16 @@ def plot(results: Sequence[Dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+def run_fresh(args: tuple, return_memory: bool = False) -> Dict:
+    """:func:`run_config` (``args``) in a fresh process; ``return_memory``: with the allocator setting that
+    ``hcgnet train`` applies to memory-efficient runs (:func:`hcgnet.allocator.return_freed_memory`)."""
+    if return_memory:
+        from hcgnet.allocator import return_freed_memory
+
+        return_freed_memory()
+    return run_config(*args)
+
+
 def build_for(path: str, name: str, num_classes: int, cfg: BenchConfig) -> nn.Module:
     """The network of one side-by-side configuration: the published class, or hcgnet's holding its weights
     (a plain function, so that a fresh process can be handed it)."""
@@ -402,7 +412,8 @@ def against_published(
     configuration's figure is the median of its per-round medians, and its ratio to the published code is the
     median of the per-round ratios (time per step over the published code's in the same round: below 1 is
     faster). ``memory``: each training configuration once more in a fresh process for its peak resident
-    memory (the process's high-water mark, as ``top`` shows it) and its ratio to the published code's.
+    memory (the process's high-water mark, as ``top`` shows it) and its ratio to the published code's; a
+    memory-efficient one with freed memory handed back to the system, as ``hcgnet train`` runs it.
     Achieved GFLOP/s is set against this machine's matrix-multiply rate measured in the same run."""
     from hcgnet.published import paired_models
 
@@ -459,8 +470,10 @@ def against_published(
             if cfg.mode != "train":
                 continue
             with context.Pool(1) as pool:  # a fresh allocator: the peak is this configuration's alone
-                r = pool.apply(run_config, (name, cfg, batch, size, min(steps, 3), 1, dev, num_classes, None, build))
+                r = pool.apply(run_fresh, ((name, cfg, batch, size, min(steps, 3), 1, dev, num_classes, None, build),
+                                           cfg.memory_efficient))
             row["process_peak_rss_mb"] = r["process_peak_rss_mb"]
+            row["returns_freed_memory"] = cfg.memory_efficient
         for row in rows:
             base = next(r for r in rows if r["mode"] == row["mode"] and r["implementation"] == "published")
             if row.get("process_peak_rss_mb") and base.get("process_peak_rss_mb"):

@@ -101,6 +101,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resume_config(output, overrides)
     else:
         config = make_config(args.recipe, args.config, overrides)
+    from hcgnet.models.registry import parse_model_kwargs
+
+    if parse_model_kwargs(config.model_kwargs).get("memory_efficient"):
+        from hcgnet.allocator import return_freed_memory
+
+        # what recomputation frees goes back to the system: the resident memory follows the live tensors
+        if return_freed_memory():
+            print("memory_efficient: freed blocks of 1 MiB or more go back to the system (glibc mallopt)")
     fit(config)
     return 0
 

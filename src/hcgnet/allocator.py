@@ -1,0 +1,37 @@
+"""Handing freed memory back to the system, so that the resident memory of a run follows what it uses.
+
+glibc's malloc serves large blocks with their own memory mappings only above a threshold that it raises
+whenever such a block is freed (up to 32 MiB on 64-bit systems), and it keeps freed heap memory unless the top
+of the heap is free. After a few training steps, a network's activations of a few MiB each come from the heap,
+and what recomputation frees (the memory-efficient path) stays resident: HCGNet-A2's memory-efficient training
+at batch 64 peaked at 2.4 GB resident with glibc's defaults and at 1.6 GB with the thresholds fixed at 1 MiB, at
+the same speed (BENCHMARKS.md). PyTorch's CPU allocator calls malloc, so the setting reaches every tensor.
+"""
+import ctypes
+import ctypes.util
+from typing import Optional
+
+#: mallopt's parameter numbers (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Blocks of this many bytes or more get their own mapping, returned to the system when freed.
+DEFAULT_THRESHOLD = 1 << 20
+
+
+def _libc() -> Optional[ctypes.CDLL]:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+def return_freed_memory(threshold: int = DEFAULT_THRESHOLD) -> bool:
+    """Fix glibc malloc's mapping and trimming thresholds at ``threshold`` bytes for the rest of the process
+    (they stop adapting), so freed blocks of that size or more go back to the system. Returns False where the
+    C library has no ``mallopt`` (not glibc: musl, macOS, Windows), which changes nothing."""
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                                         int(threshold)))
