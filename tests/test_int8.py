@@ -104,6 +104,7 @@ def test_eval_int8_prints_the_int8_and_the_fp32_top1(trained, capsys):
     code, out, err = cli(capsys, "eval", "--checkpoint", path, "--data", f"imagefolder:{folder}", "--workers", "0",
                          "--int8", "--int8-backend", "onnxruntime", "--calibration", CALIBRATION)
     assert code == 0, err
+    assert "WARNING" not in err and "Traceback" not in err   # no library notices on the way (they are not for users)
     head = out.splitlines()[0]
     assert f"in int8 (onnxruntime, calibrated on {CALIBRATION} training images of imagefolder:{folder})" in head
     int8, int8_loss = re.search(r"top-1 ([\d.]+)%.*, loss ([\d.]+)$", head).groups()

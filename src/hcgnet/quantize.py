@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from hcgnet.errors import HCGNetError, plural
+from hcgnet.evaluation import device_of
 from hcgnet.export import export_model
 from hcgnet.files import atomic_path, reported_write
 from hcgnet.inference import Log, checkpoint_split, data_config_of, load_model, metadata_value, note_on_stderr
@@ -49,6 +50,9 @@ DEFAULT_CALIBRATION = 512
 CALIBRATION_SEED = 0
 #: The operators both backends quantize: the x86 quantizer's convolutions and linears (ONNX: Conv, Gemm).
 ONNX_OPS = ("Conv", "Gemm")
+#: Images per ONNX Runtime calibration batch: its calibrator has the model return every intermediate tensor of a
+#: batch at once (at 224 px, many times the batch's own size), where PT2E's observers reduce them as they go.
+ONNX_CALIBRATION_BATCH = 16
 
 
 class Int8Error(HCGNetError):
@@ -68,7 +72,7 @@ def check_int8_options(backend: str, calibration: Optional[int] = None, amp: str
         raise Int8Error(f"--int8 and --amp {amp} do not go together: int8 replaces the float precision; drop one")
     if channels_last:
         raise Int8Error("--int8 and --channels-last do not go together: the int8 program lays out its own tensors")
-    if device is not None and torch.device(device).type != "cpu":
+    if device is not None and device_of(device).type != "cpu":
         raise Int8Error(f"--int8 runs on the CPU (x86 int8 kernels or ONNX Runtime), not --device {device}")
     if backend == "pt2e" and platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         raise Int8Error(f"--int8-backend pt2e needs an x86 CPU (this is {platform.machine()}); "
@@ -272,7 +276,8 @@ def int8_model(path: str, model: nn.Module, meta: Dict[str, str], backend: str =
     and what was done: ``{"backend", "calibration_images", "calibrated_on"}``. ``compile`` (pt2e): Inductor's
     int8 kernels for batches of ``batch_size``, else the float32-arithmetic reference program."""
     check_int8_options(backend, calibration)
-    loader, what = calibration_loader(path, model, meta, calibration, batch_size, workers, data_dir, log)
+    calibration_batch = batch_size if backend == "pt2e" else min(batch_size, ONNX_CALIBRATION_BATCH)
+    loader, what = calibration_loader(path, model, meta, calibration, calibration_batch, workers, data_dir, log)
     if log is not None:
         log(f"int8 ({backend}): calibrating on {what}")
     about = {"backend": backend, "calibration_images": len(loader.dataset), "calibrated_on": what}
@@ -295,7 +300,7 @@ def export_int8(path: str, output: str, fmt: str = "onnx", model_name: Optional[
         raise Int8Error(f"export --int8 writes ONNX Runtime's QDQ format: use --format onnx, not {fmt}")
     check_int8_options("onnxruntime", calibration)
     model, meta = load_model(path, model_name)
-    loader, what = calibration_loader(path, model, meta, calibration, log=log)
+    loader, what = calibration_loader(path, model, meta, calibration, ONNX_CALIBRATION_BATCH, log=log)
     log(f"int8 (onnxruntime): calibrating on {what}")
     out = Path(output)
     same, count, max_diff = 0, 0, 0.0
