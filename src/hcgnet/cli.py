@@ -127,6 +127,22 @@ def _print_per_class(rows: List[dict]) -> None:
         print(f"  {r['class']:<{width}}  {accuracy}  ({r['correct']}/{r['images']})")
 
 
+def _int8_options(args: argparse.Namespace) -> dict:
+    """eval's, predict's and export's int8 keywords; an int8 option without --int8 (or without the backend it
+    is for) is refused, not ignored."""
+    backend, compiled = getattr(args, "int8_backend", None), getattr(args, "int8_compile", True)
+    if not args.int8:
+        given = [flag for flag, value in (("--calibration", args.calibration), ("--int8-backend", backend),
+                                          ("--no-int8-compile", None if compiled else True)) if value is not None]
+        if given:
+            raise HCGNetError(f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} with --int8; add --int8")
+        return {}
+    if backend == "onnxruntime" and not compiled:
+        raise HCGNetError("--no-int8-compile is for --int8-backend pt2e (ONNX Runtime compiles nothing); drop it")
+    options = {"int8": backend or "pt2e", "calibration": args.calibration}
+    return {**options, "int8_compile": compiled} if hasattr(args, "int8_compile") else options
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from hcgnet.evaluation import EVAL_FILES, per_class, show_top5, write_confusion
     from hcgnet.files import check_output_folder, reported_write
@@ -137,7 +153,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = check_output_folder(args.output, "the metrics and confusion matrix", EVAL_FILES, force=args.force)
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
                             args.model, amp=args.amp, channels_last=args.channels_last,
-                            skip_bad_images=args.skip_bad_images)
+                            skip_bad_images=args.skip_bad_images, **_int8_options(args))
     rows = per_class(m["confusion"], m["class_names"])
     # Indented for a few classes; one line for many, where a 1000 x 1000 confusion matrix would be a million lines.
     text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
@@ -149,8 +165,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(text)
     else:
         top5 = f", top-5 {100 * m['top5']:.2f}%" if show_top5(len(rows)) else ""
-        print(f"{args.checkpoint} on {args.data} ({m['split']}, {m['count']} images): top-1 {100 * m['top1']:.2f}%"
-              f"{top5}, loss {m['loss']:.4f}")
+        int8 = f" in int8 ({m['int8']['backend']}, calibrated on {m['int8']['calibrated_on']})" if "int8" in m else ""
+        print(f"{args.checkpoint} on {args.data} ({m['split']}, {m['count']} images){int8}: top-1 "
+              f"{100 * m['top1']:.2f}%{top5}, loss {m['loss']:.4f}")
+        if "int8" in m:
+            fp32 = m["fp32"]
+            print(f"  fp32: top-1 {100 * fp32['top1']:.2f}% (int8 {100 * (m['top1'] - fp32['top1']):+.2f} points), "
+                  f"loss {fp32['loss']:.4f}")
         _print_per_class(rows)
     if out is not None:  # on stderr under --json, so stdout stays one JSON document
         print(f"wrote {out}/: {', '.join(EVAL_FILES)}", file=sys.stderr if args.json else sys.stdout)
@@ -164,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.csv:
         check_output_file(args.csv, "--csv", force=args.force)
-    results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size)
+    results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size, **_int8_options(args))
     if args.csv:
         with reported_write(args.csv):
             _write_predictions_csv(results, args.csv)
@@ -238,7 +259,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hcgnet.export import check_export_path, export_model
     from hcgnet.inference import data_config_of, load_model
 
+    int8 = _int8_options(args)
     out = check_export_path(args.output, args.format, args.force)
+    if int8:
+        from hcgnet.quantize import export_int8
+
+        report = export_int8(args.checkpoint, str(out), args.format, args.model, int8["calibration"])
+        print(f"wrote {out}: int8 {args.format} (QDQ), dynamic batch and input size, calibrated on "
+              f"{report['calibrated_on']}; its top-1 agrees with the float model's on "
+              f"{100 * report['agreement']:.1f}% of them (largest logit difference {report['max_diff']:.3g})")
+        return 0
     model, meta = load_model(args.checkpoint, args.model)
     input_size = data_config_of(model, meta).input_size
     export_model(model, str(out), args.format, input_size)
@@ -778,6 +808,20 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", required=True, help=".safetensors or .pt written by hcgnet train or convert")
         p.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
 
+    def add_int8(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--int8", action="store_true",
+                       help="run the model quantized to int8 on the CPU, calibrated on --calibration training "
+                            "images of the checkpoint's own data (eval also scores the float model, and says both)")
+        p.add_argument("--int8-backend", choices=("pt2e", "onnxruntime"), default=None,
+                       help="pt2e: torchao's PT2E flow, compiled by Inductor into x86 int8 kernels (default); "
+                            "onnxruntime: ONNX Runtime static QDQ quantization, as export --int8 writes")
+        p.add_argument("--calibration", type=int, default=None, metavar="N",
+                       help="with --int8: calibration images, a seeded sample of the training split (default 512)")
+        p.add_argument("--no-int8-compile", dest="int8_compile", action="store_false",
+                       help="with --int8 (pt2e): run the quantized program uncompiled: the same int8 rounding in "
+                            "float arithmetic, slower per batch, without Inductor's compilation (minutes for a "
+                            "full HCGNet)")
+
     ev = sub.add_parser("eval", help="top-1, top-5 and loss of a checkpoint on a dataset")
     add_checkpoint(ev)
     ev.add_argument("--data", required=True, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
@@ -797,6 +841,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
                     help="also write metrics.json, per_class.csv, confusion.csv and confusion.png here")
     ev.add_argument("--force", action="store_true", help="replace the files of an earlier eval in --output")
     ev.add_argument("--json", action="store_true", help="print JSON (with the confusion matrix) instead of text")
+    add_int8(ev)
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="top-5 classes of image files, folders or glob patterns")
@@ -808,6 +853,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     pr.add_argument("--csv", default=None, metavar="FILE", help="write one row per image and rank to FILE")
     pr.add_argument("--force", action="store_true", help="replace the --csv FILE if it exists")
+    add_int8(pr)
     pr.set_defaults(func=cmd_predict)
     one_line_usage_errors(pr, lambda message: "give the image files, folders or quoted globs themselves, without "
                           "--images" if "--images" in message else "")
@@ -817,6 +863,11 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"))
     ex.add_argument("--output", required=True)
     ex.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    ex.add_argument("--int8", action="store_true",
+                    help="an int8 QDQ model (ONNX Runtime static quantization; --format onnx), calibrated on "
+                         "--calibration training images of the checkpoint's own data")
+    ex.add_argument("--calibration", type=int, default=None, metavar="N",
+                    help="with --int8: calibration images from the training split (default 512)")
     ex.set_defaults(func=cmd_export)
 
     be = sub.add_parser("bench", help="training/inference speed and peak memory of configurations, in one process")

@@ -247,11 +247,13 @@ def split_settings(meta: Dict[str, str]) -> Dict[str, Any]:
     return kwargs
 
 
-def _split_dataset(data, data_dir, split, meta, model, path, skip_bad_images) -> Tuple[Dataset, List[str]]:
-    """The training split ``split`` ("test"/"val") of ``data``, rebuilt with the checkpoint's split settings."""
+def checkpoint_split(data, data_dir, split, meta, model, path, skip_bad_images) -> Tuple[Dataset, List[str]]:
+    """The split ``split`` ("test", "val" or "train") of ``data`` as the checkpoint's training run made it
+    (its split settings), every image with the evaluation transform (the training images too: int8 calibration
+    reads them); refused in one line when the data does not fit the model. Returns ``(dataset, class names)``."""
     config = data_config_of(model, meta)
     bundle = build_data(data, data_dir=data_dir, download=False, skip_bad_images=skip_bad_images,
-                        preprocessing=config, **split_settings(meta))
+                        preprocessing=config, augment=False, **split_settings(meta))
     if bundle.num_classes != model.num_classes:
         raise CheckpointError(
             f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
@@ -266,7 +268,7 @@ def _split_dataset(data, data_dir, split, meta, model, path, skip_bad_images) ->
     in_chans = first_conv_in_chans(model)
     if bundle.config.input_size[0] != in_chans:
         raise CheckpointError(f"{path} takes {in_chans}-channel images but {data} gives {bundle.config.input_size[0]}")
-    return (bundle.test if split == "test" else bundle.val), list(bundle.config.class_names)
+    return {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split], list(bundle.config.class_names)
 
 
 def _few(names: Sequence[str]) -> str:
@@ -305,14 +307,26 @@ def evaluate_checkpoint(
     path: str, data: str, data_dir: Optional[str] = None, split: Optional[str] = None, batch_size: int = 256,
     workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None, amp: str = "none",
     channels_last: bool = False, progress: Optional[bool] = None, log: Log = note_on_stderr,
-    skip_bad_images: Optional[bool] = None,
+    skip_bad_images: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
+    int8_compile: bool = True,
 ) -> Dict[str, Any]:
     """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a checkpoint on ``split`` of
     ``data``: "test" or "val" (the training run's, rebuilt from the checkpoint's split settings) or "all"
     (every image of an ``imagefolder:DIR``). ``split=None`` chooses: "all" for a folder the checkpoint was not
     trained on, else "test". ``amp`` ("none", "bf16" or "fp16") and ``channels_last`` are the fast inference
     paths (see BENCHMARKS.md). ``progress``: a bar (default: when stderr is a terminal). ``skip_bad_images``:
-    leave out unreadable images instead of refusing the folder (default: as the training run did)."""
+    leave out unreadable images instead of refusing the folder (default: as the training run did).
+
+    ``int8`` (a backend of :mod:`hcgnet.quantize`: "pt2e" or "onnxruntime"): score the model quantized to int8,
+    calibrated on ``calibration`` of its training images (None: ``quantize.DEFAULT_CALIBRATION``), on the CPU; the float model is scored too, and the
+    result says both: the int8 scores where the float ones are otherwise, ``"fp32"`` (its top-1, top-5 and
+    loss) and ``"int8"`` (backend and calibration). ``int8_compile`` (pt2e): Inductor's int8 kernels, else the
+    reference program (same rounding, float arithmetic; no compilation)."""
+    if int8 is not None:
+        from hcgnet.quantize import check_int8_options  # here: quantize builds on this module
+
+        check_int8_options(int8, calibration, amp, channels_last, device)
+        device = "cpu"
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp_dtype = check_eval_options(batch_size, workers, amp, dev)
     if split is not None and split not in SPLITS:
@@ -328,7 +342,7 @@ def evaluate_checkpoint(
     if split == "all":
         dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log, skip_bad_images)
     else:
-        dataset, class_names = _split_dataset(data, data_dir, split, meta, model, path, skip_bad_images)
+        dataset, class_names = checkpoint_split(data, data_dir, split, meta, model, path, skip_bad_images)
         if not meta.get("class_names"):
             log(guess_note(path, model, meta, "the dataset's class names", "the dataset's standard preprocessing"))
     if len(dataset) == 0:
@@ -347,7 +361,16 @@ def evaluate_checkpoint(
     with batch_progress(len(loader), f"evaluating {split}", progress, log) as bar:
         metrics = evaluate(model, loader, Dist(device=dev), amp_dtype, channels_last, progress=bar,
                            num_classes=model.num_classes)
-    return {"checkpoint": str(path), "data": data, "split": split, **metrics, "class_names": class_names}
+    result = {"checkpoint": str(path), "data": data, "split": split}
+    if int8 is not None:
+        from hcgnet.quantize import int8_model
+
+        quantized, about = int8_model(path, model, meta, int8, calibration, min(batch_size, len(dataset)), workers,
+                                      data_dir, compile=int8_compile, log=log)
+        result.update(fp32={k: metrics[k] for k in ("top1", "top5", "loss")}, int8=about)
+        with batch_progress(len(loader), f"evaluating {split} in int8", progress, log) as bar:
+            metrics = evaluate(quantized, loader, Dist(device=dev), progress=bar, num_classes=model.num_classes)
+    return {**result, **metrics, "class_names": class_names}
 
 
 # ------------------------------------------------------------------------------------------------ predict
@@ -411,15 +434,21 @@ def _top_classes(image: str, probs: torch.Tensor, k: int, names: Sequence[str]) 
 @torch.no_grad()
 def predict(
     path: str, images: Sequence[str], topk: int = 5, model_name: Optional[str] = None, batch_size: int = 32,
-    log: Log = note_on_stderr, progress: Optional[bool] = None,
+    log: Log = note_on_stderr, progress: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
+    int8_compile: bool = True,
 ) -> List[Dict[str, Any]]:
     """The ``topk`` classes and probabilities of every image in ``images`` (files, folders, glob patterns),
     ``batch_size`` images at a time. An input that cannot be read is skipped with a one-line warning through
-    ``log`` and kept in the results as ``{"image": ..., "error": ...}``; the others go on."""
+    ``log`` and kept in the results as ``{"image": ..., "error": ...}``; the others go on. ``int8``, ``calibration``,
+    ``int8_compile``: classify with the model quantized to int8, as :func:`evaluate_checkpoint` does."""
     if topk < 1:
         raise HCGNetError(f"--topk must be 1 or more, got {topk}")
     if batch_size < 1:
         raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
+    if int8 is not None:
+        from hcgnet.quantize import check_int8_options
+
+        check_int8_options(int8, calibration)
     files, problems = collect_images(images)
     if not files:
         raise DataError("nothing to classify: " + "; ".join(p["error"] for p in problems[:3]))
@@ -427,6 +456,12 @@ def predict(
         log(f"hcgnet: warning: {p['error']}; skipped")
     model, meta = load_model(path, model_name)
     config = data_config_of(model, meta)
+    classify = model
+    if int8 is not None:  # before the note: a checkpoint int8 can calibrate for records its data (and preprocessing)
+        from hcgnet.quantize import int8_model
+
+        classify, _ = int8_model(path, model, meta, int8, calibration, min(batch_size, len(files)), log=log,
+                                 compile=int8_compile)
     note = guess_note(path, model, meta)
     if note:
         log(note)
@@ -438,7 +473,7 @@ def predict(
         for start in range(0, len(files), batch_size):
             batch, readable = read_images(files[start:start + batch_size], transform, results, log)
             if batch:
-                probs = torch.softmax(model(torch.stack(batch)), dim=1)
+                probs = torch.softmax(classify(torch.stack(batch)), dim=1)
                 results += [_top_classes(p, row, k, names) for p, row in zip(readable, probs)]
             bar.update(1)
     order = {p: i for i, p in enumerate(files)}
