@@ -44,7 +44,7 @@ from hcgnet.layers import freeze_batch_norm
 BACKENDS = ("pt2e", "onnxruntime")
 #: Calibration images by default: a few hundred is what PTQ recipes use (ONNX Runtime's and TensorRT's
 #: examples, torchvision's reference scripts); the observers' ranges settle by then, while each image more
-#: costs a forward pass with observers (and ONNX Runtime keeps every batch's ranges).
+#: costs a forward pass with observers.
 DEFAULT_CALIBRATION = 512
 #: The seed of the calibration sample: the same images on every run, so int8 results repeat.
 CALIBRATION_SEED = 0
@@ -272,9 +272,9 @@ def int8_model(path: str, model: nn.Module, meta: Dict[str, str], backend: str =
                ) -> Tuple[nn.Module, Dict[str, Any]]:
     """``model`` (loaded from ``path``, whose metadata is ``meta``) as an int8 module of ``backend`` that
     evaluation and prediction call like the float one, calibrated on ``calibration`` of its training images
-    (None: :data:`DEFAULT_CALIBRATION`);
-    and what was done: ``{"backend", "calibration_images", "calibrated_on"}``. ``compile`` (pt2e): Inductor's
-    int8 kernels for batches of ``batch_size``, else the float32-arithmetic reference program."""
+    (None: :data:`DEFAULT_CALIBRATION`), and what was done: ``{"backend", "calibration_images",
+    "calibrated_on"}``. ``compile`` (pt2e): Inductor's int8 kernels for batches of ``batch_size``, else the
+    float32-arithmetic reference program."""
     check_int8_options(backend, calibration)
     calibration_batch = batch_size if backend == "pt2e" else min(batch_size, ONNX_CALIBRATION_BATCH)
     loader, what = calibration_loader(path, model, meta, calibration, calibration_batch, workers, data_dir, log)
@@ -284,7 +284,7 @@ def int8_model(path: str, model: nn.Module, meta: Dict[str, str], backend: str =
     if backend == "pt2e":
         quantized = quantize_pt2e(model, loader, compile=compile, batch=batch_size)
         if compile and log is not None:
-            log("int8 (pt2e): compiling with Inductor on the first batch (a minute or more the first time)")
+            log("int8 (pt2e): compiling with Inductor on the first batch (minutes for a full HCGNet)")
         return quantized, about
     with tempfile.TemporaryDirectory(prefix="hcgnet-int8-") as tmp:  # the session keeps the model in memory
         onnx_path = quantize_onnx(model, loader, str(Path(tmp) / "int8.onnx"), data_config_of(model, meta).input_size)
