@@ -402,6 +402,7 @@ def test_attacks_add_accuracy_under_each_attack_with_paired_differences(tmp_path
 @pytest.mark.parametrize("argv, message", [
     (["--attack", "fgsm,cw"], "unknown attack 'cw'"),
     (["--attack-limit", "5"], "go with --attack"),
+    (["--attack", "fgsm", "--attack-limit", "0"], "--limit must be 1 or more"),
     (["--attack", "pgd", "--attack-steps", "0"], "--steps must be 1 or more"),
 ])
 def test_attack_options_refused_in_one_line(tmp_path, images, capsys, argv, message):

@@ -25,7 +25,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -242,26 +242,10 @@ def benchmark(
     """Every combination of the given settings, in order, for every batch size in ``batches`` (default
     ``[batch]``) and input size in ``sizes`` (default ``[size]``, the model's own if None)."""
     dev = _device(device)
-    if steps < 1:
-        raise HCGNetError(f"--steps must be 1 or more (the timed steps), got {steps}")
-    if warmup < 0:
-        raise HCGNetError(f"--warmup must be 0 or more, got {warmup}")
-    for mode in modes:
-        if mode not in MODES:
-            raise HCGNetError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    for dtype in dtypes:
-        if dtype not in DTYPES:
-            raise HCGNetError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-        if dtype == "fp16" and dev.type != "cuda":
-            raise HCGNetError("fp16 needs a GPU; on the CPU use bf16")
-    for runtime in runtimes:
-        if runtime not in RUNTIMES:
-            raise HCGNetError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     batches = list(batches or [batch])
-    if min(batches) < 2 and "train" in modes:
-        raise HCGNetError("training needs a batch of at least 2 (the gates' BatchNorm1d)")
+    check_request(dev, modes, dtypes, runtimes, batches, steps, warmup)
     if sizes is None:
-        sizes = [size or create_model(name).pretrained_cfg["input_size"][1:]]
+        sizes = [size or model_defaults(name)[0]]
     results = []
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as export_dir:
@@ -278,6 +262,36 @@ def benchmark(
             if progress is not None:
                 progress(results[-1])
     return results
+
+
+def check_request(dev: torch.device, modes: Sequence[str], dtypes: Sequence[str], runtimes: Sequence[str],
+                  batches: Sequence[int], steps: int, warmup: int) -> None:
+    """The refusals of a timing request, before any work: one line each."""
+    if steps < 1:
+        raise HCGNetError(f"--steps must be 1 or more (the timed steps), got {steps}")
+    if warmup < 0:
+        raise HCGNetError(f"--warmup must be 0 or more, got {warmup}")
+    for mode in modes:
+        if mode not in MODES:
+            raise HCGNetError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise HCGNetError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+        if dtype == "fp16" and dev.type != "cuda":
+            raise HCGNetError("fp16 needs a GPU; on the CPU use bf16")
+    for runtime in runtimes:
+        if runtime not in RUNTIMES:
+            raise HCGNetError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    if min(batches) < 2 and "train" in modes:
+        raise HCGNetError("training needs a batch of at least 2 (the gates' BatchNorm1d)")
+
+
+def model_defaults(name: str) -> Tuple[Tuple[int, int], int]:
+    """The model's own input size (H, W) and class count, from its ``pretrained_cfg`` (built on the meta
+    device: shapes only)."""
+    with torch.device("meta"):
+        cfg = create_model(name).pretrained_cfg
+    return tuple(cfg["input_size"][1:]), int(cfg["num_classes"])
 
 
 def _device(name: Optional[str]) -> torch.device:
@@ -401,12 +415,13 @@ def _flops_per_image(model: nn.Module, size: Sequence[int], mode: str) -> float:
 
 
 def against_published(
-    path: str, name: str, configs: Sequence[BenchConfig], batch: int, size: Sequence[int], steps: int = 5,
+    path: str, name: str, configs: Sequence[BenchConfig], batch: int, size: Optional[Sequence[int]] = None,
+    steps: int = 5,
     warmup: int = 2, rounds: int = 3, num_classes: Optional[int] = None, device: Optional[str] = None,
     memory: bool = False, progress: Optional[Callable[[Dict], None]] = None,
 ) -> Dict:
-    """hcgnet's ``configs`` against the published implementation's eager fp32 for each mode among them, with
-    identical weights (their logits checked equal first, :func:`hcgnet.published.paired_models`).
+    """hcgnet's ``configs`` against the published implementation's eager fp32 for each mode among them, at
+    ``size`` and ``num_classes`` (default: the model's own), with identical weights (their logits checked equal first, :func:`hcgnet.published.paired_models`).
 
     Every configuration, the published one first, runs once per round, ``rounds`` times over; a
     configuration's figure is the median of its per-round medians, and its ratio to the published code is the
@@ -418,17 +433,13 @@ def against_published(
     from hcgnet.published import paired_models
 
     dev = _device(device)
-    if rounds < 1 or steps < 1 or warmup < 0:
-        raise HCGNetError("--rounds and --steps must be 1 or more, --warmup 0 or more")
-    if num_classes is None:
-        num_classes = 10 if name.startswith("hcgnet_a") else 1000
-    size = tuple(size)
+    if rounds < 1:
+        raise HCGNetError(f"--rounds must be 1 or more, got {rounds}")
     modes = list(dict.fromkeys(c.mode for c in configs))
-    if "train" in modes and batch < 2:
-        raise HCGNetError("training needs a batch of at least 2 (the gates' BatchNorm1d)")
-    for cfg in configs:
-        if cfg.dtype == "fp16" and dev.type != "cuda":
-            raise HCGNetError("fp16 needs a GPU; on the CPU use bf16")
+    check_request(dev, modes, [c.dtype for c in configs], [c.runtime for c in configs], [batch], steps, warmup)
+    own_size, own_classes = model_defaults(name)
+    size = tuple(size or own_size)
+    num_classes = own_classes if num_classes is None else num_classes
     published, ours = paired_models(path, name, num_classes, size)  # refused here unless the same network
     flops = {mode: _flops_per_image(ours, size, mode) for mode in modes}
     del published, ours

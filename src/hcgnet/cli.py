@@ -338,16 +338,15 @@ def _bench_against_published(args: argparse.Namespace, both, batches: List[int],
         raise HCGNetError("--against-published measures memory in fresh processes with --memory; drop --isolate")
     configs = configurations(args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
                              both(args.memory_efficient), both(args.compile), args.runtimes.split(","))
-    size = sizes[0] if sizes else (224, 224) if args.model in ("hcgnet_b", "hcgnet_c") else (32, 32)
 
     def show(r):
         speed = f"{r['latency_ms']:8.1f} ms" if "latency_ms" in r else f"{r['images_per_s']:8.1f} img/s"
         print(f"round {r['round'] + 1}  {r['mode']:7s} {describe(r):36s} {speed}", flush=True)
 
-    result = against_published(args.against_published, args.model, configs, batches[0], size, args.steps,
-                               args.warmup, args.rounds, device=args.device, memory=args.memory,
-                               progress=None if args.json_only else show)
-    m = result["machine"]
+    result = against_published(args.against_published, args.model, configs, batches[0],
+                               sizes[0] if sizes else None, args.steps, args.warmup, args.rounds,
+                               device=args.device, memory=args.memory, progress=None if args.json_only else show)
+    m, size = result["machine"], result["size"]
     print(f"\n{args.model}, batch {batches[0]}, {size[0]}x{size[1]}, {args.rounds} rounds; {m.get('cpu') or 'cpu'} "
           f"({', '.join(m.get('cpu_flags', []))}), {m['threads']} threads; matrix-multiply peak "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result["peak_gflops"].items()))
@@ -499,7 +498,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             if name not in ATTACKS:
                 raise HCGNetError(f"--attack: unknown attack {name!r}; use one or more of {', '.join(ATTACKS)}, "
                                   "comma-separated")
-            options = {"limit": args.attack_limit} if args.attack_limit else {}
+            options = {"limit": args.attack_limit} if args.attack_limit is not None else {}
             if name == "pgd":
                 options["steps"] = args.attack_steps
             eps = check_options(name, _eps_list(args.eps), **options)
