@@ -6,7 +6,8 @@
 
 Each workload is one :func:`hcgnet.bench.against_published` call: the published eager fp32 and hcgnet's
 configurations with the same weights (logits checked equal first), interleaved over ``--rounds``; figures are
-medians of the per-round medians, ratios medians of the per-round ratios. The memory workloads also run each
+medians of the per-round medians, ratios medians of the per-round ratios. ``compile`` in inference is
+``hcgnet eval --compile`` (weights frozen); ``int8`` is ``hcgnet eval --int8`` (torchao PT2E, compiled). The memory workloads also run each
 configuration in a fresh process for its peak resident memory.
 """
 import argparse
@@ -21,13 +22,20 @@ from hcgnet.bench import BenchConfig, against_published, describe
 # name: (model, mode, batch, side, hcgnet's configurations, measure memory, the issue's target)
 WORKLOADS = {
     "a1-train": ("hcgnet_a1", "train", 64, 32, [BenchConfig("train"), BenchConfig("train", channels_last=True),
-                                                BenchConfig("train", "bf16", True)], False,
+                                                BenchConfig("train", "bf16", True),
+                                                BenchConfig("train", channels_last=True, compile=True),
+                                                BenchConfig("train", "bf16", True, compile=True)], False,
                  "at least 2.0x fp32, 3.0x bf16"),
     "a1-infer": ("hcgnet_a1", "infer", 256, 32, [BenchConfig("infer", channels_last=True),
                                                  BenchConfig("infer", "bf16", True),
-                                                 BenchConfig("infer", runtime="onnx")], False, "at least 5x"),
+                                                 BenchConfig("infer", channels_last=True, compile=True),
+                                                 BenchConfig("infer", "bf16", True, compile=True),
+                                                 BenchConfig("infer", runtime="onnx"),
+                                                 BenchConfig("infer", runtime="int8")], False, "at least 5x"),
     "b-latency": ("hcgnet_b", "latency", 1, 224, [BenchConfig("latency", channels_last=True),
-                                                  BenchConfig("latency", runtime="onnx")], False, "at most 0.25x"),
+                                                  BenchConfig("latency", channels_last=True, compile=True),
+                                                  BenchConfig("latency", runtime="onnx"),
+                                                  BenchConfig("latency", runtime="int8")], False, "at most 0.25x"),
     "a2-memory": ("hcgnet_a2", "train", 64, 32, [BenchConfig("train"), BenchConfig("train", memory_efficient=True)],
                   True, "memory_efficient: at most 0.5x peak resident memory"),
     "a3-memory": ("hcgnet_a3", "train", 128, 32, [BenchConfig("train", memory_efficient=True)], True,

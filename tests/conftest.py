@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, safe_open
+
+import hcgnet
 
 import timing
 
@@ -14,6 +19,33 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A small trained classifier and the image folder it was trained on: HCGNet-(1,1,1)-(k=8,8,8) trained by
+    ``hcgnet train`` (2 epochs, batch 32, --image-size 8, --val-size 40 --test-size 400, seed 0) on
+    ``fixtures/int8_colours.safetensors``: 4 classes x 200 8x8 images, a class colour plus Gaussian noise (sd 70),
+    so some test images sit near a class boundary. Its run scored 94.50% top-1 (378 of 400) and loss 0.28720328
+    on its 400 test images (the run's results.json). The images are written back as the PNG folder the run read
+    (same names, so the same split) and the checkpoint's recorded data points at it."""
+    base = tmp_path_factory.mktemp("int8")
+    data = load_file(FIXTURES / "int8_colours.safetensors")
+    folder = base / "images"
+    counters = {}
+    for image, label in zip(data["images"].numpy(), data["labels"].tolist()):
+        (folder / f"class_{label}").mkdir(parents=True, exist_ok=True)
+        i = counters[label] = counters.get(label, -1) + 1
+        Image.fromarray(image).save(folder / f"class_{label}" / f"{i:03d}.png")
+    source = FIXTURES / "int8_colours_model.safetensors"
+    with safe_open(source, "pt") as f:
+        meta = dict(f.metadata())
+    path = base / "model.safetensors"
+    hcgnet.save_safetensors(load_file(source), path, {**meta, "data": f"imagefolder:{folder}"})
+    return path, folder
 
 
 def make_image_folder(root, classes=3, per_class=12, size=(20, 20), seed=0):

@@ -96,3 +96,27 @@ def test_profile_script_attributes_the_step_to_operators_and_parts(tmp_path):
     assert {"block.squeeze.conv1x1.conv", "block.update_gate", "block.forget_gate", "transition.squeeze.conv1x1.norm",
             "concatenation (aten::cat)"} <= parts
     assert 0 < sum(r["share"] for r in result["operators"]) <= 1.01
+
+
+def test_bench_times_frozen_compiled_and_int8_inference(tmp_path, capsys):
+    """``--compile`` in inference compiles as ``hcgnet eval --compile`` does (weights frozen); the ``int8``
+    runtime is ``hcgnet eval --int8``'s PT2E program (its accuracy is tests/test_int8.py's business)."""
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", TINY, "--modes", "infer", "--runtimes", "eager,int8", "--compile", "on",
+                 "--steps", "1", "--warmup", "1", "--batch-size", "4", "--size", "16", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads(out.read_text())["results"]
+    assert [(r["runtime"], r["compile"]) for r in results] == [("eager", True), ("int8", False)]
+    assert all(r["images_per_s"] > 0 for r in results)
+    assert "int8 pt2e compiled" in capsys.readouterr().out
+
+
+def test_bench_refuses_int8_off_the_cpu():
+    import pytest
+    import torch
+
+    from hcgnet.bench import check_request
+    from hcgnet.errors import HCGNetError
+
+    with pytest.raises(HCGNetError, match="the int8 runtime runs on the CPU"):
+        check_request(torch.device("cuda"), ["infer"], ["fp32"], ["int8"], [4], 1, 0)

@@ -1,12 +1,9 @@
 """int8 inference (hcgnet.quantize): each backend against the plain fp32 model on a trained model's test set, and
 the command-line flags end to end.
 
-The trained model is a fixture: HCGNet-(1,1,1)-(k=8,8,8) trained by ``hcgnet train`` (2 epochs, batch 32,
---image-size 8, --val-size 40 --test-size 400, seed 0) on ``fixtures/int8_colours.safetensors``: 4 classes x 200
-8x8 images, a class colour plus Gaussian noise (sd 70), so some test images sit near a class boundary. The
-training run scored 94.50% top-1 on its 400 test images (its results.json), the figure the fp32 path must
-give here before int8 is compared with it. The test writes the images back as the PNG folder the run read (same
-names, so the same split) and points the checkpoint's recorded data at it.
+The trained model is conftest's ``trained`` fixture (``fixtures/int8_colours*.safetensors``, described there).
+The training run scored 94.50% top-1 on its 400 test images (its results.json), the figure the fp32 path must
+give here before int8 is compared with it.
 
 Tolerances, int8 against the fp32 eager model on the 400 test images:
     top-1: within 0.5 points (the issue's bound: here 2 images at most);
@@ -15,14 +12,12 @@ Tolerances, int8 against the fp32 eager model on the 400 test images:
 """
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, safe_open
 
 import hcgnet
 from conftest import cli
@@ -31,28 +26,9 @@ from hcgnet.quantize import PaddedBatch, calibration_loader, int8_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TRAINED_TOP1 = 0.945   # the training run's test top-1 and loss (results.json): 378 of 400
 TRAINED_LOSS = 0.28720328
 CALIBRATION = 128
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("int8")
-    data = load_file(FIXTURES / "int8_colours.safetensors")
-    folder = base / "images"
-    counters = {}
-    for image, label in zip(data["images"].numpy(), data["labels"].tolist()):
-        (folder / f"class_{label}").mkdir(parents=True, exist_ok=True)
-        i = counters[label] = counters.get(label, -1) + 1
-        Image.fromarray(image).save(folder / f"class_{label}" / f"{i:03d}.png")
-    source = FIXTURES / "int8_colours_model.safetensors"
-    with safe_open(source, "pt") as f:
-        meta = dict(f.metadata())
-    path = base / "model.safetensors"
-    hcgnet.save_safetensors(load_file(source), path, {**meta, "data": f"imagefolder:{folder}"})
-    return path, folder
 
 
 @pytest.fixture(scope="module")

@@ -102,11 +102,27 @@ def test_dilated_depthwise_takes_the_fast_backward_only_for_cpu_bf16_training(mo
     assert type(PreActConv(4, 4, 3, groups=4).conv) is nn.Conv2d
 
 
-@pytest.mark.parametrize("size", [(5, 7), (1, 1), (16, 3)])
-def test_attention_pool_matches_equations(size):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("size", [(5, 7), (1, 1), (16, 3), (32, 32)])
+def test_attention_pool_matches_equations_with_their_gradients(size, channels_last):
+    """Each memory layout has its own formula (AttentionPool's docstring): both give eqs. 5-6 and their
+    gradients with respect to the map, the scoring weights and the bias (zero: a softmax ignores a shift)."""
     pool = AttentionPool(6)
     x = torch.randn(3, 6, *size)
-    torch.testing.assert_close(pool(x), _reference_pool(pool, x))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    grad = torch.randn(3, 6)
+    results = []
+    for f in (pool, lambda t: _reference_pool(pool, t)):
+        pool.zero_grad()
+        x.grad = None
+        out = f(x)
+        out.backward(grad)
+        results.append((out.detach(), x.grad, pool.score.weight.grad, pool.score.bias.grad))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert results[0][3].abs().item() < 1e-6
 
 
 def test_attention_pool_hook_sees_a_normalised_map():

@@ -8,7 +8,9 @@ freed, so only a process's first configuration has an exact memory figure: ``iso
 configuration in a fresh process (exact memory for every one, timings across processes).
 
 Besides the eager model, inference can be timed in the deployment runtimes of :mod:`hcgnet.export`
-(TorchScript, ONNX Runtime, a ``torch.export`` program), each exported from the same weights.
+(TorchScript, ONNX Runtime, a ``torch.export`` program), each exported from the same weights. ``compile``
+is ``torch.compile``; for inference with the weights frozen, as ``hcgnet eval --compile`` runs it
+(:func:`hcgnet.compiled.compile_frozen`).
 
 :func:`against_published` times the published implementation's own model class (imported from a clone,
 :mod:`hcgnet.published`) beside hcgnet's configurations, with the same weights, in interleaved rounds.
@@ -30,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from hcgnet.compiled import compile_frozen
 from hcgnet.errors import HCGNetError
 from hcgnet.evaluation import AMP_DTYPES
 from hcgnet.models import create_model
@@ -37,7 +40,7 @@ from hcgnet.models.registry import first_conv_in_chans
 
 MODES = ("train", "infer", "latency")
 DTYPES = ("fp32", "bf16", "fp16")
-RUNTIMES = ("eager", "torchscript", "onnx", "pt2")
+RUNTIMES = ("eager", "torchscript", "onnx", "pt2", "int8")
 CSV_FIELDS = ("mode", "runtime", "dtype", "channels_last", "memory_efficient", "compile", "batch", "size",
               "images_per_s", "latency_ms", "median_s", "min_s", "max_s", "peak_memory_added_mb", "steps",
               "first_loss", "final_loss", "implementation", "process_peak_rss_mb")
@@ -58,6 +61,8 @@ def describe(r: Dict) -> str:
     """A configuration (a :class:`BenchConfig` as a dict, or a result) in a few words."""
     if r.get("implementation") == "published":
         return "published eager fp32"
+    if r["runtime"] == "int8":
+        return "int8 pt2e compiled"
     if r["runtime"] != "eager":
         return f"{r['runtime']} fp32"
     return " ".join([r["dtype"]] + [name for name in ("channels_last", "memory_efficient", "compile") if r[name]])
@@ -121,7 +126,13 @@ def _sync(device: torch.device) -> None:
 
 
 def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: str) -> Callable:
-    """The model exported to ``runtime`` (checked against eager by :func:`export_model`), as a callable."""
+    """The model exported to ``runtime`` (checked against eager by :func:`export_model`), as a callable;
+    ``"int8"``: quantized by torchao's PT2E flow and compiled, as ``hcgnet eval --int8`` runs it (calibrated on
+    ``x``: this times speed; the accuracy check is ``tests/test_int8.py``)."""
+    if runtime == "int8":
+        from hcgnet.quantize import quantize_pt2e
+
+        return quantize_pt2e(model.cpu().eval(), [x.cpu()], compile=True, batch=len(x))
     from hcgnet.export import SUFFIXES, export_model
 
     fmt = runtime  # the runtimes are named after the export formats
@@ -168,7 +179,8 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         if cfg.runtime == "eager":
-            runner = torch.compile(model) if cfg.compile else model
+            if cfg.compile:  # inference compiles as `hcgnet eval --compile` does: weights frozen
+                runner = torch.compile(model) if train else compile_frozen(model, n)
         y = torch.randint(0, num_classes, (n,), device=device)
         dtype = AMP_DTYPES["none" if cfg.dtype == "fp32" else cfg.dtype]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if train else None
@@ -282,6 +294,8 @@ def check_request(dev: torch.device, modes: Sequence[str], dtypes: Sequence[str]
     for runtime in runtimes:
         if runtime not in RUNTIMES:
             raise HCGNetError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+        if runtime == "int8" and dev.type != "cpu":
+            raise HCGNetError("the int8 runtime runs on the CPU (x86 oneDNN kernels); add --device cpu")
     if min(batches) < 2 and "train" in modes:
         raise HCGNetError("training needs a batch of at least 2 (the gates' BatchNorm1d)")
 

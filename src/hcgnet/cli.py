@@ -153,7 +153,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = check_output_folder(args.output, "the metrics and confusion matrix", EVAL_FILES, force=args.force)
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
                             args.model, amp=args.amp, channels_last=args.channels_last,
-                            skip_bad_images=args.skip_bad_images, **_int8_options(args))
+                            skip_bad_images=args.skip_bad_images, compile=args.compile, **_int8_options(args))
     rows = per_class(m["confusion"], m["class_names"])
     # Indented for a few classes; one line for many, where a 1000 x 1000 confusion matrix would be a million lines.
     text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
@@ -185,7 +185,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.csv:
         check_output_file(args.csv, "--csv", force=args.force)
-    results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size, **_int8_options(args))
+    results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size,
+                      compile=args.compile, **_int8_options(args))
     if args.csv:
         with reported_write(args.csv):
             _write_predictions_csv(results, args.csv)
@@ -807,6 +808,11 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", required=True, help=".safetensors or .pt written by hcgnet train or convert")
         p.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
 
+    def add_compile(p: argparse.ArgumentParser, batch_flag: str) -> None:
+        p.add_argument("--compile", action="store_true",
+                       help=f"compile the model with torch.compile, weights frozen, for {batch_flag} images at a time: "
+                            "faster batches after a first one that waits minutes for the compilation (BENCHMARKS.md)")
+
     def add_int8(p: argparse.ArgumentParser) -> None:
         p.add_argument("--int8", action="store_true",
                        help="run the model quantized to int8 on the CPU, calibrated on --calibration training "
@@ -834,6 +840,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     ev.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                     help="autocast dtype: bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs; fp16 on GPUs")
     ev.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
+    add_compile(ev, "--batch-size")
     ev.add_argument("--skip-bad-images", action="store_true", default=None,
                     help="leave out unreadable images (default: as the training run did)")
     ev.add_argument("--output", default=None, metavar="DIR",
@@ -852,6 +859,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     pr.add_argument("--csv", default=None, metavar="FILE", help="write one row per image and rank to FILE")
     pr.add_argument("--force", action="store_true", help="replace the --csv FILE if it exists")
+    add_compile(pr, "--batch-size")
     add_int8(pr)
     pr.set_defaults(func=cmd_predict)
     one_line_usage_errors(pr, lambda message: "give the image files, folders or quoted globs themselves, without "
@@ -876,7 +884,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     for flag in ("channels-last", "memory-efficient", "compile"):
         be.add_argument(f"--{flag}", choices=("off", "on", "both"), default="off")
     be.add_argument("--runtimes", default="eager",
-                    help="comma-separated: eager, torchscript, onnx, pt2 (exported runtimes time inference only)")
+                    help="comma-separated: eager, torchscript, onnx, pt2, int8 (torchao PT2E, compiled; on the CPU, needs "
+                         "the int8 extra); runtimes other than eager time inference only")
     be.add_argument("--batch-size", default="64", help="one batch size or a comma-separated sweep, e.g. 16,32,64")
     be.add_argument("--size", default=None, help="square input side or a sweep, e.g. 32,64 (default: the model's)")
     be.add_argument("--steps", type=int, default=10)

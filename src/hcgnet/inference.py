@@ -21,6 +21,7 @@ from hcgnet.data import (
     DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, image_size_note, load_image,
     resolve_data_config,
 )
+from hcgnet.compiled import compile_frozen
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
@@ -223,6 +224,13 @@ def batch_progress(total: int, what: str, show: Optional[bool], log: Log):
     return tqdm(total=total, desc=what, unit="batch", disable=show is False, leave=False)
 
 
+def check_compile_option(compile: bool, int8: Optional[str]) -> None:
+    """``--compile`` is for the float model; the int8 program has its own (``--no-int8-compile``)."""
+    if compile and int8 is not None:
+        raise HCGNetError("--compile is for the float model; with --int8 the pt2e program is compiled already "
+                          "(--no-int8-compile turns that off): drop --compile")
+
+
 def check_eval_options(batch_size: int, workers: int, amp: str, dev: torch.device) -> Optional[torch.dtype]:
     if batch_size < 1:
         raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
@@ -308,7 +316,7 @@ def evaluate_checkpoint(
     workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None, amp: str = "none",
     channels_last: bool = False, progress: Optional[bool] = None, log: Log = note_on_stderr,
     skip_bad_images: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
-    int8_compile: bool = True,
+    int8_compile: bool = True, compile: bool = False,
 ) -> Dict[str, Any]:
     """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a checkpoint on ``split`` of
     ``data``: "test" or "val" (the training run's, rebuilt from the checkpoint's split settings) or "all"
@@ -321,7 +329,10 @@ def evaluate_checkpoint(
     calibrated on ``calibration`` of its training images (None: ``quantize.DEFAULT_CALIBRATION``), on the CPU; the float model is scored too, and the
     result says both: the int8 scores where the float ones are otherwise, ``"fp32"`` (its top-1, top-5 and
     loss) and ``"int8"`` (backend and calibration). ``int8_compile`` (pt2e): Inductor's int8 kernels, else the
-    reference program (same rounding, float arithmetic; no compilation)."""
+    reference program (same rounding, float arithmetic; no compilation). ``compile``: the float model compiled
+    by Inductor with its weights frozen (:func:`hcgnet.compiled.compile_frozen`), for batches of ``batch_size``
+    (the first batch waits for the compilation: minutes on a CPU)."""
+    check_compile_option(compile, int8)
     if int8 is not None:
         from hcgnet.quantize import check_int8_options  # here: quantize builds on this module
 
@@ -358,8 +369,11 @@ def evaluate_checkpoint(
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    scored = compile_frozen(model, batch_size) if compile else model
+    if compile:
+        log("compiling the model with torch.compile, weights frozen (the first batch takes minutes)")
     with batch_progress(len(loader), f"evaluating {split}", progress, log) as bar:
-        metrics = evaluate(model, loader, Dist(device=dev), amp_dtype, channels_last, progress=bar,
+        metrics = evaluate(scored, loader, Dist(device=dev), amp_dtype, channels_last, progress=bar,
                            num_classes=model.num_classes)
     result = {"checkpoint": str(path), "data": data, "split": split}
     if int8 is not None:
@@ -435,12 +449,14 @@ def _top_classes(image: str, probs: torch.Tensor, k: int, names: Sequence[str]) 
 def predict(
     path: str, images: Sequence[str], topk: int = 5, model_name: Optional[str] = None, batch_size: int = 32,
     log: Log = note_on_stderr, progress: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
-    int8_compile: bool = True,
+    int8_compile: bool = True, compile: bool = False,
 ) -> List[Dict[str, Any]]:
     """The ``topk`` classes and probabilities of every image in ``images`` (files, folders, glob patterns),
     ``batch_size`` images at a time. An input that cannot be read is skipped with a one-line warning through
     ``log`` and kept in the results as ``{"image": ..., "error": ...}``; the others go on. ``int8``, ``calibration``,
-    ``int8_compile``: classify with the model quantized to int8, as :func:`evaluate_checkpoint` does."""
+    ``int8_compile``: classify with the model quantized to int8, and ``compile``: with the float model compiled,
+    as :func:`evaluate_checkpoint` does."""
+    check_compile_option(compile, int8)
     if topk < 1:
         raise HCGNetError(f"--topk must be 1 or more, got {topk}")
     if batch_size < 1:
@@ -462,6 +478,9 @@ def predict(
 
         classify, _ = int8_model(path, model, meta, int8, calibration, min(batch_size, len(files)), log=log,
                                  compile=int8_compile)
+    elif compile:
+        log("compiling the model with torch.compile, weights frozen (the first batch takes minutes)")
+        classify = compile_frozen(model, min(batch_size, len(files)))
     note = guess_note(path, model, meta)
     if note:
         log(note)

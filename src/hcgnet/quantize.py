@@ -26,14 +26,14 @@ import copy
 import logging
 import platform
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from hcgnet.compiled import PaddedBatch, compile_frozen  # noqa: F401  (PaddedBatch: kept importable here)
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import device_of
 from hcgnet.export import export_model
@@ -124,33 +124,6 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
-class PaddedBatch(nn.Module):
-    """``module`` (compiled for batches of exactly ``batch`` images) on any batch: split into chunks of
-    ``batch``, the last padded with zeros and its padding dropped from the output. One compiled shape instead of
-    a recompilation (minutes) for every other batch size; the images do not see each other (batch norm frozen),
-    so padding changes no row."""
-
-    def __init__(self, module: Callable[[torch.Tensor], torch.Tensor], batch: int) -> None:
-        super().__init__()
-        self.module, self.batch = module, batch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch._inductor.config as inductor_config
-
-        outputs = []
-        for chunk in x.split(self.batch):
-            n = len(chunk)
-            if n < self.batch:
-                chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
-            # Freezing makes the weights constants, which the int8 weight-prepacking passes need; set on every
-            # call, so a call never compiles without it.
-            with inductor_config.patch(freezing=True), warnings.catch_warnings():
-                # torch 2.14's int8 lowering copy-constructs a tensor; the notice is for torch, not for the user
-                warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
-                outputs.append(self.module(chunk)[:n])
-        return torch.cat(outputs)
-
-
 def quantize_pt2e(model: nn.Module, images: Iterable[torch.Tensor], compile: bool = True,
                   batch: Optional[int] = None) -> nn.Module:
     """``model`` quantized by torchao's PT2E flow with the X86InductorQuantizer's default config (per-channel
@@ -193,7 +166,7 @@ def quantize_pt2e(model: nn.Module, images: Iterable[torch.Tensor], compile: boo
 def compile_int8(converted: nn.Module, batch: int) -> nn.Module:
     """A PT2E-converted program compiled by Inductor (freezing on) into int8 kernels for batches of ``batch``
     images, taking any batch (:class:`PaddedBatch`); the compilation happens on the first call."""
-    return PaddedBatch(torch.compile(converted, dynamic=False), batch)
+    return compile_frozen(converted, batch)
 
 
 # ------------------------------------------------------------------------------------------------ onnxruntime

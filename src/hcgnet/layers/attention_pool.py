@@ -1,5 +1,8 @@
 """Softmax attention pooling over all spatial positions (the gates' "spatial attention and pooling")."""
+from typing import Optional
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -12,6 +15,12 @@ class AttentionPool(nn.Module):
     The softmax runs in float32 even under autocast: with bf16 logits over thousands of positions it is
     the first place mixed precision goes wrong. ``attention`` is an identity that carries the
     (B, 1, H, W) attention map, so a forward hook on it can read the map (e.g. for visualisation).
+
+    The scoring convolution (``score``, kept as a module for its weights) and the pooling are computed as
+    the products they are, in the map's own layout (:func:`position_scores`, :func:`weighted_sum`): a 1x1
+    convolution with one output channel and a batch of matrix-vector products run 2-4x slower forward and
+    backward on a CPU (``benchmarks/attention_pool.py``), and the three pools of every SMG module took about
+    9% of an HCGNet-A1 training step.
     """
 
     def __init__(self, channels: int) -> None:
@@ -21,8 +30,35 @@ class AttentionPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        logits = self.score(x).reshape(b, 1, h * w)
+        logits = position_scores(x, self.score.weight, self.score.bias)
         weights = torch.softmax(logits.float(), dim=-1).to(x.dtype)
-        weights = self.attention(weights.reshape(b, 1, h, w)).reshape(b, h * w, 1)
-        # One batched matrix product over positions: (B, C, HW) @ (B, HW, 1).
-        return torch.bmm(x.reshape(b, c, h * w), weights).reshape(b, c)
+        weights = self.attention(weights.reshape(b, 1, h, w))
+        return weighted_sum(x, weights)
+
+
+def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The scoring 1x1 convolution (``weight`` (1, C, 1, 1), ``bias`` (1,)) of a (B, C, H, W) map, as (B, H*W).
+
+    A leaf of FX graphs (``torch.fx.wrap`` below), as :func:`weighted_sum`: it picks its formula by the map's
+    memory layout, which a symbolic trace cannot read."""
+    b, c, h, w = x.shape
+    weight = weight.reshape(1, c).to(x.dtype)
+    if bias is not None:
+        bias = bias.to(x.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last):  # (B, H, W, C) in memory: one matrix-vector product
+        return F.linear(x.permute(0, 2, 3, 1).reshape(b, h * w, c), weight, bias).reshape(b, h * w)
+    scores = (x * weight.reshape(1, c, 1, 1)).sum(1).reshape(b, h * w)
+    return scores if bias is None else scores + bias
+
+
+def weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
+    """``sum over positions of x * weights``: (B, C, H, W) and (B, 1, H, W) -> (B, C)."""
+    b, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.bmm(weights.reshape(b, 1, h * w), x.permute(0, 2, 3, 1).reshape(b, h * w, c)).reshape(b, c)
+    # Both as (B, *, H*W): ONNX Runtime's symbolic shape inference (its quantization tools) then sees equal sizes.
+    return (x.reshape(b, c, h * w) * weights.reshape(b, 1, h * w)).sum(2)
+
+
+torch.fx.wrap("position_scores")
+torch.fx.wrap("weighted_sum")

@@ -1,0 +1,95 @@
+"""Compiled inference with frozen weights (hcgnet.compiled, ``hcgnet eval --compile``, ``hcgnet predict --compile``)
+against the plain fp32 eager model, on conftest's trained fixture (94.50% top-1, loss 0.28720328 on its 400 test
+images, from the training run's results.json).
+
+Tolerance, frozen and compiled fp32 against eager fp32: 1e-5 absolute + 1e-5 relative on the logits (as
+tests/test_fast_paths.py allows torch.compile); Inductor reorders sums but computes in fp32.
+"""
+import json
+import re
+
+import pytest
+import torch
+
+from conftest import cli
+from hcgnet.compiled import compile_frozen
+from hcgnet.inference import checkpoint_split, load_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TRAINED_TOP1 = 0.945
+TRAINED_LOSS = 0.28720328
+
+
+@pytest.fixture(scope="module")
+def test_images(trained):
+    path, _ = trained
+    model, meta = load_model(str(path))
+    dataset, _ = checkpoint_split(meta["data"], None, "test", meta, model, str(path), False)
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
+
+
+def test_compiled_frozen_model_gives_the_eager_logits_at_any_batch_size(trained, test_images):
+    path, _ = trained
+    model, _ = load_model(str(path))
+    model.eval()
+    with torch.no_grad():
+        expected = model(test_images)
+        compiled = compile_frozen(model, 64)
+        for n in (400, 64, 5):  # 7 chunks (the last padded), exactly one, one padded
+            torch.testing.assert_close(compiled(test_images[:n]), expected[:n], atol=1e-5, rtol=1e-5)
+    assert compiled.module._orig_mod is model   # compiled, not the eager model called through a wrapper
+
+
+def test_compiled_frozen_model_follows_the_weights_it_was_compiled_with(trained, test_images):
+    """Frozen means the weights are constants of the program: a later change does not reach it, which is why
+    only eval and predict (weights fixed) compile this way."""
+    path, _ = trained
+    model, _ = load_model(str(path))
+    x = test_images[:8]
+    with torch.no_grad():
+        compiled = compile_frozen(model, 8)
+        before = compiled(x)
+        model.get_classifier().bias.add_(1.0)
+        torch.testing.assert_close(compiled(x), before)
+        assert not torch.allclose(model(x), before, atol=1e-3)
+
+
+def test_eval_compile_gives_the_training_runs_top1_and_loss(trained, capsys):
+    path, folder = trained
+    code, out, err = cli(capsys, "eval", "--checkpoint", path, "--data", f"imagefolder:{folder}", "--workers", "0",
+                         "--compile", "--batch-size", "64")
+    assert code == 0, err
+    assert "compiling the model with torch.compile, weights frozen" in err
+    assert "Traceback" not in err and "WARNING" not in err
+    top1, loss = re.search(r"top-1 ([\d.]+)%.*, loss ([\d.]+)$", out.splitlines()[0]).groups()
+    assert float(top1) == pytest.approx(100 * TRAINED_TOP1)
+    assert float(loss) == pytest.approx(TRAINED_LOSS, abs=1e-5)
+
+
+def test_predict_compile_gives_the_eager_probabilities(trained, capsys):
+    path, folder = trained
+    images = sorted(str(p) for p in folder.rglob("*.png"))[::40]   # 20 images: one batch of 16, one padded
+    code, out, err = cli(capsys, "predict", "--checkpoint", path, "--json", "--topk", "2", "--batch-size", "16",
+                         *images)
+    assert code == 0, err
+    eager = json.loads(out)
+    code, out, err = cli(capsys, "predict", "--checkpoint", path, "--json", "--topk", "2", "--batch-size", "16",
+                         "--compile", *images)
+    assert code == 0, err
+    assert "compiling the model" in err
+    compiled = json.loads(out)
+    assert [r["image"] for r in compiled] == [r["image"] for r in eager]
+    for a, b in zip(compiled, eager):
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        assert [t["probability"] for t in a["top"]] == pytest.approx([t["probability"] for t in b["top"]], abs=1e-5)
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_compile_with_int8_is_refused_in_one_line(trained, capsys, command):
+    path, folder = trained
+    where = ["--data", f"imagefolder:{folder}"] if command == "eval" else [str(next(folder.rglob("*.png")))]
+    code, out, err = cli(capsys, command, "--checkpoint", path, *where, "--compile", "--int8")
+    assert code == 2 and out == ""
+    assert err.startswith("hcgnet: error: ") and len(err.splitlines()) == 1
+    assert "--compile is for the float model" in err and "drop --compile" in err
