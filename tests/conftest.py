@@ -48,6 +48,28 @@ def trained(tmp_path_factory):
     return path, folder
 
 
+#: The trained fixture's test top-1 and loss, from its training run's results.json (378 of 400 images).
+TRAINED_TOP1 = 0.945
+TRAINED_LOSS = 0.28720328
+
+
+@pytest.fixture(scope="session")
+def test_set(trained):
+    """The trained fixture's 400 test images: (model, checkpoint metadata, images, labels, fp32 eager logits),
+    the logits checked against the training run's top-1 first."""
+    from hcgnet.inference import checkpoint_split, load_model
+
+    path, _ = trained
+    model, meta = load_model(str(path))
+    dataset, _ = checkpoint_split(meta["data"], None, "test", meta, model, str(path), False)
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    y = torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    with torch.no_grad():
+        logits = model(x)
+    assert len(y) == 400 and (logits.argmax(1) == y).float().mean().item() == pytest.approx(TRAINED_TOP1)
+    return model, meta, x, y, logits
+
+
 def make_image_folder(root, classes=3, per_class=12, size=(20, 20), seed=0):
     """Class folders of small PNGs, each class its own colour plus noise (learnable in a few steps)."""
     rng = np.random.default_rng(seed)

@@ -11,42 +11,30 @@ import re
 import pytest
 import torch
 
-from conftest import cli
-from hcgnet.compiled import compile_frozen
-from hcgnet.inference import checkpoint_split, load_model
+from conftest import TRAINED_LOSS, TRAINED_TOP1, cli
+from hcgnet.compiled import PaddedBatch, compile_frozen
+from hcgnet.inference import load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TRAINED_TOP1 = 0.945
-TRAINED_LOSS = 0.28720328
 
-
-@pytest.fixture(scope="module")
-def test_images(trained):
-    path, _ = trained
-    model, meta = load_model(str(path))
-    dataset, _ = checkpoint_split(meta["data"], None, "test", meta, model, str(path), False)
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
-
-
-def test_compiled_frozen_model_gives_the_eager_logits_at_any_batch_size(trained, test_images):
+def test_compiled_frozen_model_gives_the_eager_logits_at_any_batch_size(trained, test_set):
+    test_images, expected = test_set[2], test_set[4]
     path, _ = trained
     model, _ = load_model(str(path))
-    model.eval()
     with torch.no_grad():
-        expected = model(test_images)
         compiled = compile_frozen(model, 64)
         for n in (400, 64, 5):  # 7 chunks (the last padded), exactly one, one padded
             torch.testing.assert_close(compiled(test_images[:n]), expected[:n], atol=1e-5, rtol=1e-5)
     assert compiled.module._orig_mod is model   # compiled, not the eager model called through a wrapper
 
 
-def test_compiled_frozen_model_follows_the_weights_it_was_compiled_with(trained, test_images):
+def test_compiled_frozen_model_follows_the_weights_it_was_compiled_with(trained, test_set):
     """Frozen means the weights are constants of the program: a later change does not reach it, which is why
     only eval and predict (weights fixed) compile this way."""
     path, _ = trained
     model, _ = load_model(str(path))
-    x = test_images[:8]
+    x = test_set[2][:8]
     with torch.no_grad():
         compiled = compile_frozen(model, 8)
         before = compiled(x)
@@ -93,3 +81,17 @@ def test_compile_with_int8_is_refused_in_one_line(trained, capsys, command):
     assert code == 2 and out == ""
     assert err.startswith("hcgnet: error: ") and len(err.splitlines()) == 1
     assert "--compile is for the float model" in err and "drop --compile" in err
+
+
+def test_padded_batch_gives_each_image_its_own_output_at_any_batch_size():
+    seen = []
+
+    def fixed_batch_of_4(x):   # a stand-in for a program compiled for batches of exactly 4
+        seen.append(len(x))
+        return x.flatten(1).sum(1, keepdim=True) * 2
+
+    padded = PaddedBatch(fixed_batch_of_4, 4)
+    for n in (1, 3, 4, 5, 9):
+        x = torch.randn(n, 3, 2, 2)
+        torch.testing.assert_close(padded(x), x.flatten(1).sum(1, keepdim=True) * 2)
+    assert set(seen) == {4}

@@ -20,28 +20,13 @@ import torch
 from PIL import Image
 
 import hcgnet
-from conftest import cli
-from hcgnet.inference import checkpoint_split, load_model
-from hcgnet.quantize import PaddedBatch, calibration_loader, int8_model
+from conftest import TRAINED_LOSS, TRAINED_TOP1, cli
+from hcgnet.inference import checkpoint_split
+from hcgnet.quantize import calibration_loader, int8_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TRAINED_TOP1 = 0.945   # the training run's test top-1 and loss (results.json): 378 of 400
-TRAINED_LOSS = 0.28720328
 CALIBRATION = 128
-
-
-@pytest.fixture(scope="module")
-def test_set(trained):
-    path, _ = trained
-    model, meta = load_model(str(path))
-    dataset, _ = checkpoint_split(meta["data"], None, "test", meta, model, str(path), False)
-    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    y = torch.tensor([dataset[i][1] for i in range(len(dataset))])
-    with torch.no_grad():
-        logits = model(x)
-    assert len(y) == 400 and (logits.argmax(1) == y).float().mean().item() == pytest.approx(TRAINED_TOP1)
-    return model, meta, x, y, logits
 
 
 def _check_against_fp32(quantized, test_set):
@@ -144,20 +129,6 @@ def test_calibration_draws_a_seeded_sample_of_training_images_never_test_ones(tr
     loader, what = calibration_loader(str(path), model, meta, 1000, log=notes.append)
     assert len(loader.dataset) == 360 and what.startswith("360 training images")
     assert notes == [f"note: --calibration 1000: the training split of {meta['data']} has 360 images; using all"]
-
-
-def test_padded_batch_gives_each_image_its_own_output_at_any_batch_size():
-    seen = []
-
-    def fixed_batch_of_4(x):   # a stand-in for a program compiled for batches of exactly 4
-        seen.append(len(x))
-        return x.flatten(1).sum(1, keepdim=True) * 2
-
-    padded = PaddedBatch(fixed_batch_of_4, 4)
-    for n in (1, 3, 4, 5, 9):
-        x = torch.randn(n, 3, 2, 2)
-        torch.testing.assert_close(padded(x), x.flatten(1).sum(1, keepdim=True) * 2)
-    assert set(seen) == {4}
 
 
 # ------------------------------------------------------------------------------------------------ refusals

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from hcgnet.compiled import PaddedBatch, compile_frozen  # noqa: F401  (PaddedBatch: kept importable here)
+from hcgnet.compiled import compile_frozen
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import device_of
 from hcgnet.export import export_model
@@ -129,7 +129,7 @@ def quantize_pt2e(model: nn.Module, images: Iterable[torch.Tensor], compile: boo
     """``model`` quantized by torchao's PT2E flow with the X86InductorQuantizer's default config (per-channel
     int8 weights, uint8 activations with histogram observers), calibrated on ``images`` (batches). With
     ``compile``: compiled by Inductor into int8 kernels for batches of ``batch`` images (default: the first
-    calibration batch's), wrapped to take any batch (:class:`PaddedBatch`); the compilation happens on the first
+    calibration batch's), wrapped to take any batch (:class:`~hcgnet.compiled.PaddedBatch`); the compilation happens on the first
     call. Without: the converted program, any batch size, float32 arithmetic between quantize/dequantize pairs."""
     try:
         with _quiet_logger("torch.utils._pytree"):  # torchao 0.18 trips a deprecation notice of torch's on import
@@ -165,7 +165,7 @@ def quantize_pt2e(model: nn.Module, images: Iterable[torch.Tensor], compile: boo
 
 def compile_int8(converted: nn.Module, batch: int) -> nn.Module:
     """A PT2E-converted program compiled by Inductor (freezing on) into int8 kernels for batches of ``batch``
-    images, taking any batch (:class:`PaddedBatch`); the compilation happens on the first call."""
+    images, taking any batch (:class:`~hcgnet.compiled.PaddedBatch`); the compilation happens on the first call."""
     return compile_frozen(converted, batch)
 
 
