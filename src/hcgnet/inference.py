@@ -369,7 +369,7 @@ def evaluate_checkpoint(
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    scored = compile_frozen(model, batch_size) if compile else model
+    scored = compile_frozen(model, min(batch_size, len(dataset))) if compile else model
     if compile:
         log("compiling the model with torch.compile, weights frozen (the first batch takes minutes)")
     with batch_progress(len(loader), f"evaluating {split}", progress, log) as bar:
