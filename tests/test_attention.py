@@ -68,23 +68,24 @@ def _record(module, store, key, what="output"):
 
 
 def test_maps_are_the_softmax_the_gates_pooled_with(model, images):
-    """Independently of the code under test: the scoring convs' logits give the softmax by hand, and each
-    gate's pooled context is that map's weighted average of the gate's input."""
+    """Independently of the code under test: the scoring convs' logits (the conv applied to the pool's recorded
+    input, in float64) give the softmax by hand, and each gate's pooled context is that map's weighted average of
+    the gate's input."""
     name = "stages.1.block.layers.0"
     smg = dict(model.named_modules())[name]
     pools = {"update_3x3": smg.update_gate.context_a, "update_dilated": smg.update_gate.context_b,
              "forget": smg.forget_gate.context}
     seen, handles = {}, []
     for kind, pool in pools.items():
-        handles += [_record(pool.score, seen, kind + ":logits"), _record(pool, seen, kind + ":x", "input"),
-                    _record(pool, seen, kind + ":z")]
+        handles += [_record(pool, seen, kind + ":x", "input"), _record(pool, seen, kind + ":z")]
     try:
         maps = gate_maps(model, images, [name])["maps"][name]
     finally:
         for h in handles:
             h.remove()
     for kind in MAP_KINDS:
-        logits = seen[kind + ":logits"].flatten(1)                       # (B, HW)
+        score = pools[kind].score
+        logits = torch.nn.functional.conv2d(seen[kind + ":x"], score.weight.double(), score.bias.double()).flatten(1)
         by_hand = torch.exp(logits - logits.max(1, keepdim=True).values)
         by_hand = (by_hand / by_hand.sum(1, keepdim=True)).reshape(2, 12, 12)
         torch.testing.assert_close(maps[kind].double(), by_hand, atol=1e-6, rtol=1e-4)

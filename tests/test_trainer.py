@@ -223,7 +223,10 @@ def test_bf16_channels_last_ema_run_stays_finite_and_exports_the_average(tmp_pat
 
 def test_compiled_training_matches_eager(tmp_path, image_folder):
     """--compile (torch.compile, inductor on the CPU) trains the same model as eager mode: two steps end
-    within float tolerance of each other (inductor fuses and reorders float operations)."""
+    within float tolerance of each other (inductor fuses and reorders float operations). atol 1e-3: since the
+    gates' attention pooling is written as sums (AttentionPool), Inductor compiles them as its own reductions,
+    and parameters after two steps differed by up to 6.5e-4 (conv weights of the transition); gradients of
+    every conv weight at the same weights agree to 4e-5 of their largest value."""
     common = ["--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "2", "--lr", "0.01"]
     run_cli(train_args(image_folder, tmp_path / "eager", *common))
     compiled = run_cli(train_args(image_folder, tmp_path / "compiled", *common, "--compile"))
@@ -231,7 +234,7 @@ def test_compiled_training_matches_eager(tmp_path, image_folder):
     a, b = load_file(tmp_path / "eager" / "final.safetensors"), load_file(tmp_path / "compiled" / "final.safetensors")
     for key in a:
         if a[key].is_floating_point():
-            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-3, msg=key)
 
 
 def test_overwrite_with_bad_input_loses_nothing(tmp_path, image_folder):
