@@ -21,6 +21,7 @@ class AttentionPool(nn.Module):
     convolution with one output channel and a batch of matrix-vector products run 2-4x slower forward and
     backward on a CPU (``benchmarks/attention_pool.py``), and the three pools of every SMG module took about
     9% of an HCGNet-A1 training step. An ONNX export keeps the matrix products, which ONNX Runtime runs faster.
+    ``score`` is therefore never called: a forward hook on it sees nothing (hook ``attention`` for the map).
     """
 
     def __init__(self, channels: int) -> None:
