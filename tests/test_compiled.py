@@ -95,3 +95,8 @@ def test_padded_batch_gives_each_image_its_own_output_at_any_batch_size():
         x = torch.randn(n, 3, 2, 2)
         torch.testing.assert_close(padded(x), x.flatten(1).sum(1, keepdim=True) * 2)
     assert set(seen) == {4}
+    # a padded channels_last batch stays channels_last (else a compiled program would compile again)
+    layouts = []
+    padded = PaddedBatch(lambda x: layouts.append(x.is_contiguous(memory_format=torch.channels_last)) or x, 4)
+    padded(torch.randn(6, 3, 5, 5).contiguous(memory_format=torch.channels_last))
+    assert layouts == [True, True]

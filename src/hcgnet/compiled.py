@@ -31,7 +31,11 @@ class PaddedBatch(nn.Module):
         for chunk in x.split(self.batch):
             n = len(chunk)
             if n < self.batch:
+                channels_last = chunk.dim() == 4 and not chunk.is_contiguous() and chunk.is_contiguous(
+                    memory_format=torch.channels_last)
                 chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
+                if channels_last:  # cat gives NCHW here, which the compiled program would compile again for
+                    chunk = chunk.contiguous(memory_format=torch.channels_last)
             # Freezing is set on every call, so that no call compiles without it (it is read at compile time).
             with inductor_config.patch(freezing=True), warnings.catch_warnings():
                 # torch 2.14's int8 lowering copy-constructs a tensor; the notice is for torch, not for the user
