@@ -113,9 +113,16 @@ def test_compiled_memory_efficient_training_matches_plain_eager():
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_compiled_bf16_channels_last_training_matches_eager():
+def test_compiled_bf16_channels_last_training_matches_eager(monkeypatch):
     """The dilated convolutions' own backward pass traces into the one graph (fullgraph) and gives eager's
-    gradients there."""
+    gradients there.
+
+    Eager runs with torch's BatchNorm kernel, the one a compiled graph uses: hcgnet's wide view of narrow maps
+    (``hcgnet.layers.batch_norm``, eager only) rounds bf16 differently, and the difference reaches these gradients
+    (up to 5% of their largest value here; its own accuracy is tested in ``tests/test_batch_norm.py``)."""
+    import hcgnet.layers.batch_norm
+
+    monkeypatch.setattr(hcgnet.layers.batch_norm, "takes_wide_view", lambda x, norm: False)
     torch.manual_seed(0)
     model = hcgnet.create_model(TINY, num_classes=10).train()
     x = torch.randn(4, 3, 32, 32)

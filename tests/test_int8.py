@@ -171,3 +171,26 @@ def test_export_int8_refuses_formats_other_than_onnx(trained, tmp_path, capsys):
                        tmp_path / "m.pt2")
     assert code == 2 and "use --format onnx, not pt2" in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_pre_processing_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference writes temporary files into the working directory when it fails;
+    quantize_onnx runs it inside its own temporary folder. Here a stand-in pre-processing step litters the way
+    it does, then copies the model on."""
+    import shutil
+
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    from hcgnet.quantize import quantize_onnx
+
+    def littering(source, target, *args, **kwargs):
+        open("sym_shape_infer_temp.onnx", "w").close()
+        shutil.copyfile(source, target)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", littering)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    model = hcgnet.create_model("HCGNet-(1,1,1)-(k=8,8,8)", num_classes=4).eval()
+    quantize_onnx(model, [torch.randn(4, 3, 8, 8)], str(tmp_path / "int8.onnx"), (3, 8, 8))
+    assert list(work.iterdir()) == [] and (tmp_path / "int8.onnx").exists()

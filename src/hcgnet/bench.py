@@ -296,6 +296,9 @@ def check_request(dev: torch.device, modes: Sequence[str], dtypes: Sequence[str]
             raise HCGNetError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
         if runtime == "int8" and dev.type != "cpu":
             raise HCGNetError("the int8 runtime runs on the CPU (x86 oneDNN kernels); add --device cpu")
+    if "eager" not in runtimes and all(mode == "train" for mode in modes):
+        raise HCGNetError(f"the {', '.join(runtimes)} runtime{'s' if len(runtimes) > 1 else ''} time inference only; "
+                          "add --modes infer (or latency), or --runtimes eager to time training")
     if min(batches) < 2 and "train" in modes:
         raise HCGNetError("training needs a batch of at least 2 (the gates' BatchNorm1d)")
 

@@ -193,7 +193,9 @@ def quantize_onnx(model: nn.Module, images: Iterable[torch.Tensor], output: str,
     with tempfile.TemporaryDirectory(prefix="hcgnet-int8-") as tmp:
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         export_model(model, str(fp32), "onnx", input_size)
-        quant_pre_process(str(fp32), str(prepared))
+        # ONNX Runtime's symbolic shape inference leaves temporary files in the working directory when it fails.
+        with contextlib.chdir(tmp):
+            quant_pre_process(str(fp32), str(prepared))
         quantization.quantize_static(
             str(prepared), str(output), _CalibrationReader(images, _input_name(prepared)),
             quant_format=quantization.QuantFormat.QDQ, per_channel=True, op_types_to_quantize=list(ONNX_OPS),

@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hcgnet.layers.batch_norm import BatchNorm2d
+
 
 def _phases(x: Tensor, d: int) -> Tensor:
     """(B, C, H, W) -> (d*d*B, C, H/d, W/d): the d*d phase sub-maps ``x[..., i::d, j::d]`` stacked along
@@ -107,7 +109,7 @@ class PreActConv(nn.Module):
         dilation: int = 1,
     ) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm2d(in_channels)
+        self.norm = BatchNorm2d(in_channels)
         self.act = nn.ReLU(inplace=True)
         if dilation > 1 and stride == 1 and groups == in_channels == out_channels:
             self.conv: nn.Conv2d = DilatedDepthwiseConv2d(in_channels, kernel_size, dilation)

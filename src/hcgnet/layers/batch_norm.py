@@ -1,0 +1,168 @@
+"""BatchNorm2d for pre-activation convolutions, with a fast CPU training path for narrow channels_last maps.
+
+PyTorch's CPU BatchNorm kernel for a channels_last map vectorises along the channels of each position. With
+fewer channels than one vector register holds (16 float32 lanes with AVX-512) it runs scalar code: an HCGNet-A1
+step spends more time normalising its 12-channel excitation inputs (BN forward and backward of (64, 12, 32, 32),
+about 190 ms of a 1 s step) than in any convolution (``benchmarks/batch_norm.py``).
+
+A channels_last (N, C, H, W) map is, in memory, an (N*H*W, C) matrix; so it is also an (N*H*W / r, r*C)
+matrix, whose rows hold r positions each. With r*C a multiple of 16 the same kernels vectorise fully: batch
+statistics of r*C "channels" come out in one pass and combine exactly into the C channels' statistics (equal
+counts: the mean of the means, the mean of the variances plus the variance of the means); normalising and the
+backward pass's sums run over the same view with the C channels' values repeated r times.
+"""
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+#: Channels that one AVX-512 register holds in float32: a channels_last map with fewer takes the wide view.
+VECTOR_LANES = 16
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` in every respect (parameters, buffers, state dict keys, eval, export, TorchScript),
+    except that CPU training of a channels_last float32 or bfloat16 map with fewer than :data:`VECTOR_LANES`
+    channels computes over a wider view of the same memory (see the module docstring): same statistics, same
+    gradients, running statistics updated as torch does, several times faster."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._standard_forward(x)
+        return batch_norm_2d(x, self)
+
+    def _standard_forward(self, x: Tensor) -> Tensor:
+        """``nn.BatchNorm2d.forward`` (TorchScript cannot call ``super()``): the same momentum and statistics rules."""
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        return F.batch_norm(
+            x,
+            self.running_mean if not self.training or self.track_running_stats else None,
+            self.running_var if not self.training or self.track_running_stats else None,
+            self.weight, self.bias, use_batch_stats, factor, self.eps)
+
+
+@torch.jit.unused
+def batch_norm_2d(x: Tensor, norm: BatchNorm2d) -> Tensor:
+    """``norm(x)``, over the wide view where it applies (:func:`takes_wide_view`).
+
+    A leaf of FX graphs (``torch.fx.wrap`` below): the choice reads the device, layout, dtype and mode of the
+    real tensor at run time, which a symbolic trace cannot branch on.
+    """
+    if not takes_wide_view(x, norm):
+        return norm._standard_forward(x)
+    norm._check_input_dim(x)
+    y, mean, var = _WideViewBatchNorm.apply(x, norm.weight, norm.bias, norm.eps)
+    if norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(1)
+            factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+            count = x.numel() // x.shape[1]
+            # Unbiased, as torch updates its running variance; the normalisation itself uses the biased one.
+            norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
+            norm.running_var.lerp_((var * (count / max(count - 1, 1))).to(norm.running_var.dtype), factor)
+    return y
+
+
+torch.fx.wrap("batch_norm_2d")
+
+
+def takes_wide_view(x: Tensor, norm: nn.BatchNorm2d) -> bool:
+    """Whether ``norm(x)`` normalises with batch statistics over the wide view: CPU, training (or no running
+    statistics), a 4-d channels_last float32/bfloat16 map with fewer than :data:`VECTOR_LANES` channels, float32
+    parameters, positions a multiple of the view's factor, and not inside ``torch.compile`` (Inductor writes its
+    own kernels)."""
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or x.dim() != 4:
+        return False
+    if not (norm.training or norm.running_mean is None):
+        return False
+    channels = x.shape[1]
+    if channels >= VECTOR_LANES or x.dtype not in (torch.float32, torch.bfloat16) or x.numel() == 0:
+        return False
+    if norm.weight is not None and norm.weight.dtype != torch.float32:
+        return False
+    if channels == 1 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+        return False
+    return (x.numel() // channels) % _factor(channels) == 0
+
+
+def _factor(channels: int) -> int:
+    """r: positions per row of the wide view, the fewest that fill whole vectors."""
+    return VECTOR_LANES // math.gcd(channels, VECTOR_LANES)
+
+
+def _rows(x: Tensor, r: int) -> Tensor:
+    """A channels_last (N, C, H, W) map as its (N*H*W / r, r*C) matrix: a view, no copy."""
+    return x.permute(0, 2, 3, 1).reshape(-1, r * x.shape[1])
+
+
+def _positions_map(rows: Tensor, like: Tensor) -> Tensor:
+    """The inverse of :func:`_rows`: an (N, C, H, W) channels_last map over the rows' memory."""
+    n, c, h, w = like.shape
+    return rows.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class _WideViewBatchNorm(torch.autograd.Function):
+    """Training-mode batch normalisation of a channels_last map over its wide view. Returns the normalised map
+    and the batch mean and (biased) variance per channel, float32, for the running statistics."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+        channels = x.shape[1]
+        r = _factor(channels)
+        rows = _rows(x, r)
+        # Statistics of the r*C columns, combined over the r positions. A float32 weight makes the kernel return
+        # float32 statistics of a bfloat16 map too (without one they come back rounded to bfloat16).
+        ones = torch.ones(r * channels, device=x.device)
+        _, column_mean, column_invstd = torch.ops.aten.native_batch_norm(rows, ones, None, None, None, True, 0.0, 0.0)
+        column_mean = column_mean.view(r, channels)
+        column_var = column_invstd.pow(-2).view(r, channels)
+        mean = column_mean.mean(0)
+        var = (column_var + (column_mean - mean).square()).mean(0)
+        weight = torch.ones_like(mean) if weight is None else weight
+        bias = torch.zeros_like(mean) if bias is None else bias
+        # Normalising with given statistics is BatchNorm's eval-mode kernel, over the same view.
+        # Written through a view into a map of its own: ReLU(inplace=True) may then modify it.
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        unused = mean.new_empty(0)
+        torch.ops.aten.native_batch_norm.out(
+            rows, weight.repeat(r), bias.repeat(r), mean.repeat(r), var.repeat(r), False, 0.0, eps,
+            out=_rows(out, r), save_mean=unused, save_invstd=unused.clone())
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor, _grad_mean, _grad_var):
+        x, weight, mean, var = ctx.saved_tensors
+        channels = x.shape[1]
+        r = _factor(channels)
+        rows = _rows(x, r)
+        grad_rows = _rows(grad.contiguous(memory_format=torch.channels_last), r)
+        count = rows.shape[0] * r
+        # The eval-mode backward gives weight * invstd * grad and, per column, sum(grad * x_hat) and sum(grad).
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_rows, rows, weight.repeat(r), mean.repeat(r), var.repeat(r), None, None, False, ctx.eps,
+            [True, True, True])
+        grad_weight = grad_weight.float().view(r, channels).sum(0)
+        grad_bias = grad_bias.float().view(r, channels).sum(0)
+        # Training mode also subtracts scale * (sum(grad) + x_hat * sum(grad * x_hat)) / count: an affine function
+        # of x_hat per channel, which is the eval-mode forward kernel again (float32 inside, rounded once).
+        scale = weight * (var + ctx.eps).rsqrt()
+        correction = torch.ops.aten.native_batch_norm(
+            rows, (-scale * grad_weight / count).repeat(r), (-scale * grad_bias / count).repeat(r), mean.repeat(r),
+            var.repeat(r), False, 0.0, ctx.eps)[0]
+        grad_x += correction
+        needs_weight, needs_bias = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        return (_positions_map(grad_x, x), grad_weight if needs_weight else None, grad_bias if needs_bias else None,
+                None)
