@@ -2,8 +2,8 @@
 
 PyTorch's CPU BatchNorm kernel for a channels_last map vectorises along the channels of each position. With
 fewer channels than one vector register holds (16 float32 lanes with AVX-512) it runs scalar code: an HCGNet-A1
-step spends more time normalising its 12-channel excitation inputs (BN forward and backward of (64, 12, 32, 32),
-about 190 ms of a 1 s step) than in any convolution (``benchmarks/batch_norm.py``).
+training step (batch 64) spent more time normalising its 12-channel excitation inputs, about 190 ms forward and
+backward, than on any one convolution shape (BENCHMARKS.md, "BatchNorm on narrow channels_last maps").
 
 A channels_last (N, C, H, W) map is, in memory, an (N*H*W, C) matrix; so it is also an (N*H*W / r, r*C)
 matrix, whose rows hold r positions each. With r*C a multiple of 16 the same kernels vectorise fully: batch
