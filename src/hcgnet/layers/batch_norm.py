@@ -37,17 +37,23 @@ class BatchNorm2d(nn.BatchNorm2d):
     def _standard_forward(self, x: Tensor) -> Tensor:
         """``nn.BatchNorm2d.forward`` (TorchScript cannot call ``super()``): the same momentum and statistics rules."""
         self._check_input_dim(x)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        factor = self._count_batch()
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         return F.batch_norm(
             x,
             self.running_mean if not self.training or self.track_running_stats else None,
             self.running_var if not self.training or self.track_running_stats else None,
             self.weight, self.bias, use_batch_stats, factor, self.eps)
+
+    def _count_batch(self) -> float:
+        """Counts a training batch in ``num_batches_tracked`` as torch does, and returns the running statistics'
+        update factor: ``momentum``, or 1 / batches counted with ``momentum=None`` (a cumulative average)."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        return factor
 
 
 @torch.jit.unused
@@ -61,10 +67,9 @@ def batch_norm_2d(x: Tensor, norm: BatchNorm2d) -> Tensor:
         return norm._standard_forward(x)
     norm._check_input_dim(x)
     y, mean, var = _WideViewBatchNorm.apply(x, norm.weight, norm.bias, norm.eps)
-    if norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
+    factor = norm._count_batch()
+    if norm.training and norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
         with torch.no_grad():
-            norm.num_batches_tracked.add_(1)
-            factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
             count = x.numel() // x.shape[1]
             # Unbiased, as torch updates its running variance; the normalisation itself uses the biased one.
             norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
@@ -134,7 +139,7 @@ class _WideViewBatchNorm(torch.autograd.Function):
         out = torch.empty_like(x, memory_format=torch.channels_last)
         unused = mean.new_empty(0)
         torch.ops.aten.native_batch_norm.out(
-            rows, weight.repeat(r), bias.repeat(r), mean.repeat(r), var.repeat(r), False, 0.0, eps,
+            rows, *(t.repeat(r) for t in (weight, bias, mean, var)), False, 0.0, eps,
             out=_rows(out, r), save_mean=unused, save_invstd=unused.clone())
         ctx.save_for_backward(x, weight, mean, var)
         ctx.eps = eps
@@ -150,18 +155,18 @@ class _WideViewBatchNorm(torch.autograd.Function):
         rows = _rows(x, r)
         grad_rows = _rows(grad.contiguous(memory_format=torch.channels_last), r)
         count = rows.shape[0] * r
+        wide_mean, wide_var = mean.repeat(r), var.repeat(r)  # the C channels' statistics, per column of the view
         # The eval-mode backward gives weight * invstd * grad and, per column, sum(grad * x_hat) and sum(grad).
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_rows, rows, weight.repeat(r), mean.repeat(r), var.repeat(r), None, None, False, ctx.eps,
-            [True, True, True])
+            grad_rows, rows, weight.repeat(r), wide_mean, wide_var, None, None, False, ctx.eps, [True, True, True])
         grad_weight = grad_weight.float().view(r, channels).sum(0)
         grad_bias = grad_bias.float().view(r, channels).sum(0)
         # Training mode also subtracts scale * (sum(grad) + x_hat * sum(grad * x_hat)) / count: an affine function
         # of x_hat per channel, which is the eval-mode forward kernel again (float32 inside, rounded once).
         scale = weight * (var + ctx.eps).rsqrt()
         correction = torch.ops.aten.native_batch_norm(
-            rows, (-scale * grad_weight / count).repeat(r), (-scale * grad_bias / count).repeat(r), mean.repeat(r),
-            var.repeat(r), False, 0.0, ctx.eps)[0]
+            rows, (-scale * grad_weight / count).repeat(r), (-scale * grad_bias / count).repeat(r), wide_mean, wide_var,
+            False, 0.0, ctx.eps)[0]
         grad_x += correction
         needs_weight, needs_bias = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         return (_positions_map(grad_x, x), grad_weight if needs_weight else None, grad_bias if needs_bias else None,
