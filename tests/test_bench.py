@@ -100,6 +100,30 @@ def test_profile_script_attributes_the_step_to_operators_and_parts(tmp_path):
     assert 0 < sum(r["share"] for r in result["operators"]) <= 1.01
 
 
+def test_profile_script_names_the_compiled_programs_kernels(tmp_path):
+    """With --compile, the profile lists Inductor's own kernels by name (their sum on a line of its own) beside
+    the oneDNN calls, and refuses training (module hooks and frozen weights are inference's)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "profile.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "profile_step.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", TINY, "--batch", "2", "--size", "16", "--steps", "1",
+                           "--mode", "infer", "--compile", "--json", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    ops = [r["op"] for r in result["operators"]]
+    assert any("cpp_fused_" in op for op in ops), ops
+    assert any(op.startswith("mkldnn::") for op in ops), ops
+    assert result["parts"] == [] and result["compile"] is True
+    assert "all of Inductor's fused kernels" in proc.stdout
+    refused = subprocess.run([sys.executable, str(script), "--model", TINY, "--compile"], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "add --mode infer" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_bench_times_frozen_compiled_and_int8_inference(tmp_path, capsys):
     """``--compile`` in inference compiles as ``hcgnet eval --compile`` does (weights frozen); the ``int8``
     runtime is ``hcgnet eval --int8``'s PT2E program (its accuracy is tests/test_int8.py's business)."""
