@@ -84,7 +84,8 @@ def main() -> None:
     p.add_argument("--mode", choices=("train", "infer"), default="train")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="inference compiled with frozen weights (hcgnet eval --compile)")
+    p.add_argument("--compile", action="store_true",
+                   help="inference compiled with frozen weights (hcgnet eval --compile)")
     p.add_argument("--int8", action="store_true", help="inference through the PT2E int8 program (hcgnet eval --int8)")
     p.add_argument("--steps", type=int, default=3, help="profiled steps, after 2 warm-up steps")
     p.add_argument("--top", type=int, default=15, help="operators to list")
@@ -153,13 +154,14 @@ def main() -> None:
     path = "int8 (PT2E, compiled)" if args.int8 else args.dtype + (" compiled (frozen)" if args.compile else "")
     print(f"{args.model} {args.mode}, batch {args.batch}, {side}x{side}, {path}"
           f"{' channels_last' if args.channels_last else ''}: {1000 * plain:.0f} ms per step unprofiled, "
-          f"{step_ms:.0f} ms profiled" + ("" if compiled else f"; forward inside modules {forward / total:.0%} of the step"))
+          f"{step_ms:.0f} ms profiled"
+          + ("" if compiled else f"; forward inside modules {forward / total:.0%} of the step"))
     print(f"\n{'operator':58s} {'calls':>6s} {'ms/step':>9s} {'share':>6s}")
     for r in op_rows[:args.top]:
         print(f"{r['op'][:58]:58s} {r['calls']:6d} {r['self_ms']:9.1f} {r['share']:6.1%}")
     if fused:
-        print(f"{'all of Inductor' + chr(39) + 's fused kernels (' + str(len(fused)) + ')':58s} {'':6s} "
-              f"{sum(r['self_ms'] for r in fused):9.1f} {sum(r['share'] for r in fused):6.1%}")
+        label = f"all of Inductor's fused kernels ({len(fused)})"
+        print(f"{label:58s} {'':6s} {sum(r['self_ms'] for r in fused):9.1f} {sum(r['share'] for r in fused):6.1%}")
     if not compiled:
         print(f"\n{'forward, by part':58s} {'ms/step':>9s} {'share':>6s}")
         for r in part_rows[:25]:
@@ -168,7 +170,8 @@ def main() -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
             "model": args.model, "mode": args.mode, "batch": args.batch, "size": side, "dtype": args.dtype,
-            "channels_last": args.channels_last, "compile": args.compile, "int8": args.int8, "step_ms_unprofiled": 1000 * plain, "step_ms_profiled": step_ms,
+            "channels_last": args.channels_last, "compile": args.compile, "int8": args.int8,
+            "step_ms_unprofiled": 1000 * plain, "step_ms_profiled": step_ms,
             "machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "operators": op_rows,
             "parts": part_rows}, indent=2))
 

@@ -1,11 +1,15 @@
 """hcgnet bench: every requested configuration measured, in order, with sane figures; bad requests refused."""
 import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from hcgnet.bench import benchmark
 from hcgnet.cli import main
 
 TINY = "HCGNet-(1,1,1)-(k=8,8,8)"
+PROFILE_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "profile_step.py"
 
 
 def test_bench_measures_every_configuration(tmp_path, capsys):
@@ -83,14 +87,9 @@ def test_bench_refuses_what_cannot_run(capsys):
 
 def test_profile_script_attributes_the_step_to_operators_and_parts(tmp_path):
     """benchmarks/profile_step.py (the breakdown in BENCHMARKS.md) runs, and its parts are the network's."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     out = tmp_path / "profile.json"
-    script = Path(__file__).parents[1] / "benchmarks" / "profile_step.py"
-    subprocess.run([sys.executable, str(script), "--model", TINY, "--batch", "2", "--size", "16", "--steps", "1",
-                    "--json", str(out)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(PROFILE_SCRIPT), "--model", TINY, "--batch", "2", "--size", "16",
+                    "--steps", "1", "--json", str(out)], check=True, capture_output=True, timeout=300)
     result = json.loads(out.read_text())
     ops = {r["op"] for r in result["operators"]}
     assert {"aten::convolution_backward", "aten::native_batch_norm"} <= ops
@@ -103,15 +102,10 @@ def test_profile_script_attributes_the_step_to_operators_and_parts(tmp_path):
 def test_profile_script_names_the_compiled_programs_kernels(tmp_path):
     """With --compile, the profile lists Inductor's own kernels by name (their sum on a line of its own) beside
     the oneDNN calls, and refuses training (module hooks and frozen weights are inference's)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     out = tmp_path / "profile.json"
-    script = Path(__file__).parents[1] / "benchmarks" / "profile_step.py"
-    proc = subprocess.run([sys.executable, str(script), "--model", TINY, "--batch", "2", "--size", "16", "--steps", "1",
-                           "--mode", "infer", "--compile", "--json", str(out)], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, str(PROFILE_SCRIPT), "--model", TINY, "--batch", "2", "--size", "16",
+                           "--steps", "1", "--mode", "infer", "--compile", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     ops = [r["op"] for r in result["operators"]]
@@ -119,7 +113,7 @@ def test_profile_script_names_the_compiled_programs_kernels(tmp_path):
     assert any(op.startswith("mkldnn::") for op in ops), ops
     assert result["parts"] == [] and result["compile"] is True
     assert "all of Inductor's fused kernels" in proc.stdout
-    refused = subprocess.run([sys.executable, str(script), "--model", TINY, "--compile"], capture_output=True,
+    refused = subprocess.run([sys.executable, str(PROFILE_SCRIPT), "--model", TINY, "--compile"], capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "add --mode infer" in refused.stderr and "Traceback" not in refused.stderr
 
