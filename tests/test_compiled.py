@@ -100,3 +100,46 @@ def test_padded_batch_gives_each_image_its_own_output_at_any_batch_size():
     padded = PaddedBatch(lambda x: layouts.append(x.is_contiguous(memory_format=torch.channels_last)) or x, 4)
     padded(torch.randn(6, 3, 5, 5).contiguous(memory_format=torch.channels_last))
     assert layouts == [True, True]
+
+
+def _tiny_hcgnet_with_random_statistics() -> torch.nn.Module:
+    from hcgnet import create_model
+
+    torch.manual_seed(0)
+    model = create_model("HCGNet-(3,2)-(k=8,12)", num_classes=5).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # statistics far from (0, 1): normalising a chunk with another's slice shows
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.running_mean.copy_(torch.randn(norm.num_features, generator=g))
+                norm.running_var.copy_(torch.rand(norm.num_features, generator=g) + 0.5)
+    return model
+
+
+def test_compiled_inference_takes_the_pre_activation_chunk_by_chunk(monkeypatch):
+    """Under torch.compile an eval-mode hybrid block feeds each module its features as chunks
+    (SMGModule.forward_chunks, every module but the first of each block), with the eager logits; an export
+    (torch.export: ONNX, int8) keeps the concatenation."""
+    from hcgnet.layers import SMGModule
+
+    calls = []
+    chunked = SMGModule.forward_chunks
+
+    def spy(self, features):
+        calls.append(len(features))
+        return chunked(self, features)
+
+    monkeypatch.setattr(SMGModule, "forward_chunks", spy)
+    model = _tiny_hcgnet_with_random_statistics()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(x)
+        assert calls == []
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="eager")
+        torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=1e-5)
+        assert sorted(calls) == [2, 2, 3]
+        calls.clear()
+        torch.export.export(model, (x,))
+        assert calls == []
+    torch._dynamo.reset()

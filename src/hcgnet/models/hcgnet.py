@@ -57,8 +57,12 @@ class HybridBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         features = [x]
         for layer in self.layers:
-            if self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            if torch.jit.is_scripting():  # TorchScript compiles only this branch
+                features.append(layer(_concat(features)))
+            elif self.memory_efficient and torch.is_grad_enabled():
                 features.append(_recomputed(layer, features))
+            elif len(features) > 1 and _compiled_inference(layer):
+                features.append(layer.forward_chunks(features))
             else:
                 features.append(layer(_concat(features)))
         return torch.cat(features, 1)
@@ -91,6 +95,17 @@ class ResidualBlock(nn.Module):
 def _concat(features: List[Tensor]) -> Tensor:
     """The features side by side; a single one is used as it is (``torch.cat`` would copy it)."""
     return features[0] if len(features) == 1 else torch.cat(features, 1)
+
+
+@torch.jit.unused
+def _compiled_inference(layer: SMGModule) -> bool:
+    """Whether ``layer`` is being compiled (``torch.compile``, not an export) with an eval-mode batch norm on its
+    input: then its pre-activation is taken chunk by chunk (:meth:`SMGModule.forward_chunks`), which Inductor
+    runs faster (A1 inference, batch 256, bf16: BENCHMARKS.md). Eager, exported and traced networks keep the
+    concatenation, which ONNX Runtime and the int8 quantizer's patterns expect."""
+    norm = layer.squeeze.conv1x1.norm
+    return (torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_mean is not None)
 
 
 @torch.jit.unused
