@@ -116,30 +116,39 @@ def _tiny_hcgnet_with_random_statistics() -> torch.nn.Module:
     return model
 
 
-def test_compiled_inference_takes_the_pre_activation_chunk_by_chunk(monkeypatch):
-    """Under torch.compile an eval-mode hybrid block feeds each module its features as chunks
-    (SMGModule.forward_chunks, every module but the first of each block), with the eager logits; an export
-    (torch.export: ONNX, int8) keeps the concatenation."""
-    from hcgnet.layers import SMGModule
+def _disable_compiled_buffer(model: torch.nn.Module) -> None:
+    for block in model.modules():
+        if hasattr(block, "compiled_buffer"):
+            block.compiled_buffer = False
+
+
+def test_compiled_inference_fills_one_buffer_per_block(monkeypatch):
+    """Under torch.compile without gradients each hybrid block writes its features into one buffer
+    (HybridBlock.forward_buffer), with the eager logits (and Inductor's: the tests above, which run through it);
+    an export (torch.export: ONNX, int8), training and ``compiled_buffer = False`` keep the concatenations."""
+    from hcgnet.models.hcgnet import HybridBlock
 
     calls = []
-    chunked = SMGModule.forward_chunks
+    buffered = HybridBlock.forward_buffer
 
-    def spy(self, features):
-        calls.append(len(features))
-        return chunked(self, features)
+    def spy(self, x):
+        calls.append(len(self.layers))
+        return buffered(self, x)
 
-    monkeypatch.setattr(SMGModule, "forward_chunks", spy)
+    monkeypatch.setattr(HybridBlock, "forward_buffer", spy)
     model = _tiny_hcgnet_with_random_statistics()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = model(x)
         assert calls == []
         torch._dynamo.reset()
-        compiled = torch.compile(model, backend="eager")
-        torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=1e-5)
-        assert sorted(calls) == [2, 2, 3]
+        torch.testing.assert_close(torch.compile(model, backend="eager")(x), expected, atol=1e-5, rtol=1e-5)
+        assert sorted(calls) == [2, 3]
         calls.clear()
         torch.export.export(model, (x,))
+        assert calls == []
+        _disable_compiled_buffer(model)
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(model, backend="eager")(x), expected, atol=1e-5, rtol=1e-5)
         assert calls == []
     torch._dynamo.reset()

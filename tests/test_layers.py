@@ -54,40 +54,6 @@ def _rounding_bound(dtype, exact, abs_sum, terms):
     return u * exact.abs() + (math.ceil(math.log2(terms)) * u + (terms - 1) * u32) * abs_sum
 
 
-def _random_norm_state(norm: nn.BatchNorm2d, generator: torch.Generator) -> None:
-    c = norm.num_features
-    with torch.no_grad():
-        norm.running_mean.copy_(torch.randn(c, generator=generator))
-        norm.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-        norm.weight.copy_(torch.randn(c, generator=generator))
-        norm.bias.copy_(torch.randn(c, generator=generator))
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("widths", [(24, 12, 12, 12), (5, 3), (16,)])
-def test_preact_conv_over_chunks_is_the_conv_over_their_concatenation(widths, channels_last):
-    """Each chunk normalised with its own slice of statistics and affine weights: a mistake in the slicing (an
-    offset, a chunk given another's statistics) changes the output, which the random statistics make visible."""
-    g = torch.Generator().manual_seed(1)
-    conv = PreActConv(sum(widths), 20, 1).eval()
-    _random_norm_state(conv.norm, g)
-    chunks = [torch.randn(3, w, 7, 6, generator=g) for w in widths]
-    if channels_last:
-        chunks = [c.contiguous(memory_format=torch.channels_last) for c in chunks]
-    whole = torch.cat(chunks, 1)
-    expected = nn.functional.conv2d(torch.relu(
-        (whole - conv.norm.running_mean[:, None, None]) / torch.sqrt(conv.norm.running_var[:, None, None] + 1e-5)
-        * conv.norm.weight[:, None, None] + conv.norm.bias[:, None, None]), conv.conv.weight)
-    torch.testing.assert_close(conv.forward_chunks(chunks), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(conv.forward_chunks(chunks), conv(whole), atol=1e-6, rtol=1e-6)
-
-
-def test_preact_conv_over_chunks_refuses_a_training_norm():
-    conv = PreActConv(8, 4, 1)
-    with pytest.raises(ValueError, match="eval-mode norm"):
-        conv.forward_chunks([torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)])
-
-
 @pytest.mark.numerics
 @pytest.mark.parametrize("size", [(8, 8), (7, 10), (5, 3), (1, 1)])
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -1,6 +1,4 @@
 """Pre-activation convolution: BN -> ReLU -> Conv, the unit every HCGNet convolution is built from."""
-from typing import List
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -129,25 +127,3 @@ class PreActConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(self.act(self.norm(x)))
-
-    @torch.jit.unused
-    def forward_chunks(self, chunks: List[Tensor]) -> Tensor:
-        """``forward(torch.cat(chunks, 1))`` for an eval-mode norm, normalising each chunk with its slice of the
-        norm's statistics and affine weights before the concatenation: the same numbers, element by element.
-
-        Compiled, this is the faster form (``hcgnet.models.hcgnet.HybridBlock``): Inductor on a CPU writes every
-        ``torch.cat`` to memory, so the concatenation of raw features is copied for each consumer and then read
-        again to normalise it; normalised chunk by chunk, each chunk is read once and written straight into its
-        place in the convolution's input."""
-        norm = self.norm
-        if norm.training or norm.running_mean is None or norm.running_var is None:
-            raise ValueError("forward_chunks needs an eval-mode norm with running statistics; use forward(cat)")
-        parts, start = [], 0
-        for chunk in chunks:
-            end = start + chunk.shape[1]
-            weight = None if norm.weight is None else norm.weight[start:end]
-            bias = None if norm.bias is None else norm.bias[start:end]
-            parts.append(self.act(F.batch_norm(chunk, norm.running_mean[start:end], norm.running_var[start:end],
-                                               weight, bias, False, 0.0, norm.eps)))
-            start = end
-        return self.conv(torch.cat(parts, 1))

@@ -13,7 +13,7 @@ The paper's design claims are switches of this one module (``forget_gate``, ``up
 ``wide_branch``, ``local_residual``); the defaults are the paper's network.
 """
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -139,13 +139,6 @@ class SMGModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         squeezed = self.squeeze(x)
-        return self.gate(squeezed, *self.excite(squeezed))
-
-    @torch.jit.unused
-    def forward_chunks(self, features: List[Tensor]) -> Tensor:
-        """``forward(torch.cat(features, 1))`` in eval mode, the squeeze cell's pre-activation taken chunk by chunk
-        (:meth:`~hcgnet.layers.conv.PreActConv.forward_chunks`)."""
-        squeezed = self.squeeze.conv3x3(self.squeeze.conv1x1.forward_chunks(features))
         return self.gate(squeezed, *self.excite(squeezed))
 
     def gate(self, squeezed: Tensor, x_3x3: Tensor, x_dilated: Tensor) -> Tensor:

@@ -42,7 +42,15 @@ CONNECTIVITIES = ("hybrid", "dense", "residual")
 class HybridBlock(nn.Module):
     """``depth`` SMG modules with dense connectivity: module i sees the block input and the outputs of
     modules 0..i-1 concatenated, and the block returns all of them concatenated
-    (``in_channels + depth * growth_rate`` channels)."""
+    (``in_channels + depth * growth_rate`` channels).
+
+    ``compiled_buffer`` (default True): under ``torch.compile`` without gradients (``hcgnet eval --compile``,
+    ``hcgnet predict --compile``) the block fills one buffer instead of concatenating (:meth:`forward_buffer`),
+    the same numbers, which Inductor runs faster (BENCHMARKS.md, "Dense connectivity compiled"). False compiles
+    the concatenations as written (for comparison, ``benchmarks/dense_compiled.py``). Training, eager, exported,
+    traced and scripted networks always run the concatenations (ONNX Runtime and the int8 quantizer's patterns
+    expect them).
+    """
 
     def __init__(
         self, in_channels: int, depth: int, growth_rate: int, memory_efficient: bool = False, **smg_kwargs
@@ -53,19 +61,55 @@ class HybridBlock(nn.Module):
         )
         self.out_channels = in_channels + depth * growth_rate
         self.memory_efficient = memory_efficient
+        self.compiled_buffer = True
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting() and self.compiled_buffer and not torch.is_grad_enabled() and _compiling():
+            return self.forward_buffer(x)
         features = [x]
         for layer in self.layers:
             if torch.jit.is_scripting():  # TorchScript compiles only this branch
                 features.append(layer(_concat(features)))
             elif self.memory_efficient and torch.is_grad_enabled():
                 features.append(_recomputed(layer, features))
-            elif len(features) > 1 and _compiled_inference(layer):
-                features.append(layer.forward_chunks(features))
             else:
                 features.append(layer(_concat(features)))
         return torch.cat(features, 1)
+
+    @torch.jit.unused
+    def forward_buffer(self, x: Tensor) -> Tensor:
+        """``forward(x)`` without gradients, with no concatenation: one buffer of ``out_channels``, the block input
+        written first; each module reads the features before it as the buffer's leading channels and writes its
+        output after them (:func:`write_channels`). Inductor on a CPU writes every ``torch.cat`` to memory, so
+        the concatenations copy each feature once per later module; here each is written once."""
+        n, _, h, w = x.shape
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        buffer = torch.empty((n, self.out_channels, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
+        write_channels(buffer, x, 0)
+        filled = x.shape[1]
+        for layer in self.layers:
+            out = layer(buffer[:, :filled])
+            write_channels(buffer, out, filled)
+            filled += out.shape[1]
+        return buffer
+
+
+@torch.library.custom_op("hcgnet::write_channels", mutates_args=("buffer",))
+def write_channels(buffer: Tensor, features: Tensor, start: int) -> None:
+    """``buffer[:, start:start + C] = features`` in place. An op of its own because Inductor writes a plain slice
+    assignment as a pass over the whole buffer (a functional ``slice_scatter``); this one it writes in place."""
+    buffer[:, start:start + features.shape[1]].copy_(features)
+
+
+@write_channels.register_fake
+def _write_channels_fake(buffer: Tensor, features: Tensor, start: int) -> None:
+    return None
+
+
+@torch.jit.unused
+def _compiling() -> bool:
+    """Inside ``torch.compile``, not an export (ONNX, ``torch.export``, the int8 flow)."""
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
 
 
 class ResidualBlock(nn.Module):
@@ -95,17 +139,6 @@ class ResidualBlock(nn.Module):
 def _concat(features: List[Tensor]) -> Tensor:
     """The features side by side; a single one is used as it is (``torch.cat`` would copy it)."""
     return features[0] if len(features) == 1 else torch.cat(features, 1)
-
-
-@torch.jit.unused
-def _compiled_inference(layer: SMGModule) -> bool:
-    """Whether ``layer`` is being compiled (``torch.compile``, not an export) with an eval-mode batch norm on its
-    input: then its pre-activation is taken chunk by chunk (:meth:`SMGModule.forward_chunks`), which Inductor
-    runs faster (A1 inference, batch 256, bf16: BENCHMARKS.md). Eager, exported and traced networks keep the
-    concatenation, which ONNX Runtime and the int8 quantizer's patterns expect."""
-    norm = layer.squeeze.conv1x1.norm
-    return (torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_mean is not None)
 
 
 @torch.jit.unused
