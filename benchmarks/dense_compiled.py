@@ -1,4 +1,4 @@
-"""Compiled A1 inference with the hybrid blocks' compiled forms (one buffer per block) and with the
+"""Compiled A1 inference with one buffer per hybrid block (``HybridBlock.forward_buffer``) and with the
 concatenations as written, side by side with the published implementation's own A1 (eager fp32), same weights.
 
     python benchmarks/dense_compiled.py --published ~/HCGNet-published --rounds 7 \\

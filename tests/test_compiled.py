@@ -108,7 +108,7 @@ def _tiny_hcgnet_with_random_statistics() -> torch.nn.Module:
     torch.manual_seed(0)
     model = create_model("HCGNet-(3,2)-(k=8,12)", num_classes=5).eval()
     g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # statistics far from (0, 1): normalising a chunk with another's slice shows
+    with torch.no_grad():  # statistics far from (0, 1): a module reading the wrong channels shows
         for norm in model.modules():
             if isinstance(norm, torch.nn.BatchNorm2d):
                 norm.running_mean.copy_(torch.randn(norm.num_features, generator=g))
@@ -116,10 +116,10 @@ def _tiny_hcgnet_with_random_statistics() -> torch.nn.Module:
     return model
 
 
-def _disable_compiled_buffer(model: torch.nn.Module) -> None:
+def _set_compiled_buffer(model: torch.nn.Module, on: bool) -> None:
     for block in model.modules():
         if hasattr(block, "compiled_buffer"):
-            block.compiled_buffer = False
+            block.compiled_buffer = on
 
 
 def test_compiled_inference_fills_one_buffer_per_block(monkeypatch):
@@ -147,8 +147,13 @@ def test_compiled_inference_fills_one_buffer_per_block(monkeypatch):
         calls.clear()
         torch.export.export(model, (x,))
         assert calls == []
-        _disable_compiled_buffer(model)
+        _set_compiled_buffer(model, False)
         torch._dynamo.reset()
         torch.testing.assert_close(torch.compile(model, backend="eager")(x), expected, atol=1e-5, rtol=1e-5)
         assert calls == []
+    model.train()
+    _set_compiled_buffer(model, True)
+    torch._dynamo.reset()
+    torch.compile(model, backend="eager")(x).sum().backward()  # training: the custom op has no gradient
+    assert calls == []
     torch._dynamo.reset()
