@@ -20,15 +20,8 @@ import torch
 
 from hcgnet.bench import machine_description
 from hcgnet.compiled import compile_frozen
-from hcgnet.models.hcgnet import HybridBlock
+from hcgnet.models.hcgnet import set_compiled_buffer
 from hcgnet.published import paired_models
-
-
-def compiled_buffer(model: torch.nn.Module, on: bool) -> torch.nn.Module:
-    for block in model.modules():
-        if isinstance(block, HybridBlock):
-            block.compiled_buffer = on
-    return model
 
 
 def main() -> None:
@@ -46,7 +39,7 @@ def main() -> None:
     bf16 = lambda: torch.autocast("cpu", torch.bfloat16)  # noqa: E731
     runners = {"published eager fp32": (published.eval(), x, torch.no_grad)}
     for name, on in (("buffer", True), ("concatenation", False)):
-        model = compiled_buffer(copy.deepcopy(ours), on).eval().to(memory_format=torch.channels_last)
+        model = set_compiled_buffer(copy.deepcopy(ours), on).eval().to(memory_format=torch.channels_last)
         start = time.perf_counter()
         compiled = compile_frozen(model, args.batch)
         with torch.no_grad(), bf16():

@@ -116,17 +116,11 @@ def _tiny_hcgnet_with_random_statistics() -> torch.nn.Module:
     return model
 
 
-def _set_compiled_buffer(model: torch.nn.Module, on: bool) -> None:
-    for block in model.modules():
-        if hasattr(block, "compiled_buffer"):
-            block.compiled_buffer = on
-
-
 def test_compiled_inference_fills_one_buffer_per_block(monkeypatch):
     """Under torch.compile without gradients each hybrid block writes its features into one buffer
     (HybridBlock.forward_buffer), with the eager logits (and Inductor's: the tests above, which run through it);
     an export (torch.export: ONNX, int8), training and ``compiled_buffer = False`` keep the concatenations."""
-    from hcgnet.models.hcgnet import HybridBlock
+    from hcgnet.models.hcgnet import HybridBlock, set_compiled_buffer
 
     calls = []
     buffered = HybridBlock.forward_buffer
@@ -147,12 +141,12 @@ def test_compiled_inference_fills_one_buffer_per_block(monkeypatch):
         calls.clear()
         torch.export.export(model, (x,))
         assert calls == []
-        _set_compiled_buffer(model, False)
+        set_compiled_buffer(model, False)
         torch._dynamo.reset()
         torch.testing.assert_close(torch.compile(model, backend="eager")(x), expected, atol=1e-5, rtol=1e-5)
         assert calls == []
     model.train()
-    _set_compiled_buffer(model, True)
+    set_compiled_buffer(model, True)
     torch._dynamo.reset()
     torch.compile(model, backend="eager")(x).sum().backward()  # training: the custom op has no gradient
     assert calls == []

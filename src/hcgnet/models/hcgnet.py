@@ -46,8 +46,8 @@ class HybridBlock(nn.Module):
 
     ``compiled_buffer`` (default True): under ``torch.compile`` without gradients (``hcgnet eval --compile``,
     ``hcgnet predict --compile``) the block fills one buffer instead of concatenating (:meth:`forward_buffer`),
-    the same numbers, which Inductor runs faster (BENCHMARKS.md, "Dense connectivity compiled"). False compiles
-    the concatenations as written (for comparison, ``benchmarks/dense_compiled.py``). Training, eager, exported,
+    the same numbers, which Inductor runs faster (BENCHMARKS.md, "Dense connectivity compiled"). False
+    (:func:`set_compiled_buffer` for a whole network) compiles the concatenations as written (for comparison, ``benchmarks/dense_compiled.py``). Training, eager, exported,
     traced and scripted networks always run the concatenations (ONNX Runtime and the int8 quantizer's patterns
     expect them).
     """
@@ -68,9 +68,7 @@ class HybridBlock(nn.Module):
             return self.forward_buffer(x)
         features = [x]
         for layer in self.layers:
-            if torch.jit.is_scripting():  # TorchScript compiles only this branch
-                features.append(layer(_concat(features)))
-            elif self.memory_efficient and torch.is_grad_enabled():
+            if self.memory_efficient and torch.is_grad_enabled() and not torch.jit.is_scripting():
                 features.append(_recomputed(layer, features))
             else:
                 features.append(layer(_concat(features)))
@@ -92,6 +90,14 @@ class HybridBlock(nn.Module):
             write_channels(buffer, out, filled)
             filled += out.shape[1]
         return buffer
+
+
+def set_compiled_buffer(model: nn.Module, on: bool) -> nn.Module:
+    """Set :attr:`HybridBlock.compiled_buffer` on every hybrid block of ``model``; returns ``model``."""
+    for block in model.modules():
+        if isinstance(block, HybridBlock):
+            block.compiled_buffer = on
+    return model
 
 
 @torch.library.custom_op("hcgnet::write_channels", mutates_args=("buffer",))
