@@ -1,25 +1,32 @@
-"""Compiled A1 inference with one buffer per hybrid block (``HybridBlock.forward_buffer``) and with the
-concatenations as written, side by side with the published implementation's own A1 (eager fp32), same weights.
+"""Compiled inference with one buffer per hybrid block (``HybridBlock.forward_buffer``) and with the
+concatenations as written, side by side with the published implementation's own network (eager fp32), same
+weights: A1 at batch 256 by default, any variant at its own input size and any batch.
 
     python benchmarks/dense_compiled.py --published ~/HCGNet-published --rounds 7 \\
         --json benchmarks/results/dense_compiled.json
+    python benchmarks/dense_compiled.py --published ~/HCGNet-published --model hcgnet_b --batch 1 \\
+        --steps 20 --rounds 5 --json benchmarks/results/dense_compiled_b_latency.json
 
 hcgnet's two are ``hcgnet eval --compile`` (bf16 autocast, channels_last, weights frozen) with
-``HybridBlock.compiled_buffer`` True (the default) and False. Each is compiled once; then every round
+``HybridBlock.compiled_buffer`` True in every block (``buffer_min_positions`` 0, whatever the maps' size) and
+False. Each is compiled once; then every round
 times ``--steps`` batches of each, the published code first; a figure is the median of the per-round medians,
 a ratio the median of the per-round ratios, with the range over rounds.
 """
 import argparse
+import contextlib
 import copy
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from hcgnet.bench import machine_description
+from hcgnet.bench import machine_description, model_defaults
 from hcgnet.compiled import compile_frozen
+from hcgnet.errors import HCGNetError
 from hcgnet.models.hcgnet import set_compiled_buffer
 from hcgnet.published import paired_models
 
@@ -27,25 +34,39 @@ from hcgnet.published import paired_models
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--published", required=True, metavar="PATH", help="a clone of github.com/winycg/HCGNet")
-    p.add_argument("--model", default="hcgnet_a1", help="hcgnet_a1, a2 or a3 (CIFAR, 32x32)")
+    p.add_argument("--model", default="hcgnet_a1", help="a variant (its own input size and classes)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=3, help="timed batches per configuration and round")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--dtypes", default="bf16", help="comma-separated: bf16 (autocast), fp32")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
-    published, ours = paired_models(args.published, args.model, 10, (32, 32))
-    x = torch.randn(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    contexts = {"bf16": lambda: torch.autocast("cpu", torch.bfloat16), "fp32": contextlib.nullcontext}
+    dtypes = args.dtypes.split(",")
+    if set(dtypes) - set(contexts):
+        print(f"--dtypes: choose from {', '.join(contexts)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        size, num_classes = model_defaults(args.model)
+        published, ours = paired_models(args.published, args.model, num_classes, size)
+    except HCGNetError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    x = torch.randn(args.batch, 3, *size, generator=torch.Generator().manual_seed(0))
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    bf16 = lambda: torch.autocast("cpu", torch.bfloat16)  # noqa: E731
-    runners = {"published eager fp32": (published.eval(), x, torch.no_grad)}
-    for name, on in (("buffer", True), ("concatenation", False)):
-        model = set_compiled_buffer(copy.deepcopy(ours), on).eval().to(memory_format=torch.channels_last)
-        start = time.perf_counter()
-        compiled = compile_frozen(model, args.batch)
-        with torch.no_grad(), bf16():
-            compiled(x_cl)
-        print(f"bf16 channels_last compiled, {name}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
-        runners[f"bf16 channels_last compiled, {name}"] = (compiled, x_cl, bf16)
+    runners = {"published eager fp32": (published.eval(), x, contextlib.nullcontext)}
+    for dtype in dtypes:
+        for name, on in (("buffer", True), ("concatenation", False)):
+            # min_positions 0: the buffer in every block, whatever the map's size, to compare the two forms
+            model = set_compiled_buffer(copy.deepcopy(ours), on, min_positions=0).eval()
+            model = model.to(memory_format=torch.channels_last)
+            start = time.perf_counter()
+            compiled = compile_frozen(model, args.batch)
+            with torch.no_grad(), contexts[dtype]():
+                compiled(x_cl)
+            label = f"{dtype} channels_last compiled, {name}"
+            print(f"{label}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
+            runners[label] = (compiled, x_cl, contexts[dtype])
     with torch.no_grad():
         published(x)  # warm-up
     rounds = {name: [] for name in runners}
@@ -67,14 +88,17 @@ def main() -> None:
                      "time_ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]})
         print(f"{name:45s} {rows[-1]['median_s']:.3f} s  {rows[-1]['time_ratio']:.3f}x the published time "
               f"({min(ratios):.3f}-{max(ratios):.3f}), {1 / rows[-1]['time_ratio']:.2f}x faster")
-    pair = [c / h for c, h in zip(rounds["bf16 channels_last compiled, buffer"],
-                                  rounds["bf16 channels_last compiled, concatenation"])]
-    print(f"buffer / concatenation: {statistics.median(pair):.3f} (rounds {min(pair):.3f}-{max(pair):.3f})")
+    pairs = {}
+    for dtype in dtypes:
+        pair = pairs[dtype] = [c / h for c, h in zip(rounds[f"{dtype} channels_last compiled, buffer"],
+                                                     rounds[f"{dtype} channels_last compiled, concatenation"])]
+        print(f"{dtype} buffer / concatenation: {statistics.median(pair):.3f} "
+              f"(rounds {min(pair):.3f}-{max(pair):.3f})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "rows": rows,
-            "buffer_over_concatenation": pair, "machine": machine_description(),
+            "model": args.model, "batch": args.batch, "size": list(size), "steps": args.steps,
+            "rounds": args.rounds, "rows": rows, "buffer_over_concatenation": pairs, "machine": machine_description(),
             "date": time.strftime("%Y-%m-%d")}, indent=2))
 
 

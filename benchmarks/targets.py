@@ -34,6 +34,7 @@ WORKLOADS = {
                                                  BenchConfig("infer", runtime="int8")], False, "at least 5x"),
     "b-latency": ("hcgnet_b", "latency", 1, 224, [BenchConfig("latency", channels_last=True),
                                                   BenchConfig("latency", channels_last=True, compile=True),
+                                                  BenchConfig("latency", "bf16", True, compile=True),
                                                   BenchConfig("latency", runtime="onnx"),
                                                   BenchConfig("latency", runtime="int8")], False, "at most 0.25x"),
     "a2-memory": ("hcgnet_a2", "train", 64, 32, [BenchConfig("train"), BenchConfig("train", memory_efficient=True)],

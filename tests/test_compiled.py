@@ -130,6 +130,7 @@ def test_compiled_inference_fills_one_buffer_per_block(monkeypatch):
         return buffered(self, x)
 
     monkeypatch.setattr(HybridBlock, "forward_buffer", spy)
+    monkeypatch.setattr(HybridBlock, "buffer_min_positions", 0)
     model = _tiny_hcgnet_with_random_statistics()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -139,6 +140,14 @@ def test_compiled_inference_fills_one_buffer_per_block(monkeypatch):
         torch.testing.assert_close(torch.compile(model, backend="eager")(x), expected, atol=1e-5, rtol=1e-5)
         assert sorted(calls) == [2, 3]
         calls.clear()
+        # The size rule: the first block's maps hold 4 x 32 x 32 = 4096 positions, the second's 4 x 16 x 16.
+        for threshold, buffered_depths in ((4096, [3]), (4097, []), (1024, [2, 3])):
+            set_compiled_buffer(model, True, min_positions=threshold)
+            torch._dynamo.reset()
+            torch.testing.assert_close(torch.compile(model, backend="eager")(x), expected, atol=1e-5, rtol=1e-5)
+            assert sorted(calls) == buffered_depths, threshold
+            calls.clear()
+        set_compiled_buffer(model, True, min_positions=0)
         torch.export.export(model, (x,))
         assert calls == []
         set_compiled_buffer(model, False)

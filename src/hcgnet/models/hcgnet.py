@@ -46,11 +46,19 @@ class HybridBlock(nn.Module):
 
     ``compiled_buffer`` (default True): under ``torch.compile`` without gradients (``hcgnet eval --compile``,
     ``hcgnet predict --compile``) the block fills one buffer instead of concatenating (:meth:`forward_buffer`),
-    the same numbers, which Inductor runs faster (BENCHMARKS.md, "Dense connectivity compiled"). False
-    (:func:`set_compiled_buffer` for a whole network) compiles the concatenations as written (for comparison, ``benchmarks/dense_compiled.py``). Training, eager, exported,
+    the same numbers, when its maps hold at least :attr:`buffer_min_positions` positions (batch x height x
+    width). The buffer saves copies that grow with the map; each write costs a call of its own, whatever the
+    size: it paid on A1 at batch 256 (maps of 16384 positions and up: 0.825 of the concatenations' time) and
+    lost at batch 1 (A1 1.14, HCGNet-B 1.08: maps of at most 3136 positions; BENCHMARKS.md, "Dense
+    connectivity compiled"). False (:func:`set_compiled_buffer` for a whole network) compiles the
+    concatenations as written (for comparison, ``benchmarks/dense_compiled.py``). Training, eager, exported,
     traced and scripted networks always run the concatenations (ONNX Runtime and the int8 quantizer's patterns
     expect them).
     """
+
+    #: The smallest map (batch x height x width) a compiled block fills a buffer for: the smallest measured
+    #: where the buffer paid; sizes between 3136 (lost) and this one are unmeasured.
+    buffer_min_positions: int = 16384
 
     def __init__(
         self, in_channels: int, depth: int, growth_rate: int, memory_efficient: bool = False, **smg_kwargs
@@ -64,7 +72,7 @@ class HybridBlock(nn.Module):
         self.compiled_buffer = True
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.jit.is_scripting() and self.compiled_buffer and not torch.is_grad_enabled() and _compiling():
+        if not torch.jit.is_scripting() and self._fills_buffer(x):
             return self.forward_buffer(x)
         features = [x]
         for layer in self.layers:
@@ -73,6 +81,12 @@ class HybridBlock(nn.Module):
             else:
                 features.append(layer(_concat(features)))
         return torch.cat(features, 1)
+
+    @torch.jit.unused
+    def _fills_buffer(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` takes :meth:`forward_buffer`: compiled, without gradients, maps large enough."""
+        return (self.compiled_buffer and not torch.is_grad_enabled() and _compiling()
+                and x.shape[0] * x.shape[2] * x.shape[3] >= self.buffer_min_positions)
 
     @torch.jit.unused
     def forward_buffer(self, x: Tensor) -> Tensor:
@@ -92,11 +106,15 @@ class HybridBlock(nn.Module):
         return buffer
 
 
-def set_compiled_buffer(model: nn.Module, on: bool) -> nn.Module:
-    """Set :attr:`HybridBlock.compiled_buffer` on every hybrid block of ``model``; returns ``model``."""
+def set_compiled_buffer(model: nn.Module, on: bool, min_positions: Optional[int] = None) -> nn.Module:
+    """Set :attr:`HybridBlock.compiled_buffer` on every hybrid block of ``model``, and their
+    :attr:`~HybridBlock.buffer_min_positions` when ``min_positions`` is given (0: a buffer whatever the map's
+    size); returns ``model``."""
     for block in model.modules():
         if isinstance(block, HybridBlock):
             block.compiled_buffer = on
+            if min_positions is not None:
+                block.buffer_min_positions = min_positions
     return model
 
 
