@@ -14,6 +14,7 @@ import torch
 from conftest import TRAINED_LOSS, TRAINED_TOP1, cli
 from hcgnet.compiled import PaddedBatch, compile_frozen
 from hcgnet.inference import load_model
+from hcgnet.models.hcgnet import set_compiled_buffer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -22,6 +23,9 @@ def test_compiled_frozen_model_gives_the_eager_logits_at_any_batch_size(trained,
     test_images, expected = test_set[2], test_set[4]
     path, _ = trained
     model, _ = load_model(str(path))
+    # The fixture's 8x8 maps are below HybridBlock.buffer_min_positions: min_positions 0 puts Inductor's
+    # compilation of the buffer (HybridBlock.forward_buffer) to this test; the next one compiles the concatenations.
+    set_compiled_buffer(model, True, min_positions=0)
     with torch.no_grad():
         compiled = compile_frozen(model, 64)
         for n in (400, 64, 5):  # 7 chunks (the last padded), exactly one, one padded
@@ -118,9 +122,10 @@ def _tiny_hcgnet_with_random_statistics() -> torch.nn.Module:
 
 def test_compiled_inference_fills_one_buffer_per_block(monkeypatch):
     """Under torch.compile without gradients each hybrid block writes its features into one buffer
-    (HybridBlock.forward_buffer), with the eager logits (and Inductor's: the tests above, which run through it);
+    (HybridBlock.forward_buffer), with the eager logits (Inductor's: the first test above), when its maps hold
+    at least buffer_min_positions (batch x height x width);
     an export (torch.export: ONNX, int8), training and ``compiled_buffer = False`` keep the concatenations."""
-    from hcgnet.models.hcgnet import HybridBlock, set_compiled_buffer
+    from hcgnet.models.hcgnet import HybridBlock
 
     calls = []
     buffered = HybridBlock.forward_buffer
