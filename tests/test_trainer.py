@@ -85,7 +85,11 @@ def test_sigkill_twice_then_resume_is_bit_identical(tmp_path):
 
     interrupted = tmp_path / "interrupted"
     first = kill_after(train_args(folder, interrupted, *common), interrupted, 4, steps_per_epoch)
-    second = kill_after(train_args(folder, interrupted, *common, "--resume"), interrupted, 14, steps_per_epoch)
+    # The poll can see a step well past 4 (a step of this network takes milliseconds, reading last.pt longer):
+    # the second kill waits for a step past the first's, or it would kill the resumed run at once.
+    past_first = first[0] * steps_per_epoch + first[1] + 1
+    second = kill_after(train_args(folder, interrupted, *common, "--resume"), interrupted, max(14, past_first),
+                        steps_per_epoch)
     assert first[1] > 0 and second[1] > 0, (first, second)  # both kills left a mid-epoch checkpoint
     assert second[0] * steps_per_epoch + second[1] > first[0] * steps_per_epoch + first[1]
     resumed = run_cli(train_args(folder, interrupted, *common, "--resume"))
