@@ -42,6 +42,12 @@ def checkpoint_position(path):
     return state["epoch"], state["step_in_epoch"]
 
 
+def global_step(position, steps_per_epoch):
+    """A checkpoint's (epoch, step in epoch) as steps since the start."""
+    epoch, step = position
+    return epoch * steps_per_epoch + step
+
+
 def run_until(args, reached, stdout=subprocess.DEVNULL):
     """Start a training run and poll ``reached()`` until it returns True; the caller then acts on ``proc``.
     The run must not end before (its stderr is the assertion message)."""
@@ -57,16 +63,16 @@ def run_until(args, reached, stdout=subprocess.DEVNULL):
     raise AssertionError("timed out waiting for the run")
 
 
-def kill_after(args, out, global_step, steps_per_epoch):
-    """Start a training run, SIGSTOP it as soon as last.pt has reached `global_step`, then SIGKILL it."""
+def kill_after(args, out, target, steps_per_epoch):
+    """Start a training run, SIGSTOP it as soon as last.pt has reached global step `target`, then SIGKILL it."""
     last = out / "last.pt"
 
     def reached():
         try:
-            epoch, step = checkpoint_position(last)
+            position = checkpoint_position(last)
         except Exception:  # not written yet, or being replaced right now
             return False
-        return epoch * steps_per_epoch + step >= global_step
+        return global_step(position, steps_per_epoch) >= target
 
     proc = run_until(args, reached)
     proc.send_signal(signal.SIGSTOP)
@@ -87,11 +93,11 @@ def test_sigkill_twice_then_resume_is_bit_identical(tmp_path):
     first = kill_after(train_args(folder, interrupted, *common), interrupted, 4, steps_per_epoch)
     # The poll can see a step well past 4 (a step of this network takes milliseconds, reading last.pt longer):
     # the second kill waits for a step past the first's, or it would kill the resumed run at once.
-    past_first = first[0] * steps_per_epoch + first[1] + 1
+    past_first = global_step(first, steps_per_epoch) + 1
     second = kill_after(train_args(folder, interrupted, *common, "--resume"), interrupted, max(14, past_first),
                         steps_per_epoch)
     assert first[1] > 0 and second[1] > 0, (first, second)  # both kills left a mid-epoch checkpoint
-    assert second[0] * steps_per_epoch + second[1] > first[0] * steps_per_epoch + first[1]
+    assert global_step(second, steps_per_epoch) > global_step(first, steps_per_epoch)
     resumed = run_cli(train_args(folder, interrupted, *common, "--resume"))
     assert "resumed" in resumed.stdout
 
