@@ -42,12 +42,6 @@ def checkpoint_position(path):
     return state["epoch"], state["step_in_epoch"]
 
 
-def global_step(position, steps_per_epoch):
-    """A checkpoint's (epoch, step in epoch) as steps since the start."""
-    epoch, step = position
-    return epoch * steps_per_epoch + step
-
-
 def run_until(args, reached, stdout=subprocess.DEVNULL):
     """Start a training run and poll ``reached()`` until it returns True; the caller then acts on ``proc``.
     The run must not end before (its stderr is the assertion message)."""
@@ -63,22 +57,30 @@ def run_until(args, reached, stdout=subprocess.DEVNULL):
     raise AssertionError("timed out waiting for the run")
 
 
+# Runs the CLI with the trainer's save_atomic wrapped: the first last.pt past global step TARGET is never
+# written; the process SIGKILLs itself instead, having done that step's work. Deterministic, unlike polling
+# last.pt from outside (a step of the tiny network takes milliseconds; under CI load the poll saw a run finish).
+KILL_AT_STEP = """
+import os, signal, sys
+from hcgnet.training import trainer
+target, steps_per_epoch, real_save = int(sys.argv[1]), int(sys.argv[2]), trainer.save_atomic
+def save_or_die(obj, path):
+    if path.name == "last.pt" and obj["epoch"] * steps_per_epoch + obj["step_in_epoch"] > target:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(obj, path)
+trainer.save_atomic = save_or_die
+from hcgnet.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
 def kill_after(args, out, target, steps_per_epoch):
-    """Start a training run, SIGSTOP it as soon as last.pt has reached global step `target`, then SIGKILL it."""
-    last = out / "last.pt"
-
-    def reached():
-        try:
-            position = checkpoint_position(last)
-        except Exception:  # not written yet, or being replaced right now
-            return False
-        return global_step(position, steps_per_epoch) >= target
-
-    proc = run_until(args, reached)
-    proc.send_signal(signal.SIGSTOP)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return checkpoint_position(last)
+    """Run training until it is about to save the step after global step `target`, SIGKILL it there, and
+    return the position of the last.pt it left."""
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(target), str(steps_per_epoch), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
+    return checkpoint_position(out / "last.pt")
 
 
 def test_sigkill_twice_then_resume_is_bit_identical(tmp_path):
@@ -91,13 +93,8 @@ def test_sigkill_twice_then_resume_is_bit_identical(tmp_path):
 
     interrupted = tmp_path / "interrupted"
     first = kill_after(train_args(folder, interrupted, *common), interrupted, 4, steps_per_epoch)
-    # The poll can see a step well past 4 (a step of this network takes milliseconds, reading last.pt longer):
-    # the second kill waits for a step past the first's, or it would kill the resumed run at once.
-    past_first = global_step(first, steps_per_epoch) + 1
-    second = kill_after(train_args(folder, interrupted, *common, "--resume"), interrupted, max(14, past_first),
-                        steps_per_epoch)
-    assert first[1] > 0 and second[1] > 0, (first, second)  # both kills left a mid-epoch checkpoint
-    assert global_step(second, steps_per_epoch) > global_step(first, steps_per_epoch)
+    second = kill_after(train_args(folder, interrupted, *common, "--resume"), interrupted, 14, steps_per_epoch)
+    assert (first, second) == ((0, 4), (1, 5))  # both kills mid-epoch, the second in the resumed run's epoch
     resumed = run_cli(train_args(folder, interrupted, *common, "--resume"))
     assert "resumed" in resumed.stdout
 
