@@ -5,7 +5,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,43 +41,42 @@ def checkpoint_position(path):
     return state["epoch"], state["step_in_epoch"]
 
 
-def run_until(args, reached, stdout=subprocess.DEVNULL):
-    """Start a training run and poll ``reached()`` until it returns True; the caller then acts on ``proc``.
-    The run must not end before (its stderr is the assertion message)."""
-    proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=stdout, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended too early: {proc.stderr.read()[-1500:]}")
-        if reached():
-            return proc
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError("timed out waiting for the run")
-
-
-# Runs the CLI with the trainer's save_atomic wrapped: the first last.pt past global step TARGET is never
-# written; the process SIGKILLs itself instead, having done that step's work. Deterministic, unlike polling
-# last.pt from outside (a step of the tiny network takes milliseconds; under CI load the poll saw a run finish).
-KILL_AT_STEP = """
+# The CLI in a child process with one hook, so that each interruption lands at an exact step. Polling the run's
+# files from outside raced it (a step of the tiny network takes milliseconds; under CI load the poll saw runs
+# finish first). argv: how, target step, steps per epoch, the CLI's arguments.
+HOOKED_CLI = """
 import os, signal, sys
 from hcgnet.training import trainer
-target, steps_per_epoch, real_save = int(sys.argv[1]), int(sys.argv[2]), trainer.save_atomic
-def save_or_die(obj, path):
-    if path.name == "last.pt" and obj["epoch"] * steps_per_epoch + obj["step_in_epoch"] > target:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_save(obj, path)
-trainer.save_atomic = save_or_die
+from hcgnet.training.logs import MetricsLog
+how, target, steps_per_epoch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if how == "kill":  # SIGKILL instead of writing the first last.pt past step `target`: that step's work is lost
+    real_save = trainer.save_atomic
+    def save_or_die(obj, path):
+        if path.name == "last.pt" and obj["epoch"] * steps_per_epoch + obj["step_in_epoch"] > target:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_save(obj, path)
+    trainer.save_atomic = save_or_die
+else:  # signal number `how` once step `target` is logged; negative: to the whole process group
+    signum, real_add = int(how), MetricsLog.add_step
+    def add_then_signal(self, step, *rest):
+        real_add(self, step, *rest)
+        if step == target:
+            os.killpg(0, -signum) if signum < 0 else os.kill(os.getpid(), signum)
+    MetricsLog.add_step = add_then_signal
 from hcgnet.cli import main
-sys.exit(main(sys.argv[3:]))
+sys.exit(main(sys.argv[4:]))
 """
+
+
+def run_hooked(args, how, target, steps_per_epoch=0):
+    return subprocess.run([sys.executable, "-c", HOOKED_CLI, str(how), str(target), str(steps_per_epoch), *args],
+                          capture_output=True, text=True, timeout=600, start_new_session=True)
 
 
 def kill_after(args, out, target, steps_per_epoch):
     """Run training until it is about to save the step after global step `target`, SIGKILL it there, and
     return the position of the last.pt it left."""
-    proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(target), str(steps_per_epoch), *args],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_hooked(args, "kill", target, steps_per_epoch)
     assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
     return checkpoint_position(out / "last.pt")
 
@@ -274,17 +272,10 @@ def test_out_of_range_settings_are_one_line_errors(tmp_path, image_folder, flag,
     assert not (tmp_path / "run").exists()
 
 
-def interrupt_after(args, out, rows, signum):
-    """Start a training run and send it `signum` once steps.csv holds `rows` logged steps."""
-    steps = out / "steps.csv"
-    proc = run_until(args, lambda: steps.exists() and len(steps.read_text().splitlines()) > rows, subprocess.PIPE)
-    try:
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
-        return proc.returncode, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def interrupt_after(args, step, signum):
+    """Run training and send it `signum` once it has logged global step `step`; its exit code and stderr."""
+    proc = run_hooked(args, int(signum), step)
+    return proc.returncode, proc.stderr
 
 
 def test_sigterm_and_ctrl_c_save_a_checkpoint_and_resume_from_the_output_alone_is_bit_identical(tmp_path):
@@ -294,15 +285,15 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_resume_from_the_output_alone_i
     run_cli(train_args(folder, reference, *common))
 
     out = tmp_path / "interrupted"
-    code, err = interrupt_after(train_args(folder, out, *common), out, 3, signal.SIGTERM)
+    code, err = interrupt_after(train_args(folder, out, *common), 3, signal.SIGTERM)
     lines = err.strip().splitlines()
     assert code == 143 and len(lines) == 1, err[-2000:]
     assert re.fullmatch(rf"hcgnet: interrupted at epoch 1 step (\d+); resume with: hcgnet train --output {out} "
                         "--resume", lines[0]), lines
     epoch, step = checkpoint_position(out / "last.pt")
-    assert (epoch, step) == (0, int(re.search(r"step (\d+)", lines[0]).group(1))) and step >= 3
+    assert (epoch, step) == (0, int(re.search(r"step (\d+)", lines[0]).group(1))) == (0, 3)
     (out / ".last.pt.tmp.left-by-kill-9.tmp").write_bytes(b"half")
-    code, err = interrupt_after(["train", "--output", str(out), "--resume"], out, 12, signal.SIGINT)
+    code, err = interrupt_after(["train", "--output", str(out), "--resume"], 12, signal.SIGINT)
     assert code == 130 and "resume with" in err, err[-2000:]
     assert not (out / ".last.pt.tmp.left-by-kill-9.tmp").exists()
     resumed = run_cli(["train", "--output", str(out), "--resume"])
@@ -320,18 +311,8 @@ def test_a_signal_to_the_whole_process_group_reaches_the_data_workers_too_and_st
     DataLoader workers included."""
     out = tmp_path / "run"
     args = train_args(image_folder, out, "--epochs", "3", "--batch-size", "4", "--log-every", "1", "--workers", "2")
-    proc = subprocess.Popen([sys.executable, "-m", "hcgnet", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    steps, deadline = out / "steps.csv", time.time() + 300
-    try:
-        while not (steps.exists() and len(steps.read_text().splitlines()) > 2):
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-1500:]
-            time.sleep(0.01)
-        os.killpg(proc.pid, signum)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = run_hooked(args, -int(signum), 2)  # the run signals its own process group after step 2
+    err = proc.stderr
     assert proc.returncode == 128 + signum and err.strip().startswith("hcgnet: interrupted at epoch"), err[-2000:]
     assert len(err.strip().splitlines()) == 1, err[-2000:]
-    assert checkpoint_position(out / "last.pt")[1] >= 2
+    assert checkpoint_position(out / "last.pt") == (0, 2)
