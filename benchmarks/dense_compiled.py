@@ -31,6 +31,10 @@ from hcgnet.models.hcgnet import set_compiled_buffer
 from hcgnet.published import paired_models
 
 
+def label(dtype: str, form: str) -> str:
+    return f"{dtype} channels_last compiled, {form}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--published", required=True, metavar="PATH", help="a clone of github.com/winycg/HCGNet")
@@ -64,9 +68,8 @@ def main() -> None:
             compiled = compile_frozen(model, args.batch)
             with torch.no_grad(), contexts[dtype]():
                 compiled(x_cl)
-            label = f"{dtype} channels_last compiled, {name}"
-            print(f"{label}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
-            runners[label] = (compiled, x_cl, contexts[dtype])
+            print(f"{label(dtype, name)}: compiled in {time.perf_counter() - start:.0f} s", flush=True)
+            runners[label(dtype, name)] = (compiled, x_cl, contexts[dtype])
     with torch.no_grad():
         published(x)  # warm-up
     rounds = {name: [] for name in runners}
@@ -90,8 +93,8 @@ def main() -> None:
               f"({min(ratios):.3f}-{max(ratios):.3f}), {1 / rows[-1]['time_ratio']:.2f}x faster")
     pairs = {}
     for dtype in dtypes:
-        pair = pairs[dtype] = [c / h for c, h in zip(rounds[f"{dtype} channels_last compiled, buffer"],
-                                                     rounds[f"{dtype} channels_last compiled, concatenation"])]
+        pair = pairs[dtype] = [c / h for c, h in zip(rounds[label(dtype, "buffer")],
+                                                     rounds[label(dtype, "concatenation")])]
         print(f"{dtype} buffer / concatenation: {statistics.median(pair):.3f} "
               f"(rounds {min(pair):.3f}-{max(pair):.3f})")
     if args.json:

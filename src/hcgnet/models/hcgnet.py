@@ -48,9 +48,7 @@ class HybridBlock(nn.Module):
     ``hcgnet predict --compile``) the block fills one buffer instead of concatenating (:meth:`forward_buffer`),
     the same numbers, when its maps hold at least :attr:`buffer_min_positions` positions (batch x height x
     width). The buffer saves copies that grow with the map; each write costs a call of its own, whatever the
-    size: it paid on A1 at batch 256 (maps of 16384 positions and up: 0.825 of the concatenations' time) and
-    lost at batch 1 (A1 1.14, HCGNet-B 1.08: maps of at most 3136 positions; BENCHMARKS.md, "Dense
-    connectivity compiled"). False (:func:`set_compiled_buffer` for a whole network) compiles the
+    size: it paid on A1 at batch 256 and lost at batch 1 (BENCHMARKS.md, "Dense connectivity compiled"). False (:func:`set_compiled_buffer` for a whole network) compiles the
     concatenations as written (for comparison, ``benchmarks/dense_compiled.py``). Training, eager, exported,
     traced and scripted networks always run the concatenations (ONNX Runtime and the int8 quantizer's patterns
     expect them).
