@@ -28,8 +28,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from hcgnet.bench import machine_description
+from hcgnet.bench import machine_description, model_defaults
 from hcgnet.compiled import compile_frozen
+from hcgnet.errors import HCGNetError
 from hcgnet.models import create_model
 
 PREFIX = "part:"
@@ -78,12 +79,13 @@ def compiled_runner(model: nn.Module, x: torch.Tensor, int8: bool):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="hcgnet_a1")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--model", default="hcgnet_a1", help="a variant or spec (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=64, help="images per step (default: %(default)s)")
     p.add_argument("--size", type=int, default=None, help="input side (default: the model's)")
-    p.add_argument("--mode", choices=("train", "infer"), default="train")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--mode", choices=("train", "infer"), default="train",
+                   help="a training step (forward, backward, SGD) or a forward pass without gradients")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: under CPU autocast")
+    p.add_argument("--channels-last", action="store_true", help="model and input in channels_last")
     p.add_argument("--compile", action="store_true",
                    help="inference compiled with frozen weights (hcgnet eval --compile)")
     p.add_argument("--int8", action="store_true", help="inference through the PT2E int8 program (hcgnet eval --int8)")
@@ -97,11 +99,14 @@ def main() -> None:
     if args.int8 and args.dtype != "fp32":
         p.error("--int8 computes in int8 with float32 around it: drop --dtype")
 
+    try:
+        (height, width), num_classes = model_defaults(args.model)
+    except HCGNetError as e:
+        p.error(str(e))
     torch.manual_seed(0)
-    model = create_model(args.model, num_classes=10 if args.model.startswith("hcgnet_a") else 1000)
-    side = args.size or model.pretrained_cfg["input_size"][1]
-    x = torch.randn(args.batch, 3, side, side)
-    y = torch.randint(0, 10, (args.batch,))
+    model = create_model(args.model, num_classes=num_classes)
+    x = torch.randn(args.batch, 3, *((args.size, args.size) if args.size else (height, width)))
+    y = torch.randint(0, num_classes, (args.batch,))
     if args.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     model.train(args.mode == "train")
@@ -152,7 +157,7 @@ def main() -> None:
     step_ms = total / 1e3 / args.steps
     fused = [r for r in op_rows if "cpp_fused_" in r["op"]]
     path = "int8 (PT2E, compiled)" if args.int8 else args.dtype + (" compiled (frozen)" if args.compile else "")
-    print(f"{args.model} {args.mode}, batch {args.batch}, {side}x{side}, {path}"
+    print(f"{args.model} {args.mode}, batch {args.batch}, {x.shape[2]}x{x.shape[3]}, {path}"
           f"{' channels_last' if args.channels_last else ''}: {1000 * plain:.0f} ms per step unprofiled, "
           f"{step_ms:.0f} ms profiled"
           + ("" if compiled else f"; forward inside modules {forward / total:.0%} of the step"))
@@ -169,7 +174,7 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "model": args.model, "mode": args.mode, "batch": args.batch, "size": side, "dtype": args.dtype,
+            "model": args.model, "mode": args.mode, "batch": args.batch, "size": list(x.shape[2:]), "dtype": args.dtype,
             "channels_last": args.channels_last, "compile": args.compile, "int8": args.int8,
             "step_ms_unprofiled": 1000 * plain, "step_ms_profiled": step_ms,
             "machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "operators": op_rows,

@@ -116,6 +116,9 @@ def test_profile_script_names_the_compiled_programs_kernels(tmp_path):
     refused = subprocess.run([sys.executable, str(PROFILE_SCRIPT), "--model", TINY, "--compile"], capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "add --mode infer" in refused.stderr and "Traceback" not in refused.stderr
+    unknown = subprocess.run([sys.executable, str(PROFILE_SCRIPT), "--model", "hcgnet_z"], capture_output=True,
+                             text=True, timeout=120)
+    assert unknown.returncode == 2 and "unknown model 'hcgnet_z'" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_bench_times_frozen_compiled_and_int8_inference(tmp_path, capsys):
