@@ -7,7 +7,8 @@
 Each workload is one :func:`hcgnet.bench.against_published` call: the published eager fp32 and hcgnet's
 configurations with the same weights (logits checked equal first), interleaved over ``--rounds``; figures are
 medians of the per-round medians, ratios medians of the per-round ratios. ``compile`` in inference is
-``hcgnet eval --compile`` (weights frozen); ``int8`` is ``hcgnet eval --int8`` (torchao PT2E, compiled). The memory workloads also run each
+``hcgnet eval --compile`` (weights frozen); ``int8`` is ``hcgnet eval --int8`` (torchao PT2E, compiled); ``openvino`` is the ONNX export in OpenVINO
+at its fp32 or bf16 precision. The memory workloads also run each
 configuration in a fresh process for its peak resident memory.
 """
 import argparse
@@ -31,12 +32,18 @@ WORKLOADS = {
                                                  BenchConfig("infer", channels_last=True, compile=True),
                                                  BenchConfig("infer", "bf16", True, compile=True),
                                                  BenchConfig("infer", runtime="onnx"),
-                                                 BenchConfig("infer", runtime="int8")], False, "at least 5x"),
+                                                 BenchConfig("infer", runtime="int8"),
+                                                 BenchConfig("infer", "fp32", runtime="openvino"),
+                                                 BenchConfig("infer", "bf16", runtime="openvino")], False,
+                 "at least 5x"),
     "b-latency": ("hcgnet_b", "latency", 1, 224, [BenchConfig("latency", channels_last=True),
                                                   BenchConfig("latency", channels_last=True, compile=True),
                                                   BenchConfig("latency", "bf16", True, compile=True),
                                                   BenchConfig("latency", runtime="onnx"),
-                                                  BenchConfig("latency", runtime="int8")], False, "at most 0.25x"),
+                                                  BenchConfig("latency", runtime="int8"),
+                                                  BenchConfig("latency", "fp32", runtime="openvino"),
+                                                  BenchConfig("latency", "bf16", runtime="openvino")], False,
+                  "at most 0.25x"),
     "a2-memory": ("hcgnet_a2", "train", 64, 32, [BenchConfig("train"), BenchConfig("train", memory_efficient=True)],
                   True, "memory_efficient: at most 0.5x peak resident memory"),
     "a3-memory": ("hcgnet_a3", "train", 128, 32, [BenchConfig("train", memory_efficient=True)], True,

@@ -43,17 +43,19 @@ def test_bench_measures_every_configuration(tmp_path, capsys):
 
 def test_bench_times_exported_runtimes_and_sweeps_batch_and_size(tmp_path, capsys):
     out, table, png = tmp_path / "bench.json", tmp_path / "bench.csv", tmp_path / "growth.png"
-    code = main(["bench", "--model", TINY, "--modes", "train,infer", "--runtimes", "eager,onnx,pt2",
+    code = main(["bench", "--model", TINY, "--modes", "train,infer", "--runtimes", "eager,onnx,pt2,openvino",
                  "--dtypes", "fp32,bf16", "--steps", "2", "--warmup", "1", "--batch-size", "2,4", "--size", "16",
                  "--json", str(out), "--csv", str(table), "--plot", str(png)])
     assert code == 0
     results = json.loads(out.read_text())["results"]
-    # per (batch, size): train eager x 2 dtypes, infer eager x 2 dtypes, infer onnx, infer pt2
-    assert len(results) == 2 * 6
+    # per (batch, size): train eager x 2 dtypes, infer eager x 2 dtypes, infer onnx, infer pt2,
+    # infer openvino x 2 dtypes (its precision is set when it compiles; the other exports are fp32 graphs)
+    assert len(results) == 2 * 8
     assert {(r["batch"], tuple(r["size"])) for r in results} == {(2, (16, 16)), (4, (16, 16))}
     exported = [r for r in results if r["runtime"] != "eager"]
-    assert {r["runtime"] for r in exported} == {"onnx", "pt2"}
-    assert all(r["mode"] == "infer" and r["dtype"] == "fp32" and r["images_per_s"] > 0 for r in exported)
+    assert sorted((r["runtime"], r["dtype"]) for r in exported if r["batch"] == 2) == [
+        ("onnx", "fp32"), ("openvino", "bf16"), ("openvino", "fp32"), ("pt2", "fp32")]
+    assert all(r["mode"] == "infer" and r["images_per_s"] > 0 for r in exported)
     rows = list(csv.DictReader(table.open()))
     assert len(rows) == len(results) and rows[0]["size"] == "16x16"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -134,7 +136,7 @@ def test_bench_times_frozen_compiled_and_int8_inference(tmp_path, capsys):
     assert "int8 pt2e compiled" in capsys.readouterr().out
 
 
-def test_bench_refuses_int8_off_the_cpu():
+def test_bench_refuses_int8_and_openvino_off_the_cpu():
     import pytest
     import torch
 
@@ -143,3 +145,5 @@ def test_bench_refuses_int8_off_the_cpu():
 
     with pytest.raises(HCGNetError, match="the int8 runtime runs on the CPU"):
         check_request(torch.device("cuda"), ["infer"], ["fp32"], ["int8"], [4], 1, 0)
+    with pytest.raises(HCGNetError, match="the openvino runtime runs on the CPU"):
+        check_request(torch.device("cuda"), ["infer"], ["bf16"], ["openvino"], [4], 1, 0)

@@ -8,7 +8,8 @@ freed, so only a process's first configuration has an exact memory figure: ``iso
 configuration in a fresh process (exact memory for every one, timings across processes).
 
 Besides the eager model, inference can be timed in the deployment runtimes of :mod:`hcgnet.export`
-(TorchScript, ONNX Runtime, a ``torch.export`` program), each exported from the same weights. ``compile``
+(TorchScript, ONNX Runtime, a ``torch.export`` program, OpenVINO on the ONNX export), each exported from the
+same weights. ``compile``
 is ``torch.compile``; for inference with the weights frozen, as ``hcgnet eval --compile`` runs it
 (:func:`hcgnet.compiled.compile_frozen`).
 
@@ -40,7 +41,7 @@ from hcgnet.models.registry import first_conv_in_chans
 
 MODES = ("train", "infer", "latency")
 DTYPES = ("fp32", "bf16", "fp16")
-RUNTIMES = ("eager", "torchscript", "onnx", "pt2", "int8")
+RUNTIMES = ("eager", "torchscript", "onnx", "pt2", "int8", "openvino")
 CSV_FIELDS = ("mode", "runtime", "dtype", "channels_last", "memory_efficient", "compile", "batch", "size",
               "images_per_s", "latency_ms", "median_s", "min_s", "max_s", "peak_memory_added_mb", "steps",
               "first_loss", "final_loss", "implementation", "process_peak_rss_mb")
@@ -64,7 +65,7 @@ def describe(r: Dict) -> str:
     if r["runtime"] == "int8":
         return "int8 pt2e compiled"
     if r["runtime"] != "eager":
-        return f"{r['runtime']} fp32"
+        return f"{r['runtime']} {r['dtype']}"
     return " ".join([r["dtype"]] + [name for name in ("channels_last", "memory_efficient", "compile") if r[name]])
 
 
@@ -125,17 +126,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: str) -> Callable:
+def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: str, dtype: str = "fp32") -> Callable:
     """The model exported to ``runtime`` (checked against eager by :func:`export_model`), as a callable;
     ``"int8"``: quantized by torchao's PT2E flow and compiled, as ``hcgnet eval --int8`` runs it (calibrated on
-    ``x``: this times speed; the accuracy check is ``tests/test_int8.py``)."""
+    ``x``: this times speed; the accuracy check is ``tests/test_int8.py``); ``"openvino"``: the ONNX export
+    compiled by OpenVINO at precision ``dtype`` (:func:`hcgnet.export.openvino_model`)."""
     if runtime == "int8":
         from hcgnet.quantize import quantize_pt2e
 
         return quantize_pt2e(model.cpu().eval(), [x.cpu()], compile=True, batch=len(x))
-    from hcgnet.export import SUFFIXES, export_model
+    from hcgnet.export import SUFFIXES, export_model, openvino_model
 
-    fmt = runtime  # the runtimes are named after the export formats
+    fmt = "onnx" if runtime == "openvino" else runtime  # OpenVINO reads the ONNX export; the others are formats
     # The exports take any batch and input size, and every configuration builds the same weights (seed 0),
     # so one export per runtime serves a whole sweep.
     path = Path(folder) / ("model" + SUFFIXES[fmt])
@@ -147,6 +149,8 @@ def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: st
             return torch.jit.load(str(path), map_location=x.device)
     if fmt == "pt2":
         return torch.export.load(str(path)).module().to(x.device)
+    if runtime == "openvino":
+        return openvino_model(path, dtype)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -173,7 +177,7 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
     with tempfile.TemporaryDirectory() as scratch:
         runner: Callable = model
         if cfg.runtime != "eager":
-            runner = _exported_runner(model, cfg.runtime, x, export_dir or scratch)
+            runner = _exported_runner(model, cfg.runtime, x, export_dir or scratch, cfg.dtype)
         model, x = model.to(device), x.to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -229,13 +233,15 @@ def configurations(modes: Sequence[str], dtypes: Sequence[str], channels_last: S
                    memory_efficient: Sequence[bool], compile: Sequence[bool],
                    runtimes: Sequence[str]) -> List[BenchConfig]:
     """The grid, in order. Memory-efficient only matters for training; an exported runtime only runs
-    inference, once per mode, in fp32 (its graph is fixed at export)."""
+    inference, once per mode, in fp32 (its graph is fixed at export), except OpenVINO, once per dtype (its
+    precision is chosen when it compiles the export)."""
     configs = []
     for mode in modes:
         for runtime in runtimes:
             if runtime != "eager":
                 if mode != "train":
-                    configs.append(BenchConfig(mode, runtime=runtime))
+                    configs.extend(BenchConfig(mode, dtype, runtime=runtime)
+                                   for dtype in (dtypes if runtime == "openvino" else ["fp32"]))
                 continue
             for dtype, cl, me, comp in itertools.product(dtypes, channels_last, memory_efficient, compile):
                 if not (me and mode != "train"):
@@ -294,8 +300,8 @@ def check_request(dev: torch.device, modes: Sequence[str], dtypes: Sequence[str]
     for runtime in runtimes:
         if runtime not in RUNTIMES:
             raise HCGNetError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-        if runtime == "int8" and dev.type != "cpu":
-            raise HCGNetError("the int8 runtime runs on the CPU (x86 oneDNN kernels); add --device cpu")
+        if runtime in ("int8", "openvino") and dev.type != "cpu":
+            raise HCGNetError(f"the {runtime} runtime runs on the CPU; add --device cpu")
     if "eager" not in runtimes and all(mode == "train" for mode in modes):
         raise HCGNetError(f"the {', '.join(runtimes)} runtime{'s' if len(runtimes) > 1 else ''} time inference only; "
                           "add --modes infer (or latency), or --runtimes eager to time training")

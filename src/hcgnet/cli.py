@@ -885,7 +885,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
         be.add_argument(f"--{flag}", choices=("off", "on", "both"), default="off")
     be.add_argument("--runtimes", default="eager",
                     help="comma-separated: eager, torchscript, onnx, pt2, int8 (torchao PT2E, compiled; on the CPU, needs "
-                         "the int8 extra); runtimes other than eager time inference only")
+                         "the int8 extra), openvino (the ONNX export in OpenVINO, at each of --dtypes fp32/bf16; on "
+                         "the CPU, needs the openvino extra); runtimes other than eager time inference only")
     be.add_argument("--batch-size", default="64", help="one batch size or a comma-separated sweep, e.g. 16,32,64")
     be.add_argument("--size", default=None, help="square input side or a sweep, e.g. 32,64 (default: the model's)")
     be.add_argument("--steps", type=int, default=10)
