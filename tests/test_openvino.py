@@ -45,9 +45,14 @@ def test_openvino_bf16_stays_within_half_a_point_of_fp32(onnx_path, test_set):
         assert diff.max().item() > 1e-4 * scale
 
 
-def test_openvino_refuses_what_it_does_not_run(onnx_path):
+def test_openvino_refuses_what_it_does_not_run(onnx_path, tmp_path):
     with pytest.raises(HCGNetError, match="OpenVINO runs fp32 or bf16, not fp16"):
         openvino_model(onnx_path, "fp16")
+    with pytest.raises(HCGNetError, match="is not an ONNX file; write one with hcgnet export --format onnx"):
+        openvino_model(tmp_path / "missing.onnx")
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(HCGNetError, match="OpenVINO cannot read .*broken.onnx as a model"):
+        openvino_model(tmp_path / "broken.onnx")
 
 
 def test_openvino_runs_a_batch_its_first_call_did_not_have(onnx_path, test_set):

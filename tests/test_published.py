@@ -83,6 +83,7 @@ def test_cli_side_by_side_writes_json_and_refuses_mistakes(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "published eager fp32" in text and "x published time" in text
+    assert "hcgnet_a1, batch 2, batch 1, 16x16" in text  # inference at --batch-size, latency at 1
     result = json.loads(out.read_text())
     assert [r["mode"] for r in result["rows"]] == ["infer", "infer", "latency", "latency"]
     for argv, message in [

@@ -348,7 +348,8 @@ def _bench_against_published(args: argparse.Namespace, both, batches: List[int],
                                sizes[0] if sizes else None, args.steps, args.warmup, args.rounds,
                                device=args.device, memory=args.memory, progress=None if args.json_only else show)
     m, size = result["machine"], result["size"]
-    print(f"\n{args.model}, batch {batches[0]}, {size[0]}x{size[1]}, {args.rounds} rounds; {m.get('cpu') or 'cpu'} "
+    timed = ", ".join(dict.fromkeys(f"batch {r['batch']}" for r in result["rows"]))  # latency: batch 1
+    print(f"\n{args.model}, {timed}, {size[0]}x{size[1]}, {args.rounds} rounds; {m.get('cpu') or 'cpu'} "
           f"({', '.join(m.get('cpu_flags', []))}), {m['threads']} threads; matrix-multiply peak "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result["peak_gflops"].items()))
     print(f"{'mode':7s} {'configuration':36s} {'speed':>14s} {'x published time':>16s} {'GFLOP/s':>8s} "

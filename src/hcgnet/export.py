@@ -98,7 +98,7 @@ def _export_onnx(model, example, check, path, batch, height, width, opset):
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
-def openvino_model(path: str, dtype: str = "fp32", threads: Optional[int] = None):
+def openvino_model(path, dtype: str = "fp32", threads: Optional[int] = None):
     """An ONNX export (:func:`export_model`) compiled by OpenVINO's CPU plugin, as a callable from a float32
     tensor to a float32 tensor. ``dtype`` is OpenVINO's inference precision: ``"bf16"`` computes in bfloat16
     where the CPU has it (AVX512-BF16 or AMX) and in float32 where it has not. Tuned for one request at a time
@@ -109,8 +109,15 @@ def openvino_model(path: str, dtype: str = "fp32", threads: Optional[int] = None
         import openvino
     except ImportError:
         raise ExportError("the OpenVINO runtime needs openvino: pip install 'hcgnet[openvino]'") from None
-    compiled = openvino.Core().compile_model(str(path), "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[dtype]})
+    path = Path(path)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        raise ExportError(f"{path} is not an ONNX file; write one with hcgnet export --format onnx")
+    try:
+        compiled = openvino.Core().compile_model(str(path), "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[dtype]})
+    except RuntimeError:  # OpenVINO's message is a page of its C++ call stack
+        raise ExportError(f"OpenVINO cannot read {path} as a model; write it again with hcgnet export "
+                          "--format onnx") from None
     request = compiled.create_infer_request()
     return lambda x: torch.from_numpy(request.infer({0: x.detach().cpu().float().contiguous().numpy()})[0].copy())
