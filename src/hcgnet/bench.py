@@ -9,9 +9,8 @@ configuration in a fresh process (exact memory for every one, timings across pro
 
 Besides the eager model, inference can be timed in the deployment runtimes of :mod:`hcgnet.export`
 (TorchScript, ONNX Runtime, a ``torch.export`` program, OpenVINO on the ONNX export), each exported from the
-same weights. ``compile``
-is ``torch.compile``; for inference with the weights frozen, as ``hcgnet eval --compile`` runs it
-(:func:`hcgnet.compiled.compile_frozen`).
+same weights. ``compile`` is ``torch.compile``; for inference with the weights frozen, as ``hcgnet eval
+--compile`` runs it (:func:`hcgnet.compiled.compile_frozen`).
 
 :func:`against_published` times the published implementation's own model class (imported from a clone,
 :mod:`hcgnet.published`) beside hcgnet's configurations, with the same weights, in interleaved rounds.
