@@ -1,4 +1,4 @@
-"""OpenVINO on hcgnet's ONNX export (hcgnet.export.openvino_model, ``hcgnet bench --runtimes openvino``) against
+"""OpenVINO on hcgnet's ONNX export (hcgnet.export.OpenVINOModel, ``hcgnet bench --runtimes openvino``) against
 the fp32 eager model on the trained fixture's 400 test images (conftest's ``trained`` and ``test_set``).
 
 Tolerances, against the fp32 eager logits:
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hcgnet.errors import HCGNetError
-from hcgnet.export import export_model, openvino_model
+from hcgnet.export import OpenVINOModel, export_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -28,7 +28,7 @@ def top1(logits, y):
 
 def test_openvino_fp32_gives_the_eager_logits(onnx_path, test_set):
     _, _, x, y, expected = test_set
-    got = openvino_model(onnx_path, "fp32")(x)
+    got = OpenVINOModel(onnx_path, "fp32")(x)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert (got - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()
     assert torch.equal(got.argmax(1), expected.argmax(1))
@@ -36,7 +36,7 @@ def test_openvino_fp32_gives_the_eager_logits(onnx_path, test_set):
 
 def test_openvino_bf16_stays_within_half_a_point_of_fp32(onnx_path, test_set):
     _, _, x, y, expected = test_set
-    got = openvino_model(onnx_path, "bf16")(x)
+    got = OpenVINOModel(onnx_path, "bf16")(x)
     assert abs(top1(got, y) - top1(expected, y)) <= 0.005
     scale, diff = expected.abs().max().item(), (got - expected).abs()
     assert diff.mean().item() <= 0.01 * scale and diff.max().item() <= 0.05 * scale
@@ -47,18 +47,39 @@ def test_openvino_bf16_stays_within_half_a_point_of_fp32(onnx_path, test_set):
 
 def test_openvino_refuses_what_it_does_not_run(onnx_path, tmp_path):
     with pytest.raises(HCGNetError, match="OpenVINO runs fp32 or bf16, not fp16"):
-        openvino_model(onnx_path, "fp16")
+        OpenVINOModel(onnx_path, "fp16")
     with pytest.raises(HCGNetError, match="is not an ONNX file; write one with hcgnet export --format onnx"):
-        openvino_model(tmp_path / "missing.onnx")
+        OpenVINOModel(tmp_path / "missing.onnx")
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     with pytest.raises(HCGNetError, match="OpenVINO cannot read .*broken.onnx as a model"):
-        openvino_model(tmp_path / "broken.onnx")
+        OpenVINOModel(tmp_path / "broken.onnx")
 
 
-def test_openvino_runs_a_batch_its_first_call_did_not_have(onnx_path, test_set):
-    """The export's batch and spatial sizes are dynamic: one compiled model serves any batch."""
+def test_openvino_compiles_each_input_shape_once(onnx_path, test_set):
+    """The export's sizes are dynamic; each new input shape gets a model compiled with its sizes fixed, kept for
+    the next call of that shape."""
     _, _, x, _, expected = test_set
-    run = openvino_model(onnx_path, "fp32")
-    for n in (1, 7, 64):
+    run = OpenVINOModel(onnx_path, "fp32")
+    for n in (1, 7, 64, 7):
         assert torch.allclose(run(x[:n]), expected[:n], atol=1e-4 * expected.abs().max().item(), rtol=0)
+    assert sorted(run.requests) == [(n, *x.shape[1:]) for n in (1, 7, 64)]
+    for shape, request in run.requests.items():  # compiled with every size fixed, none left dynamic
+        assert request.get_compiled_model().inputs[0].get_partial_shape().is_static
+        assert list(request.get_compiled_model().inputs[0].get_shape()) == list(shape)
+    before = run.requests[(7, *x.shape[1:])]
+    run(x[:7])
+    assert run.requests[(7, *x.shape[1:])] is before
 
+
+def test_openvino_refuses_a_shape_its_plugin_cannot_compile(onnx_path, test_set, monkeypatch):
+    _, _, x, _, _ = test_set
+    run = OpenVINOModel(onnx_path, "bf16")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("Exception from src/plugins/intel_cpu: No suitable implementations.")
+
+    monkeypatch.setattr(run.core, "compile_model", fails)
+    shape = ", ".join(str(n) for n in (2, *x.shape[1:]))
+    with pytest.raises(HCGNetError, match=rf"cannot compile .*model.onnx at bf16 for input \[{shape}\]; try fp32"):
+        run(x[:2])
+    assert run.requests == {}

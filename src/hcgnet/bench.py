@@ -129,12 +129,12 @@ def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: st
     """The model exported to ``runtime`` (checked against eager by :func:`export_model`), as a callable;
     ``"int8"``: quantized by torchao's PT2E flow and compiled, as ``hcgnet eval --int8`` runs it (calibrated on
     ``x``: this times speed; the accuracy check is ``tests/test_int8.py``); ``"openvino"``: the ONNX export
-    compiled by OpenVINO at precision ``dtype`` (:func:`hcgnet.export.openvino_model`)."""
+    compiled by OpenVINO at precision ``dtype`` (:class:`hcgnet.export.OpenVINOModel`)."""
     if runtime == "int8":
         from hcgnet.quantize import quantize_pt2e
 
         return quantize_pt2e(model.cpu().eval(), [x.cpu()], compile=True, batch=len(x))
-    from hcgnet.export import SUFFIXES, export_model, openvino_model
+    from hcgnet.export import SUFFIXES, OpenVINOModel, export_model
 
     fmt = "onnx" if runtime == "openvino" else runtime  # OpenVINO reads the ONNX export; the others are formats
     # The exports take any batch and input size, and every configuration builds the same weights (seed 0),
@@ -149,7 +149,7 @@ def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: st
     if fmt == "pt2":
         return torch.export.load(str(path)).module().to(x.device)
     if runtime == "openvino":
-        return openvino_model(path, dtype)
+        return OpenVINOModel(path, dtype)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

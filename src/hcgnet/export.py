@@ -98,26 +98,54 @@ def _export_onnx(model, example, check, path, batch, height, width, opset):
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
-def openvino_model(path, dtype: str = "fp32", threads: Optional[int] = None):
-    """An ONNX export (:func:`export_model`) compiled by OpenVINO's CPU plugin, as a callable from a float32
-    tensor to a float32 tensor. ``dtype`` is OpenVINO's inference precision: ``"bf16"`` computes in bfloat16
-    where the CPU has it (AVX512-BF16 or AMX) and in float32 where it has not. Tuned for one request at a time
-    (``PERFORMANCE_HINT`` LATENCY) on ``threads`` threads (default: torch's)."""
-    if dtype not in OPENVINO_PRECISIONS:
-        raise ExportError(f"OpenVINO runs fp32 or bf16, not {dtype}")
-    try:
-        import openvino
-    except ImportError:
-        raise ExportError("the OpenVINO runtime needs openvino: pip install 'hcgnet[openvino]'") from None
-    path = Path(path)
-    if path.suffix.lower() != ".onnx" or not path.is_file():
-        raise ExportError(f"{path} is not an ONNX file; write one with hcgnet export --format onnx")
-    try:
-        compiled = openvino.Core().compile_model(str(path), "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[dtype]})
-    except RuntimeError:  # OpenVINO's message is a page of its C++ call stack
-        raise ExportError(f"OpenVINO cannot read {path} as a model; write it again with hcgnet export "
-                          "--format onnx") from None
-    request = compiled.create_infer_request()
-    return lambda x: torch.from_numpy(request.infer({0: x.detach().cpu().float().contiguous().numpy()})[0].copy())
+class OpenVINOModel:
+    """An ONNX export (:func:`export_model`) run by OpenVINO's CPU plugin: a callable from a float32 tensor to a
+    float32 tensor, tuned for one request at a time (``PERFORMANCE_HINT`` LATENCY) on ``threads`` threads
+    (default: torch's). ``dtype`` is OpenVINO's inference precision: ``"bf16"`` computes in bfloat16 where the
+    CPU has it (AVX512-BF16 or AMX) and in float32 where it has not.
+
+    Refused in one line (:class:`ExportError`): a precision OpenVINO does not run, a missing file, one that is
+    not a model. The export's batch and spatial sizes are dynamic, but OpenVINO runs a model faster with them
+    fixed (BENCHMARKS.md, "OpenVINO on the ONNX export"), so each new input shape is compiled once, with its
+    sizes fixed (seconds), and kept: ``requests`` maps the shapes seen to their compiled models' requests."""
+
+    def __init__(self, path, dtype: str = "fp32", threads: Optional[int] = None) -> None:
+        if dtype not in OPENVINO_PRECISIONS:
+            raise ExportError(f"OpenVINO runs fp32 or bf16, not {dtype}")
+        try:
+            import openvino
+            from openvino.frontend import FrontEndManager
+        except ImportError:
+            raise ExportError("the OpenVINO runtime needs openvino: pip install 'hcgnet[openvino]'") from None
+        self.path, self.dtype = Path(path), dtype
+        if self.path.suffix.lower() != ".onnx" or not self.path.is_file():
+            raise ExportError(f"{self.path} is not an ONNX file; write one with hcgnet export --format onnx")
+        # The ONNX frontend itself: Core.read_model tries every frontend on a broken file and TensorFlow's
+        # prints to stderr. Its failures carry a page of OpenVINO's C++ call stack.
+        frontend = FrontEndManager().load_by_framework("onnx")
+        try:
+            self.model = frontend.convert(frontend.load(str(self.path)))
+        except Exception:
+            raise ExportError(f"OpenVINO cannot read {self.path} as a model; write it again with hcgnet export "
+                              "--format onnx") from None
+        self.core = openvino.Core()
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                       "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[dtype]}
+        self.requests = {}  # input shape -> infer request of the model compiled for it
+
+    def _request(self, shape: Tuple[int, ...]):
+        if shape not in self.requests:
+            model = self.model.clone()
+            model.reshape({model.inputs[0]: list(shape)})
+            try:
+                compiled = self.core.compile_model(model, "CPU", self.config)
+            except RuntimeError:
+                raise ExportError(f"OpenVINO's CPU plugin cannot compile {self.path} at {self.dtype} for input "
+                                  f"{list(shape)}; try fp32, or ONNX Runtime") from None
+            self.requests[shape] = compiled.create_infer_request()
+        return self.requests[shape]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().cpu().float().contiguous()
+        return torch.from_numpy(self._request(tuple(x.shape)).infer({0: x.numpy()})[0].copy())
+
