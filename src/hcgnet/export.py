@@ -106,8 +106,9 @@ class OpenVINOModel:
 
     Refused in one line (:class:`ExportError`): a precision OpenVINO does not run, a missing file, one that is
     not a model. The export's batch and spatial sizes are dynamic, but OpenVINO runs a model faster with them
-    fixed (BENCHMARKS.md, "OpenVINO on the ONNX export"), so each new input shape is compiled once, with its
-    sizes fixed (seconds), and kept: ``requests`` maps the shapes seen to their compiled models' requests."""
+    fixed (BENCHMARKS.md, "OpenVINO with the input's sizes fixed"), so each new input shape is compiled once,
+    with its sizes fixed (seconds), and kept: ``requests`` maps the shapes seen to their compiled models'
+    requests."""
 
     def __init__(self, path, dtype: str = "fp32", threads: Optional[int] = None) -> None:
         if dtype not in OPENVINO_PRECISIONS:
@@ -148,4 +149,3 @@ class OpenVINOModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().cpu().float().contiguous()
         return torch.from_numpy(self._request(tuple(x.shape)).infer({0: x.numpy()})[0].copy())
-
