@@ -7,9 +7,9 @@
 Each workload is one :func:`hcgnet.bench.against_published` call: the published eager fp32 and hcgnet's
 configurations with the same weights (logits checked equal first), interleaved over ``--rounds``; figures are
 medians of the per-round medians, ratios medians of the per-round ratios. ``compile`` in inference is
-``hcgnet eval --compile`` (weights frozen); ``int8`` is ``hcgnet eval --int8`` (torchao PT2E, compiled); ``openvino`` is the ONNX export in OpenVINO
-at its fp32 or bf16 precision. The memory workloads also run each
-configuration in a fresh process for its peak resident memory.
+``hcgnet eval --compile`` (weights frozen); ``int8`` is ``hcgnet eval --int8`` (torchao PT2E, compiled);
+``openvino`` is the ONNX export in OpenVINO (``hcgnet.export.OpenVINOModel``) at its fp32 or bf16 precision.
+The memory workloads also run each configuration in a fresh process for its peak resident memory.
 """
 import argparse
 import json

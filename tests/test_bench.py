@@ -81,6 +81,8 @@ def test_bench_refuses_what_cannot_run(capsys):
     assert "unknown runtime" in capsys.readouterr().err
     assert main(["bench", "--model", TINY, "--modes", "train", "--runtimes", "onnx,int8"]) == 2
     assert "the onnx, int8 runtimes time inference only; add --modes infer" in capsys.readouterr().err
+    assert main(["bench", "--model", TINY, "--modes", "train", "--runtimes", "openvino"]) == 2
+    assert "the openvino runtime times inference only; add --modes infer" in capsys.readouterr().err
     assert main(["bench", "--model", TINY, "--batch-size", "8,many"]) == 2
     assert "comma-separated whole numbers" in capsys.readouterr().err
     assert main(["bench", "--model", TINY, "--csv", "no/such/folder/out.csv"]) == 2

@@ -302,8 +302,9 @@ def check_request(dev: torch.device, modes: Sequence[str], dtypes: Sequence[str]
         if runtime in ("int8", "openvino") and dev.type != "cpu":
             raise HCGNetError(f"the {runtime} runtime runs on the CPU; add --device cpu")
     if "eager" not in runtimes and all(mode == "train" for mode in modes):
-        raise HCGNetError(f"the {', '.join(runtimes)} runtime{'s' if len(runtimes) > 1 else ''} time inference only; "
-                          "add --modes infer (or latency), or --runtimes eager to time training")
+        these = f"the {', '.join(runtimes)} runtimes time" if len(runtimes) > 1 else f"the {runtimes[0]} runtime times"
+        raise HCGNetError(f"{these} inference only; add --modes infer (or latency), or --runtimes eager to time "
+                          "training")
     if min(batches) < 2 and "train" in modes:
         raise HCGNetError("training needs a batch of at least 2 (the gates' BatchNorm1d)")
 
