@@ -15,18 +15,18 @@ H100/H200). Steps:
                       fp32, fp32 channels_last, bf16 and fp16 (channels_last), bf16 with cudnn.benchmark,
                       with torch.cuda.max_memory_allocated (hcgnet.bench.run_config); with --published, the
                       published implementation beside hcgnet with identical weights (bench.against_published)
-    timings_compiled  the timing workloads compiled (bf16 channels_last), compile time included; A1 training
-                      (the recipe estimate's) first
-    compile_modes     torch.compile's "reduce-overhead" (CUDA graphs) and "max-autotune-no-cudagraphs" on
-                      A1 inference at batch 1 and 256, against eager (CUDA graphs first)
+    timings_compiled  the timing workloads compiled with CUDA graphs (bf16 channels_last, "reduce-overhead"),
+                      compile time included; A1 training (the recipe estimate's) first
+    compile_modes     torch.compile's "reduce-overhead" (CUDA graphs) on A1 inference at batch 1 and 256,
+                      against eager; with --autotune also "max-autotune-no-cudagraphs" (minutes of autotuning)
     estimate          wall time of the CIFAR-10 A1 recipe (1270 epochs of 50,000 images at batch 128) from
                       the measured A1 training images/s, ours and (with --published) the published code's
 
 A step that fails is recorded with its one-line error (the traceback is kept in the JSON) and the suite goes
 on; a step that would start after the budget is spent is skipped with a note, and a compilation is not
-started with less than COMPILE_RESERVE_S left. The JSON (written after every step, so a killed run keeps
-what it measured) holds the device, torch/CUDA/cuDNN versions, the date and every figure; the exit code is 1
-when a step failed.
+started with less time left than it took on an H200 (COMPILE_SECONDS). The JSON (written after every row, so
+a killed run keeps what it measured) holds the device, torch/CUDA/cuDNN versions, the date and every figure;
+the exit code is 1 when a step failed.
 
     PYTHONPATH=src python benchmarks/gpu_suite.py                       # on the GPU machine
     PYTHONPATH=src python benchmarks/gpu_suite.py --published ../HCGNet # also the published implementation
@@ -38,7 +38,7 @@ An existing results file is replaced only with ``--force``; the dry run's defaul
 ``--dry-run`` runs every step on the CPU at toy sizes (a tiny network, 16x16 images, batch 4, 2 steps): fp16
 with torch.amp.GradScaler("cpu"), bf16 for the trainer's amp (hcgnet refuses fp16 on a CPU), gloo with two
 processes under torchrun, torch.compile with the eager backend (inductor takes minutes on 2 cores); what has
-no CPU counterpart (cudnn.benchmark, fp16 timings, compiled timings) is skipped with a note.
+no CPU counterpart (cudnn.benchmark, fp16 timings) is skipped with a note.
 """
 import argparse
 import contextlib
@@ -75,9 +75,11 @@ from hcgnet.models import create_model  # noqa: E402
 
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "gpu_suite.json"
 DRY_RUN_JSON = REPO / "benchmarks" / "results" / "gpu_suite_dry_run.json"  # never the GPU figures' file
-# No compilation starts with less left: a guess (a minute or more for B) until a GPU run has measured it (the
-# JSON's first_step_s of compiled rows, compile_s of compile_modes).
-COMPILE_RESERVE_S = 90.0
+# No compilation starts with less time left than it is expected to take. Measured on an H200 (2026-12-04,
+# benchmarks/results/gpu_suite.json and gpu_suite_compile_modes.log): A1 training compiled in 173 s, A1 inference
+# with CUDA graphs in 53 s (batch 1) and 63 s (batch 256). B is not measured yet: guessed from its depth.
+COMPILE_SECONDS = {"a1-train": 175.0, "a1-infer": 65.0, "b-train": 300.0, "b-infer": 120.0, "b-latency": 120.0}
+COMPILE_RESERVE_S = 90.0  # anything else
 CIFAR10_TRAIN_IMAGES = 50_000  # the published code trains on all of them; our recipe holds 5,000 out
 
 # Each path against fp32 (run without TF32, so that channels_last differs from NCHW by summation order only):
@@ -144,7 +146,8 @@ class Suite:
         self.start = time.monotonic()
         self.report: Dict[str, Any] = {"environment": environment(device, self.dry), "settings": {
             "dry_run": self.dry, "budget_s": args.budget_s, "published": args.published,
-            "compile_reserve_s": COMPILE_RESERVE_S, "tolerances": TOLERANCES, "scale": asdict(scale)},
+            "compile_seconds": COMPILE_SECONDS, "compile_reserve_s": COMPILE_RESERVE_S, "tolerances": TOLERANCES,
+            "scale": asdict(scale)},
             "steps": []}
         self.step_record: Dict[str, Any] = {}
 
@@ -170,6 +173,7 @@ class Suite:
     def row(self, record: Dict[str, Any], line: str) -> None:
         self.step_record.setdefault("results", []).append(record)
         say(f"    {line}")
+        self.write()  # a run killed in the middle of a step (a compilation past the limit) keeps its rows
 
     def run(self, steps: Sequence[Tuple[str, str, Callable[["Suite"], None], bool]]) -> int:
         env = self.report["environment"]
@@ -576,21 +580,38 @@ EAGER_CONFIGS = [("fp32", BenchConfig("x"), {}), ("fp32 channels_last", BenchCon
                  ("bf16 channels_last", BenchConfig("x", "bf16", True), {}),
                  ("fp16 channels_last", BenchConfig("x", "fp16", True), {}),
                  ("bf16 channels_last cudnn.benchmark", BenchConfig("x", "bf16", True), {"cudnn_benchmark": True})]
-COMPILED_CONFIG = ("bf16 channels_last compile", BenchConfig("x", "bf16", True, compile=True), {})
+# Compiled with CUDA graphs: on the H200 eager HCGNet is bound by kernel launches (A1 inference took 35 ms a step at
+# batch 1 and 37 ms at batch 256), and torch.compile's default mode gave A1 training only 1.06x over eager bf16.
+COMPILED_CONFIG = ("bf16 channels_last compile (CUDA graphs)", BenchConfig("x", "bf16", True), {})
 
 
-def time_workload(suite: Suite, key: str, label: str, cfg: BenchConfig, flags: Dict[str, bool]) -> None:
-    """One configuration of one workload through hcgnet.bench.run_config, recorded as a row."""
+def compiled(suite: Suite, model: nn.Module, mode: str = "reduce-overhead") -> nn.Module:
+    """``model`` under torch.compile in ``mode``; in the dry run with the eager backend (dynamo's trace, no
+    Inductor code, no CUDA graphs): it checks that the network traces, not its speed."""
+    if suite.device.type == "cuda":
+        return torch.compile(model, mode=mode, dynamic=False)
+    return torch.compile(model, backend="eager", dynamic=False)
+
+
+def compile_budget(suite: Suite, workload: str) -> Optional[str]:
+    """Why a compilation of ``workload`` must not start now (None: it may)."""
+    need = COMPILE_SECONDS.get(workload, COMPILE_RESERVE_S) if suite.device.type == "cuda" else 0.0
+    left = suite.left()
+    return f"budget: {max(left, 0):.0f} s left, a compilation needs about {need:.0f}" if left <= need else None
+
+
+def time_workload(suite: Suite, key: str, label: str, cfg: BenchConfig, flags: Dict[str, bool],
+                  graphs: bool = False) -> None:
+    """One configuration of one workload through hcgnet.bench.run_config, recorded as a row; ``graphs``: the
+    network compiled with CUDA graphs (:func:`compiled`)."""
     model, mode, batch, side = suite.scale.workloads[key]
     what = f"{key} {label}"
     cuda = suite.device.type == "cuda"
     skip = None
     if not cuda and (cfg.dtype == "fp16" or flags):
         skip = "CUDA only (the dry run has no GPU)"
-    elif not cuda and cfg.compile:
-        skip = "inductor takes minutes on a CPU; compile_modes traces the model with the eager backend"
-    elif cfg.compile and suite.left() < COMPILE_RESERVE_S:
-        skip = f"budget: {max(suite.left(), 0):.0f} s left, a compilation needs about {COMPILE_RESERVE_S:.0f}"
+    elif graphs:
+        skip = compile_budget(suite, key)
     elif suite.left() <= 0:
         skip = "budget spent"
     if skip:
@@ -598,12 +619,14 @@ def time_workload(suite: Suite, key: str, label: str, cfg: BenchConfig, flags: D
                   f"{what:48s} skipped: {skip}")
         return
     release_memory()
-    if cfg.compile:
+    build = None
+    if graphs:
         torch.compiler.reset()  # the workloads' networks share HCGNet.forward: no graph cache from the one before
+        build = lambda _: compiled(suite, create_model(model, num_classes=10))  # noqa: E731 (seeded by run_config)
     try:
         with cuda_flags(**flags):
             r = run_config(model, replace(cfg, mode=mode), batch, (side, side), suite.scale.timed_steps,
-                           suite.scale.warmup, suite.device)
+                           suite.scale.warmup, suite.device, build=build)
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None  # run_config reset it before its steps
     except Exception as e:
         suite.step_record.setdefault("tracebacks", {})[what] = traceback.format_exc()
@@ -611,11 +634,13 @@ def time_workload(suite: Suite, key: str, label: str, cfg: BenchConfig, flags: D
                   f"{what:48s} FAILED: {one_line(e)}")
         return
     r.update(what=what, workload=key, config=label, model=model, status="ok", max_memory_allocated_mb=peak, **flags)
+    if graphs:
+        r.update(compile=True, compile_mode="reduce-overhead" if cuda else "eager backend (dry run)")
     figure = f"{r['latency_ms']:8.2f} ms" if mode == "latency" else f"{r['images_per_s']:8.1f} img/s"
     memory = f"peak {peak:7.0f} MB" if peak is not None else f"+{r['peak_memory_added_mb']:.0f} MB rss"
     loss = f"  first loss {r['first_loss']:.4f}" if "first_loss" in r else ""
-    compiled = f"  first step {r['first_step_s']:.0f} s" if cfg.compile else ""
-    suite.row(r, f"{what:48s} {figure}  {memory}{loss}{compiled}")
+    first = f"  first step {r['first_step_s']:.0f} s" if graphs else ""
+    suite.row(r, f"{what:48s} {figure}  {memory}{loss}{first}")
 
 
 def step_timings(suite: Suite) -> None:
@@ -631,7 +656,7 @@ def step_timings(suite: Suite) -> None:
 def step_timings_compiled(suite: Suite) -> None:
     label, cfg, flags = COMPILED_CONFIG
     for key in ("a1-train", "b-latency", "b-infer", "b-train"):  # the recipe estimate's workload first
-        time_workload(suite, key, label, cfg, flags)
+        time_workload(suite, key, label, cfg, flags, graphs=True)
 
 
 # --- the published implementation beside hcgnet: hcgnet.bench.against_published (its own class from the clone,
@@ -687,17 +712,23 @@ def step_compile_modes(suite: Suite) -> None:
                                 (large, "max-autotune-no-cudagraphs"), (small, "max-autotune-no-cudagraphs")]))
     timed_eager = set()
     for batch, mode in items:
+        what = f"batch {batch} {mode}"
+        if mode.startswith("max-autotune") and not suite.args.autotune:
+            note = ("only with --autotune: on an H200 it autotuned every matrix product of A1 at batch 256 (about 7 s "
+                    "each) for over 200 s without finishing")
+            suite.row({"what": what, "batch": batch, "compile_mode": mode, "status": "skipped", "note": note},
+                      f"batch {batch:3d} {mode:28s} skipped: only with --autotune")
+            continue
         if batch not in timed_eager:
             timed_eager.add(batch)
             r = run_config(name, cfg, batch, size, scale.timed_steps, scale.warmup, device)
             suite.row({**r, "what": f"batch {batch} eager", "compile_mode": "eager", "status": "ok"},
                       f"batch {batch:3d} {'eager':28s} {1000 * r['median_s']:8.2f} ms/step  "
                       f"{r['images_per_s']:9.0f} img/s")
-        what = f"batch {batch} {mode}"
-        if cuda and suite.left() < COMPILE_RESERVE_S:
-            suite.row({"what": what, "batch": batch, "compile_mode": mode, "status": "skipped",
-                       "note": f"budget: {max(suite.left(), 0):.0f} s left"},
-                      f"batch {batch:3d} {mode:28s} skipped: {max(suite.left(), 0):.0f} s left")
+        skip = compile_budget(suite, "a1-infer" if name == "hcgnet_a1" else "")
+        if skip:
+            suite.row({"what": what, "batch": batch, "compile_mode": mode, "status": "skipped", "note": skip},
+                      f"batch {batch:3d} {mode:28s} skipped: {skip}")
             continue
         release_memory()
         try:
@@ -706,15 +737,14 @@ def step_compile_modes(suite: Suite) -> None:
             torch.manual_seed(0)
             model = create_model(name, num_classes=10).to(device).eval().to(memory_format=torch.channels_last)
             x = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=torch.channels_last)
-            compiled = (torch.compile(model, mode=mode, dynamic=False) if cuda
-                        else torch.compile(model, backend="eager", dynamic=False))
+            program = compiled(suite, model, mode)
             with torch.no_grad(), autocast(device, torch.bfloat16):
                 reference = model(x).float().cpu()
                 started = time.perf_counter()
                 torch.compiler.cudagraph_mark_step_begin()  # a replay may overwrite the outputs of the one before
-                gap = relative_error(compiled(x).float().cpu(), reference)
+                gap = relative_error(program(x).float().cpu(), reference)
                 compile_s = time.perf_counter() - started
-            r = run_config(name, cfg, batch, size, scale.timed_steps, scale.warmup, device, build=lambda _: compiled)
+            r = run_config(name, cfg, batch, size, scale.timed_steps, scale.warmup, device, build=lambda _: program)
         except Exception as e:
             suite.step_record.setdefault("tracebacks", {})[what] = traceback.format_exc()
             suite.row({"what": what, "batch": batch, "compile_mode": mode, "status": "failed", "error": one_line(e)},
@@ -785,6 +815,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--published", default=os.environ.get("HCGNET_PUBLISHED"),
                    help="a clone of github.com/winycg/HCGNet: time its models beside hcgnet's with the same "
                    "weights (default: $HCGNET_PUBLISHED)")
+    p.add_argument("--autotune", action="store_true",
+                   help="compile_modes also tries torch.compile's max-autotune-no-cudagraphs (minutes of autotuning)")
     p.add_argument("--only", default=None, help=f"comma-separated steps to run: {', '.join(STEP_NAMES)}")
     p.add_argument("--fail-step", default=None, choices=STEP_NAMES, help=argparse.SUPPRESS)  # tests the suite
     args = p.parse_args(argv)

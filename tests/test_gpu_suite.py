@@ -43,10 +43,19 @@ def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
         {"a1-train", "b-train", "b-infer", "b-latency"}
     assert {r["status"] for r in timed} == {"ok", "skipped"}
     assert all(r.get("note") for r in timed if r["status"] == "skipped")
-    # both compile modes traced the network (the eager backend on the CPU) and gave eager's logits
+    # every workload compiled (CUDA graphs on a GPU; here dynamo's trace with the eager backend) and timed
+    compiled = steps["timings_compiled"]["results"]
+    assert [(r["workload"], r["status"], r["compile"]) for r in compiled] == [
+        (w, "ok", True) for w in ("a1-train", "b-latency", "b-infer", "b-train")]
+    assert all(r["first_loss"] == pytest.approx(r0["first_loss"], rel=1e-2) for r in compiled if "first_loss" in r
+               for r0 in timed if r0["workload"] == r["workload"] and r0["config"] == "bf16 channels_last")
+    # CUDA graphs traced the network and gave eager's logits; autotuning (minutes on a GPU) only with --autotune
     modes = {r["compile_mode"]: r for r in steps["compile_modes"]["results"]}
     assert set(modes) == {"eager", "reduce-overhead", "max-autotune-no-cudagraphs"}
-    assert all(r["status"] == "ok" for r in modes.values()) and all(c["ok"] for c in steps["compile_modes"]["checks"])
+    assert modes["eager"]["status"] == modes["reduce-overhead"]["status"] == "ok"
+    assert modes["max-autotune-no-cudagraphs"]["status"] == "skipped"
+    assert modes["max-autotune-no-cudagraphs"]["note"].startswith("only with --autotune")
+    assert all(c["ok"] for c in steps["compile_modes"]["checks"])
     # the estimate is the recipe's images over each measured speed: 1270 epochs x 50,000 images
     for row in steps["estimate"]["results"]:
         assert row["hours"] * 3600 * row["images_per_s"] == pytest.approx(1270 * 50_000)
@@ -64,6 +73,16 @@ def test_a_failing_step_is_recorded_and_the_steps_after_it_still_run(tmp_path):
     assert {name: steps[name]["status"] for name in STEPS} == {
         "cuda_paths": "failed", "trainer": "skipped", "torchrun": "skipped", "timings": "ok",
         "compile_modes": "skipped", "timings_compiled": "skipped", "estimate": "ok"}
+
+
+def test_autotune_adds_the_max_autotune_mode(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = run_suite("--json", out, "--only", "compile_modes", "--autotune")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = {s["name"]: s for s in json.loads(out.read_text())["steps"]}
+    rows = {r["compile_mode"]: r for r in steps["compile_modes"]["results"]}
+    autotuned = rows["max-autotune-no-cudagraphs"]
+    assert autotuned["status"] == "ok" and autotuned["logits_rel"] == 0
 
 
 def test_an_existing_results_file_is_kept_without_force(tmp_path):
