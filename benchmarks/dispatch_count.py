@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hcgnet.bench import model_defaults
 from hcgnet.errors import HCGNetError
+from hcgnet.files import atomic_path, check_output_file
 from hcgnet.published import hcgnet_twin, published_model
 
 # Operators that make a view or an uninitialised tensor: no kernel runs.
@@ -63,10 +64,12 @@ def main() -> None:
     p.add_argument("--models", default="hcgnet_a1,hcgnet_b", help="comma-separated variants the clone has")
     p.add_argument("--side", type=int, default=None, help="input side (default: the model's; B at 64 is as good)")
     p.add_argument("--json", default=None, help="write the counts here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
     torch.set_num_threads(1)
     results = []
     try:
+        json_path = check_output_file(args.json, "--json", args.force) if args.json else None
         for name in args.models.split(","):
             (height, width), num_classes = model_defaults(name)
             side = args.side or min(height, 64)  # counts do not depend on the size; B at 224 only takes longer
@@ -88,9 +91,10 @@ def main() -> None:
     except HCGNetError as e:
         print(f"dispatch_count: error: {e}", file=sys.stderr)
         sys.exit(2)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "rows": results}, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps({"torch": torch.__version__, "rows": results}, indent=1) + "\n")
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

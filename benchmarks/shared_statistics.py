@@ -1,7 +1,7 @@
 """Shared BatchNorm statistics, measured where HCGNet has them: several pre-activation BatchNorm + ReLU of one
 feature map, each with its own weight and bias (issue 17, "Where the time goes": an idea weighed).
 
-    python benchmarks/shared_statistics.py --rounds 7 --json benchmarks/results/shared_statistics.json
+    python benchmarks/shared_statistics.py --rounds 7 --json benchmarks/results/shared_statistics.json  # --force to replace
 
 Every consumer of a feature map in HCGNet normalises it with the same batch statistics: the excitation cell's
 two depthwise branches read the same squeezed map (2 consumers), and a chunk of a hybrid block is read by every
@@ -23,6 +23,7 @@ nothing about it.
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -31,6 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from hcgnet.bench import machine_description
+from hcgnet.errors import HCGNetError
+from hcgnet.files import atomic_path, check_output_file
 from hcgnet.layers import BatchNorm2d
 
 
@@ -64,13 +67,17 @@ def copy_affine(per: PerConsumer, shared: Shared) -> None:
             shared.bias[i].copy_(norm.bias.view(1, -1, 1, 1))
 
 
+def loss_of(outs: List[Tensor], grads: List[Tensor]) -> Tensor:
+    """sum_c <out_c, g_c>: its gradient with respect to out_c is g_c."""
+    return sum((o.float() * g).sum() for o, g in zip(outs, grads))
+
+
 def step_fn(model: nn.Module, x: Tensor, grads: List[Tensor]) -> Callable[[], Tensor]:
     def step() -> Tensor:
         x.grad = None
         for p in model.parameters():
             p.grad = None
-        outs = model(x)
-        loss = sum((o.float() * g).sum() for o, g in zip(outs, grads))
+        loss = loss_of(model(x), grads)
         loss.backward()
         return loss
     return step
@@ -81,7 +88,7 @@ def check_equal(per: PerConsumer, shared: Shared, x: Tensor, grads: List[Tensor]
     for name, model in (("per", per), ("shared", shared)):
         xx = x.detach().clone().requires_grad_(True)
         outs = model(xx)
-        sum((o.float() * g).sum() for o, g in zip(outs, grads)).backward()
+        loss_of(outs, grads).backward()
         results[name] = (torch.stack([o.detach().float() for o in outs]), xx.grad.float())
     out_gap = float((results["per"][0] - results["shared"][0]).abs().max() / results["per"][0].abs().max())
     grad_gap = float((results["per"][1] - results["shared"][1]).abs().max() / results["per"][1].abs().max())
@@ -98,8 +105,14 @@ def main() -> None:
     p.add_argument("--compile", default="off", help="off and/or on (see above)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration and round")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    try:  # a file that would be replaced is refused before the minutes of timing, not after
+        json_path = check_output_file(args.json, "--json", args.force) if args.json else None
+    except HCGNetError as e:
+        print(f"shared_statistics: error: {e}", file=sys.stderr)
+        sys.exit(2)
     torch.manual_seed(0)
     configs = []
     for consumers in map(int, args.consumers.split(",")):
@@ -143,11 +156,12 @@ def main() -> None:
               f"shared/per {row['shared_over_per']:.3f} ({row['ratio_range'][0]:.3f}-{row['ratio_range'][1]:.3f}, "
               f"faster in {row['shared_faster_rounds']} of {row['rounds']})  outputs {row['gaps']['outputs']:.1e}  "
               f"input gradient {row['gaps']['input_gradient']:.1e}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine_description(), "threads": torch.get_num_threads(),
-                                               "batch": args.batch, "channels": args.channels, "side": args.side,
-                                               "rows": rows}, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    if json_path:
+        report = {"machine": machine_description(), "threads": torch.get_num_threads(), "batch": args.batch,
+                  "channels": args.channels, "side": args.side, "rows": rows}
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,17 @@ def test_set(trained):
     return model, meta, x, y, logits
 
 
+def load_script(path, name=None):
+    """A script that is not a package module (benchmarks/, docs/) imported from its file."""
+    import importlib.util
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_image_folder(root, classes=3, per_class=12, size=(20, 20), seed=0):
     """Class folders of small PNGs, each class its own colour plus noise (learnable in a few steps)."""
     rng = np.random.default_rng(seed)

@@ -1,26 +1,20 @@
 """benchmarks/dispatch_count.py counts the operators a step dispatches, the published code's and hcgnet's."""
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from conftest import load_script
 from torch import nn
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dispatch_count.py"
 STANDIN = Path(__file__).parent / "published_standin"  # a clone's layout and names, hcgnet's arithmetic
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("dispatch_count", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_counts_what_a_linear_layer_dispatches():
-    script = load_script()
+    script = load_script(SCRIPT)
     layer, x = nn.Linear(3, 2), torch.randn(4, 3)
     # forward: the weight's transpose (a view) and one fused product with the bias
     assert script.count(layer, x, train=False) == {"t": 1, "addmm": 1}
@@ -47,3 +41,13 @@ def test_a_wrong_clone_is_one_line_and_exit_2(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("dispatch_count: error: ") and proc.stderr.count("\n") == 1
+
+
+def test_an_earlier_result_is_kept_without_force(tmp_path):
+    out = tmp_path / "counts.json"
+    out.write_text("earlier counts")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--published", str(STANDIN), "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"dispatch_count: error: {out} already exists; pass --force to replace it\n"
+    assert out.read_text() == "earlier counts"

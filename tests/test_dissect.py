@@ -378,13 +378,11 @@ def test_timm_model_default_layers_are_its_feature_maps(broden, single_thread):
 
 
 def test_the_synthetic_set_of_the_readme_reads_as_broden(tmp_path):
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "docs" / "synthetic_broden.py"
-    spec = importlib.util.spec_from_file_location("synthetic_broden", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from conftest import load_script
+
+    module = load_script(Path(__file__).resolve().parent.parent / "docs" / "synthetic_broden.py")
     root = module.write(tmp_path / "synthetic", images=6)
     ds = Broden(root, size=(32, 32))
     assert len(ds) == 6 and ds.categories == ["color", "object", "scene", "texture"]

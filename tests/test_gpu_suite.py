@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
 STEPS = ["cuda_paths", "trainer", "torchrun", "timings", "timings_compiled", "compile_modes", "estimate"]
@@ -107,12 +108,7 @@ def test_no_step_starts_after_the_budget_is_spent(tmp_path):
 
 
 def load_suite_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SUITE)
 
 
 def test_a_figure_out_of_tolerance_fails_its_step_with_the_figure_in_the_error(tmp_path):
