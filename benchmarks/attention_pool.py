@@ -3,7 +3,7 @@
 one output channel and a batched matrix product (the published code's formulation, written here from the
 paper's eqs. 5-6).
 
-    python benchmarks/attention_pool.py [--rounds 5] [--json benchmarks/results/attention_pool.json]
+    python benchmarks/attention_pool.py [--rounds 5] [--json benchmarks/results/attention_pool.json]  # --force to replace
 
 Interleaved rounds, each timing both formulations once per case; medians of the per-round medians and of
 the per-round ratios (hcgnet over conv + bmm: below 1 is faster).
@@ -12,10 +12,12 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from hcgnet.bench import machine_description
+from hcgnet.files import atomic_path, script_output_file
 from hcgnet.layers.attention_pool import AttentionPool
 
 CASES = ((64, 12, 32), (64, 24, 16), (64, 36, 8))  # A1's three stages: (batch, growth rate k, side)
@@ -43,7 +45,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="timed forward+backward passes per round and case")
     p.add_argument("--json", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "attention_pool")
     rows = []
     for batch, channels, side in CASES:
         for dtype in (torch.float32, torch.bfloat16):
@@ -68,10 +72,10 @@ def main() -> None:
                 print(f"{batch}x{channels}x{side}x{side} {row['dtype']:8s} {'channels_last' if channels_last else 'NCHW':13s}"
                       f" hcgnet {row['hcgnet_ms']:6.2f} ms   conv+bmm {row['conv_bmm_ms']:6.2f} ms   "
                       f"ratio {row['ratio']:.2f}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine_description(), "threads": torch.get_num_threads(), "rows": rows}, f,
-                      indent=2)
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps({"machine": machine_description(), "threads": torch.get_num_threads(),
+                                             "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ view, ``hcgnet.layers.batch_norm``) against torch's ``nn.BatchNorm2d`` on the sa
 map in NCHW; then a whole HCGNet-A1 training step (batch 64, channels_last) with hcgnet's norms against the same
 network with torch's.
 
-    python benchmarks/batch_norm.py [--rounds 5] [--json benchmarks/results/batch_norm.json]
+    python benchmarks/batch_norm.py [--rounds 5] [--json benchmarks/results/batch_norm.json]  # --force to replace
 
 Interleaved rounds; medians of the per-round medians and of the per-round ratios (hcgnet over torch on the same
 channels_last map: below 1 is faster).
@@ -13,11 +13,13 @@ import copy
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from hcgnet.bench import machine_description
+from hcgnet.files import atomic_path, script_output_file
 from hcgnet.layers import BatchNorm2d
 from hcgnet.models import create_model
 
@@ -112,14 +114,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed passes per round and case (training steps: a third)")
     p.add_argument("--no-step", action="store_true", help="time the norms alone, not the A1 training step")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "batch_norm")
     result = {"machine": machine_description(), "threads": torch.get_num_threads(),
               "norms": norm_rows(args.rounds, args.steps)}
     if not args.no_step:
         result["a1_step"] = step_rows(args.rounds, max(1, args.steps // 3))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

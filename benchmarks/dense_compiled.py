@@ -3,9 +3,9 @@ concatenations as written, side by side with the published implementation's own 
 weights: A1 at batch 256 by default, any variant at its own input size and any batch.
 
     python benchmarks/dense_compiled.py --published ~/HCGNet-published --rounds 7 \\
-        --json benchmarks/results/dense_compiled.json
+        --json benchmarks/results/dense_compiled.json  # --force to replace
     python benchmarks/dense_compiled.py --published ~/HCGNet-published --model hcgnet_b --batch 1 \\
-        --steps 20 --rounds 5 --json benchmarks/results/dense_compiled_b_latency.json
+        --steps 20 --rounds 5 --json benchmarks/results/dense_compiled_b_latency.json  # --force to replace
 
 hcgnet's two are ``hcgnet eval --compile`` (bf16 autocast, channels_last, weights frozen) with
 ``HybridBlock.compiled_buffer`` True in every block (``buffer_min_positions`` 0, whatever the maps' size) and
@@ -27,6 +27,7 @@ import torch
 from hcgnet.bench import machine_description, model_defaults
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import HCGNetError
+from hcgnet.files import atomic_path, script_output_file
 from hcgnet.models.hcgnet import set_compiled_buffer
 from hcgnet.published import paired_models
 
@@ -44,7 +45,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--dtypes", default="bf16", help="comma-separated: bf16 (autocast), fp32")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "dense_compiled")
     contexts = {"bf16": lambda: torch.autocast("cpu", torch.bfloat16), "fp32": contextlib.nullcontext}
     dtypes = args.dtypes.split(",")
     if set(dtypes) - set(contexts):
@@ -97,12 +100,12 @@ def main() -> None:
                                                      rounds[label(dtype, "concatenation")])]
         print(f"{dtype} buffer / concatenation: {statistics.median(pair):.3f} "
               f"(rounds {min(pair):.3f}-{max(pair):.3f})")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "model": args.model, "batch": args.batch, "size": list(size), "steps": args.steps,
-            "rounds": args.rounds, "rows": rows, "buffer_over_concatenation": pairs, "machine": machine_description(),
-            "date": time.strftime("%Y-%m-%d")}, indent=2))
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps({
+                "model": args.model, "batch": args.batch, "size": list(size), "steps": args.steps,
+                "rounds": args.rounds, "rows": rows, "buffer_over_concatenation": pairs,
+                "machine": machine_description(), "date": time.strftime("%Y-%m-%d")}, indent=2))
 
 
 if __name__ == "__main__":

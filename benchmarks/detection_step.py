@@ -1,11 +1,12 @@
 """Training steps/s and peak memory of Mask R-CNN + FPN with HCGNet-B against torchvision's ResNet-50, in one
 process, interleaved (issue 11).
 
-    PYTHONPATH=src python benchmarks/detection_step.py --device cpu --image-size 320 --batch 2 --steps 3
+    PYTHONPATH=src python benchmarks/detection_step.py --device cpu --image-size 320 --batch 2 --steps 3  # --force to replace
     PYTHONPATH=src python benchmarks/detection_step.py --device cuda --image-size 800 --batch 2 --steps 20 --amp bf16
 
 Synthetic images (a shorter side of --image-size, 4:3) with three boxes and masks each; the detector's default
-settings (trainable_stages 3, frozen norms, 2000/1000 proposals). Writes benchmarks/results/detection_step.json (peak memory: CUDA only, the models' weights included).
+settings (trainable_stages 3, frozen norms, 2000/1000 proposals). Writes benchmarks/results/detection_step.json
+(or --json; an existing file only with --force). Peak memory: CUDA only, the models' weights included.
 """
 import argparse
 import json
@@ -17,6 +18,9 @@ import torch
 
 from hcgnet.detection import build_detector
 from hcgnet.evaluation import AMP_DTYPES, autocast
+from hcgnet.files import atomic_path, script_output_file
+
+DEFAULT_JSON = Path(__file__).parent / "results" / "detection_step.json"
 
 
 def batch(n, size, device):
@@ -55,7 +59,11 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES))
+    p.add_argument("--json", default=str(DEFAULT_JSON),
+                   help="write the results here (default: benchmarks/results/detection_step.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "detection_step")
     device = torch.device(args.device)
     images, targets = batch(args.batch, args.image_size, device)
     steps, times, peak = {}, {}, {}
@@ -85,8 +93,8 @@ def main():
                         "images_per_s": args.batch / statistics.median(ts), "runs_s": ts,
                         "peak_memory_gib": peak.get(name)}
     print(json.dumps(result, indent=1))
-    out = Path(__file__).parent / "results" / "detection_step.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    with atomic_path(json_path) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 against hcgnet's (``DilatedDepthwiseConv2d.forward_fast_backward``: flipped-kernel input gradient,
 phase-map weight gradient), for every layout and dtype.
 
-    python benchmarks/dilated_depthwise.py --json benchmarks/results/dilated_depthwise.json
+    python benchmarks/dilated_depthwise.py --json benchmarks/results/dilated_depthwise.json  # --force to replace
 
 Shapes are HCGNet-A1's at batch 64: the hybrid blocks' k-channel maps (12 x 32^2, 24 x 16^2, 36 x 8^2)
 and two transitions'. The undilated 3x3 of the same shape is timed too, for scale. Medians of repeated passes, all forms one after the other.
@@ -10,10 +10,12 @@ and two transitions'. The undilated 3x3 of the same shape is timed too, for scal
 import argparse
 import itertools
 import json
+from pathlib import Path
 
 import torch
 from gate_passes import median_seconds  # the sibling script (this folder is on sys.path when run)
 
+from hcgnet.files import atomic_path, script_output_file
 from hcgnet.layers.conv import DilatedDepthwiseConv2d
 
 
@@ -27,7 +29,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--json", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "dilated_depthwise")
     torch.manual_seed(0)
     rows = []
     for (c, h), layout, dtype in itertools.product(((12, 32), (24, 16), (36, 8), (60, 16), (126, 8)),
@@ -52,10 +56,10 @@ def main() -> None:
         print(f"{str((64, c, h, h)):16s} {layout} {dt:8s} standard {ms['standard']:7.2f} ms   "
               f"fast {ms['fast']:6.2f} ms   x{ms['standard'] / ms['fast']:.2f}   "
               f"(undilated 3x3: {ms['undilated']:.2f} ms)", flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"threads": torch.get_num_threads(), "pass": "forward + backward", "rows": rows}, fh,
-                      indent=2)
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps({"threads": torch.get_num_threads(), "pass": "forward + backward",
+                                             "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

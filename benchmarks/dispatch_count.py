@@ -2,7 +2,7 @@
 launches kernels one by one (a GPU at HCGNet's sizes, BENCHMARKS.md "The first GPU run").
 
     python benchmarks/dispatch_count.py --published ~/HCGNet-published \\
-        --json benchmarks/results/dispatch_count.json
+        --json benchmarks/results/dispatch_count.json  # --force to replace
 
 Each model (the published code's own class and hcgnet's twin with its weights, hcgnet.published) runs one
 training step (forward and backward of the logits' sum) and one inference on a batch of 2, fp32, NCHW, one
@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hcgnet.bench import model_defaults
 from hcgnet.errors import HCGNetError
-from hcgnet.files import atomic_path, check_output_file
+from hcgnet.files import atomic_path, script_output_file
 from hcgnet.published import hcgnet_twin, published_model
 
 # Operators that make a view or an uninitialised tensor: no kernel runs.
@@ -66,10 +66,10 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write the counts here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "dispatch_count")
     torch.set_num_threads(1)
     results = []
     try:
-        json_path = check_output_file(args.json, "--json", args.force) if args.json else None
         for name in args.models.split(","):
             (height, width), num_classes = model_defaults(name)
             side = args.side or min(height, 64)  # counts do not depend on the size; B at 224 only takes longer

@@ -4,7 +4,7 @@
   attention weights, average-pooling and rescaling by the number of positions (three passes over the map);
 * the SMG output ``v + X' * f``: one ``addcmul``, against a multiply and then an add.
 
-    python benchmarks/gate_passes.py --json benchmarks/results/gate_passes.json
+    python benchmarks/gate_passes.py --json benchmarks/results/gate_passes.json  # --force to replace
 
 Shapes are those of HCGNet-A1's first hybrid block at batch 64 (and of the last one). Medians of
 repeated forward + backward passes, both forms one after the other in one process.
@@ -14,8 +14,11 @@ import itertools
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
+
+from hcgnet.files import atomic_path, script_output_file
 
 
 def pool_bmm(x, w):  # w: (B, HW) softmax weights
@@ -64,7 +67,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--json", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "gate_passes")
     torch.manual_seed(0)
     rows = []
     for (b, c, h), layout, dtype, backward in itertools.product(
@@ -87,9 +92,9 @@ def main() -> None:
                          "fused_ms": 1000 * t_fused, "textbook_ms": 1000 * t_textbook, "speedup": t_textbook / t_fused})
             print(f"{name:18s} {str((b, c, h, h)):16s} {layout} {dt:8s} {pass_:7s} fused {1000 * t_fused:7.3f} ms   "
                   f"textbook {1000 * t_textbook:7.3f} ms   x{t_textbook / t_fused:.2f}", flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"threads": torch.get_num_threads(), "rows": rows}, fh, indent=2)
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

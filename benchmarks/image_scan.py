@@ -1,7 +1,7 @@
 """How long the full decode of an image folder before training takes (every image opened and decoded, so
 truncated files are caught), with threads against one at a time.
 
-    python benchmarks/image_scan.py --json benchmarks/results/image_scan.json
+    python benchmarks/image_scan.py --json benchmarks/results/image_scan.json  # --force to replace
 
 Writes ``--images`` JPEGs of 300x200 (as a phone photo folder, scaled down) into a temporary folder and
 times ``hcgnet.data.images.scan_images`` over them, threaded and sequential, interleaved ``--rounds`` times.
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from hcgnet.data import images
+from hcgnet.files import atomic_path, script_output_file
 
 
 def write_folder(root: Path, count: int) -> list:
@@ -46,9 +47,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1400, help="JPEGs to write and check (default 1400)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved repeats; medians reported (default 5)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = parser.parse_args()
     if args.images < 1 or args.rounds < 1:
         parser.error("--images and --rounds must be 1 or more")
+    json_path = script_output_file(args.json, args.force, "image_scan")
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_folder(Path(tmp), args.images)
         threads = images._workers()
@@ -65,8 +68,9 @@ def main() -> None:
     result["speed_up"] = result["sequential_s"] / result["threaded_s"]
     print(f"{args.images} images: {result['threaded_s']:.2f} s with {threads} threads, "
           f"{result['sequential_s']:.2f} s one at a time ({result['speed_up']:.2f}x); medians of {args.rounds}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

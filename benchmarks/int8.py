@@ -1,6 +1,6 @@
 """int8 inference against fp32 on the CPU: HCGNet-A1 at batch 256 on 32x32 images, HCGNet-B at batch 1 on 224x224.
 
-    python benchmarks/int8.py --json benchmarks/results/int8.json
+    python benchmarks/int8.py --json benchmarks/results/int8.json  # --force to replace
 
 For each model, the runs compared (same weights, same input):
 
@@ -30,6 +30,7 @@ import torch
 
 import hcgnet
 from hcgnet.export import export_model
+from hcgnet.files import atomic_path, script_output_file
 from hcgnet.quantize import OnnxRuntimeModel, compile_int8, quantize_onnx, quantize_pt2e
 
 CASES = (("hcgnet_a1", 256, 32), ("hcgnet_b", 1, 224))
@@ -116,7 +117,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default=",".join(c[0] for c in CASES), help="comma-separated subset of the cases")
     p.add_argument("--json", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "int8")
     torch.set_num_threads(args.threads)
     wanted = args.models.split(",")
     import onnxruntime
@@ -133,8 +136,9 @@ def main() -> None:
             case = bench_case(name, batch, size, args.rounds, Path(tmp))
             result["cases"].append(case)
             print(json.dumps(case, indent=1), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

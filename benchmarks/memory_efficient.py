@@ -12,8 +12,10 @@ one process, one after the other, with the default allocator (timings drift betw
 import argparse
 import json
 import os
+from pathlib import Path
 
 from hcgnet.bench import benchmark
+from hcgnet.files import atomic_path, script_output_file
 
 
 def main() -> None:
@@ -24,7 +26,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "memory_efficient")
     settings = dict(modes=("train",), memory_efficient=(False, True), batch=args.batch_size,
                     size=(args.size, args.size), steps=args.steps, warmup=args.warmup)
     resident = benchmark(args.model, isolate=True, **settings)
@@ -42,11 +46,12 @@ def main() -> None:
     ratio_time = timing[1]["median_s"] / timing[0]["median_s"]
     print(f"memory ratio {ratios['live']:.2f} (live tensors), {ratios['resident']:.2f} (resident set); "
           f"time ratio {ratio_time:.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "resident": resident, "live": live, "timing": timing,
-                       "memory_ratio_live": ratios["live"], "memory_ratio_resident": ratios["resident"],
-                       "time_ratio": ratio_time}, f, indent=2)
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps({
+                "args": vars(args), "resident": resident, "live": live, "timing": timing,
+                "memory_ratio_live": ratios["live"], "memory_ratio_resident": ratios["resident"],
+                "time_ratio": ratio_time}, indent=2))
 
 
 if __name__ == "__main__":

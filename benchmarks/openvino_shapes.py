@@ -2,9 +2,9 @@
 (``hcgnet.export.OpenVINOModel`` compiles each input shape it meets with its sizes fixed), interleaved.
 
     python benchmarks/openvino_shapes.py --model hcgnet_b --batch 1 --steps 20 --rounds 7 \\
-        --json benchmarks/results/openvino_shapes_b.json
+        --json benchmarks/results/openvino_shapes_b.json  # --force to replace
     python benchmarks/openvino_shapes.py --model hcgnet_a1 --batch 256 --steps 3 --rounds 7 \\
-        --json benchmarks/results/openvino_shapes_a1.json
+        --json benchmarks/results/openvino_shapes_a1.json  # --force to replace
 
 Random weights (seed 0), one export, both compiled with the same settings (LATENCY hint, torch's thread count,
 the precision of --dtype); every round times --steps calls of each after one untimed call. A figure is the
@@ -24,6 +24,7 @@ from hcgnet import create_model
 from hcgnet.bench import machine_description, model_defaults
 from hcgnet.errors import HCGNetError
 from hcgnet.export import OpenVINOModel, export_model
+from hcgnet.files import atomic_path, script_output_file
 
 
 def main() -> None:
@@ -34,7 +35,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="timed calls per configuration and round")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "openvino_shapes")
     try:
         size, num_classes = model_defaults(args.model)
     except HCGNetError as e:
@@ -74,8 +77,9 @@ def main() -> None:
     q = result["fixed_over_dynamic"]
     print(f"sizes fixed / dynamic sizes: {q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f}), faster in "
           f"{q['faster_rounds']} of {args.rounds} rounds")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

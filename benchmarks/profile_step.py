@@ -1,7 +1,8 @@
 """Where a training step (or an inference batch) of HCGNet spends its time: torch.profiler, per operator and
 per part of the network.
 
-    python benchmarks/profile_step.py --model hcgnet_a1 --batch 64 --mode train --json benchmarks/results/profile_a1_train.json
+    python benchmarks/profile_step.py --model hcgnet_a1 --batch 64 --mode train \\
+        --json benchmarks/results/profile_a1_train.json  # --force to replace
     python benchmarks/profile_step.py --model hcgnet_a1 --batch 256 --mode infer --channels-last
     python benchmarks/profile_step.py --model hcgnet_a1 --batch 256 --mode infer --channels-last --dtype bf16 --compile
     python benchmarks/profile_step.py --model hcgnet_a1 --batch 256 --mode infer --int8
@@ -31,6 +32,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from hcgnet.bench import machine_description, model_defaults
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import HCGNetError
+from hcgnet.files import atomic_path, script_output_file
 from hcgnet.models import create_model
 
 PREFIX = "part:"
@@ -92,12 +94,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="profiled steps, after 2 warm-up steps")
     p.add_argument("--top", type=int, default=15, help="operators to list")
     p.add_argument("--json", default=None, help="write the tables here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
     compiled = args.compile or args.int8
     if compiled and args.mode != "infer":
         p.error("--compile and --int8 profile inference: add --mode infer")
     if args.int8 and args.dtype != "fp32":
         p.error("--int8 computes in int8 with float32 around it: drop --dtype")
+    json_path = script_output_file(args.json, args.force, "profile_step")
 
     try:
         (height, width), num_classes = model_defaults(args.model)
@@ -171,14 +175,14 @@ def main() -> None:
         print(f"\n{'forward, by part':58s} {'ms/step':>9s} {'share':>6s}")
         for r in part_rows[:25]:
             print(f"{r['part'][:58]:58s} {r['forward_ms']:9.1f} {r['share_of_step']:6.1%}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "model": args.model, "mode": args.mode, "batch": args.batch, "size": list(x.shape[2:]), "dtype": args.dtype,
-            "channels_last": args.channels_last, "compile": args.compile, "int8": args.int8,
-            "step_ms_unprofiled": 1000 * plain, "step_ms_profiled": step_ms,
-            "machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "operators": op_rows,
-            "parts": part_rows}, indent=2))
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps({
+                "model": args.model, "mode": args.mode, "batch": args.batch, "size": list(x.shape[2:]),
+                "dtype": args.dtype, "channels_last": args.channels_last, "compile": args.compile, "int8": args.int8,
+                "step_ms_unprofiled": 1000 * plain, "step_ms_profiled": step_ms,
+                "machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "operators": op_rows,
+                "parts": part_rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ nothing about it.
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -32,8 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from hcgnet.bench import machine_description
-from hcgnet.errors import HCGNetError
-from hcgnet.files import atomic_path, check_output_file
+from hcgnet.files import atomic_path, script_output_file
 from hcgnet.layers import BatchNorm2d
 
 
@@ -108,11 +106,8 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
-    try:  # a file that would be replaced is refused before the minutes of timing, not after
-        json_path = check_output_file(args.json, "--json", args.force) if args.json else None
-    except HCGNetError as e:
-        print(f"shared_statistics: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    # a file that would be replaced is refused before the minutes of timing, not after
+    json_path = script_output_file(args.json, args.force, "shared_statistics")
     torch.manual_seed(0)
     configs = []
     for consumers in map(int, args.consumers.split(",")):

@@ -1,7 +1,8 @@
 """The performance issue's workloads, side by side with the published implementation's own model classes.
 
     git clone https://github.com/winycg/HCGNet ~/HCGNet-published      # never copied into this repository
-    python benchmarks/targets.py --published ~/HCGNet-published --json benchmarks/results/targets.json
+    python benchmarks/targets.py --published ~/HCGNet-published \\
+        --json benchmarks/results/targets.json  # merged in; --force to replace a workload it holds
     python benchmarks/targets.py --published ~/HCGNet-published --only a1-infer,b-latency --rounds 5
 
 Each workload is one :func:`hcgnet.bench.against_published` call: the published eager fp32 and hcgnet's
@@ -9,16 +10,21 @@ configurations with the same weights (logits checked equal first), interleaved o
 medians of the per-round medians, ratios medians of the per-round ratios. ``compile`` in inference is
 ``hcgnet eval --compile`` (weights frozen); ``int8`` is ``hcgnet eval --int8`` (torchao PT2E, compiled);
 ``openvino`` is the ONNX export in OpenVINO (``hcgnet.export.OpenVINOModel``) at its fp32 or bf16 precision.
-The memory workloads also run each configuration in a fresh process for its peak resident memory.
+The memory workloads also run each configuration in a fresh process for its peak resident memory. An existing
+--json file is merged into: its other workloads are kept; replacing a workload it already holds takes --force.
 """
 import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from hcgnet.bench import BenchConfig, against_published, describe
+from hcgnet.errors import HCGNetError
+from hcgnet.files import atomic_path, script_output_file
+from hcgnet.published import check_clone
 
 # name: (model, mode, batch, side, hcgnet's configurations, measure memory, the issue's target)
 WORKLOADS = {
@@ -52,6 +58,15 @@ WORKLOADS = {
 MEMORY_STEPS = {"a2-memory": (2, 1), "a3-memory": (1, 0)}  # (steps, warm-up): the time is not the point
 
 
+def earlier_report(path: Path) -> Optional[dict]:
+    """The report an earlier run wrote at ``path``; None where there is no file or it holds no such report."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("workloads"), dict) else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--published", required=True, metavar="PATH", help="a clone of github.com/winycg/HCGNet")
@@ -60,13 +75,26 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", default=None, help="write every result here (merged into an existing file)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the workloads an existing --json file already holds (or a file that is no report)")
     args = p.parse_args()
     keys = args.only.split(",") if args.only else list(WORKLOADS)
     unknown = [k for k in keys if k not in WORKLOADS]
     if unknown:
-        sys.exit(f"unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
-    out = Path(args.json) if args.json else None
-    report = json.loads(out.read_text()) if out and out.exists() else {"workloads": {}}
+        print(f"targets: error: unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}", file=sys.stderr)
+        sys.exit(2)
+    earlier = earlier_report(Path(args.json)) if args.json else None
+    # merging keeps the file's other workloads; replacing one it holds (or a file that is no report) needs
+    # --force, refused before the minutes of timing
+    replaces = args.json is not None and Path(args.json).exists() and (
+        earlier is None or any(key in earlier["workloads"] for key in keys))
+    out = script_output_file(args.json, args.force or not replaces, "targets")
+    try:
+        check_clone(args.published)
+    except HCGNetError as e:
+        print(f"targets: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    report = earlier if earlier is not None else {"workloads": {}}
     for key in keys:
         model, mode, batch, side, configs, memory, target = WORKLOADS[key]
         steps, warmup = MEMORY_STEPS.get(key, (args.steps, args.warmup))
@@ -83,8 +111,8 @@ def main() -> None:
         report["workloads"][key] = {**result, "target": target}
         report["machine"] = result["machine"]
         if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, indent=2))
+            with atomic_path(out) as tmp:
+                Path(tmp).write_text(json.dumps(report, indent=2))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads")
 
 

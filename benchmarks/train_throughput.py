@@ -11,6 +11,7 @@ import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 import hcgnet
 from hcgnet.data import build_data
 from hcgnet.evaluation import autocast
+from hcgnet.files import atomic_path, script_output_file
 
 
 def timed_steps(model, batches, optimizer, amp_dtype, channels_last, warmup):
@@ -50,7 +52,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "train_throughput")
 
     data = build_data(args.data, val_size=0)
     torch.manual_seed(0)
@@ -86,9 +90,9 @@ def main() -> None:
     print(f"with loader / model alone: {ratio:.3f}")
     record = {"args": vars(args), "results": results, "ratio": ratio, "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

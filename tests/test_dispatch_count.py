@@ -41,13 +41,3 @@ def test_a_wrong_clone_is_one_line_and_exit_2(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("dispatch_count: error: ") and proc.stderr.count("\n") == 1
-
-
-def test_an_earlier_result_is_kept_without_force(tmp_path):
-    out = tmp_path / "counts.json"
-    out.write_text("earlier counts")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--published", str(STANDIN), "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == f"dispatch_count: error: {out} already exists; pass --force to replace it\n"
-    assert out.read_text() == "earlier counts"

@@ -273,3 +273,32 @@ def test_update_gate_branch_softmax_runs_in_float32_under_bf16_autocast():
     assert spy.dtypes == [torch.float32]
     # the rest of the gate runs in bf16: within bf16 rounding of the fp32 result
     torch.testing.assert_close(got.float(), expected, rtol=3e-2, atol=3e-2)
+
+
+def test_a_float64_model_stays_float64_through_softmaxes_and_frozen_norms():
+    """The softmaxes run in float32 under autocast (bf16 logits) but must not round a float64 model to float32:
+    the attention pool, the update gate's branch softmax and FrozenBatchNorm against float64 written out."""
+    from hcgnet.layers import FrozenBatchNorm
+    from hcgnet.layers.gates import UpdateGate
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    pool = AttentionPool(6).double()
+    w, b = pool.score.weight.view(1, 6, 1, 1), pool.score.bias
+    weights = torch.softmax(((x * w).sum(1) + b).flatten(1), dim=1).view(2, 1, 5, 7)
+    torch.testing.assert_close(pool(x), (x * weights).sum((2, 3)), rtol=1e-13, atol=1e-15)
+
+    norm = FrozenBatchNorm(6)
+    norm.running_mean, norm.running_var = torch.randn(6).double(), torch.rand(6).double() + 0.5
+    norm.weight, norm.bias = torch.randn(6).double(), torch.randn(6).double()
+    view = (1, 6, 1, 1)
+    expected = (x - norm.running_mean.view(view)) / (norm.running_var.view(view) + 1e-5).sqrt() * \
+        norm.weight.view(view) + norm.bias.view(view)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-13, atol=1e-15)
+
+    gate = UpdateGate(6).double().eval()
+    a, c = torch.randn(2, 6, 5, 7, dtype=torch.float64), torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    z = torch.stack((gate.context_a(a), gate.context_b(c)), dim=1)
+    h = gate.bottleneck(z.flatten(1))
+    u = torch.softmax(torch.stack((gate.expand_a(h), gate.expand_b(h)), dim=1), dim=1)
+    torch.testing.assert_close(gate(a, c), (u * z).sum(1)[:, :, None, None], rtol=1e-13, atol=1e-15)

@@ -33,16 +33,3 @@ def test_both_ways_give_the_written_out_batch_norm(single_thread):
         torch.testing.assert_close(torch.stack(outs).double(), expected_out, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(xx.grad.double(), expected_grad, rtol=1e-4, atol=1e-5)
     assert max(script.check_equal(per, shared, x, grads).values()) < 1e-5
-
-
-def test_an_earlier_result_is_kept_without_force(tmp_path):
-    import subprocess
-    import sys
-
-    out = tmp_path / "shared.json"
-    out.write_text("earlier figures")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--json", str(out)], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == f"shared_statistics: error: {out} already exists; pass --force to replace it\n"
-    assert out.read_text() == "earlier figures"

@@ -226,31 +226,18 @@ def test_bf16_channels_last_ema_run_stays_finite_and_exports_the_average(tmp_pat
     assert not torch.equal(exported["classifier.weight"], state["model"]["classifier.weight"])
 
 
-def _cpu_has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-
-
-# A known defect, not a tolerance: on a 2-core AMD EPYC without AMX (2026-12-04) the whole network compiled gives,
-# on this test's first (augmented) batch, gradients up to 4% of their scale away from a float64 run, while eager is
-# within 4e-6 and every module compiled alone (the stage-1 transition, its update gate, the gate's bottleneck) within
-# 1e-6. It follows Inductor's vectorised loop tails in AVX-512 code: with torch._inductor.config.cpp.simdlen = 256
-# (AVX2) or 0 (scalar), or cpp.enable_loop_tail_vec = False, the compiled gradients are within 7.4e-5. It passed
-# on the Intel Xeon with AMX (CI, 2026-12-03). README: "--compile".
-@pytest.mark.xfail(not _cpu_has_amx(), strict=False,
-                   reason="Inductor's AVX-512 code gives wrong gradients on CPUs without AMX (an AMD EPYC)")
 def test_compiled_training_matches_eager(tmp_path, image_folder):
-    """--compile (torch.compile, inductor on the CPU) trains the same model as eager mode: two steps end
-    within float tolerance of each other (inductor fuses and reorders float operations).
+    """--compile (torch.compile, Inductor on the CPU) trains the model eager mode trains: two fp32 steps end within
+    1.5e-3 (of 1 + |value|) of each other.
 
-    Measured on these batches (an Intel Xeon, 2026-12-03): after two steps compiled and eager parameters and
-    running statistics differ by at most 9.5e-7, and each is within 9e-7 of a float64 run. The tolerance
-    (1e-5 + 1e-5 * |value|) leaves 10x room for other CPUs' kernels; a 10% change of the learning rate moves
-    them by 5.5e-3. It once was 1e-3, set from a run with --no-augment whose second step is ill-conditioned:
-    there, changing one transition conv weight by 2.6e-6 of its scale moves the step's float64 gradients by
-    1.6%, so compiled and eager (both fine at the first step, 6e-5 and 6e-6 of float64) part by 6e-4."""
+    Not closer, because ReLU has a kink at 0: a pre-activation within fp32 rounding of 0 may fall on either side
+    of it in two correct programs, and the gradients then part. On an AMD EPYC (2026-12-04) this test's first
+    batch has one at -4.1e-6, 7.6e-7 of its map's largest value, which Inductor's program rounds to the other
+    side: that flip alone moves the gradients by 3.6% of their scale (float64 with that ReLU flipped agrees with
+    the compiled ones to 6e-5) and the parameters after two steps by 6.1e-4. On an Intel Xeon with AMX both runs
+    ended within 9.5e-7. A learning rate 1% higher moves the parameters by 1.2e-3, 10% higher by 3.1e-3. That the
+    compiled program computes eager's training step exactly is tested in float64, where no rounding reaches a
+    kink: tests/test_fast_paths.py, test_inductor_training_steps_equal_eager_in_float64."""
     common = ["--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "2", "--lr", "0.01"]
     run_cli(train_args(image_folder, tmp_path / "eager", *common))
     compiled = run_cli(train_args(image_folder, tmp_path / "compiled", *common, "--compile"))
@@ -258,7 +245,7 @@ def test_compiled_training_matches_eager(tmp_path, image_folder):
     a, b = load_file(tmp_path / "eager" / "final.safetensors"), load_file(tmp_path / "compiled" / "final.safetensors")
     for key in a:
         if a[key].is_floating_point():
-            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=key)
+            torch.testing.assert_close(b[key], a[key], rtol=1.5e-3, atol=1.5e-3, msg=key)
 
 
 def test_overwrite_with_bad_input_loses_nothing(tmp_path, image_folder):

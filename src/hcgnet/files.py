@@ -2,9 +2,10 @@
 checking an output path before long work starts, so a mistake costs seconds, not the whole run."""
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, Optional, Union
 
 from hcgnet.errors import HCGNetError
 
@@ -52,6 +53,19 @@ def check_output_file(path: PathLike, flag: str = "output", force: bool = False)
     if not can_write_in(folder):
         raise HCGNetError(f"{flag}: cannot write in folder {folder} (read-only or no permission); choose another")
     return path
+
+
+def script_output_file(path: Optional[PathLike], force: bool, prog: str, flag: str = "--json") -> Optional[Path]:
+    """For command-line scripts (benchmarks/): :func:`check_output_file` on ``path`` (None when it is None),
+    called before any work. The library raises and hcgnet's CLI catches; a script has no CLI around it, so here
+    a refusal is printed as ``PROG: error: ...`` on stderr and the script exits with code 2."""
+    if path is None:
+        return None
+    try:
+        return check_output_file(path, flag, force)
+    except HCGNetError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def check_output_folder(folder: PathLike, holds: str, results: Iterable[str] = (), force: bool = False,

@@ -32,9 +32,15 @@ class AttentionPool(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         logits = position_scores(x, self.score.weight, self.score.bias)
-        weights = torch.softmax(logits.float(), dim=-1).to(x.dtype)
+        weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)
         weights = self.attention(weights.reshape(b, 1, h, w))
         return weighted_sum(x, weights)
+
+
+def softmax_in_float32_or_wider(x: Tensor, dim: int) -> Tensor:
+    """``softmax(x)`` computed in float32 when ``x`` is narrower (bf16, fp16 under autocast), in ``x``'s own
+    dtype when it is float32 or float64: a float64 model stays float64 throughout."""
+    return torch.softmax(x.to(torch.promote_types(x.dtype, torch.float32)), dim=dim)
 
 
 def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:

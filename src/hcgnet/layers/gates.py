@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from hcgnet.errors import HCGNetError, ModelSpecError
-from hcgnet.layers.attention_pool import AttentionPool
+from hcgnet.layers.attention_pool import AttentionPool, softmax_in_float32_or_wider
 
 ActFactory = Callable[[], nn.Module]
 
@@ -157,7 +157,7 @@ class UpdateGate(nn.Module):
         h = self.bottleneck(z.flatten(1))
         scores = torch.stack((self.expand_a(h), self.expand_b(h)), dim=1)
         # The branch softmax (eq. 9) runs in float32 under autocast too, as AttentionPool's does.
-        u = self.branch_weights(torch.softmax(scores.float(), dim=1).to(z.dtype))
+        u = self.branch_weights(softmax_in_float32_or_wider(scores, dim=1).to(z.dtype))
         v = (u * z).sum(dim=1)
         return v[:, :, None, None]
 

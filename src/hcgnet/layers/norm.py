@@ -60,12 +60,14 @@ class FrozenBatchNorm(nn.Module):
                                       error_msgs)
 
     def forward(self, x: Tensor) -> Tensor:
-        # Scale and shift in float32, then in x's dtype: under autocast a float16 map stays float16.
-        scale = (self.running_var.float() + self.eps).rsqrt()
-        shift = -self.running_mean.float() * scale
+        # Scale and shift in float32 (float64 for a float64 model), then in x's dtype: under autocast a float16 map
+        # stays float16.
+        dtype = torch.promote_types(self.running_var.dtype, torch.float32)
+        scale = (self.running_var.to(dtype) + self.eps).rsqrt()
+        shift = -self.running_mean.to(dtype) * scale
         if self.weight is not None:
-            scale = scale * self.weight.float()
-            shift = shift * self.weight.float() + self.bias.float()
+            scale = scale * self.weight.to(dtype)
+            shift = shift * self.weight.to(dtype) + self.bias.to(dtype)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return torch.addcmul(shift.to(x.dtype).reshape(shape), x, scale.to(x.dtype).reshape(shape))
 

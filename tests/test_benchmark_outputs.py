@@ -1,0 +1,82 @@
+"""The benchmark scripts' results files: an earlier one is never replaced without --force, and the refusal comes
+before any work, as one line (hcgnet.files.script_output_file)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import load_script
+
+from hcgnet.files import script_output_file
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+
+# script: the arguments it requires besides --json (a clone that is not there: the file is checked first)
+SCRIPTS = {
+    "attention_pool": [], "batch_norm": [], "dense_compiled": ["--published", "no-clone"], "detection_step": [],
+    "dilated_depthwise": [], "dispatch_count": ["--published", "no-clone"], "gate_passes": [], "image_scan": [],
+    "int8": [], "loop_tails": [], "memory_efficient": [], "openvino_shapes": [], "profile_step": [], "shared_statistics": [],
+    "targets": ["--published", "no-clone"], "train_throughput": [],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_an_earlier_result_is_kept_without_force(name, tmp_path):
+    out = tmp_path / "x.json"
+    out.write_text("earlier figures")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    extra = [str(tmp_path / a) if a == "no-clone" else a for a in SCRIPTS[name]]
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--json", str(out), *extra],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr == f"{name}: error: {out} already exists; pass --force to replace it\n"
+    assert out.read_text() == "earlier figures"
+
+
+def test_every_script_with_a_results_file_is_checked():
+    writers = {p.stem for p in BENCHMARKS.glob("*.py") if '"--json"' in p.read_text()}
+    # gpu_suite checks its file with its other inputs (tests/test_gpu_suite.py)
+    assert writers - {"gpu_suite"} == set(SCRIPTS)
+
+
+def test_the_helper_lets_a_new_file_through(tmp_path):
+    assert script_output_file(None, False, "bench") is None
+    assert script_output_file(tmp_path / "new.json", False, "bench") == tmp_path / "new.json"
+    assert not (tmp_path / "new.json").exists()
+
+
+def test_targets_merges_other_workloads_and_replaces_one_only_with_force(tmp_path, monkeypatch, capsys):
+    targets = load_script(BENCHMARKS / "targets.py")
+    monkeypatch.setattr(targets, "against_published", lambda *a, **k: {"rows": [], "machine": "this one"})
+    monkeypatch.setattr(targets, "check_clone", lambda path: None)  # no clone needed: nothing is timed
+    out = tmp_path / "targets.json"
+    out.write_text(json.dumps({"workloads": {"a1-train": {"rows": "earlier"}}, "machine": "earlier"}))
+
+    def run(*argv):
+        monkeypatch.setattr(sys, "argv", ["targets.py", "--published", str(tmp_path), "--json", str(out), *argv])
+        targets.main()
+
+    with pytest.raises(SystemExit) as e:
+        run("--only", "a1-infer,a1-train")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"targets: error: {out} already exists; pass --force to replace it\n"
+    run("--only", "a1-infer")  # another workload: merged in, nothing replaced
+    assert json.loads(out.read_text())["workloads"]["a1-train"] == {"rows": "earlier"}
+    assert set(json.loads(out.read_text())["workloads"]) == {"a1-train", "a1-infer"}
+    run("--only", "a1-train", "--force")
+    assert json.loads(out.read_text())["workloads"]["a1-train"]["rows"] == []
+
+
+@pytest.mark.parametrize("argv", [["--published", "no-clone"], ["--published", "no-clone", "--only", "a9-train"]])
+def test_targets_refuses_a_missing_clone_or_workload_in_one_line(argv, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    argv = [str(tmp_path / a) if a == "no-clone" else a for a in argv]
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "targets.py"), *argv], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("targets: error: "), proc.stderr
+    assert ("a9-train" in lines[0]) == ("--only" in argv) and ("git clone" in lines[0]) != ("--only" in argv)
