@@ -6,10 +6,14 @@ Tolerances, against the fp32 eager logits:
     bf16: top-1 within 0.5 points (2 images), mean difference <= 1% and largest <= 5% of the largest logit
     (measured on the Xeon with AMX: 0.1% and 1.1%, top-1 identical).
 """
+import json
+import re
+
 import openvino
 import pytest
 import torch
 
+from conftest import TRAINED_LOSS, TRAINED_TOP1, cli
 from hcgnet.errors import HCGNetError
 from hcgnet.export import OpenVINOModel, export_model
 
@@ -83,3 +87,69 @@ def test_openvino_refuses_a_shape_its_plugin_cannot_compile(onnx_path, test_set,
     with pytest.raises(HCGNetError, match=rf"cannot compile .*model.onnx at bf16 for input \[{shape}\]; try fp32"):
         run(x[:2])
     assert run.requests == {}
+
+
+# ------------------------------------------------------------------------------------------- eval/predict --openvino
+
+
+def test_eval_openvino_gives_the_training_runs_top1_and_loss(trained, capsys):
+    """fp32 in OpenVINO scores what eager scores: the training run's own top-1 and loss (results.json)."""
+    path, folder = trained
+    code, out, err = cli(capsys, "eval", "--checkpoint", path, "--data", f"imagefolder:{folder}", "--workers", "0",
+                         "--openvino", "fp32", "--batch-size", "64")
+    assert code == 0, err
+    assert "exporting the model to ONNX for OpenVINO (fp32)" in err and "Traceback" not in err
+    top1, loss = re.search(r"top-1 ([\d.]+)%.*, loss ([\d.]+)$", out.splitlines()[0]).groups()
+    assert float(top1) == pytest.approx(100 * TRAINED_TOP1)
+    assert float(loss) == pytest.approx(TRAINED_LOSS, abs=1e-4)
+
+
+def test_predict_openvino_gives_the_eager_probabilities(trained, capsys):
+    path, folder = trained
+    images = sorted(str(p) for p in folder.rglob("*.png"))[::40]  # 20 images: a batch of 16 and one of 4
+    runs = {}
+    for extra in ([], ["--openvino", "fp32"], ["--openvino", "bf16"]):
+        code, out, err = cli(capsys, "predict", "--checkpoint", path, "--json", "--topk", "2", "--batch-size", "16",
+                             *extra, *images)
+        assert code == 0, err
+        runs[" ".join(extra)] = json.loads(out)
+    eager = runs[""]
+    for name, tolerance in (("--openvino fp32", 1e-5), ("--openvino bf16", 0.05)):
+        assert [r["image"] for r in runs[name]] == [r["image"] for r in eager]
+        agree = 0
+        for a, b in zip(runs[name], eager):
+            agree += a["top"][0]["class"] == b["top"][0]["class"]
+            assert a["top"][0]["probability"] == pytest.approx(b["top"][0]["probability"], abs=tolerance), name
+        assert agree == len(eager) if name.endswith("fp32") else agree >= len(eager) - 1
+
+
+@pytest.mark.parametrize("extra,says", [
+    (["--compile"], "--openvino and --compile do not go together"),
+    (["--int8"], "--openvino and --int8 do not go together"),
+    (["--amp", "bf16"], "--openvino and --amp bf16 do not go together"),
+    (["--channels-last"], "--openvino and --channels-last do not go together"),
+])
+def test_eval_openvino_with_another_fast_path_is_refused_in_one_line(trained, capsys, extra, says):
+    path, folder = trained
+    code, out, err = cli(capsys, "eval", "--checkpoint", path, "--data", f"imagefolder:{folder}", "--workers", "0",
+                         "--openvino", "bf16", *extra)
+    assert code == 2 and out == ""
+    assert err.startswith("hcgnet: error: ") and len(err.splitlines()) == 1 and says in err, err
+
+
+def test_openvino_missing_is_one_line_before_any_export(monkeypatch, test_set):
+    import builtins
+
+    from hcgnet.export import openvino_model
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    model = test_set[0]
+    with pytest.raises(HCGNetError, match=r"pip install 'hcgnet\[openvino\]'"):
+        openvino_model(model, (3, 32, 32), "fp32")

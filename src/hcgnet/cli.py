@@ -153,7 +153,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = check_output_folder(args.output, "the metrics and confusion matrix", EVAL_FILES, force=args.force)
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
                             args.model, amp=args.amp, channels_last=args.channels_last,
-                            skip_bad_images=args.skip_bad_images, compile=args.compile, **_int8_options(args))
+                            skip_bad_images=args.skip_bad_images, compile=args.compile, openvino=args.openvino,
+                            **_int8_options(args))
     rows = per_class(m["confusion"], m["class_names"])
     # Indented for a few classes; one line for many, where a 1000 x 1000 confusion matrix would be a million lines.
     text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
@@ -186,7 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.csv:
         check_output_file(args.csv, "--csv", force=args.force)
     results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size,
-                      compile=args.compile, **_int8_options(args))
+                      compile=args.compile, openvino=args.openvino, **_int8_options(args))
     if args.csv:
         with reported_write(args.csv):
             _write_predictions_csv(results, args.csv)
@@ -813,6 +814,10 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--compile", action="store_true",
                        help=f"compile the model with torch.compile, weights frozen, for {batch_flag} images at a time: "
                             "faster batches after a first one that waits minutes for the compilation (BENCHMARKS.md)")
+        p.add_argument("--openvino", choices=("fp32", "bf16"), default=None, metavar="PRECISION",
+                       help="run the model exported to ONNX in OpenVINO's CPU runtime at fp32 or bf16 (the fastest "
+                            "CPU inference measured, BENCHMARKS.md; needs the openvino extra); each new batch shape "
+                            "compiles once, in seconds")
 
     def add_int8(p: argparse.ArgumentParser) -> None:
         p.add_argument("--int8", action="store_true",

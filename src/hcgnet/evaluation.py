@@ -4,7 +4,7 @@ import contextlib
 import csv
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -46,13 +46,15 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_l
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader, dist: Dist, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+    model: Callable[[torch.Tensor], torch.Tensor], loader, dist: Dist, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
     progress=None, num_classes: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Top-1, top-5 and mean cross-entropy over the loader; with DDP every rank scores its own shard
     (no padding) and the sums are added, so each sample counts exactly once. With ``num_classes`` also
-    ``"confusion"``: a list of ``num_classes`` rows (true class) of counts per predicted class."""
-    model.eval()
+    ``"confusion"``: a list of ``num_classes`` rows (true class) of counts per predicted class. ``model`` may be any
+    callable from images to logits (e.g. :class:`hcgnet.export.OpenVINOModel`); a module is put in eval mode."""
+    if isinstance(model, nn.Module):
+        model.eval()
     loss_sum, top1, top5, count = 0.0, 0.0, 0.0, 0.0
     confusion = torch.zeros(num_classes or 0, num_classes or 0, dtype=torch.float64)
     for x, y in loader:

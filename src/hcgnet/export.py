@@ -4,6 +4,7 @@
 
 The exported program is checked against the eager model on a second input shape before the file is kept.
 """
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional, Tuple
@@ -98,6 +99,15 @@ def _export_onnx(model, example, check, path, batch, height, width, opset):
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
+def import_openvino():
+    """The ``openvino`` package, or a one-line :class:`ExportError` saying how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise ExportError("the OpenVINO runtime needs openvino: pip install 'hcgnet[openvino]'") from None
+    return openvino
+
+
 class OpenVINOModel:
     """An ONNX export (:func:`export_model`) run by OpenVINO's CPU plugin: a callable from a float32 tensor to a
     float32 tensor, tuned for one request at a time (``PERFORMANCE_HINT`` LATENCY) on ``threads`` threads
@@ -113,11 +123,8 @@ class OpenVINOModel:
     def __init__(self, path, dtype: str = "fp32", threads: Optional[int] = None) -> None:
         if dtype not in OPENVINO_PRECISIONS:
             raise ExportError(f"OpenVINO runs fp32 or bf16, not {dtype}")
-        try:
-            import openvino
-            from openvino.frontend import FrontEndManager
-        except ImportError:
-            raise ExportError("the OpenVINO runtime needs openvino: pip install 'hcgnet[openvino]'") from None
+        openvino = import_openvino()
+        from openvino.frontend import FrontEndManager
         self.path, self.dtype = Path(path), dtype
         if self.path.suffix.lower() != ".onnx" or not self.path.is_file():
             raise ExportError(f"{self.path} is not an ONNX file; write one with hcgnet export --format onnx")
@@ -149,3 +156,30 @@ class OpenVINOModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().cpu().float().contiguous()
         return torch.from_numpy(self._request(tuple(x.shape)).infer({0: x.numpy()})[0].copy())
+
+
+def check_openvino_options(precision: str, compile: bool = False, int8: Optional[str] = None, amp: str = "none",
+                           channels_last: bool = False, device: Optional[str] = None) -> None:
+    """Refuse, in one line, what ``--openvino`` cannot go with: OpenVINO compiles the model itself, at its own
+    precision and layout, on the CPU."""
+    if precision not in OPENVINO_PRECISIONS:
+        raise ExportError(f"--openvino runs fp32 or bf16, not {precision}")
+    for flag, given in (("--compile", compile), ("--int8", int8 is not None), (f"--amp {amp}", amp != "none"),
+                        ("--channels-last", channels_last)):
+        if given:
+            raise ExportError(f"--openvino and {flag} do not go together: OpenVINO compiles the model at its own "
+                              f"precision and layout; drop one")
+    if device is not None and torch.device(device).type != "cpu":
+        raise ExportError(f"--openvino runs on the CPU, not --device {device}")
+
+
+def openvino_model(model: nn.Module, input_size: Tuple[int, int, int], precision: str = "fp32") -> OpenVINOModel:
+    """``model`` exported to ONNX (checked against eager, as ``hcgnet export`` does) in a temporary folder and read
+    into OpenVINO at ``precision``: what ``hcgnet eval --openvino`` and ``predict --openvino`` classify with.
+    OpenVINO keeps the model in memory; the file is removed."""
+    if precision not in OPENVINO_PRECISIONS:
+        raise ExportError(f"OpenVINO runs fp32 or bf16, not {precision}")
+    import_openvino()  # before the export, which takes a while
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_model(model.eval(), str(Path(folder) / "model.onnx"), "onnx", input_size)
+        return OpenVINOModel(path, precision)

@@ -311,12 +311,27 @@ def _all_dataset(data, data_dir, meta, model, path, log: Log, skip_bad_images) -
     return dataset, list(config.class_names)
 
 
+def float_runner(model: nn.Module, meta: Dict[str, str], batch: int, compile: bool, openvino: Optional[str],
+                 log: Log) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What eval and predict classify with when not in int8: ``model``, compiled with its weights frozen for
+    ``batch`` images at a time (``compile``), or exported to OpenVINO at precision ``openvino``."""
+    if compile:
+        log("compiling the model with torch.compile, weights frozen (the first batch takes minutes)")
+        return compile_frozen(model, batch)
+    if openvino is not None:
+        from hcgnet.export import openvino_model
+
+        log(f"exporting the model to ONNX for OpenVINO ({openvino}); each new batch shape compiles once (seconds)")
+        return openvino_model(model, data_config_of(model, meta).input_size, openvino)
+    return model
+
+
 def evaluate_checkpoint(
     path: str, data: str, data_dir: Optional[str] = None, split: Optional[str] = None, batch_size: int = 256,
     workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None, amp: str = "none",
     channels_last: bool = False, progress: Optional[bool] = None, log: Log = note_on_stderr,
     skip_bad_images: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
-    int8_compile: bool = True, compile: bool = False,
+    int8_compile: bool = True, compile: bool = False, openvino: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a checkpoint on ``split`` of
     ``data``: "test" or "val" (the training run's, rebuilt from the checkpoint's split settings) or "all"
@@ -331,8 +346,14 @@ def evaluate_checkpoint(
     loss) and ``"int8"`` (backend and calibration). ``int8_compile`` (pt2e): Inductor's int8 kernels, else the
     reference program (same rounding, float arithmetic; no compilation). ``compile``: the float model compiled
     by Inductor with its weights frozen (:func:`hcgnet.compiled.compile_frozen`), for batches of ``batch_size``
-    (the first batch waits for the compilation: minutes on a CPU)."""
+    (the first batch waits for the compilation: minutes on a CPU). ``openvino`` ("fp32" or "bf16"): the model
+    exported to ONNX and run by OpenVINO's CPU runtime at that precision (:func:`hcgnet.export.openvino_model`)."""
     check_compile_option(compile, int8)
+    if openvino is not None:
+        from hcgnet.export import check_openvino_options
+
+        check_openvino_options(openvino, compile, int8, amp, channels_last, device)
+        device = "cpu"
     if int8 is not None:
         from hcgnet.quantize import check_int8_options  # here: quantize builds on this module
 
@@ -369,9 +390,7 @@ def evaluate_checkpoint(
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    scored = compile_frozen(model, min(batch_size, len(dataset))) if compile else model
-    if compile:
-        log("compiling the model with torch.compile, weights frozen (the first batch takes minutes)")
+    scored = float_runner(model, meta, min(batch_size, len(dataset)), compile, openvino, log)
     with batch_progress(len(loader), f"evaluating {split}", progress, log) as bar:
         metrics = evaluate(scored, loader, Dist(device=dev), amp_dtype, channels_last, progress=bar,
                            num_classes=model.num_classes)
@@ -449,14 +468,18 @@ def _top_classes(image: str, probs: torch.Tensor, k: int, names: Sequence[str]) 
 def predict(
     path: str, images: Sequence[str], topk: int = 5, model_name: Optional[str] = None, batch_size: int = 32,
     log: Log = note_on_stderr, progress: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
-    int8_compile: bool = True, compile: bool = False,
+    int8_compile: bool = True, compile: bool = False, openvino: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
     """The ``topk`` classes and probabilities of every image in ``images`` (files, folders, glob patterns),
     ``batch_size`` images at a time. An input that cannot be read is skipped with a one-line warning through
     ``log`` and kept in the results as ``{"image": ..., "error": ...}``; the others go on. ``int8``, ``calibration``,
-    ``int8_compile``: classify with the model quantized to int8, and ``compile``: with the float model compiled,
-    as :func:`evaluate_checkpoint` does."""
+    ``int8_compile``: classify with the model quantized to int8, ``compile``: with the float model compiled, and
+    ``openvino``: in OpenVINO, as :func:`evaluate_checkpoint` does."""
     check_compile_option(compile, int8)
+    if openvino is not None:
+        from hcgnet.export import check_openvino_options
+
+        check_openvino_options(openvino, compile, int8)
     if topk < 1:
         raise HCGNetError(f"--topk must be 1 or more, got {topk}")
     if batch_size < 1:
@@ -478,9 +501,8 @@ def predict(
 
         classify, _ = int8_model(path, model, meta, int8, calibration, min(batch_size, len(files)), log=log,
                                  compile=int8_compile)
-    elif compile:
-        log("compiling the model with torch.compile, weights frozen (the first batch takes minutes)")
-        classify = compile_frozen(model, min(batch_size, len(files)))
+    else:
+        classify = float_runner(model, meta, min(batch_size, len(files)), compile, openvino, log)
     note = guess_note(path, model, meta)
     if note:
         log(note)
