@@ -46,8 +46,8 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_l
 
 @torch.no_grad()
 def evaluate(
-    model: Callable[[torch.Tensor], torch.Tensor], loader, dist: Dist, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-    progress=None, num_classes: Optional[int] = None,
+    model: Callable[[torch.Tensor], torch.Tensor], loader, dist: Dist, amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False, progress=None, num_classes: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Top-1, top-5 and mean cross-entropy over the loader; with DDP every rank scores its own shard
     (no padding) and the sums are added, so each sample counts exactly once. With ``num_classes`` also
