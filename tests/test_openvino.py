@@ -153,3 +153,12 @@ def test_openvino_missing_is_one_line_before_any_export(monkeypatch, test_set):
     model = test_set[0]
     with pytest.raises(HCGNetError, match=r"pip install 'hcgnet\[openvino\]'"):
         openvino_model(model, (3, 32, 32), "fp32")
+
+
+@pytest.mark.parametrize("device", ["banana", "meta"])
+def test_openvino_on_another_device_is_refused_in_one_line(device):
+    from hcgnet.export import check_openvino_options
+
+    with pytest.raises(HCGNetError) as info:
+        check_openvino_options("bf16", device=device)
+    assert "\n" not in str(info.value) and device in str(info.value)

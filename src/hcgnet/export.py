@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from hcgnet.errors import HCGNetError
+from hcgnet.evaluation import device_of
 from hcgnet.files import atomic_path, check_output_file, reported_write
 
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -169,7 +170,7 @@ def check_openvino_options(precision: str, compile: bool = False, int8: Optional
         if given:
             raise ExportError(f"--openvino and {flag} do not go together: OpenVINO compiles the model at its own "
                               f"precision and layout; drop one")
-    if device is not None and torch.device(device).type != "cpu":
+    if device is not None and device_of(device).type != "cpu":
         raise ExportError(f"--openvino runs on the CPU, not --device {device}")
 
 
