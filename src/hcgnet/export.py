@@ -100,6 +100,12 @@ def _export_onnx(model, example, check, path, batch, height, width, opset):
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
+def check_openvino_precision(precision: str) -> None:
+    """A precision OpenVINO runs (:data:`OPENVINO_PRECISIONS`), or a one-line :class:`ExportError`."""
+    if precision not in OPENVINO_PRECISIONS:
+        raise ExportError(f"OpenVINO runs fp32 or bf16, not {precision}")
+
+
 def import_openvino():
     """The ``openvino`` package, or a one-line :class:`ExportError` saying how to install it."""
     try:
@@ -122,8 +128,7 @@ class OpenVINOModel:
     requests."""
 
     def __init__(self, path, dtype: str = "fp32", threads: Optional[int] = None) -> None:
-        if dtype not in OPENVINO_PRECISIONS:
-            raise ExportError(f"OpenVINO runs fp32 or bf16, not {dtype}")
+        check_openvino_precision(dtype)
         openvino = import_openvino()
         from openvino.frontend import FrontEndManager
         self.path, self.dtype = Path(path), dtype
@@ -163,8 +168,7 @@ def check_openvino_options(precision: str, compile: bool = False, int8: Optional
                            channels_last: bool = False, device: Optional[str] = None) -> None:
     """Refuse, in one line, what ``--openvino`` cannot go with: OpenVINO compiles the model itself, at its own
     precision and layout, on the CPU."""
-    if precision not in OPENVINO_PRECISIONS:
-        raise ExportError(f"--openvino runs fp32 or bf16, not {precision}")
+    check_openvino_precision(precision)
     for flag, given in (("--compile", compile), ("--int8", int8 is not None), (f"--amp {amp}", amp != "none"),
                         ("--channels-last", channels_last)):
         if given:
@@ -178,9 +182,8 @@ def openvino_model(model: nn.Module, input_size: Tuple[int, int, int], precision
     """``model`` exported to ONNX (checked against eager, as ``hcgnet export`` does) in a temporary folder and read
     into OpenVINO at ``precision``: what ``hcgnet eval --openvino`` and ``predict --openvino`` classify with.
     OpenVINO keeps the model in memory; the file is removed."""
-    if precision not in OPENVINO_PRECISIONS:
-        raise ExportError(f"OpenVINO runs fp32 or bf16, not {precision}")
-    import_openvino()  # before the export, which takes a while
+    check_openvino_precision(precision)  # both before the export, which takes a while
+    import_openvino()
     with tempfile.TemporaryDirectory() as folder:
         path = export_model(model.eval(), str(Path(folder) / "model.onnx"), "onnx", input_size)
         return OpenVINOModel(path, precision)
