@@ -125,6 +125,35 @@ def test_attention_pool_matches_equations_with_their_gradients(size, channels_la
     assert results[0][3].abs().item() < 1e-6
 
 
+def test_compiled_attention_pool_fuses_its_products_and_matches_equations():
+    """Under torch.compile a channels_last map is scored and pooled by products and sums (which Inductor fuses),
+    not by the matrix products eager uses for that layout; outputs and gradients still give eqs. 5-6, in float64
+    to 1e-12."""
+    pool = AttentionPool(6).double()
+    x = torch.randn(3, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    graphs = []
+
+    def backend(gm, example_inputs):  # record what Dynamo traced, run it as traced
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(pool, backend=backend, fullgraph=True)
+    grad = torch.randn(3, 6, dtype=torch.float64)
+    results = []
+    for f in (compiled, lambda t: _reference_pool(pool, t)):
+        pool.zero_grad()
+        t = x.clone().requires_grad_(True)
+        out = f(t)
+        out.backward(grad)
+        results.append((out.detach(), t.grad, pool.score.weight.grad))
+    torch._dynamo.reset()
+    targets = {str(node.target) for node in graphs[0].graph.nodes if node.op in ("call_function", "call_method")}
+    assert not any(name in target for target in targets for name in ("linear", "bmm", "matmul", "mm")), targets
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
 def test_attention_pool_hook_sees_a_normalised_map():
     pool = AttentionPool(4)
     seen = []

@@ -21,6 +21,9 @@ class AttentionPool(nn.Module):
     convolution with one output channel and a batch of matrix-vector products run 2-4x slower forward and
     backward on a CPU (``benchmarks/attention_pool.py``), and the three pools of every SMG module took about
     9% of an HCGNet-A1 training step. An ONNX export keeps the matrix products, which ONNX Runtime runs faster.
+    Under ``torch.compile`` both are products and sums in every layout: Inductor fuses them with their
+    neighbours, where a matrix product stays a separate library call (an HCGNet-A1 bf16 compiled training step
+    2% faster; BENCHMARKS.md).
     ``score`` is therefore never called: a forward hook on it sees nothing (hook ``attention`` for the map).
     """
 
@@ -52,7 +55,7 @@ def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
     weight = weight.reshape(1, c).to(x.dtype)
     if bias is not None:
         bias = bias.to(x.dtype)
-    if x.is_contiguous(memory_format=torch.channels_last):  # (B, H, W, C) in memory: one matrix-vector product
+    if _matrix_products_pay(x):  # (B, H, W, C) in memory: one matrix-vector product
         return F.linear(x.permute(0, 2, 3, 1).reshape(b, h * w, c), weight, bias).reshape(b, h * w)
     if _exporting_to_onnx():  # ONNX Runtime runs matrix products faster (HCGNet-B at batch 1: 8%)
         scores = torch.matmul(weight, x.reshape(b, c, h * w)).reshape(b, h * w)
@@ -64,12 +67,20 @@ def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
 def weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
     """``sum over positions of x * weights``: (B, C, H, W) and (B, 1, H, W) -> (B, C)."""
     b, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last):
+    if _matrix_products_pay(x):
         return torch.bmm(weights.reshape(b, 1, h * w), x.permute(0, 2, 3, 1).reshape(b, h * w, c)).reshape(b, c)
     if _exporting_to_onnx():
         return torch.bmm(x.reshape(b, c, h * w), weights.reshape(b, h * w, 1)).reshape(b, c)
     # Both as (B, *, H*W): ONNX Runtime's symbolic shape inference (its quantization tools) then sees equal sizes.
     return (x.reshape(b, c, h * w) * weights.reshape(b, 1, h * w)).sum(2)
+
+
+def _matrix_products_pay(x: Tensor) -> bool:
+    """Eager on a channels_last map: the scoring and the pooling as matrix products over (B, H*W, C)."""
+    if torch.jit.is_scripting():
+        return x.is_contiguous(memory_format=torch.channels_last)
+    else:  # compiled, Inductor fuses the elementwise forms instead
+        return x.is_contiguous(memory_format=torch.channels_last) and not torch.compiler.is_compiling()
 
 
 def _exporting_to_onnx() -> bool:
