@@ -152,10 +152,14 @@ def test_compiled_bf16_channels_last_training_matches_eager(monkeypatch):
 
     Eager runs with torch's BatchNorm kernel, the one a compiled graph uses: hcgnet's wide view of narrow maps
     (``hcgnet.layers.batch_norm``, eager only) rounds bf16 differently, and the difference reaches these gradients
-    (up to 5% of their largest value here; its own accuracy is tested in ``tests/test_batch_norm.py``)."""
+    (up to 5% of their largest value here; its own accuracy is tested in ``tests/test_batch_norm.py``). Likewise
+    the attention pooling's products and sums, which a compiled graph uses in every layout, where eager
+    channels_last uses matrix products (``tests/test_layers.py`` checks both against the equations)."""
+    import hcgnet.layers.attention_pool
     import hcgnet.layers.batch_norm
 
     monkeypatch.setattr(hcgnet.layers.batch_norm, "takes_wide_view", lambda x, norm: False)
+    monkeypatch.setattr(hcgnet.layers.attention_pool, "pools_by_matrix_products", lambda x: False)
     torch.manual_seed(0)
     model = hcgnet.create_model(TINY, num_classes=10).train()
     x = torch.randn(4, 3, 32, 32)

@@ -452,7 +452,11 @@ def against_published(
     faster). ``memory``: each training configuration once more in a fresh process for its peak resident
     memory (the process's high-water mark, as ``top`` shows it) and its ratio to the published code's; a
     memory-efficient one with freed memory handed back to the system, as ``hcgnet train`` runs it.
-    Achieved GFLOP/s is set against this machine's matrix-multiply rate measured in the same run."""
+    Achieved GFLOP/s is set against this machine's matrix-multiply rate measured in the same run.
+
+    The process keeps freed memory for reuse from the start (:func:`hcgnet.allocator.keep_freed_memory`, as
+    ``hcgnet train`` runs), so the published code's timings run under the same allocator setting as hcgnet's."""
+    from hcgnet.allocator import keep_freed_memory
     from hcgnet.published import paired_models
 
     dev = _device(device)
@@ -464,6 +468,7 @@ def against_published(
     size = tuple(size or own_size)
     num_classes = own_classes if num_classes is None else num_classes
     published, ours = paired_models(path, name, num_classes, size)  # refused here unless the same network
+    allocator = "freed memory kept (glibc mallopt)" if keep_freed_memory() else "the C library's defaults"
     flops = {mode: _flops_per_image(ours, size, mode) for mode in modes}
     del published, ours
     lineup: List[BenchConfig] = []
@@ -514,5 +519,6 @@ def against_published(
                 row["rss_ratio"] = row["process_peak_rss_mb"] / base["process_peak_rss_mb"]
     return {"model": name, "num_classes": num_classes, "batch": batch, "size": list(size), "rounds": rounds,
             "steps": steps, "warmup": warmup, "published": str(path), "machine": machine_description(),
-            "peak_gflops": peaks, "flops_per_image": flops, "date": time.strftime("%Y-%m-%d"), "rows": rows,
+            "peak_gflops": peaks, "flops_per_image": flops, "allocator": allocator, "date": time.strftime("%Y-%m-%d"),
+            "rows": rows,
             "runs": [r for config_runs in runs for r in config_runs]}

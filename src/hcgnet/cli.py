@@ -109,6 +109,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         # what recomputation frees goes back to the system: the resident memory follows the live tensors
         if return_freed_memory():
             print("memory_efficient: freed blocks of 1 MiB or more go back to the system (glibc mallopt)")
+    else:
+        from hcgnet.allocator import keep_freed_memory
+
+        keep_freed_memory()  # what a step frees serves the next one, without page faults (BENCHMARKS.md)
     fit(config)
     return 0
 

@@ -55,7 +55,7 @@ def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
     weight = weight.reshape(1, c).to(x.dtype)
     if bias is not None:
         bias = bias.to(x.dtype)
-    if _matrix_products_pay(x):  # (B, H, W, C) in memory: one matrix-vector product
+    if pools_by_matrix_products(x):  # (B, H, W, C) in memory: one matrix-vector product
         return F.linear(x.permute(0, 2, 3, 1).reshape(b, h * w, c), weight, bias).reshape(b, h * w)
     if _exporting_to_onnx():  # ONNX Runtime runs matrix products faster (HCGNet-B at batch 1: 8%)
         scores = torch.matmul(weight, x.reshape(b, c, h * w)).reshape(b, h * w)
@@ -67,7 +67,7 @@ def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
 def weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
     """``sum over positions of x * weights``: (B, C, H, W) and (B, 1, H, W) -> (B, C)."""
     b, c, h, w = x.shape
-    if _matrix_products_pay(x):
+    if pools_by_matrix_products(x):
         return torch.bmm(weights.reshape(b, 1, h * w), x.permute(0, 2, 3, 1).reshape(b, h * w, c)).reshape(b, c)
     if _exporting_to_onnx():
         return torch.bmm(x.reshape(b, c, h * w), weights.reshape(b, h * w, 1)).reshape(b, c)
@@ -75,7 +75,7 @@ def weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
     return (x.reshape(b, c, h * w) * weights.reshape(b, 1, h * w)).sum(2)
 
 
-def _matrix_products_pay(x: Tensor) -> bool:
+def pools_by_matrix_products(x: Tensor) -> bool:
     """Eager on a channels_last map: the scoring and the pooling as matrix products over (B, H*W, C)."""
     if torch.jit.is_scripting():
         return x.is_contiguous(memory_format=torch.channels_last)
