@@ -83,7 +83,9 @@ def test_autotune_adds_the_max_autotune_mode(tmp_path):
     steps = {s["name"]: s for s in json.loads(out.read_text())["steps"]}
     rows = {r["compile_mode"]: r for r in steps["compile_modes"]["results"]}
     autotuned = rows["max-autotune-no-cudagraphs"]
-    assert autotuned["status"] == "ok" and autotuned["logits_rel"] == 0
+    # Not 0: under Dynamo (even its eager backend) AttentionPool scores and pools channels_last maps by products and
+    # sums, eager by matrix products, and bf16 rounds the two differently (measured 7.3e-3 of the logits' scale).
+    assert autotuned["status"] == "ok" and autotuned["logits_rel"] < 0.02
 
 
 def test_an_existing_results_file_is_kept_without_force(tmp_path):
