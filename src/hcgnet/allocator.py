@@ -35,11 +35,7 @@ def return_freed_memory(threshold: int = DEFAULT_THRESHOLD) -> bool:
     """Fix glibc malloc's mapping and trimming thresholds at ``threshold`` bytes for the rest of the process
     (they stop adapting), so freed blocks of that size or more go back to the system. Returns False where the
     C library has no ``mallopt`` (not glibc: musl, macOS, Windows), which changes nothing."""
-    libc = _libc()
-    if libc is None:
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
-                                                                                         int(threshold)))
+    return _fix_thresholds(int(threshold), int(threshold))
 
 
 def keep_freed_memory() -> bool:
@@ -47,8 +43,13 @@ def keep_freed_memory() -> bool:
     32 MiB come from the heap, and the heap is trimmed only past 2 GiB free at its top. Resident memory stays at
     the run's peak instead of following the live tensors (the peak itself does not change). Returns False where
     the C library has no ``mallopt``, which changes nothing."""
+    return _fix_thresholds(_MMAP_THRESHOLD_MAX, _TRIM_THRESHOLD_MAX)
+
+
+def _fix_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc's mapping and trimming thresholds (fixed from then on); False without ``mallopt``."""
     libc = _libc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
-                                                                                          _TRIM_THRESHOLD_MAX))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                                       trim_threshold))
