@@ -212,3 +212,102 @@ def test_hcgnet_training_step_matches_torchs_batch_norm():
     for (name, b), c in zip(model.named_buffers(), reference.buffers()):
         assert torch.allclose(b.double(), c.double(), rtol=1e-5, atol=1e-6), name
     assert math.isfinite(sum(p.grad.sum().item() for p in model.parameters()))
+
+
+# Inside torch.compile on a CPU: batch statistics from per-image sums (hcgnet.layers.batch_norm._BatchSumsNorm).
+
+def _aten_ops(module, x):
+    """The ATen operators of ``module``'s compiled forward and backward graphs, from one training step."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    ops = set()
+
+    def record(graph_module, example_inputs):
+        ops.update(str(node.target) for node in graph_module.graph.nodes if node.op == "call_function")
+        return make_boxed_func(graph_module.forward)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend=aot_autograd(fw_compiler=record, bw_compiler=record))
+    compiled(x.clone().requires_grad_()).sum().backward()
+    return ops
+
+
+@pytest.mark.parametrize("memory_format", [CL, torch.contiguous_format])
+def test_compiled_training_takes_batch_sums_not_torchs_batch_norm(memory_format):
+    """Compiled, a training norm is sums and pointwise operators (no ATen batch norm for Inductor to lower into
+    its Welford reductions); in eval mode it stays torch's operator; eager never takes the path."""
+    _, ours = _pair(24)
+    x = _map((4, 24, 6, 6)).contiguous(memory_format=memory_format)
+    ops = _aten_ops(ours.train(), x)
+    assert "aten.sum.dim_IntList" in ops and not any("batch_norm" in op for op in ops), ops
+    assert any("batch_norm" in op for op in _aten_ops(ours.eval(), x))
+    from hcgnet.layers.batch_norm import takes_batch_sums
+
+    assert not takes_batch_sums(x, ours.train())
+
+
+def _float64_oracle(norm, x, grad, steps=2):
+    """``_run`` on a float64 copy of torch's BatchNorm2d with ``norm``'s state, and its running statistics."""
+    reference = nn.BatchNorm2d(norm.num_features, eps=norm.eps, momentum=norm.momentum, affine=norm.affine).double()
+    reference.load_state_dict(norm.state_dict())
+    out = _run(reference, x.double(), grad.double(), steps)
+    return out + [reference.running_mean, reference.running_var, reference.num_batches_tracked]
+
+
+def _compiled_run(norm, x, grad, backend, steps=2):
+    torch._dynamo.reset()
+    compiled = torch.compile(norm, backend=backend)
+    out = _run(compiled, x, grad, steps)
+    return out + [norm.running_mean, norm.running_var, norm.num_batches_tracked]
+
+
+@pytest.mark.parametrize("memory_format", [CL, torch.contiguous_format])
+@pytest.mark.parametrize("offset", [0.0, 20.0, 1000.0])
+@pytest.mark.parametrize("kwargs", [{}, {"affine": False}, {"momentum": None}])
+def test_batch_sums_against_float64(memory_format, offset, kwargs):
+    """Outputs, input/weight/bias gradients and running statistics (two steps: momentum and the cumulative average
+    both act) of the compiled float32 path, against torch's BatchNorm2d in float64. Channel means up to 1000 times
+    their spread: unshifted, E[x^2] - E[x]^2 would lose the variance there (float32 keeps 7 digits of 1e6 + 4)."""
+    _, ours = _pair(12, **kwargs)
+    x = (_map((4, 12, 7, 9)) + offset).contiguous(memory_format=memory_format)
+    grad = _grad(x).contiguous(memory_format=memory_format)
+    expected = _float64_oracle(copy.deepcopy(ours), x, grad)
+    got = _compiled_run(ours, x, grad, "aot_eager")
+    # The inputs themselves are float32: near 1000 their rounding alone moves x - mean by 3e-5 of 1.
+    rtol = 1e-5 if offset < 100 else 2e-4
+    for name, g, e in zip(("output", "grad x", "grad weight", "grad bias", "running mean", "running var"), got, expected):
+        assert _close(g.double(), e.double(), rtol), name
+    assert int(got[-1]) == int(expected[-1]) == 2
+
+
+@pytest.mark.parametrize("memory_format", [CL, torch.contiguous_format])
+def test_batch_sums_under_inductor_are_as_close_to_float64_as_torchs_kernel(memory_format):
+    """Inductor's kernels for the path (its reduction order, not the eager operators aot_eager runs): every result
+    within 4x torch's own float32 kernel's distance from float64, or 1e-6 of its scale."""
+    reference, ours = _pair(12)
+    x = (_map((4, 12, 7, 9)) + 1000.0).contiguous(memory_format=memory_format)
+    grad = _grad(x).contiguous(memory_format=memory_format)
+    expected = _float64_oracle(copy.deepcopy(reference), x, grad)
+    torchs = _run(reference, x, grad) + [reference.running_mean, reference.running_var]
+    got = _compiled_run(ours, x, grad, "inductor")
+    for name, g, t, e in zip(("output", "grad x", "grad weight", "grad bias", "running mean", "running var"),
+                             got, torchs, expected):
+        scale = e.abs().max().item()
+        ours_error, torchs_error = ((g.double() - e).abs().max().item(), (t.double() - e).abs().max().item())
+        assert ours_error <= max(4 * torchs_error, 1e-6 * scale), (name, ours_error, torchs_error)
+
+
+def test_batch_sums_of_a_bf16_map_round_once():
+    """A bf16 map with float32 affine weights (as under autocast): statistics and normalisation in float32, the
+    output rounded to bf16 once, so within one bf16 rounding (2^-8 relative) of float64 on the same bf16 input;
+    running statistics and parameter gradients (float32) much closer."""
+    _, ours = _pair(12)
+    x = _map((4, 12, 7, 9), dtype=torch.bfloat16)
+    grad = _grad(x).to(torch.bfloat16)
+    expected = _float64_oracle(copy.deepcopy(ours), x, grad)
+    got = _compiled_run(ours, x, grad, "aot_eager")
+    assert got[0].dtype == torch.float64 and ours.weight.dtype == torch.float32  # _run returns float64 copies
+    for name, g, e, rtol in zip(("output", "grad x", "grad weight", "grad bias", "running mean", "running var"), got,
+                                expected, (2 ** -8, 2 ** -8, 1e-5, 1e-5, 1e-5, 1e-5)):
+        assert _close(g, e.double(), rtol), name

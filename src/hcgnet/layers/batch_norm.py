@@ -10,6 +10,14 @@ matrix, whose rows hold r positions each. With r*C a multiple of 16 the same ker
 statistics of r*C "channels" come out in one pass and combine exactly into the C channels' statistics (equal
 counts: the mean of the means, the mean of the variances plus the variance of the means); normalising and the
 backward pass's sums run over the same view with the C channels' values repeated r times.
+
+Inside ``torch.compile`` on a CPU the kernels are Inductor's, and its own batch normalisation was the slowest part
+of a compiled HCGNet-A1 training step: it computes each channel's statistics with Welford's update, one channel
+vector at a time across the whole batch (a strided pass over the map per vector). There, training-mode statistics
+come from per-image sums instead (:class:`_BatchSumsNorm`): each image's contiguous block is summed first, then the
+images; the sums are shifted by one value of each channel so that the variance, E[d^2] - E[d]^2, does not cancel
+when a channel's mean is far from zero. A compiled A1 step took 0.90 (bf16) and 0.83 (fp32) of the time
+(BENCHMARKS.md, "Batch statistics inside torch.compile").
 """
 import math
 from typing import Optional
@@ -27,7 +35,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` in every respect (parameters, buffers, state dict keys, eval, export, TorchScript),
     except that CPU training of a channels_last float32 or bfloat16 map with fewer than :data:`VECTOR_LANES`
     channels computes over a wider view of the same memory (see the module docstring): same statistics, same
-    gradients, running statistics updated as torch does, several times faster."""
+    gradients, running statistics updated as torch does, several times faster. Inside ``torch.compile`` on a CPU,
+    training-mode statistics come from per-image sums that Inductor reduces quickly (the module docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():
@@ -58,15 +67,20 @@ class BatchNorm2d(nn.BatchNorm2d):
 
 @torch.jit.unused
 def batch_norm_2d(x: Tensor, norm: BatchNorm2d) -> Tensor:
-    """``norm(x)``, over the wide view where it applies (:func:`takes_wide_view`).
+    """``norm(x)``: over the wide view where it applies (:func:`takes_wide_view`), from per-image sums inside
+    ``torch.compile`` on a CPU (:func:`takes_batch_sums`), else torch's own path.
 
     A leaf of FX graphs (``torch.fx.wrap`` below): the choice reads the device, layout, dtype and mode of the
     real tensor at run time, which a symbolic trace cannot branch on.
     """
-    if not takes_wide_view(x, norm):
+    if takes_wide_view(x, norm):
+        function = _WideViewBatchNorm
+    elif takes_batch_sums(x, norm):
+        function = _BatchSumsNorm
+    else:
         return norm._standard_forward(x)
     norm._check_input_dim(x)
-    y, mean, var = _WideViewBatchNorm.apply(x, norm.weight, norm.bias, norm.eps)
+    y, mean, var = function.apply(x, norm.weight, norm.bias, norm.eps)
     factor = norm._count_batch()
     if norm.training and norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
         with torch.no_grad():
@@ -97,6 +111,17 @@ def takes_wide_view(x: Tensor, norm: nn.BatchNorm2d) -> bool:
     if channels == 1 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
         return False
     return (x.numel() // channels) % _factor(channels) == 0
+
+
+def takes_batch_sums(x: Tensor, norm: nn.BatchNorm2d) -> bool:
+    """Whether ``norm(x)`` normalises with batch statistics from per-image sums (:class:`_BatchSumsNorm`): inside
+    ``torch.compile`` (not an export, which keeps torch's operator), on a CPU, training (or no running statistics),
+    a non-empty 4-d floating-point map."""
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
+    if x.device.type != "cpu" or x.dim() != 4 or x.numel() == 0 or not x.is_floating_point():
+        return False
+    return norm.training or norm.running_mean is None
 
 
 def _factor(channels: int) -> int:
@@ -170,4 +195,59 @@ class _WideViewBatchNorm(torch.autograd.Function):
         grad_x += correction
         needs_weight, needs_bias = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         return (_positions_map(grad_x, x), grad_weight if needs_weight else None, grad_bias if needs_bias else None,
+                None)
+
+
+def _channel_sums(t: Tensor) -> Tensor:
+    """Per-channel sums of an (N, C, H, W) map: each image first (a contiguous block in either layout, so Inductor
+    reduces it in one sweep), then over the images."""
+    return t.sum((2, 3)).sum(0)
+
+
+def _per_channel(t: Tensor) -> Tensor:
+    return t.view(1, -1, 1, 1)
+
+
+class _BatchSumsNorm(torch.autograd.Function):
+    """Training-mode batch normalisation from per-image sums, for graphs Inductor compiles (module docstring).
+    Computes in the wider of float32 and the map's dtype; returns the normalised map in the map's dtype and the
+    batch mean and (biased) variance per channel, for the running statistics."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        values = x.to(dtype)
+        count = x.numel() // x.shape[1]
+        # Shifted by each channel's first value: the variance is the same, and it no longer cancels.
+        shift = values[:1, :, :1, :1]
+        shifted = values - shift
+        shifted_mean = _channel_sums(shifted) / count
+        var = (_channel_sums(shifted.square()) / count - shifted_mean.square()).clamp_min(0)
+        mean = shifted_mean + shift.flatten()
+        invstd = (var + eps).rsqrt()
+        gamma = torch.ones_like(mean) if weight is None else weight.to(dtype)
+        beta = torch.zeros_like(mean) if bias is None else bias.to(dtype)
+        scale = gamma * invstd
+        y = ((values - _per_channel(mean)) * _per_channel(scale) + _per_channel(beta)).to(x.dtype)
+        ctx.save_for_backward(x, gamma, mean, invstd)
+        ctx.weight_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor, _grad_mean, _grad_var):
+        x, gamma, mean, invstd = ctx.saved_tensors
+        dtype = gamma.dtype
+        count = x.numel() // x.shape[1]
+        grad = grad.to(dtype)
+        x_hat = (x.to(dtype) - _per_channel(mean)) * _per_channel(invstd)
+        grad_bias = _channel_sums(grad)
+        grad_weight = _channel_sums(grad * x_hat)
+        grad_x = _per_channel(gamma * invstd) * (
+            grad - _per_channel(grad_bias / count) - x_hat * _per_channel(grad_weight / count))
+        weight_dtype, bias_dtype = ctx.weight_dtypes
+        return (grad_x.to(x.dtype),
+                grad_weight.to(weight_dtype) if weight_dtype is not None and ctx.needs_input_grad[1] else None,
+                grad_bias.to(bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[2] else None,
                 None)
