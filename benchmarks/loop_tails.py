@@ -27,10 +27,14 @@ WAYS = {"with tails (the default)": {"cpp.enable_loop_tail_vec": True},
         "without tails": {"cpp.enable_loop_tail_vec": False}}
 
 
-def training_step(model_name: str, batch: int, side: int, amp: bool, options: dict, seed: int = 0):
-    """A compiled training step of a fresh model (the same weights for every call with the same seed)."""
+def training_step(model_name: str, batch: int, side: int, amp: bool, options: dict, seed: int = 0,
+                  prepare=None):
+    """A compiled training step of a fresh model (the same weights for every call with the same seed);
+    ``prepare(model)``, if given, changes the model before it is compiled."""
     torch.manual_seed(seed)
     model = create_model(model_name, num_classes=10).to(memory_format=torch.channels_last).train()
+    if prepare is not None:
+        prepare(model)
     runner = torch.compile(model, options=dict(options))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
