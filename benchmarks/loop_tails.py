@@ -52,8 +52,9 @@ def training_step(model_name: str, batch: int, side: int, amp: bool, options: di
     return step
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_arguments(doc: str) -> argparse.ArgumentParser:
+    """The flags of a script that times compiled training steps two ways (this one, compiled_batch_norm.py)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="hcgnet_a1", help="the network (A1: the issue's training workload)")
     p.add_argument("--batch", type=int, default=64, help="images per step")
     p.add_argument("--side", type=int, default=32, help="image side (CIFAR's 32)")
@@ -62,38 +63,60 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per configuration and round")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
-    args = p.parse_args()
-    # a file that would be replaced is refused before the minutes of compiling, not after
-    json_path = script_output_file(args.json, args.force, "loop_tails")
+    return p
+
+
+def interleaved_pairs(args: argparse.Namespace, ways: dict) -> list:
+    """For each dtype, the two ``ways`` (name: (Inductor options, prepare)) compiled, then timed in interleaved
+    rounds, in that order: [(dtype, first way's per-round medians, second way's), ...]."""
     configs = []
     for dtype in args.dtypes.split(","):
-        for way, options in WAYS.items():
-            step = training_step(args.model, args.batch, args.side, dtype == "bf16", options)
+        for way, (options, prepare) in ways.items():
+            step = training_step(args.model, args.batch, args.side, dtype == "bf16", options, prepare=prepare)
             start = time.perf_counter()
             step(), step()  # compiles forward and backward, then one warm step
             print(f"{dtype} {way}: compiled and warm in {time.perf_counter() - start:.0f} s", flush=True)
-            configs.append({"dtype": dtype, "way": way, "step": step, "round_medians_s": []})
+            configs.append({"dtype": dtype, "step": step, "round_medians_s": []})
     for r in range(args.rounds):
         for c in configs:
             c["round_medians_s"].append(statistics.median(c["step"]() for _ in range(args.steps)))
         print(f"round {r + 1} of {args.rounds} done", flush=True)
+    return [(a["dtype"], a["round_medians_s"], b["round_medians_s"]) for a, b in zip(configs[::2], configs[1::2])]
+
+
+def ratio_summary(first: list, second: list) -> dict:
+    """``second`` over ``first``, per round: the median, the range, and in how many rounds ``second`` was
+    faster."""
+    ratios = [b / a for a, b in zip(first, second)]
+    return {"ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
+            "second_faster_rounds": sum(x < 1 for x in ratios), "rounds": len(ratios)}
+
+
+def write_report(json_path, args: argparse.Namespace, rows: list) -> None:
+    report = {"machine": machine_description(), "threads": torch.get_num_threads(), "model": args.model,
+              "batch": args.batch, "side": args.side, "steps": args.steps, "rows": rows}
+    with atomic_path(json_path) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {json_path}")
+
+
+def main() -> None:
+    args = step_arguments(__doc__).parse_args()
+    # a file that would be replaced is refused before the minutes of compiling, not after
+    json_path = script_output_file(args.json, args.force, "loop_tails")
     rows = []
-    for with_tails, without in zip(configs[::2], configs[1::2]):
-        ratios = [b / a for a, b in zip(with_tails["round_medians_s"], without["round_medians_s"])]
-        row = {"dtype": with_tails["dtype"], "with_tails_s": statistics.median(with_tails["round_medians_s"]),
-               "without_tails_s": statistics.median(without["round_medians_s"]),
-               "without_over_with": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
-               "without_faster_rounds": sum(x < 1 for x in ratios), "rounds": len(ratios)}
+    for dtype, with_tails, without in interleaved_pairs(args, {way: (options, None) for way, options in WAYS.items()}):
+        summary = ratio_summary(with_tails, without)
+        row = {"dtype": dtype, "with_tails_s": statistics.median(with_tails),
+               "without_tails_s": statistics.median(without), "without_over_with": summary["ratio"],
+               "ratio_range": summary["ratio_range"], "without_faster_rounds": summary["second_faster_rounds"],
+               "rounds": summary["rounds"]}
         rows.append(row)
         print(f"{row['dtype']}: with tails {row['with_tails_s']:.3f} s, without {row['without_tails_s']:.3f} s, "
               f"ratio {row['without_over_with']:.3f} ({row['ratio_range'][0]:.3f}-{row['ratio_range'][1]:.3f}), "
               f"without faster in {row['without_faster_rounds']} of {row['rounds']}")
     if json_path:
-        report = {"machine": machine_description(), "threads": torch.get_num_threads(), "model": args.model,
-                  "batch": args.batch, "side": args.side, "steps": args.steps, "rows": rows}
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {json_path}")
+        write_report(json_path, args, rows)
 
 
 if __name__ == "__main__":
