@@ -16,8 +16,8 @@ of a compiled HCGNet-A1 training step: it computes each channel's statistics wit
 vector at a time across the whole batch (a strided pass over the map per vector). There, training-mode statistics
 come from per-image sums instead (:class:`_BatchSumsNorm`): each image's contiguous block is summed first, then the
 images; the sums are shifted by one value of each channel so that the variance, E[d^2] - E[d]^2, does not cancel
-when a channel's mean is far from zero. A compiled A1 step took 0.90 (bf16) and 0.83 (fp32) of the time
-(BENCHMARKS.md, "Batch statistics inside torch.compile").
+when a channel's mean is far from zero. A compiled A1 training step took 0.89 (bf16) and 0.84 (fp32) of the time
+(BENCHMARKS.md, "A1 training: batch statistics inside torch.compile").
 """
 import math
 from typing import Optional
