@@ -20,7 +20,7 @@ when a channel's mean is far from zero. A compiled A1 training step took 0.89 (b
 (BENCHMARKS.md, "A1 training: batch statistics inside torch.compile").
 """
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -84,7 +84,7 @@ def batch_norm_2d(x: Tensor, norm: BatchNorm2d) -> Tensor:
     factor = norm._count_batch()
     if norm.training and norm.track_running_stats and norm.running_mean is not None and norm.running_var is not None:
         with torch.no_grad():
-            count = x.numel() // x.shape[1]
+            count = _batch_count(x)
             # Unbiased, as torch updates its running variance; the normalisation itself uses the biased one.
             norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
             norm.running_var.lerp_((var * (count / max(count - 1, 1))).to(norm.running_var.dtype), factor)
@@ -124,6 +124,18 @@ def takes_batch_sums(x: Tensor, norm: nn.BatchNorm2d) -> bool:
     return norm.training or norm.running_mean is None
 
 
+def _batch_count(x: Tensor) -> int:
+    """Values per channel in a batch of (N, C, H, W) maps: N*H*W."""
+    return x.numel() // x.shape[1]
+
+
+def _affine(like: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """A norm's weight and bias in ``like``'s dtype; ones and zeros for a norm without affine parameters."""
+    gamma = torch.ones_like(like) if weight is None else weight.to(like.dtype)
+    beta = torch.zeros_like(like) if bias is None else bias.to(like.dtype)
+    return gamma, beta
+
+
 def _factor(channels: int) -> int:
     """r: positions per row of the wide view, the fewest that fill whole vectors."""
     return VECTOR_LANES // math.gcd(channels, VECTOR_LANES)
@@ -157,8 +169,7 @@ class _WideViewBatchNorm(torch.autograd.Function):
         column_var = column_invstd.pow(-2).view(r, channels)
         mean = column_mean.mean(0)
         var = (column_var + (column_mean - mean).square()).mean(0)
-        weight = torch.ones_like(mean) if weight is None else weight
-        bias = torch.zeros_like(mean) if bias is None else bias
+        weight, bias = _affine(mean, weight, bias)
         # Normalising with given statistics is BatchNorm's eval-mode kernel, over the same view.
         # Written through a view into a map of its own: ReLU(inplace=True) may then modify it.
         out = torch.empty_like(x, memory_format=torch.channels_last)
@@ -179,7 +190,7 @@ class _WideViewBatchNorm(torch.autograd.Function):
         r = _factor(channels)
         rows = _rows(x, r)
         grad_rows = _rows(grad.contiguous(memory_format=torch.channels_last), r)
-        count = rows.shape[0] * r
+        count = _batch_count(x)
         wide_mean, wide_var = mean.repeat(r), var.repeat(r)  # the C channels' statistics, per column of the view
         # The eval-mode backward gives weight * invstd * grad and, per column, sum(grad * x_hat) and sum(grad).
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
@@ -217,7 +228,7 @@ class _BatchSumsNorm(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
         dtype = torch.promote_types(x.dtype, torch.float32)
         values = x.to(dtype)
-        count = x.numel() // x.shape[1]
+        count = _batch_count(x)
         # Shifted by each channel's first value: the variance is the same, and it no longer cancels.
         shift = values[:1, :, :1, :1]
         shifted = values - shift
@@ -225,8 +236,7 @@ class _BatchSumsNorm(torch.autograd.Function):
         var = (_channel_sums(shifted.square()) / count - shifted_mean.square()).clamp_min(0)
         mean = shifted_mean + shift.flatten()
         invstd = (var + eps).rsqrt()
-        gamma = torch.ones_like(mean) if weight is None else weight.to(dtype)
-        beta = torch.zeros_like(mean) if bias is None else bias.to(dtype)
+        gamma, beta = _affine(mean, weight, bias)
         scale = gamma * invstd
         y = ((values - _per_channel(mean)) * _per_channel(scale) + _per_channel(beta)).to(x.dtype)
         ctx.save_for_backward(x, gamma, mean, invstd)
@@ -239,7 +249,7 @@ class _BatchSumsNorm(torch.autograd.Function):
     def backward(ctx, grad: Tensor, _grad_mean, _grad_var):
         x, gamma, mean, invstd = ctx.saved_tensors
         dtype = gamma.dtype
-        count = x.numel() // x.shape[1]
+        count = _batch_count(x)
         grad = grad.to(dtype)
         x_hat = (x.to(dtype) - _per_channel(mean)) * _per_channel(invstd)
         grad_bias = _channel_sums(grad)
