@@ -47,12 +47,16 @@ class BatchNorm2d(nn.BatchNorm2d):
         """``nn.BatchNorm2d.forward`` (TorchScript cannot call ``super()``): the same momentum and statistics rules."""
         self._check_input_dim(x)
         factor = self._count_batch()
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         return F.batch_norm(
             x,
             self.running_mean if not self.training or self.track_running_stats else None,
             self.running_var if not self.training or self.track_running_stats else None,
-            self.weight, self.bias, use_batch_stats, factor, self.eps)
+            self.weight, self.bias, self.uses_batch_statistics(), factor, self.eps)
+
+    def uses_batch_statistics(self) -> bool:
+        """Whether the forward pass normalises with the batch's statistics, by torch's rule: in training, or
+        always without running statistics (``track_running_stats=False``)."""
+        return self.training or (self.running_mean is None and self.running_var is None)
 
     def _count_batch(self) -> float:
         """Counts a training batch in ``num_batches_tracked`` as torch does, and returns the running statistics'
@@ -94,14 +98,12 @@ def batch_norm_2d(x: Tensor, norm: BatchNorm2d) -> Tensor:
 torch.fx.wrap("batch_norm_2d")
 
 
-def takes_wide_view(x: Tensor, norm: nn.BatchNorm2d) -> bool:
+def takes_wide_view(x: Tensor, norm: BatchNorm2d) -> bool:
     """Whether ``norm(x)`` normalises with batch statistics over the wide view: CPU, training (or no running
     statistics), a 4-d channels_last float32/bfloat16 map with fewer than :data:`VECTOR_LANES` channels, float32
     parameters, positions a multiple of the view's factor, and not inside ``torch.compile`` (Inductor writes its
     own kernels)."""
-    if torch.compiler.is_compiling() or x.device.type != "cpu" or x.dim() != 4:
-        return False
-    if not (norm.training or norm.running_mean is None):
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or x.dim() != 4 or not norm.uses_batch_statistics():
         return False
     channels = x.shape[1]
     if channels >= VECTOR_LANES or x.dtype not in (torch.float32, torch.bfloat16) or x.numel() == 0:
@@ -113,7 +115,7 @@ def takes_wide_view(x: Tensor, norm: nn.BatchNorm2d) -> bool:
     return (x.numel() // channels) % _factor(channels) == 0
 
 
-def takes_batch_sums(x: Tensor, norm: nn.BatchNorm2d) -> bool:
+def takes_batch_sums(x: Tensor, norm: BatchNorm2d) -> bool:
     """Whether ``norm(x)`` normalises with batch statistics from per-image sums (:class:`_BatchSumsNorm`): inside
     ``torch.compile`` (not an export, which keeps torch's operator), on a CPU, training (or no running statistics),
     a non-empty 4-d floating-point map."""
@@ -121,7 +123,7 @@ def takes_batch_sums(x: Tensor, norm: nn.BatchNorm2d) -> bool:
         return False
     if x.device.type != "cpu" or x.dim() != 4 or x.numel() == 0 or not x.is_floating_point():
         return False
-    return norm.training or norm.running_mean is None
+    return norm.uses_batch_statistics()
 
 
 def _batch_count(x: Tensor) -> int:
