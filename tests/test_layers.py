@@ -87,17 +87,27 @@ def test_dilated_depthwise_fast_backward_gives_the_dilated_conv_gradients(size, 
             assert (error <= _rounding_bound(dtype, e, a, n)).all(), error.max()
 
 
-def test_dilated_depthwise_takes_the_fast_backward_only_for_cpu_bf16_training(monkeypatch):
+def test_dilated_depthwise_takes_the_fast_backward_for_cpu_bf16_or_compiled_training(monkeypatch):
     conv = DilatedDepthwiseConv2d(4)
     calls = []
     monkeypatch.setattr(_DilatedDepthwiseConvFn, "apply", lambda x, *args: calls.append(x.dtype) or x)
     x = torch.randn(2, 4, 6, 6)
-    conv(x)  # fp32 training: standard backward
+    conv(x)  # eager fp32 training: standard backward
     with torch.autocast("cpu", dtype=torch.bfloat16):
         conv(x.bfloat16())  # bf16 training: fast backward
         with torch.no_grad():
             conv(x.bfloat16())  # bf16 inference: nothing to differentiate
     assert calls == [torch.bfloat16]
+    monkeypatch.undo()
+    # compiled (fp32), the graph holds the autograd function in training and the plain conv in inference
+    graphs = []
+    torch._dynamo.reset()
+    compiled = torch.compile(conv, backend=lambda gm, _: graphs.append(gm) or gm, fullgraph=True)
+    compiled(x)
+    with torch.no_grad():
+        compiled(x)
+    fast = [any(n.target is torch.ops.higher_order.autograd_function_apply for n in g.graph.nodes) for g in graphs]
+    assert fast == [True, False]
     assert isinstance(PreActConv(4, 4, 3, groups=4, dilation=2).conv, DilatedDepthwiseConv2d)
     assert type(PreActConv(4, 4, 3, groups=4).conv) is nn.Conv2d
 

@@ -51,13 +51,15 @@ class _DilatedDepthwiseConvFn(torch.autograd.Function):
 class DilatedDepthwiseConv2d(nn.Conv2d):
     """A depthwise, stride-1, "same"-padded convolution with dilation ``d``: an ``nn.Conv2d`` in every
     respect (parameters, state dict, forward pass, export), with its own backward pass for CPU training
-    in bfloat16.
+    in bfloat16, and for any CPU training under ``torch.compile``.
 
     There torch's backward pass (torch 2.14, oneDNN) is slow, the weight gradient most of all (2.5-6x
-    the whole of hcgnet's; ``benchmarks/dilated_depthwise.py``), and with channels_last maps of 30x30 or
-    more its weight gradient is wrong (off by up to 1e20; ``tests/test_fast_paths.py``). So the
+    the whole of hcgnet's in bf16; ``benchmarks/dilated_depthwise.py``), and with channels_last maps of 30x30 or
+    more its bf16 weight gradient is wrong (off by up to 1e20; ``tests/test_fast_paths.py``). So the
     gradients come from :class:`_DilatedDepthwiseConvFn`, which computes the same sums with the fast,
-    undilated kernels. Elsewhere (fp32, GPUs, inference) torch's own backward pass is used.
+    undilated kernels. In eager fp32 its phase maps are separate copies that cost about what they save, so
+    there (and on GPUs, and in inference) torch's own backward pass is used; compiled, Inductor writes those
+    copies as its own kernels and the fp32 A1 training step gets about 5% faster (BENCHMARKS.md).
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 2) -> None:
@@ -83,7 +85,8 @@ def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, dilation: int, padding: 
     included): the choice reads the device, dtype and grad mode of the real tensor at run time, which a
     symbolic trace cannot branch on.
     """
-    if torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.bfloat16:
+    if torch.is_grad_enabled() and x.device.type == "cpu" and (
+            x.dtype == torch.bfloat16 or torch.compiler.is_compiling()):
         return _DilatedDepthwiseConvFn.apply(x, weight, dilation, padding)
     return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
 
