@@ -9,9 +9,7 @@ momentum, cross-entropy, channels_last, batch 64 at 32x32) compiled both ways, f
 interleaved rounds of one process: the network as built, and the same network with every norm turned back into
 torch's ``nn.BatchNorm2d`` (same parameters and buffers). Reports the median ratio sums / torch's per round.
 """
-import statistics
-
-from loop_tails import interleaved_pairs, ratio_summary, step_arguments, write_report
+from loop_tails import interleaved_pairs, named_pair_row, step_arguments, write_report
 from torch import nn
 
 from hcgnet.files import script_output_file
@@ -32,16 +30,8 @@ def main() -> None:
     args = step_arguments(__doc__).parse_args()
     # a file that would be replaced is refused before the minutes of compiling, not after
     json_path = script_output_file(args.json, args.force, "compiled_batch_norm")
-    rows = []
-    for dtype, sums, torchs in interleaved_pairs(args, WAYS):
-        summary = ratio_summary(torchs, sums)  # sums / torch's, per round
-        row = {"dtype": dtype, "sums_s": statistics.median(sums), "torchs_s": statistics.median(torchs),
-               "sums_over_torchs": summary["ratio"], "ratio_range": summary["ratio_range"],
-               "sums_faster_rounds": summary["second_faster_rounds"], "rounds": summary["rounds"]}
-        rows.append(row)
-        print(f"{row['dtype']}: per-image sums {row['sums_s']:.3f} s, torch's {row['torchs_s']:.3f} s, "
-              f"ratio {row['sums_over_torchs']:.3f} ({row['ratio_range'][0]:.3f}-{row['ratio_range'][1]:.3f}), "
-              f"sums faster in {row['sums_faster_rounds']} of {row['rounds']}")
+    rows = [named_pair_row(dtype, "torchs", torchs, "sums", sums)  # sums / torch's, per round
+            for dtype, sums, torchs in interleaved_pairs(args, WAYS)]
     if json_path:
         write_report(json_path, args, rows)
 

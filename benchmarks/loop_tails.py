@@ -92,6 +92,20 @@ def ratio_summary(first: list, second: list) -> dict:
             "second_faster_rounds": sum(x < 1 for x in ratios), "rounds": len(ratios)}
 
 
+def named_pair_row(dtype: str, first_name: str, first: list, second_name: str, second: list) -> dict:
+    """One results row for two ways' per-round medians, keyed by their short names (``NAME_s``,
+    ``SECOND_over_FIRST`` per round, its range, ``SECOND_faster_rounds``), printed as one line."""
+    summary = ratio_summary(first, second)
+    row = {"dtype": dtype, f"{second_name}_s": statistics.median(second), f"{first_name}_s": statistics.median(first),
+           f"{second_name}_over_{first_name}": summary["ratio"], "ratio_range": summary["ratio_range"],
+           f"{second_name}_faster_rounds": summary["second_faster_rounds"], "rounds": summary["rounds"]}
+    low, high = summary["ratio_range"]
+    print(f"{dtype}: {second_name} {row[f'{second_name}_s']:.3f} s, {first_name} {row[f'{first_name}_s']:.3f} s, "
+          f"ratio {summary['ratio']:.3f} ({low:.3f}-{high:.3f}), {second_name} faster in "
+          f"{summary['second_faster_rounds']} of {summary['rounds']}")
+    return row
+
+
 def write_report(json_path, args: argparse.Namespace, rows: list) -> None:
     report = {"machine": machine_description(), "threads": torch.get_num_threads(), "model": args.model,
               "batch": args.batch, "side": args.side, "steps": args.steps, "rows": rows}
