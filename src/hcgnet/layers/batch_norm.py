@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from hcgnet.layers.compiling import compiling_not_exporting
+
 #: Channels that one AVX-512 register holds in float32: a channels_last map with fewer takes the wide view.
 VECTOR_LANES = 16
 
@@ -119,7 +121,7 @@ def takes_batch_sums(x: Tensor, norm: BatchNorm2d) -> bool:
     """Whether ``norm(x)`` normalises with batch statistics from per-image sums (:class:`_BatchSumsNorm`): inside
     ``torch.compile`` (not an export, which keeps torch's operator), on a CPU, training (or no running statistics),
     a non-empty 4-d floating-point map."""
-    if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if not compiling_not_exporting():
         return False
     if x.device.type != "cpu" or x.dim() != 4 or x.numel() == 0 or not x.is_floating_point():
         return False

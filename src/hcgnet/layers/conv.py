@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hcgnet.layers.batch_norm import BatchNorm2d
+from hcgnet.layers.compiling import compiling_not_exporting
 
 
 def _phases(x: Tensor, d: int) -> Tensor:
@@ -51,7 +52,7 @@ class _DilatedDepthwiseConvFn(torch.autograd.Function):
 class DilatedDepthwiseConv2d(nn.Conv2d):
     """A depthwise, stride-1, "same"-padded convolution with dilation ``d``: an ``nn.Conv2d`` in every
     respect (parameters, state dict, forward pass, export), with its own backward pass for CPU training
-    in bfloat16, and for any CPU training under ``torch.compile``.
+    in bfloat16, and for any CPU training under ``torch.compile`` (not an export).
 
     There torch's backward pass (torch 2.14, oneDNN) is slow, the weight gradient most of all (2.5-6x
     the whole of hcgnet's in bf16; ``benchmarks/dilated_depthwise.py``), and with channels_last maps of 30x30 or
@@ -86,7 +87,7 @@ def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, dilation: int, padding: 
     symbolic trace cannot branch on.
     """
     if torch.is_grad_enabled() and x.device.type == "cpu" and (
-            x.dtype == torch.bfloat16 or torch.compiler.is_compiling()):
+            x.dtype == torch.bfloat16 or compiling_not_exporting()):
         return _DilatedDepthwiseConvFn.apply(x, weight, dilation, padding)
     return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from hcgnet.errors import ModelSpecError
 from hcgnet.complexity import count_params
 from hcgnet.layers import SMGModule
+from hcgnet.layers.compiling import compiling_not_exporting
 from hcgnet.layers.gates import ActFactory, gate_activation, gate_activation_name
 from hcgnet.layers.smg import WIDE_BRANCHES, check_choice
 from hcgnet.layers.recompute import checkpoint_module
@@ -83,7 +84,7 @@ class HybridBlock(nn.Module):
     @torch.jit.unused
     def _fills_buffer(self, x: Tensor) -> bool:
         """Whether :meth:`forward` takes :meth:`forward_buffer`: compiled, without gradients, maps large enough."""
-        return (self.compiled_buffer and not torch.is_grad_enabled() and _compiling()
+        return (self.compiled_buffer and not torch.is_grad_enabled() and compiling_not_exporting()
                 and x.shape[0] * x.shape[2] * x.shape[3] >= self.buffer_min_positions)
 
     @torch.jit.unused
@@ -126,12 +127,6 @@ def write_channels(buffer: Tensor, features: Tensor, start: int) -> None:
 @write_channels.register_fake
 def _write_channels_fake(buffer: Tensor, features: Tensor, start: int) -> None:
     return None
-
-
-@torch.jit.unused
-def _compiling() -> bool:
-    """Inside ``torch.compile``, not an export (ONNX, ``torch.export``, the int8 flow)."""
-    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
 
 
 class ResidualBlock(nn.Module):
