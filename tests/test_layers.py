@@ -17,7 +17,7 @@ from hcgnet.layers import (
     SqueezeCell,
     UpdateGate,
 )
-from hcgnet.layers.conv import _DilatedDepthwiseConvFn
+from hcgnet.layers.conv import _DilatedDepthwiseConvFn, _phases
 
 
 @pytest.fixture(autouse=True)
@@ -87,17 +87,34 @@ def test_dilated_depthwise_fast_backward_gives_the_dilated_conv_gradients(size, 
             assert (error <= _rounding_bound(dtype, e, a, n)).all(), error.max()
 
 
-def test_dilated_depthwise_takes_the_fast_backward_for_cpu_bf16_or_compiled_training(monkeypatch):
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (5, 3)])
+def test_phase_maps_are_the_strided_sub_maps_in_the_input_layout(size):
+    """The weight gradient's phase maps: x[..., i::2, j::2] (zero-padded to even sides) stacked along the batch,
+    phase (i, j) at images (2i + j) * B ..., and channels_last for a channels_last map (one layout for oneDNN)."""
+    x = torch.randn(3, 6, *size)
+    padded = nn.functional.pad(x, (0, size[1] % 2, 0, size[0] % 2))
+    expected = torch.cat([padded[..., i::2, j::2] for i in range(2) for j in range(2)])
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = _phases(x.contiguous(memory_format=layout), 2)
+        assert torch.equal(got, expected)
+        assert got.is_contiguous(memory_format=layout)
+
+
+def test_dilated_depthwise_takes_the_fast_backward_for_cpu_bf16_channels_last_or_compiled_training(monkeypatch):
     conv = DilatedDepthwiseConv2d(4)
     calls = []
     monkeypatch.setattr(_DilatedDepthwiseConvFn, "apply", lambda x, *args: calls.append(x.dtype) or x)
     x = torch.randn(2, 4, 6, 6)
-    conv(x)  # eager fp32 training: standard backward
+    conv(x)  # eager fp32 NCHW training: standard backward
     with torch.autocast("cpu", dtype=torch.bfloat16):
         conv(x.bfloat16())  # bf16 training: fast backward
         with torch.no_grad():
             conv(x.bfloat16())  # bf16 inference: nothing to differentiate
     assert calls == [torch.bfloat16]
+    conv(x.contiguous(memory_format=torch.channels_last))  # eager fp32 channels_last training: fast backward
+    with torch.no_grad():
+        conv(x.contiguous(memory_format=torch.channels_last))
+    assert calls == [torch.bfloat16, torch.float32]
     monkeypatch.undo()
     # compiled (fp32), the graph holds the autograd function in training and the plain conv in inference
     graphs = []

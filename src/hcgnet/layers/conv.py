@@ -9,10 +9,15 @@ from hcgnet.layers.compiling import compiling_not_exporting
 
 def _phases(x: Tensor, d: int) -> Tensor:
     """(B, C, H, W) -> (d*d*B, C, H/d, W/d): the d*d phase sub-maps ``x[..., i::d, j::d]`` stacked along
-    the batch (sides padded with zeros to a multiple of d)."""
+    the batch (sides padded with zeros to a multiple of d), in ``x``'s memory format: a channels_last map gives
+    channels_last phase maps, so that oneDNN's weight gradient meets one layout (compiled fp32 A1 step 0.979,
+    eager bf16 channels_last 0.4-0.7 of the NCHW phase maps' time, BENCHMARKS.md)."""
     b, c, h, w = x.shape
     x = F.pad(x, (0, -w % d, 0, -h % d))
     h, w = x.shape[-2] // d, x.shape[-1] // d
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        pixels = x.permute(0, 2, 3, 1).reshape(b, h, d, w, d, c).permute(2, 4, 0, 1, 3, 5)
+        return pixels.reshape(d * d * b, h, w, c).permute(0, 3, 1, 2)
     return x.reshape(b, c, h, d, w, d).permute(3, 5, 0, 1, 2, 4).reshape(d * d * b, c, h, w)
 
 
@@ -52,15 +57,14 @@ class _DilatedDepthwiseConvFn(torch.autograd.Function):
 class DilatedDepthwiseConv2d(nn.Conv2d):
     """A depthwise, stride-1, "same"-padded convolution with dilation ``d``: an ``nn.Conv2d`` in every
     respect (parameters, state dict, forward pass, export), with its own backward pass for CPU training
-    in bfloat16, and for any CPU training under ``torch.compile`` (not an export).
+    in bfloat16, on channels_last maps, and under ``torch.compile`` (not an export).
 
-    There torch's backward pass (torch 2.14, oneDNN) is slow, the weight gradient most of all (2.5-6x
-    the whole of hcgnet's in bf16; ``benchmarks/dilated_depthwise.py``), and with channels_last maps of 30x30 or
-    more its bf16 weight gradient is wrong (off by up to 1e20; ``tests/test_fast_paths.py``). So the
-    gradients come from :class:`_DilatedDepthwiseConvFn`, which computes the same sums with the fast,
-    undilated kernels. In eager fp32 its phase maps are separate copies that cost about what they save, so
-    there (and on GPUs, and in inference) torch's own backward pass is used; compiled, Inductor writes those
-    copies as its own kernels and the fp32 A1 training step gets about 5% faster (BENCHMARKS.md).
+    There torch's backward pass (torch 2.14, oneDNN) is slow, the weight gradient most of all (in bf16 3-9x
+    the whole of hcgnet's, in fp32 channels_last 1.4-2.2x; ``benchmarks/dilated_depthwise.py``), and with
+    channels_last maps of 30x30 or more its bf16 weight gradient is wrong (off by up to 1e20;
+    ``tests/test_fast_paths.py``). So the gradients come from :class:`_DilatedDepthwiseConvFn`, which computes
+    the same sums with the fast, undilated kernels. Eager fp32 NCHW keeps torch's (there hcgnet's is faster on
+    some of A1's shapes and slower on others), as do GPUs and inference.
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 2) -> None:
@@ -87,7 +91,8 @@ def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, dilation: int, padding: 
     symbolic trace cannot branch on.
     """
     if torch.is_grad_enabled() and x.device.type == "cpu" and (
-            x.dtype == torch.bfloat16 or compiling_not_exporting()):
+            x.dtype == torch.bfloat16 or x.is_contiguous(memory_format=torch.channels_last)
+            or compiling_not_exporting()):
         return _DilatedDepthwiseConvFn.apply(x, weight, dilation, padding)
     return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
 
