@@ -126,8 +126,10 @@ def test_dilated_depthwise_takes_the_fast_backward_for_cpu_bf16_channels_last_or
     fast = [any(n.target is torch.ops.higher_order.autograd_function_apply for n in g.graph.nodes) for g in graphs]
     assert fast == [True, False]
     # an export, even with gradients on, keeps the plain conv that its consumers know
-    exported = torch.export.export(conv, (x,)).graph.nodes
-    assert [n.target for n in exported if n.op == "call_function"] == [torch.ops.aten.conv2d.default]
+    for example in (x, x.contiguous(memory_format=torch.channels_last), x.bfloat16()):
+        exported = torch.export.export(conv.to(example.dtype), (example,)).graph.nodes
+        assert [n.target for n in exported if n.op == "call_function"] == [torch.ops.aten.conv2d.default]
+    conv.float()
     assert isinstance(PreActConv(4, 4, 3, groups=4, dilation=2).conv, DilatedDepthwiseConv2d)
     assert type(PreActConv(4, 4, 3, groups=4).conv) is nn.Conv2d
 

@@ -90,6 +90,9 @@ def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, dilation: int, padding: 
     included): the choice reads the device, dtype and grad mode of the real tensor at run time, which a
     symbolic trace cannot branch on.
     """
+    # an export keeps the plain conv that its consumers know, whatever the dtype or layout
+    if torch.compiler.is_exporting():
+        return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
     if torch.is_grad_enabled() and x.device.type == "cpu" and (
             x.dtype == torch.bfloat16 or x.is_contiguous(memory_format=torch.channels_last)
             or compiling_not_exporting()):
