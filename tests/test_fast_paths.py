@@ -150,6 +150,41 @@ def test_inductor_training_steps_equal_eager_in_float64():
             torch.testing.assert_close(b, a, rtol=0, atol=1e-9 * max(a.abs().max().item(), 1.0), msg=name)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_group_convs_in_their_training_form_train_as_plain_convolutions(channels_last):
+    """The squeeze cells' group convs (``GroupConv2d``: transposed convolutions in CPU training) against a twin
+    whose group convs are plain ``nn.Conv2d``: two SGD steps with momentum, in float64, give the same
+    gradients, parameters and BatchNorm statistics to 1e-10 of their scale."""
+    torch.manual_seed(0)
+    fast = hcgnet.create_model("HCGNet-(2,1,1)-(k=8,8,8)", num_classes=3).double().train()
+    plain = hcgnet.create_model("HCGNet-(2,1,1)-(k=8,8,8)", num_classes=3).double().train()
+    plain.load_state_dict(fast.state_dict())
+    swapped = 0
+    for module in plain.modules():
+        if isinstance(module, hcgnet.layers.GroupConv2d):
+            module.__class__ = nn.Conv2d
+            swapped += 1
+    assert swapped == 4 and sum(isinstance(m, hcgnet.layers.GroupConv2d) for m in fast.modules()) == 4
+    batches = [(torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
+    grads = []
+    for model in (plain, fast):
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for x, y in batches:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=0, atol=1e-12 + 1e-10 * g.abs().max().item(), msg=name)
+    for (name, a), (_, b) in zip(plain.state_dict().items(), fast.state_dict().items()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-10 * max(a.abs().max().item(), 1.0), msg=name)
+
+
 def test_compiled_bf16_channels_last_training_matches_eager(monkeypatch):
     """The dilated convolutions' own backward pass traces into the one graph (fullgraph) and gives eager's
     gradients there.

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from hcgnet.layers import (
@@ -11,6 +12,7 @@ from hcgnet.layers import (
     AttentionPool,
     BatchOfOneError,
     ForgetGate,
+    GroupConv2d,
     MultiScaleExcitationCell,
     PreActConv,
     SMGModule,
@@ -132,6 +134,95 @@ def test_dilated_depthwise_takes_the_fast_backward_for_cpu_bf16_channels_last_or
     conv.float()
     assert isinstance(PreActConv(4, 4, 3, groups=4, dilation=2).conv, DilatedDepthwiseConv2d)
     assert type(PreActConv(4, 4, 3, groups=4).conv) is nn.Conv2d
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_group_conv_in_training_gives_the_group_conv_and_its_gradients(size, channels_last, dtype):
+    """GroupConv2d's training form (a transposed conv of the transposed, flipped kernel) within rounding of
+    the float64 group conv, its input gradient and its weight gradient; bf16 as the networks run it, under
+    autocast (the weight's gradient then in fp32)."""
+    conv = GroupConv2d(16, 8, 3, groups=4)  # 4 inputs and 2 outputs per group
+    x = torch.randn(3, 16, *size).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(3, 8, *size).to(dtype)
+
+    def exact(x, weight, grad):
+        x, weight = x.double().requires_grad_(), weight.double().requires_grad_()
+        y = nn.functional.conv2d(x, weight, padding=1, groups=4)
+        return (y, *torch.autograd.grad(y, (x, weight), grad.double()))
+
+    weight = conv.weight.detach().to(dtype)
+    sums, abs_sums = exact(x, weight, grad), exact(x.abs(), weight.abs(), grad.abs())
+    terms = (4 * 9, 2 * 9, 3 * size[0] * size[1])  # products per output, input-gradient and weight-gradient value
+    xi = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        y = conv(xi)
+    got = (y, *torch.autograd.grad(y, (xi, conv.weight), grad))
+    assert got[2].dtype == torch.float32
+    for g, e, a, n in zip(got, sums, abs_sums, terms):
+        error = (g.double() - e).abs()
+        assert (error <= _rounding_bound(dtype, e, a, n)).all(), error.max()
+
+
+class _Convolutions(TorchDispatchMode):
+    """Records whether each ATen convolution that runs is a transposed one."""
+
+    def __init__(self):
+        super().__init__()
+        self.transposed = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            self.transposed.append(args[6])
+        return func(*args, **(kwargs or {}))
+
+
+def test_group_conv_is_transposed_in_cpu_training_only():
+    conv = GroupConv2d(16, 8, 3, groups=4)
+    x = torch.randn(2, 16, 6, 6)
+    for example in (x, x.contiguous(memory_format=torch.channels_last)):
+        with _Convolutions() as seen, torch.no_grad():
+            conv(example)  # inference: the plain conv
+        assert seen.transposed == [False]
+        with _Convolutions() as seen:
+            conv(example)  # fp32 training
+        assert seen.transposed == [True]
+        with _Convolutions() as seen:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                conv(example)  # bf16 training
+        assert seen.transposed == [True]
+    # compiled: the transposed conv in training, the plain one in inference
+    graphs = []
+    torch._dynamo.reset()
+    compiled = torch.compile(conv, backend=lambda gm, _: graphs.append(gm) or gm, fullgraph=True)
+    compiled(x)
+    with torch.no_grad():
+        compiled(x)
+    transposed = [any(n.target in (torch.conv_transpose2d, nn.functional.conv_transpose2d) for n in g.graph.nodes)
+                  for g in graphs]
+    assert transposed == [True, False]
+    # an export, even with gradients on, keeps the plain conv that its consumers know
+    for example in (x, x.contiguous(memory_format=torch.channels_last), x.bfloat16()):
+        exported = torch.export.export(conv.to(example.dtype), (example,)).graph.nodes
+        assert [n.target for n in exported if n.op == "call_function"] == [torch.ops.aten.conv2d.default]
+    conv.float()
+    scripted = torch.jit.script(conv)
+    torch.testing.assert_close(scripted(x), nn.functional.conv2d(x, conv.weight, padding=1, groups=4))
+
+
+def test_preact_conv_takes_the_group_conv_layer_for_stride_1_group_convs_that_reduce_channels():
+    assert type(PreActConv(48, 12, 3, groups=4).conv) is GroupConv2d  # a hybrid block's squeeze cell
+    assert type(PreActConv(90, 60, 3, stride=2).conv) is nn.Conv2d  # a transition's
+    assert type(PreActConv(12, 48, 3, groups=4).conv) is nn.Conv2d  # more outputs than inputs per group
+    assert type(PreActConv(16, 8, 3, stride=2, groups=4).conv) is nn.Conv2d
+    assert type(PreActConv(8, 4, 1).conv) is nn.Conv2d
+    assert type(PreActConv(8, 8, 3, groups=8).conv) is nn.Conv2d  # depthwise
+    layer = PreActConv(16, 8, 3, groups=4).conv
+    assert (layer.padding, layer.groups, layer.bias, layer.weight.shape) == ((1, 1), 4, None, (8, 4, 3, 3))
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

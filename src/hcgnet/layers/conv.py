@@ -103,6 +103,53 @@ def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, dilation: int, padding: 
 torch.fx.wrap("dilated_depthwise_conv2d")
 
 
+def _transposed_kernel(weight: Tensor, groups: int) -> Tensor:
+    """The kernel of the transposed convolution that equals a stride-1 group conv with ``weight``: per group,
+    input and output channels swapped and the taps flipped, (G*o, i, k, k) -> (G*i, o, k, k)."""
+    out_channels, per_group, k, k2 = weight.shape
+    weight = weight.view(groups, out_channels // groups, per_group, k, k2).transpose(1, 2)
+    return weight.reshape(groups * per_group, out_channels // groups, k, k2).flip(-2, -1)
+
+
+@torch.jit.unused
+def group_conv2d(x: Tensor, weight: Tensor, padding: int, groups: int) -> Tensor:
+    """The convolution of :class:`GroupConv2d`, choosing its form from the input.
+
+    In CPU training (gradients on, not an export) it is the transposed convolution of the transposed kernel:
+    the same sums, with oneDNN's data-gradient kernel in the forward pass and, in the backward pass, its
+    kernels for the roles swapped, which are the fast ones when each group has few outputs. A leaf of FX
+    graphs, as :func:`dilated_depthwise_conv2d`.
+    """
+    if torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_exporting():
+        return F.conv_transpose2d(x, _transposed_kernel(weight, groups), None, 1, padding, 0, groups)
+    return F.conv2d(x, weight, None, 1, padding, 1, groups)
+
+
+torch.fx.wrap("group_conv2d")
+
+
+class GroupConv2d(nn.Conv2d):
+    """A stride-1, "same"-padded group convolution with fewer output than input channels per group (the
+    squeeze cell's 3x3 group conv in a hybrid block: 3-9 outputs per group in HCGNet-A1): an ``nn.Conv2d`` in
+    every respect (parameters, state dict, forward pass, export), computed in CPU training as a transposed
+    convolution (:func:`group_conv2d`).
+
+    There oneDNN (torch 2.14) computes the plain form's forward pass and weight gradient at a fraction of its
+    speed for the data gradient, whose roles the transposed form swaps in: A1's group convs take 0.49-0.64
+    of the time, forward and backward, in fp32 and 0.36-0.89 in bf16 (``benchmarks/group_conv.py``). GPUs,
+    inference and exports keep the plain convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2, groups=groups,
+                         bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._conv_forward(x, self.weight, self.bias)
+        return group_conv2d(x, self.weight, self.padding[0], self.groups)
+
+
 class PreActConv(nn.Module):
     """BatchNorm, ReLU, then a bias-free convolution with "same" padding.
 
@@ -125,6 +172,8 @@ class PreActConv(nn.Module):
         self.act = nn.ReLU(inplace=True)
         if dilation > 1 and stride == 1 and groups == in_channels == out_channels:
             self.conv: nn.Conv2d = DilatedDepthwiseConv2d(in_channels, kernel_size, dilation)
+        elif dilation == 1 and stride == 1 and 1 < groups and out_channels < in_channels:
+            self.conv = GroupConv2d(in_channels, out_channels, kernel_size, groups)
         else:
             self.conv = nn.Conv2d(
                 in_channels,
