@@ -53,7 +53,8 @@ def training_step(model_name: str, batch: int, side: int, amp: bool, options: di
 
 
 def step_arguments(doc: str) -> argparse.ArgumentParser:
-    """The flags of a script that times compiled training steps two ways (this one, compiled_batch_norm.py)."""
+    """The flags of a script that times compiled training steps two ways (this one, compiled_batch_norm.py,
+    compiled_dilated_backward.py, compiled_group_conv.py)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="hcgnet_a1", help="the network (A1: the issue's training workload)")
     p.add_argument("--batch", type=int, default=64, help="images per step")

@@ -135,9 +135,11 @@ class GroupConv2d(nn.Conv2d):
     convolution (:func:`group_conv2d`).
 
     There oneDNN (torch 2.14) computes the plain form's forward pass and weight gradient at a fraction of its
-    speed for the data gradient, whose roles the transposed form swaps in: A1's group convs take 0.49-0.64
-    of the time, forward and backward, in fp32 and 0.36-0.89 in bf16 (``benchmarks/group_conv.py``). GPUs,
-    inference and exports keep the plain convolution.
+    speed for the data gradient, whose roles the transposed form swaps in: forward and backward, A1's group
+    convs take 0.53-0.54 of the time on NCHW maps and 0.69-0.86 on channels_last maps with 3 and 6 outputs
+    per group in fp32 (0.37-0.44 and 0.85-0.91 in bf16), and break even with 9 (1.02-1.06; the whole A1
+    step: ``BENCHMARKS.md``, ``benchmarks/group_conv.py``). GPUs, inference and exports keep the plain
+    convolution.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int) -> None:
