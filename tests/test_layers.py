@@ -102,6 +102,26 @@ def test_phase_maps_are_the_strided_sub_maps_in_the_input_layout(size):
         assert got.is_contiguous(memory_format=layout)
 
 
+def _compiled_graphs_in_training_then_inference(module, x):
+    """The FX graphs dynamo captures for ``module(x)`` with gradients on, then under ``no_grad``."""
+    graphs = []
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend=lambda gm, _: graphs.append(gm) or gm, fullgraph=True)
+    compiled(x)
+    with torch.no_grad():
+        compiled(x)
+    return graphs
+
+
+def _assert_exports_keep_the_plain_conv(conv, x):
+    """``torch.export``, even with gradients on, keeps the plain conv that its consumers know, for NCHW,
+    channels_last and bf16 inputs."""
+    for example in (x, x.contiguous(memory_format=torch.channels_last), x.bfloat16()):
+        exported = torch.export.export(conv.to(example.dtype), (example,)).graph.nodes
+        assert [n.target for n in exported if n.op == "call_function"] == [torch.ops.aten.conv2d.default]
+    conv.float()
+
+
 def test_dilated_depthwise_takes_the_fast_backward_for_cpu_bf16_channels_last_or_compiled_training(monkeypatch):
     conv = DilatedDepthwiseConv2d(4)
     calls = []
@@ -119,19 +139,10 @@ def test_dilated_depthwise_takes_the_fast_backward_for_cpu_bf16_channels_last_or
     assert calls == [torch.bfloat16, torch.float32]
     monkeypatch.undo()
     # compiled (fp32), the graph holds the autograd function in training and the plain conv in inference
-    graphs = []
-    torch._dynamo.reset()
-    compiled = torch.compile(conv, backend=lambda gm, _: graphs.append(gm) or gm, fullgraph=True)
-    compiled(x)
-    with torch.no_grad():
-        compiled(x)
-    fast = [any(n.target is torch.ops.higher_order.autograd_function_apply for n in g.graph.nodes) for g in graphs]
+    fast = [any(n.target is torch.ops.higher_order.autograd_function_apply for n in g.graph.nodes)
+            for g in _compiled_graphs_in_training_then_inference(conv, x)]
     assert fast == [True, False]
-    # an export, even with gradients on, keeps the plain conv that its consumers know
-    for example in (x, x.contiguous(memory_format=torch.channels_last), x.bfloat16()):
-        exported = torch.export.export(conv.to(example.dtype), (example,)).graph.nodes
-        assert [n.target for n in exported if n.op == "call_function"] == [torch.ops.aten.conv2d.default]
-    conv.float()
+    _assert_exports_keep_the_plain_conv(conv, x)
     assert isinstance(PreActConv(4, 4, 3, groups=4, dilation=2).conv, DilatedDepthwiseConv2d)
     assert type(PreActConv(4, 4, 3, groups=4).conv) is nn.Conv2d
 
@@ -196,20 +207,10 @@ def test_group_conv_is_transposed_in_cpu_training_only():
                 conv(example)  # bf16 training
         assert seen.transposed == [True]
     # compiled: the transposed conv in training, the plain one in inference
-    graphs = []
-    torch._dynamo.reset()
-    compiled = torch.compile(conv, backend=lambda gm, _: graphs.append(gm) or gm, fullgraph=True)
-    compiled(x)
-    with torch.no_grad():
-        compiled(x)
     transposed = [any(n.target in (torch.conv_transpose2d, nn.functional.conv_transpose2d) for n in g.graph.nodes)
-                  for g in graphs]
+                  for g in _compiled_graphs_in_training_then_inference(conv, x)]
     assert transposed == [True, False]
-    # an export, even with gradients on, keeps the plain conv that its consumers know
-    for example in (x, x.contiguous(memory_format=torch.channels_last), x.bfloat16()):
-        exported = torch.export.export(conv.to(example.dtype), (example,)).graph.nodes
-        assert [n.target for n in exported if n.op == "call_function"] == [torch.ops.aten.conv2d.default]
-    conv.float()
+    _assert_exports_keep_the_plain_conv(conv, x)
     scripted = torch.jit.script(conv)
     torch.testing.assert_close(scripted(x), nn.functional.conv2d(x, conv.weight, padding=1, groups=4))
 
