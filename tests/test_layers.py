@@ -222,6 +222,9 @@ def test_preact_conv_takes_the_group_conv_layer_for_stride_1_group_convs_that_re
     assert type(PreActConv(16, 8, 3, stride=2, groups=4).conv) is nn.Conv2d
     assert type(PreActConv(8, 4, 1).conv) is nn.Conv2d
     assert type(PreActConv(8, 8, 3, groups=8).conv) is nn.Conv2d  # depthwise
+    assert type(PreActConv(16, 8, 2, groups=4).conv) is nn.Conv2d  # an even kernel has no "same" padding
+    with pytest.raises(ValueError, match="odd kernel"):
+        GroupConv2d(16, 8, 2, groups=4)
     layer = PreActConv(16, 8, 3, groups=4).conv
     assert (layer.padding, layer.groups, layer.bias, layer.weight.shape) == ((1, 1), 4, None, (8, 4, 3, 3))
 

@@ -143,6 +143,8 @@ class GroupConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int) -> None:
+        if kernel_size % 2 == 0:  # an even kernel has no "same" padding, and the two forms' sizes would differ
+            raise ValueError(f"GroupConv2d needs an odd kernel size, not {kernel_size}")
         super().__init__(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2, groups=groups,
                          bias=False)
 
@@ -157,7 +159,8 @@ class PreActConv(nn.Module):
 
     The normalisation sits in front so that a dense concatenation of raw outputs can feed it
     (DenseNet's composite function). ``groups == in_channels == out_channels`` gives a depthwise conv
-    (a :class:`DilatedDepthwiseConv2d` when dilated).
+    (a :class:`DilatedDepthwiseConv2d` when dilated); a stride-1 group conv with fewer outputs than inputs is a
+    :class:`GroupConv2d`.
     """
 
     def __init__(
@@ -174,7 +177,7 @@ class PreActConv(nn.Module):
         self.act = nn.ReLU(inplace=True)
         if dilation > 1 and stride == 1 and groups == in_channels == out_channels:
             self.conv: nn.Conv2d = DilatedDepthwiseConv2d(in_channels, kernel_size, dilation)
-        elif dilation == 1 and stride == 1 and 1 < groups and out_channels < in_channels:
+        elif dilation == 1 and stride == 1 and kernel_size % 2 and 1 < groups and out_channels < in_channels:
             self.conv = GroupConv2d(in_channels, out_channels, kernel_size, groups)
         else:
             self.conv = nn.Conv2d(
