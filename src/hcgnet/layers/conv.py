@@ -82,6 +82,12 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
         return _DilatedDepthwiseConvFn.apply(x, self.weight, self.dilation[0], self.padding[0])
 
 
+def _cpu_training_not_export(x: Tensor) -> bool:
+    """Where hcgnet's own forms of a convolution may run: gradients on, a CPU tensor, and not an export (which
+    keeps the plain convolution its consumers know, whatever the dtype or layout)."""
+    return torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_exporting()
+
+
 @torch.jit.unused
 def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, dilation: int, padding: int) -> Tensor:
     """The convolution of :class:`DilatedDepthwiseConv2d`, choosing its backward pass from the input.
@@ -90,10 +96,7 @@ def dilated_depthwise_conv2d(x: Tensor, weight: Tensor, dilation: int, padding: 
     included): the choice reads the device, dtype and grad mode of the real tensor at run time, which a
     symbolic trace cannot branch on.
     """
-    # an export keeps the plain conv that its consumers know, whatever the dtype or layout
-    if torch.compiler.is_exporting():
-        return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
-    if torch.is_grad_enabled() and x.device.type == "cpu" and (
+    if _cpu_training_not_export(x) and (
             x.dtype == torch.bfloat16 or x.is_contiguous(memory_format=torch.channels_last)
             or compiling_not_exporting()):
         return _DilatedDepthwiseConvFn.apply(x, weight, dilation, padding)
@@ -120,7 +123,7 @@ def group_conv2d(x: Tensor, weight: Tensor, padding: int, groups: int) -> Tensor
     kernels for the roles swapped, which are the fast ones when each group has few outputs. A leaf of FX
     graphs, as :func:`dilated_depthwise_conv2d`.
     """
-    if torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_exporting():
+    if _cpu_training_not_export(x):
         return F.conv_transpose2d(x, _transposed_kernel(weight, groups), None, 1, padding, 0, groups)
     return F.conv2d(x, weight, None, 1, padding, 1, groups)
 
