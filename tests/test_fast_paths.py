@@ -118,6 +118,31 @@ def test_compiled_memory_efficient_training_matches_plain_eager():
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
+def _float64_batches():
+    """Two float64 batches of four 16x16 images, three classes."""
+    return [(torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
+
+
+def _two_sgd_steps(model, run, batches):
+    """One SGD step with momentum per batch, ``run`` computing ``model``'s logits; the last step's gradients."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(run(x), y).backward()
+        optimizer.step()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _assert_trained_alike(expected_model, expected_grads, model, grads, relative, grad_floor):
+    """Gradients within ``grad_floor`` + ``relative`` of each one's largest value, parameters and BatchNorm
+    statistics within ``relative`` of their scale (at least 1)."""
+    for name, g in expected_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=0, atol=grad_floor + relative * g.abs().max().item(), msg=name)
+    for (name, a), (_, b) in zip(expected_model.state_dict().items(), model.state_dict().items()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=0, atol=relative * max(a.abs().max().item(), 1.0), msg=name)
+
+
 def test_inductor_training_steps_equal_eager_in_float64():
     """What ``hcgnet train --compile`` runs (torch.compile, Inductor) trains as eager does: two SGD steps with
     momentum give eager's gradients, parameters and BatchNorm statistics to 1e-9 of their scale (measured: about
@@ -133,21 +158,11 @@ def test_inductor_training_steps_equal_eager_in_float64():
     twin = hcgnet.create_model("HCGNet-(1,1,1)-(k=8,8,8)", num_classes=3).double().train()
     twin.load_state_dict(eager.state_dict())
     torch._dynamo.reset()
-    batches = [(torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
-    grads = []
-    for model, run in ((eager, eager), (twin, torch.compile(twin))):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        for x, y in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(run(x), y).backward()
-            optimizer.step()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for name, g in grads[0].items():
-        # 1e-10 absolute for the gradients that are 0 but for rounding (a bias under a softmax or a BatchNorm)
-        torch.testing.assert_close(grads[1][name], g, rtol=0, atol=1e-10 + 1e-9 * g.abs().max().item(), msg=name)
-    for (name, a), (_, b) in zip(eager.state_dict().items(), twin.state_dict().items()):
-        if a.is_floating_point():
-            torch.testing.assert_close(b, a, rtol=0, atol=1e-9 * max(a.abs().max().item(), 1.0), msg=name)
+    batches = _float64_batches()
+    expected = _two_sgd_steps(eager, eager, batches)
+    # 1e-10 absolute for the gradients that are 0 but for rounding (a bias under a softmax or a BatchNorm)
+    _assert_trained_alike(eager, expected, twin, _two_sgd_steps(twin, torch.compile(twin), batches),
+                          relative=1e-9, grad_floor=1e-10)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
@@ -165,24 +180,13 @@ def test_group_convs_in_their_training_form_train_as_plain_convolutions(channels
             module.__class__ = nn.Conv2d
             swapped += 1
     assert swapped == 4 and sum(isinstance(m, hcgnet.layers.GroupConv2d) for m in fast.modules()) == 4
-    batches = [(torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
-    grads = []
-    for model in (plain, fast):
-        if channels_last:
+    batches = _float64_batches()
+    if channels_last:
+        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+        for model in (plain, fast):
             model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        for x, y in batches:
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for name, g in grads[0].items():
-        torch.testing.assert_close(grads[1][name], g, rtol=0, atol=1e-12 + 1e-10 * g.abs().max().item(), msg=name)
-    for (name, a), (_, b) in zip(plain.state_dict().items(), fast.state_dict().items()):
-        if a.is_floating_point():
-            torch.testing.assert_close(b, a, rtol=0, atol=1e-10 * max(a.abs().max().item(), 1.0), msg=name)
+    expected = _two_sgd_steps(plain, plain, batches)
+    _assert_trained_alike(plain, expected, fast, _two_sgd_steps(fast, fast, batches), relative=1e-10, grad_floor=1e-12)
 
 
 def test_compiled_bf16_channels_last_training_matches_eager(monkeypatch):
