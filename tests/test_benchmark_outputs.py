@@ -18,7 +18,7 @@ BENCHMARKS = REPO / "benchmarks"
 SCRIPTS = {
     "attention_pool": [], "batch_norm": [], "compiled_batch_norm": [], "compiled_dilated_backward": [], "compiled_group_conv": [], "dense_compiled": ["--published", "no-clone"],
     "detection_step": [], "dilated_depthwise": [], "dispatch_count": ["--published", "no-clone"], "gate_passes": [], "group_conv": [], "image_scan": [],
-    "int8": [], "loop_tails": [], "memory_efficient": [], "openvino_shapes": [], "profile_step": [], "shared_statistics": [],
+    "int8": [], "loop_tails": [], "memory_efficient": [], "onnx_pool_form": [], "openvino_shapes": [], "profile_step": [], "shared_statistics": [],
     "targets": ["--published", "no-clone"], "train_throughput": [],
 }
 

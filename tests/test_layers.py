@@ -281,6 +281,29 @@ def test_compiled_attention_pool_fuses_its_products_and_matches_equations():
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
 
 
+def test_attention_pool_onnx_export_never_reshapes_the_map(tmp_path):
+    """An ONNX export scores the map with a convolution and pools it with a sum, as it is (OpenVINO would reorder
+    a reshaped map; AttentionPool._unreshaped): the map feeds only those two (and Shape), no matrix product is left, and
+    ONNX Runtime gives eqs. 5-6 at sizes other than the traced one."""
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pool = AttentionPool(6).eval()
+    height, width = torch.export.Dim("height", min=1, max=64), torch.export.Dim("width", min=1, max=64)
+    program = torch.onnx.export(pool, (torch.randn(2, 6, 5, 7),), dynamic_shapes={"x": {2: height, 3: width}},
+                                dynamo=True, verbose=False)
+    program.save(str(tmp_path / "pool.onnx"))
+    graph = onnx.load(str(tmp_path / "pool.onnx")).graph
+    consumers = {node.op_type for node in graph.node if graph.input[0].name in node.input} - {"Shape"}  # its sizes
+    assert consumers == {"Conv", "Mul"}, consumers
+    assert not {"MatMul", "Gemm"} & {node.op_type for node in graph.node}
+    session = onnxruntime.InferenceSession(str(tmp_path / "pool.onnx"), providers=["CPUExecutionProvider"])
+    for size in [(5, 7), (1, 1), (16, 3)]:
+        x = torch.randn(2, 6, *size)
+        got = torch.from_numpy(session.run(None, {graph.input[0].name: x.numpy()})[0])
+        with torch.no_grad():
+            torch.testing.assert_close(got, _reference_pool(pool, x), atol=1e-6, rtol=1e-5)
+
+
 def test_attention_pool_hook_sees_a_normalised_map():
     pool = AttentionPool(4)
     seen = []

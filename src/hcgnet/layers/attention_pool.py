@@ -20,11 +20,13 @@ class AttentionPool(nn.Module):
     the products they are, in the map's own layout (:func:`position_scores`, :func:`weighted_sum`): a 1x1
     convolution with one output channel and a batch of matrix-vector products run 2-4x slower forward and
     backward on a CPU (``benchmarks/attention_pool.py``), and the three pools of every SMG module took about
-    9% of an HCGNet-A1 training step. An ONNX export keeps the matrix products, which ONNX Runtime runs faster.
+    9% of an HCGNet-A1 training step. An ONNX export holds the equations on the unreshaped map instead
+    (:meth:`_unreshaped`), which OpenVINO runs faster.
     Under ``torch.compile`` both are products and sums in every layout: Inductor fuses them with their
     neighbours, where a matrix product stays a separate library call (an HCGNet-A1 bf16 compiled training step
     2% faster; BENCHMARKS.md).
-    ``score`` is therefore never called: a forward hook on it sees nothing (hook ``attention`` for the map).
+    ``score`` is therefore called only in an ONNX export: in PyTorch a forward hook on it sees nothing (hook
+    ``attention`` for the map).
     """
 
     def __init__(self, channels: int) -> None:
@@ -33,11 +35,22 @@ class AttentionPool(nn.Module):
         self.attention = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        if _exporting_to_onnx():
+            return self._unreshaped(x)
         b, c, h, w = x.shape
         logits = position_scores(x, self.score.weight, self.score.bias)
         weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)
         weights = self.attention(weights.reshape(b, 1, h, w))
         return weighted_sum(x, weights)
+
+    def _unreshaped(self, x: Tensor) -> Tensor:
+        """The same equations on the map as it is, never reshaped: the scores as a 1x1 convolution, the softmax
+        over H and W written out, the pooling as a sum over H and W. What an ONNX export holds: OpenVINO keeps the
+        map in its own blocked layout, where reshaping it for matrix products costs reorders (HCGNet-B at batch 1 in
+        bf16: 0.87 of the latency on an Intel Xeon; ONNX Runtime undecided; benchmarks/onnx_pool_form.py)."""
+        logits = self.score(x)
+        weights = softmax_in_float32_or_wider(logits.flatten(1), dim=-1).to(x.dtype)
+        return (x * self.attention(weights.reshape_as(logits))).sum((2, 3))
 
 
 def softmax_in_float32_or_wider(x: Tensor, dim: int) -> Tensor:
@@ -57,10 +70,7 @@ def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
         bias = bias.to(x.dtype)
     if pools_by_matrix_products(x):  # (B, H, W, C) in memory: one matrix-vector product
         return F.linear(x.permute(0, 2, 3, 1).reshape(b, h * w, c), weight, bias).reshape(b, h * w)
-    if _exporting_to_onnx():  # ONNX Runtime runs matrix products faster (HCGNet-B at batch 1: 8%)
-        scores = torch.matmul(weight, x.reshape(b, c, h * w)).reshape(b, h * w)
-    else:
-        scores = (x * weight.reshape(1, c, 1, 1)).sum(1).reshape(b, h * w)
+    scores = (x * weight.reshape(1, c, 1, 1)).sum(1).reshape(b, h * w)
     return scores if bias is None else scores + bias
 
 
@@ -69,9 +79,6 @@ def weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
     b, c, h, w = x.shape
     if pools_by_matrix_products(x):
         return torch.bmm(weights.reshape(b, 1, h * w), x.permute(0, 2, 3, 1).reshape(b, h * w, c)).reshape(b, c)
-    if _exporting_to_onnx():
-        return torch.bmm(x.reshape(b, c, h * w), weights.reshape(b, h * w, 1)).reshape(b, c)
-    # Both as (B, *, H*W): ONNX Runtime's symbolic shape inference (its quantization tools) then sees equal sizes.
     return (x.reshape(b, c, h * w) * weights.reshape(b, 1, h * w)).sum(2)
 
 

@@ -1,0 +1,140 @@
+"""The attention pooling's form in an ONNX export, at batch 1: hcgnet's (``AttentionPool._unreshaped``: a 1x1
+convolution scores the map, a sum over H and W pools it, the map never reshaped) against the matrix products the
+export held before (the map reshaped to (B, C, H*W) for a matrix-vector product and a batched one), each run by
+ONNX Runtime fp32 and by OpenVINO at fp32 and bf16.
+
+    python benchmarks/onnx_pool_form.py --model hcgnet_b --rounds 9 --json benchmarks/results/onnx_pool_form_b.json
+
+Random weights (seed 0), one export per form (each checked against the eager model by ``export_model``); every
+round times --steps calls of each of the six after --warmup untimed ones, in turn. A figure is the median of the
+per-round means; a ratio (unreshaped / matrix products, below 1 is faster) the median of the per-round ratios of
+the same runtime, with a 95% bootstrap interval of that median (2000 resamples of the rounds, seed 0): "faster"
+or "slower" when the interval is on one side of 1, "undecided" when it straddles it.
+"""
+import argparse
+import contextlib
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hcgnet import create_model
+from hcgnet.bench import machine_description, model_defaults
+from hcgnet.errors import HCGNetError
+from hcgnet.export import OpenVINOModel, export_model
+from hcgnet.files import atomic_path, script_output_file
+from hcgnet.layers.attention_pool import AttentionPool, softmax_in_float32_or_wider
+
+FORMS = ("unreshaped", "matrix products")
+
+
+def matrix_products(pool: AttentionPool, x: torch.Tensor) -> torch.Tensor:
+    """Eqs. 5-6 with the map reshaped to (B, C, H*W): the export's form until 2026-12-05."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, h * w)
+    logits = torch.matmul(pool.score.weight.reshape(1, c), flat).reshape(b, h * w) + pool.score.bias
+    weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)
+    return torch.bmm(flat, weights.reshape(b, h * w, 1)).reshape(b, c)
+
+
+@contextlib.contextmanager
+def exported_as(form: str):
+    if form == "unreshaped":
+        yield
+        return
+    unreshaped = AttentionPool._unreshaped
+    AttentionPool._unreshaped = matrix_products
+    try:
+        yield
+    finally:
+        AttentionPool._unreshaped = unreshaped
+
+
+def onnxruntime_runner(path: Path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda t: torch.from_numpy(session.run(None, {name: t.numpy()})[0])
+
+
+def bootstrap_median_interval(values, resamples: int = 2000, seed: int = 0):
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="hcgnet_b", help="a variant (its own input size and classes)")
+    p.add_argument("--batch", type=int, default=1, help="images per call")
+    p.add_argument("--steps", type=int, default=20, help="timed calls per configuration and round")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before each timed run")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
+    args = p.parse_args()
+    json_path = script_output_file(args.json, args.force, "onnx_pool_form")
+    try:
+        size, num_classes = model_defaults(args.model)
+    except HCGNetError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    torch.manual_seed(0)
+    model = create_model(args.model, num_classes=num_classes).eval()
+    x = torch.randn(args.batch, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, form in enumerate(FORMS):
+            with exported_as(form):
+                path = export_model(model, str(Path(tmp) / f"form{i}.onnx"), "onnx", (3, *size))
+            runs[("onnxruntime fp32", form)] = onnxruntime_runner(path)
+            for dtype in ("fp32", "bf16"):
+                runs[(f"openvino {dtype}", form)] = OpenVINOModel(path, dtype)
+        scale = expected.abs().max().item()
+        agreement = {k: (run(x) - expected).abs().max().item() / scale for k, run in runs.items()}
+        times = {k: [] for k in runs}
+        for r in range(args.rounds):
+            for k, run in runs.items():
+                for _ in range(args.warmup):
+                    run(x)
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    run(x)
+                times[k].append((time.perf_counter() - start) / args.steps)
+            print(f"round {r + 1}: " + ", ".join(f"{rt} {form} {v[-1] * 1e3:.1f} ms" for (rt, form), v in times.items()),
+                  flush=True)
+    runtimes = list(dict.fromkeys(rt for rt, _ in runs))
+    result = {"model": args.model, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+              "rounds": args.rounds, "machine": machine_description(), "runtimes": {}}
+    for rt in runtimes:
+        ratios = [a / b for a, b in zip(times[(rt, FORMS[0])], times[(rt, FORMS[1])])]
+        low, high = bootstrap_median_interval(ratios)
+        verdict = "faster" if high < 1 else "slower" if low > 1 else "undecided"
+        result["runtimes"][rt] = {
+            "median_ms": {form: statistics.median(times[(rt, form)]) * 1e3 for form in FORMS},
+            "seconds": {form: times[(rt, form)] for form in FORMS},
+            "largest_difference_to_eager_fp32_of_scale": {form: agreement[(rt, form)] for form in FORMS},
+            "unreshaped_over_matrix_products": {"median": statistics.median(ratios), "interval_95": [low, high],
+                                                "min": min(ratios), "max": max(ratios),
+                                                "faster_rounds": sum(q < 1 for q in ratios), "verdict": verdict}}
+        q = result["runtimes"][rt]["unreshaped_over_matrix_products"]
+        ms = result["runtimes"][rt]["median_ms"]
+        print(f"{rt}: unreshaped {ms[FORMS[0]]:.1f} ms, matrix products {ms[FORMS[1]]:.1f} ms; ratio {q['median']:.3f} "
+              f"(95% {low:.3f}-{high:.3f}), faster in {q['faster_rounds']} of {args.rounds} rounds: {verdict}")
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
