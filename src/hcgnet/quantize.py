@@ -194,10 +194,8 @@ def quantize_onnx(model: nn.Module, images: Iterable[torch.Tensor], output: str,
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         export_model(model, str(fp32), "onnx", input_size)
         # ONNX Runtime's symbolic shape inference leaves temporary files in the working directory when it fails.
-        # auto_merge: a map's side reaches it as two expressions it cannot prove equal (the convolutions' output
-        # sizes and the export's own arithmetic, floor(floor((h - 1)/2)/2) + 1 and floor((h - 1)/4) + 1); they are.
         with contextlib.chdir(tmp):
-            quant_pre_process(str(fp32), str(prepared), auto_merge=True)
+            quant_pre_process(str(fp32), str(prepared))
         quantization.quantize_static(
             str(prepared), str(output), _CalibrationReader(images, _input_name(prepared)),
             quant_format=quantization.QuantFormat.QDQ, per_channel=True, op_types_to_quantize=list(ONNX_OPS),

@@ -20,8 +20,8 @@ class AttentionPool(nn.Module):
     the products they are, in the map's own layout (:func:`position_scores`, :func:`weighted_sum`): a 1x1
     convolution with one output channel and a batch of matrix-vector products run 2-4x slower forward and
     backward on a CPU (``benchmarks/attention_pool.py``), and the three pools of every SMG module took about
-    9% of an HCGNet-A1 training step. An ONNX export holds the equations on the unreshaped map instead
-    (:meth:`_unreshaped`), which OpenVINO runs faster.
+    9% of an HCGNet-A1 training step. An ONNX export holds another form (:meth:`export_form`), which OpenVINO runs
+    faster.
     Under ``torch.compile`` both are products and sums in every layout: Inductor fuses them with their
     neighbours, where a matrix product stays a separate library call (an HCGNet-A1 bf16 compiled training step
     2% faster; BENCHMARKS.md).
@@ -36,21 +36,24 @@ class AttentionPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if _exporting_to_onnx():
-            return self._unreshaped(x)
+            return self.export_form(x)
         b, c, h, w = x.shape
         logits = position_scores(x, self.score.weight, self.score.bias)
         weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)
         weights = self.attention(weights.reshape(b, 1, h, w))
         return weighted_sum(x, weights)
 
-    def _unreshaped(self, x: Tensor) -> Tensor:
-        """The same equations on the map as it is, never reshaped: the scores as a 1x1 convolution, the softmax
-        over H and W written out, the pooling as a sum over H and W. What an ONNX export holds: OpenVINO keeps the
-        map in its own blocked layout, where reshaping it for matrix products costs reorders (HCGNet-B at batch 1 in
-        bf16: 0.87 of the latency on an Intel Xeon; ONNX Runtime undecided; benchmarks/onnx_pool_form.py)."""
-        logits = self.score(x)
-        weights = softmax_in_float32_or_wider(logits.flatten(1), dim=-1).to(x.dtype)
-        return (x * self.attention(weights.reshape_as(logits))).sum((2, 3))
+    def export_form(self, x: Tensor) -> Tensor:
+        """The form an ONNX export holds: the scores as the 1x1 convolution they are, on the map as it is, and the
+        pooling as one batched matrix-vector product. OpenVINO runs the scoring convolution in its own blocked
+        layout, where a matrix product would first reorder the map; the pooling's matrix product beats a sum over H
+        and W at large batches (HCGNet-B at batch 1 in bf16: 0.90 of the latency of matrix products for both; A1 at
+        batch 256 undecided; ONNX Runtime undecided; benchmarks/onnx_pool_form.py)."""
+        b, c, h, w = x.shape
+        logits = self.score(x).reshape(b, h * w)
+        weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)
+        weights = self.attention(weights.reshape(b, 1, h, w))
+        return torch.bmm(x.reshape(b, c, h * w), weights.reshape(b, h * w, 1)).reshape(b, c)
 
 
 def softmax_in_float32_or_wider(x: Tensor, dim: int) -> Tensor:
