@@ -47,8 +47,8 @@ class AttentionPool(nn.Module):
         """The form an ONNX export holds: the scores as the 1x1 convolution they are, on the map as it is, and the
         pooling as one batched matrix-vector product. OpenVINO runs the scoring convolution in its own blocked
         layout, where a matrix product would first reorder the map; the pooling's matrix product beats a sum over H
-        and W at large batches (HCGNet-B at batch 1 in bf16: 0.90 of the latency of matrix products for both; A1 at
-        batch 256 undecided; ONNX Runtime undecided; benchmarks/onnx_pool_form.py)."""
+        and W at large batches (HCGNet-B at batch 1 in OpenVINO bf16: 0.81-0.90 of the latency with matrix products
+        for both, in two runs; A1 at batch 256 and ONNX Runtime undecided; benchmarks/onnx_pool_form.py)."""
         b, c, h, w = x.shape
         logits = self.score(x).reshape(b, h * w)
         weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)
@@ -82,6 +82,7 @@ def weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
     b, c, h, w = x.shape
     if pools_by_matrix_products(x):
         return torch.bmm(weights.reshape(b, 1, h * w), x.permute(0, 2, 3, 1).reshape(b, h * w, c)).reshape(b, c)
+    # Both as (B, *, H*W): ONNX Runtime's symbolic shape inference (its quantization tools) then sees equal sizes.
     return (x.reshape(b, c, h * w) * weights.reshape(b, 1, h * w)).sum(2)
 
 
