@@ -1,5 +1,6 @@
-"""The attention pooling's form in an ONNX export: hcgnet's (``AttentionPool.export_form``: a 1x1 convolution scores
-the map as it is, a batched matrix-vector product pools it) against the matrix products the export held before
+"""The attention pooling's form in an ONNX export: hcgnet's (``position_scores`` and ``weighted_sum`` of
+``hcgnet.layers.attention_pool`` while exporting: a 1x1 convolution scores the map as it is, a batched
+matrix-vector product pools it) against the matrix products the export held before
 (the map reshaped to (B, C, H*W) for the scores too) and an unreshaped form (the scores as hcgnet's, the pooling as a
 sum over H and W, so that the map is never reshaped), each run by ONNX Runtime fp32 and by OpenVINO at fp32 and bf16.
 
@@ -30,51 +31,38 @@ from hcgnet.bench import machine_description, model_defaults
 from hcgnet.errors import HCGNetError
 from hcgnet.export import OpenVINOModel, export_model
 from hcgnet.files import atomic_path, script_output_file
-from hcgnet.layers.attention_pool import AttentionPool, softmax_in_float32_or_wider
+from hcgnet.layers import attention_pool
+from hcgnet.quantize import OnnxRuntimeModel
 
 FORMS = ("hcgnet", "matrix products", "unreshaped")
 
 
-def matrix_products(pool: AttentionPool, x: torch.Tensor) -> torch.Tensor:
-    """Eqs. 5-6 with the map reshaped to (B, C, H*W) for both products: the export's form until 2026-12-05."""
+def matrix_product_scores(x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """The scores with the map reshaped to (B, C, H*W) for a matrix product: the export's form until 2026-12-05."""
     b, c, h, w = x.shape
-    flat = x.reshape(b, c, h * w)
-    logits = torch.matmul(pool.score.weight.reshape(1, c), flat).reshape(b, h * w) + pool.score.bias
-    weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)
-    return torch.bmm(flat, weights.reshape(b, h * w, 1)).reshape(b, c)
+    return torch.matmul(weight.reshape(1, c), x.reshape(b, c, h * w)).reshape(b, h * w) + bias
 
 
-def unreshaped(pool: AttentionPool, x: torch.Tensor) -> torch.Tensor:
-    """hcgnet's scores, then the pooling as a sum over H and W: only the one-channel score map is reshaped."""
-    logits = pool.score(x)
-    weights = softmax_in_float32_or_wider(logits.flatten(1), dim=-1).to(x.dtype)
-    return (x * weights.reshape_as(logits)).sum((2, 3))
+def summed_pooling(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The pooling as a sum over H and W, so that the map is never reshaped (with hcgnet's scores)."""
+    return (x * weights).sum((2, 3))
 
 
-ALTERNATIVES = {"matrix products": matrix_products, "unreshaped": unreshaped}
+# form -> the functions of hcgnet.layers.attention_pool it replaces while exporting
+ALTERNATIVES = {"hcgnet": {}, "matrix products": {"position_scores": matrix_product_scores},
+                "unreshaped": {"weighted_sum": summed_pooling}}
 
 
 @contextlib.contextmanager
 def exported_as(form: str):
-    if form == "hcgnet":
-        yield
-        return
-    exported = AttentionPool.export_form
-    AttentionPool.export_form = ALTERNATIVES[form]
+    originals = {name: getattr(attention_pool, name) for name in ALTERNATIVES[form]}
+    for name, function in ALTERNATIVES[form].items():
+        setattr(attention_pool, name, function)
     try:
         yield
     finally:
-        AttentionPool.export_form = exported
-
-
-def onnxruntime_runner(path: Path):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda t: torch.from_numpy(session.run(None, {name: t.numpy()})[0])
+        for name, function in originals.items():
+            setattr(attention_pool, name, function)
 
 
 def bootstrap_median_interval(values, resamples: int = 2000, seed: int = 0):
@@ -109,7 +97,7 @@ def main() -> None:
         for i, form in enumerate(FORMS):
             with exported_as(form):
                 path = export_model(model, str(Path(tmp) / f"form{i}.onnx"), "onnx", (3, *size))
-            runs[("onnxruntime fp32", form)] = onnxruntime_runner(path)
+            runs[("onnxruntime fp32", form)] = OnnxRuntimeModel(path, num_classes)
             for dtype in ("fp32", "bf16"):
                 runs[(f"openvino {dtype}", form)] = OpenVINOModel(path, dtype)
         scale = expected.abs().max().item()

@@ -282,8 +282,8 @@ def test_compiled_attention_pool_fuses_its_products_and_matches_equations():
 
 
 def test_attention_pool_onnx_export_scores_the_map_with_a_convolution(tmp_path):
-    """An ONNX export scores the map with the 1x1 convolution itself, on the map as it is (AttentionPool.export_form:
-    OpenVINO would reorder a map reshaped for a matrix product), and pools it with one batched matrix product: the
+    """An ONNX export scores the map with the 1x1 convolution itself, on the map as it is (position_scores: OpenVINO
+    would reorder a map reshaped for a matrix product), and pools it with one batched matrix product: the
     map feeds a Conv and the pooling's Reshape (besides Shape), one MatMul is left, and ONNX Runtime gives eqs. 5-6
     at sizes other than the traced one."""
     onnx = pytest.importorskip("onnx")

@@ -20,13 +20,12 @@ class AttentionPool(nn.Module):
     the products they are, in the map's own layout (:func:`position_scores`, :func:`weighted_sum`): a 1x1
     convolution with one output channel and a batch of matrix-vector products run 2-4x slower forward and
     backward on a CPU (``benchmarks/attention_pool.py``), and the three pools of every SMG module took about
-    9% of an HCGNet-A1 training step. An ONNX export holds another form (:meth:`export_form`), which OpenVINO runs
-    faster.
+    9% of an HCGNet-A1 training step. An ONNX export holds the scores as the convolution they are and the pooling as
+    a matrix product, which OpenVINO runs faster (ONNX Runtime about the same).
     Under ``torch.compile`` both are products and sums in every layout: Inductor fuses them with their
     neighbours, where a matrix product stays a separate library call (an HCGNet-A1 bf16 compiled training step
     2% faster; BENCHMARKS.md).
-    ``score`` is therefore called only in an ONNX export: in PyTorch a forward hook on it sees nothing (hook
-    ``attention`` for the map).
+    ``score`` is therefore never called: a forward hook on it sees nothing (hook ``attention`` for the map).
     """
 
     def __init__(self, channels: int) -> None:
@@ -35,25 +34,11 @@ class AttentionPool(nn.Module):
         self.attention = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if _exporting_to_onnx():
-            return self.export_form(x)
         b, c, h, w = x.shape
         logits = position_scores(x, self.score.weight, self.score.bias)
         weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)
         weights = self.attention(weights.reshape(b, 1, h, w))
         return weighted_sum(x, weights)
-
-    def export_form(self, x: Tensor) -> Tensor:
-        """The form an ONNX export holds: the scores as the 1x1 convolution they are, on the map as it is, and the
-        pooling as one batched matrix-vector product. OpenVINO runs the scoring convolution in its own blocked
-        layout, where a matrix product would first reorder the map; the pooling's matrix product beats a sum over H
-        and W at large batches (HCGNet-B at batch 1 in OpenVINO bf16: 0.81-0.90 of the latency with matrix products
-        for both, in two runs; A1 at batch 256 and ONNX Runtime undecided; benchmarks/onnx_pool_form.py)."""
-        b, c, h, w = x.shape
-        logits = self.score(x).reshape(b, h * w)
-        weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)
-        weights = self.attention(weights.reshape(b, 1, h, w))
-        return torch.bmm(x.reshape(b, c, h * w), weights.reshape(b, h * w, 1)).reshape(b, c)
 
 
 def softmax_in_float32_or_wider(x: Tensor, dim: int) -> Tensor:
@@ -71,6 +56,11 @@ def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
     weight = weight.reshape(1, c).to(x.dtype)
     if bias is not None:
         bias = bias.to(x.dtype)
+    if _exporting_to_onnx():
+        # The 1x1 convolution itself, on the map as it is: OpenVINO runs it in its own blocked layout, where a matrix
+        # product would first reorder the map (HCGNet-B at batch 1 in OpenVINO bf16: 0.81-0.90 of the latency, in
+        # two runs; A1 at batch 256 and ONNX Runtime undecided; benchmarks/onnx_pool_form.py).
+        return F.conv2d(x, weight.reshape(1, c, 1, 1), bias).reshape(b, h * w)
     if pools_by_matrix_products(x):  # (B, H, W, C) in memory: one matrix-vector product
         return F.linear(x.permute(0, 2, 3, 1).reshape(b, h * w, c), weight, bias).reshape(b, h * w)
     scores = (x * weight.reshape(1, c, 1, 1)).sum(1).reshape(b, h * w)
@@ -80,6 +70,8 @@ def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
 def weighted_sum(x: Tensor, weights: Tensor) -> Tensor:
     """``sum over positions of x * weights``: (B, C, H, W) and (B, 1, H, W) -> (B, C)."""
     b, c, h, w = x.shape
+    if _exporting_to_onnx():  # a sum over H and W took A1 at batch 256 1.35-1.42x the time in OpenVINO bf16
+        return torch.bmm(x.reshape(b, c, h * w), weights.reshape(b, h * w, 1)).reshape(b, c)
     if pools_by_matrix_products(x):
         return torch.bmm(weights.reshape(b, 1, h * w), x.permute(0, 2, 3, 1).reshape(b, h * w, c)).reshape(b, c)
     # Both as (B, *, H*W): ONNX Runtime's symbolic shape inference (its quantization tools) then sees equal sizes.
