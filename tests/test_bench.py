@@ -68,6 +68,9 @@ def test_bench_isolated_configurations_each_report_their_own_memory():
     assert (plain["memory_efficient"], lean["memory_efficient"]) == (False, True)
     # each in a fresh process, so the second does not start from what the first left in the allocator
     assert 0 < lean["peak_memory_added_mb"] < plain["peak_memory_added_mb"]
+    # under the allocator setting hcgnet train gives each (glibc here)
+    assert plain["allocator"] == "freed memory kept (glibc mallopt)"
+    assert lean["allocator"] == "freed memory returned (glibc mallopt)"
 
 
 def test_bench_refuses_what_cannot_run(capsys):

@@ -574,3 +574,22 @@ def test_predict_images_given_as_an_option_says_to_give_them_as_they_are(capsys)
     with pytest.raises(SystemExit):
         main(["predict", "--checkpoint", "x.safetensors", "--images", "a.png"])
     assert "give the image files, folders or quoted globs themselves, without --images" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from hcgnet.cli import build_parser
+
+    def options(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from options(sub, (*path, name))
+            elif not isinstance(action, argparse._HelpAction):
+                yield " ".join(path), action
+
+    seen = list(options(build_parser(), ("hcgnet",)))
+    assert {command for command, _ in seen} >= {"hcgnet train", "hcgnet bench", "hcgnet export", "hcgnet detect predict"}
+    silent = [f"{command} {'/'.join(a.option_strings) or a.dest}" for command, a in seen if not a.help]
+    assert not silent, silent

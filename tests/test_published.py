@@ -77,6 +77,25 @@ def test_against_published_ratios_are_medians_of_per_round_ratios():
     assert result["allocator"] == "freed memory kept (glibc mallopt)"
 
 
+def test_against_published_memory_is_the_worst_round_each_in_a_fresh_process():
+    configs = [BenchConfig("train", memory_efficient=True), BenchConfig("infer")]
+    result = against_published(STANDIN, "hcgnet_a1", configs, batch=2, size=(16, 16), steps=1, warmup=0, rounds=2,
+                               memory=True)
+    published, lean, *infer = result["rows"]
+    assert [r["mode"] for r in infer] == ["infer", "infer"]
+    assert not any("process_peak_rss_mb" in r for r in infer)  # inference is timed, not measured for memory
+    # the published code as its own scripts run, hcgnet's as hcgnet train runs it (glibc here)
+    assert published["memory_allocator"] == "the C library's defaults"
+    assert lean["memory_allocator"] == "freed memory returned (glibc mallopt)"
+    for row in (published, lean):
+        peaks = row["process_peak_rss_mb_rounds"]
+        assert len(peaks) == 2 and all(p > 200 for p in peaks)  # a whole process: torch alone is hundreds of MB
+        assert row["process_peak_rss_mb"] == max(peaks)
+        expected = max(a / b for a, b in zip(peaks, published["process_peak_rss_mb_rounds"]))
+        assert row["rss_ratio"] == pytest.approx(expected)
+    assert published["rss_ratio"] == 1
+
+
 def test_cli_side_by_side_writes_json_and_refuses_mistakes(tmp_path, capsys):
     out = tmp_path / "side.json"
     code = main(["bench", "--model", "hcgnet_a1", "--against-published", STANDIN, "--modes", "infer,latency",

@@ -46,6 +46,15 @@ def keep_freed_memory() -> bool:
     return _fix_thresholds(_MMAP_THRESHOLD_MAX, _TRIM_THRESHOLD_MAX)
 
 
+def for_training(memory_efficient: bool) -> Optional[str]:
+    """The setting ``hcgnet train`` runs with: freed memory returned to the system for a memory-efficient network
+    (what recomputation frees would otherwise stay resident), kept for the next step otherwise. Returns which one
+    took effect, ``"returned"`` or ``"kept"``, or None where the C library has no ``mallopt``."""
+    if memory_efficient:
+        return "returned" if return_freed_memory() else None
+    return "kept" if keep_freed_memory() else None
+
+
 def _fix_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
     """Set glibc's mapping and trimming thresholds (fixed from then on); False without ``mallopt``."""
     libc = _libc()

@@ -157,6 +157,11 @@ def _exported_runner(model: nn.Module, runtime: str, x: torch.Tensor, folder: st
     return lambda t: session.run(None, {name: t.cpu().numpy()})[0]
 
 
+#: How a process's allocator treats freed memory, as the results name it (:mod:`hcgnet.allocator`).
+FREED_MEMORY = {"kept": "freed memory kept (glibc mallopt)", "returned": "freed memory returned (glibc mallopt)"}
+DEFAULT_ALLOCATOR = "the C library's defaults"
+
+
 def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], steps: int, warmup: int,
                device: torch.device, num_classes: int = 10, export_dir: Optional[str] = None,
                build: Optional[Callable[[BenchConfig], nn.Module]] = None) -> Dict:
@@ -271,9 +276,9 @@ def benchmark(
             if cfg.mode == "latency" and b != batches[0]:
                 continue  # batch 1 whatever the batch sweep
             args = (name, cfg, b, tuple(s), steps, warmup, dev, 10, export_dir)
-            if isolate:
+            if isolate:  # under the allocator setting `hcgnet train` gives the configuration
                 with context.Pool(1) as pool:
-                    results.append(pool.apply(run_config, args))
+                    results.append(pool.apply(run_fresh, (args,)))
             else:
                 results.append(run_config(*args))
             if progress is not None:
@@ -374,14 +379,39 @@ def plot(results: Sequence[Dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def run_fresh(args: tuple, return_memory: bool = False) -> Dict:
-    """:func:`run_config` (``args``) in a fresh process; ``return_memory``: with the allocator setting that
-    ``hcgnet train`` applies to memory-efficient runs (:func:`hcgnet.allocator.return_freed_memory`)."""
-    if return_memory:
-        from hcgnet.allocator import return_freed_memory
+def run_fresh(args: tuple, as_trained: bool = True) -> Dict:
+    """:func:`run_config` (``args``) in a fresh process; ``as_trained``: under the allocator setting that
+    ``hcgnet train`` runs the configuration with (:func:`hcgnet.allocator.for_training`), otherwise under the C
+    library's defaults (the published code's own scripts). The result names the setting (``"allocator"``)."""
+    from hcgnet.allocator import for_training
 
-        return_freed_memory()
-    return run_config(*args)
+    setting = for_training(args[1].memory_efficient) if as_trained else None
+    return {**run_config(*args), "allocator": FREED_MEMORY.get(setting, DEFAULT_ALLOCATOR)}
+
+
+def _add_peak_memory(rows: List[Dict], lineup: Sequence[BenchConfig], rounds: int, args: tuple, name: str) -> None:
+    """Each training configuration's peak resident memory, in a fresh process per round (interleaved like the
+    timings): the published code under the C library's defaults, as its own scripts run, hcgnet's as
+    ``hcgnet train`` runs it. A row's figure is its largest over the rounds, its ratio the largest per-round
+    ratio to the published code's: the worst case, not a typical one."""
+    context = multiprocessing.get_context("spawn")
+    trained = [(row, cfg) for row, cfg in zip(rows, lineup) if cfg.mode == "train"]
+    for row, _ in trained:
+        row["process_peak_rss_mb_rounds"] = []
+    for _ in range(rounds):
+        for row, cfg in trained:
+            with context.Pool(1) as pool:  # a fresh allocator: the peak is this configuration's alone
+                r = pool.apply(run_fresh, ((name, cfg, *args), cfg.implementation == "hcgnet"))
+            row["process_peak_rss_mb_rounds"].append(r["process_peak_rss_mb"])
+            row["memory_allocator"] = r["allocator"]
+    base = next((row["process_peak_rss_mb_rounds"] for row, cfg in trained if cfg.implementation == "published"), None)
+    for row, _ in trained:
+        peaks = row["process_peak_rss_mb_rounds"]
+        if None in peaks:  # no /proc here: no resident-memory figure
+            continue
+        row["process_peak_rss_mb"] = max(peaks)
+        if base and None not in base:
+            row["rss_ratio"] = max(a / b for a, b in zip(peaks, base))
 
 
 def build_for(path: str, name: str, num_classes: int, cfg: BenchConfig) -> nn.Module:
@@ -468,7 +498,7 @@ def against_published(
     size = tuple(size or own_size)
     num_classes = own_classes if num_classes is None else num_classes
     published, ours = paired_models(path, name, num_classes, size)  # refused here unless the same network
-    allocator = "freed memory kept (glibc mallopt)" if keep_freed_memory() else "the C library's defaults"
+    allocator = FREED_MEMORY["kept"] if keep_freed_memory() else DEFAULT_ALLOCATOR
     flops = {mode: _flops_per_image(ours, size, mode) for mode in modes}
     del published, ours
     lineup: List[BenchConfig] = []
@@ -504,19 +534,7 @@ def against_published(
         row["share_of_peak"] = row["gflops"] / peak
         rows.append(row)
     if memory:
-        context = multiprocessing.get_context("spawn")
-        for row, cfg in zip(rows, lineup):
-            if cfg.mode != "train":
-                continue
-            with context.Pool(1) as pool:  # a fresh allocator: the peak is this configuration's alone
-                r = pool.apply(run_fresh, ((name, cfg, batch, size, min(steps, 3), 1, dev, num_classes, None, build),
-                                           cfg.memory_efficient))
-            row["process_peak_rss_mb"] = r["process_peak_rss_mb"]
-            row["returns_freed_memory"] = cfg.memory_efficient
-        for row in rows:
-            base = next(r for r in rows if r["mode"] == row["mode"] and r["implementation"] == "published")
-            if row.get("process_peak_rss_mb") and base.get("process_peak_rss_mb"):
-                row["rss_ratio"] = row["process_peak_rss_mb"] / base["process_peak_rss_mb"]
+        _add_peak_memory(rows, lineup, rounds, (batch, size, min(steps, 3), 1, dev, num_classes, None, build), name)
     return {"model": name, "num_classes": num_classes, "batch": batch, "size": list(size), "rounds": rounds,
             "steps": steps, "warmup": warmup, "published": str(path), "machine": machine_description(),
             "peak_gflops": peaks, "flops_per_image": flops, "allocator": allocator, "date": time.strftime("%Y-%m-%d"),

@@ -103,16 +103,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = make_config(args.recipe, args.config, overrides)
     from hcgnet.models.registry import parse_model_kwargs
 
-    if parse_model_kwargs(config.model_kwargs).get("memory_efficient"):
-        from hcgnet.allocator import return_freed_memory
+    from hcgnet.allocator import for_training
 
-        # what recomputation frees goes back to the system: the resident memory follows the live tensors
-        if return_freed_memory():
-            print("memory_efficient: freed blocks of 1 MiB or more go back to the system (glibc mallopt)")
-    else:
-        from hcgnet.allocator import keep_freed_memory
-
-        keep_freed_memory()  # what a step frees serves the next one, without page faults (BENCHMARKS.md)
+    if for_training(bool(parse_model_kwargs(config.model_kwargs).get("memory_efficient"))) == "returned":
+        print("memory_efficient: freed blocks of 1 MiB or more go back to the system (glibc mallopt)")
     fit(config)
     return 0
 
@@ -366,6 +360,9 @@ def _bench_against_published(args: argparse.Namespace, both, batches: List[int],
         if args.memory and r.get("process_peak_rss_mb"):
             line += f" {r['process_peak_rss_mb']:7.0f} MB {r.get('rss_ratio', 1):11.2f}"
         print(line)
+    if args.memory:
+        print(f"peak RSS: the largest of {args.rounds} fresh processes, one per round (hcgnet's under the allocator "
+              "setting hcgnet train gives it); its x published: the largest per-round ratio")
     if args.json:
         with reported_write(args.json):
             Path(args.json).write_text(json.dumps(result, indent=2))
@@ -661,7 +658,8 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
     tr.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="mixed precision (fp16: GPU only)")
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     tr.add_argument("--workers", type=int, default=None, help=f"data loading processes (default {D.workers})")
-    tr.add_argument("--seed", type=int, default=None)
+    tr.add_argument("--seed", type=int, default=None,
+                    help=f"seed of the new layers' weights, the data order and the flips (default {D.seed})")
     tr.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                     help="also save last.pt every N steps (default: at epoch ends)")
     tr.add_argument("--max-steps-per-epoch", type=int, default=None, metavar="N", help="cut epochs short (smoke runs)")
@@ -676,7 +674,7 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
 
     ev = tasks.add_parser("eval", help="COCO box and mask AP of a trained detector (pycocotools)")
     ev.add_argument("--checkpoint", required=True, help="final.safetensors or last.pt of hcgnet detect train")
-    ev.add_argument("--images", required=True, metavar="DIR")
+    ev.add_argument("--images", required=True, metavar="DIR", help="folder of the images the annotations name")
     ev.add_argument("--annotations", required=True, metavar="FILE", help="COCO instances JSON")
     ev.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     add_hardware_options(ev, "autocast dtype")
@@ -688,7 +686,8 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
 
     pr = tasks.add_parser("predict", help="draw a detector's boxes, classes and masks on images (PNGs)")
     pr.add_argument("--checkpoint", required=True, help="final.safetensors or last.pt of hcgnet detect train")
-    pr.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|GLOB")
+    pr.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|GLOB",
+                    help="image files, folders of them or quoted globs")
     pr.add_argument("--output", required=True, metavar="DIR", help="folder for one PNG per image")
     pr.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring this or more (0.5)")
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
@@ -877,8 +876,9 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="ONNX, TorchScript or torch.export (.pt2) file of a checkpoint")
     add_checkpoint(ex)
-    ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"))
-    ex.add_argument("--output", required=True)
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"),
+                    help="ONNX (ONNX Runtime, OpenVINO), TorchScript or torch.export's .pt2")
+    ex.add_argument("--output", required=True, metavar="OUTPUT", help="the file to write (.onnx, .pt or .pt2)")
     ex.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     ex.add_argument("--int8", action="store_true",
                     help="an int8 QDQ model (ONNX Runtime static quantization; --format onnx), calibrated on "
@@ -888,22 +888,28 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     be = sub.add_parser("bench", help="training/inference speed and peak memory of configurations, in one process")
-    be.add_argument("--model", default="hcgnet_a1")
+    be.add_argument("--model", default="hcgnet_a1", help="a registered name or an HCGNet-(...)-(k=...) spec "
+                    "(default hcgnet_a1)")
     be.add_argument("--modes", default="train,infer", help="comma-separated: train, infer, latency (batch 1)")
     be.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, fp16 (GPU)")
-    for flag in ("channels-last", "memory-efficient", "compile"):
-        be.add_argument(f"--{flag}", choices=("off", "on", "both"), default="off")
+    for flag, what in (("channels-last", "NHWC memory format"),
+                       ("memory-efficient", "recomputation in backward (memory_efficient=True; training only)"),
+                       ("compile", "torch.compile (inference: weights frozen, as hcgnet eval --compile)")):
+        be.add_argument(f"--{flag}", choices=("off", "on", "both"), default="off",
+                        help=f"{what}: off, on, or both side by side (default off)")
     be.add_argument("--runtimes", default="eager",
                     help="comma-separated: eager, torchscript, onnx, pt2, int8 (torchao PT2E, compiled; on the CPU, needs "
                          "the int8 extra), openvino (the ONNX export in OpenVINO, at each of --dtypes fp32/bf16; on "
                          "the CPU, needs the openvino extra); runtimes other than eager time inference only")
     be.add_argument("--batch-size", default="64", help="one batch size or a comma-separated sweep, e.g. 16,32,64")
     be.add_argument("--size", default=None, help="square input side or a sweep, e.g. 32,64 (default: the model's)")
-    be.add_argument("--steps", type=int, default=10)
-    be.add_argument("--warmup", type=int, default=3)
+    be.add_argument("--steps", type=int, default=10, help="timed steps per configuration (default 10)")
+    be.add_argument("--warmup", type=int, default=3,
+                    help="untimed steps before them: compilation, allocator, caches (default 3)")
     be.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     be.add_argument("--isolate", action="store_true",
-                    help="each configuration in a fresh process: exact peak memory for every one")
+                    help="each configuration in a fresh process, under the allocator setting hcgnet train gives "
+                         "it: exact peak memory for every one")
     be.add_argument("--json", default=None, help="also write the results here")
     be.add_argument("--csv", default=None, help="also write the results as CSV")
     be.add_argument("--plot", default=None, help="PNG of step time and peak memory against pixels per step")
@@ -914,8 +920,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
                           "weights, logits checked equal first) beside each configuration, in interleaved rounds")
     pub.add_argument("--rounds", type=int, default=3, help="with --against-published: rounds (default 3)")
     pub.add_argument("--memory", action="store_true",
-                     help="with --against-published: each training configuration again in a fresh process for its "
-                          "peak resident memory")
+                     help="with --against-published: each training configuration again in a fresh process per "
+                          "round for its peak resident memory (the largest over the rounds)")
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
 
