@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from hcgnet.bench import machine_description
+from hcgnet.errors import script_errors
 from hcgnet.files import atomic_path, script_output_file
 from hcgnet.layers.attention_pool import AttentionPool
 
@@ -42,9 +43,9 @@ def time_step(fn, x, grad, steps: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--steps", type=int, default=10, help="timed forward+backward passes per round and case")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
     json_path = script_output_file(args.json, args.force, "attention_pool")
@@ -79,4 +80,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("attention_pool"):  # a mistake in what was asked: one line, exit code 2
+        main()

@@ -12,6 +12,7 @@ torch's ``nn.BatchNorm2d`` (same parameters and buffers). Reports the median rat
 from loop_tails import interleaved_pairs, named_pair_row, step_arguments, write_report
 from torch import nn
 
+from hcgnet.errors import script_errors
 from hcgnet.files import script_output_file
 from hcgnet.layers import BatchNorm2d
 
@@ -37,4 +38,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("compiled_batch_norm"):  # a mistake in what was asked: one line, exit code 2
+        main()

@@ -14,6 +14,7 @@ import types
 from loop_tails import interleaved_pairs, named_pair_row, step_arguments, write_report
 from torch import nn
 
+from hcgnet.errors import script_errors
 from hcgnet.files import script_output_file
 from hcgnet.layers import GroupConv2d
 
@@ -39,4 +40,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("compiled_group_conv"):  # a mistake in what was asked: one line, exit code 2
+        main()

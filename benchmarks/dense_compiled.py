@@ -26,7 +26,7 @@ import torch
 
 from hcgnet.bench import machine_description, model_defaults
 from hcgnet.compiled import compile_frozen
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import script_errors
 from hcgnet.files import atomic_path, script_output_file
 from hcgnet.models.hcgnet import set_compiled_buffer
 from hcgnet.published import paired_models
@@ -40,9 +40,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--published", required=True, metavar="PATH", help="a clone of github.com/winycg/HCGNet")
     p.add_argument("--model", default="hcgnet_a1", help="a variant (its own input size and classes)")
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--steps", type=int, default=3, help="timed batches per configuration and round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--dtypes", default="bf16", help="comma-separated: bf16 (autocast), fp32")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
@@ -51,14 +51,10 @@ def main() -> None:
     contexts = {"bf16": lambda: torch.autocast("cpu", torch.bfloat16), "fp32": contextlib.nullcontext}
     dtypes = args.dtypes.split(",")
     if set(dtypes) - set(contexts):
-        print(f"--dtypes: choose from {', '.join(contexts)}", file=sys.stderr)
+        print(f"dense_compiled: error: --dtypes: choose from {', '.join(contexts)}", file=sys.stderr)
         sys.exit(2)
-    try:
-        size, num_classes = model_defaults(args.model)
-        published, ours = paired_models(args.published, args.model, num_classes, size)
-    except HCGNetError as e:
-        print(e, file=sys.stderr)
-        sys.exit(2)
+    size, num_classes = model_defaults(args.model)
+    published, ours = paired_models(args.published, args.model, num_classes, size)
     x = torch.randn(args.batch, 3, *size, generator=torch.Generator().manual_seed(0))
     x_cl = x.contiguous(memory_format=torch.channels_last)
     runners = {"published eager fp32": (published.eval(), x, contextlib.nullcontext)}
@@ -109,4 +105,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("dense_compiled"):  # a mistake in what was asked: one line, exit code 2
+        main()

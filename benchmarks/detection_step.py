@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from hcgnet.detection import build_detector
+from hcgnet.errors import script_errors
 from hcgnet.evaluation import AMP_DTYPES, autocast
 from hcgnet.files import atomic_path, script_output_file
 
@@ -53,12 +54,12 @@ def step_fn(model, images, targets, amp):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--image-size", type=int, default=320)
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--image-size", type=int, default=320, help="square image side (default 320)")
+    p.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES))
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
+    p.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES), help="autocast dtype (default none)")
     p.add_argument("--json", default=str(DEFAULT_JSON),
                    help="write the results here (default: benchmarks/results/detection_step.json)")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
@@ -98,4 +99,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("detection_step"):  # a mistake in what was asked: one line, exit code 2
+        main()

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from gate_passes import median_seconds  # the sibling script (this folder is on sys.path when run)
 
+from hcgnet.errors import script_errors
 from hcgnet.files import atomic_path, script_output_file
 from hcgnet.layers.conv import DilatedDepthwiseConv2d
 
@@ -27,8 +28,8 @@ def timed(fn, x, weight, repeats):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--json", default=None)
+    p.add_argument("--repeats", type=int, default=20, help="timed passes per case (default 20)")
+    p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
     json_path = script_output_file(args.json, args.force, "dilated_depthwise")
@@ -63,4 +64,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("dilated_depthwise"):  # a mistake in what was asked: one line, exit code 2
+        main()

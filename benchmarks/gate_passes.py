@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from hcgnet.errors import script_errors
 from hcgnet.files import atomic_path, script_output_file
 
 
@@ -65,8 +66,8 @@ def timed(fn, inputs, repeats, backward=True):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--json", default=None)
+    p.add_argument("--repeats", type=int, default=50, help="timed passes per case (default 50)")
+    p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
     json_path = script_output_file(args.json, args.force, "gate_passes")
@@ -98,4 +99,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("gate_passes"):  # a mistake in what was asked: one line, exit code 2
+        main()

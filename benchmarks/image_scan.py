@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from hcgnet.data import images
+from hcgnet.errors import script_errors
 from hcgnet.files import atomic_path, script_output_file
 
 
@@ -74,4 +75,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("image_scan"):  # a mistake in what was asked: one line, exit code 2
+        main()

@@ -20,7 +20,6 @@ BENCHMARKS.md, from ``hcgnet eval --int8`` on a trained checkpoint).
 """
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -29,30 +28,13 @@ from pathlib import Path
 import torch
 
 import hcgnet
+from hcgnet.bench import machine_description
+from hcgnet.errors import HCGNetError, script_errors
 from hcgnet.export import export_model
 from hcgnet.files import atomic_path, script_output_file
 from hcgnet.quantize import OnnxRuntimeModel, compile_int8, quantize_onnx, quantize_pt2e
 
 CASES = (("hcgnet_a1", 256, 32), ("hcgnet_b", 1, 224))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _flags() -> list:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni")))
 
 
 def _model(name: str, size: int) -> torch.nn.Module:
@@ -113,19 +95,22 @@ def bench_case(name: str, batch: int, size: int, rounds: int, workdir: Path) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--models", default=",".join(c[0] for c in CASES), help="comma-separated subset of the cases")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
     json_path = script_output_file(args.json, args.force, "int8")
     torch.set_num_threads(args.threads)
     wanted = args.models.split(",")
+    unknown = [name for name in wanted if name not in {case[0] for case in CASES}]
+    if unknown:
+        raise HCGNetError(f"--models: no case {unknown[0]!r}; choose from {', '.join(case[0] for case in CASES)}")
     import onnxruntime
     import torchao
 
-    result = {"machine": {"cpu": _cpu(), "flags": _flags(), "threads": args.threads},
+    result = {"machine": machine_description(),
               "versions": {"torch": torch.__version__, "torchao": torchao.__version__,
                            "onnxruntime": onnxruntime.__version__},
               "date": time.strftime("%Y-%m-%d"), "cases": []}
@@ -142,4 +127,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("int8"):  # a mistake in what was asked: one line, exit code 2
+        main()

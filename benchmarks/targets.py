@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from hcgnet.bench import BenchConfig, against_published, describe
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import script_errors
 from hcgnet.files import atomic_path, script_output_file
 from hcgnet.published import check_clone
 
@@ -71,9 +71,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--published", required=True, metavar="PATH", help="a clone of github.com/winycg/HCGNet")
     p.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(WORKLOADS)}")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration and round (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--json", default=None, help="write every result here (merged into an existing file)")
     p.add_argument("--force", action="store_true",
                    help="replace the workloads an existing --json file already holds (or a file that is no report)")
@@ -89,11 +89,7 @@ def main() -> None:
     replaces = args.json is not None and Path(args.json).exists() and (
         earlier is None or any(key in earlier["workloads"] for key in keys))
     out = script_output_file(args.json, args.force or not replaces, "targets")
-    try:
-        check_clone(args.published)
-    except HCGNetError as e:
-        print(f"targets: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    check_clone(args.published)
     report = earlier if earlier is not None else {"workloads": {}}
     for key in keys:
         model, mode, batch, side, configs, memory, target = WORKLOADS[key]
@@ -117,4 +113,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("targets"):  # a mistake in what was asked: one line, exit code 2
+        main()

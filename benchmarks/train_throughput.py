@@ -18,7 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import hcgnet
+from hcgnet.bench import model_defaults
 from hcgnet.data import build_data
+from hcgnet.errors import script_errors
 from hcgnet.evaluation import autocast
 from hcgnet.files import atomic_path, script_output_file
 
@@ -43,20 +45,23 @@ def timed_steps(model, batches, optimizer, amp_dtype, channels_last, warmup):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="hcgnet_a1")
-    p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--amp", choices=("none", "bf16"), default="bf16")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--json", default=None)
+    p.add_argument("--model", default="hcgnet_a1", help="a variant or spec (default hcgnet_a1)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="a dataset as hcgnet train --data takes it (default fashion-mnist)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    p.add_argument("--workers", type=int, default=1, help="data loading processes (default 1)")
+    p.add_argument("--amp", choices=("none", "bf16"), default="bf16", help="autocast dtype (default bf16)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="model and images in channels_last (default on)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before them (default 3)")
+    p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
     json_path = script_output_file(args.json, args.force, "train_throughput")
 
-    data = build_data(args.data, val_size=0)
+    model_defaults(args.model)  # an unknown network is refused before the data loads
+    data = build_data(args.data, val_size=0, download=False)
     torch.manual_seed(0)
     model = hcgnet.create_model(args.model, num_classes=data.num_classes, in_chans=data.config.input_size[0])
     if args.channels_last:
@@ -96,4 +101,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with script_errors("train_throughput"):  # a mistake in what was asked: one line, exit code 2
+        main()

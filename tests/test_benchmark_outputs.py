@@ -1,5 +1,7 @@
 """The benchmark scripts' results files: an earlier one is never replaced without --force, and the refusal comes
-before any work, as one line (hcgnet.files.script_output_file)."""
+before any work, as one line (hcgnet.files.script_output_file); a mistake in what a script is asked is one line too
+(hcgnet.errors.script_errors), and every option says what it does."""
+import argparse
 import json
 import os
 import subprocess
@@ -82,3 +84,52 @@ def test_targets_refuses_a_missing_clone_or_workload_in_one_line(argv, tmp_path)
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("targets: error: "), proc.stderr
     assert ("a9-train" in lines[0]) == ("--only" in argv) and ("git clone" in lines[0]) != ("--only" in argv)
+
+
+# script: arguments that name a network that does not exist (a clone that is not there: the model is checked first)
+UNKNOWN_MODEL = {
+    "compiled_batch_norm": ["--model", "no_such_net"], "compiled_dilated_backward": ["--model", "no_such_net"],
+    "compiled_group_conv": ["--model", "no_such_net"], "dense_compiled": ["--model", "no_such_net", "--published",
+                                                                          "no-clone"],
+    "dispatch_count": ["--models", "no_such_net", "--published", "no-clone"], "int8": ["--models", "no_such_net"],
+    "loop_tails": ["--model", "no_such_net"], "memory_efficient": ["--model", "no_such_net"],
+    "onnx_pool_form": ["--model", "no_such_net"], "openvino_shapes": ["--model", "no_such_net"],
+    "profile_step": ["--model", "no_such_net"], "train_throughput": ["--model", "no_such_net"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNKNOWN_MODEL))
+def test_an_unknown_network_is_refused_in_one_line(name, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    argv = [str(tmp_path / a) if a == "no-clone" else a for a in UNKNOWN_MODEL[name]]
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *argv], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"{name}: error: ") and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "no_such_net" in proc.stderr
+
+
+def test_every_script_that_takes_a_network_is_checked():
+    takes = {p.stem for p in BENCHMARKS.glob("*.py") if '"--model"' in p.read_text() or '"--models"' in p.read_text()
+             or "step_arguments(" in p.read_text()}
+    assert takes - {"gpu_suite"} == set(UNKNOWN_MODEL)
+
+
+class _Parsed(Exception):
+    """Raised instead of parsing: carries the script's parser out of its main()."""
+
+
+def test_every_option_of_every_script_says_what_it_does(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts that share loop_tails' flags import it
+
+    def stop(parser, *args, **kwargs):
+        raise _Parsed(parser)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    silent, scripts = [], sorted(BENCHMARKS.glob("*.py"))
+    for path in scripts:
+        with pytest.raises(_Parsed) as parsed:
+            load_script(path, f"benchmark_{path.stem}").main()
+        silent += [f"{path.stem} {'/'.join(a.option_strings) or a.dest}" for a in parsed.value.args[0]._actions
+                   if not a.help]
+    assert len(scripts) > 20 and not silent, silent

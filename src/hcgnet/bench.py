@@ -259,10 +259,12 @@ def benchmark(
     compile: Sequence[bool] = (False,), batch: int = 64, size: Optional[Sequence[int]] = None, steps: int = 10,
     warmup: int = 3, device: Optional[str] = None, progress=None, runtimes: Sequence[str] = ("eager",),
     batches: Optional[Sequence[int]] = None, sizes: Optional[Sequence[Sequence[int]]] = None,
-    isolate: bool = False,
+    isolate: bool = False, as_trained: bool = True,
 ) -> List[Dict]:
     """Every combination of the given settings, in order, for every batch size in ``batches`` (default
-    ``[batch]``) and input size in ``sizes`` (default ``[size]``, the model's own if None)."""
+    ``[batch]``) and input size in ``sizes`` (default ``[size]``, the model's own if None). ``isolate``: each
+    in a fresh process, under the allocator setting ``hcgnet train`` gives it (``as_trained``) or the C
+    library's defaults (:func:`run_fresh`)."""
     dev = _device(device)
     batches = list(batches or [batch])
     check_request(dev, modes, dtypes, runtimes, batches, steps, warmup)
@@ -276,9 +278,9 @@ def benchmark(
             if cfg.mode == "latency" and b != batches[0]:
                 continue  # batch 1 whatever the batch sweep
             args = (name, cfg, b, tuple(s), steps, warmup, dev, 10, export_dir)
-            if isolate:  # under the allocator setting `hcgnet train` gives the configuration
+            if isolate:
                 with context.Pool(1) as pool:
-                    results.append(pool.apply(run_fresh, (args,)))
+                    results.append(pool.apply(run_fresh, (args, as_trained)))
             else:
                 results.append(run_config(*args))
             if progress is not None:

@@ -1,4 +1,7 @@
 """Errors that mean "the user asked for something that cannot work"; the CLI prints them in one line."""
+import contextlib
+import sys
+from typing import Iterator
 
 
 class HCGNetError(ValueError):
@@ -11,6 +14,17 @@ class ModelSpecError(HCGNetError):
 
 class CheckpointError(HCGNetError):
     """A file that is not a usable checkpoint, or one made for a different model."""
+
+
+@contextlib.contextmanager
+def script_errors(prog: str) -> Iterator[None]:
+    """For command-line scripts (benchmarks/), which have no CLI around them to catch an :class:`HCGNetError`:
+    one raised in the block is printed as ``PROG: error: ...`` on stderr, and the script exits with code 2."""
+    try:
+        yield
+    except HCGNetError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def plural(n: float, noun: str) -> str:

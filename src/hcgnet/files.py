@@ -2,12 +2,11 @@
 checking an output path before long work starts, so a mistake costs seconds, not the whole run."""
 import contextlib
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import HCGNetError, script_errors
 
 PathLike = Union[str, os.PathLike]
 
@@ -61,11 +60,8 @@ def script_output_file(path: Optional[PathLike], force: bool, prog: str, flag: s
     a refusal is printed as ``PROG: error: ...`` on stderr and the script exits with code 2."""
     if path is None:
         return None
-    try:
+    with script_errors(prog):
         return check_output_file(path, flag, force)
-    except HCGNetError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def check_output_folder(folder: PathLike, holds: str, results: Iterable[str] = (), force: bool = False,
