@@ -81,6 +81,21 @@ def load_script(path, name=None):
     return module
 
 
+def silent_options(parser, path=""):
+    """The options of ``parser`` and of its subcommands, recursively, that have no help text, each named with the
+    command it belongs to ("hcgnet bench --model")."""
+    import argparse
+
+    silent = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                silent += silent_options(sub, f"{path} {name}".strip())
+        elif not action.help:
+            silent.append(f"{path} {'/'.join(action.option_strings) or action.dest}".strip())
+    return silent
+
+
 def make_image_folder(root, classes=3, per_class=12, size=(20, 20), seed=0):
     """Class folders of small PNGs, each class its own colour plus noise (learnable in a few steps)."""
     rng = np.random.default_rng(seed)

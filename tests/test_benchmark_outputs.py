@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import load_script, silent_options
 
 from hcgnet.files import script_output_file
 
@@ -130,6 +130,5 @@ def test_every_option_of_every_script_says_what_it_does(monkeypatch):
     for path in scripts:
         with pytest.raises(_Parsed) as parsed:
             load_script(path, f"benchmark_{path.stem}").main()
-        silent += [f"{path.stem} {'/'.join(a.option_strings) or a.dest}" for a in parsed.value.args[0]._actions
-                   if not a.help]
+        silent += silent_options(parsed.value.args[0], path.stem)
     assert len(scripts) > 20 and not silent, silent
