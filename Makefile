@@ -26,8 +26,11 @@ $(FASHION_MNIST):
 demo: setup
 	$(VENV)/bin/hcgnet train --recipe demo --overwrite
 
+# One pytest worker per core, at most four (pytest-xdist); tests/conftest.py gives each worker its share of the
+# threads. `make durations` times tests one at a time, as the slow marker's threshold assumes.
+PARALLEL := -n auto --maxprocesses 4
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PARALLEL)
 	$(MAKE) --no-print-directory numerics
 
 # The low-precision (bf16) results again, as on CPUs below this one: torch picks its own kernels by
@@ -41,12 +44,12 @@ numerics: setup
 	  set -- $$(echo $$level | tr : ' '); \
 	  echo "$$flags" | grep -qx $$1 || continue; \
 	  echo "numerics tests as on a CPU with $$3 (ATEN_CPU_CAPABILITY=$$2 ONEDNN_MAX_CPU_ISA=$$3)"; \
-	  ATEN_CPU_CAPABILITY=$$2 ONEDNN_MAX_CPU_ISA=$$3 $(PY) -m pytest -q -p no:cacheprovider -m numerics || exit 1; \
+	  ATEN_CPU_CAPABILITY=$$2 ONEDNN_MAX_CPU_ISA=$$3 $(PY) -m pytest -q $(PARALLEL) -p no:cacheprovider -m numerics || exit 1; \
 	done
 
 # Measure every test's time again; tests/durations.json decides which ones are marked slow.
 durations: setup
-	$(PY) -m pytest -q --record-durations tests/durations.json
+	$(PY) -m pytest -q -n 0 --record-durations tests/durations.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

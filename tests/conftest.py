@@ -160,8 +160,22 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     target = config.getoption("--record-durations")
-    if target:
+    worker = getattr(config, "workerinput", None)   # set in pytest-xdist's worker processes
+    if target and worker is None:   # the controller sees every worker's reports; a worker would write a part
         config.pluginmanager.register(timing.Recorder(target), "hcgnet-durations")
+    if worker is not None:
+        share_the_cores(worker["workercount"])
+
+
+def share_the_cores(workers):
+    """Under ``pytest -n N``, each worker's share of the cores, for its own torch and for the processes its tests
+    start (OMP_NUM_THREADS): N workers of all threads each would oversubscribe the cores, and OpenMP threads that
+    wait for a core spin (a forward pass slowed from 0.1 s to 9 s)."""
+    import os
+
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def pytest_collection_modifyitems(config, items):
