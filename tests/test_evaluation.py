@@ -2,10 +2,12 @@
 checkpoint that carries no metadata (a plain .safetensors plus --model)."""
 import csv
 import json
+import shutil
 
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, safe_open
 from torch import nn
 
 import hcgnet
@@ -14,7 +16,7 @@ from hcgnet.data import DataConfig, build_eval_transform
 from hcgnet.distributed import Dist
 from hcgnet.evaluation import evaluate, per_class, write_confusion
 from hcgnet.models.registry import CIFAR_MEAN, CIFAR_STD
-from conftest import make_image_folder
+from conftest import TRAINED_TOP1, make_image_folder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -130,6 +132,40 @@ def test_eval_plain_safetensors_refuses_another_class_count(capsys, plain, tmp_p
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("hcgnet: error: ")
     assert "3 classes" in err and "4 class folders" in err
+
+
+def test_eval_names_the_unreadable_images_it_leaves_out(capsys, plain, trained, tmp_path):
+    """An unreadable file in the folder: refused in one line; with --skip-bad-images, or when the checkpoint's
+    training run skipped unreadable images, left out, and a note on stderr names it."""
+    path, _, folder = plain
+    broken = shutil.copytree(folder, tmp_path / "folder")
+    (broken / "class_1" / "broken.png").write_bytes(b"not a png")
+    argv = ["eval", "--checkpoint", str(path), "--model", SPEC, "--data", f"imagefolder:{broken}", "--workers", "0"]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2 and len(err.splitlines()) == 1 and "broken.png" in err and "--skip-bad-images" in err
+    code = main(argv + ["--skip-bad-images"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "(all, 12 images)" in out
+    assert "note: skipped 1 unreadable image (broken.png), as --skip-bad-images asks" in err.splitlines()
+
+    # A run trained with --skip-bad-images: eval leaves out what it left out (the same test split: the run's
+    # 400 test images and top-1), and says so.
+    weights, images = trained
+    copy = shutil.copytree(images, tmp_path / "images")
+    (copy / "class_2" / "zz_broken.png").write_bytes(b"\x89PNG, cut short")
+    with safe_open(weights, "pt") as f:
+        meta = dict(f.metadata())
+    skipping = tmp_path / "skipping.safetensors"
+    hcgnet.save_safetensors(load_file(weights), skipping, {**meta, "data": f"imagefolder:{copy}",
+                                                             "skip_bad_images": "true"})
+    code = main(["eval", "--checkpoint", str(skipping), "--data", f"imagefolder:{copy}", "--workers", "0"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "(test, 400 images)" in out and f"top-1 {100 * TRAINED_TOP1:.2f}%" in out
+    assert ("note: skipped 1 unreadable image (zz_broken.png), as the checkpoint's training run did "
+            "(--skip-bad-images)") in err.splitlines()
 
 
 def test_eval_split_all_needs_a_folder(capsys, plain):

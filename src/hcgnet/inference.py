@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from hcgnet.data import (
     DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, image_size_note, load_image,
-    resolve_data_config,
+    resolve_data_config, skipped_note,
 )
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import CheckpointError, HCGNetError
@@ -255,13 +255,17 @@ def split_settings(meta: Dict[str, str]) -> Dict[str, Any]:
     return kwargs
 
 
-def checkpoint_split(data, data_dir, split, meta, model, path, skip_bad_images) -> Tuple[Dataset, List[str]]:
+def checkpoint_split(data, data_dir, split, meta, model, path, skip_bad_images,
+                     log: Optional[Log] = None) -> Tuple[Dataset, List[str]]:
     """The split ``split`` ("test", "val" or "train") of ``data`` as the checkpoint's training run made it
     (its split settings), every image with the evaluation transform (the training images too: int8 calibration
-    reads them); refused in one line when the data does not fit the model. Returns ``(dataset, class names)``."""
+    reads them); refused in one line when the data does not fit the model. Returns ``(dataset, class names)``;
+    ``log`` gets a line naming the unreadable images left out (``skip_bad_images``), if any."""
     config = data_config_of(model, meta)
     bundle = build_data(data, data_dir=data_dir, download=False, skip_bad_images=skip_bad_images,
                         preprocessing=config, augment=False, **split_settings(meta))
+    if bundle.skipped_files and log is not None:
+        log(skipped_note(bundle.skipped_files))
     if bundle.num_classes != model.num_classes:
         raise CheckpointError(
             f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
@@ -283,7 +287,8 @@ def _few(names: Sequence[str]) -> str:
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
-def _all_dataset(data, data_dir, meta, model, path, log: Log, skip_bad_images) -> Tuple[Dataset, List[str]]:
+def _all_dataset(data, data_dir, meta, model, path, log: Log, skip_bad_images,
+                 skipped_log: Log) -> Tuple[Dataset, List[str]]:
     folder = imagefolder_path(data)
     if folder is None:
         raise HCGNetError("--split all scores every image of a folder: use it with --data imagefolder:DIR")
@@ -303,7 +308,7 @@ def _all_dataset(data, data_dir, meta, model, path, log: Log, skip_bad_images) -
             f"{model.num_classes} classes {path} was trained on ({_few(sorted(config.class_names))}); evaluate it "
             "on images of those classes"
         )
-    dataset = build_eval_dataset(data, config, data_dir, "all", skip_bad_images=skip_bad_images)
+    dataset = build_eval_dataset(data, config, data_dir, "all", skip_bad_images=skip_bad_images, log=skipped_log)
     note = guess_note(path, model, meta, "the folder's class names (sorted)" if not meta.get("class_names")
                       else "the checkpoint's class names")
     if note:
@@ -369,12 +374,19 @@ def evaluate_checkpoint(
         split, why = choose_split(data, meta)
     elif split != "all":
         check_split_data(data, meta, split)
+    why_skipped = "as --skip-bad-images asks"
     if skip_bad_images is None:
         skip_bad_images = metadata_value(meta, "skip_bad_images") == "true"
+        why_skipped = "as the checkpoint's training run did (--skip-bad-images)"
+
+    def skipped_log(line: str) -> None:  # a user scoring a folder is told what was not scored, and why
+        log(f"note: {line}, {why_skipped}")
+
     if split == "all":
-        dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log, skip_bad_images)
+        dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log, skip_bad_images, skipped_log)
     else:
-        dataset, class_names = checkpoint_split(data, data_dir, split, meta, model, path, skip_bad_images)
+        dataset, class_names = checkpoint_split(data, data_dir, split, meta, model, path, skip_bad_images,
+                                                skipped_log)
         if not meta.get("class_names"):
             log(guess_note(path, model, meta, "the dataset's class names", "the dataset's standard preprocessing"))
     if len(dataset) == 0:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Dataset, Subset
@@ -97,7 +97,8 @@ def _load_builtin(name: str, data_dir, download: bool, image_size):
     return load_fashion_mnist(root, download)
 
 
-def _skipped_note(skipped: list[str], bad_images_log) -> str:
+def skipped_note(skipped: list[str], bad_images_log=None) -> str:
+    """One line naming the images left out as unreadable (the first few; where the full list is)."""
     names = ", ".join(os.path.basename(p) for p in skipped[:_NAMES_SHOWN])
     more = ", ..." if len(skipped) > _NAMES_SHOWN else ""
     where = f"; the list is in {bad_images_log}" if bad_images_log is not None else ""
@@ -185,7 +186,7 @@ def build_data(spec: str, data_dir: str | None = None, val_size: float | int | N
     idx = _split(len(train), test is not None, val_size, test_size, seed)
     notes = _holdout_notes(len(train), idx, val_size, test_size, test, where, test_where)
     if skipped:
-        notes.append(_skipped_note(skipped, bad_images_log))
+        notes.append(skipped_note(skipped, bad_images_log))
     notes += size_notes + [augmentation_note(config, hflip, augment)]
     eval_tf = build_eval_transform(config)
     train_tf = build_train_transform(config, hflip) if augment else eval_tf
@@ -239,7 +240,8 @@ def _check_split(split) -> None:
 def build_eval_dataset(spec: str, config: DataConfig, data_dir: str | None = None, split: str = "test",
                        val_size: float | int | None = None, test_size: float | int | None = None, seed: int = 0,
                        skip_bad_images: bool = False, download: bool = False,
-                       bad_images_log: str | os.PathLike | None = None) -> Dataset:
+                       bad_images_log: str | os.PathLike | None = None,
+                       log: Callable[[str], None] | None = None) -> Dataset:
     """One split of ``spec`` with the eval transform of ``config`` (a trained model's preprocessing).
 
     ``split="test"``/``"val"``: the same images as the training run's test/validation set, given the run's
@@ -252,7 +254,8 @@ def build_eval_dataset(spec: str, config: DataConfig, data_dir: str | None = Non
     Image folders are labelled with ``config.class_names`` (a folder may lack classes; a class the model does
     not know is an error); a model without class names (``"0"``, ``"1"``...) labels the folder's sorted
     classes 0, 1, ... as training does. Image folders are decoded completely first (as in
-    :func:`build_data`). Raises :class:`DataError` in one line.
+    :func:`build_data`); with ``skip_bad_images``, ``log`` gets one line naming the unreadable ones left out
+    (:func:`skipped_note`). Raises :class:`DataError` in one line.
     """
     _check_split(split)
     name, folder = _parse_spec(spec)
@@ -267,16 +270,20 @@ def build_eval_dataset(spec: str, config: DataConfig, data_dir: str | None = Non
         _, val_idx, _ = _split(len(train), True, val_size, None, seed)
         return Subset(_with_transform(train, eval_tf), val_idx)
     train_root, test_root = layout(folder)
+
+    def checked(parts):
+        skipped = check_images(parts, folder, skip_bad_images, bad_images_log)
+        if skipped and log is not None:
+            log(skipped_note(skipped, bad_images_log))
+        return parts
+
     if split == "all":
-        parts = [_eval_folder(r, config) for r in (train_root, test_root) if r is not None]
-        check_images(parts, folder, skip_bad_images, bad_images_log)
+        parts = checked([_eval_folder(r, config) for r in (train_root, test_root) if r is not None])
         sets = [_with_transform(ds, eval_tf) for ds in parts]
         return sets[0] if len(sets) == 1 else ConcatDataset(sets)
     if split == "test" and test_root is not None:
-        test = _eval_folder(test_root, config)
-        check_images([test], folder, skip_bad_images, bad_images_log)
+        test, = checked([_eval_folder(test_root, config)])
         return _with_transform(test, eval_tf)
-    train = _eval_folder(train_root, config)
-    check_images([train], folder, skip_bad_images, bad_images_log)  # the same files dropped as in training
+    train, = checked([_eval_folder(train_root, config)])  # the same files dropped as in training
     _, val_idx, test_idx = _split(len(train), test_root is not None, val_size, test_size, seed)
     return Subset(_with_transform(train, eval_tf), val_idx if split == "val" else test_idx)
