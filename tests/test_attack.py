@@ -496,6 +496,7 @@ def test_skip_bad_images_on_a_folder_with_a_truncated_jpeg(capsys, runs, tmp_pat
     assert "cut.jpg" in line and "--skip-bad-images" in line
     code, text, err = cli(capsys, *argv, "--skip-bad-images")
     assert code == 0, err
+    assert "note: skipped 1 unreadable image (cut.jpg), as --skip-bad-images asks" in err.splitlines()
     saved = json.loads((tmp_path / "out" / "robustness.json").read_text())
     assert {r["images"] for r in saved["rows"]} == {6}  # the six readable ones
 

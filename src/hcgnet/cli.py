@@ -403,7 +403,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.attack, eps, args.model or (), args.data_dir, args.split, args.steps,
         args.step_size, args.random_start, args.seed, args.batch_size, args.limit, args.device,
         progress=lambda n: bar["bar"].update(n), on_total=start, amp=args.amp, workers=args.workers,
-        skip_bad_images=args.skip_bad_images)
+        skip_bad_images=args.skip_bad_images, log=note_on_stderr)
     if hasattr(bar.get("bar"), "close"):
         bar["bar"].close()
     with reported_write(out):

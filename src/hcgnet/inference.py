@@ -43,6 +43,18 @@ def note_on_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def bad_images_setting(meta: Dict[str, str], skip_bad_images: Optional[bool], log: Log) -> Tuple[bool, Log]:
+    """Whether to leave a folder's unreadable images out (``skip_bad_images``; None: as the checkpoint's training
+    run did), and the log for the note that names those left out and says why: a user scoring a folder is told
+    what was not scored."""
+    if skip_bad_images is None:
+        skip, why = (metadata_value(meta, "skip_bad_images") == "true",
+                     "as the checkpoint's training run did (--skip-bad-images)")
+    else:
+        skip, why = skip_bad_images, "as --skip-bad-images asks"
+    return skip, lambda line: log(f"note: {line}, {why}")
+
+
 def metadata_value(meta: Dict[str, str], key: str) -> Optional[str]:
     """A metadata value, None when absent or recorded as None (an automatic setting)."""
     value = meta.get(key)
@@ -374,14 +386,7 @@ def evaluate_checkpoint(
         split, why = choose_split(data, meta)
     elif split != "all":
         check_split_data(data, meta, split)
-    why_skipped = "as --skip-bad-images asks"
-    if skip_bad_images is None:
-        skip_bad_images = metadata_value(meta, "skip_bad_images") == "true"
-        why_skipped = "as the checkpoint's training run did (--skip-bad-images)"
-
-    def skipped_log(line: str) -> None:  # a user scoring a folder is told what was not scored, and why
-        log(f"note: {line}, {why_skipped}")
-
+    skip_bad_images, skipped_log = bad_images_setting(meta, skip_bad_images, log)
     if split == "all":
         dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log, skip_bad_images, skipped_log)
     else:

@@ -312,13 +312,13 @@ def pixel_config(config: DataConfig) -> DataConfig:
 
 
 def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: str, data_dir: Optional[str] = None,
-                       split: Optional[str] = None,
-                       skip_bad_images: Optional[bool] = None) -> Tuple[Dataset, DataConfig, str]:
+                       split: Optional[str] = None, skip_bad_images: Optional[bool] = None,
+                       log: Callable[[str], None] = lambda line: None) -> Tuple[Dataset, DataConfig, str]:
     """The images ``hcgnet eval`` would score for this checkpoint (same split, same preprocessing), as [0, 1]
     pixels. ``skip_bad_images``: leave out unreadable images instead of refusing the folder (None: as the
-    training run did). Returns ``(dataset, the checkpoint's DataConfig, split)``."""
-    from hcgnet.inference import (SPLITS, choose_split, data_config_of, folder_classes, imagefolder_path,
-                                  metadata_value, split_settings)
+    training run did), named in a note to ``log``. Returns ``(dataset, the checkpoint's DataConfig, split)``."""
+    from hcgnet.inference import (SPLITS, bad_images_setting, choose_split, data_config_of, folder_classes,
+                                  imagefolder_path, split_settings)
 
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -333,11 +333,10 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
                               f"{len(config.class_names)}; attack it on the dataset it was trained for")
     if split == "all" and folder is None:
         raise HCGNetError("--split all attacks every image of a folder: use it with --data imagefolder:DIR")
-    if skip_bad_images is None:
-        skip_bad_images = metadata_value(meta, "skip_bad_images") == "true"
+    skip_bad_images, skipped_log = bad_images_setting(meta, skip_bad_images, log)
     try:
         dataset = build_eval_dataset(data, pixel_config(config), data_dir, split, skip_bad_images=skip_bad_images,
-                                     **split_settings(meta))
+                                     log=skipped_log, **split_settings(meta))
     except DataError as e:
         if "class" in str(e) and "model" in str(e):
             raise CheckpointError(f"{path}: {e}") from None
@@ -382,14 +381,14 @@ def attack_checkpoints(
     random_start: bool = False, seed: int = 0, batch_size: int = 64, limit: Optional[int] = None,
     device: Optional[str] = None, progress: Optional[Callable[[int], None]] = None,
     on_total: Optional[Callable[[int], None]] = None, amp: str = "none", workers: int = 0,
-    skip_bad_images: Optional[bool] = None,
+    skip_bad_images: Optional[bool] = None, log: Callable[[str], None] = lambda line: None,
 ) -> Dict[str, Any]:
     """:func:`robustness` for checkpoint files, each on the images ``hcgnet eval`` would score for it.
     ``model_names``: one per checkpoint (None: the checkpoint says); the columns are named by
     :func:`model_labels`. ``on_total(batches)`` is called once the
     work is known, before it starts (for a progress bar). Returns ``{"attack", "data", "split", "splits" (model ->
-    its split), "models", "checkpoints", "rows", ...}``. ``amp``, ``workers``: as :func:`robustness`; ``skip_bad_images``: as
-    :func:`checkpoint_dataset`."""
+    its split), "models", "checkpoints", "rows", ...}``. ``amp``, ``workers``: as :func:`robustness`; ``skip_bad_images``,
+    ``log``: as :func:`checkpoint_dataset`."""
     from hcgnet.inference import load_model
 
     eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers)
@@ -410,7 +409,7 @@ def attack_checkpoints(
         model, meta = load_model(path, name)
         loaded.append((path, model, meta, name or meta.get("model_name")))
     for label, (path, model, meta, _) in zip(model_labels(checkpoints, [n for *_, n in loaded]), loaded):
-        dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split, skip_bad_images)
+        dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split, skip_bad_images, log)
         models[label], datasets[label], files[label], splits[label] = (model, config), dataset, str(path), used
     if on_total is not None:
         on_total(sum(len(_loader(d, limit, batch_size)) for d in datasets.values()))
