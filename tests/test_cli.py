@@ -144,6 +144,42 @@ def test_info_zero_num_classes_is_not_silently_the_default(capsys):
     assert row["params"] == sum(p.numel() for p in hcgnet.create_model("hcgnet_a1", num_classes=0).parameters())
 
 
+def test_info_of_checkpoints_counts_the_networks_they_hold(capsys, trained, tmp_path):
+    """A file among the names is a checkpoint: its network (switches included), at the input size it was trained
+    for, with its classes and data; the fixture's run trained HCGNet-(1,1,1)-(k=8,8,8) on 4 classes of 8x8
+    images (conftest)."""
+    path, folder = trained
+    spec = "HCGNet-(1,1,1)-(k=8,8,8)"
+    switched = hcgnet.create_model(spec, num_classes=3, forget_gate=False)
+    other = tmp_path / "no-forget-gate.safetensors"
+    hcgnet.save_safetensors(switched, other, {"model_name": spec, "switches": json.dumps(switched.switches)})
+    code, out, err = run(capsys, "info", str(path), str(other), "hcgnet_a1", "--json")
+    assert code == 0, err
+    held, no_gate, a1 = json.loads(out)
+    assert held["model"] == str(path) and held["spec"] == spec and held["input"] == "8x8" and held["classes"] == 4
+    assert held["params"] == sum(p.numel() for p in hcgnet.create_model(spec, num_classes=4).parameters())
+    assert held["data"] == f"imagefolder:{folder}" and held["class_names"] == [f"class_{i}" for i in range(4)]
+    assert held["published_params"] is None and held["gmacs"] > 0
+    assert no_gate["spec"] == f"{spec} [forget_gate=False]" and no_gate["input"] == "32x32"
+    assert no_gate["params"] == sum(p.numel() for p in switched.parameters())
+    assert no_gate["params"] != sum(p.numel() for p in hcgnet.create_model(spec, num_classes=3).parameters())
+    assert a1["model"] == "hcgnet_a1" and a1["params"] == 1065301
+    code, out, err = run(capsys, "info", str(path))
+    assert code == 0 and out.splitlines()[1].startswith(f"{path}  {spec}")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["info", "missing/model.safetensors"], "no checkpoint file missing/model.safetensors"),
+    (["info", str(FIXTURE)], "does not say which model it holds; name it in a copy: hcgnet convert"),
+    (["info", str(FIXTURE_IO), "--num-classes", "5"], "the checkpoint"),
+    (["info", str(Path(__file__))], "is not a PyTorch checkpoint"),
+])
+def test_info_of_a_file_it_cannot_count_is_one_line(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert_one_line_error(code, out, err)
+    assert needle in err
+
+
 # one-line errors ------------------------------------------------------------------------------
 
 

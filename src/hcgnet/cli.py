@@ -779,8 +779,9 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="parameters and multiply-adds of models, beside the paper's figures")
-    info.add_argument("models", nargs="*", metavar="MODEL|SPEC",
-                      help="variant names or specs such as 'HCGNet-(8,8,8)-(k=12,24,36)' (default: all variants)")
+    info.add_argument("models", nargs="*", metavar="MODEL|SPEC|FILE",
+                      help="variant names, specs such as 'HCGNet-(8,8,8)-(k=12,24,36)', or checkpoint files (the "
+                           "network each holds, at the input size it was trained for) (default: all variants)")
     info.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the variant's)")
     info.add_argument("--size", type=int, default=None, metavar="N",
                       help="square input side for the GMACs column, e.g. 224 (default: each variant's own)")

@@ -1,4 +1,6 @@
 """The rows of ``hcgnet info``: each network's parameters and multiply-adds beside the published figures."""
+import json
+import os
 from typing import List, Optional, Sequence
 
 import torch
@@ -13,9 +15,16 @@ from hcgnet.models.variants import resolve
 def model_info(names: Sequence[str], num_classes: Optional[int], size: Optional[int] = None,
                model_kwargs: Optional[dict] = None) -> List[dict]:
     """One row of ``hcgnet info`` per model name or spec: parameters and multiply-adds at ``size`` (default: the
-    model's own input), with ``model_kwargs`` (design switches), beside the published and paper figures."""
+    model's own input), with ``model_kwargs`` (design switches), beside the published and paper figures. A name
+    that is a file is a checkpoint: :func:`checkpoint_info`."""
     rows = []
     for requested in names:
+        if os.path.isfile(requested) or looks_like_a_file(requested):
+            if num_classes is not None or model_kwargs:
+                raise HCGNetError(f"--num-classes and --model-kwargs describe a variant; the checkpoint {requested} "
+                                  "holds its own: drop them")
+            rows.append(checkpoint_info(requested, size))
+            continue
         if requested.strip().lower() in PAPER:
             rows.append(baseline_info(requested.strip().lower(), num_classes, size, model_kwargs))
             continue
@@ -65,3 +74,26 @@ def baseline_info(name: str, num_classes: Optional[int], size: Optional[int],
                 published_params=None, paper_params=paper_params if classes == 10 and not changed else None,
                 gmacs=count_macs(model, input_size) / 1e9,
                 paper_gmacs=paper_gmacs if input_size == (3, 32, 32) and not changed else None)
+
+
+def looks_like_a_file(name: str) -> bool:
+    """A name no model or spec has: a path, or a checkpoint's file name."""
+    return os.sep in name or name.lower().endswith((".safetensors", ".pt", ".pth", ".tar"))
+
+
+def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
+    """``info`` of a checkpoint file: the network it holds (with its design switches), counted at the input
+    size it was trained for (or ``size``), and what it was trained on (``data``, ``class_names``)."""
+    from hcgnet.inference import checkpoint_metadata, data_config_of, load_model
+
+    if not os.path.isfile(path):
+        raise HCGNetError(f"no checkpoint file {path}; give a variant name, a spec or an existing file")
+    if not checkpoint_metadata(path).get("model_name"):
+        raise HCGNetError(f"{path} does not say which model it holds; name it in a copy: hcgnet convert "
+                          f"--checkpoint {path} --model NAME --output FILE.safetensors")
+    model, meta = load_model(path)
+    config = data_config_of(model, meta)
+    switches = json.loads(meta["switches"]) if meta.get("switches") else None
+    row, = model_info([meta["model_name"]], model.num_classes, size or config.input_size[-1], switches)
+    row.update(model=path, params=count_params(model), data=meta.get("data"), class_names=list(config.class_names))
+    return row
