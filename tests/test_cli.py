@@ -168,6 +168,20 @@ def test_info_of_checkpoints_counts_the_networks_they_hold(capsys, trained, tmp_
     assert code == 0 and out.splitlines()[1].startswith(f"{path}  {spec}")
 
 
+def test_info_of_a_timm_baselines_checkpoint(capsys, tmp_path):
+    """A run of a timm network (``hcgnet train --model resnet18``): counted at timm's input size, 224. ResNet-18
+    has 11,689,512 parameters and 1.81 GFLOPs (multiply-adds) at 224 x 224 with 1000 classes (torchvision's
+    ResNet18_Weights table); with 3 classes its classifier has 997 x 513 parameters fewer."""
+    path = tmp_path / "r18.safetensors"
+    hcgnet.save_safetensors(hcgnet.create_model("resnet18", num_classes=3), path, {"model_name": "resnet18"})
+    code, out, err = run(capsys, "info", str(path), "--json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert list(row)[0] == "model" and row["model"] == str(path) and row["spec"] == "resnet18"
+    assert row["input"] == "224x224" and row["classes"] == 3 and row["params"] == 11_689_512 - 997 * 513
+    assert row["gmacs"] == pytest.approx(1.81, abs=0.01) and row["published_params"] is None
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["info", "missing/model.safetensors"], "no checkpoint file missing/model.safetensors"),
     (["info", str(FIXTURE)], "does not say which model it holds; name it in a copy: hcgnet convert"),

@@ -9,6 +9,7 @@ from hcgnet.complexity import count_macs, count_params
 from hcgnet.errors import HCGNetError
 from hcgnet.models import VARIANTS, create_model
 from hcgnet.models.baselines import PAPER
+from hcgnet.models.registry import is_timm_baseline
 from hcgnet.models.variants import resolve
 
 
@@ -93,7 +94,14 @@ def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
                           f"--checkpoint {path} --model NAME --output FILE.safetensors")
     model, meta = load_model(path)
     config = data_config_of(model, meta)
-    switches = json.loads(meta["switches"]) if meta.get("switches") else None
-    row, = model_info([meta["model_name"]], model.num_classes, size or config.input_size[-1], switches)
+    name, side = meta["model_name"], size or config.input_size[-1]
+    if is_timm_baseline(name):  # a timm network: no published or paper figures to set beside it
+        input_size = counted_size(model, name, config.input_size, size)
+        row = dict(model=path, spec=name, stem=None, input="x".join(map(str, input_size[1:])), classes=model.num_classes,
+                   published_params=None, paper_params=None, gmacs=count_macs(model, input_size) / 1e9,
+                   paper_gmacs=None)
+    else:
+        switches = json.loads(meta["switches"]) if meta.get("switches") else None
+        row, = model_info([name], model.num_classes, side, switches)
     row.update(model=path, params=count_params(model), data=meta.get("data"), class_names=list(config.class_names))
     return row
