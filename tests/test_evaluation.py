@@ -168,6 +168,28 @@ def test_eval_names_the_unreadable_images_it_leaves_out(capsys, plain, trained, 
             "(--skip-bad-images)") in err.splitlines()
 
 
+def test_eval_without_data_scores_the_data_the_checkpoint_was_trained_on(capsys, plain, trained, tmp_path):
+    path, folder = trained
+    code = main(["eval", "--checkpoint", str(path), "--workers", "0"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[0] == (f"{path} on imagefolder:{folder} (test, 400 images): top-1 "
+                                   f"{100 * TRAINED_TOP1:.2f}%, loss 0.2872")
+    # what cannot be scored without --data: one line saying so
+    weights, _, _ = plain   # saved without metadata
+    moved = tmp_path / "moved.safetensors"
+    with safe_open(path, "pt") as f:
+        meta = dict(f.metadata())
+    hcgnet.save_safetensors(load_file(path), moved, {**meta, "data": f"imagefolder:{tmp_path / 'gone'}"})
+    for argv, needle in ((["--checkpoint", str(weights), "--model", SPEC], "does not record the data it was "
+                                                                              "trained on; pass --data"),
+                         (["--checkpoint", str(moved)], f"was trained on imagefolder:{tmp_path / 'gone'}, which is "
+                                                        "not here")):
+        code = main(["eval", *argv, "--workers", "0"])
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and needle in err, err
+
+
 def test_eval_split_all_needs_a_folder(capsys, plain):
     path, _, _ = plain
     code = main(["eval", "--checkpoint", str(path), "--model", SPEC, "--data", "cifar10", "--split", "all"])

@@ -165,7 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         top5 = f", top-5 {100 * m['top5']:.2f}%" if show_top5(len(rows)) else ""
         int8 = f" in int8 ({m['int8']['backend']}, calibrated on {m['int8']['calibrated_on']})" if "int8" in m else ""
-        print(f"{args.checkpoint} on {args.data} ({m['split']}, {m['count']} images){int8}: top-1 "
+        print(f"{args.checkpoint} on {m['data']} ({m['split']}, {m['count']} images){int8}: top-1 "
               f"{100 * m['top1']:.2f}%{top5}, loss {m['loss']:.4f}")
         if "int8" in m:
             fp32 = m["fp32"]
@@ -839,7 +839,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="top-1, top-5 and loss of a checkpoint on a dataset")
     add_checkpoint(ev)
-    ev.add_argument("--data", required=True, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
+    ev.add_argument("--data", default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH (default: "
+                                                 "the data the checkpoint was trained on, as it records it)")
     ev.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
     ev.add_argument("--split", choices=("test", "val", "all"), default=None,
                     help="test or val: the training run's held-out images (of the data it was trained on); all: "

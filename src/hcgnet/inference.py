@@ -344,14 +344,16 @@ def float_runner(model: nn.Module, meta: Dict[str, str], batch: int, compile: bo
 
 
 def evaluate_checkpoint(
-    path: str, data: str, data_dir: Optional[str] = None, split: Optional[str] = None, batch_size: int = 256,
-    workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None, amp: str = "none",
+    path: str, data: Optional[str] = None, data_dir: Optional[str] = None, split: Optional[str] = None,
+    batch_size: int = 256, workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None,
+    amp: str = "none",
     channels_last: bool = False, progress: Optional[bool] = None, log: Log = note_on_stderr,
     skip_bad_images: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
     int8_compile: bool = True, compile: bool = False, openvino: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a checkpoint on ``split`` of
-    ``data``: "test" or "val" (the training run's, rebuilt from the checkpoint's split settings) or "all"
+    ``data`` (None: the data the checkpoint records it was trained on): "test" or "val" (the training run's,
+    rebuilt from the checkpoint's split settings) or "all"
     (every image of an ``imagefolder:DIR``). ``split=None`` chooses: "all" for a folder the checkpoint was not
     trained on, else "test". ``amp`` ("none", "bf16" or "fp16") and ``channels_last`` are the fast inference
     paths (see BENCHMARKS.md). ``progress``: a bar (default: when stderr is a terminal). ``skip_bad_images``:
@@ -381,6 +383,14 @@ def evaluate_checkpoint(
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     model, meta = load_model(path, model_name)
+    if data is None:
+        data = metadata_value(meta, "data")
+        if data is None:
+            raise CheckpointError(f"{path} does not record the data it was trained on; pass --data")
+        folder = imagefolder_path(data)
+        if folder is not None and not os.path.isdir(os.path.expanduser(folder)):
+            raise CheckpointError(f"{path} was trained on {data}, which is not here (a relative path is relative to "
+                                  "where the training run started); pass --data")
     why = None
     if split is None:
         split, why = choose_split(data, meta)
