@@ -184,7 +184,8 @@ def test_info_of_a_timm_baselines_checkpoint(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, needle", [
     (["info", "missing/model.safetensors"], "no checkpoint file missing/model.safetensors"),
-    (["info", str(FIXTURE)], "does not say which model it holds; name it in a copy: hcgnet convert"),
+    (["info", str(FIXTURE)], f"does not say which model it holds; name it in a copy: hcgnet convert {FIXTURE} "
+                             "NAMED.safetensors --model NAME"),
     (["info", str(FIXTURE_IO), "--num-classes", "5"], "the checkpoint"),
     (["info", str(Path(__file__))], "is not a PyTorch checkpoint"),
 ])

@@ -90,8 +90,8 @@ def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
     if not os.path.isfile(path):
         raise HCGNetError(f"no checkpoint file {path}; give a variant name, a spec or an existing file")
     if not checkpoint_metadata(path).get("model_name"):
-        raise HCGNetError(f"{path} does not say which model it holds; name it in a copy: hcgnet convert "
-                          f"--checkpoint {path} --model NAME --output FILE.safetensors")
+        raise HCGNetError(f"{path} does not say which model it holds; name it in a copy: hcgnet convert {path} "
+                          "NAMED.safetensors --model NAME")
     model, meta = load_model(path)
     config = data_config_of(model, meta)
     name, side = meta["model_name"], size or config.input_size[-1]
