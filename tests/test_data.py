@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
+from conftest import make_image_folder
 from hcgnet.data import (
     DATASETS, DataBundle, DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform,
     build_train_transform, error_message, load_image, split_indices,
@@ -254,6 +255,14 @@ def test_unknown_spec(spec):
     assert "\n" not in str(e.value)
     if spec != "imagefolder:":
         assert all(name in str(e.value) for name in DATASETS) and "imagefolder:PATH" in str(e.value)
+
+
+def test_a_folder_without_the_imagefolder_prefix_is_told_to_add_it(tmp_path):
+    folder = make_image_folder(tmp_path / "photos", classes=2, per_class=2)
+    with pytest.raises(DataError) as e:
+        build_data(str(folder), download=False)
+    assert str(e.value) == (f"unknown dataset {str(folder)!r}; for the images in the folder {folder}, write "
+                            f"imagefolder:{folder}")
 
 
 # ------------------------------------------------------------------------------------------------ ImageFolder

@@ -75,6 +75,8 @@ def _parse_spec(spec) -> tuple[str, str | None]:
         if not folder:
             raise DataError("imagefolder needs a folder: imagefolder:PATH")
         return "imagefolder", os.path.expanduser(folder)
+    if os.path.isdir(os.path.expanduser(s)):  # the usual slip: a folder without the prefix
+        raise DataError(f"unknown dataset {spec!r}; for the images in the folder {s}, write imagefolder:{s}")
     raise DataError(f"unknown dataset {spec!r}: use one of {_SPEC_HELP}")
 
 
