@@ -180,3 +180,7 @@ def share_the_cores(workers):
 
 def pytest_collection_modifyitems(config, items):
     timing.mark_slow(items, timing.read_durations())
+
+
+def pytest_deselected(items):
+    timing.DESELECTED.update(item.nodeid for item in items)

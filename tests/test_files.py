@@ -61,3 +61,20 @@ def test_can_write_in(tmp_path):
     assert can_write_in(tmp_path)
     assert not can_write_in(tmp_path / "missing")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["attention.png", "report.JSON", "out/metrics.csv", "maps.npz"])
+def test_check_output_folder_refuses_a_new_folder_named_like_a_file(tmp_path, name):
+    with pytest.raises(HCGNetError) as e:
+        check_output_folder(tmp_path / name, "the results")
+    stem = name.rsplit(".", 1)[0]
+    assert str(e.value) == (f"--output is a folder for the results, and {tmp_path / name} is named like a file; "
+                            f"give a folder name (such as {tmp_path / stem})")
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("name", ["run.v2", "results", "2026.12.06"])
+def test_check_output_folder_takes_folder_names_with_dots(tmp_path, name):
+    assert check_output_folder(tmp_path / name, "the results") == tmp_path / name
+    (tmp_path / "old.png").mkdir()   # an existing folder is a folder, whatever its name
+    assert check_output_folder(tmp_path / "old.png", "the results") == tmp_path / "old.png"

@@ -14,6 +14,11 @@ SLOW_SECONDS = 5.0
 DURATIONS = Path(__file__).resolve().parent / "durations.json"
 
 
+#: Ids of the tests collected but left out of this run (``-m 'not slow'``, ``--deselect``): conftest's
+#: ``pytest_deselected`` adds them, so that a quick run still knows every test the suite has.
+DESELECTED = set()
+
+
 def slow_ids(durations, threshold=SLOW_SECONDS):
     """The ids of the tests whose measured call time is at least ``threshold`` seconds."""
     return {test_id for test_id, seconds in durations.items() if seconds >= threshold}

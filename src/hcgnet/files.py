@@ -64,6 +64,11 @@ def script_output_file(path: Optional[PathLike], force: bool, prog: str, flag: s
         return check_output_file(path, flag, force)
 
 
+#: Suffixes of the files commands write: a new --output folder named so was meant as a file.
+RESULT_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".json", ".csv", ".npz", ".txt", ".safetensors",
+                        ".pt", ".onnx")
+
+
 def check_output_folder(folder: PathLike, holds: str, results: Iterable[str] = (), force: bool = False,
                         flag: str = "--output") -> Path:
     """``folder`` as a folder a command may write ``holds`` into, checked before any work, or a one-line
@@ -73,6 +78,9 @@ def check_output_folder(folder: PathLike, holds: str, results: Iterable[str] = (
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise HCGNetError(f"{flag} {out} is a file; give a folder for {holds}")
+    if not out.exists() and out.suffix.lower() in RESULT_FILE_SUFFIXES:  # a file name where a folder goes
+        raise HCGNetError(f"{flag} is a folder for {holds}, and {out} is named like a file; give a folder "
+                          f"name (such as {out.with_suffix('')})")
     existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
     if not can_write_in(existing):
         raise HCGNetError(f"{flag}: cannot write in folder {existing} (read-only or no permission); choose another")
