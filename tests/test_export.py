@@ -51,6 +51,26 @@ def test_export_refuses_to_overwrite_and_bad_folders(tmp_path, capsys, checkpoin
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_export_without_format_writes_what_the_file_name_says(tmp_path, capsys, checkpoint):
+    from hcgnet.export import format_of
+
+    assert [format_of(f"m{suffix}") for suffix in (".onnx", ".ONNX", ".pt", ".pt2")] == ["onnx", "onnx",
+                                                                                         "torchscript", "pt2"]
+    path, model = checkpoint
+    out = tmp_path / "model.pt"
+    assert main(["export", "--checkpoint", str(path), "--output", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}: torchscript,")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(out))(x), model(x), rtol=1e-4, atol=1e-5)
+    for name in ("model.bin", "model"):
+        assert main(["export", "--checkpoint", str(path), "--output", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"hcgnet: error: {tmp_path / name} does not say which format to write; name it .onnx, .pt or "
+                       ".pt2, or pass --format onnx/torchscript/pt2\n")
+        assert not (tmp_path / name).exists()
+
+
 def test_export_model_refuses_an_unknown_format(tmp_path):
     with pytest.raises(hcgnet.HCGNetError, match="unknown format"):
         export_model(hcgnet.create_model(SPEC), str(tmp_path / "m.x"), "tflite", (3, 32, 32))

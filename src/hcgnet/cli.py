@@ -256,23 +256,24 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hcgnet.export import check_export_path, export_model
+    from hcgnet.export import check_export_path, export_model, format_of
     from hcgnet.inference import data_config_of, load_model
 
     int8 = _int8_options(args)
-    out = check_export_path(args.output, args.format, args.force)
+    fmt = args.format or format_of(args.output)
+    out = check_export_path(args.output, fmt, args.force)
     if int8:
         from hcgnet.quantize import export_int8
 
-        report = export_int8(args.checkpoint, str(out), args.format, args.model, int8["calibration"])
-        print(f"wrote {out}: int8 {args.format} (QDQ), dynamic batch and input size, calibrated on "
+        report = export_int8(args.checkpoint, str(out), fmt, args.model, int8["calibration"])
+        print(f"wrote {out}: int8 {fmt} (QDQ), dynamic batch and input size, calibrated on "
               f"{report['calibrated_on']}; its top-1 agrees with the float model's on "
               f"{100 * report['agreement']:.1f}% of them (largest logit difference {report['max_diff']:.3g})")
         return 0
     model, meta = load_model(args.checkpoint, args.model)
     input_size = data_config_of(model, meta).input_size
-    export_model(model, str(out), args.format, input_size)
-    print(f"wrote {out}: {args.format}, dynamic batch and input size, checked against the eager model")
+    export_model(model, str(out), fmt, input_size)
+    print(f"wrote {out}: {fmt}, dynamic batch and input size, checked against the eager model")
     return 0
 
 
@@ -878,8 +879,9 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="ONNX, TorchScript or torch.export (.pt2) file of a checkpoint")
     add_checkpoint(ex)
-    ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"),
-                    help="ONNX (ONNX Runtime, OpenVINO), TorchScript or torch.export's .pt2")
+    ex.add_argument("--format", default=None, choices=("onnx", "torchscript", "pt2"),
+                    help="ONNX (ONNX Runtime, OpenVINO), TorchScript or torch.export's .pt2 (default: what "
+                         "--output's name says: .onnx, .pt, .pt2)")
     ex.add_argument("--output", required=True, metavar="OUTPUT", help="the file to write (.onnx, .pt or .pt2)")
     ex.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     ex.add_argument("--int8", action="store_true",

@@ -24,6 +24,16 @@ class ExportError(HCGNetError):
     pass
 
 
+def format_of(output: str) -> str:
+    """The export format a file name says (``.onnx``, ``.pt``, ``.pt2``), or a one-line :class:`ExportError`."""
+    suffix = Path(output).suffix.lower()
+    found = next((fmt for fmt, s in SUFFIXES.items() if s == suffix), None)
+    if found is None:
+        raise ExportError(f"{output} does not say which format to write; name it .onnx, .pt or .pt2, or pass "
+                          f"--format {'/'.join(FORMATS)}")
+    return found
+
+
 def check_export_path(output: str, fmt: str, force: bool = False) -> Path:
     """``output`` as a file ``fmt`` may be written to, refused in one line otherwise: a name that says
     another format (``--format onnx --output model.pt``), an existing file without ``force``, a folder,
