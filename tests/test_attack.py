@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import hcgnet
 from conftest import cli, make_image_folder
 from hcgnet.analysis.attack import fgsm, fgsm_any, pgd, robustness
 from hcgnet.cli import main
@@ -601,6 +602,31 @@ def test_newcomers_mistakes_are_one_line(capsys, runs):
                                f"imagefolder:{runs['base'] / 'empty'}", "--output", runs["base"] / "bad"))
     assert "no class sub-folders" in line
     assert not (runs["base"] / "bad").exists()
+
+
+def test_without_data_the_checkpoints_own_data_is_attacked(capsys, runs, tmp_path):
+    code, text, err = cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--checkpoint", runs["resnet"],
+                          "--eps", "0,0.01", "--output", tmp_path / "out")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert saved["data"] == runs["data"] and {r["images"] for r in saved["rows"]} == {6}   # each run's test split
+    # checkpoints that record no data, or different data: one line saying to pass --data
+    from safetensors.torch import load_file, safe_open
+
+    with safe_open(runs["hcgnet"], "pt") as f:
+        meta = dict(f.metadata())
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    hcgnet.save_safetensors(load_file(runs["hcgnet"]), elsewhere, {**meta, "data": "cifar10"})
+    unrecorded = tmp_path / "unrecorded.safetensors"
+    hcgnet.save_safetensors(load_file(runs["hcgnet"]), unrecorded, {k: v for k, v in meta.items() if k != "data"})
+    for checkpoints, needle in (([runs["hcgnet"], elsewhere], "the checkpoints were trained on different data "
+                                                              f"(cifar10, {runs['data']}); pass --data"),
+                                ([unrecorded], f"{unrecorded} does not record the data it was trained on; "
+                                               "pass --data")):
+        argv = [a for c in checkpoints for a in ("--checkpoint", c)]
+        line = one_line_error(*cli(capsys, "attack", *argv, "--eps", "0", "--output", tmp_path / "refused"))
+        assert needle in line
+    assert not (tmp_path / "refused").exists()
 
 
 def test_attack_refuses_to_replace_earlier_results_without_force(capsys, runs):

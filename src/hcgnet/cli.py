@@ -937,7 +937,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
                     help=".safetensors or .pt of hcgnet train/convert; repeat to compare models (e.g. a timm baseline)")
     at.add_argument("--model", action="append", default=None, metavar="NAME",
                     help="model name for a checkpoint that does not say (published ones); one per --checkpoint, in order")
-    at.add_argument("--data", required=True, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH")
+    at.add_argument("--data", default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH (default: "
+                                                 "the data the checkpoints were trained on, if they all record the same)")
     at.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
     at.add_argument("--split", choices=("test", "val", "all"), default=None,
                     help="as hcgnet eval (default: all for a folder the checkpoint was not trained on, else test)")

@@ -311,6 +311,21 @@ def pixel_config(config: DataConfig) -> DataConfig:
     return dataclasses.replace(config, mean=(0.0,) * c, std=(1.0,) * c, class_names=list(config.class_names))
 
 
+def trained_on(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
+    """The data every checkpoint (``(path, metadata)``) records it was trained on: what ``attack`` uses without
+    ``--data``; refused in one line when one records none or they differ."""
+    from hcgnet.inference import metadata_value
+
+    recorded = {path: metadata_value(meta, "data") for path, meta in checkpoints}
+    missing = [path for path, data in recorded.items() if data is None]
+    if missing:
+        raise HCGNetError(f"{missing[0]} does not record the data it was trained on; pass --data")
+    if len(set(recorded.values())) > 1:
+        raise HCGNetError(f"the checkpoints were trained on different data ({', '.join(sorted(set(recorded.values())))})"
+                          "; pass --data")
+    return next(iter(recorded.values()))
+
+
 def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: str, data_dir: Optional[str] = None,
                        split: Optional[str] = None, skip_bad_images: Optional[bool] = None,
                        log: Callable[[str], None] = lambda line: None) -> Tuple[Dataset, DataConfig, str]:
@@ -376,7 +391,7 @@ def model_labels(paths: Sequence[str], names: Sequence[Optional[str]]) -> List[s
 
 
 def attack_checkpoints(
-    checkpoints: Sequence[str], data: str, attack: str, eps_list: Sequence[float], model_names: Sequence[Optional[str]] = (),
+    checkpoints: Sequence[str], data: Optional[str], attack: str, eps_list: Sequence[float], model_names: Sequence[Optional[str]] = (),
     data_dir: Optional[str] = None, split: Optional[str] = None, steps: int = PGD_STEPS, step_size: Optional[float] = None,
     random_start: bool = False, seed: int = 0, batch_size: int = 64, limit: Optional[int] = None,
     device: Optional[str] = None, progress: Optional[Callable[[int], None]] = None,
@@ -408,6 +423,8 @@ def attack_checkpoints(
     for path, name in zip(checkpoints, names):
         model, meta = load_model(path, name)
         loaded.append((path, model, meta, name or meta.get("model_name")))
+    if data is None:
+        data = trained_on([(path, meta) for path, _, meta, _ in loaded])
     for label, (path, model, meta, _) in zip(model_labels(checkpoints, [n for *_, n in loaded]), loaded):
         dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split, skip_bad_images, log)
         models[label], datasets[label], files[label], splits[label] = (model, config), dataset, str(path), used
