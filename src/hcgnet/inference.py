@@ -102,6 +102,25 @@ def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, 
     return create_model(name, checkpoint_path=path).eval(), meta
 
 
+def recorded_data(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
+    """The data every checkpoint (``(path, metadata)``) records it was trained on: what ``eval`` and ``attack``
+    use without ``--data``. Refused in one line when one records none, when they differ, or when the recorded
+    folder is not here."""
+    recorded = {path: metadata_value(meta, "data") for path, meta in checkpoints}
+    missing = [path for path, data in recorded.items() if data is None]
+    if missing:
+        raise CheckpointError(f"{missing[0]} does not record the data it was trained on; pass --data")
+    found = sorted(set(recorded.values()))
+    if len(found) > 1:
+        raise CheckpointError(f"the checkpoints were trained on different data ({', '.join(found)}); pass --data")
+    data, path = found[0], next(iter(recorded))
+    folder = imagefolder_path(data)
+    if folder is not None and not os.path.isdir(os.path.expanduser(folder)):
+        raise CheckpointError(f"{path} was trained on {data}, which is not here (a relative path is relative to "
+                              "where the training run started); pass --data")
+    return data
+
+
 def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
     """The eval preprocessing a checkpoint was trained with, or the model's own (its ``pretrained_cfg``)."""
     if meta.get("data_config"):
@@ -384,13 +403,7 @@ def evaluate_checkpoint(
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     model, meta = load_model(path, model_name)
     if data is None:
-        data = metadata_value(meta, "data")
-        if data is None:
-            raise CheckpointError(f"{path} does not record the data it was trained on; pass --data")
-        folder = imagefolder_path(data)
-        if folder is not None and not os.path.isdir(os.path.expanduser(folder)):
-            raise CheckpointError(f"{path} was trained on {data}, which is not here (a relative path is relative to "
-                                  "where the training run started); pass --data")
+        data = recorded_data([(path, meta)])
     why = None
     if split is None:
         split, why = choose_split(data, meta)

@@ -311,21 +311,6 @@ def pixel_config(config: DataConfig) -> DataConfig:
     return dataclasses.replace(config, mean=(0.0,) * c, std=(1.0,) * c, class_names=list(config.class_names))
 
 
-def trained_on(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
-    """The data every checkpoint (``(path, metadata)``) records it was trained on: what ``attack`` uses without
-    ``--data``; refused in one line when one records none or they differ."""
-    from hcgnet.inference import metadata_value
-
-    recorded = {path: metadata_value(meta, "data") for path, meta in checkpoints}
-    missing = [path for path, data in recorded.items() if data is None]
-    if missing:
-        raise HCGNetError(f"{missing[0]} does not record the data it was trained on; pass --data")
-    if len(set(recorded.values())) > 1:
-        raise HCGNetError(f"the checkpoints were trained on different data ({', '.join(sorted(set(recorded.values())))})"
-                          "; pass --data")
-    return next(iter(recorded.values()))
-
-
 def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: str, data_dir: Optional[str] = None,
                        split: Optional[str] = None, skip_bad_images: Optional[bool] = None,
                        log: Callable[[str], None] = lambda line: None) -> Tuple[Dataset, DataConfig, str]:
@@ -424,7 +409,9 @@ def attack_checkpoints(
         model, meta = load_model(path, name)
         loaded.append((path, model, meta, name or meta.get("model_name")))
     if data is None:
-        data = trained_on([(path, meta) for path, _, meta, _ in loaded])
+        from hcgnet.inference import recorded_data
+
+        data = recorded_data([(path, meta) for path, _, meta, _ in loaded])
     for label, (path, model, meta, _) in zip(model_labels(checkpoints, [n for *_, n in loaded]), loaded):
         dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split, skip_bad_images, log)
         models[label], datasets[label], files[label], splits[label] = (model, config), dataset, str(path), used
