@@ -85,14 +85,15 @@ def looks_like_a_file(name: str) -> bool:
 def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
     """``info`` of a checkpoint file: the network it holds (with its design switches), counted at the input
     size it was trained for (or ``size``), and what it was trained on (``data``, ``class_names``)."""
-    from hcgnet.inference import checkpoint_metadata, data_config_of, load_model
+    from hcgnet.inference import checkpoint_metadata, data_config_of
 
     if not os.path.isfile(path):
         raise HCGNetError(f"no checkpoint file {path}; give a variant name, a spec or an existing file")
-    if not checkpoint_metadata(path).get("model_name"):
+    meta = checkpoint_metadata(path)   # read once: a training .pt is a whole torch.load
+    if not meta.get("model_name"):
         raise HCGNetError(f"{path} does not say which model it holds; name it in a copy: hcgnet convert {path} "
                           "NAMED.safetensors --model NAME")
-    model, meta = load_model(path)
+    model = create_model(meta["model_name"], checkpoint_path=path).eval()
     config = data_config_of(model, meta)
     name, side = meta["model_name"], size or config.input_size[-1]
     if is_timm_baseline(name):  # a timm network: no published or paper figures to set beside it

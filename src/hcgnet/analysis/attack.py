@@ -389,7 +389,7 @@ def attack_checkpoints(
     work is known, before it starts (for a progress bar). Returns ``{"attack", "data", "split", "splits" (model ->
     its split), "models", "checkpoints", "rows", ...}``. ``amp``, ``workers``: as :func:`robustness`; ``skip_bad_images``,
     ``log``: as :func:`checkpoint_dataset`."""
-    from hcgnet.inference import load_model
+    from hcgnet.inference import load_model, recorded_data
 
     eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers)
     amp_dtype(amp, device_of(device))  # refused before the checkpoints load
@@ -409,8 +409,6 @@ def attack_checkpoints(
         model, meta = load_model(path, name)
         loaded.append((path, model, meta, name or meta.get("model_name")))
     if data is None:
-        from hcgnet.inference import recorded_data
-
         data = recorded_data([(path, meta) for path, _, meta, _ in loaded])
     for label, (path, model, meta, _) in zip(model_labels(checkpoints, [n for *_, n in loaded]), loaded):
         dataset, config, used = checkpoint_dataset(path, model, meta, data, data_dir, split, skip_bad_images, log)
