@@ -397,6 +397,26 @@ def test_cli_writes_the_pictures_maps_and_summary(capsys, checkpoint, tmp_path):
     assert "stages.1.transition" in out and "8x8" in out  # the table
 
 
+def test_cli_labels_images_of_the_same_name_by_their_folders(capsys, checkpoint, tmp_path, monkeypatch):
+    """Two folders with the same file names (a class per folder): the table and the grid's row titles say
+    ``cat/0.png`` and ``dog/0.png``, not ``0.png`` twice; a name found once stays bare."""
+    import matplotlib.axes
+
+    for i, folder in enumerate(("cat", "dog")):
+        picture(tmp_path / "shots" / folder / "0.png", i, size=(20, 26))
+    picture(tmp_path / "shots" / "dog" / "1.png", 2, size=(20, 26))
+    titles = []
+    set_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, text, *a, **k: (titles.append(text),
+                                                                                     set_title(ax, text, *a, **k))[1])
+    code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, tmp_path / "shots", "--output",
+                         tmp_path / "out", "--modules", "stages.2.transition")
+    assert code == 0, err
+    rows = [line.split()[2] for line in out.splitlines() if line.startswith("stages.2.transition")]
+    assert rows == ["cat/0.png", "dog/0.png", "1.png"]
+    assert titles[0:12:4] == ["cat/0.png", "dog/0.png", "1.png"]   # the image column; then the 3 maps
+
+
 def test_cli_refuses_to_replace_earlier_results_without_force(capsys, checkpoint, tmp_path):
     picture(tmp_path / "a.png", 0, size=(20, 26))
     out = tmp_path / "new" / "out"  # missing parents are made

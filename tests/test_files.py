@@ -3,7 +3,7 @@ checked before work starts."""
 import pytest
 
 from hcgnet.errors import HCGNetError
-from hcgnet.files import atomic_path, can_write_in, check_output_file, check_output_folder
+from hcgnet.files import atomic_path, can_write_in, check_output_file, check_output_folder, distinct_names
 
 
 def test_success_replaces_and_leaves_no_temporary(tmp_path):
@@ -78,3 +78,15 @@ def test_check_output_folder_takes_folder_names_with_dots(tmp_path, name):
     assert check_output_folder(tmp_path / name, "the results") == tmp_path / name
     (tmp_path / "old.png").mkdir()   # an existing folder is a folder, whatever its name
     assert check_output_folder(tmp_path / "old.png", "the results") == tmp_path / "old.png"
+
+
+@pytest.mark.parametrize("paths, expected", [
+    ([], []),
+    (["shots/0.png"], ["0.png"]),
+    (["d/cls0/0.png", "d/cls1/0.png", "d/cls1/1.png"], ["cls0/0.png", "cls1/0.png", "1.png"]),
+    (["d/x/0.png", "d/x/0.png"], ["0.png", "0.png"]),                 # the same file twice: one label
+    (["x/0.png", "0.png", "y/x/0.png"], ["x/0.png", "0.png", "y/x/0.png"]),
+    (["/a/b/c.jpg", "/z/b/c.jpg"], ["a/b/c.jpg", "z/b/c.jpg"]),
+])
+def test_distinct_names_add_folders_only_where_file_names_clash(paths, expected):
+    assert distinct_names(paths) == expected

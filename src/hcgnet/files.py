@@ -4,7 +4,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 from hcgnet.errors import HCGNetError, script_errors
 
@@ -99,3 +99,21 @@ def reported_write(path: PathLike) -> Iterator[None]:
         yield
     except OSError as e:
         raise HCGNetError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def distinct_names(paths: Sequence[PathLike]) -> List[str]:
+    """Short labels for ``paths``: each one's file name, with as many parent folders as it takes to tell it
+    from the others (``cls0/0.png`` and ``cls1/0.png``, not ``0.png`` twice). The same path twice gets the same
+    label."""
+    parts = [Path(p).parts or (str(p),) for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        holders: Dict[str, set] = {}
+        for p, label in zip(parts, labels):
+            holders.setdefault(label, set()).add(p)
+        grow = [i for i, (p, label) in enumerate(zip(parts, labels)) if len(holders[label]) > 1 and depth[i] < len(p)]
+        if not grow:
+            return labels
+        for i in grow:
+            depth[i] += 1

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from hcgnet.errors import HCGNetError
+from hcgnet.files import distinct_names
 from hcgnet.evaluation import autocast
 from hcgnet.layers.gates import ForgetGate, UpdateGate
 from hcgnet.layers.smg import SMGModule
@@ -206,12 +207,13 @@ def summary_table(info: Dict[str, object]) -> str:
     the mean 3x3 share ``u_a`` and the mean forget weight ``f``."""
     lines = [f"{'module':<26} {'map':>7} {'image':<24} " + " ".join(f"{k + ' peak':>20}" for k in MAP_KINDS)
              + f" {'u 3x3':>6} {'f':>6}"]
+    labels = dict(zip(info["images"], distinct_names(info["images"])))
     for module, entry in info["modules"].items():
         size = "x".join(map(str, entry["map_size"]))
         for row in entry["per_image"]:
             peaks = " ".join(f"{'(%d,%d) %.3f' % (p['peak_row'], p['peak_col'], p['peak_probability']):>20}"
                              for p in (row[k] for k in MAP_KINDS))
-            lines.append(f"{module:<26} {size:>7} {Path(row['image']).name[:24]:<24} {peaks} "
+            lines.append(f"{module:<26} {size:>7} {labels[row['image']][-24:]:<24} {peaks} "
                          f"{row['mean_u_3x3']:6.3f} {row['mean_forget']:6.3f}")
     return "\n".join(lines)
 

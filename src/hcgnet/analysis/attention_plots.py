@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from hcgnet.analysis.attention import MAP_KINDS, MAP_TITLES, upsample_map
+from hcgnet.files import distinct_names
 
 #: Size of one picture of the grid (inches): its title line included.
 CELL_WIDTH, CELL_HEIGHT = 2.0, 2.3
@@ -63,11 +64,12 @@ def attention_grid(
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.3 / (rows * CELL_HEIGHT) - 0.02,
                         wspace=0.05, hspace=0.25)
     gray = shown.shape[-1] == 1
+    labels = distinct_names(names) if names else [f"image {i}" for i in range(b)]
     for i in range(b):
         picture = shown[i, :, :, 0] if gray else shown[i]
         ax = axes[i, 0]
         ax.imshow(picture, cmap="gray" if gray else None, vmin=0, vmax=1)
-        ax.set_title(Path(names[i]).name[:24] if names else f"image {i}", fontsize=8)
+        ax.set_title(labels[i][-24:], fontsize=8)
         luminance = picture if gray else picture @ np.array([0.299, 0.587, 0.114])
         for j, (module, kind) in enumerate(columns, 1):
             up = upsample_map(maps[module][kind][i], (h, w)).numpy()
