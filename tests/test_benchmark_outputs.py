@@ -19,7 +19,8 @@ BENCHMARKS = REPO / "benchmarks"
 # script: the arguments it requires besides --json (a clone that is not there: the file is checked first)
 SCRIPTS = {
     "attention_pool": [], "batch_norm": [], "compiled_batch_norm": [], "compiled_dilated_backward": [], "compiled_group_conv": [], "dense_compiled": ["--published", "no-clone"],
-    "detection_step": [], "dilated_depthwise": [], "dispatch_count": ["--published", "no-clone"], "gate_passes": [], "group_conv": [], "image_scan": [],
+    "detection_step": [], "dilated_depthwise": [], "dispatch_count": ["--published", "no-clone"], "gate_passes": [], "group_conv": [],
+    "histogram_search": [], "image_scan": [],
     "int8": [], "loop_tails": [], "memory_efficient": [], "onnx_pool_form": [], "openvino_shapes": [], "profile_step": [], "shared_statistics": [],
     "targets": ["--published", "no-clone"], "train_throughput": [],
 }
@@ -92,6 +93,7 @@ UNKNOWN_MODEL = {
     "compiled_group_conv": ["--model", "no_such_net"], "dense_compiled": ["--model", "no_such_net", "--published",
                                                                           "no-clone"],
     "dispatch_count": ["--models", "no_such_net", "--published", "no-clone"], "int8": ["--models", "no_such_net"],
+    "histogram_search": ["--models", "no_such_net"],
     "loop_tails": ["--model", "no_such_net"], "memory_efficient": ["--model", "no_such_net"],
     "onnx_pool_form": ["--model", "no_such_net"], "openvino_shapes": ["--model", "no_such_net"],
     "profile_step": ["--model", "no_such_net"], "train_throughput": ["--model", "no_such_net"],

@@ -139,6 +139,7 @@ def quantize_pt2e(model: nn.Module, images: Iterable[torch.Tensor], compile: boo
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
             X86InductorQuantizer, get_default_x86_inductor_quantization_config,
         )
+        from hcgnet.observers import with_fast_histograms
     except ImportError:
         raise Int8Error("--int8-backend pt2e needs torchao: pip install 'hcgnet[int8]'") from None
     # Eval-mode batch norm as the fixed scale and shift it is. HCGNet's norms come before their convolutions
@@ -154,7 +155,7 @@ def quantize_pt2e(model: nn.Module, images: Iterable[torch.Tensor], compile: boo
         program = torch.export.export(
             float_model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}}).module()
         prepared = prepare_pt2e(program, X86InductorQuantizer().set_global(
-            get_default_x86_inductor_quantization_config()))
+            with_fast_histograms(get_default_x86_inductor_quantization_config())))
         prepared(first)
         for x in batches:
             prepared(x)
