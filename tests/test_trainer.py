@@ -263,6 +263,20 @@ def test_overwrite_with_bad_input_loses_nothing(tmp_path, image_folder):
     assert not fresh.exists()
 
 
+@pytest.mark.parametrize("name", ["model.pt", "a1.safetensors", "curves.png"])
+def test_an_output_named_like_a_file_is_refused_and_not_created(tmp_path, image_folder, capsys, name):
+    """``--output`` is the run's folder: a new one named like a checkpoint or picture was meant as a file."""
+    from hcgnet.cli import main
+
+    assert main(train_args(image_folder, tmp_path / name, "--epochs", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is named like a file; give a folder name (such as" in err[0], err
+    assert not (tmp_path / name).exists()
+    (tmp_path / name).mkdir()    # a folder that exists is the user's choice, whatever its name
+    assert main(train_args(image_folder, tmp_path / name, "--epochs", "1", "--batch-size", "4")) == 0
+    assert (tmp_path / name / "final.safetensors").is_file()
+
+
 @pytest.mark.parametrize("flag,value", [("--accum-steps", "0"), ("--workers", "-1"), ("--momentum", "-1"),
                                         ("--log-every", "0"), ("--label-smoothing", "1.5")])
 def test_out_of_range_settings_are_one_line_errors(tmp_path, image_folder, flag, value, capsys):
