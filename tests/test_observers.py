@@ -30,6 +30,8 @@ def _histograms():
     ties = torch.zeros(2048)
     ties[[0, 10, 2047]] = torch.tensor([1.0, 99998.0, 1.0])
     cases["ties"] = ties
+    # Not counts (a negative entry): torchao's own search runs, since bisection needs nondecreasing sums.
+    cases["negative"] = smooth.clone().index_fill(0, torch.tensor([1500]), -3e5)
     cases.update(load_file(FIXTURES / "histograms_at_float32_bounds.safetensors"))
     return cases
 

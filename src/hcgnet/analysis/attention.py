@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from hcgnet.errors import HCGNetError
-from hcgnet.files import distinct_names
 from hcgnet.evaluation import autocast
+from hcgnet.files import distinct_names
 from hcgnet.layers.gates import ForgetGate, UpdateGate
 from hcgnet.layers.smg import SMGModule
 
