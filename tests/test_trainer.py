@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_image_folder
+from conftest import cli, make_image_folder
 from torch.utils.data import DataLoader
 
 from hcgnet.distributed import Dist
@@ -34,6 +34,18 @@ def run_cli(args, env=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
     return proc
+
+
+def _train(capsys, *args):
+    """``hcgnet train ...`` in this process (a fresh interpreter costs seconds a run): (exit code, stderr), a
+    failure of a run meant to succeed raised with its stderr."""
+    code, _, err = cli(capsys, *args)
+    return code, err
+
+
+def _trains(capsys, *args):
+    code, err = _train(capsys, *args)
+    assert code == 0, err[-2000:]
 
 
 def checkpoint_position(path):
@@ -163,52 +175,54 @@ def metrics_row(path, index):
         return list(csv.DictReader(f))[index]
 
 
-def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_says_where(tmp_path, image_folder):
+def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_says_where(tmp_path, image_folder, capsys):
     out = tmp_path / "run"
-    proc = run_cli(train_args(image_folder, out, "--epochs", "2", "--batch-size", "4", "--lr", "1e12",
-                              "--checkpoint-every", "1"), check=False)
-    assert proc.returncode == 2
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("hcgnet: error: the loss became"), proc.stderr[-2000:]
+    code, stderr = _train(capsys, *train_args(image_folder, out, "--epochs", "2", "--batch-size", "4", "--lr", "1e12",
+                                             "--checkpoint-every", "1"))
+    assert code == 2
+    err = stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hcgnet: error: the loss became"), stderr[-2000:]
     assert "at step" in err[0] and "last.pt" in err[0]
     state = torch.load(out / "last.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_refuses_an_output_folder_holding_another_run(tmp_path, image_folder):
+def test_refuses_an_output_folder_holding_another_run(tmp_path, image_folder, capsys):
     out = tmp_path / "run"
-    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
+    _trains(capsys, *train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     weights = load_file(out / "final.safetensors")
-    proc = run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"), check=False)
-    assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
+    code, err = _train(capsys, *train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
+    assert code == 2 and "--resume" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # --resume of a finished run changes no weights; --overwrite starts again
-    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4", "--resume"))
+    _trains(capsys, *train_args(image_folder, out, "--epochs", "1", "--batch-size", "4", "--resume"))
     assert all(torch.equal(v, load_file(out / "final.safetensors")[k]) for k, v in weights.items())
-    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4", "--overwrite", "--seed", "1"))
+    _trains(capsys, *train_args(image_folder, out, "--epochs", "1", "--batch-size", "4", "--overwrite", "--seed", "1"))
     assert not torch.equal(weights["classifier.weight"], load_file(out / "final.safetensors")["classifier.weight"])
 
 
 @pytest.mark.parametrize("change,name", [(["--batch-size", "6"], "batch_size"), (["--seed", "2"], "seed"),
                                          (["--lr", "0.2"], "lr")])
-def test_resume_with_other_settings_is_refused(tmp_path, image_folder, change, name):
+def test_resume_with_other_settings_is_refused(tmp_path, image_folder, change, name, capsys):
     out = tmp_path / "run"
-    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
+    _trains(capsys, *train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
     settings = dict(zip(["--epochs", "--batch-size"], ["1", "4"]))
     settings.update(dict(zip(change[::2], change[1::2])))
-    proc = run_cli(train_args(image_folder, out, *sum(map(list, settings.items()), []), "--resume"), check=False)
-    assert proc.returncode == 2 and f"{name}=" in proc.stderr and "Traceback" not in proc.stderr
+    code, err = _train(capsys, *train_args(image_folder, out, *sum(map(list, settings.items()), []), "--resume"))
+    assert code == 2 and f"{name}=" in err and "Traceback" not in err
 
 
-def test_unreadable_image_is_named_and_skip_bad_images_counts_it(tmp_path, image_folder):
+def test_unreadable_image_is_named_and_skip_bad_images_counts_it(tmp_path, image_folder, capsys):
     bad = image_folder / "class_1" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    proc = run_cli(train_args(image_folder, tmp_path / "a", "--epochs", "1", "--batch-size", "4"), check=False)
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(err) == 1 and "broken.png" in err[0] and "--skip-bad-images" in err[0]
-    ok = run_cli(train_args(image_folder, tmp_path / "b", "--epochs", "1", "--batch-size", "4", "--skip-bad-images"))
-    assert "skipped 1 unreadable image" in ok.stdout
+    code, stderr = _train(capsys, *train_args(image_folder, tmp_path / "a", "--epochs", "1", "--batch-size", "4"))
+    err = stderr.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "broken.png" in err[0] and "--skip-bad-images" in err[0]
+    code, out, stderr = cli(capsys, *train_args(image_folder, tmp_path / "b", "--epochs", "1", "--batch-size", "4",
+                                                "--skip-bad-images"))
+    assert code == 0, stderr[-2000:]
+    assert "skipped 1 unreadable image" in out
 
 
 def test_bf16_channels_last_ema_run_stays_finite_and_exports_the_average(tmp_path, image_folder):
@@ -248,18 +262,18 @@ def test_compiled_training_matches_eager(tmp_path, image_folder):
             torch.testing.assert_close(b[key], a[key], rtol=1.5e-3, atol=1.5e-3, msg=key)
 
 
-def test_overwrite_with_bad_input_loses_nothing(tmp_path, image_folder):
+def test_overwrite_with_bad_input_loses_nothing(tmp_path, image_folder, capsys):
     out = tmp_path / "run"
-    run_cli(train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
+    _trains(capsys, *train_args(image_folder, out, "--epochs", "1", "--batch-size", "4"))
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     bad = ["train", "--model", TINY, "--data", f"imagefolder:{tmp_path / 'missing'}", "--output", str(out),
            "--overwrite"]
-    proc = run_cli(bad, check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    code, err = _train(capsys, *bad)
+    assert code == 2 and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     fresh = tmp_path / "never-created"
-    assert run_cli(["train", "--model", "hcgnet_zz", "--data", f"imagefolder:{image_folder}", "--output",
-                    str(fresh)], check=False).returncode == 2
+    assert _train(capsys, "train", "--model", "hcgnet_zz", "--data", f"imagefolder:{image_folder}", "--output",
+                  fresh)[0] == 2
     assert not fresh.exists()
 
 
