@@ -68,7 +68,7 @@ def test_an_earlier_result_is_kept_without_force(name, tmp_path, monkeypatch, ca
 
 @pytest.mark.parametrize("name", ["int8", "train_throughput"])
 def test_a_refusal_in_a_fresh_interpreter_prints_nothing_else(name, tmp_path):
-    """As a user runs it: no notice of a library (torchao's, on import) around the one line."""
+    """As a user runs it, in a fresh interpreter: the one line and nothing else (no notice of a library on import)."""
     out = tmp_path / "x.json"
     out.write_text("earlier figures")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
