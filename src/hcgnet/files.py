@@ -69,6 +69,15 @@ RESULT_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".json", ".csv"
                         ".pt", ".onnx")
 
 
+def check_folder_name(folder: PathLike, holds: str, flag: str = "--output") -> None:
+    """Refuse in one line a new folder for ``holds`` named like a result file (``--output model.pt``): a file
+    name where a folder goes. A folder that exists is the user's, whatever its name."""
+    out = Path(folder)
+    if not out.exists() and out.suffix.lower() in RESULT_FILE_SUFFIXES:
+        raise HCGNetError(f"{flag} is a folder for {holds}, and {out} is named like a file; give a folder "
+                          f"name (such as {out.with_suffix('')})")
+
+
 def check_output_folder(folder: PathLike, holds: str, results: Iterable[str] = (), force: bool = False,
                         flag: str = "--output") -> Path:
     """``folder`` as a folder a command may write ``holds`` into, checked before any work, or a one-line
@@ -78,9 +87,7 @@ def check_output_folder(folder: PathLike, holds: str, results: Iterable[str] = (
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise HCGNetError(f"{flag} {out} is a file; give a folder for {holds}")
-    if not out.exists() and out.suffix.lower() in RESULT_FILE_SUFFIXES:  # a file name where a folder goes
-        raise HCGNetError(f"{flag} is a folder for {holds}, and {out} is named like a file; give a folder "
-                          f"name (such as {out.with_suffix('')})")
+    check_folder_name(out, holds, flag)
     existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
     if not can_write_in(existing):
         raise HCGNetError(f"{flag}: cannot write in folder {existing} (read-only or no permission); choose another")

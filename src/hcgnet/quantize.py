@@ -38,7 +38,9 @@ from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import device_of
 from hcgnet.export import export_model
 from hcgnet.files import atomic_path, reported_write
-from hcgnet.inference import Log, checkpoint_split, data_config_of, load_model, metadata_value, note_on_stderr
+from hcgnet.inference import (
+    Log, bad_images_setting, checkpoint_split, data_config_of, load_model, metadata_value, note_on_stderr,
+)
 from hcgnet.layers import freeze_batch_norm
 
 BACKENDS = ("pt2e", "onnxruntime")
@@ -93,7 +95,7 @@ def calibration_loader(path: str, model: nn.Module, meta: Dict[str, str], calibr
     if data is None:
         raise Int8Error(f"--int8 calibrates on the training images of the checkpoint's own data, and {path} does not "
                         "record its data (a published checkpoint?); use a checkpoint written by hcgnet train")
-    skip = metadata_value(meta, "skip_bad_images") == "true"
+    skip, _ = bad_images_setting(meta, None, log)  # as the checkpoint's training run did
     train, _ = checkpoint_split(data, data_dir or metadata_value(meta, "data_dir"), "train", meta, model, path, skip)
     n = min(calibration, len(train))
     if n == 0:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hcgnet import distributed
 from hcgnet.errors import HCGNetError
-from hcgnet.files import RESULT_FILE_SUFFIXES
+from hcgnet.files import check_folder_name
 from hcgnet.training.config import TrainConfig
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "steps.csv", "config.yaml", "results.json", "best.safetensors",
@@ -50,9 +50,7 @@ class RunFolder:
         out = Path(config.output)
         if out.exists() and not out.is_dir():
             raise OutputFolderError(f"output {out} is a file, not a folder")
-        if not out.exists() and out.suffix.lower() in RESULT_FILE_SUFFIXES:  # a file name where the run's folder goes
-            raise OutputFolderError(f"--output is the run's folder (checkpoints, logs, curves), and {out} is named like "
-                                    f"a file; give a folder name (such as {out.with_suffix('')})")
+        check_folder_name(out, "the run (checkpoints, logs, curves)")
         images = _image_folder_of(config)
         if images is not None and images.is_dir() and out.resolve().is_relative_to(images.resolve()):
             raise OutputFolderError(f"output {out} is inside the image folder {images}: the run's own files would be "
