@@ -83,7 +83,7 @@ def test_info_json_a1_with_100_classes(capsys):
     assert row["params"] == 1102651
     assert row["published_params"] == 1102651
     assert abs(row["gmacs"] - 0.154) / 0.154 < 0.01
-    assert row["input"] == "32x32"
+    assert row["input"] == "3x32x32"
 
 
 def test_info_json_all_variants_params_and_macs(capsys):
@@ -94,7 +94,7 @@ def test_info_json_all_variants_params_and_macs(capsys):
     measured_gmacs = {"hcgnet_a1": 0.154, "hcgnet_a2": 0.489, "hcgnet_a3": 1.956, "hcgnet_b": 2.003, "hcgnet_c": 6.972}
     for name, gmacs in measured_gmacs.items():
         assert abs(rows[name]["gmacs"] - gmacs) / gmacs < 0.01, name
-    assert rows["hcgnet_b"]["input"] == "224x224"
+    assert rows["hcgnet_b"]["input"] == "3x224x224"
     assert rows["hcgnet_c"]["classes"] == 1000
 
 
@@ -156,16 +156,52 @@ def test_info_of_checkpoints_counts_the_networks_they_hold(capsys, trained, tmp_
     code, out, err = run(capsys, "info", str(path), str(other), "hcgnet_a1", "--json")
     assert code == 0, err
     held, no_gate, a1 = json.loads(out)
-    assert held["model"] == str(path) and held["spec"] == spec and held["input"] == "8x8" and held["classes"] == 4
+    assert held["model"] == str(path) and held["spec"] == spec and held["input"] == "3x8x8" and held["classes"] == 4
     assert held["params"] == sum(p.numel() for p in hcgnet.create_model(spec, num_classes=4).parameters())
     assert held["data"] == f"imagefolder:{folder}" and held["class_names"] == [f"class_{i}" for i in range(4)]
     assert held["published_params"] is None and held["gmacs"] > 0
-    assert no_gate["spec"] == f"{spec} [forget_gate=False]" and no_gate["input"] == "32x32"
+    assert no_gate["spec"] == f"{spec} [forget_gate=False]" and no_gate["input"] == "3x32x32"
     assert no_gate["params"] == sum(p.numel() for p in switched.parameters())
     assert no_gate["params"] != sum(p.numel() for p in hcgnet.create_model(spec, num_classes=3).parameters())
     assert a1["model"] == "hcgnet_a1" and a1["params"] == 1065301
     code, out, err = run(capsys, "info", str(path))
     assert code == 0 and out.splitlines()[1].startswith(f"{path}  {spec}")
+
+
+def test_info_of_a_gray_checkpoint_counts_its_one_channel_network(capsys, tmp_path):
+    """A Fashion-MNIST run's network takes 1-channel 28x28 images (its metadata as ``hcgnet train`` writes it):
+    ``info`` counts that network, not the RGB one of the same spec. The two differ only in the stem's 3x3
+    convolution, whose multiply-adds per input channel are out_channels x 9 x 28 x 28; the paper's and the
+    published figures are for RGB networks, so none is shown."""
+    spec = "HCGNet-(1,1,1)-(k=8,8,8)"
+    gray = hcgnet.create_model(spec, num_classes=10, in_chans=1)
+    config = {"name": "fashion-mnist", "input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "resize": None,
+              "class_names": [str(i) for i in range(10)]}
+    path = tmp_path / "gray.safetensors"
+    hcgnet.save_safetensors(gray, path, {"model_name": spec, "in_chans": "1", "data": "fashion-mnist",
+                                         "data_config": json.dumps(config)})
+    code, out, err = run(capsys, "info", str(path), spec, "--size", "28", "--json")
+    assert code == 0, err
+    held, rgb = json.loads(out)
+    assert held["input"] == "1x28x28" and rgb["input"] == "3x28x28"
+    assert held["params"] == sum(p.numel() for p in gray.parameters())
+    stem_out = gray.stem.conv0.out_channels
+    assert round((rgb["gmacs"] - held["gmacs"]) * 1e9) == 2 * stem_out * 9 * 28 * 28
+    assert held["paper_params"] is None and held["published_params"] is None and held["paper_gmacs"] is None
+    code, out, err = run(capsys, "info", "hcgnet_a1", "--model-kwargs", '{"in_chans": 1}', "--json")
+    assert code == 0, err
+    (a1_gray,) = json.loads(out)
+    assert a1_gray["input"] == "1x32x32" and a1_gray["published_params"] is None and a1_gray["paper_params"] is None
+
+
+def test_info_of_a_run_folder_names_the_checkpoint_in_it(capsys, tmp_path):
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    hcgnet.save_safetensors(hcgnet.create_model("HCGNet-(1,1,1)-(k=8,8,8)"), run_folder / "best.safetensors",
+                            {"model_name": "HCGNet-(1,1,1)-(k=8,8,8)"})
+    code, out, err = run(capsys, "info", str(run_folder))
+    assert_one_line_error(code, out, err)
+    assert f"{run_folder} is a folder" in err and str(run_folder / "best.safetensors") in err
 
 
 def test_info_of_a_timm_baselines_checkpoint(capsys, tmp_path):
@@ -178,7 +214,7 @@ def test_info_of_a_timm_baselines_checkpoint(capsys, tmp_path):
     assert code == 0, err
     (row,) = json.loads(out)
     assert list(row)[0] == "model" and row["model"] == str(path) and row["spec"] == "resnet18"
-    assert row["input"] == "224x224" and row["classes"] == 3 and row["params"] == 11_689_512 - 997 * 513
+    assert row["input"] == "3x224x224" and row["classes"] == 3 and row["params"] == 11_689_512 - 997 * 513
     assert row["gmacs"] == pytest.approx(1.81, abs=0.01) and row["published_params"] is None
 
 
@@ -394,7 +430,7 @@ def test_info_size_counts_at_that_size_and_warns_about_the_cifar_stem(capsys):
     code, out, err = run(capsys, "info", "--json", spec, "--size", "224")
     assert code == 0
     (large,) = json.loads(out)
-    assert (small["input"], large["input"]) == ("32x32", "224x224")
+    assert (small["input"], large["input"]) == ("3x32x32", "3x224x224")
     assert large["params"] == small["params"]
     # convolutions scale with the pixels, (224 / 32)^2 = 49; the gates' fully connected layers do not
     assert 45 < large["gmacs"] / small["gmacs"] <= 49

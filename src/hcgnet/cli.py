@@ -60,7 +60,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     rows = model_info(args.models or list(VARIANTS), args.num_classes, args.size, parse_model_kwargs(args.model_kwargs))
     for r in rows:
-        note = cifar_stem_note(r["spec"], r["stem"], int(r["input"].split("x")[0]))
+        note = cifar_stem_note(r["spec"], r["stem"], int(r["input"].split("x")[1]))
         if note:
             print(f"note: {note}", file=sys.stderr)
     if args.json:

@@ -9,7 +9,8 @@ from hcgnet.complexity import count_macs, count_params
 from hcgnet.errors import HCGNetError
 from hcgnet.models import VARIANTS, create_model
 from hcgnet.models.baselines import PAPER
-from hcgnet.models.registry import is_timm_baseline
+from hcgnet.models.checkpoints import check_checkpoint_file
+from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 
 
@@ -20,6 +21,8 @@ def model_info(names: Sequence[str], num_classes: Optional[int], size: Optional[
     that is a file is a checkpoint: :func:`checkpoint_info`."""
     rows = []
     for requested in names:
+        if os.path.isdir(requested):
+            check_checkpoint_file(requested)   # a run's folder: the error names the checkpoint in it
         if os.path.isfile(requested) or looks_like_a_file(requested):
             if num_classes is not None or model_kwargs:
                 raise HCGNetError(f"--num-classes and --model-kwargs describe a variant; the checkpoint {requested} "
@@ -33,21 +36,27 @@ def model_info(names: Sequence[str], num_classes: Optional[int], size: Optional[
         classes = variant.num_classes if num_classes is None else num_classes
         with torch.device("meta"):  # shapes only: counting C costs no arithmetic
             model = create_model(requested, num_classes=classes, **(model_kwargs or {}))
-        switches = model.switch_info()  # the published figures are for the paper's network only
-        input_size = counted_size(model, requested, variant.input_size, size)
+        switches = model.switch_info()  # the published figures are for the paper's network, RGB, only
+        paper_network = not switches and model.in_chans == variant.input_size[0]
+        input_size = counted_size(model, requested, (model.in_chans, *variant.input_size[1:]), size)
         rows.append(dict(
             model=name if name in VARIANTS else "-",
             spec=variant.spec + (f" [{switches}]" if switches else ""),
             stem=variant.stem,
-            input="x".join(map(str, input_size[1:])),
+            input=shape_text(input_size),
             classes=classes,
             params=count_params(model),
-            published_params=None if switches else variant.published_params.get(classes),
-            paper_params=None if switches else variant.paper_params,
+            published_params=variant.published_params.get(classes) if paper_network else None,
+            paper_params=variant.paper_params if paper_network else None,
             gmacs=count_macs(model, input_size) / 1e9,
-            paper_gmacs=variant.paper_gmacs if input_size == variant.input_size and not switches else None,
+            paper_gmacs=variant.paper_gmacs if input_size == variant.input_size and paper_network else None,
         ))
     return rows
+
+
+def shape_text(input_size: Sequence[int]) -> str:
+    """An input size as the ``input`` column shows it, channels first: "3x224x224", a gray model "1x28x28"."""
+    return "x".join(map(str, input_size))
 
 
 def counted_size(model, name: str, native: Sequence[int], size: Optional[int]) -> tuple:
@@ -67,11 +76,12 @@ def baseline_info(name: str, num_classes: Optional[int], size: Optional[int],
     classes = 10 if num_classes is None else num_classes
     with torch.device("meta"):
         model = create_model(name, num_classes=classes, **(model_kwargs or {}))
-    input_size = counted_size(model, name, model.pretrained_cfg["input_size"], size)
+    native = model.pretrained_cfg["input_size"]
+    input_size = counted_size(model, name, (model.in_chans, *native[1:]), size)
     architecture, paper_params, paper_gmacs = PAPER[name]
     changed = ", ".join(f"{k}={v}" for k, v in (model_kwargs or {}).items())
     return dict(model=name, spec=architecture + (f" [{changed}]" if changed else ""), stem="cifar",
-                input="x".join(map(str, input_size[1:])), classes=classes, params=count_params(model),
+                input=shape_text(input_size), classes=classes, params=count_params(model),
                 published_params=None, paper_params=paper_params if classes == 10 and not changed else None,
                 gmacs=count_macs(model, input_size) / 1e9,
                 paper_gmacs=paper_gmacs if input_size == (3, 32, 32) and not changed else None)
@@ -98,11 +108,12 @@ def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
     name, side = meta["model_name"], size or config.input_size[-1]
     if is_timm_baseline(name):  # a timm network: no published or paper figures to set beside it
         input_size = counted_size(model, name, config.input_size, size)
-        row = dict(model=path, spec=name, stem=None, input="x".join(map(str, input_size[1:])), classes=model.num_classes,
+        row = dict(model=path, spec=name, stem=None, input=shape_text(input_size), classes=model.num_classes,
                    published_params=None, paper_params=None, gmacs=count_macs(model, input_size) / 1e9,
                    paper_gmacs=None)
     else:
-        switches = json.loads(meta["switches"]) if meta.get("switches") else None
-        row, = model_info([name], model.num_classes, side, switches)
+        switches = json.loads(meta["switches"]) if meta.get("switches") else {}
+        channels = first_conv_in_chans(model)   # a gray run's network (Fashion-MNIST) takes 1 channel
+        row, = model_info([name], model.num_classes, side, {**switches, **({"in_chans": channels} if channels != 3 else {})})
     row.update(model=path, params=count_params(model), data=meta.get("data"), class_names=list(config.class_names))
     return row
