@@ -480,9 +480,26 @@ def test_cli_max_images_keeps_the_first_readable_ones(capsys, checkpoint, tmp_pa
     code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, tmp_path / "shots", "--output",
                          tmp_path / "out", "--max-images", "3", "--modules", "stages.2.transition")
     assert code == 0, err
-    assert "showing the first 3 of 5 images" in err
+    assert "showing 3 of 5 images, the first in name order (--max-images 3)" in err
     with np.load(tmp_path / "out" / "maps.npz") as npz:
         assert [Path(p).name for p in npz["images"]] == ["0.png", "2.png", "3.png"]
+
+
+def test_cli_max_images_takes_class_folders_in_turn(capsys, checkpoint, tmp_path):
+    """A folder of class folders with more images than --max-images: one from each class in turn, so every
+    class is in the grid (in name order each, read past an unreadable one); a class with fewer images drops out
+    of the turn once it has none left."""
+    for cls, count in (("cat", 4), ("dog", 1), ("eel", 3)):
+        for i in range(count):
+            picture(tmp_path / "shots" / cls / f"{i}.png", i, size=(20, 26))
+    (tmp_path / "shots" / "eel" / "0.png").write_bytes(b"broken")
+    code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, tmp_path / "shots", "--output",
+                         tmp_path / "out", "--max-images", "5", "--modules", "stages.2.transition")
+    assert code == 0, err
+    assert "showing 5 of 8 images, taken in turn from each of 3 folders (--max-images 5)" in err
+    with np.load(tmp_path / "out" / "maps.npz") as npz:
+        shown = [Path(p).relative_to(tmp_path / "shots").as_posix() for p in npz["images"]]
+    assert shown == ["cat/0.png", "dog/0.png", "cat/1.png", "eel/1.png", "cat/2.png"]
 
 
 def test_cli_batches_give_the_maps_of_one_pass_and_progress_lines(capsys, checkpoint, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ forward pass runs unchanged, there is no second implementation of it.
 """
 import difflib
 import math
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -253,13 +254,23 @@ def _concat(parts: List[Dict[str, object]]) -> Dict[str, object]:
     }
 
 
+def in_turn_by_folder(files: Sequence[str]) -> List[str]:
+    """``files`` reordered to take one from each folder in turn (folders in order of first appearance, each
+    folder's files in their order): the first N then cover every folder, e.g. every class of an image folder."""
+    by_folder: Dict[str, List[str]] = {}
+    for f in files:
+        by_folder.setdefault(os.path.dirname(f), []).append(f)
+    queues = list(by_folder.values())
+    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+
+
 def attention_study(
     checkpoint: str, images: Sequence[str], output: Union[str, Path], model_name: Optional[str] = None,
     modules: Optional[Sequence[str]] = None, max_images: int = 16, device: Optional[str] = None,
     log=None, amp: str = "none", batch_size: int = 8, progress: Optional[bool] = None, force: bool = False,
 ) -> Dict[str, object]:
     """``hcgnet attention``: the gate maps of ``modules`` of the model in ``checkpoint`` for the image files,
-    folders or glob patterns ``images`` (the first ``max_images`` readable ones), written to the folder
+    folders or glob patterns ``images`` (``max_images`` readable ones at most; when there are more, taken in turn from each folder: :func:`in_turn_by_folder`), written to the folder
     ``output`` as ``attention.png`` (:func:`attention_grid`), ``weights.png`` (:func:`weights_plot`),
     ``maps.npz`` (:func:`save_npz`) and ``summary.json`` (:func:`summary`). Unreadable images are skipped
     with a warning through ``log``. The images are read and run ``batch_size`` at a time, under autocast with
@@ -287,6 +298,8 @@ def attention_study(
     files, problems = collect_images(images)
     if not files:
         raise DataError("no images to look at: " + "; ".join(p["error"] for p in problems[:3]))
+    if len(files) > max_images:   # a folder of class folders: every class in the grid, not just the first
+        files = in_turn_by_folder(files)
     folder = check_output_folder(output, "the pictures, maps and summary", RESULTS, force)  # before any work
     for p in problems:
         log(f"hcgnet: warning: {p['error']}; skipped")
@@ -316,7 +329,9 @@ def attention_study(
     if not batch:
         raise DataError(f"none of the {len(files)} images could be read (see the warnings above)")
     if next_file < len(files):
-        log(f"note: showing the first {len(readable)} of {len(files)} images (--max-images {max_images})")
+        folders = len({os.path.dirname(f) for f in files})
+        order = f"taken in turn from each of {folders} folders" if folders > 1 else "the first in name order"
+        log(f"note: showing {len(readable)} of {len(files)} images, {order} (--max-images {max_images})")
     x = torch.stack(batch)
     result = _concat(parts)
     with reported_write(folder):
