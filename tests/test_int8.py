@@ -21,7 +21,7 @@ from PIL import Image
 
 import hcgnet
 from conftest import TRAINED_LOSS, TRAINED_TOP1, cli
-from hcgnet.inference import checkpoint_split
+from hcgnet.inference import checkpoint_split, load_model
 from hcgnet.observers import HistogramObserver
 from hcgnet.quantize import calibration_loader, int8_model
 
@@ -118,8 +118,8 @@ def test_export_int8_writes_an_onnx_file_whose_outputs_match_fp32(trained, test_
 def test_calibration_draws_a_seeded_sample_of_training_images_never_test_ones(trained, test_set):
     path, _ = trained
     model, meta, test_images = test_set[0], test_set[1], test_set[2]
-    loader, what = calibration_loader(str(path), model, meta, 50, batch_size=16)
-    assert what == "50 training images of imagefolder:" + meta["data"].split(":", 1)[1]
+    loader, what, skipped = calibration_loader(str(path), model, meta, 50, batch_size=16)
+    assert what == "50 training images of imagefolder:" + meta["data"].split(":", 1)[1] and skipped == ""
     images = torch.cat([x for x, _ in loader])
     again = torch.cat([x for x, _ in calibration_loader(str(path), model, meta, 50, batch_size=7)[0]])
     assert images.shape == (50, 3, 8, 8) and torch.equal(images, again)
@@ -131,9 +131,28 @@ def test_calibration_draws_a_seeded_sample_of_training_images_never_test_ones(tr
     assert len({x.numpy().tobytes() for x in images}) == 50                         # no image twice
     # more than the training split holds: all of it, said once
     notes = []
-    loader, what = calibration_loader(str(path), model, meta, 1000, log=notes.append)
+    loader, what, _ = calibration_loader(str(path), model, meta, 1000, log=notes.append)
     assert len(loader.dataset) == 360 and what.startswith("360 training images")
     assert notes == [f"note: --calibration 1000: the training split of {meta['data']} has 360 images; using all"]
+
+
+def test_calibration_names_the_unreadable_images_its_run_left_out(trained, tmp_path):
+    """A run trained with --skip-bad-images on a folder with a broken file: calibration leaves it out as the run
+    did (the same 360 training images) and says so in a phrase for the "calibrating on" line."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    path, folder = trained
+    copy = shutil.copytree(folder, tmp_path / "images")
+    (copy / "class_2" / "broken.png").write_bytes(b"not a png")
+    moved = tmp_path / "model.safetensors"
+    model, meta = load_model(str(path))
+    hcgnet.save_safetensors(load_file(path), moved, {**meta, "data": f"imagefolder:{copy}", "skip_bad_images": "true"})
+    model, meta = load_model(str(moved))
+    loader, what, skipped = calibration_loader(str(moved), model, meta, 1000)
+    assert len(loader.dataset) == 360 and what == f"360 training images of imagefolder:{copy}"
+    assert skipped == "; skipped 1 unreadable image (broken.png) of the folder, as the checkpoint's training run did"
 
 
 # ------------------------------------------------------------------------------------------------ refusals

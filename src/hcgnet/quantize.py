@@ -27,7 +27,7 @@ import logging
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -86,9 +86,10 @@ def check_int8_options(backend: str, calibration: Optional[int] = None, amp: str
 
 def calibration_loader(path: str, model: nn.Module, meta: Dict[str, str], calibration: Optional[int] = None,
                        batch_size: int = 64, workers: int = 0, data_dir: Optional[str] = None,
-                       log: Optional[Log] = None) -> Tuple[DataLoader, str]:
+                       log: Optional[Log] = None) -> Tuple[DataLoader, str, str]:
     """Batches of ``calibration`` training images of the data ``path`` was trained on (its training split, as the
-    run made it; a seeded sample, evaluation transform), and a phrase saying which. Refused in one line for a
+    run made it; a seeded sample, evaluation transform), a phrase saying which, and one for the "calibrating on"
+    line naming the unreadable images left out of the folder ("" if none). Refused in one line for a
     checkpoint that does not record its data (a published one): int8 calibrates on the model's own data."""
     calibration = DEFAULT_CALIBRATION if calibration is None else calibration
     data = metadata_value(meta, "data")
@@ -96,7 +97,9 @@ def calibration_loader(path: str, model: nn.Module, meta: Dict[str, str], calibr
         raise Int8Error(f"--int8 calibrates on the training images of the checkpoint's own data, and {path} does not "
                         "record its data (a published checkpoint?); use a checkpoint written by hcgnet train")
     skip, _ = bad_images_setting(meta, None, log)  # as the checkpoint's training run did
-    train, _ = checkpoint_split(data, data_dir or metadata_value(meta, "data_dir"), "train", meta, model, path, skip)
+    left_out: List[str] = []   # said in the calibration line: eval has named them already for its own split
+    train, _ = checkpoint_split(data, data_dir or metadata_value(meta, "data_dir"), "train", meta, model, path, skip,
+                                left_out.append)
     n = min(calibration, len(train))
     if n == 0:
         raise Int8Error(f"the training split of {data} is empty: nothing to calibrate --int8 on")
@@ -104,7 +107,8 @@ def calibration_loader(path: str, model: nn.Module, meta: Dict[str, str], calibr
         log(f"note: --calibration {calibration}: the training split of {data} has {plural(n, 'image')}; using all")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(CALIBRATION_SEED))
     loader = DataLoader(Subset(train, sorted(order[:n].tolist())), batch_size=min(batch_size, n), num_workers=workers)
-    return loader, f"{plural(n, 'training image')} of {data}"
+    skipped = f"; {left_out[0]} of the folder, as the checkpoint's training run did" if left_out else ""
+    return loader, f"{plural(n, 'training image')} of {data}", skipped
 
 
 def _images(loader: Iterable) -> Iterable[torch.Tensor]:
@@ -255,9 +259,10 @@ def int8_model(path: str, model: nn.Module, meta: Dict[str, str], backend: str =
     float32-arithmetic reference program."""
     check_int8_options(backend, calibration)
     calibration_batch = batch_size if backend == "pt2e" else min(batch_size, ONNX_CALIBRATION_BATCH)
-    loader, what = calibration_loader(path, model, meta, calibration, calibration_batch, workers, data_dir, log)
+    loader, what, skipped = calibration_loader(path, model, meta, calibration, calibration_batch, workers, data_dir,
+                                               log)
     if log is not None:
-        log(f"int8 ({backend}): calibrating on {what}")
+        log(f"int8 ({backend}): calibrating on {what}{skipped}")
     about = {"backend": backend, "calibration_images": len(loader.dataset), "calibrated_on": what}
     if backend == "pt2e":
         quantized = quantize_pt2e(model, loader, compile=compile, batch=batch_size)
@@ -278,8 +283,8 @@ def export_int8(path: str, output: str, fmt: str = "onnx", model_name: Optional[
         raise Int8Error(f"export --int8 writes ONNX Runtime's QDQ format: use --format onnx, not {fmt}")
     check_int8_options("onnxruntime", calibration)
     model, meta = load_model(path, model_name)
-    loader, what = calibration_loader(path, model, meta, calibration, ONNX_CALIBRATION_BATCH, log=log)
-    log(f"int8 (onnxruntime): calibrating on {what}")
+    loader, what, skipped = calibration_loader(path, model, meta, calibration, ONNX_CALIBRATION_BATCH, log=log)
+    log(f"int8 (onnxruntime): calibrating on {what}{skipped}")
     out = Path(output)
     same, count, max_diff = 0, 0, 0.0
     with reported_write(out), atomic_path(out, suffix=".onnx") as tmp:
