@@ -9,16 +9,14 @@ Interleaved rounds, each timing both formulations once per case; medians of the 
 the per-round ratios (hcgnet over conv + bmm: below 1 is faster).
 """
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from hcgnet.bench import machine_description
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.layers.attention_pool import AttentionPool
 
 CASES = ((64, 12, 32), (64, 24, 16), (64, 36, 8))  # A1's three stages: (batch, growth rate k, side)
@@ -74,9 +72,8 @@ def main() -> None:
                       f" hcgnet {row['hcgnet_ms']:6.2f} ms   conv+bmm {row['conv_bmm_ms']:6.2f} ms   "
                       f"ratio {row['ratio']:.2f}", flush=True)
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps({"machine": machine_description(), "threads": torch.get_num_threads(),
-                                             "rows": rows}, indent=2))
+        write_json(json_path, {"machine": machine_description(), "threads": torch.get_num_threads(),
+                                         "rows": rows})
 
 
 if __name__ == "__main__":

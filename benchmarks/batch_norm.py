@@ -10,17 +10,15 @@ channels_last map: below 1 is faster).
 """
 import argparse
 import copy
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from hcgnet.bench import machine_description
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.layers import BatchNorm2d
 from hcgnet.models import create_model
 
@@ -123,8 +121,7 @@ def main() -> None:
     if not args.no_step:
         result["a1_step"] = step_rows(args.rounds, max(1, args.steps // 3))
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=2))
+        write_json(json_path, result)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,16 @@ a ratio the median of the per-round ratios, with the range over rounds.
 import argparse
 import contextlib
 import copy
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from hcgnet.bench import machine_description, model_defaults
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.models.hcgnet import set_compiled_buffer
 from hcgnet.published import paired_models
 
@@ -97,11 +95,10 @@ def main() -> None:
         print(f"{dtype} buffer / concatenation: {statistics.median(pair):.3f} "
               f"(rounds {min(pair):.3f}-{max(pair):.3f})")
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps({
-                "model": args.model, "batch": args.batch, "size": list(size), "steps": args.steps,
-                "rounds": args.rounds, "rows": rows, "buffer_over_concatenation": pairs,
-                "machine": machine_description(), "date": time.strftime("%Y-%m-%d")}, indent=2))
+        write_json(json_path, {
+            "model": args.model, "batch": args.batch, "size": list(size), "steps": args.steps,
+            "rounds": args.rounds, "rows": rows, "buffer_over_concatenation": pairs,
+            "machine": machine_description(), "date": time.strftime("%Y-%m-%d")})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 from hcgnet.detection import build_detector
 from hcgnet.errors import script_errors
 from hcgnet.evaluation import AMP_DTYPES, autocast
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "detection_step.json"
 
@@ -94,8 +94,7 @@ def main():
                         "images_per_s": args.batch / statistics.median(ts), "runs_s": ts,
                         "peak_memory_gib": peak.get(name)}
     print(json.dumps(result, indent=1))
-    with atomic_path(json_path) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+    write_json(json_path, result, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,12 @@ and two transitions'. The undilated 3x3 of the same shape is timed too, for scal
 """
 import argparse
 import itertools
-import json
-from pathlib import Path
 
 import torch
 from gate_passes import median_seconds  # the sibling script (this folder is on sys.path when run)
 
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.layers.conv import DilatedDepthwiseConv2d
 
 
@@ -58,9 +56,8 @@ def main() -> None:
               f"fast {ms['fast']:6.2f} ms   x{ms['standard'] / ms['fast']:.2f}   "
               f"(undilated 3x3: {ms['undilated']:.2f} ms)", flush=True)
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps({"threads": torch.get_num_threads(), "pass": "forward + backward",
-                                             "rows": rows}, indent=2))
+        write_json(json_path, {"threads": torch.get_num_threads(), "pass": "forward + backward",
+                                         "rows": rows})
 
 
 if __name__ == "__main__":

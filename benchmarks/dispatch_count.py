@@ -12,8 +12,6 @@ times: they do not depend on the machine.
 """
 import argparse
 import collections
-import json
-from pathlib import Path
 from typing import Counter, Dict
 
 import torch
@@ -22,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hcgnet.bench import model_defaults
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.published import hcgnet_twin, published_model
 
 # Operators that make a view or an uninitialised tensor: no kernel runs.
@@ -87,8 +85,7 @@ def main() -> None:
             for op, (n_pub, n_ours) in sorted(differ.items(), key=lambda kv: -abs(kv[1][1] - kv[1][0]))[:8]:
                 print(f"    {op:24s} published {n_pub:5d}  hcgnet {n_ours:5d}")
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps({"torch": torch.__version__, "rows": results}, indent=1) + "\n")
+        write_json(json_path, {"torch": torch.__version__, "rows": results}, indent=1)
         print(f"wrote {json_path}")
 
 

@@ -11,15 +11,13 @@ repeated forward + backward passes, both forms one after the other in one proces
 """
 import argparse
 import itertools
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 
 
 def pool_bmm(x, w):  # w: (B, HW) softmax weights
@@ -94,8 +92,7 @@ def main() -> None:
             print(f"{name:18s} {str((b, c, h, h)):16s} {layout} {dt:8s} {pass_:7s} fused {1000 * t_fused:7.3f} ms   "
                   f"textbook {1000 * t_textbook:7.3f} ms   x{t_textbook / t_fused:.2f}", flush=True)
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2))
+        write_json(json_path, {"threads": torch.get_num_threads(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ from hcgnet.bench import BenchConfig, run_config  # noqa: E402
 from hcgnet.distributed import Dist  # noqa: E402
 from hcgnet.errors import HCGNetError  # noqa: E402
 from hcgnet.evaluation import AMP_DTYPES, autocast  # noqa: E402
-from hcgnet.files import atomic_path, check_output_file  # noqa: E402
+from hcgnet.files import check_output_file, write_json  # noqa: E402
 from hcgnet.models import create_model  # noqa: E402
 
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "gpu_suite.json"
@@ -232,8 +232,7 @@ class Suite:
         self.write()
 
     def write(self) -> None:
-        with atomic_path(self.json_path) as tmp:
-            Path(tmp).write_text(json.dumps(self.report, indent=1, default=str) + "\n")
+        write_json(self.json_path, self.report, indent=1, default=str)
 
     def result(self, name: str) -> Optional[Dict[str, Any]]:
         return next((s for s in self.report["steps"] if s["name"] == name), None)

@@ -11,17 +11,15 @@ checked against each other first.
 """
 import argparse
 import itertools
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from hcgnet.bench import machine_description
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.layers.conv import GroupConv2d
 
 SHAPES = ((48, 12, 32), (96, 24, 16), (144, 36, 8))  # input channels, output channels, side
@@ -80,9 +78,8 @@ def main() -> None:
         print(f"{cin:3d} -> {cout:2d} at {side:2d}^2 {layout} {dt:8s} plain {ms['plain']:6.2f} ms   "
               f"transposed {ms['transposed']:6.2f} ms   ratio {ms['transposed'] / ms['plain']:.2f}", flush=True)
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps({"machine": machine_description(), "pass": "forward + backward",
-                                             "rounds": args.rounds, "rows": rows}, indent=2))
+        write_json(json_path, {"machine": machine_description(), "pass": "forward + backward",
+                                         "rounds": args.rounds, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ This is the cost ``convert_pt2e`` pays once per observer, and ``hcgnet eval/pred
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 import hcgnet
 from hcgnet.bench import machine_description
 from hcgnet.errors import HCGNetError, script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 
 #: (model, image side, calibration images)
 CASES = (("hcgnet_a1", 32, 512), ("hcgnet_b", 224, 32))
@@ -111,8 +110,7 @@ def main() -> None:
                 result["cases"].append(case)
                 print(json.dumps(case), flush=True)
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(json_path, result, indent=1)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Writes ``--images`` JPEGs of 300x200 (as a phone photo folder, scaled down) into
 times ``hcgnet.data.images.scan_images`` over them, threaded and sequential, interleaved ``--rounds`` times.
 """
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -20,7 +19,7 @@ from PIL import Image
 
 from hcgnet.data import images
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 
 
 def write_folder(root: Path, count: int) -> list:
@@ -70,8 +69,7 @@ def main() -> None:
     print(f"{args.images} images: {result['threaded_s']:.2f} s with {threads} threads, "
           f"{result['sequential_s']:.2f} s one at a time ({result['speed_up']:.2f}x); medians of {args.rounds}")
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(json_path, result)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import hcgnet
 from hcgnet.bench import machine_description
 from hcgnet.errors import HCGNetError, script_errors
 from hcgnet.export import export_model
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.quantize import OnnxRuntimeModel, compile_int8, quantize_onnx, quantize_pt2e
 
 CASES = (("hcgnet_a1", 256, 32), ("hcgnet_b", 1, 224))
@@ -122,8 +122,7 @@ def main() -> None:
             result["cases"].append(case)
             print(json.dumps(case, indent=1), flush=True)
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(json_path, result, indent=1)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,15 @@ training step (SGD with momentum, cross-entropy, channels_last, batch 64 at 32x3
 bf16 autocast, in interleaved rounds, and reports the median ratio without tails / with tails per round.
 """
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from hcgnet.bench import machine_description
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.models import create_model
 
 WAYS = {"with tails (the default)": {"cpp.enable_loop_tail_vec": True},
@@ -111,8 +109,7 @@ def named_pair_row(dtype: str, first_name: str, first: list, second_name: str, s
 def write_report(json_path, args: argparse.Namespace, rows: list) -> None:
     report = {"machine": machine_description(), "threads": torch.get_num_threads(), "model": args.model,
               "batch": args.batch, "side": args.side, "steps": args.steps, "rows": rows}
-    with atomic_path(json_path) as tmp:
-        Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+    write_json(json_path, report, indent=1)
     print(f"wrote {json_path}")
 
 

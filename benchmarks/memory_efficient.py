@@ -10,13 +10,11 @@ one process, one after the other, with the default allocator (timings drift betw
     python benchmarks/memory_efficient.py --model hcgnet_a2 --batch-size 64 --steps 5
 """
 import argparse
-import json
 import os
-from pathlib import Path
 
 from hcgnet.bench import benchmark
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 
 
 def main() -> None:
@@ -48,11 +46,10 @@ def main() -> None:
     print(f"memory ratio {ratios['live']:.2f} (live tensors), {ratios['resident']:.2f} (resident set); "
           f"time ratio {ratio_time:.2f}")
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps({
-                "args": vars(args), "resident": resident, "live": live, "timing": timing,
-                "memory_ratio_live": ratios["live"], "memory_ratio_resident": ratios["resident"],
-                "time_ratio": ratio_time}, indent=2))
+        write_json(json_path, {
+            "args": vars(args), "resident": resident, "live": live, "timing": timing,
+            "memory_ratio_live": ratios["live"], "memory_ratio_resident": ratios["resident"],
+            "time_ratio": ratio_time})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ or "slower" when the interval is on one side of 1, "undecided" when it straddles
 """
 import argparse
 import contextlib
-import json
 import random
 import statistics
 import tempfile
@@ -29,7 +28,7 @@ from hcgnet import create_model
 from hcgnet.bench import machine_description, model_defaults
 from hcgnet.errors import script_errors
 from hcgnet.export import OpenVINOModel, export_model
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.layers import attention_pool
 from hcgnet.quantize import OnnxRuntimeModel
 
@@ -129,8 +128,7 @@ def main() -> None:
                   f"{statistics.median(ratios):.3f} (95% {low:.3f}-{high:.3f}), faster in {sum(q < 1 for q in ratios)} "
                   f"of {args.rounds} rounds: {verdict}")
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(json_path, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the precision of --dtype); every round times --steps calls of each after one unt
 median of the per-round medians, the ratio (fixed / dynamic) the median of the per-round ratios, with their range.
 """
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ from hcgnet import create_model
 from hcgnet.bench import machine_description, model_defaults
 from hcgnet.errors import script_errors
 from hcgnet.export import OpenVINOModel, export_model
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 
 
 def main() -> None:
@@ -73,8 +72,7 @@ def main() -> None:
     print(f"sizes fixed / dynamic sizes: {q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f}), faster in "
           f"{q['faster_rounds']} of {args.rounds} rounds")
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(json_path, result)
 
 
 if __name__ == "__main__":

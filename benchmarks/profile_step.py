@@ -19,11 +19,9 @@ fused into each), summed on a line of their own. No per-part table there: module
 compiled graph.
 """
 import argparse
-import json
 import re
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from hcgnet.bench import machine_description, model_defaults
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.models import create_model
 
 PREFIX = "part:"
@@ -173,13 +171,12 @@ def main() -> None:
         for r in part_rows[:25]:
             print(f"{r['part'][:58]:58s} {r['forward_ms']:9.1f} {r['share_of_step']:6.1%}")
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps({
-                "model": args.model, "mode": args.mode, "batch": args.batch, "size": list(x.shape[2:]),
-                "dtype": args.dtype, "channels_last": args.channels_last, "compile": args.compile, "int8": args.int8,
-                "step_ms_unprofiled": 1000 * plain, "step_ms_profiled": step_ms,
-                "machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "operators": op_rows,
-                "parts": part_rows}, indent=2))
+        write_json(json_path, {
+            "model": args.model, "mode": args.mode, "batch": args.batch, "size": list(x.shape[2:]),
+            "dtype": args.dtype, "channels_last": args.channels_last, "compile": args.compile, "int8": args.int8,
+            "step_ms_unprofiled": 1000 * plain, "step_ms_profiled": step_ms,
+            "machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "operators": op_rows,
+            "parts": part_rows})
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ everything else; the whole network's compiled training graph saves no such masks
 nothing about it.
 """
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
@@ -32,7 +30,7 @@ from torch import Tensor, nn
 
 from hcgnet.bench import machine_description
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.layers import BatchNorm2d
 
 
@@ -155,8 +153,7 @@ def main() -> None:
     if json_path:
         report = {"machine": machine_description(), "threads": torch.get_num_threads(), "batch": args.batch,
                   "channels": args.channels, "side": args.side, "rows": rows}
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+        write_json(json_path, report, indent=1)
         print(f"wrote {json_path}")
 
 

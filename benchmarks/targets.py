@@ -23,7 +23,7 @@ import torch
 
 from hcgnet.bench import BenchConfig, against_published, describe
 from hcgnet.errors import script_errors
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 from hcgnet.published import check_clone
 
 # name: (model, mode, batch, side, hcgnet's configurations, measure memory, the target)
@@ -107,8 +107,7 @@ def main() -> None:
         report["workloads"][key] = {**result, "target": target}
         report["machine"] = result["machine"]
         if out:
-            with atomic_path(out) as tmp:
-                Path(tmp).write_text(json.dumps(report, indent=2))
+            write_json(out, report)
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads")
 
 

@@ -7,11 +7,9 @@ other (this machine's timings are noisy), as medians over steps after a warm-up.
         --amp bf16 --channels-last --steps 20 --json out.json
 """
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,7 +20,7 @@ from hcgnet.bench import model_defaults
 from hcgnet.data import build_data
 from hcgnet.errors import script_errors
 from hcgnet.evaluation import autocast
-from hcgnet.files import atomic_path, script_output_file
+from hcgnet.files import script_output_file, write_json
 
 
 def timed_steps(model, batches, optimizer, amp_dtype, channels_last, warmup):
@@ -96,8 +94,7 @@ def main() -> None:
     record = {"args": vars(args), "results": results, "ratio": ratio, "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if json_path:
-        with atomic_path(json_path) as tmp:
-            Path(tmp).write_text(json.dumps(record, indent=2))
+        write_json(json_path, record)
 
 
 if __name__ == "__main__":

@@ -280,7 +280,7 @@ def test_info_shows_parameters_and_multiply_adds(capsys):
     assert code == 0, err
     rows = {r["model"]: r for r in json.loads(out)}
     dense, res = rows["densenet_bc_100_k12"], rows["resnet20_cifar"]
-    assert (dense["params"], dense["paper_params"], dense["input"]) == (769_162, "0.8M", "32x32")
+    assert (dense["params"], dense["paper_params"], dense["input"]) == (769_162, "0.8M", "3x32x32")
     assert dense["gmacs"] * 1e9 == pytest.approx(densenet_bc_macs(100, 12), rel=1e-9)
     assert (res["params"], res["paper_params"]) == (cifar_resnet_params(20), "0.27M")
     code, out, err = cli(capsys, "info", "densenet_bc_100_k12", "--size", "2")

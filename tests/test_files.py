@@ -1,9 +1,12 @@
 """atomic_path: the target is replaced in one step on success and untouched on failure; output paths are
 checked before work starts."""
+import json
+from pathlib import Path
+
 import pytest
 
 from hcgnet.errors import HCGNetError
-from hcgnet.files import atomic_path, can_write_in, check_output_file, check_output_folder, distinct_names
+from hcgnet.files import atomic_path, can_write_in, check_output_file, check_output_folder, distinct_names, write_json
 
 
 def test_success_replaces_and_leaves_no_temporary(tmp_path):
@@ -27,6 +30,18 @@ def test_failure_keeps_the_old_file(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_write_json_writes_whole_files_or_keeps_the_old_one(tmp_path):
+    target = tmp_path / "results.json"
+    assert write_json(target, {"top1": 0.5, "path": Path("a/b")}, default=str) == target
+    assert target.read_text() == '{\n  "top1": 0.5,\n  "path": "a/b"\n}\n'
+    with pytest.raises(TypeError):   # fails while serialising, after the temporary file was opened
+        write_json(target, {"top1": 0.9, "path": Path("c")})
+    assert json.loads(target.read_text()) == {"top1": 0.5, "path": "a/b"}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    write_json(target, [1, 2], indent=None)
+    assert target.read_text() == "[1, 2]\n"
 
 
 def test_check_output_file(tmp_path):

@@ -326,7 +326,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_against_published(args: argparse.Namespace, both, batches: List[int], sizes) -> int:
     from hcgnet.bench import against_published, configurations, describe, write_csv
-    from hcgnet.files import reported_write
+    from hcgnet.files import reported_write, write_json
     from hcgnet.published import check_clone, published_names
 
     check_clone(args.against_published)
@@ -366,7 +366,7 @@ def _bench_against_published(args: argparse.Namespace, both, batches: List[int],
               "setting hcgnet train gives it); its x published: the largest per-round ratio")
     if args.json:
         with reported_write(args.json):
-            Path(args.json).write_text(json.dumps(result, indent=2))
+            write_json(args.json, result)
     if args.csv:
         with reported_write(args.csv):
             write_csv(result["rows"], args.csv)

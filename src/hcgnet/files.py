@@ -1,6 +1,7 @@
 """Writing files so that a crash never leaves a half-written one (a temporary file, then ``os.replace``), and
 checking an output path before long work starts, so a mistake costs seconds, not the whole run."""
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +27,14 @@ def atomic_path(path: PathLike, suffix: str = ".tmp", mode: int = 0o644) -> Iter
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: PathLike, data, indent: Optional[int] = 2, default=None) -> Path:
+    """``data`` as JSON in the file ``path`` (a final newline), atomically (:func:`atomic_path`): a crash leaves
+    the earlier file or none, never half of one. ``default`` as for :func:`json.dumps` (``str`` for paths)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=indent, default=default) + "\n")
+    return Path(path)
 
 
 def can_write_in(folder: PathLike) -> bool:

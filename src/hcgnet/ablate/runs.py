@@ -104,13 +104,12 @@ def attack_run(folder: str, data: str, data_dir: Optional[str], attack: Dict[str
     set, written to ``folder/attack-<attack>.json`` with the run's identity (a replaced run leaves its old
     file behind, which this identity then tells apart)."""
     from hcgnet.analysis.attack import attack_checkpoints
-    from hcgnet.files import atomic_path
+    from hcgnet.files import write_json
 
     result = attack_checkpoints([str(Path(folder) / "best.safetensors")], data, attack["attack"], attack["eps"],
                                 data_dir=data_dir, split="test", **attack.get("options", {}))
     result["asked"], result["run"] = attack, run_identity
-    with atomic_path(Path(folder) / attack_file(attack["attack"])) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=2, default=str))
+    write_json(Path(folder) / attack_file(attack["attack"]), result, default=str)
     log(f"attacked with {attack['attack']} at eps {', '.join(f'{e:g}' for e in attack['eps'])}")
 
 

@@ -26,7 +26,6 @@ every attack (as in the published script), even where a step happens to right it
 """
 import csv
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -40,6 +39,7 @@ from hcgnet.analysis.paper import ATTACKS, PGD_STEPS
 from hcgnet.data import DataConfig, DataError, build_eval_dataset
 from hcgnet.errors import CheckpointError, HCGNetError, plural
 from hcgnet.evaluation import autocast, device_of
+from hcgnet.files import write_json
 
 #: How many smaller step sizes foolbox 2's FGSM retries in (0, eps] when the step of eps does not fool the
 #: model: hard-coded in its ``SingleStepGradientBaseAttack._run``. (The published script passed ``epsilons=[eps]``;
@@ -480,6 +480,6 @@ def write_results(result: Dict[str, Any], folder: Union[str, Path]) -> List[Path
         for r in result["rows"]:
             writer.writerow({**r, "split": splits.get(r["model"], result.get("split", "")),
                              "accuracy": "" if r["accuracy"] is None else f"{r['accuracy']:.6f}"})
-    (folder / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(folder / "robustness.json", result)
     plot(result, folder / "robustness.png")
     return [folder / n for n in RESULTS]

@@ -277,14 +277,12 @@ def attention_study(
     ``amp`` "bf16" (or "fp16" on a GPU); ``progress``: a bar over the images (default: on a terminal; a line
     every 30 s elsewhere). Results of an earlier run in ``output`` are refused unless ``force``. Returns
     ``{"files": {...: path}, "summary": ..., "result": gate_maps'}``."""
-    import json
-
     from hcgnet.analysis.attention_plots import attention_grid, weights_plot
     from hcgnet.analysis.options import amp_dtype, checkpoint_file
     from hcgnet.evaluation import device_of
     from hcgnet.analysis.options import progress as progress_bar
     from hcgnet.data import DataError, build_eval_transform
-    from hcgnet.files import atomic_path, check_output_folder, reported_write
+    from hcgnet.files import check_output_folder, reported_write, write_json
     from hcgnet.inference import (read_images, collect_images, data_config_of, guess_note, load_model,
                                   note_on_stderr)
 
@@ -341,6 +339,6 @@ def attention_study(
     weights_plot(result["weights"], written["weights.png"])
     save_npz(result, readable, written["maps.npz"])
     info = summary(result, readable)
-    with reported_write(written["summary.json"]), atomic_path(written["summary.json"]) as tmp:
-        Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
+    with reported_write(written["summary.json"]):
+        write_json(written["summary.json"], info)
     return {"files": written, "summary": info, "result": result}

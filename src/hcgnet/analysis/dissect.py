@@ -450,8 +450,9 @@ def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = 
     ``summary.json`` (:data:`METHOD`, the summary rows, ``config`` and every detector) in folder ``out``.
     Returns file names."""
     import csv
-    import json
     from pathlib import Path
+
+    from hcgnet.files import write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -475,5 +476,5 @@ def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = 
     doc = dict(method=METHOD, config=config or {}, layers=rows, threshold_error_max=bounds,
                detectors={r.layer: [{k: u[k] for k in ("unit", "concept", "category", "iou")}
                                     for u in sorted(r.detectors, key=lambda u: -u["iou"])] for r in results})
-    (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(out / "summary.json", doc)
     return written + ["summary.csv", "summary.json"]

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from hcgnet.detection.data import CocoData, CocoDetectionSet, CocoFormatError, collate, read_coco
 from hcgnet.distributed import Dist, gather_objects, leave_stop_signals_to_the_main_process
 from hcgnet.evaluation import autocast, device_of
+from hcgnet.files import write_json
 
 #: COCOeval's first six summary numbers, in its order.
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -172,7 +173,7 @@ def write_reports(metrics: Dict[str, Any], folder) -> List[Path]:
     """metrics.json, metrics.csv (one row per kind) and the detections in COCO's results format."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(summary(metrics), indent=2) + "\n")
+    write_json(folder / "metrics.json", summary(metrics))
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["kind", *METRICS])

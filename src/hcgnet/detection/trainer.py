@@ -14,7 +14,6 @@ hint), atomic checkpoints with every RNG state, ``metrics.csv``/``steps.csv``/Te
 and torchrun/DDP (:mod:`hcgnet.distributed`). A run interrupted after any step and resumed ends with the same
 weights as one that was not.
 """
-import json
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -31,6 +30,7 @@ from hcgnet.detection.data import CocoDetectionSet, GroupedBatches, aspect_group
 from hcgnet.detection.engine import LOSSES, DetectionStep, new_totals, train_one_epoch
 from hcgnet.detection.evaluate import METRICS, evaluate_detector
 from hcgnet.errors import HCGNetError, plural
+from hcgnet.files import write_json
 from hcgnet.models import save_safetensors
 from hcgnet.training.config import RUN_FLAGS
 from hcgnet.training.folder import RunFolder
@@ -249,7 +249,7 @@ class DetectRun(TrainingRun):
                   "replicas_identical": distributed.parameters_match_rank0(self.model, self.d), "validation": val}
         if self.d.is_main:
             save_safetensors(self.model, self.out / "final.safetensors", self.metadata())
-            (self.out / "results.json").write_text(json.dumps(result, indent=2))
+            write_json(self.out / "results.json", result)
             self.metrics.close()
             final = self.folder.out
             if val:
