@@ -583,6 +583,49 @@ def test_os_system_payload_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def _exported_files(folder: Path) -> Dict[str, Path]:
+    """One small file of each deployment format, each made by its own library (not hcgnet's export)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    module = torch.nn.Linear(3, 2)
+    files = {"a TorchScript export": folder / "scripted.pt", "a torch.export program (.pt2)": folder / "program.pt2",
+             "an ONNX export": folder / "model.onnx", "an OpenVINO model (.xml)": folder / "model.xml"}
+    torch.jit.save(torch.jit.script(module), str(files["a TorchScript export"]))
+    torch.export.save(torch.export.export(module, (torch.randn(1, 3),)), str(files["a torch.export program (.pt2)"]))
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, producer_name="pytorch"), str(files["an ONNX export"]))
+    files["an OpenVINO model (.xml)"].write_text('<?xml version="1.0"?>\n<net name="m" version="11"/>\n')
+    shutil.copy(files["an ONNX export"], folder / "onnx-without-suffix")   # told apart by its first bytes
+    files["an ONNX export (no suffix)"] = folder / "onnx-without-suffix"
+    return files
+
+
+def test_an_exported_file_is_refused_as_what_it_is_without_loading_it(tmp_path, monkeypatch, capsys):
+    """An export passed where a checkpoint goes: one line naming what it is and what to pass instead, no warning
+    (``torch.load`` warns on a TorchScript archive before refusing it under ``weights_only``); nothing is ever
+    handed to ``torch.jit.load``."""
+    from hcgnet.cli import main
+
+    files = _exported_files(tmp_path)
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load was called"))
+    image = tmp_path / "a.png"
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(image)
+    for kind, path in files.items():
+        kind = kind.replace(" (no suffix)", "")
+        with pytest.raises(CheckpointError, match="is " + kind.replace("(", r"\(").replace(")", r"\)")):
+            read_state_dict(path)
+        for argv in (["predict", "--checkpoint", path, image], ["eval", "--checkpoint", path], ["info", path]):
+            code = main([str(a) for a in argv])
+            out, err = capsys.readouterr()
+            assert code == 2 and out == "" and err == (
+                f"hcgnet: error: {path} is {kind}, not a checkpoint: hcgnet reads the weights files that train and "
+                "convert write (.safetensors, .pt, .pth); pass the checkpoint it was exported from\n"), (argv, err)
+
+
 def test_truncated_torch_file_says_truncated(tmp_path):
     whole = FIXTURE.read_bytes()
     path = tmp_path / "half.pth.tar"

@@ -107,7 +107,32 @@ def _pickled_global(path: Path) -> Optional[str]:
     return None
 
 
+def exported_kind(path: Path) -> Optional[str]:
+    """What deployment file ``path`` is ("a TorchScript export", ...), or None: exports hold programs, not the
+    weights and metadata hcgnet reads (``torch.load`` refuses a TorchScript archive under ``weights_only``, but
+    after a warning, and the error would only say the file is not a checkpoint)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            inside = {name.split("/", 1)[-1] for name in archive.namelist()}   # below the archive's own folder
+        if any(name.startswith("code/") for name in inside):
+            return "a TorchScript export"
+        if "archive_format" in inside or "models/model.json" in inside:
+            return "a torch.export program (.pt2)"
+        return None
+    if head.lstrip().startswith(b"<?xml"):
+        return "an OpenVINO model (.xml)"
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):  # ONNX: ir_version first
+        return "an ONNX export"
+    return None
+
+
 def torch_load_weights_only(path: Path) -> object:
+    kind = exported_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint: hcgnet reads the weights files that train and "
+                              "convert write (.safetensors, .pt, .pth); pass the checkpoint it was exported from")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the weights-only unpickler fails on arbitrary bytes in many ways
