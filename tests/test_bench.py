@@ -73,6 +73,40 @@ def test_bench_isolated_configurations_each_report_their_own_memory():
     assert lean["allocator"] == "freed memory returned (glibc mallopt)"
 
 
+def test_bench_times_the_network_a_checkpoint_holds(tmp_path, capsys):
+    """``--model FILE``: the checkpoint's network with its weights, input channels (1), classes (5) and the size
+    it was trained at (20 px, from its data config; the spec's own is 32). Its classifier is all zeros, so every
+    logit is 0 and the first training loss is ln 5, with or without recomputation; a network with other weights
+    would not give it."""
+    import math
+
+    import torch
+
+    import hcgnet
+
+    model = hcgnet.create_model(TINY, num_classes=5, in_chans=1)
+    torch.nn.init.zeros_(model.get_classifier().weight)
+    config = {"name": "imagefolder", "input_size": [1, 20, 20], "mean": [0.5], "std": [0.25], "resize": None,
+              "class_names": list("abcde")}
+    path = tmp_path / "gray.safetensors"
+    hcgnet.save_safetensors(model, path, {"model_name": TINY, "in_chans": "1", "data_config": json.dumps(config)})
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", str(path), "--modes", "train,infer", "--memory-efficient", "both",
+                 "--steps", "1", "--warmup", "0", "--batch-size", "4", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads(out.read_text())["results"]
+    assert [(r["mode"], r["memory_efficient"]) for r in results] == [("train", False), ("train", True),
+                                                                     ("infer", False)]
+    assert all(r["size"] == [20, 20] for r in results)
+    for r in results[:2]:
+        assert abs(r["first_loss"] - math.log(5)) < 1e-6
+    capsys.readouterr()
+    assert main(["bench", "--model", str(tmp_path / "missing.safetensors")]) == 2
+    assert capsys.readouterr().err == f"hcgnet: error: checkpoint not found: {tmp_path / 'missing.safetensors'}\n"
+    assert main(["bench", "--model", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"hcgnet: error: {tmp_path} is a folder, not a checkpoint file; e.g. ")
+
+
 def test_bench_refuses_what_cannot_run(capsys):
     assert main(["bench", "--model", TINY, "--dtypes", "fp16", "--device", "cpu"]) == 2
     assert "bf16" in capsys.readouterr().err

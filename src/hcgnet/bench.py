@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from hcgnet.compiled import compile_frozen
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.evaluation import AMP_DTYPES
 from hcgnet.models import create_model
+from hcgnet.models.checkpoints import check_checkpoint_file, names_a_file
 from hcgnet.models.registry import first_conv_in_chans
 
 MODES = ("train", "infer", "latency")
@@ -171,6 +172,8 @@ def run_config(name: str, cfg: BenchConfig, batch: int, size: Sequence[int], ste
     torch.manual_seed(0)
     if build is not None:
         model = build(cfg)
+    elif names_a_file(name):
+        model = checkpoint_network(name, cfg.memory_efficient)[0]
     else:
         model = create_model(name, num_classes=num_classes, memory_efficient=cfg.memory_efficient)
     n = 1 if cfg.mode == "latency" else batch
@@ -268,8 +271,10 @@ def benchmark(
     dev = _device(device)
     batches = list(batches or [batch])
     check_request(dev, modes, dtypes, runtimes, batches, steps, warmup)
+    own_size, own_classes = model_defaults(name)
+    classes = own_classes if names_a_file(name) else 10   # a checkpoint's own classifier
     if sizes is None:
-        sizes = [size or model_defaults(name)[0]]
+        sizes = [size or own_size]
     results = []
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as export_dir:
@@ -277,7 +282,7 @@ def benchmark(
                                                                           memory_efficient, compile, runtimes)):
             if cfg.mode == "latency" and b != batches[0]:
                 continue  # batch 1 whatever the batch sweep
-            args = (name, cfg, b, tuple(s), steps, warmup, dev, 10, export_dir)
+            args = (name, cfg, b, tuple(s), steps, warmup, dev, classes, export_dir)
             if isolate:
                 with context.Pool(1) as pool:
                     results.append(pool.apply(run_fresh, (args, as_trained)))
@@ -318,10 +323,27 @@ def check_request(dev: torch.device, modes: Sequence[str], dtypes: Sequence[str]
 
 def model_defaults(name: str) -> Tuple[Tuple[int, int], int]:
     """The model's own input size (H, W) and class count, from its ``pretrained_cfg`` (built on the meta
-    device: shapes only)."""
+    device: shapes only); for a checkpoint file, the size it was trained at and its classes."""
+    if names_a_file(name):
+        from hcgnet.inference import data_config_of
+
+        model, meta = checkpoint_network(name)
+        return tuple(data_config_of(model, meta).input_size[1:]), model.num_classes
     with torch.device("meta"):
         cfg = create_model(name).pretrained_cfg
     return tuple(cfg["input_size"][1:]), int(cfg["num_classes"])
+
+
+def checkpoint_network(path: str, memory_efficient: bool = False) -> Tuple[nn.Module, Dict[str, str]]:
+    """The network a checkpoint file holds, with its weights and input channels, and the checkpoint's metadata:
+    what ``bench --model FILE`` times."""
+    from hcgnet.inference import checkpoint_metadata
+
+    meta = checkpoint_metadata(str(check_checkpoint_file(path)))
+    if not meta.get("model_name"):
+        raise CheckpointError(f"{path} does not say which model it holds; name it in a copy: hcgnet convert {path} "
+                              "NAMED.safetensors --model NAME")
+    return create_model(meta["model_name"], checkpoint_path=path, memory_efficient=memory_efficient), meta
 
 
 def _device(name: Optional[str]) -> torch.device:

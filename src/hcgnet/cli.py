@@ -291,7 +291,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"  {speed}  (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)  +{r['peak_memory_added_mb']:.0f} MB"
               + (f"  loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}" if "final_loss" in r else ""), flush=True)
 
-    from hcgnet.files import check_output_file, reported_write
+    from hcgnet.files import check_output_file, reported_write, write_json
 
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
         if path:  # found out now, not after an hour of timing
@@ -310,8 +310,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         runtimes=args.runtimes.split(","), batches=batches, sizes=sizes, isolate=args.isolate)
     if args.json:
         with reported_write(args.json):
-            Path(args.json).write_text(json.dumps({"model": args.model, "torch": torch.__version__,
-                                                   "threads": torch.get_num_threads(), "results": results}, indent=2))
+            write_json(args.json, {"model": args.model, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                   "results": results})
     if args.csv:
         with reported_write(args.csv):
             write_csv(results, args.csv)
@@ -892,7 +892,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     be = sub.add_parser("bench", help="training/inference speed and peak memory of configurations, in one process")
-    be.add_argument("--model", default="hcgnet_a1", help="a registered name or an HCGNet-(...)-(k=...) spec "
+    be.add_argument("--model", default="hcgnet_a1", help="a registered name, an HCGNet-(...)-(k=...) spec, or a "
+                    "checkpoint file: its network with its weights, input channels, classes and training size "
                     "(default hcgnet_a1)")
     be.add_argument("--modes", default="train,infer", help="comma-separated: train, infer, latency (batch 1)")
     be.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, fp16 (GPU)")

@@ -9,7 +9,7 @@ from hcgnet.complexity import count_macs, count_params
 from hcgnet.errors import HCGNetError
 from hcgnet.models import VARIANTS, create_model
 from hcgnet.models.baselines import PAPER
-from hcgnet.models.checkpoints import check_checkpoint_file
+from hcgnet.models.checkpoints import check_checkpoint_file, names_a_file
 from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 
@@ -23,7 +23,7 @@ def model_info(names: Sequence[str], num_classes: Optional[int], size: Optional[
     for requested in names:
         if os.path.isdir(requested):
             check_checkpoint_file(requested)   # a run's folder: the error names the checkpoint in it
-        if os.path.isfile(requested) or looks_like_a_file(requested):
+        if names_a_file(requested):
             if num_classes is not None or model_kwargs:
                 raise HCGNetError(f"--num-classes and --model-kwargs describe a variant; the checkpoint {requested} "
                                   "holds its own: drop them")
@@ -85,11 +85,6 @@ def baseline_info(name: str, num_classes: Optional[int], size: Optional[int],
                 published_params=None, paper_params=paper_params if classes == 10 and not changed else None,
                 gmacs=count_macs(model, input_size) / 1e9,
                 paper_gmacs=paper_gmacs if input_size == (3, 32, 32) and not changed else None)
-
-
-def looks_like_a_file(name: str) -> bool:
-    """A name no model or spec has: a path, or a checkpoint's file name."""
-    return os.sep in name or name.lower().endswith((".safetensors", ".pt", ".pth", ".tar"))
 
 
 def checkpoint_info(path: str, size: Optional[int] = None) -> dict:

@@ -155,12 +155,22 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+#: The suffixes of the checkpoint files hcgnet reads (``.tar``: the published ``.pth.tar``).
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".tar")
+
+
+def names_a_file(name: str) -> bool:
+    """Whether a name given where a model name or a checkpoint may go is a file's: one that exists, a path, or a
+    checkpoint's file name (no model or spec has either)."""
+    return os.path.exists(name) or os.sep in name or name.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
 def check_checkpoint_file(path: PathLike) -> Path:
     """``path`` if it is a file; a one-line :class:`CheckpointError` if it is missing or a folder (most often a
     run's: the error names the file to pass)."""
     path = Path(path)
     if path.is_dir():
-        found = sorted(q.name for q in path.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".tar"))
+        found = sorted(q.name for q in path.iterdir() if q.suffix in CHECKPOINT_SUFFIXES)
         pick = next((f for f in ("best.safetensors", "final.safetensors") if f in found), found[0] if found else None)
         hint = f"e.g. {path / pick}" if pick else "give a .safetensors, .pt or .pth file"
         raise CheckpointError(f"{path} is a folder, not a checkpoint file; {hint}")
