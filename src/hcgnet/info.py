@@ -109,6 +109,7 @@ def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
     else:
         switches = json.loads(meta["switches"]) if meta.get("switches") else {}
         channels = first_conv_in_chans(model)   # a gray run's network (Fashion-MNIST) takes 1 channel
-        row, = model_info([name], model.num_classes, side, {**switches, **({"in_chans": channels} if channels != 3 else {})})
+        kwargs = {**switches, **({"in_chans": channels} if channels != 3 else {})}
+        row, = model_info([name], model.num_classes, side, kwargs)
     row.update(model=path, params=count_params(model), data=meta.get("data"), class_names=list(config.class_names))
     return row
