@@ -216,10 +216,25 @@ def test_eval_class_the_model_does_not_know(tmp_path):
     root = quick_folder(tmp_path / "photos", {"cat": 2, "zebra": 2})
     with pytest.raises(DataError) as e:
         build_eval_dataset(f"imagefolder:{root}", _config(["cat", "dog"]), split="all")
-    assert str(e.value) == f"{root} has 1 class the model does not know: zebra (it knows cat, dog)"
+    assert str(e.value) == f"{root} has 1 class the model does not know: zebra (its class folders are cat, dog)"
     # a model that carries no class names ("0", "1", ...) labels the folder's sorted classes, as training does
     unnamed = build_eval_dataset(f"imagefolder:{root}", _config(["0", "1", "2"]), split="all")
     assert [y for _, y in unnamed.samples] == [0, 0, 1, 1]
+
+
+def test_a_class_name_with_a_slash_is_its_folder_name_with_an_underscore(tmp_path):
+    """Fashion-MNIST's "T-shirt/top" cannot name a folder: a folder of a user's own photos holds it as
+    "T-shirt_top", labelled with the class's index; a folder named otherwise is refused, the error naming the
+    folder name to use."""
+    names = ["T-shirt/top", "Trouser", "Pullover"]
+    root = quick_folder(tmp_path / "mine", {"T-shirt_top": 2, "Pullover": 3})
+    whole = build_eval_dataset(f"imagefolder:{root}", _config(names), split="all")
+    assert sorted(y for _, y in whole.samples) == [0, 0, 2, 2, 2]
+    wrong = quick_folder(tmp_path / "wrong", {"T-shirt": 2, "Trouser": 1})
+    with pytest.raises(DataError) as e:
+        build_eval_dataset(f"imagefolder:{wrong}", _config(names), split="all")
+    assert str(e.value) == (f"{wrong} has 1 class the model does not know: T-shirt (its class folders are "
+                            "Pullover, T-shirt_top, Trouser; '/' in a class name is '_' in its folder's: T-shirt_top)")
 
 
 def test_eval_rebuilds_the_training_split(tmp_path):

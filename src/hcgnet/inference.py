@@ -332,13 +332,6 @@ def _all_dataset(data, data_dir, meta, model, path, log: Log, skip_bad_images,
                 "evaluate it on a folder with one sub-folder per class it knows"
             )
         config.class_names = found
-    unknown = [c for c in found if c not in config.class_names]
-    if unknown:
-        raise CheckpointError(
-            f"{folder} has {len(found)} class folders and {len(unknown)} of them ({_few(unknown)}) are not among the "
-            f"{model.num_classes} classes {path} was trained on ({_few(sorted(config.class_names))}); evaluate it "
-            "on images of those classes"
-        )
     dataset = build_eval_dataset(data, config, data_dir, "all", skip_bad_images=skip_bad_images, log=skipped_log)
     note = guess_note(path, model, meta, "the folder's class names (sorted)" if not meta.get("class_names")
                       else "the checkpoint's class names")

@@ -35,7 +35,7 @@ from hcgnet.data.defaults import SMALL_IMAGE_SIDE, augmentation_note, size_note,
 from hcgnet.data.errors import DataError, error_message
 from hcgnet.data.fashion_mnist import FASHION_MNIST_FILES, FASHION_MNIST_SYSTEM_DIR, load_fashion_mnist
 from hcgnet.data.image_folder import (
-    check_images, folder_config, layout, open_class_folder, refuse_one_class,
+    check_images, class_folder_name, folder_config, layout, open_class_folder, refuse_one_class,
 )
 from hcgnet.data.images import load_image
 from hcgnet.data.splits import format_size, holdout_note, split_indices
@@ -215,15 +215,18 @@ def _label_classes(config: DataConfig, root: str) -> list[str]:
     only a count) the folder's own sorted classes, as hcgnet labels a folder it trains on."""
     names = list(config.class_names)
     found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    unknown = [c for c in found if c not in names]
+    folders = [class_folder_name(n) for n in names]
+    unknown = [c for c in found if c not in folders]
     if not unknown:
         return names
     if _is_placeholder(names) and len(found) <= len(names):
         return found
     more = ", ..." if len(unknown) > 5 else ""
+    renamed = [folder for name, folder in zip(names, folders) if folder != name]
+    slash = f"; '/' in a class name is '_' in its folder's: {', '.join(renamed[:5])}" if renamed else ""
     raise DataError(f"{root} has {plural(len(unknown), 'class')} the model does not know: "
-                    f"{', '.join(unknown[:5])}{more} (it knows {', '.join(names[:5])}"
-                    f"{', ...' if len(names) > 5 else ''})")
+                    f"{', '.join(unknown[:5])}{more} (its class folders are {', '.join(sorted(folders)[:5])}"
+                    f"{', ...' if len(names) > 5 else ''}{slash})")
 
 
 def _eval_folder(root: str, config: DataConfig):

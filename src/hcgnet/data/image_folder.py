@@ -24,12 +24,20 @@ from hcgnet.data.defaults import resolve_data_config
 from hcgnet.errors import plural
 
 __all__ = ["ClassFolder", "open_class_folder", "layout", "folder_config", "check_images",
-           "refuse_one_class"]
+           "refuse_one_class", "class_folder_name"]
+
+
+def class_folder_name(class_name: str) -> str:
+    """The sub-folder that holds a class's images: the class name, with "/" (which no folder name can hold:
+    Fashion-MNIST's "T-shirt/top") as "_"."""
+    return class_name.replace("/", "_")
+
 
 class ClassFolder(tvd.ImageFolder):
     """ImageFolder reading with :func:`load_image`, ignoring hidden folders, optionally with a fixed class list
-    (a test folder is labelled with the training folder's classes and may lack some of them); ``owner`` names
-    where the fixed list comes from, for the error about a class outside it."""
+    (a test folder is labelled with the training folder's classes and may lack some of them; each class's
+    folder is :func:`class_folder_name`); ``owner`` names where the fixed list comes from, for the error about a
+    class outside it."""
 
     def __init__(self, root: str, classes: Sequence[str] | None = None, owner: str = "the training folder"):
         self._fixed_classes = None if classes is None else list(classes)
@@ -42,11 +50,12 @@ class ClassFolder(tvd.ImageFolder):
             raise FileNotFoundError(f"no class sub-folders in {directory}")
         if self._fixed_classes is None:
             return found, {c: i for i, c in enumerate(found)}
-        extra = sorted(set(found) - set(self._fixed_classes))
+        folders = [class_folder_name(c) for c in self._fixed_classes]
+        extra = sorted(set(found) - set(folders))
         if extra:
             raise DataError(f"{directory} has {plural(len(extra), 'class')} {self._owner} lacks: "
                             f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-        return list(self._fixed_classes), {c: i for i, c in enumerate(self._fixed_classes)}
+        return folders, {c: i for i, c in enumerate(folders)}
 
 
 def open_class_folder(root: str, classes: Sequence[str] | None = None,
