@@ -216,7 +216,8 @@ def test_eval_class_the_model_does_not_know(tmp_path):
     root = quick_folder(tmp_path / "photos", {"cat": 2, "zebra": 2})
     with pytest.raises(DataError) as e:
         build_eval_dataset(f"imagefolder:{root}", _config(["cat", "dog"]), split="all")
-    assert str(e.value) == f"{root} has 1 class the model does not know: zebra (its class folders are cat, dog)"
+    assert str(e.value) == (f"{root} has 2 class folders and 1 the model does not know: zebra (the folders of its "
+                            "2 classes are cat, dog)")
     # a model that carries no class names ("0", "1", ...) labels the folder's sorted classes, as training does
     unnamed = build_eval_dataset(f"imagefolder:{root}", _config(["0", "1", "2"]), split="all")
     assert [y for _, y in unnamed.samples] == [0, 0, 1, 1]
@@ -233,8 +234,9 @@ def test_a_class_name_with_a_slash_is_its_folder_name_with_an_underscore(tmp_pat
     wrong = quick_folder(tmp_path / "wrong", {"T-shirt": 2, "Trouser": 1})
     with pytest.raises(DataError) as e:
         build_eval_dataset(f"imagefolder:{wrong}", _config(names), split="all")
-    assert str(e.value) == (f"{wrong} has 1 class the model does not know: T-shirt (its class folders are "
-                            "Pullover, T-shirt_top, Trouser; '/' in a class name is '_' in its folder's: T-shirt_top)")
+    assert str(e.value) == (f"{wrong} has 2 class folders and 1 the model does not know: T-shirt (the folders of "
+                            "its 3 classes are Pullover, T-shirt_top, Trouser; '/' in a class name is '_' in its "
+                            "folder's: T-shirt_top)")
 
 
 def test_eval_rebuilds_the_training_split(tmp_path):

@@ -224,9 +224,9 @@ def _label_classes(config: DataConfig, root: str) -> list[str]:
     more = ", ..." if len(unknown) > 5 else ""
     renamed = [folder for name, folder in zip(names, folders) if folder != name]
     slash = f"; '/' in a class name is '_' in its folder's: {', '.join(renamed[:5])}" if renamed else ""
-    raise DataError(f"{root} has {plural(len(unknown), 'class')} the model does not know: "
-                    f"{', '.join(unknown[:5])}{more} (its class folders are {', '.join(sorted(folders)[:5])}"
-                    f"{', ...' if len(names) > 5 else ''}{slash})")
+    raise DataError(f"{root} has {plural(len(found), 'class folder')} and {len(unknown)} the model does not know: "
+                    f"{', '.join(unknown[:5])}{more} (the folders of its {plural(len(names), 'class')} are "
+                    f"{', '.join(sorted(folders)[:5])}{', ...' if len(names) > 5 else ''}{slash})")
 
 
 def _eval_folder(root: str, config: DataConfig):
