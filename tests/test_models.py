@@ -39,6 +39,49 @@ def test_sizes_equal_the_published_implementation(name, classes, params, gmacs):
         assert abs(macs / 1e9 - gmacs) / gmacs < 0.01
 
 
+# The published implementation's multiply-adds, exactly: FlopCounterMode over its own model classes (eval, batch 1,
+# the input size of each; measured 2026-12-06 from a clone of its repository). The reference's 3-decimal GMACs
+# (0.154, 0.489, 1.956, 2.003, 6.972) round these. Its counter sees the gates' scoring 1x1 convolutions but not
+# their weighted sums, which that code computes as elementwise products.
+PUBLISHED_MACS = {"hcgnet_a1": 154_231_776, "hcgnet_a2": 488_603_776, "hcgnet_a3": 1_956_302_016,
+                  "hcgnet_b": 2_002_776_044, "hcgnet_c": 6_971_626_636}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_MACS))
+def test_multiply_adds_are_the_published_count_plus_the_weighted_sums_it_does_not_see(name):
+    from hcgnet.layers import AttentionPool
+
+    model = _meta_model(name)
+    sums = []   # C x H x W per attention pool: its weighted sum over the positions
+    hooks = [m.register_forward_pre_hook(lambda _, args: sums.append(args[0][0].numel()))
+             for m in model.modules() if isinstance(m, AttentionPool)]
+    total = count_macs(model, VARIANTS[name].input_size)
+    for hook in hooks:
+        hook.remove()
+    assert total == PUBLISHED_MACS[name] + sum(sums)
+
+
+def test_attention_pooling_counts_the_same_multiply_adds_in_either_form():
+    """An attention pool is a 1x1 convolution scoring C channels at every position and a sum weighted over the
+    positions: 2 x C x H x W multiply-adds, by hand. NCHW maps compute it as elementwise products (which torch's
+    counter does not see), channels_last maps as matrix products (which it does): the count must not depend on
+    it, for the pool alone and for a whole network."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hcgnet.layers import AttentionPool
+
+    assert count_macs(AttentionPool(12), (12, 7, 5)) == 2 * 12 * 7 * 5
+    model = hcgnet.create_model("HCGNet-(2,2,2)-(k=8,8,8)", num_classes=10, in_chans=1).eval()
+    raw = {}
+    for layout in (torch.contiguous_format, torch.channels_last):   # the stem's output follows the weights'
+        model = model.to(memory_format=layout)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 1, 28, 28))
+        raw[layout] = counter.get_total_flops()
+    assert raw[torch.channels_last] > raw[torch.contiguous_format]   # the two forms ran, and torch sees only one
+    assert count_macs(model, (1, 28, 28)) == count_macs(model.to(memory_format=torch.contiguous_format), (1, 28, 28))
+
+
 def test_paper_figures_are_those_the_paper_prints():
     """Tables 2 and 3 of the paper (params / "FLOPs"); the published README's own GMACs kept apart."""
     paper = {name: (v.paper_params, v.paper_gmacs) for name, v in VARIANTS.items()}

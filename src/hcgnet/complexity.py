@@ -1,9 +1,11 @@
 """Parameter and multiply-add counts."""
-from typing import Sequence
+from typing import Dict, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from hcgnet.layers.attention_pool import AttentionPool
 
 
 def count_params(model: nn.Module) -> int:
@@ -15,10 +17,25 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
 
     Counted by PyTorch's ``FlopCounterMode`` (convolutions and matrix products; it reports 2 FLOPs per
     multiply-add). A model on the ``meta`` device is counted without any arithmetic, which makes the
-    largest variants instant.
+    largest variants instant. Attention pooling (:class:`~hcgnet.layers.AttentionPool`) counts as what it is, a
+    1x1 convolution scoring every position and a sum weighted over them (2 x C x H x W), whichever form
+    computed it: as elementwise products (NCHW maps) the counter would not see it, as matrix products
+    (channels_last) it would.
     """
     param = next(model.parameters())
     x = torch.zeros((1, *input_size), device=param.device, dtype=param.dtype)
+    seen_before: Dict[int, int] = {}
+    correction = [0]
+
+    def before(module, args):
+        seen_before[id(module)] = counter.get_total_flops()
+
+    def after(module, args, output):
+        _, c, h, w = args[0].shape
+        correction[0] += 2 * (2 * c * h * w) - (counter.get_total_flops() - seen_before.pop(id(module)))
+
+    pools = [m for m in model.modules() if isinstance(m, AttentionPool)]
+    hooks = [m.register_forward_pre_hook(before) for m in pools] + [m.register_forward_hook(after) for m in pools]
     was_training = model.training
     model.eval()
     try:
@@ -26,4 +43,6 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
             model(x)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2
+        for hook in hooks:
+            hook.remove()
+    return (counter.get_total_flops() + correction[0]) // 2
