@@ -380,3 +380,20 @@ def test_predict_published_checkpoint_with_model(capsys, tmp_path):
     p = [t["probability"] for t in top]
     assert p == sorted(p, reverse=True) and all(math.isfinite(v) and v >= 0 for v in p)
     assert sum(p) <= 1 + 1e-6
+
+
+def test_eval_all_of_a_train_and_val_folder_with_a_checkpoint_without_class_names(capsys, tmp_path):
+    """A plain .safetensors (no class names: the folder's sorted classes label it) on a train/ + val/ layout: the
+    classes are train/'s sub-folders, not "train" and "val"; every image of both is scored."""
+    import hcgnet
+
+    make_folder(tmp_path / "tree" / "train", ["blue", "red"], 3)
+    make_folder(tmp_path / "tree" / "val", ["blue", "red"], 2)
+    path = tmp_path / "plain.safetensors"
+    hcgnet.save_safetensors(hcgnet.create_model(SPEC, num_classes=2), path)
+    code, out, err = cli(capsys, "eval", "--checkpoint", path, "--model", SPEC, "--data",
+                         f"imagefolder:{tmp_path / 'tree'}", "--split", "all", "--workers", "0")
+    assert code == 0, err
+    assert "(all, 10 images)" in out
+    assert [line.split()[0] for line in out.splitlines()[1:3]] == ["blue", "red"]
+    assert all(line.rstrip().endswith("/5)") for line in out.splitlines()[1:3])   # 3 in train/, 2 in val/

@@ -21,6 +21,7 @@ from hcgnet.data import (
     DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, image_size_note, load_image,
     resolve_data_config, skipped_note,
 )
+from hcgnet.data.image_folder import layout
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
@@ -214,11 +215,13 @@ def check_split_data(data: str, meta: Dict[str, str], split: str) -> None:
 
 
 def folder_classes(folder: str) -> List[str]:
-    """The class sub-folders of ``folder``, sorted (ImageFolder's order)."""
+    """The class sub-folders of an image folder, sorted (ImageFolder's order): those of its ``train/`` when it
+    has one (a ``train/`` + ``val/`` layout), not ``train`` and ``val`` themselves."""
     folder = os.path.expanduser(folder)
     if not os.path.isdir(folder):
         raise DataError(f"no such folder: {folder}")
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    root = layout(folder)[0]
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
 #: Seconds between progress lines when stderr is not a terminal (a log file, CI, a cluster job).
