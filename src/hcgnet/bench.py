@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from hcgnet.compiled import compile_frozen
-from hcgnet.errors import CheckpointError, HCGNetError
+from hcgnet.errors import HCGNetError
 from hcgnet.evaluation import AMP_DTYPES
 from hcgnet.models import create_model
 from hcgnet.models.checkpoints import check_checkpoint_file, names_a_file
@@ -337,13 +337,9 @@ def model_defaults(name: str) -> Tuple[Tuple[int, int], int]:
 def checkpoint_network(path: str, memory_efficient: bool = False) -> Tuple[nn.Module, Dict[str, str]]:
     """The network a checkpoint file holds, with its weights and input channels, and the checkpoint's metadata:
     what ``bench --model FILE`` times."""
-    from hcgnet.inference import checkpoint_metadata
+    from hcgnet.inference import named_checkpoint_model
 
-    meta = checkpoint_metadata(str(check_checkpoint_file(path)))
-    if not meta.get("model_name"):
-        raise CheckpointError(f"{path} does not say which model it holds; name it in a copy: hcgnet convert {path} "
-                              "NAMED.safetensors --model NAME")
-    return create_model(meta["model_name"], checkpoint_path=path, memory_efficient=memory_efficient), meta
+    return named_checkpoint_model(str(check_checkpoint_file(path)), memory_efficient=memory_efficient)
 
 
 def _device(name: Optional[str]) -> torch.device:

@@ -974,7 +974,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     at.add_argument("--modules", nargs="+", default=None, metavar="NAME",
                     help="SMG modules, e.g. stages.1.block.layers.0 or stages.1.transition "
                          "(default: the last SMG module of each hybrid block)")
-    at.add_argument("--max-images", type=int, default=16, help="rows of the grid: at most N images; when there are more, taken in turn from each folder, "
+    at.add_argument("--max-images", type=int, default=16,
+                    help="rows of the grid: at most N images; when there are more, taken in turn from each folder, "
                          "so a folder of class folders shows every class (default 16)")
     at.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     add_hardware_options(at, "autocast dtype of the forward pass (bf16: GPUs and CPUs with AVX512-BF16/AMX; "

@@ -24,15 +24,16 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """
     param = next(model.parameters())
     x = torch.zeros((1, *input_size), device=param.device, dtype=param.dtype)
-    seen_before: Dict[int, int] = {}
-    correction = [0]
+    seen_before: Dict[int, int] = {}   # FLOPs counted when each pool started
+    correction = 0   # FLOPs: each pool's 2 x C x H x W multiply-adds in place of what the counter saw of it
 
     def before(module, args):
         seen_before[id(module)] = counter.get_total_flops()
 
     def after(module, args, output):
+        nonlocal correction
         _, c, h, w = args[0].shape
-        correction[0] += 2 * (2 * c * h * w) - (counter.get_total_flops() - seen_before.pop(id(module)))
+        correction += 2 * (2 * c * h * w) - (counter.get_total_flops() - seen_before.pop(id(module)))
 
     pools = [m for m in model.modules() if isinstance(m, AttentionPool)]
     hooks = [m.register_forward_pre_hook(before) for m in pools] + [m.register_forward_hook(after) for m in pools]
@@ -45,4 +46,4 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return (counter.get_total_flops() + correction[0]) // 2
+    return (counter.get_total_flops() + correction) // 2

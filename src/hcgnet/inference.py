@@ -21,7 +21,7 @@ from hcgnet.data import (
     DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, image_size_note, load_image,
     resolve_data_config, skipped_note,
 )
-from hcgnet.data.image_folder import layout
+from hcgnet.data.image_folder import class_folders, layout
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
@@ -101,6 +101,17 @@ def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, 
     if not name:
         raise CheckpointError(f"{path} does not say which model it holds; pass --model NAME")
     return create_model(name, checkpoint_path=path).eval(), meta
+
+
+def named_checkpoint_model(path: str, **model_kwargs) -> Tuple[nn.Module, Dict[str, str]]:
+    """The network a checkpoint names in its metadata, with its weights (``model_kwargs``: switches such as
+    ``memory_efficient``), and the metadata: for commands with no ``--model`` to name it (``info``, ``bench``), a
+    file that does not name its model is refused with how to name it in a copy."""
+    meta = checkpoint_metadata(path)   # read once: a training .pt is a whole torch.load
+    if not meta.get("model_name"):
+        raise CheckpointError(f"{path} does not say which model it holds; name it in a copy: hcgnet convert {path} "
+                              "NAMED.safetensors --model NAME")
+    return create_model(meta["model_name"], checkpoint_path=path, **model_kwargs), meta
 
 
 def recorded_data(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
@@ -220,8 +231,7 @@ def folder_classes(folder: str) -> List[str]:
     folder = os.path.expanduser(folder)
     if not os.path.isdir(folder):
         raise DataError(f"no such folder: {folder}")
-    root = layout(folder)[0]
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return class_folders(layout(folder)[0])
 
 
 #: Seconds between progress lines when stderr is not a terminal (a log file, CI, a cluster job).

@@ -21,8 +21,6 @@ def model_info(names: Sequence[str], num_classes: Optional[int], size: Optional[
     that is a file is a checkpoint: :func:`checkpoint_info`."""
     rows = []
     for requested in names:
-        if os.path.isdir(requested):
-            check_checkpoint_file(requested)   # a run's folder: the error names the checkpoint in it
         if names_a_file(requested):
             if num_classes is not None or model_kwargs:
                 raise HCGNetError(f"--num-classes and --model-kwargs describe a variant; the checkpoint {requested} "
@@ -90,15 +88,14 @@ def baseline_info(name: str, num_classes: Optional[int], size: Optional[int],
 def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
     """``info`` of a checkpoint file: the network it holds (with its design switches), counted at the input
     size it was trained for (or ``size``), and what it was trained on (``data``, ``class_names``)."""
-    from hcgnet.inference import checkpoint_metadata, data_config_of
+    from hcgnet.inference import data_config_of, named_checkpoint_model
 
+    if os.path.isdir(path):
+        check_checkpoint_file(path)   # a run's folder: the error names the checkpoint in it
     if not os.path.isfile(path):
         raise HCGNetError(f"no checkpoint file {path}; give a variant name, a spec or an existing file")
-    meta = checkpoint_metadata(path)   # read once: a training .pt is a whole torch.load
-    if not meta.get("model_name"):
-        raise HCGNetError(f"{path} does not say which model it holds; name it in a copy: hcgnet convert {path} "
-                          "NAMED.safetensors --model NAME")
-    model = create_model(meta["model_name"], checkpoint_path=path).eval()
+    model, meta = named_checkpoint_model(path)
+    model.eval()
     config = data_config_of(model, meta)
     name, side = meta["model_name"], size or config.input_size[-1]
     if is_timm_baseline(name):  # a timm network: no published or paper figures to set beside it

@@ -270,9 +270,10 @@ def attention_study(
     log=None, amp: str = "none", batch_size: int = 8, progress: Optional[bool] = None, force: bool = False,
 ) -> Dict[str, object]:
     """``hcgnet attention``: the gate maps of ``modules`` of the model in ``checkpoint`` for the image files,
-    folders or glob patterns ``images`` (``max_images`` readable ones at most; when there are more, taken in turn from each folder: :func:`in_turn_by_folder`), written to the folder
-    ``output`` as ``attention.png`` (:func:`attention_grid`), ``weights.png`` (:func:`weights_plot`),
-    ``maps.npz`` (:func:`save_npz`) and ``summary.json`` (:func:`summary`). Unreadable images are skipped
+    folders or glob patterns ``images`` (``max_images`` readable ones at most; when there are more, taken in turn
+    from each folder: :func:`in_turn_by_folder`), written to the folder ``output`` as ``attention.png``
+    (:func:`attention_grid`), ``weights.png`` (:func:`weights_plot`), ``maps.npz`` (:func:`save_npz`) and
+    ``summary.json`` (:func:`summary`). Unreadable images are skipped
     with a warning through ``log``. The images are read and run ``batch_size`` at a time, under autocast with
     ``amp`` "bf16" (or "fp16" on a GPU); ``progress``: a bar over the images (default: on a terminal; a line
     every 30 s elsewhere). Results of an earlier run in ``output`` are refused unless ``force``. Returns

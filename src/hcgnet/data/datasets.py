@@ -35,7 +35,7 @@ from hcgnet.data.defaults import SMALL_IMAGE_SIDE, augmentation_note, size_note,
 from hcgnet.data.errors import DataError, error_message
 from hcgnet.data.fashion_mnist import FASHION_MNIST_FILES, FASHION_MNIST_SYSTEM_DIR, load_fashion_mnist
 from hcgnet.data.image_folder import (
-    check_images, class_folder_name, folder_config, layout, open_class_folder, refuse_one_class,
+    check_images, class_folder_name, class_folders, folder_config, layout, open_class_folder, refuse_one_class,
 )
 from hcgnet.data.images import load_image
 from hcgnet.data.splits import format_size, holdout_note, split_indices
@@ -214,7 +214,7 @@ def _label_classes(config: DataConfig, root: str) -> list[str]:
     """The class list to label ``root``'s class folders with: the model's, or (when the model has no names,
     only a count) the folder's own sorted classes, as hcgnet labels a folder it trains on."""
     names = list(config.class_names)
-    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    found = class_folders(root)
     folders = [class_folder_name(n) for n in names]
     unknown = [c for c in found if c not in folders]
     if not unknown:

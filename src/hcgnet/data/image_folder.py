@@ -24,7 +24,13 @@ from hcgnet.data.defaults import resolve_data_config
 from hcgnet.errors import plural
 
 __all__ = ["ClassFolder", "open_class_folder", "layout", "folder_config", "check_images",
-           "refuse_one_class", "class_folder_name"]
+           "refuse_one_class", "class_folder_name", "class_folders"]
+
+
+def class_folders(directory: str) -> list[str]:
+    """The class sub-folders of ``directory``, sorted (ImageFolder's order); hidden ones
+    (``.ipynb_checkpoints``...) are not classes."""
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
 
 def class_folder_name(class_name: str) -> str:
@@ -45,7 +51,7 @@ class ClassFolder(tvd.ImageFolder):
         super().__init__(root, loader=load_image, allow_empty=classes is not None)
 
     def find_classes(self, directory):
-        found = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        found = class_folders(directory)
         if not found:
             raise FileNotFoundError(f"no class sub-folders in {directory}")
         if self._fixed_classes is None:
