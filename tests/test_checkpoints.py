@@ -761,6 +761,29 @@ def test_pretrained_prefers_converted_safetensors(tmp_path, monkeypatch, publish
     assert torch.equal(again.stem.conv0.weight, model.stem.conv0.weight)
 
 
+@pytest.mark.parametrize("factory", ["hcgnet", "timm"])
+def test_the_published_weights_tag_loads_them_from_hcgnet_home_whatever_the_working_folder(
+        tmp_path, monkeypatch, published_b, factory):
+    import timm
+    source, _ = published_b
+    home, elsewhere = tmp_path / "weights", tmp_path / "elsewhere"
+    home.mkdir(), elsewhere.mkdir()
+    shutil.copy(source, home / "HCGNet_B_best.pth.tar")
+    # a file of the published name in the working folder must not be what is loaded
+    (elsewhere / "HCGNet_B_best.pth.tar").write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("HCGNET_HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    create = hcgnet.create_model if factory == "hcgnet" else timm.create_model
+    tagged = create("hcgnet_b.published_in1k", pretrained=True)
+    reference = hcgnet.create_model("hcgnet_b", checkpoint_path=str(source))
+    assert all(torch.equal(a, b) for a, b in zip(tagged.state_dict().values(), reference.state_dict().values()))
+    assert tagged.pretrained_cfg["file"] == str(home / "HCGNet_B_best.pth.tar")
+    with pytest.raises(hcgnet.ModelSpecError, match="its tags: published_in1k"):
+        hcgnet.create_model("hcgnet_b.in1k", pretrained=True)
+    with pytest.raises(hcgnet.ModelSpecError, match="hcgnet_a1 has no weights tagged"):
+        hcgnet.create_model("hcgnet_a1.published_in1k")
+
+
 @pytest.mark.parametrize("name", ["hcgnet_a1", "hcgnet_a2", "hcgnet_a3", "HCGNet-(4,4)-(k=12,24)"])
 def test_pretrained_for_unpublished_models_says_none_were_published(tmp_path, monkeypatch, name):
     monkeypatch.setenv("HCGNET_HOME", str(tmp_path))

@@ -210,6 +210,20 @@ def test_timm_creates_the_same_models():
     assert cfg["input_size"] == (3, 224, 224)
 
 
+def test_list_models_filters_and_tags_as_timm_lists_them():
+    assert hcgnet.list_models() == ["hcgnet_a1", "hcgnet_a2", "hcgnet_a3", "hcgnet_b", "hcgnet_c"]
+    assert hcgnet.list_models("hcgnet_a*") == ["hcgnet_a1", "hcgnet_a2", "hcgnet_a3"]
+    assert hcgnet.list_models(["*_b", "*_c"]) == ["hcgnet_b", "hcgnet_c"]
+    assert hcgnet.list_models(pretrained=True) == ["hcgnet_b.published_in1k", "hcgnet_c.published_in1k"]
+    assert hcgnet.list_models("*_b", pretrained=True, include_tags=False) == ["hcgnet_b"]
+    assert hcgnet.list_models("resnet*") == []
+    # timm's own listing of the registered configs agrees (its generic "hcgnet" is not a variant)
+    for args in [dict(), dict(pretrained=True), dict(include_tags=True), dict(pretrained=True, include_tags=False)]:
+        theirs = [n for n in timm.list_models("hcgnet_*", **args)]
+        assert hcgnet.list_models("hcgnet_*", **args) == theirs, args
+    assert timm.list_pretrained("hcgnet*") == ["hcgnet_b.published_in1k", "hcgnet_c.published_in1k"]
+
+
 @pytest.mark.parametrize("factory", ["hcgnet", "timm"])
 @pytest.mark.parametrize("name,size", [("hcgnet_a1", (24, 40)), ("hcgnet_b", (96, 64))])
 def test_features_only_channels_and_strides_match_feature_info(factory, name, size):

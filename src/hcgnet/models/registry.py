@@ -3,11 +3,12 @@
 After ``import hcgnet``, ``timm.create_model("hcgnet_b", ...)`` builds the same network as
 ``hcgnet.create_model("hcgnet_b", ...)``, with timm's ``pretrained_cfg``, ``features_only`` and friends.
 """
+import fnmatch
 import inspect
 import json
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import (
@@ -22,7 +23,7 @@ from hcgnet.models.checkpoints import (
     checkpoint_filter_fn, load_state_dict_into, num_classes_in, read_state_dict,
 )
 from hcgnet.models.hcgnet import HCGNet
-from hcgnet.models.variants import VARIANTS, Variant, format_spec, resolve
+from hcgnet.models.variants import PUBLISHED_TAG, VARIANTS, Variant, format_spec, resolve
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FEATURE_CLASSES = ("list", "fx")  # features_only: timm's FeatureListNet (module by module) or FeatureGraphNet (FX)
@@ -73,17 +74,20 @@ def _cfg(variant: Variant, architecture: Optional[str] = None, **extra) -> dict:
     }
 
 
-def _published_cfg(name: str, variant: Variant) -> dict:
+def _published_cfg(name: str, variant: Variant, **extra) -> dict:
     return _cfg(variant, name, license=PUBLISHED_LICENSE, notes=(PUBLISHED_NOTE,),
-                description=f"{variant.spec} with the authors' ImageNet-1k weights ({variant.published_checkpoint})")
+                description=f"{variant.spec} with the authors' ImageNet-1k weights ({variant.published_checkpoint})",
+                **extra)
 
 
 # Tags: ".published_in1k" for the authors' released ImageNet weights (B and C); the CIFAR variants have no
 # released weights, so they carry an untagged, weightless config (``pretrained_cfg_overlay=dict(file=...)``
-# loads any file, e.g. one's own or a published-format checkpoint).
+# loads any file, e.g. one's own or a published-format checkpoint). The published configs name their file
+# (so that timm.list_pretrained lists them); it is looked up in weights_dir() when a model is built with them.
 default_cfgs = generate_default_cfgs({
-    **{(f"{name}.published_in1k" if v.published_checkpoint else name):
-       (_published_cfg(name, v) if v.published_checkpoint else _cfg(v, name)) for name, v in VARIANTS.items()},
+    **{(f"{name}.{PUBLISHED_TAG}" if v.published_checkpoint else name):
+       (_published_cfg(name, v, file=v.published_checkpoint) if v.published_checkpoint else _cfg(v, name))
+       for name, v in VARIANTS.items()},
     GENERIC: _cfg(Variant((1,), (4,), "imagenet", 1000), GENERIC),
 })
 
@@ -139,8 +143,13 @@ def _create_timm(name: str, pretrained: bool = False, **kwargs) -> HCGNet:
 
 
 def _has_weights(name: str, pretrained_cfg, overlay: dict) -> bool:
+    """Whether the config timm will load from says where its weights are; the published configs' bare file
+    name (``default_cfgs``) does not: that file is found in :func:`weights_dir`."""
     cfg = resolve_pretrained_cfg(name, pretrained_cfg, overlay)
-    return bool(cfg.has_weights or cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir"))
+    variant = VARIANTS.get(name)
+    file = cfg.file if variant is None or cfg.file != variant.published_checkpoint else None
+    return bool(cfg.url or cfg.hf_hub_id or file or cfg.state_dict is not None
+                or cfg.source in ("hf-hub", "local-dir"))
 
 
 @register_model
@@ -180,9 +189,22 @@ def hcgnet_c(pretrained: bool = False, **kwargs) -> HCGNet:
     return _create_timm("hcgnet_c", pretrained, **kwargs)
 
 
-def list_models() -> List[str]:
-    """Names of the registered variants (any other network can be given as a spec)."""
-    return list(VARIANTS)
+def list_models(filter: Union[str, Sequence[str]] = "", pretrained: bool = False,
+                include_tags: Optional[bool] = None) -> List[str]:
+    """Names of the registered variants, in the paper's order (any other network can be given as a spec), as
+    ``timm.list_models`` gives them: ``filter`` a shell-style pattern or several (``"hcgnet_a*"``);
+    ``pretrained=True`` only those with published weights, named with their weights' tag
+    (``hcgnet_b.published_in1k``, which :func:`create_model` takes) unless ``include_tags=False``."""
+    include_tags = pretrained if include_tags is None else include_tags
+    patterns = [filter] if isinstance(filter, str) else list(filter)
+    names = []
+    for name, variant in VARIANTS.items():
+        if pretrained and not variant.published_checkpoint:
+            continue
+        if patterns != [""] and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        names.append(f"{name}.{PUBLISHED_TAG}" if include_tags and variant.published_checkpoint else name)
+    return names
 
 
 def weights_dir() -> Path:

@@ -90,9 +90,21 @@ def parse_spec(spec: str, stem: Optional[str] = None) -> Variant:
     return Variant(depths, growth, stem, 1000 if stem == "imagenet" else 10, drop_rate=0.1 if stem == "imagenet" else 0.0)
 
 
+#: The tag of the authors' released ImageNet weights, as timm names weights: ``hcgnet_b.published_in1k``.
+PUBLISHED_TAG = "published_in1k"
+
+
 def resolve(name_or_spec: str, stem: Optional[str] = None) -> Tuple[str, Variant]:
-    """A registered name or a spec -> ``(canonical name, variant)``; a one-line error otherwise."""
+    """A registered name (with or without its weights' tag, ``hcgnet_b.published_in1k``) or a spec ->
+    ``(canonical name, variant)``; a one-line error otherwise."""
     key = name_or_spec.strip()
+    base, dot, tag = key.partition(".")
+    if dot and base.lower() in VARIANTS:
+        if tag != PUBLISHED_TAG or not VARIANTS[base.lower()].published_checkpoint:
+            tags = PUBLISHED_TAG if VARIANTS[base.lower()].published_checkpoint else None
+            raise ModelSpecError(f"{base} has no weights tagged {tag!r}; "
+                                 + (f"its tags: {tags}" if tags else "it has no published weights"))
+        key = base
     if key.lower() in VARIANTS:
         key = key.lower()
         variant = VARIANTS[key]
