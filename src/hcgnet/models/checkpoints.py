@@ -332,7 +332,8 @@ def fit_state_dict(
     if strict and n_file is not None and n_model is not None and n_file != n_model:
         raise CheckpointError(
             f"{source} was trained for {n_file} classes but the model has {n_model}; "
-            f"create the model with num_classes={n_file}"
+            f"create the model with num_classes={n_file}, or load with strict=False to keep its new classifier "
+            "(fine-tuning: every other tensor is loaded)"
         )
     if not any(k.endswith(".num_batches_tracked") for k in state_dict):
         # PyTorch 0.4.0 and earlier had no such buffer: the count only matters for momentum=None norms.
