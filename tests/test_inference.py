@@ -218,6 +218,16 @@ def test_eval_fast_paths_score_like_fp32(capsys, run, fast):
         assert abs(quick["top1"] - plain["top1"]) <= 1 / plain["count"] + 1e-9
 
 
+def test_eval_on_the_device_asked_for(capsys, run):
+    args = ["eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data", f"imagefolder:{run['folder']}",
+            "--split", "val", "--workers", "0"]
+    assert cli_json(capsys, *args, "--device", "cpu") == cli_json(capsys, *args)
+    line = one_line_error(*cli(capsys, *args, "--device", "gpu0"))
+    assert "--device 'gpu0' is not a device; use cpu or cuda" in line
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU here; use --device cpu" in one_line_error(*cli(capsys, *args, "--device", "cuda"))
+
+
 def test_eval_refuses_an_unknown_amp(run):
     from hcgnet.errors import HCGNetError
     from hcgnet.inference import evaluate_checkpoint

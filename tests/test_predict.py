@@ -144,6 +144,57 @@ def test_predict_json_into_a_closed_pipe_is_quiet(own, tree):
     assert proc.returncode == 1
 
 
+@pytest.mark.parametrize("fast", [["--channels-last"], ["--amp", "bf16"], ["--amp", "bf16", "--channels-last"],
+                                  ["--device", "cpu"]])
+def test_predict_fast_paths_give_fp32_probabilities(capsys, own, tree, fast):
+    root, paths = tree
+    plain, _ = predictions(capsys, own, root)
+    quick, _ = predictions(capsys, own, root, extra=fast)
+    assert [r["image"] for r in quick] == paths
+    # the same arithmetic in another layout or on a named device; bf16 keeps about 3 significant digits
+    tolerance = 2e-2 if "bf16" in fast else 1e-6
+    for a, b in zip(plain, quick):
+        by_class = {t["class"]: t["probability"] for t in b["top"]}
+        assert [by_class[t["class"]] for t in a["top"]] == pytest.approx([t["probability"] for t in a["top"]],
+                                                                         abs=tolerance)
+
+
+@pytest.mark.parametrize("amp,channels_last", [("none", False), ("bf16", False), ("none", True), ("bf16", True)])
+def test_predict_runs_the_model_as_asked(own, tree, monkeypatch, amp, channels_last):
+    import hcgnet.inference as inference
+
+    root, _ = tree
+    seen = []
+    real_load = inference.load_model
+
+    def recording_load(*args, **kwargs):
+        model, meta = real_load(*args, **kwargs)
+        model.register_forward_hook(lambda module, inputs, output: seen.append(
+            (inputs[0].is_contiguous(memory_format=torch.channels_last), output.dtype, inputs[0].device.type,
+             module.stem.conv0.weight.is_contiguous(memory_format=torch.channels_last))))
+        return model, meta
+
+    monkeypatch.setattr(inference, "load_model", recording_load)
+    inference.predict(str(own), [str(root)], batch_size=8, log=lambda line: None, amp=amp,
+                      channels_last=channels_last, device="cpu")
+    assert seen == [(channels_last, torch.bfloat16 if amp == "bf16" else torch.float32, "cpu", channels_last)]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--device", "gpu0"], "--device 'gpu0' is not a device; use cpu or cuda"),
+    (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU; on the CPU use --amp bf16"),
+    (["--openvino", "fp32", "--amp", "bf16"], "--openvino and --amp bf16 do not go together"),
+    (["--openvino", "fp32", "--channels-last"], "--openvino and --channels-last do not go together"),
+    (["--int8", "--amp", "bf16"], "--int8 and --amp bf16 do not go together"),
+    (["--int8", "--channels-last"], "--int8 and --channels-last do not go together"),
+])
+def test_predict_refuses_what_the_device_or_precision_cannot_do(capsys, own, tree, extra, message):
+    root, _ = tree
+    code, out, err = cli(capsys, "predict", "--checkpoint", own, root, *extra)
+    assert code == 2 and out == ""
+    assert err.startswith("hcgnet: error: ") and len(err.strip().splitlines()) == 1 and message in err, err
+
+
 def test_predict_runs_batch_size_images_per_forward_pass(own, tree, monkeypatch):
     import hcgnet.inference as inference
 

@@ -150,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.output:
         out = check_output_folder(args.output, "the metrics and confusion matrix", EVAL_FILES, force=args.force)
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
-                            args.model, amp=args.amp, channels_last=args.channels_last,
+                            args.model, device=args.device, amp=args.amp, channels_last=args.channels_last,
                             skip_bad_images=args.skip_bad_images, compile=args.compile, openvino=args.openvino,
                             **_int8_options(args))
     rows = per_class(m["confusion"], m["class_names"])
@@ -185,7 +185,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.csv:
         check_output_file(args.csv, "--csv", force=args.force)
     results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size,
-                      compile=args.compile, openvino=args.openvino, **_int8_options(args))
+                      compile=args.compile, openvino=args.openvino, device=args.device, amp=args.amp,
+                      channels_last=args.channels_last, **_int8_options(args))
     if args.csv:
         with reported_write(args.csv):
             _write_predictions_csv(results, args.csv)
@@ -696,6 +697,9 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
     pr.set_defaults(func=cmd_detect_predict)
 
 
+INFERENCE_AMP_HELP = "autocast dtype: bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs; fp16 on GPUs"
+
+
 def add_hardware_options(p: argparse.ArgumentParser, amp_help: str, workers: Optional[int] = 2) -> None:
     """``--workers`` (when the command loads data through a DataLoader), ``--device`` and ``--amp``, the options
     every command that runs a model shares."""
@@ -848,9 +852,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
                          "every image of an imagefolder (default: all for a folder the checkpoint was not trained "
                          "on, else test)")
     ev.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
-    ev.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
-    ev.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                    help="autocast dtype: bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs; fp16 on GPUs")
+    add_hardware_options(ev, INFERENCE_AMP_HELP)
     ev.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
     add_compile(ev, "--batch-size")
     ev.add_argument("--skip-bad-images", action="store_true", default=None,
@@ -871,6 +873,8 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     pr.add_argument("--csv", default=None, metavar="FILE", help="write one row per image and rank to FILE")
     pr.add_argument("--force", action="store_true", help="replace the --csv FILE if it exists")
+    add_hardware_options(pr, INFERENCE_AMP_HELP, workers=None)
+    pr.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
     add_compile(pr, "--batch-size")
     add_int8(pr)
     pr.set_defaults(func=cmd_predict)

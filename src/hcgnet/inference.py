@@ -30,7 +30,7 @@ from hcgnet.models.checkpoints import read_metadata, torch_load_weights_only
 from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
-from hcgnet.evaluation import AMP_DTYPES, evaluate
+from hcgnet.evaluation import AMP_DTYPES, autocast, device_of, evaluate
 
 #: What ``predict`` collects from a folder or a glob (a file named explicitly is tried whatever its name).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -403,7 +403,7 @@ def evaluate_checkpoint(
 
         check_int8_options(int8, calibration, amp, channels_last, device)
         device = "cpu"
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = device_of(device)
     amp_dtype = check_eval_options(batch_size, workers, amp, dev)
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -514,26 +514,29 @@ def _top_classes(image: str, probs: torch.Tensor, k: int, names: Sequence[str]) 
 def predict(
     path: str, images: Sequence[str], topk: int = 5, model_name: Optional[str] = None, batch_size: int = 32,
     log: Log = note_on_stderr, progress: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
-    int8_compile: bool = True, compile: bool = False, openvino: Optional[str] = None,
+    int8_compile: bool = True, compile: bool = False, openvino: Optional[str] = None, device: Optional[str] = None,
+    amp: str = "none", channels_last: bool = False,
 ) -> List[Dict[str, Any]]:
     """The ``topk`` classes and probabilities of every image in ``images`` (files, folders, glob patterns),
     ``batch_size`` images at a time. An input that cannot be read is skipped with a one-line warning through
-    ``log`` and kept in the results as ``{"image": ..., "error": ...}``; the others go on. ``int8``, ``calibration``,
-    ``int8_compile``: classify with the model quantized to int8, ``compile``: with the float model compiled, and
-    ``openvino``: in OpenVINO, as :func:`evaluate_checkpoint` does."""
+    ``log`` and kept in the results as ``{"image": ..., "error": ...}``; the others go on. ``device`` (None: cuda
+    when there is one), ``amp``, ``channels_last``, ``int8``, ``calibration``, ``int8_compile``, ``compile``
+    and ``openvino`` as for :func:`evaluate_checkpoint`."""
     check_compile_option(compile, int8)
     if openvino is not None:
         from hcgnet.export import check_openvino_options
 
-        check_openvino_options(openvino, compile, int8)
+        check_openvino_options(openvino, compile, int8, amp, channels_last, device)
+        device = "cpu"
     if topk < 1:
         raise HCGNetError(f"--topk must be 1 or more, got {topk}")
-    if batch_size < 1:
-        raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
     if int8 is not None:
         from hcgnet.quantize import check_int8_options
 
-        check_int8_options(int8, calibration)
+        check_int8_options(int8, calibration, amp, channels_last, device)
+        device = "cpu"
+    dev = device_of(device)
+    amp_dtype = check_eval_options(batch_size, 0, amp, dev)
     files, problems = collect_images(images)
     if not files:
         raise DataError("nothing to classify: " + "; ".join(p["error"] for p in problems[:3]))
@@ -541,7 +544,7 @@ def predict(
         log(f"hcgnet: warning: {p['error']}; skipped")
     model, meta = load_model(path, model_name)
     config = data_config_of(model, meta)
-    classify = model
+    model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if int8 is not None:  # before the note: a checkpoint int8 can calibrate for records its data (and preprocessing)
         from hcgnet.quantize import int8_model
 
@@ -560,7 +563,12 @@ def predict(
         for start in range(0, len(files), batch_size):
             batch, readable = read_images(files[start:start + batch_size], transform, results, log)
             if batch:
-                probs = torch.softmax(classify(torch.stack(batch)), dim=1)
+                x = torch.stack(batch).to(dev)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(dev, amp_dtype):
+                    logits = classify(x).float()
+                probs = torch.softmax(logits, dim=1).cpu()
                 results += [_top_classes(p, row, k, names) for p, row in zip(readable, probs)]
             bar.update(1)
     order = {p: i for i, p in enumerate(files)}
