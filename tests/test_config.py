@@ -491,7 +491,8 @@ SHOWN_DEFAULTS = {"val_size": "automatic", "test_size": "automatic", "stem": "va
                   "max_steps_per_epoch": "whole epochs", "data_dir": "~/.cache/hcgnet/data", "recipe": "none",
                   "nesterov": "on", "augment": "on", "ema": "off", "compile": "off", "channels_last": "off",
                   "skip_bad_images": "off", "resume": "off", "overwrite": "off", "weight_decay": "0.0001",
-                  "drop_block": "0", "freeze_stages": "0", "model_kwargs": "the paper's network"}
+                  "drop_block": "0", "freeze_stages": "0", "model_kwargs": "the paper's network",
+                  "device": "the GPU when there is one"}
 
 
 def test_every_train_option_has_a_flag_with_help_and_its_default():
@@ -619,3 +620,41 @@ def test_model_kwargs_from_a_yaml_mapping_is_kept_as_canonical_json(tmp_path):
     from_flag = make_config(overrides={"model": "hcgnet_a1", "data": "cifar10",
                                        "model_kwargs": '{"connectivity": "dense", "update_gate": false}'})
     assert from_flag.model_kwargs == '{"connectivity": "dense", "update_gate": false}'
+
+
+def test_device_is_checked_before_training_and_is_not_part_of_what_a_run_trains(monkeypatch):
+    from hcgnet.ablate.grid import identity
+
+    assert make_config(overrides={"data": "cifar10", "device": "cpu"}).device == "cpu"
+    with pytest.raises(hcgnet.HCGNetError, match="--device 'gpu' is not a device; use cpu or cuda"):
+        make_config(overrides={"data": "cifar10", "device": "gpu"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(hcgnet.HCGNetError, match="no CUDA GPU here; use --device cpu"):
+        make_config(overrides={"data": "cifar10", "device": "cuda"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(hcgnet.HCGNetError, match="has 2 GPU"):
+        make_config(overrides={"data": "cifar10", "device": "cuda:2"})
+    # where a run trains does not change which run it is (ablate's identity), as with its output folder
+    config = make_config(overrides={"data": "cifar10"}).to_dict()
+    assert identity({**config, "device": "cpu"}) == identity({**config, "device": None})
+
+
+@pytest.mark.parametrize("device,world,local_rank,expected", [
+    ("cuda:1", 1, 0, "cuda:1"), ("cuda", 1, 0, "cuda:0"), ("auto", 1, 0, "cuda:0"),
+    ("cuda:0", 2, 1, "cuda:1"),  # under torchrun every process takes its local GPU
+    ("cpu", 1, 0, "cpu"),
+])
+def test_the_training_device(monkeypatch, device, world, local_rank, expected):
+    from hcgnet import distributed
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # no process group to join here
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("RANK", str(local_rank))
+    d = distributed.setup(device)
+    assert d.device == torch.device(expected)
+    assert chosen == ([] if expected == "cpu" else [torch.device(expected)])

@@ -343,9 +343,12 @@ def test_a_run_starting_or_resuming_removes_temporary_files_a_killed_run_left(tm
 
 def test_resume_given_only_the_output_extends_a_finished_run(tmp_path, images):
     out = tmp_path / "run"
-    fit(config_for(images, out, max_steps_per_epoch=2, log_every=1))
+    _, lines = fit(config_for(images, out, max_steps_per_epoch=2, log_every=1, device="cpu"))
+    assert any("1 process on cpu" in line for line in lines)
+    assert "device" not in (out / "config.yaml").read_text()  # where it ran is not what it trains
     config = resume_config(str(out), {"epochs": 3})
     assert config.resume and config.model == TINY and config.max_steps_per_epoch == 2 and config.epochs == 3
+    assert config.device is None
     result, lines = fit(config)
     assert result["epochs"] == 3 and any("(now 3 epochs)" in line for line in lines)
     rows = (out / "metrics.csv").read_text().splitlines()

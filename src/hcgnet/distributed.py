@@ -26,12 +26,14 @@ class Dist:
 def setup(device: str = "auto") -> Dist:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK...).
 
-    The device is the local GPU when there is one (``device="auto"``), else the CPU.
+    The device is the local GPU when there is one (``device="auto"``), else the CPU; ``"cuda:N"`` names the GPU of
+    a single process (under torchrun each process takes its local rank's).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    index = torch.device(device).index if use_cuda and device != "auto" and world_size == 1 else None
+    dev = torch.device("cuda", local_rank if index is None else index) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():

@@ -28,6 +28,9 @@ def device_of(device: Optional[Union[str, torch.device]] = None) -> torch.device
         raise HCGNetError(f"--device {device!r} is not a device; use cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise HCGNetError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 

@@ -58,6 +58,7 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.9998
     workers: int = 2
+    device: Optional[str] = None   # cpu, cuda or cuda:N; None: the GPU when there is one (torchrun: the local one)
     # data
     val_size: Optional[float] = None   # held out from the training set: a fraction if < 1, else a count;
                                        # None: automatic (build_data: a fraction of a small set, a count of a large one)
@@ -81,7 +82,9 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-RUN_FLAGS = ("resume", "overwrite", "output")  # how to run, not what to train: not part of a run's identity
+# How and where to run, not what to train: not part of a run's identity, nor of its config.yaml (a resumed run
+# goes on wherever it is told).
+RUN_FLAGS = ("resume", "overwrite", "output", "device")
 
 
 def list_recipes() -> List[str]:
@@ -125,7 +128,8 @@ def load_config_file(path: str) -> Dict[str, Any]:
 # The value type of the options whose default is None.
 OPTIONAL_TYPES = {"data": str, "data_dir": str, "lr_base_batch": int, "cycle_epochs": float, "restart_every": int,
                   "drop_rate": float, "image_size": int, "max_steps_per_epoch": int, "recipe": str, "stem": str,
-                  "model_kwargs": str, "initial_checkpoint": str, "val_size": float, "test_size": float, "max_test_images": int}
+                  "model_kwargs": str, "initial_checkpoint": str, "val_size": float, "test_size": float, "max_test_images": int,
+                  "device": str}
 
 
 def option_type(name: str) -> type:
@@ -238,6 +242,10 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"sched must be cosine or constant, got {c.sched!r}")
     if c.resume and c.overwrite:
         raise ConfigError("--resume continues the run in the output folder, --overwrite replaces it: choose one")
+    if c.device is not None:
+        from hcgnet.evaluation import device_of  # torch: only when a device is named
+
+        device_of(c.device)
 
 
 def _validate_batch(c: TrainConfig) -> None:
@@ -325,6 +333,7 @@ OPTION_GROUPS = (
         ("channels_last", "NHWC memory format (faster convolutions on most hardware)"),
         ("compile", "torch.compile the model"),
         ("workers", "data-loading processes per training process"),
+        ("device", "cpu, cuda or cuda:N (under torchrun every process takes its own local GPU)"),
     )),
     ("Checkpoints and logging", (
         ("output", "folder for checkpoints, metrics, curves and the final weights"),
@@ -357,6 +366,7 @@ DEFAULT_TEXT = {
     "recipe": "none",
     "max_steps_per_epoch": "whole epochs",
     "max_test_images": "the whole test set",
+    "device": "the GPU when there is one, else the CPU",
 }
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from hcgnet.errors import HCGNetError
-from hcgnet.training.config import FIELDS, TrainConfig, make_config
+from hcgnet.training.config import FIELDS, RUN_FLAGS, TrainConfig, make_config
 
-# Settings a resumed run may change: how it runs, not what it computes ("epochs" only upwards, see below).
-RESUME_MAY_CHANGE = ("output", "resume", "overwrite", "workers", "log_every", "checkpoint_every", "compile",
-                     "data_dir", "recipe", "max_test_images")
+# Settings a resumed run may change: how and where it runs, not what it computes ("epochs" only upwards, below).
+RESUME_MAY_CHANGE = (*RUN_FLAGS, "workers", "log_every", "checkpoint_every", "compile", "data_dir", "recipe",
+                     "max_test_images")
 
 
 def check_resumable(out: Path, saved: Dict[str, Any], config: TrainConfig, world_size: int) -> None:

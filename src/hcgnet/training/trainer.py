@@ -121,7 +121,7 @@ def _built_with(model: nn.Module, config: TrainConfig) -> Dict[str, str]:
 
 def fit(config: TrainConfig, log=print) -> Dict[str, Any]:
     """Train as ``config`` says; return the final metrics (also written to ``results.json``)."""
-    return Run.launch(config, log)
+    return Run.launch(config, log, config.device or "auto")
 
 
 class Run(TrainingRun):
