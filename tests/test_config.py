@@ -628,6 +628,8 @@ def test_device_is_checked_before_training_and_is_not_part_of_what_a_run_trains(
     assert make_config(overrides={"data": "cifar10", "device": "cpu"}).device == "cpu"
     with pytest.raises(hcgnet.HCGNetError, match="--device 'gpu' is not a device; use cpu or cuda"):
         make_config(overrides={"data": "cifar10", "device": "gpu"})
+    with pytest.raises(hcgnet.HCGNetError, match="--device mps: hcgnet runs on cpu or cuda"):
+        make_config(overrides={"data": "cifar10", "device": "mps"})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(hcgnet.HCGNetError, match="no CUDA GPU here; use --device cpu"):
         make_config(overrides={"data": "cifar10", "device": "cuda"})

@@ -26,6 +26,8 @@ def device_of(device: Optional[Union[str, torch.device]] = None) -> torch.device
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except (RuntimeError, TypeError):
         raise HCGNetError(f"--device {device!r} is not a device; use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu...: untested here, and the trainer's set-up knows only these two
+        raise HCGNetError(f"--device {device}: hcgnet runs on cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
