@@ -505,7 +505,7 @@ BENCH = ["bench", "--model", TINY, "--modes", "infer", "--batch-size", "2", "--s
     (lambda t: _eval(t, "--amp", "fp16"), "--amp fp16 needs a GPU"),
     (lambda t: BENCH + ["--steps", "0"], "--steps must be 1 or more"),
     (lambda t: BENCH + ["--warmup", "-1"], "--warmup must be 0 or more"),
-    (lambda t: BENCH + ["--device", "cuda"], "no usable GPU"),
+    (lambda t: BENCH + ["--device", "cuda"], "no CUDA GPU here; use --device cpu"),
     (lambda t: BENCH + ["--device", "tpu"], "--device"),
     (lambda t: ["export", "--checkpoint", str(t[0]), "--format", "onnx", "--output", "model.pt"],
      "use --output model.onnx"),

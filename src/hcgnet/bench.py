@@ -34,7 +34,7 @@ from torch import nn
 
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import HCGNetError
-from hcgnet.evaluation import AMP_DTYPES
+from hcgnet.evaluation import AMP_DTYPES, device_of
 from hcgnet.models import create_model
 from hcgnet.models.checkpoints import check_checkpoint_file, names_a_file
 from hcgnet.models.registry import first_conv_in_chans
@@ -268,7 +268,7 @@ def benchmark(
     ``[batch]``) and input size in ``sizes`` (default ``[size]``, the model's own if None). ``isolate``: each
     in a fresh process, under the allocator setting ``hcgnet train`` gives it (``as_trained``) or the C
     library's defaults (:func:`run_fresh`)."""
-    dev = _device(device)
+    dev = device_of(device)
     batches = list(batches or [batch])
     check_request(dev, modes, dtypes, runtimes, batches, steps, warmup)
     own_size, own_classes = model_defaults(name)
@@ -340,21 +340,6 @@ def checkpoint_network(path: str, memory_efficient: bool = False) -> Tuple[nn.Mo
     from hcgnet.inference import named_checkpoint_model
 
     return named_checkpoint_model(str(check_checkpoint_file(path)), memory_efficient=memory_efficient)
-
-
-def _device(name: Optional[str]) -> torch.device:
-    """The device to time on, refused in one line when it does not exist here."""
-    try:
-        dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise HCGNetError(f"unknown --device {name!r}; use cpu or cuda (cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HCGNetError("--device cuda: this machine has no usable GPU (CUDA not available); use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise HCGNetError(f"--device {name}: there are only {torch.cuda.device_count()} GPUs")
-    if dev.type not in ("cpu", "cuda"):
-        raise HCGNetError(f"--device {name}: hcgnet bench times cpu or cuda")
-    return dev
 
 
 def write_csv(results: Sequence[Dict], path: str) -> None:
@@ -509,7 +494,7 @@ def against_published(
     from hcgnet.allocator import keep_freed_memory
     from hcgnet.published import paired_models
 
-    dev = _device(device)
+    dev = device_of(device)
     if rounds < 1:
         raise HCGNetError(f"--rounds must be 1 or more, got {rounds}")
     modes = list(dict.fromkeys(c.mode for c in configs))
