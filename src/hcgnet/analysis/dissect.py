@@ -287,6 +287,108 @@ class Tally:
         return cols.tolist(), [self.categories[int(i)] for i in self.primary[cols]], iou.cpu().numpy()
 
 
+@dataclass
+class _Passes:
+    """The forward passes both rounds of dissection make over the dataset, and the maps they capture."""
+    model: nn.Module
+    capture: _Capture
+    dataset: Dataset
+    batch_size: int
+    workers: int
+    device: torch.device
+    dtype: Optional[torch.dtype]
+    wrap: Callable
+
+    def batches(self, desc: str):
+        """Each batch's image count and segmentations, with ``capture.out`` holding its maps."""
+        from hcgnet.evaluation import autocast
+
+        with torch.no_grad():
+            for images, segs in self.wrap(_batches(self.dataset, self.batch_size, self.workers), desc=desc):
+                with autocast(self.device, self.dtype):
+                    self.model(images.to(self.device))
+                yield images.shape[0], segs
+
+
+@dataclass
+class _Peaks:
+    """Pass 1's findings for one layer: its units' quantile estimator and the images where each fires most."""
+    shape: Tuple[int, int, int]
+    quantiles: TopQuantile
+    top_val: Tensor
+    top_idx: Tensor
+
+    def add(self, maps: Tensor, idx: Tensor, top_k: int) -> None:
+        units = maps.shape[1]
+        self.quantiles.update(maps.transpose(0, 1).reshape(units, -1))
+        peak = maps.flatten(2).amax(2).transpose(0, 1)              # (units, batch)
+        vals = torch.cat([self.top_val, peak], 1)
+        ids = torch.cat([self.top_idx, idx.expand(units, -1)], 1)
+        self.top_val, order = vals.topk(min(top_k, vals.shape[1]), dim=1)
+        self.top_idx = ids.gather(1, order)
+
+
+def _threshold_pass(passes: _Passes, layers: List[str], narrow: bool, bins: int, top_k: int,
+                    size_hint: str) -> Tuple[List[str], Dict[str, _Peaks]]:
+    """Pass 1 over the data: every unit's activations into its :class:`TopQuantile`, and its top images. With
+    ``narrow`` (default layers) only the layers whose maps are still spatial at this image size are kept (a model
+    trained at 32 px pools its last maps to 1 x 1); returns the layers kept and their findings."""
+    peaks: Dict[str, _Peaks] = {}
+    seen = 0
+    for count, segs in passes.batches("dissect 1/2 thresholds"):
+        out = passes.capture.out
+        if not peaks and narrow:
+            spatial = [n for n in layers if out[n].ndim == 4 and out[n].shape[2:].numel() > 1]
+            if not spatial:
+                _check_shape(layers[-1], out[layers[-1]], size_hint)
+            layers = spatial
+        idx = torch.tensor([s["index"] for s in segs], device=passes.device)
+        for name in layers:
+            maps = out[name]
+            if name not in peaks:
+                _check_shape(name, maps, size_hint)
+                units = maps.shape[1]
+                peaks[name] = _Peaks(tuple(maps.shape[1:]), TopQuantile(units, bins, passes.device),
+                                     torch.empty(units, 0, device=passes.device),
+                                     torch.empty(units, 0, dtype=torch.long, device=passes.device))
+            peaks[name].add(maps, idx, top_k)
+        seen += count
+    if seen == 0:
+        raise DissectError("the Broden dataset has no images")
+    return layers, peaks
+
+
+def _tally_pass(passes: _Passes, layers: Sequence[str], thresholds: Dict[str, Tensor]) -> Dict[str, Tally]:
+    """Pass 2 over the data: NetDissect-Lite's tally of intersections and areas, per layer."""
+    dataset = passes.dataset
+    categories = list(getattr(dataset, "categories", CATEGORIES))
+    label_category = dict(getattr(dataset, "label_category", {}) or {})
+    n_labels = max([*label_category, *(getattr(dataset, "labels", {}) or {})], default=0) + 1
+    tallies = {n: Tally(thresholds[n], label_category, categories, n_labels) for n in layers}
+    for _, segs in passes.batches("dissect 2/2 IoU"):
+        for name in layers:
+            tallies[name].add(passes.capture.out[name], segs)
+    return tallies
+
+
+def _layer_result(name: str, peaks: _Peaks, threshold: Tensor, tally: Tally, quantile: float,
+                  iou_threshold: float, names: Dict[int, str]) -> LayerResult:
+    """Each unit's best concept (IoU), and whether it is a detector of it."""
+    label_numbers, cats_of, iou = tally.iou()
+    units = []
+    for u in range(iou.shape[0]):
+        best = int(iou[u].argmax()) if iou.shape[1] and iou[u].max() > 0 else -1
+        score = float(iou[u, best]) if best >= 0 else 0.0
+        units.append(dict(
+            unit=u, concept=names.get(label_numbers[best], str(label_numbers[best])) if best >= 0 else "",
+            category=cats_of[best] if best >= 0 else "", iou=score,
+            threshold=float(threshold[u]), detector=score >= iou_threshold))
+    return LayerResult(
+        layer=name, shape=peaks.shape, units=units, label_numbers=label_numbers, iou=iou,
+        thresholds=threshold.cpu().numpy(), threshold_error=peaks.quantiles.error_bound(quantile).cpu().numpy(),
+        top_images=peaks.top_idx.cpu().numpy(), categories=list(tally.categories))
+
+
 def dissect(
     model: nn.Module,
     dataset: Dataset,
@@ -309,7 +411,6 @@ def dissect(
     (or "fp16" on a GPU) runs the forward passes under autocast (maps are kept in float32).
     Returns one :class:`LayerResult` per layer, in order."""
     from hcgnet.analysis.options import amp_dtype, check_workers
-    from hcgnet.evaluation import autocast
 
     if not 0 < quantile < 1:
         raise DissectError(f"quantile must be in (0, 1), got {quantile}")
@@ -322,82 +423,19 @@ def dissect(
         (p.device for p in model.parameters()), torch.device("cpu"))
     dtype = amp_dtype(amp, device)                  # fp16 on a CPU: refused, as hcgnet eval does
     model = model.to(device).eval()
-    chosen = layers
-    layers = _resolve(model, layers)
+    resolved = _resolve(model, layers)
     size = getattr(dataset, "size", None)
     size_hint = f" or a larger --size than {size[0]}" if size else ""
-    wrap = progress or (lambda it, **kw: it)
-    capture = _Capture(model, layers)
+    capture = _Capture(model, resolved)
+    passes = _Passes(model, capture, dataset, batch_size, workers, device, dtype, progress or (lambda it, **kw: it))
     try:
-        # pass 1: thresholds and the images where each unit fires most
-        est: Dict[str, TopQuantile] = {}
-        top_val: Dict[str, Tensor] = {}
-        top_idx: Dict[str, Tensor] = {}
-        shapes: Dict[str, Tuple[int, int, int]] = {}
-        seen = 0
-        with torch.no_grad():
-            for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 1/2 thresholds"):
-                with autocast(device, dtype):
-                    model(images.to(device))
-                if not est and not chosen:
-                    # default layers: those still spatial at this image size (a model trained at 32 px
-                    # pools its last maps to 1 x 1)
-                    spatial = [n for n in layers if capture.out[n].ndim == 4 and capture.out[n].shape[2:].numel() > 1]
-                    if not spatial:
-                        _check_shape(layers[-1], capture.out[layers[-1]], size_hint)
-                    layers = spatial
-                idx = torch.tensor([s["index"] for s in segs], device=device)
-                for name in layers:
-                    a = capture.out[name]
-                    if name not in est:
-                        _check_shape(name, a, size_hint)
-                        shapes[name] = tuple(a.shape[1:])
-                        est[name] = TopQuantile(a.shape[1], bins, device)
-                        top_val[name] = torch.empty(a.shape[1], 0, device=device)
-                        top_idx[name] = torch.empty(a.shape[1], 0, dtype=torch.long, device=device)
-                    est[name].update(a.transpose(0, 1).reshape(a.shape[1], -1))
-                    peak = a.flatten(2).amax(2).transpose(0, 1)              # (units, batch)
-                    vals = torch.cat([top_val[name], peak], 1)
-                    ids = torch.cat([top_idx[name], idx.expand(a.shape[1], -1)], 1)
-                    k = min(top_k_images, vals.shape[1])
-                    top_val[name], order = vals.topk(k, dim=1)
-                    top_idx[name] = ids.gather(1, order)
-                seen += images.shape[0]
-        if seen == 0:
-            raise DissectError("the Broden dataset has no images")
-        thresholds = {n: est[n].quantile(quantile).float() for n in layers}
-
-        # pass 2: NetDissect-Lite's tally of intersections and areas
-        categories = list(getattr(dataset, "categories", CATEGORIES))
-        label_category = dict(getattr(dataset, "label_category", {}) or {})
-        n_labels = max([*label_category, *(getattr(dataset, "labels", {}) or {})], default=0) + 1
-        tallies = {n: Tally(thresholds[n], label_category, categories, n_labels) for n in layers}
-        with torch.no_grad():
-            for images, segs in wrap(_batches(dataset, batch_size, workers), desc="dissect 2/2 IoU"):
-                with autocast(device, dtype):
-                    model(images.to(device))
-                for name in layers:
-                    tallies[name].add(capture.out[name], segs)
+        kept, peaks = _threshold_pass(passes, resolved, not layers, bins, top_k_images, size_hint)
+        thresholds = {n: peaks[n].quantiles.quantile(quantile).float() for n in kept}
+        tallies = _tally_pass(passes, kept, thresholds)
     finally:
         capture.close()
-
     names = getattr(dataset, "labels", {}) or {}
-    results = []
-    for name in layers:
-        label_numbers, cats_of, iou = tallies[name].iou()
-        units = []
-        for u in range(iou.shape[0]):
-            best = int(iou[u].argmax()) if iou.shape[1] and iou[u].max() > 0 else -1
-            score = float(iou[u, best]) if best >= 0 else 0.0
-            units.append(dict(
-                unit=u, concept=names.get(label_numbers[best], str(label_numbers[best])) if best >= 0 else "",
-                category=cats_of[best] if best >= 0 else "", iou=score,
-                threshold=float(thresholds[name][u]), detector=score >= iou_threshold))
-        results.append(LayerResult(
-            layer=name, shape=shapes[name], units=units, label_numbers=label_numbers, iou=iou,
-            thresholds=thresholds[name].cpu().numpy(), threshold_error=est[name].error_bound(quantile).cpu().numpy(),
-            top_images=top_idx[name].cpu().numpy(), categories=list(categories)))
-    return results
+    return [_layer_result(n, peaks[n], thresholds[n], tallies[n], quantile, iou_threshold, names) for n in kept]
 
 
 def unit_maps(model: nn.Module, dataset: Dataset, layer: str, indices: Sequence[int],
