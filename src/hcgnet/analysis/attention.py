@@ -21,7 +21,7 @@ import difflib
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from hcgnet.errors import HCGNetError
 from hcgnet.evaluation import autocast
-from hcgnet.files import distinct_names
+from hcgnet.files import check_output_folder, distinct_names, reported_write, write_json
 from hcgnet.layers.gates import ForgetGate, UpdateGate
 from hcgnet.layers.smg import SMGModule
 
@@ -278,14 +278,10 @@ def attention_study(
     ``amp`` "bf16" (or "fp16" on a GPU); ``progress``: a bar over the images (default: on a terminal; a line
     every 30 s elsewhere). Results of an earlier run in ``output`` are refused unless ``force``. Returns
     ``{"files": {...: path}, "summary": ..., "result": gate_maps'}``."""
-    from hcgnet.analysis.attention_plots import attention_grid, weights_plot
     from hcgnet.analysis.options import amp_dtype, checkpoint_file
-    from hcgnet.evaluation import device_of
-    from hcgnet.analysis.options import progress as progress_bar
     from hcgnet.data import DataError, build_eval_transform
-    from hcgnet.files import check_output_folder, reported_write, write_json
-    from hcgnet.inference import (read_images, collect_images, data_config_of, guess_note, load_model,
-                                  note_on_stderr)
+    from hcgnet.evaluation import device_of
+    from hcgnet.inference import collect_images, data_config_of, guess_note, load_model, note_on_stderr
 
     log = log or note_on_stderr
     if max_images < 1:
@@ -309,37 +305,56 @@ def attention_study(
     note = None if meta.get("data_config") else guess_note(checkpoint, model, meta)
     if note:
         log(note)
-    transform = build_eval_transform(config)
+    x, readable, result, looked_at = _maps_of_files(
+        model, files, build_eval_transform(config), list(picked), dtype, max_images, batch_size, progress, log)
+    if looked_at < len(files):
+        folders = len({os.path.dirname(f) for f in files})
+        order = f"taken in turn from each of {folders} folders" if folders > 1 else "the first in name order"
+        log(f"note: showing {len(readable)} of {len(files)} images, {order} (--max-images {max_images})")
+    written, info = _write_study(folder, x, result, readable, config.mean, config.std)
+    return {"files": written, "summary": info, "result": result}
+
+
+def _maps_of_files(model: nn.Module, files: Sequence[str], transform, modules: List[str], dtype, max_images: int,
+                   batch_size: int, progress: Optional[bool], log) -> Tuple[Tensor, List[str], Dict, int]:
+    """The gate maps of the first ``max_images`` readable ``files``, read and run ``batch_size`` at a time (past
+    unreadable ones, each named through ``log``): the images, their paths, :func:`gate_maps`' result for all of
+    them, and how many files were looked at."""
+    from hcgnet.analysis.options import progress as progress_bar
+    from hcgnet.data import DataError
+    from hcgnet.inference import read_images
+
     batch: List[Tensor] = []
     readable: List[str] = []
     failures: List[dict] = []
     parts: List[Dict[str, object]] = []
     next_file = 0
     with progress_bar(min(max_images, len(files)), "attention", "image", progress, log) as bar:
-        while len(batch) < max_images and next_file < len(files):  # read on past unreadable ones
+        while len(batch) < max_images and next_file < len(files):
             chunk = files[next_file:next_file + min(batch_size, max_images - len(batch))]
             more, ok = read_images(chunk, transform, failures, log)
             next_file += len(chunk)
             if more:
-                parts.append(gate_maps(model, torch.stack(more), list(picked), dtype))
+                parts.append(gate_maps(model, torch.stack(more), modules, dtype))
                 batch += more
                 readable += ok
             bar.update(len(chunk))  # files looked at, readable or not: the bar ends full
     if not batch:
         raise DataError(f"none of the {len(files)} images could be read (see the warnings above)")
-    if next_file < len(files):
-        folders = len({os.path.dirname(f) for f in files})
-        order = f"taken in turn from each of {folders} folders" if folders > 1 else "the first in name order"
-        log(f"note: showing {len(readable)} of {len(files)} images, {order} (--max-images {max_images})")
-    x = torch.stack(batch)
-    result = _concat(parts)
+    return torch.stack(batch), readable, _concat(parts), next_file
+
+
+def _write_study(folder: Path, x: Tensor, result: Dict, readable: Sequence[str], mean, std) -> Tuple[Dict, Dict]:
+    """:data:`RESULTS` into ``folder``: the pictures, the maps and the summary; their paths and the summary."""
+    from hcgnet.analysis.attention_plots import attention_grid, weights_plot
+
     with reported_write(folder):
         folder.mkdir(parents=True, exist_ok=True)
     written = {name: folder / name for name in RESULTS}
-    attention_grid(x, result["maps"], written["attention.png"], config.mean, config.std, readable)
+    attention_grid(x, result["maps"], written["attention.png"], mean, std, readable)
     weights_plot(result["weights"], written["weights.png"])
     save_npz(result, readable, written["maps.npz"])
     info = summary(result, readable)
     with reported_write(written["summary.json"]):
         write_json(written["summary.json"], info)
-    return {"files": written, "summary": info, "result": result}
+    return written, info
