@@ -777,12 +777,41 @@ def _one_line_everywhere(parser: argparse.ArgumentParser) -> None:
                 _one_line_everywhere(child)
 
 
-def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
-    """The whole command line; ``lazy``: the options of train and detect added only when used (:class:`_LazyParser`)."""
-    parser = (_LazyParser if lazy else _Parser)(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction, export and the paper's studies (attack, dissect, attention).")
-    parser.add_argument("--version", action="version", version=f"hcgnet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_checkpoint(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and ``--model``, for the commands that run a trained model."""
+    p.add_argument("--checkpoint", required=True, help=".safetensors or .pt written by hcgnet train or convert")
+    p.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
 
+
+def add_compile(p: argparse.ArgumentParser, batch_flag: str) -> None:
+    """``--compile`` and ``--openvino``: eval's and predict's faster float inference."""
+    p.add_argument("--compile", action="store_true",
+                   help=f"compile the model with torch.compile, weights frozen, for {batch_flag} images at a time: "
+                        "faster batches after a first one that waits minutes for the compilation (BENCHMARKS.md)")
+    p.add_argument("--openvino", choices=("fp32", "bf16"), default=None, metavar="PRECISION",
+                   help="run the model exported to ONNX in OpenVINO's CPU runtime at fp32 or bf16 (the fastest "
+                        "CPU inference measured, BENCHMARKS.md; needs the openvino extra); each new batch shape "
+                        "compiles once, in seconds")
+
+
+def add_int8(p: argparse.ArgumentParser) -> None:
+    """``--int8`` and its settings (eval and predict)."""
+    p.add_argument("--int8", action="store_true",
+                   help="run the model quantized to int8 on the CPU, calibrated on --calibration training "
+                        "images of the checkpoint's own data (eval also scores the float model, and says both)")
+    p.add_argument("--int8-backend", choices=("pt2e", "onnxruntime"), default=None,
+                   help="pt2e: torchao's PT2E flow, compiled by Inductor into x86 int8 kernels (default); "
+                        "onnxruntime: ONNX Runtime static QDQ quantization, as export --int8 writes")
+    p.add_argument("--calibration", type=int, default=None, metavar="N",
+                   help="with --int8: calibration images, a seeded sample of the training split (default 512)")
+    p.add_argument("--no-int8-compile", dest="int8_compile", action="store_false",
+                   help="with --int8 (pt2e): run the quantized program uncompiled: the same int8 rounding in "
+                        "float arithmetic, slower per batch, without Inductor's compilation (minutes for a "
+                        "full HCGNet)")
+
+
+def _add_model_commands(sub) -> None:
+    """info, convert and train."""
     info = sub.add_parser("info", help="parameters and multiply-adds of models, beside the paper's figures")
     info.add_argument("models", nargs="*", metavar="MODEL|SPEC|FILE",
                       help="variant names, specs such as 'HCGNet-(8,8,8)-(k=12,24,36)', or checkpoint files (the "
@@ -815,33 +844,9 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     train.defer(_add_train_options)
     train.set_defaults(func=cmd_train)
 
-    def add_checkpoint(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--checkpoint", required=True, help=".safetensors or .pt written by hcgnet train or convert")
-        p.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
 
-    def add_compile(p: argparse.ArgumentParser, batch_flag: str) -> None:
-        p.add_argument("--compile", action="store_true",
-                       help=f"compile the model with torch.compile, weights frozen, for {batch_flag} images at a time: "
-                            "faster batches after a first one that waits minutes for the compilation (BENCHMARKS.md)")
-        p.add_argument("--openvino", choices=("fp32", "bf16"), default=None, metavar="PRECISION",
-                       help="run the model exported to ONNX in OpenVINO's CPU runtime at fp32 or bf16 (the fastest "
-                            "CPU inference measured, BENCHMARKS.md; needs the openvino extra); each new batch shape "
-                            "compiles once, in seconds")
-
-    def add_int8(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--int8", action="store_true",
-                       help="run the model quantized to int8 on the CPU, calibrated on --calibration training "
-                            "images of the checkpoint's own data (eval also scores the float model, and says both)")
-        p.add_argument("--int8-backend", choices=("pt2e", "onnxruntime"), default=None,
-                       help="pt2e: torchao's PT2E flow, compiled by Inductor into x86 int8 kernels (default); "
-                            "onnxruntime: ONNX Runtime static QDQ quantization, as export --int8 writes")
-        p.add_argument("--calibration", type=int, default=None, metavar="N",
-                       help="with --int8: calibration images, a seeded sample of the training split (default 512)")
-        p.add_argument("--no-int8-compile", dest="int8_compile", action="store_false",
-                       help="with --int8 (pt2e): run the quantized program uncompiled: the same int8 rounding in "
-                            "float arithmetic, slower per batch, without Inductor's compilation (minutes for a "
-                            "full HCGNet)")
-
+def _add_inference_commands(sub) -> None:
+    """eval, predict, export and bench."""
     ev = sub.add_parser("eval", help="top-1, top-5 and loss of a checkpoint on a dataset")
     add_checkpoint(ev)
     ev.add_argument("--data", default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH (default: "
@@ -934,6 +939,9 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     be.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     be.set_defaults(func=cmd_bench)
 
+
+def _add_study_commands(sub) -> None:
+    """The studies (attack, attention, dissect, ablate) and detection."""
     from hcgnet.analysis.paper import PAPER_ATTACK, PAPER_EPS, PGD_STEPS
 
     at = sub.add_parser("attack", help="accuracy of checkpoints under attack at several eps (by default the paper's "
@@ -1045,6 +1053,15 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
                     help="replace runs whose config changed, and summary files in a folder without runs/")
     ab.set_defaults(func=cmd_ablate)
 
+
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``lazy``: the options of train and detect added only when used (:class:`_LazyParser`)."""
+    parser = (_LazyParser if lazy else _Parser)(prog="hcgnet", description="HCGNet: model information, checkpoint conversion, training, evaluation, prediction, export and the paper's studies (attack, dissect, attention).")
+    parser.add_argument("--version", action="version", version=f"hcgnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_model_commands(sub)
+    _add_inference_commands(sub)
+    _add_study_commands(sub)
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)
     _one_line_everywhere(parser)
