@@ -195,6 +195,46 @@ def test_predict_refuses_what_the_device_or_precision_cannot_do(capsys, own, tre
     assert err.startswith("hcgnet: error: ") and len(err.strip().splitlines()) == 1 and message in err, err
 
 
+def test_predict_reading_threads_change_nothing_but_the_speed(capsys, own, tree):
+    root, paths = tree
+    bad = root / "a" / "0_broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    runs = {}
+    for workers in ("0", "1", "3"):
+        got, err = predictions(capsys, own, root, extra=("--workers", workers, "--batch-size", "2"))
+        runs[workers] = (got, err)
+    one_thread = runs["0"]
+    assert [r["image"] for r in one_thread[0]] == sorted(paths + [str(bad)])
+    assert "0_broken.png" in one_thread[1]
+    for workers, (got, err) in runs.items():
+        assert got == one_thread[0] and err == one_thread[1], workers  # results, warnings and their order
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_predict_decodes_the_next_batch_while_the_model_runs_this_one(tree, monkeypatch, workers):
+    import threading
+
+    from hcgnet import inference
+
+    root, paths = tree
+    second_batch_read = threading.Event()
+    real_decode = inference._decode
+
+    def decode(path, transform):
+        if path in paths[2:4]:
+            second_batch_read.set()
+        return real_decode(path, transform)
+
+    monkeypatch.setattr(inference, "_decode", decode)
+    batches = inference.read_ahead(paths, 2, lambda image: image.size, workers=workers)
+    first_paths, first = next(batches)
+    assert first_paths == paths[:2] and [error for _, error in first] == [None, None]
+    # the caller holds batch 0 (the generator is suspended): with threads batch 1 is being read all the same
+    assert second_batch_read.wait(timeout=60 if workers else 0.5) == bool(workers)
+    rest = list(batches)
+    assert [p for chunk, _ in rest for p in chunk] == paths[2:]
+
+
 def test_predict_runs_batch_size_images_per_forward_pass(own, tree, monkeypatch):
     import hcgnet.inference as inference
 

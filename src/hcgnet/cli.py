@@ -186,7 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_output_file(args.csv, "--csv", force=args.force)
     results = predict(args.checkpoint, args.images, args.topk, args.model, args.batch_size,
                       compile=args.compile, openvino=args.openvino, device=args.device, amp=args.amp,
-                      channels_last=args.channels_last, **_int8_options(args))
+                      channels_last=args.channels_last, workers=args.workers, **_int8_options(args))
     if args.csv:
         with reported_write(args.csv):
             _write_predictions_csv(results, args.csv)
@@ -878,6 +878,9 @@ def _add_inference_commands(sub) -> None:
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     pr.add_argument("--csv", default=None, metavar="FILE", help="write one row per image and rank to FILE")
     pr.add_argument("--force", action="store_true", help="replace the --csv FILE if it exists")
+    pr.add_argument("--workers", type=int, default=2,
+                    help="threads that read and decode the images, a batch ahead of the model (default 2; 0: one "
+                         "batch after the other in the main thread)")
     add_hardware_options(pr, INFERENCE_AMP_HELP, workers=None)
     pr.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
     add_compile(pr, "--batch-size")

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -488,19 +489,52 @@ def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str
     return [p for p in found if not (p in seen or seen.add(p))], problems
 
 
+def _decode(path: str, transform) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+    """``path`` read and transformed, or why it could not be."""
+    try:
+        return transform(load_image(path, hint="")), None
+    except Exception as e:  # an unreadable or undecodable file must not stop the others
+        return None, str(e) if isinstance(e, DataError) else f"cannot read image {path}: {e}"
+
+
+def _keep_readable(paths: Sequence[str], decoded, failures: List[Dict[str, Any]], log: Log):
+    """The images of ``decoded`` (``_decode``'s pairs, in the order of ``paths``) that could be read, and their
+    paths; each one that could not is warned about and appended to ``failures`` as ``{"image", "error"}``."""
+    batch, readable = [], []
+    for p, (image, error) in zip(paths, decoded):
+        if error is None:
+            batch.append(image)
+            readable.append(p)
+        else:
+            log(f"hcgnet: warning: {error}; skipped")
+            failures.append({"image": p, "error": error})
+    return batch, readable
+
+
 def read_images(paths: Sequence[str], transform, failures: List[Dict[str, Any]], log: Log):
     """The transformed images that could be read, and their paths; each one that could not is warned about
     and appended to ``failures`` as ``{"image", "error"}``."""
-    batch, readable = [], []
-    for p in paths:
-        try:
-            batch.append(transform(load_image(p, hint="")))
-            readable.append(p)
-        except Exception as e:  # an unreadable or undecodable file must not stop the others
-            message = str(e) if isinstance(e, DataError) else f"cannot read image {p}: {e}"
-            log(f"hcgnet: warning: {message}; skipped")
-            failures.append({"image": p, "error": message})
-    return batch, readable
+    return _keep_readable(paths, [_decode(p, transform) for p in paths], failures, log)
+
+
+def read_ahead(paths: Sequence[str], batch_size: int, transform, workers: int):
+    """``(paths, decoded)`` per batch of ``batch_size``: ``_decode``'s pairs, in order. With ``workers`` threads,
+    each batch is decoded by the threads and the next one is decoded while the caller works on this one (Pillow
+    and the transforms release the GIL); with 0, in the caller's thread."""
+    starts = range(0, len(paths), batch_size)
+    if workers == 0:
+        for start in starts:
+            chunk = paths[start:start + batch_size]
+            yield chunk, [_decode(p, transform) for p in chunk]
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        def submit(start):
+            return [pool.submit(_decode, p, transform) for p in paths[start:start + batch_size]]
+
+        ahead = submit(0)
+        for start in starts:
+            current, ahead = ahead, (submit(start + batch_size) if start + batch_size < len(paths) else [])
+            yield paths[start:start + batch_size], [f.result() for f in current]
 
 
 def _top_classes(image: str, probs: torch.Tensor, k: int, names: Sequence[str]) -> Dict[str, Any]:
@@ -515,10 +549,11 @@ def predict(
     path: str, images: Sequence[str], topk: int = 5, model_name: Optional[str] = None, batch_size: int = 32,
     log: Log = note_on_stderr, progress: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
     int8_compile: bool = True, compile: bool = False, openvino: Optional[str] = None, device: Optional[str] = None,
-    amp: str = "none", channels_last: bool = False,
+    amp: str = "none", channels_last: bool = False, workers: int = 2,
 ) -> List[Dict[str, Any]]:
     """The ``topk`` classes and probabilities of every image in ``images`` (files, folders, glob patterns),
-    ``batch_size`` images at a time. An input that cannot be read is skipped with a one-line warning through
+    ``batch_size`` images at a time, read by ``workers`` threads a batch ahead of the model (0: in this thread,
+    one batch after the other). An input that cannot be read is skipped with a one-line warning through
     ``log`` and kept in the results as ``{"image": ..., "error": ...}``; the others go on. ``device`` (None: cuda
     when there is one), ``amp``, ``channels_last``, ``int8``, ``calibration``, ``int8_compile``, ``compile``
     and ``openvino`` as for :func:`evaluate_checkpoint`."""
@@ -536,7 +571,7 @@ def predict(
         check_int8_options(int8, calibration, amp, channels_last, device)
         device = "cpu"
     dev = device_of(device)
-    amp_dtype = check_eval_options(batch_size, 0, amp, dev)
+    amp_dtype = check_eval_options(batch_size, workers, amp, dev)
     files, problems = collect_images(images)
     if not files:
         raise DataError("nothing to classify: " + "; ".join(p["error"] for p in problems[:3]))
@@ -560,8 +595,8 @@ def predict(
     k = min(topk, model.num_classes)
     results: List[Dict[str, Any]] = []
     with batch_progress(-(-len(files) // batch_size), "predicting", progress, log) as bar:
-        for start in range(0, len(files), batch_size):
-            batch, readable = read_images(files[start:start + batch_size], transform, results, log)
+        for chunk, decoded in read_ahead(files, batch_size, transform, workers):
+            batch, readable = _keep_readable(chunk, decoded, results, log)
             if batch:
                 x = torch.stack(batch).to(dev)
                 if channels_last:
