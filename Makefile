@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Fashion-MNIST, the offline dataset: Debian's package (elsewhere hcgnet falls back to torchvision's download).
+# Fashion-MNIST, the offline dataset: Debian's package (elsewhere: hcgnet train --download).
 data: $(FASHION_MNIST)
 $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq

@@ -437,14 +437,18 @@ def test_train_missing_cifar_says_where_to_put_it(capsys, tmp_path, monkeypatch)
     def offline(self):  # never download 170 MB in a test, even where there is a network
         raise OSError("offline")
 
-    monkeypatch.setattr(datasets.CIFAR10Files, "download", offline)
+    attempts = []
+    monkeypatch.setattr(datasets.CIFAR10Files, "download", lambda self: attempts.append(1) or offline(self))
     empty = tmp_path / "empty"
     empty.mkdir()
-    line = train_error(capsys, "--data", "cifar10", "--data-dir", str(empty), "--output", str(tmp_path / "out"),
-                       "--workers", "0")
+    args = ["--data", "cifar10", "--data-dir", str(empty), "--output", str(tmp_path / "out"), "--workers", "0"]
+    line = train_error(capsys, *args)
     assert str(empty) in line
     assert "cifar-10-python.tar.gz" in line and "cifar-10-batches-py" in line
-    assert list(empty.iterdir()) == []
+    assert line.endswith("or let torchvision download it: hcgnet train --download")
+    assert attempts == [] and list(empty.iterdir()) == []  # nothing downloads unless asked
+    line = train_error(capsys, *args, "--download")  # asked: tried, and the failure said in one line
+    assert attempts == [1] and "could not be downloaded (offline)" in line and "cifar-10-python.tar.gz" in line
 
 
 def test_train_refuses_a_folder_holding_another_run(capsys, small_folder, tmp_path):
@@ -492,7 +496,7 @@ SHOWN_DEFAULTS = {"val_size": "automatic", "test_size": "automatic", "stem": "va
                   "nesterov": "on", "augment": "on", "ema": "off", "compile": "off", "channels_last": "off",
                   "skip_bad_images": "off", "resume": "off", "overwrite": "off", "weight_decay": "0.0001",
                   "drop_block": "0", "freeze_stages": "0", "model_kwargs": "the paper's network",
-                  "device": "the GPU when there is one"}
+                  "device": "the GPU when there is one", "download": "off"}
 
 
 def test_every_train_option_has_a_flag_with_help_and_its_default():

@@ -1,7 +1,7 @@
 """CIFAR-10 and CIFAR-100 from torchvision's loaders, reading the standard python-pickle batches.
 
 Files: ``data_dir/cifar-10-batches-py/`` / ``cifar-100-python/``, extracted from the official tarball if only
-that is there, else downloaded by torchvision. torchvision checks the md5 sum of every extracted file before
+that is there, else downloaded by torchvision when asked (``download``). torchvision checks the md5 sum of every extracted file before
 reading it; :class:`CIFAR10Files`/:class:`CIFAR100Files` only check that the files exist. The md5 sums guard
 downloads, which torchvision still verifies (against the tarball's sum); the format itself is checked by
 reading it (a broken file raises :class:`DataError`), and skipping the sums lets small files in the real
@@ -20,7 +20,7 @@ from torchvision import datasets as tvd
 from torchvision.datasets.utils import extract_archive
 
 from hcgnet.data.config import DataConfig
-from hcgnet.data.errors import DataError, reason
+from hcgnet.data.errors import DOWNLOAD_HINT, DataError, reason
 from hcgnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 
 __all__ = ["CIFAR10Files", "CIFAR100Files", "CIFAR", "load_cifar", "check_labels"]
@@ -70,7 +70,7 @@ def _make_available(title: str, cls, root: str, download: bool) -> None:
     tarball = os.path.join(root, cls.filename)
     probe = cls.__new__(cls)  # only to reuse the file list; nothing is loaded
     probe.root = root
-    why = "downloading is disabled"
+    why = None
     if not probe._check_integrity():
         if download:
             try:  # checks an existing tarball's md5, downloads it if needed, extracts it
@@ -84,8 +84,9 @@ def _make_available(title: str, cls, root: str, download: bool) -> None:
                 raise DataError(f"cannot extract {tarball}: {reason(e)}; delete it or replace it with the "
                                 f"original {cls.filename}") from None
     if not probe._check_integrity():
-        raise DataError(f"{title} not found in {root} and {why}: put {cls.filename} (or its extracted "
-                        f"{cls.base_folder}/) there, or pass --data-dir")
+        raise DataError(f"{title} not found in {root}" + (f" and {why}" if why else "")
+                        + f": put {cls.filename} (or its extracted {cls.base_folder}/) there, or pass --data-dir"
+                        + ("" if why else f", {DOWNLOAD_HINT}"))
 
 
 def load_cifar(name: str, root: str, download: bool):

@@ -152,7 +152,7 @@ def _load_folder(folder: str, image_size, skip_bad_images: bool, bad_images_log,
 
 def build_data(spec: str, data_dir: str | None = None, val_size: float | int | None = None,
                test_size: float | int | None = None, seed: int = 0, skip_bad_images: bool = False,
-               download: bool = True, image_size: int | None = None, augment: bool = True,
+               download: bool = False, image_size: int | None = None, augment: bool = True,
                bad_images_log: str | os.PathLike | None = None, model_cfg: Mapping | None = None,
                hflip: float = HFLIP, preprocessing: DataConfig | None = None) -> DataBundle:
     """Train / val / test datasets for ``spec`` ('cifar10', 'cifar100', 'fashion-mnist' or 'imagefolder:PATH').
@@ -165,7 +165,7 @@ def build_data(spec: str, data_dir: str | None = None, val_size: float | int | N
     Image folders are decoded completely before anything else (:func:`~hcgnet.data.image_folder.check_images`):
     unreadable files are reported all at once, or dropped with ``skip_bad_images``; ``bad_images_log`` (a
     file) gets their full list. A training folder with one class is refused. ``download``: allow torchvision
-    to download missing CIFAR/Fashion-MNIST files.
+    to download missing CIFAR/Fashion-MNIST files (nothing is downloaded otherwise).
 
     Image folders are preprocessed for the model (:func:`~hcgnet.data.defaults.resolve_data_config`):
     ``model_cfg`` is its ``pretrained_cfg`` (None: the ImageNet stem's), ``image_size`` (a square side) replaces

@@ -5,7 +5,10 @@ import re
 
 from hcgnet.errors import HCGNetError
 
-__all__ = ["DataError", "error_message", "one_line", "reason"]
+__all__ = ["DataError", "DOWNLOAD_HINT", "error_message", "one_line", "reason"]
+
+#: How to fetch a missing built-in dataset: nothing is downloaded unless asked.
+DOWNLOAD_HINT = "or let torchvision download it: hcgnet train --download"
 
 
 class DataError(HCGNetError):

@@ -4,7 +4,7 @@ The model is built with ``in_chans=1`` rather than padding/repeating the images 
 multiply-adds and no fake channels; ``input_size=(1, 28, 28)``. The files come from the Debian package
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/*.gz``), decompressed once (atomically: temp
 file + ``os.replace``) into ``data_dir/FashionMNIST/raw/`` where torchvision looks for them; ``.gz`` files put
-in that folder by hand are decompressed the same way; failing both, torchvision's download is tried.
+in that folder by hand are decompressed the same way; failing both, torchvision's download is tried when asked.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import shutil
 from torchvision import datasets as tvd
 
 from hcgnet.data.config import DataConfig
-from hcgnet.data.errors import DataError, reason
+from hcgnet.data.errors import DOWNLOAD_HINT, DataError, reason
 from hcgnet.data.transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from hcgnet.files import atomic_path
 
@@ -49,7 +49,7 @@ def _prepare(root: str, download: bool) -> None:
             if os.path.isfile(src):
                 _gunzip(src, os.path.join(raw, name))
                 break
-    why = "downloading is disabled"
+    why = None
     if missing() and download:
         probe = tvd.FashionMNIST.__new__(tvd.FashionMNIST)  # only its download(); nothing is loaded
         probe.root = root
@@ -59,8 +59,9 @@ def _prepare(root: str, download: bool) -> None:
             why = f"it could not be downloaded ({reason(e)[:150]})"
     if missing():
         gz = ", ".join(n + ".gz" for n in FASHION_MNIST_FILES)
-        raise DataError(f"Fashion-MNIST not found in {raw} and {why}: apt-get install dataset-fashion-mnist "
-                        f"(files in {FASHION_MNIST_SYSTEM_DIR}), or put {gz} in {raw}, or pass --data-dir")
+        raise DataError(f"Fashion-MNIST not found in {raw}" + (f" and {why}" if why else "")
+                        + f": apt-get install dataset-fashion-mnist (files in {FASHION_MNIST_SYSTEM_DIR}), or put "
+                        f"{gz} in {raw}, or pass --data-dir" + ("" if why else f", {DOWNLOAD_HINT}"))
 
 
 def load_fashion_mnist(root: str, download: bool):

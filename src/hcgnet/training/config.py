@@ -67,6 +67,7 @@ class TrainConfig:
     augment: bool = True           # the dataset's training augmentation (off: eval transform for training too)
     hflip: float = 0.5             # probability of the augmentation's horizontal flip (timm's name); 0: none
     skip_bad_images: bool = False
+    download: bool = False         # let torchvision download cifar10/cifar100/fashion-mnist missing from data_dir
     # bookkeeping
     seed: int = 0
     checkpoint_every: int = 0      # also save `last` every N optimiser steps (0: at epoch ends only)
@@ -84,7 +85,7 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # How and where to run, not what to train: not part of a run's identity, nor of its config.yaml (a resumed run
 # goes on wherever it is told).
-RUN_FLAGS = ("resume", "overwrite", "output", "device")
+RUN_FLAGS = ("resume", "overwrite", "output", "device", "download")
 
 
 def list_recipes() -> List[str]:
@@ -296,6 +297,8 @@ OPTION_GROUPS = (
         ("hflip", "probability of the augmentation's horizontal flip; 0 for data where mirror images are wrong "
                   "(digits, text)"),
         ("skip_bad_images", "skip images that cannot be decoded (named in the log) instead of stopping"),
+        ("download", "let torchvision download cifar10, cifar100 or fashion-mnist when they are not in --data-dir "
+                     "(nothing is downloaded without it)"),
     )),
     ("Optimizer", (
         ("lr", "learning rate of SGD (at the top of every SGDR cycle)"),

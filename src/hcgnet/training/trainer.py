@@ -80,6 +80,7 @@ def _build_data(config: TrainConfig, bad_images_log, resume_state: Optional[Dict
     started = resume_state.get("data_config") if resume_state else None
     return build_data(config.data, data_dir=config.data_dir, val_size=config.val_size, test_size=config.test_size,
                       seed=config.seed, skip_bad_images=config.skip_bad_images, image_size=config.image_size,
+                      download=config.download,
                       augment=config.augment, bad_images_log=bad_images_log, model_cfg=cfg, hflip=config.hflip,
                       preprocessing=DataConfig.from_dict(json.loads(started)) if started else None)
 
