@@ -346,3 +346,47 @@ def test_a_signal_to_the_whole_process_group_reaches_the_data_workers_too_and_st
     assert proc.returncode == 128 + signum and err.strip().startswith("hcgnet: interrupted at epoch"), err[-2000:]
     assert len(err.strip().splitlines()) == 1, err[-2000:]
     assert checkpoint_position(out / "last.pt") == (0, 2)
+
+
+RANK0_FIRST = '''
+import json, sys
+from pathlib import Path
+from hcgnet import distributed
+
+out, fail = Path(sys.argv[1]), sys.argv[2] == "fail"
+d = distributed.setup("cpu")
+
+
+def work():
+    seen = (out / "rank0-done").exists()  # on rank 1: has rank 0 finished before it began?
+    if d.rank == 0:
+        if fail:
+            raise RuntimeError("rank 0 broke")
+        (out / "rank0-done").write_text("")
+    return seen
+
+
+try:
+    (out / f"{d.rank}.json").write_text(json.dumps(distributed.rank0_first(d, work, "loading the data")))
+except Exception as e:
+    (out / f"{d.rank}.err").write_text(f"{type(e).__name__}: {e}")
+distributed.cleanup()
+'''
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_rank0_first_runs_the_other_ranks_after_rank_0_and_stops_them_when_it_fails(tmp_path, fail):
+    script = tmp_path / "rank0_first.py"
+    script.write_text(RANK0_FIRST)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path),
+                           "fail" if fail else "ok"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if fail:
+        assert (tmp_path / "0.err").read_text() == "RuntimeError: rank 0 broke"
+        assert (tmp_path / "1.err").read_text() == ("HCGNetError: loading the data failed on rank 0 "
+                                                    "(its error says why)")
+    else:
+        assert json.loads((tmp_path / "0.json").read_text()) is False
+        assert json.loads((tmp_path / "1.json").read_text()) is True  # rank 1 began after rank 0 had finished

@@ -2,9 +2,14 @@
 DataLoader workers' own OS process group, which keeps a group-wide signal for the main process to handle."""
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from hcgnet.errors import HCGNetError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,26 @@ def broadcast_buffers(model: torch.nn.Module, d: Dist) -> None:
 def broadcast_flag(flag: bool, d: Dist) -> bool:
     """True on every rank if it is true on any rank (e.g. 'stop: a loss is NaN')."""
     return bool(max_int(int(flag), d))
+
+
+def rank0_first(d: Dist, work: Callable[[], T], what: str) -> T:
+    """``work()`` on rank 0 and then, once it has succeeded there, on the other ranks: for work that writes what
+    they all read (a dataset downloaded or extracted into one folder), which ranks doing it at once would
+    corrupt. When it fails on rank 0, the other ranks stop with a one-line :class:`HCGNetError` instead of waiting
+    (``what`` says what failed)."""
+    if not d.enabled:
+        return work()
+    if d.is_main:
+        try:
+            result = work()
+        except BaseException:
+            broadcast_flag(True, d)
+            raise
+        broadcast_flag(False, d)
+        return result
+    if broadcast_flag(False, d):
+        raise HCGNetError(f"{what} failed on rank 0 (its error says why)")
+    return work()
 
 
 def gather_objects(obj, d: Dist):

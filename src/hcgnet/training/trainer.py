@@ -168,7 +168,9 @@ class Run(TrainingRun):
                  f"{plural(self.steps_per_epoch, 'step')} per epoch")
 
     def load_data(self, resume_state: Optional[Dict[str, Any]] = None):
-        data = _build_data(self.config, self.out / BAD_IMAGES, resume_state)
+        # Rank 0 first: a download or a tarball's extraction writes into --data-dir, which the others then read.
+        data = distributed.rank0_first(
+            self.d, lambda: _build_data(self.config, self.out / BAD_IMAGES, resume_state), "loading the data")
         for note in data.notes:  # held-out sizes, skipped images, the input size, the augmentation
             self.log(note)
         return data
