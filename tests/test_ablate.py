@@ -75,6 +75,12 @@ def test_one_pair_is_undecided():
     assert stats.paired_difference({0: 0.9}, {0: 0.1})["verdict"] == "undecided"
 
 
+def test_no_pair_has_no_verdict():
+    # seeds that do not pair (or no runs yet) give nothing to decide on, not an "undecided" comparison
+    assert stats.paired_difference({1: 0.9}, {0: 0.1})["verdict"] == "-"
+    assert stats.paired_difference({}, {})["verdict"] == "-"
+
+
 # ------------------------------------------------------------------------------------------------ the grid
 
 

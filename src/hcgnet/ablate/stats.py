@@ -49,7 +49,7 @@ def paired_difference(variant: Dict[int, float], base: Dict[int, float]) -> Dict
     verdict: the seeds pair the runs (same data order, hold-out and augmentation draws)."""
     seeds = sorted(set(variant) & set(base))
     result = mean_interval([variant[s] - base[s] for s in seeds])
-    result["verdict"] = verdict(result["low"], result["high"])
+    result["verdict"] = verdict(result["low"], result["high"]) if seeds else "-"  # nothing to compare yet
     return result
 
 

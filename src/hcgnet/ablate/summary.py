@@ -166,7 +166,7 @@ def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget:
     lines = [f"# {title}", "", budget, "",
              "Accuracy in percent: mean ± std over seeds and the 95% t-interval of the mean; Δ: the paired difference "
              "to the base over the seeds both finished (same data order, hold-out and augmentation per seed), its "
-             "95% t-interval and verdict (undecided: the interval contains 0).", ""]
+             "95% t-interval and verdict (undecided: the interval contains 0; -: no seed finished for both).", ""]
     for score in scores:
         lines += [f"## {score_name(score)}", "",
                   "| variant | model | n | top-1 | 95% CI | params | MACs | images/s | Δ vs base | Δ 95% CI "
@@ -178,7 +178,7 @@ def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget:
                 dmean, dci, verdict = "(base)", "", ""
             else:
                 dmean, dci = interval_text({k: e.get(f"{score}_diff_{k}") for k in ("mean", "low", "high")})
-                verdict = e.get(f"{score}_verdict", "undecided")
+                verdict = e.get(f"{score}_verdict", "-")  # no finished runs: nothing to decide on
             speed = "-" if e["images_per_s"] is None else f"{e['images_per_s']:.1f}"
             lines.append(f"| {e['variant']} | {e['model'] or '-'} | {e['n']} | {mean} | {ci} | {_count(e['params'])} "
                          f"| {_count(e['macs'])} | {speed} | {dmean} | {dci} | {verdict} |")
