@@ -151,8 +151,9 @@ def test_predict_fast_paths_give_fp32_probabilities(capsys, own, tree, fast):
     plain, _ = predictions(capsys, own, root)
     quick, _ = predictions(capsys, own, root, extra=fast)
     assert [r["image"] for r in quick] == paths
-    # the same arithmetic in another layout or on a named device; bf16 keeps about 3 significant digits
-    tolerance = 2e-2 if "bf16" in fast else 1e-6
+    # the same arithmetic in another layout or on a named device; bf16 keeps about 3 significant digits (and on a
+    # machine with a GPU the plain run is on the GPU, whose convolutions may use TF32)
+    tolerance = 2e-2 if "bf16" in fast else 1e-3 if fast == ["--device", "cpu"] and torch.cuda.is_available() else 1e-6
     for a, b in zip(plain, quick):
         by_class = {t["class"]: t["probability"] for t in b["top"]}
         assert [by_class[t["class"]] for t in a["top"]] == pytest.approx([t["probability"] for t in a["top"]],
