@@ -20,7 +20,7 @@ from torchvision import datasets as tvd
 from torchvision.datasets.utils import extract_archive
 
 from hcgnet.data.config import DataConfig
-from hcgnet.data.errors import DOWNLOAD_HINT, DataError, reason
+from hcgnet.data.errors import DataError, missing_dataset, reason
 from hcgnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 
 __all__ = ["CIFAR10Files", "CIFAR100Files", "CIFAR", "load_cifar", "check_labels"]
@@ -84,9 +84,7 @@ def _make_available(title: str, cls, root: str, download: bool) -> None:
                 raise DataError(f"cannot extract {tarball}: {reason(e)}; delete it or replace it with the "
                                 f"original {cls.filename}") from None
     if not probe._check_integrity():
-        raise DataError(f"{title} not found in {root}" + (f" and {why}" if why else "")
-                        + f": put {cls.filename} (or its extracted {cls.base_folder}/) there, or pass --data-dir"
-                        + ("" if why else f", {DOWNLOAD_HINT}"))
+        raise missing_dataset(title, root, f"put {cls.filename} (or its extracted {cls.base_folder}/) there", why)
 
 
 def load_cifar(name: str, root: str, download: bool):

@@ -5,14 +5,20 @@ import re
 
 from hcgnet.errors import HCGNetError
 
-__all__ = ["DataError", "DOWNLOAD_HINT", "error_message", "one_line", "reason"]
-
-#: How to fetch a missing built-in dataset: nothing is downloaded unless asked.
-DOWNLOAD_HINT = "or let torchvision download it: hcgnet train --download"
+__all__ = ["DataError", "error_message", "missing_dataset", "one_line", "reason"]
 
 
 class DataError(HCGNetError):
     """A dataset that cannot be used as asked: unknown name, missing files, unreadable image, bad split."""
+
+
+def missing_dataset(title: str, where: str, how_to_add: str, failed_download: str | None = None) -> DataError:
+    """The one-line error for a built-in dataset that is not in ``where``: ``how_to_add`` it by hand, or
+    ``--data-dir``; then why the download failed when one was tried, else how to ask for one (nothing is
+    downloaded unless asked)."""
+    tried = f" and {failed_download}" if failed_download else ""
+    ask = "" if failed_download else ", or let torchvision download it: hcgnet train --download"
+    return DataError(f"{title} not found in {where}{tried}: {how_to_add}, or pass --data-dir{ask}")
 
 
 def one_line(text: object, limit: int = 300) -> str:

@@ -15,7 +15,7 @@ import shutil
 from torchvision import datasets as tvd
 
 from hcgnet.data.config import DataConfig
-from hcgnet.data.errors import DOWNLOAD_HINT, DataError, reason
+from hcgnet.data.errors import DataError, missing_dataset, reason
 from hcgnet.data.transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from hcgnet.files import atomic_path
 
@@ -59,9 +59,8 @@ def _prepare(root: str, download: bool) -> None:
             why = f"it could not be downloaded ({reason(e)[:150]})"
     if missing():
         gz = ", ".join(n + ".gz" for n in FASHION_MNIST_FILES)
-        raise DataError(f"Fashion-MNIST not found in {raw}" + (f" and {why}" if why else "")
-                        + f": apt-get install dataset-fashion-mnist (files in {FASHION_MNIST_SYSTEM_DIR}), or put "
-                        f"{gz} in {raw}, or pass --data-dir" + ("" if why else f", {DOWNLOAD_HINT}"))
+        raise missing_dataset("Fashion-MNIST", raw, f"apt-get install dataset-fashion-mnist (files in "
+                              f"{FASHION_MNIST_SYSTEM_DIR}), or put {gz} in {raw}", why)
 
 
 def load_fashion_mnist(root: str, download: bool):
