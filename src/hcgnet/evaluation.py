@@ -42,11 +42,14 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+def images_to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A batch of images on ``device``, in the model's memory format."""
     x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    return images_to(x, device, channels_last), y.to(device, non_blocking=True)
 
 
 @torch.no_grad()

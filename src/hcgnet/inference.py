@@ -31,7 +31,7 @@ from hcgnet.models.checkpoints import read_metadata, torch_load_weights_only
 from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
-from hcgnet.evaluation import AMP_DTYPES, autocast, device_of, evaluate
+from hcgnet.evaluation import AMP_DTYPES, autocast, device_of, evaluate, images_to
 
 #: What ``predict`` collects from a folder or a glob (a file named explicitly is tried whatever its name).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -598,9 +598,7 @@ def predict(
         for chunk, decoded in read_ahead(files, batch_size, transform, workers):
             batch, readable = _keep_readable(chunk, decoded, results, log)
             if batch:
-                x = torch.stack(batch).to(dev)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = images_to(torch.stack(batch), dev, channels_last)
                 with autocast(dev, amp_dtype):
                     logits = classify(x).float()
                 probs = torch.softmax(logits, dim=1).cpu()
