@@ -23,7 +23,7 @@ SCRIPTS = {
     "attention_pool": [], "batch_norm": [], "compiled_batch_norm": [], "compiled_dilated_backward": [], "compiled_group_conv": [], "dense_compiled": ["--published", "no-clone"],
     "detection_step": [], "dilated_depthwise": [], "dispatch_count": ["--published", "no-clone"], "gate_passes": [], "group_conv": [],
     "histogram_search": [], "image_scan": [],
-    "int8": [], "loop_tails": [], "memory_efficient": [], "onnx_pool_form": [], "openvino_shapes": [], "predict_threads": [], "profile_step": [], "shared_statistics": [],
+    "int8": [], "loop_tails": [], "memory_efficient": [], "onnx_forms": [], "openvino_shapes": [], "predict_threads": [], "profile_step": [], "shared_statistics": [],
     "targets": ["--published", "no-clone"], "train_throughput": [],
 }
 
@@ -134,7 +134,7 @@ UNKNOWN_MODEL = {
     "dispatch_count": ["--models", "no_such_net", "--published", "no-clone"], "int8": ["--models", "no_such_net"],
     "histogram_search": ["--models", "no_such_net"],
     "loop_tails": ["--model", "no_such_net"], "memory_efficient": ["--model", "no_such_net"],
-    "onnx_pool_form": ["--model", "no_such_net"], "openvino_shapes": ["--model", "no_such_net"],
+    "onnx_forms": ["--model", "no_such_net"], "openvino_shapes": ["--model", "no_such_net"],
     "predict_threads": ["--model", "no_such_net"],
     "profile_step": ["--model", "no_such_net"], "train_throughput": ["--model", "no_such_net"],
 }

@@ -59,7 +59,7 @@ def position_scores(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
     if _exporting_to_onnx():
         # The 1x1 convolution itself, on the map as it is: OpenVINO runs it in its own blocked layout, where a matrix
         # product would first reorder the map (HCGNet-B at batch 1 in OpenVINO bf16: 0.81-0.90 of the latency, in
-        # two runs; A1 at batch 256 and ONNX Runtime undecided; benchmarks/onnx_pool_form.py).
+        # two runs; A1 at batch 256 and ONNX Runtime undecided; benchmarks/onnx_forms.py).
         return F.conv2d(x, weight.reshape(1, c, 1, 1), bias).reshape(b, h * w)
     if pools_by_matrix_products(x):  # (B, H, W, C) in memory: one matrix-vector product
         return F.linear(x.permute(0, 2, 3, 1).reshape(b, h * w, c), weight, bias).reshape(b, h * w)
