@@ -399,7 +399,7 @@ def test_cli_writes_the_pictures_maps_and_summary(capsys, checkpoint, tmp_path):
 
 def test_cli_labels_images_of_the_same_name_by_their_folders(capsys, checkpoint, tmp_path, monkeypatch):
     """Two folders with the same file names (a class per folder): the table and the grid's row titles say
-    ``cat/0.png`` and ``dog/0.png``, not ``0.png`` twice; a name found once stays bare."""
+    ``cat/0.png`` and ``dog/0.png``, not ``0.png`` twice, and ``dog/1.png`` too: every label names its folder."""
     import matplotlib.axes
 
     for i, folder in enumerate(("cat", "dog")):
@@ -413,8 +413,8 @@ def test_cli_labels_images_of_the_same_name_by_their_folders(capsys, checkpoint,
                          tmp_path / "out", "--modules", "stages.2.transition")
     assert code == 0, err
     rows = [line.split()[2] for line in out.splitlines() if line.startswith("stages.2.transition")]
-    assert rows == ["cat/0.png", "dog/0.png", "1.png"]
-    assert titles[0:12:4] == ["cat/0.png", "dog/0.png", "1.png"]   # the image column; then the 3 maps
+    assert rows == ["cat/0.png", "dog/0.png", "dog/1.png"]
+    assert titles[0:12:4] == ["cat/0.png", "dog/0.png", "dog/1.png"]   # the image column; then the 3 maps
 
 
 def test_cli_refuses_to_replace_earlier_results_without_force(capsys, checkpoint, tmp_path):

@@ -98,10 +98,11 @@ def test_check_output_folder_takes_folder_names_with_dots(tmp_path, name):
 @pytest.mark.parametrize("paths, expected", [
     ([], []),
     (["shots/0.png"], ["0.png"]),
-    (["d/cls0/0.png", "d/cls1/0.png", "d/cls1/1.png"], ["cls0/0.png", "cls1/0.png", "1.png"]),
+    (["d/cls0/0.png", "d/cls1/0.png", "d/cls1/1.png"], ["cls0/0.png", "cls1/0.png", "cls1/1.png"]),
+    (["d/a/0.png", "d/b/1.png"], ["0.png", "1.png"]),                 # no clash: the file names alone
     (["d/x/0.png", "d/x/0.png"], ["0.png", "0.png"]),                 # the same file twice: one label
     (["x/0.png", "0.png", "y/x/0.png"], ["x/0.png", "0.png", "y/x/0.png"]),
     (["/a/b/c.jpg", "/z/b/c.jpg"], ["a/b/c.jpg", "z/b/c.jpg"]),
 ])
-def test_distinct_names_add_folders_only_where_file_names_clash(paths, expected):
+def test_distinct_names_add_as_many_folders_to_all_as_file_names_need(paths, expected):
     assert distinct_names(paths) == expected

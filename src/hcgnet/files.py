@@ -118,18 +118,14 @@ def reported_write(path: PathLike) -> Iterator[None]:
 
 
 def distinct_names(paths: Sequence[PathLike]) -> List[str]:
-    """Short labels for ``paths``: each one's file name, with as many parent folders as it takes to tell it
-    from the others (``cls0/0.png`` and ``cls1/0.png``, not ``0.png`` twice). The same path twice gets the same
-    label."""
+    """Short labels for ``paths``: each one's file name with the same number of parent folders, as few as it takes
+    to tell them all apart (``cls0/0.png``, ``cls1/0.png`` and ``cls1/1.png``, not ``0.png`` twice; in a folder of
+    class folders every label names its class). A path with fewer folders shows them all; the same path twice gets
+    the same label."""
     parts = [Path(p).parts or (str(p),) for p in paths]
-    depth = [1] * len(parts)
+    depth = 1
     while True:
-        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
-        holders: Dict[str, set] = {}
-        for p, label in zip(parts, labels):
-            holders.setdefault(label, set()).add(p)
-        grow = [i for i, (p, label) in enumerate(zip(parts, labels)) if len(holders[label]) > 1 and depth[i] < len(p)]
-        if not grow:
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(set(parts)) or depth >= max(len(p) for p in parts):
             return labels
-        for i in grow:
-            depth[i] += 1
+        depth += 1
