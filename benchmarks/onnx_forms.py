@@ -3,8 +3,8 @@
 - ``attention-pool``: hcgnet's attention pooling (``position_scores`` and ``weighted_sum`` of
   ``hcgnet.layers.attention_pool`` while exporting: a 1x1 convolution scores the map as it is, a batched
   matrix-vector product pools it) against the matrix products the export held before 2026-12-05 (the map
-  reshaped to (B, C, H*W) for the scores too) and an unreshaped form (the scores as hcgnet's, the pooling as a sum
-  over H and W, so that the map is never reshaped);
+  reshaped to (B, C, H*W) for the scores too) and two unreshaped forms (the scores as hcgnet's, the pooling as a sum
+  over H and W, or as a mean times H*W, so that the map is never reshaped);
 - ``update-gate``: hcgnet's update gate (a head per branch, a softmax across the two) against one head whose
   logistic gives the same proportions (``sigmoid(s_a - s_b)``; tried 2026-12-06, not adopted).
 
@@ -50,6 +50,11 @@ def summed_pooling(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum((2, 3))
 
 
+def averaged_pooling(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The pooling as a mean over H and W times H*W (which OpenVINO may run as a global average pooling)."""
+    return (x * weights).mean((2, 3)) * (x.shape[2] * x.shape[3])
+
+
 def logistic_update_gate(self, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
     """``UpdateGate.forward`` with the branch proportions as the logistic of the scores' difference: a softmax over
     two is ``sigmoid(s_a - s_b)``, which one head computes, ``(W_a - W_b) h + (b_a - b_b)`` (the export folds
@@ -66,7 +71,8 @@ PARTS = {
     "attention-pool": ("matrix products", {
         "hcgnet": [],
         "matrix products": [(attention_pool, "position_scores", matrix_product_scores)],
-        "unreshaped": [(attention_pool, "weighted_sum", summed_pooling)]}),
+        "unreshaped": [(attention_pool, "weighted_sum", summed_pooling)],
+        "unreshaped mean": [(attention_pool, "weighted_sum", averaged_pooling)]}),
     "update-gate": ("hcgnet", {
         "hcgnet": [],
         "one head": [(UpdateGate, "forward", logistic_update_gate)]}),
