@@ -1,4 +1,7 @@
-"""hcgnet export: each format loads back and gives the eager outputs at other batch sizes and input sizes."""
+"""hcgnet export: each format loads back and gives the eager outputs at other batch sizes and input sizes, and
+carries the class names and preprocessing a deployment needs."""
+import json
+
 import numpy as np
 import onnxruntime
 import pytest
@@ -11,21 +14,45 @@ from hcgnet.export import export_model
 SPEC = "HCGNet-(1,2,1)-(k=8,8,8)"
 
 
+# What a run's checkpoint says about its data (as hcgnet train writes it), chosen here.
+CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+DATA_CONFIG = {"name": "imagefolder", "input_size": [3, 32, 32], "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6],
+               "resize": 36, "class_names": CLASSES}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = hcgnet.create_model(SPEC, num_classes=5).eval()
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    hcgnet.save_safetensors(model, path, {"model_name": SPEC})
+    hcgnet.save_safetensors(model, path, {"model_name": SPEC, "class_names": json.dumps(CLASSES),
+                                          "data_config": json.dumps(DATA_CONFIG)})
     return path, model
 
 
+def _metadata_as_its_runtime_reads_it(path, fmt):
+    """The file's metadata through the format's own API, not hcgnet's reader."""
+    if fmt == "onnx":
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta() \
+            .custom_metadata_map
+    files = {"hcgnet.json": ""}
+    if fmt == "torchscript":
+        torch.jit.load(str(path), _extra_files=files)
+    else:
+        torch.export.load(str(path), extra_files=files)
+    return json.loads(files["hcgnet.json"])
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
-def test_export_runs_at_other_shapes_like_eager(tmp_path, capsys, checkpoint, fmt):
+def test_export_runs_at_other_shapes_like_eager_and_carries_its_class_names_and_preprocessing(tmp_path, capsys,
+                                                                                               checkpoint, fmt):
+    from hcgnet.export import read_export_metadata
+
     path, model = checkpoint
     out = tmp_path / f"model.{fmt}"
     assert main(["export", "--checkpoint", str(path), "--format", fmt, "--output", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "wrote" in stdout and "class names and preprocessing are in the file" in stdout
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
     for shape in [(1, 3, 32, 32), (4, 3, 40, 56)]:
         x = torch.randn(shape)
@@ -39,6 +66,11 @@ def test_export_runs_at_other_shapes_like_eager(tmp_path, capsys, checkpoint, fm
             else:
                 got = torch.export.load(str(out)).module()(x)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    meta = _metadata_as_its_runtime_reads_it(out, fmt)
+    assert meta["model_name"] == SPEC
+    assert json.loads(meta["class_names"]) == CLASSES
+    assert json.loads(meta["data_config"]) == DATA_CONFIG
+    assert read_export_metadata(out) == meta
 
 
 def test_export_refuses_to_overwrite_and_bad_folders(tmp_path, capsys, checkpoint):
@@ -106,3 +138,68 @@ def test_export_refuses_an_existing_folder_even_with_force(tmp_path, capsys, che
     out.mkdir()
     assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(out), "--force"]) == 2
     assert "is a folder" in capsys.readouterr().err and out.is_dir() and list(out.iterdir()) == []
+
+
+
+def test_a_checkpoint_without_data_exports_the_variants_preprocessing_and_class_indices(checkpoint):
+    from hcgnet.inference import export_metadata
+
+    _, model = checkpoint   # model_name only, as a published checkpoint: the CIFAR stem's standard preprocessing
+    meta = export_metadata(model, {"model_name": SPEC})
+    config = json.loads(meta["data_config"])
+    assert meta["model_name"] == SPEC and json.loads(meta["class_names"]) == ["0", "1", "2", "3", "4"]
+    assert config["input_size"] == [3, 32, 32] and config["resize"] is None
+    assert config["class_names"] == ["0", "1", "2", "3", "4"]
+    assert config["mean"] == pytest.approx([0.4914, 0.4822, 0.4465], abs=1e-4)   # CIFAR-10's channel means
+
+
+def test_reading_the_metadata_of_a_file_that_is_no_export_is_one_line(tmp_path):
+    from hcgnet.export import read_export_metadata
+
+    for name in ("model.onnx", "model.pt2", "model.pt"):
+        (tmp_path / name).write_bytes(b"not a model")
+        with pytest.raises(hcgnet.HCGNetError, match=f"{name} is not an? "):
+            read_export_metadata(tmp_path / name)
+
+
+def test_the_documented_onnx_sketch_classifies_as_hcgnet_predict_does(tmp_path, capsys, checkpoint):
+    """docs/onnx_predict.py (ONNX Runtime, NumPy and Pillow, reading the file's own metadata) against ``hcgnet
+    predict`` on the checkpoint, for both preprocessing styles: ImageNet's (shorter side to ``resize``, centre crop)
+    and CIFAR's (native size untouched, any other fitted), on images of odd sizes and modes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from conftest import picture
+    from hcgnet.export import write_onnx_metadata
+
+    _, model = checkpoint
+    images = [picture(tmp_path / "wide.jpg", 0, size=(37, 50)), picture(tmp_path / "native.png", 1, size=(32, 32)),
+              picture(tmp_path / "tall.png", 2, size=(64, 20))]
+    Image.open(images[2]).convert("L").save(tmp_path / "grey.png")
+    Image.open(images[0]).convert("RGBA").save(tmp_path / "alpha.png")
+    images += [tmp_path / "grey.png", tmp_path / "alpha.png"]
+    out = tmp_path / "model.onnx"
+    sketch = Path(__file__).resolve().parents[1] / "docs" / "onnx_predict.py"
+    for resize in (36, None):
+        config = {**DATA_CONFIG, "resize": resize}
+        path = tmp_path / f"run-{resize}.safetensors"
+        hcgnet.save_safetensors(model, path, {"model_name": SPEC, "class_names": json.dumps(CLASSES),
+                                              "data_config": json.dumps(config)})
+        if not out.exists():
+            assert main(["export", "--checkpoint", str(path), "--output", str(out)]) == 0
+        write_onnx_metadata(out, {"data_config": json.dumps(config)})   # the same network, the other style
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", str(path), *map(str, images), "--json"]) == 0
+        expected = json.loads(capsys.readouterr().out)
+        proc = subprocess.run([sys.executable, str(sketch), str(out), *map(str, images), "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout)
+        assert [r["image"] for r in got] == [r["image"] for r in expected]
+        for g, e in zip(got, expected):
+            assert [t["class"] for t in g["top"]] == [t["class"] for t in e["top"]]
+            assert [t["probability"] for t in g["top"]] == pytest.approx([t["probability"] for t in e["top"]],
+                                                                          abs=1e-5)

@@ -18,6 +18,7 @@ import onnxruntime
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 import hcgnet
 from conftest import TRAINED_LOSS, TRAINED_TOP1, cli
@@ -110,6 +111,12 @@ def test_export_int8_writes_an_onnx_file_whose_outputs_match_fp32(trained, test_
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     ops = {node.op_type for node in __import__("onnx").load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the int8 file carries what the float export does: the run's class names and preprocessing
+    with safe_open(str(path), "pt") as f:
+        recorded = f.metadata()
+    carried = session.get_modelmeta().custom_metadata_map
+    assert carried["class_names"] == recorded["class_names"]
+    assert json.loads(carried["data_config"]) == json.loads(recorded["data_config"])
     name = session.get_inputs()[0].name
     _check_against_fp32(lambda x: torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0]),
                         test_set)

@@ -258,7 +258,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from hcgnet.export import check_export_path, export_model, format_of
-    from hcgnet.inference import data_config_of, load_model
+    from hcgnet.inference import data_config_of, export_metadata, load_model
 
     int8 = _int8_options(args)
     fmt = args.format or format_of(args.output)
@@ -273,8 +273,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     model, meta = load_model(args.checkpoint, args.model)
     input_size = data_config_of(model, meta).input_size
-    export_model(model, str(out), fmt, input_size)
-    print(f"wrote {out}: {fmt}, dynamic batch and input size, checked against the eager model")
+    export_model(model, str(out), fmt, input_size, metadata=export_metadata(model, meta, args.model))
+    print(f"wrote {out}: {fmt}, dynamic batch and input size, checked against the eager model; its class names "
+          f"and preprocessing are in the file (README, \"Exporting\")")
     return 0
 
 

@@ -2,12 +2,18 @@
 
     hcgnet export --checkpoint runs/a1/best.safetensors --format onnx --output a1.onnx
 
-The exported program is checked against the eager model on a second input shape before the file is kept.
+The exported program is checked against the eager model on a second input shape before the file is kept. A file
+can carry what it needs to be used without hcgnet (``metadata``: its class names and preprocessing, as
+``hcgnet export`` writes them): in ONNX the model's ``metadata_props`` (ONNX Runtime's
+``get_modelmeta().custom_metadata_map``), in TorchScript and .pt2 an extra file ``hcgnet.json`` in the archive.
+:func:`read_export_metadata` reads either back without loading the program.
 """
+import json
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -18,6 +24,8 @@ from hcgnet.files import atomic_path, check_output_file, reported_write
 
 FORMATS = ("onnx", "torchscript", "pt2")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+#: The extra file of a TorchScript or .pt2 archive that holds an export's metadata (a JSON object of strings).
+METADATA_FILE = "hcgnet.json"
 
 
 class ExportError(HCGNetError):
@@ -62,10 +70,11 @@ def _sizes(model: nn.Module, input_size: Tuple[int, int, int]):
 
 def export_model(
     model: nn.Module, output: str, fmt: str, input_size: Tuple[int, int, int], atol: float = 1e-4,
-    opset: Optional[int] = None,
+    opset: Optional[int] = None, metadata: Optional[Dict[str, str]] = None,
 ) -> Path:
     """Write ``model`` (eval mode) to ``output`` in ``fmt`` and return the path; atomic, and only after the
-    exported program matched the eager model (max abs difference <= ``atol``) on another input shape."""
+    exported program matched the eager model (max abs difference <= ``atol``) on another input shape.
+    ``metadata`` (strings by name) goes into the file (:func:`read_export_metadata`)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(output)
@@ -80,14 +89,15 @@ def export_model(
         if fmt == "torchscript":
             with warnings.catch_warnings():  # TorchScript is deprecated upstream; it is still what many deploy
                 warnings.simplefilter("ignore", FutureWarning)
-                torch.jit.script(model).save(tmp)
+                torch.jit.script(model).save(tmp, _extra_files=_archive_files(metadata))
                 got = torch.jit.load(tmp)(check)
         elif fmt == "pt2":
             program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch, 2: height, 3: width}})
-            torch.export.save(program, tmp)
+            torch.export.save(program, tmp, extra_files=_archive_files(metadata))
             got = torch.export.load(tmp).module()(check)
         else:
             got = _export_onnx(model, example, check, tmp, batch, height, width, opset)
+            write_onnx_metadata(tmp, metadata)
         diff = (got - expected).abs().max().item()
         if not diff <= atol:
             raise ExportError(f"the {fmt} export differs from the eager model by {diff:.2e} (> {atol}); not written")
@@ -105,6 +115,46 @@ def _export_onnx(model, example, check, path, batch, height, width, opset):
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return torch.from_numpy(session.run(None, {name: check.numpy()})[0])
+
+
+def _archive_files(metadata: Optional[Dict[str, str]]) -> Dict[str, str]:
+    return {METADATA_FILE: json.dumps(metadata)} if metadata else {}
+
+
+def write_onnx_metadata(path, metadata: Optional[Dict[str, str]]) -> None:
+    """Add ``metadata`` to the ONNX file at ``path`` (its ``metadata_props``, replacing keys of the same name)."""
+    if not metadata:
+        return
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=str(value))
+    onnx.save(proto, str(path))
+
+
+def read_export_metadata(path) -> Dict[str, str]:
+    """The metadata an exported file carries (:func:`export_model`'s ``metadata``; ``{}`` when it has none), read
+    without loading the program: ONNX ``metadata_props``, or the ``hcgnet.json`` of a TorchScript or .pt2 archive.
+    A file that is neither is a one-line :class:`ExportError`."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception:
+            raise ExportError(f"{path} is not an ONNX file") from None
+        return {p.key: p.value for p in proto.metadata_props}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")), None)
+            return json.loads(archive.read(name)) if name else {}
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError):
+        raise ExportError(f"{path} is not a TorchScript or .pt2 file written by hcgnet export") from None
 
 
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -142,6 +143,16 @@ def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
     cifar = model.pretrained_cfg["input_size"][-1] == 32
     return resolve_data_config(model.pretrained_cfg, classes, in_chans=first_conv_in_chans(model),
                                name="cifar10" if cifar else "imagefolder")
+
+
+def export_metadata(model: nn.Module, meta: Dict[str, str], model_name: Optional[str] = None) -> Dict[str, str]:
+    """What an exported file carries so that it can be used without hcgnet (``hcgnet export``): the model's name,
+    its class names (a JSON list, in output order) and the eval preprocessing ``predict`` applies (``data_config``,
+    a JSON :class:`DataConfig`: input size, mean, std, and ``resize``, the shorter side before the centre crop)."""
+    config = data_config_of(model, meta)
+    name = model_name or meta.get("model_name") or model.pretrained_cfg.get("architecture", "")
+    return {"model_name": name, "class_names": json.dumps(list(config.class_names)),
+            "data_config": json.dumps(asdict(config))}
 
 
 def guess_note(path: str, model: nn.Module, meta: Dict[str, str], classes: str = "class indices",

@@ -36,10 +36,11 @@ from torch.utils.data import DataLoader, Subset
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import device_of
-from hcgnet.export import export_model
+from hcgnet.export import export_model, write_onnx_metadata
 from hcgnet.files import atomic_path, reported_write
 from hcgnet.inference import (
-    Log, bad_images_setting, checkpoint_split, data_config_of, load_model, metadata_value, note_on_stderr,
+    Log, bad_images_setting, checkpoint_split, data_config_of, export_metadata, load_model, metadata_value,
+    note_on_stderr,
 )
 from hcgnet.layers import freeze_batch_norm
 
@@ -289,6 +290,7 @@ def export_int8(path: str, output: str, fmt: str = "onnx", model_name: Optional[
     same, count, max_diff = 0, 0, 0.0
     with reported_write(out), atomic_path(out, suffix=".onnx") as tmp:
         quantize_onnx(model, loader, tmp, data_config_of(model, meta).input_size)
+        write_onnx_metadata(tmp, export_metadata(model, meta, model_name))
         quantized = OnnxRuntimeModel(tmp, model.num_classes)
         with torch.no_grad():
             for x in _images(loader):
