@@ -1,6 +1,7 @@
 """hcgnet export: each format loads back and gives the eager outputs at other batch sizes and input sizes, and
 carries the class names and preprocessing a deployment needs."""
 import json
+import re
 
 import numpy as np
 import onnxruntime
@@ -162,9 +163,9 @@ def test_reading_the_metadata_of_a_file_that_is_no_export_is_one_line(tmp_path):
             read_export_metadata(tmp_path / name)
 
 
-def test_the_documented_onnx_sketch_classifies_as_hcgnet_predict_does(tmp_path, capsys, checkpoint):
-    """docs/onnx_predict.py (ONNX Runtime, NumPy and Pillow, reading the file's own metadata) against ``hcgnet
-    predict`` on the checkpoint, for both preprocessing styles: ImageNet's (shorter side to ``resize``, centre crop)
+def test_the_onnx_file_alone_classifies_as_hcgnet_predict_does(tmp_path, capsys, checkpoint):
+    """docs/onnx_predict.py (ONNX Runtime, NumPy and Pillow, reading the file's own metadata) and ``hcgnet predict
+    --checkpoint model.onnx`` against ``hcgnet predict`` on the checkpoint, for both preprocessing styles: ImageNet's (shorter side to ``resize``, centre crop)
     and CIFAR's (native size untouched, any other fitted), on images of odd sizes and modes."""
     import subprocess
     import sys
@@ -197,9 +198,27 @@ def test_the_documented_onnx_sketch_classifies_as_hcgnet_predict_does(tmp_path, 
         proc = subprocess.run([sys.executable, str(sketch), str(out), *map(str, images), "--json"],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
-        got = json.loads(proc.stdout)
-        assert [r["image"] for r in got] == [r["image"] for r in expected]
-        for g, e in zip(got, expected):
-            assert [t["class"] for t in g["top"]] == [t["class"] for t in e["top"]]
-            assert [t["probability"] for t in g["top"]] == pytest.approx([t["probability"] for t in e["top"]],
-                                                                          abs=1e-5)
+        assert main(["predict", "--checkpoint", str(out), *map(str, images), "--json"]) == 0   # the file itself
+        for got in (json.loads(proc.stdout), json.loads(capsys.readouterr().out)):
+            assert [r["image"] for r in got] == [r["image"] for r in expected]
+            for g, e in zip(got, expected):
+                assert [t["class"] for t in g["top"]] == [t["class"] for t in e["top"]]
+                assert [t["index"] for t in g["top"]] == [t["index"] for t in e["top"]]
+                assert [t["probability"] for t in g["top"]] == pytest.approx([t["probability"] for t in e["top"]],
+                                                                              abs=1e-5)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (dict(model_name="hcgnet_a1"), "drop --model"), (dict(compile=True), "drop --compile"),
+    (dict(int8="pt2e"), "drop --int8; hcgnet export --int8 writes an int8 file"), (dict(amp="bf16"), "drop --amp bf16"),
+    (dict(channels_last=True), "drop --channels-last"), (dict(device="cuda"), "--device cuda"),
+])
+def test_predict_on_an_onnx_file_refuses_what_only_a_checkpoint_can_do(flags, needle, monkeypatch):
+    from hcgnet.inference import check_exported_options
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # a GPU there or not: an ONNX file runs on the CPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(hcgnet.HCGNetError, match=re.escape(needle)) as e:
+        check_exported_options("m.onnx", **flags)
+    assert str(e.value).startswith("m.onnx is an ONNX export")
+    check_exported_options("m.onnx", device="cpu")   # what it can do: nothing raised

@@ -778,9 +778,11 @@ def _one_line_everywhere(parser: argparse.ArgumentParser) -> None:
                 _one_line_everywhere(child)
 
 
-def add_checkpoint(p: argparse.ArgumentParser) -> None:
-    """``--checkpoint`` and ``--model``, for the commands that run a trained model."""
-    p.add_argument("--checkpoint", required=True, help=".safetensors or .pt written by hcgnet train or convert")
+def add_checkpoint(p: argparse.ArgumentParser, also: str = "") -> None:
+    """``--checkpoint`` and ``--model``, for the commands that run a trained model (``also``: other files the
+    command takes, said in the help)."""
+    p.add_argument("--checkpoint", required=True,
+                   help=".safetensors or .pt written by hcgnet train or convert" + also)
     p.add_argument("--model", default=None, help="model name, for checkpoints that do not say (published ones)")
 
 
@@ -871,7 +873,8 @@ def _add_inference_commands(sub) -> None:
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="top-5 classes of image files, folders or glob patterns")
-    add_checkpoint(pr)
+    add_checkpoint(pr, also=", or an .onnx file written by hcgnet export (run by ONNX Runtime, or OpenVINO with "
+                            "--openvino)")
     pr.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|GLOB",
                     help="image files, folders (searched recursively) or quoted patterns such as 'shots/**/*.jpg'")
     pr.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")

@@ -141,6 +141,8 @@ def read_export_metadata(path) -> Dict[str, str]:
     without loading the program: ONNX ``metadata_props``, or the ``hcgnet.json`` of a TorchScript or .pt2 archive.
     A file that is neither is a one-line :class:`ExportError`."""
     path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
     if path.suffix.lower() == ".onnx":
         import onnx
 

@@ -380,6 +380,39 @@ def float_runner(model: nn.Module, meta: Dict[str, str], batch: int, compile: bo
     return model
 
 
+def check_exported_options(path: str, model_name: Optional[str] = None, compile: bool = False,
+                           int8: Optional[str] = None, amp: str = "none", channels_last: bool = False,
+                           device: Optional[str] = None) -> None:
+    """Refuse, in one line, what an ONNX file given as ``--checkpoint`` cannot go with: it is run as it was
+    exported, by ONNX Runtime (or OpenVINO) on the CPU, and names its own network."""
+    for flag, given in (("--model", model_name is not None), ("--compile", compile), ("--int8", int8 is not None),
+                        (f"--amp {amp}", amp != "none"), ("--channels-last", channels_last)):
+        if given:
+            raise HCGNetError(f"{path} is an ONNX export, run as it was exported (ONNX Runtime, or OpenVINO with "
+                              f"--openvino): drop {flag}" + ("; hcgnet export --int8 writes an int8 file" if int8
+                                                             is not None else ""))
+    if device is not None and device_of(device).type != "cpu":
+        raise HCGNetError(f"{path} is an ONNX export, run on the CPU, not --device {device}")
+
+
+def exported_classifier(path: str, openvino: Optional[str] = None) -> Tuple[Callable[[torch.Tensor], torch.Tensor],
+                                                                          DataConfig]:
+    """An ONNX file written by ``hcgnet export`` as predict classifies with it, and the preprocessing and class
+    names it carries (:func:`export_metadata`): run by ONNX Runtime, or by OpenVINO at precision ``openvino``."""
+    from hcgnet.export import OpenVINOModel, read_export_metadata
+
+    meta = read_export_metadata(path)
+    if not meta.get("data_config"):
+        raise CheckpointError(f"{path} carries no class names or preprocessing; write it with hcgnet export (which "
+                              "records them), or pass the checkpoint it was exported from")
+    config = DataConfig.from_dict(json.loads(meta["data_config"]))
+    if openvino is not None:
+        return OpenVINOModel(path, openvino), config
+    from hcgnet.quantize import OnnxRuntimeModel
+
+    return OnnxRuntimeModel(path, len(config.class_names)), config
+
+
 def evaluate_checkpoint(
     path: str, data: Optional[str] = None, data_dir: Optional[str] = None, split: Optional[str] = None,
     batch_size: int = 256, workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None,
@@ -569,6 +602,10 @@ def predict(
     when there is one), ``amp``, ``channels_last``, ``int8``, ``calibration``, ``int8_compile``, ``compile``
     and ``openvino`` as for :func:`evaluate_checkpoint`."""
     check_compile_option(compile, int8)
+    exported = Path(path).suffix.lower() == ".onnx"
+    if exported:
+        check_exported_options(path, model_name, compile, int8, amp, channels_last, device)
+        device = "cpu"
     if openvino is not None:
         from hcgnet.export import check_openvino_options
 
@@ -588,22 +625,25 @@ def predict(
         raise DataError("nothing to classify: " + "; ".join(p["error"] for p in problems[:3]))
     for p in problems:
         log(f"hcgnet: warning: {p['error']}; skipped")
-    model, meta = load_model(path, model_name)
-    config = data_config_of(model, meta)
-    model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    if int8 is not None:  # before the note: a checkpoint int8 can calibrate for records its data (and preprocessing)
-        from hcgnet.quantize import int8_model
-
-        classify, _ = int8_model(path, model, meta, int8, calibration, min(batch_size, len(files)), log=log,
-                                 compile=int8_compile)
+    if exported:
+        classify, config = exported_classifier(path, openvino)
     else:
-        classify = float_runner(model, meta, min(batch_size, len(files)), compile, openvino, log)
-    note = guess_note(path, model, meta)
-    if note:
-        log(note)
+        model, meta = load_model(path, model_name)
+        config = data_config_of(model, meta)
+        model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        if int8 is not None:  # before the note: a checkpoint int8 can calibrate for records its data
+            from hcgnet.quantize import int8_model
+
+            classify, _ = int8_model(path, model, meta, int8, calibration, min(batch_size, len(files)), log=log,
+                                     compile=int8_compile)
+        else:
+            classify = float_runner(model, meta, min(batch_size, len(files)), compile, openvino, log)
+        note = guess_note(path, model, meta)
+        if note:
+            log(note)
     transform = build_eval_transform(config)
     names = list(config.class_names)
-    k = min(topk, model.num_classes)
+    k = min(topk, len(names))
     results: List[Dict[str, Any]] = []
     with batch_progress(-(-len(files) // batch_size), "predicting", progress, log) as bar:
         for chunk, decoded in read_ahead(files, batch_size, transform, workers):
