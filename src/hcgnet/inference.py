@@ -405,7 +405,10 @@ def exported_classifier(path: str, openvino: Optional[str] = None) -> Tuple[Call
     if not meta.get("data_config"):
         raise CheckpointError(f"{path} carries no class names or preprocessing; write it with hcgnet export (which "
                               "records them), or pass the checkpoint it was exported from")
-    config = DataConfig.from_dict(json.loads(meta["data_config"]))
+    try:
+        config = DataConfig.from_dict(json.loads(meta["data_config"]))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: its data_config is not JSON; export it again with hcgnet export") from None
     if openvino is not None:
         return OpenVINOModel(path, openvino), config
     from hcgnet.quantize import OnnxRuntimeModel
@@ -600,7 +603,8 @@ def predict(
     one batch after the other). An input that cannot be read is skipped with a one-line warning through
     ``log`` and kept in the results as ``{"image": ..., "error": ...}``; the others go on. ``device`` (None: cuda
     when there is one), ``amp``, ``channels_last``, ``int8``, ``calibration``, ``int8_compile``, ``compile``
-    and ``openvino`` as for :func:`evaluate_checkpoint`."""
+    and ``openvino`` as for :func:`evaluate_checkpoint`. ``path`` may also be an ONNX file that ``hcgnet export``
+    wrote (:func:`exported_classifier`; :func:`check_exported_options` says which options it refuses)."""
     check_compile_option(compile, int8)
     exported = Path(path).suffix.lower() == ".onnx"
     if exported:
