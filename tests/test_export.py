@@ -141,7 +141,6 @@ def test_export_refuses_an_existing_folder_even_with_force(tmp_path, capsys, che
     assert "is a folder" in capsys.readouterr().err and out.is_dir() and list(out.iterdir()) == []
 
 
-
 def test_a_checkpoint_without_data_exports_the_variants_preprocessing_and_class_indices(checkpoint):
     from hcgnet.inference import export_metadata
 
@@ -165,8 +164,9 @@ def test_reading_the_metadata_of_a_file_that_is_no_export_is_one_line(tmp_path):
 
 def test_the_onnx_file_alone_classifies_as_hcgnet_predict_does(tmp_path, capsys, checkpoint):
     """docs/onnx_predict.py (ONNX Runtime, NumPy and Pillow, reading the file's own metadata) and ``hcgnet predict
-    --checkpoint model.onnx`` against ``hcgnet predict`` on the checkpoint, for both preprocessing styles: ImageNet's (shorter side to ``resize``, centre crop)
-    and CIFAR's (native size untouched, any other fitted), on images of odd sizes and modes."""
+    --checkpoint model.onnx`` against ``hcgnet predict`` on the checkpoint, for both preprocessing styles:
+    ImageNet's (shorter side to ``resize``, centre crop) and CIFAR's (native size untouched, any other fitted), on
+    images of odd sizes and modes."""
     import subprocess
     import sys
     from pathlib import Path
