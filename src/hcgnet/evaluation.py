@@ -36,6 +36,14 @@ def device_of(device: Optional[Union[str, torch.device]] = None) -> torch.device
     return dev
 
 
+def fast_path_flags(compile: bool = False, int8: Optional[str] = None, amp: str = "none",
+                    channels_last: bool = False) -> List[str]:
+    """Which of eval's and predict's other ways of running the model were asked for, as flags (``--amp bf16``):
+    what a runtime that compiles the model itself (OpenVINO, an exported file) refuses."""
+    return [flag for flag, given in (("--compile", compile), ("--int8", int8 is not None),
+                                     (f"--amp {amp}", amp != "none"), ("--channels-last", channels_last)) if given]
+
+
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     if dtype is None:
         return contextlib.nullcontext()

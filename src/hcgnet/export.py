@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from hcgnet.errors import HCGNetError
-from hcgnet.evaluation import device_of
+from hcgnet.evaluation import device_of, fast_path_flags
 from hcgnet.files import atomic_path, check_output_file, reported_write
 
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -231,11 +231,10 @@ def check_openvino_options(precision: str, compile: bool = False, int8: Optional
     """Refuse, in one line, what ``--openvino`` cannot go with: OpenVINO compiles the model itself, at its own
     precision and layout, on the CPU."""
     check_openvino_precision(precision)
-    for flag, given in (("--compile", compile), ("--int8", int8 is not None), (f"--amp {amp}", amp != "none"),
-                        ("--channels-last", channels_last)):
-        if given:
-            raise ExportError(f"--openvino and {flag} do not go together: OpenVINO compiles the model at its own "
-                              f"precision and layout; drop one")
+    given = fast_path_flags(compile, int8, amp, channels_last)
+    if given:
+        raise ExportError(f"--openvino and {given[0]} do not go together: OpenVINO compiles the model at its own "
+                          f"precision and layout; drop one")
     if device is not None and device_of(device).type != "cpu":
         raise ExportError(f"--openvino runs on the CPU, not --device {device}")
 

@@ -32,7 +32,7 @@ from hcgnet.models.checkpoints import read_metadata, torch_load_weights_only
 from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
-from hcgnet.evaluation import AMP_DTYPES, autocast, device_of, evaluate, images_to
+from hcgnet.evaluation import AMP_DTYPES, autocast, device_of, evaluate, fast_path_flags, images_to
 
 #: What ``predict`` collects from a folder or a glob (a file named explicitly is tried whatever its name).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -385,12 +385,11 @@ def check_exported_options(path: str, model_name: Optional[str] = None, compile:
                            device: Optional[str] = None) -> None:
     """Refuse, in one line, what an ONNX file given as ``--checkpoint`` cannot go with: it is run as it was
     exported, by ONNX Runtime (or OpenVINO) on the CPU, and names its own network."""
-    for flag, given in (("--model", model_name is not None), ("--compile", compile), ("--int8", int8 is not None),
-                        (f"--amp {amp}", amp != "none"), ("--channels-last", channels_last)):
-        if given:
-            raise HCGNetError(f"{path} is an ONNX export, run as it was exported (ONNX Runtime, or OpenVINO with "
-                              f"--openvino): drop {flag}" + ("; hcgnet export --int8 writes an int8 file" if int8
-                                                             is not None else ""))
+    given = ["--model"] * (model_name is not None) + fast_path_flags(compile, int8, amp, channels_last)
+    if given:
+        raise HCGNetError(f"{path} is an ONNX export, run as it was exported (ONNX Runtime, or OpenVINO with "
+                          f"--openvino): drop {given[0]}" + ("; hcgnet export --int8 writes an int8 file"
+                                                             if int8 is not None else ""))
     if device is not None and device_of(device).type != "cpu":
         raise HCGNetError(f"{path} is an ONNX export, run on the CPU, not --device {device}")
 
