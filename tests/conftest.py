@@ -57,11 +57,11 @@ TRAINED_LOSS = 0.28720328
 def test_set(trained):
     """The trained fixture's 400 test images: (model, checkpoint metadata, images, labels, fp32 eager logits),
     the logits checked against the training run's top-1 first."""
-    from hcgnet.inference import checkpoint_split, load_model
+    from hcgnet.inference import checkpoint_split, load_model, model_io
 
     path, _ = trained
     model, meta = load_model(str(path))
-    dataset, _ = checkpoint_split(meta["data"], None, "test", meta, model, str(path), False)
+    dataset, _ = checkpoint_split(meta["data"], None, "test", meta, model_io(model, meta), str(path), False)
     x = torch.stack([dataset[i][0] for i in range(len(dataset))])
     y = torch.tensor([dataset[i][1] for i in range(len(dataset))])
     with torch.no_grad():

@@ -222,3 +222,54 @@ def test_predict_on_an_onnx_file_refuses_what_only_a_checkpoint_can_do(flags, ne
         check_exported_options("m.onnx", **flags)
     assert str(e.value).startswith("m.onnx is an ONNX export")
     check_exported_options("m.onnx", device="cpu")   # what it can do: nothing raised
+
+
+def test_eval_scores_an_onnx_export_on_its_runs_own_test_split(trained, tmp_path, capsys):
+    """An export carries its run's data and split settings as the checkpoint recorded them, so ``eval`` without
+    ``--data`` rebuilds the run's 400 test images and scores the file on them, in ONNX Runtime and in OpenVINO:
+    the training run's own top-1 and loss (its results.json). An ONNX file is told by its bytes, so a copy without
+    the suffix is scored too."""
+    import shutil
+
+    import onnx
+    from safetensors import safe_open
+
+    from conftest import TRAINED_LOSS, TRAINED_TOP1, cli
+    from hcgnet.export import read_export_metadata
+
+    path, folder = trained
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(path), "--output", str(out)]) == 0
+    capsys.readouterr()
+    with safe_open(str(path), "pt") as f:
+        recorded = f.metadata()
+    carried = read_export_metadata(out)
+    assert carried["data"] == f"imagefolder:{folder}"
+    for key in ("val_size", "test_size", "seed"):
+        assert carried[key] == recorded[key], key
+    suffixless = tmp_path / "model-file"
+    shutil.copy(out, suffixless)
+    for file, extra in ((out, []), (out, ["--openvino", "fp32"]), (suffixless, [])):
+        code, stdout, err = cli(capsys, "eval", "--checkpoint", file, "--workers", "0", "--batch-size", "64", *extra)
+        assert code == 0, err
+        assert "Traceback" not in err and "note:" not in err   # the file carries its class names and preprocessing
+        head = stdout.splitlines()[0]
+        assert head.startswith(f"{file} on imagefolder:{folder} (test, 400 images): top-1 "), head
+        top1, loss = re.search(r"top-1 ([\d.]+)%.*, loss ([\d.]+)$", head).groups()
+        assert float(top1) == pytest.approx(100 * TRAINED_TOP1)
+        assert float(loss) == pytest.approx(TRAINED_LOSS, abs=1e-4)
+    code, stdout, err = cli(capsys, "eval", "--checkpoint", out, "--split", "all", "--data", f"imagefolder:{folder}",
+                            "--workers", "0", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["count"] == 800 and json.loads(stdout)["class_names"] == json.loads(carried["class_names"])
+    code, stdout, err = cli(capsys, "eval", "--checkpoint", out, "--int8")
+    assert code == 2 and stdout == "" and err.startswith(f"hcgnet: error: {out} is an ONNX export") and "drop --int8" in err
+    # an export whose checkpoint recorded no data (a published one): eval asks for --data
+    proto = onnx.load(str(out))
+    kept = [p for p in proto.metadata_props if p.key in ("model_name", "class_names", "data_config")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(out))
+    code, stdout, err = cli(capsys, "eval", "--checkpoint", out)
+    assert code == 2 and err == f"hcgnet: error: {out} does not record the data it was trained on; pass --data\n"
+

@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 import hcgnet
 from conftest import TRAINED_LOSS, TRAINED_TOP1, cli
-from hcgnet.inference import checkpoint_split, load_model
+from hcgnet.inference import checkpoint_split, load_model, model_io
 from hcgnet.observers import HistogramObserver
 from hcgnet.quantize import calibration_loader, int8_model
 
@@ -118,8 +118,14 @@ def test_export_int8_writes_an_onnx_file_whose_outputs_match_fp32(trained, test_
     assert carried["class_names"] == recorded["class_names"]
     assert json.loads(carried["data_config"]) == json.loads(recorded["data_config"])
     name = session.get_inputs()[0].name
-    _check_against_fp32(lambda x: torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0]),
-                        test_set)
+    run = lambda x: torch.from_numpy(session.run(None, {name: x.numpy().astype(np.float32)})[0])  # noqa: E731
+    _check_against_fp32(run, test_set)
+    # eval scores the file itself on its run's test split: the top-1 of the session's own logits on those images
+    _, _, x, y, _ = test_set
+    expected = (run(x).argmax(1) == y).float().mean().item()
+    code, stdout, err = cli(capsys, "eval", "--checkpoint", out, "--workers", "0")
+    assert code == 0, err
+    assert stdout.startswith(f"{out} on {recorded['data']} (test, 400 images): top-1 {100 * expected:.2f}%"), stdout
 
 
 def test_calibration_draws_a_seeded_sample_of_training_images_never_test_ones(trained, test_set):
@@ -130,7 +136,7 @@ def test_calibration_draws_a_seeded_sample_of_training_images_never_test_ones(tr
     images = torch.cat([x for x, _ in loader])
     again = torch.cat([x for x, _ in calibration_loader(str(path), model, meta, 50, batch_size=7)[0]])
     assert images.shape == (50, 3, 8, 8) and torch.equal(images, again)
-    train, _ = checkpoint_split(meta["data"], None, "train", meta, model, str(path), False)
+    train, _ = checkpoint_split(meta["data"], None, "train", meta, model_io(model, meta), str(path), False)
     assert len(train) == 800 - 40 - 400
     train_images = torch.stack([train[i][0] for i in range(len(train))])
     assert all((train_images == x).all(dim=(1, 2, 3)).any() for x in images)      # every one a training image

@@ -851,7 +851,8 @@ def _add_model_commands(sub) -> None:
 def _add_inference_commands(sub) -> None:
     """eval, predict, export and bench."""
     ev = sub.add_parser("eval", help="top-1, top-5 and loss of a checkpoint on a dataset")
-    add_checkpoint(ev)
+    add_checkpoint(ev, also=", or an ONNX file written by hcgnet export (run by ONNX Runtime, or OpenVINO with "
+                            "--openvino), scored on the data and split its run recorded")
     ev.add_argument("--data", default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH (default: "
                                                  "the data the checkpoint was trained on, as it records it)")
     ev.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
@@ -873,7 +874,7 @@ def _add_inference_commands(sub) -> None:
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="top-5 classes of image files, folders or glob patterns")
-    add_checkpoint(pr, also=", or an .onnx file written by hcgnet export (run by ONNX Runtime, or OpenVINO with "
+    add_checkpoint(pr, also=", or an ONNX file written by hcgnet export (run by ONNX Runtime, or OpenVINO with "
                             "--openvino)")
     pr.add_argument("images", nargs="+", metavar="IMAGE|FOLDER|GLOB",
                     help="image files, folders (searched recursively) or quoted patterns such as 'shots/**/*.jpg'")

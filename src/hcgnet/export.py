@@ -21,6 +21,7 @@ from torch import nn
 from hcgnet.errors import HCGNetError
 from hcgnet.evaluation import device_of, fast_path_flags
 from hcgnet.files import atomic_path, check_output_file, reported_write
+from hcgnet.models.checkpoints import is_onnx_export
 
 FORMATS = ("onnx", "torchscript", "pt2")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
@@ -139,11 +140,11 @@ def write_onnx_metadata(path, metadata: Optional[Dict[str, str]]) -> None:
 def read_export_metadata(path) -> Dict[str, str]:
     """The metadata an exported file carries (:func:`export_model`'s ``metadata``; ``{}`` when it has none), read
     without loading the program: ONNX ``metadata_props``, or the ``hcgnet.json`` of a TorchScript or .pt2 archive.
-    A file that is neither is a one-line :class:`ExportError`."""
+    A file that is neither is a one-line :class:`ExportError`. An ONNX file is told by its name or its bytes."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
-    if path.suffix.lower() == ".onnx":
+    if is_onnx_export(path):
         import onnx
 
         try:
@@ -194,7 +195,7 @@ class OpenVINOModel:
         openvino = import_openvino()
         from openvino.frontend import FrontEndManager
         self.path, self.dtype = Path(path), dtype
-        if self.path.suffix.lower() != ".onnx" or not self.path.is_file():
+        if not is_onnx_export(self.path):
             raise ExportError(f"{self.path} is not an ONNX file; write one with hcgnet export --format onnx")
         # The ONNX frontend itself: Core.read_model tries every frontend on a broken file and TensorFlow's
         # prints to stderr. Its failures carry a page of OpenVINO's C++ call stack.

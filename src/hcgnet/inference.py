@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -28,7 +28,7 @@ from hcgnet.compiled import compile_frozen
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
-from hcgnet.models.checkpoints import read_metadata, torch_load_weights_only
+from hcgnet.models.checkpoints import is_onnx_export, read_metadata, torch_load_weights_only
 from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
@@ -39,6 +39,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 SPLITS = ("test", "val", "all")
 #: Settings of the training run kept with its weights, read from a training checkpoint's ``config``.
 RUN_KEYS = ("data", "data_dir", "val_size", "test_size", "seed")
+#: What an export carries of its run, so that eval rebuilds the run's test split for it: the data and split
+#: settings, and whether the run left unreadable images out.
+EXPORTED_RUN_KEYS = (*RUN_KEYS, "skip_bad_images")
 Log = Callable[[str], None]
 
 
@@ -148,11 +151,28 @@ def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
 def export_metadata(model: nn.Module, meta: Dict[str, str], model_name: Optional[str] = None) -> Dict[str, str]:
     """What an exported file carries so that it can be used without hcgnet (``hcgnet export``): the model's name,
     its class names (a JSON list, in output order) and the eval preprocessing ``predict`` applies (``data_config``,
-    a JSON :class:`DataConfig`: input size, mean, std, and ``resize``, the shorter side before the centre crop)."""
+    a JSON :class:`DataConfig`: input size, mean, std, and ``resize``, the shorter side before the centre crop);
+    and, as the checkpoint recorded them, its run's data and split settings (:data:`EXPORTED_RUN_KEYS`), with
+    which ``eval`` scores the file on the run's own test split."""
     config = data_config_of(model, meta)
     name = model_name or meta.get("model_name") or model.pretrained_cfg.get("architecture", "")
+    run = {key: meta[key] for key in EXPORTED_RUN_KEYS if key in meta}
     return {"model_name": name, "class_names": json.dumps(list(config.class_names)),
-            "data_config": json.dumps(asdict(config))}
+            "data_config": json.dumps(asdict(config)), **run}
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What building a split for a classifier needs of it: the preprocessing of its inputs, their channels, and
+    its number of classes; from a model and its checkpoint's metadata (:func:`model_io`) or from an export's
+    (:func:`read_export`)."""
+    config: DataConfig
+    in_chans: int
+    num_classes: int
+
+
+def model_io(model: nn.Module, meta: Dict[str, str]) -> ModelIO:
+    return ModelIO(data_config_of(model, meta), first_conv_in_chans(model), model.num_classes)
 
 
 def guess_note(path: str, model: nn.Module, meta: Dict[str, str], classes: str = "class indices",
@@ -311,20 +331,20 @@ def split_settings(meta: Dict[str, str]) -> Dict[str, Any]:
     return kwargs
 
 
-def checkpoint_split(data, data_dir, split, meta, model, path, skip_bad_images,
+def checkpoint_split(data, data_dir, split, meta, io: ModelIO, path, skip_bad_images,
                      log: Optional[Log] = None) -> Tuple[Dataset, List[str]]:
     """The split ``split`` ("test", "val" or "train") of ``data`` as the checkpoint's training run made it
-    (its split settings), every image with the evaluation transform (the training images too: int8 calibration
-    reads them); refused in one line when the data does not fit the model. Returns ``(dataset, class names)``;
-    ``log`` gets a line naming the unreadable images left out (``skip_bad_images``), if any."""
-    config = data_config_of(model, meta)
+    (its split settings, in ``meta``), every image with the evaluation transform of ``io`` (the training images
+    too: int8 calibration reads them); refused in one line when the data does not fit the model. Returns
+    ``(dataset, class names)``; ``log`` gets a line naming the unreadable images left out (``skip_bad_images``),
+    if any."""
     bundle = build_data(data, data_dir=data_dir, download=False, skip_bad_images=skip_bad_images,
-                        preprocessing=config, augment=False, **split_settings(meta))
+                        preprocessing=io.config, augment=False, **split_settings(meta))
     if bundle.skipped_files and log is not None:
         log(skipped_note(bundle.skipped_files))
-    if bundle.num_classes != model.num_classes:
+    if bundle.num_classes != io.num_classes:
         raise CheckpointError(
-            f"{path} classifies {model.num_classes} classes but {data} has {bundle.num_classes}; "
+            f"{path} classifies {io.num_classes} classes but {data} has {bundle.num_classes}; "
             "evaluate it on the dataset it was trained for"
         )
     trained_on = json.loads(meta["class_names"]) if meta.get("class_names") else None
@@ -333,9 +353,9 @@ def checkpoint_split(data, data_dir, split, meta, model, path, skip_bad_images,
             f"{path} was trained on the classes {_few(trained_on)} but {data} has {_few(bundle.config.class_names)} "
             "(in this order); evaluate it on the dataset it was trained for"
         )
-    in_chans = first_conv_in_chans(model)
-    if bundle.config.input_size[0] != in_chans:
-        raise CheckpointError(f"{path} takes {in_chans}-channel images but {data} gives {bundle.config.input_size[0]}")
+    if bundle.config.input_size[0] != io.in_chans:
+        raise CheckpointError(f"{path} takes {io.in_chans}-channel images but {data} gives "
+                              f"{bundle.config.input_size[0]}")
     return {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split], list(bundle.config.class_names)
 
 
@@ -343,25 +363,21 @@ def _few(names: Sequence[str]) -> str:
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
-def _all_dataset(data, data_dir, meta, model, path, log: Log, skip_bad_images,
+def _all_dataset(data, data_dir, meta, io: ModelIO, path, skip_bad_images,
                  skipped_log: Log) -> Tuple[Dataset, List[str]]:
     folder = imagefolder_path(data)
     if folder is None:
         raise HCGNetError("--split all scores every image of a folder: use it with --data imagefolder:DIR")
-    config = data_config_of(model, meta)
+    config = io.config
     found = folder_classes(folder)
     if not meta.get("class_names"):  # nothing to label with but the folder's own classes, in ImageFolder order
-        if len(found) != model.num_classes:
+        if len(found) != io.num_classes:
             raise CheckpointError(
-                f"{path} classifies {model.num_classes} classes but {folder} has {len(found)} class folders; "
+                f"{path} classifies {io.num_classes} classes but {folder} has {len(found)} class folders; "
                 "evaluate it on a folder with one sub-folder per class it knows"
             )
-        config.class_names = found
+        config = replace(config, class_names=found)
     dataset = build_eval_dataset(data, config, data_dir, "all", skip_bad_images=skip_bad_images, log=skipped_log)
-    note = guess_note(path, model, meta, "the folder's class names (sorted)" if not meta.get("class_names")
-                      else "the checkpoint's class names")
-    if note:
-        log(note)
     return dataset, list(config.class_names)
 
 
@@ -394,11 +410,10 @@ def check_exported_options(path: str, model_name: Optional[str] = None, compile:
         raise HCGNetError(f"{path} is an ONNX export, run on the CPU, not --device {device}")
 
 
-def exported_classifier(path: str, openvino: Optional[str] = None) -> Tuple[Callable[[torch.Tensor], torch.Tensor],
-                                                                          DataConfig]:
-    """An ONNX file written by ``hcgnet export`` as predict classifies with it, and the preprocessing and class
-    names it carries (:func:`export_metadata`): run by ONNX Runtime, or by OpenVINO at precision ``openvino``."""
-    from hcgnet.export import OpenVINOModel, read_export_metadata
+def read_export(path: str) -> Tuple[ModelIO, Dict[str, str]]:
+    """What an ONNX file written by ``hcgnet export`` takes and gives, from the metadata it carries
+    (:func:`export_metadata`), and that metadata; refused in one line for a file without it."""
+    from hcgnet.export import read_export_metadata
 
     meta = read_export_metadata(path)
     if not meta.get("data_config"):
@@ -408,11 +423,20 @@ def exported_classifier(path: str, openvino: Optional[str] = None) -> Tuple[Call
         config = DataConfig.from_dict(json.loads(meta["data_config"]))
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: its data_config is not JSON; export it again with hcgnet export") from None
+    return ModelIO(config, int(config.input_size[0]), len(config.class_names)), meta
+
+
+def exported_classifier(path: str, io: ModelIO, openvino: Optional[str] = None) -> Callable[[torch.Tensor],
+                                                                                            torch.Tensor]:
+    """An ONNX file written by ``hcgnet export`` (``io``: :func:`read_export`) as eval and predict classify with
+    it: run by ONNX Runtime, or by OpenVINO at precision ``openvino``."""
     if openvino is not None:
-        return OpenVINOModel(path, openvino), config
+        from hcgnet.export import OpenVINOModel
+
+        return OpenVINOModel(path, openvino)
     from hcgnet.quantize import OnnxRuntimeModel
 
-    return OnnxRuntimeModel(path, len(config.class_names)), config
+    return OnnxRuntimeModel(path, io.num_classes)
 
 
 def evaluate_checkpoint(
@@ -438,8 +462,15 @@ def evaluate_checkpoint(
     reference program (same rounding, float arithmetic; no compilation). ``compile``: the float model compiled
     by Inductor with its weights frozen (:func:`hcgnet.compiled.compile_frozen`), for batches of ``batch_size``
     (the first batch waits for the compilation: minutes on a CPU). ``openvino`` ("fp32" or "bf16"): the model
-    exported to ONNX and run by OpenVINO's CPU runtime at that precision (:func:`hcgnet.export.openvino_model`)."""
+    exported to ONNX and run by OpenVINO's CPU runtime at that precision (:func:`hcgnet.export.openvino_model`).
+
+    ``path`` may also be an ONNX file that ``hcgnet export`` wrote (its int8 ones too), run as it was exported,
+    on the data and split its run recorded (:func:`check_exported_options` says which options it refuses)."""
     check_compile_option(compile, int8)
+    exported = is_onnx_export(path)
+    if exported:
+        check_exported_options(path, model_name, compile, int8, amp, channels_last, device)
+        device = "cpu"
     if openvino is not None:
         from hcgnet.export import check_openvino_options
 
@@ -454,7 +485,11 @@ def evaluate_checkpoint(
     amp_dtype = check_eval_options(batch_size, workers, amp, dev)
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    model, meta = load_model(path, model_name)
+    if exported:
+        io, meta = read_export(path)
+    else:
+        model, meta = load_model(path, model_name)
+        io = model_io(model, meta)
     if data is None:
         data = recorded_data([(path, meta)])
     why = None
@@ -464,29 +499,36 @@ def evaluate_checkpoint(
         check_split_data(data, meta, split)
     skip_bad_images, skipped_log = bad_images_setting(meta, skip_bad_images, log)
     if split == "all":
-        dataset, class_names = _all_dataset(data, data_dir, meta, model, path, log, skip_bad_images, skipped_log)
+        dataset, class_names = _all_dataset(data, data_dir, meta, io, path, skip_bad_images, skipped_log)
+        note = None if exported else guess_note(
+            path, model, meta, "the checkpoint's class names" if meta.get("class_names")
+            else "the folder's class names (sorted)")
     else:
-        dataset, class_names = checkpoint_split(data, data_dir, split, meta, model, path, skip_bad_images,
-                                                skipped_log)
-        if not meta.get("class_names"):
-            log(guess_note(path, model, meta, "the dataset's class names", "the dataset's standard preprocessing"))
+        dataset, class_names = checkpoint_split(data, data_dir, split, meta, io, path, skip_bad_images, skipped_log)
+        note = None if meta.get("class_names") else guess_note(
+            path, model, meta, "the dataset's class names", "the dataset's standard preprocessing")
+    if note:
+        log(note)
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
     if why:  # said once the folder is known to be usable, so an error stays a single line
         log(f"note: {why} (--split all)")
     folder = imagefolder_path(data)
     if folder is not None and not meta.get("data_config"):  # the input size came from the model
-        note = image_size_note(collect_images([os.path.expanduser(folder)])[0], data_config_of(model, meta), folder)
+        note = image_size_note(collect_images([os.path.expanduser(folder)])[0], io.config, folder)
         if note:
             log(note)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    model = model.to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    scored = float_runner(model, meta, min(batch_size, len(dataset)), compile, openvino, log)
+    if exported:
+        scored = exported_classifier(path, io, openvino)
+    else:
+        model = model.to(dev)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        scored = float_runner(model, meta, min(batch_size, len(dataset)), compile, openvino, log)
     with batch_progress(len(loader), f"evaluating {split}", progress, log) as bar:
         metrics = evaluate(scored, loader, Dist(device=dev), amp_dtype, channels_last, progress=bar,
-                           num_classes=model.num_classes)
+                           num_classes=io.num_classes)
     result = {"checkpoint": str(path), "data": data, "split": split}
     if int8 is not None:
         from hcgnet.quantize import int8_model
@@ -495,7 +537,7 @@ def evaluate_checkpoint(
                                       data_dir, compile=int8_compile, log=log)
         result.update(fp32={k: metrics[k] for k in ("top1", "top5", "loss")}, int8=about)
         with batch_progress(len(loader), f"evaluating {split} in int8", progress, log) as bar:
-            metrics = evaluate(quantized, loader, Dist(device=dev), progress=bar, num_classes=model.num_classes)
+            metrics = evaluate(quantized, loader, Dist(device=dev), progress=bar, num_classes=io.num_classes)
     return {**result, **metrics, "class_names": class_names}
 
 
@@ -605,7 +647,7 @@ def predict(
     and ``openvino`` as for :func:`evaluate_checkpoint`. ``path`` may also be an ONNX file that ``hcgnet export``
     wrote (:func:`exported_classifier`; :func:`check_exported_options` says which options it refuses)."""
     check_compile_option(compile, int8)
-    exported = Path(path).suffix.lower() == ".onnx"
+    exported = is_onnx_export(path)
     if exported:
         check_exported_options(path, model_name, compile, int8, amp, channels_last, device)
         device = "cpu"
@@ -629,7 +671,8 @@ def predict(
     for p in problems:
         log(f"hcgnet: warning: {p['error']}; skipped")
     if exported:
-        classify, config = exported_classifier(path, openvino)
+        io, _ = read_export(path)
+        config, classify = io.config, exported_classifier(path, io, openvino)
     else:
         model, meta = load_model(path, model_name)
         config = data_config_of(model, meta)

@@ -124,8 +124,18 @@ def exported_kind(path: Path) -> Optional[str]:
     if head.lstrip().startswith(b"<?xml"):
         return "an OpenVINO model (.xml)"
     if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):  # ONNX: ir_version first
-        return "an ONNX export"
+        return ONNX_EXPORT
     return None
+
+
+#: What :func:`exported_kind` calls an ONNX file.
+ONNX_EXPORT = "an ONNX export"
+
+
+def is_onnx_export(path) -> bool:
+    """Whether ``path`` is an ONNX file (by its name or its first bytes): what eval and predict run as exported."""
+    path = Path(path)
+    return path.is_file() and exported_kind(path) == ONNX_EXPORT
 
 
 def torch_load_weights_only(path: Path) -> object:
