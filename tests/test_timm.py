@@ -342,3 +342,19 @@ def test_arguments_a_network_cannot_take_are_one_line_errors(factory, kwargs, me
 def test_the_generic_entry_needs_depths_and_growth_rates():
     with pytest.raises(ModelSpecError, match="needs block_depths and growth_rates"):
         timm.create_model("hcgnet")
+
+
+@pytest.mark.parametrize("name", ["hcgnet_b", "hcgnet_b.published_in1k", "hcgnet_c.published_in1k", "hcgnet_a1"])
+def test_create_model_without_weights_gives_the_pretrained_cfg_timm_gives(name):
+    """Built without weights, a variant with published weights describes them (their tag, licence and
+    preprocessing), named with their tag or not, as timm.create_model does; only ``file`` is left out until a
+    file is loaded (timm's is the bare file name, which hcgnet looks up in weights_dir)."""
+    with torch.device("meta"):
+        ours = hcgnet.create_model(name).pretrained_cfg
+        theirs = timm.create_model(name).pretrained_cfg
+    shared = set(ours) & set(theirs)
+    assert {k: ours[k] for k in shared} == {k: theirs[k] for k in shared}
+    assert set(theirs) - set(ours) <= {"custom_load", "fixed_input_size", "file"}   # timm's dataclass defaults
+    published = name.startswith(("hcgnet_b", "hcgnet_c"))
+    assert ours.get("tag") == ("published_in1k" if published else None)
+    assert (ours.get("license") == "other") == published

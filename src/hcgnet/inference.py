@@ -28,7 +28,7 @@ from hcgnet.compiled import compile_frozen
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
-from hcgnet.models.checkpoints import is_onnx_export, read_metadata, torch_load_weights_only
+from hcgnet.models.checkpoints import is_onnx_export, is_safetensors_file, read_metadata, torch_load_weights_only
 from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
@@ -67,12 +67,6 @@ def metadata_value(meta: Dict[str, str], key: str) -> Optional[str]:
     return None if value in (None, "", "None", "null") else value
 
 
-def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
-
-
 def checkpoint_metadata(path: str) -> Dict[str, str]:
     """Everything a checkpoint says about itself: its metadata, and for a training checkpoint (``.pt``) the
     run's data and split settings from its ``config``. A ``.safetensors`` of a run, still in its run folder,
@@ -80,7 +74,7 @@ def checkpoint_metadata(path: str) -> Dict[str, str]:
     meta = dict(read_metadata(path))
     p = Path(path)
     run: Dict[str, Any] = {}
-    if not _is_safetensors(p):
+    if not is_safetensors_file(p):
         obj = torch_load_weights_only(p)
         run = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
     elif "seed" in meta and "data" not in meta and (p.parent / "config.yaml").is_file():

@@ -197,7 +197,7 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     """
     path = check_checkpoint_file(path)
     metadata: Dict[str, str] = {}
-    if _is_safetensors_file(path):
+    if is_safetensors_file(path):
         metadata = _safetensors_metadata(path)
         try:
             state_dict = load_file(str(path))
@@ -279,12 +279,13 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
     """What a checkpoint says about itself (model name, classes, preprocessing...), without its tensors
     where the format allows (safetensors)."""
     path = Path(path)
-    if path.is_file() and _is_safetensors_file(path):
+    if path.is_file() and is_safetensors_file(path):
         return _safetensors_metadata(path)
     return read_state_dict(path)[1]
 
 
-def _is_safetensors_file(path: Path) -> bool:
+def is_safetensors_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file, by its name or its first bytes."""
     return path.suffix == ".safetensors" or _is_safetensors(path)
 
 

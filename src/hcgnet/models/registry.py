@@ -332,11 +332,15 @@ def parse_model_kwargs(text: Optional[str], where: str = "--model-kwargs") -> di
 
 def _cfg_of(model: HCGNet, name: str, variant: Variant, weights, metadata: dict, pretrained: bool) -> dict:
     """``model.pretrained_cfg``: the stem's standard one, the published weights' when those were loaded, and
-    an hcgnet run's own preprocessing (its ``data_config``) when its checkpoint was."""
+    an hcgnet run's own preprocessing (its ``data_config``) when its checkpoint was. A variant with published
+    weights built without any weights gets their config, without ``file``, as ``timm.create_model`` gives a
+    model its default tag's config."""
     architecture = name if name in VARIANTS else GENERIC
-    published = pretrained or metadata.get("source") == "published"
-    if published and variant.published_checkpoint and weights is not None:
-        cfg = {**_published_cfg(name, variant), "file": str(weights)}
+    published = pretrained or metadata.get("source") == "published" or weights is None
+    if published and variant.published_checkpoint and name in VARIANTS:
+        cfg = {**_published_cfg(name, variant), "tag": PUBLISHED_TAG}
+        if weights is not None:
+            cfg["file"] = str(weights)
     else:
         cfg = _cfg(variant, architecture)
     if metadata.get("data_config"):
