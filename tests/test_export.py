@@ -52,8 +52,9 @@ def test_export_runs_at_other_shapes_like_eager_and_carries_its_class_names_and_
     path, model = checkpoint
     out = tmp_path / f"model.{fmt}"
     assert main(["export", "--checkpoint", str(path), "--format", fmt, "--output", str(out)]) == 0
-    stdout = capsys.readouterr().out
+    stdout, stderr = capsys.readouterr()
     assert "wrote" in stdout and "class names and preprocessing are in the file" in stdout
+    assert stderr.startswith(f"exporting {path} to {fmt}: tracing")   # said before the wait, on stderr
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
     for shape in [(1, 3, 32, 32), (4, 3, 40, 56)]:
         x = torch.randn(shape)

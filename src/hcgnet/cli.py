@@ -273,6 +273,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     model, meta = load_model(args.checkpoint, args.model)
     input_size = data_config_of(model, meta).input_size
+    print(f"exporting {args.checkpoint} to {fmt}: tracing, then checking against the eager model at another "
+          "input size (a minute or so for a full HCGNet on a CPU)", file=sys.stderr, flush=True)
     export_model(model, str(out), fmt, input_size, metadata=export_metadata(model, meta, args.model))
     print(f"wrote {out}: {fmt}, dynamic batch and input size, checked against the eager model; its class names "
           f"and preprocessing are in the file (README, \"Exporting\")")
