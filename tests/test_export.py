@@ -73,6 +73,28 @@ def test_export_runs_at_other_shapes_like_eager_and_carries_its_class_names_and_
     assert json.loads(meta["class_names"]) == CLASSES
     assert json.loads(meta["data_config"]) == DATA_CONFIG
     assert read_export_metadata(out) == meta
+    if fmt == "onnx":
+        _check_info_describes_the_export_as_its_checkpoint(path, out, capsys)
+
+
+def _check_info_describes_the_export_as_its_checkpoint(path, out, capsys):
+    """``hcgnet info model.onnx``: the row of the checkpoint it was exported from, from the file's metadata; with
+    design switches recorded, the network they build (as ``info SPEC --model-kwargs`` counts it)."""
+    from hcgnet.export import write_onnx_metadata
+
+    def info(*argv):
+        capsys.readouterr()
+        assert main(["info", *map(str, argv), "--json"]) == 0
+        return json.loads(capsys.readouterr().out)[0]
+
+    exported, recorded = info(out), info(path)
+    assert exported.pop("exported") == "onnx" and exported.pop("model") == str(out)
+    recorded.pop("model")
+    assert exported == recorded and exported["params"] > 0 and exported["class_names"] == CLASSES
+    switches = {"forget_gate": False}
+    write_onnx_metadata(out, {"switches": json.dumps(switches)})
+    expected = info(SPEC, "--num-classes", 5, "--model-kwargs", json.dumps(switches))
+    assert info(out)["params"] == expected["params"] < recorded["params"]
 
 
 def test_export_refuses_to_overwrite_and_bad_folders(tmp_path, capsys, checkpoint):
@@ -152,6 +174,17 @@ def test_a_checkpoint_without_data_exports_the_variants_preprocessing_and_class_
     assert config["input_size"] == [3, 32, 32] and config["resize"] is None
     assert config["class_names"] == ["0", "1", "2", "3", "4"]
     assert config["mean"] == pytest.approx([0.4914, 0.4822, 0.4465], abs=1e-4)   # CIFAR-10's channel means
+
+
+def test_an_export_carries_the_networks_switches_and_its_runs_data_as_the_checkpoint_recorded_them(checkpoint):
+    from hcgnet.inference import export_metadata
+
+    _, model = checkpoint
+    run = {"switches": '{"forget_gate": false}', "data": "imagefolder:shots", "data_dir": "/data", "val_size": "0.1",
+           "test_size": "null", "seed": "3", "skip_bad_images": "true"}
+    meta = export_metadata(model, {"model_name": SPEC, "lr": "0.1", "epochs": "30", **run})
+    assert {key: meta[key] for key in run} == run
+    assert set(meta) == {"model_name", "class_names", "data_config", *run}   # nothing else of the run
 
 
 def test_reading_the_metadata_of_a_file_that_is_no_export_is_one_line(tmp_path):

@@ -146,11 +146,12 @@ def export_metadata(model: nn.Module, meta: Dict[str, str], model_name: Optional
     """What an exported file carries so that it can be used without hcgnet (``hcgnet export``): the model's name,
     its class names (a JSON list, in output order) and the eval preprocessing ``predict`` applies (``data_config``,
     a JSON :class:`DataConfig`: input size, mean, std, and ``resize``, the shorter side before the centre crop);
-    and, as the checkpoint recorded them, its run's data and split settings (:data:`EXPORTED_RUN_KEYS`), with
-    which ``eval`` scores the file on the run's own test split."""
+    and, as the checkpoint recorded them, the network's design ``switches`` (for ``hcgnet info``) and its run's
+    data and split settings (:data:`EXPORTED_RUN_KEYS`), with which ``eval`` scores the file on the run's own
+    test split."""
     config = data_config_of(model, meta)
     name = model_name or meta.get("model_name") or model.pretrained_cfg.get("architecture", "")
-    run = {key: meta[key] for key in EXPORTED_RUN_KEYS if key in meta}
+    run = {key: meta[key] for key in ("switches", *EXPORTED_RUN_KEYS) if key in meta}
     return {"model_name": name, "class_names": json.dumps(list(config.class_names)),
             "data_config": json.dumps(asdict(config)), **run}
 

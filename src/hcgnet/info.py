@@ -6,10 +6,10 @@ from typing import List, Optional, Sequence
 import torch
 
 from hcgnet.complexity import count_macs, count_params
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.models import VARIANTS, create_model
 from hcgnet.models.baselines import PAPER
-from hcgnet.models.checkpoints import check_checkpoint_file, names_a_file
+from hcgnet.models.checkpoints import check_checkpoint_file, is_onnx_export, names_a_file
 from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 
@@ -87,26 +87,51 @@ def baseline_info(name: str, num_classes: Optional[int], size: Optional[int],
 
 def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
     """``info`` of a checkpoint file: the network it holds (with its design switches), counted at the input
-    size it was trained for (or ``size``), and what it was trained on (``data``, ``class_names``)."""
+    size it was trained for (or ``size``), and what it was trained on (``data``, ``class_names``). An ONNX file
+    that ``hcgnet export`` wrote is described from the metadata it carries (:func:`export_info`)."""
     from hcgnet.inference import data_config_of, named_checkpoint_model
 
     if os.path.isdir(path):
         check_checkpoint_file(path)   # a run's folder: the error names the checkpoint in it
     if not os.path.isfile(path):
         raise HCGNetError(f"no checkpoint file {path}; give a variant name, a spec or an existing file")
+    if is_onnx_export(path):
+        return export_info(path, size)
     model, meta = named_checkpoint_model(path)
-    model.eval()
     config = data_config_of(model, meta)
-    name, side = meta["model_name"], size or config.input_size[-1]
-    if is_timm_baseline(name):  # a timm network: no published or paper figures to set beside it
-        input_size = counted_size(model, name, config.input_size, size)
-        row = dict(model=path, spec=name, stem=None, input=shape_text(input_size), classes=model.num_classes,
-                   published_params=None, paper_params=None, gmacs=count_macs(model, input_size) / 1e9,
-                   paper_gmacs=None)
-    else:
-        switches = json.loads(meta["switches"]) if meta.get("switches") else {}
-        channels = first_conv_in_chans(model)   # a gray run's network (Fashion-MNIST) takes 1 channel
-        kwargs = {**switches, **({"in_chans": channels} if channels != 3 else {})}
-        row, = model_info([name], model.num_classes, side, kwargs)
+    row = network_info(meta["model_name"], model.num_classes, first_conv_in_chans(model), meta.get("switches"),
+                       config.input_size, size)
     row.update(model=path, params=count_params(model), data=meta.get("data"), class_names=list(config.class_names))
+    return row
+
+
+def export_info(path: str, size: Optional[int] = None) -> dict:
+    """``info`` of an ONNX file that ``hcgnet export`` wrote, from the metadata it carries (the program is not
+    read): the network it names, counted as :func:`checkpoint_info` counts a checkpoint's, and what its run was
+    trained on; ``exported`` says it is an export."""
+    from hcgnet.inference import read_export
+
+    io, meta = read_export(path)
+    if not meta.get("model_name"):
+        raise CheckpointError(f"{path} does not name its network; export it again with hcgnet export")
+    row = network_info(meta["model_name"], io.num_classes, io.in_chans, meta.get("switches"), io.config.input_size,
+                       size)
+    row.update(model=path, data=meta.get("data"), class_names=list(io.config.class_names), exported="onnx")
+    return row
+
+
+def network_info(name: str, num_classes: int, in_chans: int, switches: Optional[str],
+                 native: Sequence[int], size: Optional[int] = None) -> dict:
+    """The ``info`` row of the network a file names: ``name`` with ``num_classes`` outputs, ``in_chans`` input
+    channels and its design ``switches`` (JSON, as checkpoints record them), counted at ``native`` (C, H, W) or
+    at ``size``."""
+    if is_timm_baseline(name):  # a timm network: no published or paper figures to set beside it
+        with torch.device("meta"):
+            model = create_model(name, num_classes=num_classes, in_chans=in_chans)
+        input_size = counted_size(model, name, native, size)
+        return dict(model=name, spec=name, stem=None, input=shape_text(input_size), classes=num_classes,
+                    params=count_params(model), published_params=None, paper_params=None,
+                    gmacs=count_macs(model, input_size) / 1e9, paper_gmacs=None)
+    kwargs = {**(json.loads(switches) if switches else {}), **({"in_chans": in_chans} if in_chans != 3 else {})}
+    row, = model_info([name], num_classes, size or native[-1], kwargs)
     return row
