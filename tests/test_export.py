@@ -150,7 +150,8 @@ def test_export_refuses_a_program_that_differs_from_eager(tmp_path, capsys, chec
     out = tmp_path / "model.pt"
     assert main(["export", "--checkpoint", str(path), "--format", "torchscript", "--output", str(out)]) == 2
     captured = capsys.readouterr()
-    lines = captured.err.splitlines()
+    progress, *lines = captured.err.splitlines()   # what it was doing, then the error in one line
+    assert progress.startswith("exporting ")
     assert len(lines) == 1 and lines[0].startswith("hcgnet: error: ") and "Traceback" not in captured.err
     assert "differs from the eager model by 1.00e-02" in lines[0] and "not written" in lines[0]
     assert list(tmp_path.iterdir()) == []   # neither the file nor its temporary

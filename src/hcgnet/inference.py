@@ -170,16 +170,16 @@ def model_io(model: nn.Module, meta: Dict[str, str]) -> ModelIO:
     return ModelIO(data_config_of(model, meta), first_conv_in_chans(model), model.num_classes)
 
 
-def guess_note(path: str, model: nn.Module, meta: Dict[str, str], classes: str = "class indices",
+def guess_note(path: str, config: DataConfig, meta: Dict[str, str], classes: str = "class indices",
                preprocessing: Optional[str] = None) -> Optional[str]:
     """The one-line note to show when a checkpoint lacks class names or preprocessing (None when it has both):
-    what it lacks and what is used instead."""
+    what it lacks and what is used instead (``config``: the preprocessing :func:`data_config_of` gives)."""
     missing = [what for what, key in (("class names", "class_names"), ("preprocessing", "data_config"))
                if not meta.get(key)]
     if not missing:
         return None
     if preprocessing is None:
-        stem = "CIFAR" if model.pretrained_cfg["input_size"][-1] == 32 else "ImageNet"
+        stem = "CIFAR" if config.input_size[-1] == 32 else "ImageNet"
         preprocessing = f"the variant's standard {stem} preprocessing"
     return f"note: {path} carries no {' or '.join(missing)}; using {preprocessing} and {classes}"
 
@@ -434,6 +434,65 @@ def exported_classifier(path: str, io: ModelIO, openvino: Optional[str] = None) 
     return OnnxRuntimeModel(path, io.num_classes)
 
 
+def inference_device(path: str, exported: bool, model_name: Optional[str], compile: bool, int8: Optional[str],
+                     calibration: Optional[int], openvino: Optional[str], amp: str, channels_last: bool,
+                     device: Optional[str]) -> torch.device:
+    """The device eval and predict run ``path`` on (an ONNX file if ``exported``), once the options that do not
+    go together are refused in one line: an ONNX file, OpenVINO and int8 run on the CPU, each in its own
+    precision and layout."""
+    check_compile_option(compile, int8)
+    if exported:
+        check_exported_options(path, model_name, compile, int8, amp, channels_last, device)
+        device = "cpu"
+    if openvino is not None:
+        from hcgnet.export import check_openvino_options
+
+        check_openvino_options(openvino, compile, int8, amp, channels_last, device)
+        device = "cpu"
+    if int8 is not None:
+        from hcgnet.quantize import check_int8_options  # here: quantize builds on this module
+
+        check_int8_options(int8, calibration, amp, channels_last, device)
+        device = "cpu"
+    return device_of(device)
+
+
+def eval_dataset(path: str, data: Optional[str], data_dir: Optional[str], split: Optional[str], meta: Dict[str, str],
+                 io: ModelIO, skip_bad_images: Optional[bool], log: Log) -> Tuple[str, str, Dataset, List[str]]:
+    """What :func:`evaluate_checkpoint` scores ``path`` on (its metadata ``meta``, what it takes ``io``), as
+    ``(data, split, dataset, class names)``: ``data`` (None: what its run recorded) and ``split`` (None: chosen,
+    :func:`choose_split`), refused in one line where they do not fit it; ``log`` gets the notes on what was
+    chosen, guessed or left out."""
+    if data is None:
+        data = recorded_data([(path, meta)])
+    why = None
+    if split is None:
+        split, why = choose_split(data, meta)
+    elif split != "all":
+        check_split_data(data, meta, split)
+    skip_bad_images, skipped_log = bad_images_setting(meta, skip_bad_images, log)
+    if split == "all":
+        dataset, class_names = _all_dataset(data, data_dir, meta, io, path, skip_bad_images, skipped_log)
+        note = guess_note(path, io.config, meta, "the checkpoint's class names" if meta.get("class_names")
+                          else "the folder's class names (sorted)")
+    else:
+        dataset, class_names = checkpoint_split(data, data_dir, split, meta, io, path, skip_bad_images, skipped_log)
+        note = None if meta.get("class_names") else guess_note(
+            path, io.config, meta, "the dataset's class names", "the dataset's standard preprocessing")
+    if note:
+        log(note)
+    if len(dataset) == 0:
+        raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
+    if why:  # said once the folder is known to be usable, so an error stays a single line
+        log(f"note: {why} (--split all)")
+    folder = imagefolder_path(data)
+    if folder is not None and not meta.get("data_config"):  # the input size came from the model
+        note = image_size_note(collect_images([os.path.expanduser(folder)])[0], io.config, folder)
+        if note:
+            log(note)
+    return data, split, dataset, class_names
+
+
 def evaluate_checkpoint(
     path: str, data: Optional[str] = None, data_dir: Optional[str] = None, split: Optional[str] = None,
     batch_size: int = 256, workers: int = 2, model_name: Optional[str] = None, device: Optional[str] = None,
@@ -461,22 +520,9 @@ def evaluate_checkpoint(
 
     ``path`` may also be an ONNX file that ``hcgnet export`` wrote (its int8 ones too), run as it was exported,
     on the data and split its run recorded (:func:`check_exported_options` says which options it refuses)."""
-    check_compile_option(compile, int8)
     exported = is_onnx_export(path)
-    if exported:
-        check_exported_options(path, model_name, compile, int8, amp, channels_last, device)
-        device = "cpu"
-    if openvino is not None:
-        from hcgnet.export import check_openvino_options
-
-        check_openvino_options(openvino, compile, int8, amp, channels_last, device)
-        device = "cpu"
-    if int8 is not None:
-        from hcgnet.quantize import check_int8_options  # here: quantize builds on this module
-
-        check_int8_options(int8, calibration, amp, channels_last, device)
-        device = "cpu"
-    dev = device_of(device)
+    dev = inference_device(path, exported, model_name, compile, int8, calibration, openvino, amp, channels_last,
+                           device)
     amp_dtype = check_eval_options(batch_size, workers, amp, dev)
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -485,34 +531,7 @@ def evaluate_checkpoint(
     else:
         model, meta = load_model(path, model_name)
         io = model_io(model, meta)
-    if data is None:
-        data = recorded_data([(path, meta)])
-    why = None
-    if split is None:
-        split, why = choose_split(data, meta)
-    elif split != "all":
-        check_split_data(data, meta, split)
-    skip_bad_images, skipped_log = bad_images_setting(meta, skip_bad_images, log)
-    if split == "all":
-        dataset, class_names = _all_dataset(data, data_dir, meta, io, path, skip_bad_images, skipped_log)
-        note = None if exported else guess_note(
-            path, model, meta, "the checkpoint's class names" if meta.get("class_names")
-            else "the folder's class names (sorted)")
-    else:
-        dataset, class_names = checkpoint_split(data, data_dir, split, meta, io, path, skip_bad_images, skipped_log)
-        note = None if meta.get("class_names") else guess_note(
-            path, model, meta, "the dataset's class names", "the dataset's standard preprocessing")
-    if note:
-        log(note)
-    if len(dataset) == 0:
-        raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
-    if why:  # said once the folder is known to be usable, so an error stays a single line
-        log(f"note: {why} (--split all)")
-    folder = imagefolder_path(data)
-    if folder is not None and not meta.get("data_config"):  # the input size came from the model
-        note = image_size_note(collect_images([os.path.expanduser(folder)])[0], io.config, folder)
-        if note:
-            log(note)
+    data, split, dataset, class_names = eval_dataset(path, data, data_dir, split, meta, io, skip_bad_images, log)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     if exported:
         scored = exported_classifier(path, io, openvino)
@@ -641,24 +660,11 @@ def predict(
     when there is one), ``amp``, ``channels_last``, ``int8``, ``calibration``, ``int8_compile``, ``compile``
     and ``openvino`` as for :func:`evaluate_checkpoint`. ``path`` may also be an ONNX file that ``hcgnet export``
     wrote (:func:`exported_classifier`; :func:`check_exported_options` says which options it refuses)."""
-    check_compile_option(compile, int8)
     exported = is_onnx_export(path)
-    if exported:
-        check_exported_options(path, model_name, compile, int8, amp, channels_last, device)
-        device = "cpu"
-    if openvino is not None:
-        from hcgnet.export import check_openvino_options
-
-        check_openvino_options(openvino, compile, int8, amp, channels_last, device)
-        device = "cpu"
+    dev = inference_device(path, exported, model_name, compile, int8, calibration, openvino, amp, channels_last,
+                           device)
     if topk < 1:
         raise HCGNetError(f"--topk must be 1 or more, got {topk}")
-    if int8 is not None:
-        from hcgnet.quantize import check_int8_options
-
-        check_int8_options(int8, calibration, amp, channels_last, device)
-        device = "cpu"
-    dev = device_of(device)
     amp_dtype = check_eval_options(batch_size, workers, amp, dev)
     files, problems = collect_images(images)
     if not files:
@@ -679,7 +685,7 @@ def predict(
                                      compile=int8_compile)
         else:
             classify = float_runner(model, meta, min(batch_size, len(files)), compile, openvino, log)
-        note = guess_note(path, model, meta)
+        note = guess_note(path, config, meta)
         if note:
             log(note)
     transform = build_eval_transform(config)

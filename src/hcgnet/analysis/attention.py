@@ -302,7 +302,7 @@ def attention_study(
     model.to(dev)
     picked = resolve_modules(model, modules)  # a wrong name fails before any image is read
     config = data_config_of(model, meta)
-    note = None if meta.get("data_config") else guess_note(checkpoint, model, meta)
+    note = None if meta.get("data_config") else guess_note(checkpoint, config, meta)
     if note:
         log(note)
     x, readable, result, looked_at = _maps_of_files(
