@@ -97,21 +97,21 @@ def export_model(
             torch.export.save(program, tmp, extra_files=_archive_files(metadata))
             got = torch.export.load(tmp).module()(check)
         else:
-            got = _export_onnx(model, example, check, tmp, batch, height, width, opset)
-            write_onnx_metadata(tmp, metadata)
+            got = _export_onnx(model, example, check, tmp, batch, height, width, opset, metadata)
         diff = (got - expected).abs().max().item()
         if not diff <= atol:
             raise ExportError(f"the {fmt} export differs from the eager model by {diff:.2e} (> {atol}); not written")
     return out
 
 
-def _export_onnx(model, example, check, path, batch, height, width, opset):
+def _export_onnx(model, example, check, path, batch, height, width, opset, metadata):
     try:
         import onnxruntime
     except ImportError:
         raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'hcgnet[export]'") from None
     program = torch.onnx.export(model, (example,), dynamic_shapes={"x": {0: batch, 2: height, 3: width}},
                                 dynamo=True, opset_version=opset, verbose=False)
+    program.model.metadata_props.update(metadata or {})   # the ONNX model's metadata_props, saved with it
     program.save(path)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
