@@ -411,3 +411,49 @@ def test_eval_all_of_a_train_and_val_folder_with_a_checkpoint_without_class_name
     assert "(all, 10 images)" in out
     assert [line.split()[0] for line in out.splitlines()[1:3]] == ["blue", "red"]
     assert all(line.rstrip().endswith("/5)") for line in out.splitlines()[1:3])   # 3 in train/, 2 in val/
+
+
+def test_eval_and_attack_find_the_data_where_the_run_did(capsys, tmp_path, monkeypatch):
+    """A run trained with ``--data-dir`` (a relative one) records the folder, absolute, so ``eval`` and ``attack``
+    without ``--data-dir``, from another working folder, read the run's CIFAR-10 test images: the run's own test
+    top-1. A recorded folder that is not here falls back to the default ($HCGNET_DATA); a checkpoint written before
+    the folder was recorded takes it from its run's config.yaml; ``--data-dir`` is used as given."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from test_data import make_cifar10
+
+    monkeypatch.setenv("HCGNET_DATA", str(tmp_path / "empty"))
+    make_cifar10(tmp_path / "datasets", per_batch=8, n_test=12)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "train", "--model", SPEC, "--data", "cifar10", "--data-dir", "datasets", "--epochs", "1",
+                       "--batch-size", "8", "--workers", "0", "--output", "run")
+    assert code == 0, err
+    expected = json.loads((tmp_path / "run" / "results.json").read_text())["test_top1"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    checkpoint = str(tmp_path / "run" / "best.safetensors")
+
+    def top1(*argv):
+        code, out, err = cli(capsys, "eval", "--checkpoint", checkpoint, "--workers", "0", "--json", *argv)
+        assert code == 0, err
+        assert json.loads(out)["count"] == 12
+        return json.loads(out)["top1"]
+
+    assert top1() == pytest.approx(expected)
+    code, out, err = cli(capsys, "attack", "--checkpoint", checkpoint, "--workers", "0", "--limit", "4", "--output",
+                         str(tmp_path / "attack"))
+    assert code == 0, err
+    (tmp_path / "datasets").rename(tmp_path / "moved")   # the recorded folder is gone: the default, then --data-dir
+    code, out, err = cli(capsys, "eval", "--checkpoint", checkpoint, "--workers", "0")
+    assert code == 2 and f"CIFAR-10 not found in {tmp_path / 'empty'}" in err, err
+    assert top1("--data-dir", str(tmp_path / "moved")) == pytest.approx(expected)
+    (tmp_path / "moved").rename(tmp_path / "datasets")
+    tensors = load_file(checkpoint)
+    with safe_open(checkpoint, "pt") as f:
+        meta = dict(f.metadata())
+    assert meta.pop("data_dir") == str(tmp_path / "datasets")
+    save_file(tensors, checkpoint, metadata=meta)   # as a run before data_dir was recorded: config.yaml says it,
+    monkeypatch.chdir(tmp_path)                      # relative to where the run started
+    assert top1() == pytest.approx(expected)

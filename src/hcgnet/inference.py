@@ -70,14 +70,15 @@ def metadata_value(meta: Dict[str, str], key: str) -> Optional[str]:
 def checkpoint_metadata(path: str) -> Dict[str, str]:
     """Everything a checkpoint says about itself: its metadata, and for a training checkpoint (``.pt``) the
     run's data and split settings from its ``config``. A ``.safetensors`` of a run, still in its run folder,
-    takes the data it was trained on (and split settings it does not record) from the run's ``config.yaml``."""
+    takes what it does not record of them (its data before the data was recorded, the data folder of an earlier
+    run) from the run's ``config.yaml``."""
     meta = dict(read_metadata(path))
     p = Path(path)
     run: Dict[str, Any] = {}
     if not is_safetensors_file(p):
         obj = torch_load_weights_only(p)
         run = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
-    elif "seed" in meta and "data" not in meta and (p.parent / "config.yaml").is_file():
+    elif "seed" in meta and any(key not in meta for key in RUN_KEYS) and (p.parent / "config.yaml").is_file():
         import yaml
 
         try:
@@ -130,6 +131,15 @@ def recorded_data(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
         raise CheckpointError(f"{path} was trained on {data}, which is not here (a relative path is relative to "
                               "where the training run started); pass --data")
     return data
+
+
+def run_data_dir(data: str, data_dir: Optional[str], meta: Dict[str, str]) -> Optional[str]:
+    """Where to look for ``data``: ``data_dir`` (``--data-dir``) if given; else, for the data the checkpoint's run
+    trained on, the folder the run found it in, if that is here (None: the default, $HCGNET_DATA or the cache)."""
+    if data_dir is not None or data != metadata_value(meta, "data"):
+        return data_dir
+    recorded = metadata_value(meta, "data_dir")
+    return recorded if recorded is not None and os.path.isdir(os.path.expanduser(recorded)) else None
 
 
 def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
@@ -465,6 +475,7 @@ def eval_dataset(path: str, data: Optional[str], data_dir: Optional[str], split:
     chosen, guessed or left out."""
     if data is None:
         data = recorded_data([(path, meta)])
+    data_dir = run_data_dir(data, data_dir, meta)
     why = None
     if split is None:
         split, why = choose_split(data, meta)

@@ -40,7 +40,7 @@ from hcgnet.export import export_model, write_onnx_metadata
 from hcgnet.files import atomic_path, reported_write
 from hcgnet.inference import (
     Log, bad_images_setting, checkpoint_split, data_config_of, export_metadata, load_model, metadata_value,
-    model_io, note_on_stderr,
+    model_io, note_on_stderr, run_data_dir,
 )
 from hcgnet.layers import freeze_batch_norm
 
@@ -99,8 +99,8 @@ def calibration_loader(path: str, model: nn.Module, meta: Dict[str, str], calibr
                         "record its data (a published checkpoint?); use a checkpoint written by hcgnet train")
     skip, _ = bad_images_setting(meta, None, log)  # as the checkpoint's training run did
     left_out: List[str] = []   # said in the calibration line: eval has named them already for its own split
-    train, _ = checkpoint_split(data, data_dir or metadata_value(meta, "data_dir"), "train", meta,
-                                model_io(model, meta), path, skip, left_out.append)
+    train, _ = checkpoint_split(data, run_data_dir(data, data_dir, meta), "train", meta, model_io(model, meta), path,
+                                skip, left_out.append)
     n = min(calibration, len(train))
     if n == 0:
         raise Int8Error(f"the training split of {data} is empty: nothing to calibrate --int8 on")

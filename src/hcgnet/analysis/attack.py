@@ -318,7 +318,7 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
     pixels. ``skip_bad_images``: leave out unreadable images instead of refusing the folder (None: as the
     training run did), named in a note to ``log``. Returns ``(dataset, the checkpoint's DataConfig, split)``."""
     from hcgnet.inference import (SPLITS, bad_images_setting, choose_split, data_config_of, folder_classes,
-                                  imagefolder_path, split_settings)
+                                  imagefolder_path, run_data_dir, split_settings)
 
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -335,8 +335,8 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
         raise HCGNetError("--split all attacks every image of a folder: use it with --data imagefolder:DIR")
     skip_bad_images, skipped_log = bad_images_setting(meta, skip_bad_images, log)
     try:
-        dataset = build_eval_dataset(data, pixel_config(config), data_dir, split, skip_bad_images=skip_bad_images,
-                                     log=skipped_log, **split_settings(meta))
+        dataset = build_eval_dataset(data, pixel_config(config), run_data_dir(data, data_dir, meta), split,
+                                     skip_bad_images=skip_bad_images, log=skipped_log, **split_settings(meta))
     except DataError as e:
         if "class" in str(e) and "model" in str(e):
             raise CheckpointError(f"{path}: {e}") from None

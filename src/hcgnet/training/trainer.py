@@ -10,6 +10,7 @@ per step, and ``lr_base_batch`` scales the learning rate by the global batch.
 """
 import dataclasses
 import json
+import os
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -95,7 +96,8 @@ def model_defaults(config: TrainConfig) -> Dict[str, Any]:
 
 def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
     """What ``hcgnet eval``/``predict`` need from a run: preprocessing, classes, and how the data was split
-    (``seed``, ``val_size``, ``test_size`` as JSON: a number or null for automatic)."""
+    (``seed``, ``val_size``, ``test_size`` as JSON: a number or null for automatic), and where the data was
+    (``data_dir``, absolute, when ``--data-dir`` was given)."""
     return {
         "model_name": config.model,
         "num_classes": str(model.num_classes),
@@ -106,6 +108,7 @@ def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
         "test_size": json.dumps(config.test_size),
         "seed": str(config.seed),
         "data": config.data,
+        **({"data_dir": os.path.abspath(os.path.expanduser(config.data_dir))} if config.data_dir else {}),
         "skip_bad_images": json.dumps(config.skip_bad_images),  # eval rebuilds the split without the same files
         **_built_with(model, config),
     }
