@@ -73,13 +73,12 @@ def test_export_runs_at_other_shapes_like_eager_and_carries_its_class_names_and_
     assert json.loads(meta["class_names"]) == CLASSES
     assert json.loads(meta["data_config"]) == DATA_CONFIG
     assert read_export_metadata(out) == meta
-    if fmt == "onnx":
-        _check_info_describes_the_export_as_its_checkpoint(path, out, capsys)
+    _check_info_describes_the_export_as_its_checkpoint(path, out, fmt, capsys)
 
 
-def _check_info_describes_the_export_as_its_checkpoint(path, out, capsys):
-    """``hcgnet info model.onnx``: the row of the checkpoint it was exported from, from the file's metadata; with
-    design switches recorded, the network they build (as ``info SPEC --model-kwargs`` counts it)."""
+def _check_info_describes_the_export_as_its_checkpoint(path, out, fmt, capsys):
+    """``hcgnet info model.onnx`` (or .pt, .pt2): the row of the checkpoint it was exported from, from the file's
+    metadata; with design switches recorded, the network they build (as ``info SPEC --model-kwargs`` counts it)."""
     from hcgnet.export import write_onnx_metadata
 
     def info(*argv):
@@ -88,9 +87,11 @@ def _check_info_describes_the_export_as_its_checkpoint(path, out, capsys):
         return json.loads(capsys.readouterr().out)[0]
 
     exported, recorded = info(out), info(path)
-    assert exported.pop("exported") == "onnx" and exported.pop("model") == str(out)
+    assert exported.pop("exported") == fmt and exported.pop("model") == str(out)
     recorded.pop("model")
     assert exported == recorded and exported["params"] > 0 and exported["class_names"] == CLASSES
+    if fmt != "onnx":
+        return
     switches = {"forget_gate": False}
     write_onnx_metadata(out, {"switches": json.dumps(switches)})
     expected = info(SPEC, "--num-classes", 5, "--model-kwargs", json.dumps(switches))

@@ -416,7 +416,7 @@ def check_exported_options(path: str, model_name: Optional[str] = None, compile:
 
 
 def read_export(path: str) -> Tuple[ModelIO, Dict[str, str]]:
-    """What an ONNX file written by ``hcgnet export`` takes and gives, from the metadata it carries
+    """What a file written by ``hcgnet export`` takes and gives, from the metadata it carries
     (:func:`export_metadata`), and that metadata; refused in one line for a file without it."""
     from hcgnet.export import read_export_metadata
 

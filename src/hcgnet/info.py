@@ -9,7 +9,7 @@ from hcgnet.complexity import count_macs, count_params
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.models import VARIANTS, create_model
 from hcgnet.models.baselines import PAPER
-from hcgnet.models.checkpoints import check_checkpoint_file, is_onnx_export, names_a_file
+from hcgnet.models.checkpoints import check_checkpoint_file, export_format, names_a_file
 from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
 from hcgnet.models.variants import resolve
 
@@ -87,16 +87,18 @@ def baseline_info(name: str, num_classes: Optional[int], size: Optional[int],
 
 def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
     """``info`` of a checkpoint file: the network it holds (with its design switches), counted at the input
-    size it was trained for (or ``size``), and what it was trained on (``data``, ``class_names``). An ONNX file
-    that ``hcgnet export`` wrote is described from the metadata it carries (:func:`export_info`)."""
+    size it was trained for (or ``size``), and what it was trained on (``data``, ``class_names``). A file that
+    ``hcgnet export`` wrote is described from the metadata it carries (:func:`export_info`)."""
+    from hcgnet.export import FORMATS
     from hcgnet.inference import data_config_of, named_checkpoint_model
 
     if os.path.isdir(path):
         check_checkpoint_file(path)   # a run's folder: the error names the checkpoint in it
     if not os.path.isfile(path):
         raise HCGNetError(f"no checkpoint file {path}; give a variant name, a spec or an existing file")
-    if is_onnx_export(path):
-        return export_info(path, size)
+    fmt = export_format(path)
+    if fmt in FORMATS:   # a file hcgnet export writes
+        return export_info(path, fmt, size)
     model, meta = named_checkpoint_model(path)
     config = data_config_of(model, meta)
     row = network_info(meta["model_name"], model.num_classes, first_conv_in_chans(model), meta.get("switches"),
@@ -105,10 +107,10 @@ def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
     return row
 
 
-def export_info(path: str, size: Optional[int] = None) -> dict:
-    """``info`` of an ONNX file that ``hcgnet export`` wrote, from the metadata it carries (the program is not
-    read): the network it names, counted as :func:`checkpoint_info` counts a checkpoint's, and what its run was
-    trained on; ``exported`` says it is an export."""
+def export_info(path: str, fmt: str, size: Optional[int] = None) -> dict:
+    """``info`` of a file that ``hcgnet export`` wrote in ``fmt`` (ONNX, TorchScript or .pt2), from the metadata
+    it carries (the program is neither loaded nor run): the network it names, counted as :func:`checkpoint_info`
+    counts a checkpoint's, and what its run was trained on; ``exported`` says the format."""
     from hcgnet.inference import read_export
 
     io, meta = read_export(path)
@@ -116,7 +118,7 @@ def export_info(path: str, size: Optional[int] = None) -> dict:
         raise CheckpointError(f"{path} does not name its network; export it again with hcgnet export")
     row = network_info(meta["model_name"], io.num_classes, io.in_chans, meta.get("switches"), io.config.input_size,
                        size)
-    row.update(model=path, data=meta.get("data"), class_names=list(io.config.class_names), exported="onnx")
+    row.update(model=path, data=meta.get("data"), class_names=list(io.config.class_names), exported=fmt)
     return row
 
 

@@ -107,35 +107,44 @@ def _pickled_global(path: Path) -> Optional[str]:
     return None
 
 
-def exported_kind(path: Path) -> Optional[str]:
-    """What deployment file ``path`` is ("a TorchScript export", ...), or None: exports hold programs, not the
-    weights and metadata hcgnet reads (``torch.load`` refuses a TorchScript archive under ``weights_only``, but
-    after a warning, and the error would only say the file is not a checkpoint)."""
+#: The deployment files hcgnet tells apart from checkpoints, by format: what each is called in messages.
+EXPORT_KINDS = {"torchscript": "a TorchScript export", "pt2": "a torch.export program (.pt2)",
+                "openvino": "an OpenVINO model (.xml)", "onnx": "an ONNX export"}
+
+
+def export_format(path: Path) -> Optional[str]:
+    """Which deployment format ``path`` is in (a key of :data:`EXPORT_KINDS`), or None, told by its bytes (an ONNX
+    file by its name too) without loading it."""
+    path = Path(path)
     with open(path, "rb") as f:
         head = f.read(64)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             inside = {name.split("/", 1)[-1] for name in archive.namelist()}   # below the archive's own folder
         if any(name.startswith("code/") for name in inside):
-            return "a TorchScript export"
+            return "torchscript"
         if "archive_format" in inside or "models/model.json" in inside:
-            return "a torch.export program (.pt2)"
+            return "pt2"
         return None
     if head.lstrip().startswith(b"<?xml"):
-        return "an OpenVINO model (.xml)"
+        return "openvino"
     if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):  # ONNX: ir_version first
-        return ONNX_EXPORT
+        return "onnx"
     return None
 
 
-#: What :func:`exported_kind` calls an ONNX file.
-ONNX_EXPORT = "an ONNX export"
+def exported_kind(path: Path) -> Optional[str]:
+    """What deployment file ``path`` is ("a TorchScript export", ...), or None: exports hold programs, not the
+    weights and metadata hcgnet reads (``torch.load`` refuses a TorchScript archive under ``weights_only``, but
+    after a warning, and the error would only say the file is not a checkpoint)."""
+    fmt = export_format(path)
+    return None if fmt is None else EXPORT_KINDS[fmt]
 
 
 def is_onnx_export(path) -> bool:
     """Whether ``path`` is an ONNX file (by its name or its first bytes): what eval and predict run as exported."""
     path = Path(path)
-    return path.is_file() and exported_kind(path) == ONNX_EXPORT
+    return path.is_file() and export_format(path) == "onnx"
 
 
 def torch_load_weights_only(path: Path) -> object:
