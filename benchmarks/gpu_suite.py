@@ -9,6 +9,8 @@ H100/H200). Steps:
                       statistics the BatchNorms take in the first step; eval logits) within TOLERANCES
     trainer           hcgnet.training's Run end to end on a generated image folder (fp16 amp), stopped by
                       SIGTERM after epoch 1 and resumed: the resumed weights against an uninterrupted run's
+    inference         hcgnet eval (fp32 and --amp fp16) and predict (--device cuda:0, --workers 2) on the GPU
+                      against the CPU: the loss, and every image's top class and probabilities
     torchrun          `torchrun -m hcgnet train`, one process per GPU (NCCL; 1 GPU: one process), and a
                       one-rank NCCL process group with DDP in this process
     timings           A1 training at batch 128, B training at batch 64, B inference at batch 256 and 1:
@@ -493,6 +495,60 @@ def step_trainer(suite: Suite) -> None:
               f"(<= {tolerance:g}); scaler in last.pt: {'yes' if state.get('scaler') else 'no'}")
 
 
+def step_inference(suite: Suite) -> None:
+    """``hcgnet eval`` and ``predict`` on the GPU against the CPU, as a user runs them: a checkpoint of the tiny
+    network (seed-0 weights, batch-norm statistics from training-mode passes) that records an image folder of its
+    own, scored whole (``--split all``) and classified on ``--device cuda:0`` with ``--workers 2`` reading ahead,
+    in fp32 and with ``--amp fp16``."""
+    from hcgnet.inference import evaluate_checkpoint, predict
+    from hcgnet.models import save_safetensors
+
+    device = "cuda:0" if suite.device.type == "cuda" else "cpu"
+    amp = "fp16" if suite.device.type == "cuda" else "bf16"
+    if suite.dry:
+        suite.note("dry run: the CPU against itself, --amp bf16 for fp16 (the code path, not the numerics)")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        images = make_image_folder(root / "images", suite.scale.side, per_class=12)
+        torch.manual_seed(0)
+        model = create_model(suite.scale.tiny, num_classes=3).train()
+        with torch.no_grad():
+            for x, _ in batches_for(suite.scale, 3):
+                model(x)
+        path = root / "model.safetensors"
+        classes = json.dumps([f"class_{c}" for c in range(3)])
+        save_safetensors(model.eval(), path, {"model_name": suite.scale.tiny, "class_names": classes,
+                                               "data": f"imagefolder:{images}"})
+        quiet = dict(progress=False, log=lambda line: None)
+        scored = {(dev, a): evaluate_checkpoint(str(path), split="all", batch_size=16, workers=0, device=dev, amp=a,
+                                                **quiet)
+                  for dev, a in (("cpu", "none"), (device, "none"), (device, amp))}
+        files = sorted(str(f) for f in images.rglob("*.png"))
+        cpu = predict(str(path), files, topk=3, batch_size=8, device="cpu", workers=0, **quiet)
+        gpu = predict(str(path), files, topk=3, batch_size=8, device=device, workers=2, **quiet)
+    reference = scored[("cpu", "none")]
+    for (dev, a), got in scored.items():
+        if (dev, a) == ("cpu", "none"):
+            continue
+        loss = abs(got["loss"] - reference["loss"]) / max(abs(reference["loss"]), 1e-12)
+        suite.check(f"eval on {dev}, amp {a}: loss against the CPU's (relative)", loss,
+                    1e-3 if a == "none" else 2e-2)
+        suite.require(f"eval on {dev}, amp {a}: {got['count']} images scored", got["count"] == reference["count"])
+        suite.row({"what": "eval", "device": dev, "amp": a, "top1": got["top1"], "loss": got["loss"],
+                   "cpu_top1": reference["top1"], "cpu_loss": reference["loss"], "loss_rel": loss},
+                  f"eval {dev} amp {a}: top-1 {got['top1']:.4f} (CPU {reference['top1']:.4f}), loss {got['loss']:.5f} "
+                  f"(CPU {reference['loss']:.5f}, {loss:.1e} apart)")
+    same = [a["image"] == b["image"] and a["top"][0]["index"] == b["top"][0]["index"] for a, b in zip(cpu, gpu)]
+    worst = max(abs(x["probability"] - y["probability"]) for a, b in zip(cpu, gpu) for x, y in zip(a["top"], b["top"]))
+    suite.require(f"predict on {device} with 2 reading threads: every image, the CPU's top class", len(gpu) == len(cpu)
+                  and all(same))
+    suite.check(f"predict on {device}: probabilities against the CPU's", worst, 1e-3)
+    suite.row({"what": "predict", "device": device, "workers": 2, "images": len(gpu), "same_top1": sum(same),
+               "max_probability_diff": worst},
+              f"predict {device} --workers 2: {sum(same)} of {len(cpu)} images with the CPU's top class, "
+              f"probabilities within {worst:.1e}")
+
+
 # ------------------------------------------------------------------------------------------------ 3. torchrun
 
 
@@ -791,6 +847,8 @@ def step_estimate(suite: Suite) -> None:
 STEPS = [
     ("cuda_paths", "fp16 + GradScaler, bf16, channels_last training and eval against fp32", step_cuda_paths, False),
     ("trainer", "the trainer end to end with fp16 amp, interrupted and resumed", step_trainer, False),
+    ("inference", "hcgnet eval and predict on cuda:0 (fp32, --amp fp16, --workers 2) against the CPU", step_inference,
+     False),
     ("torchrun", "torchrun -m hcgnet train, one process per GPU (NCCL)", step_torchrun, False),
     ("timings", "A1 train b128, B train b64, B infer b256 and b1: fp32 / channels_last / bf16 / fp16", step_timings,
      False),

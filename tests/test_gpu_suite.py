@@ -10,7 +10,7 @@ import pytest
 from conftest import load_script
 
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
-STEPS = ["cuda_paths", "trainer", "torchrun", "timings", "timings_compiled", "compile_modes", "estimate"]
+STEPS = ["cuda_paths", "trainer", "inference", "torchrun", "timings", "timings_compiled", "compile_modes", "estimate"]
 
 
 def run_suite(*args):
@@ -37,6 +37,10 @@ def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
     trainer = steps["trainer"]["results"][0]
     assert trainer["saved_at"] == [1, 0] and trainer["bit_identical"] is True
     assert any(c["name"] == "the second run resumed at epoch 2" and c["ok"] for c in steps["trainer"]["checks"])
+    # eval and predict ran through the library's entry points on the suite's device and matched the CPU's
+    rows = {r["what"]: r for r in steps["inference"]["results"]}
+    assert rows["predict"]["images"] == rows["predict"]["same_top1"] == 36 and rows["predict"]["workers"] == 2
+    assert rows["eval"]["amp"] == "bf16" and 0 < rows["eval"]["loss_rel"] <= 2e-2   # bf16 rounding showed
     assert steps["torchrun"]["results"][0]["results"]["world_size"] == 2
     # the timed rows: every workload in fp32; what the CPU cannot do is skipped with a note, never dropped
     timed = steps["timings"]["results"]
@@ -60,7 +64,7 @@ def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
     # the estimate is the recipe's images over each measured speed: 1270 epochs x 50,000 images
     for row in steps["estimate"]["results"]:
         assert row["hours"] * 3600 * row["images_per_s"] == pytest.approx(1270 * 50_000)
-    assert "DRY RUN" in proc.stdout and "[7/7] estimate" in proc.stdout
+    assert "DRY RUN" in proc.stdout and "[8/8] estimate" in proc.stdout
 
 
 def test_a_failing_step_is_recorded_and_the_steps_after_it_still_run(tmp_path):
@@ -72,7 +76,7 @@ def test_a_failing_step_is_recorded_and_the_steps_after_it_still_run(tmp_path):
     assert steps["cuda_paths"]["error"] == "RuntimeError: made to fail by --fail-step (a test of the suite itself)"
     assert "Traceback" in steps["cuda_paths"]["traceback"] and "Traceback" not in proc.stdout + proc.stderr
     assert {name: steps[name]["status"] for name in STEPS} == {
-        "cuda_paths": "failed", "trainer": "skipped", "torchrun": "skipped", "timings": "ok",
+        "cuda_paths": "failed", "trainer": "skipped", "inference": "skipped", "torchrun": "skipped", "timings": "ok",
         "compile_modes": "skipped", "timings_compiled": "skipped", "estimate": "ok"}
 
 
