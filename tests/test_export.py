@@ -173,6 +173,7 @@ def test_a_checkpoint_without_data_exports_the_variants_preprocessing_and_class_
     meta = export_metadata(model, {"model_name": SPEC})
     config = json.loads(meta["data_config"])
     assert meta["model_name"] == SPEC and json.loads(meta["class_names"]) == ["0", "1", "2", "3", "4"]
+    assert meta["class_indices"] == "true"   # names the checkpoint did not record
     assert config["input_size"] == [3, 32, 32] and config["resize"] is None
     assert config["class_names"] == ["0", "1", "2", "3", "4"]
     assert config["mean"] == pytest.approx([0.4914, 0.4822, 0.4465], abs=1e-4)   # CIFAR-10's channel means
@@ -184,9 +185,11 @@ def test_an_export_carries_the_networks_switches_and_its_runs_data_as_the_checkp
     _, model = checkpoint
     run = {"switches": '{"forget_gate": false}', "data": "imagefolder:shots", "data_dir": "/data", "val_size": "0.1",
            "test_size": "null", "seed": "3", "skip_bad_images": "true"}
-    meta = export_metadata(model, {"model_name": SPEC, "lr": "0.1", "epochs": "30", **run})
+    meta = export_metadata(model, {"model_name": SPEC, "class_names": json.dumps(CLASSES), "lr": "0.1", "epochs": "30",
+                                   **run})
     assert {key: meta[key] for key in run} == run
-    assert set(meta) == {"model_name", "class_names", "data_config", *run}   # nothing else of the run
+    assert set(meta) == {"model_name", "class_names", "data_config", *run}   # nothing else of the run (and its
+    # class names are its own: no class_indices)
 
 
 def test_reading_the_metadata_of_a_file_that_is_no_export_is_one_line(tmp_path):
@@ -297,7 +300,8 @@ def test_eval_scores_an_onnx_export_on_its_runs_own_test_split(trained, tmp_path
     code, stdout, err = cli(capsys, "eval", "--checkpoint", out, "--split", "all", "--data", f"imagefolder:{folder}",
                             "--workers", "0", "--json")
     assert code == 0, err
-    assert json.loads(stdout)["count"] == 800 and json.loads(stdout)["class_names"] == json.loads(carried["class_names"])
+    whole = json.loads(stdout)
+    assert whole["count"] == 800 and whole["class_names"] == json.loads(carried["class_names"])
     code, stdout, err = cli(capsys, "eval", "--checkpoint", out, "--int8")
     assert code == 2 and stdout == "" and err.startswith(f"hcgnet: error: {out} is an ONNX export") and "drop --int8" in err
     # an export whose checkpoint recorded no data (a published one): eval asks for --data
@@ -308,4 +312,25 @@ def test_eval_scores_an_onnx_export_on_its_runs_own_test_split(trained, tmp_path
     onnx.save(proto, str(out))
     code, stdout, err = cli(capsys, "eval", "--checkpoint", out)
     assert code == 2 and err == f"hcgnet: error: {out} does not record the data it was trained on; pass --data\n"
+    # exported from a checkpoint that recorded no class names (a published one), the file names its outputs by
+    # index, marked as such: eval labels a folder with the folder's own classes, as it does for that checkpoint,
+    # and says so; here the ImageNet layout, whose val/ is the test split (the same 800 images, by symlinks)
+    from hcgnet.export import write_onnx_metadata
 
+    indices = [str(i) for i in range(4)]
+    write_onnx_metadata(out, {"class_names": json.dumps(indices), "class_indices": "true", "data_config": json.dumps(
+        {**json.loads(carried["data_config"]), "class_names": indices})})
+    layout = tmp_path / "layout"
+    for split in ("train", "val"):
+        (layout / split).mkdir(parents=True)
+        for c in folder.iterdir():
+            (layout / split / c.name).symlink_to(c, target_is_directory=True)
+    code, stdout, err = cli(capsys, "eval", "--checkpoint", out, "--data", f"imagefolder:{layout}", "--workers", "0",
+                            "--json")
+    assert code == 0, err
+    assert err == f"note: {out} carries no class names; using the dataset's class names\n"
+    assert json.loads(stdout)["split"] == "test" and json.loads(stdout)["count"] == 800
+    assert json.loads(stdout)["top1"] == whole["top1"] and json.loads(stdout)["class_names"] == whole["class_names"]
+    code, stdout, err = cli(capsys, "predict", "--checkpoint", out, next(folder.rglob("*.png")), "--json")
+    assert code == 0 and err == f"note: {out} carries no class names; using class indices\n", err
+    assert json.loads(stdout)[0]["top"][0]["class"] in indices

@@ -162,8 +162,11 @@ def export_metadata(model: nn.Module, meta: Dict[str, str], model_name: Optional
     config = data_config_of(model, meta)
     name = model_name or meta.get("model_name") or model.pretrained_cfg.get("architecture", "")
     run = {key: meta[key] for key in ("switches", *EXPORTED_RUN_KEYS) if key in meta}
+    # A checkpoint without class names (a published one) gets its output indices as names, marked as such, so
+    # that eval labels a folder with the folder's classes, as it does for that checkpoint.
+    indices = {} if meta.get("class_names") else {"class_indices": "true"}
     return {"model_name": name, "class_names": json.dumps(list(config.class_names)),
-            "data_config": json.dumps(asdict(config)), **run}
+            "data_config": json.dumps(asdict(config)), **indices, **run}
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,8 @@ def guess_note(path: str, config: DataConfig, meta: Dict[str, str], classes: str
     if preprocessing is None:
         stem = "CIFAR" if config.input_size[-1] == 32 else "ImageNet"
         preprocessing = f"the variant's standard {stem} preprocessing"
-    return f"note: {path} carries no {' or '.join(missing)}; using {preprocessing} and {classes}"
+    used = [preprocessing] * (not meta.get("data_config")) + [classes] * (not meta.get("class_names"))
+    return f"note: {path} carries no {' or '.join(missing)}; using {' and '.join(used)}"
 
 
 # ------------------------------------------------------------------------------------------------ convert
@@ -428,6 +432,8 @@ def read_export(path: str) -> Tuple[ModelIO, Dict[str, str]]:
         config = DataConfig.from_dict(json.loads(meta["data_config"]))
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: its data_config is not JSON; export it again with hcgnet export") from None
+    if metadata_value(meta, "class_indices") == "true":   # names the checkpoint did not record (export_metadata)
+        meta = {key: value for key, value in meta.items() if key != "class_names"}
     return ModelIO(config, int(config.input_size[0]), len(config.class_names)), meta
 
 
@@ -683,7 +689,7 @@ def predict(
     for p in problems:
         log(f"hcgnet: warning: {p['error']}; skipped")
     if exported:
-        io, _ = read_export(path)
+        io, meta = read_export(path)
         config, classify = io.config, exported_classifier(path, io, openvino)
     else:
         model, meta = load_model(path, model_name)
@@ -696,9 +702,9 @@ def predict(
                                      compile=int8_compile)
         else:
             classify = float_runner(model, meta, min(batch_size, len(files)), compile, openvino, log)
-        note = guess_note(path, config, meta)
-        if note:
-            log(note)
+    note = guess_note(path, config, meta)
+    if note:
+        log(note)
     transform = build_eval_transform(config)
     names = list(config.class_names)
     k = min(topk, len(names))
