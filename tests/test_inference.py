@@ -457,3 +457,29 @@ def test_eval_and_attack_find_the_data_where_the_run_did(capsys, tmp_path, monke
     save_file(tensors, checkpoint, metadata=meta)   # as a run before data_dir was recorded: config.yaml says it,
     monkeypatch.chdir(tmp_path)                      # relative to where the run started
     assert top1() == pytest.approx(expected)
+
+
+def test_a_run_on_a_relative_image_folder_is_evaluated_from_any_working_folder(capsys, tmp_path, monkeypatch):
+    """A run started with ``--data imagefolder:shots`` records the folder's absolute path, so ``eval`` without
+    ``--data`` from another working folder scores the run's own test split (its results.json figures), and so does
+    ``--data`` with the folder's absolute path: it is the data the run trained on, not another folder to score
+    whole."""
+    from conftest import make_image_folder
+
+    make_image_folder(tmp_path / "shots", classes=3, per_class=12)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "train", "--model", SPEC, "--data", "imagefolder:shots", "--image-size", "16",
+                       "--epochs", "1", "--batch-size", "8", "--workers", "0", "--val-size", "0.25",
+                       "--test-size", "0.25", "--output", "run")
+    assert code == 0, err
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for extra in ([], ["--data", f"imagefolder:{tmp_path / 'shots'}"]):
+        code, out, err = cli(capsys, "eval", "--checkpoint", tmp_path / "run" / "best.safetensors", "--workers", "0",
+                             "--json", *extra)
+        assert code == 0, err
+        scored = json.loads(out)
+        assert scored["data"] == f"imagefolder:{tmp_path / 'shots'}" and scored["split"] == "test"
+        assert scored["count"] == results["test_images"] and scored["top1"] == pytest.approx(results["test_top1"])

@@ -80,6 +80,13 @@ def _parse_spec(spec) -> tuple[str, str | None]:
     raise DataError(f"unknown dataset {spec!r}: use one of {_SPEC_HELP}")
 
 
+def absolute_spec(spec: str) -> str:
+    """``spec`` as a checkpoint records it: an image folder by its absolute path (``imagefolder:/home/me/shots``),
+    so that it is found again from any working folder; a named dataset as it is."""
+    name, folder = _parse_spec(spec)
+    return f"imagefolder:{os.path.abspath(folder)}" if folder is not None else spec.strip()
+
+
 def _with_transform(ds: Dataset, transform) -> Dataset:
     """A shallow copy of a torchvision dataset (sharing its images/sample list) with another transform."""
     out = copy.copy(ds)

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from hcgnet import distributed
-from hcgnet.data import DataConfig, build_data
+from hcgnet.data import DataConfig, absolute_spec, build_data
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import evaluate, show_top5
 from hcgnet.files import write_json
@@ -107,7 +107,7 @@ def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
         "val_size": json.dumps(config.val_size),
         "test_size": json.dumps(config.test_size),
         "seed": str(config.seed),
-        "data": config.data,
+        "data": absolute_spec(config.data),   # found again from any working folder
         **({"data_dir": os.path.abspath(os.path.expanduser(config.data_dir))} if config.data_dir else {}),
         "skip_bad_images": json.dumps(config.skip_bad_images),  # eval rebuilds the split without the same files
         **_built_with(model, config),
