@@ -483,3 +483,18 @@ def test_a_run_on_a_relative_image_folder_is_evaluated_from_any_working_folder(c
         scored = json.loads(out)
         assert scored["data"] == f"imagefolder:{tmp_path / 'shots'}" and scored["split"] == "test"
         assert scored["count"] == results["test_images"] and scored["top1"] == pytest.approx(results["test_top1"])
+    # the folder gone: one line naming it; a checkpoint from before, recording the path as given, says how it reads
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = tmp_path / "run" / "best.safetensors"
+    (tmp_path / "shots").rename(tmp_path / "moved")
+    code, out, err = cli(capsys, "eval", "--checkpoint", checkpoint)
+    assert code == 2 and err == (f"hcgnet: error: {checkpoint} was trained on imagefolder:{tmp_path / 'shots'}, "
+                                 "which is not here; pass --data\n"), err
+    with safe_open(str(checkpoint), "pt") as f:
+        meta = {**f.metadata(), "data": "imagefolder:shots"}
+    save_file(load_file(checkpoint), checkpoint, metadata=meta)
+    code, out, err = cli(capsys, "eval", "--checkpoint", checkpoint)
+    assert code == 2 and err == (f"hcgnet: error: {checkpoint} was trained on imagefolder:shots, which is not here (a "
+                                 "relative path is relative to where the training run started); pass --data\n"), err

@@ -128,8 +128,9 @@ def recorded_data(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
     data, path = found[0], next(iter(recorded))
     folder = imagefolder_path(data)
     if folder is not None and not os.path.isdir(os.path.expanduser(folder)):
-        raise CheckpointError(f"{path} was trained on {data}, which is not here (a relative path is relative to "
-                              "where the training run started); pass --data")
+        relative = "" if os.path.isabs(os.path.expanduser(folder)) else (
+            " (a relative path is relative to where the training run started)")
+        raise CheckpointError(f"{path} was trained on {data}, which is not here{relative}; pass --data")
     return data
 
 
