@@ -334,3 +334,22 @@ def test_eval_scores_an_onnx_export_on_its_runs_own_test_split(trained, tmp_path
     code, stdout, err = cli(capsys, "predict", "--checkpoint", out, next(folder.rglob("*.png")), "--json")
     assert code == 0 and err == f"note: {out} carries no class names; using class indices\n", err
     assert json.loads(stdout)[0]["top"][0]["class"] in indices
+
+
+def test_export_no_run_data_leaves_the_runs_local_folders_out(checkpoint, tmp_path, monkeypatch, capsys):
+    """``--no-run-data``: the file carries its class names, preprocessing and switches, not the run's data and
+    split settings (which name local folders); without it, both."""
+    import hcgnet.export
+
+    _, model = checkpoint
+    path = tmp_path / "run.safetensors"
+    hcgnet.save_safetensors(model, path, {"model_name": SPEC, "class_names": json.dumps(CLASSES),
+                                          "data_config": json.dumps(DATA_CONFIG), "data": "imagefolder:/home/me/shots",
+                                          "data_dir": "/home/me/data", "seed": "0", "switches": '{"groups": 4}'})
+    written = []
+    monkeypatch.setattr(hcgnet.export, "export_model", lambda *a, metadata=None, **k: written.append(metadata))
+    for flags in (["--no-run-data"], []):
+        assert main(["export", "--checkpoint", str(path), "--output", str(tmp_path / "m.onnx"), *flags]) == 0
+    without, with_run = written
+    assert set(without) == {"model_name", "class_names", "data_config", "switches"}
+    assert with_run["data"] == "imagefolder:/home/me/shots" and with_run["data_dir"] == "/home/me/data"

@@ -266,7 +266,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if int8:
         from hcgnet.quantize import export_int8
 
-        report = export_int8(args.checkpoint, str(out), fmt, args.model, int8["calibration"])
+        report = export_int8(args.checkpoint, str(out), fmt, args.model, int8["calibration"], run_data=args.run_data)
         print(f"wrote {out}: int8 {fmt} (QDQ), dynamic batch and input size, calibrated on "
               f"{report['calibrated_on']}; its top-1 agrees with the float model's on "
               f"{100 * report['agreement']:.1f}% of them (largest logit difference {report['max_diff']:.3g})")
@@ -275,7 +275,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     input_size = data_config_of(model, meta).input_size
     print(f"exporting {args.checkpoint} to {fmt}: tracing, then checking against the eager model at another "
           "input size (a minute or so for a full HCGNet on a CPU)", file=sys.stderr, flush=True)
-    export_model(model, str(out), fmt, input_size, metadata=export_metadata(model, meta, args.model))
+    export_model(model, str(out), fmt, input_size, metadata=export_metadata(model, meta, args.model, args.run_data))
     print(f"wrote {out}: {fmt}, dynamic batch and input size, checked against the eager model; its class names "
           f"and preprocessing are in the file (README, \"Exporting\")")
     return 0
@@ -903,6 +903,9 @@ def _add_inference_commands(sub) -> None:
                          "--output's name says: .onnx, .pt, .pt2)")
     ex.add_argument("--output", required=True, metavar="OUTPUT", help="the file to write (.onnx, .pt or .pt2)")
     ex.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    ex.add_argument("--no-run-data", dest="run_data", action="store_false",
+                    help="leave the run's data and split settings out of the file (they name local folders); "
+                         "eval then needs --data")
     ex.add_argument("--int8", action="store_true",
                     help="an int8 QDQ model (ONNX Runtime static quantization; --format onnx), calibrated on "
                          "--calibration training images of the checkpoint's own data")

@@ -153,16 +153,17 @@ def data_config_of(model: nn.Module, meta: Dict[str, str]) -> DataConfig:
                                name="cifar10" if cifar else "imagefolder")
 
 
-def export_metadata(model: nn.Module, meta: Dict[str, str], model_name: Optional[str] = None) -> Dict[str, str]:
+def export_metadata(model: nn.Module, meta: Dict[str, str], model_name: Optional[str] = None,
+                    run_data: bool = True) -> Dict[str, str]:
     """What an exported file carries so that it can be used without hcgnet (``hcgnet export``): the model's name,
     its class names (a JSON list, in output order) and the eval preprocessing ``predict`` applies (``data_config``,
     a JSON :class:`DataConfig`: input size, mean, std, and ``resize``, the shorter side before the centre crop);
     and, as the checkpoint recorded them, the network's design ``switches`` (for ``hcgnet info``) and its run's
-    data and split settings (:data:`EXPORTED_RUN_KEYS`), with which ``eval`` scores the file on the run's own
-    test split."""
+    data and split settings (:data:`EXPORTED_RUN_KEYS`; not with ``run_data=False``: they name local folders),
+    with which ``eval`` scores the file on the run's own test split."""
     config = data_config_of(model, meta)
     name = model_name or meta.get("model_name") or model.pretrained_cfg.get("architecture", "")
-    run = {key: meta[key] for key in ("switches", *EXPORTED_RUN_KEYS) if key in meta}
+    run = {key: meta[key] for key in ("switches", *(EXPORTED_RUN_KEYS if run_data else ())) if key in meta}
     # A checkpoint without class names (a published one) gets its output indices as names, marked as such, so
     # that eval labels a folder with the folder's classes, as it does for that checkpoint.
     indices = {} if meta.get("class_names") else {"class_indices": "true"}

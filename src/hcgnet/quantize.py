@@ -276,7 +276,7 @@ def int8_model(path: str, model: nn.Module, meta: Dict[str, str], backend: str =
 
 
 def export_int8(path: str, output: str, fmt: str = "onnx", model_name: Optional[str] = None,
-                calibration: Optional[int] = None, log: Log = note_on_stderr) -> Dict[str, Any]:
+                calibration: Optional[int] = None, log: Log = note_on_stderr, run_data: bool = True) -> Dict[str, Any]:
     """Write the checkpoint at ``path`` as an int8 QDQ ONNX file at ``output`` (:func:`quantize_onnx`, atomic),
     calibrated on ``calibration`` of its training images, and say how close it stays to the float model on them:
     ``{"calibrated_on", "agreement" (share of the same top-1), "max_diff" (largest logit difference)}``."""
@@ -290,7 +290,7 @@ def export_int8(path: str, output: str, fmt: str = "onnx", model_name: Optional[
     same, count, max_diff = 0, 0, 0.0
     with reported_write(out), atomic_path(out, suffix=".onnx") as tmp:
         quantize_onnx(model, loader, tmp, data_config_of(model, meta).input_size)
-        write_onnx_metadata(tmp, export_metadata(model, meta, model_name))
+        write_onnx_metadata(tmp, export_metadata(model, meta, model_name, run_data))
         quantized = OnnxRuntimeModel(tmp, model.num_classes)
         with torch.no_grad():
             for x in _images(loader):
