@@ -857,7 +857,9 @@ def _add_inference_commands(sub) -> None:
                             "--openvino), scored on the data and split its run recorded")
     ev.add_argument("--data", default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH (default: "
                                                  "the data the checkpoint was trained on, as it records it)")
-    ev.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
+    ev.add_argument("--data-dir", default=None,
+                    help="where CIFAR / Fashion-MNIST files are (default: where the checkpoint's run found them, "
+                         "if that is here, else $HCGNET_DATA or ~/.cache/hcgnet/data)")
     ev.add_argument("--split", choices=("test", "val", "all"), default=None,
                     help="test or val: the training run's held-out images (of the data it was trained on); all: "
                          "every image of an imagefolder (default: all for a folder the checkpoint was not trained "
@@ -965,7 +967,9 @@ def _add_study_commands(sub) -> None:
                     help="model name for a checkpoint that does not say (published ones); one per --checkpoint, in order")
     at.add_argument("--data", default=None, help="cifar10, cifar100, fashion-mnist or imagefolder:PATH (default: "
                                                  "the data the checkpoints were trained on, if they all record the same)")
-    at.add_argument("--data-dir", default=None, help="where CIFAR / Fashion-MNIST files are")
+    at.add_argument("--data-dir", default=None,
+                    help="where CIFAR / Fashion-MNIST files are (default: where the checkpoint's run found them, "
+                         "if that is here, else $HCGNET_DATA or ~/.cache/hcgnet/data)")
     at.add_argument("--split", choices=("test", "val", "all"), default=None,
                     help="as hcgnet eval (default: all for a folder the checkpoint was not trained on, else test)")
     at.add_argument("--attack", default=PAPER_ATTACK,
