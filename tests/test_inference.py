@@ -498,3 +498,26 @@ def test_a_run_on_a_relative_image_folder_is_evaluated_from_any_working_folder(c
     code, out, err = cli(capsys, "eval", "--checkpoint", checkpoint)
     assert code == 2 and err == (f"hcgnet: error: {checkpoint} was trained on imagefolder:shots, which is not here (a "
                                  "relative path is relative to where the training run started); pass --data\n"), err
+
+
+def test_checkpoints_recording_one_folder_two_ways_are_trained_on_the_same_data(tmp_path, monkeypatch):
+    """An older checkpoint records an image folder as given (relative to where its run started), a newer one by
+    its absolute path: from the run's working folder they name the same data, and the record that is here is
+    used; from elsewhere the relative one names another folder, and ``--data`` is asked for."""
+    from hcgnet.errors import CheckpointError
+    from hcgnet.inference import recorded_data
+
+    (tmp_path / "shots").mkdir()
+    monkeypatch.chdir(tmp_path)
+    older, newer = ("a.safetensors", {"data": "imagefolder:shots"}), ("b.safetensors",
+                                                                       {"data": f"imagefolder:{tmp_path / 'shots'}"})
+    assert recorded_data([older, newer]) in ("imagefolder:shots", f"imagefolder:{tmp_path / 'shots'}")
+    assert recorded_data([older, ("c.safetensors", {"data": "imagefolder:./shots/"})]) in ("imagefolder:./shots/",
+                                                                                        "imagefolder:shots")
+    with pytest.raises(CheckpointError, match="trained on different data"):
+        recorded_data([newer, ("d.safetensors", {"data": "cifar10"})])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert recorded_data([newer]) == f"imagefolder:{tmp_path / 'shots'}"
+    with pytest.raises(CheckpointError, match="trained on different data"):
+        recorded_data([older, newer])

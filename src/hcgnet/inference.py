@@ -123,15 +123,24 @@ def recorded_data(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
     if missing:
         raise CheckpointError(f"{missing[0]} does not record the data it was trained on; pass --data")
     found = sorted(set(recorded.values()))
-    if len(found) > 1:
+    if len({_place(data) for data in found}) > 1:
         raise CheckpointError(f"the checkpoints were trained on different data ({', '.join(found)}); pass --data")
-    data, path = found[0], next(iter(recorded))
+    # one folder recorded two ways (as given by an older checkpoint, absolute by a newer one): the one that is here
+    data = next((d for d in found if imagefolder_path(d) is None
+                 or os.path.isdir(os.path.expanduser(imagefolder_path(d)))), found[0])
+    path = next(p for p, d in recorded.items() if d == data)
     folder = imagefolder_path(data)
     if folder is not None and not os.path.isdir(os.path.expanduser(folder)):
         relative = "" if os.path.isabs(os.path.expanduser(folder)) else (
             " (a relative path is relative to where the training run started)")
         raise CheckpointError(f"{path} was trained on {data}, which is not here{relative}; pass --data")
     return data
+
+
+def _place(data: str) -> str:
+    """What ``data`` names: an image folder by its real path (from this working folder), a dataset by its name."""
+    folder = imagefolder_path(data)
+    return data if folder is None else _real(folder)
 
 
 def run_data_dir(data: str, data_dir: Optional[str], meta: Dict[str, str]) -> Optional[str]:
@@ -234,8 +243,12 @@ def imagefolder_path(data: str) -> Optional[str]:
     return data.split(":", 1)[1].strip() if data.strip().lower().startswith("imagefolder:") else None
 
 
+def _real(folder: str) -> str:
+    return os.path.realpath(os.path.expanduser(folder))
+
+
 def _same_place(a: str, b: str) -> bool:
-    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+    return _real(a) == _real(b)
 
 
 def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
