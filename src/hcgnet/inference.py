@@ -126,12 +126,10 @@ def recorded_data(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
     if len({_place(data) for data in found}) > 1:
         raise CheckpointError(f"the checkpoints were trained on different data ({', '.join(found)}); pass --data")
     # one folder recorded two ways (as given by an older checkpoint, absolute by a newer one): the one that is here
-    data = next((d for d in found if imagefolder_path(d) is None
-                 or os.path.isdir(os.path.expanduser(imagefolder_path(d)))), found[0])
-    path = next(p for p, d in recorded.items() if d == data)
-    folder = imagefolder_path(data)
-    if folder is not None and not os.path.isdir(os.path.expanduser(folder)):
-        relative = "" if os.path.isabs(os.path.expanduser(folder)) else (
+    data = next((d for d in found if _is_here(d)), found[0])
+    if not _is_here(data):
+        path = next(p for p, d in recorded.items() if d == data)
+        relative = "" if os.path.isabs(os.path.expanduser(imagefolder_path(data))) else (
             " (a relative path is relative to where the training run started)")
         raise CheckpointError(f"{path} was trained on {data}, which is not here{relative}; pass --data")
     return data
@@ -141,6 +139,12 @@ def _place(data: str) -> str:
     """What ``data`` names: an image folder by its real path (from this working folder), a dataset by its name."""
     folder = imagefolder_path(data)
     return data if folder is None else _real(folder)
+
+
+def _is_here(data: str) -> bool:
+    """Whether ``data`` can be read from this working folder (a named dataset is looked for later, in --data-dir)."""
+    folder = imagefolder_path(data)
+    return folder is None or os.path.isdir(os.path.expanduser(folder))
 
 
 def run_data_dir(data: str, data_dir: Optional[str], meta: Dict[str, str]) -> Optional[str]:
