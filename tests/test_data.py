@@ -19,7 +19,7 @@ from torchvision import transforms as T
 from conftest import make_image_folder
 from hcgnet.data import (
     DATASETS, DataBundle, DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform,
-    build_train_transform, error_message, load_image, split_indices,
+    build_train_transform, error_message, load_image, spec_folder, split_indices,
 )
 from hcgnet.data import datasets as D
 from hcgnet.data import fashion_mnist as FM
@@ -263,6 +263,17 @@ def test_a_folder_without_the_imagefolder_prefix_is_told_to_add_it(tmp_path):
         build_data(str(folder), download=False)
     assert str(e.value) == (f"unknown dataset {str(folder)!r}; for the images in the folder {folder}, write "
                             f"imagefolder:{folder}")
+
+
+def test_spec_folder_names_the_folder_an_imagefolder_spec_reads(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert spec_folder("imagefolder:~/shots") == "/home/someone/shots"
+    assert spec_folder(" ImageFolder: rel/shots ") == "rel/shots"
+    assert spec_folder("imagefolder:/a:b") == "/a:b"     # only the first colon separates
+    assert spec_folder("CIFAR10") is None and spec_folder("fashion-mnist") is None
+    for spec in ("mnist", "imagefolder:", "imagefolder"):
+        with pytest.raises(DataError):
+            spec_folder(spec)
 
 
 # ------------------------------------------------------------------------------------------------ ImageFolder

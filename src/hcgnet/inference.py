@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from hcgnet.data import (
     DataConfig, DataError, build_data, build_eval_dataset, build_eval_transform, image_size_note, load_image,
-    resolve_data_config, skipped_note,
+    resolve_data_config, skipped_note, spec_folder,
 )
 from hcgnet.data.image_folder import class_folders, layout
 from hcgnet.compiled import compile_frozen
@@ -129,7 +129,7 @@ def recorded_data(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
     data = next((d for d in found if _is_here(d)), found[0])
     if not _is_here(data):
         path = next(p for p, d in recorded.items() if d == data)
-        relative = "" if os.path.isabs(os.path.expanduser(imagefolder_path(data))) else (
+        relative = "" if os.path.isabs(spec_folder(data)) else (
             " (a relative path is relative to where the training run started)")
         raise CheckpointError(f"{path} was trained on {data}, which is not here{relative}; pass --data")
     return data
@@ -137,14 +137,14 @@ def recorded_data(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:
 
 def _place(data: str) -> str:
     """What ``data`` names: an image folder by its real path (from this working folder), a dataset by its name."""
-    folder = imagefolder_path(data)
+    folder = spec_folder(data)
     return data if folder is None else _real(folder)
 
 
 def _is_here(data: str) -> bool:
     """Whether ``data`` can be read from this working folder (a named dataset is looked for later, in --data-dir)."""
-    folder = imagefolder_path(data)
-    return folder is None or os.path.isdir(os.path.expanduser(folder))
+    folder = spec_folder(data)
+    return folder is None or os.path.isdir(folder)
 
 
 def run_data_dir(data: str, data_dir: Optional[str], meta: Dict[str, str]) -> Optional[str]:
@@ -243,10 +243,6 @@ def convert_checkpoint(
 # ------------------------------------------------------------------------------------------------ eval
 
 
-def imagefolder_path(data: str) -> Optional[str]:
-    return data.split(":", 1)[1].strip() if data.strip().lower().startswith("imagefolder:") else None
-
-
 def _real(folder: str) -> str:
     return os.path.realpath(os.path.expanduser(folder))
 
@@ -258,17 +254,17 @@ def _same_place(a: str, b: str) -> bool:
 def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
     """The split ``eval`` scores when none is asked for, and why, when that is not the obvious "test": a folder
     the checkpoint was not trained on is scored whole ("all")."""
-    folder = imagefolder_path(data)
+    folder = spec_folder(data)
     if folder is None:
         return "test", None
     recorded = metadata_value(meta, "data")
     if recorded is not None:
-        trained = imagefolder_path(recorded)
+        trained = spec_folder(recorded)
         if trained is not None and _same_place(trained, folder):
             return "test", None
         return "all", f"{folder} is not the data the checkpoint was trained on ({recorded}): scoring all of it"
     has_split = metadata_value(meta, "seed") is not None or metadata_value(meta, "val_size") is not None
-    if not os.path.isdir(os.path.join(os.path.expanduser(folder), "train")) and not has_split:
+    if not os.path.isdir(os.path.join(folder, "train")) and not has_split:
         return "all", f"the checkpoint records no training split: scoring all of {folder}"
     return "test", None
 
@@ -276,10 +272,10 @@ def choose_split(data: str, meta: Dict[str, str]) -> Tuple[str, Optional[str]]:
 def check_split_data(data: str, meta: Dict[str, str], split: str) -> None:
     """Refuse ``--split test``/``val`` on a folder the checkpoint was not trained on: those splits are the
     training run's held-out images, which another folder does not hold."""
-    folder, recorded = imagefolder_path(data), metadata_value(meta, "data")
+    folder, recorded = spec_folder(data), metadata_value(meta, "data")
     if folder is None or recorded is None:
         return
-    trained = imagefolder_path(recorded)
+    trained = spec_folder(recorded)
     if trained is None or not _same_place(trained, folder):
         raise HCGNetError(f"--split {split} is the training run's held-out images of {recorded}, and {folder} is not "
                           "that data; pass --split all to score every image of it")
@@ -393,7 +389,7 @@ def _few(names: Sequence[str]) -> str:
 
 def _all_dataset(data, data_dir, meta, io: ModelIO, path, skip_bad_images,
                  skipped_log: Log) -> Tuple[Dataset, List[str]]:
-    folder = imagefolder_path(data)
+    folder = spec_folder(data)
     if folder is None:
         raise HCGNetError("--split all scores every image of a folder: use it with --data imagefolder:DIR")
     config = io.config
@@ -521,9 +517,9 @@ def eval_dataset(path: str, data: Optional[str], data_dir: Optional[str], split:
         raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
     if why:  # said once the folder is known to be usable, so an error stays a single line
         log(f"note: {why} (--split all)")
-    folder = imagefolder_path(data)
+    folder = spec_folder(data)
     if folder is not None and not meta.get("data_config"):  # the input size came from the model
-        note = image_size_note(collect_images([os.path.expanduser(folder)])[0], io.config, folder)
+        note = image_size_note(collect_images([folder])[0], io.config, folder)
         if note:
             log(note)
     return data, split, dataset, class_names

@@ -317,15 +317,16 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
     """The images ``hcgnet eval`` would score for this checkpoint (same split, same preprocessing), as [0, 1]
     pixels. ``skip_bad_images``: leave out unreadable images instead of refusing the folder (None: as the
     training run did), named in a note to ``log``. Returns ``(dataset, the checkpoint's DataConfig, split)``."""
+    from hcgnet.data import spec_folder
     from hcgnet.inference import (SPLITS, bad_images_setting, choose_split, data_config_of, folder_classes,
-                                  imagefolder_path, run_data_dir, split_settings)
+                                  run_data_dir, split_settings)
 
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if split is None:
         split = choose_split(data, meta)[0]
     config = data_config_of(model, meta)
-    folder = imagefolder_path(data)
+    folder = spec_folder(data)
     if folder is not None and not meta.get("class_names"):
         config.class_names = folder_classes(folder)
     if len(config.class_names) != model.num_classes:

@@ -80,6 +80,12 @@ def _parse_spec(spec) -> tuple[str, str | None]:
     raise DataError(f"unknown dataset {spec!r}: use one of {_SPEC_HELP}")
 
 
+def spec_folder(spec: str) -> str | None:
+    """The folder an ``imagefolder:PATH`` spec reads (``~`` expanded); None for a built-in dataset. A spec that is
+    neither is a :class:`DataError`."""
+    return _parse_spec(spec)[1]
+
+
 def absolute_spec(spec: str) -> str:
     """``spec`` as a checkpoint records it: an image folder by its absolute path (``imagefolder:/home/me/shots``),
     so that it is found again from any working folder; a named dataset as it is."""
