@@ -218,6 +218,50 @@ def test_eval_fast_paths_score_like_fp32(capsys, run, fast):
         assert abs(quick["top1"] - plain["top1"]) <= 1 / plain["count"] + 1e-9
 
 
+def test_eval_says_when_it_scores_the_runs_split_in_other_arithmetic_than_the_run(capsys, run, tmp_path):
+    """A run records the arithmetic it scored its val and test sets in; eval of those splits in another says so
+    on stderr (a bf16 run's results.json against an fp32 eval differ in the last digits), and stays quiet in the
+    run's own. A training checkpoint (``.pt``) says it through its config; a ``.safetensors`` from before the
+    record, through its run folder's config.yaml; one without either, not at all."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    best = run["out"] / "best.safetensors"
+    with safe_open(str(best), "pt") as f:
+        meta = dict(f.metadata())
+    assert (meta["amp"], meta["channels_last"]) == ("none", "false")   # the fixture's run: fp32, contiguous
+
+    def note(checkpoint, *fast):
+        code, _, err = cli(capsys, "eval", "--checkpoint", checkpoint, "--split", "val", "--workers", "0", *fast)
+        assert code == 0, err
+        lines = [line for line in err.splitlines() if "training run scored" in line]
+        assert len(lines) <= 1, err
+        return lines[0] if lines else None
+
+    assert note(best) is None and note(best, "--channels-last") is None
+    assert note(best, "--amp", "bf16") == ("note: the training run scored its val split in fp32, this evaluation "
+                                           "is in --amp bf16: figures can differ from the run's in the last digits")
+    assert note(run["out"] / "last.pt", "--amp", "bf16").startswith("note: the training run scored its val split "
+                                                                     "in fp32, this evaluation is in --amp bf16")
+    tensors = load_file(str(best))
+    bf16_run = tmp_path / "bf16.safetensors"   # as a run with --amp bf16 --channels-last records itself
+    save_file(tensors, str(bf16_run), metadata={**meta, "amp": "bf16", "channels_last": "true"})
+    assert note(bf16_run) == ("note: the training run scored its val split in --amp bf16 --channels-last, this "
+                              "evaluation is in fp32: figures can differ from the run's in the last digits")
+    assert note(bf16_run, "--amp", "bf16") is not None           # bf16 in another layout: other roundings
+    assert note(bf16_run, "--amp", "bf16", "--channels-last") is None
+    assert note(bf16_run, "--split", "all", "--data", f"imagefolder:{run['folder']}") is None  # not the run's split
+    unrecorded = {k: v for k, v in meta.items() if k not in ("amp", "channels_last")}
+    older = run["out"] / "older.safetensors"   # before the record, in its run folder: config.yaml says fp32
+    save_file(tensors, str(older), metadata=unrecorded)
+    try:
+        assert note(older, "--amp", "bf16") is not None
+    finally:
+        older.unlink()
+    save_file(tensors, str(tmp_path / "older.safetensors"), metadata=unrecorded)   # nothing says: no note
+    assert note(tmp_path / "older.safetensors", "--amp", "bf16") is None
+
+
 def test_eval_on_the_device_asked_for(capsys, run):
     args = ["eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data", f"imagefolder:{run['folder']}",
             "--split", "val", "--workers", "0"]

@@ -37,11 +37,14 @@ from hcgnet.evaluation import AMP_DTYPES, autocast, device_of, evaluate, fast_pa
 #: What ``predict`` collects from a folder or a glob (a file named explicitly is tried whatever its name).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLITS = ("test", "val", "all")
-#: Settings of the training run kept with its weights, read from a training checkpoint's ``config``.
-RUN_KEYS = ("data", "data_dir", "val_size", "test_size", "seed")
+#: Where a training run's data was and how it was split, kept with its weights.
+DATA_KEYS = ("data", "data_dir", "val_size", "test_size", "seed")
+#: Those and the arithmetic the run scored its val and test sets in: read from a training checkpoint's ``config``
+#: (or a run folder's ``config.yaml``) where its metadata lacks them.
+RUN_KEYS = (*DATA_KEYS, "amp", "channels_last")
 #: What an export carries of its run, so that eval rebuilds the run's test split for it: the data and split
 #: settings, and whether the run left unreadable images out.
-EXPORTED_RUN_KEYS = (*RUN_KEYS, "skip_bad_images")
+EXPORTED_RUN_KEYS = (*DATA_KEYS, "skip_bad_images")
 Log = Callable[[str], None]
 
 
@@ -89,8 +92,24 @@ def checkpoint_metadata(path: str) -> Dict[str, str]:
             run = saved
     for key in RUN_KEYS:
         if key not in meta and key in run:
-            meta[key] = str(run[key])
+            meta[key] = json.dumps(run[key]) if isinstance(run[key], bool) else str(run[key])
     return meta
+
+
+def precision_note(meta: Dict[str, str], split: str, amp: str, channels_last: bool) -> Optional[str]:
+    """What to tell a user scoring a training run's own ``val``/``test`` split in other arithmetic than the run
+    scored it in (None when the same, or the run's is not recorded): a bf16 run's results.json and an fp32
+    ``eval`` differ in the last digits, which looks like a bug unless said."""
+    run_amp = metadata_value(meta, "amp")
+    if split not in ("test", "val") or run_amp is None:
+        return None
+    run_channels_last = metadata_value(meta, "channels_last") == "true"
+    if run_amp == amp and (amp == "none" or run_channels_last == channels_last):
+        return None    # in fp32 the memory layout changes nothing measurable
+    flags = (f"--amp {run_amp}" if run_amp != "none" else "fp32") + " --channels-last" * run_channels_last
+    this = f"--amp {amp}" if amp != "none" else "fp32"
+    return (f"note: the training run scored its {split} split in {flags}, this evaluation is in {this}"
+            f"{' --channels-last' * channels_last}: figures can differ from the run's in the last digits")
 
 
 def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, Dict[str, str]]:
@@ -564,6 +583,9 @@ def evaluate_checkpoint(
         model, meta = load_model(path, model_name)
         io = model_io(model, meta)
     data, split, dataset, class_names = eval_dataset(path, data, data_dir, split, meta, io, skip_bad_images, log)
+    note = None if exported or int8 or openvino else precision_note(meta, split, amp, channels_last)
+    if note:
+        log(note)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     if exported:
         scored = exported_classifier(path, io, openvino)

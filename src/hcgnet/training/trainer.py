@@ -96,8 +96,9 @@ def model_defaults(config: TrainConfig) -> Dict[str, Any]:
 
 def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
     """What ``hcgnet eval``/``predict`` need from a run: preprocessing, classes, and how the data was split
-    (``seed``, ``val_size``, ``test_size`` as JSON: a number or null for automatic), and where the data was
-    (``data_dir``, absolute, when ``--data-dir`` was given)."""
+    (``seed``, ``val_size``, ``test_size`` as JSON: a number or null for automatic), where the data was
+    (``data_dir``, absolute, when ``--data-dir`` was given), and the arithmetic the run scored its val and test
+    sets in (``amp``, ``channels_last``)."""
     return {
         "model_name": config.model,
         "num_classes": str(model.num_classes),
@@ -110,6 +111,8 @@ def _metadata(config: TrainConfig, data, model: nn.Module) -> Dict[str, str]:
         "data": absolute_spec(config.data),   # found again from any working folder
         **({"data_dir": os.path.abspath(os.path.expanduser(config.data_dir))} if config.data_dir else {}),
         "skip_bad_images": json.dumps(config.skip_bad_images),  # eval rebuilds the split without the same files
+        "amp": config.amp,                                       # what the run scored val and test in
+        "channels_last": json.dumps(config.channels_last),
         **_built_with(model, config),
     }
 
