@@ -128,6 +128,26 @@ def test_export_int8_writes_an_onnx_file_whose_outputs_match_fp32(trained, test_
     assert stdout.startswith(f"{out} on {recorded['data']} (test, 400 images): top-1 {100 * expected:.2f}%"), stdout
 
 
+def test_export_int8_no_run_data_leaves_the_runs_local_folders_out(trained, tmp_path, capsys):
+    """``export --int8 --no-run-data``: the int8 file carries the class names and preprocessing, not the run's
+    data and split settings (local folders), so eval asks for --data; with it, eval scores the folder whole."""
+    path, folder = trained
+    out = tmp_path / "shared.onnx"
+    code, _, err = cli(capsys, "export", "--checkpoint", path, "--format", "onnx", "--int8", "--calibration", 16,
+                       "--no-run-data", "--output", out)
+    assert code == 0, err
+    carried = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_modelmeta()
+    carried = carried.custom_metadata_map
+    assert {"class_names", "data_config"} <= set(carried)
+    assert not {"data", "data_dir", "seed", "val_size", "test_size", "skip_bad_images"} & set(carried), carried
+    code, stdout, err = cli(capsys, "eval", "--checkpoint", out, "--workers", "0")
+    assert code == 2 and len(err.splitlines()) == 1 and "pass --data" in err, err
+    code, stdout, err = cli(capsys, "eval", "--checkpoint", out, "--data", f"imagefolder:{folder}", "--workers", "0",
+                            "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["split"] == "all" and json.loads(stdout)["count"] == 800
+
+
 def test_calibration_draws_a_seeded_sample_of_training_images_never_test_ones(trained, test_set):
     path, _ = trained
     model, meta, test_images = test_set[0], test_set[1], test_set[2]
