@@ -407,7 +407,10 @@ def test_attacks_add_accuracy_under_each_attack_with_paired_differences(tmp_path
 
 @pytest.mark.parametrize("argv, message", [
     (["--attack", "fgsm,cw"], "unknown attack 'cw'"),
-    (["--attack-limit", "5"], "go with --attack"),
+    (["--attack-limit", "5"], "--attack-limit goes with --attack; add --attack"),
+    (["--eps", "0,0.1"], "--eps goes with --attack; add --attack"),
+    (["--eps", "0", "--attack-steps", "3"], "--eps and --attack-steps go with --attack; add --attack"),
+    (["--attack", "fgsm", "--attack-steps", "3"], "--attack-steps is the iterations of pgd"),
     (["--attack", "fgsm", "--attack-limit", "0"], "--limit must be 1 or more"),
     (["--attack", "pgd", "--attack-steps", "0"], "--steps must be 1 or more"),
 ])

@@ -498,7 +498,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         return 0
     if not (args.grid and args.output):
         raise HCGNetError("pass --grid GRID.yaml (or a shipped grid: --list-grids) and --output DIR")
-    from hcgnet.analysis.paper import ATTACKS, PGD_STEPS
+    from hcgnet.analysis.paper import ATTACKS, PAPER_EPS, PGD_STEPS
 
     attacks = []
     if args.attack:
@@ -509,11 +509,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                                   "comma-separated")
             options = {"limit": args.attack_limit} if args.attack_limit is not None else {}
             if name == "pgd":
-                options["steps"] = args.attack_steps
-            eps = check_options(name, _eps_list(args.eps), **options)
+                options["steps"] = PGD_STEPS if args.attack_steps is None else args.attack_steps
+            eps = check_options(name, list(PAPER_EPS) if args.eps is None else _eps_list(args.eps), **options)
             attacks.append({"attack": name, "eps": eps, "options": options})
-    elif args.attack_limit is not None or args.attack_steps != PGD_STEPS:
-        raise HCGNetError("--attack-limit and --attack-steps go with --attack")
+    # an option of the attacks given without them would be silently ignored: refused, as eval's int8 options are
+    given = [flag for flag, value in (("--eps", args.eps), ("--attack-limit", args.attack_limit),
+                                      ("--attack-steps", args.attack_steps)) if value is not None]
+    if given and not args.attack:
+        raise HCGNetError(f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} with --attack; add --attack")
+    if args.attack_steps is not None and not any(a["attack"] == "pgd" for a in attacks):
+        raise HCGNetError("--attack-steps is the iterations of pgd; add pgd to --attack or drop --attack-steps")
     slurm = None
     if args.slurm_parameters:
         try:
@@ -1060,12 +1065,13 @@ def _add_study_commands(sub) -> None:
     ab.add_argument("--attack", default=None, metavar="NAME[,NAME]",
                     help=f"also attack every finished run's test set with each of these ({', '.join(ATTACKS)}); "
                          "the summary gains accuracy under each attack at each eps")
-    ab.add_argument("--eps", default=",".join(f"{e:g}" for e in PAPER_EPS),
-                    help="with --attack: comma-separated eps in pixel units (default the paper's: %(default)s)")
+    ab.add_argument("--eps", default=None,
+                    help="with --attack: comma-separated eps in pixel units (default the paper's: "
+                         f"{','.join(f'{e:g}' for e in PAPER_EPS)})")
     ab.add_argument("--attack-limit", type=int, default=None, metavar="N",
                     help="with --attack: the first N test images only (default: all)")
-    ab.add_argument("--attack-steps", type=int, default=PGD_STEPS, metavar="K",
-                    help="with --attack pgd: its iterations (default %(default)s)")
+    ab.add_argument("--attack-steps", type=int, default=None, metavar="K",
+                    help=f"with --attack pgd: its iterations (default {PGD_STEPS})")
     ab.add_argument("--force", action="store_true",
                     help="replace runs whose config changed, and summary files in a folder without runs/")
     ab.set_defaults(func=cmd_ablate)
