@@ -123,25 +123,31 @@ BAD = {
     "no categories": (_drop("categories"), "is not a COCO instances file: no 'categories' list"),
     "empty annotations": (lambda data: data.update(annotations=[]), "has an empty annotation list"),
     "unknown category": (lambda data: data["annotations"][2].update(category_id=5),
-                         "1 annotation (id 3) name a category_id that is not in its categories"),
+                         "1 annotation (id 3) names a category_id that is not in its categories; fix or remove it"),
     "unknown image": (lambda data: data["annotations"][1].update(image_id=99),
-                      "1 annotation (id 2) name a image_id that is not in its images"),
+                      "1 annotation (id 2) names an image_id that is not in its images; fix or remove it"),
     "degenerate box": (lambda data: data["annotations"][1].update(bbox=[3, 3, 0, 10]),
-                       "1 annotation (id 2) have a degenerate box"),
+                       "1 annotation (id 2) has a degenerate box"),
     "box outside": (lambda data: data["annotations"][0].update(bbox=[50, 10, 17, 10]),   # 3 px past the right
-                    "1 annotation have a box outside its image, the first annotation id 1: [x, y, w, h] = [50, 10, 17, 10] "
+                    "1 annotation has a box outside its image, the first annotation id 1: [x, y, w, h] = [50, 10, 17, 10] "
                     "in a 64x64 image"),
     "box outside above": (lambda data: data["annotations"][0].update(bbox=[10, -3, 10, 10]),
                           "the first annotation id 1: [x, y, w, h] = [10, -3, 10, 10]"),
+    "unknown images": (lambda data: [data["annotations"][k].update(image_id=99) for k in (1, 3)] and None,
+                       "2 annotations (ids 2, 4) name an image_id that is not in its images; fix or remove them"),
+    "degenerate boxes": (lambda data: [data["annotations"][k].update(bbox=[3, 3, 5, -1]) for k in (0, 1)] and None,
+                         "2 annotations (ids 1, 2) have a degenerate box"),
+    "boxes outside": (lambda data: [data["annotations"][k].update(bbox=[10, -3, 10, 10]) for k in (0, 1)] and None,
+                      "2 annotations have boxes outside their images, the first annotation id 1"),
     "missing images": (lambda data: data["images"].extend(
         {"id": 100 + k, "file_name": f"gone{k}.png", "width": 64, "height": 64} for k in range(5)),
         "5 of the 11 images listed in"),
     "image entry without size": (lambda data: data["images"][0].pop("width") and None,
                                  "image entry 0 has no 'width'"),
     "image of no size": (lambda data: data["images"][1].update(height="64"),
-                         "1 image (id 2) have a width or height that is not a positive number"),
+                         "1 image (id 2) has a width or height that is not a positive number"),
     "mask model without masks": (lambda data: data["annotations"][0].pop("segmentation") and None,
-                                 "1 annotation (id 1) have no segmentation"),
+                                 "1 annotation (id 1) has no segmentation"),
 }
 
 
@@ -160,7 +166,12 @@ def test_bad_coco_input_is_one_line_and_exit_code_2(toy, tmp_path, capsys, case)
 
 def test_missing_images_are_named(toy, tmp_path):
     images, path = edited(toy, tmp_path, BAD["missing images"][0])
-    with pytest.raises(CocoFormatError, match=r"gone0.png, gone1.png, gone2.png and 2 more; check --images"):
+    with pytest.raises(CocoFormatError, match=r"are missing from .*: gone0.png, gone1.png, gone2.png and 2 more; "
+                                              "check --images"):
+        read_coco(images, path)
+    images, path = edited(toy, tmp_path, lambda data: data["images"].append(
+        {"id": 100, "file_name": "gone.png", "width": 64, "height": 64}))
+    with pytest.raises(CocoFormatError, match=r"1 of the 7 images listed in .* is missing from .*: gone.png;"):
         read_coco(images, path)
 
 

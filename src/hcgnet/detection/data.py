@@ -49,6 +49,16 @@ def _few(items: Sequence[Any]) -> str:
     return shown + (f" and {len(items) - _NAMES_SHOWN} more" if len(items) > _NAMES_SHOWN else "")
 
 
+def _counted(ids: Sequence[Any], singular: str, plural_: str, noun: str = "annotation") -> str:
+    """``"1 annotation (id 3) has"``, ``"2 annotations (ids 3, 4) have"``: the count, the ids and the verb agreeing."""
+    return (f"{plural(len(ids), noun)} ({'id' if len(ids) == 1 else 'ids'} {_few(ids)}) "
+            f"{singular if len(ids) == 1 else plural_}")
+
+
+def _them(items: Sequence[Any]) -> str:
+    return "it" if len(items) == 1 else "them"
+
+
 @dataclass
 class CocoData:
     """A checked COCO-format dataset: pycocotools' index of it, and the label <-> category id mapping."""
@@ -118,18 +128,18 @@ def _check_structure(data: Any, path: Path) -> None:
     unsized = [im["id"] for im in data["images"]
                if not all(isinstance(im[k], (int, float)) and im[k] > 0 for k in ("width", "height"))]
     if unsized:
-        raise CocoFormatError(f"{path}: {plural(len(unsized), 'image')} (id {_few(unsized)}) have a width or height "
-                              "that is not a positive number of pixels; fix them")
+        raise CocoFormatError(f"{path}: {_counted(unsized, 'has', 'have', 'image')} a width or height "
+                              f"that is not a positive number of pixels; fix {_them(unsized)}")
 
 
 def _check_references(data: Dict[str, Any], path: Path) -> None:
     images = {im["id"] for im in data["images"]}
     categories = {c["id"] for c in data["categories"]}
-    for key, known, what in (("category_id", categories, "categories"), ("image_id", images, "images")):
-        bad = [a["id"] for a in data["annotations"] if a[key] not in known]
+    for key, known, where in (("a category_id", categories, "categories"), ("an image_id", images, "images")):
+        bad = [a["id"] for a in data["annotations"] if a[key.split()[1]] not in known]
         if bad:
-            raise CocoFormatError(f"{path}: {plural(len(bad), 'annotation')} (id {_few(bad)}) name a {key} that is "
-                                  f"not in its {what}; fix or remove them")
+            raise CocoFormatError(f"{path}: {_counted(bad, 'names', 'name')} {key} that is not in its {where}; "
+                                  f"fix or remove {_them(bad)}")
 
 
 def _check_boxes(data: Dict[str, Any], path: Path) -> int:
@@ -157,15 +167,16 @@ def _check_boxes(data: Dict[str, Any], path: Path) -> int:
                 continue
             a["bbox"], clipped = [x1, y1, x2 - x1, y2 - y1], clipped + 1
     if malformed:
-        raise CocoFormatError(f"{path}: {plural(len(malformed), 'annotation')} (id {_few(malformed)}) have a bbox "
-                              "that is not [x, y, width, height]; fix them")
+        raise CocoFormatError(f"{path}: {_counted(malformed, 'has', 'have')} a bbox "
+                              f"that is not [x, y, width, height]; fix {_them(malformed)}")
     if degenerate:
-        raise CocoFormatError(f"{path}: {plural(len(degenerate), 'annotation')} (id {_few(degenerate)}) have a "
-                              "degenerate box (width or height <= 0 inside the image); remove or fix them")
+        raise CocoFormatError(f"{path}: {_counted(degenerate, 'has', 'have')} a "
+                              f"degenerate box (width or height <= 0 inside the image); remove or fix {_them(degenerate)}")
     if outside:
         ann, box, width, height = outside[0]
         raise CocoFormatError(
-            f"{path}: {plural(len(outside), 'annotation')} have a box outside its image, the first annotation id "
+            f"{path}: {plural(len(outside), 'annotation')} {'has a box' if len(outside) == 1 else 'have boxes'} "
+            f"outside {'its image' if len(outside) == 1 else 'their images'}, the first annotation id "
             f"{ann}: [x, y, w, h] = {box} in a {width:g}x{height:g} image (more than {CLIP_PIXELS:g} px out); "
             "fix the boxes or the image sizes")
     return clipped
@@ -174,7 +185,7 @@ def _check_boxes(data: Dict[str, Any], path: Path) -> int:
 def _check_masks(data: Dict[str, Any], path: Path) -> None:
     bare = [a["id"] for a in data["annotations"] if not a.get("iscrowd", 0) and not a.get("segmentation")]
     if bare:
-        raise CocoFormatError(f"{path}: {plural(len(bare), 'annotation')} (id {_few(bare)}) have no segmentation, "
+        raise CocoFormatError(f"{path}: {_counted(bare, 'has', 'have')} no segmentation, "
                               "which a mask model needs; train a box model (--task box) or add the masks")
 
 
@@ -184,7 +195,8 @@ def _check_files(data: Dict[str, Any], images_dir: Path, path: Path) -> None:
         raise CocoFormatError(f"image folder {images_dir} {what}; give the folder of {path}'s images with --images")
     missing = [im["file_name"] for im in data["images"] if not (images_dir / im["file_name"]).is_file()]
     if missing:
-        raise CocoFormatError(f"{len(missing):,} of the {plural(len(data['images']), 'image')} listed in {path} are "
+        raise CocoFormatError(f"{len(missing):,} of the {plural(len(data['images']), 'image')} listed in {path} "
+                              f"{'is' if len(missing) == 1 else 'are'} "
                               f"missing from {images_dir}: {_few(missing)}; check --images")
 
 
