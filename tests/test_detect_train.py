@@ -284,3 +284,18 @@ def test_clipping_under_a_grad_scaler_clips_the_true_gradients():
     clip_gradients(step)
     optimizer_step(step.optimizer, scaler)
     assert a.detach().tolist() == pytest.approx([-1.5, -2.0])
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"box_detections_per_imgg": 50}, "unknown option 'box_detections_per_imgg' (did you mean box_detections_per_img?)"),
+    ({"anchors": 3}, "unknown option 'anchors' (the options are box_batch_size_per_image, box_bg_iou_thresh, "),
+    ({"min_size": 600}, "give min_size with --image-size, not here"),
+])
+def test_an_unknown_detector_option_is_refused_before_anything_is_written(toy, tmp_path, capsys, options, expected):
+    out = tmp_path / "run"
+    code = main(["detect", "train", "--images", str(toy[0]), "--annotations", str(toy[1]), "--output", str(out),
+                 "--device", "cpu", "--detector-options", json.dumps(options)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("hcgnet: error: --detector-options: ") and err.count("\n") == 1, err
+    assert expected in err
+    assert not out.exists()

@@ -90,6 +90,10 @@ def check_config(c: DetectConfig) -> None:
     if not isinstance(options, dict) or not all(isinstance(v, (int, float, str, bool)) for v in options.values()):
         raise HCGNetError("--detector-options takes a JSON object of numbers or strings, e.g. "
                           "'{\"box_batch_size_per_image\": 128}'")
+    if options:
+        from hcgnet.detection.models import check_detector_options  # torchvision: only when options are given
+
+        check_detector_options(options)
     if c.lr <= 0:
         raise HCGNetError(f"--lr must be positive, got {c.lr}")
     if not 0 < c.warmup_factor <= 1:

@@ -59,6 +59,35 @@ def build_detector(model: str = "hcgnet_b", task: str = "mask", num_classes: int
     return TASKS[task](backbone, num_classes=num_classes, **kwargs)
 
 
+#: Keyword arguments of torchvision's detectors that hcgnet sets from its own flags.
+OWN_FLAGS = {"min_size": "--image-size", "max_size": "--max-size"}
+
+
+def detector_option_names() -> list:
+    """The settings ``--detector-options`` may give: the number-valued keyword arguments of torchvision's
+    ``FasterRCNN`` (``MaskRCNN`` adds only modules), read from its signature so they follow torchvision."""
+    import inspect
+
+    parameters = inspect.signature(FasterRCNN.__init__).parameters.values()
+    return sorted(p.name for p in parameters if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
+                  and p.name not in OWN_FLAGS)
+
+
+def check_detector_options(options: dict) -> None:
+    """Refuse, in one line, a key torchvision's detector would not take (a typo would otherwise reach it only
+    as a TypeError after the data is read, or not at all), naming close matches or the accepted keys."""
+    import difflib
+
+    names = detector_option_names()
+    for key in options:
+        if key in OWN_FLAGS:
+            raise ModelSpecError(f"--detector-options: give {key} with {OWN_FLAGS[key]}, not here")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.8)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"the options are {', '.join(names)}"
+            raise ModelSpecError(f"--detector-options: unknown option {key!r} ({hint})")
+
+
 def trained_stages(model: str, weights_backbone: Optional[str] = None, trainable_stages: Optional[int] = None) -> int:
     """How many backbone stages ``build_detector`` with these arguments trains (every one without weights)."""
     n = RESNET50_STAGES if model.strip().lower() == RESNET50 else stage_count(model)
