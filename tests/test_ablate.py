@@ -168,6 +168,32 @@ def test_the_cli_refuses_in_one_line_with_exit_2(tmp_path, images, capsys):
     assert "hcgnet-switches" in capsys.readouterr().out
 
 
+def test_slurm_missing_is_refused_in_one_line_before_anything_is_written(tmp_path, images, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setattr(ablate_runs.shutil, "which", lambda name: None)  # a machine without Slurm
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    code = cli.main(["ablate", "--grid", str(path), "--seeds", "1", "--steps", "2", "--output",
+                     str(tmp_path / "g"), "--executor", "slurm"])
+    captured = capsys.readouterr()
+    err = captured.err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Slurm not found" in err
+    assert "login node of a Slurm cluster" in err and "leave --executor out" in err
+    assert captured.out == "" and not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("data, message", [("imagefolder:{tmp}/nothere", "no such folder"),
+                                           ("{tmp}", "write imagefolder:")])
+def test_missing_data_is_refused_before_any_run_and_any_file(tmp_path, images, capsys, data, message):
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    code = cli.main(["ablate", "--grid", str(path), "--seeds", "1", "--steps", "1", "--output", str(tmp_path / "g"),
+                     "--data", data.format(tmp=tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2 and len(captured.err.strip().splitlines()) == 1 and message in captured.err
+    assert "run 1/" not in captured.out and not (tmp_path / "g").exists()
+
+
 # ------------------------------------------------------------------------------------------------ a real grid
 
 

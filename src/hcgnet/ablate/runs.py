@@ -5,6 +5,7 @@ Executors: in this process (``jobs=1``), ``jobs`` processes at once on this mach
 run (``slurm``; ``submitit-local`` runs the same jobs as local processes, to try the cluster path)."""
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -62,6 +63,49 @@ def check_buildable(runs: Sequence[PlannedRun]) -> None:
             raise GridError(f"variant {run.variant}: cannot build {run.config.model} with "
                             f"{model_options(run.config)}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                             ) from None
+
+
+def check_executor(executor: str, jobs: int = 1) -> None:
+    """Refuse, before anything is written, an executor that cannot run here: submitit missing, or Slurm's
+    commands not on this machine (submitit would fail with a traceback once the runs start)."""
+    if jobs < 1:
+        raise GridError(f"--jobs must be 1 or more, got {jobs}")
+    if executor not in EXECUTORS:
+        raise GridError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "local":
+        return
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise GridError(f"--executor {executor} needs submitit: pip install 'hcgnet[cluster]'") from None
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if executor == "slurm" and missing:
+        raise GridError(f"--executor slurm: Slurm not found on this machine (no {' or '.join(missing)} on PATH); "
+                        "run hcgnet ablate on a login node of a Slurm cluster, or leave --executor out to run "
+                        "the grid here")
+
+
+def check_data(runs: Sequence[PlannedRun]) -> None:
+    """Find every run's data before any run starts (a missing folder or dataset fails here in one line, not
+    in the first run after its folder is made): an image folder's layout (its images are read by the run),
+    a built-in dataset's files (nothing downloaded: ablate does not download)."""
+    from hcgnet.data import DataError, build_data, spec_folder
+    from hcgnet.data.image_folder import layout
+
+    seen = set()
+    for run in runs:
+        c = run.config
+        if (c.data, c.data_dir, c.image_size) in seen:
+            continue
+        seen.add((c.data, c.data_dir, c.image_size))
+        try:
+            folder = spec_folder(c.data)
+            if folder is not None:
+                layout(folder)
+            else:
+                build_data(c.data, c.data_dir, image_size=c.image_size, download=c.download)
+        except DataError as e:
+            raise GridError(f"variant {run.variant}: {e}") from None
 
 
 def status(run: PlannedRun) -> str:
@@ -164,10 +208,7 @@ def run_grid(runs: Sequence[PlannedRun], jobs: int = 1, executor: str = "local",
              slurm_parameters: Optional[Dict[str, Any]] = None, folder: Optional[str] = None) -> Dict[str, str]:
     """Carry out every run not finished yet; returns each run folder's status before this call. ``folder``:
     where submitit keeps its job logs (default: beside the runs)."""
-    if jobs < 1:
-        raise GridError(f"--jobs must be 1 or more, got {jobs}")
-    if executor not in EXECUTORS:
-        raise GridError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    check_executor(executor, jobs)
     states = check_runs(runs, force)
     total = len(runs)
     todo = []
@@ -213,14 +254,13 @@ def _pool(todo, total: int, jobs: int, attacks, log: Callable) -> None:
 
 def _submitit(todo, total: int, executor: str, attacks, log: Callable, parameters: Dict[str, Any],
               folder: str) -> None:
+    import submitit  # check_executor has found it
+
     try:
-        import submitit
-    except ImportError:
-        raise GridError("--executor slurm needs submitit: pip install 'hcgnet[cluster]'") from None
-    if executor == "slurm":
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    else:
-        ex = submitit.AutoExecutor(folder=folder, cluster="local")
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm" if executor == "slurm" else "local")
+    except RuntimeError as e:  # "Could not detect srun": Slurm's commands are there but do not answer
+        raise GridError(f"--executor {executor}: {str(e).splitlines()[0]}; run hcgnet ablate on a login node of a "
+                        "Slurm cluster, or leave --executor out to run the grid here") from None
     try:
         ex.update_parameters(**parameters)
     except (TypeError, ValueError) as e:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from hcgnet.ablate.grid import Grid, plan
-from hcgnet.ablate.runs import check_buildable, run_grid
+from hcgnet.ablate.runs import check_buildable, check_data, check_executor, run_grid
 from hcgnet.ablate.summary import RESULTS, summarise
 from hcgnet.files import check_output_folder
 
@@ -19,6 +19,8 @@ def ablate(grid: Grid, output: str, seeds: int, epochs: Optional[int] = None, st
     (options: :func:`hcgnet.analysis.attack.attack_checkpoints`'s ``limit``, ``steps``), made on every finished
     run's test set."""
     runs = plan(grid, output, seeds, epochs, steps, options)
+    check_executor(executor, jobs)
+    check_data(runs)
     # The summary files are rebuilt on every call; a folder holding them without runs/ holds something else.
     check_output_folder(output, "the ablation", () if (Path(output) / "runs").is_dir() else RESULTS, force)
     check_buildable(runs)
