@@ -39,6 +39,30 @@ def test_the_default_schedule_is_the_papers_1x_with_torchvisions_warm_up():
     assert [learning_rate(s, total, 0.02, c) for s in steps] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("per_epoch", [1, 3, 7330])          # 7,330: COCO train2017's 117,266 images in 16s
+def test_twelve_epochs_drop_the_rate_where_mmdetections_step_8_11_does(per_epoch):
+    """mmdetection's 1x ``lr_config = dict(policy='step', step=[8, 11])``, by epoch: epoch e (0-based) runs at
+    lr * 0.1 ** (how many of 8, 11 are <= e); no warm-up here, to see the steps alone."""
+    c = DetectConfig(warmup_steps=0)
+    total = 12 * per_epoch
+    for step in sorted({0, total - 1, *(e * per_epoch + d for e in range(12) for d in (0, per_epoch - 1))}):
+        epoch = step // per_epoch
+        mmdet = 0.02 * 0.1 ** sum(epoch >= m for m in (8, 11))
+        assert learning_rate(step, total, 0.02, c) == pytest.approx(mmdet, rel=1e-12), step
+
+
+@pytest.mark.parametrize("epochs, per_epoch, expected", [
+    (1, 2, (1, 1)),                          # a 1-epoch smoke run: 8/12 of 2 steps (1.33) done only at its end
+    (1, 5, (1, 1, 1, 1, 0.1)),               # 8/12 of 5 = 3.33 steps done before step 4; 11/12 = 4.58: the end
+    (3, 2, (1, 1, 1, 1, 0.1, 0.1)),          # 8/12 of 6 = 4 done before step 4; 11/12 = 5.5: the end
+    (2, 6, (1,) * 8 + (0.1,) * 3 + (0.01,)),  # 12 steps: the 1x's epochs 8 and 11 in steps
+])
+def test_a_short_run_drops_the_rate_only_after_that_part_of_it_is_done(epochs, per_epoch, expected):
+    c = DetectConfig(warmup_steps=0)
+    total = epochs * per_epoch
+    assert [learning_rate(s, total, 1.0, c) for s in range(total)] == pytest.approx(expected)
+
+
 def test_the_published_preset_is_the_published_mmdetection_config():
     """detection/hcgnet_config.py of the published implementation: warm-up 500 iterations from 1/3 of the rate
     (mmcv: lr * (1 - (1 - 1/3) * (1 - i / 500))), steps after epochs 8 and 11, BN scale and shift trained, gradients
@@ -166,9 +190,10 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_same_weights(toy, tmp_path, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [(tmp_path / d / "metrics.csv").read_text().splitlines() for d in ("reference", "run")]
     assert [r.split(",")[:4] for r in rows[0]] == [r.split(",")[:4] for r in rows[1]]   # epoch, step, lr, loss
-    # The rate of each global step, by hand: base 0.01, warm-up over steps 0-3 from 0.001, x0.1 from step
-    # int(8 * 8/12) = 5 and again from int(8 * 11/12) = 7; the second epoch does not restart the warm-up.
-    hand = [0.01 * f for f in (0.001, 0.25075, 0.5005, 0.75025, 1, 0.1, 0.1, 0.01)]
+    # The rate of each global step, by hand: base 0.01, warm-up over steps 0-3 from 0.001, x0.1 from step 6 (the
+    # first with 8/12 of the 8 steps, 5.33, done); 11/12 of them (7.33) is done only at the end, so no second drop.
+    # The second epoch does not restart the warm-up.
+    hand = [0.01 * f for f in (0.001, 0.25075, 0.5005, 0.75025, 1, 1, 0.1, 0.1)]
     for run in ("reference", "run"):
         header, *lines = (tmp_path / run / "steps.csv").read_text().splitlines()
         at = header.split(",").index("lr")
@@ -245,9 +270,9 @@ def test_torchrun_two_cpu_processes_train_one_model_and_score_every_image(toy, t
     assert result["world_size"] == 2 and result["replicas_identical"] is True and result["steps"] == 2  # 8 / 4
     assert result["validation"]["images"] == 8
     group = torch.load(out / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]
-    # Global batch 4 (not one process's 2); step 1 of 2: halfway through the warm-up (capped at the run) and
-    # past both x0.1 steps (at int(2 * 8/12) = int(2 * 11/12) = 1).
-    assert group["lr"] == pytest.approx(0.02 * 4 / 16 * (0.001 * 0.5 + 0.5) * 0.01)
+    # Global batch 4 (not one process's 2); step 1 of 2: halfway through the warm-up (capped at the run), and
+    # before both x0.1 steps (8/12 of 2 steps, 1.33, is done only at the end).
+    assert group["lr"] == pytest.approx(0.02 * 4 / 16 * (0.001 * 0.5 + 0.5))
 
 
 def test_the_clipping_note_is_logged_once_and_names_the_file(tmp_path, monkeypatch):

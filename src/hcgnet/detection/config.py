@@ -9,7 +9,9 @@ Kept apart from the trainer so that the command line (and ``detect eval/predict`
 without importing :mod:`hcgnet.training`.
 """
 import dataclasses
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -42,7 +44,7 @@ class DetectConfig:
     warmup_steps: int = 1000
     warmup_factor: float = 0.001            # the warm-up starts at this fraction of the rate
     clip_grad: Optional[float] = None       # clip the gradients' global L2 norm to this (None: never)
-    lr_steps: tuple = (8 / 12, 11 / 12)     # x0.1 at these fractions of the run
+    lr_steps: tuple = (8 / 12, 11 / 12)     # x0.1 once these fractions of the run's steps are done
     amp: str = "none"
     device: Optional[str] = None            # cpu or cuda; None: the GPU when there is one
     workers: int = 2
@@ -112,15 +114,24 @@ def check_config(c: DetectConfig) -> None:
         device_of(c.device)
 
 
+def lr_milestones(total: int, c: DetectConfig) -> list:
+    """The first global step of each x0.1 drop: the first step with a fraction ``lr_steps`` of the ``total``
+    steps done (12 epochs of S steps: 8S and 11S, mmdetection's ``step=[8, 11]``). Rounded up, never down: a
+    run too short for a drop keeps its rate (2 steps: 8/12 of them is 1.33, so no drop before step 2, the end),
+    and no drop falls on step 0."""
+    # Fractions as written (8/12, not the float below it): 12 epochs' milestones land exactly on epoch ends.
+    return [math.ceil(Fraction(f).limit_denominator(10_000) * total) for f in c.lr_steps]
+
+
 def learning_rate(step: int, total: int, base: float, c: DetectConfig) -> float:
     """The 1x schedule at global step ``step`` of ``total``: linear warm-up (at most the whole run), then
-    x0.1 at each of ``lr_steps`` (fractions of the run)."""
+    x0.1 from each of :func:`lr_milestones` on."""
     warmup = min(c.warmup_steps, total)
     factor = 1.0
     if step < warmup:
         alpha = step / warmup
         factor = c.warmup_factor * (1 - alpha) + alpha
-    drops = sum(step >= int(f * total) for f in c.lr_steps)
+    drops = sum(step >= m for m in lr_milestones(total, c))
     return base * factor * 0.1 ** drops
 
 
