@@ -20,6 +20,7 @@ from hcgnet.layers import (
     UpdateGate,
 )
 from hcgnet.layers.conv import _DilatedDepthwiseConvFn, _phases
+from hcgnet.errors import ModelSpecError
 
 
 @pytest.fixture(autouse=True)
@@ -388,8 +389,25 @@ def test_smg_output_is_forget_plus_update():
     squeezed = smg.squeeze(x)
     expected = smg.forget_gate(squeezed) + smg.update_gate(*smg.excite(squeezed))
     torch.testing.assert_close(smg(x), expected)
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ModelSpecError, match=r"SMG output channels \(6\) must be a positive multiple of groups \(4\)"):
         SMGModule(16, 6, groups=4)
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: ForgetGate(8, 0), "a gate's reduction must be a whole number of 1 or more, got 0"),
+    (lambda: ForgetGate(8, 9), "reduction 9 leaves a gate over 8 channels without hidden units; use a reduction "
+                               "of at most 8"),
+    (lambda: UpdateGate(8, 17), "reduction 17 leaves a gate over 8 channels without hidden units; use a reduction "
+                                "of at most 16"),   # the update gate's bottleneck reads both branches: 2C inputs
+    (lambda: SMGModule(16, 8, groups=0), "groups must be a whole number of 1 or more, got 0"),
+    (lambda: SMGModule(16, 8, alpha=0.1), "alpha 0.1 makes the squeeze cell floor(0.1 x 8) = 0 channels wide"),
+    (lambda: SMGModule(16, 8, squeeze_channels=6), "squeeze_channels (6) must be a positive multiple of groups (4)"),
+])
+def test_blocks_refuse_settings_they_cannot_be_built_with_in_one_line(build, message):
+    with pytest.raises(ModelSpecError) as info:
+        build()
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert ForgetGate(8, 8).bottleneck.fc.out_features == 1 and UpdateGate(8, 16).expand_a.in_features == 1
 
 
 class GatedBasicBlock(BasicBlock):

@@ -190,6 +190,41 @@ def test_bad_names_and_specs_are_one_line_errors(bad, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"groups": 0}, "groups must be a whole number of 1 or more (the paper's 4), got 0"),
+    ({"groups": 2.5}, "groups must be a whole number of 1 or more (the paper's 4), got 2.5"),
+    ({"reduction": 0}, "reduction must be a whole number of 1 or more (the paper's 2), got 0"),
+    ({"reduction": "2"}, "reduction must be a whole number of 1 or more (the paper's 2), got '2'"),
+    ({"reduction": 1.5}, "reduction must be a whole number of 1 or more (the paper's 2), got 1.5"),
+    ({"transition_reduction": -2}, "transition_reduction must be a whole number of 1 or more (the paper's 4), got -2"),
+    # A1's narrowest gates sit over k = 12 channels (the first hybrid block), its transitions' over 60
+    ({"reduction": 100}, "reduction 100 leaves a gate over 12 channels without hidden units; use a reduction of at "
+                         "most 12"),
+    ({"transition_reduction": 1000}, "reduction 1000 leaves a gate over 60 channels without hidden units"),
+    ({"alpha": 0}, "alpha must be a number above 0 (the paper's 4), got 0"),
+    ({"alpha": -1}, "alpha must be a number above 0 (the paper's 4), got -1"),
+    ({"alpha": True}, "alpha must be a number above 0"),
+    # floor(1.5 * 12) = 18 channels cannot feed a 3x3 conv in 4 groups
+    ({"alpha": 1.5}, "alpha 1.5 makes the squeeze cell floor(1.5 x 12) = 18 channels wide, not a positive multiple "
+                     "of groups (4)"),
+    ({"compression": 0}, "compression must be in (0, 1] (the paper's 0.5), got 0"),
+    ({"compression": 3}, "compression must be in (0, 1] (the paper's 0.5), got 3"),
+    ({"drop_rate": 5}, "drop_rate must be in [0, 1)"),
+    ({"drop_rate": -0.1}, "drop_rate must be in [0, 1)"),
+])
+def test_settings_the_network_cannot_be_built_with_are_one_line_errors(kwargs, message):
+    """Out-of-range switches are refused in the argument's name before anything is built (they used to end in
+    a ZeroDivisionError, an IndexError or torch's messages, or build a network of empty convolutions)."""
+    with pytest.raises(ModelSpecError) as info:
+        hcgnet.create_model("hcgnet_a1", **kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_settings_within_range_still_build():
+    model = hcgnet.create_model("hcgnet_a1", alpha=2, groups=3, reduction=12, compression=1.0, transition_reduction=60)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_unknown_name_suggests_the_closest():
     with pytest.raises(ModelSpecError, match="did you mean hcgnet_a1"):
         hcgnet.create_model("hcgnet-a1")

@@ -26,6 +26,7 @@ block) into one global context vector that is added at every position::
 The scoring convolutions of the attention pooling keep their bias only to match the published weights:
 a softmax over positions ignores a constant shift, so that bias never receives a gradient.
 """
+import numbers
 from typing import Callable, Union
 
 import torch
@@ -39,6 +40,18 @@ ActFactory = Callable[[], nn.Module]
 
 #: The gates' hidden activations by name (``gate_act``): the paper's tanh, and the two it argues against.
 GATE_ACTS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+
+def hidden_units(inputs: int, reduction: int, channels: int) -> int:
+    """A gate's hidden width ``inputs // reduction`` (its bottleneck over ``channels`` channels); a reduction
+    that is not a whole number of 1 or more, or that leaves no hidden unit, is a one-line
+    :class:`ModelSpecError`."""
+    if isinstance(reduction, bool) or not isinstance(reduction, numbers.Integral) or reduction < 1:
+        raise ModelSpecError(f"a gate's reduction must be a whole number of 1 or more, got {reduction!r}")
+    if inputs // reduction < 1:
+        raise ModelSpecError(f"reduction {reduction} leaves a gate over {channels} channels without hidden units; "
+                             f"use a reduction of at most {inputs}")
+    return inputs // reduction
 
 
 def gate_activation(act: Union[str, ActFactory]) -> ActFactory:
@@ -118,9 +131,10 @@ class ForgetGate(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 2, act_layer: Union[str, ActFactory] = nn.Tanh) -> None:
         super().__init__()
+        hidden = hidden_units(channels, reduction, channels)
         self.context = AttentionPool(channels)
-        self.bottleneck = GateBottleneck(channels, channels // reduction, act_layer)
-        self.expand = nn.Linear(channels // reduction, channels)
+        self.bottleneck = GateBottleneck(channels, hidden, act_layer)
+        self.expand = nn.Linear(hidden, channels)
         self.channel_weights = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -144,7 +158,7 @@ class UpdateGate(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 2, act_layer: Union[str, ActFactory] = nn.Tanh) -> None:
         super().__init__()
-        hidden = 2 * channels // reduction
+        hidden = hidden_units(2 * channels, reduction, channels)
         self.context_a = AttentionPool(channels)
         self.context_b = AttentionPool(channels)
         self.bottleneck = GateBottleneck(2 * channels, hidden, act_layer)

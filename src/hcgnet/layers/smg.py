@@ -13,6 +13,7 @@ The paper's design claims are switches of this one module (``forget_gate``, ``up
 ``wide_branch``, ``local_residual``); the defaults are the paper's network.
 """
 import math
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,6 +31,28 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     """A one-line :class:`ModelSpecError` when ``value`` is not one of ``choices``."""
     if value not in choices:
         raise ModelSpecError(f"unknown {name} {value!r}; use one of {', '.join(choices)}")
+
+
+def squeeze_width(out_channels: int, groups: int, alpha: float, squeeze_channels: Optional[int] = None) -> int:
+    """The squeeze cell's width (``squeeze_channels``, else ``floor(alpha * out_channels)``), checked: the
+    3x3 group conv needs it and ``out_channels`` to be positive multiples of ``groups``; anything else is a
+    one-line :class:`ModelSpecError`."""
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ModelSpecError(f"groups must be a whole number of 1 or more, got {groups!r}")
+    if out_channels < 1 or out_channels % groups:
+        raise ModelSpecError(f"SMG output channels ({out_channels}) must be a positive multiple of groups ({groups})")
+    if squeeze_channels is not None:
+        if squeeze_channels < 1 or squeeze_channels % groups:
+            raise ModelSpecError(f"squeeze_channels ({squeeze_channels}) must be a positive multiple of groups "
+                                 f"({groups})")
+        return squeeze_channels
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
+        raise ModelSpecError(f"alpha must be a number above 0 (the paper's 4), got {alpha!r}")
+    width = math.floor(alpha * out_channels)
+    if width < 1 or width % groups:
+        raise ModelSpecError(f"alpha {alpha} makes the squeeze cell floor({alpha} x {out_channels}) = {width} channels "
+                             f"wide, not a positive multiple of groups ({groups}); choose another alpha")
+    return width
 
 
 class SqueezeCell(nn.Module):
@@ -125,10 +148,7 @@ class SMGModule(nn.Module):
         local_residual: bool = True,
     ) -> None:
         super().__init__()
-        if out_channels % groups:
-            raise ValueError(f"SMG output channels ({out_channels}) must be divisible by groups ({groups})")
-        if squeeze_channels is None:
-            squeeze_channels = math.floor(alpha * out_channels)
+        squeeze_channels = squeeze_width(out_channels, groups, alpha, squeeze_channels)
         self.squeeze = SqueezeCell(in_channels, out_channels, squeeze_channels, groups, stride)
         self.excite = MultiScaleExcitationCell(out_channels, wide_branch)
         self.forget_gate: Optional[ForgetGate] = (
