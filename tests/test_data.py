@@ -279,6 +279,26 @@ def test_spec_folder_names_the_folder_an_imagefolder_spec_reads(monkeypatch):
 # ------------------------------------------------------------------------------------------------ ImageFolder
 
 
+def test_imagefolder_reads_every_extension_predict_does(tmp_path):
+    """A training folder takes the images ``predict`` classifies: GIFs (their first frame) and upper-case
+    extensions too (torchvision's own list leaves GIF out, so a folder of GIFs trained on nothing); other files
+    are not images."""
+    rng = np.random.default_rng(0)
+    names = ["a.gif", "b.GIF", "c.JPG", "d.png", "e.pbm", "f.webp"]
+    for cls in ("cat", "dog"):
+        (tmp_path / "mixed" / cls).mkdir(parents=True)
+        for name in names:
+            pixels = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+            Image.fromarray(pixels).convert("1" if name.endswith(".pbm") else "RGB").save(tmp_path / "mixed" / cls / name)
+        (tmp_path / "mixed" / cls / "notes.txt").write_text("not an image")
+    data = build_data(f"imagefolder:{tmp_path / 'mixed'}", val_size=0, test_size=2, seed=0, image_size=8)
+    assert len(data.train) + len(data.test) == 2 * len(names)
+    samples = sorted(os.path.basename(p) for p, _ in data.train.dataset.samples)
+    assert samples == sorted(names * 2)
+    gif = next(i for i, (p, _) in enumerate(data.train.dataset.samples) if p.endswith("a.gif"))
+    assert data.test.dataset[gif][0].shape == (3, 8, 8)   # a palette GIF comes out as RGB like the others
+
+
 def test_imagefolder_without_train_holds_out_val_and_test(tmp_path):
     make_folder(tmp_path / "flat")
     data = build_data(f"imagefolder:{tmp_path / 'flat'}", val_size=3, test_size=3, seed=0, image_size=32)

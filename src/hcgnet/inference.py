@@ -24,6 +24,7 @@ from hcgnet.data import (
     resolve_data_config, skipped_note, spec_folder,
 )
 from hcgnet.data.image_folder import class_folders, layout
+from hcgnet.data.images import IMAGE_EXTENSIONS
 from hcgnet.compiled import compile_frozen
 from hcgnet.errors import CheckpointError, HCGNetError
 from hcgnet.files import check_output_file, reported_write
@@ -34,8 +35,6 @@ from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
 from hcgnet.evaluation import AMP_DTYPES, autocast, device_of, evaluate, fast_path_flags, images_to
 
-#: What ``predict`` collects from a folder or a glob (a file named explicitly is tried whatever its name).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 SPLITS = ("test", "val", "all")
 #: Where a training run's data was and how it was split, kept with its weights.
 DATA_KEYS = ("data", "data_dir", "val_size", "test_size", "seed")
@@ -613,8 +612,8 @@ def evaluate_checkpoint(
 
 
 def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str]]]:
-    """Image files from files, folders (searched recursively for :data:`IMAGE_EXTENSIONS`) and glob patterns,
-    in the order given (each folder's and pattern's files sorted); and one problem entry per input that
+    """Image files from files, folders (searched recursively for :data:`~hcgnet.data.images.IMAGE_EXTENSIONS`,
+    as training folders are) and glob patterns, in the order given (each folder's and pattern's files sorted); and one problem entry per input that
     named nothing. A file named explicitly is kept whatever its extension."""
     found: List[str] = []
     problems: List[Dict[str, str]] = []

@@ -19,7 +19,7 @@ from torchvision import datasets as tvd
 
 from hcgnet.data.config import DataConfig
 from hcgnet.data.errors import DataError, reason
-from hcgnet.data.images import bad_images_error, load_image, scan_images, write_bad_images
+from hcgnet.data.images import bad_images_error, is_image_file, load_image, scan_images, write_bad_images
 from hcgnet.data.defaults import resolve_data_config
 from hcgnet.errors import plural
 
@@ -48,7 +48,7 @@ class ClassFolder(tvd.ImageFolder):
     def __init__(self, root: str, classes: Sequence[str] | None = None, owner: str = "the training folder"):
         self._fixed_classes = None if classes is None else list(classes)
         self._owner = owner
-        super().__init__(root, loader=load_image, allow_empty=classes is not None)
+        super().__init__(root, loader=load_image, is_valid_file=is_image_file, allow_empty=classes is not None)
 
     def find_classes(self, directory):
         found = class_folders(directory)

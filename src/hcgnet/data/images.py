@@ -22,11 +22,21 @@ from hcgnet.data.errors import DataError, one_line, reason
 from hcgnet.errors import plural
 from hcgnet.files import atomic_path
 
-__all__ = ["load_image", "decode_error", "scan_images", "bad_images_error", "write_bad_images"]
+__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "decode_error", "scan_images", "bad_images_error",
+           "write_bad_images"]
+
+#: What counts as an image by its name, in training folders and for ``predict`` alike: torchvision's
+#: ImageFolder list plus GIF (its first frame) and PBM, which PIL reads as well.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 SKIP_HINT = "remove it or pass --skip-bad-images"
 _LOG_EVERY_S = 30.0  # progress line interval when stderr is not a terminal
 _NAMES_SHOWN = 3     # bad files named in the error message; the rest are in the log file
+
+
+def is_image_file(path: str) -> bool:
+    """Whether ``path`` names an image by its extension (any case): one of :data:`IMAGE_EXTENSIONS`."""
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
 def load_image(path, hint: str = SKIP_HINT) -> Image.Image:
