@@ -3,6 +3,7 @@ resumed from its ``last.pt`` when it was interrupted, skipped when it has finish
 
 Executors: in this process (``jobs=1``), ``jobs`` processes at once on this machine, or one submitit job per
 run (``slurm``; ``submitit-local`` runs the same jobs as local processes, to try the cluster path)."""
+import importlib.util
 import json
 import os
 import shutil
@@ -74,10 +75,8 @@ def check_executor(executor: str, jobs: int = 1) -> None:
         raise GridError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "local":
         return
-    try:
-        import submitit  # noqa: F401
-    except ImportError:
-        raise GridError(f"--executor {executor} needs submitit: pip install 'hcgnet[cluster]'") from None
+    if importlib.util.find_spec("submitit") is None:
+        raise GridError(f"--executor {executor} needs submitit: pip install 'hcgnet[cluster]'")
     missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
     if executor == "slurm" and missing:
         raise GridError(f"--executor slurm: Slurm not found on this machine (no {' or '.join(missing)} on PATH); "
