@@ -101,6 +101,12 @@ def test_the_shipped_grid_plans_and_builds_once_the_models_have_switches(tmp_pat
     runs = plan(load_grid("hcgnet-switches"), str(tmp_path / "out"), seeds=1, steps=1)
     assert [r.variant for r in runs][0] == "base" and len(runs) == 7
     ablate_runs.check_buildable(runs)
+    from hcgnet.ablate.summary import changes
+    # the summary's "changes" column: each variant's switch as hcgnet-switches.yaml writes it
+    assert changes(runs) == {"base": "model: HCGNet-(2,2,2)-(k=8,8,8)", "no-forget-gate": "forget_gate: false",
+                             "no-update-gate": "update_gate: false", "relu-gates": "gate_act: relu",
+                             "wide-branch-5x5": "wide_branch: 5x5", "dense-only": "connectivity: dense",
+                             "residual-only": "connectivity: residual"}
 
 
 def test_a_variants_mapping_overrides_are_merged_into_the_base():
@@ -316,6 +322,9 @@ def test_the_summary_equals_the_runs_results_recomputed_independently(finished_g
     md = (out / "summary.md").read_text()
     assert f"{100 * statistics.mean(top1[('base', s)] for s in (0, 1)):.2f}" in md
     assert "| base |" in md and "(base)" in md and "budget per run: 2 optimiser steps" in md
+    # which switch each variant changes, from the grid file (not the same model name on every row)
+    assert f"| base | model: {TINY} | 2 |" in md and "| wider | model: HCGNet-(1,1,1)-(k=4,4,8) | 2 |" in md
+    assert summary["wider"]["changes"] == "model: HCGNet-(1,1,1)-(k=4,4,8)"
     assert (out / "ablation.png").stat().st_size > 1000
 
 
@@ -447,6 +456,36 @@ def test_attack_options_refused_in_one_line(tmp_path, images, capsys, argv, mess
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "g" / "runs").exists()
+
+
+def test_list_grids_shows_whole_sentences(capsys):
+    assert cli.main(["ablate", "--list-grids"]) == 0
+    listing = " ".join(capsys.readouterr().out.split())  # as read, not as wrapped
+    # the robustness grid's first sentence runs over four comment lines of its file
+    assert ("fashion-mnist-robustness The evidence of ROBUSTNESS.md: HCGNet-A1 against DenseNet-BC-100 (k=12) and the "
+            "CIFAR ResNet-56, the paper's neighbours at about its size, trained by one recipe (the demo's: bf16, "
+            "channels_last, cosine) on Fashion-MNIST, then attacked with the paper's measure (fgsm-any) and PGD. "
+            "hcgnet-switches") in listing
+
+
+def test_shown_intervals_are_clipped_to_what_accuracy_can_take_and_the_csv_keeps_them(monkeypatch, tmp_path):
+    from hcgnet.ablate import summary as ablate_summary
+    # two seeds, accuracies 0 and 1 (base) and 1 and 0 (v): mean 0.5, std sqrt(0.5), half-width
+    # t(0.975, 1) * sqrt(0.5) / sqrt(2) = 12.706205 / 2 = 6.3531; the differences 1 and -1: mean 0, half 12.706205
+    rows = [{"variant": v, "seed": seed, "status": "finished", "test_top1": top1}
+            for v, pairs in (("base", ((0, 0.0), (1, 1.0))), ("v", ((0, 1.0), (1, 0.0)))) for seed, top1 in pairs]
+    table = ablate_summary.variant_table(rows, ["base", "v"])
+    assert table[0]["test_top1_low"] == pytest.approx(0.5 - 6.3531025, abs=1e-6)  # summary.csv: the raw bound
+    assert table[1]["test_top1_diff_high"] == pytest.approx(12.706205, abs=1e-6)
+    md = ablate_summary.markdown(table, ["test_top1"], "t", "b")
+    assert "| 50.00 ± 70.71 | [0.00, 100.00] |" in md and "| 0.00 | [-100.00, 100.00] | undecided |" in md
+    assert "-585" not in md and "clipped" in md
+    figures = []
+    monkeypatch.setattr("matplotlib.pyplot.close", figures.append)
+    ablate_summary.plot(table, tmp_path / "ablation.png", "t")
+    left, right = figures[0].axes
+    assert -15 < left.get_xlim()[0] and left.get_xlim()[1] < 115  # matplotlib's margins around 0..100
+    assert -125 < right.get_xlim()[0] and right.get_xlim()[1] < 125  # unclipped: +-1270
 
 
 @pytest.mark.parametrize("argv", [["ablate", "--list-grids"], ["ablate", "--help"]])

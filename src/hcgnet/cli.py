@@ -493,8 +493,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from hcgnet.ablate.grid import grid_summary, list_grids, load_grid
 
     if args.list_grids:
-        for name in list_grids():
-            print(f"{name}  {grid_summary(name)}")
+        import textwrap
+        width = max(len(name) for name in list_grids()) + 2
+        for name in list_grids():  # whole sentences, wrapped under each other
+            print(textwrap.fill(grid_summary(name), 110, initial_indent=name.ljust(width),
+                                subsequent_indent=" " * width, break_on_hyphens=False, break_long_words=False))
         return 0
     if not (args.grid and args.output):
         raise HCGNetError("pass --grid GRID.yaml (or a shipped grid: --list-grids) and --output DIR")

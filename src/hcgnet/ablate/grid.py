@@ -64,9 +64,16 @@ def list_grids() -> List[str]:
 
 
 def grid_summary(name: str) -> str:
-    """The first line of a shipped grid's leading comment."""
+    """The first sentence of a shipped grid's leading comment, whole (it may run over several lines)."""
     text = resources.files("hcgnet.ablate").joinpath("grids", f"{name}.yaml").read_text()
-    return next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+    comment = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        comment.append(line[1:].strip())
+    paragraph = " ".join(comment)
+    end = re.search(r"[.!?](\s|$)", paragraph)  # "ABLATIONS.md:" or "e.g" ends no sentence
+    return paragraph[:end.start() + 1] if end else paragraph
 
 
 def load_grid(path_or_name: str) -> Grid:

@@ -53,9 +53,19 @@ def paired_difference(variant: Dict[int, float], base: Dict[int, float]) -> Dict
     return result
 
 
-def interval_text(stats: Dict[str, Optional[float]], scale: float = 100.0, digits: int = 2) -> Tuple[str, str]:
-    """``("mean ± std", "[low, high]")`` in percent, with ``-`` for what a single run cannot give."""
+def clip(value: Optional[float], bounds: Optional[Tuple[float, float]]) -> Optional[float]:
+    """``value`` within ``bounds`` (None: as it is): a t-interval of few seeds can reach past what the score
+    can take (an accuracy below 0), which says nothing more than the bound itself."""
+    if value is None or bounds is None:
+        return value
+    return min(max(value, bounds[0]), bounds[1])
+
+
+def interval_text(stats: Dict[str, Optional[float]], scale: float = 100.0, digits: int = 2,
+                  bounds: Optional[Tuple[float, float]] = None) -> Tuple[str, str]:
+    """``("mean ± std", "[low, high]")`` in percent, with ``-`` for what a single run cannot give; the
+    interval is clipped to ``bounds`` (unscaled) when given."""
     f = (lambda x: "-" if x is None else f"{scale * x:.{digits}f}")
     mean = f(stats["mean"]) + ("" if stats.get("std") is None else f" ± {f(stats['std'])}")
-    ci = "-" if stats["low"] is None else f"[{f(stats['low'])}, {f(stats['high'])}]"
+    ci = "-" if stats["low"] is None else f"[{f(clip(stats['low'], bounds))}, {f(clip(stats['high'], bounds))}]"
     return mean, ci

@@ -2,9 +2,10 @@
 ``results.json`` (test accuracy), ``metrics.csv`` (steps taken, training images/s), ``config.yaml`` and the
 weights' metadata (the network, for parameters and multiply-adds), ``attack-<attack>.json`` (accuracy under each attack).
 
-Writes ``runs.csv`` (one row per run), ``summary.csv`` and ``summary.md`` (per variant: n, mean ± std, 95%
-t-interval, parameters, multiply-adds, images/s, and the paired difference to the base with its interval and
-verdict), and ``ablation.png``."""
+Writes ``runs.csv`` (one row per run), ``summary.csv`` and ``summary.md`` (per variant: what it changes, n,
+mean ± std, 95% t-interval, parameters, multiply-adds, images/s, and the paired difference to the base with
+its interval and verdict), and ``ablation.png``. The CSV files keep the intervals as computed; summary.md and
+ablation.png show them clipped to what the score can take (accuracy [0, 100], a difference [-100, 100])."""
 import csv
 import json
 from pathlib import Path
@@ -12,14 +13,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from hcgnet.ablate.grid import BASE, PlannedRun, identity
-from hcgnet.ablate.runs import attack_results, build
-from hcgnet.ablate.stats import interval_text, mean_interval, paired_difference
+from hcgnet.ablate.grid import BASE, HOW_TO_RUN, PlannedRun, identity
+from hcgnet.ablate.runs import attack_results, build, model_options
+from hcgnet.ablate.stats import clip, interval_text, mean_interval, paired_difference
 from hcgnet.files import atomic_path
 from hcgnet.training.config import FIELDS, TrainConfig
 
 RESULTS = ("summary.md", "summary.csv", "runs.csv", "ablation.png")
 SCORE = "test_top1"
+# Every score is an accuracy (a fraction): what its interval, and a difference's, are clipped to when shown.
+ACCURACY, DIFFERENCE = (0.0, 1.0), (-1.0, 1.0)
 
 
 def _network_size(folder: Path, saved: Dict[str, Any], cache: Dict) -> Dict[str, Optional[int]]:
@@ -96,6 +99,32 @@ def collect(runs: Sequence[PlannedRun]) -> List[Dict[str, Any]]:
     return rows
 
 
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def changes(runs: Sequence[PlannedRun]) -> Dict[str, str]:
+    """What each variant changes from the base (``option: value``, a switch by its own name), read from the
+    planned configs; the base is shown by its model."""
+    configs = {}
+    for run in runs:
+        configs.setdefault(run.variant, run.config)
+    base = configs.get(BASE)
+    shown = {}
+    for variant, config in configs.items():
+        if variant == BASE or base is None:
+            shown[variant] = f"model: {config.model}"
+            continue
+        mine, theirs = config.to_dict(), base.to_dict()
+        skip = {*HOW_TO_RUN, "seed", "model_kwargs", "stem"}  # the switches (and stem) are compared one by one
+        diff = [f"{k}: {_value(v)}" for k, v in mine.items() if k not in skip and v != theirs.get(k)]
+        switches, base_switches = model_options(config), model_options(base)
+        diff += [f"{k}: {_value(v)}" for k, v in switches.items() if v != base_switches.get(k, object())]
+        diff += [f"{k}: (default)" for k in base_switches if k not in switches]
+        shown[variant] = ", ".join(diff) or "(nothing)"
+    return shown
+
+
 def _scores(rows: List[Dict[str, Any]]) -> List[str]:
     keys = [SCORE]
     for row in rows:
@@ -166,24 +195,37 @@ def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget:
     lines = [f"# {title}", "", budget, "",
              "Accuracy in percent: mean ± std over seeds and the 95% t-interval of the mean; Δ: the paired difference "
              "to the base over the seeds both finished (same data order, hold-out and augmentation per seed), its "
-             "95% t-interval and verdict (undecided: the interval contains 0; -: no seed finished for both).", ""]
+             "95% t-interval and verdict (undecided: the interval contains 0; -: no seed finished for both). "
+             "Intervals are shown clipped to what they can take (accuracy [0, 100], Δ [-100, 100]; summary.csv "
+             "keeps them unclipped): with 2 seeds t = 12.71, so an interval says little before 3 or more.", ""]
     for score in scores:
         lines += [f"## {score_name(score)}", "",
-                  "| variant | model | n | top-1 | 95% CI | params | MACs | images/s | Δ vs base | Δ 95% CI "
+                  "| variant | changes | n | top-1 | 95% CI | params | MACs | images/s | Δ vs base | Δ 95% CI "
                   "| verdict |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in table:
-            mean, ci = interval_text({k: e.get(f"{score}_{k}") for k in ("mean", "std", "low", "high")})
+            mean, ci = interval_text({k: e.get(f"{score}_{k}") for k in ("mean", "std", "low", "high")},
+                                     bounds=ACCURACY)
             if e["variant"] == BASE:
                 dmean, dci, verdict = "(base)", "", ""
             else:
-                dmean, dci = interval_text({k: e.get(f"{score}_diff_{k}") for k in ("mean", "low", "high")})
+                dmean, dci = interval_text({k: e.get(f"{score}_diff_{k}") for k in ("mean", "low", "high")},
+                                           bounds=DIFFERENCE)
                 verdict = e.get(f"{score}_verdict", "-")  # no finished runs: nothing to decide on
             speed = "-" if e["images_per_s"] is None else f"{e['images_per_s']:.1f}"
-            lines.append(f"| {e['variant']} | {e['model'] or '-'} | {e['n']} | {mean} | {ci} | {_count(e['params'])} "
+            what = e.get("changes") or e.get("model") or "-"
+            lines.append(f"| {e['variant']} | {what.replace('|', '/')} | {e['n']} | {mean} | {ci} | {_count(e['params'])} "
                          f"| {_count(e['macs'])} | {speed} | {dmean} | {dci} | {verdict} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _error_bar(entry: Dict[str, Any], prefix: str, centre: float, bounds) -> Optional[List[List[float]]]:
+    """matplotlib's xerr (in percent) of the interval ``prefix`` low/high, clipped to ``bounds``."""
+    if entry.get(prefix + "low") is None:
+        return None
+    low, high = clip(entry[prefix + "low"], bounds), clip(entry[prefix + "high"], bounds)
+    return [[100 * (centre - low)], [100 * (high - centre)]]
 
 
 def plot(table: List[Dict[str, Any]], path: Path, title: str) -> None:
@@ -198,21 +240,19 @@ def plot(table: List[Dict[str, Any]], path: Path, title: str) -> None:
         colour = "tab:red" if e["variant"] == BASE else "tab:blue"
         mean = e.get(f"{SCORE}_mean")
         if mean is not None:
-            err = None if e.get(f"{SCORE}_low") is None else [[100 * (mean - e[f"{SCORE}_low"])],
-                                                                 [100 * (e[f"{SCORE}_high"] - mean)]]
-            left.errorbar([100 * mean], [i], xerr=err, fmt="o", color=colour, capsize=4)
+            left.errorbar([100 * mean], [i], xerr=_error_bar(e, f"{SCORE}_", mean, ACCURACY), fmt="o", color=colour,
+                          capsize=4)
         diff = e.get(f"{SCORE}_diff_mean")
         if diff is not None:
-            err = None if e.get(f"{SCORE}_diff_low") is None else [[100 * (diff - e[f"{SCORE}_diff_low"])],
-                                                                      [100 * (e[f"{SCORE}_diff_high"] - diff)]]
-            right.errorbar([100 * diff], [i], xerr=err, fmt="o", color="tab:blue", capsize=4)
+            right.errorbar([100 * diff], [i], xerr=_error_bar(e, f"{SCORE}_diff_", diff, DIFFERENCE), fmt="o",
+                           color="tab:blue", capsize=4)
     right.axvline(0, color="tab:red", linestyle="--", linewidth=1)
     left.set_yticks(range(len(names)), names)
     for label in left.get_yticklabels():
         if label.get_text() == BASE:
             label.set_color("tab:red")
     left.invert_yaxis()
-    left.set_xlabel("test top-1 (%), mean and 95% t-interval")
+    left.set_xlabel("test top-1 (%), mean and 95% t-interval (clipped to 0-100)")
     right.set_xlabel("paired difference to the base (percentage points), 95% t-interval")
     fig.suptitle(title)
     fig.tight_layout()
@@ -227,7 +267,8 @@ def summarise(runs: Sequence[PlannedRun], output: str, title: str = "ablation") 
     out.mkdir(parents=True, exist_ok=True)
     rows = collect(runs)
     variants = list(dict.fromkeys(r.variant for r in runs))
-    table = variant_table(rows, variants)
+    shown = changes(runs)
+    table = [{"variant": e["variant"], "changes": shown[e["variant"]], **e} for e in variant_table(rows, variants)]
     scores = _scores([r for r in rows if r["status"] == "finished"])
     budget = budget_text(runs, rows)
     _write_csv(out / "runs.csv", rows)
