@@ -305,6 +305,18 @@ def test_bad_images_leave_only_their_list_and_an_overwrite_keeps_the_old_run(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "run", "run.bad_images.txt"]
 
 
+def test_fp16_without_a_gpu_is_refused_before_the_folder_is_read(tmp_path, monkeypatch):
+    """The refusal comes before the images are scanned: nothing is written (not even the list of a broken
+    image the scan would have found), and the one line is the whole message."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=6)
+    (folder / "class_0" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(HCGNetError) as e:
+        fit(config_for(folder, tmp_path / "run", amp="fp16"))
+    assert str(e.value) == "--amp fp16 needs a GPU; on the CPU use --amp bf16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
 def test_the_run_stopped_by_a_bad_image_can_be_rerun_with_skip_bad_images_in_the_same_folder(tmp_path):
     # the error says "pass --skip-bad-images"; doing just that must not meet "already holds a run"
     folder = make_image_folder(tmp_path / "images", classes=2, per_class=6)

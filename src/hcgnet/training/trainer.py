@@ -137,6 +137,7 @@ class Run(TrainingRun):
     def __init__(self, config: TrainConfig, d: distributed.Dist, log: Callable, stop: StopSignals) -> None:
         self.config, self.d, self.log, self.stop = config, d, log, stop
         self.folder = RunFolder(config)  # refusals only; nothing on disk changes before claim()
+        _amp(config, d.device)  # fp16 without a GPU: refused before the data is read (and a bad-image list written)
         self.out = self.folder.work
         self.started = False  # training has begun: a failure from here on keeps the resumable checkpoints
         self.metrics: Optional[MetricsLog] = None
