@@ -324,3 +324,87 @@ def test_an_unknown_detector_option_is_refused_before_anything_is_written(toy, t
     assert code == 2 and err.startswith("hcgnet: error: --detector-options: ") and err.count("\n") == 1, err
     assert expected in err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ short runs
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory):
+    """5 images (the newcomer's set): a batch of 2 takes 2 steps per epoch and leaves 1 image out."""
+    return make_coco(tmp_path_factory.mktemp("five"), count=5)
+
+
+def test_a_short_run_logs_its_steps_says_what_it_leaves_out_and_a_finished_run_is_not_resumed(five, tmp_path):
+    out, lines = tmp_path / "run", []
+    config = toy_config(*five, out, task="box", lr=0.08, lr_base_batch=16, warmup_steps=2)
+    trainer.train(config, log=lines.append)
+    text = "\n".join(lines)
+    assert "lr 0.01 (--lr 0.08 scaled to batch 2 of 16)" in text                 # 0.08 * 2 / 16
+    assert "each epoch takes 2 batches of 2 and leaves 1 training image unused (drawn anew each epoch)" in text
+    # Step 2 of 2 (20 = --log-every would write none): halfway through the 2-step warm-up, no x0.1 drop yet.
+    header, *rows = (out / "steps.csv").read_text().splitlines()
+    assert len(rows) == 1
+    row = dict(zip(header.split(","), rows[0].split(",")))
+    assert row["step"] == "2" and float(row["lr"]) == pytest.approx(0.01 * (0.001 * 0.5 + 0.5))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    lines.clear()
+    again = trainer.train(resume_config_of(out), log=lines.append)
+    assert lines == [f"{out} already finished its 1 epoch; nothing to resume (to train longer, pass --resume "
+                     "--epochs with more than 1)"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before and again["epochs"] == 1
+    lines.clear()
+    assert trainer.train(resume_config_of(out, epochs=2), log=lines.append)["epochs"] == 2   # the advice works
+    assert "resumed" in lines[0] and [r.split(",")[0] for r in (out / "metrics.csv").read_text().splitlines()[1:]] \
+        == ["1", "2"]
+
+
+def resume_config_of(out, **overrides):
+    from hcgnet.detection.config import resume_detect_config
+
+    return resume_detect_config(str(out), overrides)
+
+
+def test_a_batch_over_half_the_images_is_warned_about_as_the_classifiers_is(five, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "build_detector", NaNDetector)   # set-up only: no detector needed
+
+    def stop(self):
+        raise trainer.HCGNetError("stopped after the set-up")
+
+    monkeypatch.setattr(trainer.DetectRun, "train", stop)
+    lines = []
+    with pytest.raises(trainer.HCGNetError, match="stopped after the set-up"):
+        trainer.train(toy_config(*five, tmp_path / "run", task="box", batch_size=4), log=lines.append)
+    assert "warning: batch size 4 is more than half the training set (5 images): each epoch takes 1 step and " \
+           "leaves 1 image unused; --batch-size 2 takes 2 steps per epoch" in lines
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_wrong_image_size_stops_the_run_before_its_first_step_and_leaves_nothing_behind(five, tmp_path, capsys,
+                                                                                         existing):
+    data = json.loads(five[1].read_text())
+    for image in data["images"]:
+        image["width"] += 400                            # every entry wrong: the first batch fails, whichever it is
+    wrong = tmp_path / "a_wrongsize.json"
+    wrong.write_text(json.dumps(data))
+    out = tmp_path / "run"
+    if existing:
+        out.mkdir()                                      # a folder the user made: kept, but empty again
+    code = main(["detect", "train", "--images", str(five[0]), "--annotations", str(wrong), "--output", str(out),
+                 "--model", TOY_MODEL, "--task", "box", "--image-size", "64", "--max-size", "96", "--batch-size", "2",
+                 "--workers", "0", "--device", "cpu", "--detector-options", json.dumps(TOY_OPTIONS)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pixels but " in err and "fix the annotation file" in err, err
+    assert (list(out.iterdir()) == []) if existing else not out.exists()
+
+
+@pytest.mark.parametrize("make", [False, True])
+def test_detect_train_resume_of_an_output_without_a_run_says_there_is_no_run(tmp_path, capsys, make):
+    out = tmp_path / "nothing"
+    if make:
+        out.mkdir()
+    assert main(["detect", "train", "--output", str(out), "--resume"]) == 2
+    what = "it holds no config.yaml" if make else "no such folder"
+    assert capsys.readouterr().err == f"hcgnet: error: nothing to resume: there is no run in {out} ({what}); check " \
+                                      "--output, or start a run there with --images ... --annotations ...\n"
+    assert out.exists() == make

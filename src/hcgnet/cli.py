@@ -574,8 +574,8 @@ def cmd_detect_train(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in DetectConfig.__dataclass_fields__ if hasattr(args, name)}
     given["detector_options"] = options
     output = args.output or DetectConfig.output
-    if args.resume and not args.images and (Path(output) / "config.yaml").is_file():
-        config = resume_detect_config(output, given)  # the run's own settings; flags given here on top
+    if args.resume and not args.images:  # the run's own settings, flags given here on top; or "no run there"
+        config = resume_detect_config(output, given)
     else:
         config = DetectConfig.preset(args.preset, **{k: v for k, v in given.items() if v is not None})
     train(config)
@@ -676,6 +676,8 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
     tr.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                     help="also save last.pt every N steps (default: at epoch ends)")
     tr.add_argument("--max-steps-per-epoch", type=int, default=None, metavar="N", help="cut epochs short (smoke runs)")
+    tr.add_argument("--log-every", type=int, default=None, metavar="N",
+                    help=f"a steps.csv row every N steps of an epoch and at each epoch's end (default {D.log_every})")
     tr.add_argument("--detector-options", default=None, metavar="JSON",
                     help="more keyword arguments of torchvision's MaskRCNN/FasterRCNN, e.g. "
                          "'{\"box_detections_per_img\": 50}'")

@@ -83,7 +83,8 @@ def check_config(c: DetectConfig) -> None:
     if bool(c.val_images) != bool(c.val_annotations):
         raise HCGNetError("give both --val-images and --val-annotations, or neither")
     for name, value, least in (("epochs", c.epochs, 1), ("batch-size", c.batch_size, 1), ("image-size", c.image_size, 32),
-                               ("workers", c.workers, 0), ("warmup-steps", c.warmup_steps, 0)):
+                               ("workers", c.workers, 0), ("warmup-steps", c.warmup_steps, 0),
+                               ("log-every", c.log_every, 1)):
         if value < least:
             raise HCGNetError(f"--{name} must be {least} or more, got {value}")
     if c.max_size < c.image_size:
@@ -138,8 +139,10 @@ def learning_rate(step: int, total: int, base: float, c: DetectConfig) -> float:
 def resume_detect_config(output: str, overrides: Dict[str, Any]) -> DetectConfig:
     """The settings of the run in ``output`` (its ``config.yaml``) with ``overrides`` (None ignored) on top."""
     saved = Path(output) / "config.yaml"
-    if not saved.is_file():
-        raise HCGNetError(f"nothing to resume in {output}: it holds no config.yaml; start the run with --images ...")
+    if not saved.is_file():  # worded as hcgnet train --resume's
+        what = "it holds no config.yaml" if Path(output).is_dir() else "no such folder"
+        raise HCGNetError(f"nothing to resume: there is no run in {output} ({what}); check --output, or start a run "
+                          "there with --images ... --annotations ...")
     values = yaml.safe_load(saved.read_text()) or {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["lr_steps"] = tuple(values.get("lr_steps", DetectConfig.lr_steps))

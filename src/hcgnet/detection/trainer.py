@@ -14,6 +14,8 @@ hint), atomic checkpoints with every RNG state, ``metrics.csv``/``steps.csv``/Te
 and torchrun/DDP (:mod:`hcgnet.distributed`). A run interrupted after any step and resumed ends with the same
 weights as one that was not.
 """
+import json
+import shutil
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -47,7 +49,18 @@ COLUMNS = ["epoch", "step", "lr", "train_loss", *LOSSES, "val_box_ap", "val_box_
 def train(config: DetectConfig, log=print) -> Dict[str, Any]:
     """Train as ``config`` says; return the final metrics (also written to ``results.json``)."""
     check_config(config)
-    return DetectRun.launch(config, log, config.device or "auto")
+    try:
+        return DetectRun.launch(config, log, config.device or "auto")
+    except RunFinished as e:  # --resume of a finished run: said so, nothing touched
+        return e.result
+
+
+class RunFinished(Exception):
+    """``--resume`` of a run that has trained all its epochs and written its results: nothing to do."""
+
+    def __init__(self, result: Dict[str, Any]) -> None:
+        super().__init__("finished")
+        self.result = result
 
 
 class DetectRun(TrainingRun):
@@ -60,11 +73,32 @@ class DetectRun(TrainingRun):
         self.folder = RunFolder(config)  # refusals only; nothing on disk changes before claim()
         amp_settings(config, d.device)  # fp16 without a GPU: refused before any data is read
         self.out = self.folder.work
-        self.started = False
+        self.started = self.resumed = False
         self.metrics: Optional[MetricsLog] = None
         self.val_metrics: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------------------------------------ set-up
+
+    def read_resume_state(self) -> Optional[Dict[str, Any]]:
+        state = super().read_resume_state()
+        if state is not None:
+            self.stop_if_finished(state)
+        return state
+
+    def stop_if_finished(self, state: Dict[str, Any]) -> None:
+        """``--resume`` of a run that trained all its epochs and wrote its results says so and changes nothing
+        (it would otherwise score the validation set again and rewrite the same files)."""
+        out, epochs = self.folder.out, state["epoch"]
+        results = out / "results.json"
+        if state["step_in_epoch"] or epochs < self.config.epochs or not (out / "final.safetensors").is_file() \
+                or not results.is_file():
+            return
+        result = json.loads(results.read_text())
+        if result.get("epochs") != epochs:  # the results of the run before it was extended
+            return
+        self.log(f"{out} already finished its {plural(epochs, 'epoch')}; nothing to resume (to train longer, "
+                 f"pass --resume --epochs with more than {epochs})")
+        raise RunFinished(result)
 
     def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
         config, d = self.config, self.d
@@ -86,9 +120,11 @@ class DetectRun(TrainingRun):
                               f"of {config.batch_size}; lower --batch-size")
         self.build_optimiser()
         self.start_epoch, self.first_step, self.resumed_totals = 0, 0, new_totals()
+        self.resumed = resume_state is not None
         if resume_state is not None:
             self.restore(resume_state)
         self.build_batches()
+        self.note_left_out()
         if d.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(
                 {k: v for k, v in config.to_dict().items() if k not in RUN_FLAGS}, sort_keys=False))
@@ -98,8 +134,32 @@ class DetectRun(TrainingRun):
                  f"{len(self.train_set):,} training images with objects"
                  + (f", {len(self.val_data.image_ids):,} validation images" if self.val_data else "")
                  + f", {len(self.data.category_ids)} categories, {plural(d.world_size, 'process')} on "
-                 f"{d.device}, global batch {config.batch_size}, lr {self.base_lr:g}, "
+                 f"{d.device}, global batch {config.batch_size}, lr {self.base_lr:g}{self.lr_scaling()}, "
                  f"{plural(self.steps_per_epoch, 'step')} per epoch")
+
+    def lr_scaling(self) -> str:
+        """The linear scaling rule in words, where it changed --lr: the header's lr is not the one given."""
+        c = self.config
+        if c.batch_size == c.lr_base_batch:
+            return ""
+        return f" (--lr {c.lr:g} scaled to batch {c.batch_size} of {c.lr_base_batch})"
+
+    def note_left_out(self) -> None:
+        """Batches are full (aspect-ratio groups; from-scratch BatchNorms need 2 images), so the images beyond
+        the last full batch sit each epoch out: said as the classifier's trainer says it."""
+        c, world = self.config, self.d.world_size
+        images, per_epoch = len(self.train_set), self.sampler.per_epoch
+        left = images - per_epoch * c.batch_size
+        if not left or (c.max_steps_per_epoch or per_epoch) < per_epoch:  # epochs cut short on purpose
+            return
+        if per_epoch == 1:
+            halved = images // world // 2 * world
+            self.log(f"warning: batch size {c.batch_size} is more than half the training set "
+                     f"({plural(images, 'image')}): each epoch takes 1 step and leaves {plural(left, 'image')} unused"
+                     + (f"; --batch-size {halved} takes 2 steps per epoch" if halved >= 2 * world else ""))
+        else:
+            self.log(f"each epoch takes {plural(per_epoch, 'batch')} of {c.batch_size} and leaves "
+                     f"{plural(left, 'training image')} unused (drawn anew each epoch)")
 
     def load_data(self) -> None:
         config = self.config
@@ -164,14 +224,39 @@ class DetectRun(TrainingRun):
     # ------------------------------------------------------------------------------------------------ epochs
 
     def train(self) -> None:
-        self.started = True
         c = self.config
         self.progress = ProgressLines(self.log, self.total_steps, self.steps_per_epoch, c.epochs, c.batch_size,
                                       interval=LOG_SECONDS,
                                       enabled=self.d.is_main and not stdout_is_terminal())
-        for self.epoch in range(self.start_epoch, c.epochs):
-            train, seconds = self.train_epoch(self.epoch)
-            self.end_epoch(self.epoch, train, seconds)
+        try:
+            for self.epoch in range(self.start_epoch, c.epochs):
+                train, seconds = self.train_epoch(self.epoch)
+                self.end_epoch(self.epoch, train, seconds)
+        except BaseException:
+            self.leave_no_run_behind()
+            raise
+
+    def after_step(self, epoch: int, done: int, loss: float) -> None:
+        self.started = True  # a step taken: from here on a failure keeps the run (to resume, or to look at)
+        c = self.config
+        if self.metrics is not None and done == self.steps_per_epoch and done % c.log_every:
+            # Each epoch's last step too, so a run shorter than --log-every steps still has rows in steps.csv
+            # (the base class writes every log_every-th step of an epoch).
+            step = (epoch + 1) * self.steps_per_epoch
+            self.metrics.add_step(step, epoch + 1, loss, self.optimizer.param_groups[0]["lr"])
+        super().after_step(epoch, done, loss)
+
+    def leave_no_run_behind(self) -> None:
+        """A run that fails before its first step (an image of another size than its entry, an unreadable one)
+        leaves nothing that would refuse the same command once the data is mended. ``abandon`` removes a folder
+        the run created; here the files it wrote into one that was there already, with nothing to resume."""
+        if self.started or self.resumed or self.folder.created or self.folder.replacing or not self.d.is_main:
+            return
+        if self.metrics is not None:
+            self.metrics.close()
+        for name in ("config.yaml", "metrics.csv", "steps.csv"):
+            (self.out / name).unlink(missing_ok=True)
+        shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
 
     def set_lr(self, epoch: int, i: int) -> None:
         lr = learning_rate(epoch * self.steps_per_epoch + i, self.total_steps, self.base_lr, self.config)
