@@ -1,7 +1,7 @@
 """``train(config)``: a detector trained on COCO-format data, the library side of ``hcgnet detect train``.
 
-The default recipe is the paper's 1x schedule (12 epochs, x0.1 steps at 8/12 and 11/12 of the run, i.e. after
-epochs 8 and 11), SGD with momentum 0.9 and weight decay 1e-4, learning rate 0.02 for a global batch of 16
+The default recipe is the paper's 1x schedule (12 epochs, x0.1 once 8/12 and 11/12 of the run's steps are done,
+i.e. after epochs 8 and 11; a shorter run keeps its rate until then), SGD with momentum 0.9 and weight decay 1e-4, learning rate 0.02 for a global batch of 16
 (scaled linearly with the global batch), with torchvision's reference choices where the paper says nothing: a
 linear warm-up over the first 1,000 steps from 0.001 of the rate, BatchNorm scale and shift frozen, no
 gradient clipping (``DetectConfig.preset("published")``: the published mmdetection config's instead). The
