@@ -272,17 +272,37 @@ def test_default_modules_are_the_last_of_each_hybrid_block():
     assert default_modules(a1) == ["stages.0.block.layers.7", "stages.1.block.layers.7", "stages.2.block.layers.7"]
 
 
+ALL_SMG = ("SMG modules of this model: stages.0.block.layers.0, stages.1.transition, stages.1.block.layers.0, "
+           "stages.2.transition, stages.2.block.layers.0")
+
+
 @pytest.mark.parametrize("name, expected", [
-    ("stages.7.block.layers.0", "unknown module 'stages.7.block.layers.0'; SMG modules of this model: stages."),
-    ("stages.1", "'stages.1' is a HCGStage, not an SMG module; SMG modules of this model: stages.1.transition, "
-                 "stages.1.block.layers.0"),
-    ("stages.0.block.layers.0.squeeze", "is a SqueezeCell, not an SMG module; SMG modules of this model: "
-                                        "stages.0.block.layers.0"),
+    # equally close names: difflib's order among ties
+    ("stages.7.block.layers.0", "unknown module 'stages.7.block.layers.0' (did you mean stages.2.block.layers.0 or "
+                                "stages.1.block.layers.0?); " + ALL_SMG),
+    ("stages.9", "unknown module 'stages.9'; " + ALL_SMG),
+    ("stages.1", "'stages.1' is a HCGStage, not an SMG module (it holds stages.1.transition, "
+                 "stages.1.block.layers.0); " + ALL_SMG),
+    ("stages.0.block.layers.0.squeeze", "'stages.0.block.layers.0.squeeze' is a SqueezeCell, not an SMG module "
+                                        "(it lies inside stages.0.block.layers.0); " + ALL_SMG),
 ])
 def test_wrong_module_names_are_one_line_errors(model, images, name, expected):
+    """The message names every SMG module of the model, in order (not some close spellings as if they were all),
+    and what the wrong name is near."""
     with pytest.raises(HCGNetError) as e:
         gate_maps(model, images, ["stages.0.block.layers.0", name])
-    assert expected in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value) == expected
+
+
+def test_a_wrong_module_name_lists_a_deep_models_modules_as_numbered_runs():
+    with torch.device("meta"):
+        a1 = hcgnet.create_model("hcgnet_a1")
+    with pytest.raises(HCGNetError) as e:
+        gate_maps(a1, torch.empty(1, 3, 32, 32, device="meta"), ["stages.0.block.layer.3"])
+    assert str(e.value) == ("unknown module 'stages.0.block.layer.3' (did you mean stages.0.block.layers.3 or "
+                            "stages.2.block.layers.3?); SMG modules of this model: stages.0.block.layers.0-7, "
+                            "stages.1.transition, stages.1.block.layers.0-7, stages.2.transition, "
+                            "stages.2.block.layers.0-7")
 
 
 def test_a_model_without_gates_is_refused(images):
@@ -530,7 +550,8 @@ def test_cli_batches_give_the_maps_of_one_pass_and_progress_lines(capsys, checkp
 @pytest.mark.parametrize("case, expected", [
     ("no_images", "hcgnet: error: no images to look at: no such file or folder"),
     ("empty_folder", "hcgnet: error: no images to look at: no images in"),
-    ("unknown_module", "hcgnet: error: unknown module 'stages.9'; SMG modules of this model: stages.0.block"),
+    ("unknown_module", "hcgnet: error: unknown module 'stages.9'; SMG modules of this model: stages.0.block.layers.0, "
+                       "stages.1.transition"),
     ("output_is_a_file", "is a file; give a folder"),
     ("unreadable_only", "hcgnet: error: none of the 1 images could be read"),
     ("max_images", "hcgnet: error: --max-images must be 1 or more, got 0"),

@@ -54,9 +54,28 @@ def default_modules(model: nn.Module) -> List[str]:
     return list(last.values()) or list(found)[-1:]
 
 
-def _few(names: Sequence[str], n: int = 4) -> str:
-    shown = ", ".join(names[:n])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
+def _hint(name: str, valid: Sequence[str]) -> str:
+    """What a wrong module name is near: the SMG module it lies in, those inside it, or close spellings."""
+    around = [n for n in valid if name.startswith(n + ".")]
+    inside = [n for n in valid if n.startswith(name + ".")]
+    close = difflib.get_close_matches(name, valid, n=2, cutoff=0.85)
+    if around:
+        return f" (it lies inside {around[-1]})"
+    if inside:
+        return f" (it holds {_compact(inside)})"
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _compact(names: Sequence[str]) -> str:
+    """Module names in model order, a run of siblings numbered 0..n written once: ``stages.0.block.layers.0-7``."""
+    runs: list = []    # [prefix, first, last] or [name, None, None]
+    for name in names:
+        prefix, _, last = name.rpartition(".")
+        if last.isdigit() and runs and runs[-1][0] == prefix and runs[-1][2] == int(last) - 1:
+            runs[-1][2] = int(last)
+        else:
+            runs.append([prefix, int(last), int(last)] if last.isdigit() else [name, None, None])
+    return ", ".join(p if a is None else f"{p}.{a}" + (f"-{b}" if b != a else "") for p, a, b in runs)
 
 
 def resolve_modules(model: nn.Module, modules: Optional[Sequence[str]] = None) -> Dict[str, SMGModule]:
@@ -73,9 +92,7 @@ def resolve_modules(model: nn.Module, modules: Optional[Sequence[str]] = None) -
             other = dict(model.named_modules()).get(name)
             what = (f"{name!r} is a {type(other).__name__}, not an SMG module" if other is not None
                     else f"unknown module {name!r}")
-            suggestion = ([n for n in valid if n.startswith(name + ".") or name.startswith(n + ".")]
-                          or difflib.get_close_matches(name, valid, n=4, cutoff=0.6) or valid)
-            raise HCGNetError(f"{what}; SMG modules of this model: {_few(suggestion)}")
+            raise HCGNetError(f"{what}{_hint(name, valid)}; SMG modules of this model: {_compact(valid)}")
         picked[name] = found[name]
     for name, smg in picked.items():
         lacks = [gate for gate, kind in (("forget_gate", ForgetGate), ("update_gate", UpdateGate))
