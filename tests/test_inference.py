@@ -262,6 +262,22 @@ def test_eval_says_when_it_scores_the_runs_split_in_other_arithmetic_than_the_ru
     assert note(tmp_path / "older.safetensors", "--amp", "bf16") is None
 
 
+def test_eval_of_an_empty_split_says_which_splits_there_are(capsys, run, tmp_path):
+    """A run trained with --test-size 0 held no test images out: eval says so and names the other splits."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    best = str(run["out"] / "best.safetensors")
+    with safe_open(best, "pt") as f:
+        meta = dict(f.metadata())
+    no_test = tmp_path / "no-test.safetensors"
+    save_file(load_file(best), str(no_test), metadata={**meta, "test_size": "0"})
+    line = one_line_error(*cli(capsys, "eval", "--checkpoint", no_test, "--workers", "0"))
+    assert line == (f"hcgnet: error: the test split of imagefolder:{run['folder']} is empty (its training run held "
+                    "none out): nothing to evaluate; pass --split val or --split all")
+    assert cli_json(capsys, "eval", "--checkpoint", no_test, "--split", "val", "--workers", "0")["count"] > 0
+
+
 def test_eval_on_the_device_asked_for(capsys, run):
     args = ["eval", "--checkpoint", str(run["out"] / "best.safetensors"), "--data", f"imagefolder:{run['folder']}",
             "--split", "val", "--workers", "0"]

@@ -531,8 +531,12 @@ def eval_dataset(path: str, data: Optional[str], data_dir: Optional[str], split:
             path, io.config, meta, "the dataset's class names", "the dataset's standard preprocessing")
     if note:
         log(note)
-    if len(dataset) == 0:
-        raise DataError(f"the {split} split of {data} is empty: nothing to evaluate")
+    if len(dataset) == 0 and split == "all":
+        raise DataError(f"{data} holds no images: nothing to evaluate")
+    if len(dataset) == 0:   # the run held no images out for this split: say which splits there are
+        others = [s for s in SPLITS if s != split and (s != "all" or spec_folder(data) is not None)]
+        raise DataError(f"the {split} split of {data} is empty (its training run held none out): nothing to "
+                        f"evaluate; pass --split {' or --split '.join(others)}")
     if why:  # said once the folder is known to be usable, so an error stays a single line
         log(f"note: {why} (--split all)")
     folder = spec_folder(data)
