@@ -128,6 +128,7 @@ def test_missing_broden_is_one_line_exit_2(tmp_path, capsys, remove):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("hcgnet: error:")
     assert "broden1_224" in err and "--broden" in err
+    assert "python -m hcgnet.analysis.broden NEW_FOLDER" in err  # the offline way, there for a pip-installed user too
     assert not (tmp_path / "out").exists()
 
 
@@ -378,12 +379,9 @@ def test_timm_model_default_layers_are_its_feature_maps(broden, single_thread):
 
 
 def test_the_synthetic_set_of_the_readme_reads_as_broden(tmp_path):
-    from pathlib import Path
+    from hcgnet.analysis.broden import write_synthetic
 
-    from conftest import load_script
-
-    module = load_script(Path(__file__).resolve().parent.parent / "docs" / "synthetic_broden.py")
-    root = module.write(tmp_path / "synthetic", images=6)
+    root = write_synthetic(tmp_path / "synthetic", images=6)
     ds = Broden(root, size=(32, 32))
     assert len(ds) == 6 and ds.categories == ["color", "object", "scene", "texture"]
     assert sorted(ds.labels.values()) == sorted(["red", "green", "blue", "yellow", "disc", "square", "bar",
@@ -395,6 +393,34 @@ def test_the_synthetic_set_of_the_readme_reads_as_broden(tmp_path):
         assert set(np.unique(shape)) - {0} <= {5, 6, 7} and ((colour > 0) == (shape > 0)).all()
         assert (colour > 0).any()
         assert len(seg["labels"]["scene"]) == 1 and len(seg["labels"]["texture"]) == 1
+
+
+def test_the_synthetic_broden_script_helps_refuses_and_keeps_an_earlier_set(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = str(Path(__file__).resolve().parent.parent / "docs" / "synthetic_broden.py")
+
+    def run(*argv):
+        return subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=120)
+
+    shown = run("--help")
+    assert shown.returncode == 0 and "NEW_FOLDER" in shown.stdout and "--force" in shown.stdout
+    assert not (tmp_path / "--help").exists() and list(tmp_path.iterdir()) == []
+    bare = run()
+    assert bare.returncode == 2 and "NEW_FOLDER" in bare.stderr and "Traceback" not in bare.stderr
+    first = run("syn", "--images", "2")
+    assert first.returncode == 0 and (tmp_path / "syn" / "index.csv").is_file()
+    index = (tmp_path / "syn" / "index.csv").read_text()
+    again = run("syn", "--images", "3")
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--force" in again.stderr
+    assert "Traceback" not in again.stderr and (tmp_path / "syn" / "index.csv").read_text() == index
+    from hcgnet.analysis.broden import main as write_main  # in this process: each start imports torch (2 s)
+
+    assert write_main([str(tmp_path / "syn"), "--images", "3", "--force"]) == 0
+    assert len((tmp_path / "syn" / "index.csv").read_text().splitlines()) == 4
 
 
 # NetDissect-Lite's tally, reimplemented here as the oracle ----------------------------------------------

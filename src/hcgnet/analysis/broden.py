@@ -34,7 +34,9 @@ from torch.utils.data import Dataset
 from hcgnet.errors import HCGNetError
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
-WHERE = "download broden1_224 from the NetDissect project (CSAILVision/NetDissect-Lite, script/dlbroden.sh) and pass --broden DIR"
+WHERE = ("download broden1_224 from the NetDissect project (CSAILVision/NetDissect-Lite, script/dlbroden.sh) and pass "
+         "--broden DIR; to try the command without it, python -m hcgnet.analysis.broden NEW_FOLDER writes a small "
+         "synthetic set in Broden's layout")
 
 
 class BrodenError(HCGNetError):
@@ -247,3 +249,128 @@ class Broden(Dataset):
 def collate(batch):
     """Images stacked into one tensor; segmentations kept as a list of dicts."""
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+
+
+# A small synthetic set in the Broden layout, to try ``hcgnet dissect`` without Broden (about 1 GB) -----------
+
+SYNTHETIC_SIDE, SYNTHETIC_SEG = 64, 32
+SYNTHETIC_COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+SYNTHETIC_OBJECTS = ("disc", "square", "bar")
+SYNTHETIC_SCENES = ("dark room", "bright room")
+SYNTHETIC_TEXTURES = ("striped", "dotted")
+SYNTHETIC_CATEGORIES = ("color", "object", "scene", "texture")
+
+
+def _synthetic_numbering() -> Dict[int, Tuple[str, str]]:
+    """label number -> (name, category); 0 is "no label", as in Broden."""
+    names = ([(c, "color") for c in SYNTHETIC_COLORS] + [(o, "object") for o in SYNTHETIC_OBJECTS]
+             + [(s, "scene") for s in SYNTHETIC_SCENES] + [(t, "texture") for t in SYNTHETIC_TEXTURES])
+    return {i + 1: item for i, item in enumerate(names)}
+
+
+def _synthetic_image(rng: np.random.Generator, number: Dict[Tuple[str, str], int]):
+    from PIL import ImageDraw
+
+    side = SYNTHETIC_SIDE
+    scene, texture = int(rng.integers(2)), int(rng.integers(2))
+    img = np.full((side, side, 3), 60 if scene == 0 else 170, np.float64)
+    yy, xx = np.mgrid[:side, :side]
+    img[(yy // 4) % 2 == 0 if texture == 0 else ((yy % 8 < 3) & (xx % 8 < 3))] += 35
+    canvas = Image.fromarray(np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8))
+    color_layer, object_layer = Image.new("L", (side, side), 0), Image.new("L", (side, side), 0)
+    draw, dc, do = ImageDraw.Draw(canvas), ImageDraw.Draw(color_layer), ImageDraw.Draw(object_layer)
+    for _ in range(int(rng.integers(1, 4))):
+        shape, colour = SYNTHETIC_OBJECTS[int(rng.integers(3))], list(SYNTHETIC_COLORS)[int(rng.integers(4))]
+        s = int(rng.integers(12, 26))
+        x, y = int(rng.integers(0, side - s)), int(rng.integers(0, side - s))
+        box = (x, y, x + s, y + s) if shape != "bar" else (x, y + s // 3, x + s, y + 2 * s // 3)
+        how = "ellipse" if shape == "disc" else "rectangle"
+        getattr(draw, how)(box, fill=SYNTHETIC_COLORS[colour])
+        getattr(dc, how)(box, fill=number[(colour, "color")])
+        getattr(do, how)(box, fill=number[(shape, "object")])
+    half = lambda layer: np.asarray(layer.resize((SYNTHETIC_SEG, SYNTHETIC_SEG), Image.NEAREST), np.int64)
+    return (canvas, half(color_layer), half(object_layer), number[(SYNTHETIC_SCENES[scene], "scene")],
+            number[(SYNTHETIC_TEXTURES[texture], "texture")])
+
+
+def _write_rows(path: Path, header: Sequence[str], rows) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_synthetic(root: str | Path, images: int = 240, seed: int = 0, force: bool = False) -> Path:
+    """Write a small synthetic set in the Broden layout into the new folder ``root``, to try ``hcgnet dissect``.
+
+    Each 64 x 64 image has a background that is one of two textures (whole-image labels ``striped`` and
+    ``dotted``) at one of two brightnesses (scene labels ``dark room`` / ``bright room``), and one to three
+    shapes (objects ``disc``, ``square``, ``bar``), each in one of four colours (colors ``red``, ``green``,
+    ``blue``, ``yellow``). Masks are at 32 x 32, Broden's half resolution. The concepts are simple on purpose:
+    the set says whether the pipeline finds colour and shape detectors, not what a network learned about the
+    real world. A folder that exists and holds anything is refused (:class:`BrodenError`) unless ``force``
+    (then the set's files are written over those of the same names)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise BrodenError(f"{root} is a file; give a new folder for the synthetic Broden set")
+    if root.is_dir() and any(root.iterdir()) and not force:
+        raise BrodenError(f"{root} already holds files; give a new or empty folder, or pass --force to write the "
+                          "synthetic set over them")
+    if images < 1:
+        raise BrodenError(f"--images must be 1 or more, got {images}")
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    labels = _synthetic_numbering()
+    number = {v: k for k, v in labels.items()}
+    rng = np.random.default_rng(seed)
+    rows, counts, cover = [], {}, {}
+    for i in range(images):
+        image, color, obj, scene, texture = _synthetic_image(rng, number)
+        image.save(root / "images" / f"{i:04d}.jpg", quality=92)
+        Image.fromarray(encode_mask(color)).save(root / "images" / f"{i:04d}_color.png")
+        Image.fromarray(encode_mask(obj)).save(root / "images" / f"{i:04d}_object.png")
+        for n in {*np.unique(color), *np.unique(obj), scene, texture} - {0}:
+            counts[int(n)] = counts.get(int(n), 0) + 1
+            # coverage in whole images, as Broden's tables give it (whole-image labels cover their image)
+            share = 1.0 if n in (scene, texture) else float(((color == n) | (obj == n)).mean())
+            cover[int(n)] = cover.get(int(n), 0.0) + share
+        rows.append([f"{i:04d}.jpg", "train", SYNTHETIC_SIDE, SYNTHETIC_SIDE, SYNTHETIC_SEG, SYNTHETIC_SEG,
+                     f"{i:04d}_color.png", f"{i:04d}_object.png", scene, texture])
+    _write_rows(root / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", *SYNTHETIC_CATEGORIES], rows)
+    _write_rows(root / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"],
+                [[0, "-", "-", 0, 0, ""]] + [[n, name, f"{cat}({counts.get(n, 0)})", counts.get(n, 0),
+                                              f"{cover.get(n, 0.0):.4f}", ""] for n, (name, cat) in labels.items()])
+    per_category = {cat: [n for n, (_, c) in labels.items() if c == cat] for cat in SYNTHETIC_CATEGORIES}
+    _write_rows(root / "category.csv", ["name", "first", "last", "count", "frequency"],
+                [[cat, min(ns), max(ns), len(ns), images] for cat, ns in per_category.items()])
+    for cat, ns in per_category.items():  # the category's labels, coded from 1
+        _write_rows(root / f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"],
+                    [[0, 0, "-", 0, 0]] + [[code, n, labels[n][0], counts.get(n, 0), f"{cover.get(n, 0.0):.4f}"]
+                                           for code, n in enumerate(ns, start=1)])
+    return root
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m hcgnet.analysis.broden") -> int:
+    """``python -m hcgnet.analysis.broden NEW_FOLDER``: :func:`write_synthetic` from the command line; a
+    mistake is one line on stderr and exit code 2."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description="Write a small synthetic data set in the Broden layout "
+                                     "(coloured shapes on textured backgrounds) to try hcgnet dissect without Broden.")
+    parser.add_argument("folder", metavar="NEW_FOLDER", help="where to write it (a new or empty folder)")
+    parser.add_argument("--images", type=int, default=240, help="how many images (default 240, a few seconds)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the drawings (default 0)")
+    parser.add_argument("--force", action="store_true", help="write into a folder that already holds files")
+    args = parser.parse_args(argv)
+    try:
+        root = write_synthetic(args.folder, args.images, args.seed, args.force)
+    except BrodenError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.images} images in the Broden layout to {root}; try: hcgnet dissect --checkpoint CKPT "
+          f"--broden {root} --output DIR")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
