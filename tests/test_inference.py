@@ -444,6 +444,15 @@ def test_predict_published_checkpoint_needs_model(capsys, tmp_path):
     assert "--model" in line
 
 
+def test_a_model_the_checkpoint_does_not_hold_is_told_the_one_it_does(capsys, run, new_images):
+    """--model overriding what the file's metadata says it holds: the refusal names that model."""
+    for command in (["predict", str(new_images[0])], ["eval", "--workers", "0"]):
+        line = one_line_error(*cli(capsys, *command[:1], "--checkpoint", run["out"] / "best.safetensors",
+                                   "--model", "hcgnet_a1", *command[1:]))
+        assert "the checkpoint is for another model" in line
+        assert line.endswith(f"({SPEC}, by its metadata): leave --model out or pass --model '{SPEC}'"), line
+
+
 def test_predict_published_checkpoint_with_model(capsys, tmp_path):
     img = colour_image(tmp_path / "x.png", 2, size=(32, 32))
     got = cli_json(capsys, "predict", "--checkpoint", str(PUBLISHED), "--model", "hcgnet_a1", str(img))

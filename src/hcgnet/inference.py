@@ -118,7 +118,14 @@ def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, 
     name = model_name or meta.get("model_name")
     if not name:
         raise CheckpointError(f"{path} does not say which model it holds; pass --model NAME")
-    return create_model(name, checkpoint_path=path).eval(), meta
+    try:
+        return create_model(name, checkpoint_path=path).eval(), meta
+    except CheckpointError as e:
+        recorded = meta.get("model_name")
+        if model_name and recorded and recorded != model_name:   # --model overrode what the file says it holds
+            raise CheckpointError(f"{e} ({recorded}, by its metadata): leave --model out or pass --model "
+                                  f"{recorded!r}") from None
+        raise
 
 
 def named_checkpoint_model(path: str, **model_kwargs) -> Tuple[nn.Module, Dict[str, str]]:
