@@ -635,8 +635,10 @@ def test_device_is_checked_before_training_and_is_not_part_of_what_a_run_trains(
     with pytest.raises(hcgnet.HCGNetError, match="--device mps: hcgnet runs on cpu or cuda"):
         make_config(overrides={"data": "cifar10", "device": "mps"})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(hcgnet.HCGNetError, match="no CUDA GPU here; use --device cpu"):
+    with pytest.raises(hcgnet.HCGNetError, match="^--device cuda: no CUDA GPU here; use --device cpu$"):
         make_config(overrides={"data": "cifar10", "device": "cuda"})
+    with pytest.raises(hcgnet.HCGNetError, match="^--device cuda:5: no CUDA GPU here; use --device cpu$"):
+        make_config(overrides={"data": "cifar10", "device": "cuda:5"})    # the device as given
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(hcgnet.HCGNetError, match="has 2 GPU"):

@@ -29,7 +29,7 @@ def device_of(device: Optional[Union[str, torch.device]] = None) -> torch.device
     if dev.type not in ("cpu", "cuda"):  # mps, xpu...: untested here, and the trainer's set-up knows only these two
         raise HCGNetError(f"--device {device}: hcgnet runs on cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HCGNetError("--device cuda: no CUDA GPU here; use --device cpu")
+        raise HCGNetError(f"--device {device}: no CUDA GPU here; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise HCGNetError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
