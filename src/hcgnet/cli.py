@@ -239,7 +239,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
     metavars = {"stem": "{cifar,imagenet}", "sched": "{cosine,constant}", "amp": "{none,bf16,fp16}",
                 "initial_checkpoint": "FILE", "data": "DATASET", "data_dir": "DIR", "output": "DIR",
-                "model": "MODEL|SPEC", "recipe": "RECIPE", "hflip": "P", "device": "DEVICE"}
+                "model": "MODEL|SPEC", "model_kwargs": "JSON", "recipe": "RECIPE", "hflip": "P", "device": "DEVICE"}
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of options (flags given here override it; it overrides --recipe)")
     for title, options in OPTION_GROUPS:
