@@ -259,6 +259,16 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, images, monkeypat
     assert any("resumed" in line and "step 1" in line for line in lines) and result["epochs"] == 1
 
 
+def test_resuming_a_finished_run_says_only_the_test_set_is_scored_again(tmp_path, images):
+    out = tmp_path / "run"
+    first, _ = fit(config_for(images, out, max_steps_per_epoch=1))
+    again, lines = fit(config_for(images, out, max_steps_per_epoch=1, resume=True))
+    assert f"resumed {out}: it has trained all 1 epoch, so only the test set is scored again (pass --epochs 2 or " \
+           "more to train longer)" in lines
+    assert not any("at epoch 2" in line for line in lines)
+    assert again["test_top1"] == first["test_top1"] and again["test_images"] == first["test_images"]
+
+
 def test_the_nan_advice_names_amp_only_when_mixed_precision_is_on(tmp_path, images):
     with pytest.raises(NonFiniteLossError) as e:
         fit(config_for(images, tmp_path / "run", max_steps_per_epoch=2, lr=1e30, amp="bf16"))

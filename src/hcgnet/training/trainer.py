@@ -236,6 +236,10 @@ class Run(TrainingRun):
         set_rng_state(mine["rng"])
         self.resumed_totals = mine["totals"]
         extended = f" (now {self.config.epochs} epochs)" if schedule_changed(state, self.config) else ""
+        if self.start_epoch >= self.config.epochs:   # nothing left to train: say so, not "at epoch N + 1"
+            self.log(f"resumed {self.folder.out}: it has trained all {plural(self.config.epochs, 'epoch')}, so only "
+                     f"the test set is scored again (pass --epochs {self.config.epochs + 1} or more to train longer)")
+            return
         self.log(f"resumed {self.folder.out} at epoch {self.start_epoch + 1}, step {self.first_step}{extended}")
 
     def build_loaders(self) -> None:
