@@ -269,6 +269,16 @@ def test_resuming_a_finished_run_says_only_the_test_set_is_scored_again(tmp_path
     assert again["test_top1"] == first["test_top1"] and again["test_images"] == first["test_images"]
 
 
+def test_a_run_without_test_images_records_no_test_scores(tmp_path, images):
+    """--test-size 0: results.json says null for the scores (not 0% top-1 and a loss of 0) and the log says why."""
+    out = tmp_path / "run"
+    result, lines = fit(config_for(images, out, max_steps_per_epoch=1, test_size=0))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["test_images"] == 0 and result["test_images"] == 0
+    assert saved["test_top1"] is None and saved["test_top5"] is None and saved["test_loss"] is None
+    assert "no test images: the test set was not scored" in lines
+
+
 def test_the_nan_advice_names_amp_only_when_mixed_precision_is_on(tmp_path, images):
     with pytest.raises(NonFiniteLossError) as e:
         fit(config_for(images, tmp_path / "run", max_steps_per_epoch=2, lr=1e30, amp="bf16"))

@@ -366,8 +366,10 @@ class Run(TrainingRun):
         chosen = self.load_chosen_weights()
         test = self.evaluate(self.test_set())
         best = self.best
-        result = {"model": self.config.model, "data": self.config.data, "test_top1": test["top1"],
-                  "test_top5": test["top5"], "test_loss": test["loss"], "test_images": test["count"],
+        scored = test["count"] > 0   # no test images: no scores (null), not 0% and a loss of 0
+        result = {"model": self.config.model, "data": self.config.data,
+                  **{f"test_{k}": test[k] if scored else None for k in ("top1", "top5", "loss")},
+                  "test_images": test["count"],
                   "test_images_available": len(self.data.test), "max_test_images": self.config.max_test_images,
                   "weights": chosen, "world_size": self.d.world_size,
                   "replicas_identical": distributed.parameters_match_rank0(self.model, self.d),
