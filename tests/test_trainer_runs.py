@@ -279,6 +279,18 @@ def test_a_run_without_test_images_records_no_test_scores(tmp_path, images):
     assert "no test images: the test set was not scored" in lines
 
 
+def test_steps_csv_has_each_epochs_last_step_when_runs_are_shorter_than_log_every(tmp_path, images):
+    """--log-every 20 (the default) in epochs of 3 steps: steps.csv still gets a row per epoch, at its last step;
+    with --log-every 2, steps 2 and 3 of each epoch."""
+    def logged(out):
+        return [int(r.split(",")[0]) for r in (out / "steps.csv").read_text().splitlines()[1:]]
+
+    fit(config_for(images, tmp_path / "a", max_steps_per_epoch=3, epochs=2))
+    assert logged(tmp_path / "a") == [3, 6]
+    fit(config_for(images, tmp_path / "b", max_steps_per_epoch=3, epochs=2, log_every=2))
+    assert logged(tmp_path / "b") == [2, 3, 5, 6]
+
+
 def test_the_nan_advice_names_amp_only_when_mixed_precision_is_on(tmp_path, images):
     with pytest.raises(NonFiniteLossError) as e:
         fit(config_for(images, tmp_path / "run", max_steps_per_epoch=2, lr=1e30, amp="bf16"))
@@ -467,7 +479,7 @@ def test_without_image_size_the_cifar_stem_trains_at_32_px_and_the_log_names_the
 def test_curves_have_the_learning_rate_of_every_epoch_and_top5_only_when_it_says_something(tmp_path):
     from hcgnet.training.logs import MetricsLog
 
-    log = MetricsLog(tmp_path, tensorboard=False)  # a short run: no step logged (steps.csv every 20 steps)
+    log = MetricsLog(tmp_path, tensorboard=False)  # epoch rows alone, as before a step is logged
     for epoch, lr in ((1, 0.1), (2, 0.05)):
         log.add_epoch({"epoch": epoch, "step": 2 * epoch, "lr": lr, "train_loss": 1.0, "train_acc": 0.5,
                        "val_loss": 1.0, "val_top1": 0.5, "val_top5": 1.0, "seconds": 1.0, "images_per_s": 1.0})

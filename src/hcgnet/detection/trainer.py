@@ -238,12 +238,6 @@ class DetectRun(TrainingRun):
 
     def after_step(self, epoch: int, done: int, loss: float) -> None:
         self.started = True  # a step taken: from here on a failure keeps the run (to resume, or to look at)
-        c = self.config
-        if self.metrics is not None and done == self.steps_per_epoch and done % c.log_every:
-            # Each epoch's last step too, so a run shorter than --log-every steps still has rows in steps.csv
-            # (the base class writes every log_every-th step of an epoch).
-            step = (epoch + 1) * self.steps_per_epoch
-            self.metrics.add_step(step, epoch + 1, loss, self.optimizer.param_groups[0]["lr"])
         super().after_step(epoch, done, loss)
 
     def leave_no_run_behind(self) -> None:

@@ -341,7 +341,8 @@ OPTION_GROUPS = (
     ("Checkpoints and logging", (
         ("output", "folder for checkpoints, metrics, curves and the final weights"),
         ("checkpoint_every", "also save last.pt every N optimiser steps (0: at epoch ends only)"),
-        ("log_every", "log a line every N optimiser steps"),
+        ("log_every", "a row in steps.csv and TensorBoard every N optimiser steps of an epoch and at its end (the "
+                      "console shows a bar, or a line every 30 s when it is not a terminal)"),
         ("resume", "continue the run in --output exactly where it stopped"),
         ("overwrite", "replace the run in --output (kept until the new run can replace it)"),
     )),

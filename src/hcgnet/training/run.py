@@ -131,7 +131,8 @@ class TrainingRun:
         """After optimiser step ``done`` of ``epoch``: log, checkpoint, stop on a signal."""
         config, step = self.config, epoch * self.steps_per_epoch + done
         lr = self.optimizer.param_groups[0]["lr"]
-        if self.metrics is not None and done % config.log_every == 0:
+        # every log_every-th step of an epoch and its last, so a run shorter than log_every steps has rows too
+        if self.metrics is not None and (done % config.log_every == 0 or done == self.steps_per_epoch):
             self.metrics.add_step(step, step / self.steps_per_epoch, loss, lr)
         self.progress.step(step, loss, lr)
         signum = self.stop.requested(self.d)
