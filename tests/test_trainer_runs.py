@@ -259,9 +259,18 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, images, monkeypat
     assert any("resumed" in line and "step 1" in line for line in lines) and result["epochs"] == 1
 
 
-def test_resuming_a_finished_run_says_only_the_test_set_is_scored_again(tmp_path, images):
+def test_resuming_a_finished_run_changes_nothing_and_one_stopped_while_testing_scores_its_test_set(tmp_path, images):
+    """--resume of a run with its results: said, nothing rewritten (as detect train); of one stopped after its
+    last epoch but before its results (killed while scoring the test set): the test set is scored."""
     out = tmp_path / "run"
     first, _ = fit(config_for(images, out, max_steps_per_epoch=1))
+    before = folder_bytes(out)
+    again, lines = fit(config_for(images, out, max_steps_per_epoch=1, resume=True))
+    assert lines == [f"{out} already finished its 1 epoch; nothing to resume (to train longer, pass --resume "
+                     "--epochs with more than 1)"]
+    assert again == json.loads((out / "results.json").read_text()) and again["test_top1"] == first["test_top1"]
+    assert folder_bytes(out) == before
+    (out / "results.json").unlink()
     again, lines = fit(config_for(images, out, max_steps_per_epoch=1, resume=True))
     assert f"resumed {out}: it has trained all 1 epoch, so only the test set is scored again (pass --epochs 2 or " \
            "more to train longer)" in lines

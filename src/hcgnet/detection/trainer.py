@@ -14,7 +14,6 @@ hint), atomic checkpoints with every RNG state, ``metrics.csv``/``steps.csv``/Te
 and torchrun/DDP (:mod:`hcgnet.distributed`). A run interrupted after any step and resumed ends with the same
 weights as one that was not.
 """
-import json
 import shutil
 from typing import Any, Callable, Dict, Optional
 
@@ -49,18 +48,7 @@ COLUMNS = ["epoch", "step", "lr", "train_loss", *LOSSES, "val_box_ap", "val_box_
 def train(config: DetectConfig, log=print) -> Dict[str, Any]:
     """Train as ``config`` says; return the final metrics (also written to ``results.json``)."""
     check_config(config)
-    try:
-        return DetectRun.launch(config, log, config.device or "auto")
-    except RunFinished as e:  # --resume of a finished run: said so, nothing touched
-        return e.result
-
-
-class RunFinished(Exception):
-    """``--resume`` of a run that has trained all its epochs and written its results: nothing to do."""
-
-    def __init__(self, result: Dict[str, Any]) -> None:
-        super().__init__("finished")
-        self.result = result
+    return DetectRun.launch(config, log, config.device or "auto")
 
 
 class DetectRun(TrainingRun):
@@ -78,27 +66,6 @@ class DetectRun(TrainingRun):
         self.val_metrics: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------------------------------------ set-up
-
-    def read_resume_state(self) -> Optional[Dict[str, Any]]:
-        state = super().read_resume_state()
-        if state is not None:
-            self.stop_if_finished(state)
-        return state
-
-    def stop_if_finished(self, state: Dict[str, Any]) -> None:
-        """``--resume`` of a run that trained all its epochs and wrote its results says so and changes nothing
-        (it would otherwise score the validation set again and rewrite the same files)."""
-        out, epochs = self.folder.out, state["epoch"]
-        results = out / "results.json"
-        if state["step_in_epoch"] or epochs < self.config.epochs or not (out / "final.safetensors").is_file() \
-                or not results.is_file():
-            return
-        result = json.loads(results.read_text())
-        if result.get("epochs") != epochs:  # the results of the run before it was extended
-            return
-        self.log(f"{out} already finished its {plural(epochs, 'epoch')}; nothing to resume (to train longer, "
-                 f"pass --resume --epochs with more than {epochs})")
-        raise RunFinished(result)
 
     def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
         config, d = self.config, self.d

@@ -4,6 +4,7 @@ the state to resume from, the step loop over a resumable loader with its progres
 every optimiser step — metrics, progress lines, periodic ``last.pt``, and the stop on Ctrl-C/SIGTERM; and the
 small helpers both use (seeding, the autocast dtype and grad scaler, whether stdout is a terminal)."""
 import itertools
+import json
 import random
 import sys
 import time
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from hcgnet import distributed
 from hcgnet.data import DataError
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import AMP_DTYPES
 from hcgnet.training.engine import NonFiniteLossError
 from hcgnet.training.folder import BAD_IMAGES
@@ -67,6 +68,9 @@ class TrainingRun:
 
     def execute(self) -> Dict[str, Any]:
         resume_state = self.read_resume_state()
+        finished = self.finished_results(resume_state)
+        if finished is not None:
+            return finished
         self.folder.claim(self.d)
         try:
             self.set_up(resume_state)
@@ -98,6 +102,22 @@ class TrainingRun:
             return NonFiniteLossError(f"{e} (epoch {getattr(self, 'epoch', 0) + 1}); training stopped and "
                                       f"{self.folder.kept()}; lower --lr{amp}")
         return e
+
+    def finished_results(self, state: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        """``--resume`` of a run that trained all its epochs and wrote its results: said, and nothing touched (it
+        would otherwise score its test set again and rewrite the same files); its results. None otherwise (a run
+        stopped while it scored its test set has no results yet: resuming scores it)."""
+        if state is None or state["step_in_epoch"] or state["epoch"] < self.config.epochs:
+            return None
+        out = self.folder.out
+        if not ((out / "final.safetensors").is_file() and (out / "results.json").is_file()):
+            return None
+        result = json.loads((out / "results.json").read_text())
+        if result.get("epochs") != state["epoch"]:  # the results of the run before it was extended
+            return None
+        self.log(f"{out} already finished its {plural(state['epoch'], 'epoch')}; nothing to resume (to train longer, "
+                 f"pass --resume --epochs with more than {state['epoch']})")
+        return result
 
     def read_resume_state(self) -> Optional[Dict[str, Any]]:
         config, last = self.config, self.folder.out / "last.pt"
