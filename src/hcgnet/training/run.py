@@ -68,10 +68,10 @@ class TrainingRun:
 
     def execute(self) -> Dict[str, Any]:
         resume_state = self.read_resume_state()
+        self.folder.claim(self.d)   # clears what killed runs left, a finished run's folder too
         finished = self.finished_results(resume_state)
         if finished is not None:
             return finished
-        self.folder.claim(self.d)
         try:
             self.set_up(resume_state)
             self.train()
