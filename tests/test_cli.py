@@ -281,6 +281,7 @@ def test_subprocess_error_exit_code_and_single_stderr_line(tmp_path):
     (["train", "--epochz", "3"], "hcgnet: error: "), (["recipes"], "cifar10-a1-published"),
     (["detect", "train", "--help"], "--bn-affine"), (["detect", "eval", "--bogus"], "hcgnet detect eval --help"),
     (["attack", "--help"], "fgsm-any"), (["train", "--help"], "--model-kwargs JSON"),
+    (["download", "--help"], "fashion-mnist"), (["download", "mnist"], "invalid choice: 'mnist'"),
 ])
 def test_help_version_recipes_and_usage_errors_import_neither_torch_nor_timm(tmp_path, argv, says):
     """They answer at once: parsing (and listing recipes) needs no model library. (Checked by what is imported,

@@ -445,7 +445,7 @@ def test_train_missing_cifar_says_where_to_put_it(capsys, tmp_path, monkeypatch)
     line = train_error(capsys, *args)
     assert str(empty) in line
     assert "cifar-10-python.tar.gz" in line and "cifar-10-batches-py" in line
-    assert line.endswith("or let torchvision download it: hcgnet train --download")
+    assert line.endswith(f"or let torchvision download it: hcgnet download cifar10 --data-dir {empty}")
     assert attempts == [] and list(empty.iterdir()) == []  # nothing downloads unless asked
     line = train_error(capsys, *args, "--download")  # asked: tried, and the failure said in one line
     assert attempts == [1] and "could not be downloaded (offline)" in line and "cifar-10-python.tar.gz" in line

@@ -238,6 +238,30 @@ def test_missing_cifar_download_fails_fast(tmp_path, monkeypatch):
     assert "\n" not in msg
 
 
+def test_hcgnet_download_fetches_only_what_is_missing_and_says_where_it_is(tmp_path, monkeypatch, capsys):
+    """``hcgnet download``, the command every missing-dataset message names: files already there are used as
+    they are (no download); a failed download is one line, exit 2."""
+    from conftest import cli
+
+    attempts = []
+
+    def offline(self):
+        attempts.append(self.root)
+        raise OSError("offline")
+
+    monkeypatch.setattr(D.CIFAR10Files, "download", offline)
+    make_cifar10(tmp_path / "here", per_batch=4, n_test=6)
+    code, out, err = cli(capsys, "download", "cifar10", "--data-dir", tmp_path / "here")
+    assert code == 0 and attempts == [], err
+    assert out == f"cifar10 is in {tmp_path / 'here'}: 20 training and 6 test images\n"
+    code, out, err = cli(capsys, "download", "cifar10", "--data-dir", tmp_path / "empty")
+    assert code == 2 and attempts == [str(tmp_path / "empty")] and out == ""
+    line = err.splitlines()[-1]
+    assert line.startswith("hcgnet: error: CIFAR-10 not found in") and "could not be downloaded (offline)" in line
+    with pytest.raises(DataError, match="a folder of your own images: there is nothing to download"):
+        D.download_dataset(f"imagefolder:{tmp_path}")
+
+
 def test_corrupt_cifar_is_a_data_error(tmp_path):
     folder = make_cifar10(tmp_path)
     (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])

@@ -541,6 +541,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from hcgnet.data import download_dataset
+
+    print(f"{args.dataset}: checking{' ' + args.data_dir if args.data_dir else ''}, downloading what is missing "
+          "(torchvision)", file=sys.stderr, flush=True)
+    folder, train, test = download_dataset(args.dataset, args.data_dir)
+    print(f"{args.dataset} is in {folder}: {train:,} training and {test:,} test images")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from hcgnet.training.config import list_recipes, load_recipe, recipe_summary
 
@@ -1092,6 +1102,13 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     _add_study_commands(sub)
     rec = sub.add_parser("recipes", help="list the packaged training recipes")
     rec.set_defaults(func=cmd_recipes)
+    dl = sub.add_parser("download", help="let torchvision download CIFAR-10, CIFAR-100 or Fashion-MNIST (nothing "
+                                         "else downloads unless asked)")
+    dl.add_argument("dataset", choices=("cifar10", "cifar100", "fashion-mnist"), help="the dataset")
+    dl.add_argument("--data-dir", default=None, metavar="DIR",
+                    help="where to put it, the --data-dir of train, eval and attack (default: $HCGNET_DATA, else "
+                         "~/.cache/hcgnet/data)")
+    dl.set_defaults(func=cmd_download)
     _one_line_everywhere(parser)
     return parser
 

@@ -20,7 +20,7 @@ from torchvision import datasets as tvd
 from torchvision.datasets.utils import extract_archive
 
 from hcgnet.data.config import DataConfig
-from hcgnet.data.errors import DataError, missing_dataset, reason
+from hcgnet.data.errors import DataError, download_command, missing_dataset, reason
 from hcgnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 
 __all__ = ["CIFAR10Files", "CIFAR100Files", "CIFAR", "load_cifar", "check_labels"]
@@ -65,7 +65,7 @@ def check_labels(ds, num_classes: int, where: str) -> None:
         raise DataError(f"bad labels in {where}: {bad[0]} is outside 0..{num_classes - 1}")
 
 
-def _make_available(title: str, cls, root: str, download: bool) -> None:
+def _make_available(name: str, title: str, cls, root: str, download: bool) -> None:
     """Extract or download the files if they are not there yet; a one-line error if that fails."""
     tarball = os.path.join(root, cls.filename)
     probe = cls.__new__(cls)  # only to reuse the file list; nothing is loaded
@@ -84,14 +84,15 @@ def _make_available(title: str, cls, root: str, download: bool) -> None:
                 raise DataError(f"cannot extract {tarball}: {reason(e)}; delete it or replace it with the "
                                 f"original {cls.filename}") from None
     if not probe._check_integrity():
-        raise missing_dataset(title, root, f"put {cls.filename} (or its extracted {cls.base_folder}/) there", why)
+        raise missing_dataset(title, root, f"put {cls.filename} (or its extracted {cls.base_folder}/) there", why,
+                              download_command(name, root))
 
 
 def load_cifar(name: str, root: str, download: bool):
     """``(train, test, config)`` of CIFAR-10 or CIFAR-100 under ``root``."""
     title, cls, mean, std = CIFAR[name]
     folder = os.path.join(root, cls.base_folder)
-    _make_available(title, cls, root, download)
+    _make_available(name, title, cls, root, download)
     try:
         train = cls(root, train=True)
         test = cls(root, train=False)

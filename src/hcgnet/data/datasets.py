@@ -112,6 +112,18 @@ def _load_builtin(name: str, data_dir, download: bool, image_size):
     return load_fashion_mnist(root, download)
 
 
+def download_dataset(spec: str, data_dir=None) -> tuple[str, int, int]:
+    """Let torchvision download a built-in dataset (CIFAR-10/100, Fashion-MNIST) into ``data_dir`` (None:
+    :func:`default_data_dir`) where it is not there already, and check it: ``(folder, training images, test
+    images)``. What ``hcgnet download`` runs; training's ``--download`` does the same on the way."""
+    name, folder = _parse_spec(spec)
+    if folder is not None:
+        raise DataError(f"{spec} is a folder of your own images: there is nothing to download")
+    train, test, _ = _load_builtin(name, data_dir, True, None)
+    root = str(Path(os.path.expanduser(str(data_dir)) if data_dir is not None else default_data_dir()))
+    return root, len(train), len(test)
+
+
 def skipped_note(skipped: list[str], bad_images_log=None) -> str:
     """One line naming the images left out as unreadable (the first few; where the full list is)."""
     names = ", ".join(os.path.basename(p) for p in skipped[:_NAMES_SHOWN])

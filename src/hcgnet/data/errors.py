@@ -5,20 +5,26 @@ import re
 
 from hcgnet.errors import HCGNetError
 
-__all__ = ["DataError", "error_message", "missing_dataset", "one_line", "reason"]
+__all__ = ["DataError", "download_command", "error_message", "missing_dataset", "one_line", "reason"]
 
 
 class DataError(HCGNetError):
     """A dataset that cannot be used as asked: unknown name, missing files, unreadable image, bad split."""
 
 
-def missing_dataset(title: str, where: str, how_to_add: str, failed_download: str | None = None) -> DataError:
+def missing_dataset(title: str, where: str, how_to_add: str, failed_download: str | None = None,
+                    download: str = "") -> DataError:
     """The one-line error for a built-in dataset that is not in ``where``: ``how_to_add`` it by hand, or
-    ``--data-dir``; then why the download failed when one was tried, else how to ask for one (nothing is
-    downloaded unless asked)."""
+    ``--data-dir``; then why the download failed when one was tried, else ``download``, the command that asks
+    for one (nothing is downloaded unless asked)."""
     tried = f" and {failed_download}" if failed_download else ""
-    ask = "" if failed_download else ", or let torchvision download it: hcgnet train --download"
+    ask = f", or let torchvision download it: {download}" if download and not failed_download else ""
     return DataError(f"{title} not found in {where}{tried}: {how_to_add}, or pass --data-dir{ask}")
+
+
+def download_command(name: str, data_dir: str) -> str:
+    """The command that downloads dataset ``name`` into ``data_dir``, for messages: it works from any command."""
+    return f"hcgnet download {name} --data-dir {data_dir}"
 
 
 def one_line(text: object, limit: int = 300) -> str:

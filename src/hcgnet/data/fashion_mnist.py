@@ -15,7 +15,7 @@ import shutil
 from torchvision import datasets as tvd
 
 from hcgnet.data.config import DataConfig
-from hcgnet.data.errors import DataError, missing_dataset, reason
+from hcgnet.data.errors import DataError, download_command, missing_dataset, reason
 from hcgnet.data.transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from hcgnet.files import atomic_path
 
@@ -60,7 +60,8 @@ def _prepare(root: str, download: bool) -> None:
     if missing():
         gz = ", ".join(n + ".gz" for n in FASHION_MNIST_FILES)
         raise missing_dataset("Fashion-MNIST", raw, f"apt-get install dataset-fashion-mnist (files in "
-                              f"{FASHION_MNIST_SYSTEM_DIR}), or put {gz} in {raw}", why)
+                              f"{FASHION_MNIST_SYSTEM_DIR}), or put {gz} in {raw}", why,
+                              download_command("fashion-mnist", root))
 
 
 def load_fashion_mnist(root: str, download: bool):
