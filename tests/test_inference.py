@@ -276,6 +276,11 @@ def test_eval_of_an_empty_split_says_which_splits_there_are(capsys, run, tmp_pat
     assert line == (f"hcgnet: error: the test split of imagefolder:{run['folder']} is empty (its training run held "
                     "none out): nothing to evaluate; pass --split val or --split all")
     assert cli_json(capsys, "eval", "--checkpoint", no_test, "--split", "val", "--workers", "0")["count"] > 0
+    line = one_line_error(*cli(capsys, "attack", "--checkpoint", no_test, "--workers", "0", "--output",
+                               tmp_path / "attack"))
+    assert line.endswith("is empty (its training run held none out): nothing to attack; pass --split val or "
+                         "--split all")
+    assert not (tmp_path / "attack").exists()
 
 
 def test_eval_on_the_device_asked_for(capsys, run):

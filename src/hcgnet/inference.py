@@ -513,6 +513,16 @@ def inference_device(path: str, exported: bool, model_name: Optional[str], compi
     return device_of(device)
 
 
+def empty_split(data: str, split: str, verb: str) -> DataError:
+    """The one-line error for an empty ``split`` of ``data`` (nothing to ``verb``): a run that held no images out
+    for it, so the message names the splits there are."""
+    if split == "all":
+        return DataError(f"{data} holds no images: nothing to {verb}")
+    others = [s for s in SPLITS if s != split and (s != "all" or spec_folder(data) is not None)]
+    return DataError(f"the {split} split of {data} is empty (its training run held none out): nothing to {verb}; "
+                     f"pass --split {' or --split '.join(others)}")
+
+
 def eval_dataset(path: str, data: Optional[str], data_dir: Optional[str], split: Optional[str], meta: Dict[str, str],
                  io: ModelIO, skip_bad_images: Optional[bool], log: Log) -> Tuple[str, str, Dataset, List[str]]:
     """What :func:`evaluate_checkpoint` scores ``path`` on (its metadata ``meta``, what it takes ``io``), as
@@ -538,12 +548,8 @@ def eval_dataset(path: str, data: Optional[str], data_dir: Optional[str], split:
             path, io.config, meta, "the dataset's class names", "the dataset's standard preprocessing")
     if note:
         log(note)
-    if len(dataset) == 0 and split == "all":
-        raise DataError(f"{data} holds no images: nothing to evaluate")
-    if len(dataset) == 0:   # the run held no images out for this split: say which splits there are
-        others = [s for s in SPLITS if s != split and (s != "all" or spec_folder(data) is not None)]
-        raise DataError(f"the {split} split of {data} is empty (its training run held none out): nothing to "
-                        f"evaluate; pass --split {' or --split '.join(others)}")
+    if len(dataset) == 0:
+        raise empty_split(data, split, "evaluate")
     if why:  # said once the folder is known to be usable, so an error stays a single line
         log(f"note: {why} (--split all)")
     folder = spec_folder(data)

@@ -318,8 +318,8 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
     pixels. ``skip_bad_images``: leave out unreadable images instead of refusing the folder (None: as the
     training run did), named in a note to ``log``. Returns ``(dataset, the checkpoint's DataConfig, split)``."""
     from hcgnet.data import spec_folder
-    from hcgnet.inference import (SPLITS, bad_images_setting, choose_split, data_config_of, folder_classes,
-                                  run_data_dir, split_settings)
+    from hcgnet.inference import (SPLITS, bad_images_setting, choose_split, data_config_of, empty_split,
+                                  folder_classes, run_data_dir, split_settings)
 
     if split is not None and split not in SPLITS:
         raise HCGNetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -343,7 +343,7 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
             raise CheckpointError(f"{path}: {e}") from None
         raise
     if len(dataset) == 0:
-        raise DataError(f"the {split} split of {data} is empty: nothing to attack")
+        raise empty_split(data, split, "attack")
     channels = dataset[0][0].shape[0]
     if channels != config.input_size[0]:
         raise CheckpointError(f"{path} takes {config.input_size[0]}-channel images but {data} gives {channels}")
