@@ -1,5 +1,6 @@
 """Errors that mean "the user asked for something that cannot work"; the CLI prints them in one line."""
 import contextlib
+import numbers
 import sys
 from typing import Iterator
 
@@ -14,6 +15,17 @@ class ModelSpecError(HCGNetError):
 
 class CheckpointError(HCGNetError):
     """A file that is not a usable checkpoint, or one made for a different model."""
+
+
+def is_number(value: object) -> bool:
+    """A real number, not a bool (JSON's ``true`` is no setting of 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_whole(name: str, value: object, note: str = "") -> None:
+    """A one-line :class:`ModelSpecError` unless ``value`` is a whole number of 1 or more (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ModelSpecError(f"{name} must be a whole number of 1 or more{note}, got {value!r}")
 
 
 @contextlib.contextmanager

@@ -630,8 +630,8 @@ def evaluate_checkpoint(
 
 def collect_images(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str]]]:
     """Image files from files, folders (searched recursively for :data:`~hcgnet.data.images.IMAGE_EXTENSIONS`,
-    as training folders are) and glob patterns, in the order given (each folder's and pattern's files sorted); and one problem entry per input that
-    named nothing. A file named explicitly is kept whatever its extension."""
+    as training folders are) and glob patterns, in the order given (each folder's and pattern's files sorted);
+    and one problem entry per input that named nothing. A file named explicitly is kept whatever its extension."""
     found: List[str] = []
     problems: List[Dict[str, str]] = []
 

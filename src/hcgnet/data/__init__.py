@@ -24,7 +24,8 @@ from hcgnet.data.splits import auto_held_out, split_indices
 from hcgnet.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = [
-    "DATASETS", "EVAL_SPLITS", "DataBundle", "DataConfig", "DataError", "absolute_spec", "auto_held_out", "build_data",
-    "build_eval_dataset", "build_eval_transform", "build_train_transform", "default_data_dir", "download_dataset", "error_message",
-    "image_size_note", "load_image", "resolve_data_config", "skipped_note", "spec_folder", "split_indices",
+    "DATASETS", "EVAL_SPLITS", "DataBundle", "DataConfig", "DataError", "absolute_spec", "auto_held_out",
+    "build_data", "build_eval_dataset", "build_eval_transform", "build_train_transform", "default_data_dir",
+    "download_dataset", "error_message", "image_size_note", "load_image", "resolve_data_config", "skipped_note",
+    "spec_folder", "split_indices",
 ]

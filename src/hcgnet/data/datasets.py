@@ -101,12 +101,17 @@ def _with_transform(ds: Dataset, transform) -> Dataset:
     return out
 
 
+def _data_root(data_dir) -> str:
+    """The folder the built-in datasets are read from: ``data_dir`` (``~`` expanded), else the default."""
+    return str(Path(os.path.expanduser(str(data_dir)) if data_dir is not None else default_data_dir()))
+
+
 def _load_builtin(name: str, data_dir, download: bool, image_size):
     """``(train, test, config)`` of CIFAR-10/100 or Fashion-MNIST."""
     size = _NATIVE_SIZE[name]
     if image_size is not None and int(image_size) != size:
         raise DataError(f"{name} images are {size}x{size}; --image-size applies to imagefolder datasets only")
-    root = str(Path(os.path.expanduser(str(data_dir)) if data_dir is not None else default_data_dir()))
+    root = _data_root(data_dir)
     if name in CIFAR:
         return load_cifar(name, root, download)
     return load_fashion_mnist(root, download)
@@ -120,8 +125,7 @@ def download_dataset(spec: str, data_dir=None) -> tuple[str, int, int]:
     if folder is not None:
         raise DataError(f"{spec} is a folder of your own images: there is nothing to download")
     train, test, _ = _load_builtin(name, data_dir, True, None)
-    root = str(Path(os.path.expanduser(str(data_dir)) if data_dir is not None else default_data_dir()))
-    return root, len(train), len(test)
+    return _data_root(data_dir), len(train), len(test)
 
 
 def skipped_note(skipped: list[str], bad_images_log=None) -> str:

@@ -1,11 +1,12 @@
 """``train(config)``: a detector trained on COCO-format data, the library side of ``hcgnet detect train``.
 
-The default recipe is the paper's 1x schedule (12 epochs, x0.1 once 8/12 and 11/12 of the run's steps are done,
-i.e. after epochs 8 and 11; a shorter run keeps its rate until then), SGD with momentum 0.9 and weight decay 1e-4, learning rate 0.02 for a global batch of 16
-(scaled linearly with the global batch), with torchvision's reference choices where the paper says nothing: a
-linear warm-up over the first 1,000 steps from 0.001 of the rate, BatchNorm scale and shift frozen, no
-gradient clipping (``DetectConfig.preset("published")``: the published mmdetection config's instead). The
-learning rate is a function of the global step alone, so a resumed run needs no scheduler state.
+The default recipe is the paper's 1x schedule (12 epochs, x0.1 once 8/12 and 11/12 of the run's steps are
+done, i.e. after epochs 8 and 11; a shorter run keeps its rate until then), SGD with momentum 0.9 and weight
+decay 1e-4, learning rate 0.02 for a global batch of 16 (scaled linearly with the global batch), with
+torchvision's reference choices where the paper says nothing: a linear warm-up over the first 1,000 steps from
+0.001 of the rate, BatchNorm scale and shift frozen, no gradient clipping (``DetectConfig.preset("published")``:
+the published mmdetection config's instead). The learning rate is a function of the global step alone, so a
+resumed run needs no scheduler state.
 
 The run reuses the classifier trainer's machinery: the output folder rules (:class:`RunFolder`:
 ``--resume``/``--overwrite``), Ctrl-C/SIGTERM handling (:class:`StopSignals`: ``last.pt`` and a resume
@@ -37,7 +38,8 @@ from hcgnet.training.config import RUN_FLAGS
 from hcgnet.training.folder import RunFolder
 from hcgnet.training.interrupts import StopSignals
 from hcgnet.training.logs import MetricsLog, ProgressLines
-from hcgnet.training.run import LOG_SECONDS, TrainingRun, amp_settings, seed_everything, stdout_is_terminal
+from hcgnet.training.run import (LOG_SECONDS, TrainingRun, amp_settings, one_step_warning, seed_everything,
+                                 stdout_is_terminal)
 from hcgnet.training.sampling import SeededSamples
 from hcgnet.training.state import rng_state, save_atomic, set_rng_state
 
@@ -121,9 +123,7 @@ class DetectRun(TrainingRun):
             return
         if per_epoch == 1:
             halved = images // world // 2 * world
-            self.log(f"warning: batch size {c.batch_size} is more than half the training set "
-                     f"({plural(images, 'image')}): each epoch takes 1 step and leaves {plural(left, 'image')} unused"
-                     + (f"; --batch-size {halved} takes 2 steps per epoch" if halved >= 2 * world else ""))
+            self.log(one_step_warning(c.batch_size, images, left, halved, world))
         else:
             self.log(f"each epoch takes {plural(per_epoch, 'batch')} of {c.batch_size} and leaves "
                      f"{plural(left, 'training image')} unused (drawn anew each epoch)")

@@ -26,14 +26,13 @@ block) into one global context vector that is added at every position::
 The scoring convolutions of the attention pooling keep their bias only to match the published weights:
 a softmax over positions ignores a constant shift, so that bias never receives a gradient.
 """
-import numbers
 from typing import Callable, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from hcgnet.errors import HCGNetError, ModelSpecError
+from hcgnet.errors import HCGNetError, ModelSpecError, check_whole
 from hcgnet.layers.attention_pool import AttentionPool, softmax_in_float32_or_wider
 
 ActFactory = Callable[[], nn.Module]
@@ -46,8 +45,7 @@ def hidden_units(inputs: int, reduction: int, channels: int) -> int:
     """A gate's hidden width ``inputs // reduction`` (its bottleneck over ``channels`` channels); a reduction
     that is not a whole number of 1 or more, or that leaves no hidden unit, is a one-line
     :class:`ModelSpecError`."""
-    if isinstance(reduction, bool) or not isinstance(reduction, numbers.Integral) or reduction < 1:
-        raise ModelSpecError(f"a gate's reduction must be a whole number of 1 or more, got {reduction!r}")
+    check_whole("a gate's reduction", reduction)
     if inputs // reduction < 1:
         raise ModelSpecError(f"reduction {reduction} leaves a gate over {channels} channels without hidden units; "
                              f"use a reduction of at most {inputs}")

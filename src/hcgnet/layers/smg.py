@@ -13,13 +13,12 @@ The paper's design claims are switches of this one module (``forget_gate``, ``up
 ``wide_branch``, ``local_residual``); the defaults are the paper's network.
 """
 import math
-import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from hcgnet.errors import ModelSpecError
+from hcgnet.errors import ModelSpecError, check_whole, is_number
 from hcgnet.layers.conv import PreActConv
 from hcgnet.layers.gates import ActFactory, AverageContext, ForgetGate, UpdateGate
 
@@ -37,8 +36,7 @@ def squeeze_width(out_channels: int, groups: int, alpha: float, squeeze_channels
     """The squeeze cell's width (``squeeze_channels``, else ``floor(alpha * out_channels)``), checked: the
     3x3 group conv needs it and ``out_channels`` to be positive multiples of ``groups``; anything else is a
     one-line :class:`ModelSpecError`."""
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
-        raise ModelSpecError(f"groups must be a whole number of 1 or more, got {groups!r}")
+    check_whole("groups", groups)
     if out_channels < 1 or out_channels % groups:
         raise ModelSpecError(f"SMG output channels ({out_channels}) must be a positive multiple of groups ({groups})")
     if squeeze_channels is not None:
@@ -46,7 +44,7 @@ def squeeze_width(out_channels: int, groups: int, alpha: float, squeeze_channels
             raise ModelSpecError(f"squeeze_channels ({squeeze_channels}) must be a positive multiple of groups "
                                  f"({groups})")
         return squeeze_channels
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
+    if not is_number(alpha) or not alpha > 0:
         raise ModelSpecError(f"alpha must be a number above 0 (the paper's 4), got {alpha!r}")
     width = math.floor(alpha * out_channels)
     if width < 1 or width % groups:

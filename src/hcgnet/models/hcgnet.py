@@ -17,7 +17,6 @@ The paper's design claims are switches of this one network (``connectivity``, ``
 ``gate_act``, ``wide_branch``, and the squeeze cell's ``alpha`` and ``groups``): see :class:`HCGNet`.
 """
 import functools
-import numbers
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -26,7 +25,7 @@ from timm.layers import DropBlock2d, SelectAdaptivePool2d
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from hcgnet.errors import ModelSpecError
+from hcgnet.errors import ModelSpecError, check_whole, is_number
 from hcgnet.complexity import count_params
 from hcgnet.layers import SMGModule
 from hcgnet.layers.compiling import compiling_not_exporting
@@ -253,10 +252,6 @@ def _stem(kind: str, in_chans: int, out_channels: int) -> Tuple[nn.Sequential, i
     return nn.Sequential(layers), 4
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def validate_architecture(
     block_depths: Sequence[int], growth_rates: Sequence[int], stem: str, groups: int, num_classes: int = 0,
     in_chans: int = 3, drop_block_rate: float = 0.0, connectivity: str = "hybrid", wide_branch: str = "dilated",
@@ -269,11 +264,10 @@ def validate_architecture(
     check_choice("connectivity", connectivity, CONNECTIVITIES)
     for name, value, paper in (("groups", groups, 4), ("reduction", reduction, 2),
                                ("transition_reduction", transition_reduction, 4)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ModelSpecError(f"{name} must be a whole number of 1 or more (the paper's {paper}), got {value!r}")
-    if not _is_number(drop_rate) or not 0.0 <= drop_rate < 1.0:
+        check_whole(name, value, f" (the paper's {paper})")
+    if not is_number(drop_rate) or not 0.0 <= drop_rate < 1.0:
         raise ModelSpecError(f"drop_rate must be in [0, 1) (the paper's ImageNet training uses 0.1), got {drop_rate!r}")
-    if not _is_number(compression) or not 0.0 < compression <= 1.0:
+    if not is_number(compression) or not 0.0 < compression <= 1.0:
         raise ModelSpecError(f"compression must be in (0, 1] (the paper's 0.5), got {compression!r}")
     for name, value in (("forget_gate", forget_gate), ("update_gate", update_gate)):
         if not isinstance(value, bool):
@@ -290,7 +284,7 @@ def validate_architecture(
         raise ModelSpecError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
     if in_chans < 1:
         raise ModelSpecError(f"in_chans must be 1 or more (3 for RGB images, 1 for grayscale), got {in_chans}")
-    if not _is_number(drop_block_rate) or not 0.0 <= drop_block_rate < 1.0:
+    if not is_number(drop_block_rate) or not 0.0 <= drop_block_rate < 1.0:
         raise ModelSpecError(f"drop_block_rate must be in [0, 1) (the published CIFAR training uses 0.1), "
                              f"got {drop_block_rate}")
     if len(block_depths) == 0 or len(block_depths) != len(growth_rates):

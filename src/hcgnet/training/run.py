@@ -43,6 +43,14 @@ def amp_settings(config, device: torch.device) -> Tuple[Optional[torch.dtype], O
     return AMP_DTYPES[config.amp], None
 
 
+def one_step_warning(batch: int, images: int, left_out: int, halved: int, world_size: int) -> str:
+    """The warning for a batch over half the training set (both trainers): each epoch takes 1 step and leaves
+    ``left_out`` images unused; ``halved``, the batch that takes 2, is suggested where each process gets 2 or more."""
+    return (f"warning: batch size {batch} is more than half the training set ({plural(images, 'image')}): each "
+            f"epoch takes 1 step and leaves {plural(left_out, 'image')} unused"
+            + (f"; --batch-size {halved} takes 2 steps per epoch" if halved >= 2 * world_size else ""))
+
+
 def stdout_is_terminal() -> bool:
     return bool(getattr(sys.stdout, "isatty", lambda: False)())
 

@@ -35,7 +35,8 @@ from hcgnet.training.engine import StepContext, new_totals, train_one_epoch
 from hcgnet.training.folder import BAD_IMAGES, RunFolder
 from hcgnet.training.interrupts import StopSignals
 from hcgnet.training.logs import MetricsLog, ProgressLines
-from hcgnet.training.run import LOG_SECONDS, TrainingRun, amp_settings, seed_everything, stdout_is_terminal
+from hcgnet.training.run import (LOG_SECONDS, TrainingRun, amp_settings, one_step_warning, seed_everything,
+                                 stdout_is_terminal)
 from hcgnet.training.resume import schedule_changed
 from hcgnet.training.finetune import prepare_model
 from hcgnet.training.sampling import ResumableSampler, SeededSamples, ShardSampler
@@ -59,9 +60,7 @@ def global_batch_for(config: TrainConfig, train_images: int, world_size: int, lo
         left_out = per_process % local * world_size
         if 2 * local > per_process and left_out:  # one step per epoch: the other images sit every epoch out
             halved = per_process // 2 // unit * unit * world_size
-            log(f"warning: batch size {config.batch_size} is more than half the training set "
-                f"({plural(train_images, 'image')}): each epoch takes 1 step and leaves {left_out:,} images unused"
-                + (f"; --batch-size {halved} takes 2 steps per epoch" if halved >= 2 * world_size else ""))
+            log(one_step_warning(config.batch_size, train_images, left_out, halved, world_size))
         return config.batch_size
     micro = per_process // unit * unit // config.accum_steps
     if micro < 2:
