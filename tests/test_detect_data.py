@@ -1,9 +1,11 @@
 """COCO-format data for the detectors: the checks of read_coco (each bad input one line, exit code 2 through the
 CLI), the samples in torchvision's format, and the aspect-ratio grouped batches."""
 import json
+import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from coco_toy import CATEGORIES, make_coco
 from hcgnet.cli import main
@@ -175,10 +177,37 @@ def test_missing_images_are_named(toy, tmp_path):
         read_coco(images, path)
 
 
-def test_an_image_of_another_size_than_its_entry_is_named(toy, tmp_path):
+def test_images_of_another_size_than_their_entries_are_named_before_anything_runs(toy, tmp_path):
     images, path = edited(toy, tmp_path, lambda data: data["images"][0].update(width=70))
-    data = read_coco(images, path)
-    with pytest.raises(CocoFormatError, match=r"000.png is 64x64 pixels but .* says 70x64"):
+    with pytest.raises(CocoFormatError, match=r"^1 of the 6 images listed in .*instances.json is not the size "
+                                              r"instances.json gives: 000.png is 64x64, listed 70x64 pixels; fix the "
+                                              r"width and height in the annotation file"):
+        read_coco(images, path)
+
+    def wider(data):  # every entry wrong: three named, the count says how many in all
+        for im in data["images"]:
+            im["width"] += 1
+    images, path = edited(toy, tmp_path, wider)
+    with pytest.raises(CocoFormatError, match=r"^6 of the 6 images .* are not the size .*: 000.png is 64x64, listed "
+                                              r"65x64, 001.png .*, 002.png .* and 3 more pixels"):
+        read_coco(images, path)
+
+
+def test_an_image_whose_header_cannot_be_read_is_named(toy, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(toy[0], folder)
+    (folder / "001.png").write_bytes(b"not an image")
+    with pytest.raises(CocoFormatError, match=r"^1 of the 6 images listed in .* cannot be read: 001.png \(.*\); "
+                                              r"replace it or leave it out of"):
+        read_coco(folder, toy[1])
+
+
+def test_an_image_changed_after_the_check_is_still_named_when_drawn(toy, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(toy[0], folder)
+    data = read_coco(folder, toy[1])
+    Image.new("RGB", (70, 64)).save(folder / "000.png")
+    with pytest.raises(CocoFormatError, match=r"000.png is 70x64 pixels but .* says 64x64"):
         CocoDetectionSet(data, [1], train=False, masks=False)[0]
 
 

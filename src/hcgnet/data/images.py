@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from PIL import Image, ImageFile
 from tqdm import tqdm
@@ -22,8 +22,8 @@ from hcgnet.data.errors import DataError, one_line, reason
 from hcgnet.errors import plural
 from hcgnet.files import atomic_path
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "decode_error", "scan_images", "bad_images_error",
-           "write_bad_images"]
+__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "decode_error", "header_size", "map_images",
+           "scan_images", "bad_images_error", "write_bad_images"]
 
 #: What counts as an image by its name, in training folders and for ``predict`` alike: torchvision's
 #: ImageFolder list plus GIF (its first frame) and PBM, which PIL reads as well.
@@ -32,6 +32,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 SKIP_HINT = "remove it or pass --skip-bad-images"
 _LOG_EVERY_S = 30.0  # progress line interval when stderr is not a terminal
 _NAMES_SHOWN = 3     # bad files named in the error message; the rest are in the log file
+T = TypeVar("T")
 
 
 def is_image_file(path: str) -> bool:
@@ -80,25 +81,41 @@ def _workers() -> int:
     return max(1, min(32, 2 * (os.cpu_count() or 1)))
 
 
-def scan_images(paths: Sequence[str], where: str) -> list[tuple[str, str]]:
-    """Decode every file of ``paths`` in threads; ``[(path, why), ...]`` of those that fail, in order.
+def map_images(fn: Callable[[str], T], paths: Sequence[str], what: str) -> list[T]:
+    """``[fn(path) for path in paths]`` in threads (file reading waits on the disk), in order, with progress.
 
-    A tqdm bar shows progress on a terminal; otherwise a line goes to stderr every 30 s of a long scan.
+    A tqdm bar (``what``, e.g. ``"checking images in DIR"``) shows progress on a terminal; otherwise a line
+    goes to stderr every 30 s of a long pass.
     """
-    results: list[str | None] = []
+    results: list[T] = []
     terminal = sys.stderr.isatty()
     last = start = time.monotonic()
-    with _strict_decoding(), ThreadPoolExecutor(_workers()) as pool:
-        bar = tqdm(pool.map(decode_error, paths), total=len(paths), desc=f"checking images in {where}",
-                   unit="img", disable=not terminal, leave=False)
-        for why in bar:
-            results.append(why)
+    with ThreadPoolExecutor(_workers()) as pool:
+        for result in tqdm(pool.map(fn, paths), total=len(paths), desc=what, unit="img", disable=not terminal,
+                           leave=False):
+            results.append(result)
             now = time.monotonic()
             if not terminal and now - last >= _LOG_EVERY_S:
                 last = now
-                print(f"checking images in {where}: {len(results):,}/{len(paths):,} "
-                      f"({len(results) / (now - start):.0f} images/s)", file=sys.stderr, flush=True)
+                print(f"{what}: {len(results):,}/{len(paths):,} ({len(results) / (now - start):.0f} images/s)",
+                      file=sys.stderr, flush=True)
+    return results
+
+
+def scan_images(paths: Sequence[str], where: str) -> list[tuple[str, str]]:
+    """Decode every file of ``paths`` (:func:`map_images`); ``[(path, why), ...]`` of those that fail, in order."""
+    with _strict_decoding():
+        results = map_images(decode_error, paths, f"checking images in {where}")
     return [(p, why) for p, why in zip(paths, results) if why is not None]
+
+
+def header_size(path) -> tuple[int, int] | str:
+    """``(width, height)`` from the file's header (nothing decoded), or why it cannot be read."""
+    try:
+        with open(path, "rb") as f, Image.open(f) as img:
+            return img.size
+    except Exception as e:  # as decode_error: any failure means the file cannot be used
+        return reason(e)
 
 
 def write_bad_images(bad: Sequence[tuple[str, str]], log_path) -> None:
