@@ -202,6 +202,18 @@ def test_published_checkpoint_without_module_prefix_loads(tmp_path):
     assert torch.equal(model.state_dict()["stem.conv0.weight"], sd["features.conv0.weight"])
 
 
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "_orig_mod.module."])
+def test_state_dicts_of_compiled_and_wrapped_models_load(tmp_path, prefix):
+    """torch.compile saves its model's keys under ``_orig_mod.``; wrapped in DataParallel/DDP before or after."""
+    model = create("hcgnet_a1", 10)
+    torch.save({prefix + k: v for k, v in model.state_dict().items()}, tmp_path / "compiled.pth")
+    again = create("hcgnet_a1", 10)
+    hcgnet.load_checkpoint(again, tmp_path / "compiled.pth")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    built = hcgnet.create_model("hcgnet_a1", checkpoint_path=str(tmp_path / "compiled.pth"))
+    assert torch.equal(built.stem.conv0.weight, model.stem.conv0.weight)
+
+
 def test_published_key_mapping_examples():
     assert published_to_hcgnet_key("features.conv0.weight") == "stem.conv0.weight"
     assert published_to_hcgnet_key("features.norm5.running_var") == "norm.running_var"
@@ -788,6 +800,34 @@ def test_the_published_weights_tag_loads_them_from_hcgnet_home_whatever_the_work
         hcgnet.create_model("hcgnet_b.in1k", pretrained=True)
     with pytest.raises(hcgnet.ModelSpecError, match="hcgnet_a1 has no weights tagged"):
         hcgnet.create_model("hcgnet_a1.published_in1k")
+
+
+@pytest.mark.parametrize("factory", ["hcgnet", "timm"])
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_pretrained_weights_adapt_to_other_input_channels_and_classes_as_timm_does(
+        tmp_path, monkeypatch, published_b, factory, in_chans):
+    """timm's pretrained=True: the first convolution summed over RGB for one channel, tiled and scaled by 3/C
+    for more; the classifier left out (a new one) when num_classes differs; everything else loaded."""
+    import timm
+    source, _ = published_b
+    monkeypatch.setenv("HCGNET_HOME", str(source.parent))
+    reference = hcgnet.create_model("hcgnet_b", checkpoint_path=str(source))
+    create = hcgnet.create_model if factory == "hcgnet" else timm.create_model
+    torch.manual_seed(0)
+    model = create("hcgnet_b", pretrained=True, in_chans=in_chans, num_classes=10)
+    rgb = reference.stem.conv0.weight
+    expected = rgb.sum(dim=1, keepdim=True) if in_chans == 1 else torch.cat([rgb, rgb], 1)[:, :in_chans] * 3 / in_chans
+    assert torch.allclose(model.stem.conv0.weight, expected, rtol=1e-6, atol=1e-7)
+    assert model.classifier.weight.shape == (10, reference.classifier.in_features)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    body = [k for k in theirs if k != "stem.conv0.weight" and not k.startswith("classifier.")]
+    assert all(torch.equal(ours[k], theirs[k]) for k in body)
+    torch.manual_seed(0)
+    fresh = create("hcgnet_b", in_chans=in_chans, num_classes=10)  # the new classifier: as a model without weights
+    assert torch.equal(model.classifier.weight, fresh.classifier.weight)
+    # an explicit file stays strict, as timm's checkpoint_path: another class count is named, not dropped
+    with pytest.raises(CheckpointError, match="trained for 1000 classes but the model has 10"):
+        hcgnet.create_model("hcgnet_b", checkpoint_path=str(source), num_classes=10)
 
 
 @pytest.mark.parametrize("name", ["hcgnet_a1", "hcgnet_a2", "hcgnet_a3", "HCGNet-(4,4)-(k=12,24)"])

@@ -331,12 +331,27 @@ def test_drop_block_rate_zero_changes_nothing():
     (dict(in_chans=-3), "in_chans must be 1 or more"),
     (dict(num_classes=-1), "num_classes must be 0"),
     (dict(drop_block_rate=1.5), r"drop_block_rate must be in \[0, 1\)"),
+    (dict(features_only=True, out_indices=4), r"out_indices=4 \(the last 4 stages\): this network has 3 stages"),
+    (dict(features_only=True, out_indices="1"), r"out_indices must be stage indices"),
+    (dict(block_depths=(1, 1, 1)), r"hcgnet_a1 is HCGNet-\(8,8,8\)-\(k=12,24,36\); for block_depths=\(1, 1, 1\) and "
+                                   r"growth_rates=\(12, 24, 36\) build the spec 'HCGNet-\(1,1,1\)-\(k=12,24,36\)'"),
+    (dict(growth_rates=(8, 8, 8)), r"build the spec 'HCGNet-\(8,8,8\)-\(k=8,8,8\)'"),
 ])
 def test_arguments_a_network_cannot_take_are_one_line_errors(factory, kwargs, message):
     create = hcgnet.create_model if factory == "hcgnet" else timm.create_model
     with pytest.raises(ModelSpecError, match=message) as e:
         create("hcgnet_a1", **kwargs)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("factory", ["hcgnet", "timm"])
+def test_out_indices_as_a_count_is_the_last_stages_as_in_timm(factory):
+    """timm reads an int ``out_indices=n`` as the last n stages (resnet18, out_indices=2: its last two)."""
+    create = hcgnet.create_model if factory == "hcgnet" else timm.create_model
+    assert create("hcgnet_b", features_only=True, out_indices=2).feature_info.channels() == [952, 1244]
+    assert create("hcgnet_a1", features_only=True, out_indices=3).feature_info.channels() == [120, 252, 414]
+    # a variant's own depths and growth rates given again are no change (timm's save_for_hf passes them back)
+    assert count_params(create("hcgnet_a1", block_depths=[8, 8, 8], growth_rates=(12, 24, 36))) == 1_065_301
 
 
 def test_the_generic_entry_needs_depths_and_growth_rates():

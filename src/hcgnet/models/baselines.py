@@ -222,7 +222,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _build(cls, name: str, pretrained: bool, **kwargs) -> nn.Module:
-    check_out_indices(kwargs.get("out_indices"), 3)
+    if kwargs.get("out_indices") is not None:
+        kwargs["out_indices"] = check_out_indices(kwargs["out_indices"], 3)
     model = build_model_with_cfg(cls, name, pretrained, feature_cfg=dict(flatten_sequential=True,
                                                                           out_indices=(0, 1, 2)), **kwargs)
     if isinstance(model, _CifarClassifier):  # the input it takes, e.g. 1 channel for Fashion-MNIST, as HCGNet's

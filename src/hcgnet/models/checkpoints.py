@@ -29,6 +29,7 @@ METADATA_KEYS = ("model_name", "num_classes", "in_chans", "class_names", "data_c
 #: Key prefixes of torchvision's detectors (``hcgnet detect train`` writes their state dicts): a checkpoint holding
 #: them is a whole detector, which no classifier loads (its metadata also says ``detector``, as a .pt need not).
 DETECTOR_PREFIXES = ("backbone.body.", "backbone.fpn.", "rpn.", "roi_heads.")
+FIRST_CONV = "stem.conv0.weight"  # the stem's first convolution: what in_chans changes
 
 # Module names of the published implementation inside one SMG module -> ours. Its "conv_5x5" is the
 # dilated 3x3 depthwise conv; its fully connected layers are 1x1 convs (reshaped on load).
@@ -77,8 +78,18 @@ def is_published_format(state_dict: Mapping[str, Tensor]) -> bool:
     return any(k.startswith("features.") for k in state_dict)
 
 
-def _strip_prefix(state_dict: Mapping[str, Tensor], prefix: str = "module.") -> Dict[str, Tensor]:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+#: Key prefixes of wrappers: DataParallel/DistributedDataParallel (``module.``) and ``torch.compile``
+#: (``_orig_mod.``), in either order when a compiled model was wrapped or the reverse.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip_prefix(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    stripped = {}
+    for key, value in state_dict.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        stripped[key] = value
+    return stripped
 
 
 def _pickled_global(path: Path) -> Optional[str]:
@@ -240,7 +251,8 @@ def unwrap_state_dict(obj: Mapping, source: PathLike) -> Tuple[Dict[str, Tensor]
 
 
 def to_hcgnet_names(state_dict: Mapping[str, Tensor], source: PathLike) -> Dict[str, Tensor]:
-    """Keys without ``module.`` and, for the published format, renamed to hcgnet's."""
+    """Keys without wrappers' prefixes (:data:`WRAPPER_PREFIXES`) and, for the published format, renamed to
+    hcgnet's."""
     state_dict = _strip_prefix(state_dict)
     if is_published_format(state_dict):
         state_dict = _convert_published(state_dict, source)
@@ -249,15 +261,33 @@ def to_hcgnet_names(state_dict: Mapping[str, Tensor], source: PathLike) -> Dict[
 
 def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> Dict[str, Tensor]:
     """timm's ``pretrained_filter_fn``: whatever timm read (a published ``{'net': ...}`` checkpoint, an
-    hcgnet checkpoint or safetensors) -> a state dict that loads into ``model`` as it is. The classifier
-    is passed through unchecked: timm drops it itself when the class count differs."""
+    hcgnet checkpoint or safetensors) -> a state dict that loads into ``model`` as it is. The classifier and
+    the first convolution are passed through unchecked: timm drops the one when the class count differs and
+    adapts the other to ``in_chans`` (``adapt_input_conv``) after this filter."""
     state_dict, _ = unwrap_state_dict(state_dict, "pretrained weights")
     state_dict = to_hcgnet_names(state_dict, "pretrained weights")
     expected = model.state_dict()
-    head = {k: v for k, v in state_dict.items() if k.startswith("classifier.")}
-    body = {k: v for k, v in state_dict.items() if k not in head}
-    return {**fit_state_dict({k: v for k, v in expected.items() if not k.startswith("classifier.")}, body,
-                             "pretrained weights", strict=True), **head}
+    passed = {k: v for k, v in state_dict.items() if k.startswith("classifier.") or k == FIRST_CONV}
+    body = {k: v for k, v in state_dict.items() if k not in passed}
+    return {**fit_state_dict({k: v for k, v in expected.items() if k not in passed}, body, "pretrained weights",
+                             strict=True), **passed}
+
+
+def adapt_pretrained(state_dict: Mapping[str, Tensor], model: nn.Module) -> Tuple[Dict[str, Tensor], bool]:
+    """Pretrained weights for a model built with other ``in_chans`` or ``num_classes``, as timm's
+    ``pretrained=True`` does: the first convolution adapted by timm's ``adapt_input_conv`` (RGB summed for one
+    channel, repeated and rescaled for more), the classifier left out where the class count differs (the
+    model keeps its new one). Returns the state dict and whether the classifier was left out."""
+    from timm.models import adapt_input_conv
+
+    state_dict, expected = dict(state_dict), model.state_dict()
+    conv, target = state_dict.get(FIRST_CONV), expected.get(FIRST_CONV)
+    if conv is not None and target is not None and conv.dim() == 4 and conv.shape[1] != target.shape[1]:
+        state_dict[FIRST_CONV] = adapt_input_conv(int(target.shape[1]), conv)
+    fresh_head = num_classes_in(state_dict) != num_classes_in(expected)
+    if fresh_head:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("classifier.")}
+    return state_dict, fresh_head
 
 
 def _published_keys_hook(module: nn.Module, state_dict: Dict, prefix: str, *args) -> None:
@@ -334,11 +364,14 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> Di
 
 
 def load_state_dict_into(
-    model: nn.Module, state_dict: Mapping[str, Tensor], source: PathLike, strict: bool = True
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: PathLike, strict: bool = True,
+    keep: Tuple[str, ...] = (),
 ) -> None:
     """Load a state dict with hcgnet's names (from :func:`read_state_dict`) into ``model``; ``source``
-    names the file in error messages."""
-    fitted = fit_state_dict(model.state_dict(), state_dict, source, strict)
+    names the file in error messages. The model's keys starting with a prefix in ``keep`` (e.g. a new
+    classifier) keep their values and are left out of the strict check."""
+    expected = {k: v for k, v in model.state_dict().items() if not (keep and k.startswith(keep))}
+    fitted = fit_state_dict(expected, state_dict, source, strict)
     model.load_state_dict(fitted, strict=False)
 
 

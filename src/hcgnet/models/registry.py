@@ -6,6 +6,7 @@ After ``import hcgnet``, ``timm.create_model("hcgnet_b", ...)`` builds the same 
 import fnmatch
 import inspect
 import json
+import operator
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
@@ -20,7 +21,7 @@ from torch import nn
 
 from hcgnet.errors import CheckpointError, ModelSpecError
 from hcgnet.models.checkpoints import (
-    checkpoint_filter_fn, load_state_dict_into, num_classes_in, read_state_dict,
+    adapt_pretrained, checkpoint_filter_fn, load_state_dict_into, num_classes_in, read_state_dict,
 )
 from hcgnet.models.hcgnet import HCGNet
 from hcgnet.models.variants import PUBLISHED_TAG, VARIANTS, Variant, format_spec, resolve
@@ -96,37 +97,60 @@ def _feature_cfg(n_stages: int) -> dict:
     return dict(flatten_sequential=True, out_indices=tuple(range(n_stages)))
 
 
-def check_out_indices(out_indices: Optional[Sequence[int]], n_stages: int) -> None:
-    """A one-line :class:`ModelSpecError` for stage indices the network does not have (negative ones
-    count from the end, as in timm)."""
+def check_out_indices(out_indices: Union[None, int, Sequence[int]], n_stages: int) -> Optional[tuple]:
+    """The stage indices as a tuple, as timm reads them: an int ``n`` is the last ``n`` stages, negative
+    indices count from the end; indices the network does not have are a one-line :class:`ModelSpecError`."""
     if out_indices is None:
-        return
-    bad = [i for i in out_indices if not -n_stages <= int(i) < n_stages]
+        return None
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+        if not 1 <= out_indices <= n_stages:
+            raise ModelSpecError(f"out_indices={out_indices} (the last {out_indices} stages): this network has "
+                                 f"{n_stages} stages")
+        return tuple(range(n_stages - out_indices, n_stages))
+    try:
+        indices = tuple(operator.index(i) for i in out_indices)  # ints (NumPy's too), not 1.5 or "1"
+    except (TypeError, ValueError):
+        raise ModelSpecError(f"out_indices must be stage indices (e.g. (1, 2)) or a count of last stages, not "
+                             f"{out_indices!r}") from None
+    bad = [i for i in indices if not -n_stages <= i < n_stages]
     if bad:
-        raise ModelSpecError(
-            f"out_indices {tuple(out_indices)} out of range: this network has stages 0..{n_stages - 1}"
-        )
+        raise ModelSpecError(f"out_indices {indices} out of range: this network has stages 0..{n_stages - 1}")
+    return indices
 
 
 def _variant_of(name: str, kwargs: dict) -> Variant:
-    """The architecture timm is asked for: the registered variant, or for ``hcgnet`` (and any variant
-    given other ``block_depths``/``growth_rates``/``stem``) the network those arguments describe."""
+    """The architecture timm is asked for: the registered variant (with another ``stem`` if given), or for
+    ``hcgnet`` the network its ``block_depths``/``growth_rates`` describe."""
     base = VARIANTS.get(name)
-    depths = kwargs.get("block_depths", base.block_depths if base else None)
-    growth = kwargs.get("growth_rates", base.growth_rates if base else None)
+    if base is not None:
+        check_architecture(name, base, kwargs)
+        return resolve(name, kwargs.get("stem"))[1]
+    depths, growth = kwargs.get("block_depths"), kwargs.get("growth_rates")
     if depths is None or growth is None:
         raise ModelSpecError(f"{name} needs block_depths and growth_rates, e.g. block_depths=(2, 2, 2), "
                              f"growth_rates=(8, 8, 8); or use a variant ({', '.join(VARIANTS)})")
-    spec = format_spec(depths, growth)
-    stem = kwargs.get("stem")
-    if base is not None and (tuple(depths), tuple(growth)) == (base.block_depths, base.growth_rates):
-        return resolve(name, stem)[1]
-    return resolve(spec, stem)[1]
+    return resolve(format_spec(depths, growth), kwargs.get("stem"))[1]
+
+
+def check_architecture(name: str, variant: Variant, kwargs: dict) -> None:
+    """A named variant is its depths and growth rates: ``block_depths``/``growth_rates`` other than its own are
+    a one-line :class:`ModelSpecError` naming the spec that builds them (a model called ``hcgnet_a1`` with
+    other depths would carry the variant's name and config while being another network)."""
+    try:
+        depths = tuple(kwargs.get("block_depths", variant.block_depths))
+        growth = tuple(kwargs.get("growth_rates", variant.growth_rates))
+    except TypeError:
+        raise ModelSpecError("block_depths and growth_rates are sequences of whole numbers, one per hybrid block, "
+                             "e.g. (8, 8, 8)") from None
+    if (depths, growth) != (variant.block_depths, variant.growth_rates):
+        raise ModelSpecError(f"{name} is {variant.spec}; for block_depths={depths} and growth_rates={growth} "
+                             f"build the spec {format_spec(depths, growth)!r} (timm: 'hcgnet' with those arguments)")
 
 
 def _create_timm(name: str, pretrained: bool = False, **kwargs) -> HCGNet:
     variant = _variant_of(name, kwargs)
-    check_out_indices(kwargs.get("out_indices"), len(variant.block_depths))
+    if kwargs.get("out_indices") is not None:
+        kwargs["out_indices"] = check_out_indices(kwargs["out_indices"], len(variant.block_depths))
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     own_cfg = not isinstance(kwargs.get("pretrained_cfg"), (dict, PretrainedCfg))
     if own_cfg:
@@ -293,8 +317,11 @@ def create_model(
             if stem is None:  # e.g. a run trained with --stem: only the ImageNet stem has norms
                 stem = "imagenet" if "stem.norm0.weight" in state_dict else "cifar"
     name, variant = resolve(name_or_spec, stem)
+    check_architecture(name_or_spec.strip(), variant, kwargs)
+    for key in ("block_depths", "growth_rates"):  # the variant's own (checked): it passes them
+        kwargs.pop(key, None)
     if features_only:
-        check_out_indices(out_indices, len(variant.block_depths))
+        out_indices = check_out_indices(out_indices, len(variant.block_depths))
     model_kwargs = variant.model_kwargs()
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes
@@ -308,9 +335,12 @@ def create_model(
     model._model_args = dict(block_depths=list(variant.block_depths), growth_rates=list(variant.growth_rates),
                              stem=variant.stem, **kwargs)
     if state_dict is not None:
-        load_state_dict_into(model, state_dict, weights, strict=strict)
+        fresh_head = False
+        if pretrained and checkpoint_path is None:  # timm's pretrained=True: other in_chans/num_classes adapt
+            state_dict, fresh_head = adapt_pretrained(state_dict, model)
+        load_state_dict_into(model, state_dict, weights, strict=strict, keep=("classifier.",) if fresh_head else ())
     if features_only:
-        indices = tuple(out_indices) if out_indices is not None else _feature_cfg(len(model.stages))["out_indices"]
+        indices = out_indices if out_indices is not None else _feature_cfg(len(model.stages))["out_indices"]
         model = (FeatureGraphNet(model, out_indices=indices) if feature_cls == "fx"
                  else FeatureListNet(model, out_indices=indices, flatten_sequential=True))
     return model
