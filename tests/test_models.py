@@ -327,6 +327,18 @@ def test_torchscript_gives_the_same_output():
         torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=1e-5)
 
 
+def test_torch_jit_trace_passes_its_own_check_and_gives_the_same_output():
+    """jit.trace re-runs the trace to check it (without gradients): the convolutions' CPU training forms must
+    not make the two runs differ, so a trace keeps the plain convolutions, as an export does."""
+    torch.manual_seed(0)
+    model = hcgnet.create_model("HCGNet-(2,2,2)-(k=8,8,8)").eval()
+    x = torch.randn(2, 3, 20, 28)
+    traced = torch.jit.trace(model, x)          # check_trace=True: a TracingCheckError if the graphs differ
+    y = torch.randn(2, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(y), model(y), atol=1e-5, rtol=1e-5)
+
+
 def test_torch_export_with_dynamic_batch_and_size_gives_the_same_output():
     from torch.export import Dim, export
 

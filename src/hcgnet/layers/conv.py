@@ -83,9 +83,11 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
 
 
 def _cpu_training_not_export(x: Tensor) -> bool:
-    """Where hcgnet's own forms of a convolution may run: gradients on, a CPU tensor, and not an export (which
-    keeps the plain convolution its consumers know, whatever the dtype or layout)."""
-    return torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_exporting()
+    """Where hcgnet's own forms of a convolution may run: gradients on, a CPU tensor, and not an export or a
+    TorchScript trace (which keep the plain convolution their consumers know, whatever the dtype or layout;
+    ``jit.trace`` checks its trace by running again without gradients, which would choose the other form)."""
+    return (torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_exporting()
+            and not torch.jit.is_tracing())
 
 
 @torch.jit.unused
