@@ -355,6 +355,39 @@ def test_a_failing_grid_still_summarises_what_has_finished(finished_grid, monkey
     assert len(read_csv(g["out"] / "summary.csv")) == 2 and "runs finished so far" in lines[-1]
 
 
+SUMMARY_FILES = ("summary.md", "summary.csv", "runs.csv", "ablation.png")
+
+
+def test_a_refused_command_leaves_a_finished_grids_summary_as_it_was(finished_grid, capsys):
+    # the same grid with another budget: every run folder holds a run of another config
+    g = finished_grid
+    before = {name: (g["out"] / name).read_bytes() for name in SUMMARY_FILES}
+    assert cli.main(["ablate", "--grid", str(g["path"]), "--output", str(g["out"]), "--seeds", "2",
+                     "--steps", "3"]) == 2
+    assert {name: (g["out"] / name).read_bytes() for name in SUMMARY_FILES} == before
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "holds a run of another config" in captured.err and "--force" in captured.err
+    assert captured.out == ""  # refused before the grid's first line
+
+
+def test_a_refusal_once_the_grid_has_begun_writes_no_summary_either(finished_grid, monkeypatch):
+    # run_grid's own refusals (submitit's parameters, a folder changed meanwhile) come before any run too
+    from hcgnet.ablate import study
+    g = finished_grid
+    before = {name: (g["out"] / name).read_bytes() for name in SUMMARY_FILES}
+
+    def refused(*args, **kwargs):
+        raise GridError("--slurm-parameters: unexpected keyword")
+
+    monkeypatch.setattr(study, "run_grid", refused)
+    lines = []
+    with pytest.raises(GridError, match="slurm-parameters"):
+        study.ablate(load_grid(str(g["path"])), str(g["out"]), seeds=2, steps=2, log=lines.append)
+    assert not any("finished so far" in line for line in lines)
+    assert {name: (g["out"] / name).read_bytes() for name in SUMMARY_FILES} == before
+
+
 def test_the_cli_on_a_finished_grid_only_rebuilds_the_summary(finished_grid, capsys, monkeypatch):
     g = finished_grid
     monkeypatch.setattr("hcgnet.training.fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
@@ -431,6 +464,14 @@ def test_attacks_add_accuracy_under_each_attack_with_paired_differences(tmp_path
     assert float(summary["wider"]["attack_fgsm_0.05_diff_mean"]) == pytest.approx(statistics.mean(diffs))
     text = (out / "summary.md").read_text()
     assert "under fgsm, eps 0.05" in text and "under pgd, eps 0.05" in text
+    # what each score rests on: the runs' test images (all attacked by fgsm), pgd's --attack-limit 3
+    images = {json.loads((Path(run.config.output) / "results.json").read_text())["test_images"] for run in runs}
+    assert len(images) == 1
+    n = images.pop()
+    for variant in ("base", "wider"):
+        assert (summary[variant]["test_images"], summary[variant]["test_images_fgsm"],
+                summary[variant]["test_images_pgd"]) == (str(n), str(n), "3")
+    assert f"test top-1 rests on {n} test images per run, accuracy under fgsm on {n}, under pgd on 3 of them" in text
     # a run replaced (--force) after its config changed is attacked again: the old file is not reused
     grid = load_grid(str(path))
     grid.variants["wider"]["lr"] = 0.02
@@ -488,6 +529,47 @@ def test_shown_intervals_are_clipped_to_what_accuracy_can_take_and_the_csv_keeps
     left, right = figures[0].axes
     assert -15 < left.get_xlim()[0] and left.get_xlim()[1] < 115  # matplotlib's margins around 0..100
     assert -125 < right.get_xlim()[0] and right.get_xlim()[1] < 125  # unclipped: +-1270
+
+
+@pytest.mark.parametrize("counts, line", [
+    # max_test_images 300 and --attack-limit 50: once, as every variant's runs agree
+    ({"base": (300, 50), "wider": (300, 50)},
+     "test top-1 rests on 300 test images per run, accuracy under attack on 50 of them"),
+    # a variant with another test split: per variant
+    ({"base": (300, 50), "wider": (240, 40)},
+     "test top-1 rests on base 300, wider 240 test images per run, accuracy under attack on base 50, wider 40 of them"),
+], ids=["once", "per-variant"])
+def test_the_summary_says_on_how_many_images_its_scores_rest(monkeypatch, tmp_path, images, counts, line):
+    from hcgnet.ablate import summary as ablate_summary
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    runs = plan(load_grid(str(path)), str(tmp_path / "out"), seeds=2, steps=5)
+    rows = [{"variant": r.variant, "seed": r.seed, "status": "finished", "steps": 5, "test_top1": 0.5 + r.seed / 10,
+             "test_images": counts[r.variant][0], "attack_fgsm-any_0.01": 0.25,
+             "test_images_fgsm-any": counts[r.variant][1]} for r in runs]
+    monkeypatch.setattr(ablate_summary, "collect", lambda runs: rows)  # as if read from the run folders
+    figures = []
+    monkeypatch.setattr("matplotlib.pyplot.close", figures.append)
+    summarise(runs, str(tmp_path / "out"), "toy")
+    md = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert md[2] == f"budget per run: 5 optimiser steps (one epoch cut short); 5 steps taken by every run; {line}"
+    assert figures[0]._suptitle.get_text().splitlines()[-1] == line
+    summary = {r["variant"]: r for r in read_csv(tmp_path / "out" / "summary.csv")}
+    for variant, (test, attacked) in counts.items():
+        assert (summary[variant]["test_images"], summary[variant]["test_images_fgsm-any"]) == (str(test), str(attacked))
+
+
+def test_a_difference_that_rounds_to_zero_shows_no_minus_sign():
+    from hcgnet.ablate import summary as ablate_summary
+    # differences -0.00004 and 0.00002: mean -0.00001 (-0.001 points, "-0.00" at two decimals); std 4.2426e-5,
+    # half-width 12.706205 * 4.2426e-5 / sqrt(2) = 3.8119e-4: [-0.039, 0.037] points
+    rows = [{"variant": v, "seed": seed, "status": "finished", "test_top1": top1}
+            for v, pairs in (("base", ((0, 0.5), (1, 0.6))), ("v", ((0, 0.49996), (1, 0.60002))))
+            for seed, top1 in pairs]
+    md = ablate_summary.markdown(ablate_summary.variant_table(rows, ["base", "v"]), ["test_top1"], "t", "b")
+    assert "| 0.00 | [-0.04, 0.04] | undecided |" in md and "-0.00" not in md
+    assert stats.interval_text({"mean": -0.00004, "std": 0.0, "low": -0.00001, "high": 0.00001}) == (
+        "0.00 ± 0.00", "[0.00, 0.00]")
 
 
 @pytest.mark.parametrize("argv", [["ablate", "--list-grids"], ["ablate", "--help"]])

@@ -65,7 +65,12 @@ def interval_text(stats: Dict[str, Optional[float]], scale: float = 100.0, digit
                   bounds: Optional[Tuple[float, float]] = None) -> Tuple[str, str]:
     """``("mean ± std", "[low, high]")`` in percent, with ``-`` for what a single run cannot give; the
     interval is clipped to ``bounds`` (unscaled) when given."""
-    f = (lambda x: "-" if x is None else f"{scale * x:.{digits}f}")
+    def f(x: Optional[float]) -> str:
+        if x is None:
+            return "-"
+        text = f"{scale * x:.{digits}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # -0.004 rounds to "-0.00": 0.00
+
     mean = f(stats["mean"]) + ("" if stats.get("std") is None else f" ± {f(stats['std'])}")
     ci = "-" if stats["low"] is None else f"[{f(clip(stats['low'], bounds))}, {f(clip(stats['high'], bounds))}]"
     return mean, ci

@@ -1,11 +1,13 @@
 """The grid's results, rebuilt from the run folders' own files every time (never from memory):
-``results.json`` (test accuracy), ``metrics.csv`` (steps taken, training images/s), ``config.yaml`` and the
-weights' metadata (the network, for parameters and multiply-adds), ``attack-<attack>.json`` (accuracy under each attack).
+``results.json`` (test accuracy and its test images), ``metrics.csv`` (steps taken, training images/s),
+``config.yaml`` and the weights' metadata (the network, for parameters and multiply-adds), ``attack-<attack>.json``
+(accuracy under each attack, and the images it scored).
 
 Writes ``runs.csv`` (one row per run), ``summary.csv`` and ``summary.md`` (per variant: what it changes, n,
-mean ± std, 95% t-interval, parameters, multiply-adds, images/s, and the paired difference to the base with
-its interval and verdict), and ``ablation.png``. The CSV files keep the intervals as computed; summary.md and
-ablation.png show them clipped to what the score can take (accuracy [0, 100], a difference [-100, 100])."""
+mean ± std, 95% t-interval, parameters, multiply-adds, images/s, the test images each score rests on, and the
+paired difference to the base with its interval and verdict), and ``ablation.png``. The CSV files keep the
+intervals as computed; summary.md and ablation.png show them clipped to what the score can take (accuracy
+[0, 100], a difference [-100, 100])."""
 import csv
 import json
 from pathlib import Path
@@ -21,6 +23,8 @@ from hcgnet.training.config import FIELDS, TrainConfig
 
 RESULTS = ("summary.md", "summary.csv", "runs.csv", "ablation.png")
 SCORE = "test_top1"
+# Not "attack_...": those keys are the scores.
+ATTACK_IMAGES = "test_images_"
 # Every score is an accuracy (a fraction): what its interval, and a difference's, are clipped to when shown.
 ACCURACY, DIFFERENCE = (0.0, 1.0), (-1.0, 1.0)
 
@@ -55,10 +59,23 @@ def _metrics(folder: Path) -> Dict[str, Optional[float]]:
             "images_per_s": sum(speeds) / len(speeds) if speeds else None}
 
 
-def _attack(folder: Path, run_identity: str) -> Dict[str, float]:
-    """Accuracy under each attack at each eps (keys ``attack_<attack>_<eps>``), from the run's own files."""
-    return {attack_score(result["attack"], row["eps"]): row["accuracy"]
-            for result in attack_results(folder, run_identity) for row in result["rows"]}
+def _attack(folder: Path, run_identity: str) -> Dict[str, Any]:
+    """Accuracy under each attack at each eps (keys ``attack_<attack>_<eps>``) and the test images each attack
+    scored (``test_images_<attack>``: --attack-limit may have cut them), from the run's own files."""
+    found: Dict[str, Any] = {}
+    for result in attack_results(folder, run_identity):
+        for row in result["rows"]:
+            found[attack_score(result["attack"], row["eps"])] = row["accuracy"]
+        found[ATTACK_IMAGES + result["attack"]] = _span(row.get("images") for row in result["rows"])
+    return found
+
+
+def _span(counts) -> Any:
+    """One count, or ``low-high`` where they differ (None: none known)."""
+    counts = sorted({c for c in counts if c is not None})
+    if not counts:
+        return None
+    return counts[0] if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
 def attack_score(attack: str, eps: float) -> str:
@@ -132,6 +149,33 @@ def _scores(rows: List[Dict[str, Any]]) -> List[str]:
     return keys
 
 
+def _image_counts(rows: List[Dict[str, Any]]) -> List[str]:
+    keys = ["test_images"]
+    for row in rows:
+        keys += [k for k in row if k.startswith(ATTACK_IMAGES) and k not in keys]
+    return keys
+
+
+def images_text(table: List[Dict[str, Any]]) -> str:
+    """On how many test images the scores rest: once if every variant's runs agree, else per variant."""
+    def counts(key: str) -> str:
+        found = {e["variant"]: e[key] for e in table if e.get(key) is not None}
+        if len({str(c) for c in found.values()}) == 1:
+            return str(next(iter(found.values())))
+        return ", ".join(f"{variant} {c}" for variant, c in found.items())
+
+    test = counts("test_images") if any(e.get("test_images") is not None for e in table) else ""
+    if not test:
+        return ""
+    text = f"test top-1 rests on {test} test images per run"
+    attacks = {key[len(ATTACK_IMAGES):]: counts(key) for key in _image_counts(table)[1:]}
+    if len(set(attacks.values())) == 1:
+        text += f", accuracy under attack on {next(iter(attacks.values()))} of them"
+    elif attacks:
+        text += ", accuracy under " + ", under ".join(f"{name} on {c}" for name, c in attacks.items()) + " of them"
+    return text
+
+
 def variant_table(rows: List[Dict[str, Any]], variants: Sequence[str]) -> List[Dict[str, Any]]:
     """Per variant and score: n, mean, std, 95% interval; the paired difference to the base and its verdict."""
     finished = [r for r in rows if r["status"] == "finished"]
@@ -143,6 +187,8 @@ def variant_table(rows: List[Dict[str, Any]], variants: Sequence[str]) -> List[D
             entry[key] = mine[0].get(key) if mine else None
         speeds = [r["images_per_s"] for r in mine if r.get("images_per_s") is not None]
         entry["images_per_s"] = sum(speeds) / len(speeds) if speeds else None
+        for key in _image_counts(finished):  # what each score rests on
+            entry[key] = _span(r.get(key) for r in mine)
         for score in _scores(finished):
             values = {r["seed"]: r[score] for r in mine if r.get(score) is not None}
             base = {r["seed"]: r[score] for r in finished if r["variant"] == BASE and r.get(score) is not None}
@@ -270,10 +316,11 @@ def summarise(runs: Sequence[PlannedRun], output: str, title: str = "ablation") 
     shown = changes(runs)
     table = [{"variant": e["variant"], "changes": shown[e["variant"]], **e} for e in variant_table(rows, variants)]
     scores = _scores([r for r in rows if r["status"] == "finished"])
-    budget = budget_text(runs, rows)
+    budget, scored = budget_text(runs, rows), images_text(table)
     _write_csv(out / "runs.csv", rows)
     _write_csv(out / "summary.csv", [{**e, "budget": budget} for e in table])
     with atomic_path(out / "summary.md") as tmp:
-        Path(tmp).write_text(markdown(table, scores, title, budget))
-    plot(table, out / "ablation.png", f"{title}\n{budget}")
-    return {"rows": rows, "table": table, "budget": budget, "files": [str(out / name) for name in RESULTS]}
+        Path(tmp).write_text(markdown(table, scores, title, f"{budget}; {scored}" if scored else budget))
+    plot(table, out / "ablation.png", "\n".join(line for line in (title, budget, scored) if line))
+    return {"rows": rows, "table": table, "budget": budget, "scored": scored,
+            "files": [str(out / name) for name in RESULTS]}
