@@ -891,3 +891,54 @@ def test_a_detector_checkpoint_is_named_as_one_by_every_loader(tmp_path):
             with pytest.raises(CheckpointError) as e:
                 load()
             assert str(e.value).startswith(message), e.value
+
+
+# 8. save_safetensors: a model's file says what rebuilds it --------------------------------------
+
+
+@pytest.mark.parametrize("name,kwargs,expected", [
+    ("hcgnet_a1", dict(forget_gate=False, num_classes=7),
+     dict(model_name="hcgnet_a1", num_classes="7", in_chans="3")),
+    ("HCGNet-(2,2,2)-(k=8,8,8)", dict(stem="imagenet", in_chans=1, num_classes=5),
+     dict(model_name="HCGNet-(2,2,2)-(k=8,8,8)", num_classes="5", in_chans="1")),
+    ("densenet_bc_100_k12", dict(depth=22, growth_rate=7),
+     dict(model_name="densenet_bc_100_k12", num_classes="10", in_chans="3",
+          switches='{"depth": 22, "growth_rate": 7, "compression": 0.5, "bn_size": 4}')),
+    ("resnet20_cifar", dict(depth=8, widths=(9, 18, 36)),
+     dict(model_name="resnet20_cifar", num_classes="10", in_chans="3", switches='{"depth": 8, "widths": [9, 18, 36]}')),
+])
+def test_save_safetensors_records_what_rebuilds_the_model_and_load_model_needs_no_name(tmp_path, name, kwargs,
+                                                                                      expected):
+    from hcgnet.inference import load_model
+    from hcgnet.models.checkpoints import read_metadata
+
+    torch.manual_seed(0)
+    model = hcgnet.create_model(name, **kwargs).eval()
+    path = tmp_path / "mine.safetensors"
+    save_safetensors(model, path)
+    meta = read_metadata(path)
+    assert {k: meta[k] for k in expected} == expected
+    again, _ = load_model(str(path))
+    x = torch.randn(2, model.in_chans, 40, 36)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    save_safetensors(model, path, {"model_name": "given", "extra": 3})   # what the caller says wins
+    assert read_metadata(path)["model_name"] == "given" and read_metadata(path)["extra"] == "3"
+
+
+def test_a_hcgnet_variant_with_a_switch_off_is_rebuilt_with_it_from_its_file(tmp_path):
+    model = hcgnet.create_model("hcgnet_a1", forget_gate=False, num_classes=7)
+    save_safetensors(model, tmp_path / "a.safetensors")
+    again = hcgnet.create_model("hcgnet_a1", checkpoint_path=str(tmp_path / "a.safetensors"))
+    assert again.switches["forget_gate"] is False and again.num_classes == 7
+
+
+def test_a_checkpoint_path_with_a_tilde_is_the_home_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_safetensors(hcgnet.create_model("hcgnet_a1", num_classes=3), tmp_path / "mine.safetensors")
+    assert hcgnet.create_model("hcgnet_a1", checkpoint_path="~/mine.safetensors").num_classes == 3
+
+
+def test_create_model_of_something_other_than_a_name_is_one_line():
+    with pytest.raises(hcgnet.ModelSpecError, match=r"create_model takes a model name .* got None"):
+        hcgnet.create_model(None)

@@ -302,6 +302,15 @@ def test_import_hcgnet_is_light_and_timm_still_finds_the_variants(tmp_path):
     assert result.stdout.split() == ["True", "10", "10"], result.stderr
 
 
+def test_dir_lists_the_names_loaded_on_first_use_without_loading_them(tmp_path):
+    """dir() and tab completion (IPython reads dir()) show create_model & co. before their first use."""
+    probe = ("import sys\nimport hcgnet, hcgnet.training, hcgnet.analysis\n"
+             "print('create_model' in dir(hcgnet), 'list_models' in dir(hcgnet), 'fit' in dir(hcgnet.training), "
+             "'robustness' in dir(hcgnet.analysis), 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.stdout.split() == ["True", "True", "True", "True", "False"], result.stderr
+
+
 def test_argparse_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", "only-one-argument"])

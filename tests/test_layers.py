@@ -402,12 +402,41 @@ def test_smg_output_is_forget_plus_update():
     (lambda: SMGModule(16, 8, groups=0), "groups must be a whole number of 1 or more, got 0"),
     (lambda: SMGModule(16, 8, alpha=0.1), "alpha 0.1 makes the squeeze cell floor(0.1 x 8) = 0 channels wide"),
     (lambda: SMGModule(16, 8, squeeze_channels=6), "squeeze_channels (6) must be a positive multiple of groups (4)"),
+    (lambda: ForgetGate(0), "ForgetGate's channels must be a whole number of 1 or more, got 0"),
+    (lambda: UpdateGate(2.5), "UpdateGate's channels must be a whole number of 1 or more, got 2.5"),
+    (lambda: AttentionPool(-1), "AttentionPool's channels must be a whole number of 1 or more, got -1"),
+    (lambda: SMGModule(0, 8), "SMGModule's in_channels must be a whole number of 1 or more, got 0"),
 ])
 def test_blocks_refuse_settings_they_cannot_be_built_with_in_one_line(build, message):
     with pytest.raises(ModelSpecError) as info:
         build()
     assert message in str(info.value) and "\n" not in str(info.value)
     assert ForgetGate(8, 8).bottleneck.fc.out_features == 1 and UpdateGate(8, 16).expand_a.in_features == 1
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: ForgetGate(8)(torch.randn(2, 16, 4, 4)), "ForgetGate over 8 channels takes (N, 8, H, W) maps, got a "
+                                                      "tensor of shape (2, 16, 4, 4)"),
+    (lambda: ForgetGate(8)(torch.randn(8, 4, 4)), "got a tensor of shape (8, 4, 4)"),
+    (lambda: UpdateGate(8)(torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4)), "UpdateGate over 8 channels takes"),
+    (lambda: SMGModule(16, 16)(torch.randn(2, 8, 8, 8)), "SMGModule over 16 channels takes (N, 16, H, W) maps"),
+    (lambda: AttentionPool(3)(torch.randn(2, 3, 5)), "AttentionPool over 3 channels takes (N, 3, H, W) maps"),
+])
+def test_blocks_given_maps_of_another_shape_say_what_they_take_in_one_line(call, message):
+    with pytest.raises(ModelSpecError) as info:
+        call()
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_shape_checks_leave_scripted_traced_and_compiled_blocks_working():
+    torch.manual_seed(0)
+    smg = SMGModule(16, 8).eval()
+    x = torch.randn(2, 16, 6, 9)
+    with torch.no_grad():
+        expected = smg(x)
+        torch.testing.assert_close(torch.jit.script(smg)(x), expected)
+        torch.testing.assert_close(torch.fx.symbolic_trace(smg)(x), expected)
+        torch.testing.assert_close(torch.compile(smg, backend="eager", fullgraph=True)(x), expected)
 
 
 class GatedBasicBlock(BasicBlock):

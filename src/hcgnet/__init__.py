@@ -16,7 +16,7 @@ import importlib.util
 import sys
 
 from hcgnet.errors import CheckpointError, HCGNetError, ModelSpecError
-from hcgnet.lazy import lazy_exports
+from hcgnet.lazy import lazy_dir, lazy_exports
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = ["CheckpointError", "HCGNetError", "ModelSpecError", "__version__", *_
 
 
 __getattr__ = lazy_exports(__name__, dict.fromkeys(_MODELS, "hcgnet.models"))
+__dir__ = lazy_dir(__name__, dict.fromkeys(_MODELS, "hcgnet.models"))
 
 
 class _RegisterWithTimm(importlib.abc.MetaPathFinder):

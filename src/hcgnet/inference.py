@@ -117,7 +117,7 @@ def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, 
     meta = checkpoint_metadata(path)
     name = model_name or meta.get("model_name")
     if not name:
-        raise CheckpointError(f"{path} does not say which model it holds; pass --model NAME")
+        raise CheckpointError(f"{path} does not say which model it holds; pass --model NAME (model_name= from Python)")
     try:
         return create_model(name, checkpoint_path=path).eval(), meta
     except CheckpointError as e:
@@ -254,7 +254,7 @@ def convert_checkpoint(
     meta = checkpoint_metadata(source)
     requested = model_name or meta.get("model_name")
     if not requested:
-        raise CheckpointError(f"{source} does not say which model it holds; pass --model NAME")
+        raise CheckpointError(f"{source} does not say which model it holds; pass --model NAME (model_name= from Python)")
     name = requested.strip() if is_timm_baseline(requested) else resolve(requested)[0]
     model = create_model(name, checkpoint_path=source).eval()
     written = {k: v for k, v in meta.items() if k != "format"}  # save_safetensors writes its own format tag

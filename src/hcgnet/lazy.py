@@ -1,8 +1,10 @@
 """Packages whose names load on first use, so that the command line parses (``--help``, ``--version``, usage
-errors) without importing torch: ``__getattr__ = lazy_exports(__name__, {"name": "module", ...})``."""
+errors) without importing torch: ``__getattr__ = lazy_exports(__name__, {"name": "module", ...})``, and
+``__dir__ = lazy_dir(__name__, names)`` so that ``dir()`` and tab completion list the names before their use."""
 import importlib
 import importlib.util
-from typing import Callable, Dict
+import sys
+from typing import Callable, Dict, Iterable, List
 
 
 def lazy_exports(package: str, names: Dict[str, str]) -> Callable[[str], object]:
@@ -17,3 +19,13 @@ def lazy_exports(package: str, names: Dict[str, str]) -> Callable[[str], object]
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def lazy_dir(package: str, names: Iterable[str]) -> Callable[[], List[str]]:
+    """A module ``__dir__`` for ``package``: what it holds now and the names it loads on first use."""
+    later = list(names)
+
+    def __dir__() -> List[str]:
+        return sorted(set(vars(sys.modules[package])) | set(later))
+
+    return __dir__

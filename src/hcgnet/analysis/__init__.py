@@ -4,7 +4,7 @@
 
 The names below load on first use (the command line reads the attacks' defaults without importing torch)."""
 from hcgnet.analysis.paper import ATTACKS, PAPER_ATTACK, PAPER_EPS
-from hcgnet.lazy import lazy_exports
+from hcgnet.lazy import lazy_dir, lazy_exports
 
 _LATER = {
     **dict.fromkeys(("fgsm", "fgsm_any", "pgd", "robustness"), "hcgnet.analysis.attack"),
@@ -17,3 +17,4 @@ _LATER = {
 __all__ = ["ATTACKS", "PAPER_ATTACK", "PAPER_EPS", *_LATER]
 
 __getattr__ = lazy_exports(__name__, _LATER)
+__dir__ = lazy_dir(__name__, _LATER)

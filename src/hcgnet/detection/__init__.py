@@ -5,7 +5,7 @@ trained and scored on COCO-format data (``hcgnet detect train|eval|predict``).
 use, so ``import hcgnet.detection`` stays light for inference; every name loads on first use (the command
 line reads :class:`DetectConfig`'s defaults without importing torch).
 """
-from hcgnet.lazy import lazy_exports
+from hcgnet.lazy import lazy_dir, lazy_exports
 
 _LATER = {
     **dict.fromkeys(("HCGNetFPN", "TrainableStagesError", "hcgnet_fpn_backbone"), "hcgnet.detection.backbone"),
@@ -20,3 +20,4 @@ _LATER = {
 __all__ = sorted(_LATER)
 
 __getattr__ = lazy_exports(__name__, _LATER)
+__dir__ = lazy_dir(__name__, _LATER)

@@ -5,6 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hcgnet.errors import check_whole
+from hcgnet.layers.checks import check_maps
+
 
 class AttentionPool(nn.Module):
     """Pools a (B, C, H, W) map to a (B, C) context vector with learned spatial weights.
@@ -30,10 +33,14 @@ class AttentionPool(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        check_whole("AttentionPool's channels", channels)
+        self.channels = channels
         self.score = nn.Conv2d(channels, 1, kernel_size=1)
         self.attention = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            check_maps(x, self.channels, "AttentionPool")
         b, c, h, w = x.shape
         logits = position_scores(x, self.score.weight, self.score.bias)
         weights = softmax_in_float32_or_wider(logits, dim=-1).to(x.dtype)

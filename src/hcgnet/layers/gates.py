@@ -34,6 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from hcgnet.errors import HCGNetError, ModelSpecError, check_whole
 from hcgnet.layers.attention_pool import AttentionPool, softmax_in_float32_or_wider
+from hcgnet.layers.checks import check_maps
 
 ActFactory = Callable[[], nn.Module]
 
@@ -129,7 +130,9 @@ class ForgetGate(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 2, act_layer: Union[str, ActFactory] = nn.Tanh) -> None:
         super().__init__()
+        check_whole("ForgetGate's channels", channels)
         hidden = hidden_units(channels, reduction, channels)
+        self.channels = channels
         self.context = AttentionPool(channels)
         self.bottleneck = GateBottleneck(channels, hidden, act_layer)
         self.expand = nn.Linear(hidden, channels)
@@ -140,6 +143,8 @@ class ForgetGate(nn.Module):
 
     def weights(self, x: Tensor) -> Tensor:
         """``f`` as (B, C, 1, 1) in ``x``'s dtype, ready to broadcast (e.g. into a fused multiply-add)."""
+        if not torch.jit.is_scripting():
+            check_maps(x, self.channels, "ForgetGate")
         f = self.channel_weights(torch.sigmoid(self.expand(self.bottleneck(self.context(x)))))
         return f[:, :, None, None].to(x.dtype)
 
@@ -156,7 +161,9 @@ class UpdateGate(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 2, act_layer: Union[str, ActFactory] = nn.Tanh) -> None:
         super().__init__()
+        check_whole("UpdateGate's channels", channels)
         hidden = hidden_units(2 * channels, reduction, channels)
+        self.channels = channels
         self.context_a = AttentionPool(channels)
         self.context_b = AttentionPool(channels)
         self.bottleneck = GateBottleneck(2 * channels, hidden, act_layer)
@@ -165,6 +172,9 @@ class UpdateGate(nn.Module):
         self.branch_weights = nn.Identity()
 
     def forward(self, x_a: Tensor, x_b: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            check_maps(x_a, self.channels, "UpdateGate")
+            check_maps(x_b, self.channels, "UpdateGate")
         z = torch.stack((self.context_a(x_a), self.context_b(x_b)), dim=1)  # (B, 2, C)
         h = self.bottleneck(z.flatten(1))
         scores = torch.stack((self.expand_a(h), self.expand_b(h)), dim=1)

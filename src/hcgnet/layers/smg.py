@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from hcgnet.errors import ModelSpecError, check_whole, is_number
+from hcgnet.layers.checks import check_maps
 from hcgnet.layers.conv import PreActConv
 from hcgnet.layers.gates import ActFactory, AverageContext, ForgetGate, UpdateGate
 
@@ -146,7 +147,10 @@ class SMGModule(nn.Module):
         local_residual: bool = True,
     ) -> None:
         super().__init__()
+        check_whole("SMGModule's in_channels", in_channels)
+        check_whole("SMGModule's out_channels", out_channels)
         squeeze_channels = squeeze_width(out_channels, groups, alpha, squeeze_channels)
+        self.in_channels = in_channels
         self.squeeze = SqueezeCell(in_channels, out_channels, squeeze_channels, groups, stride)
         self.excite = MultiScaleExcitationCell(out_channels, wide_branch)
         self.forget_gate: Optional[ForgetGate] = (
@@ -156,6 +160,8 @@ class SMGModule(nn.Module):
         self.local_residual = local_residual
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            check_maps(x, self.in_channels, "SMGModule")
         squeezed = self.squeeze(x)
         return self.gate(squeezed, *self.excite(squeezed))
 

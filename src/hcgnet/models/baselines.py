@@ -114,6 +114,8 @@ class DenseNetBC(_CifarClassifier):
         _check_in_chans(in_chans)
         layers = (depth - 4) // 6  # each bottleneck layer holds two convolutions
         self.num_classes, self.in_chans, self.growth_rate = num_classes, in_chans, growth_rate
+        # What rebuilds this network (its checkpoints' metadata ``switches``), as HCGNet's switches.
+        self.switches = dict(depth=depth, growth_rate=growth_rate, compression=compression, bn_size=bn_size)
         channels = 2 * growth_rate
         self.stem = nn.Sequential(OrderedDict(conv0=nn.Conv2d(in_chans, channels, 3, padding=1, bias=False)))
         stages, widths = [], []
@@ -166,6 +168,7 @@ class CifarResNet(_CifarClassifier):
         _check_in_chans(in_chans)
         blocks = (depth - 2) // 6
         self.num_classes, self.in_chans = num_classes, in_chans
+        self.switches = dict(depth=depth, widths=[int(w) for w in widths])  # what rebuilds it, as DenseNetBC's
         self.stem = nn.Sequential(OrderedDict(
             conv=nn.Conv2d(in_chans, widths[0], 3, padding=1, bias=False), bn=nn.BatchNorm2d(widths[0]),
             act=nn.ReLU(inplace=True)))

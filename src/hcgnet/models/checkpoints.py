@@ -198,7 +198,7 @@ def names_a_file(name: str) -> bool:
 def check_checkpoint_file(path: PathLike) -> Path:
     """``path`` if it is a file; a one-line :class:`CheckpointError` if it is missing or a folder (most often a
     run's: the error names the file to pass)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         found = sorted(q.name for q in path.iterdir() if q.suffix in CHECKPOINT_SUFFIXES)
         pick = next((f for f in ("best.safetensors", "final.safetensors") if f in found), found[0] if found else None)
@@ -422,10 +422,35 @@ def save_safetensors(
     model: Union[nn.Module, Mapping[str, Tensor]], path: PathLike, metadata: Optional[Mapping[str, str]] = None
 ) -> None:
     """Write a model's state dict (or a state dict) to ``path`` atomically (a temporary file, then
-    ``os.replace``)."""
+    ``os.replace``). A model's file says what rebuilds it (:func:`model_metadata`: its name, class count, input
+    channels and design switches), so that ``hcgnet eval``/``predict`` and ``hcgnet.inference.load_model`` need
+    no ``--model``; ``metadata`` adds to or overrides that (a training run adds its preprocessing)."""
     path = Path(path)
-    meta = {"format": SAFETENSORS_FORMAT, **{k: str(v) for k, v in (metadata or {}).items()}}
+    described = model_metadata(model) if isinstance(model, nn.Module) else {}
+    meta = {"format": SAFETENSORS_FORMAT, **described, **{k: str(v) for k, v in (metadata or {}).items()}}
     state_dict = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
+
+
+def model_metadata(model: nn.Module) -> Dict[str, str]:
+    """What a checkpoint records to rebuild ``model``: ``model_name`` (a variant's name, or the paper's notation
+    of any other HCGNet; a timm model's architecture), ``num_classes``, ``in_chans`` and HCGNet's ``switches``."""
+    import json
+
+    from hcgnet.models.variants import VARIANTS
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    architecture, spec = cfg.get("architecture"), getattr(model, "spec", None)
+    if spec is not None:   # an HCGNet: its variant's name where it is that variant, else its spec
+        variant = VARIANTS.get(architecture)
+        name = architecture if variant is not None and variant.spec == spec else spec
+    else:
+        name = architecture
+    found = {"model_name": name, "num_classes": getattr(model, "num_classes", None),
+             "in_chans": getattr(model, "in_chans", None)}
+    described = {k: str(v) for k, v in found.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}
+    if isinstance(getattr(model, "switches", None), dict):
+        described["switches"] = json.dumps(model.switches)
+    return described

@@ -17,6 +17,7 @@ The paper's design claims are switches of this one network (``connectivity``, ``
 ``gate_act``, ``wide_branch``, and the squeeze cell's ``alpha`` and ``groups``): see :class:`HCGNet`.
 """
 import functools
+import numbers
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -33,6 +34,7 @@ from hcgnet.layers.gates import ActFactory, gate_activation, gate_activation_nam
 from hcgnet.layers.smg import WIDE_BRANCHES, check_choice
 from hcgnet.layers.recompute import checkpoint_module
 from hcgnet.models.checkpoints import accept_published_state_dicts
+from hcgnet.models.variants import format_spec
 
 STEMS = ("cifar", "imagenet")
 #: Global connectivity of the blocks: the paper's hybrid (dense between modules, local residual inside each),
@@ -280,10 +282,10 @@ def validate_architecture(
         if len(residual_widths) != len(block_depths) or any(int(w) < 1 or int(w) % groups for w in residual_widths):
             raise ModelSpecError(f"residual_widths needs one positive multiple of groups ({groups}) per block, "
                                  f"got {tuple(residual_widths)}")
-    if num_classes < 0:
-        raise ModelSpecError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
-    if in_chans < 1:
-        raise ModelSpecError(f"in_chans must be 1 or more (3 for RGB images, 1 for grayscale), got {in_chans}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
+        raise ModelSpecError(f"num_classes must be 0 (no classifier) or more, got {num_classes!r}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, numbers.Integral) or in_chans < 1:
+        raise ModelSpecError(f"in_chans must be 1 or more (3 for RGB images, 1 for grayscale), got {in_chans!r}")
     if not is_number(drop_block_rate) or not 0.0 <= drop_block_rate < 1.0:
         raise ModelSpecError(f"drop_block_rate must be in [0, 1) (the published CIFAR training uses 0.1), "
                              f"got {drop_block_rate}")
@@ -377,6 +379,7 @@ class HCGNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.in_chans = in_chans
+        self.spec = format_spec(block_depths, growth_rates)  # the paper's name of this network, for its files
         self.grad_checkpointing = memory_efficient
         if connectivity == "residual" and residual_widths is None:
             residual_widths = matched_residual_widths(

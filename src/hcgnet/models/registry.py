@@ -292,6 +292,9 @@ def create_model(
             ``connectivity``, ``forget_gate``, ``update_gate``, ``gate_act``, ``wide_branch``, ...). A checkpoint of
             hcgnet's records the switches it was trained with (metadata ``switches``): they are used unless given.
     """
+    if not isinstance(name_or_spec, str):
+        raise ModelSpecError(f"create_model takes a model name ('hcgnet_a1', 'resnet18') or a network in the paper's "
+                             f"notation ('HCGNet-(8,8,8)-(k=12,24,36)'), got {name_or_spec!r}")
     if feature_cls not in FEATURE_CLASSES:
         raise ModelSpecError(f"unknown feature_cls {feature_cls!r}; use one of {', '.join(FEATURE_CLASSES)}")
     if is_timm_baseline(name_or_spec):
