@@ -339,7 +339,7 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
         dataset = build_eval_dataset(data, pixel_config(config), run_data_dir(data, data_dir, meta), split,
                                      skip_bad_images=skip_bad_images, log=skipped_log, **split_settings(meta))
     except DataError as e:
-        if "class" in str(e) and "model" in str(e):
+        if ("class" in str(e) or "channel" in str(e)) and "model" in str(e):
             raise CheckpointError(f"{path}: {e}") from None
         raise
     if len(dataset) == 0:

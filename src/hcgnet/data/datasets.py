@@ -299,6 +299,9 @@ def build_eval_dataset(spec: str, config: DataConfig, data_dir: str | None = Non
         if len(own.class_names) != len(config.class_names):
             raise DataError(f"{name} has {plural(len(own.class_names), 'class')} but the model "
                             f"classifies {len(config.class_names)}")
+        if own.input_size[0] != config.input_size[0]:  # the transform would convert them without a word
+            raise DataError(f"{name} gives {own.input_size[0]}-channel images but the model takes "
+                            f"{config.input_size[0]}-channel ones")
         if split != "val":
             return _with_transform(test, eval_tf)
         _, val_idx, _ = _split(len(train), True, val_size, None, seed)
