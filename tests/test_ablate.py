@@ -14,6 +14,7 @@ import yaml
 from scipy import stats as scipy_stats
 
 from conftest import make_image_folder
+import hcgnet
 from hcgnet import cli
 from hcgnet.ablate import GridError, list_grids, load_grid, parse_grid, plan
 from hcgnet.ablate import runs as ablate_runs
@@ -290,6 +291,7 @@ def test_the_summary_equals_the_runs_results_recomputed_independently(finished_g
     runs_csv = {(r["variant"], int(r["seed"])): r for r in read_csv(out / "runs.csv")}
     for key, value in top1.items():
         assert float(runs_csv[key]["test_top1"]) == value and runs_csv[key]["status"] == "finished"
+        assert runs_csv[key]["code"].startswith(f"hcgnet {hcgnet.__version__}")   # which code trained the run
     summary = {r["variant"]: r for r in read_csv(out / "summary.csv")}
     t = scipy_stats.t.ppf(0.975, 1)
     for variant in ("base", "wider"):
@@ -369,6 +371,22 @@ def test_a_refused_command_leaves_a_finished_grids_summary_as_it_was(finished_gr
     assert len(captured.err.strip().splitlines()) == 1
     assert "holds a run of another config" in captured.err and "--force" in captured.err
     assert captured.out == ""  # refused before the grid's first line
+
+
+def test_an_unknown_submitit_parameter_is_one_line_and_leaves_no_log_folder(finished_grid, tmp_path):
+    """submitit names an unknown parameter in a NameError (no TypeError or ValueError), after making its folder."""
+    if importlib.util.find_spec("submitit") is None:
+        pytest.skip("submitit is not installed")
+    from hcgnet.ablate.runs import run_grid
+
+    g = finished_grid
+    runs = plan(load_grid(str(g["path"])), str(g["out"]), seeds=2, steps=2)
+    logs = tmp_path / "submitit"
+    with pytest.raises(GridError) as e:
+        run_grid(runs, executor="submitit-local", slurm_parameters={"no_such_option": 1}, folder=str(logs),
+                 log=lambda line: None)
+    assert str(e.value).startswith("--slurm-parameters: ") and "no_such_option" in str(e.value)
+    assert "\n" not in str(e.value) and not logs.exists()
 
 
 def test_a_refusal_once_the_grid_has_begun_writes_no_summary_either(finished_grid, monkeypatch):

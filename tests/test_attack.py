@@ -7,6 +7,7 @@ FGSM's. The command runs on checkpoints of a tiny HCGNet, a tiny timm ResNet (a 
 ``hcgnet train --model test_resnet``) and a 1-channel HCGNet trained on a (generated) Fashion-MNIST.
 """
 import csv
+import hashlib
 import json
 from pathlib import Path
 import struct
@@ -474,6 +475,19 @@ def test_attack_pgd_and_limit_on_a_folder_scored_whole(capsys, runs):
     saved = json.loads((out / "robustness.json").read_text())
     assert saved["split"] == "all" and saved["steps"] == 2 and saved["random_start"] is True
     assert {r["images"] for r in saved["rows"]} == {5}
+    # what was scored, of how many, and from which file, as a reader of the file needs it
+    assert saved["limit"] == 5 and saved["images_available"] == {SPEC: 9}
+    assert "(all, the first 5 of 9 images)" in text and "PGD L-inf, 2 steps, step 2.5 eps/steps, random start" in text
+    recorded = saved["provenance"]["checkpoints"]
+    assert recorded == [{"path": str(Path(runs["hcgnet"]).resolve()),
+                         "sha256": hashlib.sha256(Path(runs["hcgnet"]).read_bytes()).hexdigest()}]
+    assert saved["provenance"]["torch"] == torch.__version__ and saved["provenance"]["device"] == "cpu"
+    # eps 0 is eval's top-1 on the same first 5 images (eval --limit)
+    ev = evaluate_checkpoint(str(runs["hcgnet"]), f"imagefolder:{other}", workers=0, progress=False,
+                             log=lambda m: None, limit=5)
+    clean = next(r for r in saved["rows"] if r["eps"] == 0)
+    assert (ev["count"], ev["images_available"], ev["limit"]) == (5, 9, 5)
+    assert clean["accuracy"] == pytest.approx(ev["top1"], abs=1e-12)
 
 
 def test_attack_command_with_bf16_and_data_loading_workers(capsys, runs):
@@ -550,6 +564,8 @@ def test_attack_a_one_channel_fashion_mnist_checkpoint(capsys, tmp_path, single_
     (["--device", "nonsense"], "is not a device"),
     (["--steps", "0"], "--steps must be 1 or more"),          # with fgsm too, where it goes unused
     (["--batch-size", "abc"], "argument --batch-size: invalid int value: 'abc' (hcgnet attack --help"),
+    (["--random-start"], "--random-start is PGD's (--attack pgd); fgsm-any takes one step of eps"),
+    (["--attack", "fgsm", "--step-size", "0.1", "--random-start"], "--random-start and --step-size are PGD's"),
 ])
 def test_bad_options_are_one_line(capsys, runs, argv, words):
     line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"],

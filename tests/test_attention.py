@@ -3,6 +3,7 @@ softmax over positions the gates pool with, the branch weights are the proportio
 with, collecting changes nothing, and the pictures and files come out with the expected shapes."""
 import contextlib
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -412,6 +413,8 @@ def test_cli_writes_the_pictures_maps_and_summary(capsys, checkpoint, tmp_path):
         np.testing.assert_allclose(npz["stages.1.transition/update_3x3"].sum(axis=(1, 2)), 1, atol=1e-5)
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["modules"]["stages.2.block.layers.0"]["map_size"] == [4, 4]
+    assert summary["checkpoint"] == str(checkpoint) and summary["amp"] == "none"
+    assert summary["provenance"]["checkpoints"][0]["sha256"] == hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     w, h = png_size(out_dir / "attention.png")
     assert w / h == pytest.approx((1 + 6) * CELL_WIDTH / (3 * CELL_HEIGHT), rel=0.01)
     assert "stages.1.transition" in out and "8x8" in out  # the table

@@ -1,5 +1,6 @@
 """Network dissection (hcgnet.analysis.dissect) on a tiny Broden-format set the tests write."""
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -303,6 +304,9 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
         assert Image.open(out / f"units_{layer}.png").size[0] > 100
     summary = json.loads((out / "summary.json").read_text())
     assert [r["layer"] for r in summary["layers"]] == layers and summary["config"]["images"] == 6
+    assert summary["config"]["amp"] == "bf16" and summary["config"]["in_chans"] == 3
+    assert [c["sha256"] for c in summary["provenance"]["checkpoints"]] == [
+        hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()]
     assert set(summary["threshold_error_max"]) == set(layers)
     import hcgnet
     tiny = hcgnet.create_model(TINY, num_classes=3)

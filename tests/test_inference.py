@@ -5,6 +5,7 @@ One HCGNet-(1,1,1)-(k=8,8,8) is trained once per module, 2 epochs on 3 classes x
 train/, so both are split off it).
 """
 import csv
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import cli
+import hcgnet
 from hcgnet.cli import main
 from hcgnet.data import DataConfig, build_eval_transform
 from hcgnet.inference import load_model
@@ -174,6 +176,31 @@ def test_eval_text_output(capsys, run):
                          f"imagefolder:{run['folder']}", "--split", "val", "--workers", "0")
     assert code == 0, err
     assert f"{HELD_OUT} images" in out and "top-1" in out and "top-5" not in out  # 2 classes: top-5 is always 100%
+
+
+def test_eval_limit_scores_the_first_images_and_the_file_says_what_and_how(capsys, run, tmp_path):
+    data, ckpt = f"imagefolder:{run['folder']}", run["out"] / "best.safetensors"
+    whole = cli_json(capsys, "eval", "--checkpoint", str(ckpt), "--data", data, "--split", "val", "--workers", "0",
+                     "--batch-size", "1")
+    code, out, err = cli(capsys, "eval", "--checkpoint", str(ckpt), "--data", data, "--split", "val", "--workers",
+                         "0", "--limit", "2", "--batch-size", "1", "--output", str(tmp_path / "ev"))
+    assert code == 0, err
+    assert f"(val, the first 2 of {HELD_OUT} images)" in out
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert (saved["count"], saved["images_available"], saved["limit"]) == (2, HELD_OUT, 2)
+    assert saved["amp"] == "none" and saved["channels_last"] is False
+    # a limit of the whole split or more scores the whole split
+    all_of_them = cli_json(capsys, "eval", "--checkpoint", str(ckpt), "--data", data, "--split", "val", "--workers",
+                           "0", "--limit", str(HELD_OUT + 5))
+    assert (all_of_them["top1"], all_of_them["count"]) == (whole["top1"], HELD_OUT)
+    recorded = saved["provenance"]
+    assert recorded["checkpoints"] == [{"path": str(ckpt.resolve()),
+                                        "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}]
+    assert recorded["hcgnet"] == hcgnet.__version__ and recorded["torch"] == torch.__version__
+    assert recorded["device"] == "cpu" and recorded["threads"] == torch.get_num_threads()
+    assert recorded["date"].endswith("+00:00") and recorded["argv"]
+    assert one_line_error(*cli(capsys, "eval", "--checkpoint", str(ckpt), "--data", data, "--limit", "0")) == \
+        "hcgnet: error: --limit must be 1 or more, got 0"
 
 
 def test_eval_reproduces_the_trainers_validation_scores(capsys, run, rows, results):

@@ -261,7 +261,7 @@ def test_checkpoint_metadata_rebuilds_the_switched_network(tmp_path, single_thre
     assert hcgnet.create_model(TINY, checkpoint_path=str(tmp_path / "converted.safetensors")).switches == model.switches
     # without the record the file does not fit the paper's network: one-line error, not a wrong network
     bare = tmp_path / "bare.safetensors"
-    save_safetensors(model, bare, {"model_name": TINY})
+    save_safetensors(model.state_dict(), bare, {"model_name": TINY})   # a state dict: nothing recorded with it
     with pytest.raises(hcgnet.CheckpointError):
         hcgnet.create_model(TINY, checkpoint_path=str(bare))
 

@@ -231,6 +231,7 @@ def test_bf16_channels_last_ema_run_stays_finite_and_exports_the_average(tmp_pat
                        "--channels-last", "--ema", "--ema-decay", "0.5", "--mixup", "1.0"))
     result = json.loads((out / "results.json").read_text())
     assert 0.0 <= result["test_top1"] <= 1.0 and result["test_loss"] == result["test_loss"]  # not NaN
+    assert result["provenance"]["torch"] == torch.__version__ and result["provenance"]["device"] == "cpu"
     rows = (out / "metrics.csv").read_text().splitlines()[1:]
     assert all(float(r.split(",")[3]) < 1e3 for r in rows)  # finite training loss every epoch
     state = torch.load(out / "last.pt", weights_only=True)

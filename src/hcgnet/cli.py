@@ -152,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
                             args.model, device=args.device, amp=args.amp, channels_last=args.channels_last,
                             skip_bad_images=args.skip_bad_images, compile=args.compile, openvino=args.openvino,
-                            **_int8_options(args))
+                            limit=args.limit, **_int8_options(args))
     rows = per_class(m["confusion"], m["class_names"])
     # Indented for a few classes; one line for many, where a 1000 x 1000 confusion matrix would be a million lines.
     text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
@@ -165,7 +165,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         top5 = f", top-5 {100 * m['top5']:.2f}%" if show_top5(len(rows)) else ""
         int8 = f" in int8 ({m['int8']['backend']}, calibrated on {m['int8']['calibrated_on']})" if "int8" in m else ""
-        print(f"{args.checkpoint} on {m['data']} ({m['split']}, {m['count']} images){int8}: top-1 "
+        scored = (f"the first {m['count']} of {m['images_available']:,} images" if m["count"] < m["images_available"]
+                  else f"{m['count']} images")
+        print(f"{args.checkpoint} on {m['data']} ({m['split']}, {scored}){int8}: top-1 "
               f"{100 * m['top1']:.2f}%{top5}, loss {m['loss']:.4f}")
         if "int8" in m:
             fp32 = m["fp32"]
@@ -396,7 +398,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.inference import batch_progress, note_on_stderr
 
     eps = _eps_list(args.eps)
-    check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size, args.workers)
+    check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size, args.workers,
+                  args.random_start)
     amp_dtype(args.amp, device_of(args.device))
     out = check_output_folder(args.output, ", ".join(RESULTS), RESULTS, args.force)
     bar = {}
@@ -437,6 +440,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     from hcgnet.analysis.dissect_plots import plot_unique_detectors, plot_unit_strips
     from hcgnet.files import check_output_folder, reported_write
     from hcgnet.inference import data_config_of, load_model
+    from hcgnet.provenance import provenance
 
     for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
                                ("--size", args.size, 1), ("--top-units", args.top_units, 0), ("--workers", args.workers, 0)):
@@ -460,6 +464,9 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     config = data_config_of(model, meta)
     size = (args.size, args.size) if args.size else tuple(config.input_size[1:])
     dataset.set_preprocessing(size, config.mean, config.std)
+    if len(config.mean) == 1:
+        print("note: the Broden images are converted to grayscale for this 1-channel model: its 'color' concepts "
+              "are matched by luminance alone", file=sys.stderr)
     results = dissect(model, dataset, args.layer, quantile=args.quantile, iou_threshold=args.iou_threshold,
                       batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
                       progress=lambda batches, desc: progress_over(batches, desc))
@@ -476,8 +483,9 @@ def cmd_dissect(args: argparse.Namespace) -> int:
         print(f"  {r['layer']:<{width}}  " + "  ".join(f"{str(c):>9}" for c in cells))
     with reported_write(out):
         files = write_results(results, out, dict(
-            checkpoint=str(args.checkpoint), broden=str(args.broden), images=len(dataset), size=list(size),
-            quantile=args.quantile, iou_threshold=args.iou_threshold, layers=[r.layer for r in results]))
+            checkpoint=str(args.checkpoint), broden=str(args.broden), images=len(dataset), limit=args.limit,
+            size=list(size), in_chans=len(config.mean), quantile=args.quantile, iou_threshold=args.iou_threshold,
+            amp=args.amp, layers=[r.layer for r in results]), provenance([args.checkpoint], device))
         plot_unique_detectors(results, out / "unique_detectors.png", title=f"{Path(args.checkpoint).name}: unique detectors")
         files.append("unique_detectors.png")
         if args.top_units:
@@ -884,6 +892,8 @@ def _add_inference_commands(sub) -> None:
                     help="test or val: the training run's held-out images (of the data it was trained on); all: "
                          "every image of an imagefolder (default: all for a folder the checkpoint was not trained "
                          "on, else test)")
+    ev.add_argument("--limit", type=int, default=None, metavar="N",
+                    help="score the first N images of the split only (the images attack --limit N attacks)")
     ev.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     add_hardware_options(ev, INFERENCE_AMP_HELP)
     ev.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")

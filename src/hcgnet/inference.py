@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from hcgnet.data import (
@@ -31,6 +31,7 @@ from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.checkpoints import is_onnx_export, is_safetensors_file, read_metadata, torch_load_weights_only
 from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
+from hcgnet.provenance import provenance
 from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
 from hcgnet.evaluation import AMP_DTYPES, autocast, device_of, evaluate, fast_path_flags, images_to
@@ -566,7 +567,7 @@ def evaluate_checkpoint(
     amp: str = "none",
     channels_last: bool = False, progress: Optional[bool] = None, log: Log = note_on_stderr,
     skip_bad_images: Optional[bool] = None, int8: Optional[str] = None, calibration: Optional[int] = None,
-    int8_compile: bool = True, compile: bool = False, openvino: Optional[str] = None,
+    int8_compile: bool = True, compile: bool = False, openvino: Optional[str] = None, limit: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Top-1, top-5, loss, per-class accuracy and the confusion matrix of a checkpoint on ``split`` of
     ``data`` (None: the data the checkpoint records it was trained on): "test" or "val" (the training run's,
@@ -586,7 +587,14 @@ def evaluate_checkpoint(
     exported to ONNX and run by OpenVINO's CPU runtime at that precision (:func:`hcgnet.export.openvino_model`).
 
     ``path`` may also be an ONNX file that ``hcgnet export`` wrote (its int8 ones too), run as it was exported,
-    on the data and split its run recorded (:func:`check_exported_options` says which options it refuses)."""
+    on the data and split its run recorded (:func:`check_exported_options` says which options it refuses).
+    ``limit``: the first N images of the split only (those ``hcgnet attack --limit N`` attacks).
+
+    The result says what was scored and how (``count`` of ``images_available``, ``limit``, ``amp``,
+    ``channels_last``) and carries :func:`hcgnet.provenance.provenance` (code, machine, date, the checkpoint's
+    SHA-256)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise HCGNetError(f"--limit must be 1 or more, got {limit}")
     exported = is_onnx_export(path)
     dev = inference_device(path, exported, model_name, compile, int8, calibration, openvino, amp, channels_last,
                            device)
@@ -602,6 +610,9 @@ def evaluate_checkpoint(
     note = None if exported or int8 or openvino else precision_note(meta, split, amp, channels_last)
     if note:
         log(note)
+    available = len(dataset)
+    if limit is not None and limit < available:
+        dataset = Subset(dataset, range(limit))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     if exported:
         scored = exported_classifier(path, io, openvino)
@@ -613,7 +624,9 @@ def evaluate_checkpoint(
     with batch_progress(len(loader), f"evaluating {split}", progress, log) as bar:
         metrics = evaluate(scored, loader, Dist(device=dev), amp_dtype, channels_last, progress=bar,
                            num_classes=io.num_classes)
-    result = {"checkpoint": str(path), "data": data, "split": split}
+    result = {"checkpoint": str(path), "data": data, "split": split, "images_available": available, "limit": limit,
+              "amp": amp, "channels_last": channels_last,
+              "provenance": provenance([path], dev)}
     if int8 is not None:
         from hcgnet.quantize import int8_model
 

@@ -251,18 +251,25 @@ def _pool(todo, total: int, jobs: int, attacks, log: Callable) -> None:
             log(f"run {i}/{total}: {run.label} finished")
 
 
+def _remove_if_made(folder: str, made: bool) -> None:
+    if made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _submitit(todo, total: int, executor: str, attacks, log: Callable, parameters: Dict[str, Any],
               folder: str) -> None:
     import submitit  # check_executor has found it
 
+    made = not Path(folder).exists()   # submitit creates its log folder at once: a refusal removes it again
     try:
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm" if executor == "slurm" else "local")
+        ex.update_parameters(**parameters)
     except RuntimeError as e:  # "Could not detect srun": Slurm's commands are there but do not answer
+        _remove_if_made(folder, made)
         raise GridError(f"--executor {executor}: {str(e).splitlines()[0]}; run hcgnet ablate on a login node of a "
                         "Slurm cluster, or leave --executor out to run the grid here") from None
-    try:
-        ex.update_parameters(**parameters)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, NameError) as e:  # submitit names an unknown parameter in a NameError
+        _remove_if_made(folder, made)
         raise GridError(f"--slurm-parameters: {str(e).splitlines()[0]}") from None
     submitted = []
     for i, run, state in todo:

@@ -108,12 +108,21 @@ def collect(runs: Sequence[PlannedRun]) -> List[Dict[str, Any]]:
         row.update({"status": "finished", "model": result["model"], SCORE: result["test_top1"],
                     "test_top5": result["test_top5"], "test_loss": result["test_loss"],
                     "test_images": result["test_images"], "best_val_top1": result["best_val_top1"],
-                    "epochs": result["epochs"]})
+                    "epochs": result["epochs"], "code": _code(result)})
         row.update(_metrics(folder))
         row.update(_network_size(folder, saved, cache))
         row.update(_attack(folder, run.identity))
         rows.append(row)
     return rows
+
+
+def _code(result: Dict[str, Any]) -> Optional[str]:
+    """The code a run was trained with, from its results.json (``hcgnet 0.1.0 <commit>``); None before it was
+    recorded. Two runs of one identity under other code can differ by a point or two (ABLATIONS.md)."""
+    recorded = result.get("provenance") or {}
+    if "hcgnet" not in recorded:
+        return None
+    return " ".join(["hcgnet", recorded["hcgnet"], *([recorded["git_commit"]] if recorded.get("git_commit") else [])])
 
 
 def _value(value: Any) -> str:

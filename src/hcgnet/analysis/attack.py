@@ -40,6 +40,7 @@ from hcgnet.data import DataConfig, DataError, build_eval_dataset
 from hcgnet.errors import CheckpointError, HCGNetError, plural
 from hcgnet.evaluation import autocast, device_of
 from hcgnet.files import write_json
+from hcgnet.provenance import provenance
 
 #: How many smaller step sizes foolbox 2's FGSM retries in (0, eps] when the step of eps does not fool the
 #: model: hard-coded in its ``SingleStepGradientBaseAttack._run``. (The published script passed ``epsilons=[eps]``;
@@ -208,10 +209,16 @@ def run_attack(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 def check_options(attack: str, eps_list: Sequence[float], steps: int = PGD_STEPS, step_size: Optional[float] = None,
-                  limit: Optional[int] = None, batch_size: int = 64, workers: int = 0) -> List[float]:
+                  limit: Optional[int] = None, batch_size: int = 64, workers: int = 0,
+                  random_start: bool = False) -> List[float]:
     """The refusals, before any work: one line each. Returns the eps values as floats, in the order given."""
     if attack not in ATTACKS:
         raise HCGNetError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
+    if attack != "pgd" and (random_start or step_size is not None):
+        given = " and ".join(f for f, on in (("--random-start", random_start), ("--step-size", step_size is not None))
+                             if on)
+        raise HCGNetError(f"{given} {'are' if ' and ' in given else 'is'} PGD's (--attack pgd); {attack} takes one "
+                          "step of eps from the image itself")
     if not len(eps_list):
         raise HCGNetError("--eps needs at least one value, e.g. 0,0.001,0.002,0.004")
     values = [_check_eps(e, "--eps values") for e in eps_list]
@@ -267,7 +274,7 @@ def robustness(
     Returns one row per (eps, model), eps in the order given: ``{"eps", "model", "attack", "correct",
     "images", "accuracy"}``.
     """
-    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers)
+    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers, random_start)
     dev = device_of(device)
     dtype = amp_dtype(amp, dev)
     counts = {(e, name): [0, 0] for e in range(len(eps_values)) for name in models}
@@ -392,7 +399,7 @@ def attack_checkpoints(
     ``log``: as :func:`checkpoint_dataset`."""
     from hcgnet.inference import load_model, recorded_data
 
-    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers)
+    eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers, random_start)
     amp_dtype(amp, device_of(device))  # refused before the checkpoints load
     if not checkpoints:
         raise HCGNetError("give at least one --checkpoint")
@@ -419,11 +426,13 @@ def attack_checkpoints(
     rows = robustness(models, datasets, attack, eps_values, steps, step_size, random_start, seed, batch_size,
                       limit, device, progress, amp, workers)
     return {"attack": attack, "data": data, "split": "/".join(sorted(set(splits.values()))), "splits": splits,
-            "eps": eps_values, "amp": amp,
+            "limit": limit, "images_available": {label: len(d) for label, d in datasets.items()},
+            "eps": eps_values, "eps_scale": "pixels in [0, 1], before the model's normalisation", "amp": amp,
             "steps": steps if attack == "pgd" else None,
             "step_size": (step_size if step_size is not None else "2.5*eps/steps") if attack == "pgd" else None,
             "random_start": random_start if attack == "pgd" else None, "seed": seed,
-            "models": list(models), "checkpoints": files, "rows": rows}
+            "models": list(models), "checkpoints": files, "rows": rows,
+            "provenance": provenance(files.values(), device_of(device))}
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -437,7 +446,14 @@ def attack_name(result: Dict[str, Any]) -> str:
     """What the result measured, in words (for the heading and the plot)."""
     return {"fgsm-any": "FGSM as foolbox 2 runs it (the paper's measure: wrong if any eps' <= eps fools)",
             "fgsm": "single-step FGSM (one step of eps; not the paper's measure)",
-            "pgd": f"PGD L-inf, {result.get('steps')} steps"}[result["attack"]]
+            "pgd": _pgd_name(result)}[result["attack"]]
+
+
+def _pgd_name(result: Dict[str, Any]) -> str:
+    size = result.get("step_size")
+    size = "step 2.5 eps/steps" if size is None or isinstance(size, str) else f"step {size:g}"
+    start = ", random start (seed {})".format(result.get("seed")) if result.get("random_start") else ""
+    return f"PGD L-inf, {result.get('steps')} steps, {size}{start}"
 
 
 def heading(result: Dict[str, Any]) -> str:
@@ -446,7 +462,9 @@ def heading(result: Dict[str, Any]) -> str:
     per_model = {}
     for model in result["models"]:
         images = next((r["images"] for r in result["rows"] if r["model"] == model), 0)
-        per_model[model] = f"{result.get('splits', {}).get(model, result['split'])}, {plural(images, 'image')}"
+        available = result.get("images_available", {}).get(model, images)
+        count = f"the first {images} of {plural(available, 'image')}" if images < available else plural(images, "image")
+        per_model[model] = f"{result.get('splits', {}).get(model, result['split'])}, {count}"
     shared = set(per_model.values())
     where = (f" ({shared.pop()})" if len(shared) == 1 else
              " (" + "; ".join(f"{m}: {w}" for m, w in per_model.items()) + ")")

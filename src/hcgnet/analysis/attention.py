@@ -32,6 +32,7 @@ from hcgnet.evaluation import autocast
 from hcgnet.files import check_output_folder, distinct_names, reported_write, write_json
 from hcgnet.layers.gates import ForgetGate, UpdateGate
 from hcgnet.layers.smg import SMGModule
+from hcgnet.provenance import provenance
 
 #: The three spatial maps of an SMG module, in column order, and their titles.
 MAP_KINDS = ("update_3x3", "update_dilated", "forget")
@@ -328,7 +329,9 @@ def attention_study(
         folders = len({os.path.dirname(f) for f in files})
         order = f"taken in turn from each of {folders} folders" if folders > 1 else "the first in name order"
         log(f"note: showing {len(readable)} of {len(files)} images, {order} (--max-images {max_images})")
-    written, info = _write_study(folder, x, result, readable, config.mean, config.std)
+    about = {"checkpoint": str(checkpoint), "model": meta.get("model_name") or model_name, "amp": amp,
+             "provenance": provenance([checkpoint], dev)}
+    written, info = _write_study(folder, x, result, readable, config.mean, config.std, about)
     return {"files": written, "summary": info, "result": result}
 
 
@@ -361,8 +364,10 @@ def _maps_of_files(model: nn.Module, files: Sequence[str], transform, modules: L
     return torch.stack(batch), readable, _concat(parts), next_file
 
 
-def _write_study(folder: Path, x: Tensor, result: Dict, readable: Sequence[str], mean, std) -> Tuple[Dict, Dict]:
-    """:data:`RESULTS` into ``folder``: the pictures, the maps and the summary; their paths and the summary."""
+def _write_study(folder: Path, x: Tensor, result: Dict, readable: Sequence[str], mean, std,
+                 about: Dict) -> Tuple[Dict, Dict]:
+    """:data:`RESULTS` into ``folder``: the pictures, the maps and the summary (``about``: what was studied and
+    how, first); their paths and the summary."""
     from hcgnet.analysis.attention_plots import attention_grid, weights_plot
 
     with reported_write(folder):
@@ -371,7 +376,7 @@ def _write_study(folder: Path, x: Tensor, result: Dict, readable: Sequence[str],
     attention_grid(x, result["maps"], written["attention.png"], mean, std, readable)
     weights_plot(result["weights"], written["weights.png"])
     save_npz(result, readable, written["maps.npz"])
-    info = summary(result, readable)
+    info = {**about, **summary(result, readable)}
     with reported_write(written["summary.json"]):
         write_json(written["summary.json"], info)
     return written, info

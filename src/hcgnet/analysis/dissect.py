@@ -483,10 +483,11 @@ def summary_rows(results: Sequence[LayerResult]) -> List[dict]:
     return [r.summary() for r in results]
 
 
-def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = None) -> List[str]:
+def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = None,
+                  provenance: Optional[dict] = None) -> List[str]:
     """``<layer>.csv`` per layer (unit, concept, category, iou, threshold, detector), ``summary.csv`` and
-    ``summary.json`` (:data:`METHOD`, the summary rows, ``config`` and every detector) in folder ``out``.
-    Returns file names."""
+    ``summary.json`` (:data:`METHOD`, the summary rows, ``config``, every detector and ``provenance``, e.g.
+    :func:`hcgnet.provenance.provenance`) in folder ``out``. Returns file names."""
     import csv
     from pathlib import Path
 
@@ -513,6 +514,7 @@ def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = 
     bounds = {r.layer: float(np.max(r.threshold_error)) if len(r.threshold_error) else 0.0 for r in results}
     doc = dict(method=METHOD, config=config or {}, layers=rows, threshold_error_max=bounds,
                detectors={r.layer: [{k: u[k] for k in ("unit", "concept", "category", "iou")}
-                                    for u in sorted(r.detectors, key=lambda u: -u["iou"])] for r in results})
+                                    for u in sorted(r.detectors, key=lambda u: -u["iou"])] for r in results},
+               **({"provenance": provenance} if provenance is not None else {}))
     write_json(out / "summary.json", doc)
     return written + ["summary.csv", "summary.json"]

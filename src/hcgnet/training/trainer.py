@@ -28,6 +28,7 @@ from hcgnet.errors import HCGNetError, plural
 from hcgnet.evaluation import evaluate, show_top5
 from hcgnet.files import write_json
 from hcgnet.models import create_model, save_safetensors
+from hcgnet.provenance import provenance
 from hcgnet.models.registry import is_timm_baseline, parse_model_kwargs
 from hcgnet.models.variants import cifar_stem_note, resolve
 from hcgnet.training.config import RUN_FLAGS, TrainConfig
@@ -394,7 +395,7 @@ class Run(TrainingRun):
         meta = _metadata(self.config, self.data, self.eval_model())
         save_safetensors(self.eval_model(), out / "best.safetensors", meta)
         save_safetensors(final_weights, out / "final.safetensors", meta)
-        write_json(out / "results.json", result)
+        write_json(out / "results.json", {**result, "provenance": provenance(device=self.d.device)})
         self.metrics.close()
         top5 = show_top5(self.data.num_classes)
         self.metrics.plot(out / "curves.png", f"{self.config.model} on {self.config.data}", top5=top5)
