@@ -1,6 +1,7 @@
 """COCO AP through hcgnet's evaluation code (pycocotools' COCOeval underneath), ``hcgnet detect eval`` and
 ``hcgnet detect predict``. A stand-in "oracle" detector that answers with the ground truth gives AP 1.0; the
 same with the labels swapped gives 0, so the figures come from the detections and their category mapping."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def test_detect_eval_prints_the_table_or_json_and_writes_reports_only_once_witho
     assert set(printed["box"]) == set(METRICS) == set(printed["mask"]) and printed["images"] == 6
     assert "results" not in printed
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert saved == printed
+    recorded = saved.pop("provenance"), printed.pop("provenance")   # two runs: their dates may differ
+    assert saved == printed and saved["amp"] == "none"
+    assert {r["checkpoints"][0]["sha256"] for r in recorded} == {hashlib.sha256(untrained.read_bytes()).hexdigest()}
     csv_rows = (tmp_path / "report" / "metrics.csv").read_text().splitlines()
     assert csv_rows[0] == "kind," + ",".join(METRICS) and [r.split(",")[0] for r in csv_rows[1:]] == ["box", "mask"]
     detections = json.loads((tmp_path / "report" / "detections_bbox.json").read_text())
@@ -120,7 +123,8 @@ def test_detect_eval_prints_the_table_or_json_and_writes_reports_only_once_witho
     assert err.count("\n") == 1 and "already holds metrics.json, metrics.csv, detections_bbox.json" in err
     assert "--force" in err and (tmp_path / "report" / "metrics.json").read_text() == "kept"
     assert main(args + ["--output", str(tmp_path / "report"), "--force"]) == 0
-    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == saved
+    replaced = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert {k: v for k, v in replaced.items() if k != "provenance"} == saved
 
 
 def test_masks_are_thresholded_at_one_half():

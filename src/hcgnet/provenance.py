@@ -73,5 +73,5 @@ def provenance(checkpoints: Iterable[Any] = (), device: Any = None) -> Dict[str,
     )
     files = [os.path.abspath(p) for p in checkpoints]
     if files:
-        record["checkpoints"] = [{"path": p, "sha256": file_sha256(p)} for p in files]
+        record["checkpoints"] = [{"path": p, "sha256": file_sha256(p) if os.path.isfile(p) else None} for p in files]
     return record

@@ -22,6 +22,7 @@ from hcgnet.detection.data import CocoData, CocoDetectionSet, CocoFormatError, c
 from hcgnet.distributed import Dist, gather_objects, leave_stop_signals_to_the_main_process
 from hcgnet.evaluation import autocast, device_of
 from hcgnet.files import write_json
+from hcgnet.provenance import provenance
 
 #: COCOeval's first six summary numbers, in its order.
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -144,7 +145,8 @@ def evaluate_coco(checkpoint, images, annotations, batch_size: int = 2, workers:
     with batch_progress(total, "detect eval", None, log) as bar:
         metrics = evaluate_detector(model, data, info["category_ids"], info["task"], dev, amp_dtype, batch_size,
                                     workers, progress=bar.update)
-    return {"checkpoint": str(checkpoint), "annotations": str(annotations), "task": info["task"], **metrics}
+    return {"checkpoint": str(checkpoint), "annotations": str(annotations), "task": info["task"], "amp": amp,
+            **metrics, "provenance": provenance([checkpoint], dev)}
 
 
 # ------------------------------------------------------------------------------------------------ reports

@@ -34,6 +34,7 @@ from hcgnet.detection.evaluate import METRICS, evaluate_detector
 from hcgnet.errors import HCGNetError, plural
 from hcgnet.files import write_json
 from hcgnet.models import save_safetensors
+from hcgnet.provenance import provenance
 from hcgnet.training.config import RUN_FLAGS
 from hcgnet.training.folder import RunFolder
 from hcgnet.training.interrupts import StopSignals
@@ -295,7 +296,7 @@ class DetectRun(TrainingRun):
                   "replicas_identical": distributed.parameters_match_rank0(self.model, self.d), "validation": val}
         if self.d.is_main:
             save_safetensors(self.model, self.out / "final.safetensors", self.metadata())
-            write_json(self.out / "results.json", result)
+            write_json(self.out / "results.json", {**result, "provenance": provenance(device=self.d.device)})
             self.metrics.close()
             final = self.folder.out
             if val:
