@@ -357,6 +357,19 @@ def test_out_indices_as_a_count_is_the_last_stages_as_in_timm(factory):
     assert count_params(create("hcgnet_a1", block_depths=[8, 8, 8], growth_rates=(12, 24, 36))) == 1_065_301
 
 
+@pytest.mark.parametrize("factory", ["hcgnet", "timm"])
+@pytest.mark.parametrize("name", ["hcgnet_a1", "densenet_bc_100_k12"])
+def test_device_and_dtype_place_the_model_as_timms_arguments_do(factory, name):
+    """timm.create_model(..., device="meta") builds shapes without memory; dtype= casts the model."""
+    create = hcgnet.create_model if factory == "hcgnet" else timm.create_model
+    meta = create(name, device="meta")
+    assert {p.device.type for p in meta.parameters()} == {"meta"}
+    assert [p.shape for p in meta.parameters()] == [p.shape for p in create(name).parameters()]
+    half = create(name, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert "device" not in getattr(meta, "_model_args", {}) and "dtype" not in getattr(half, "_model_args", {})
+
+
 def test_the_generic_entry_needs_depths_and_growth_rates():
     with pytest.raises(ModelSpecError, match="needs block_depths and growth_rates"):
         timm.create_model("hcgnet")

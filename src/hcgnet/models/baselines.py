@@ -24,7 +24,7 @@ from torchvision.models.densenet import _DenseBlock, _Transition
 from torchvision.models.resnet import BasicBlock
 
 from hcgnet.errors import ModelSpecError
-from hcgnet.models.registry import check_out_indices, stem_cfg
+from hcgnet.models.registry import check_out_indices, placed, stem_cfg
 
 __all__ = ["CifarResNet", "DenseNetBC", "list_baselines"]
 
@@ -227,8 +227,9 @@ default_cfgs = generate_default_cfgs({
 def _build(cls, name: str, pretrained: bool, **kwargs) -> nn.Module:
     if kwargs.get("out_indices") is not None:
         kwargs["out_indices"] = check_out_indices(kwargs["out_indices"], 3)
-    model = build_model_with_cfg(cls, name, pretrained, feature_cfg=dict(flatten_sequential=True,
-                                                                          out_indices=(0, 1, 2)), **kwargs)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    model = placed(lambda: build_model_with_cfg(cls, name, pretrained, feature_cfg=dict(
+        flatten_sequential=True, out_indices=(0, 1, 2)), **kwargs), device, dtype)
     if isinstance(model, _CifarClassifier):  # the input it takes, e.g. 1 channel for Fashion-MNIST, as HCGNet's
         cfg = dict(model.pretrained_cfg)
         cfg["input_size"] = (model.in_chans, *cfg["input_size"][1:])

@@ -3,13 +3,14 @@
 After ``import hcgnet``, ``timm.create_model("hcgnet_b", ...)`` builds the same network as
 ``hcgnet.create_model("hcgnet_b", ...)``, with timm's ``pretrained_cfg``, ``features_only`` and friends.
 """
+import contextlib
 import fnmatch
 import inspect
 import json
 import operator
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import (
@@ -17,6 +18,7 @@ from timm.models import (
 )
 from timm.models._features import FeatureListNet
 from timm.models._features_fx import FeatureGraphNet
+import torch
 from torch import nn
 
 from hcgnet.errors import CheckpointError, ModelSpecError
@@ -147,6 +149,14 @@ def check_architecture(name: str, variant: Variant, kwargs: dict) -> None:
                              f"build the spec {format_spec(depths, growth)!r} (timm: 'hcgnet' with those arguments)")
 
 
+def placed(build: Callable[[], nn.Module], device=None, dtype=None) -> nn.Module:
+    """timm's ``device=``/``dtype=`` arguments: the model's tensors created on ``device`` (``"meta"``: shapes
+    only, no memory), then cast to ``dtype``."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build()
+    return model.to(dtype=dtype) if dtype is not None else model
+
+
 def _create_timm(name: str, pretrained: bool = False, **kwargs) -> HCGNet:
     variant = _variant_of(name, kwargs)
     if kwargs.get("out_indices") is not None:
@@ -159,11 +169,12 @@ def _create_timm(name: str, pretrained: bool = False, **kwargs) -> HCGNet:
         overlay = {**stem_cfg(variant.stem), "pool_size": _pool_size(variant), **overlay}
     if pretrained and not _has_weights(name, kwargs.get("pretrained_cfg"), overlay):
         overlay["file"] = str(find_pretrained(name))  # $HCGNET_HOME; a one-line error says what to fetch
-    return build_model_with_cfg(
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    return placed(lambda: build_model_with_cfg(
         HCGNet, name, pretrained, feature_cfg=_feature_cfg(len(variant.block_depths)),
         pretrained_filter_fn=checkpoint_filter_fn, pretrained_cfg_overlay=overlay,
         **{**variant.model_kwargs(), **kwargs},
-    )
+    ), device, dtype)
 
 
 def _has_weights(name: str, pretrained_cfg, overlay: dict) -> bool:
@@ -328,11 +339,12 @@ def create_model(
     model_kwargs = variant.model_kwargs()
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     unknown = sorted(set(kwargs) - set(inspect.signature(HCGNet).parameters))
     if unknown:
         raise ModelSpecError(f"HCGNet takes no argument {unknown[0]!r}; see help(hcgnet.HCGNet) for its arguments "
                              "(the design switches: connectivity, forget_gate, update_gate, gate_act, wide_branch)")
-    model = HCGNet(**{**model_kwargs, "drop_block_rate": drop_block_rate, **kwargs})
+    model = placed(lambda: HCGNet(**{**model_kwargs, "drop_block_rate": drop_block_rate, **kwargs}), device, dtype)
     model.pretrained_cfg = model.default_cfg = _cfg_of(model, name, variant, weights, metadata, pretrained)
     # What timm's save_for_hf writes as model_args, so that local-dir:/hf-hub: rebuild this network.
     model._model_args = dict(block_depths=list(variant.block_depths), growth_rates=list(variant.growth_rates),
