@@ -158,7 +158,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
     if out is not None:
         with reported_write(out):
-            write_confusion(out, m["confusion"], m["class_names"])
+            write_confusion(out, m["confusion"], m["class_names"], f"{Path(args.checkpoint).name} on {m['data']} "
+                            f"({m['split']}, {m['count']:,} images): top-1 {100 * m['top1']:.2f}%")
             (out / "metrics.json").write_text(text + "\n")
     if args.json:
         print(text)

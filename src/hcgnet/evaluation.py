@@ -121,9 +121,10 @@ def per_class(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) ->
     return rows
 
 
-def write_confusion(folder, confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> List[Path]:
+def write_confusion(folder, confusion: Sequence[Sequence[int]], class_names: Sequence[str],
+                    title: str = "") -> List[Path]:
     """Write ``per_class.csv``, ``confusion.csv`` (rows: true class, columns: predicted) and ``confusion.png``
-    into ``folder`` (created if needed); return their paths."""
+    (``title`` above it: what was scored) into ``folder`` (created if needed); return their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = [str(c) for c in class_names]
@@ -137,21 +138,21 @@ def write_confusion(folder, confusion: Sequence[Sequence[int]], class_names: Seq
         writer.writerow(["true \\ predicted", *names])
         for name, row in zip(names, confusion):
             writer.writerow([name, *map(int, row)])
-    _plot_confusion(folder / "confusion.png", confusion, names)
+    _plot_confusion(folder / "confusion.png", confusion, names, title)
     return [folder / n for n in ("per_class.csv", "confusion.csv", "confusion.png")]
 
 
-def _plot_confusion(path: Path, confusion: Sequence[Sequence[int]], names: Sequence[str]) -> None:
+def _plot_confusion(path: Path, confusion: Sequence[Sequence[int]], names: Sequence[str], title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with missing_glyphs_quiet():
-        _draw_confusion(plt, path, confusion, names)
+        _draw_confusion(plt, path, confusion, names, title)
 
 
-def _draw_confusion(plt, path: Path, confusion: Sequence[Sequence[int]], names: Sequence[str]) -> None:
+def _draw_confusion(plt, path: Path, confusion: Sequence[Sequence[int]], names: Sequence[str], title: str) -> None:
     counts = torch.tensor(confusion, dtype=torch.float64)
     # Rows normalised: each true class's share of predictions, so small classes are as visible as large ones.
     shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
@@ -170,6 +171,8 @@ def _draw_confusion(plt, path: Path, confusion: Sequence[Sequence[int]], names: 
                         color="white" if shares[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -456,9 +456,9 @@ def _pgd_name(result: Dict[str, Any]) -> str:
     return f"PGD L-inf, {result.get('steps')} steps, {size}{start}"
 
 
-def heading(result: Dict[str, Any]) -> str:
-    """The line above :func:`table`: the attack, the data, and each model's split and image count (one pair
-    when all models share it)."""
+def heading_counts(result: Dict[str, Any]) -> str:
+    """Each model's split and image count (``"test, the first 100 of 10,000 images"``), once when all models
+    share them: for the heading and the plot's title."""
     per_model = {}
     for model in result["models"]:
         images = next((r["images"] for r in result["rows"] if r["model"] == model), 0)
@@ -466,9 +466,13 @@ def heading(result: Dict[str, Any]) -> str:
         count = f"the first {images} of {plural(available, 'image')}" if images < available else plural(images, "image")
         per_model[model] = f"{result.get('splits', {}).get(model, result['split'])}, {count}"
     shared = set(per_model.values())
-    where = (f" ({shared.pop()})" if len(shared) == 1 else
-             " (" + "; ".join(f"{m}: {w}" for m, w in per_model.items()) + ")")
-    return f"{attack_name(result)} on {result['data']}{where}: top-1 accuracy on the attacked images"
+    return shared.pop() if len(shared) == 1 else "; ".join(f"{m}: {w}" for m, w in per_model.items())
+
+
+def heading(result: Dict[str, Any]) -> str:
+    """The line above :func:`table`: the attack, the data, and each model's split and image count."""
+    return (f"{attack_name(result)} on {result['data']} ({heading_counts(result)}): top-1 accuracy on the attacked "
+            "images")
 
 
 def table(result: Dict[str, Any]) -> str:

@@ -3,7 +3,7 @@ the attacks themselves import and test without it)."""
 from pathlib import Path
 from typing import Any, Dict, Union
 
-from hcgnet.analysis.attack import attack_name
+from hcgnet.analysis.attack import attack_name, heading_counts
 
 
 def plot(result: Dict[str, Any], path: Union[str, Path]) -> None:
@@ -20,7 +20,7 @@ def plot(result: Dict[str, Any], path: Union[str, Path]) -> None:
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
     ax.set_xlabel("eps (pixel units, images in [0, 1])")
     ax.set_ylabel("top-1 accuracy on attacked images (%)")
-    ax.set_title(f"{attack_name(result)}\non {result['data']} ({result['split']})", fontsize=9)
+    ax.set_title(f"{attack_name(result)}\non {result['data']} ({heading_counts(result)})", fontsize=9)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
