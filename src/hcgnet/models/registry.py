@@ -286,7 +286,9 @@ def create_model(
     Args:
         num_classes: classifier outputs; defaults to the variant's (10 CIFAR, 1000 ImageNet), or to the
             checkpoint's when weights are loaded.
-        pretrained: load the published weights from :func:`weights_dir` (never downloaded).
+        pretrained: load the published weights from :func:`weights_dir` (never downloaded); with another
+            ``num_classes`` or ``in_chans`` as timm's ``pretrained=True``: a new classifier, the first convolution
+            adapted (:func:`~hcgnet.models.checkpoints.adapt_pretrained`).
         checkpoint_path: load weights from this file (published format, hcgnet's, or ``.safetensors``);
             the class count and input channels come from it unless given, and an hcgnet run's file gives
             its preprocessing to ``model.pretrained_cfg`` (what ``timm.data.resolve_data_config`` reads).
@@ -299,7 +301,8 @@ def create_model(
             ``pretrained_cfg`` (input size, mean/std, crop, pool size) follows it.
         drop_block_rate: DropBlock (block size 2) after each transition, as the published CIFAR
             training; 0 adds nothing.
-        **kwargs: passed to :class:`HCGNet` (``drop_rate``, ``in_chans``, and the design switches
+        **kwargs: ``device``/``dtype`` as timm's (:func:`placed`); the rest passed to :class:`HCGNet` (``drop_rate``,
+            ``in_chans``, and the design switches
             ``connectivity``, ``forget_gate``, ``update_gate``, ``gate_act``, ``wide_branch``, ...). A checkpoint of
             hcgnet's records the switches it was trained with (metadata ``switches``): they are used unless given.
     """
