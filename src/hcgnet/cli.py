@@ -71,7 +71,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     table = [header] + [(
         r["model"], r["spec"], r["input"], str(r["classes"]), f"{r['params']:,}",
         f"{r['published_params']:,}" if r["published_params"] else "-", r["paper_params"] or "-",
-        f"{r['gmacs']:.3f}", r["paper_gmacs"] or "-",
+        f"{r['gmacs']:.3g}", r["paper_gmacs"] or "-",
     ) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
