@@ -77,6 +77,16 @@ def test_one_pair_is_undecided():
     assert stats.paired_difference({0: 0.9}, {0: 0.1})["verdict"] == "undecided"
 
 
+def test_the_same_difference_at_every_seed_gives_no_interval_and_is_undecided():
+    """60 test images: accuracy moves in steps of 1/60, so two seeds can both differ by exactly 3/60 (as floats,
+    by -0.05000000000000004 and -0.04999999999999993): a t-interval of zero width, which is no evidence."""
+    got = stats.paired_difference({0: 50 / 60, 1: 46 / 60}, {0: 53 / 60, 1: 49 / 60})
+    assert got["n"] == 2 and got["mean"] == pytest.approx(-0.05)
+    assert got["low"] is None and got["high"] is None and got["verdict"] == "undecided"
+    spread = stats.paired_difference({0: 50 / 60, 1: 45 / 60}, {0: 53 / 60, 1: 49 / 60})   # -3/60 and -4/60
+    assert spread["low"] is not None and spread["verdict"] == "undecided"   # t = 12.7 with 2 seeds
+
+
 def test_no_pair_has_no_verdict():
     # seeds that do not pair (or no runs yet) give nothing to decide on, not an "undecided" comparison
     assert stats.paired_difference({1: 0.9}, {0: 0.1})["verdict"] == "-"

@@ -565,6 +565,7 @@ def test_attack_a_one_channel_fashion_mnist_checkpoint(capsys, tmp_path, single_
     (["--steps", "0"], "--steps must be 1 or more"),          # with fgsm too, where it goes unused
     (["--batch-size", "abc"], "argument --batch-size: invalid int value: 'abc' (hcgnet attack --help"),
     (["--random-start"], "--random-start is PGD's (--attack pgd); fgsm-any takes one step of eps"),
+    (["--steps", "5"], "--steps is PGD's (--attack pgd); fgsm-any takes one step of eps"),
     (["--attack", "fgsm", "--step-size", "0.1", "--random-start"], "--random-start and --step-size are PGD's"),
 ])
 def test_bad_options_are_one_line(capsys, runs, argv, words):

@@ -311,6 +311,23 @@ def test_dir_lists_the_names_loaded_on_first_use_without_loading_them(tmp_path):
     assert result.stdout.split() == ["True", "True", "True", "True", "False"], result.stderr
 
 
+@pytest.mark.parametrize("written", ["--output=~/ev", "~/conv.safetensors"])
+def test_a_tilde_in_an_option_that_the_shell_leaves_is_the_home_folder(tmp_path, monkeypatch, capsys, written):
+    """bash expands ~ in `--output ~/x` but not in `--output=~/x`: hcgnet does, instead of making a folder named ~."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    if written.startswith("--output"):
+        folder = make_image_folder(tmp_path / "ten", classes=10, per_class=1, size=(32, 32))
+        assert main(["eval", "--checkpoint", str(FIXTURE), "--model", "hcgnet_a1", "--data", f"imagefolder:{folder}",
+                     "--workers", "0", written]) == 0
+        assert (tmp_path / "home" / "ev" / "metrics.json").is_file()
+    else:
+        (tmp_path / "home").mkdir()
+        assert main(["convert", str(FIXTURE), written, "--model", "hcgnet_a1"]) == 0
+        assert (tmp_path / "home" / "conv.safetensors").is_file()
+    assert not (tmp_path / "~").exists()
+
+
 def test_argparse_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", "only-one-argument"])

@@ -327,12 +327,13 @@ def test_drop_block_rate_zero_changes_nothing():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(features_only=True, out_indices=(5,)), r"out_indices \(5,\) out of range: this network has stages 0\.\.2"),
     (dict(features_only=True, out_indices=(0, -4)), r"out_indices \(0, -4\) out of range"),
-    (dict(in_chans=0), "in_chans must be 1 or more"),
-    (dict(in_chans=-3), "in_chans must be 1 or more"),
-    (dict(num_classes=-1), "num_classes must be 0"),
-    (dict(num_classes=10.0), r"num_classes must be 0 \(no classifier\) or more, got 10.0"),
-    (dict(num_classes="10"), r"num_classes must be 0 \(no classifier\) or more, got '10'"),
-    (dict(in_chans=2.0), r"in_chans must be 1 or more \(3 for RGB images, 1 for grayscale\), got 2.0"),
+    (dict(in_chans=0), "in_chans must be a whole number, 1 or more"),
+    (dict(in_chans=-3), "in_chans must be a whole number, 1 or more"),
+    (dict(num_classes=-1), "num_classes must be a whole number, 0"),
+    (dict(num_classes=10.0), r"num_classes must be a whole number, 0 \(no classifier\) or more, got 10.0"),
+    (dict(num_classes="10"), r"num_classes must be a whole number, 0 \(no classifier\) or more, got '10'"),
+    (dict(in_chans=2.0), r"in_chans must be a whole number, 1 or more \(3 for RGB images, 1 for grayscale\), "
+                         r"got 2.0"),
     (dict(drop_block_rate=1.5), r"drop_block_rate must be in \[0, 1\)"),
     (dict(features_only=True, out_indices=4), r"out_indices=4 \(the last 4 stages\): this network has 3 stages"),
     (dict(features_only=True, out_indices="1"), r"out_indices must be stage indices"),
@@ -368,6 +369,18 @@ def test_device_and_dtype_place_the_model_as_timms_arguments_do(factory, name):
     half = create(name, dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     assert "device" not in getattr(meta, "_model_args", {}) and "dtype" not in getattr(half, "_model_args", {})
+
+
+@pytest.mark.parametrize("factory", ["hcgnet", "timm"])
+def test_weights_for_a_model_on_the_meta_device_are_one_line(factory, tmp_path):
+    create = hcgnet.create_model if factory == "hcgnet" else timm.create_model
+    hcgnet.save_safetensors(hcgnet.create_model("hcgnet_a1"), tmp_path / "a1.safetensors")
+    with pytest.raises(ModelSpecError, match="weights cannot be loaded into a model on the meta device"):
+        if factory == "hcgnet":
+            create("hcgnet_a1", checkpoint_path=str(tmp_path / "a1.safetensors"), device="meta")
+        else:
+            create("hcgnet_a1", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "a1.safetensors")),
+                   device="meta")
 
 
 def test_the_generic_entry_needs_depths_and_growth_rates():

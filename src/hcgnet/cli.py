@@ -156,18 +156,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = per_class(m["confusion"], m["class_names"])
     # Indented for a few classes; one line for many, where a 1000 x 1000 confusion matrix would be a million lines.
     text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
+    scored = (f"the first {m['count']:,} of {m['images_available']:,} images" if m["count"] < m["images_available"]
+              else f"{m['count']:,} images")
     if out is not None:
+        checkpoint = Path(args.checkpoint)   # its folder too: every run's file is best.safetensors
         with reported_write(out):
-            write_confusion(out, m["confusion"], m["class_names"], f"{Path(args.checkpoint).name} on {m['data']} "
-                            f"({m['split']}, {m['count']:,} images): top-1 {100 * m['top1']:.2f}%")
+            write_confusion(out, m["confusion"], m["class_names"], f"{checkpoint.parent.name}/{checkpoint.name} on "
+                            f"{m['data']} ({m['split']}, {scored}): top-1 {100 * m['top1']:.2f}%")
             (out / "metrics.json").write_text(text + "\n")
     if args.json:
         print(text)
     else:
         top5 = f", top-5 {100 * m['top5']:.2f}%" if show_top5(len(rows)) else ""
         int8 = f" in int8 ({m['int8']['backend']}, calibrated on {m['int8']['calibrated_on']})" if "int8" in m else ""
-        scored = (f"the first {m['count']} of {m['images_available']:,} images" if m["count"] < m["images_available"]
-                  else f"{m['count']} images")
         print(f"{args.checkpoint} on {m['data']} ({m['split']}, {scored}){int8}: top-1 "
               f"{100 * m['top1']:.2f}%{top5}, loss {m['loss']:.4f}")
         if "int8" in m:
@@ -393,14 +394,18 @@ def _eps_list(text: str) -> List[float]:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.analysis.attack import RESULTS, attack_checkpoints, check_options, heading, table, write_results
+    from hcgnet.analysis.paper import PGD_STEPS
     from hcgnet.analysis.options import amp_dtype
     from hcgnet.evaluation import device_of
     from hcgnet.files import check_output_folder, reported_write
     from hcgnet.inference import batch_progress, note_on_stderr
 
     eps = _eps_list(args.eps)
-    check_options(args.attack, eps, args.steps, args.step_size, args.limit, args.batch_size, args.workers,
+    steps = PGD_STEPS if args.steps is None else args.steps
+    check_options(args.attack, eps, steps, args.step_size, args.limit, args.batch_size, args.workers,
                   args.random_start)
+    if args.steps is not None and args.attack != "pgd":
+        raise HCGNetError(f"--steps is PGD's (--attack pgd); {args.attack} takes one step of eps")
     amp_dtype(args.amp, device_of(args.device))
     out = check_output_folder(args.output, ", ".join(RESULTS), RESULTS, args.force)
     bar = {}
@@ -409,7 +414,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         bar["bar"] = batch_progress(total, f"attack {args.attack}", None, note_on_stderr)
 
     result = attack_checkpoints(
-        args.checkpoint, args.data, args.attack, eps, args.model or (), args.data_dir, args.split, args.steps,
+        args.checkpoint, args.data, args.attack, eps, args.model or (), args.data_dir, args.split, steps,
         args.step_size, args.random_start, args.seed, args.batch_size, args.limit, args.device,
         progress=lambda n: bar["bar"].update(n), on_total=start, amp=args.amp, workers=args.workers,
         skip_bad_images=args.skip_bad_images, log=note_on_stderr)
@@ -1009,7 +1014,7 @@ def _add_study_commands(sub) -> None:
                          "signed-gradient step of eps; pgd: L-inf PGD")
     at.add_argument("--eps", default=",".join(f"{e:g}" for e in PAPER_EPS),
                     help="comma-separated eps in pixel units, images in [0, 1] (default the paper's: %(default)s)")
-    at.add_argument("--steps", type=int, default=PGD_STEPS, help="PGD steps (default %(default)s)")
+    at.add_argument("--steps", type=int, default=None, help=f"PGD steps (default {PGD_STEPS})")
     at.add_argument("--step-size", type=float, default=None, help="PGD step size (default 2.5 * eps / steps)")
     at.add_argument("--random-start", action="store_true", help="PGD from a uniform random point of the eps-ball")
     at.add_argument("--seed", type=int, default=0, help="seed of PGD's random start (default 0)")
@@ -1124,11 +1129,27 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+#: Options that name files or folders: a leading ``~`` is the home folder there too. The shell expands it in
+#: ``--output ~/x`` but not in ``--output=~/x``, which would otherwise make a folder named ``~``.
+PATH_OPTIONS = ("output", "csv", "json", "checkpoint", "initial_checkpoint", "data_dir", "broden", "images",
+                "annotations", "val_images", "val_annotations", "grid", "against_published")
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    for name in PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser(lazy=True)
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the (sub)command they were given to, so that the hint names its own --help
         _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    _expand_home(args)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit

@@ -7,6 +7,7 @@ T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2
         2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
         2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
 Z975 = 1.959963984540054
+NO_SPREAD = 1e-9  # a spread of the differences below this is rounding: the seeds all differ by the same amount
 
 
 def t975(df: int) -> float:
@@ -49,6 +50,10 @@ def paired_difference(variant: Dict[int, float], base: Dict[int, float]) -> Dict
     verdict: the seeds pair the runs (same data order, hold-out and augmentation draws)."""
     seeds = sorted(set(variant) & set(base))
     result = mean_interval([variant[s] - base[s] for s in seeds])
+    if result["std"] is not None and result["std"] < NO_SPREAD:
+        # The same difference for every seed (accuracy on a small test set moves in steps of 1/N): a
+        # t-interval of zero width, which is no evidence; no interval, undecided.
+        result["low"] = result["high"] = None
     result["verdict"] = verdict(result["low"], result["high"]) if seeds else "-"  # nothing to compare yet
     return result
 

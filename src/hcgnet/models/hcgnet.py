@@ -283,9 +283,10 @@ def validate_architecture(
             raise ModelSpecError(f"residual_widths needs one positive multiple of groups ({groups}) per block, "
                                  f"got {tuple(residual_widths)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
-        raise ModelSpecError(f"num_classes must be 0 (no classifier) or more, got {num_classes!r}")
+        raise ModelSpecError(f"num_classes must be a whole number, 0 (no classifier) or more, got {num_classes!r}")
     if isinstance(in_chans, bool) or not isinstance(in_chans, numbers.Integral) or in_chans < 1:
-        raise ModelSpecError(f"in_chans must be 1 or more (3 for RGB images, 1 for grayscale), got {in_chans!r}")
+        raise ModelSpecError(f"in_chans must be a whole number, 1 or more (3 for RGB images, 1 for grayscale), "
+                             f"got {in_chans!r}")
     if not is_number(drop_block_rate) or not 0.0 <= drop_block_rate < 1.0:
         raise ModelSpecError(f"drop_block_rate must be in [0, 1) (the published CIFAR training uses 0.1), "
                              f"got {drop_block_rate}")

@@ -157,6 +157,14 @@ def placed(build: Callable[[], nn.Module], device=None, dtype=None) -> nn.Module
     return model.to(dtype=dtype) if dtype is not None else model
 
 
+def check_loadable_on(device) -> None:
+    """Weights cannot be loaded into a model on the meta device (torch warns once per tensor and loads nothing):
+    a one-line :class:`ModelSpecError` instead."""
+    if device is not None and torch.device(device).type == "meta":
+        raise ModelSpecError("weights cannot be loaded into a model on the meta device: leave device='meta' out, or "
+                             "build it there without weights and load them after model.to_empty(device='cpu')")
+
+
 def _create_timm(name: str, pretrained: bool = False, **kwargs) -> HCGNet:
     variant = _variant_of(name, kwargs)
     if kwargs.get("out_indices") is not None:
@@ -170,6 +178,8 @@ def _create_timm(name: str, pretrained: bool = False, **kwargs) -> HCGNet:
     if pretrained and not _has_weights(name, kwargs.get("pretrained_cfg"), overlay):
         overlay["file"] = str(find_pretrained(name))  # $HCGNET_HOME; a one-line error says what to fetch
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    if pretrained:
+        check_loadable_on(device)
     return placed(lambda: build_model_with_cfg(
         HCGNet, name, pretrained, feature_cfg=_feature_cfg(len(variant.block_depths)),
         pretrained_filter_fn=checkpoint_filter_fn, pretrained_cfg_overlay=overlay,
@@ -343,6 +353,8 @@ def create_model(
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    if weights is not None:
+        check_loadable_on(device)
     unknown = sorted(set(kwargs) - set(inspect.signature(HCGNet).parameters))
     if unknown:
         raise ModelSpecError(f"HCGNet takes no argument {unknown[0]!r}; see help(hcgnet.HCGNet) for its arguments "
