@@ -328,6 +328,18 @@ def test_a_tilde_in_an_option_that_the_shell_leaves_is_the_home_folder(tmp_path,
     assert not (tmp_path / "~").exists()
 
 
+def test_a_run_refused_after_its_folder_was_made_leaves_no_parent_folders_either(tmp_path, capsys):
+    out = tmp_path / "p" / "q" / "run"
+    code = main(["train", "--model", "HCGNet-(1,1,1)-(k=4,4,4)", "--data", f"imagefolder:{tmp_path / 'nowhere'}",
+                 "--output", str(out), "--device", "cpu"])
+    assert code == 2 and "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+    (tmp_path / "kept").mkdir()   # a folder that was there stays, whatever the run made inside it
+    code = main(["train", "--model", "HCGNet-(1,1,1)-(k=4,4,4)", "--data", f"imagefolder:{tmp_path / 'nowhere'}",
+                 "--output", str(tmp_path / "kept" / "a" / "run"), "--device", "cpu"])
+    assert code == 2 and [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
 def test_argparse_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", "only-one-argument"])

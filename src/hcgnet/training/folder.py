@@ -66,11 +66,13 @@ class RunFolder:
         self.replacement = out.parent / f".{out.name}.overwrite"
         self.work = self.replacement if self.replacing else out
         self.created = False
+        self.made_parents: list = []   # the folders above it that claim() creates, nearest first
 
     def claim(self, d: distributed.Dist) -> None:
         """Create the folder the run writes into (rank 0) and clear what killed runs left behind."""
         if d.is_main:
             self.created = not self.out.exists()
+            self.made_parents = [folder for folder in self.out.parents if not folder.exists()]
             shutil.rmtree(self.replacement, ignore_errors=True)  # what a killed --overwrite run left
             try:
                 if self.replacing:
@@ -90,7 +92,7 @@ class RunFolder:
 
     def abandon(self, d: distributed.Dist, started: bool) -> None:
         """After a failure: drop an unfinished replacement (the old run stays), and a folder this run created
-        but never trained in; the list of unreadable images stays either way."""
+        but never trained in, with the parents it created; the list of unreadable images stays either way."""
         if not d.is_main:
             return
         bad = self.work / BAD_IMAGES
@@ -104,6 +106,11 @@ class RunFolder:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             if not bad.exists():
                 self.out.rmdir()
+                for folder in self.made_parents:   # --output a/b/run: a/ and a/b/ too, if nothing else is there
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
 
     def commit(self, d: distributed.Dist) -> None:
         """A finished ``--overwrite`` run replaces the old one, file by file."""
