@@ -942,3 +942,14 @@ def test_a_checkpoint_path_with_a_tilde_is_the_home_folders(tmp_path, monkeypatc
 def test_create_model_of_something_other_than_a_name_is_one_line():
     with pytest.raises(hcgnet.ModelSpecError, match=r"create_model takes a model name .* got None"):
         hcgnet.create_model(None)
+
+
+def test_a_file_with_gates_that_a_switched_model_lacks_names_a_parameter_and_the_switch(tmp_path):
+    save_safetensors(hcgnet.create_model("hcgnet_a1").state_dict(), tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.create_model("hcgnet_a1", checkpoint_path=str(tmp_path / "plain.safetensors"), forget_gate=False)
+    message = str(e.value)
+    # A1: 24 SMG modules and 2 transitions with a forget gate, 11 tensors each (10 + a step counter)
+    assert "unexpected key 'stages.0.block.layers.0.forget_gate." in message and "(286 unexpected)" in message
+    assert "num_batches_tracked" not in message
+    assert message.endswith("(the file has forget gates this model was built without: leave out forget_gate=False)")

@@ -393,12 +393,11 @@ def fit_state_dict(
         state_dict = {**state_dict, **{k: torch.zeros((), dtype=v.dtype) for k, v in expected.items()
                                         if k.endswith(".num_batches_tracked")
                                         and k[: -len("num_batches_tracked")] + "running_mean" in state_dict}}
-    fitted = {}
+    fitted, unexpected = {}, []
     for key, value in state_dict.items():
         target = expected.get(key)
         if target is None:
-            if strict:
-                raise CheckpointError(f"{source}: unexpected key {key!r}: the checkpoint is for another model")
+            unexpected.append(key)
             continue
         if value.dim() == 4 and target.dim() == 2 and value.shape[2:] == (1, 1):
             value = value.flatten(1)  # published gates store their FC layers as 1x1 convs
@@ -410,12 +409,27 @@ def fit_state_dict(
                 )
             continue
         fitted[key] = value
+    if strict and unexpected:
+        # a parameter named rather than a BatchNorm's step counter: it says which layer the model lacks
+        shown = next((k for k in unexpected if not k.endswith(".num_batches_tracked")), unexpected[0])
+        more = f" ({len(unexpected)} unexpected)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"{source}: unexpected key {shown!r}{more}: the checkpoint is for another model"
+                              + _switch_hint(unexpected))
     missing = [k for k in expected if k not in fitted]
     if strict and missing:
         raise CheckpointError(
             f"{source}: missing key {missing[0]!r} ({len(missing)} missing): the checkpoint is for another model"
         )
     return fitted
+
+
+def _switch_hint(keys) -> str:
+    """Keys of gates the model lacks: most often a model built with a gate switched off for a file without."""
+    gates = [gate for gate in ("forget_gate", "update_gate") if any(f".{gate}." in k for k in keys)]
+    if not gates:
+        return ""
+    names = " and ".join(g.replace("_", " ") + "s" for g in gates)
+    return f" (the file has {names} this model was built without: leave out {', '.join(f'{g}=False' for g in gates)})"
 
 
 def save_safetensors(
