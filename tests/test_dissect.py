@@ -305,6 +305,9 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
     summary = json.loads((out / "summary.json").read_text())
     assert [r["layer"] for r in summary["layers"]] == layers and summary["config"]["images"] == 6
     assert summary["config"]["amp"] == "bf16" and summary["config"]["in_chans"] == 3
+    listed = len((broden / "index.csv").read_text().splitlines()) - 1   # the header
+    assert summary["config"]["limit"] == 6 and summary["config"]["images_listed"] == listed
+    assert f"on the first 6 of {listed:,} Broden images" in stdout
     assert [c["sha256"] for c in summary["provenance"]["checkpoints"]] == [
         hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()]
     assert set(summary["threshold_error_max"]) == set(layers)

@@ -478,7 +478,9 @@ def cmd_dissect(args: argparse.Namespace) -> int:
                       progress=lambda batches, desc: progress_over(batches, desc))
     rows = summary_rows(results)
     cats = [k for k in rows[0] if k.startswith("unique_") and k != "unique_detectors"]
-    print(f"{args.checkpoint}: network dissection (NetDissect-Lite's tally) on {len(dataset)} Broden images at "
+    images = (f"the first {len(dataset):,} of {dataset.listed:,} Broden images" if args.limit is not None
+              and len(dataset) < dataset.listed else f"{len(dataset):,} Broden images")
+    print(f"{args.checkpoint}: network dissection (NetDissect-Lite's tally) on {images} at "
           f"{size[0]}x{size[1]} (top {100 * args.quantile:g}% threshold, IoU >= {args.iou_threshold:g})")
     width = max(len("layer"), *(len(r["layer"]) for r in rows))
     print(f"  unique detectors (distinct concepts) per category; detectors: units with IoU >= {args.iou_threshold:g}")
@@ -490,6 +492,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     with reported_write(out):
         files = write_results(results, out, dict(
             checkpoint=str(args.checkpoint), broden=str(args.broden), images=len(dataset), limit=args.limit,
+            images_listed=dataset.listed,
             size=list(size), in_chans=len(config.mean), quantile=args.quantile, iou_threshold=args.iou_threshold,
             amp=args.amp, layers=[r.layer for r in results]), provenance([args.checkpoint], device))
         plot_unique_detectors(results, out / "unique_detectors.png", title=f"{Path(args.checkpoint).name}: unique detectors")

@@ -154,9 +154,12 @@ class Broden(Dataset):
             self.label_category = self._primary_categories(wanted)
             self.records: List[BrodenRecord] = []
             self.dropped = 0
+            self.listed = 0   # rows of index.csv, all of them (with a limit too: "the first N of ...")
             for i, row in enumerate(reader, start=2):
                 if limit is not None and len(self.records) >= limit:
+                    self.listed += 1 + sum(1 for _ in reader)
                     break
+                self.listed += 1
                 try:
                     rec = BrodenRecord(row["image"], (int(row["ih"]), int(row["iw"])), (int(row["sh"]), int(row["sw"])))
                     for cat in wanted:
