@@ -168,9 +168,10 @@ def _image_counts(rows: List[Dict[str, Any]]) -> List[str]:
 def images_text(table: List[Dict[str, Any]]) -> str:
     """On how many test images the scores rest: once if every variant's runs agree, else per variant."""
     def counts(key: str) -> str:
-        found = {e["variant"]: e[key] for e in table if e.get(key) is not None}
-        if len({str(c) for c in found.values()}) == 1:
-            return str(next(iter(found.values())))
+        found = {e["variant"]: (f"{e[key]:,}" if isinstance(e[key], int) else str(e[key]))
+                 for e in table if e.get(key) is not None}
+        if len(set(found.values())) == 1:
+            return next(iter(found.values()))
         return ", ".join(f"{variant} {c}" for variant, c in found.items())
 
     test = counts("test_images") if any(e.get("test_images") is not None for e in table) else ""
@@ -250,7 +251,8 @@ def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget:
     lines = [f"# {title}", "", budget, "",
              "Accuracy in percent: mean ± std over seeds and the 95% t-interval of the mean; Δ: the paired difference "
              "to the base over the seeds both finished (same data order, hold-out and augmentation per seed), its "
-             "95% t-interval and verdict (undecided: the interval contains 0; -: no seed finished for both). "
+             "95% t-interval and verdict (undecided: the interval contains 0, or there is none: one seed, or "
+             "the same difference at every seed; -: no seed finished for both). "
              "Intervals are shown clipped to what they can take (accuracy [0, 100], Δ [-100, 100]; summary.csv "
              "keeps them unclipped): with 2 seeds t = 12.71, so an interval says little before 3 or more.", ""]
     for score in scores:
