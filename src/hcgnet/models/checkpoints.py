@@ -424,7 +424,8 @@ def fit_state_dict(
 
 
 def _switch_hint(keys) -> str:
-    """Keys of gates the model lacks: most often a model built with a gate switched off for a file without."""
+    """What to say when the file has gates the model lacks: most often the model was built with a gate switched
+    off and given the weights of the network with it."""
     gates = [gate for gate in ("forget_gate", "update_gate") if any(f".{gate}." in k for k in keys)]
     if not gates:
         return ""
