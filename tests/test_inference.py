@@ -316,7 +316,8 @@ def test_eval_on_the_device_asked_for(capsys, run):
     on_cpu, default = cli_json(capsys, *args, "--device", "cpu"), cli_json(capsys, *args)
     if torch.cuda.is_available():  # the default is the GPU there: another device's rounding
         assert on_cpu["count"] == default["count"] and on_cpu["loss"] == pytest.approx(default["loss"], rel=1e-3)
-    else:
+    else:   # the same but for when (the provenance's date) and how the command was called
+        assert on_cpu.pop("provenance")["device"] == default.pop("provenance")["device"] == "cpu"
         assert on_cpu == default
     line = one_line_error(*cli(capsys, *args, "--device", "gpu0"))
     assert "--device 'gpu0' is not a device; use cpu or cuda" in line
