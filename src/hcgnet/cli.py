@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from hcgnet import __version__
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import HCGNetError, first_of
 
 
 def cmd_info_detection(args: argparse.Namespace) -> int:
@@ -156,8 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = per_class(m["confusion"], m["class_names"])
     # Indented for a few classes; one line for many, where a 1000 x 1000 confusion matrix would be a million lines.
     text = json.dumps({**m, "per_class": rows}, indent=2 if len(rows) <= PER_CLASS_LINES else None)
-    scored = (f"the first {m['count']:,} of {m['images_available']:,} images" if m["count"] < m["images_available"]
-              else f"{m['count']:,} images")
+    scored = first_of(m["count"], m["images_available"], "image")
     if out is not None:
         checkpoint = Path(args.checkpoint)   # its folder too: every run's file is best.safetensors
         with reported_write(out):
@@ -478,8 +477,8 @@ def cmd_dissect(args: argparse.Namespace) -> int:
                       progress=lambda batches, desc: progress_over(batches, desc))
     rows = summary_rows(results)
     cats = [k for k in rows[0] if k.startswith("unique_") and k != "unique_detectors"]
-    images = (f"the first {len(dataset):,} of {dataset.listed:,} Broden images" if args.limit is not None
-              and len(dataset) < dataset.listed else f"{len(dataset):,} Broden images")
+    # without --limit, rows left out for want of labels make the set smaller: not "the first N"
+    images = first_of(len(dataset), dataset.listed if args.limit is not None else len(dataset), "Broden image")
     print(f"{args.checkpoint}: network dissection (NetDissect-Lite's tally) on {images} at "
           f"{size[0]}x{size[1]} (top {100 * args.quantile:g}% threshold, IoU >= {args.iou_threshold:g})")
     width = max(len("layer"), *(len(r["layer"]) for r in rows))

@@ -22,9 +22,14 @@ def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_whole(value: object, least: int = 1) -> bool:
+    """A whole number of ``least`` or more; a bool is not (JSON's ``true`` is no count of 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
 def check_whole(name: str, value: object, note: str = "") -> None:
     """A one-line :class:`ModelSpecError` unless ``value`` is a whole number of 1 or more (a bool is not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_whole(value):
         raise ModelSpecError(f"{name} must be a whole number of 1 or more{note}, got {value!r}")
 
 
@@ -37,6 +42,11 @@ def script_errors(prog: str) -> Iterator[None]:
     except HCGNetError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def first_of(shown: int, available: int, noun: str) -> str:
+    """``"the first 50 of 10,000 images"`` where a limit cut what was scored, else ``"10,000 images"``."""
+    return f"the first {shown:,} of {plural(available, noun)}" if shown < available else plural(shown, noun)
 
 
 def plural(n: float, noun: str) -> str:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file
 from hcgnet.analysis.paper import ATTACKS, PGD_STEPS
 from hcgnet.data import DataConfig, DataError, build_eval_dataset
-from hcgnet.errors import CheckpointError, HCGNetError, plural
+from hcgnet.errors import CheckpointError, HCGNetError, first_of
 from hcgnet.evaluation import autocast, device_of
 from hcgnet.files import write_json
 from hcgnet.provenance import provenance
@@ -463,8 +463,8 @@ def heading_counts(result: Dict[str, Any]) -> str:
     for model in result["models"]:
         images = next((r["images"] for r in result["rows"] if r["model"] == model), 0)
         available = result.get("images_available", {}).get(model, images)
-        count = f"the first {images} of {plural(available, 'image')}" if images < available else plural(images, "image")
-        per_model[model] = f"{result.get('splits', {}).get(model, result['split'])}, {count}"
+        split = result.get("splits", {}).get(model, result["split"])
+        per_model[model] = f"{split}, {first_of(images, available, 'image')}"
     shared = set(per_model.values())
     return shared.pop() if len(shared) == 1 else "; ".join(f"{m}: {w}" for m, w in per_model.items())
 

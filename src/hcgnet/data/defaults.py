@@ -16,7 +16,6 @@ Two recipes of augmentation (:func:`~hcgnet.data.transforms.build_train_transfor
 """
 from __future__ import annotations
 
-import numbers
 import statistics
 from typing import Mapping, Sequence
 
@@ -24,6 +23,7 @@ from PIL import Image
 
 from hcgnet.data.config import DataConfig
 from hcgnet.data.errors import DataError
+from hcgnet.errors import is_whole
 from hcgnet.data.transforms import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, crop_padding
 
 __all__ = ["IMAGENET_CFG", "SMALL_IMAGE_SIDE", "SIZE_RATIO", "resolve_data_config", "typical_image_side",
@@ -40,7 +40,7 @@ _SAMPLE = 64  # images whose size is read (headers only) to judge a folder's typ
 
 
 def _check_size(image_size) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 8:
+    if not is_whole(image_size, least=8):
         raise DataError(f"image_size must be a whole number of pixels >= 8, got {image_size!r}")
     return int(image_size)
 

@@ -17,7 +17,6 @@ The paper's design claims are switches of this one network (``connectivity``, ``
 ``gate_act``, ``wide_branch``, and the squeeze cell's ``alpha`` and ``groups``): see :class:`HCGNet`.
 """
 import functools
-import numbers
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -26,7 +25,7 @@ from timm.layers import DropBlock2d, SelectAdaptivePool2d
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from hcgnet.errors import ModelSpecError, check_whole, is_number
+from hcgnet.errors import ModelSpecError, check_whole, is_number, is_whole
 from hcgnet.complexity import count_params
 from hcgnet.layers import SMGModule
 from hcgnet.layers.compiling import compiling_not_exporting
@@ -282,9 +281,9 @@ def validate_architecture(
         if len(residual_widths) != len(block_depths) or any(int(w) < 1 or int(w) % groups for w in residual_widths):
             raise ModelSpecError(f"residual_widths needs one positive multiple of groups ({groups}) per block, "
                                  f"got {tuple(residual_widths)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
+    if not is_whole(num_classes, least=0):
         raise ModelSpecError(f"num_classes must be a whole number, 0 (no classifier) or more, got {num_classes!r}")
-    if isinstance(in_chans, bool) or not isinstance(in_chans, numbers.Integral) or in_chans < 1:
+    if not is_whole(in_chans):
         raise ModelSpecError(f"in_chans must be a whole number, 1 or more (3 for RGB images, 1 for grayscale), "
                              f"got {in_chans!r}")
     if not is_number(drop_block_rate) or not 0.0 <= drop_block_rate < 1.0:
