@@ -406,6 +406,9 @@ def test_smg_output_is_forget_plus_update():
     (lambda: UpdateGate(2.5), "UpdateGate's channels must be a whole number of 1 or more, got 2.5"),
     (lambda: AttentionPool(-1), "AttentionPool's channels must be a whole number of 1 or more, got -1"),
     (lambda: SMGModule(0, 8), "SMGModule's in_channels must be a whole number of 1 or more, got 0"),
+    (lambda: PreActConv(8, 0), "PreActConv's out_channels must be a whole number of 1 or more, got 0"),
+    (lambda: SqueezeCell(-2, 8, 8), "SqueezeCell's in_channels must be a whole number of 1 or more, got -2"),
+    (lambda: MultiScaleExcitationCell(1.5), "MultiScaleExcitationCell's channels must be a whole number of 1 or more"),
 ])
 def test_blocks_refuse_settings_they_cannot_be_built_with_in_one_line(build, message):
     with pytest.raises(ModelSpecError) as info:
@@ -421,6 +424,10 @@ def test_blocks_refuse_settings_they_cannot_be_built_with_in_one_line(build, mes
     (lambda: UpdateGate(8)(torch.randn(2, 8, 4, 4), torch.randn(2, 4, 4, 4)), "UpdateGate over 8 channels takes"),
     (lambda: SMGModule(16, 16)(torch.randn(2, 8, 8, 8)), "SMGModule over 16 channels takes (N, 16, H, W) maps"),
     (lambda: AttentionPool(3)(torch.randn(2, 3, 5)), "AttentionPool over 3 channels takes (N, 3, H, W) maps"),
+    (lambda: PreActConv(8, 4, 3)(torch.randn(2, 16, 5, 5)), "PreActConv over 8 channels takes (N, 8, H, W) maps, got "
+                                                             "a tensor of shape (2, 16, 5, 5)"),
+    (lambda: SqueezeCell(16, 8, 8)(torch.randn(2, 8, 5, 5)), "SqueezeCell over 16 channels takes (N, 16, H, W) maps"),
+    (lambda: MultiScaleExcitationCell(8)(torch.randn(2, 4, 5, 5)), "MultiScaleExcitationCell over 8 channels takes"),
 ])
 def test_blocks_given_maps_of_another_shape_say_what_they_take_in_one_line(call, message):
     with pytest.raises(ModelSpecError) as info:

@@ -3,7 +3,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hcgnet.errors import check_whole
 from hcgnet.layers.batch_norm import BatchNorm2d
+from hcgnet.layers.checks import check_maps
 from hcgnet.layers.compiling import compiling_not_exporting
 
 
@@ -178,6 +180,9 @@ class PreActConv(nn.Module):
         dilation: int = 1,
     ) -> None:
         super().__init__()
+        check_whole("PreActConv's in_channels", in_channels)
+        check_whole("PreActConv's out_channels", out_channels)
+        self.in_channels = in_channels
         self.norm = BatchNorm2d(in_channels)
         self.act = nn.ReLU(inplace=True)
         if dilation > 1 and stride == 1 and groups == in_channels == out_channels:
@@ -197,4 +202,6 @@ class PreActConv(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            check_maps(x, self.in_channels, "PreActConv")
         return self.conv(self.act(self.norm(x)))

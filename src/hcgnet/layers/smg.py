@@ -62,10 +62,14 @@ class SqueezeCell(nn.Module):
         self, in_channels: int, out_channels: int, squeeze_channels: int, groups: int = 4, stride: int = 1
     ) -> None:
         super().__init__()
+        check_whole("SqueezeCell's in_channels", in_channels)
+        self.in_channels = in_channels
         self.conv1x1 = PreActConv(in_channels, squeeze_channels, 1)
         self.conv3x3 = PreActConv(squeeze_channels, out_channels, 3, stride=stride, groups=groups)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            check_maps(x, self.in_channels, "SqueezeCell")
         return self.conv3x3(self.conv1x1(x))
 
 
@@ -81,6 +85,8 @@ class MultiScaleExcitationCell(nn.Module):
     def __init__(self, channels: int, wide_branch: str = "dilated") -> None:
         super().__init__()
         check_choice("wide_branch", wide_branch, WIDE_BRANCHES)
+        check_whole("MultiScaleExcitationCell's channels", channels)
+        self.channels = channels
         self.conv3x3 = PreActConv(channels, channels, 3, groups=channels)
         # The branch not built is None (TorchScript then compiles only the other, as for torchvision's downsample).
         dilated = wide_branch == "dilated"
@@ -95,6 +101,8 @@ class MultiScaleExcitationCell(nn.Module):
         return self.conv3x3_dilated if self.conv5x5 is None else self.conv5x5
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        if not torch.jit.is_scripting():
+            check_maps(x, self.channels, "MultiScaleExcitationCell")
         if self.conv5x5 is None:
             return self.conv3x3(x), self.conv3x3_dilated(x)
         return self.conv3x3(x), self.conv5x5(x)
