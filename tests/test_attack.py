@@ -599,13 +599,16 @@ def test_a_checkpoint_for_another_class_count_is_one_line(capsys, runs, tmp_path
     assert "10 classes" in line and "3" in line
 
 
-def test_a_three_channel_checkpoint_on_one_channel_data_is_refused_as_eval_refuses_it(capsys, tmp_path):
-    """Fashion-MNIST's grayscale images would be converted to RGB for a CIFAR model without a word, and scored."""
+@pytest.mark.parametrize("command,verb", [("attack", "attack"), ("eval", "evaluate")])
+def test_a_three_channel_checkpoint_on_one_channel_data_is_refused_as_eval_refuses_it(capsys, tmp_path, command, verb):
+    """Fashion-MNIST's grayscale images would be converted to RGB for a CIFAR model without a word, and scored;
+    eval and attack refuse them in the same words."""
     published = Path(__file__).resolve().parent / "fixtures" / "cifar_A1.official.pth.tar"
     fm = fake_fashion_mnist(tmp_path / "fm", train=20, test=10)
-    line = one_line_error(*cli(capsys, "attack", "--checkpoint", published, "--model", "hcgnet_a1", "--data",
+    line = one_line_error(*cli(capsys, command, "--checkpoint", published, "--model", "hcgnet_a1", "--data",
                                "fashion-mnist", "--data-dir", fm, "--limit", "5", "--output", tmp_path / "out"))
-    assert f"{published}: fashion-mnist gives 1-channel images but the model takes 3-channel ones" in line
+    assert line == (f"hcgnet: error: {published} takes 3-channel images but fashion-mnist gives 1-channel ones; "
+                    f"{verb} it on the dataset it was trained for")
     assert not (tmp_path / "out").exists()
 
 

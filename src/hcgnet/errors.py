@@ -44,6 +44,13 @@ def script_errors(prog: str) -> Iterator[None]:
         sys.exit(2)
 
 
+def channels_mismatch(model: str, takes: int, data: str, gives: int, verb: str = "use") -> str:
+    """The one-line refusal of ``data``'s ``gives``-channel images for ``model``, which takes ``takes``: eval's,
+    attack's and the data loader's words alike. ``verb``: what the command does with the model."""
+    return (f"{model} takes {takes}-channel images but {data} gives {gives}-channel ones; {verb} it on the dataset "
+            "it was trained for")
+
+
 def first_of(shown: int, available: int, noun: str) -> str:
     """``"the first 50 of 10,000 images"`` where a limit cut what was scored, else ``"10,000 images"``."""
     return f"the first {shown:,} of {plural(available, noun)}" if shown < available else plural(shown, noun)

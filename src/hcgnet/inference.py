@@ -26,7 +26,7 @@ from hcgnet.data import (
 from hcgnet.data.image_folder import class_folders, layout
 from hcgnet.data.images import IMAGE_EXTENSIONS
 from hcgnet.compiled import compile_frozen
-from hcgnet.errors import CheckpointError, HCGNetError
+from hcgnet.errors import CheckpointError, HCGNetError, channels_mismatch
 from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.checkpoints import is_onnx_export, is_safetensors_file, read_metadata, torch_load_weights_only
@@ -404,8 +404,7 @@ def checkpoint_split(data, data_dir, split, meta, io: ModelIO, path, skip_bad_im
             "(in this order); evaluate it on the dataset it was trained for"
         )
     if bundle.config.input_size[0] != io.in_chans:
-        raise CheckpointError(f"{path} takes {io.in_chans}-channel images but {data} gives "
-                              f"{bundle.config.input_size[0]}")
+        raise CheckpointError(channels_mismatch(str(path), io.in_chans, data, bundle.config.input_size[0], "evaluate"))
     return {"test": bundle.test, "val": bundle.val, "train": bundle.train}[split], list(bundle.config.class_names)
 
 

@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file
 from hcgnet.analysis.paper import ATTACKS, PGD_STEPS
-from hcgnet.data import DataConfig, DataError, build_eval_dataset
-from hcgnet.errors import CheckpointError, HCGNetError, first_of
+from hcgnet.data import ChannelsMismatch, DataConfig, DataError, build_eval_dataset
+from hcgnet.errors import CheckpointError, HCGNetError, channels_mismatch, first_of
 from hcgnet.evaluation import autocast, device_of
 from hcgnet.files import write_json
 from hcgnet.provenance import provenance
@@ -286,8 +286,7 @@ def robustness(
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
             if x.shape[1] != len(config.mean):
-                raise CheckpointError(f"{name} takes {len(config.mean)}-channel images but the data gives "
-                                      f"{x.shape[1]}")
+                raise CheckpointError(channels_mismatch(name, len(config.mean), "the data", x.shape[1], "attack"))
             right = _predict(net, x) == y
             state = generator.get_state()
             for i, eps in enumerate(eps_values):
@@ -345,15 +344,17 @@ def checkpoint_dataset(path: str, model: nn.Module, meta: Dict[str, str], data: 
     try:
         dataset = build_eval_dataset(data, pixel_config(config), run_data_dir(data, data_dir, meta), split,
                                      skip_bad_images=skip_bad_images, log=skipped_log, **split_settings(meta))
+    except ChannelsMismatch as e:
+        raise CheckpointError(channels_mismatch(str(path), e.takes, data, e.gives, "attack")) from None
     except DataError as e:
-        if ("class" in str(e) or "channel" in str(e)) and "model" in str(e):
+        if "class" in str(e) and "model" in str(e):
             raise CheckpointError(f"{path}: {e}") from None
         raise
     if len(dataset) == 0:
         raise empty_split(data, split, "attack")
     channels = dataset[0][0].shape[0]
     if channels != config.input_size[0]:
-        raise CheckpointError(f"{path} takes {config.input_size[0]}-channel images but {data} gives {channels}")
+        raise CheckpointError(channels_mismatch(str(path), config.input_size[0], data, channels, "attack"))
     return dataset, config, split
 
 

@@ -18,13 +18,13 @@ from hcgnet.data.config import DataBundle, DataConfig
 from hcgnet.data.defaults import image_size_note, resolve_data_config
 from hcgnet.data.datasets import (DATASETS, EVAL_SPLITS, absolute_spec, build_data, build_eval_dataset,
                                   default_data_dir, download_dataset, skipped_note, spec_folder)
-from hcgnet.data.errors import DataError, error_message
+from hcgnet.data.errors import ChannelsMismatch, DataError, error_message
 from hcgnet.data.images import load_image
 from hcgnet.data.splits import auto_held_out, split_indices
 from hcgnet.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = [
-    "DATASETS", "EVAL_SPLITS", "DataBundle", "DataConfig", "DataError", "absolute_spec", "auto_held_out",
+    "DATASETS", "EVAL_SPLITS", "ChannelsMismatch", "DataBundle", "DataConfig", "DataError", "absolute_spec", "auto_held_out",
     "build_data", "build_eval_dataset", "build_eval_transform", "build_train_transform", "default_data_dir",
     "download_dataset", "error_message", "image_size_note", "load_image", "resolve_data_config", "skipped_note",
     "spec_folder", "split_indices",

@@ -32,7 +32,7 @@ from torchvision.datasets.vision import StandardTransform
 from hcgnet.data.cifar import CIFAR, CIFAR10Files, CIFAR100Files, load_cifar
 from hcgnet.data.config import DataBundle, DataConfig
 from hcgnet.data.defaults import SMALL_IMAGE_SIDE, augmentation_note, size_note, typical_image_side
-from hcgnet.data.errors import DataError, error_message
+from hcgnet.data.errors import ChannelsMismatch, DataError, error_message
 from hcgnet.data.fashion_mnist import FASHION_MNIST_FILES, FASHION_MNIST_SYSTEM_DIR, load_fashion_mnist
 from hcgnet.data.image_folder import (
     check_images, class_folder_name, class_folders, folder_config, layout, open_class_folder, refuse_one_class,
@@ -300,8 +300,7 @@ def build_eval_dataset(spec: str, config: DataConfig, data_dir: str | None = Non
             raise DataError(f"{name} has {plural(len(own.class_names), 'class')} but the model "
                             f"classifies {len(config.class_names)}")
         if own.input_size[0] != config.input_size[0]:  # the transform would convert them without a word
-            raise DataError(f"{name} gives {own.input_size[0]}-channel images but the model takes "
-                            f"{config.input_size[0]}-channel ones")
+            raise ChannelsMismatch(name, config.input_size[0], own.input_size[0])
         if split != "val":
             return _with_transform(test, eval_tf)
         _, val_idx, _ = _split(len(train), True, val_size, None, seed)

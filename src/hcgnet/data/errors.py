@@ -3,13 +3,22 @@ from __future__ import annotations
 
 import re
 
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import HCGNetError, channels_mismatch
 
-__all__ = ["DataError", "download_command", "error_message", "missing_dataset", "one_line", "reason"]
+__all__ = ["ChannelsMismatch", "DataError", "download_command", "error_message", "missing_dataset", "one_line", "reason"]
 
 
 class DataError(HCGNetError):
     """A dataset that cannot be used as asked: unknown name, missing files, unreadable image, bad split."""
+
+
+class ChannelsMismatch(DataError):
+    """A built-in dataset whose images have ``gives`` channels, for a model that takes ``takes``: a caller that
+    knows the model's name words it again (:func:`hcgnet.errors.channels_mismatch`)."""
+
+    def __init__(self, data: str, takes: int, gives: int) -> None:
+        super().__init__(channels_mismatch("the model", takes, data, gives))
+        self.data, self.takes, self.gives = data, takes, gives
 
 
 def missing_dataset(title: str, where: str, how_to_add: str, failed_download: str | None = None,
