@@ -78,8 +78,8 @@ def test_fx_features_only_of_a_spec_and_a_bad_feature_cls(single_thread):
     with torch.no_grad():
         out, expected = features(x), model.forward_intermediates(x, intermediates_only=True)
     assert len(out) == len(expected) == 4 and all(torch.equal(a, b) for a, b in zip(out, expected))
-    with pytest.raises(ModelSpecError, match="unknown feature_cls 'hooks'; use one of list, fx"):
-        hcgnet.create_model(TINY, features_only=True, feature_cls="hooks")
+    with pytest.raises(ModelSpecError, match="unknown feature_cls 'graph'; use one of list, dict, hook, fx, getter"):
+        hcgnet.create_model(TINY, features_only=True, feature_cls="graph")
 
 
 class _Intermediates(nn.Module):

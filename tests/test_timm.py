@@ -358,6 +358,31 @@ def test_out_indices_as_a_count_is_the_last_stages_as_in_timm(factory):
     assert count_params(create("hcgnet_a1", block_depths=[8, 8, 8], growth_rates=(12, 24, 36))) == 1_065_301
 
 
+@pytest.mark.parametrize("feature_cls,wrapper", [
+    ("list", "FeatureListNet"), ("dict", "FeatureDictNet"), ("hook", "FeatureHookNet"), ("fx", "FeatureGraphNet"),
+    ("getter", "FeatureGetterNet"), ("Hooks", "FeatureHookNet"),
+])
+def test_every_feature_cls_timm_takes_gives_timms_wrapper_and_features(feature_cls, wrapper):
+    """hcgnet.create_model takes timm's feature_cls names and wraps as timm.create_model does: the same class,
+    the same maps, the model's in_chans, and a pretrained_cfg for a backbone (no classifier) that timm's
+    resolve_data_config reads."""
+    torch.manual_seed(0)
+    ours = hcgnet.create_model("hcgnet_a1", features_only=True, feature_cls=feature_cls, out_indices=(1, 2)).eval()
+    theirs = timm.create_model("hcgnet_a1", features_only=True, feature_cls=feature_cls, out_indices=(1, 2)).eval()
+    assert type(ours).__name__ == type(theirs).__name__ == wrapper
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    a, b = (list(o.values()) if isinstance(o, dict) else o for o in (a, b))
+    assert [tuple(t.shape) for t in a] == [(2, 252, 16, 16), (2, 414, 8, 8)]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert ours.in_chans == theirs.in_chans == 3
+    assert not {"num_classes", "classifier", "global_pool"} & set(ours.pretrained_cfg)
+    assert {k: v for k, v in ours.pretrained_cfg.items()} == {k: theirs.pretrained_cfg[k] for k in ours.pretrained_cfg}
+    assert timm.data.resolve_data_config({}, model=ours)["input_size"] == (3, 32, 32)
+
+
 @pytest.mark.parametrize("factory", ["hcgnet", "timm"])
 @pytest.mark.parametrize("name", ["hcgnet_a1", "densenet_bc_100_k12"])
 def test_device_and_dtype_place_the_model_as_timms_arguments_do(factory, name):

@@ -14,10 +14,10 @@ from typing import Callable, List, Optional, Sequence, Union
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import (
-    PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg,
+    FeatureDictNet, FeatureGraphNet, FeatureHookNet, FeatureListNet, PretrainedCfg, build_model_with_cfg,
+    generate_default_cfgs, register_model, resolve_pretrained_cfg,
 )
-from timm.models._features import FeatureListNet
-from timm.models._features_fx import FeatureGraphNet
+from timm.models._features import FeatureGetterNet  # not re-exported by timm.models
 import torch
 from torch import nn
 
@@ -29,7 +29,9 @@ from hcgnet.models.hcgnet import HCGNet
 from hcgnet.models.variants import PUBLISHED_TAG, VARIANTS, Variant, format_spec, resolve
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-FEATURE_CLASSES = ("list", "fx")  # features_only: timm's FeatureListNet (module by module) or FeatureGraphNet (FX)
+# features_only: timm's wrappers by the names timm.create_model's feature_cls takes
+FEATURE_CLASSES = {"list": FeatureListNet, "dict": FeatureDictNet, "hook": FeatureHookNet, "fx": FeatureGraphNet,
+                   "getter": FeatureGetterNet}
 GENERIC = "hcgnet"  # timm's name for a network of any depth and width: block_depths/growth_rates as arguments
 PUBLISHED_REPO = "https://github.com/winycg/HCGNet"
 # The published weights come under the published repository's research-only licence: not one of the licences
@@ -305,8 +307,9 @@ def create_model(
         strict: with weights, every key must fit (``False``: load the keys that fit, e.g. for fine-tuning
             with another ``num_classes``).
         features_only: return a timm ``FeatureListNet`` giving the stage outputs (``out_indices``).
-        feature_cls: with ``features_only``, ``"fx"`` returns timm's ``FeatureGraphNet`` instead (the same
-            outputs from an FX graph of the network, as ``timm.create_model(..., feature_cls="fx")``).
+        feature_cls: with ``features_only``, timm's other wrappers by the names ``timm.create_model`` takes:
+            ``"dict"`` (``FeatureDictNet``), ``"hook"`` (``FeatureHookNet``: forward hooks), ``"fx"``
+            (``FeatureGraphNet``: an FX graph), ``"getter"`` (``FeatureGetterNet``: ``forward_intermediates``).
         stem: ``"cifar"`` or ``"imagenet"`` to override the stem a spec or variant implies; the
             ``pretrained_cfg`` (input size, mean/std, crop, pool size) follows it.
         drop_block_rate: DropBlock (block size 2) after each transition, as the published CIFAR
@@ -319,8 +322,9 @@ def create_model(
     if not isinstance(name_or_spec, str):
         raise ModelSpecError(f"create_model takes a model name ('hcgnet_a1', 'resnet18') or a network in the paper's "
                              f"notation ('HCGNet-(8,8,8)-(k=12,24,36)'), got {name_or_spec!r}")
-    if feature_cls not in FEATURE_CLASSES:
+    if not isinstance(feature_cls, str) or feature_name(feature_cls) not in FEATURE_CLASSES:
         raise ModelSpecError(f"unknown feature_cls {feature_cls!r}; use one of {', '.join(FEATURE_CLASSES)}")
+    feature_cls = feature_name(feature_cls)
     if is_timm_baseline(name_or_spec):
         if features_only and feature_cls != "list":
             kwargs["feature_cls"] = feature_cls
@@ -371,9 +375,28 @@ def create_model(
         load_state_dict_into(model, state_dict, weights, strict=strict, keep=("classifier.",) if fresh_head else ())
     if features_only:
         indices = out_indices if out_indices is not None else _feature_cfg(len(model.stages))["out_indices"]
-        model = (FeatureGraphNet(model, out_indices=indices) if feature_cls == "fx"
-                 else FeatureListNet(model, out_indices=indices, flatten_sequential=True))
+        model = feature_net(model, feature_cls, indices)
     return model
+
+
+def feature_name(feature_cls: str) -> str:
+    """timm's reading of a ``feature_cls`` name: any case, and any name with "hook" in it is ``"hook"``."""
+    low = feature_cls.lower()
+    return "hook" if "hook" in low else low
+
+
+def feature_net(model: HCGNet, feature_cls: str, out_indices: Sequence[int]) -> nn.Module:
+    """``model`` in timm's feature wrapper ``feature_cls`` (a :data:`FEATURE_CLASSES` name), as
+    ``timm.create_model(..., features_only=True)`` wraps it: module wrappers over the flattened stages, the
+    model's ``in_chans`` and its ``pretrained_cfg`` for features (what ``resolve_data_config`` reads)."""
+    wrapper = FEATURE_CLASSES[feature_cls]
+    extra = dict(flatten_sequential=True) if issubclass(wrapper, (FeatureDictNet, FeatureHookNet)) else {}
+    net = wrapper(model, out_indices=out_indices, **extra)
+    net.in_chans = model.in_chans
+    # timm's pretrained config for a backbone: what describes the classifier goes
+    cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
+    net.pretrained_cfg = net.default_cfg = cfg
+    return net
 
 
 def parse_model_kwargs(text: Optional[str], where: str = "--model-kwargs") -> dict:
