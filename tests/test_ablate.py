@@ -428,6 +428,19 @@ def test_the_cli_on_a_finished_grid_only_rebuilds_the_summary(finished_grid, cap
     assert (g["out"] / "runs.csv").read_text() == before
 
 
+def test_fewer_seeds_on_a_finished_grid_keep_the_summary_of_every_seed_finished(finished_grid, capsys, monkeypatch):
+    """--seeds 1 on a grid finished with 2 seeds trains nothing and summarises both seeds, as before, not one."""
+    g = finished_grid
+    monkeypatch.setattr("hcgnet.training.fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    before = (g["out"] / "runs.csv").read_text()
+    assert cli.main(["ablate", "--grid", str(g["path"]), "--output", str(g["out"]), "--seeds", "1",
+                     "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 variants x 1 seed = 2 runs" in out and "the summary also covers seed 1, finished by an earlier" in out
+    assert (g["out"] / "runs.csv").read_text() == before
+    assert [row["n"] for row in read_csv(g["out"] / "summary.csv")] == ["2", "2"]
+
+
 # ------------------------------------------------------------------------------------------------ executors
 
 

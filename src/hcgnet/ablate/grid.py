@@ -141,9 +141,10 @@ def run_folder(output: str, variant: str, seed: int) -> Path:
 
 
 def plan(grid: Grid, output: str, seeds: int, epochs: Optional[int] = None, steps: Optional[int] = None,
-         options: Optional[Mapping[str, Any]] = None) -> List[PlannedRun]:
-    """Every (variant, seed) as a checked TrainConfig, variant by variant. ``epochs`` or ``steps`` (one epoch
-    cut at that many optimiser steps) is the budget of every run; ``options`` (e.g. ``data``) go over the base."""
+         options: Optional[Mapping[str, Any]] = None, first_seed: int = 0) -> List[PlannedRun]:
+    """Every (variant, seed) as a checked TrainConfig, variant by variant, seeds ``first_seed`` to ``seeds - 1``.
+    ``epochs`` or ``steps`` (one epoch cut at that many optimiser steps) is the budget of every run; ``options``
+    (e.g. ``data``) go over the base."""
     if seeds < 1:
         raise GridError(f"--seeds must be 1 or more, got {seeds}")
     if epochs is not None and steps is not None:
@@ -158,7 +159,7 @@ def plan(grid: Grid, output: str, seeds: int, epochs: Optional[int] = None, step
     runs = []
     for variant in grid.names():
         values = {**grid.options(variant), **{k: v for k, v in (options or {}).items() if v is not None}, **budget}
-        for seed in range(seeds):
+        for seed in range(first_seed, seeds):
             folder = run_folder(output, variant, seed)
             try:
                 config = make_config(overrides={**values, "seed": seed, "output": str(folder)})
