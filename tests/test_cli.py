@@ -669,8 +669,8 @@ def test_a_run_folder_given_as_checkpoint_names_the_file_to_pass(tmp_path, capsy
 
 def test_plural_of_nouns_ending_in_ch_sh_s_x():
     from hcgnet.errors import plural
-    assert [plural(2, n) for n in ("batch", "class", "box", "brush", "image")] == [
-        "2 batches", "2 classes", "2 boxes", "2 brushes", "2 images"]
+    assert [plural(2, n) for n in ("batch", "class", "box", "brush", "image", "epoch")] == [
+        "2 batches", "2 classes", "2 boxes", "2 brushes", "2 images", "2 epochs"]
     assert plural(1, "batch") == "1 batch"
 
 

@@ -58,6 +58,7 @@ def first_of(shown: int, available: int, noun: str) -> str:
 
 def plural(n: float, noun: str) -> str:
     """``"1 image"``, ``"1,400 images"``, ``"0.5 epochs"``, ``"2 classes"``, ``"3 batches"``: a count with its noun, for messages."""
-    many = noun + "es" if noun.endswith(("s", "x", "sh", "ch")) else noun + "s"
+    # "es" after a hissing end: batch, box, class; not after a hard "ch" (epochs)
+    many = noun + "es" if noun.endswith(("s", "x", "sh", "tch")) else noun + "s"
     number = f"{n:,}" if float(n).is_integer() and not isinstance(n, float) else f"{n:g}"
     return f"{number} {noun if n == 1 else many}"
