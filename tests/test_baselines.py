@@ -362,3 +362,17 @@ def test_train_a_one_channel_fashion_mnist_densenet_bc(capsys, tmp_path):
     model = hcgnet.create_model("densenet_bc_100_k12", checkpoint_path=str(tmp_path / "run" / "best.safetensors"))
     assert model.in_chans == 1 and model.stem.conv0.weight.shape == (24, 1, 3, 3) and model.num_classes == 10
     assert n_params(model) == densenet_bc_params(100, 12, in_chans=1)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("resnet56_cifar", "no pretrained weights exist for resnet56_cifar; train them (hcgnet train --model "
+                       "resnet56_cifar) and pass checkpoint_path="),
+    ("densenet_bc_100_k12", "no pretrained weights exist for densenet_bc_100_k12"),
+    ("resnet18", "hcgnet does not download timm's weights for resnet18; pass checkpoint_path="),
+])
+def test_pretrained_baselines_say_whether_weights_exist_at_all(name, message):
+    """The CIFAR baselines have no published weights (timm: 'No pretrained weights exist'); timm's own models
+    have weights that hcgnet does not download."""
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.create_model(name, pretrained=True)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)

@@ -477,9 +477,12 @@ def _create_baseline(name: str, num_classes, pretrained, checkpoint_path, featur
     count and input channels from the file unless given; an hcgnet run's preprocessing in its
     ``pretrained_cfg``."""
     import timm
-    from timm.models import get_pretrained_cfg_value
+    from timm.models import get_pretrained_cfg_value, is_model_pretrained
 
     name = name.strip()
+    if pretrained and not is_model_pretrained(name):  # hcgnet's own baselines: nobody published weights
+        raise CheckpointError(f"no pretrained weights exist for {name}; train them (hcgnet train --model {name}) and "
+                              "pass checkpoint_path=")
     if pretrained:
         raise CheckpointError(f"hcgnet does not download timm's weights for {name}; pass checkpoint_path= (a file "
                               "of hcgnet train, or timm's weights saved locally)")
