@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from coco_toy import CATEGORIES, make_coco
+from coco_toy import CATEGORIES, TOY_MODEL, make_coco
 from hcgnet.cli import main
 from hcgnet.detection.data import (CLIP_PIXELS, CocoDetectionSet, CocoFormatError, GroupedBatches, aspect_groups,
                                    read_coco)
@@ -150,6 +150,16 @@ BAD = {
                          "1 image (id 2) has a width or height that is not a positive number"),
     "mask model without masks": (lambda data: data["annotations"][0].pop("segmentation") and None,
                                  "1 annotation (id 1) has no segmentation"),
+    # pycocotools indexes by id: a repeated image would be trained and scored twice, a repeated annotation id
+    # leaves COCOeval one object short
+    "an image listed twice": (lambda data: data["images"].append(dict(data["images"][0])),
+                              "the image id 1 is given to more than one entry of its 'images'; give every image its "
+                              "own id"),
+    "annotation ids repeated": (lambda data: [data["annotations"][k].update(id=1) for k in (1, 2)]
+                                and data["annotations"][4].update(id=4) and None,
+                                "the annotation ids 1, 4 are each given to more than one entry of its 'annotations'"),
+    "category ids repeated": (lambda data: data["categories"].append({"id": 3, "name": "again"}),
+                              "the category id 3 is given to more than one entry of its 'categories'"),
 }
 
 
@@ -159,7 +169,7 @@ def test_bad_coco_input_is_one_line_and_exit_code_2(toy, tmp_path, capsys, case)
     images, path = edited(toy, tmp_path, edit)
     out = tmp_path / "run"
     code = main(["detect", "train", "--images", str(images), "--annotations", str(path), "--output", str(out),
-                 "--device", "cpu", "--model", "resnet18"])
+                 "--device", "cpu", "--model", TOY_MODEL])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("hcgnet: error: ") and err.count("\n") == 1, err
     assert expected in err

@@ -120,6 +120,39 @@ def test_a_backbone_from_scratch_needs_two_images_per_process(toy, tmp_path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--model", "hcgnet_bb"], "unknown model 'hcgnet_bb'"),
+    (["--batch-size", "1"], "2 images or more"),
+    (["--trainable-stages", "2"], "--trainable-stages"),
+    (["--detector-options", '{"anchors": 3}'], "--detector-options: unknown option 'anchors'"),
+])
+def test_model_and_batch_mistakes_are_refused_before_the_annotations_are_read(toy, tmp_path, capsys, monkeypatch,
+                                                                              flags, expected):
+    """COCO's annotations take seconds to read and check (118k image headers): a typo is refused first."""
+    monkeypatch.setattr(trainer, "read_coco", lambda *a, **k: pytest.fail("the annotations were read first"))
+    out = tmp_path / "run"
+    code = main(["detect", "train", "--images", str(toy[0]), "--annotations", str(toy[1]), "--output", str(out),
+                 "--device", "cpu", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("hcgnet: error: ") and err.count("\n") == 1, err
+    assert expected in err and not out.exists()
+
+
+def test_a_set_whose_every_object_is_a_crowd_says_so(toy, tmp_path, capsys):
+    data = json.loads(toy[1].read_text())
+    for a in data["annotations"]:
+        a["iscrowd"] = 1
+    crowds = tmp_path / "crowds.json"
+    crowds.write_text(json.dumps(data))
+    code = main(["detect", "train", "--images", str(toy[0]), "--annotations", str(crowds), "--output",
+                 str(tmp_path / "run"), "--device", "cpu", "--model", TOY_MODEL])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert (f"hcgnet: error: {crowds} has no training image with an object to learn from: every object is a crowd "
+            "(iscrowd 1)") in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_warm_up_is_capped_at_the_run_and_the_steps_scale_with_epochs():
     c = DetectConfig(warmup_steps=1000)
     assert learning_rate(5, 10, 1.0, c) == pytest.approx(0.001 * 0.5 + 0.5)   # halfway through a 10-step run
@@ -284,8 +317,9 @@ def test_the_clipping_note_is_logged_once_and_names_the_file(tmp_path, monkeypat
     data["annotations"][0]["bbox"] = [x, y, 64 - x + 1, h]   # image 1 is 64 wide
     annotations.write_text(json.dumps(data))
 
-    def stop(self):
-        raise trainer.HCGNetError("stopped after the data")
+    def stop(self, num_classes, weights=True):
+        if weights:  # the real build, after the data (the meta one before it checks the flags)
+            raise trainer.HCGNetError("stopped after the data")
 
     monkeypatch.setattr(trainer.DetectRun, "build_model", stop)
     lines = []

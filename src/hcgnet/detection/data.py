@@ -132,6 +132,22 @@ def _check_structure(data: Any, path: Path) -> None:
                               f"that is not a positive number of pixels; fix {_them(unsized)}")
 
 
+def _check_unique_ids(data: Dict[str, Any], path: Path) -> None:
+    """Every image, annotation and category its own id: pycocotools indexes each by id, so a repeated one is
+    silently one entry (a repeated annotation id leaves COCOeval one object short; a repeated image is trained
+    and scored twice)."""
+    for key, noun in (("images", "image"), ("annotations", "annotation"), ("categories", "category")):
+        seen, repeated = set(), []
+        for entry in data[key]:
+            if entry["id"] in seen and entry["id"] not in repeated:
+                repeated.append(entry["id"])
+            seen.add(entry["id"])
+        if repeated:
+            ids = f"the {noun} id {repeated[0]} is" if len(repeated) == 1 else f"the {noun} ids {_few(repeated)} are each"
+            raise CocoFormatError(f"{path}: {ids} given to more than one entry of its {key!r}; give every {noun} "
+                                  "its own id")
+
+
 def _check_references(data: Dict[str, Any], path: Path) -> None:
     images = {im["id"] for im in data["images"]}
     categories = {c["id"] for c in data["categories"]}
@@ -244,6 +260,7 @@ def read_coco(images: str | Path, annotations: str | Path, masks: bool = False) 
     images_dir, path = Path(images).expanduser(), Path(annotations).expanduser()
     data = _load_json(path)
     _check_structure(data, path)
+    _check_unique_ids(data, path)
     _check_references(data, path)
     clipped = _check_boxes(data, path)
     if masks:

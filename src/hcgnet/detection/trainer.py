@@ -72,19 +72,16 @@ class DetectRun(TrainingRun):
 
     def set_up(self, resume_state: Optional[Dict[str, Any]]) -> None:
         config, d = self.config, self.d
+        self.check_model()
         seed_everything(config.seed)
         self.load_data()
-        self.model = self.build_model()  # the same initial weights on every process (seeded above)
+        self.model = self.build_model(self.data.num_classes)  # the same initial weights on every process
         seed_everything(config.seed + 1_000_003 * d.rank)  # each process its own RPN/ROI sampling
         self.model.to(d.device)
-        if config.batch_size % d.world_size:
-            raise HCGNetError(f"--batch-size {config.batch_size} is the global batch and must divide evenly over "
-                              f"{d.world_size} processes")
-        self.local_batch = config.batch_size // d.world_size
-        if self.local_batch < 2 and not config.weights_backbone and config.model.strip().lower() != "resnet50":
-            raise HCGNetError("a backbone trained from scratch has ordinary BatchNorms, and HCGNet's gates cannot "
-                              "normalise one image: give each process 2 images or more (--batch-size), or "
-                              "--weights-backbone")
+        if not self.train_set:
+            raise HCGNetError(f"{config.annotations} has no training image with an object to learn from: every "
+                              "object is a crowd (iscrowd 1), which training leaves out as torchvision's references "
+                              "do; annotate objects without iscrowd")
         if len(self.train_set) // d.world_size < self.local_batch:
             raise HCGNetError(f"{plural(len(self.train_set), 'training image')} with objects: too few for a batch "
                               f"of {config.batch_size}; lower --batch-size")
@@ -145,11 +142,29 @@ class DetectRun(TrainingRun):
             self.log(f"left out {plural(skipped, 'training image')} without objects")
         self.train_set = CocoDetectionSet(self.data, ids, train=True, masks=masks)
 
-    def build_model(self) -> nn.Module:
+    def check_model(self) -> None:
+        """The batch, ``--model``, ``--trainable-stages`` and ``--detector-options`` refused before any annotation
+        is read (COCO's: 118k image headers): the detector built on the meta device, no weights read or made."""
+        config, d = self.config, self.d
+        if config.batch_size % d.world_size:
+            raise HCGNetError(f"--batch-size {config.batch_size} is the global batch and must divide evenly over "
+                              f"{d.world_size} processes")
+        self.local_batch = config.batch_size // d.world_size
+        if self.local_batch < 2 and not config.weights_backbone and config.model.strip().lower() != "resnet50":
+            raise HCGNetError("a backbone trained from scratch has ordinary BatchNorms, and HCGNet's gates cannot "
+                              "normalise one image: give each process 2 images or more (--batch-size), or "
+                              "--weights-backbone")
+        with torch.device("meta"):
+            self.build_model(2, weights=False)
+
+    def build_model(self, num_classes: int, weights: bool = True) -> nn.Module:
+        """The detector for ``num_classes`` (background included); ``weights=False``: the backbone's weights are
+        not read (a trained backbone's freezing rules still apply)."""
         c = self.config
         try:
-            return build_detector(c.model, c.task, num_classes=self.data.num_classes,
-                                  weights_backbone=c.weights_backbone, trainable_stages=c.trainable_stages,
+            return build_detector(c.model, c.task, num_classes=num_classes,
+                                  weights_backbone=c.weights_backbone if weights else None,
+                                  trained=bool(c.weights_backbone), trainable_stages=c.trainable_stages,
                                   bn_affine=c.bn_affine, min_size=c.image_size, max_size=c.max_size,
                                   **(c.detector_options or {}))
         except TypeError as e:  # an option torchvision's detector does not take
