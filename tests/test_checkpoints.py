@@ -953,3 +953,22 @@ def test_a_file_with_gates_that_a_switched_model_lacks_names_a_parameter_and_the
     assert "unexpected key 'stages.0.block.layers.0.forget_gate." in message and "(286 unexpected)" in message
     assert "num_batches_tracked" not in message
     assert message.endswith("(the file has forget gates this model was built without: leave out forget_gate=False)")
+
+
+def test_a_file_whose_metadata_names_another_network_is_refused_naming_both(tmp_path):
+    """The shapes would say only "for another model" (and for a detector, of the classifier it drops)."""
+    from hcgnet.detection import fasterrcnn_hcgnet
+
+    tiny = "HCGNet-(1,1,1,1)-(k=8,8,8,8)"
+    path = tmp_path / "tiny.safetensors"
+    save_safetensors(hcgnet.create_model(tiny, num_classes=1000), path)
+    b = "HCGNet-(3,6,12,8)-(k=32,48,64,96)"
+    with pytest.raises(CheckpointError) as e:
+        hcgnet.create_model("hcgnet_b", checkpoint_path=str(path))
+    assert str(e.value) == (f"{path} holds {tiny} (by its metadata), not hcgnet_b ({b}); create '{tiny}' instead, "
+                            "or let hcgnet.load_model read the network from the file")
+    with pytest.raises(CheckpointError, match=r"holds HCGNet-\(1,1,1,1\)-\(k=8,8,8,8\) \(by its metadata\), not "
+                                              r"hcgnet_b"):
+        fasterrcnn_hcgnet("hcgnet_b", num_classes=3, weights_backbone=str(path))
+    # the same network under another name of it loads
+    assert hcgnet.create_model(" hcgnet-(1,1,1,1)-(k=8,8,8,8)", checkpoint_path=str(path)).num_classes == 1000

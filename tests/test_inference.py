@@ -482,8 +482,8 @@ def test_a_model_the_checkpoint_does_not_hold_is_told_the_one_it_does(capsys, ru
     for command in (["predict", str(new_images[0])], ["eval", "--workers", "0"]):
         line = one_line_error(*cli(capsys, *command[:1], "--checkpoint", run["out"] / "best.safetensors",
                                    "--model", "hcgnet_a1", *command[1:]))
-        assert "the checkpoint is for another model" in line
-        assert line.endswith(f"({SPEC}, by its metadata): leave --model out or pass --model '{SPEC}'"), line
+        assert line.endswith(f"best.safetensors holds {SPEC} (by its metadata), not hcgnet_a1 "
+                             f"(HCGNet-(8,8,8)-(k=12,24,36)); leave --model out or pass --model '{SPEC}'"), line
 
 
 def test_predict_published_checkpoint_with_model(capsys, tmp_path):

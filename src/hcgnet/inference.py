@@ -30,7 +30,7 @@ from hcgnet.errors import CheckpointError, HCGNetError, channels_mismatch
 from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.checkpoints import is_onnx_export, is_safetensors_file, read_metadata, torch_load_weights_only
-from hcgnet.models.registry import first_conv_in_chans, is_timm_baseline
+from hcgnet.models.registry import OtherNetwork, first_conv_in_chans, is_timm_baseline
 from hcgnet.provenance import provenance
 from hcgnet.models.variants import resolve
 from hcgnet.distributed import Dist
@@ -121,6 +121,9 @@ def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, 
         raise CheckpointError(f"{path} does not say which model it holds; pass --model NAME (model_name= from Python)")
     try:
         return create_model(name, checkpoint_path=path).eval(), meta
+    except OtherNetwork as e:  # --model overrode what the file says it holds
+        raise OtherNetwork(e.weights, e.recorded, e.name, e.spec, f"leave --model out or pass --model "
+                           f"{e.recorded!r}") from None
     except CheckpointError as e:
         recorded = meta.get("model_name")
         if model_name and recorded and recorded != model_name:   # --model overrode what the file says it holds

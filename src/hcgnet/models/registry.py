@@ -151,6 +151,30 @@ def check_architecture(name: str, variant: Variant, kwargs: dict) -> None:
                              f"build the spec {format_spec(depths, growth)!r} (timm: 'hcgnet' with those arguments)")
 
 
+class OtherNetwork(CheckpointError):
+    """A checkpoint whose metadata names another network (``recorded``) than the one asked for (``name``)."""
+
+    def __init__(self, weights, recorded: str, name: str, spec: str, advice: str) -> None:
+        super().__init__(f"{weights} holds {recorded} (by its metadata), not {name} ({spec}); {advice}")
+        self.weights, self.recorded, self.name, self.spec = weights, recorded, name, spec
+
+
+def check_recorded_network(weights, metadata: dict, name: str, variant: Variant) -> None:
+    """A checkpoint whose metadata names another network than ``name`` (another variant, spec or a baseline) is
+    refused naming both, before a tensor's shape would say only that it is "for another model"."""
+    recorded = metadata.get("model_name")
+    if not recorded:
+        return
+    try:
+        theirs = resolve(recorded)[1]
+        same = (theirs.block_depths, theirs.growth_rates) == (variant.block_depths, variant.growth_rates)
+    except ModelSpecError:  # a baseline's name
+        same = False
+    if not same:
+        raise OtherNetwork(weights, recorded, name, variant.spec, f"create {recorded!r} instead, or let "
+                           "hcgnet.load_model read the network from the file")
+
+
 def placed(build: Callable[[], nn.Module], device=None, dtype=None) -> nn.Module:
     """timm's ``device=``/``dtype=`` arguments: the model's tensors created on ``device`` (``"meta"``: shapes
     only, no memory), then cast to ``dtype``."""
@@ -349,6 +373,8 @@ def create_model(
                 stem = "imagenet" if "stem.norm0.weight" in state_dict else "cifar"
     name, variant = resolve(name_or_spec, stem)
     check_architecture(name_or_spec.strip(), variant, kwargs)
+    if weights is not None:
+        check_recorded_network(weights, metadata, name_or_spec.strip(), variant)
     for key in ("block_depths", "growth_rates"):  # the variant's own (checked): it passes them
         kwargs.pop(key, None)
     if features_only:
