@@ -2,6 +2,7 @@
 precedence defaults < recipe < YAML file < explicit overrides, one-line ConfigErrors, and ``hcgnet train``
 refusing bad input with exit code 2 and one stderr line."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -171,7 +172,7 @@ def test_finetune_recipe_is_short_gentle_and_needs_weights(tmp_path):
     assert c.epochs <= 50 and c.lr <= paper.lr / 10
     assert c.mixup == 0 and c.warmup_epochs > 0 and c.sched == "cosine"
     assert c.val_size is None  # the hold-out adapts to the user's folder
-    assert c.data == "imagefolder:x"
+    assert c.data == f"imagefolder:{os.path.abspath('x')}"  # recorded so that it is found from anywhere
 
 
 @pytest.mark.parametrize("name", IMAGENET_RECIPES)

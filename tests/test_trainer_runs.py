@@ -695,3 +695,66 @@ def test_a_run_from_before_an_option_existed_resumes_with_its_default():
     check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=4)), 1)
     with pytest.raises(HCGNetError, match="it was trained with hflip=0.5, not 0.0"):
         check_resumable(Path("run"), saved, make_config(overrides=dict(data="cifar10", epochs=4, hflip=0.0)), 1)
+
+
+# ------------------------------------------------------------------------------------------------ from anywhere
+
+
+def test_a_run_on_a_relative_folder_resumes_and_is_scored_from_any_working_folder(tmp_path, monkeypatch, capsys):
+    """--data imagefolder:imgs is recorded as the folder it names (config.yaml, last.pt), so that --resume given
+    only --output, and eval of last.pt, find it from elsewhere; a run that skipped an unreadable image has its
+    last.pt scored without it, as its .safetensors is."""
+    from conftest import cli
+
+    make_image_folder(tmp_path / "imgs", classes=3, per_class=12)
+    (tmp_path / "imgs" / "class_0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+    monkeypatch.chdir(tmp_path)
+    fit(make_config(overrides=dict(model=TINY, data="imagefolder:imgs", image_size=16, val_size=0.2, test_size=0.2,
+                                   workers=0, output="runs/a", epochs=1, batch_size=4, lr=0.05,
+                                   max_steps_per_epoch=1, skip_bad_images=True)))
+    folder = tmp_path / "imgs"
+    assert f"data: imagefolder:{folder}\n" in (tmp_path / "runs" / "a" / "config.yaml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = resume_config(str(tmp_path / "runs" / "a"), {"epochs": 2})
+    assert config.data == f"imagefolder:{folder}"
+    result, _ = fit(config)
+    assert result["epochs"] == 2
+    code, out, err = cli(capsys, "eval", "--checkpoint", tmp_path / "runs" / "a" / "last.pt", "--workers", "0")
+    assert code == 0, err
+    assert "skipped 1 unreadable image (broken.jpg), as the checkpoint's training run did" in err + out
+
+
+def test_a_run_of_a_relative_folder_from_before_resumes_from_its_own_working_folder(tmp_path, images, monkeypatch):
+    """config.yaml and last.pt written before folders were recorded absolute (data as typed): the same folder,
+    written either way from the run's own working folder, is the same data."""
+    monkeypatch.chdir(images.parent)
+    out = tmp_path / "run"
+    fit(config_for(images, out, max_steps_per_epoch=1))
+    state = torch.load(out / "last.pt", weights_only=False)
+    state["config"]["data"] = f"imagefolder:{images.name}"
+    torch.save(state, out / "last.pt")
+    saved = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(saved.replace(f"imagefolder:{images}", f"imagefolder:{images.name}"))
+    result, _ = fit(resume_config(str(out), {"epochs": 2}))
+    assert result["epochs"] == 2
+
+
+def test_resuming_to_fewer_epochs_than_trained_says_so_before_the_warm_up_rule(tmp_path, images):
+    out = tmp_path / "run"
+    fit(config_for(images, out, max_steps_per_epoch=1, epochs=3, warmup_epochs=1))
+    with pytest.raises(HCGNetError, match="it has already trained 3 epochs"):
+        fit(resume_config(str(out), {"epochs": 1}))   # a warm-up of 1 epoch would leave no cosine in 1 either
+
+
+def test_fine_tuning_without_model_builds_the_network_the_checkpoint_names(tmp_path, images):
+    from hcgnet.models.checkpoints import save_safetensors
+
+    weights = tmp_path / "w.safetensors"
+    save_safetensors(create_model(TINY, num_classes=5), weights)
+    config = make_config(recipe="finetune", overrides=dict(data=f"imagefolder:{images}",
+                                                           initial_checkpoint=str(weights), output=str(tmp_path / "o")))
+    assert config.model == TINY   # not the default hcgnet_a1
+    assert make_config(recipe="finetune", overrides=dict(data=f"imagefolder:{images}", model="hcgnet_a1",
+                                                         initial_checkpoint=str(weights))).model == "hcgnet_a1"

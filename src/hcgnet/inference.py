@@ -41,7 +41,7 @@ SPLITS = ("test", "val", "all")
 DATA_KEYS = ("data", "data_dir", "val_size", "test_size", "seed")
 #: Those and the arithmetic the run scored its val and test sets in: read from a training checkpoint's ``config``
 #: (or a run folder's ``config.yaml``) where its metadata lacks them.
-RUN_KEYS = (*DATA_KEYS, "amp", "channels_last")
+RUN_KEYS = (*DATA_KEYS, "amp", "channels_last", "skip_bad_images")
 #: What an export carries of its run, so that eval rebuilds the run's test split for it: the data and split
 #: settings, and whether the run left unreadable images out.
 EXPORTED_RUN_KEYS = (*DATA_KEYS, "skip_bad_images")

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import yaml
 
 from hcgnet.errors import HCGNetError
-from hcgnet.training.config import ConfigError, RUN_FLAGS, TrainConfig, make_config
+from hcgnet.training.config import ConfigError, RUN_FLAGS, TrainConfig, make_config, recorded_data
 
 BASE = "base"
 # Set by ablate itself, the same for every run of a grid: the seed pairs the runs, the budget is shared.
@@ -133,6 +133,8 @@ def _options(values: Any, where: str) -> Dict[str, Any]:
 def identity(config: Mapping[str, Any]) -> str:
     """A run's identity: a hash of every setting that changes what it computes."""
     kept = {k: v for k, v in sorted(config.items()) if k not in HOW_TO_RUN}
+    if kept.get("data"):  # a grid run before image folders were recorded absolute is the same run
+        kept["data"] = recorded_data(kept["data"])
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -174,9 +174,38 @@ def make_config(
     overrides = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items()}
     _refuse_unknown(overrides, "make_config")
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("data"):
+        values["data"] = recorded_data(values["data"])
+    if not values.get("model") and values.get("initial_checkpoint") and not values.get("resume"):
+        named = _checkpoint_model(values["initial_checkpoint"])
+        if named:
+            values["model"] = named
     config = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
     validate(config)
     return config
+
+
+def recorded_data(spec: Any) -> Any:
+    """``--data`` as a run records it: an image folder by its absolute path, so that the run resumes, and its
+    checkpoints are scored, from any working folder (``imagefolder:imgs`` read from elsewhere is another
+    folder); anything else as given (an unknown name is refused where the data is read)."""
+    from hcgnet.data import DataError, absolute_spec  # torchvision: only when a config is made
+
+    try:
+        return absolute_spec(spec)
+    except DataError:
+        return spec
+
+
+def _checkpoint_model(path: str) -> Optional[str]:
+    """The network a fine-tuning run's ``--initial-checkpoint`` names in its metadata (None: it names none, or it
+    cannot be read here; the run's own checks say why later): the model when ``--model`` is not given."""
+    from hcgnet.models.checkpoints import read_metadata
+
+    try:
+        return read_metadata(path).get("model_name") or None
+    except (HCGNetError, OSError):
+        return None
 
 
 def _refuse_unknown(values: Mapping[str, Any], where: str) -> None:
@@ -230,10 +259,8 @@ def validate(c: TrainConfig) -> None:
                           ".safetensors or .pt file written by hcgnet train or convert, or a published .pth.tar)")
     if c.freeze_stages and not c.initial_checkpoint:
         raise ConfigError("--freeze-stages keeps pretrained stages fixed: pass --initial-checkpoint too")
-    run = c.restart_every or c.epochs
-    if c.sched == "cosine" and not c.cycle_epochs and c.warmup_epochs >= run:
-        raise ConfigError(f"a warm-up of {plural(c.warmup_epochs, 'epoch')} leaves no cosine in a run of "
-                          f"{plural(run, 'epoch')}: use fewer --warmup-epochs or more --epochs")
+    if not c.resume:  # a resumed run's --epochs is first checked against where the run stands (check_resumable)
+        check_warmup(c)
     if c.sched == "constant" and c.warmup_epochs:
         raise ConfigError("a constant learning rate has no warm-up: use --sched cosine or --warmup-epochs 0")
     _validate_batch(c)
@@ -247,6 +274,14 @@ def validate(c: TrainConfig) -> None:
         from hcgnet.evaluation import device_of  # torch: only when a device is named
 
         device_of(c.device)
+
+
+def check_warmup(c: TrainConfig) -> None:
+    """A cosine schedule needs epochs after its warm-up."""
+    run = c.restart_every or c.epochs
+    if c.sched == "cosine" and not c.cycle_epochs and c.warmup_epochs >= run:
+        raise ConfigError(f"a warm-up of {plural(c.warmup_epochs, 'epoch')} leaves no cosine in a run of "
+                          f"{plural(run, 'epoch')}: use fewer --warmup-epochs or more --epochs")
 
 
 def _validate_batch(c: TrainConfig) -> None:

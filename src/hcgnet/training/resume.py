@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from hcgnet.errors import HCGNetError
-from hcgnet.training.config import FIELDS, RUN_FLAGS, TrainConfig, make_config
+from hcgnet.training.config import FIELDS, RUN_FLAGS, TrainConfig, check_warmup, make_config, recorded_data
 
 # Settings a resumed run may change: how and where it runs, not what it computes ("epochs" only upwards, below).
 RESUME_MAY_CHANGE = (*RUN_FLAGS, "workers", "log_every", "checkpoint_every", "compile", "data_dir", "recipe",
@@ -21,6 +21,7 @@ def check_resumable(out: Path, saved: Dict[str, Any], config: TrainConfig, world
     """Refuse to resume ``saved`` (a ``last.pt``) with settings that would compute something else."""
     # An option newer than the run was the default then (the behaviour before it existed).
     before = {**{k: f.default for k, f in FIELDS.items()}, **saved["config"], "world_size": saved.get("world_size", 1)}
+    before["data"] = recorded_data(before["data"])  # a run from before folders were recorded absolute
     now = {**config.to_dict(), "world_size": world_size}
     for key in now:
         # A run may be extended or shortened, but not to before where it stands.
@@ -30,6 +31,7 @@ def check_resumable(out: Path, saved: Dict[str, Any], config: TrainConfig, world
             hint = (_where(saved) if key == "epochs" else "resume with the same settings, or start a new run")
             raise HCGNetError(f"cannot resume {out}: it was trained with {key}={before.get(key)!r}, not {now[key]!r}; "
                               f"{hint}")
+    check_warmup(config)
 
 
 def _where(saved: Dict[str, Any]) -> str:
