@@ -758,3 +758,27 @@ def test_fine_tuning_without_model_builds_the_network_the_checkpoint_names(tmp_p
     assert config.model == TINY   # not the default hcgnet_a1
     assert make_config(recipe="finetune", overrides=dict(data=f"imagefolder:{images}", model="hcgnet_a1",
                                                          initial_checkpoint=str(weights))).model == "hcgnet_a1"
+
+
+@pytest.mark.parametrize("rank,world,local,expected", [
+    (0, 1, None, "resume with: hcgnet train --output runs/x --resume"),
+    (0, 2, "2", "resume with: torchrun --nproc-per-node 2 -m hcgnet train --output runs/x --resume"),
+    (1, 2, "2", "resume with: torchrun --nproc-per-node 2 -m hcgnet train --output runs/x --resume"),
+    (0, 4, "2", "resume with: hcgnet train --output runs/x --resume, launched by torchrun as before (4 processes)"),
+])
+def test_an_interrupted_run_names_the_command_that_resumes_it_once(monkeypatch, rank, world, local, expected):
+    """Under torchrun a resume needs as many processes (a plain `hcgnet train --resume` is refused), and every
+    process stops: only rank 0 says so."""
+    from types import SimpleNamespace
+
+    if local is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    run = object.__new__(trainer.Run)
+    run.d = Dist(rank=rank, world_size=world)
+    run.folder = SimpleNamespace(replacing=False, out="runs/x")
+    with pytest.raises(TrainingInterrupted) as e:
+        run.interrupted(signal.SIGINT, 2, 5)
+    assert str(e.value) == f"interrupted at epoch 3 step 5; {expected}"
+    assert e.value.exit_code == 130 and e.value.quiet == (rank != 0)

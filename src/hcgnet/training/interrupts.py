@@ -11,11 +11,13 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(HCGNetError):
-    """The run stopped on a signal; ``exit_code`` is the shell's 128 + signal number (130, 143)."""
+    """The run stopped on a signal; ``exit_code`` is the shell's 128 + signal number (130, 143). ``quiet``: a
+    process other than torchrun's rank 0, which leaves the saying to rank 0."""
 
-    def __init__(self, message: str, signum: int) -> None:
+    def __init__(self, message: str, signum: int, quiet: bool = False) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+        self.quiet = quiet
 
 
 class StopSignals:

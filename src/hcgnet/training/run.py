@@ -5,6 +5,7 @@ every optimiser step — metrics, progress lines, periodic ``last.pt``, and the 
 small helpers both use (seeding, the autocast dtype and grad scaler, whether stdout is a terminal)."""
 import itertools
 import json
+import os
 import random
 import sys
 import time
@@ -171,6 +172,14 @@ class TrainingRun:
 
     def interrupted(self, signum: int, epoch: int, done: int) -> None:
         where = f"interrupted at epoch {epoch + 1} step {done}"
-        if self.folder.replacing:
-            raise TrainingInterrupted(f"{where}; {self.folder.kept()}", signum)
-        raise TrainingInterrupted(f"{where}; resume with: {self.COMMAND} --output {self.folder.out} --resume", signum)
+        said = f"{where}; {self.folder.kept()}" if self.folder.replacing else f"{where}; resume with: {self.resume_command()}"
+        raise TrainingInterrupted(said, signum, quiet=not self.d.is_main)  # said once, by rank 0
+
+    def resume_command(self) -> str:
+        """The command that resumes this run: under torchrun, with as many processes (a resume checks them)."""
+        command = f"{self.COMMAND} --output {self.folder.out} --resume"
+        if self.d.world_size == 1:
+            return command
+        if int(os.environ.get("LOCAL_WORLD_SIZE", self.d.world_size)) == self.d.world_size:  # one machine
+            return f"torchrun --nproc-per-node {self.d.world_size} -m {command}"
+        return f"{command}, launched by torchrun as before ({self.d.world_size} processes)"
