@@ -616,6 +616,20 @@ def test_ctrl_c_during_overwrite_keeps_the_old_run(tmp_path, images, monkeypatch
     assert folder_bytes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_ctrl_c_during_an_overwrite_that_skips_bad_images_leaves_nothing_beside_the_old_run(tmp_path, monkeypatch):
+    """The replacement skipped an unreadable image, as asked, and had begun training: its list of them is not
+    needed to mend anything, and "the new one was discarded" means nothing of it stays."""
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=8)
+    (folder / "class_0" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    fit(config_for(folder, out, max_steps_per_epoch=2, skip_bad_images=True))
+    before = folder_bytes(out)
+    signal_at_step(monkeypatch, signal.SIGINT, 1)
+    with pytest.raises(TrainingInterrupted, match="still holds the old run"):
+        fit(config_for(folder, out, max_steps_per_epoch=2, seed=4, overwrite=True, skip_bad_images=True))
+    assert folder_bytes(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["images", "run"]
+
+
 def test_a_signal_at_the_last_step_of_an_epoch_resumes_to_the_same_weights(tmp_path, images, monkeypatch):
     common = dict(epochs=2, max_steps_per_epoch=4, mixup=0.4, drop_rate=0.2)
     fit(config_for(images, tmp_path / "reference", **common))

@@ -92,12 +92,14 @@ class RunFolder:
 
     def abandon(self, d: distributed.Dist, started: bool) -> None:
         """After a failure: drop an unfinished replacement (the old run stays), and a folder this run created
-        but never trained in, with the parents it created; the list of unreadable images stays either way."""
+        but never trained in, with the parents it created. The list of unreadable images stays where the data
+        stopped the run (the user needs it to mend the data); a replacement that had begun training (it skipped
+        them, as asked) leaves nothing beside the old run."""
         if not d.is_main:
             return
         bad = self.work / BAD_IMAGES
         if self.replacing:
-            if bad.exists():
+            if bad.exists() and not started:
                 bad.replace(self.bad_images_kept)
             shutil.rmtree(self.work, ignore_errors=True)
         elif self.created and not started:
