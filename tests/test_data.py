@@ -368,6 +368,16 @@ def test_imagefolder_missing_and_empty(tmp_path):
     (tmp_path / "noimages" / "cat" / "notes.txt").write_text("not an image")
     with pytest.raises(DataError, match="empty dataset"):
         build_data(f"imagefolder:{tmp_path / 'noimages'}")
+    # one class folder without images among others: named, with what to do (torchvision's "Found no valid file
+    # for the classes" listed its extensions instead)
+    make_folder(tmp_path / "one_empty", classes=("a", "b"), per_class=4)
+    for name in ("c_empty", "d_notes"):
+        (tmp_path / "one_empty" / name).mkdir()
+    (tmp_path / "one_empty" / "d_notes" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError) as e:
+        build_data(f"imagefolder:{tmp_path / 'one_empty'}")
+    assert str(e.value).startswith(f"{tmp_path / 'one_empty'}: the class folders c_empty/, d_notes/ hold no images (")
+    assert str(e.value).endswith("): add images to them or remove them")
 
 
 def _add_corrupt(folder):

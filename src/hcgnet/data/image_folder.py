@@ -19,7 +19,8 @@ from torchvision import datasets as tvd
 
 from hcgnet.data.config import DataConfig
 from hcgnet.data.errors import DataError, reason
-from hcgnet.data.images import bad_images_error, is_image_file, load_image, scan_images, write_bad_images
+from hcgnet.data.images import (IMAGE_EXTENSIONS, bad_images_error, is_image_file, load_image, scan_images,
+                                write_bad_images)
 from hcgnet.data.defaults import resolve_data_config
 from hcgnet.errors import plural
 
@@ -48,7 +49,9 @@ class ClassFolder(tvd.ImageFolder):
     def __init__(self, root: str, classes: Sequence[str] | None = None, owner: str = "the training folder"):
         self._fixed_classes = None if classes is None else list(classes)
         self._owner = owner
-        super().__init__(root, loader=load_image, is_valid_file=is_image_file, allow_empty=classes is not None)
+        # empty classes are allowed here and refused, naming them, by open_class_folder (torchvision's own error
+        # lists its extensions, not the folder to mend)
+        super().__init__(root, loader=load_image, is_valid_file=is_image_file, allow_empty=True)
 
     def find_classes(self, directory):
         found = class_folders(directory)
@@ -75,6 +78,15 @@ def open_class_folder(root: str, classes: Sequence[str] | None = None,
         raise DataError(f"cannot read folder {root}: {reason(e)}") from None
     if not ds.samples:
         raise DataError(f"empty dataset {root}: no images in its class sub-folders")
+    if classes is None:  # a training folder: every class folder is a class the model learns
+        have = set(ds.targets)
+        empty = [c for i, c in enumerate(ds.classes) if i not in have]
+        if empty:
+            them = "it" if len(empty) == 1 else "them"
+            raise DataError(f"{root}: the class {'folder' if len(empty) == 1 else 'folders'} "
+                            f"{', '.join(e + '/' for e in empty[:5])}{' ...' if len(empty) > 5 else ''} "
+                            f"{'holds' if len(empty) == 1 else 'hold'} no images ({', '.join(IMAGE_EXTENSIONS)}): "
+                            f"add images to {them} or remove {them}")
     return ds
 
 
