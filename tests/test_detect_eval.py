@@ -1,6 +1,7 @@
 """COCO AP through hcgnet's evaluation code (pycocotools' COCOeval underneath), ``hcgnet detect eval`` and
 ``hcgnet detect predict``. A stand-in "oracle" detector that answers with the ground truth gives AP 1.0; the
 same with the labels swapped gives 0, so the figures come from the detections and their category mapping."""
+import csv
 import hashlib
 import json
 import subprocess
@@ -283,6 +284,50 @@ def test_predict_draws_boxes_and_masks_and_goes_on_past_a_bad_image(toy, tmp_pat
                         lambda path, device: (Oracle([dict(found)] * 2), oracle_info(data)))
     assert main(args + ["--force"]) == 0
     assert (tmp_path / "drawn" / "000_1.png").read_bytes() == drawn
+
+
+def test_predict_json_and_csv_give_the_boxes_drawn_in_coco_terms(toy, tmp_path, capsys, monkeypatch):
+    """The oracle answers with image 1's ground truth: --json and --csv must give back its annotations as
+    instances.json has them, [x, y, w, h] in the image's pixels under the dataset's category ids (3 and 7, not
+    the labels 1 and 2), one row per detection; --csv is refused over an earlier file without --force."""
+    data = read_coco(*toy, masks=True)
+    found = truth(data, [1])[0]
+    monkeypatch.setattr(detector_files, "load_detector",
+                        lambda path, device: (Oracle([dict(found)] * 2), oracle_info(data)))
+    coco = json.loads(toy[1].read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    expected = sorted((names[a["category_id"]], a["category_id"], a["bbox"]) for a in coco["annotations"]
+                      if a["image_id"] == 1)
+    assert {c for _, c, _ in expected} <= {3, 7} and expected
+    source, broken = str(data.path_of(1)), tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    table = tmp_path / "detections.csv"
+    args = ["detect", "predict", "--checkpoint", "oracle.safetensors", source, str(broken), "--output",
+            str(tmp_path / "drawn"), "--device", "cpu", "--csv", str(table)]
+    assert main(args + ["--json"]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)                                 # JSON alone on stdout
+    assert f"wrote {table}: 2 images, {len(expected)} detections" in captured.err
+    drawn, = [r for r in printed if "png" in r]
+    assert drawn["image"] == source and drawn["png"] == str(tmp_path / "drawn" / "000.png")
+    assert [r["image"] for r in printed if "error" in r] == [str(broken)]
+    got = sorted((d["class"], d["category_id"], d["bbox"]) for d in drawn["detections"])
+    assert [(n, c) for n, c, _ in got] == [(n, c) for n, c, _ in expected]
+    for (_, _, box), (_, _, truth_box) in zip(got, expected):
+        assert box == pytest.approx(truth_box, abs=1e-3)
+    assert all(d["score"] == 1.0 for d in drawn["detections"])
+    rows = list(csv.DictReader(table.open()))
+    assert [r["image"] for r in rows] == [source] * len(expected) + [str(broken)]
+    assert "cannot read image" in rows[-1]["error"] and rows[-1]["png"] == ""
+    from_csv = sorted((r["class"], int(r["category_id"]), [float(r[k]) for k in "xywh"]) for r in rows[:-1])
+    for (n, c, box), (m, d, truth_box) in zip(from_csv, expected):
+        assert (n, c) == (m, d) and box == pytest.approx(truth_box, abs=0.01)
+    table.write_text("mine")                                           # an earlier file: kept without --force
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{table} already exists; pass --force" in err and table.read_text() == "mine"
+    assert main(args + ["--force"]) == 0 and table.read_text() != "mine"
+    assert capsys.readouterr().out.startswith(f"wrote {table}")        # text mode: said on stdout
 
 
 def test_predict_with_no_readable_image_is_one_line(tmp_path, capsys, untrained):

@@ -16,19 +16,30 @@ from hcgnet.errors import HCGNetError, first_of
 
 
 def cmd_info_detection(args: argparse.Namespace) -> int:
-    """``info --detection NAME``: a detector's parameters and multiply-adds beside the paper's Table 4."""
-    from hcgnet.detection.complexity import DEFAULT_IMAGE_SIZE, detection_info, parse_image_size
+    """``info --detection NAME|FILE``: a detector's parameters and multiply-adds beside the paper's Table 4; a
+    file of ``hcgnet detect train`` is counted as the detector it holds."""
+    from hcgnet.detection.complexity import (DEFAULT_IMAGE_SIZE, checkpoint_detection_info, detection_info,
+                                             parse_image_size)
+    from hcgnet.models.checkpoints import names_a_file
 
     if args.models or args.size is not None:
         raise HCGNetError("--detection takes one model of its own; drop the other model names and --size "
                           "(use --image-size HxW)")
-    size = parse_image_size(args.image_size) if args.image_size else DEFAULT_IMAGE_SIZE
-    r = detection_info(args.detection, args.task, 91 if args.num_classes is None else args.num_classes, size)
+    size = parse_image_size(args.image_size) if args.image_size else None
+    if names_a_file(args.detection):
+        if args.num_classes is not None or args.task is not None:
+            raise HCGNetError(f"--num-classes and --task describe a detector; the checkpoint {args.detection} holds "
+                              "its own: drop them")
+        r = checkpoint_detection_info(args.detection, size)   # at its training size unless --image-size
+    else:
+        r = detection_info(args.detection, args.task or "mask", 91 if args.num_classes is None else args.num_classes,
+                           size or DEFAULT_IMAGE_SIZE)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
     detector = "Mask R-CNN" if r["task"] == "mask" else "Faster R-CNN"
-    rows = [("model", f"{detector} + FPN, {r['model']} backbone, {r['classes']} classes"),
+    rows = [("checkpoint", r["checkpoint"])] if "checkpoint" in r else []
+    rows += [("model", f"{detector} + FPN, {r['model']} backbone, {r['classes']} classes"),
             ("params", f"{r['params']:,} (backbone {r['backbone_params']:,})"
                        + (f"; paper {r['paper_params']}" if r["paper_params"] else "")),
             ("GMACs", f"{r['gmacs']:.1f} at {r['image']} (network input {r['network_input']})"
@@ -48,7 +59,7 @@ def cmd_info_detection(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     if args.detection is not None:
         return cmd_info_detection(args)
-    if args.image_size is not None or args.task != "mask":
+    if args.image_size is not None or args.task is not None:
         raise HCGNetError("--image-size and --task describe a detector: add --detection MODEL")
     if args.size is not None and args.size < 1:
         raise HCGNetError(f"--size must be a positive number of pixels, got {args.size}")
@@ -633,20 +644,51 @@ def cmd_detect_eval(args: argparse.Namespace) -> int:
 def cmd_detect_predict(args: argparse.Namespace) -> int:
     from hcgnet.data import DataError
     from hcgnet.detection.draw import predict
+    from hcgnet.files import check_output_file, reported_write
     from hcgnet.inference import note_on_stderr
 
+    if args.csv:  # before any work, as predict --csv
+        check_output_file(args.csv, "--csv", force=args.force)
     results = predict(args.checkpoint, args.images, args.output, args.score_threshold, args.device,
                       log=note_on_stderr, force=args.force)
     drawn = [r for r in results if "png" in r]
-    for r in drawn:
-        shown = r["detections"][:10]  # the best ten on the terminal; the picture has them all
-        found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in shown) or "nothing"
-        more = len(r["detections"]) - len(shown)
-        print(f"{r['png']}: {found}{f' and {more} more' if more > 0 else ''}")
+    if args.csv:
+        with reported_write(args.csv):
+            _write_detections_csv(results, args.csv)
+        rows = sum(len(r["detections"]) for r in drawn)
+        print(f"wrote {args.csv}: {len(results)} images, {rows} detections",
+              file=sys.stderr if args.json else sys.stdout)
+    if args.json:  # as predict --json: JSON alone on stdout
+        print(json.dumps(results, indent=2))
+    else:
+        for r in drawn:
+            shown = r["detections"][:10]  # the best ten on the terminal; the picture, --json and --csv have them all
+            found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in shown) or "nothing"
+            more = len(r["detections"]) - len(shown)
+            print(f"{r['png']}: {found}{f' and {more} more' if more > 0 else ''}")
     if not drawn:
         what = "the input could not" if len(results) == 1 else f"none of the {len(results)} inputs could"
         raise DataError(f"{what} be read (see the warnings above)")
     return 0
+
+
+def _write_detections_csv(results, path: str) -> None:
+    """One row per detection drawn, box as [x, y, w, h] in the image's pixels; an image with none: one row with
+    its PNG and empty fields; an unreadable image: one row with its error."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "png", "class", "category_id", "score", "x", "y", "w", "h", "error"])
+        for r in results:
+            if "error" in r:
+                writer.writerow([r["image"], "", "", "", "", "", "", "", "", r["error"]])
+                continue
+            for d in r["detections"]:
+                writer.writerow([r["image"], r["png"], d["class"], d["category_id"], f"{d['score']:.6f}",
+                                 *(f"{v:.2f}" for v in d["bbox"]), ""])
+            if not r["detections"]:
+                writer.writerow([r["image"], r["png"], "", "", "", "", "", "", "", ""])
 
 
 def _add_detect_parser(sub) -> None:
@@ -732,7 +774,12 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
     pr.add_argument("--output", required=True, metavar="DIR", help="folder for one PNG per image")
     pr.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring this or more (0.5)")
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
-    pr.add_argument("--force", action="store_true", help="replace PNGs of the same names in --output")
+    pr.add_argument("--json", action="store_true",
+                    help="print JSON instead of text: per image its PNG and each detection's class, COCO category "
+                         "id, score and bbox [x, y, w, h] in the image's pixels")
+    pr.add_argument("--csv", default=None, metavar="FILE",
+                    help="write one row per detection to FILE (image, png, class, category_id, score, x, y, w, h)")
+    pr.add_argument("--force", action="store_true", help="replace PNGs of the same names in --output and the --csv FILE")
     pr.set_defaults(func=cmd_detect_predict)
 
 
@@ -863,10 +910,11 @@ def _add_model_commands(sub) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.add_argument("--model-kwargs", default=None, metavar="JSON",
                       help="design switches as in train, e.g. '{\"forget_gate\": false}' (README: Design switches)")
-    info.add_argument("--detection", default=None, metavar="MODEL|SPEC",
+    info.add_argument("--detection", default=None, metavar="MODEL|SPEC|FILE",
                       help="a detector instead: Mask R-CNN + FPN with this backbone (hcgnet_b, a spec, or resnet50), "
-                           "beside the paper's Table 4; --num-classes defaults to 91 (COCO)")
-    info.add_argument("--task", choices=("mask", "box"), default="mask",
+                           "beside the paper's Table 4; --num-classes defaults to 91 (COCO); or a file of hcgnet "
+                           "detect train (final.safetensors, last.pt), counted at the size it was trained for")
+    info.add_argument("--task", choices=("mask", "box"), default=None,
                       help="with --detection: mask (Mask R-CNN, default) or box (Faster R-CNN)")
     info.add_argument("--image-size", default=None, metavar="HxW",
                       help="with --detection: image size for the GMACs (default 800x1333, the paper's)")

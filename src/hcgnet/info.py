@@ -99,7 +99,15 @@ def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
     fmt = export_format(path)
     if fmt in FORMATS:   # a file hcgnet export writes
         return export_info(path, fmt, size)
-    model, meta = named_checkpoint_model(path)
+    try:
+        model, meta = named_checkpoint_model(path)
+    except CheckpointError:
+        from hcgnet.detection.checkpoint import is_detector_file
+
+        if is_detector_file(path):  # the loader's "use it with detect eval" would not say how info counts it
+            raise CheckpointError(f"{path} is a detector checkpoint (hcgnet detect train); count it with hcgnet "
+                                  f"info --detection {path}") from None
+        raise
     config = data_config_of(model, meta)
     row = network_info(meta["model_name"], model.num_classes, first_conv_in_chans(model), meta.get("switches"),
                        config.input_size, size)

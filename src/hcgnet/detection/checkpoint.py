@@ -40,20 +40,49 @@ def _read(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     return state["model"], {k: str(state[k]) for k in DETECTOR_KEYS if k in state}
 
 
+def _decode(path: Path, meta: Dict[str, str], classifier: str = "for a classifier use hcgnet eval/predict"
+            ) -> Dict[str, Any]:
+    if meta.get("detector") != "1":
+        raise CheckpointError(f"{path} is not a detector checkpoint (written by hcgnet detect train); {classifier}")
+    return {"model": meta["model_name"], "task": meta["task"], "num_classes": int(meta["num_classes"]),
+            "class_names": json.loads(meta["class_names"]), "category_ids": json.loads(meta["category_ids"]),
+            "min_size": int(meta["min_size"]), "max_size": int(meta["max_size"]),
+            "trainable_stages": int(meta["trainable_stages"]),
+            "options": json.loads(meta.get("detector_options", "{}"))}
+
+
+def is_detector_file(path) -> bool:
+    """Whether ``path`` is a file ``hcgnet detect train`` wrote (its metadata says so); False for anything else,
+    unreadable files included (their own loader says what is wrong with them)."""
+    try:
+        return _metadata(Path(path)).get("detector") == "1"
+    except (CheckpointError, OSError, ValueError, RuntimeError):
+        return False
+
+
+def _metadata(path: Path) -> Dict[str, str]:
+    """The metadata alone: a safetensors file's header (no tensors read); a last.pt has to be loaded."""
+    check_checkpoint_file(path)
+    if path.suffix == ".safetensors":
+        return read_metadata(path)
+    return _read(path)[1]
+
+
+def read_detector_info(path, classifier: str = "for a classifier use hcgnet eval/predict") -> Dict[str, Any]:
+    """What the detector in ``path`` is (as :func:`load_detector` returns it), from its metadata alone: enough
+    to build it again, e.g. on the meta device to count it (``hcgnet info --detection FILE``). ``classifier``:
+    what the refusal of a file that is not a detector's tells its user to do instead."""
+    path = Path(path)
+    return _decode(path, _metadata(path), classifier)
+
+
 def load_detector(path, device: torch.device = torch.device("cpu")) -> Tuple[nn.Module, Dict[str, Any]]:
     """The detector in ``path`` (eval mode, on ``device``) and its metadata, decoded."""
     from hcgnet.detection.models import build_detector
 
     path = Path(path)
     weights, meta = _read(path)
-    if meta.get("detector") != "1":
-        raise CheckpointError(f"{path} is not a detector checkpoint (written by hcgnet detect train); for a "
-                              "classifier use hcgnet eval/predict")
-    info: Dict[str, Any] = {"model": meta["model_name"], "task": meta["task"], "num_classes": int(meta["num_classes"]),
-                            "class_names": json.loads(meta["class_names"]),
-                            "category_ids": json.loads(meta["category_ids"]), "min_size": int(meta["min_size"]),
-                            "max_size": int(meta["max_size"]), "trainable_stages": int(meta["trainable_stages"]),
-                            "options": json.loads(meta.get("detector_options", "{}"))}
+    info = _decode(path, meta)
     model = build_detector(info["model"], info["task"], num_classes=info["num_classes"], trained=True,
                            trainable_stages=info["trainable_stages"], min_size=info["min_size"],
                            max_size=info["max_size"], **info["options"])

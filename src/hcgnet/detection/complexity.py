@@ -9,7 +9,7 @@ threshold; this is its upper bound, and it is the convention of mmdetection's ``
 into the box head, 100 RoIs into the mask head). Everything runs on the ``meta`` device: no arithmetic.
 """
 from collections import OrderedDict
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -76,20 +76,22 @@ def parse_image_size(text: str) -> Tuple[int, int]:
 
 
 def detection_info(model: str = "hcgnet_b", task: str = "mask", num_classes: int = 91,
-                   image_size: Sequence[int] = DEFAULT_IMAGE_SIZE) -> dict:
+                   image_size: Sequence[int] = DEFAULT_IMAGE_SIZE, options: Optional[Dict[str, Any]] = None) -> dict:
     """One row for ``hcgnet info --detection``: parameters (``nn.Parameter`` elements, trainable or frozen; the
     frozen BatchNorms' constants are not counted, as in torchvision's own figures), multiply-adds by part, and
-    the paper's Table 4 figures where it has them (Mask R-CNN, 91 classes, 800x1333). The image is counted at
-    ``image_size`` as given (only padded to a multiple of 32), not resized to the detector's 800 px."""
+    the paper's Table 4 figures where it has them (Mask R-CNN, 91 classes, 800x1333, torchvision's settings:
+    none with ``options``, which may change the heads). The image is counted at ``image_size`` as given (only
+    padded to a multiple of 32), not resized to the detector's 800 px. ``options``: torchvision's keyword
+    arguments, as a checkpoint records them (:func:`checkpoint_detection_info`)."""
     from hcgnet.detection.models import build_detector
 
     h, w = (int(v) for v in image_size)
     with torch.device("meta"):  # shapes only; resizing to (h, w) keeps the image at the size asked for
         detector = build_detector(model, task, num_classes, trainable_stages=0, trained=True,
-                                  min_size=min(h, w), max_size=max(h, w)).eval()
+                                  min_size=min(h, w), max_size=max(h, w), **(options or {})).eval()
     macs = detector_macs(detector, image_size)
     key = model.strip().lower()
-    paper = PAPER_TABLE4.get(key) if task == "mask" else None
+    paper = PAPER_TABLE4.get(key) if task == "mask" and not options else None
     h, w = network_input_size(detector, image_size)
     return dict(
         model=model, task=task, classes=num_classes, image="x".join(map(str, image_size)), network_input=f"{h}x{w}",
@@ -99,3 +101,18 @@ def detection_info(model: str = "hcgnet_b", task: str = "mask", num_classes: int
         gmacs_by_part={k: v / 1e9 for k, v in macs.items() if k != "total"},
         proposals=int(detector.rpn._post_nms_top_n["testing"]), detections=int(detector.roi_heads.detections_per_img),
     )
+
+
+def checkpoint_detection_info(path, image_size: Optional[Sequence[int]] = None) -> dict:
+    """``hcgnet info --detection FILE``: :func:`detection_info` of the detector a file of ``hcgnet detect train``
+    holds, built from its metadata alone (backbone, task, classes, detector options; no weights read), counted
+    at ``image_size`` or, by default, at the size it was trained for (``--image-size`` x ``--max-size``: an
+    image of that shape reaches the network unresized). ``checkpoint``, ``class_names`` and ``category_ids``
+    say which file and what it detects."""
+    from hcgnet.detection.checkpoint import read_detector_info
+
+    info = read_detector_info(path, classifier=f"count a classifier with hcgnet info {path}, without --detection")
+    size = tuple(image_size) if image_size is not None else (info["min_size"], info["max_size"])
+    row = detection_info(info["model"], info["task"], info["num_classes"], size, info["options"])
+    row.update(checkpoint=str(path), class_names=info["class_names"], category_ids=info["category_ids"])
+    return row

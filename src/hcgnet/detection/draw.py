@@ -48,8 +48,9 @@ def predict(checkpoint, inputs: Sequence[str], output, score_threshold: float = 
             log: Callable[[str], None] = print, force: bool = False) -> List[Dict[str, Any]]:
     """Detect objects in the images named by ``inputs`` (files, folders, glob patterns) and write one PNG per
     image into the folder ``output``, which may not hold PNGs of those names already unless ``force``. Returns
-    one entry per image: ``{"image", "png", "detections": [{"class", "category_id", "score", "box"}]}`` or
-    ``{"image", "error"}``."""
+    one entry per image: ``{"image", "png", "detections": [{"class", "category_id", "score", "bbox"}]}`` or
+    ``{"image", "error"}``; the detections are the ones drawn, best first, each ``bbox`` [x, y, w, h] in the
+    image's own pixels and ``category_id`` the dataset's, as in COCO's results format (``detect eval``'s)."""
     from hcgnet.detection.checkpoint import load_detector
     from hcgnet.inference import collect_images
 
@@ -79,9 +80,11 @@ def predict(checkpoint, inputs: Sequence[str], output, score_threshold: float = 
         drawn = draw_detections(image, found, info["class_names"], score_threshold)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(png)
         keep = found["scores"] >= score_threshold
+        boxes = found["boxes"][keep]
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)  # COCO's, as detect eval writes them
         results.append({"image": path, "png": str(png), "detections": [
             {"class": info["class_names"][label - 1], "category_id": info["category_ids"][label - 1],
-             "score": score, "box": box}
+             "score": score, "bbox": box}
             for label, score, box in zip(found["labels"][keep].tolist(), found["scores"][keep].tolist(),
-                                         found["boxes"][keep].tolist())]})
+                                         xywh.tolist())]})
     return results
