@@ -199,7 +199,8 @@ def test_detect_train_writes_the_run_and_refuses_to_overwrite_it(toy, tmp_path, 
     assert all(torch.equal(v, last["model"][k]) for k, v in model.state_dict().items())
     assert load_detector(out / "last.pt")[1] == info                     # eval/predict read last.pt too
     assert main(args) == 2                             # the same output again: refused, the run kept
-    assert "already holds a run (last.pt); pass --resume" in capsys.readouterr().err
+    assert ("already holds a run (last.pt); pass --resume (resume=True from Python) to continue it or --overwrite "
+            "(overwrite=True) to replace it") in capsys.readouterr().err
     assert main(args + ["--amp", "fp16", "--overwrite"]) == 2
     assert capsys.readouterr().err == "hcgnet: error: --amp fp16 needs a GPU; on the CPU use --amp bf16\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]      # refused before the replacement folder

@@ -59,7 +59,8 @@ class RunFolder:
         existing = [f for f in RUN_FILES if f != BAD_IMAGES and (out / f).exists()]
         if existing and not (config.resume or config.overwrite):
             raise OutputFolderError(
-                f"{out} already holds a run ({existing[0]}); pass --resume to continue it or --overwrite to replace it"
+                f"{out} already holds a run ({existing[0]}); pass --resume (resume=True from Python) to continue it or "
+                "--overwrite (overwrite=True) to replace it"
             )
         self.out = out
         self.replacing = bool(config.overwrite and existing)

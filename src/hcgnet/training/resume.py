@@ -31,7 +31,8 @@ def check_resumable(out: Path, saved: Dict[str, Any], config: TrainConfig, world
             hint = (_where(saved) if key == "epochs" else "resume with the same settings, or start a new run")
             raise HCGNetError(f"cannot resume {out}: it was trained with {key}={before.get(key)!r}, not {now[key]!r}; "
                               f"{hint}")
-    check_warmup(config)
+    if isinstance(config, TrainConfig):  # the classifier's cosine (a detection run's schedule is its own)
+        check_warmup(config)
 
 
 def _where(saved: Dict[str, Any]) -> str:
