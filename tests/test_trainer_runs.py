@@ -796,3 +796,16 @@ def test_an_interrupted_run_names_the_command_that_resumes_it_once(monkeypatch, 
         run.interrupted(signal.SIGINT, 2, 5)
     assert str(e.value) == f"interrupted at epoch 3 step 5; {expected}"
     assert e.value.exit_code == 130 and e.value.quiet == (rank != 0)
+
+
+def test_the_cli_says_an_interrupt_once_under_torchrun(monkeypatch, capsys):
+    """Every process of a torchrun run stops on the signal; the resume command is printed by rank 0 alone."""
+    from hcgnet import cli
+
+    for quiet, said in ((False, "hcgnet: interrupted at epoch 1 step 2; resume with: X\n"), (True, "")):
+        def stopped(args, quiet=quiet):
+            raise TrainingInterrupted("interrupted at epoch 1 step 2; resume with: X", signal.SIGTERM, quiet=quiet)
+
+        monkeypatch.setattr(cli, "cmd_recipes", stopped)
+        assert cli.main(["recipes"]) == 143
+        assert capsys.readouterr().err == said

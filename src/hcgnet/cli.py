@@ -590,7 +590,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
     print("batch: the global batch, divided over torchrun's processes. A flag given to `hcgnet train` overrides "
-          "the recipe's value; '--model'/'--data': the recipe leaves it to you.")
+          "the recipe's value; '--model'/'--data': the recipe leaves it to you (finetune: --model defaults to the "
+          "network the --initial-checkpoint names).")
     return 0
 
 
@@ -1212,7 +1213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except HCGNetError as e:
         if hasattr(e, "exit_code"):  # a run stopped by a signal: the resume hint, with the shell's 130/143
-            print(f"hcgnet: {e}", file=sys.stderr)
+            if not getattr(e, "quiet", False):  # torchrun's other ranks leave it to rank 0
+                print(f"hcgnet: {e}", file=sys.stderr)
             return e.exit_code
         from hcgnet.data.errors import error_message
 
