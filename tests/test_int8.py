@@ -166,7 +166,12 @@ def test_calibration_draws_a_seeded_sample_of_training_images_never_test_ones(tr
     notes = []
     loader, what, _ = calibration_loader(str(path), model, meta, 1000, log=notes.append)
     assert len(loader.dataset) == 360 and what.startswith("360 training images")
-    assert notes == [f"note: --calibration 1000: the training split of {meta['data']} has 360 images; using all"]
+    assert notes == [f"note: the training split of {meta['data']} has 360 images (--calibration 1000); using all"]
+    # not asked for: the default is named as such, not as a flag the user gave
+    notes = []
+    calibration_loader(str(path), model, meta, None, log=notes.append)
+    assert notes == [f"note: the training split of {meta['data']} has 360 images (int8 calibrates on 512 by "
+                     "default); using all"]
 
 
 def test_calibration_names_the_unreadable_images_its_run_left_out(trained, tmp_path):

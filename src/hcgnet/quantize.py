@@ -92,6 +92,7 @@ def calibration_loader(path: str, model: nn.Module, meta: Dict[str, str], calibr
     run made it; a seeded sample, evaluation transform), a phrase saying which, and one for the "calibrating on"
     line naming the unreadable images left out of the folder ("" if none). Refused in one line for a
     checkpoint that does not record its data (a published one): int8 calibrates on the model's own data."""
+    asked = calibration is not None
     calibration = DEFAULT_CALIBRATION if calibration is None else calibration
     data = metadata_value(meta, "data")
     if data is None:
@@ -105,7 +106,8 @@ def calibration_loader(path: str, model: nn.Module, meta: Dict[str, str], calibr
     if n == 0:
         raise Int8Error(f"the training split of {data} is empty: nothing to calibrate --int8 on")
     if n < calibration and log is not None:
-        log(f"note: --calibration {calibration}: the training split of {data} has {plural(n, 'image')}; using all")
+        wanted = f"--calibration {calibration}" if asked else f"int8 calibrates on {calibration} by default"
+        log(f"note: the training split of {data} has {plural(n, 'image')} ({wanted}); using all")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(CALIBRATION_SEED))
     loader = DataLoader(Subset(train, sorted(order[:n].tolist())), batch_size=min(batch_size, n), num_workers=workers)
     skipped = f"; {left_out[0]} of the folder, as the checkpoint's training run did" if left_out else ""
