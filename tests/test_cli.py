@@ -476,6 +476,27 @@ def test_info_size_counts_at_that_size_and_warns_about_the_cifar_stem(capsys):
     assert "CIFAR stem" in err and "--stem imagenet" in err and len(err.splitlines()) == 1
 
 
+def test_info_takes_the_stem_its_note_advises_and_another_stem_is_another_network(capsys):
+    """The CIFAR-stem note says "pass --stem imagenet": info takes it (as train does), says nothing more, and the
+    row is that network's, without the variant's name or its published and paper figures."""
+    spec = "HCGNet-(2,2,2)-(k=8,8,8)"
+    code, out, err = run(capsys, "info", "--json", spec, "--size", "224", "--stem", "imagenet")
+    assert code == 0 and err == ""
+    (row,) = json.loads(out)
+    assert row["stem"] == "imagenet" and row["spec"] == f"{spec} [imagenet stem]"
+    built = hcgnet.create_model(spec, stem="imagenet")
+    assert row["params"] == sum(p.numel() for p in built.parameters()) and row["classes"] == 1000
+    for argv in (["--stem", "imagenet"], ["--model-kwargs", '{"stem": "imagenet"}']):
+        code, out, err = run(capsys, "info", "--json", "hcgnet_a1", "--size", "224", *argv)
+        assert code == 0 and err == ""
+        (row,) = json.loads(out)
+        assert row["model"] == "-" and row["stem"] == "imagenet"
+        assert row["published_params"] is None and row["paper_params"] is None and row["paper_gmacs"] is None
+    # a variant at its own stem is the variant
+    code, out, _ = run(capsys, "info", "--json", "hcgnet_b", "--stem", "imagenet")
+    assert json.loads(out)[0]["model"] == "hcgnet_b" and json.loads(out)[0]["published_params"] == 12_845_501
+
+
 def test_info_size_of_an_imagenet_stem_network_says_nothing(capsys):
     code, out, err = run(capsys, "info", "hcgnet_b", "--size", "160")
     assert code == 0 and err == ""

@@ -69,7 +69,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from hcgnet.info import model_info
 
-    rows = model_info(args.models or list(VARIANTS), args.num_classes, args.size, parse_model_kwargs(args.model_kwargs))
+    rows = model_info(args.models or list(VARIANTS), args.num_classes, args.size, parse_model_kwargs(args.model_kwargs),
+                      args.stem)
     for r in rows:
         note = cifar_stem_note(r["spec"], r["stem"], int(r["input"].split("x")[1]))
         if note:
@@ -911,6 +912,8 @@ def _add_model_commands(sub) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.add_argument("--model-kwargs", default=None, metavar="JSON",
                       help="design switches as in train, e.g. '{\"forget_gate\": false}' (README: Design switches)")
+    info.add_argument("--stem", choices=("cifar", "imagenet"), default=None,
+                      help="the stem, as in train (default: each network's own: cifar for 3 blocks, imagenet for 4)")
     info.add_argument("--detection", default=None, metavar="MODEL|SPEC|FILE",
                       help="a detector instead: Mask R-CNN + FPN with this backbone (hcgnet_b, a spec, or resnet50), "
                            "beside the paper's Table 4; --num-classes defaults to 91 (COCO); or a file of hcgnet "

@@ -15,30 +15,38 @@ from hcgnet.models.variants import resolve
 
 
 def model_info(names: Sequence[str], num_classes: Optional[int], size: Optional[int] = None,
-               model_kwargs: Optional[dict] = None) -> List[dict]:
+               model_kwargs: Optional[dict] = None, stem: Optional[str] = None) -> List[dict]:
     """One row of ``hcgnet info`` per model name or spec: parameters and multiply-adds at ``size`` (default: the
-    model's own input), with ``model_kwargs`` (design switches), beside the published and paper figures. A name
-    that is a file is a checkpoint: :func:`checkpoint_info`."""
+    model's own input), with ``model_kwargs`` (design switches) and ``stem`` (None: each network's own), beside the
+    published and paper figures where the network is the paper's. A name that is a file is a checkpoint:
+    :func:`checkpoint_info`."""
+    model_kwargs = dict(model_kwargs or {})
+    stem = stem or model_kwargs.pop("stem", None)
     rows = []
     for requested in names:
         if names_a_file(requested):
-            if num_classes is not None or model_kwargs:
-                raise HCGNetError(f"--num-classes and --model-kwargs describe a variant; the checkpoint {requested} "
-                                  "holds its own: drop them")
+            if num_classes is not None or model_kwargs or stem:
+                raise HCGNetError(f"--num-classes, --model-kwargs and --stem describe a variant; the checkpoint "
+                                  f"{requested} holds its own: drop them")
             rows.append(checkpoint_info(requested, size))
             continue
         if requested.strip().lower() in PAPER:
+            if stem is not None:
+                raise HCGNetError(f"--stem is an HCGNet setting; {requested} has its own stem")
             rows.append(baseline_info(requested.strip().lower(), num_classes, size, model_kwargs))
             continue
-        name, variant = resolve(requested)
+        name, variant = resolve(requested, stem)
         classes = variant.num_classes if num_classes is None else num_classes
         with torch.device("meta"):  # shapes only: counting C costs no arithmetic
-            model = create_model(requested, num_classes=classes, **(model_kwargs or {}))
+            model = create_model(requested, num_classes=classes, stem=stem, **model_kwargs)
         switches = model.switch_info()  # the published figures are for the paper's network, RGB, only
-        paper_network = not switches and model.in_chans == variant.input_size[0]
+        # a variant with another stem is another network: no variant name, no published or paper figures
+        paper_network = not switches and model.in_chans == variant.input_size[0] and VARIANTS.get(name) is variant
         input_size = counted_size(model, requested, (model.in_chans, *variant.input_size[1:]), size)
+        own_stem = resolve(requested)[1].stem
+        switches = ", ".join(s for s in (switches, f"{variant.stem} stem" if variant.stem != own_stem else "") if s)
         rows.append(dict(
-            model=name if name in VARIANTS else "-",
+            model=name if name in VARIANTS and VARIANTS[name] is variant else "-",
             spec=variant.spec + (f" [{switches}]" if switches else ""),
             stem=variant.stem,
             input=shape_text(input_size),

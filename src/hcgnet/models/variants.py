@@ -136,4 +136,5 @@ def cifar_stem_note(name: str, stem: str, size: int) -> Optional[str]:
     if stem != "cifar" or size <= CIFAR_STEM_LARGE:
         return None
     return (f"{name} has the CIFAR stem (no downsampling before the first hybrid block), so at {size} px every "
-            "layer runs at full resolution (~100x the work of the ImageNet stem); for large images pass --stem imagenet")
+            "layer runs at full resolution (16x the positions after the ImageNet stem's stride 4); for large images "
+            "pass --stem imagenet")
