@@ -427,3 +427,29 @@ def test_create_model_without_weights_gives_the_pretrained_cfg_timm_gives(name):
     published = name.startswith(("hcgnet_b", "hcgnet_c"))
     assert ours.get("tag") == ("published_in1k" if published else None)
     assert (ours.get("license") == "other") == published
+
+
+def test_a_folder_timms_save_for_hf_wrote_loads_through_hcgnet_as_through_timm(tmp_path, capsys):
+    """timm's save_for_hf writes model.safetensors (no hcgnet metadata) and config.json naming the network:
+    hcgnet.create_model("local-dir:...") and the commands given its model.safetensors read the network there."""
+    from conftest import cli
+    from hcgnet.inference import load_model
+
+    spec = "HCGNet-(1,1,1)-(k=4,4,8)"
+    torch.manual_seed(0)
+    model = hcgnet.create_model(spec, num_classes=5, forget_gate=False).eval()
+    folder = tmp_path / "my-net"
+    timm.models.save_for_hf(model, str(folder), safe_serialization=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        for loaded in (hcgnet.create_model(f"local-dir:{folder}", pretrained=True),
+                       timm.create_model(f"local-dir:{folder}", pretrained=True),
+                       load_model(str(folder / "model.safetensors"))[0]):
+            assert torch.equal(loaded.eval()(x), expected)
+    code, out, err = cli(capsys, "info", "--json", folder / "model.safetensors")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["params"] == sum(p.numel() for p in model.parameters()) and "forget_gate=False" in row["spec"]
+    with pytest.raises(HCGNetError, match="no config.json in"):
+        hcgnet.create_model(f"local-dir:{tmp_path / 'nothing'}", pretrained=True)

@@ -30,9 +30,9 @@ from hcgnet.errors import CheckpointError, HCGNetError, channels_mismatch
 from hcgnet.files import check_output_file, reported_write
 from hcgnet.models import create_model, save_safetensors
 from hcgnet.models.checkpoints import is_onnx_export, is_safetensors_file, read_metadata, torch_load_weights_only
-from hcgnet.models.registry import OtherNetwork, first_conv_in_chans, is_timm_baseline
+from hcgnet.models.registry import GENERIC, OtherNetwork, first_conv_in_chans, is_timm_baseline, parse_model_kwargs
 from hcgnet.provenance import provenance
-from hcgnet.models.variants import resolve
+from hcgnet.models.variants import format_spec, resolve
 from hcgnet.distributed import Dist
 from hcgnet.evaluation import AMP_DTYPES, autocast, device_of, evaluate, fast_path_flags, images_to
 
@@ -74,9 +74,12 @@ def checkpoint_metadata(path: str) -> Dict[str, str]:
     """Everything a checkpoint says about itself: its metadata, and for a training checkpoint (``.pt``) the
     run's data and split settings from its ``config``. A ``.safetensors`` of a run, still in its run folder,
     takes what it does not record of them (its data before the data was recorded, the data folder of an earlier
-    run) from the run's ``config.yaml``."""
+    run) from the run's ``config.yaml``; one that timm's ``save_for_hf`` wrote takes the network from the
+    ``config.json`` beside it."""
     meta = dict(read_metadata(path))
     p = Path(path)
+    if not meta.get("model_name"):
+        meta.update(timm_folder_metadata(p))
     run: Dict[str, Any] = {}
     if not is_safetensors_file(p):
         obj = torch_load_weights_only(p)
@@ -119,8 +122,8 @@ def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, 
     name = model_name or meta.get("model_name")
     if not name:
         raise CheckpointError(f"{path} does not say which model it holds; pass --model NAME (model_name= from Python)")
-    try:
-        return create_model(name, checkpoint_path=path).eval(), meta
+    try:   # the switches the file records, or a timm folder's config.json beside it
+        return create_model(name, checkpoint_path=path, **parse_model_kwargs(meta.get("switches"))).eval(), meta
     except OtherNetwork as e:  # --model overrode what the file says it holds
         raise OtherNetwork(e.weights, e.recorded, e.name, e.spec, f"leave --model out or pass --model "
                            f"{e.recorded!r}") from None
@@ -132,6 +135,31 @@ def load_model(path: str, model_name: Optional[str] = None) -> Tuple[nn.Module, 
         raise
 
 
+def timm_folder_metadata(path: Path) -> Dict[str, str]:
+    """The network of a ``model.safetensors`` that timm's ``save_for_hf`` (or ``push_to_hub``) wrote, from the
+    ``config.json`` beside it, in hcgnet's metadata keys (``model_name``, ``num_classes``, ``switches``); {} for
+    any other file."""
+    config_file = path.parent / "config.json"
+    if not config_file.is_file():
+        return {}
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    architecture = config.get("architecture") if isinstance(config, dict) else None
+    if not isinstance(architecture, str):
+        return {}
+    args = dict(config.get("model_args") or {})
+    depths, growth = args.pop("block_depths", None), args.pop("growth_rates", None)
+    for key in ("stem", "in_chans", "num_classes", "global_pool"):  # the weights say these
+        args.pop(key, None)
+    name = format_spec(depths, growth) if architecture == GENERIC and depths and growth else architecture
+    meta = {"model_name": name, "switches": json.dumps(args)}
+    if isinstance(config.get("num_classes"), int):
+        meta["num_classes"] = str(config["num_classes"])
+    return meta
+
+
 def named_checkpoint_model(path: str, **model_kwargs) -> Tuple[nn.Module, Dict[str, str]]:
     """The network a checkpoint names in its metadata, with its weights (``model_kwargs``: switches such as
     ``memory_efficient``), and the metadata: for commands with no ``--model`` to name it (``info``, ``bench``), a
@@ -140,7 +168,8 @@ def named_checkpoint_model(path: str, **model_kwargs) -> Tuple[nn.Module, Dict[s
     if not meta.get("model_name"):
         raise CheckpointError(f"{path} does not say which model it holds; name it in a copy: hcgnet convert {path} "
                               "NAMED.safetensors --model NAME")
-    return create_model(meta["model_name"], checkpoint_path=path, **model_kwargs), meta
+    switches = parse_model_kwargs(meta.get("switches"), f"{path}: switches")
+    return create_model(meta["model_name"], checkpoint_path=path, **{**switches, **model_kwargs}), meta
 
 
 def recorded_data(checkpoints: Sequence[Tuple[str, Dict[str, str]]]) -> str:

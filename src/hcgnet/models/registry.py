@@ -346,6 +346,9 @@ def create_model(
     if not isinstance(name_or_spec, str):
         raise ModelSpecError(f"create_model takes a model name ('hcgnet_a1', 'resnet18') or a network in the paper's "
                              f"notation ('HCGNet-(8,8,8)-(k=12,24,36)'), got {name_or_spec!r}")
+    if name_or_spec.strip().startswith(TIMM_SOURCES):  # a folder of timm's save_for_hf, or the Hub: timm reads it
+        return _create_from_timm_source(name_or_spec.strip(), num_classes, pretrained, checkpoint_path, features_only,
+                                        out_indices, feature_cls, **kwargs)
     if not isinstance(feature_cls, str) or feature_name(feature_cls) not in FEATURE_CLASSES:
         raise ModelSpecError(f"unknown feature_cls {feature_cls!r}; use one of {', '.join(FEATURE_CLASSES)}")
     feature_cls = feature_name(feature_cls)
@@ -403,6 +406,28 @@ def create_model(
         indices = out_indices if out_indices is not None else _feature_cfg(len(model.stages))["out_indices"]
         model = feature_net(model, feature_cls, indices)
     return model
+
+
+#: Model names that are places timm reads a network and its weights from (``save_for_hf``'s folder, the Hub).
+TIMM_SOURCES = ("local-dir:", "hf-hub:")
+
+
+def _create_from_timm_source(source: str, num_classes, pretrained, checkpoint_path, features_only, out_indices,
+                             feature_cls, **kwargs) -> nn.Module:
+    """``timm.create_model(source, ...)`` for a ``local-dir:``/``hf-hub:`` name: its config.json names the network
+    (importing hcgnet registered it), timm loads the weights. ``hf-hub:`` downloads, as its name asks."""
+    import timm
+
+    if source.startswith("local-dir:"):
+        folder = Path(source[len("local-dir:"):]).expanduser()
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{source}: no config.json in {folder}; give a folder that timm's save_for_hf wrote")
+        source = f"local-dir:{folder}"
+    extra = {k: v for k, v in dict(num_classes=num_classes, checkpoint_path=checkpoint_path,
+                                   out_indices=out_indices).items() if v is not None}
+    if features_only:
+        extra.update(features_only=True, feature_cls=feature_cls)
+    return timm.create_model(source, pretrained=pretrained, **extra, **kwargs)
 
 
 def feature_name(feature_cls: str) -> str:
