@@ -440,10 +440,41 @@ def runs(tmp_path_factory, _one_thread):
             "hcgnet": base / "hcgnet" / "best.safetensors", "resnet": base / "resnet" / "best.safetensors"}
 
 
+def wilson_95(k, n):
+    """The Wilson score interval from its formula (Wilson 1927; Newcombe 1998, method 3), z from the stdlib."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.975)
+    p = k / n
+    centre, half = p + z ** 2 / (2 * n), z * (p * (1 - p) / n + z ** 2 / (4 * n ** 2)) ** 0.5
+    return (centre - half) / (1 + z ** 2 / n), (centre + half) / (1 + z ** 2 / n)
+
+
+def test_wilson_interval_is_newcombes_table():
+    from hcgnet.analysis.attack import wilson
+
+    # Newcombe (1998), Stat. Med. 17:857, Table II, method 3 (score interval without continuity correction)
+    for (k, n), (low, high) in (((81, 263), (0.2553, 0.3662)), ((15, 148), (0.0624, 0.1605)),
+                                ((0, 20), (0.0, 0.1611)), ((1, 29), (0.0061, 0.1718))):
+        assert wilson(k, n) == pytest.approx((low, high), abs=6e-5)
+        assert wilson(k, n) == pytest.approx(wilson_95(k, n), abs=1e-12)
+    assert wilson(20, 20) == pytest.approx((1 - 0.1611, 1.0), abs=6e-5)
+    assert wilson(0, 0) == (None, None)
+
+
+def test_eps_are_sorted_and_an_eps_given_twice_is_refused():
+    model, data = tiny_cnn(), TensorDataset(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))
+    rows = robustness({"m": (model, config())}, data, "fgsm", [0.05, 0, 0.01])
+    assert [r["eps"] for r in rows] == [0, 0.01, 0.05]
+    with pytest.raises(HCGNetError, match=r"--eps lists 0.05 more than once; .*e.g. 0.01,0.05"):
+        robustness({"m": (model, config())}, data, "fgsm", [0.05, 0.01, 0.05])
+
+
 def test_attack_command_compares_hcgnet_and_a_timm_baseline(capsys, runs):
     out = runs["base"] / "out"
+    # eps out of order: the console, the files and the plot all give them in increasing order
     code, text, err = cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--checkpoint", runs["resnet"],
-                          "--data", runs["data"], "--eps", "0,0.01,0.1", "--output", out)
+                          "--data", runs["data"], "--eps", "0.1,0,0.01", "--output", out)
     assert code == 0, err
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("eps"))
@@ -455,6 +486,16 @@ def test_attack_command_compares_hcgnet_and_a_timm_baseline(capsys, runs):
                                                       for m in (SPEC, "test_resnet")]
     assert all(int(r["images"]) == 6 for r in rows)
     saved = json.loads((out / "robustness.json").read_text())
+    assert saved["eps"] == [0, 0.01, 0.1] and [r["eps"] for r in saved["rows"]] == [0, 0, 0.01, 0.01, 0.1, 0.1]
+    # each accuracy's 95% Wilson interval, the same in the CSV, the JSON and the console
+    assert "Wilson" in saved["interval"] and "95%" in saved["interval"]
+    for r, s in zip(rows, saved["rows"]):
+        low, high = wilson_95(int(r["correct"]), int(r["images"]))
+        assert (float(r["ci95_low"]), float(r["ci95_high"])) == pytest.approx((low, high), abs=1e-6)
+        assert (s["ci95_low"], s["ci95_high"]) == pytest.approx((low, high), abs=1e-12)
+        row_line = lines[header + 1 + [0, 0.01, 0.1].index(s["eps"])]
+        assert f"{100 * s['accuracy']:.2f}% [{100 * low:.1f}, {100 * high:.1f}]" in row_line
+    assert "95% Wilson" in text
     assert saved["attack"] == "fgsm-any" and saved["split"] == "test" and saved["models"] == [SPEC, "test_resnet"]
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # eps 0 is hcgnet eval's top-1 on the same split, for both models
@@ -567,6 +608,7 @@ def test_attack_a_one_channel_fashion_mnist_checkpoint(capsys, tmp_path, single_
     (["--random-start"], "--random-start is PGD's (--attack pgd); fgsm-any takes one step of eps"),
     (["--steps", "5"], "--steps is PGD's (--attack pgd); fgsm-any takes one step of eps"),
     (["--attack", "fgsm", "--step-size", "0.1", "--random-start"], "--random-start and --step-size are PGD's"),
+    (["--eps", "0.05,0.01,0.05"], "--eps lists 0.05 more than once; give each eps once"),
 ])
 def test_bad_options_are_one_line(capsys, runs, argv, words):
     line = one_line_error(*cli(capsys, "attack", "--checkpoint", runs["hcgnet"], "--data", runs["data"],

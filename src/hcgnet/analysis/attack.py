@@ -26,6 +26,7 @@ every attack (as in the published script), even where a step happens to right it
 """
 import csv
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -211,7 +212,8 @@ def run_attack(attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 def check_options(attack: str, eps_list: Sequence[float], steps: int = PGD_STEPS, step_size: Optional[float] = None,
                   limit: Optional[int] = None, batch_size: int = 64, workers: int = 0,
                   random_start: bool = False) -> List[float]:
-    """The refusals, before any work: one line each. Returns the eps values as floats, in the order given."""
+    """The refusals, before any work: one line each. Returns the eps values as floats, in increasing order (the
+    order of every table, file and plot); an eps given twice is refused (most often a typo for another value)."""
     if attack not in ATTACKS:
         raise HCGNetError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
     if attack != "pgd" and (random_start or step_size is not None):
@@ -222,6 +224,11 @@ def check_options(attack: str, eps_list: Sequence[float], steps: int = PGD_STEPS
     if not len(eps_list):
         raise HCGNetError("--eps needs at least one value, e.g. 0,0.001,0.002,0.004")
     values = [_check_eps(e, "--eps values") for e in eps_list]
+    twice = sorted({e for e in values if values.count(e) > 1})
+    if twice:
+        raise HCGNetError(f"--eps lists {', '.join(f'{e:g}' for e in twice)} more than once; give each eps once "
+                          f"(was another value meant?), e.g. {','.join(f'{e:g}' for e in sorted(set(values)))}")
+    values.sort()
     # refused whatever the attack: a value that cannot work is a mistake even where it goes unused
     if int(steps) != steps or steps < 1:
         raise HCGNetError(f"--steps must be 1 or more, got {steps}")
@@ -271,8 +278,8 @@ def robustness(
     backward passes under autocast; the images and their gradients stay float32. ``workers``: DataLoader
     processes reading ``data``.
 
-    Returns one row per (eps, model), eps in the order given: ``{"eps", "model", "attack", "correct",
-    "images", "accuracy"}``.
+    Returns one row per (eps, model), eps in increasing order: ``{"eps", "model", "attack", "correct",
+    "images", "accuracy", "ci95_low", "ci95_high"}`` (the accuracy's 95% Wilson score interval, :func:`wilson`).
     """
     eps_values = check_options(attack, eps_list, steps, step_size, limit, batch_size, workers, random_start)
     dev = device_of(device)
@@ -303,9 +310,29 @@ def robustness(
     for i, eps in enumerate(eps_values):
         for name in models:
             correct, images = counts[(i, name)]
+            low, high = wilson(correct, images)
             rows.append({"eps": eps, "model": name, "attack": attack, "correct": correct, "images": images,
-                         "accuracy": correct / images if images else None})
+                         "accuracy": correct / images if images else None, "ci95_low": low, "ci95_high": high})
     return rows
+
+
+#: z of the two-sided 95% level: the standard normal's 0.975 quantile.
+Z95 = 1.959963984540054
+#: What ``ci95_low`` and ``ci95_high`` are, in the result's words.
+INTERVAL = "95% Wilson score interval of each accuracy (binomial: correct of images)"
+
+
+def wilson(correct: int, images: int, z: float = Z95) -> Tuple[Optional[float], Optional[float]]:
+    """The Wilson score interval of the proportion ``correct / images`` (Wilson 1927), 95% by default:
+    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``. Unlike the normal approximation it stays in
+    [0, 1] and is not empty at 0 or n correct. ``(None, None)`` without images."""
+    if images <= 0:
+        return None, None
+    n, p = images, correct / images
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # clamped: at p = 0 or 1 rounding can put the bound a hair outside [0, 1]
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -429,6 +456,7 @@ def attack_checkpoints(
     return {"attack": attack, "data": data, "split": "/".join(sorted(set(splits.values()))), "splits": splits,
             "limit": limit, "images_available": {label: len(d) for label, d in datasets.items()},
             "eps": eps_values, "eps_scale": "pixels in [0, 1], before the model's normalisation", "amp": amp,
+            "interval": INTERVAL,
             "steps": steps if attack == "pgd" else None,
             "step_size": (step_size if step_size is not None else "2.5*eps/steps") if attack == "pgd" else None,
             "random_start": random_start if attack == "pgd" else None, "seed": seed,
@@ -476,21 +504,31 @@ def heading(result: Dict[str, Any]) -> str:
             "images")
 
 
+def _cell(row: Dict[str, Any]) -> str:
+    if row["accuracy"] is None:
+        return "-"
+    if row.get("ci95_low") is None:  # a result written before the intervals
+        return f"{100 * row['accuracy']:.2f}%"
+    return f"{100 * row['accuracy']:.2f}% [{100 * row['ci95_low']:.1f}, {100 * row['ci95_high']:.1f}]"
+
+
 def table(result: Dict[str, Any]) -> str:
-    """Rows = eps (clean first when eps 0 is there), columns = models, accuracy in %."""
+    """Rows = eps (clean first when eps 0 is there), columns = models, accuracy in % with its 95% Wilson
+    interval in brackets."""
     models = result["models"]
-    acc = {(r["eps"], r["model"]): r["accuracy"] for r in result["rows"]}
+    by = {(r["eps"], r["model"]): r for r in result["rows"]}
     eps_values = sorted(dict.fromkeys(r["eps"] for r in result["rows"]))
     head = ["eps"] + models
-    lines = [[("clean" if e == 0 else f"{e:g}")] + [
-        "-" if acc[(e, m)] is None else f"{100 * acc[(e, m)]:.2f}%" for m in models] for e in eps_values]
+    lines = [[("clean" if e == 0 else f"{e:g}")] + [_cell(by[(e, m)]) for m in models] for e in eps_values]
     widths = [max(len(row[i]) for row in [head] + lines) for i in range(len(head))]
     fmt = lambda row: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-    return "\n".join([fmt(head)] + [fmt(row) for row in lines])
+    note = "accuracy [95% Wilson score interval], in %"
+    return "\n".join([fmt(head)] + [fmt(row) for row in lines] + [note])
 
 
 def write_results(result: Dict[str, Any], folder: Union[str, Path]) -> List[Path]:
-    """:data:`RESULTS` in ``folder``: ``robustness.csv`` (eps, model, split, attack, correct, images, accuracy),
+    """:data:`RESULTS` in ``folder``: ``robustness.csv`` (eps, model, split, attack, correct, images, accuracy,
+    ci95_low, ci95_high),
     ``robustness.json`` (the settings and rows) and ``robustness.png`` (accuracy against eps, one line per
     model; :func:`hcgnet.analysis.attack_plots.plot`)."""
     from hcgnet.analysis.attack_plots import plot
@@ -499,11 +537,13 @@ def write_results(result: Dict[str, Any], folder: Union[str, Path]) -> List[Path
     folder.mkdir(parents=True, exist_ok=True)
     splits = result.get("splits", {})
     with open(folder / "robustness.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=("eps", "model", "split", "attack", "correct", "images", "accuracy"))
+        writer = csv.DictWriter(f, fieldnames=("eps", "model", "split", "attack", "correct", "images", "accuracy",
+                                               "ci95_low", "ci95_high"))
         writer.writeheader()
         for r in result["rows"]:
             writer.writerow({**r, "split": splits.get(r["model"], result.get("split", "")),
-                             "accuracy": "" if r["accuracy"] is None else f"{r['accuracy']:.6f}"})
+                             **{k: "" if r.get(k) is None else f"{r[k]:.6f}"
+                                for k in ("accuracy", "ci95_low", "ci95_high")}})
     write_json(folder / "robustness.json", result)
     plot(result, folder / "robustness.png")
     return [folder / n for n in RESULTS]
