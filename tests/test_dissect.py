@@ -209,7 +209,9 @@ def test_shifted_unit_iou_by_hand(result):
 
 def test_unit_responding_to_nothing_is_no_detector(result):
     assert not result.units[1]["detector"] and result.units[1]["iou"] < 0.04
-    assert result.units[1]["concept"] == ""
+    # a constant unit never rises above its threshold: marked, not an empty cell
+    assert (result.units[1]["concept"], result.units[1]["category"], result.units[1]["fired_pixels"]) == ("-", "-", 0)
+    assert result.units[0]["fired_pixels"] > 0
 
 
 def test_whole_image_label_scene(broden):
@@ -299,7 +301,7 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
         assert layer in stdout
         with open(out / f"{layer}.csv") as f:
             rows = list(csv.DictReader(f))
-        assert list(rows[0]) == ["unit", "concept", "category", "iou", "threshold", "detector"]
+        assert list(rows[0]) == ["unit", "concept", "category", "iou", "threshold", "detector", "fired_pixels"]
         assert all(0 <= float(r["iou"]) <= 1 for r in rows)
         assert Image.open(out / f"units_{layer}.png").size[0] > 100
     summary = json.loads((out / "summary.json").read_text())
@@ -682,6 +684,7 @@ def test_tally_by_hand_without_matplotlib():
     assert labels == [4, 7] and cats == ["object", "scene"]
     # door: intersection 2 + 1, label 2 + 1, unit area (object) 2 + 2 -> 3 / (4 + 3 - 3); kitchen 1 / (1 + 4 - 1)
     assert iou.tolist() == [[0.75, 0.25]]
+    assert tally.fired.tolist() == [2 + 2 + 1]            # every fired pixel, labelled or not
     # the computation's module never imports the plotting library (the pictures live in dissect_plots)
     assert "matplotlib" not in Path(importlib.util.find_spec("hcgnet.analysis.dissect").origin).read_text()
 
@@ -740,3 +743,42 @@ def test_selected_categories_decide_primary_and_kept_images_as_in_the_oracle(ora
     concepts = [l for l, c in enumerate(primary) if c is not None]
     assert r.label_numbers == concepts
     np.testing.assert_allclose(r.iou, iou[:, concepts], rtol=1e-9, atol=1e-12)
+
+
+def test_force_removes_the_files_of_an_earlier_dissection_of_other_layers(broden, tiny_checkpoint, tmp_path, capsys,
+                                                                            single_thread):
+    out = tmp_path / "out"
+    common = ["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "2",
+              "--workers", "0", "--top-units", "1", "--output", str(out)]
+    assert main(common + ["--layer", "stages.0.block"]) == 0
+    assert {"stages.0.block.csv", "units_stages.0.block.png"} <= {p.name for p in out.iterdir()}
+    (out / "notes.csv").write_text("my,own\n1,2\n")           # someone else's files: never touched
+    (out / "units_of_mine.png").write_bytes(b"png")
+    capsys.readouterr()
+    assert main(common + ["--layer", "stages.1.block", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "removed stages.0.block.csv, units_stages.0.block.png of the earlier" in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "notes.csv", "stages.1.block.csv", "summary.csv", "summary.json", "unique_detectors.png", "units_of_mine.png",
+        "units_stages.1.block.png"]
+    # the same layer without strips: the earlier model's strip goes, and nothing is said of it (no other layer)
+    assert main(common[:-4] + ["--top-units", "0", "--output", str(out), "--layer", "stages.1.block", "--force"]) == 0
+    assert "removed" not in capsys.readouterr().err
+    assert not (out / "units_stages.1.block.png").exists() and (out / "units_of_mine.png").exists()
+
+
+def test_a_category_column_that_category_csv_does_not_list_is_refused(tmp_path, capsys):
+    root = write_broden(tmp_path / "b", images=2)
+    text = (root / "category.csv").read_text()
+    (root / "category.csv").write_text(text.replace("\ncolor,", "\ncolour,"))     # a typo: c_color.csv is there
+    with pytest.raises(HCGNetError, match="index.csv has labels in column 'color', which category.csv does not "
+                                          "list .*; correct 'colour' to 'color' there"):
+        dataset(root)
+    code = main(["dissect", "--checkpoint", str(tmp_path / "none.safetensors"), "--broden", str(root),
+                 "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "column 'color'" in err
+    # a column without labels (texture, which category.csv does not list either) loses nothing: accepted
+    assert "texture" in (root / "index.csv").read_text().splitlines()[0]
+    (root / "category.csv").write_text(text)
+    assert dataset(root).categories == ["color", "object", "part", "scene"]

@@ -4,9 +4,10 @@ read as NetDissect-Lite's ``loader/data_loader.py`` reads it.
 Layout of a Broden directory (``broden1_224`` from the NetDissect project, or one made the same way)::
 
     index.csv      image, split, ih, iw, sh, sw, then one column per category (color, object, part,
-                   material, scene, texture). A cell is empty or ';'-separated items; an item of digits is
-                   a label number that covers the whole image (scene, texture), any other item is the name
-                   of a mask PNG (pixel labels). The content decides, not the category's name.
+                   material, scene, texture; a column with labels that category.csv does not list is
+                   refused). A cell is empty or ';'-separated items; an item of digits is a label number
+                   that covers the whole image (scene, texture), any other item is the name of a mask PNG
+                   (pixel labels). The content decides, not the category's name.
     category.csv   name, first, last, count, frequency -- one row per category, in Broden's order
     label.csv      number, name, category, frequency, coverage, syns; row 0 is '-', no label
     c_<cat>.csv    code, number, name, frequency, coverage: the labels of category <cat> (``number``) and
@@ -34,6 +35,8 @@ from torch.utils.data import Dataset
 from hcgnet.errors import HCGNetError
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
+#: index.csv's columns that are no category; every other column is one (category.csv must list it).
+INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 WHERE = ("download broden1_224 from the NetDissect project (CSAILVision/NetDissect-Lite, script/dlbroden.sh) and pass "
          "--broden DIR; to try the command without it, python -m hcgnet.analysis.broden NEW_FOLDER writes a small "
          "synthetic set in Broden's layout")
@@ -151,6 +154,8 @@ class Broden(Dataset):
                 raise BrodenError(f"category {', '.join(unknown)} is not in {self.root}/index.csv "
                                   f"(it has {', '.join(present)})")
             self.categories = wanted
+            # a column category.csv does not list (a typo there: colour for color) would be left out without a word
+            unlisted = [c for c in header if c not in INDEX_COLUMNS and c not in known]
             self.label_category = self._primary_categories(wanted)
             self.records: List[BrodenRecord] = []
             self.dropped = 0
@@ -160,6 +165,9 @@ class Broden(Dataset):
                     self.listed += 1 + sum(1 for _ in reader)
                     break
                 self.listed += 1
+                for c in unlisted:
+                    if (row.get(c) or "").strip():
+                        raise BrodenError(self._unlisted(c, known, header))
                 try:
                     rec = BrodenRecord(row["image"], (int(row["ih"]), int(row["iw"])), (int(row["sh"]), int(row["sw"])))
                     for cat in wanted:
@@ -174,6 +182,14 @@ class Broden(Dataset):
                     self.dropped += 1    # no data in the selected categories: Lite leaves it out
         if not self.records:
             raise BrodenError(f"{self.root}/index.csv lists no images with data in {', '.join(wanted)}; {WHERE}")
+
+    def _unlisted(self, column: str, known: Sequence[str], header: Sequence[str]) -> str:
+        import difflib
+
+        typo = difflib.get_close_matches(column, [c for c in known if c not in header], n=1, cutoff=0.6)
+        fix = f"correct {typo[0]!r} to {column!r} there" if typo else f"add {column!r} to it"
+        return (f"{self.root}/index.csv has labels in column {column!r}, which category.csv does not list (it lists "
+                f"{', '.join(known)}), so that category would be left out; {fix}")
 
     def _primary_categories(self, categories: Sequence[str]) -> Dict[int, str]:
         """label number -> its primary category: the one of ``categories`` whose c_<cat>.csv gives it the largest

@@ -227,6 +227,7 @@ class Tally:
     cover a pixel of a label whose primary category is c, or where the image has a whole-image label of
     primary category c (Lite's rule). IoU of unit k and label l = inter / (unit_area[k, primary(l)] +
     label_area[l] - inter), which lies in [0, 1]. Labels without a primary category are no concepts.
+    ``fired[k]``: all the unit's fired pixels (0: it never rose above T_k on these images).
     """
 
     def __init__(self, thresholds: Tensor, label_category: Dict[int, str], categories: Sequence[str],
@@ -245,6 +246,7 @@ class Tally:
         self.inter = torch.zeros(units, self.n_labels, dtype=torch.float64, device=device)
         self.unit_area = torch.zeros(units, len(self.categories), dtype=torch.float64, device=device)
         self.label_area = torch.zeros(self.n_labels, dtype=torch.float64, device=device)
+        self.fired = torch.zeros(units, dtype=torch.float64, device=device)
 
     def _regions(self, seg: dict) -> Tuple[Tensor, Tensor]:
         """The image's labels (L,) and their regions as a (sh * sw, L) float 0/1 matrix: a pixel is in a
@@ -269,6 +271,7 @@ class Tally:
             if not len(labels):
                 continue
             fire = (upsample(maps[j:j + 1].float(), seg["size"])[0] > thr).reshape(len(thr), -1).float()
+            self.fired += fire.sum(1).double()
             hits = fire @ regions              # (units, L) fired pixels per label; whole numbers, exact in float32
             self.inter[:, labels] += hits.double()
             self.label_area[labels] += regions.sum(0).double()
@@ -371,6 +374,11 @@ def _tally_pass(passes: _Passes, layers: Sequence[str], thresholds: Dict[str, Te
     return tallies
 
 
+#: The concept and category of a unit that overlaps no concept where it fires (or never fires: ``fired_pixels``
+#: 0), as Broden writes "no label".
+NO_CONCEPT = "-"
+
+
 def _layer_result(name: str, peaks: _Peaks, threshold: Tensor, tally: Tally, quantile: float,
                   iou_threshold: float, names: Dict[int, str]) -> LayerResult:
     """Each unit's best concept (IoU), and whether it is a detector of it."""
@@ -380,9 +388,9 @@ def _layer_result(name: str, peaks: _Peaks, threshold: Tensor, tally: Tally, qua
         best = int(iou[u].argmax()) if iou.shape[1] and iou[u].max() > 0 else -1
         score = float(iou[u, best]) if best >= 0 else 0.0
         units.append(dict(
-            unit=u, concept=names.get(label_numbers[best], str(label_numbers[best])) if best >= 0 else "",
-            category=cats_of[best] if best >= 0 else "", iou=score,
-            threshold=float(threshold[u]), detector=score >= iou_threshold))
+            unit=u, concept=names.get(label_numbers[best], str(label_numbers[best])) if best >= 0 else NO_CONCEPT,
+            category=cats_of[best] if best >= 0 else NO_CONCEPT, iou=score,
+            threshold=float(threshold[u]), detector=score >= iou_threshold, fired_pixels=int(tally.fired[u])))
     return LayerResult(
         layer=name, shape=peaks.shape, units=units, label_numbers=label_numbers, iou=iou,
         thresholds=threshold.cpu().numpy(), threshold_error=peaks.quantiles.error_bound(quantile).cpu().numpy(),
@@ -478,16 +486,57 @@ def output_names(layers: Sequence[str], strips: bool = True) -> List[str]:
             + ([strip_name(l) for l in layers] if strips else []))
 
 
+#: The columns of a layer's table, ``<layer>.csv``: how an earlier dissection's table is told from another CSV
+#: file (by its first six, those of tables written before ``fired_pixels``).
+LAYER_FIELDS = ["unit", "concept", "category", "iou", "threshold", "detector", "fired_pixels"]
+
+
+def _is_layer_table(path) -> bool:
+    try:
+        with open(path, newline="") as f:
+            header = f.readline().strip().split(",")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return header[:6] == LAYER_FIELDS[:6]
+
+
+def earlier_files(out) -> List[str]:
+    """The layer tables and unit strips of earlier dissections in folder ``out``, only where it holds a
+    dissection's ``summary.json`` (from the command line: only under ``--force``, which that file needs): every
+    CSV file with a layer table's header, and ``units_<layer>.png`` of those layers and of the layers the
+    summary names. Nothing of another naming or content."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    try:
+        doc = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(doc, dict) or not str(doc.get("method", "")).startswith("NetDissect-Lite"):
+        return []
+    named = {_file_name(l) for l in (doc.get("config") or {}).get("layers") or [] if isinstance(l, str)}
+    tables = {p.stem for p in out.glob("*.csv") if p.name != "summary.csv" and _is_layer_table(p)}
+    names = [f"{s}.csv" for s in sorted(tables)] + [f"units_{s}.png" for s in sorted(named | tables)]
+    return [n for n in names if (out / n).is_file()]
+
+
 def summary_rows(results: Sequence[LayerResult]) -> List[dict]:
     """One row per layer: units, map size, detectors, unique detectors in all and per category."""
     return [r.summary() for r in results]
 
 
 def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = None,
-                  provenance: Optional[dict] = None) -> List[str]:
-    """``<layer>.csv`` per layer (unit, concept, category, iou, threshold, detector), ``summary.csv`` and
-    ``summary.json`` (:data:`METHOD`, the summary rows, ``config``, every detector and ``provenance``, e.g.
-    :func:`hcgnet.provenance.provenance`) in folder ``out``. Returns file names."""
+                  provenance: Optional[dict] = None, remove_earlier: bool = True,
+                  log: Optional[Callable[[str], None]] = None) -> List[str]:
+    """``<layer>.csv`` per layer (:data:`LAYER_FIELDS`), ``summary.csv`` and ``summary.json`` (:data:`METHOD`,
+    the summary rows, ``config``, every detector and ``provenance``, e.g. :func:`hcgnet.provenance.provenance`)
+    in folder ``out``. Returns file names.
+
+    ``remove_earlier``: where the summary.json written over is an earlier dissection's, its layer tables and
+    unit strips (:func:`earlier_files`) are removed first, lest the folder mix two models; those this
+    dissection does not write again are named through ``log`` (default: a note on stderr). The strips of this
+    dissection's layers go too: its own are drawn afterwards (``--top-units``), or none are."""
     import csv
     from pathlib import Path
 
@@ -495,11 +544,20 @@ def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if remove_earlier:
+        stale = earlier_files(out)
+        rewritten = set(output_names([r.layer for r in results]))
+        for name in stale:
+            (out / name).unlink()
+        gone = [n for n in stale if n not in rewritten]
+        if gone:
+            (log or _on_stderr)(f"note: removed {', '.join(gone)} of the earlier dissection in {out} (layers this one "
+                                "does not dissect), so that the folder holds one dissection")
     written = []
     for r in results:
         name = f"{_file_name(r.layer)}.csv"
         with open(out / name, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["unit", "concept", "category", "iou", "threshold", "detector"])
+            w = csv.DictWriter(f, fieldnames=LAYER_FIELDS)
             w.writeheader()
             for u in r.units:
                 w.writerow({**u, "iou": f"{u['iou']:.6f}", "threshold": f"{u['threshold']:.6g}",
@@ -518,3 +576,9 @@ def write_results(results: Sequence[LayerResult], out, config: Optional[dict] = 
                **({"provenance": provenance} if provenance is not None else {}))
     write_json(out / "summary.json", doc)
     return written + ["summary.csv", "summary.json"]
+
+
+def _on_stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hcgnet.analysis.broden import CATEGORIES
-from hcgnet.analysis.dissect import LayerResult, unit_maps, upsample
+from hcgnet.analysis.dissect import NO_CONCEPT, LayerResult, unit_maps, upsample
 
 
 def plot_unique_detectors(results: Sequence[LayerResult], path, title: str = "") -> None:
@@ -74,7 +74,7 @@ def plot_unit_strips(model: nn.Module, dataset, result: LayerResult, path, units
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 0:
-                label = f"{u['concept']} ({u['category']})" if u["concept"] else "-"
+                label = f"{u['concept']} ({u['category']})" if u["concept"] not in ("", NO_CONCEPT) else NO_CONCEPT
                 ax.set_ylabel(f"unit {u['unit']}\n{label}\nIoU {u['iou']:.3f}", fontsize=7)
     fig.suptitle(f"{result.layer}: where the top units fire (top-activating images, map > T_k)", fontsize=9)
     fig.tight_layout()
