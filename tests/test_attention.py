@@ -600,3 +600,25 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, checkpoint, tmp_path, case, ex
     assert "Traceback" not in err
     if case != "output_is_a_file":
         assert not output.exists()  # nothing created for a run that could not start
+
+
+def test_the_readme_example_runs_as_written(tmp_path):
+    """The README's first attention example, pasted into a shell in a clone: it draws its own pictures."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### hcgnet attention"):]
+    block = section[section.index("```bash\n") + len("```bash\n"):section.index("```\n", section.index("```bash"))]
+    lines = block.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("hcgnet attention"))
+    (tmp_path / "tests").symlink_to(root / "tests")               # the clone's checkpoint, at the same path
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["bash", "-euc", "\n".join(lines[:first + 1]) + " --device cpu"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / "att" / "summary.json").read_text())
+    assert sorted(Path(name).name for name in summary["images"]) == ["red-disc.png", "white-square.png"]
+    assert Image.open(tmp_path / "shapes" / "red-disc.png").size == (32, 32)
