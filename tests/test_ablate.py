@@ -132,13 +132,46 @@ def test_a_variants_mapping_overrides_are_merged_into_the_base():
     ("base: {model: hcgnet_a1}\n", "no variants"),
     ("base: {}\nvariants: {v: {epochs: 3}}", "budget is the same for every variant"),
     ("base: {seed: 3}\nvariants: {v: {lr: 0.1}}", "sets seed"),
-    ("base: {}\nvariants: {base: {lr: 0.1}}", "variant name"),
+    ("base: {}\nvariants: {base: {lr: 0.1}}", "variant name 'base' is reserved for the grid's base"),
+    ("base: {}\nvariants: {a/b: {lr: 0.1}}", "variant name 'a/b' must be letters, digits"),
     ("base: {}\nvariants: {v: {}}", "changes nothing"),
     ("base: {}\nvariants: {v: {lr: 0.1}}\nextra: 1", "unknown key"),
 ])
 def test_bad_grids_are_refused_in_one_line(text, message):
     with pytest.raises(GridError, match=message):
         parse_grid(text, "g.yaml")
+
+
+@pytest.mark.parametrize("text,key,line", [
+    ("base: {model: m}\nvariants:\n  nfg: {lr: 0.1}\n  nfg: {lr: 0.2}\n", "nfg", 4),   # a variant twice
+    ("base:\n  model: m\n  lr: 0.1\n  lr: 0.2\nvariants: {v: {lr: 0.3}}\n", "lr", 4),  # an option twice
+    ("base: {model: m}\nvariants: {v: {lr: 0.3}}\nbase: {model: n}\n", "base", 3),
+])
+def test_a_key_given_twice_is_refused_not_dropped(text, key, line):
+    """YAML itself keeps the last of two equal keys: the first variant of a name would vanish from the grid."""
+    with pytest.raises(GridError) as e:
+        parse_grid(text, "g.yaml")
+    assert str(e.value).startswith(f"g.yaml line {line}: key {key!r} is given twice") and "\n" not in str(e.value)
+
+
+def test_one_option_spelled_two_ways_is_refused():
+    with pytest.raises(GridError, match="base sets batch_size twice .as 'batch-size' and 'batch_size'."):
+        parse_grid("base: {batch-size: 4, batch_size: 8}\nvariants: {v: {lr: 0.1}}", "g.yaml")
+    # a key that overrides one merged in from an anchor is YAML's own way of overriding, not a duplicate
+    grid = parse_grid("base: &b {model: m, lr: 0.1}\nvariants: {v: {<<: *b, lr: 0.2}}", "g.yaml")
+    assert grid.variants["v"] == {"model": "m", "lr": 0.2}
+
+
+@pytest.mark.parametrize("option,hint", [
+    ("batchsize", "did you mean batch_size?"),
+    ("weight_decy", "did you mean weight_decay?"),
+    ("forget_gates", "the options are hcgnet train's (hcgnet train --help); a model's switches go under "
+                     "model_kwargs"),
+])
+def test_an_unknown_option_names_the_close_one_not_all(option, hint):
+    with pytest.raises(GridError) as e:
+        parse_grid(f"base: {{{option}: 4}}\nvariants: {{v: {{lr: 0.1}}}}", "g.yaml")
+    assert str(e.value) == f"g.yaml: base: unknown option {option!r}; {hint}"
 
 
 def test_bad_options_values_seeds_and_models_are_refused_before_any_run(tmp_path, images):
@@ -309,14 +342,18 @@ def test_the_summary_equals_the_runs_results_recomputed_independently(finished_g
         mean, sd = statistics.mean(values), statistics.stdev(values)
         row = summary[variant]
         assert int(row["n"]) == 2
-        assert float(row["test_top1_mean"]) == pytest.approx(mean, abs=1e-12)
-        assert float(row["test_top1_std"]) == pytest.approx(sd, abs=1e-12)
-        assert float(row["test_top1_low"]) == pytest.approx(mean - t * sd / math.sqrt(2), abs=1e-6)
-        assert float(row["test_top1_high"]) == pytest.approx(mean + t * sd / math.sqrt(2), abs=1e-6)
+        # summary.csv writes 6 significant digits
+        assert float(row["test_top1_mean"]) == pytest.approx(mean, rel=1e-5)
+        assert float(row["test_top1_std"]) == pytest.approx(sd, rel=1e-5)
+        assert float(row["test_top1_low"]) == pytest.approx(mean - t * sd / math.sqrt(2), rel=1e-5, abs=1e-6)
+        assert float(row["test_top1_high"]) == pytest.approx(mean + t * sd / math.sqrt(2), rel=1e-5, abs=1e-6)
         metrics = [read_csv(out / "runs" / variant / f"seed{s}" / "metrics.csv") for s in (0, 1)]
         speeds = [statistics.mean(float(r["images_per_s"]) for r in m) for m in metrics]
-        assert float(row["images_per_s"]) == pytest.approx(statistics.mean(speeds))
-        assert "2 optimiser steps" in row["budget"] and "2 steps taken by every run" in row["budget"]
+        assert float(row["images_per_s"]) == pytest.approx(statistics.mean(speeds), rel=1e-5)
+        assert row["budget"] == "2 optimiser steps (one epoch cut short)" and row["steps"] == "2"
+        for key, text in row.items():  # no float written with more than 6 significant digits
+            if "." in text and text.replace(".", "").replace("-", "").replace("e", "").isdigit():
+                assert text == repr(float(f"{float(text):.6g}")), (key, text)
     # parameters and multiply-adds of the network each variant trained (3 classes, 3 channels, 16x16)
     from hcgnet.complexity import count_macs, count_params
     from hcgnet.models import create_model
@@ -327,11 +364,11 @@ def test_the_summary_equals_the_runs_results_recomputed_independently(finished_g
     diffs = [top1[("wider", s)] - top1[("base", s)] for s in (0, 1)]
     dmean, dsd = statistics.mean(diffs), statistics.stdev(diffs)
     wider = summary["wider"]
-    assert float(wider["test_top1_diff_mean"]) == pytest.approx(dmean, abs=1e-12)
+    assert float(wider["test_top1_diff_mean"]) == pytest.approx(dmean, rel=1e-5, abs=1e-12)
     if dsd > 0:
         low, high = dmean - t * dsd / math.sqrt(2), dmean + t * dsd / math.sqrt(2)
-        assert float(wider["test_top1_diff_low"]) == pytest.approx(low, abs=1e-6)
-        assert float(wider["test_top1_diff_high"]) == pytest.approx(high, abs=1e-6)
+        assert float(wider["test_top1_diff_low"]) == pytest.approx(low, rel=1e-5, abs=1e-6)
+        assert float(wider["test_top1_diff_high"]) == pytest.approx(high, rel=1e-5, abs=1e-6)
         assert wider["test_top1_verdict"] == ("better" if low > 0 else "worse" if high < 0 else "undecided")
     md = (out / "summary.md").read_text()
     assert f"{100 * statistics.mean(top1[('base', s)] for s in (0, 1)):.2f}" in md
@@ -348,7 +385,8 @@ def test_a_changed_config_is_refused_not_reused(finished_grid, tmp_path):
     grid.base["lr"] = 0.07
     runs = plan(grid, str(g["out"]), seeds=2, steps=2)
     assert ablate_runs.status(runs[0]) == "changed"
-    with pytest.raises(GridError, match="holds a run of another config .*--force"):
+    with pytest.raises(GridError, match=r"holds a run of another config than base seed 0 now has \(lr 0.05 -> 0.07\); "
+                                        "pass --force"):
         ablate_runs.run_grid(runs, log=lambda line: None)
 
 
@@ -380,6 +418,7 @@ def test_a_refused_command_leaves_a_finished_grids_summary_as_it_was(finished_gr
     captured = capsys.readouterr()
     assert len(captured.err.strip().splitlines()) == 1
     assert "holds a run of another config" in captured.err and "--force" in captured.err
+    assert "(max_steps_per_epoch 2 -> 3)" in captured.err   # what differs, from config.yaml against the plan
     assert captured.out == ""  # refused before the grid's first line
 
 
@@ -498,21 +537,26 @@ def test_attacks_add_accuracy_under_each_attack_with_paired_differences(tmp_path
     summary = {r["variant"]: r for r in read_csv(out / "summary.csv")}
     for variant in ("base", "wider"):
         values = [at[(variant, s)] for s in (0, 1)]
-        assert float(summary[variant]["attack_fgsm_0.05_mean"]) == pytest.approx(statistics.mean(values))
+        assert float(summary[variant]["attack_fgsm_0.05_mean"]) == pytest.approx(statistics.mean(values), rel=1e-5)
         values = [at_pgd[(variant, s)] for s in (0, 1)]
-        assert float(summary[variant]["attack_pgd_0.05_mean"]) == pytest.approx(statistics.mean(values))
+        # PGD's column names its steps (the step size 2.5 eps/steps and no random start: the defaults)
+        assert float(summary[variant]["attack_pgd-2steps_0.05_mean"]) == pytest.approx(statistics.mean(values),
+                                                                                      rel=1e-5)
     diffs = [at[("wider", s)] - at[("base", s)] for s in (0, 1)]
-    assert float(summary["wider"]["attack_fgsm_0.05_diff_mean"]) == pytest.approx(statistics.mean(diffs))
+    assert float(summary["wider"]["attack_fgsm_0.05_diff_mean"]) == pytest.approx(statistics.mean(diffs),
+                                                                                  rel=1e-5, abs=1e-12)
     text = (out / "summary.md").read_text()
-    assert "under fgsm, eps 0.05" in text and "under pgd, eps 0.05" in text
+    assert "## test top-1 under fgsm, eps 0.05" in text
+    assert "## test top-1 under pgd, 2 steps of 2.5 eps/2 from the image, eps 0.05" in text
     # what each score rests on: the runs' test images (all attacked by fgsm), pgd's --attack-limit 3
     images = {json.loads((Path(run.config.output) / "results.json").read_text())["test_images"] for run in runs}
     assert len(images) == 1
     n = images.pop()
     for variant in ("base", "wider"):
         assert (summary[variant]["test_images"], summary[variant]["test_images_fgsm"],
-                summary[variant]["test_images_pgd"]) == (str(n), str(n), "3")
-    assert f"test top-1 rests on {n} test images per run, accuracy under fgsm on {n}, under pgd on 3 of them" in text
+                summary[variant]["test_images_pgd-2steps"]) == (str(n), str(n), "3")
+    assert (f"test top-1 rests on {n} test images per run, accuracy under fgsm on {n}, under pgd-2steps on 3 of them"
+            in text)
     # a run replaced (--force) after its config changed is attacked again: the old file is not reused
     grid = load_grid(str(path))
     grid.variants["wider"]["lr"] = 0.02
@@ -522,6 +566,10 @@ def test_attacks_add_accuracy_under_each_attack_with_paired_differences(tmp_path
     new = json.loads((out / "runs" / "wider" / "seed0" / "attack-fgsm.json").read_text())
     assert new["run"] == changed[2].identity != json.loads(old)["run"]
     assert (out / "runs" / "base" / "seed0" / "attack-fgsm.json").read_text().count('"run"') == 1
+    # the same eps in another order is the same attack: neither refused nor made again
+    reordered = {**fgsm, "eps": [0.05, 0.0]}
+    ablate_runs.check_attacks(changed, [reordered], force=False)
+    assert not ablate_runs.attacks_todo(Path(changed[0].config.output), [reordered], changed[0].identity)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -530,8 +578,9 @@ def test_attacks_add_accuracy_under_each_attack_with_paired_differences(tmp_path
     (["--eps", "0,0.1"], "--eps goes with --attack; add --attack"),
     (["--eps", "0", "--attack-steps", "3"], "--eps and --attack-steps go with --attack; add --attack"),
     (["--attack", "fgsm", "--attack-steps", "3"], "--attack-steps is the iterations of pgd"),
-    (["--attack", "fgsm", "--attack-limit", "0"], "--limit must be 1 or more"),
-    (["--attack", "pgd", "--attack-steps", "0"], "--steps must be 1 or more"),
+    (["--attack", "fgsm", "--attack-limit", "0"], "must be 1 or more, got 0"),
+    (["--attack", "pgd", "--attack-steps", "0"], "must be 1 or more, got 0"),
+    (["--attack", "pgd", "--attack-steps", "-3"], "must be 1 or more, got -3"),
 ])
 def test_attack_options_refused_in_one_line(tmp_path, images, capsys, argv, message):
     path = tmp_path / "toy.yaml"
@@ -540,6 +589,66 @@ def test_attack_options_refused_in_one_line(tmp_path, images, capsys, argv, mess
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "g" / "runs").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"steps": 0}, "--attack-steps must be 1 or more, got 0"),
+    ({"steps": -3}, "--attack-steps must be 1 or more, got -3"),
+    ({"steps": 2, "limit": 0}, "--attack-limit must be 1 or more, got 0"),
+])
+def test_ablate_names_the_attack_options_by_its_own_flags(tmp_path, images, options, message):
+    """ablate's --steps is the training budget: a bad PGD steps is --attack-steps, refused before anything."""
+    from hcgnet.ablate import study
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    with pytest.raises(GridError) as e:
+        study.ablate(load_grid(str(path)), str(tmp_path / "g"), seeds=1, steps=1,
+                     attacks=[{"attack": "pgd", "eps": [0.05], "options": options}], log=lambda line: None)
+    assert str(e.value) == message and not (tmp_path / "g").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="hcgnet.cli.cmd_ablate calls hcgnet.analysis.attack.check_options (hcgnet "
+                   "attack's --steps, --limit) before hcgnet.ablate.runs.check_attack_options; it needs to call the "
+                   "latter first (then remove this mark)")
+@pytest.mark.parametrize("argv, message", [
+    (["--attack", "pgd", "--attack-steps", "0"], "--attack-steps must be 1 or more, got 0"),
+    (["--attack", "fgsm", "--attack-limit", "0"], "--attack-limit must be 1 or more, got 0"),
+])
+def test_the_cli_names_the_attack_options_by_ablates_flags(tmp_path, images, capsys, argv, message):
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    assert cli.main(["ablate", "--grid", str(path), "--output", str(tmp_path / "g"), "--steps", "1", *argv]) == 2
+    assert capsys.readouterr().err.strip() == f"hcgnet: error: {message}"
+
+
+def test_other_attack_settings_are_refused_not_silently_replaced(tmp_path, images, capsys):
+    """PGD with 2 steps after PGD with 1 step would replace every run's attack-pgd.json and the summary under the
+    same heading: refused, naming what differs; --force replaces it, and the summary names the steps."""
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    out = tmp_path / "grid"
+    argv = ["ablate", "--grid", str(path), "--output", str(out), "--seeds", "1", "--steps", "1", "--attack", "pgd",
+            "--eps", "0.05", "--attack-limit", "3"]
+    assert cli.main([*argv, "--attack-steps", "1"]) == 0
+    capsys.readouterr()
+    saved = {name: (out / name).read_bytes() for name in SUMMARY_FILES}
+    attacked = out / "runs" / "base" / "seed0" / "attack-pgd.json"
+    first = attacked.read_text()
+    assert "## test top-1 under pgd, 1 step of 2.5 eps/1 from the image, eps 0.05" in saved["summary.md"].decode()
+    assert cli.main([*argv, "--attack-steps", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (f"hcgnet: error: {attacked} holds pgd with other settings than asked "
+                                    "(steps 1 -> 2); ask for the same settings, pass --force to replace it in every "
+                                    "run, or choose another --output") and captured.out == ""
+    assert attacked.read_text() == first and {name: (out / name).read_bytes() for name in SUMMARY_FILES} == saved
+    assert cli.main([*argv, "--eps", "0.02", "--attack-steps", "1"]) == 2   # other eps, likewise
+    assert "(eps 0.05 -> 0.02)" in capsys.readouterr().err
+    assert cli.main([*argv, "--attack-steps", "2", "--force"]) == 0
+    capsys.readouterr()
+    assert json.loads(attacked.read_text())["asked"]["options"]["steps"] == 2
+    text = (out / "summary.md").read_text()
+    assert "## test top-1 under pgd, 2 steps of 2.5 eps/2 from the image, eps 0.05" in text and "1 step of" not in text
+    assert "attack_pgd-2steps_0.05_mean" in read_csv(out / "summary.csv")[0]
 
 
 def test_list_grids_shows_whole_sentences(capsys):
@@ -598,6 +707,19 @@ def test_the_summary_says_on_how_many_images_its_scores_rest(monkeypatch, tmp_pa
     summary = {r["variant"]: r for r in read_csv(tmp_path / "out" / "summary.csv")}
     for variant, (test, attacked) in counts.items():
         assert (summary[variant]["test_images"], summary[variant]["test_images_fgsm-any"]) == (str(test), str(attacked))
+
+
+@pytest.mark.parametrize("seeds, cautioned", [(2, True), (3, False), (10, False)])
+def test_the_few_seeds_caution_only_where_a_comparison_rests_on_fewer_than_3(seeds, cautioned):
+    from hcgnet.ablate import summary as ablate_summary
+    rows = [{"variant": v, "seed": seed, "status": "finished", "test_top1": 0.5 + seed / 100 + (v == "v") / 50}
+            for v in ("base", "v") for seed in range(seeds)]
+    md = ablate_summary.markdown(ablate_summary.variant_table(rows, ["base", "v"]), ["test_top1"], "t", "b")
+    assert ("t = 12.71" in md) == cautioned
+    # a variant with 2 finished seeds among others with 3: its comparison rests on 2
+    md = ablate_summary.markdown(ablate_summary.variant_table(rows[:-1] if seeds == 3 else rows, ["base", "v"]),
+                                 ["test_top1"], "t", "b")
+    assert ("t = 12.71" in md) == (seeds <= 3)
 
 
 def test_a_difference_that_rounds_to_zero_shows_no_minus_sign():

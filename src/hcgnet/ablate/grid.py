@@ -1,6 +1,7 @@
 """An ablation grid: a base (a model and any ``train`` option) and named variants, each a set of overrides of
 the base; every (variant, seed) becomes one ordinary :class:`~hcgnet.training.TrainConfig`. No torch here, so
 ``hcgnet ablate --list-grids`` and the checks of a grid cost no import of it."""
+import difflib
 import hashlib
 import json
 import re
@@ -12,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import yaml
 
 from hcgnet.errors import HCGNetError
-from hcgnet.training.config import ConfigError, RUN_FLAGS, TrainConfig, make_config, recorded_data
+from hcgnet.training.config import FIELDS, ConfigError, RUN_FLAGS, TrainConfig, make_config, recorded_data
 
 BASE = "base"
 # Set by ablate itself, the same for every run of a grid: the seed pairs the runs, the budget is shared.
@@ -25,6 +26,29 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 class GridError(HCGNetError):
     """A grid file that cannot be read, or a variant that cannot be trained."""
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int):
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: plain YAML keeps the last one, so a second
+    variant of the same name would silently replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:  # before merge keys (<<) are flattened: a key may override a merged one
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            if isinstance(key, (str, int, float, bool)):  # another key is refused later as no name
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 @dataclass
@@ -91,7 +115,10 @@ def load_grid(path_or_name: str) -> Grid:
 
 def parse_grid(text: str, where: str, name: str = "grid") -> Grid:
     try:
-        values = yaml.safe_load(text)
+        values = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise GridError(f"{where} line {e.line}: key {e.key!r} is given twice in one mapping (YAML would keep only "
+                        "the last); rename or remove one") from None
     except yaml.YAMLError as e:
         raise GridError(f"{where} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
@@ -108,8 +135,11 @@ def parse_grid(text: str, where: str, name: str = "grid") -> Grid:
     parsed = {}
     for vname, overrides in variants.items():
         vname = str(vname)
-        if not NAME.match(vname) or vname == BASE:
-            raise GridError(f"{where}: variant name {vname!r} must be letters, digits, '_', '-' or '.', not {BASE!r}")
+        if vname == BASE:
+            raise GridError(f"{where}: variant name {BASE!r} is reserved for the grid's base (its base: options); "
+                            "give this variant another name")
+        if not NAME.match(vname):
+            raise GridError(f"{where}: variant name {vname!r} must be letters, digits, '_', '-' or '.'")
         parsed[vname] = _options(overrides, f"{where}: variant {vname}")
         if not parsed[vname]:
             raise GridError(f"{where}: variant {vname} changes nothing; give it at least one option: value")
@@ -123,19 +153,57 @@ def parse_grid(text: str, where: str, name: str = "grid") -> Grid:
 def _options(values: Any, where: str) -> Dict[str, Any]:
     if not isinstance(values, dict):
         raise GridError(f"{where} must be a mapping of option: value, got {values!r}")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    fixed = sorted(set(values) & set(NOT_IN_GRID))
+    named: Dict[str, Any] = {}
+    given: Dict[str, str] = {}
+    for key, value in values.items():
+        option = str(key).replace("-", "_")
+        if option in named:  # batch-size and batch_size: one option given twice, the last would win
+            raise GridError(f"{where} sets {option} twice (as {given[option]!r} and {str(key)!r}); give it once")
+        named[option], given[option] = value, str(key)
+    fixed = sorted(set(named) & set(NOT_IN_GRID))
     if fixed:
         raise GridError(f"{where} sets {fixed[0]}: hcgnet ablate sets it (--seeds, --output)")
-    return values
+    unknown = [k for k in named if k not in FIELDS]
+    if unknown:
+        # the closest option, not all of them: a list of every option hides the one meant
+        close = difflib.get_close_matches(unknown[0], [f for f in FIELDS if f not in NOT_IN_GRID], n=1)
+        hint = (f"did you mean {close[0]}?" if close else
+                "the options are hcgnet train's (hcgnet train --help); a model's switches go under model_kwargs")
+        raise GridError(f"{where}: unknown option {unknown[0]!r}; {hint}")
+    return named
+
+
+def identity_values(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The settings that make a run's identity: every one that changes what it computes."""
+    kept = {k: v for k, v in sorted(config.items()) if k not in HOW_TO_RUN}
+    if kept.get("data"):  # a grid run before image folders were recorded absolute is the same run
+        kept["data"] = recorded_data(kept["data"])
+    return kept
 
 
 def identity(config: Mapping[str, Any]) -> str:
     """A run's identity: a hash of every setting that changes what it computes."""
-    kept = {k: v for k, v in sorted(config.items()) if k not in HOW_TO_RUN}
-    if kept.get("data"):  # a grid run before image folders were recorded absolute is the same run
-        kept["data"] = recorded_data(kept["data"])
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(identity_values(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value)
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def changed_settings(before: Mapping[str, Any], after: Mapping[str, Any], most: int = 3) -> str:
+    """What differs, as ``key before -> after`` (``lr 0.05 -> 0.07``), the first ``most`` of them; compared as
+    :func:`identity` compares them (a list and a tuple are the same)."""
+    def same(key: str) -> bool:
+        return (json.dumps(before.get(key), sort_keys=True, default=str)
+                == json.dumps(after.get(key), sort_keys=True, default=str))
+
+    keys = [k for k in dict.fromkeys([*after, *before]) if not same(k)]
+    shown = [f"{k} {_shown(before.get(k))} -> {_shown(after.get(k))}" for k in keys[:most]]
+    return ", ".join(shown) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
 def run_folder(output: str, variant: str, seed: int) -> Path:

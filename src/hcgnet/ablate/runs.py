@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
-from hcgnet.ablate.grid import GridError, PlannedRun, identity
+from hcgnet.ablate.grid import GridError, PlannedRun, changed_settings, identity, identity_values
 from hcgnet.errors import HCGNetError
 from hcgnet.training.config import TrainConfig
 
@@ -129,9 +129,53 @@ def check_runs(runs: Sequence[PlannedRun], force: bool) -> Dict[str, str]:
     for run in runs:
         states[run.config.output] = status(run)
         if states[run.config.output] == "changed" and not force:
-            raise GridError(f"{run.config.output} holds a run of another config than {run.label} now has; pass "
-                            "--force to replace it, or choose another --output")
+            raise GridError(f"{run.config.output} holds a run of another config than {run.label} now has "
+                            f"({what_changed(run)}); pass --force to replace it, or choose another --output")
     return states
+
+
+def what_changed(run: PlannedRun) -> str:
+    """How the run saved in ``run``'s folder differs from the planned one (``max_steps_per_epoch 40 -> 41``):
+    its config.yaml against the planned config, setting by setting."""
+    saved = Path(run.config.output) / "config.yaml"
+    if not saved.is_file():
+        return "its config.yaml is missing"
+    try:
+        before = yaml.safe_load(saved.read_text()) or {}
+    except yaml.YAMLError:
+        before = None
+    if not isinstance(before, dict):
+        return "its config.yaml cannot be read"
+    return changed_settings(identity_values(before), identity_values(run.config.to_dict())) or "the same settings"
+
+
+def check_attack_options(attacks: Sequence[Dict[str, Any]]) -> None:
+    """ablate's own refusals of the attack options, named as ablate names them (hcgnet attack's --steps and
+    --limit are ablate's --attack-steps and --attack-limit; --steps is ablate's training budget)."""
+    for attack in attacks:
+        options = attack.get("options", {})
+        steps, limit = options.get("steps"), options.get("limit")
+        if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
+            raise GridError(f"--attack-steps must be 1 or more, got {steps}")
+        if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+            raise GridError(f"--attack-limit must be 1 or more, got {limit}")
+
+
+def check_attacks(runs: Sequence[PlannedRun], attacks: Sequence[Dict[str, Any]], force: bool) -> None:
+    """Refuse (unless ``force``) an attack asked with other settings (eps, steps, limit) than the one a run
+    already holds: its attack-<name>.json would be replaced, and the summary with it, without a word."""
+    if force:
+        return
+    for run in runs:
+        made = {r["attack"]: r.get("asked") or {} for r in attack_results(Path(run.config.output), run.identity)}
+        for attack in attacks:
+            before = made.get(attack["attack"])
+            if before is not None and _attack_settings(before) != _attack_settings(attack):
+                path = Path(run.config.output) / attack_file(attack["attack"])
+                raise GridError(f"{path} holds {attack['attack']} with other settings than asked "
+                                f"({changed_settings(_attack_settings(before), _attack_settings(attack))}); ask "
+                                "for the same settings, pass --force to replace it in every run, or choose "
+                                "another --output")
 
 
 def _config_for(run: PlannedRun, state: str) -> Dict[str, Any]:
@@ -166,10 +210,16 @@ def attack_results(folder: Path, run_identity: str) -> List[Dict[str, Any]]:
     return results
 
 
+def _attack_settings(asked: Dict[str, Any]) -> Dict[str, Any]:
+    """An attack as asked ({"attack", "eps", "options"}), as the settings a user gave; eps in increasing order
+    (the order changes no accuracy; hcgnet attack once kept it as given)."""
+    return {"attack": asked.get("attack"), "eps": sorted(asked.get("eps") or []), **asked.get("options", {})}
+
+
 def attacks_todo(folder: Path, attacks: Sequence[Dict[str, Any]], run_identity: str) -> List[Dict[str, Any]]:
     """The attacks not yet made on this very run with these very settings."""
-    done = [r.get("asked") for r in attack_results(folder, run_identity)]
-    return [a for a in attacks if a not in done]
+    done = [_attack_settings(r.get("asked") or {}) for r in attack_results(folder, run_identity)]
+    return [a for a in attacks if _attack_settings(a) not in done]
 
 
 def train_run(values: Dict[str, Any], label: str, threads: Optional[int] = None,
@@ -208,7 +258,9 @@ def run_grid(runs: Sequence[PlannedRun], jobs: int = 1, executor: str = "local",
     """Carry out every run not finished yet; returns each run folder's status before this call. ``folder``:
     where submitit keeps its job logs (default: beside the runs)."""
     check_executor(executor, jobs)
+    check_attack_options(attacks)
     states = check_runs(runs, force)
+    check_attacks(runs, attacks, force)
     total = len(runs)
     todo = []
     for i, run in enumerate(runs, 1):

@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from hcgnet.ablate.grid import Grid, GridError, PlannedRun, plan, run_folder
-from hcgnet.ablate.runs import check_buildable, check_data, check_executor, check_runs, run_grid, status
+from hcgnet.ablate.runs import (check_attack_options, check_attacks, check_buildable, check_data, check_executor,
+                                check_runs, run_grid, status)
 from hcgnet.ablate.summary import RESULTS, summarise
 from hcgnet.errors import plural
 from hcgnet.files import check_output_folder
@@ -20,12 +21,14 @@ def ablate(grid: Grid, output: str, seeds: int, epochs: Optional[int] = None, st
     (options: :func:`hcgnet.analysis.attack.attack_checkpoints`'s ``limit``, ``steps``), made on every finished
     run's test set."""
     runs = plan(grid, output, seeds, epochs, steps, options)
+    check_attack_options(attacks)
     check_executor(executor, jobs)
     check_data(runs)
     # The summary files are rebuilt on every call; a folder holding them without runs/ holds something else.
     check_output_folder(output, "the ablation", () if (Path(output) / "runs").is_dir() else RESULTS, force)
     check_buildable(runs)
     check_runs(runs, force)  # a run folder of another config: refused here, not after run_grid began
+    check_attacks(runs, attacks, force)  # an attack made with other settings: likewise
     log(f"{grid.name}: {plural(len(grid.names()), 'variant')} x {plural(seeds, 'seed')} = {plural(len(runs), 'run')} "
         f"in {output}")
     title = f"{grid.name} on {runs[0].config.data}"

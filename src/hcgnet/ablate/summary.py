@@ -10,6 +10,7 @@ intervals as computed; summary.md and ablation.png show them clipped to what the
 [0, 100], a difference [-100, 100])."""
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -64,10 +65,37 @@ def _attack(folder: Path, run_identity: str) -> Dict[str, Any]:
     scored (``test_images_<attack>``: --attack-limit may have cut them), from the run's own files."""
     found: Dict[str, Any] = {}
     for result in attack_results(folder, run_identity):
+        label = attack_label(result)
         for row in result["rows"]:
-            found[attack_score(result["attack"], row["eps"])] = row["accuracy"]
-        found[ATTACK_IMAGES + result["attack"]] = _span(row.get("images") for row in result["rows"])
+            found[attack_score(label, row["eps"])] = row["accuracy"]
+        found[ATTACK_IMAGES + label] = _span(row.get("images") for row in result["rows"])
     return found
+
+
+def attack_label(result: Dict[str, Any]) -> str:
+    """An attack by name and, for PGD, its settings (``pgd-10steps``, ``pgd-5steps-size0.01-random0``): PGD
+    of other steps, step size or start is another attack, so its scores are never put under one heading."""
+    if result["attack"] != "pgd" or not result.get("steps"):
+        return result["attack"]
+    label = f"pgd-{result['steps']}steps"
+    if isinstance(result.get("step_size"), (int, float)):  # else the default, "2.5*eps/steps"
+        label += f"-size{result['step_size']:g}"
+    if result.get("random_start"):
+        label += f"-random{result.get('seed', 0)}"
+    return label
+
+
+PGD_LABEL = re.compile(r"^pgd-(\d+)steps(?:-size(.+?))?(?:-random(\d+))?$")
+
+
+def attack_words(label: str) -> str:
+    """:func:`attack_label` in words: ``pgd, 5 steps of 2.5 eps/5 from the image``."""
+    found = PGD_LABEL.match(label)
+    if not found:
+        return label
+    steps, size, seed = found.groups()
+    start = "from the image" if seed is None else f"from a random start (seed {seed})"
+    return f"pgd, {steps} step{'' if steps == '1' else 's'} of {size or f'2.5 eps/{steps}'} {start}"
 
 
 def _span(counts) -> Any:
@@ -79,7 +107,7 @@ def _span(counts) -> Any:
 
 
 def attack_score(attack: str, eps: float) -> str:
-    """The summary's column stem for accuracy under ``attack`` at ``eps``."""
+    """The summary's column stem for accuracy under ``attack`` (its :func:`attack_label`) at ``eps``."""
     return f"attack_{attack}_{eps:g}"
 
 
@@ -87,7 +115,7 @@ def score_name(score: str) -> str:
     if score == SCORE:
         return "test top-1"
     attack, eps = score[len("attack_"):].rsplit("_", 1)
-    return f"test top-1 under {attack}, eps {eps}"
+    return f"test top-1 under {attack_words(attack)}, eps {eps}"
 
 
 def collect(runs: Sequence[PlannedRun]) -> List[Dict[str, Any]]:
@@ -213,12 +241,16 @@ def variant_table(rows: List[Dict[str, Any]], variants: Sequence[str]) -> List[D
     return table
 
 
-def budget_text(runs: Sequence[PlannedRun], rows: List[Dict[str, Any]]) -> str:
+def asked_budget(runs: Sequence[PlannedRun]) -> str:
+    """Every run's budget as asked (``120 optimiser steps (one epoch cut short)``, ``10 epochs``)."""
     c = runs[0].config
     if c.max_steps_per_epoch and c.epochs == 1:
-        budget = f"{c.max_steps_per_epoch} optimiser steps (one epoch cut short)"
-    else:
-        budget = f"{c.epochs} epochs" + (f" of at most {c.max_steps_per_epoch} steps" if c.max_steps_per_epoch else "")
+        return f"{c.max_steps_per_epoch} optimiser steps (one epoch cut short)"
+    return f"{c.epochs} epochs" + (f" of at most {c.max_steps_per_epoch} steps" if c.max_steps_per_epoch else "")
+
+
+def budget_text(runs: Sequence[PlannedRun], rows: List[Dict[str, Any]]) -> str:
+    c, budget = runs[0].config, asked_budget(runs)
     steps = sorted({r["steps"] for r in rows if r.get("steps") is not None})
     taken = ""
     if len(steps) == 1:
@@ -230,10 +262,13 @@ def budget_text(runs: Sequence[PlannedRun], rows: List[Dict[str, Any]]) -> str:
     return f"budget per run: {budget}{taken}"
 
 
-def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
+def _write_csv(path: Path, rows: List[Dict[str, Any]], digits: Optional[int] = None) -> None:
+    """``digits``: floats written to that many significant digits (the statistics are computed unrounded)."""
     columns: List[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
+    if digits:
+        rows = [{k: float(f"{v:.{digits}g}") if isinstance(v, float) else v for k, v in row.items()} for row in rows]
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
@@ -247,14 +282,23 @@ def _count(n: Optional[int]) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
 
 
+def few_seeds(table: List[Dict[str, Any]], scores: List[str]) -> bool:
+    """Whether some mean or paired difference rests on 1 or 2 seeds."""
+    counts = [e["n"] for e in table] + [e.get(f"{score}_diff_n") for e in table for score in scores]
+    return any(n is not None and 0 < n < 3 for n in counts)
+
+
 def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget: str) -> str:
+    # said only where it applies: a 10-seed summary needs no warning about 2 seeds
+    caution = (" With 2 seeds t = 12.71, so an interval says little before 3 or more."
+               if few_seeds(table, scores) else "")
     lines = [f"# {title}", "", budget, "",
              "Accuracy in percent: mean ± std over seeds and the 95% t-interval of the mean; Δ: the paired difference "
              "to the base over the seeds both finished (same data order, hold-out and augmentation per seed), its "
              "95% t-interval and verdict (undecided: the interval contains 0, or there is none: one seed, or "
              "the same difference at every seed; -: no seed finished for both). "
              "Intervals are shown clipped to what they can take (accuracy [0, 100], Δ [-100, 100]; summary.csv "
-             "keeps them unclipped): with 2 seeds t = 12.71, so an interval says little before 3 or more.", ""]
+             f"keeps them unclipped).{caution}", ""]
     for score in scores:
         lines += [f"## {score_name(score)}", "",
                   "| variant | changes | n | top-1 | 95% CI | params | MACs | images/s | Δ vs base | Δ 95% CI "
@@ -329,7 +373,12 @@ def summarise(runs: Sequence[PlannedRun], output: str, title: str = "ablation") 
     scores = _scores([r for r in rows if r["status"] == "finished"])
     budget, scored = budget_text(runs, rows), images_text(table)
     _write_csv(out / "runs.csv", rows)
-    _write_csv(out / "summary.csv", [{**e, "budget": budget} for e in table])
+    # the budget as asked once per row (a reader of one row, or of several grids' rows, needs it); the steps
+    # each variant's runs took are its own column (summary.md's budget line says both once)
+    steps = {v: _span(r.get("steps") for r in rows if r["variant"] == v and r["status"] == "finished")
+             for v in variants}
+    _write_csv(out / "summary.csv", [{**e, "budget": asked_budget(runs), "steps": steps[e["variant"]]}
+                                     for e in table], digits=6)
     with atomic_path(out / "summary.md") as tmp:
         Path(tmp).write_text(markdown(table, scores, title, f"{budget}; {scored}" if scored else budget))
     plot(table, out / "ablation.png", "\n".join(line for line in (title, budget, scored) if line))
