@@ -23,7 +23,8 @@ def main(source: str, target: str) -> None:
         for row in rows:
             eps = sorted(float(k.split("_")[2]) for k in row if k.startswith(f"attack_{attack}_")
                          and k.endswith("_mean") and "_diff_" not in k)
-            if attack == "pgd":  # eps 0 is the clean accuracy on the same images
+            # PGD's column is "pgd" in the committed summary, "pgd-5steps" in one written since 2026-12-07
+            if attack.startswith("pgd"):  # eps 0 is the clean accuracy on the same images
                 eps = [0.0] + eps
             keys = [f"attack_{'fgsm-any' if e == 0 else attack}_{e:g}" for e in eps]
             mean = [100 * float(row[k + "_mean"]) for k in keys]
