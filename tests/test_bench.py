@@ -38,7 +38,8 @@ def test_bench_measures_every_configuration(tmp_path, capsys):
         for r in train:
             assert abs(r[key] - reference) <= (1e-4 if r["dtype"] == "fp32" else 0.05) * reference, (key, r)
     assert train[0]["final_loss"] < train[0]["first_loss"]
-    assert len(capsys.readouterr().out.strip().splitlines()) == len(results)
+    # the machine, then one line per configuration
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + len(results)
 
 
 def test_bench_times_exported_runtimes_and_sweeps_batch_and_size(tmp_path, capsys):

@@ -18,6 +18,7 @@ same weights. ``compile`` is ``torch.compile``; for inference with the weights f
 import csv
 import functools
 import itertools
+import math
 import multiprocessing
 import os
 import statistics
@@ -240,20 +241,76 @@ def configurations(modes: Sequence[str], dtypes: Sequence[str], channels_last: S
                    memory_efficient: Sequence[bool], compile: Sequence[bool],
                    runtimes: Sequence[str]) -> List[BenchConfig]:
     """The grid, in order. Memory-efficient only matters for training; an exported runtime only runs
-    inference, once per mode, in fp32 (its graph is fixed at export), except OpenVINO, once per dtype (its
-    precision is chosen when it compiles the export)."""
+    inference, once per mode, in fp32 when ``dtypes`` has it (its graph is fixed at export), except OpenVINO, once
+    per dtype (its precision is chosen when it compiles the export), and int8 (its own precision) once.
+    :func:`not_run` says what this leaves out of the request."""
     configs = []
     for mode in modes:
         for runtime in runtimes:
             if runtime != "eager":
                 if mode != "train":
                     configs.extend(BenchConfig(mode, dtype, runtime=runtime)
-                                   for dtype in (dtypes if runtime == "openvino" else ["fp32"]))
+                                   for dtype in runtime_dtypes(runtime, dtypes))
                 continue
             for dtype, cl, me, comp in itertools.product(dtypes, channels_last, memory_efficient, compile):
                 if not (me and mode != "train"):
                     configs.append(BenchConfig(mode, dtype, cl, me, comp))
     return configs
+
+
+def runtime_dtypes(runtime: str, dtypes: Sequence[str]) -> List[str]:
+    """The ``dtypes`` an exported runtime runs: OpenVINO each, int8 its own (recorded as fp32), the others fp32."""
+    if runtime == "openvino":
+        return list(dtypes)
+    return ["fp32"] if runtime == "int8" or "fp32" in dtypes else []
+
+
+def not_run(modes: Sequence[str], dtypes: Sequence[str], channels_last: Sequence[bool],
+            memory_efficient: Sequence[bool], compile: Sequence[bool], runtimes: Sequence[str]) -> List[str]:
+    """What :func:`configurations` leaves out of a request, and why, one line each: a user who asked for onnx in
+    bf16 is told it did not run rather than handed fp32 rows alone."""
+    notes = []
+    inference = [m for m in modes if m != "train"]
+    exported = [r for r in runtimes if r != "eager"]
+
+    def names(runtimes: Sequence[str], one: str, many: str) -> str:
+        return f"{', '.join(runtimes)} {one if len(runtimes) == 1 else many}"
+
+    if "train" in modes and exported:
+        notes.append(f"{names(exported, 'times', 'time')} inference only: {'its' if len(exported) == 1 else 'their'} "
+                     "train rows not run (--runtimes eager times training)")
+    fixed = [r for r in exported if r not in ("openvino", "int8")]
+    others = [d for d in dtypes if d != "fp32"]
+    if inference and fixed and others:
+        graphs = "its graph is" if len(fixed) == 1 else "their graphs are"
+        if "fp32" in dtypes:
+            lost = ", ".join(f"{r} {d}" for r in fixed for d in others)
+            notes.append(f"{names(fixed, 'runs', 'run')} fp32 only ({graphs} fixed at export): {lost} not run"
+                         + (" (openvino runs bf16)" if "bf16" in others and "openvino" in exported else ""))
+        else:
+            notes.append(f"{names(fixed, 'runs', 'run')} fp32 only ({graphs} fixed at export): not run; add fp32 to "
+                         "--dtypes to time " + ("it" if len(fixed) == 1 else "them")
+                         + (", or time bf16 in --runtimes openvino" if "bf16" in others and "openvino" not in exported
+                            else ""))
+    ran = [r for r in exported if inference and runtime_dtypes(r, dtypes)]
+    for flag, values in (("--channels-last", channels_last), ("--compile", compile)):
+        if ran and True in values:
+            notes.append(f"{flag} applies to eager: {names(ran, 'runs its', 'run their')} export as it is")
+    if "eager" in runtimes and inference and tuple(memory_efficient) == (True,):
+        notes.append(f"--memory-efficient on is training's (recomputation in backward): eager {', '.join(inference)} "
+                     "not run; add --modes train, or --memory-efficient both")
+    return notes
+
+
+def plan(modes: Sequence[str], dtypes: Sequence[str], channels_last: Sequence[bool],
+         memory_efficient: Sequence[bool], compile: Sequence[bool],
+         runtimes: Sequence[str]) -> Tuple[List[BenchConfig], List[str]]:
+    """:func:`configurations` and :func:`not_run`'s notes; refused in one line when nothing asked for can run."""
+    configs = configurations(modes, dtypes, channels_last, memory_efficient, compile, runtimes)
+    notes = not_run(modes, dtypes, channels_last, memory_efficient, compile, runtimes)
+    if not configs:
+        raise HCGNetError("nothing to time: " + "; ".join(notes))
+    return configs, notes
 
 
 def benchmark(
@@ -262,24 +319,27 @@ def benchmark(
     compile: Sequence[bool] = (False,), batch: int = 64, size: Optional[Sequence[int]] = None, steps: int = 10,
     warmup: int = 3, device: Optional[str] = None, progress=None, runtimes: Sequence[str] = ("eager",),
     batches: Optional[Sequence[int]] = None, sizes: Optional[Sequence[Sequence[int]]] = None,
-    isolate: bool = False, as_trained: bool = True,
+    isolate: bool = False, as_trained: bool = True, note: Optional[Callable[[str], None]] = None,
 ) -> List[Dict]:
     """Every combination of the given settings, in order, for every batch size in ``batches`` (default
     ``[batch]``) and input size in ``sizes`` (default ``[size]``, the model's own if None). ``isolate``: each
     in a fresh process, under the allocator setting ``hcgnet train`` gives it (``as_trained``) or the C
-    library's defaults (:func:`run_fresh`)."""
+    library's defaults (:func:`run_fresh`). ``note``: called with each of :func:`not_run`'s lines before any
+    timing."""
     dev = device_of(device)
     batches = list(batches or [batch])
     check_request(dev, modes, dtypes, runtimes, batches, steps, warmup)
+    configs, notes = plan(modes, dtypes, channels_last, memory_efficient, compile, runtimes)
     own_size, own_classes = model_defaults(name)
     classes = own_classes if names_a_file(name) else 10   # a checkpoint's own classifier
     if sizes is None:
         sizes = [size or own_size]
+    for line in notes if note is not None else ():
+        note(line)
     results = []
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as export_dir:
-        for b, s, cfg in itertools.product(batches, sizes, configurations(modes, dtypes, channels_last,
-                                                                          memory_efficient, compile, runtimes)):
+        for b, s, cfg in itertools.product(batches, sizes, configs):
             if cfg.mode == "latency" and b != batches[0]:
                 continue  # batch 1 whatever the batch sweep
             args = (name, cfg, b, tuple(s), steps, warmup, dev, classes, export_dir)
@@ -340,6 +400,37 @@ def checkpoint_network(path: str, memory_efficient: bool = False) -> Tuple[nn.Mo
     from hcgnet.inference import named_checkpoint_model
 
     return named_checkpoint_model(str(check_checkpoint_file(path)), memory_efficient=memory_efficient)
+
+
+def plot_formats() -> List[str]:
+    """The file formats matplotlib's ``savefig`` writes (``png``, ``svg``, ``pdf``...), named by extension."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_outputs(outputs: Dict[str, Optional[str]], force: bool = False) -> None:
+    """The files of ``outputs`` (flag -> path or None), refused in one line before any timing: each one a file
+    hcgnet may write (:func:`hcgnet.files.check_output_file`: one already there only with ``force``), no two the
+    same file (the later would replace the earlier), and the ``--plot`` in a format matplotlib writes (it would
+    fail only after the whole benchmark)."""
+    from hcgnet.files import check_output_file
+
+    named: Dict[str, str] = {}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        check_output_file(path, flag, force=force)
+        same = named.setdefault(os.path.realpath(path), flag)
+        if same != flag:
+            raise HCGNetError(f"{same} and {flag} both name {path}; give each its own file")
+    if outputs.get("--plot"):
+        formats = plot_formats()
+        suffix = Path(outputs["--plot"]).suffix.lower().lstrip(".")
+        if suffix not in formats:
+            what = f"ends in .{suffix}, which matplotlib cannot write" if suffix else "has no extension"
+            raise HCGNetError(f"--plot {outputs['--plot']} {what}; name a .png file (or "
+                              + ", ".join(f".{f}" for f in formats if f != "png") + ")")
 
 
 def write_csv(results: Sequence[Dict], path: str) -> None:
@@ -419,6 +510,30 @@ def _add_peak_memory(rows: List[Dict], lineup: Sequence[BenchConfig], rounds: in
             row["rss_ratio"] = max(a / b for a, b in zip(peaks, base))
 
 
+def published_variant(model: str) -> str:
+    """``--model`` as a network the published implementation has, or a one-line refusal saying which to pass. A
+    checkpoint file is read for the network it names: the side-by-side builds both implementations from the
+    published class's seed-0 weights, never from a file, so the variant's name is what to pass."""
+    from hcgnet.published import published_names
+
+    has = ", ".join(published_names())
+    if not names_a_file(model):
+        if model not in published_names():
+            raise HCGNetError(f"--against-published: the published implementation has {has}, not {model!r}")
+        return model
+    from hcgnet.inference import checkpoint_metadata
+
+    held = checkpoint_metadata(str(check_checkpoint_file(model))).get("model_name")
+    if held not in published_names():
+        what = f"holds {held}" if held else "does not say which network it holds"
+        raise HCGNetError(f"--against-published: {model} {what}; the published implementation has {has}: pass "
+                          "--model with one of them")
+    size, own = model_defaults(model)[0], model_defaults(held)[0]
+    at = f" --size {size[0]}" if size != own and size[0] == size[1] else ""
+    raise HCGNetError(f"--against-published times both implementations with the published class's own seed-0 "
+                      f"weights, not a checkpoint's: {model} holds {held}, so pass --model {held}{at}")
+
+
 def build_for(path: str, name: str, num_classes: int, cfg: BenchConfig) -> nn.Module:
     """The network of one side-by-side configuration: the published class, or hcgnet's holding its weights
     (a plain function, so that a fresh process can be handed it)."""
@@ -462,6 +577,103 @@ def machine_description() -> Dict[str, object]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def run_context(name: str, steps: int, warmup: int, device: torch.device, notes: Sequence[str] = ()) -> Dict:
+    """What a results file records besides its figures, the same keys in plain (``results``) and side-by-side
+    (``rows``) files: the model, the steps, the device, the machine (:func:`machine_description`: the CPU's
+    instruction sets), the date, what was asked but not run (:func:`not_run`), and the provenance
+    (:func:`hcgnet.provenance.provenance`: code version and commit, libraries, the command line, a checkpoint's
+    SHA-256)."""
+    from hcgnet.provenance import provenance
+
+    record = provenance([name] if names_a_file(name) else [], device)
+    return {"model": name, "steps": steps, "warmup": warmup, "device": str(device), "machine": machine_description(),
+            "date": record["date"][:10], "not_run": list(notes), "provenance": record}
+
+
+def machine_line(record: Dict) -> str:
+    """One console line naming where a record's figures come from (printed above its table)."""
+    m, p = record["machine"], record["provenance"]
+    flags = ", ".join(m.get("cpu_flags") or []) or "no AVX2 or AVX-512"
+    gpu = f" ({m['gpu']})" if record["device"].startswith("cuda") and m.get("gpu") else ""
+    code = f"hcgnet {p['hcgnet']}" + (f" at {p['git_commit'][:12]}" if p.get("git_commit") else "")
+    return (f"machine: {m.get('cpu') or 'unknown CPU'} ({flags}; torch's kernels {p['cpu_capability']}), "
+            f"{m['threads']} threads, device {record['device']}{gpu}; torch {m['torch']}, {code}; {p['date']}")
+
+
+def figure(value: float) -> str:
+    """``value`` with at least three significant digits and one decimal (1889.4, 62.9, 1.00, 0.0630): a spread
+    of 0.9 to 1.1 ms must not print as 0.001-0.001 s."""
+    if not math.isfinite(value) or value <= 0:
+        return f"{value:.1f}"
+    return f"{value:.{max(1, 2 - math.floor(math.log10(value)))}f}"
+
+
+#: A row whose slowest step (or round) took more than this many times its fastest is flagged: on a shared
+#: machine that is another process's work, not the configuration's.
+NOISY_SPREAD = 2.0
+
+
+def _times(r: Dict) -> Tuple[float, float]:
+    """The fastest and slowest of a row's timings: its steps, or for a side-by-side row its rounds' medians."""
+    times = r.get("round_medians_s") or (r["min_s"], r["max_s"])
+    return min(times), max(times)
+
+
+def speed_and_spread(r: Dict) -> Tuple[str, str]:
+    """A row's headline speed and the spread of its timings in the same unit: ms for latency, img/s otherwise."""
+    fastest, slowest = _times(r)
+    if r["mode"] == "latency":
+        return f"{figure(r['latency_ms'])} ms", f"{figure(1000 * fastest)}-{figure(1000 * slowest)} ms"
+    return (f"{figure(r['images_per_s'])} img/s",
+            f"{figure(r['batch'] / slowest)}-{figure(r['batch'] / fastest)} img/s")
+
+
+def noisy(r: Dict) -> str:
+    """The warning for a row whose timings spread over more than :data:`NOISY_SPREAD` times, else ''."""
+    fastest, slowest = _times(r)
+    if fastest > 0 and slowest / fastest > NOISY_SPREAD:
+        what = "round" if r.get("round_medians_s") else "step"
+        return f"noisy: the slowest {what} took {slowest / fastest:.1f}x the fastest; was the machine busy?"
+    return ""
+
+
+def result_line(r: Dict) -> str:
+    """One row of ``hcgnet bench``'s table."""
+    speed, spread = speed_and_spread(r)
+    warning = noisy(r)
+    return (f"{r['mode']:7s} {describe(r):40s} batch {r['batch']:4d} {'x'.join(map(str, r['size'])):>9s}"
+            f"  {speed:>14s}  (spread {spread})  +{r['peak_memory_added_mb']:.0f} MB"
+            + (f"  loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}" if "final_loss" in r else "")
+            + (f"  {warning}" if warning else ""))
+
+
+def published_table(result: Dict, memory: bool = False) -> List[str]:
+    """:func:`against_published`'s result as the lines of a table: what was timed, the machine, then one row per
+    configuration with its time over the published code's and its speed-up (the README's targets are speed-ups)."""
+    size, rounds = result["size"], result["rounds"]
+    timed = ", ".join(dict.fromkeys(f"batch {r['batch']}" for r in result["rows"]))  # latency: batch 1
+    lines = [f"{result['model']}, {timed}, {size[0]}x{size[1]}, {rounds} round{'s' if rounds != 1 else ''}; "
+             "matrix-multiply peak " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result["peak_gflops"].items()),
+             machine_line(result),
+             f"{'mode':7s} {'configuration':36s} {'speed':>14s} {'x published time':>16s} {'speed-up':>8s} "
+             f"{'GFLOP/s':>8s} {'% of matmul peak':>16s}"
+             + (f" {'peak RSS':>9s} {'x published':>11s}" if memory else "")]
+    for r in result["rows"]:
+        line = (f"{r['mode']:7s} {describe(r):36s} {speed_and_spread(r)[0]:>14s} {r['time_ratio']:16.2f} "
+                f"{r['speedup']:7.2f}x {r['gflops']:8.1f} {r['share_of_peak']:16.1%}")
+        if memory and r.get("process_peak_rss_mb"):
+            line += f" {r['process_peak_rss_mb']:6.0f} MB {r.get('rss_ratio', 1):11.2f}"
+        warning = noisy(r)
+        lines.append(line + (f"  {warning}" if warning else ""))
+    lines.append(f"x published time: this configuration's step time over the published code's in the same round "
+                 f"(the median of {rounds}; below 1 is faster); speed-up: the published time over this one's; "
+                 "% of matmul peak: achieved GFLOP/s over this machine's matrix-multiply rate, in its dtype")
+    if memory:
+        lines.append(f"peak RSS: the largest of {rounds} fresh processes, one per round (hcgnet's under the allocator "
+                     "setting hcgnet train gives it); its x published: the largest per-round ratio")
+    return lines
 
 
 def _flops_per_image(model: nn.Module, size: Sequence[int], mode: str) -> float:
@@ -540,8 +752,7 @@ def against_published(
         rows.append(row)
     if memory:
         _add_peak_memory(rows, lineup, rounds, (batch, size, min(steps, 3), 1, dev, num_classes, None, build), name)
-    return {"model": name, "num_classes": num_classes, "batch": batch, "size": list(size), "rounds": rounds,
-            "steps": steps, "warmup": warmup, "published": str(path), "machine": machine_description(),
-            "peak_gflops": peaks, "flops_per_image": flops, "allocator": allocator, "date": time.strftime("%Y-%m-%d"),
-            "rows": rows,
+    return {**run_context(name, steps, warmup, dev), "num_classes": num_classes, "batch": batch, "size": list(size),
+            "rounds": rounds, "published": str(path), "peak_gflops": peaks, "flops_per_image": flops,
+            "allocator": allocator, "rows": rows,
             "runs": [r for config_runs in runs for r in config_runs]}

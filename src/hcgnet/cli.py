@@ -297,24 +297,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import torch
-
-    from hcgnet.bench import benchmark, describe, plot, write_csv
+    from hcgnet.bench import benchmark, check_outputs, machine_line, plot, result_line, run_context, write_csv
+    from hcgnet.evaluation import device_of
+    from hcgnet.files import reported_write, write_json
 
     def both(value: str):
         return {"on": (True,), "off": (False,), "both": (False, True)}[value]
 
-    def show(r):
-        speed = f"{r['latency_ms']:8.1f} ms" if "latency_ms" in r else f"{r['images_per_s']:8.1f} img/s"
-        print(f"{r['mode']:7s} {describe(r):40s} batch {r['batch']:4d} {'x'.join(map(str, r['size'])):>9s}"
-              f"  {speed}  (spread {r['min_s']:.3f}-{r['max_s']:.3f} s)  +{r['peak_memory_added_mb']:.0f} MB"
-              + (f"  loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}" if "final_loss" in r else ""), flush=True)
-
-    from hcgnet.files import check_output_file, reported_write, write_json
-
-    for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
-        if path:  # found out now, not after an hour of timing
-            check_output_file(path, flag, force=args.force)
+    # found out now, not after an hour of timing
+    check_outputs({"--json": args.json, "--csv": args.csv, "--plot": args.plot}, force=args.force)
     batches = _int_list(args.batch_size, "--batch-size")
     sizes = [(s, s) for s in _int_list(args.size, "--size")] if args.size else None
     if args.against_published:
@@ -323,20 +314,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_against_published(args, both, batches, sizes)
     if args.memory or args.rounds != 3:
         raise HCGNetError("--rounds and --memory go with --against-published PATH")
+    notes: List[str] = []
+    record = {}
+
+    def note(line: str) -> None:  # after every refusal, before any timing
+        notes.append(line)
+        print(f"note: {line}", file=sys.stderr, flush=True)
+
+    def show(r):
+        if not record:  # the machine above the table's first row
+            record.update(run_context(args.model, args.steps, args.warmup, device_of(args.device), notes))
+            print(machine_line(record))
+        print(result_line(r), flush=True)
+
     results = benchmark(args.model, args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
                         both(args.memory_efficient), both(args.compile), steps=args.steps, warmup=args.warmup,
                         device=args.device, progress=None if args.json_only else show,
-                        runtimes=args.runtimes.split(","), batches=batches, sizes=sizes, isolate=args.isolate)
+                        runtimes=args.runtimes.split(","), batches=batches, sizes=sizes, isolate=args.isolate,
+                        note=note)
+    record = record or run_context(args.model, args.steps, args.warmup, device_of(args.device), notes)
     if args.json:
+        # "torch" and "threads" as files before the provenance had them, for their readers
         with reported_write(args.json):
-            write_json(args.json, {"model": args.model, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                   "results": results})
+            write_json(args.json, {**record, "torch": record["provenance"]["torch"],
+                                   "threads": record["provenance"]["threads"], "results": results})
     if args.csv:
         with reported_write(args.csv):
             write_csv(results, args.csv)
     if args.plot:
         with reported_write(args.plot):
-            plot(results, args.plot, title=f"{args.model}, {torch.get_num_threads()} threads")
+            plot(results, args.plot, title=f"{args.model}, {record['provenance']['threads']} threads")
     written = [path for path in (args.json, args.csv, args.plot) if path]
     if written:  # on stderr: stdout is the table, one line per configuration
         print(f"wrote {', '.join(written)}", file=sys.stderr)
@@ -344,45 +351,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_against_published(args: argparse.Namespace, both, batches: List[int], sizes) -> int:
-    from hcgnet.bench import against_published, configurations, describe, write_csv
+    from hcgnet.bench import (against_published, check_request, describe, plan, published_table, published_variant,
+                              speed_and_spread, write_csv)
+    from hcgnet.evaluation import device_of
     from hcgnet.files import reported_write, write_json
-    from hcgnet.published import check_clone, published_names
+    from hcgnet.published import check_clone
 
     check_clone(args.against_published)
-    if args.model not in published_names():
-        raise HCGNetError(f"--against-published: the published implementation has {', '.join(published_names())}, "
-                          f"not {args.model!r}")
+    published_variant(args.model)
     if len(batches) > 1 or (sizes and len(sizes) > 1):
         raise HCGNetError("--against-published times one --batch-size and one --size at a time")
     if args.isolate:
         raise HCGNetError("--against-published measures memory in fresh processes with --memory; drop --isolate")
-    configs = configurations(args.modes.split(","), args.dtypes.split(","), both(args.channels_last),
-                             both(args.memory_efficient), both(args.compile), args.runtimes.split(","))
+    modes, dtypes, runtimes = args.modes.split(","), args.dtypes.split(","), args.runtimes.split(",")
+    check_request(device_of(args.device), modes, dtypes, runtimes, batches, args.steps, args.warmup)
+    configs, notes = plan(modes, dtypes, both(args.channels_last), both(args.memory_efficient), both(args.compile),
+                          runtimes)
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr, flush=True)
 
     def show(r):
-        speed = f"{r['latency_ms']:8.1f} ms" if "latency_ms" in r else f"{r['images_per_s']:8.1f} img/s"
-        print(f"round {r['round'] + 1}  {r['mode']:7s} {describe(r):36s} {speed}", flush=True)
+        print(f"round {r['round'] + 1}  {r['mode']:7s} {describe(r):36s} {speed_and_spread(r)[0]:>14s}", flush=True)
 
     result = against_published(args.against_published, args.model, configs, batches[0],
                                sizes[0] if sizes else None, args.steps, args.warmup, args.rounds,
                                device=args.device, memory=args.memory, progress=None if args.json_only else show)
-    m, size = result["machine"], result["size"]
-    timed = ", ".join(dict.fromkeys(f"batch {r['batch']}" for r in result["rows"]))  # latency: batch 1
-    print(f"\n{args.model}, {timed}, {size[0]}x{size[1]}, {args.rounds} rounds; {m.get('cpu') or 'cpu'} "
-          f"({', '.join(m.get('cpu_flags', []))}), {m['threads']} threads; matrix-multiply peak "
-          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result["peak_gflops"].items()))
-    print(f"{'mode':7s} {'configuration':36s} {'speed':>14s} {'x published time':>16s} {'GFLOP/s':>8s} "
-          f"{'of peak':>7s}" + (f" {'peak RSS':>9s} {'x published':>11s}" if args.memory else ""))
-    for r in result["rows"]:
-        speed = f"{r['latency_ms']:.1f} ms" if r["mode"] == "latency" else f"{r['images_per_s']:.1f} img/s"
-        line = (f"{r['mode']:7s} {describe(r):36s} {speed:>14s} {r['time_ratio']:16.2f} {r['gflops']:8.1f} "
-                f"{r['share_of_peak']:7.1%}")
-        if args.memory and r.get("process_peak_rss_mb"):
-            line += f" {r['process_peak_rss_mb']:7.0f} MB {r.get('rss_ratio', 1):11.2f}"
-        print(line)
-    if args.memory:
-        print(f"peak RSS: the largest of {args.rounds} fresh processes, one per round (hcgnet's under the allocator "
-              "setting hcgnet train gives it); its x published: the largest per-round ratio")
+    result["not_run"] = notes
+    print()
+    print("\n".join(published_table(result, args.memory)))
     if args.json:
         with reported_write(args.json):
             write_json(args.json, result)
@@ -1029,9 +1025,11 @@ def _add_inference_commands(sub) -> None:
     be.add_argument("--isolate", action="store_true",
                     help="each configuration in a fresh process, under the allocator setting hcgnet train gives "
                          "it: exact peak memory for every one")
-    be.add_argument("--json", default=None, help="also write the results here")
-    be.add_argument("--csv", default=None, help="also write the results as CSV")
-    be.add_argument("--plot", default=None, help="PNG of step time and peak memory against pixels per step")
+    be.add_argument("--json", default=None,
+                    help="also write the results here, with the machine, the date and the provenance")
+    be.add_argument("--csv", default=None, help="also write the results as CSV (a file other than --json's)")
+    be.add_argument("--plot", default=None, help="step time and peak memory against pixels per step, as .png (or "
+                    ".svg, .pdf: a format matplotlib writes)")
     be.add_argument("--force", action="store_true", help="replace the --json, --csv and --plot files if they exist")
     pub = be.add_argument_group("side by side with the published implementation")
     pub.add_argument("--against-published", default=None, metavar="PATH",

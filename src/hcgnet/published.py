@@ -25,6 +25,7 @@ PUBLISHED_MODELS: Dict[str, Tuple[str, str]] = {
     "hcgnet_b": ("models.HCGNet_ImageNet", "HCGNet_B"),
     "hcgnet_c": ("models.HCGNet_ImageNet", "HCGNet_C"),
 }
+PUBLISHED_URL = "https://github.com/winycg/HCGNet"
 #: The published repository's top-level packages its model modules import.
 _PACKAGES = ("models", "regularization")
 #: Logits of the two implementations in float32 agree to this (their arithmetic is grouped differently).
@@ -46,12 +47,21 @@ def _shim_numpy() -> None:
 
 
 def check_clone(path: str) -> Path:
+    """``path`` as a clone of the published repository, or a one-line refusal saying what it is instead and how to
+    make one (``git clone`` makes a folder, or fills an empty one: into anything else it cannot)."""
     root = Path(path).expanduser()
-    if not (root / "models" / "HCGNet_CIFAR.py").is_file():
+    if (root / "models" / "HCGNet_CIFAR.py").is_file():
+        return root
+    clone = f"git clone {PUBLISHED_URL}"
+    if root.is_file():
+        raise HCGNetError(f"{path} is a file, not a clone of the published HCGNet repository (a folder); clone it "
+                          f"into a new folder: {clone} ~/HCGNet-published, and pass that folder")
+    if root.is_dir() and any(root.iterdir()):
         raise HCGNetError(f"{path} is not a clone of the published HCGNet repository (it has no "
-                          "models/HCGNet_CIFAR.py); make one with: git clone https://github.com/winycg/HCGNet "
-                          f"{path}")
-    return root
+                          f"models/HCGNet_CIFAR.py); clone it into a new folder: {clone} {root / 'HCGNet'}, and "
+                          "pass that folder")
+    raise HCGNetError(f"{path} is not a clone of the published HCGNet repository (it has no models/HCGNet_CIFAR.py); "
+                      f"make one with: {clone} {path}")
 
 
 def import_published(path: str, module: str):
