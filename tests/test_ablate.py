@@ -607,9 +607,6 @@ def test_ablate_names_the_attack_options_by_its_own_flags(tmp_path, images, opti
     assert str(e.value) == message and not (tmp_path / "g").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="hcgnet.cli.cmd_ablate calls hcgnet.analysis.attack.check_options (hcgnet "
-                   "attack's --steps, --limit) before hcgnet.ablate.runs.check_attack_options; it needs to call the "
-                   "latter first (then remove this mark)")
 @pytest.mark.parametrize("argv, message", [
     (["--attack", "pgd", "--attack-steps", "0"], "--attack-steps must be 1 or more, got 0"),
     (["--attack", "fgsm", "--attack-limit", "0"], "--attack-limit must be 1 or more, got 0"),

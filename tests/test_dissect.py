@@ -290,7 +290,13 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsys, single_thread):
+def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsys, single_thread, monkeypatch):
+    import hcgnet.analysis.dissect_plots as plots
+
+    titles = []
+    drawn = plots.plot_unique_detectors
+    monkeypatch.setattr(plots, "plot_unique_detectors", lambda *a, title, **k: titles.append(title) or drawn(
+        *a, title=title, **k))
     out = tmp_path / "out"
     code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "6",
                  "--batch-size", "4", "--workers", "0", "--top-units", "2", "--device", "cpu", "--amp", "bf16", "--output", str(out)])
@@ -321,6 +327,8 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
     with open(out / "summary.csv") as f:
         assert [r["layer"] for r in csv.DictReader(f)] == layers
     assert Image.open(out / "unique_detectors.png").size[0] > 100
+    # titled with the run's folder too, as eval's confusion.png: every run's file is best.safetensors
+    assert titles == [f"{tiny_checkpoint.parent.name}/{tiny_checkpoint.name}: unique detectors"]
 
 
 def test_cli_progress_lines_when_not_on_a_terminal(broden, tiny_checkpoint, tmp_path, capsys, single_thread,

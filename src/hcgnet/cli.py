@@ -502,7 +502,9 @@ def cmd_dissect(args: argparse.Namespace) -> int:
             images_listed=dataset.listed,
             size=list(size), in_chans=len(config.mean), quantile=args.quantile, iou_threshold=args.iou_threshold,
             amp=args.amp, layers=[r.layer for r in results]), provenance([args.checkpoint], device))
-        plot_unique_detectors(results, out / "unique_detectors.png", title=f"{Path(args.checkpoint).name}: unique detectors")
+        checkpoint = Path(args.checkpoint)   # the run's folder too, as eval's confusion.png: every run's file is best.*
+        plot_unique_detectors(results, out / "unique_detectors.png",
+                              title=f"{checkpoint.parent.name}/{checkpoint.name}: unique detectors")
         files.append("unique_detectors.png")
         if args.top_units:
             for r in results:
@@ -529,7 +531,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     attacks = []
     if args.attack:
+        from hcgnet.ablate.runs import check_attack_options
         from hcgnet.analysis.attack import check_options
+
         for name in dict.fromkeys(a.strip() for a in args.attack.split(",")):
             if name not in ATTACKS:
                 raise HCGNetError(f"--attack: unknown attack {name!r}; use one or more of {', '.join(ATTACKS)}, "
@@ -537,6 +541,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             options = {"limit": args.attack_limit} if args.attack_limit is not None else {}
             if name == "pgd":
                 options["steps"] = PGD_STEPS if args.attack_steps is None else args.attack_steps
+            check_attack_options([{"attack": name, "options": options}])  # in ablate's flags: --steps is the budget
             eps = check_options(name, list(PAPER_EPS) if args.eps is None else _eps_list(args.eps), **options)
             attacks.append({"attack": name, "eps": eps, "options": options})
     # an option of the attacks given without them would be silently ignored: refused, as eval's int8 options are
