@@ -52,8 +52,10 @@ def test_openvino_bf16_stays_within_half_a_point_of_fp32(onnx_path, test_set):
 def test_openvino_refuses_what_it_does_not_run(onnx_path, tmp_path):
     with pytest.raises(HCGNetError, match="OpenVINO runs fp32 or bf16, not fp16"):
         OpenVINOModel(onnx_path, "fp16")
-    with pytest.raises(HCGNetError, match="is not an ONNX file; write one with hcgnet export --format onnx"):
-        OpenVINOModel(tmp_path / "missing.onnx")
+    with pytest.raises(HCGNetError, match="missing.onnx not found; write one with hcgnet export --format onnx"):
+        OpenVINOModel(tmp_path / "missing.onnx")   # not "is not an ONNX file": there is no file at all
+    with pytest.raises(HCGNetError, match="is a folder, not an ONNX file"):
+        OpenVINOModel(tmp_path)
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     with pytest.raises(HCGNetError, match="OpenVINO cannot read .*broken.onnx as a model"):
         OpenVINOModel(tmp_path / "broken.onnx")

@@ -194,7 +194,10 @@ class OpenVINOModel:
         check_openvino_precision(dtype)
         openvino = import_openvino()
         from openvino.frontend import FrontEndManager
-        self.path, self.dtype = Path(path), dtype
+        self.path, self.dtype = Path(path).expanduser(), dtype
+        if not self.path.is_file():
+            what = "is a folder, not an ONNX file" if self.path.is_dir() else "not found"
+            raise ExportError(f"{self.path} {what}; write one with hcgnet export --format onnx")
         if not is_onnx_export(self.path):
             raise ExportError(f"{self.path} is not an ONNX file; write one with hcgnet export --format onnx")
         # The ONNX frontend itself: Core.read_model tries every frontend on a broken file and TensorFlow's
