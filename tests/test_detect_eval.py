@@ -192,6 +192,17 @@ def test_a_saved_detector_loads_back_into_the_same_weights(untrained):
     assert model.rpn._post_nms_top_n["testing"] == TOY_OPTIONS["rpn_post_nms_top_n_test"]
 
 
+def test_a_saved_detector_under_another_name_is_still_read_as_safetensors(untrained, tmp_path):
+    """By its first bytes, as the classifier's files are: a final.safetensors renamed loses its suffix, not its
+    format (it was read with torch.load and refused)."""
+    import shutil
+
+    renamed = shutil.copy(untrained, tmp_path / "detector.weights")
+    assert detector_files.is_detector_file(renamed)
+    assert detector_files.read_detector_info(renamed) == detector_files.read_detector_info(untrained)
+    assert detector_files.load_detector(renamed)[1]["category_ids"] == [3, 7]
+
+
 def test_detections_come_back_in_the_original_image_pixels(toy):
     """The detector works at twice the size (min_size 128) and answers in the image's own 96 x 64 pixels."""
     from hcgnet.detection.evaluate import detect

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from hcgnet.errors import CheckpointError
-from hcgnet.models.checkpoints import check_checkpoint_file, read_metadata, torch_load_weights_only
+from hcgnet.models.checkpoints import (check_checkpoint_file, is_safetensors_file, read_metadata,
+                                      torch_load_weights_only)
 
 #: What a detector checkpoint says about itself (all strings, as safetensors metadata must be).
 DETECTOR_KEYS = ("detector", "model_name", "task", "num_classes", "class_names", "category_ids", "min_size",
@@ -30,7 +31,7 @@ def detector_metadata(model: str, task: str, class_names: List[str], category_id
 
 def _read(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     check_checkpoint_file(path)
-    if path.suffix == ".safetensors":
+    if is_safetensors_file(path):
         from safetensors.torch import load_file
 
         return load_file(str(path)), read_metadata(path)
@@ -61,11 +62,10 @@ def is_detector_file(path) -> bool:
 
 
 def _metadata(path: Path) -> Dict[str, str]:
-    """The metadata alone: a safetensors file's header (no tensors read); a last.pt has to be loaded."""
+    """The metadata alone: a safetensors file's header (no tensors read; known by name or first bytes, as
+    :func:`_read` knows it); a last.pt has to be loaded."""
     check_checkpoint_file(path)
-    if path.suffix == ".safetensors":
-        return read_metadata(path)
-    return _read(path)[1]
+    return read_metadata(path) if is_safetensors_file(path) else _read(path)[1]
 
 
 def read_detector_info(path, classifier: str = "for a classifier use hcgnet eval/predict") -> Dict[str, Any]:
