@@ -578,9 +578,9 @@ def test_attacks_add_accuracy_under_each_attack_with_paired_differences(tmp_path
     (["--eps", "0,0.1"], "--eps goes with --attack; add --attack"),
     (["--eps", "0", "--attack-steps", "3"], "--eps and --attack-steps go with --attack; add --attack"),
     (["--attack", "fgsm", "--attack-steps", "3"], "--attack-steps is the iterations of pgd"),
-    (["--attack", "fgsm", "--attack-limit", "0"], "must be 1 or more, got 0"),
-    (["--attack", "pgd", "--attack-steps", "0"], "must be 1 or more, got 0"),
-    (["--attack", "pgd", "--attack-steps", "-3"], "must be 1 or more, got -3"),
+    (["--attack", "fgsm", "--attack-limit", "0"], "must be a whole number of 1 or more, got 0"),
+    (["--attack", "pgd", "--attack-steps", "0"], "must be a whole number of 1 or more, got 0"),
+    (["--attack", "pgd", "--attack-steps", "-3"], "must be a whole number of 1 or more, got -3"),
 ])
 def test_attack_options_refused_in_one_line(tmp_path, images, capsys, argv, message):
     path = tmp_path / "toy.yaml"
@@ -592,9 +592,13 @@ def test_attack_options_refused_in_one_line(tmp_path, images, capsys, argv, mess
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"steps": 0}, "--attack-steps must be 1 or more, got 0"),
-    ({"steps": -3}, "--attack-steps must be 1 or more, got -3"),
-    ({"steps": 2, "limit": 0}, "--attack-limit must be 1 or more, got 0"),
+    ({"steps": 0}, "--attack-steps must be a whole number of 1 or more, got 0"),
+    ({"steps": -3}, "--attack-steps must be a whole number of 1 or more, got -3"),
+    ({"steps": 2, "limit": 0}, "--attack-limit must be a whole number of 1 or more, got 0"),
+    ({"steps": 2.5}, "--attack-steps must be a whole number of 1 or more, got 2.5"),
+    ({"steps": 2.0}, "--attack-steps must be a whole number of 1 or more, got 2.0"),
+    ({"steps": True}, "--attack-steps must be a whole number of 1 or more, got True"),
+    ({"limit": "10"}, "--attack-limit must be a whole number of 1 or more, got '10'"),
 ])
 def test_ablate_names_the_attack_options_by_its_own_flags(tmp_path, images, options, message):
     """ablate's --steps is the training budget: a bad PGD steps is --attack-steps, refused before anything."""
@@ -608,8 +612,8 @@ def test_ablate_names_the_attack_options_by_its_own_flags(tmp_path, images, opti
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--attack", "pgd", "--attack-steps", "0"], "--attack-steps must be 1 or more, got 0"),
-    (["--attack", "fgsm", "--attack-limit", "0"], "--attack-limit must be 1 or more, got 0"),
+    (["--attack", "pgd", "--attack-steps", "0"], "--attack-steps must be a whole number of 1 or more, got 0"),
+    (["--attack", "fgsm", "--attack-limit", "0"], "--attack-limit must be a whole number of 1 or more, got 0"),
 ])
 def test_the_cli_names_the_attack_options_by_ablates_flags(tmp_path, images, capsys, argv, message):
     path = tmp_path / "toy.yaml"

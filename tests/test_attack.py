@@ -195,6 +195,23 @@ def test_pgd_default_step_size_is_2_5_eps_over_steps():
     assert torch.allclose(adv, torch.full_like(x, 0.40), atol=1e-6), adv.flatten()
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"steps": 2.0}, "--steps must be a whole number of 1 or more, got 2.0"),
+    ({"steps": True}, "--steps must be a whole number of 1 or more, got True"),
+    ({"limit": 2.5}, "--limit must be a whole number of 1 or more, got 2.5"),
+    ({"limit": "10"}, "--limit must be a whole number of 1 or more, got '10'"),
+])
+def test_a_library_caller_gets_the_same_one_line_refusals(options, message):
+    """Counts a Python caller passes are checked as the CLI's ints are: 2.5 images went on to a TypeError."""
+    from hcgnet.analysis.attack import check_options
+
+    with pytest.raises(HCGNetError) as e:
+        check_options("pgd", [0.1], **options)
+    assert str(e.value) == message
+    with pytest.raises(HCGNetError, match="--steps must be a whole number"):
+        pgd(nn.Identity(), torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), 0.1, steps=1.5)
+
+
 def test_pgd_starts_from_the_same_random_point_at_every_eps(monkeypatch):
     import hcgnet.analysis.attack as attack
 
@@ -596,14 +613,14 @@ def test_attack_a_one_channel_fashion_mnist_checkpoint(capsys, tmp_path, single_
     (["--eps", "0,1.5"], "between 0 and 1"),
     (["--eps", "-0.1"], "between 0 and 1"),
     (["--eps", "0,abc"], "comma-separated"),
-    (["--attack", "pgd", "--steps", "0"], "--steps must be 1 or more"),
+    (["--attack", "pgd", "--steps", "0"], "--steps must be a whole number of 1 or more, got 0"),
     (["--attack", "pgd", "--step-size", "0"], "--step-size must be above 0"),
     (["--attack", "cw"], "unknown attack 'cw'"),
     (["--limit", "0"], "--limit"),
     (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU; on the CPU use --amp bf16"),
     (["--workers", "-1"], "--workers must be 0 or more"),
     (["--device", "nonsense"], "is not a device"),
-    (["--steps", "0"], "--steps must be 1 or more"),          # with fgsm too, where it goes unused
+    (["--steps", "0"], "--steps must be a whole number of 1 or more"),          # with fgsm too, where it goes unused
     (["--batch-size", "abc"], "argument --batch-size: invalid int value: 'abc' (hcgnet attack --help"),
     (["--random-start"], "--random-start is PGD's (--attack pgd); fgsm-any takes one step of eps"),
     (["--steps", "5"], "--steps is PGD's (--attack pgd); fgsm-any takes one step of eps"),

@@ -27,10 +27,10 @@ def is_whole(value: object, least: int = 1) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
 
 
-def check_whole(name: str, value: object, note: str = "") -> None:
-    """A one-line :class:`ModelSpecError` unless ``value`` is a whole number of 1 or more (a bool is not)."""
+def check_whole(name: str, value: object, note: str = "", error: type = ModelSpecError) -> None:
+    """A one-line ``error`` unless ``value`` is a whole number of 1 or more (a bool is not, nor is 2.0)."""
     if not is_whole(value):
-        raise ModelSpecError(f"{name} must be a whole number of 1 or more{note}, got {value!r}")
+        raise error(f"{name} must be a whole number of 1 or more{note}, got {value!r}")
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import yaml
 
 from hcgnet.ablate.grid import GridError, PlannedRun, changed_settings, identity, identity_values
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import HCGNetError, check_whole
 from hcgnet.training.config import TrainConfig
 
 EXECUTORS = ("local", "slurm", "submitit-local")
@@ -154,11 +154,9 @@ def check_attack_options(attacks: Sequence[Dict[str, Any]]) -> None:
     --limit are ablate's --attack-steps and --attack-limit; --steps is ablate's training budget)."""
     for attack in attacks:
         options = attack.get("options", {})
-        steps, limit = options.get("steps"), options.get("limit")
-        if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
-            raise GridError(f"--attack-steps must be 1 or more, got {steps}")
-        if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
-            raise GridError(f"--attack-limit must be 1 or more, got {limit}")
+        for option in ("steps", "limit"):
+            if options.get(option) is not None:
+                check_whole(f"--attack-{option}", options[option], error=GridError)
 
 
 def check_attacks(runs: Sequence[PlannedRun], attacks: Sequence[Dict[str, Any]], force: bool) -> None:

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from hcgnet.analysis.options import amp_dtype, check_workers, checkpoint_file
 from hcgnet.analysis.paper import ATTACKS, PGD_STEPS
 from hcgnet.data import ChannelsMismatch, DataConfig, DataError, build_eval_dataset
-from hcgnet.errors import CheckpointError, HCGNetError, channels_mismatch, first_of
+from hcgnet.errors import CheckpointError, HCGNetError, channels_mismatch, check_whole, first_of
 from hcgnet.evaluation import autocast, device_of
 from hcgnet.files import write_json
 from hcgnet.provenance import provenance
@@ -170,8 +170,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
     start included) that the model misclassifies, so accuracy never rises with more steps.
     ``step_size`` defaults to ``2.5 * eps / steps`` (Madry et al.)."""
     eps = _check_eps(eps)
-    if int(steps) != steps or steps < 1:
-        raise HCGNetError(f"--steps must be 1 or more, got {steps}")
+    check_whole("--steps", steps, error=HCGNetError)
     if step_size is None:
         step_size = 2.5 * eps / steps
     if not step_size > 0 and eps > 0:
@@ -185,7 +184,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
         noise = torch.rand(x.shape, generator=generator, dtype=torch.float32).to(x) * 2 - 1
         adv = (x + eps * noise).clamp(0, 1)
     active = _predict(net, adv) == y  # images still classified correctly: the only ones that move
-    for _ in range(int(steps)):
+    for _ in range(steps):
         if not active.any():
             break
         idx = active.nonzero().squeeze(1)
@@ -230,12 +229,11 @@ def check_options(attack: str, eps_list: Sequence[float], steps: int = PGD_STEPS
                           f"(was another value meant?), e.g. {','.join(f'{e:g}' for e in sorted(set(values)))}")
     values.sort()
     # refused whatever the attack: a value that cannot work is a mistake even where it goes unused
-    if int(steps) != steps or steps < 1:
-        raise HCGNetError(f"--steps must be 1 or more, got {steps}")
+    check_whole("--steps", steps, error=HCGNetError)
     if step_size is not None and not step_size > 0:
         raise HCGNetError(f"--step-size must be above 0, got {step_size:g}")
-    if limit is not None and limit < 1:
-        raise HCGNetError(f"--limit must be 1 or more, got {limit}")
+    if limit is not None:
+        check_whole("--limit", limit, error=HCGNetError)
     if batch_size < 1:
         raise HCGNetError(f"--batch-size must be 1 or more, got {batch_size}")
     check_workers(workers)
