@@ -146,6 +146,25 @@ def test_summary_gives_the_peak_as_row_then_column(images):
         assert entry["forget"]["peak_probability"] > 0.99
 
 
+def test_summary_gives_the_prediction_and_each_peak_against_uniform(model, images):
+    """Beside the maps, the model's own answer (its logits, run again here) and the peak as the picture's corner
+    gives it: peak probability times the map's h * w cells (1.0 would be a uniform map)."""
+    name = "stages.1.transition"
+    result = gate_maps(model, images, [name])
+    with torch.no_grad():
+        probabilities = torch.softmax(model(images), dim=1)
+    info = summary(result, ["a.png", "b.png"], ["cat", "dog", "owl"])
+    for i, predicted in enumerate(info["predictions"]):
+        index = int(probabilities[i].argmax())
+        assert predicted == {"class": index, "name": ["cat", "dog", "owl"][index],
+                             "probability": pytest.approx(float(probabilities[i, index]), abs=1e-5)}
+        for kind in MAP_KINDS:
+            entry = info["modules"][name]["per_image"][i][kind]
+            assert entry["peak_vs_uniform"] == pytest.approx(entry["peak_probability"] * 12 * 12, abs=2e-3)
+            assert entry["peak_vs_uniform"] >= 1   # no map's peak is below its mean
+    assert "name" not in summary(result, ["a.png", "b.png"])["predictions"][0]   # no names: indices only
+
+
 def receptive_centre(convs: int, size: int, cell: int) -> float:
     """Where a cell of a chain of ``convs`` 3x3 convs of stride 2 and padding 1 (HCGNet's transitions; its
     ImageNet stem's conv and max-pool have the same geometry) looks: the middle of the pixels its value depends
@@ -418,6 +437,17 @@ def test_cli_writes_the_pictures_maps_and_summary(capsys, checkpoint, tmp_path):
     w, h = png_size(out_dir / "attention.png")
     assert w / h == pytest.approx((1 + 6) * CELL_WIDTH / (3 * CELL_HEIGHT), rel=0.01)
     assert "stages.1.transition" in out and "8x8" in out  # the table
+    with torch.no_grad():   # the checkpoint's model, run here on the images as the command reads them
+        model = hcgnet.create_model(SPEC, num_classes=3).eval()
+        model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        transform = hcgnet.data.build_eval_transform(DataConfig.from_dict(json.loads(
+            torch.load(checkpoint, weights_only=True)["data_config"])))
+        x = torch.stack([transform(Image.open(tmp_path / "shots" / f"{i}.png").convert("RGB")) for i in range(3)])
+        predicted = model(x).argmax(dim=1).tolist()
+    assert [p["name"] for p in summary["predictions"]] == [["a", "b", "c"][k] for k in predicted]
+    lines = out.splitlines()
+    assert [line.split()[:2] for line in lines[1:4]] == [[f"{i}.png", ["a", "b", "c"][k]] for i, k in
+                                                         enumerate(predicted)]
 
 
 def test_cli_labels_images_of_the_same_name_by_their_folders(capsys, checkpoint, tmp_path, monkeypatch):

@@ -199,11 +199,20 @@ def peak(attention: Tensor) -> tuple:
     return index // w, index % w, float(attention.flatten()[index])
 
 
-def summary(result: Dict[str, object], names: Sequence[str]) -> Dict[str, object]:
-    """A JSON-ready summary of :func:`gate_maps`'s result for images ``names``: per module its map size,
-    per image and map the peak (row, column at the module's resolution) and its probability, the share of
-    the 3x3 branch (mean ``u_a`` over channels) and the mean forget weight."""
-    out: Dict[str, object] = {"images": list(names), "modules": {}}
+def summary(result: Dict[str, object], names: Sequence[str],
+            class_names: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    """A JSON-ready summary of :func:`gate_maps`'s result for images ``names``: per image the model's prediction
+    (class index, its name from ``class_names`` when given, softmax probability); per module its map size,
+    per image and map the peak (row, column at the module's resolution), its probability and how many times
+    the uniform ``1 / (h w)`` that is (what the picture's corner says), the share of the 3x3 branch (mean
+    ``u_a`` over channels) and the mean forget weight."""
+    probabilities = result["logits"].float().softmax(dim=1)
+    predictions = []
+    for i in range(len(names)):
+        index = int(probabilities[i].argmax())
+        predictions.append({"class": index, **({"name": class_names[index]} if class_names else {}),
+                            "probability": round(float(probabilities[i, index]), 6)})
+    out: Dict[str, object] = {"images": list(names), "predictions": predictions, "modules": {}}
     for module, kinds in result["maps"].items():
         w = result["weights"][module]
         first = kinds[MAP_KINDS[0]]
@@ -212,7 +221,8 @@ def summary(result: Dict[str, object], names: Sequence[str]) -> Dict[str, object
             entry = {"image": name}
             for kind in MAP_KINDS:
                 r, c, p = peak(kinds[kind][i])
-                entry[kind] = {"peak_row": r, "peak_col": c, "peak_probability": round(p, 6)}
+                entry[kind] = {"peak_row": r, "peak_col": c, "peak_probability": round(p, 6),
+                               "peak_vs_uniform": round(p * kinds[kind][i].numel(), 3)}
             entry["mean_u_3x3"] = round(float(w["update"][i, 0].mean()), 6)
             entry["mean_forget"] = round(float(w["forget"][i].mean()), 6)
             per_image.append(entry)
@@ -222,15 +232,20 @@ def summary(result: Dict[str, object], names: Sequence[str]) -> Dict[str, object
 
 
 def summary_table(info: Dict[str, object]) -> str:
-    """:func:`summary` as a text table: a row per module and image; each map's peak as (row,col) probability,
-    the mean 3x3 share ``u_a`` and the mean forget weight ``f``."""
-    lines = [f"{'module':<26} {'map':>7} {'image':<24} " + " ".join(f"{k + ' peak':>20}" for k in MAP_KINDS)
-             + f" {'u 3x3':>6} {'f':>6}"]
+    """:func:`summary` as text: each image's prediction, then a row per module and image: each map's peak as
+    (row,col) and how many times uniform it is (as the picture's corner), the mean 3x3 share ``u_a`` and the
+    mean forget weight ``f``."""
     labels = dict(zip(info["images"], distinct_names(info["images"])))
+    lines = [f"{'image':<24} predicted"]
+    for image, p in zip(info["images"], info["predictions"]):
+        name = p.get("name", f"class {p['class']}")
+        lines.append(f"{labels[image][-24:]:<24} {name} ({100 * p['probability']:.1f}%)")
+    lines += ["", f"{'module':<26} {'map':>7} {'image':<24} " + " ".join(f"{k + ' peak':>20}" for k in MAP_KINDS)
+              + f" {'u 3x3':>6} {'f':>6}"]
     for module, entry in info["modules"].items():
         size = "x".join(map(str, entry["map_size"]))
         for row in entry["per_image"]:
-            peaks = " ".join(f"{'(%d,%d) %.3f' % (p['peak_row'], p['peak_col'], p['peak_probability']):>20}"
+            peaks = " ".join(f"{'(%d,%d) %.1fx' % (p['peak_row'], p['peak_col'], p['peak_vs_uniform']):>20}"
                              for p in (row[k] for k in MAP_KINDS))
             lines.append(f"{module:<26} {size:>7} {labels[row['image']][-24:]:<24} {peaks} "
                          f"{row['mean_u_3x3']:6.3f} {row['mean_forget']:6.3f}")
@@ -331,7 +346,9 @@ def attention_study(
         log(f"note: showing {len(readable)} of {len(files)} images, {order} (--max-images {max_images})")
     about = {"checkpoint": str(checkpoint), "model": meta.get("model_name") or model_name, "amp": amp,
              "provenance": provenance([checkpoint], dev)}
-    written, info = _write_study(folder, x, result, readable, config.mean, config.std, about)
+    named = meta.get("class_names") or meta.get("data_config")   # else the names are only indices
+    written, info = _write_study(folder, x, result, readable, config.mean, config.std, about,
+                                 config.class_names if named else None)
     return {"files": written, "summary": info, "result": result}
 
 
@@ -365,7 +382,7 @@ def _maps_of_files(model: nn.Module, files: Sequence[str], transform, modules: L
 
 
 def _write_study(folder: Path, x: Tensor, result: Dict, readable: Sequence[str], mean, std,
-                 about: Dict) -> Tuple[Dict, Dict]:
+                 about: Dict, class_names: Optional[Sequence[str]]) -> Tuple[Dict, Dict]:
     """:data:`RESULTS` into ``folder``: the pictures, the maps and the summary (``about``: what was studied and
     how, first); their paths and the summary."""
     from hcgnet.analysis.attention_plots import attention_grid, weights_plot
@@ -376,7 +393,7 @@ def _write_study(folder: Path, x: Tensor, result: Dict, readable: Sequence[str],
     attention_grid(x, result["maps"], written["attention.png"], mean, std, readable)
     weights_plot(result["weights"], written["weights.png"])
     save_npz(result, readable, written["maps.npz"])
-    info = {**about, **summary(result, readable)}
+    info = {**about, **summary(result, readable, class_names)}
     with reported_write(written["summary.json"]):
         write_json(written["summary.json"], info)
     return written, info
