@@ -300,9 +300,10 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
     out = tmp_path / "out"
     code = main(["dissect", "--checkpoint", str(tiny_checkpoint), "--broden", str(broden), "--limit", "6",
                  "--batch-size", "4", "--workers", "0", "--top-units", "2", "--device", "cpu", "--amp", "bf16", "--output", str(out)])
-    stdout = capsys.readouterr().out
+    stdout, stderr = capsys.readouterr()
     assert code == 0
     layers = ["stages.0.block", "stages.1.block", "act"]     # hybrid blocks; the last after the final BN-ReLU
+    assert "note: 6 images leave" in stderr and "at act (" in stderr    # too few for a 0.5% threshold
     for layer in layers:
         assert layer in stdout
         with open(out / f"{layer}.csv") as f:
@@ -329,6 +330,22 @@ def test_cli_writes_tables_and_pictures(broden, tiny_checkpoint, tmp_path, capsy
     assert Image.open(out / "unique_detectors.png").size[0] > 100
     # titled with the run's folder too, as eval's confusion.png: every run's file is best.safetensors
     assert titles == [f"{tiny_checkpoint.parent.name}/{tiny_checkpoint.name}: unique detectors"]
+
+
+def test_too_few_images_for_the_threshold_are_said():
+    """0.5% of 40 images x 7 x 7 cells is 9.8 values above each unit's threshold: said, at the smallest map;
+    Broden's 63,305 images leave 15,510 there: nothing said."""
+    from types import SimpleNamespace
+
+    from hcgnet.analysis.dissect import thin_threshold_note
+
+    layers = [SimpleNamespace(layer="stages.0.block", shape=(8, 28, 28)),
+              SimpleNamespace(layer="stages.2.block", shape=(16, 7, 7))]
+    note = thin_threshold_note(layers, 40, 0.005)
+    assert note.startswith("note: 40 images leave 9.8 activations per unit above the top-0.5% threshold at "
+                           "stages.2.block (7x7)")
+    assert thin_threshold_note(layers, 63305, 0.005) is None
+    assert thin_threshold_note(layers, 409, 0.005) is None and thin_threshold_note(layers, 408, 0.005)  # 100.2, 99.96
 
 
 def test_cli_progress_lines_when_not_on_a_terminal(broden, tiny_checkpoint, tmp_path, capsys, single_thread,

@@ -449,7 +449,8 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     from hcgnet.analysis.broden import Broden, check_broden
     from hcgnet.analysis.options import amp_dtype, checkpoint_file, progress_over
     from hcgnet.evaluation import device_of
-    from hcgnet.analysis.dissect import default_layers, dissect, output_names, strip_name, summary_rows, write_results
+    from hcgnet.analysis.dissect import (default_layers, dissect, output_names, strip_name, summary_rows,
+                                         thin_threshold_note, write_results)
     from hcgnet.analysis.dissect_plots import plot_unique_detectors, plot_unit_strips
     from hcgnet.files import check_output_folder, reported_write
     from hcgnet.inference import data_config_of, load_model
@@ -496,6 +497,9 @@ def cmd_dissect(args: argparse.Namespace) -> int:
     for r in rows:
         cells = [r["units"], f"{r['height']}x{r['width']}", r["detectors"], r["unique_detectors"]] + [r[c] for c in cats]
         print(f"  {r['layer']:<{width}}  " + "  ".join(f"{str(c):>9}" for c in cells))
+    note = thin_threshold_note(results, len(dataset), args.quantile)
+    if note:
+        print(note, file=sys.stderr)
     with reported_write(out):
         files = write_results(results, out, dict(
             checkpoint=str(args.checkpoint), broden=str(args.broden), images=len(dataset), limit=args.limit,

@@ -446,6 +446,27 @@ def dissect(
     return [_layer_result(n, peaks[n], thresholds[n], tallies[n], quantile, iou_threshold, names) for n in kept]
 
 
+#: Values above a unit's threshold below which :func:`thin_threshold_note` speaks up. A judgement, not a rule of
+#: NetDissect's: full Broden (63,305 images) leaves thousands at its smallest maps.
+FEW_ABOVE_THRESHOLD = 100
+
+
+def thin_threshold_note(results: Sequence[LayerResult], images: int, quantile: float,
+                        least: int = FEW_ABOVE_THRESHOLD) -> Optional[str]:
+    """What to tell a user whose dataset is too small for the threshold: each unit's T_k is the top ``quantile``
+    of its ``images x h x w`` activations, so at the smallest map only ``quantile x images x h x w`` values lie
+    above it; under ``least`` the labels say little (None otherwise)."""
+    if not results:
+        return None
+    smallest = min(results, key=lambda r: r.shape[1] * r.shape[2])
+    above = quantile * images * smallest.shape[1] * smallest.shape[2]
+    if above >= least:
+        return None
+    return (f"note: {images:,} images leave {above:.3g} activations per unit above the top-{100 * quantile:g}% "
+            f"threshold at {smallest.layer} ({smallest.shape[1]}x{smallest.shape[2]}); under {least} the units' "
+            f"labels say little: dissect more images (Broden has 63,305) or a larger --size")
+
+
 def unit_maps(model: nn.Module, dataset: Dataset, layer: str, indices: Sequence[int],
               device: Optional[torch.device | str] = None, batch_size: int = 32) -> Tensor:
     """The layer's maps (len(indices), units, h, w) on some dataset images (for pictures)."""
