@@ -710,6 +710,25 @@ def test_the_summary_says_on_how_many_images_its_scores_rest(monkeypatch, tmp_pa
         assert (summary[variant]["test_images"], summary[variant]["test_images_fgsm-any"]) == (str(test), str(attacked))
 
 
+def test_summary_md_gives_a_variants_size_and_speed_once():
+    """The first table (clean top-1) carries params, MACs and images/s; the attack tables after it do not repeat
+    them, and every row has as many cells as its table's header."""
+    from hcgnet.ablate import summary as ablate_summary
+    rows = [{"variant": v, "seed": seed, "status": "finished", "test_top1": 0.5 + seed / 100 + (v == "v") / 50,
+             "attack_fgsm_0.1": 0.2 + seed / 100, "params": 1234, "macs": 5678, "images_per_s": 42.0}
+            for v in ("base", "v") for seed in range(3)]
+    md = ablate_summary.markdown(ablate_summary.variant_table(rows, ["base", "v"]),
+                                 ["test_top1", "attack_fgsm_0.1"], "t", "b")
+    tables = [[line for line in part.splitlines() if line.startswith("|")] for part in md.split("\n## ")[1:]]
+    assert len(tables) == 2
+    clean, attacked = ([cell.strip() for cell in table[0].strip("|").split("|")] for table in tables)
+    assert clean[5:8] == ["params", "MACs", "images/s"] and "params" not in attacked and "images/s" not in attacked
+    assert attacked == clean[:5] + clean[8:]
+    for table in tables:
+        assert {line.count("|") for line in table} == {table[0].count("|")}
+    assert "| 42.0 |" in tables[0][2] and "42.0" not in "".join(tables[1])
+
+
 @pytest.mark.parametrize("seeds, cautioned", [(2, True), (3, False), (10, False)])
 def test_the_few_seeds_caution_only_where_a_comparison_rests_on_fewer_than_3(seeds, cautioned):
     from hcgnet.ablate import summary as ablate_summary

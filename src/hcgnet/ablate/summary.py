@@ -299,11 +299,12 @@ def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget:
              "the same difference at every seed; -: no seed finished for both). "
              "Intervals are shown clipped to what they can take (accuracy [0, 100], Δ [-100, 100]; summary.csv "
              f"keeps them unclipped).{caution}", ""]
-    for score in scores:
+    for number, score in enumerate(scores):
+        costs = number == 0   # a variant's size and speed once, in the first table: the attacks' only repeat them
         lines += [f"## {score_name(score)}", "",
-                  "| variant | changes | n | top-1 | 95% CI | params | MACs | images/s | Δ vs base | Δ 95% CI "
-                  "| verdict |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | changes | n | top-1 | 95% CI | " + "params | MACs | images/s | " * costs
+                  + "Δ vs base | Δ 95% CI | verdict |",
+                  "|---" * (11 if costs else 8) + "|"]
         for e in table:
             mean, ci = interval_text({k: e.get(f"{score}_{k}") for k in ("mean", "std", "low", "high")},
                                      bounds=ACCURACY)
@@ -315,8 +316,9 @@ def markdown(table: List[Dict[str, Any]], scores: List[str], title: str, budget:
                 verdict = e.get(f"{score}_verdict", "-")  # no finished runs: nothing to decide on
             speed = "-" if e["images_per_s"] is None else f"{e['images_per_s']:.1f}"
             what = e.get("changes") or e.get("model") or "-"
-            lines.append(f"| {e['variant']} | {what.replace('|', '/')} | {e['n']} | {mean} | {ci} | {_count(e['params'])} "
-                         f"| {_count(e['macs'])} | {speed} | {dmean} | {dci} | {verdict} |")
+            cost = f"{_count(e['params'])} | {_count(e['macs'])} | {speed} | " if costs else ""
+            lines.append(f"| {e['variant']} | {what.replace('|', '/')} | {e['n']} | {mean} | {ci} | {cost}{dmean} "
+                         f"| {dci} | {verdict} |")
         lines.append("")
     return "\n".join(lines)
 
