@@ -62,8 +62,13 @@ def test_pt2e_reference_program_stays_within_half_a_point_of_fp32(trained, test_
 def test_pt2e_compiled_int8_kernels_stay_within_half_a_point_of_fp32(trained, test_set):
     path, _ = trained
     model, meta = test_set[:2]
-    quantized, _ = int8_model(str(path), model, meta, "pt2e", CALIBRATION, batch_size=64, compile=True)
+    said = []
+    quantized, _ = int8_model(str(path), model, meta, "pt2e", CALIBRATION, batch_size=64, compile=True,
+                              log=said.append)
+    assert said[-1].startswith("int8 (pt2e): compiled in ")   # compiled before evaluation's bar, and said so
+    compiled_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     _check_against_fp32(quantized, test_set)   # 400 images: 7 batches of 64, the last one padded
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled_before   # nothing compiled again
 
 
 def test_eval_int8_prints_the_int8_and_the_fp32_top1(trained, capsys):
