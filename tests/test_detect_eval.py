@@ -219,7 +219,7 @@ def test_detections_come_back_in_the_original_image_pixels(toy):
 
 
 @pytest.mark.parametrize("case", ["other categories", "classifier checkpoint", "fp16 on cpu", "run folder",
-                                  "annotations folder"])
+                                  "annotations folder", "header cut", "tensors cut", "output below a file"])
 def test_eval_refusals_are_one_line(toy, untrained, tmp_path, capsys, case):
     images, annotations, checkpoint, extra = toy[0], toy[1], untrained, []
     if case == "other categories":
@@ -239,6 +239,15 @@ def test_eval_refusals_are_one_line(toy, untrained, tmp_path, capsys, case):
         expected = f"{checkpoint} is a folder, not a checkpoint file; e.g. {checkpoint / 'final.safetensors'}"
     elif case == "annotations folder":
         annotations, expected = images, f"annotation file {images} is a folder"
+    elif case in ("header cut", "tensors cut"):   # a safetensors file's first 8 bytes give its header's length
+        whole = untrained.read_bytes()
+        header = 8 + int.from_bytes(whole[:8], "little")
+        checkpoint = tmp_path / "cut.safetensors"
+        checkpoint.write_bytes(whole[:header // 2] if case == "header cut" else whole[:header + 100])
+        expected = f"{checkpoint} is truncated or corrupt"
+    elif case == "output below a file":
+        (tmp_path / "notes.txt").write_text("mine")
+        extra, expected = ["--output", str(tmp_path / "notes.txt" / "x")], f"{tmp_path / 'notes.txt'} is a file"
     else:
         extra, expected = ["--amp", "fp16"], "--amp fp16 needs a GPU"
     code = main(["detect", "eval", "--checkpoint", str(checkpoint), "--images", str(images), "--annotations",
@@ -339,6 +348,22 @@ def test_predict_json_and_csv_give_the_boxes_drawn_in_coco_terms(toy, tmp_path, 
     assert err.count("\n") == 1 and f"{table} already exists; pass --force" in err and table.read_text() == "mine"
     assert main(args + ["--force"]) == 0 and table.read_text() != "mine"
     assert capsys.readouterr().out.startswith(f"wrote {table}")        # text mode: said on stdout
+
+
+@pytest.mark.parametrize("case", ["header cut", "output below a file"])
+def test_predict_refusals_are_one_line(toy, untrained, tmp_path, capsys, case):
+    checkpoint, output = untrained, tmp_path / "drawn"
+    if case == "header cut":
+        checkpoint = tmp_path / "cut.safetensors"
+        checkpoint.write_bytes(untrained.read_bytes()[:20])
+        expected = f"{checkpoint} is truncated or corrupt"
+    else:
+        (tmp_path / "notes.txt").write_text("mine")
+        output, expected = tmp_path / "notes.txt" / "x", f"{tmp_path / 'notes.txt'} is a file, not a folder"
+    code = main(["detect", "predict", "--checkpoint", str(checkpoint), str(toy[0]), "--output", str(output),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("hcgnet: error: ") and err.count("\n") == 1 and expected in err, err
 
 
 def test_predict_with_no_readable_image_is_one_line(tmp_path, capsys, untrained):

@@ -72,6 +72,22 @@ def test_check_output_folder_refuses_earlier_results_without_force(tmp_path):
         check_output_folder(out / "b.json", "the tables")
 
 
+@pytest.mark.parametrize("below", ["x", "x/y", "x/report.json"])
+def test_an_output_below_a_file_is_refused_naming_the_file(tmp_path, below):
+    """``notes.txt/x``: nothing can be made below a file; said before any work (it was said after a whole attack,
+    or as "folder notes.txt does not exist")."""
+    (tmp_path / "notes.txt").write_text("mine")
+    path = tmp_path / "notes.txt" / below
+    message = f"--output {path}: {tmp_path / 'notes.txt'} is a file, not a folder; choose another --output"
+    with pytest.raises(HCGNetError) as e:
+        check_output_folder(path, "the results")
+    assert str(e.value) == message
+    with pytest.raises(HCGNetError) as e:
+        check_output_file(path, "--output")
+    assert str(e.value) == message
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_can_write_in(tmp_path):
     assert can_write_in(tmp_path)
     assert not can_write_in(tmp_path / "missing")

@@ -47,6 +47,13 @@ def can_write_in(folder: PathLike) -> bool:
         return False
 
 
+def file_in_the_way(path: PathLike) -> Optional[Path]:
+    """The nearest existing folder above ``path`` that is a file instead (``notes.txt`` of ``notes.txt/x/y``), or
+    None: nothing can be made below it, which a plain "does not exist" would hide."""
+    existing = next((p for p in Path(path).parents if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def check_output_file(path: PathLike, flag: str = "output", force: bool = False) -> Path:
     """``path`` as a file hcgnet may write, or a one-line :class:`HCGNetError` saying what to change: not an
     existing folder, an existing file only with ``force``, in a folder that exists and is writable."""
@@ -56,6 +63,9 @@ def check_output_file(path: PathLike, flag: str = "output", force: bool = False)
     if path.exists() and not force:
         raise HCGNetError(f"{path} already exists; pass --force to replace it")
     folder = path.parent
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise HCGNetError(f"{flag} {path}: {blocker} is a file, not a folder; choose another {flag}")
     if not folder.is_dir():
         raise HCGNetError(f"folder {folder} does not exist; create it first")
     if not can_write_in(folder):
@@ -96,6 +106,9 @@ def check_output_folder(folder: PathLike, holds: str, results: Iterable[str] = (
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise HCGNetError(f"{flag} {out} is a file; give a folder for {holds}")
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise HCGNetError(f"{flag} {out}: {blocker} is a file, not a folder; choose another {flag}")
     check_folder_name(out, holds, flag)
     existing = out if out.is_dir() else next((p for p in out.parents if p.is_dir()), Path("."))
     if not can_write_in(existing):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hcgnet.errors import CheckpointError
-from hcgnet.models.checkpoints import (check_checkpoint_file, is_safetensors_file, read_metadata,
+from hcgnet.models.checkpoints import (check_checkpoint_file, is_safetensors_file, read_metadata, read_safetensors,
                                       torch_load_weights_only)
 
 #: What a detector checkpoint says about itself (all strings, as safetensors metadata must be).
@@ -32,9 +32,7 @@ def detector_metadata(model: str, task: str, class_names: List[str], category_id
 def _read(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     check_checkpoint_file(path)
     if is_safetensors_file(path):
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), read_metadata(path)
+        return read_safetensors(path)
     state = torch_load_weights_only(path)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} is not a detector checkpoint (no model weights)")

@@ -13,7 +13,7 @@ from hcgnet.data.errors import DataError
 from hcgnet.data.images import load_image
 from hcgnet.errors import HCGNetError
 from hcgnet.evaluation import device_of
-from hcgnet.files import check_output_folder
+from hcgnet.files import check_output_folder, reported_write
 
 #: One colour per class (cycled), strong enough to see on photographs.
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#008080",
@@ -66,7 +66,8 @@ def predict(checkpoint, inputs: Sequence[str], output, score_threshold: float = 
     out = check_output_folder(output, "the PNGs", results=pngs, force=force)
     dev = device_of(device)
     model, info = load_detector(checkpoint, dev)
-    out.mkdir(parents=True, exist_ok=True)
+    with reported_write(out):
+        out.mkdir(parents=True, exist_ok=True)
     for path, png in zip(paths, pngs):
         try:
             image = F.pil_to_tensor(load_image(path, hint="").convert("RGB"))

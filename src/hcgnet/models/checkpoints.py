@@ -218,11 +218,7 @@ def read_state_dict(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     path = check_checkpoint_file(path)
     metadata: Dict[str, str] = {}
     if is_safetensors_file(path):
-        metadata = _safetensors_metadata(path)
-        try:
-            state_dict = load_file(str(path))
-        except (SafetensorError, OSError, ValueError):
-            raise CheckpointError(f"{path} is truncated or corrupt: it is not a valid safetensors file") from None
+        state_dict, metadata = read_safetensors(path)
     else:
         obj = torch_load_weights_only(path)
         if not isinstance(obj, dict):
@@ -321,6 +317,16 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
     if path.is_file() and is_safetensors_file(path):
         return _safetensors_metadata(path)
     return read_state_dict(path)[1]
+
+
+def read_safetensors(path: Path) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
+    """A safetensors file's tensors and metadata, as saved (no key renaming); a truncated or corrupt file is
+    refused in one line."""
+    metadata = _safetensors_metadata(path)
+    try:
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError):
+        raise CheckpointError(f"{path} is truncated or corrupt: it is not a valid safetensors file") from None
 
 
 def is_safetensors_file(path: Path) -> bool:
