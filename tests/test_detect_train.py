@@ -204,6 +204,11 @@ def test_detect_train_writes_the_run_and_refuses_to_overwrite_it(toy, tmp_path, 
     assert main(args + ["--amp", "fp16", "--overwrite"]) == 2
     assert capsys.readouterr().err == "hcgnet: error: --amp fp16 needs a GPU; on the CPU use --amp bf16\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]      # refused before the replacement folder
+    metrics = (out / "metrics.csv").read_text()
+    assert main(["detect", "train", "--output", str(out), "--resume", "--overwrite", "--epochs", "2"]) == 2
+    assert capsys.readouterr().err == ("hcgnet: error: --resume continues the run in the output folder, --overwrite "
+                                       "replaces it: choose one\n")   # as train says; it resumed, dropping rows
+    assert (out / "metrics.csv").read_text() == metrics
     assert torch.equal(load_file(out / "final.safetensors")["roi_heads.box_predictor.cls_score.weight"],
                        model.roi_heads.box_predictor.cls_score.weight)
 

@@ -33,6 +33,12 @@ def check_whole(name: str, value: object, note: str = "", error: type = ModelSpe
         raise error(f"{name} must be a whole number of 1 or more{note}, got {value!r}")
 
 
+def check_resume_or_overwrite(resume: bool, overwrite: bool, error: type = HCGNetError) -> None:
+    """A training run (classifier or detector) either continues its output folder or replaces it, never both."""
+    if resume and overwrite:
+        raise error("--resume continues the run in the output folder, --overwrite replaces it: choose one")
+
+
 @contextlib.contextmanager
 def script_errors(prog: str) -> Iterator[None]:
     """For command-line scripts (benchmarks/), which have no CLI around them to catch an :class:`HCGNetError`:

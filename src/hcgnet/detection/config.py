@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 
 import yaml
 
-from hcgnet.errors import HCGNetError
+from hcgnet.errors import HCGNetError, check_resume_or_overwrite
 
 
 @dataclass
@@ -78,6 +78,7 @@ PRESETS = {"torchvision": {}, "published": PUBLISHED}
 
 def check_config(c: DetectConfig) -> None:
     """One-line refusals of settings that cannot work, before anything is read or written."""
+    check_resume_or_overwrite(c.resume, c.overwrite)
     if not (c.images and c.annotations):
         raise HCGNetError("give the training data: --images DIR --annotations instances.json")
     if bool(c.val_images) != bool(c.val_annotations):

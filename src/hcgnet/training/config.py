@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
-from hcgnet.errors import HCGNetError, plural
+from hcgnet.errors import HCGNetError, check_resume_or_overwrite, plural
 
 
 class ConfigError(HCGNetError):
@@ -268,8 +268,7 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"amp must be none, bf16 or fp16, got {c.amp!r}")
     if c.sched not in ("cosine", "constant"):
         raise ConfigError(f"sched must be cosine or constant, got {c.sched!r}")
-    if c.resume and c.overwrite:
-        raise ConfigError("--resume continues the run in the output folder, --overwrite replaces it: choose one")
+    check_resume_or_overwrite(c.resume, c.overwrite, ConfigError)
     if c.device is not None:
         from hcgnet.evaluation import device_of  # torch: only when a device is named
 
