@@ -450,6 +450,15 @@ def test_cli_writes_the_pictures_maps_and_summary(capsys, checkpoint, tmp_path):
                                                          enumerate(predicted)]
 
 
+def test_an_output_inside_a_folder_of_the_images_is_refused(capsys, checkpoint, tmp_path):
+    """attention.png inside the folder looked at would be looked at next time: refused before any work."""
+    picture(tmp_path / "shots" / "0.png", 0, size=(20, 26))
+    code, out, err = cli(capsys, "attention", "--checkpoint", checkpoint, tmp_path / "shots", "--output",
+                         tmp_path / "shots" / "att")
+    assert code == 2 and f"is inside {tmp_path / 'shots'}, which this command reads images from" in err
+    assert not (tmp_path / "shots" / "att").exists()
+
+
 def test_cli_labels_images_of_the_same_name_by_their_folders(capsys, checkpoint, tmp_path, monkeypatch):
     """Two folders with the same file names (a class per folder): the table and the grid's row titles say
     ``cat/0.png`` and ``dog/0.png``, not ``0.png`` twice, and ``dog/1.png`` too: every label names its folder."""

@@ -350,10 +350,12 @@ def test_predict_json_and_csv_give_the_boxes_drawn_in_coco_terms(toy, tmp_path, 
     assert capsys.readouterr().out.startswith(f"wrote {table}")        # text mode: said on stdout
 
 
-@pytest.mark.parametrize("case", ["header cut", "output below a file"])
+@pytest.mark.parametrize("case", ["header cut", "output below a file", "output inside the images"])
 def test_predict_refusals_are_one_line(toy, untrained, tmp_path, capsys, case):
     checkpoint, output = untrained, tmp_path / "drawn"
-    if case == "header cut":
+    if case == "output inside the images":   # its PNGs would be detected in next time
+        output, expected = toy[0] / "drawn", f"is inside {toy[0]}, which this command reads images from"
+    elif case == "header cut":
         checkpoint = tmp_path / "cut.safetensors"
         checkpoint.write_bytes(untrained.read_bytes()[:20])
         expected = f"{checkpoint} is truncated or corrupt"
@@ -364,6 +366,7 @@ def test_predict_refusals_are_one_line(toy, untrained, tmp_path, capsys, case):
                  "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("hcgnet: error: ") and err.count("\n") == 1 and expected in err, err
+    assert not (toy[0] / "drawn").exists()
 
 
 def test_predict_with_no_readable_image_is_one_line(tmp_path, capsys, untrained):

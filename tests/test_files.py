@@ -88,6 +88,16 @@ def test_an_output_below_a_file_is_refused_naming_the_file(tmp_path, below):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_an_output_inside_a_folder_read_is_refused(tmp_path):
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    for inside in ("photos/out", "photos/cat", "photos"):
+        with pytest.raises(HCGNetError, match="is inside .*photos, which this command reads images from"):
+            check_output_folder(tmp_path / inside, "the results", reads=[None, tmp_path / "photos"])
+    for beside in ("photos-out", "out/photos"):   # a name that starts alike, a folder of that name elsewhere
+        assert check_output_folder(tmp_path / beside, "the results", reads=[tmp_path / "photos"])
+    assert check_output_folder(tmp_path / "x", "the results", reads=[tmp_path / "gone"])   # not a folder: no check
+
+
 def test_can_write_in(tmp_path):
     assert can_write_in(tmp_path)
     assert not can_write_in(tmp_path / "missing")

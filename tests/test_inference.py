@@ -325,6 +325,21 @@ def test_eval_on_the_device_asked_for(capsys, run):
         assert "no CUDA GPU here; use --device cpu" in one_line_error(*cli(capsys, *args, "--device", "cuda"))
 
 
+@pytest.mark.parametrize("command, data", [("eval", None), ("eval", "given"), ("attack", None)])
+def test_an_output_inside_the_image_folder_read_is_refused(capsys, run, command, data):
+    """eval's confusion.png (attack's robustness.png) inside the image folder it scored would be read as a class
+    folder of images next time; refused before any work, whether the folder is given or the run's recorded one."""
+    folder = run["folder"]
+    output = folder / "reports"
+    argv = ["--data", f"imagefolder:{folder}"] if data else []
+    code, out, err = cli(capsys, command, "--checkpoint", run["out"] / "best.safetensors", "--output", output,
+                         "--workers", "0", *argv)
+    assert code == 2 and err == (f"hcgnet: error: --output {output} is inside {folder}, which this command reads "
+                                 "images from: what it writes would be read as images next time; choose an --output "
+                                 "outside it\n")
+    assert not output.exists() and out == ""
+
+
 def test_eval_refuses_an_unknown_amp(run):
     from hcgnet.errors import HCGNetError
     from hcgnet.inference import evaluate_checkpoint

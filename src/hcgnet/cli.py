@@ -156,11 +156,12 @@ def _int8_options(args: argparse.Namespace) -> dict:
 def cmd_eval(args: argparse.Namespace) -> int:
     from hcgnet.evaluation import EVAL_FILES, per_class, show_top5, write_confusion
     from hcgnet.files import check_output_folder, reported_write
-    from hcgnet.inference import evaluate_checkpoint
+    from hcgnet.inference import evaluate_checkpoint, image_folders_read
 
     out = None
     if args.output:
-        out = check_output_folder(args.output, "the metrics and confusion matrix", EVAL_FILES, force=args.force)
+        out = check_output_folder(args.output, "the metrics and confusion matrix", EVAL_FILES, force=args.force,
+                                  reads=image_folders_read(args.data, [args.checkpoint]))
     m = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.batch_size, args.workers,
                             args.model, device=args.device, amp=args.amp, channels_last=args.channels_last,
                             skip_bad_images=args.skip_bad_images, compile=args.compile, openvino=args.openvino,
@@ -405,7 +406,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from hcgnet.analysis.options import amp_dtype
     from hcgnet.evaluation import device_of
     from hcgnet.files import check_output_folder, reported_write
-    from hcgnet.inference import batch_progress, note_on_stderr
+    from hcgnet.inference import batch_progress, image_folders_read, note_on_stderr
 
     eps = _eps_list(args.eps)
     steps = PGD_STEPS if args.steps is None else args.steps
@@ -414,7 +415,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.steps is not None and args.attack != "pgd":
         raise HCGNetError(f"--steps is PGD's (--attack pgd); {args.attack} takes one step of eps")
     amp_dtype(args.amp, device_of(args.device))
-    out = check_output_folder(args.output, ", ".join(RESULTS), RESULTS, args.force)
+    out = check_output_folder(args.output, ", ".join(RESULTS), RESULTS, args.force,
+                              reads=image_folders_read(args.data, args.checkpoint))
     bar = {}
 
     def start(total: int) -> None:

@@ -98,12 +98,18 @@ def check_folder_name(folder: PathLike, holds: str, flag: str = "--output") -> N
 
 
 def check_output_folder(folder: PathLike, holds: str, results: Iterable[str] = (), force: bool = False,
-                        flag: str = "--output") -> Path:
+                        flag: str = "--output", reads: Iterable[Optional[PathLike]] = ()) -> Path:
     """``folder`` as a folder a command may write ``holds`` into, checked before any work, or a one-line
     :class:`HCGNetError` saying what to change: not a file, writable (it and its parents may not exist yet:
     the writer makes them), and holding none of ``results`` (file names inside it) unless ``force``, so an
-    earlier result is never replaced by accident."""
+    earlier result is never replaced by accident. ``reads``: the image folders the command reads (None
+    skipped); an output inside one is refused, since its pictures would be read as images next time (a new
+    class folder of an image folder)."""
     out = Path(folder)
+    for images in reads:
+        if images is not None and Path(images).is_dir() and out.resolve().is_relative_to(Path(images).resolve()):
+            raise HCGNetError(f"{flag} {out} is inside {images}, which this command reads images from: what it "
+                              f"writes would be read as images next time; choose an {flag} outside it")
     if out.exists() and not out.is_dir():
         raise HCGNetError(f"{flag} {out} is a file; give a folder for {holds}")
     blocker = file_in_the_way(out)

@@ -64,6 +64,27 @@ def bad_images_setting(meta: Dict[str, str], skip_bad_images: Optional[bool], lo
     return skip, lambda line: log(f"note: {line}, {why}")
 
 
+def image_folders_read(data: Optional[str], checkpoints: Sequence[str]) -> List[str]:
+    """The image folders a command scoring ``checkpoints`` on ``data`` reads: ``imagefolder:PATH``'s, or with no
+    ``data`` each checkpoint's recorded one. For the output check before any work; a file that cannot be read
+    is left to the command's own loader to refuse."""
+    from hcgnet.data import spec_folder
+
+    specs = [data] if data else []
+    for path in [] if data else checkpoints:
+        try:
+            specs.append(metadata_value(checkpoint_metadata(path), "data"))
+        except (HCGNetError, OSError):
+            pass
+    folders = []
+    for spec in specs:
+        try:
+            folders.append(spec_folder(spec) if spec else None)
+        except HCGNetError:
+            pass
+    return [f for f in folders if f]
+
+
 def metadata_value(meta: Dict[str, str], key: str) -> Optional[str]:
     """A metadata value, None when absent or recorded as None (an automatic setting)."""
     value = meta.get(key)

@@ -328,7 +328,8 @@ def attention_study(
         raise DataError("no images to look at: " + "; ".join(p["error"] for p in problems[:3]))
     if len(files) > max_images:   # a folder of class folders: every class in the grid, not just the first
         files = in_turn_by_folder(files)
-    folder = check_output_folder(output, "the pictures, maps and summary", RESULTS, force)  # before any work
+    folder = check_output_folder(output, "the pictures, maps and summary", RESULTS, force,  # before any work
+                                 reads=[item for item in images if os.path.isdir(item)])
     for p in problems:
         log(f"hcgnet: warning: {p['error']}; skipped")
     model, meta = load_model(checkpoint_file(checkpoint), model_name)

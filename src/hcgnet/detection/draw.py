@@ -1,6 +1,7 @@
 """``hcgnet detect predict``: a trained detector on image files, its boxes, class names, scores and masks
 drawn with torchvision's ``draw_bounding_boxes`` / ``draw_segmentation_masks`` into one PNG per image. An
 unreadable image is named and skipped; the others go on. Does not import the trainer."""
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -63,7 +64,8 @@ def predict(checkpoint, inputs: Sequence[str], output, score_threshold: float = 
         raise DataError("no images to detect objects in (see the warnings above)")
     taken: set = set()
     pngs = [_unique_name(path, taken) for path in paths]
-    out = check_output_folder(output, "the PNGs", results=pngs, force=force)
+    out = check_output_folder(output, "the PNGs", results=pngs, force=force,
+                              reads=[item for item in inputs if os.path.isdir(item)])
     dev = device_of(device)
     model, info = load_detector(checkpoint, dev)
     with reported_write(out):
