@@ -966,7 +966,9 @@ def test_a_file_whose_metadata_names_another_network_is_refused_naming_both(tmp_
     with pytest.raises(CheckpointError) as e:
         hcgnet.create_model("hcgnet_b", checkpoint_path=str(path))
     assert str(e.value) == (f"{path} holds {tiny} (by its metadata), not hcgnet_b ({b}); create '{tiny}' instead, "
-                            "or let hcgnet.load_model read the network from the file")
+                            "or let hcgnet.inference.load_model read the network from the file")
+    from hcgnet.inference import load_model   # the function the message names exists and does that
+    assert load_model(str(path))[0].spec == tiny
     with pytest.raises(CheckpointError, match=r"holds HCGNet-\(1,1,1,1\)-\(k=8,8,8,8\) \(by its metadata\), not "
                                               r"hcgnet_b"):
         fasterrcnn_hcgnet("hcgnet_b", num_classes=3, weights_backbone=str(path))

@@ -194,6 +194,22 @@ def test_info_of_a_gray_checkpoint_counts_its_one_channel_network(capsys, tmp_pa
     assert a1_gray["input"] == "1x32x32" and a1_gray["published_params"] is None and a1_gray["paper_params"] is None
 
 
+@pytest.mark.parametrize("name", ["HCGNet-(1,1,1)-(k=8,8,8)", "hcgnet_a1"])
+def test_info_of_a_checkpoint_counts_the_stem_its_weights_were_built_with(capsys, tmp_path, name):
+    """save_safetensors records a spec's name, not its stem: info counted the name's own (CIFAR) stem beside the
+    parameters of the ImageNet-stem network the file holds, and said to pass --stem imagenet."""
+    model = hcgnet.create_model(name, num_classes=3, stem="imagenet")
+    path = tmp_path / "imagenet-stem.safetensors"
+    hcgnet.save_safetensors(model, path)
+    code, out, err = run(capsys, "info", str(path), "--json")
+    assert code == 0 and err == "", err
+    code, out2, err = run(capsys, "info", name, "--stem", "imagenet", "--num-classes", "3", "--json")
+    (held,), (asked,) = json.loads(out), json.loads(out2)
+    assert held["params"] == sum(p.numel() for p in model.parameters()) == asked["params"]
+    assert held["stem"] == "imagenet" and held["input"] == "3x224x224" and held["spec"].endswith("[imagenet stem]")
+    assert held["gmacs"] == asked["gmacs"] and held["published_params"] is None and held["paper_params"] is None
+
+
 def test_info_of_a_run_folder_names_the_checkpoint_in_it(capsys, tmp_path):
     run_folder = tmp_path / "run"
     run_folder.mkdir()

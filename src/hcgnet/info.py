@@ -118,7 +118,7 @@ def checkpoint_info(path: str, size: Optional[int] = None) -> dict:
         raise
     config = data_config_of(model, meta)
     row = network_info(meta["model_name"], model.num_classes, first_conv_in_chans(model), meta.get("switches"),
-                       config.input_size, size)
+                       config.input_size, size, getattr(model, "stem_kind", None))
     row.update(model=path, params=count_params(model), data=meta.get("data"), class_names=list(config.class_names))
     return row
 
@@ -139,10 +139,10 @@ def export_info(path: str, fmt: str, size: Optional[int] = None) -> dict:
 
 
 def network_info(name: str, num_classes: int, in_chans: int, switches: Optional[str],
-                 native: Sequence[int], size: Optional[int] = None) -> dict:
+                 native: Sequence[int], size: Optional[int] = None, stem: Optional[str] = None) -> dict:
     """The ``info`` row of the network a file names: ``name`` with ``num_classes`` outputs, ``in_chans`` input
-    channels and its design ``switches`` (JSON, as checkpoints record them), counted at ``native`` (C, H, W) or
-    at ``size``."""
+    channels, its design ``switches`` (JSON, as checkpoints record them) and ``stem`` (the one its weights were
+    built with; None: the name's own), counted at ``native`` (C, H, W) or at ``size``."""
     if is_timm_baseline(name):  # a timm network: no published or paper figures to set beside it
         with torch.device("meta"):
             model = create_model(name, num_classes=num_classes, in_chans=in_chans)
@@ -151,5 +151,6 @@ def network_info(name: str, num_classes: int, in_chans: int, switches: Optional[
                     params=count_params(model), published_params=None, paper_params=None,
                     gmacs=count_macs(model, input_size) / 1e9, paper_gmacs=None)
     kwargs = {**(json.loads(switches) if switches else {}), **({"in_chans": in_chans} if in_chans != 3 else {})}
-    row, = model_info([name], num_classes, size or native[-1], kwargs)
+    own = resolve(name)[1].stem
+    row, = model_info([name], num_classes, size or native[-1], kwargs, stem if stem != own else None)
     return row

@@ -380,6 +380,7 @@ class HCGNet(nn.Module):
         self.drop_rate = drop_rate
         self.in_chans = in_chans
         self.spec = format_spec(block_depths, growth_rates)  # the paper's name of this network, for its files
+        self.stem_kind = stem   # "cifar" or "imagenet": a spec's name alone does not say which was built
         self.grad_checkpointing = memory_efficient
         if connectivity == "residual" and residual_widths is None:
             residual_widths = matched_residual_widths(

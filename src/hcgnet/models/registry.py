@@ -172,7 +172,7 @@ def check_recorded_network(weights, metadata: dict, name: str, variant: Variant)
         same = False
     if not same:
         raise OtherNetwork(weights, recorded, name, variant.spec, f"create {recorded!r} instead, or let "
-                           "hcgnet.load_model read the network from the file")
+                           "hcgnet.inference.load_model read the network from the file")
 
 
 def placed(build: Callable[[], nn.Module], device=None, dtype=None) -> nn.Module:
