@@ -327,7 +327,7 @@ def test_predict_json_and_csv_give_the_boxes_drawn_in_coco_terms(toy, tmp_path, 
     assert main(args + ["--json"]) == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out)                                 # JSON alone on stdout
-    assert f"wrote {table}: 2 images, {len(expected)} detections" in captured.err
+    assert len(expected) == 1 and f"wrote {table}: 2 images, 1 detection\n" in captured.err   # not "1 detections"
     drawn, = [r for r in printed if "png" in r]
     assert drawn["image"] == source and drawn["png"] == str(tmp_path / "drawn" / "000.png")
     assert [r["image"] for r in printed if "error" in r] == [str(broken)]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from hcgnet import __version__
-from hcgnet.errors import HCGNetError, first_of
+from hcgnet.errors import HCGNetError, first_of, plural
 
 
 def cmd_info_detection(args: argparse.Namespace) -> int:
@@ -207,7 +207,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         with reported_write(args.csv):
             _write_predictions_csv(results, args.csv)
         ranks = max((len(r.get("top", ())) for r in results), default=0)  # fewer than --topk with fewer classes
-        print(f"wrote {args.csv}: {len(results)} images, top {ranks}", file=sys.stderr if args.json else sys.stdout)
+        print(f"wrote {args.csv}: {plural(len(results), 'image')}, top {ranks}",
+              file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(results, indent=2))
     elif not args.csv:
@@ -641,7 +642,7 @@ def cmd_detect_eval(args: argparse.Namespace) -> int:
     if args.json:  # as in eval --json: JSON alone on stdout
         print(json.dumps(summary(m), indent=2))
     else:
-        print(f"{args.checkpoint} on {args.annotations} ({m['images']} images): COCO AP (%)")
+        print(f"{args.checkpoint} on {args.annotations} ({plural(m['images'], 'image')}): COCO AP (%)")
         print(table(m))
     if out is not None:
         with reported_write(out):
@@ -665,7 +666,7 @@ def cmd_detect_predict(args: argparse.Namespace) -> int:
         with reported_write(args.csv):
             _write_detections_csv(results, args.csv)
         rows = sum(len(r["detections"]) for r in drawn)
-        print(f"wrote {args.csv}: {len(results)} images, {rows} detections",
+        print(f"wrote {args.csv}: {plural(len(results), 'image')}, {plural(rows, 'detection')}",
               file=sys.stderr if args.json else sys.stdout)
     if args.json:  # as predict --json: JSON alone on stdout
         print(json.dumps(results, indent=2))

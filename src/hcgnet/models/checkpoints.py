@@ -8,6 +8,7 @@ import os
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
@@ -164,7 +165,9 @@ def torch_load_weights_only(path: Path) -> object:
         raise CheckpointError(f"{path} is {kind}, not a checkpoint: hcgnet reads the weights files that train and "
                               "convert write (.safetensors, .pt, .pth); pass the checkpoint it was exported from")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # torch's notice about an old pickle protocol is not for hcgnet's users
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the weights-only unpickler fails on arbitrary bytes in many ways
         if isinstance(e, pickle.UnpicklingError):
             called = _pickled_global(path)

@@ -154,7 +154,8 @@ def _coerce(name: str, value: Any) -> Any:
         if kind is int and (isinstance(value, bool) or float(value) != converted):
             raise ValueError
     except (TypeError, ValueError):
-        raise ConfigError(f"option {name} must be a {kind.__name__}, got {value!r}") from None
+        what = {int: "a whole number", float: "a number", str: "a string"}.get(kind, f"of type {kind.__name__}")
+        raise ConfigError(f"option {name} must be {what}, got {value!r}") from None
     return converted
 
 
