@@ -611,6 +611,17 @@ def test_ablate_names_the_attack_options_by_its_own_flags(tmp_path, images, opti
     assert str(e.value) == message and not (tmp_path / "g").exists()
 
 
+def test_slurm_parameters_without_a_submitit_executor_are_refused(tmp_path, images, capsys):
+    """They would be dropped without a word and the grid run here."""
+    path = tmp_path / "toy.yaml"
+    path.write_text(grid_text(images))
+    assert cli.main(["ablate", "--grid", str(path), "--output", str(tmp_path / "g"), "--steps", "1",
+                     "--slurm-parameters", '{"timeout_min": 60}']) == 2
+    assert capsys.readouterr().err == ("hcgnet: error: --slurm-parameters are submitit's, for --executor slurm (or "
+                                       "submitit-local); add --executor slurm, or drop them to run the grid here\n")
+    assert not (tmp_path / "g").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--attack", "pgd", "--attack-steps", "0"], "--attack-steps must be a whole number of 1 or more, got 0"),
     (["--attack", "fgsm", "--attack-limit", "0"], "--attack-limit must be a whole number of 1 or more, got 0"),

@@ -559,6 +559,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.attack_steps is not None and not any(a["attack"] == "pgd" for a in attacks):
         raise HCGNetError("--attack-steps is the iterations of pgd; add pgd to --attack or drop --attack-steps")
     slurm = None
+    if args.slurm_parameters and args.executor == "local":
+        raise HCGNetError("--slurm-parameters are submitit's, for --executor slurm (or submitit-local); add "
+                          "--executor slurm, or drop them to run the grid here")
     if args.slurm_parameters:
         try:
             slurm = json.loads(args.slurm_parameters)
