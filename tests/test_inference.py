@@ -340,6 +340,17 @@ def test_an_output_inside_the_image_folder_read_is_refused(capsys, run, command,
     assert not output.exists() and out == ""
 
 
+@pytest.mark.parametrize("what", ["file", "missing"])
+def test_eval_of_an_imagefolder_that_is_no_folder_says_which(capsys, run, what):
+    path = run["base"] / ("notes.txt" if what == "file" else "nowhere")
+    if what == "file":
+        path.write_text("mine")
+    code, out, err = cli(capsys, "eval", "--checkpoint", run["out"] / "best.safetensors", "--data",
+                         f"imagefolder:{path}", "--workers", "0")
+    said = "not a folder" if what == "file" else "no such folder"
+    assert code == 2 and err.startswith(f"hcgnet: error: {said}: {path} (imagefolder:PATH needs a folder"), err
+
+
 def test_eval_refuses_an_unknown_amp(run):
     from hcgnet.errors import HCGNetError
     from hcgnet.inference import evaluate_checkpoint

@@ -363,10 +363,7 @@ def check_split_data(data: str, meta: Dict[str, str], split: str) -> None:
 def folder_classes(folder: str) -> List[str]:
     """The class sub-folders of an image folder, sorted (ImageFolder's order): those of its ``train/`` when it
     has one (a ``train/`` + ``val/`` layout), not ``train`` and ``val`` themselves."""
-    folder = os.path.expanduser(folder)
-    if not os.path.isdir(folder):
-        raise DataError(f"no such folder: {folder}")
-    return class_folders(layout(folder)[0])
+    return class_folders(layout(folder)[0])   # layout refuses a missing folder and a file in one line
 
 
 #: Seconds between progress lines when stderr is not a terminal (a log file, CI, a cluster job).
