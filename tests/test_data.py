@@ -132,7 +132,8 @@ def test_split_is_deterministic_disjoint_and_covers():
 def test_split_error_gives_the_numbers():
     with pytest.raises(DataError) as e:
         split_indices(1400, 5000.0)  # a count through TrainConfig's float field, as in the issue
-    assert str(e.value) == "val_size=5000 leaves no training images: 1,400 images, 5,000 held out for validation"
+    assert str(e.value) == ("val_size=5000 leaves no training images: 1,400 images, 5,000 held out for validation; "
+                            "give a smaller --val-size (a count, or a fraction such as 0.1), which overrides a recipe's")
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, 10, "0.1", True])

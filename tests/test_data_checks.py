@@ -103,7 +103,8 @@ def test_holdout_leaving_no_training_images(tmp_path):
     with pytest.raises(DataError) as e:
         build_data(spec, val_size=18, image_size=8)
     assert str(e.value) == ("val_size=18 leaves no training images: 20 images, 18 held out for validation and "
-                            "2 for the test set")
+                            "2 for the test set; give a smaller --val-size or --test-size (a count, or a fraction "
+                            "such as 0.1), which overrides a recipe's")
 
 
 def test_test_size_ignored_with_a_note_when_the_data_has_a_test_set(tmp_path):

@@ -80,8 +80,10 @@ def split_indices(n: int, val_size=None, seed: int = 0, *, with_test: bool = Fal
         given = [f"{name}={format_size(size)}" for name, size in (("val_size", val_size), ("test_size", test_size))
                  if size is not None and (with_test or name == "val_size")] or ["the automatic hold-out"]
         test = f" and {t:,} for the test set" if with_test else ""
+        flags = " or ".join(_flag(name) for name, size in (("val_size", v), ("test_size", t)) if size)
         raise DataError(f"{' and '.join(given)} {'leave' if len(given) > 1 else 'leaves'} no training images: "
-                        f"{plural(n, 'image')}, {v:,} held out for validation{test}")
+                        f"{plural(n, 'image')}, {v:,} held out for validation{test}; give a smaller {flags} (a "
+                        "count, or a fraction such as 0.1), which overrides a recipe's")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     parts = [sorted(perm[v + t:]), sorted(perm[:v])]
     return parts + [sorted(perm[v:v + t])] if with_test else parts
