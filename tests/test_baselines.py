@@ -376,3 +376,12 @@ def test_pretrained_baselines_say_whether_weights_exist_at_all(name, message):
     with pytest.raises(CheckpointError) as e:
         hcgnet.create_model(name, pretrained=True)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_an_hcgnet_switch_given_to_a_baseline_is_one_line_naming_it():
+    """The baselines are hcgnet's own (registered with timm): the refusal says the network is not an HCGNet,
+    not that it is "timm's"."""
+    with pytest.raises(ModelSpecError) as e:
+        hcgnet.create_model("densenet_bc_100_k12", forget_gate=False)
+    assert str(e.value).startswith("densenet_bc_100_k12 is not an HCGNet and cannot be built with these settings: ")
+    assert "forget_gate" in str(e.value)

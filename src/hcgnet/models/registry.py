@@ -566,7 +566,7 @@ def _create_baseline(name: str, num_classes, pretrained, checkpoint_path, featur
     try:
         model = timm.create_model(name, **kwargs)
     except TypeError as e:  # an argument this architecture does not take (e.g. drop_block_rate)
-        raise ModelSpecError(f"timm's {name} cannot be built with these settings: {e}") from None
+        raise ModelSpecError(f"{name} is not an HCGNet and cannot be built with these settings: {e}") from None
     if state_dict is not None:
         load_state_dict_into(model, state_dict, checkpoint_path, strict=strict)
         if metadata.get("data_config") and hasattr(model, "pretrained_cfg"):
