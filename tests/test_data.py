@@ -266,8 +266,21 @@ def test_hcgnet_download_fetches_only_what_is_missing_and_says_where_it_is(tmp_p
 def test_corrupt_cifar_is_a_data_error(tmp_path):
     folder = make_cifar10(tmp_path)
     (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
-    with pytest.raises(DataError, match="cannot read CIFAR-10"):
+    with pytest.raises(DataError, match=f"cannot read CIFAR-10 in {folder}, its data_batch_3: "):
         build_data("cifar10", data_dir=str(tmp_path), download=False)
+
+
+def test_cifar_not_whole_or_asked_for_by_its_own_folder_says_what_to_do(tmp_path):
+    folder = make_cifar10(tmp_path)
+    with pytest.raises(DataError) as e:   # the extracted folder given as --data-dir: its parent was meant
+        build_data("cifar10", data_dir=str(folder), download=False)
+    assert str(e.value) == (f"--data-dir {folder} is the extracted cifar-10-batches-py/ itself; give the folder that "
+                            f"holds it: --data-dir {tmp_path}")
+    (folder / "test_batch").unlink()
+    with pytest.raises(DataError) as e:
+        build_data("cifar10", data_dir=str(tmp_path), download=False)
+    assert str(e.value) == (f"CIFAR-10 in {folder} lacks test_batch: extract the whole cifar-10-python.tar.gz there "
+                            "again")
 
 
 # ------------------------------------------------------------------------------------------------ specs

@@ -84,8 +84,31 @@ def _make_available(name: str, title: str, cls, root: str, download: bool) -> No
                 raise DataError(f"cannot extract {tarball}: {reason(e)}; delete it or replace it with the "
                                 f"original {cls.filename}") from None
     if not probe._check_integrity():
+        folder = os.path.join(root, cls.base_folder)
+        if os.path.basename(os.path.normpath(root)) == cls.base_folder:   # the usual slip: the folder itself
+            parent = os.path.dirname(os.path.normpath(root)) or "."
+            raise DataError(f"--data-dir {root} is the extracted {cls.base_folder}/ itself; give the folder "
+                            f"that holds it: --data-dir {parent}")
+        if os.path.isdir(folder) and why is None:   # there, but not whole: say what is missing
+            missing = [os.path.basename(p) for p in probe._files() if not os.path.isfile(p)]
+            raise DataError(f"{title} in {folder} lacks {', '.join(missing)}: extract the whole {cls.filename} "
+                            "there again")
         raise missing_dataset(title, root, f"put {cls.filename} (or its extracted {cls.base_folder}/) there", why,
                               download_command(name, root))
+
+
+def _broken_file(cls, root: str) -> str:
+    """", its FILE" for the first of the set's files that does not unpickle (read again, only when reading the
+    set has failed), else ""."""
+    probe = cls.__new__(cls)
+    probe.root = root
+    for path in probe._files():
+        try:
+            with open(path, "rb") as f:
+                pickle.load(f, encoding="latin1")
+        except Exception:
+            return f", its {os.path.basename(path)}"
+    return ""
 
 
 def load_cifar(name: str, root: str, download: bool):
@@ -97,7 +120,8 @@ def load_cifar(name: str, root: str, download: bool):
         train = cls(root, train=True)
         test = cls(root, train=False)
     except Exception as e:  # truncated pickle, wrong keys, wrong array size...
-        raise DataError(f"cannot read {title} in {folder}: {type(e).__name__}: {reason(e)}") from None
+        raise DataError(f"cannot read {title} in {folder}{_broken_file(cls, root)}: {type(e).__name__}: "
+                        f"{reason(e)}") from None
     classes = [str(c) for c in train.classes]
     for ds, split in ((train, "training"), (test, "test")):
         check_labels(ds, len(classes), f"{title} {split} set in {folder}")
