@@ -246,8 +246,9 @@ def test_hcgnet_download_fetches_only_what_is_missing_and_says_where_it_is(tmp_p
 
     attempts = []
 
-    def offline(self):
+    def offline(self):   # as torchvision's download: the folder made first, then the network fails
         attempts.append(self.root)
+        os.makedirs(self.root, exist_ok=True)
         raise OSError("offline")
 
     monkeypatch.setattr(D.CIFAR10Files, "download", offline)
@@ -257,6 +258,7 @@ def test_hcgnet_download_fetches_only_what_is_missing_and_says_where_it_is(tmp_p
     assert out == f"cifar10 is in {tmp_path / 'here'}: 20 training and 6 test images\n"
     code, out, err = cli(capsys, "download", "cifar10", "--data-dir", tmp_path / "empty")
     assert code == 2 and attempts == [str(tmp_path / "empty")] and out == ""
+    assert not (tmp_path / "empty").exists()   # the folder the download would have made is not left behind
     line = err.splitlines()[-1]
     assert line.startswith("hcgnet: error: CIFAR-10 not found in") and "could not be downloaded (offline)" in line
     with pytest.raises(DataError, match="a folder of your own images: there is nothing to download"):

@@ -73,10 +73,13 @@ def _make_available(name: str, title: str, cls, root: str, download: bool) -> No
     why = None
     if not probe._check_integrity():
         if download:
+            made = not os.path.exists(root)
             try:  # checks an existing tarball's md5, downloads it if needed, extracts it
                 probe.download()
             except Exception as e:  # no network, proxy, disk full...
                 why = f"it could not be downloaded ({reason(e)[:150]})"
+                if made and os.path.isdir(root) and not os.listdir(root):   # nothing came: leave nothing behind
+                    os.rmdir(root)
         elif os.path.isfile(tarball):
             try:
                 extract_archive(tarball, root)
