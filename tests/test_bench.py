@@ -187,3 +187,17 @@ def test_bench_refuses_int8_and_openvino_off_the_cpu():
         check_request(torch.device("cuda"), ["infer"], ["fp32"], ["int8"], [4], 1, 0)
     with pytest.raises(HCGNetError, match="the openvino runtime runs on the CPU"):
         check_request(torch.device("cuda"), ["infer"], ["bf16"], ["openvino"], [4], 1, 0)
+
+
+def test_bench_says_how_many_configurations_it_will_time_before_the_first(monkeypatch):
+    """Train and infer at batches 4 and 8, latency once (batch 1 whatever the sweep): 5 rows, announced before
+    the first is timed (a full model's first row takes minutes on 2 cores)."""
+    from hcgnet import bench
+
+    events = []
+    monkeypatch.setattr(bench, "run_config", lambda *args: events.append(("timed", args[1].mode, args[2])) or {})
+    bench.benchmark(TINY, ["train", "infer", "latency"], batches=[4, 8], steps=1, warmup=0, device="cpu",
+                    start=lambda n: events.append(("start", n)))
+    assert events[0] == ("start", 5) and len(events) == 6
+    assert sorted(e[1:] for e in events[1:]) == sorted([("train", 4), ("train", 8), ("infer", 4), ("infer", 8),
+                                                        ("latency", 4)])

@@ -748,3 +748,25 @@ def test_every_option_of_every_command_says_what_it_does():
     assert commands >= {"train", "bench", "export", "detect"}
     silent = silent_options(parser, "hcgnet")
     assert not silent, silent
+
+
+def test_every_flag_with_a_default_says_it_in_its_help():
+    """Every option whose default is a value (not None: "none given") names it in its --help line, as
+    ``(default ...)``; on/off flags (store_true/store_false) say what they do instead."""
+    import argparse
+
+    from hcgnet.cli import build_parser
+
+    silent = []
+
+    def walk(parser, command):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{command} {name}".strip())
+            elif (action.option_strings and action.help != argparse.SUPPRESS and action.nargs != 0
+                  and action.default not in (None, argparse.SUPPRESS) and "default" not in (action.help or "")):
+                silent.append(f"{command} {action.option_strings[0]}")
+
+    walk(build_parser(lazy=True), "")
+    assert silent == []

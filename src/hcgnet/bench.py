@@ -320,12 +320,13 @@ def benchmark(
     warmup: int = 3, device: Optional[str] = None, progress=None, runtimes: Sequence[str] = ("eager",),
     batches: Optional[Sequence[int]] = None, sizes: Optional[Sequence[Sequence[int]]] = None,
     isolate: bool = False, as_trained: bool = True, note: Optional[Callable[[str], None]] = None,
+    start: Optional[Callable[[int], None]] = None,
 ) -> List[Dict]:
     """Every combination of the given settings, in order, for every batch size in ``batches`` (default
     ``[batch]``) and input size in ``sizes`` (default ``[size]``, the model's own if None). ``isolate``: each
     in a fresh process, under the allocator setting ``hcgnet train`` gives it (``as_trained``) or the C
     library's defaults (:func:`run_fresh`). ``note``: called with each of :func:`not_run`'s lines before any
-    timing."""
+    timing; ``start``: then with the number of configurations about to be timed."""
     dev = device_of(device)
     batches = list(batches or [batch])
     check_request(dev, modes, dtypes, runtimes, batches, steps, warmup)
@@ -336,12 +337,14 @@ def benchmark(
         sizes = [size or own_size]
     for line in notes if note is not None else ():
         note(line)
+    todo = [(b, s, cfg) for b, s, cfg in itertools.product(batches, sizes, configs)
+            if cfg.mode != "latency" or b == batches[0]]   # latency: batch 1 whatever the batch sweep
+    if start is not None:
+        start(len(todo))
     results = []
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as export_dir:
-        for b, s, cfg in itertools.product(batches, sizes, configs):
-            if cfg.mode == "latency" and b != batches[0]:
-                continue  # batch 1 whatever the batch sweep
+        for b, s, cfg in todo:
             args = (name, cfg, b, tuple(s), steps, warmup, dev, classes, export_dir)
             if isolate:
                 with context.Pool(1) as pool:

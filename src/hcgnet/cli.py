@@ -323,6 +323,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         notes.append(line)
         print(f"note: {line}", file=sys.stderr, flush=True)
 
+    def starting(total: int) -> None:   # the first row can take minutes (a full model's training steps on 2 cores)
+        if not args.json_only:
+            print(f"timing {plural(total, 'configuration')} of {args.model}, {args.steps} steps after {args.warmup} "
+                  "warm-up each: a row as each finishes (Ctrl-C stops)", file=sys.stderr, flush=True)
+
     def show(r):
         if not record:  # the machine above the table's first row
             record.update(run_context(args.model, args.steps, args.warmup, device_of(args.device), notes))
@@ -333,7 +338,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         both(args.memory_efficient), both(args.compile), steps=args.steps, warmup=args.warmup,
                         device=args.device, progress=None if args.json_only else show,
                         runtimes=args.runtimes.split(","), batches=batches, sizes=sizes, isolate=args.isolate,
-                        note=note)
+                        note=note, start=starting)
     record = record or run_context(args.model, args.steps, args.warmup, device_of(args.device), notes)
     if args.json:
         # "torch" and "threads" as files before the provenance had them, for their readers
@@ -796,7 +801,7 @@ def _add_detect_tasks(detect: argparse.ArgumentParser) -> None:
     pr.set_defaults(func=cmd_detect_predict)
 
 
-INFERENCE_AMP_HELP = "autocast dtype: bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs; fp16 on GPUs"
+INFERENCE_AMP_HELP = "autocast dtype: bf16 pays on CPUs with AVX512-BF16/AMX and on GPUs; fp16 on GPUs (default none: fp32)"
 
 
 def add_hardware_options(p: argparse.ArgumentParser, amp_help: str, workers: Optional[int] = 2) -> None:
@@ -1020,8 +1025,9 @@ def _add_inference_commands(sub) -> None:
     be.add_argument("--model", default="hcgnet_a1", help="a registered name, an HCGNet-(...)-(k=...) spec, or a "
                     "checkpoint file: its network with its weights, input channels, classes and training size "
                     "(default hcgnet_a1)")
-    be.add_argument("--modes", default="train,infer", help="comma-separated: train, infer, latency (batch 1)")
-    be.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, fp16 (GPU)")
+    be.add_argument("--modes", default="train,infer",
+                    help="comma-separated: train, infer, latency (batch 1) (default train,infer)")
+    be.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, fp16 (GPU) (default fp32)")
     for flag, what in (("channels-last", "NHWC memory format"),
                        ("memory-efficient", "recomputation in backward (memory_efficient=True; training only)"),
                        ("compile", "torch.compile (inference: weights frozen, as hcgnet eval --compile)")):
@@ -1030,8 +1036,10 @@ def _add_inference_commands(sub) -> None:
     be.add_argument("--runtimes", default="eager",
                     help="comma-separated: eager, torchscript, onnx, pt2, int8 (torchao PT2E, compiled; on the CPU, needs "
                          "the int8 extra), openvino (the ONNX export in OpenVINO, at each of --dtypes fp32/bf16; on "
-                         "the CPU, needs the openvino extra); runtimes other than eager time inference only")
-    be.add_argument("--batch-size", default="64", help="one batch size or a comma-separated sweep, e.g. 16,32,64")
+                         "the CPU, needs the openvino extra); runtimes other than eager time inference only "
+                         "(default eager)")
+    be.add_argument("--batch-size", default="64",
+                    help="one batch size or a comma-separated sweep, e.g. 16,32,64 (default 64)")
     be.add_argument("--size", default=None, help="square input side or a sweep, e.g. 32,64 (default: the model's)")
     be.add_argument("--steps", type=int, default=10, help="timed steps per configuration (default 10)")
     be.add_argument("--warmup", type=int, default=3,
@@ -1127,9 +1135,9 @@ def _add_study_commands(sub) -> None:
     ds.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     add_hardware_options(ds, "autocast dtype of the forward passes (bf16: GPUs and CPUs with AVX512-BF16/AMX; "
                          "fp16: GPUs; default none)")
-    ds.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations a unit fires on (0.005)")
-    ds.add_argument("--iou-threshold", type=float, default=0.04, help="IoU that makes a unit a detector (0.04)")
-    ds.add_argument("--top-units", type=int, default=8, help="units per layer in the image strips (0: no strips)")
+    ds.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations a unit fires on (default 0.005, the paper's)")
+    ds.add_argument("--iou-threshold", type=float, default=0.04, help="IoU that makes a unit a detector (default 0.04, the paper's)")
+    ds.add_argument("--top-units", type=int, default=8, help="units per layer in the image strips (0: no strips; default 8)")
     ds.add_argument("--output", required=True, metavar="DIR",
                     help="writes <layer>.csv, summary.csv, summary.json, unique_detectors.png, units_<layer>.png")
     ds.add_argument("--force", action="store_true", help="replace the files of an earlier dissection in --output")
