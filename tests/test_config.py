@@ -350,6 +350,22 @@ def test_new_fields_default_to_automatic_or_off():
     assert c.freeze_stages == 0 and c.drop_block == 0.0
 
 
+def test_finetune_from_weights_that_do_not_name_their_network_needs_model(tmp_path):
+    """A published-format file or a bare state dict names no network: refused before the data is read (the
+    default hcgnet_a1 was assumed, and a B's weights refused after it)."""
+    import torch
+
+    weights = tmp_path / "plain.pt"
+    torch.save({"stem.conv0.weight": torch.zeros(24, 3, 3, 3)}, weights)
+    with pytest.raises(ConfigError) as e:
+        make_config(recipe="finetune", overrides={"data": "imagefolder:x", "initial_checkpoint": str(weights)})
+    assert str(e.value) == f"{weights} does not say which network it holds; pass --model NAME, the network it was " \
+                           "trained as"
+    c = make_config(recipe="finetune", overrides={"data": "imagefolder:x", "initial_checkpoint": str(weights),
+                                                  "model": "hcgnet_a2"})
+    assert c.model == "hcgnet_a2"
+
+
 def test_fine_tuning_settings_are_accepted(tmp_path):
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"not read by make_config")

@@ -199,14 +199,19 @@ def recorded_data(spec: Any) -> Any:
 
 
 def _checkpoint_model(path: str) -> Optional[str]:
-    """The network a fine-tuning run's ``--initial-checkpoint`` names in its metadata (None: it names none, or it
-    cannot be read here; the run's own checks say why later): the model when ``--model`` is not given."""
+    """The network a fine-tuning run's ``--initial-checkpoint`` names in its metadata, the model when ``--model``
+    is not given (None: it cannot be read here; the run's own checks say why later). A file that names none is
+    refused: the default network would be assumed, and found wrong only after the data is read."""
     from hcgnet.models.checkpoints import read_metadata
 
     try:
-        return read_metadata(path).get("model_name") or None
+        named = read_metadata(path).get("model_name")
     except (HCGNetError, OSError):
         return None
+    if not named:
+        raise ConfigError(f"{path} does not say which network it holds; pass --model NAME, the network it was "
+                          "trained as")
+    return named
 
 
 def _refuse_unknown(values: Mapping[str, Any], where: str) -> None:
