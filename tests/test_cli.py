@@ -733,6 +733,16 @@ def test_every_usage_mistake_is_one_line_naming_the_help(capsys, argv, command):
     assert err.rstrip().endswith(f"({command} --help shows every option)"), err
 
 
+@pytest.mark.parametrize("argv", [["--verbose"], ["--epochs=3", "train"]])
+def test_an_option_before_any_command_is_named(capsys, argv):
+    """argparse said only "the following arguments are required: command"."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith(f"hcgnet: error: unrecognized argument {argv[0]}: options follow a "
+                                              "command, e.g. hcgnet train --help")
+
+
 def test_predict_images_given_as_an_option_says_to_give_them_as_they_are(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--checkpoint", "x.safetensors", "--images", "a.png"])

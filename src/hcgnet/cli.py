@@ -1221,6 +1221,11 @@ def _expand_home(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser(lazy=True)
+    given = list(sys.argv[1:] if argv is None else argv)
+    own = {flag for action in parser._actions for flag in action.option_strings}
+    if given and given[0].startswith("-") and given[0].split("=")[0] not in own:   # argparse would only say
+        parser.error(f"unrecognized argument {given[0]}: options follow a command, "   # "command is required"
+                     "e.g. hcgnet train --help")
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the (sub)command they were given to, so that the hint names its own --help
         _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
