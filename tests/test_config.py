@@ -281,6 +281,8 @@ ERROR_CASES = {
     "invalid YAML": (dict(config_file="{tmp}/c.yaml"), "epochs: [1, 2\nlr: 0.1\n", "not valid YAML"),
     "non-mapping YAML": (dict(config_file="{tmp}/c.yaml"), "- epochs\n- 3\n", "mapping"),
     "unknown option": (dict(config_file="{tmp}/c.yaml"), "data: cifar10\nlearning_rate: 0.1\n", "learning_rate"),
+    "mistyped option": (dict(config_file="{tmp}/c.yaml"), "data: cifar10\nepoch: 3\n",
+                        "unknown option 'epoch' (did you mean epochs?); options are"),
     "wrong type": (dict(config_file="{tmp}/c.yaml"), "data: cifar10\nepochs: many\n",
                    "option epochs must be a whole number, got 'many'"),
     "wrong float": (dict(config_file="{tmp}/c.yaml"), "data: cifar10\nlr: fast\n", "option lr must be a number, got"),

@@ -1,5 +1,6 @@
 """Errors that mean "the user asked for something that cannot work"; the CLI prints them in one line."""
 import contextlib
+import difflib
 import numbers
 import sys
 from typing import Iterator
@@ -31,6 +32,12 @@ def check_whole(name: str, value: object, note: str = "", error: type = ModelSpe
     """A one-line ``error`` unless ``value`` is a whole number of 1 or more (a bool is not, nor is 2.0)."""
     if not is_whole(value):
         raise error(f"{name} must be a whole number of 1 or more{note}, got {value!r}")
+
+
+def close_match(word: str, choices, cutoff: float = 0.6) -> str:
+    """`` (did you mean X?)`` for the choice closest to a mistyped ``word`` (difflib's), or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def check_resume_or_overwrite(resume: bool, overwrite: bool, error: type = HCGNetError) -> None:

@@ -1,10 +1,9 @@
 """The paper's networks as data, and the parser for its notation ``HCGNet-(n_1,...,n_m)-(k=k_1,...,k_m)``."""
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-from hcgnet.errors import ModelSpecError
+from hcgnet.errors import ModelSpecError, close_match
 
 
 @dataclass(frozen=True)
@@ -119,10 +118,8 @@ def resolve(name_or_spec: str, stem: Optional[str] = None) -> Tuple[str, Variant
                     variant.block_depths, variant.growth_rates, variant.stem):
                 return name, known
         return variant.spec, variant
-    close = difflib.get_close_matches(key.lower(), list(VARIANTS), n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
     raise ModelSpecError(
-        f"unknown model {name_or_spec!r}{hint}; choose one of {', '.join(VARIANTS)} or write a spec like {SPEC_EXAMPLE}"
+        f"unknown model {name_or_spec!r}{close_match(key.lower(), VARIANTS)}; choose one of {', '.join(VARIANTS)} or write a spec like {SPEC_EXAMPLE}"
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
-from hcgnet.errors import HCGNetError, check_resume_or_overwrite, plural
+from hcgnet.errors import HCGNetError, check_resume_or_overwrite, close_match, plural
 
 
 class ConfigError(HCGNetError):
@@ -217,7 +217,8 @@ def _checkpoint_model(path: str) -> Optional[str]:
 def _refuse_unknown(values: Mapping[str, Any], where: str) -> None:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"{where}: unknown option {unknown[0]!r}; options are {', '.join(FIELDS)}")
+        raise ConfigError(f"{where}: unknown option {unknown[0]!r}{close_match(unknown[0], FIELDS)}; options are "
+                          f"{', '.join(FIELDS)}")
 
 
 # Bounds checked by validate(): at least `low`, or within [0, 1).
