@@ -376,6 +376,20 @@ def test_an_output_inside_the_image_folder_is_refused(tmp_path):
     assert not (folder / "runs").exists()
 
 
+def test_a_folder_with_a_runs_file_name_but_no_run_is_not_called_a_run(tmp_path):
+    """The user's own metrics.csv: "already holds a run; pass --resume" led to "there is no run" on --resume."""
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=3)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.csv").write_text("my,own\n")
+    with pytest.raises(HCGNetError) as e:
+        fit(config_for(folder, out))
+    assert str(e.value) == (f"{out} holds metrics.csv, which a run writes, but no run to resume (no last.pt or "
+                            "config.yaml); choose another --output, or pass --overwrite (overwrite=True) to replace "
+                            "them")
+    assert (out / "metrics.csv").read_text() == "my,own\n" and sorted(p.name for p in out.iterdir()) == ["metrics.csv"]
+
+
 def test_a_run_starting_or_resuming_removes_temporary_files_a_killed_run_left(tmp_path, images):
     out = tmp_path / "run"
     fit(config_for(images, out, max_steps_per_epoch=1))

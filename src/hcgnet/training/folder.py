@@ -57,6 +57,12 @@ class RunFolder:
                                     "read as training images; choose an --output outside it")
         # A list of unreadable images alone is what a run that stopped before training leaves: not a run.
         existing = [f for f in RUN_FILES if f != BAD_IMAGES and (out / f).exists()]
+        resumable = (out / "last.pt").exists() or (out / "config.yaml").exists()
+        if existing and not resumable and not (config.resume or config.overwrite):   # e.g. the user's own CSV
+            raise OutputFolderError(
+                f"{out} holds {', '.join(existing)}, which a run writes, but no run to resume (no last.pt or "
+                "config.yaml); choose another --output, or pass --overwrite (overwrite=True) to replace them"
+            )
         if existing and not (config.resume or config.overwrite):
             raise OutputFolderError(
                 f"{out} already holds a run ({existing[0]}); pass --resume (resume=True from Python) to continue it or "
