@@ -164,6 +164,11 @@ def test_export_refuses_an_existing_folder_even_with_force(tmp_path, capsys, che
     out.mkdir()
     assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(out), "--force"]) == 2
     assert "is a folder" in capsys.readouterr().err and out.is_dir() and list(out.iterdir()) == []
+    folder = tmp_path / "exports"   # a folder without a suffix: said as a folder, not as a "nameless file"
+    folder.mkdir()
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(folder) + "/"]) == 2
+    assert capsys.readouterr().err == (f"hcgnet: error: --output {folder} is a folder; give the name of a file to "
+                                       f"write inside it, e.g. {folder / 'model.onnx'}\n")
 
 
 def test_a_checkpoint_without_data_exports_the_variants_preprocessing_and_class_indices(checkpoint):

@@ -51,6 +51,9 @@ def check_export_path(output: str, fmt: str, force: bool = False) -> Path:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(output)
     suffix, wanted = out.suffix.lower(), SUFFIXES[fmt]
+    if out.is_dir():   # said as a folder, not as a file with no suffix
+        raise ExportError(f"--output {out} is a folder; give the name of a file to write inside it, e.g. "
+                          f"{out / ('model' + wanted)}")
     claimed = next((f for f, s in SUFFIXES.items() if s == suffix and f != fmt), None)
     if claimed or (fmt != "torchscript" and suffix != wanted) or suffix in (".safetensors", ".pth"):
         what = f"a {claimed} file" if claimed else f"a {suffix or 'nameless'} file"
